@@ -1,0 +1,190 @@
+"""The data that travels through rtseg: frames in, typed predictions out.
+
+Every result type validates its arrays on construction and states the expected
+versus actual shape when they disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def _check(name: str, arr: np.ndarray, shape: tuple[int | None, ...], dtype: type | None) -> None:
+    """Raise ValueError unless ``arr`` has ``shape`` (None = any) and ``dtype``."""
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    ok = arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
+    if dtype is not None and arr.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded video frame.
+
+    image: (H, W, 3) uint8 BGR.
+    source_id: which source produced it (e.g. the URL with credentials removed).
+    seq: 0-based sequence number within the source (counts decoded frames, including dropped ones).
+    pts: presentation timestamp in seconds from the source's start (None when unknown).
+    capture_time: ``time.monotonic()`` when the frame left the decoder, seconds.
+    """
+
+    image: np.ndarray
+    source_id: str = ""
+    seq: int = 0
+    pts: float | None = None
+    capture_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check("Frame.image", self.image, (None, None, 3), np.uint8)
+
+
+@dataclass
+class Detections:
+    """Instance segmentation result for one frame (shared by every instance engine).
+
+    boxes: (N, 4) float32 xyxy in frame pixels.
+    scores: (N,) float32, sorted descending.
+    class_ids: (N,) int64, 0-based index into ``class_names``.
+    masks: (N, H, W) bool at full frame resolution. Materialised lazily when a
+        ``mask_fn`` is given (e.g. YOLACT prototypes x coefficients): the first
+        access calls it and caches the result.
+    class_names: names of all classes the engine knows.
+    mask_scores: optional (N,) float32 mask quality (e.g. MS R-CNN's score).
+    track_ids: optional (N,) int64 track identities.
+    image_size: (H, W) of the frame the detections refer to.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    image_size: tuple[int, int]
+    class_names: Sequence[str] = ()
+    mask_scores: np.ndarray | None = None
+    track_ids: np.ndarray | None = None
+    _masks: np.ndarray | None = field(default=None, repr=False)
+    _mask_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        _check("Detections.boxes", self.boxes, (n, 4), np.float32)
+        _check("Detections.scores", self.scores, (n,), np.float32)
+        _check("Detections.class_ids", self.class_ids, (n,), np.int64)
+        if self.mask_scores is not None:
+            _check("Detections.mask_scores", self.mask_scores, (n,), np.float32)
+        if self.track_ids is not None:
+            _check("Detections.track_ids", self.track_ids, (n,), np.int64)
+        if self._masks is not None:
+            _check("Detections.masks", self._masks, (n, *self.image_size), np.bool_)
+        if n and self.class_names and int(self.class_ids.max()) >= len(self.class_names):
+            raise ValueError(
+                f"Detections.class_ids: max id {int(self.class_ids.max())} "
+                f"but only {len(self.class_names)} class names"
+            )
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool full-resolution masks (materialised on first access)."""
+        if self._masks is None:
+            if self._mask_fn is None:
+                self._masks = np.zeros((len(self), *self.image_size), dtype=bool)
+            else:
+                masks = self._mask_fn()
+                _check("Detections.masks", masks, (len(self), *self.image_size), np.bool_)
+                self._masks = masks
+        return self._masks
+
+    @property
+    def labels(self) -> list[str]:
+        """Class name of every detection (``str(id)`` when names are unknown)."""
+        names = self.class_names
+        return [names[i] if i < len(names) else str(i) for i in self.class_ids.tolist()]
+
+    def __getitem__(self, index: np.ndarray | slice) -> "Detections":
+        """Subset by boolean mask, integer indices or slice (masks materialised)."""
+        return Detections(
+            boxes=self.boxes[index],
+            scores=self.scores[index],
+            class_ids=self.class_ids[index],
+            image_size=self.image_size,
+            class_names=self.class_names,
+            mask_scores=None if self.mask_scores is None else self.mask_scores[index],
+            track_ids=None if self.track_ids is None else self.track_ids[index],
+            _masks=self.masks[index],
+        )
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], class_names: Sequence[str] = ()) -> "Detections":
+        """No detections for a frame of ``image_size`` (H, W)."""
+        return cls(
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            class_ids=np.zeros((0,), np.int64),
+            image_size=image_size,
+            class_names=class_names,
+            _masks=np.zeros((0, *image_size), bool),
+        )
+
+
+@dataclass
+class SemanticMap:
+    """Per-pixel classes for one frame.
+
+    labels: (H, W) int64 class index per pixel (0 = background by convention).
+    class_names: names indexed by label.
+    scores: optional (H, W) float32 confidence of the chosen label.
+    """
+
+    labels: np.ndarray
+    class_names: Sequence[str] = ()
+    scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        _check("SemanticMap.labels", self.labels, (None, None), np.int64)
+        if self.scores is not None:
+            _check("SemanticMap.scores", self.scores, self.labels.shape, np.float32)
+
+
+@dataclass
+class Superpixels:
+    """SLIC-style over-segmentation of one frame.
+
+    labels: (H, W) int64 segment id per pixel, ids 0..K-1.
+    """
+
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check("Superpixels.labels", self.labels, (None, None), np.int64)
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+
+@dataclass
+class Panoptic:
+    """Panoptic segmentation of one frame (panopticapi conventions).
+
+    ids: (H, W) int64 segment id per pixel, 0 = void.
+    segments: one dict per segment: {"id", "category_id", "isthing", "area", "score"?}.
+    class_names: names indexed by category id.
+    """
+
+    ids: np.ndarray
+    segments: list[dict] = field(default_factory=list)
+    class_names: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        _check("Panoptic.ids", self.ids, (None, None), np.int64)
+
+
+Prediction = Detections | SemanticMap | Superpixels | Panoptic
