@@ -1,0 +1,192 @@
+"""The YOLACT engine: preprocess → network → Fast NMS → lazy mask assembly.
+
+Outputs equal the official implementation's for the same weights and frame
+(pinned by tests/test_yolact_equivalence.py).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtseg.data.coco_names import COCO_CLASSES
+from rtseg.errors import ConfigError
+from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
+from rtseg.ops.boxes import boxes_to_pixels, decode
+from rtseg.ops.masks import assemble_masks
+from rtseg.ops.nms import cross_class_fast_nms, fast_nms, traditional_nms
+from rtseg.types import Detections
+
+#: Masks materialised per chunk when a consumer asks for full-resolution masks (bounds memory).
+MASK_CHUNK = 8
+NMS_KINDS = ("fast", "cross_class", "traditional")
+
+
+class InferenceNet(nn.Module):
+    """The exportable part: normalised (B, 3, S, S) → (loc, class probabilities, coef, proto).
+
+    loc (B, A, 4) SSD offsets; conf (B, A, C+1) softmax probabilities (0 = background);
+    coef (B, A, k); proto (B, S/4, S/4, k).
+    """
+
+    def __init__(self, model: Yolact) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        return out["loc"], F.softmax(out["conf"], -1), out["coef"], out["proto"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device from a user string; ConfigError when CUDA is asked for but absent."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+class YolactEngine:
+    """Runnable YOLACT segmenter (see :class:`rtseg.engines.base.Engine`).
+
+    score_threshold: detections with score <= it are dropped (0 keeps all Fast NMS keeps).
+    top_k: at most this many detections per frame, best first.
+    nms: "fast" (paper, per class), "cross_class" (Fast NMS over classes) or "traditional".
+    conf_threshold / nms_top_k / max_detections / iou_threshold: the official Detect settings
+    (0.05 / 200 / 100 / 0.5).
+    """
+
+    def __init__(self, *, model: Yolact, class_names: Sequence[str] | None = None, device: str = "cpu",
+                 score_threshold: float = 0.15, top_k: int = 100, nms: str = "fast", iou_threshold: float = 0.5,
+                 conf_threshold: float = 0.05, nms_top_k: int = 200, max_detections: int = 100) -> None:
+        if nms not in NMS_KINDS:
+            raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ConfigError(f"score threshold {score_threshold} is outside [0, 1]")
+        if top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        self.cfg: YolactConfig = model.cfg
+        self.device = str(device)
+        self._dev = resolve_device(self.device)
+        names = list(class_names) if class_names is not None else _default_names(self.cfg.num_classes)
+        if len(names) != self.cfg.num_classes:
+            raise ConfigError(f"{len(names)} class names given for a model with {self.cfg.num_classes} classes")
+        self.class_names: list[str] = names
+        self.net = InferenceNet(model.eval()).to(self._dev)
+        self.priors = make_priors(self.cfg, self._dev)
+        self.score_threshold = score_threshold
+        self.top_k = top_k
+        self.nms = nms
+        self.iou_threshold = iou_threshold
+        self.conf_threshold = conf_threshold
+        self.nms_top_k = nms_top_k
+        self.max_detections = max_detections
+        scale = torch.tensor(STDS_BGR) if self.cfg.normalize == "meanstd" else torch.full((3,), 255.0)
+        mean = torch.tensor(MEANS_BGR) if self.cfg.normalize == "meanstd" else torch.zeros(3)
+        self._mean = mean.view(1, 3, 1, 1).to(self._dev)
+        self._std = scale.view(1, 3, 1, 1).to(self._dev)
+
+    @classmethod
+    def from_config(cls, cfg: YolactConfig, **kwargs) -> "YolactEngine":
+        """An engine around a freshly initialised (untrained) network of ``cfg``."""
+        return cls(model=Yolact(cfg), **kwargs)
+
+    @classmethod
+    def from_weights(cls, weights: str, *, input_size: int | None = None, **kwargs) -> "YolactEngine":
+        """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`)."""
+        from rtseg.weights import load_yolact
+
+        model, _, names = load_yolact(weights, input_size=input_size)
+        kwargs.setdefault("class_names", names)
+        return cls(model=model, **kwargs)
+
+    # -- stages -------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """BGR uint8 frames (H, W, 3), any sizes → (B, 3, S, S) float32 normalised RGB on the device.
+
+        As the official FastBaseTransform: float, bilinear resize to S×S (align_corners=False,
+        aspect ratio not kept), (x - mean) / std in BGR (DarkNet: x / 255), then BGR → RGB.
+        """
+        s = self.cfg.input_size
+        batch = []
+        for img in images:
+            t = torch.from_numpy(np.ascontiguousarray(img)).to(self._dev, non_blocking=True)
+            t = t.permute(2, 0, 1)[None].float()
+            batch.append(F.interpolate(t, (s, s), mode="bilinear", align_corners=False))
+        x = (torch.cat(batch) - self._mean) / self._std
+        return x[:, [2, 1, 0]].contiguous()
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network on a preprocessed batch → (loc, conf, coef, proto) (see :class:`InferenceNet`)."""
+        return self.net(x)
+
+    @torch.inference_mode()
+    def postprocess(self, raw: tuple[torch.Tensor, ...], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """Raw network outputs + frame sizes (H, W) → one Detections per frame (masks lazy)."""
+        loc, conf, coef, proto = raw
+        if loc.shape[1] != self.priors.shape[0]:
+            raise RuntimeError(f"network produced {loc.shape[1]} anchors, priors have {self.priors.shape[0]}")
+        return [self._detect(loc[b], conf[b], coef[b], proto[b], sizes[b]) for b in range(loc.shape[0])]
+
+    def _detect(self, loc: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, proto: torch.Tensor,
+                size: tuple[int, int]) -> Detections:
+        boxes = decode(loc, self.priors)
+        scores = conf[:, 1:].t()
+        keep = scores.max(dim=0).values > self.conf_threshold
+        scores, boxes, coef = scores[:, keep], boxes[keep], coef[keep]
+        if self.nms == "traditional":
+            idx, classes, det_scores = traditional_nms(boxes, scores, iou_threshold=self.iou_threshold,
+                                                       score_threshold=self.conf_threshold, max_detections=self.max_detections)
+        else:
+            nms = fast_nms if self.nms == "fast" else cross_class_fast_nms
+            idx, classes, det_scores = nms(boxes, scores, iou_threshold=self.iou_threshold, top_k=self.nms_top_k,
+                                           max_detections=self.max_detections)
+        if self.score_threshold > 0:
+            ok = det_scores > self.score_threshold
+            idx, classes, det_scores = idx[ok], classes[ok], det_scores[ok]
+        idx, classes, det_scores = idx[: self.top_k], classes[: self.top_k], det_scores[: self.top_k]
+        rel_boxes, det_coef = boxes[idx], coef[idx]
+        h, w = size
+
+        def masks() -> np.ndarray:
+            with torch.inference_mode():
+                parts = [assemble_masks(proto, det_coef[i:i + MASK_CHUNK], rel_boxes[i:i + MASK_CHUNK], (h, w)).cpu().numpy()
+                         for i in range(0, len(det_coef), MASK_CHUNK)]
+            return np.concatenate(parts) if parts else np.zeros((0, h, w), bool)
+
+        return Detections(
+            boxes=boxes_to_pixels(rel_boxes, h, w).float().cpu().numpy(),
+            scores=det_scores.float().cpu().numpy(),
+            class_ids=classes.long().cpu().numpy(),
+            image_size=(h, w),
+            class_names=self.class_names,
+            _mask_fn=masks,
+        )
+
+    # -- Engine protocol ----------------------------------------------------------------
+    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
+        single = isinstance(frames, np.ndarray)
+        images = [frames] if single else list(frames)
+        for i, img in enumerate(images):
+            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+                raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
+        if not images:
+            return []
+        dets = self.postprocess(self.forward(self.preprocess(images)), [img.shape[:2] for img in images])
+        return dets[0] if single else dets
+
+    def warmup(self) -> None:
+        """One dummy frame through every stage (allocations, lazy init)."""
+        self(np.zeros((self.cfg.input_size, self.cfg.input_size, 3), np.uint8)).masks
+
+
+def _default_names(n: int) -> list[str]:
+    return list(COCO_CLASSES) if n == len(COCO_CLASSES) else [f"class{i}" for i in range(n)]

@@ -1,0 +1,1 @@
+"""Stateless tensor operations: boxes, NMS, mask assembly, overlay."""

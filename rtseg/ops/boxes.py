@@ -1,0 +1,63 @@
+"""Box utilities (torch reference implementations, any device).
+
+Conventions: "point form" is (x1, y1, x2, y2); "center form" is (cx, cy, w, h).
+YOLACT works in coordinates relative to the network input (0..1).
+"""
+from __future__ import annotations
+
+import torch
+
+#: SSD box-encoding variances (centre, size) used by YOLACT.
+VARIANCES = (0.1, 0.2)
+
+
+def point_form(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) center form → point form."""
+    return torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], -1)
+
+
+def center_size(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) point form → center form."""
+    return torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1)
+
+
+def decode(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """SSD decoding: loc (..., A, 4) offsets, priors (A, 4) center form → (..., A, 4) point form.
+
+    cx = pcx + lx * 0.1 * pw, w = pw * exp(lw * 0.2); same for y/h (official YOLACT order of operations).
+    """
+    wh = priors[..., 2:] * torch.exp(loc[..., 2:] * VARIANCES[1])
+    xy = priors[..., :2] + loc[..., :2] * VARIANCES[0] * priors[..., 2:]
+    xy = xy - wh / 2
+    return torch.cat([xy, wh + xy], -1)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU. a (..., N, 4), b (..., M, 4) point form → (..., N, M).
+
+    Degenerate boxes (zero area) give IoU 0 with everything but an identical degenerate
+    box, for which 0/0 yields NaN exactly as the official code; callers compare with <=.
+    """
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]))[..., :, None]
+    area_b = ((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]))[..., None, :]
+    return inter / (area_a + area_b - inter)
+
+
+def sanitize(lo: torch.Tensor, hi: torch.Tensor, size: int, padding: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative coordinates → pixels on an axis of ``size``: ordered, padded, clamped to [0, size].
+
+    lo, hi: (N,) relative. Returns float pixel coordinates (lo', hi') with lo' <= hi'.
+    """
+    lo, hi = lo * size, hi * size
+    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    return (lo - padding).clamp(min=0), (hi + padding).clamp(max=size)
+
+
+def boxes_to_pixels(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 4) relative point form → (N, 4) float pixels clamped to the frame (official ``sanitize_coordinates``)."""
+    x1, x2 = sanitize(boxes[:, 0], boxes[:, 2], width)
+    y1, y2 = sanitize(boxes[:, 1], boxes[:, 3], height)
+    return torch.stack([x1, y1, x2, y2], 1)

@@ -1,0 +1,211 @@
+"""Checkpoint I/O for YOLACT: the authors' .pth files and rtseg's safetensors + manifest.
+
+Every failure a user can cause (missing, truncated, unsafe, foreign or YOLACT++
+checkpoints) raises :class:`WeightsError` with one line saying what and what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rtseg.errors import WeightsError
+from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
+
+MANIFEST_FORMAT = "rtseg-yolact/1"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_path(weights: str | Path) -> Path:
+    """The JSON manifest beside a safetensors file (``x.safetensors`` → ``x.json``)."""
+    return Path(weights).with_suffix(".json")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth checkpoint, loaded with ``weights_only=True``; WeightsError on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p} (give the path to a YOLACT .pth or rtseg .safetensors file)")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{p}: not a readable safetensors file ({_first_line(e)}); re-export or re-download it") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise WeightsError(
+                f"{p}: refusing to load, unpickling it would execute code (only plain tensor checkpoints are accepted)"
+            ) from None
+        raise WeightsError(f"{p}: not a PyTorch checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+        msg = _first_line(e)
+        if "zip" in msg.lower() or isinstance(e, EOFError):
+            raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg}); download it again") from None
+        raise WeightsError(f"{p}: not a PyTorch checkpoint ({msg})") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # rtseg training checkpoints
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__})")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def _clean_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop keys the official loader drops: old ``backbone.layerN`` names, surplus FPN downsample layers."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("backbone.layer") and not k.startswith("backbone.layers"):
+            continue
+        m = re.match(r"fpn\.downsample_layers\.(\d+)\.", k)
+        if m and int(m.group(1)) >= 2:
+            continue
+        out[k] = v
+    return out
+
+
+def infer_config(state: dict[str, torch.Tensor], *, input_size: int, source: str) -> YolactConfig:
+    """The YolactConfig an official state dict was trained with (backbone, classes, k, width)."""
+    if any("conv_offset_mask" in k for k in state) or any(k.startswith("maskiou_net") for k in state):
+        raise WeightsError(f"{source}: a YOLACT++ (DCN / mask re-scoring) checkpoint; YOLACT++ is not supported yet")
+    needed = ("prediction_layers.0.conf_layer.weight", "prediction_layers.0.mask_layer.weight", "fpn.lat_layers.0.weight")
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise WeightsError(f"{source}: not a YOLACT checkpoint (missing {', '.join(missing)})")
+    if "backbone._preconv.0.weight" in state:
+        backbone = "darknet53"
+    else:
+        blocks = {int(m.group(1)) for k in state if (m := re.match(r"backbone\.layers\.2\.(\d+)\.", k))}
+        basic = "backbone.layers.0.0.conv3.weight" not in state
+        depth = len(blocks)
+        backbone = {(23, False): "resnet101", (6, False): "resnet50", (2, True): "resnet18"}.get((depth, basic))
+        if backbone is None:
+            raise WeightsError(f"{source}: unsupported backbone (stage 3 has {depth} blocks); expected ResNet-101/50/18 or DarkNet-53")
+    base = PRESETS["yolact_base"]
+    anchors = base.num_anchors
+    conf_out = state["prediction_layers.0.conf_layer.weight"].shape[0]
+    if conf_out % anchors:
+        raise WeightsError(f"{source}: conf_layer has {conf_out} outputs, not a multiple of {anchors} anchors")
+    cfg = YolactConfig(
+        backbone=backbone,
+        num_classes=conf_out // anchors - 1,
+        fpn_channels=state["fpn.lat_layers.0.weight"].shape[0],
+        num_prototypes=state["prediction_layers.0.mask_layer.weight"].shape[0] // anchors,
+    )
+    return cfg.with_input_size(input_size)
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state`` into ``model``; WeightsError naming missing / unexpected / mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {few(unexpected)}")
+    if shaped:
+        problems.append(f"mis-shaped {few(shaped)}")
+    if problems:
+        raise WeightsError(f"{source}: does not match the expected architecture: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yolact, YolactConfig, list[str] | None]:
+    """Build and load a YOLACT from an official .pth or an rtseg safetensors file.
+
+    input_size: None → the manifest's size (rtseg files), 700 for official files whose name
+    contains "im700", else 550. Returns (model in eval mode, config, class names or None
+    when the checkpoint does not name them — official COCO checkpoints).
+    """
+    p = Path(path)
+    state = read_state_dict(p)
+    names: list[str] | None = None
+    if p.suffix == ".safetensors":
+        man = read_manifest(p)
+        cfg = YolactConfig(**{f.name: _as_field(man["config"][f.name]) for f in fields(YolactConfig) if f.name in man["config"]})
+        if input_size is not None and input_size != cfg.input_size:
+            cfg = cfg.with_input_size(input_size)
+        names = list(man["class_names"])
+    else:
+        state = _clean_official(state)
+        size = input_size or (700 if "im700" in p.name else 550)
+        cfg = infer_config(state, input_size=size, source=str(p))
+    model = Yolact(cfg)
+    load_into(model, state, str(p))
+    return model.eval(), cfg, names
+
+
+def _as_field(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def read_manifest(weights: str | Path) -> dict[str, Any]:
+    """The manifest of an rtseg safetensors file, checked against the file's sha256."""
+    mp = manifest_path(weights)
+    if not mp.is_file():
+        raise WeightsError(f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)")
+    try:
+        man = json.loads(mp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{mp}: manifest is not valid JSON ({_first_line(e)})") from None
+    if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT:
+        raise WeightsError(f"{mp}: not an rtseg YOLACT manifest (format should be {MANIFEST_FORMAT!r})")
+    digest = sha256_file(weights)
+    if man.get("sha256") != digest:
+        raise WeightsError(f"{weights}: sha256 {digest[:12]}… does not match its manifest; the file is corrupt or was replaced")
+    return man
+
+
+def save_yolact(path: str | Path, model: Yolact, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors plus a JSON manifest (config, classes, sha256, ``meta``)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise WeightsError(f"{p}: rtseg weights must end in .safetensors")
+    if len(class_names) != model.cfg.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} classes")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(p))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "config": asdict(model.cfg),
+        "class_names": list(class_names),
+        "sha256": sha256_file(p),
+        **({"meta": meta} if meta else {}),
+    }
+    manifest_path(p).write_text(json.dumps(manifest, indent=2) + "\n")
+    return p
