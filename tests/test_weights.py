@@ -1,0 +1,145 @@
+"""Checkpoint loading: official layouts, our safetensors + manifest, and every bad-weights error."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import rtseg
+from rtseg.errors import WeightsError
+from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
+from rtseg.weights import infer_config, load_yolact, read_state_dict, save_yolact
+
+TINY = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32, num_prototypes=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.pth"
+    torch.manual_seed(0)
+    torch.save(Yolact(TINY).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["yolact_resnet50", "yolact_darknet53", "yolact_base"])
+def test_backbone_classes_and_width_are_inferred_from_official_layouts(name):
+    cfg = PRESETS[name]
+    state = Yolact(cfg).state_dict()
+    assert infer_config(state, input_size=550, source="x") == cfg
+
+
+def test_im700_file_name_selects_700_and_rescaled_anchors(tmp_path):
+    state = Yolact(replace(PRESETS["yolact_resnet50"])).state_dict()
+    path = tmp_path / "yolact_im700_54_800000.pth"
+    torch.save(state, path)
+    _, cfg, names = load_yolact(path)
+    assert cfg.input_size == 700 and cfg.scales == (30, 61, 122, 244, 488) and names is None
+    _, cfg, _ = load_yolact(path, input_size=550)
+    assert cfg.input_size == 550 and cfg.scales == (24, 48, 96, 192, 384)
+
+
+def test_official_legacy_keys_are_dropped_like_the_official_loader(tmp_path, tiny_pth):
+    state = torch.load(tiny_pth, weights_only=True)
+    state["backbone.layer1.0.conv1.weight"] = torch.zeros(1)  # pre-v1.0 name
+    state["fpn.downsample_layers.2.weight"] = torch.zeros(1)  # surplus downsample layer
+    path = tmp_path / "legacy.pth"
+    torch.save(state, path)
+    model, cfg, _ = load_yolact(path, input_size=128)
+    assert cfg.backbone == "resnet18" and cfg.num_classes == 3
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        rtseg.load("yolact", weights=str(tmp_path / "nope.pth"))
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint|truncated or corrupt"):
+        read_state_dict(path)
+
+
+def test_truncated_checkpoint(tmp_path, tiny_pth):
+    path = tmp_path / "trunc.pth"
+    path.write_bytes(tiny_pth.read_bytes()[: tiny_pth.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
+        read_state_dict(path)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("code executed",))
+
+
+def test_checkpoint_needing_code_execution_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(WeightsError, match="execute code"):
+        read_state_dict(path)
+    assert "code executed" not in capsys.readouterr().out
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(WeightsError, match="not a state dict"):
+        read_state_dict(path)
+
+
+def test_other_architecture_names_missing_and_misshaped_keys(tmp_path, tiny_pth):
+    state = torch.load(tiny_pth, weights_only=True)
+    del state["proto_net.0.weight"]
+    state["fpn.pred_layers.0.weight"] = torch.zeros(32, 32, 1, 1)
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as e:
+        load_yolact(path, input_size=128)
+    msg = str(e.value)
+    assert "missing keys proto_net.0.weight" in msg and "mis-shaped fpn.pred_layers.0.weight" in msg
+    assert "\n" not in msg
+
+
+def test_non_yolact_checkpoint(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
+    with pytest.raises(WeightsError, match="not a YOLACT checkpoint"):
+        load_yolact(path)
+
+
+def test_yolact_plus_plus_is_reported_unsupported(tmp_path, tiny_pth):
+    state = torch.load(tiny_pth, weights_only=True)
+    state["backbone.layers.1.0.conv2.conv_offset_mask.weight"] = torch.zeros(27, 64, 3, 3)
+    path = tmp_path / "yolact_plus_base_54_800000.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"YOLACT\+\+.*not supported yet"):
+        load_yolact(path)
+
+
+def test_safetensors_round_trip_and_manifest_checks(tmp_path):
+    torch.manual_seed(1)
+    model = Yolact(TINY)
+    path = save_yolact(tmp_path / "m.safetensors", model, ["a", "b", "c"], meta={"note": "test"})
+    loaded, cfg, names = load_yolact(path)
+    assert cfg == TINY and names == ["a", "b", "c"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    seg = rtseg.load("yolact", weights=str(path), score_threshold=0.0)
+    assert seg.class_names == ["a", "b", "c"]
+    man = json.loads(path.with_suffix(".json").read_text())
+    man["sha256"] = "0" * 64
+    path.with_suffix(".json").write_text(json.dumps(man))
+    with pytest.raises(WeightsError, match="does not match its manifest"):
+        load_yolact(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(WeightsError, match="manifest"):
+        load_yolact(path)
+
+
+def test_unknown_engine_and_missing_weights():
+    with pytest.raises(rtseg.ConfigError, match="unknown engine"):
+        rtseg.load("yolo9000", weights="x")
+    with pytest.raises(WeightsError, match="needs weights"):
+        rtseg.load("yolact")
