@@ -1,0 +1,95 @@
+"""The sample every instance-segmentation data set yields, and what a data set offers.
+
+A data set is a ``Sequence[Sample]``-like object (``len(ds)``, ``ds[i]``) with a
+``class_names`` attribute; class ids in samples are 0-based indices into it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from rtseg.types import _check
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes around masks.
+
+    masks: (N, H, W) bool. Returns (N, 4) float32 xyxy in pixels, x2/y2 exclusive
+    (a one-pixel mask at column 3 gives x1=3, x2=4, so width = x2 - x1 as in COCO).
+    Empty masks give an all-zero box.
+    """
+    n = len(masks)
+    boxes = np.zeros((n, 4), np.float32)
+    if n == 0:
+        return boxes
+    rows = masks.any(axis=2)  # (N, H)
+    cols = masks.any(axis=1)  # (N, W)
+    nonempty = rows.any(axis=1)
+    h, w = masks.shape[1:]
+    boxes[:, 0] = np.argmax(cols, axis=1)
+    boxes[:, 1] = np.argmax(rows, axis=1)
+    boxes[:, 2] = w - np.argmax(cols[:, ::-1], axis=1)
+    boxes[:, 3] = h - np.argmax(rows[:, ::-1], axis=1)
+    boxes[~nonempty] = 0.0
+    return boxes
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotated image.
+
+    image: (H, W, 3) uint8 BGR.
+    boxes: (N, 4) float32 xyxy pixels.
+    class_ids: (N,) int64, 0-based index into the data set's ``class_names``.
+    masks: (N, H, W) bool.
+    iscrowd: (N,) bool; True marks a COCO crowd region (an area to ignore in
+        evaluation, never a training target). Loaders leave crowd regions out
+        unless asked; ``None`` means no crowd regions.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    class_ids: np.ndarray
+    masks: np.ndarray
+    iscrowd: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        _check("Sample.image", self.image, (None, None, 3), np.uint8)
+        _check("Sample.boxes", self.boxes, (n, 4), np.float32)
+        _check("Sample.class_ids", self.class_ids, (n,), np.int64)
+        _check("Sample.masks", self.masks, (n, *self.image.shape[:2]), np.bool_)
+        if self.iscrowd is not None:
+            _check("Sample.iscrowd", self.iscrowd, (n,), np.bool_)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return self.image.shape[0], self.image.shape[1]
+
+    @classmethod
+    def from_masks(cls, image: np.ndarray, masks: np.ndarray, class_ids: Sequence[int]) -> "Sample":
+        """A sample whose boxes are the tight boxes of ``masks`` ((N, H, W) bool)."""
+        masks = np.asarray(masks, dtype=bool).reshape(-1, *image.shape[:2])
+        return cls(
+            image=image,
+            boxes=masks_to_boxes(masks),
+            class_ids=np.asarray(class_ids, dtype=np.int64).reshape(-1),
+            masks=masks,
+        )
+
+
+@runtime_checkable
+class InstanceDataset(Protocol):
+    """What the trainer and evaluator need from a data set."""
+
+    class_names: Sequence[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...

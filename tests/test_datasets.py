@@ -1,0 +1,281 @@
+"""COCO and labelme loaders (tiny fixtures written to tmp, malformed ones too) and export round trips."""
+from __future__ import annotations
+
+import base64
+import json
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from rtseg.data.coco import CocoDataset
+from rtseg.data.dataset import Sample, masks_to_boxes
+from rtseg.data.export import export_coco, export_labelme
+from rtseg.data.labelme import LabelmeDataset, split_label
+from rtseg.data.synthetic import CLASSES, SyntheticScene
+from rtseg.errors import DatasetError
+
+H, W = 60, 80
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _rle(mask: np.ndarray, *, as_str: bool = True) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [H, W], "counts": rle["counts"].decode() if as_str else rle["counts"]}
+
+
+def _box_mask(x0, y0, x1, y1) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _coco(tmp_path, annotations=None, **overrides) -> tuple:
+    """Two images, categories with ids 3, 7, 12 (non-contiguous, listed out of order)."""
+    cv2.imwrite(str(tmp_path / "a.png"), _image(0))
+    cv2.imwrite(str(tmp_path / "b.png"), _image(1))
+    uncompressed = _box_mask(50, 5, 60, 15)
+    runs, last, count = [], False, 0
+    for v in uncompressed.flatten(order="F"):  # column-major run lengths, starting with zeros
+        if v != last:
+            runs.append(count)
+            last, count = v, 0
+        count += 1
+    runs.append(count)
+    data = {
+        "images": [{"id": 10, "file_name": "a.png", "height": H, "width": W},
+                   {"id": 20, "file_name": "b.png", "height": H, "width": W}],
+        "categories": [{"id": 12, "name": "cup"}, {"id": 3, "name": "car"}, {"id": 7, "name": "dog"}],
+        "annotations": annotations if annotations is not None else [
+            {"id": 1, "image_id": 10, "category_id": 7, "iscrowd": 0, "bbox": [10, 10, 20, 10],
+             "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]]},  # corners: 20 x 10 pixels
+            {"id": 2, "image_id": 10, "category_id": 12, "iscrowd": 0, "bbox": [40, 30, 10, 20],
+             "segmentation": _rle(_box_mask(40, 30, 50, 50))},
+            {"id": 3, "image_id": 10, "category_id": 3, "iscrowd": 1, "bbox": [0, 40, 20, 20],
+             "segmentation": _rle(_box_mask(0, 40, 20, 60))},
+            {"id": 4, "image_id": 20, "category_id": 3, "iscrowd": 0, "bbox": [50, 5, 10, 10],
+             "segmentation": {"size": [H, W], "counts": runs}},
+        ],
+    }
+    data.update(overrides)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    return path, tmp_path
+
+
+def test_coco_maps_category_ids_to_contiguous_classes(tmp_path):
+    ds = CocoDataset(*_coco(tmp_path))
+    assert ds.class_names == ("car", "dog", "cup") and ds.category_ids == (3, 7, 12)
+    assert len(ds) == 2 and ds.image_ids == (10, 20)
+    s = ds[0]
+    assert isinstance(s, Sample) and np.array_equal(s.image, _image(0))
+    assert s.class_ids.tolist() == [1, 2]  # crowd left out by default
+    assert s.iscrowd is None
+    assert s.masks[0].sum() == 20 * 10 and s.masks[0][10:20, 10:30].all()  # polygon
+    assert np.array_equal(s.masks[1], _box_mask(40, 30, 50, 50))  # compressed RLE
+    np.testing.assert_allclose(s.boxes, [[10, 10, 30, 20], [40, 30, 50, 50]])
+    assert np.array_equal(ds[1].masks[0], _box_mask(50, 5, 60, 15))  # uncompressed RLE
+    assert ds[1].class_ids.tolist() == [0]
+
+
+def test_coco_include_crowd_marks_crowd_regions(tmp_path):
+    s = CocoDataset(*_coco(tmp_path), include_crowd=True)[0]
+    assert s.class_ids.tolist() == [1, 2, 0] and s.iscrowd.tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"segmentation": [[1, 1, 5, 5]]}, "polygon with 2 points"),
+    ({"segmentation": [[1, 1, 5, 5, 7]]}, "odd count"),
+    ({"bbox": [1, 2, 3]}, "bbox of 3 numbers"),
+    ({"category_id": 99}, "category_id 99 is not in 'categories'"),
+    ({"image_id": 5}, "image_id 5 is not in 'images'"),
+    ({"segmentation": {"size": [H, W + 1], "counts": "abc"}}, "RLE size"),
+    ({"segmentation": "nope"}, "'segmentation' should be"),
+])
+def test_malformed_coco_annotation_names_file_and_problem(tmp_path, change, message):
+    ann = {"id": 5, "image_id": 10, "category_id": 7, "bbox": [1, 1, 4, 4], "segmentation": [[1, 1, 5, 1, 5, 5]]}
+    ann.update(change)
+    path, images = _coco(tmp_path, annotations=[ann])
+    with pytest.raises(DatasetError, match=message) as err:
+        ds = CocoDataset(path, images)
+        ds[0]
+    assert "instances.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_coco_missing_key_and_missing_or_broken_images(tmp_path):
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    del data["annotations"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="missing key 'annotations'"):
+        CocoDataset(path, images)
+    path, images = _coco(tmp_path)
+    (images / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 2 images .* missing \(e.g. b.png\)"):
+        CocoDataset(path, images)
+    path, images = _coco(tmp_path)
+    (images / "b.png").write_bytes(b"not a png")
+    ds = CocoDataset(path, images)
+    ds[0]
+    with pytest.raises(DatasetError, match="b.png: not a readable image"):
+        ds[1]
+    path.write_text("{broken")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        CocoDataset(path, images)
+
+
+def test_coco_image_size_mismatch_is_reported(tmp_path):
+    path, images = _coco(tmp_path)
+    cv2.imwrite(str(images / "a.png"), np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(DatasetError, match="a.png: image is 10x10 but instances.json says 80x60"):
+        CocoDataset(path, images)[0]
+
+
+def _labelme(folder, name, shapes, *, image=True, image_data=False, **extra):
+    img = _image(len(name))
+    if image:
+        cv2.imwrite(str(folder / f"{name}.png"), img)
+    record = {"version": "5.5.0", "shapes": shapes, "imagePath": f"{name}.png", "imageHeight": H, "imageWidth": W,
+              "imageData": base64.b64encode(cv2.imencode(".png", img)[1].tobytes()).decode() if image_data else None}
+    record.update(extra)
+    (folder / f"{name}.json").write_text(json.dumps(record))
+    return img
+
+
+def _shape(label, points, shape_type="polygon", group_id=None):
+    return {"label": label, "points": points, "shape_type": shape_type, "group_id": group_id, "flags": {}}
+
+
+def test_split_label():
+    assert split_label("person12") == ("person", "12")
+    assert split_label("traffic_light_2") == ("traffic_light", "2")
+    assert split_label("car") == ("car", None)
+
+
+def test_labelme_instances_numbering_groups_and_shape_types(tmp_path):
+    img = _labelme(tmp_path, "one", [
+        _shape("person1", [[10, 10], [20, 10], [20, 20], [10, 20]]),
+        _shape("person2", [[30, 30], [40, 40]], "rectangle"),
+        _shape("person1", [[50, 10], [55, 10], [55, 15]]),  # second part of person1
+        _shape("car", [[60, 40], [60, 45]], "circle"),
+        _shape("car", [[0, 50], [5, 50], [5, 55]], group_id=4),
+        _shape("car", [[70, 50], [75, 50], [75, 55]], group_id=4),
+        _shape("car", [[0, 0], [4, 0], [4, 4]]),
+    ])
+    ds = LabelmeDataset(tmp_path, class_names=["person", "car"])
+    s = ds[0]
+    assert np.array_equal(s.image, img)
+    assert s.class_ids.tolist() == [0, 0, 1, 1, 1]
+    assert s.masks[0][15, 15] and s.masks[0][12, 54] and s.masks[0].sum() == 11 * 11 + 21
+    assert s.masks[1][30:41, 30:41].all() and s.masks[1].sum() == 121
+    assert s.masks[2][40, 60] and s.masks[2][45, 60] and not s.masks[2][40, 66]
+    assert s.masks[3][52, 4] and s.masks[3][52, 74]  # merged by group_id
+    np.testing.assert_array_equal(s.boxes, masks_to_boxes(s.masks))
+
+
+def test_labelme_class_list_from_file_and_unknown_label(tmp_path):
+    _labelme(tmp_path, "a", [_shape("dog3", [[1, 1], [9, 1], [9, 9]])])
+    (tmp_path / "label_names.txt").write_text("__ignore__\n_background_\ncat\ndog\n")
+    ds = LabelmeDataset(tmp_path)
+    assert ds.class_names == ("cat", "dog") and ds[0].class_ids.tolist() == [1]
+    (tmp_path / "label_names.txt").write_text("cat\n")
+    with pytest.raises(DatasetError, match=r"a.json: shape 0: label 'dog3' is not a known class \(cat\)"):
+        LabelmeDataset(tmp_path)
+
+
+def test_labelme_without_class_list_uses_sorted_labels(tmp_path):
+    _labelme(tmp_path, "a", [_shape("zebra1", [[1, 1], [9, 1], [9, 9]]), _shape("ant", [[1, 1], [9, 1], [9, 9]])])
+    assert LabelmeDataset(tmp_path).class_names == ("ant", "zebra")
+
+
+@pytest.mark.parametrize("shapes, extra, message", [
+    ([_shape("cat", [[1, 1], [5, 5]])], {}, "shape 0: polygon with 2 points"),
+    ([_shape("cat", [[1, 1], [5, 5]], "line")], {}, "shape_type 'line' has no area"),
+    ([_shape("cat", [[1, 1], [5, 5], [3]])], {}, "points should be a list of"),
+    ([{"points": [[1, 1], [5, 5], [3, 3]]}], {}, "shape 0: missing key 'label'"),
+    ([], {"imageHeight": None}, None),
+])
+def test_malformed_labelme_names_file_and_problem(tmp_path, shapes, extra, message):
+    _labelme(tmp_path, "bad", shapes, **extra)
+    if message is None:  # a missing key
+        data = json.loads((tmp_path / "bad.json").read_text())
+        del data["imageHeight"]
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        message = "missing key 'imageHeight'"
+    with pytest.raises(DatasetError, match=message) as err:
+        LabelmeDataset(tmp_path, class_names=["cat"])
+    assert "bad.json" in str(err.value)
+
+
+def test_labelme_image_data_fallback_and_missing_image(tmp_path):
+    img = _labelme(tmp_path, "emb", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], image=False, image_data=True)
+    assert np.array_equal(LabelmeDataset(tmp_path, class_names=["cat"])[0].image, img)
+    _labelme(tmp_path, "gone", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], image=False)
+    ds = LabelmeDataset(tmp_path, class_names=["cat"])
+    with pytest.raises(DatasetError, match="gone.png: file not found"):
+        ds[ds.files.index(tmp_path / "gone.json")]
+
+
+def test_coco_export_round_trip_equals_scene(tmp_path):
+    scene = SyntheticScene(7, num_frames=30, width=160, height=120)
+    path = export_coco(scene, tmp_path, every=6)
+    data = json.loads(path.read_text())
+    assert data["videos"][0]["length"] == 5 and [c["name"] for c in data["categories"]] == list(CLASSES)
+    assert [img["frame_index"] for img in data["images"]] == [0, 6, 12, 18, 24]
+    assert all(img["video_id"] == 1 for img in data["images"])
+    ds = CocoDataset(path, tmp_path)
+    assert ds.class_names == CLASSES
+    tracks = [a["track_id"] for a in data["annotations"]]
+    k = 0
+    for index, frame in enumerate(range(0, 30, 6)):
+        image, instances = scene.frame(frame)
+        s = ds[index]
+        assert np.array_equal(s.image, image)
+        assert s.class_ids.tolist() == [i.class_id for i in instances]
+        assert all(np.array_equal(m, i.mask) for m, i in zip(s.masks, instances))
+        assert tracks[k:k + len(instances)] == [i.track_id for i in instances]
+        k += len(instances)
+    assert k == len(tracks) > 0
+
+
+def test_labelme_export_polygons_rasterise_back(tmp_path):
+    scene = SyntheticScene(12, num_frames=40, width=160, height=120)
+    export_labelme(scene, tmp_path, every=8)
+    first = json.loads((tmp_path / "frame_000000.json").read_text())
+    assert all(split_label(s["label"])[1] is not None for s in first["shapes"])
+    ds = LabelmeDataset(tmp_path)
+    assert ds.class_names == CLASSES and len(ds) == 5
+    ious = []
+    for index, frame in enumerate(range(0, 40, 8)):
+        image, instances = scene.frame(frame)
+        s = ds[index]
+        assert np.array_equal(s.image, image)
+        assert s.class_ids.tolist() == [i.class_id for i in instances]
+        ious += [(m & i.mask).sum() / (m | i.mask).sum() for m, i in zip(s.masks, instances)]
+    assert len(ious) > 5 and min(ious) > 0.9
+
+
+def test_export_command_writes_all_formats(tmp_path, capsys):
+    from rtseg.data.export import main
+
+    args = ["--out", str(tmp_path), "--seed", "5", "--frames", "6", "--width", "96", "--height", "64", "--every", "3"]
+    assert main(args) == 0
+    assert (tmp_path / "clip.mp4").stat().st_size > 0
+    assert len(CocoDataset(tmp_path / "coco" / "annotations.json", tmp_path / "coco")) == 2
+    assert len(LabelmeDataset(tmp_path / "labelme")) == 2
+    assert main(args + ["--formats", "gif"]) == 2
+    assert "choose from mp4, coco, labelme" in capsys.readouterr().err
+
+
+def test_labelme_ignore_shapes_and_windows_image_path(tmp_path):
+    (tmp_path / "img").mkdir()
+    img = _image(3)
+    cv2.imwrite(str(tmp_path / "img" / "x.png"), img)
+    _labelme(tmp_path, "x", [_shape("__ignore__", [[1, 1], [9, 1], [9, 9]]), _shape("cat", [[1, 1], [9, 1], [9, 9]])],
+             image=False, imagePath="img\\x.png")
+    s = LabelmeDataset(tmp_path, class_names=["cat"])[0]
+    assert np.array_equal(s.image, img) and s.class_ids.tolist() == [0]

@@ -1,0 +1,190 @@
+"""COCO AP evaluation (pycocotools) and the ``rtseg eval`` command."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtseg.data.coco import CocoDataset
+from rtseg.data.dataset import Sample, masks_to_boxes
+from rtseg.data.export import export_coco
+from rtseg.data.synthetic import CLASSES, SyntheticScene, scene_to_samples
+from rtseg.eval.cli import class_mapping, main
+from rtseg.eval.coco import METRICS, CocoEvaluator, evaluate
+from rtseg.errors import ConfigError
+from rtseg.types import Detections
+
+torch.set_num_threads(2)
+
+
+def _perfect(sample: Sample, scores=None, masks=None, class_ids=None) -> Detections:
+    masks = sample.masks if masks is None else masks
+    n = len(masks)
+    return Detections(
+        boxes=masks_to_boxes(masks),
+        scores=np.linspace(0.9, 0.5, n).astype(np.float32) if scores is None else scores,
+        class_ids=sample.class_ids if class_ids is None else class_ids,
+        image_size=sample.image_size, class_names=CLASSES, _masks=masks,
+    )
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    scene = SyntheticScene(31, num_frames=60, width=160, height=120)
+    out = list(scene_to_samples(scene, every=6))
+    assert sum(len(s) for s in out) >= 15
+    return out
+
+
+def test_perfect_predictions_score_one(samples):
+    metrics = evaluate([_perfect(s) for s in samples], samples, CLASSES)
+    assert set(metrics) == set(METRICS)
+    assert all(v == pytest.approx(1.0) for v in metrics.values())
+
+
+def test_instance_lists_and_samples_give_the_same_result():
+    scene = SyntheticScene(32, num_frames=20, width=160, height=120)
+    frames = [scene.frame(i) for i in range(0, 20, 5)]
+    samples = [scene.sample(i) for i in range(0, 20, 5)]
+    preds = [_perfect(s, masks=np.roll(s.masks, 3, axis=2)) for s in samples]
+    assert evaluate(preds, [inst for _, inst in frames], CLASSES) == evaluate(preds, samples, CLASSES)
+
+
+def test_shifted_masks_score_lower(samples):
+    shifted = [_perfect(s, masks=np.roll(s.masks, 1, axis=2)) for s in samples]
+    m = evaluate(shifted, samples, CLASSES)
+    assert 0.0 < m["mask_AP"] < 0.9 and m["mask_AP75"] < m["mask_AP50"]
+
+
+def test_missing_and_wrong_class_predictions_score_lower(samples):
+    half = [_perfect(s)[np.arange(len(s)) % 2 == 0] for s in samples]
+    m = evaluate(half, samples, CLASSES)
+    assert 0.3 < m["mask_AP"] < 0.8 and 0.3 < m["box_AP"] < 0.8
+    wrong = [_perfect(s, class_ids=(s.class_ids + 1) % len(CLASSES)) for s in samples]
+    assert evaluate(wrong, samples, CLASSES)["mask_AP"] == 0.0
+    empty = [Detections.empty(s.image_size, CLASSES) for s in samples]
+    assert evaluate(empty, samples, CLASSES)["mask_AP"] == 0.0
+
+
+def test_low_scored_false_positive_costs_less_than_high_scored():
+    mask = np.zeros((1, 40, 40), bool)
+    mask[0, 5:20, 5:20] = True
+    other = np.zeros((1, 40, 40), bool)
+    other[0, 25:38, 25:38] = True
+    gt = Sample.from_masks(np.zeros((40, 40, 3), np.uint8), mask, [0])
+    both = np.concatenate([mask, other])
+
+    def ap(scores):
+        d = Detections(boxes=masks_to_boxes(both), scores=np.array(scores, np.float32), class_ids=np.zeros(2, np.int64),
+                       image_size=(40, 40), _masks=both)
+        return evaluate([d], [gt], ["a"])["mask_AP"]
+
+    assert ap([0.9, 0.1]) == pytest.approx(1.0)
+    assert ap([0.1, 0.9]) < 0.6
+
+
+def test_crowd_regions_are_ignored():
+    mask = np.zeros((2, 40, 40), bool)
+    mask[0, 5:20, 5:20] = True
+    mask[1, 25:38, 25:38] = True
+    base = Sample.from_masks(np.zeros((40, 40, 3), np.uint8), mask, [0, 0])
+    crowd = Sample(image=base.image, boxes=base.boxes, class_ids=base.class_ids, masks=base.masks,
+                   iscrowd=np.array([False, True]))
+    pred = Detections(boxes=base.boxes, scores=np.array([0.5, 0.9], np.float32), class_ids=base.class_ids,
+                      image_size=(40, 40), _masks=mask)
+    only_first = Sample.from_masks(base.image, mask[:1], [0])
+    assert evaluate([pred], [crowd], ["a"])["mask_AP"] == pytest.approx(1.0)  # detection on the crowd: ignored
+    assert evaluate([pred], [only_first], ["a"])["mask_AP"] < 0.6  # same detection is a false positive
+
+
+def test_category_id_remapping_through_a_coco_file(tmp_path):
+    scene = SyntheticScene(33, num_frames=20, width=160, height=120)
+    path = export_coco(scene, tmp_path, every=5)
+    data = json.loads(path.read_text())
+    new_id = {c["id"]: 100 - 7 * c["id"] for c in data["categories"]}  # descending, non-contiguous ids
+    for c in data["categories"]:
+        c["id"] = new_id[c["id"]]
+    for a in data["annotations"]:
+        a["category_id"] = new_id[a["category_id"]]
+    path.write_text(json.dumps(data))
+    ds = CocoDataset(path, tmp_path)
+    assert ds.class_names == tuple(reversed(CLASSES))
+    samples = [ds[i] for i in range(len(ds))]
+    assert evaluate([_perfect(s) for s in samples], samples, ds.class_names)["mask_AP"] == pytest.approx(1.0)
+    flipped = [_perfect(s, class_ids=len(CLASSES) - 1 - s.class_ids) for s in samples]
+    assert evaluate(flipped, samples, ds.class_names)["mask_AP"] < 0.5
+
+
+def test_evaluator_checks_inputs(samples):
+    ev = CocoEvaluator(["a"])
+    with pytest.raises(ValueError, match="class id"):
+        ev.add(_perfect(samples[0]), samples[0])
+    with pytest.raises(ValueError, match="ran out of ground truth after 1 images"):
+        evaluate([_perfect(samples[0])] * 2, samples[:1], CLASSES)
+    assert all(np.isnan(v) for v in CocoEvaluator(["a"]).summarize().values())
+
+
+def test_class_mapping_by_name():
+    assert class_mapping(["a", "b", "c"], ["c", "a"]).tolist() == [1, -1, 0]
+    with pytest.raises(ConfigError, match="do not know data-set classes zebra"):
+        class_mapping(["a"], ["a", "zebra"])
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """An untrained small YOLACT saved as rtseg safetensors (the CLI's input format)."""
+    from rtseg.models.yolact import Yolact, YolactConfig
+    from rtseg.weights import save_yolact
+
+    torch.manual_seed(0)
+    cfg = YolactConfig(backbone="resnet18", num_classes=len(CLASSES), input_size=128, fpn_channels=32, num_prototypes=8)
+    return save_yolact(tmp_path_factory.mktemp("w") / "tiny.safetensors", Yolact(cfg), CLASSES)
+
+
+def test_cli_runs_end_to_end_on_synthetic_and_coco(tiny_weights, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["--weights", str(tiny_weights), "--data", "synthetic:test", "--max-images", "1",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "synthetic:test: 1 images" in text and "mask_AP" in text
+    record = json.loads(out.read_text())
+    assert record["images"] == 1 and set(record["metrics"]) == set(METRICS)
+    assert all(0.0 <= v <= 1.0 for v in record["metrics"].values())
+    ann = export_coco(SyntheticScene(34, num_frames=4, width=160, height=120), tmp_path / "coco", every=2)
+    assert main(["--weights", str(tiny_weights), "--data", f"coco:{ann}:{ann.parent}", "--score-threshold", "0"]) == 0
+    assert "2 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data, message", [
+    ("labelme:/nonexistent/folder", "labelme folder not found"),
+    ("coco:only.json", "use coco:ANNOTATIONS.json:IMAGE_DIR"),
+    ("voc:x", "unknown kind 'voc'"),
+])
+def test_cli_user_errors_are_one_line(tiny_weights, capsys, data, message):
+    assert main(["--weights", str(tiny_weights), "--data", data]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((20, 20, 3), np.uint8))
+    (folder / "a.json").write_text(json.dumps({"shapes": [{"label": "zebra1", "points": [[1, 1], [9, 1], [9, 9]]}],
+                                               "imagePath": "a.png", "imageHeight": 20, "imageWidth": 20}))
+    assert main(["--weights", str(tiny_weights), "--data", f"labelme:{folder}"]) == 2
+    assert "do not know data-set classes zebra" in capsys.readouterr().err
+    assert main(["--weights", str(tmp_path / "none.safetensors"), "--data", "synthetic:test"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_official_coco_class_order_maps_to_coco_category_names():
+    from rtseg.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASSES
+
+    cats = [{"id": COCO_CATEGORY_IDS[i], "name": COCO_CLASSES[i]} for i in (79, 0, 11)]  # toothbrush, person, stop sign
+    names = tuple(c["name"] for c in sorted(cats, key=lambda c: c["id"]))
+    assert class_mapping(COCO_CLASSES, names)[[0, 11, 79]].tolist() == [0, 1, 2]
+    assert (class_mapping(COCO_CLASSES, names) >= 0).sum() == 3
