@@ -1,0 +1,116 @@
+"""JSON-ready records of predictions: COCO results and per-frame JSON Lines.
+
+Masks are written as COCO run-length encodings (``{"size": [H, W], "counts": str}``)
+produced by pycocotools, so ``pycocotools.mask.decode`` restores them exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from rtseg.types import Detections, Frame, Panoptic, Prediction, SemanticMap, Superpixels
+
+
+def encode_rle(masks: np.ndarray) -> list[dict]:
+    """(N, H, W) bool -> N COCO RLE dicts ``{"size": [H, W], "counts": str}``."""
+    if masks.ndim != 3:
+        raise ValueError(f"encode_rle: expected (N, H, W) masks, got shape {masks.shape}")
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def _xywh(boxes: np.ndarray) -> list[list[float]]:
+    """(N, 4) xyxy -> N [x, y, w, h] lists of Python floats."""
+    b = boxes.astype(np.float64)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).round(2).tolist()
+
+
+def detections_to_coco(dets: Detections, image_id: int) -> list[dict]:
+    """COCO "results" entries for one image (the format of ``COCO.loadRes``).
+
+    Each entry: image_id, category_id (the detection's class id as given),
+    bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts).
+    """
+    rles = encode_rle(dets.masks)
+    return [
+        {"image_id": int(image_id), "category_id": int(c), "bbox": box, "score": float(s), "segmentation": rle}
+        for c, box, s, rle in zip(dets.class_ids.tolist(), _xywh(dets.boxes), dets.scores.tolist(), rles)
+    ]
+
+
+def _name(names, i: int) -> str:
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+def _detections_record(dets: Detections) -> dict:
+    items = []
+    labels = dets.labels
+    for i, (box, rle) in enumerate(zip(_xywh(dets.boxes), encode_rle(dets.masks))):
+        item = {
+            "class_id": int(dets.class_ids[i]),
+            "class_name": labels[i],
+            "score": round(float(dets.scores[i]), 5),
+            "bbox": box,
+            "segmentation": rle,
+        }
+        if dets.mask_scores is not None:
+            item["mask_score"] = round(float(dets.mask_scores[i]), 5)
+        if dets.track_ids is not None:
+            item["track_id"] = int(dets.track_ids[i])
+        items.append(item)
+    return {"kind": "detections", "detections": items}
+
+
+def _semantic_record(sem: SemanticMap) -> dict:
+    ids, areas = np.unique(sem.labels, return_counts=True)
+    rles = encode_rle(sem.labels[None] == ids[:, None, None]) if ids.size else []
+    classes = [
+        {"class_id": int(c), "class_name": _name(sem.class_names, int(c)), "area": int(a), "segmentation": r}
+        for c, a, r in zip(ids.tolist(), areas.tolist(), rles)
+    ]
+    return {"kind": "semantic", "classes": classes}
+
+
+def _panoptic_record(pan: Panoptic) -> dict:
+    segments = []
+    for s in pan.segments:
+        seg = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in s.items()}
+        seg["class_name"] = _name(pan.class_names, int(s["category_id"]))
+        segments.append(seg)
+    ids = np.array([s["id"] for s in pan.segments], np.int64)
+    for seg, rle in zip(segments, encode_rle(pan.ids[None] == ids[:, None, None]) if ids.size else []):
+        seg["segmentation"] = rle
+    return {"kind": "panoptic", "segments": segments}
+
+
+def prediction_record(prediction: Prediction) -> dict:
+    """JSON-serialisable description of one prediction (``"kind"`` tells which)."""
+    if isinstance(prediction, Detections):
+        return _detections_record(prediction)
+    if isinstance(prediction, SemanticMap):
+        return _semantic_record(prediction)
+    if isinstance(prediction, Superpixels):
+        return {"kind": "superpixels", "num_segments": prediction.num_segments}
+    if isinstance(prediction, Panoptic):
+        return _panoptic_record(prediction)
+    raise TypeError(f"prediction_record: unsupported prediction type {type(prediction).__name__}")
+
+
+def frame_record(frame: Frame, prediction: Prediction) -> dict:
+    """One JSON Lines record: frame identity and timing plus the prediction.
+
+    Keys: seq, pts (seconds or None), capture_time (monotonic seconds), source_id,
+    width, height, then the keys of :func:`prediction_record` (kind, detections ...).
+    """
+    h, w = int(frame.image.shape[0]), int(frame.image.shape[1])
+    return {
+        "seq": int(frame.seq),
+        "pts": None if frame.pts is None else float(frame.pts),
+        "capture_time": float(frame.capture_time),
+        "source_id": frame.source_id,
+        "width": w,
+        "height": h,
+        **prediction_record(prediction),
+    }

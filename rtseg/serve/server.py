@@ -1,0 +1,230 @@
+"""Live web view: an HTML page, the annotated MJPEG stream and JSON stats.
+
+Routes:
+- ``/``            the page (``page.html`` beside this module)
+- ``/stream.mjpg`` annotated frames, ``multipart/x-mixed-replace`` JPEGs
+- ``/stats.json``  whatever ``stats_fn()`` returns (FPS, per-stage latency, drops)
+- ``/frame.jpg``   the latest annotated frame as one JPEG
+
+The pipeline hands over only the latest frame (``write`` stores a reference
+and wakes the viewers, O(1), never blocks on the network). Each frame is
+JPEG-encoded at most once, by the first viewer thread that asks for it, and
+shared by all viewers; a slow viewer simply skips frames.
+
+Security: binds 127.0.0.1 by default. Any other address needs a token, which
+every request must carry as ``?token=...`` or an ``X-Rtseg-Token`` /
+``Authorization: Bearer`` header.
+"""
+from __future__ import annotations
+
+import errno
+import hmac
+import ipaddress
+import json
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from rtseg.errors import SinkError
+from rtseg.types import Frame, Prediction
+
+_PAGE = Path(__file__).with_name("page.html")
+_BOUNDARY = "rtsegframe"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _LatestFrame:
+    """Latest-frame handoff between the pipeline (writer) and viewer threads."""
+
+    def __init__(self, quality: int) -> None:
+        self._cond = threading.Condition()
+        self._image: np.ndarray | None = None
+        self._seq = 0  # increments per written frame; 0 = nothing yet
+        self._jpeg: tuple[int, bytes] = (0, b"")
+        self._quality = quality
+        self._encode_lock = threading.Lock()
+        self.closed = False
+
+    def put(self, image: np.ndarray) -> None:
+        with self._cond:
+            self._image = image
+            self._seq += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def wait_newer(self, seq: int, timeout: float) -> tuple[int, bytes] | None:
+        """JPEG of a frame newer than ``seq`` (waits up to ``timeout`` s); None on timeout/close."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._seq > seq or self.closed, timeout) or self.closed:
+                return None
+            image, latest = self._image, self._seq
+        return self._encoded(image, latest)
+
+    def _encoded(self, image: np.ndarray, seq: int) -> tuple[int, bytes]:
+        with self._encode_lock:
+            if self._jpeg[0] < seq:
+                ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
+                if ok:
+                    self._jpeg = (seq, buf.tobytes())
+            return self._jpeg
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], sink: "WebSink") -> None:
+        self.sink = sink
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """Silence per-request logging (the pipeline owns the console)."""
+
+    def _authorised(self, query: dict[str, list[str]]) -> bool:
+        token = self.server.sink.token
+        if token is None:
+            return True
+        given = query.get("token", [""])[0] or self.headers.get("X-Rtseg-Token", "")
+        auth = self.headers.get("Authorization", "")
+        if not given and auth.startswith("Bearer "):
+            given = auth[len("Bearer "):]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        url = urlsplit(self.path)
+        if not self._authorised(parse_qs(url.query)):
+            self._send(HTTPStatus.FORBIDDEN, b"token required: add ?token=...\n", "text/plain")
+            return
+        sink = self.server.sink
+        if url.path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, _PAGE.read_bytes(), "text/html; charset=utf-8")
+        elif url.path == "/stats.json":
+            try:
+                body = json.dumps(sink.stats_fn(), default=str).encode()
+            except Exception as exc:  # a failing stats callback must not kill the server
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"stats failed: {exc}\n".encode(), "text/plain")
+                return
+            self._send(HTTPStatus.OK, body, "application/json")
+        elif url.path == "/frame.jpg":
+            got = sink.latest.wait_newer(0, timeout=5.0)
+            if got is None:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
+            else:
+                self._send(HTTPStatus.OK, got[1], "image/jpeg")
+        elif url.path == "/stream.mjpg":
+            self._stream(sink.latest)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def _stream(self, latest: _LatestFrame) -> None:
+        self.close_connection = True
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        seq = 0
+        try:
+            while not latest.closed:
+                got = latest.wait_newer(seq, timeout=1.0)
+                if got is None:
+                    continue
+                seq, jpeg = got
+                head = f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                self.wfile.write(head.encode() + jpeg + b"\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            return  # the viewer went away
+
+
+class WebSink:
+    """Serve the live annotated video and stats at ``http://host:port/``.
+
+    host: bind address; anything but loopback requires ``token``.
+    port: TCP port (0 picks a free one; see :attr:`port`).
+    token: shared secret required on every request when given.
+    stats_fn: returns a JSON-serialisable dict (called per ``/stats.json`` request,
+        from server threads, so it must be thread-safe).
+    jpeg_quality: 1..100.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        token: str | None = None,
+        stats_fn: Callable[[], dict] = dict,
+        jpeg_quality: int = 80,
+    ) -> None:
+        if not is_loopback(host) and not token:
+            raise SinkError(f"web output {host}:{port}: binding a non-loopback address needs a token; pass one or bind 127.0.0.1")
+        self.token = token or None
+        self.stats_fn = stats_fn
+        self.latest = _LatestFrame(jpeg_quality)
+        try:
+            self._server = _Server((host, port), self)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SinkError(f"web output {host}:{port}: port in use; choose another port") from None
+            raise SinkError(f"web output {host}:{port}: cannot listen ({exc.strerror})") from None
+        self.host, self.port = host, int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="rtseg-web", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The page's address (with the token when one is set)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        """Offer ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) to the viewers."""
+        self.latest.put(annotated)
+
+    def close(self) -> None:
+        """End viewer streams and stop the server (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.latest.close()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,102 @@
+"""H.264 (libx264, yuv420p) encoding of BGR frames into an open PyAV container.
+
+Shared by the MP4 and push sinks. Timestamps come from the frames themselves
+(variable frame rate preserved), a keyframe is forced at least every
+``keyframe_interval_s`` seconds of media time, and frames with odd width or
+height are padded by one replicated pixel (yuv420p needs even sizes).
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+from av.video.frame import PictureType
+
+TIME_BASE = Fraction(1, 90_000)
+"""Encoder/stream time base: 90 kHz ticks, the MPEG/RTP convention."""
+
+
+class H264Encoder:
+    """Encode frames into ``container`` as one H.264 video stream.
+
+    The stream is added on the first frame (its size fixes the video size;
+    later frames of another size are resized to it).
+    """
+
+    def __init__(
+        self,
+        container: av.container.OutputContainer,
+        *,
+        fps_hint: float | None,
+        preset: str = "veryfast",
+        crf: int = 23,
+        keyframe_interval_s: float = 1.0,
+    ) -> None:
+        self._container = container
+        self._fps = float(fps_hint) if fps_hint and fps_hint > 0 else 30.0
+        self._options = {"preset": preset, "tune": "zerolatency", "crf": str(crf)}
+        self._key_every = keyframe_interval_s
+        self._stream: av.video.stream.VideoStream | None = None
+        self._size: tuple[int, int] | None = None  # (W, H) as given by the first frame
+        self._t0: float | None = None
+        self._last_pts = -1
+        self._last_key_t = -math.inf
+
+    @property
+    def started(self) -> bool:
+        return self._stream is not None
+
+    @property
+    def t0(self) -> float | None:
+        """Media time (seconds) of the first frame; pts 0 in the output."""
+        return self._t0
+
+    @property
+    def last_time(self) -> float:
+        """Output time (seconds from the first frame) of the last encoded frame."""
+        return max(self._last_pts, 0) * float(TIME_BASE)
+
+    def open_stream(self, width: int, height: int) -> None:
+        """Add the video stream for frames of ``width`` x ``height`` (called by the first :meth:`encode`)."""
+        stream = self._container.add_stream("libx264", rate=Fraction(self._fps).limit_denominator(1001))
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = TIME_BASE
+        stream.codec_context.time_base = TIME_BASE
+        stream.codec_context.gop_size = max(1, int(round(self._fps * self._key_every)))
+        stream.options = dict(self._options)
+        self._stream, self._size = stream, (width, height)
+
+    def encode(self, image: np.ndarray, t: float) -> None:
+        """Encode one (H, W, 3) uint8 BGR image shown at media time ``t`` seconds.
+
+        Times must not go backwards; a repeated time is nudged by one tick.
+        """
+        if self._stream is None:
+            self.open_stream(image.shape[1], image.shape[0])
+        if self._t0 is None:
+            self._t0 = t
+        w, h = self._size
+        if (image.shape[1], image.shape[0]) != (w, h):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        if w % 2 or h % 2:
+            image = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+        pts = max(int(round((t - self._t0) / float(TIME_BASE))), self._last_pts + 1)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        frame.pts, frame.time_base = pts, TIME_BASE
+        rel = pts * float(TIME_BASE)
+        if rel - self._last_key_t >= self._key_every:
+            frame.pict_type = PictureType.I
+            self._last_key_t = rel
+        self._last_pts = pts
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def flush(self) -> None:
+        """Drain the encoder's delayed packets into the container."""
+        if self._stream is not None:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)

@@ -1,0 +1,229 @@
+"""Record annotated video to an MP4 file (H.264, yuv420p, browser-playable).
+
+Crash safety: while recording, the video goes to ``<name>.partial.mp4`` as a
+fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``, a keyframe at
+least every second, a fragment at least every half second, every packet
+flushed to the OS). If the process dies (even SIGKILL), that file plays up to
+within about a second of the end. On a clean :meth:`Mp4Sink.close` the
+fragments are remuxed (no re-encode) into a regular MP4 with the index at the
+front (``+faststart``) under a temporary name, which is then atomically
+renamed to the final path. So the final name only ever holds a complete file,
+and an interrupted recording is recognisable by its ``.partial`` name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from rtseg.errors import SinkError
+from rtseg.types import Frame, Prediction
+from rtseg.video.h264 import H264Encoder
+
+_FRAGMENTED = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "frag_duration": "500000",  # microseconds
+    "flush_packets": "1",
+}
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+_MP4_AUDIO = {"aac", "mp3", "alac", "opus", "flac", "ac3", "eac3"}
+
+
+def partial_path(path: Path) -> Path:
+    """Where an :class:`Mp4Sink` for ``path`` records until it is closed."""
+    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+
+
+def require_writable_folder(path: Path, what: str) -> None:
+    """Raise SinkError unless the folder that will hold ``path`` exists and is writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise SinkError(f"{what} {path}: folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise SinkError(f"{what} {path}: folder {folder} is not writable; choose another path")
+
+
+class _AudioPassThrough:
+    """Copy (or, for codecs MP4 cannot hold, transcode to AAC) a file's first audio track.
+
+    Packets are muxed in step with the video: :meth:`pump` writes everything up
+    to a given output time. Source times are shifted by ``t0`` (the source time
+    of the first video frame) so audio and video stay in sync.
+    """
+
+    def __init__(self, source: str) -> None:
+        try:
+            self._input = av.open(source)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(f"audio source {source}: cannot open ({exc}); check the path") from None
+        if not self._input.streams.audio:
+            self._input.close()
+            raise SinkError(f"audio source {source}: has no audio track; drop the audio option")
+        self._in = self._input.streams.audio[0]
+        self._copy = self._in.codec_context.name in _MP4_AUDIO
+        channels = self._in.codec_context.channels
+        if not self._copy and channels not in _DEFAULT_LAYOUTS:
+            self._input.close()
+            raise SinkError(f"audio source {source}: {channels} channels cannot be converted to AAC; drop the audio option")
+        self._layout = _DEFAULT_LAYOUTS.get(channels, "")  # AAC refuses unordered layouts such as "1 channels"
+        self._out: av.stream.Stream | None = None
+        self._packets: Iterator[av.Packet] = self._input.demux(self._in)
+        self._pending: av.Packet | None = None
+        self._done = False
+        self._offset = 0  # ticks of the input time base subtracted from source times
+
+    def add_to(self, container: av.container.OutputContainer, t0: float) -> None:
+        """Add the output audio stream (before the container's header is written)."""
+        if self._copy:
+            self._out = container.add_stream_from_template(self._in)
+        else:
+            self._out = container.add_stream("aac", rate=self._in.codec_context.sample_rate)
+            self._out.layout = self._layout
+        self._offset = int(round(t0 / float(self._in.time_base)))
+
+    def _next(self) -> av.Packet | None:
+        while not self._done:
+            packet = next(self._packets, None)
+            if packet is None:
+                self._done = True
+            elif packet.pts is not None and packet.size and packet.pts >= self._offset:
+                return packet
+        return None
+
+    def pump(self, container: av.container.OutputContainer, until: float) -> None:
+        """Mux source audio whose output time is <= ``until`` seconds."""
+        tb = float(self._in.time_base)
+        while True:
+            if self._pending is None:
+                self._pending = self._next()
+            packet = self._pending
+            if packet is None or (packet.pts - self._offset) * tb > until:
+                return
+            self._pending = None
+            packet.pts -= self._offset
+            if packet.dts is not None:
+                packet.dts -= self._offset
+            if self._copy:
+                packet.stream = self._out
+                container.mux(packet)
+            else:
+                for frame in packet.decode():
+                    frame.pts = None
+                    for out in self._out.encode(frame):
+                        container.mux(out)
+
+    def finish(self, container: av.container.OutputContainer, until: float) -> None:
+        """Mux the audio up to ``until`` seconds, drain the AAC encoder, close the source."""
+        self.pump(container, until)
+        if not self._copy and self._out is not None:
+            for out in self._out.encode(None):
+                container.mux(out)
+        self.close()
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class Mp4Sink:
+    """Write annotated frames to ``path`` as H.264 MP4 at the frames' own timestamps.
+
+    path: the final .mp4 file (its folder must exist and be writable).
+    fps_hint: expected frame rate (rate control and keyframe spacing); the
+        real timing comes from ``Frame.pts`` (``capture_time`` when pts is None).
+    audio_from: a media file whose first audio track is passed through
+        (shifted so that it stays in sync with the first video frame's pts).
+    preset, crf: libx264 speed/quality settings.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fps_hint: float | None,
+        audio_from: str | None = None,
+        preset: str = "veryfast",
+        crf: int = 23,
+    ) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        require_writable_folder(self.path, "MP4 output")
+        if self.partial.exists():
+            raise SinkError(
+                f"MP4 output {self.path}: {self.partial.name} is left from an interrupted recording; "
+                "move or delete it first"
+            )
+        self._audio = _AudioPassThrough(audio_from) if audio_from else None
+        try:
+            self.partial.open("wb").close()  # PyAV opens the file lazily: fail here, not at the first frame
+            self._container = av.open(str(self.partial), "w", format="mp4", options=dict(_FRAGMENTED))
+        except (av.error.FFmpegError, OSError) as exc:
+            if self._audio is not None:
+                self._audio.close()
+            raise SinkError(f"MP4 output {self.partial}: cannot create ({exc}); choose another path") from None
+        self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf)
+        self._closed = False
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        """Encode ``annotated`` ((H, W, 3) uint8 BGR) at the frame's timestamp."""
+        t = frame.pts if frame.pts is not None else frame.capture_time
+        try:
+            if not self._encoder.started:
+                self._encoder.open_stream(annotated.shape[1], annotated.shape[0])
+                if self._audio is not None:
+                    self._audio.add_to(self._container, t)
+            self._encoder.encode(annotated, t)
+            if self._audio is not None:
+                self._audio.pump(self._container, self._encoder.last_time)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(f"MP4 output {self.partial}: write failed ({exc})") from None
+
+    def _finish_partial(self) -> bool:
+        """Flush and close the fragmented recording; True when it holds at least one frame."""
+        self._closed = True
+        started = self._encoder.started
+        try:
+            self._encoder.flush()
+            if self._audio is not None:
+                if started:
+                    self._audio.finish(self._container, self._encoder.last_time)
+                else:
+                    self._audio.close()
+        finally:
+            self._container.close()
+        if not started:  # no frame arrived: leave no file behind
+            self.partial.unlink(missing_ok=True)
+        return started
+
+    def abort(self) -> None:
+        """End a failed run: keep what was recorded in the ``.partial`` file, never at the final path."""
+        if not self._closed:
+            self._finish_partial()
+
+    def close(self) -> None:
+        """Finish the recording and move it to the final path (idempotent)."""
+        if self._closed or not self._finish_partial():
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            _remux_faststart(self.partial, tmp)
+            os.replace(tmp, self.path)
+        except (av.error.FFmpegError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise SinkError(f"MP4 output {self.path}: finalising failed ({exc}); the recording is in {self.partial}") from None
+        self.partial.unlink(missing_ok=True)
+
+
+def _remux_faststart(src_path: Path, dst_path: Path) -> None:
+    """Copy every audio/video packet of ``src_path`` into a regular MP4 with a leading index."""
+    with av.open(str(src_path)) as src, av.open(
+        str(dst_path), "w", format="mp4", options={"movflags": "+faststart"}
+    ) as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+        for packet in src.demux(*[src.streams[i] for i in streams]):
+            if packet.dts is None:  # demuxer's end-of-stream marker
+                continue
+            packet.stream = streams[packet.stream.index]
+            dst.mux(packet)

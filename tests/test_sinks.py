@@ -1,0 +1,273 @@
+"""File and window sinks with real parts: PyAV encode -> decode round trips, SIGKILL mid-recording."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.errors import SinkError
+from rtseg.types import Detections, Frame
+from rtseg.video.sinks import ImageSink, JsonlSink, Mp4Sink, WindowSink
+
+
+def _frame(i: int, t: float | None, h: int = 120, w: int = 160) -> Frame:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, (i * 7) % w] = 255
+    img[..., 1] = (i * 20) % 256
+    return Frame(img, source_id="test", seq=i, pts=t, capture_time=100.0 + (t or 0.0))
+
+
+def _decode_video(path: Path) -> tuple[av.video.stream.VideoStream, list[float], list[av.VideoFrame]]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = list(c.decode(stream))
+        return stream, [float(f.pts * f.time_base) for f in frames], frames
+
+
+def _make_clip(path: Path, seconds: float, audio_codec: str, fps: int = 25) -> None:
+    """A test clip with an H.264 video track and a sine audio track (``aac`` or ``pcm_s16le``)."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream(audio_codec, rate=48000)
+        a.layout = "mono"
+        n_video = int(seconds * fps)
+        for i in range(n_video):
+            img = np.full((48, 64, 3), (i * 9) % 256, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        chunk = 1024
+        total = int(seconds * 48000)
+        fmt = "fltp" if audio_codec == "aac" else "s16"
+        for start in range(0, total, chunk):
+            t = (np.arange(start, min(start + chunk, total)) / 48000.0)
+            wave = 0.3 * np.sin(2 * np.pi * 440 * t)
+            data = wave.astype(np.float32) if fmt == "fltp" else (wave * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(data[None], format=fmt, layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
+            for p in a.encode(frame):
+                c.mux(p)
+        for s in (v, a):
+            for p in s.encode(None):
+                c.mux(p)
+
+
+# --- MP4 -------------------------------------------------------------------------------------
+
+
+def test_mp4_round_trip_vfr_h264_yuv420p(tmp_path):
+    out = tmp_path / "rec.mp4"
+    times = [0.0, 0.04, 0.08, 0.5, 0.54, 1.7, 1.74, 1.78, 2.9, 3.0]
+    sink = Mp4Sink(out, fps_hint=25)
+    assert sink.partial.exists() and not out.exists()  # recording goes to the .partial file
+    for i, t in enumerate(times):
+        f = _frame(i, t + 5.0)  # source pts need not start at 0
+        sink.write(f, None, f.image)
+    sink.close()
+    sink.close()  # idempotent
+    assert out.exists() and not sink.partial.exists()
+    stream, pts, frames = _decode_video(out)
+    assert stream.codec_context.name == "h264"
+    assert stream.codec_context.pix_fmt == "yuv420p"
+    assert len(frames) == len(times)
+    assert np.allclose(pts, times, atol=1e-3)  # irregular timing preserved
+    # Content survives (the bright column of frame 3 is where it was drawn).
+    img = frames[3].to_ndarray(format="bgr24")
+    assert img[:, 21].mean() > img[:, 80].mean() + 100
+
+
+def test_mp4_odd_size_and_size_change(tmp_path):
+    out = tmp_path / "odd.mp4"
+    sink = Mp4Sink(out, fps_hint=10)
+    for i in range(5):
+        f = _frame(i, i / 10, h=75, w=99) if i < 3 else _frame(i, i / 10, h=80, w=120)
+        sink.write(f, None, f.image)
+    sink.close()
+    stream, pts, frames = _decode_video(out)
+    assert (frames[0].width, frames[0].height) == (100, 76)
+    assert len(frames) == 5
+
+
+def test_mp4_pts_none_uses_capture_time_and_no_frames_leaves_no_file(tmp_path):
+    out = tmp_path / "cap.mp4"
+    sink = Mp4Sink(out, fps_hint=None)
+    for i, t in enumerate([0.0, 0.1, 0.35]):
+        f = Frame(_frame(i, None).image, seq=i, pts=None, capture_time=50.0 + t)
+        sink.write(f, None, f.image)
+    sink.close()
+    assert np.allclose(_decode_video(out)[1], [0.0, 0.1, 0.35], atol=1e-3)
+    empty = Mp4Sink(tmp_path / "none.mp4", fps_hint=25)
+    empty.close()
+    assert list(tmp_path.glob("none*")) == []
+
+
+def test_mp4_abort_keeps_partial_only(tmp_path):
+    out = tmp_path / "failed.mp4"
+    sink = Mp4Sink(out, fps_hint=25)
+    for i in range(10):
+        f = _frame(i, i / 25)
+        sink.write(f, None, f.image)
+    sink.abort()
+    sink.close()  # after abort: nothing more happens
+    assert not out.exists()
+    assert len(_decode_video(sink.partial)[2]) == 10
+
+
+def test_mp4_user_errors(tmp_path):
+    with pytest.raises(SinkError, match="does not exist"):
+        Mp4Sink(tmp_path / "nope" / "x.mp4", fps_hint=25)
+    with pytest.raises(SinkError, match="cannot open"):
+        Mp4Sink(tmp_path / "y.mp4", fps_hint=25, audio_from=str(tmp_path / "missing.mp4"))
+    video_only = tmp_path / "v.mp4"
+    s = Mp4Sink(video_only, fps_hint=25)
+    f = _frame(0, 0.0)
+    s.write(f, None, f.image)
+    s.close()
+    with pytest.raises(SinkError, match="has no audio track"):
+        Mp4Sink(tmp_path / "y.mp4", fps_hint=25, audio_from=str(video_only))
+
+
+@pytest.mark.parametrize("codec,expect", [("aac", "aac"), ("pcm_s16le", "aac")])
+def test_mp4_audio_pass_through(tmp_path, codec, expect):
+    src = tmp_path / ("src.mp4" if codec == "aac" else "src.mkv")
+    _make_clip(src, 2.0, codec)
+    out = tmp_path / "with_audio.mp4"
+    sink = Mp4Sink(out, fps_hint=25, audio_from=str(src))
+    start = 0.5  # the pipeline starts at source time 0.5 s: audio must be shifted to match
+    for i in range(25):
+        f = _frame(i, start + i / 25)
+        sink.write(f, None, f.image)
+    sink.close()
+    with av.open(str(out)) as c:
+        assert c.streams.audio and c.streams.video
+        a = c.streams.audio[0]
+        assert a.codec_context.name == expect
+        packets = [p for p in c.demux(a) if p.pts is not None]
+        first = float(packets[0].pts * a.time_base)
+        last = float(packets[-1].pts * a.time_base)
+        samples = np.concatenate([fr.to_ndarray().reshape(-1) for p in packets for fr in p.decode()])
+    assert first < 0.05  # audio starts with the video, not 0.5 s late
+    assert 0.85 < last < 1.1  # and stops with it (~1 s of video)
+    if codec == "aac":  # copied, not re-encoded: the payload equals the source's from 0.5 s on
+        with av.open(str(src)) as c:
+            sa = c.streams.audio[0]
+            src_packets = [bytes(p) for p in c.demux(sa) if p.pts is not None and p.pts * sa.time_base >= 0.5]
+        assert [bytes(p) for p in packets][:5] == src_packets[:5]
+    assert np.abs(samples).max() > 0.1  # a tone, not silence
+
+
+_RECORDER = textwrap.dedent(
+    """
+    import sys, time, numpy as np
+    from rtseg.types import Frame
+    from rtseg.video.sink_mp4 import Mp4Sink
+    from rtseg.video.sinks import JsonlSink
+    from rtseg.types import Detections
+    sink = Mp4Sink(sys.argv[1], fps_hint=25)
+    jsonl = JsonlSink(sys.argv[2])
+    rng = np.random.default_rng(0)
+    start = time.monotonic()
+    i = 0
+    while True:
+        img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        frame = Frame(img, seq=i, pts=i / 25)
+        sink.write(frame, None, img)
+        jsonl.write(frame, Detections.empty((240, 320), ["a"]), img)
+        print(f"{i / 25:.3f}", flush=True)
+        i += 1
+        time.sleep(max(0.0, start + i / 25 - time.monotonic()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_mp4_and_jsonl_survive_sigkill(tmp_path):
+    out, lines = tmp_path / "crash.mp4", tmp_path / "crash.jsonl"
+    script = tmp_path / "recorder.py"
+    script.write_text(_RECORDER)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(lines)], stdout=subprocess.PIPE, text=True)
+    last = 0.0
+    try:
+        for line in proc.stdout:
+            last = float(line)
+            if last >= 3.0:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL and last >= 3.0
+    assert not out.exists()  # never a complete-looking file at the final name
+    partial = tmp_path / "crash.partial.mp4"
+    _, pts, frames = _decode_video(partial)
+    assert pts[-1] >= last - 1.0, f"recovered up to {pts[-1]:.2f}s of {last:.2f}s"
+    assert np.all(np.diff(pts) > 0)
+    with pytest.raises(SinkError, match="left from an interrupted recording"):
+        Mp4Sink(out, fps_hint=25)  # never overwrite the only copy of a crashed recording
+    records = [json.loads(x) for x in lines.read_bytes().splitlines()]  # every line is complete JSON
+    assert records[-1]["seq"] >= int(last * 25) - 1
+
+
+# --- image, JSON Lines, window -----------------------------------------------------------------
+
+
+def test_image_sink_png_and_jpg(tmp_path):
+    f = _frame(2, 0.0)
+    for name in ("out.png", "out.jpg"):
+        sink = ImageSink(tmp_path / name)
+        sink.write(f, None, f.image)
+        sink.close()
+        back = cv2.imread(str(tmp_path / name))
+        assert back.shape == f.image.shape
+        assert np.abs(back.astype(int) - f.image.astype(int)).mean() < 3
+    per_frame = ImageSink(tmp_path / "f_{seq:03d}.png")
+    for i in range(2):
+        per_frame.write(_frame(i, 0.0), None, _frame(i, 0.0).image)
+    assert sorted(p.name for p in tmp_path.glob("f_*.png")) == ["f_000.png", "f_001.png"]
+    assert list(tmp_path.glob(".*tmp")) == []
+
+
+def test_image_sink_errors(tmp_path):
+    with pytest.raises(SinkError, match="does not exist"):
+        ImageSink(tmp_path / "missing" / "a.png")
+    with pytest.raises(SinkError, match="unknown image type"):
+        ImageSink(tmp_path / "a.mp3")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SinkError, match="does not exist"):  # a file where the folder should be
+        ImageSink(blocker / "a.png")
+
+
+def test_jsonl_sink_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    sink = JsonlSink(path)
+    masks = np.zeros((1, 120, 160), bool)
+    masks[0, 10:20, 10:30] = True
+    dets = Detections(boxes=np.array([[10, 10, 30, 20]], np.float32), scores=np.array([0.9], np.float32),
+                      class_ids=np.array([1]), image_size=(120, 160), class_names=["a", "b"], _masks=masks)
+    for i in range(3):
+        f = _frame(i, i / 10)
+        sink.write(f, dets if i == 1 else Detections.empty((120, 160), ["a", "b"]), f.image)
+    sink.close()
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["seq"] for r in recs] == [0, 1, 2]
+    assert recs[1]["detections"][0]["class_name"] == "b" and recs[0]["detections"] == []
+
+
+def test_window_sink_without_display_is_one_line_error(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("display detection by environment is Linux-only")
+    with pytest.raises(SinkError) as info:
+        WindowSink("rtseg")
+    assert "\n" not in str(info.value) and ("no display" in str(info.value) or "no GUI" in str(info.value))

@@ -1,0 +1,241 @@
+"""Live web view: real HTTP server on loopback, MJPEG parsing, tokens, and the page in headless Chromium."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.errors import SinkError
+from rtseg.serve.server import WebSink
+from rtseg.types import Frame
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _bar(i: int, h: int = 120, w: int = 160) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, (i * 4) % w : (i * 4) % w + 4] = 255
+    return img
+
+
+class _Feeder:
+    """Writes a moving bar to the sink every 40 ms until stopped (stands in for the pipeline)."""
+
+    def __init__(self, sink: WebSink) -> None:
+        self.sink, self.stop = sink, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            self.sink.write(Frame(_bar(i), seq=i), None, _bar(i))
+            i += 1
+            time.sleep(0.04)
+
+    def __enter__(self) -> "_Feeder":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def _read_parts(url: str, n: int) -> list[bytes]:
+    """Read ``n`` JPEG parts from a multipart MJPEG response."""
+    parts = []
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        while len(parts) < n:
+            line = resp.readline()
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+                resp.readline()  # blank line
+                parts.append(resp.read(length))
+    return parts
+
+
+def test_mjpeg_stream_stats_and_404():
+    sink = WebSink("127.0.0.1", 0, stats_fn=lambda: {"fps": 25.0, "drops": 1})
+    try:
+        with _Feeder(sink):
+            parts = _read_parts(sink.url + "stream.mjpg", 3)
+            with urllib.request.urlopen(sink.url + "stats.json", timeout=5) as r:
+                assert r.read() == b'{"fps": 25.0, "drops": 1}'
+            with urllib.request.urlopen(sink.url, timeout=5) as r:
+                assert b'id="video"' in r.read()
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(sink.url + "nope", timeout=5)
+        images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in parts]
+        assert all(im.shape == (120, 160, 3) for im in images)
+        bars = [int(np.argmax(im[60, :, 0])) for im in images]
+        assert len(set(bars)) == 3  # three different frames, not one frame repeated
+    finally:
+        sink.close()
+
+
+def test_slow_client_never_blocks_write():
+    sink = WebSink("127.0.0.1", 0)
+    stalled = socket.create_connection(("127.0.0.1", sink.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # ... and never read
+    noise = np.random.default_rng(0).integers(0, 255, (540, 960, 3), dtype=np.uint8)  # ~1 MB JPEGs
+    done = threading.Event()
+
+    def pipeline() -> None:
+        for i in range(200):
+            sink.write(Frame(noise, seq=i), None, noise)
+            time.sleep(0.002)
+        done.set()
+
+    try:
+        thread = threading.Thread(target=pipeline, daemon=True)
+        thread.start()
+        assert done.wait(20), "write() blocked behind a client that does not read"
+        # Other viewers still get frames while the stalled one hangs.
+        sink.write(Frame(_bar(1), seq=1), None, _bar(1))
+        part = _read_parts(sink.url + "stream.mjpg", 1)[0]
+        assert cv2.imdecode(np.frombuffer(part, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
+    finally:
+        stalled.close()
+        sink.close()
+
+
+def test_token_required_off_loopback():
+    with pytest.raises(SinkError, match="needs a token"):
+        WebSink("0.0.0.0", 0)
+    sink = WebSink("0.0.0.0", 0, token="s3cret", stats_fn=lambda: {"fps": 1.0})
+    base = f"http://127.0.0.1:{sink.port}"
+    try:
+        for path in ("/", "/stats.json", "/stream.mjpg", "/frame.jpg"):
+            with pytest.raises(urllib.error.HTTPError, match="403"):
+                urllib.request.urlopen(base + path, timeout=5)
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(base + "/stats.json?token=wrong", timeout=5)
+        with urllib.request.urlopen(base + "/stats.json?token=s3cret", timeout=5) as r:
+            assert r.status == 200
+        req = urllib.request.Request(base + "/stats.json", headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+        assert sink.url.endswith("?token=s3cret")
+    finally:
+        sink.close()
+
+
+def test_port_in_use_is_one_line_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SinkError, match=f"127.0.0.1:{port}: port in use; choose another port"):
+            WebSink("127.0.0.1", port)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium driven by selenium + chromedriver; skipped when they are not installed."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("needs chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        opts.add_argument(arg)
+    opts.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+_BAR_POSITION_JS = """
+const img = document.getElementById('video');
+if (!img.complete || img.naturalWidth === 0) return null;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const ctx = c.getContext('2d');
+ctx.drawImage(img, 0, 0);
+const row = ctx.getImageData(0, Math.floor(c.height / 2), c.width, 1).data;
+let best = 0, at = -1;
+for (let x = 0; x < c.width; x++) { if (row[4 * x] > best) { best = row[4 * x]; at = x; } }
+return [img.naturalWidth, at];
+"""
+
+
+def _poll(driver, script: str, ok, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if ok(value):
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; last value {value!r}")
+
+
+def test_page_in_headless_chromium(browser):
+    calls = {"n": 0}
+
+    def stats() -> dict:
+        calls["n"] += 1
+        # The shape of rtseg.video.metrics.Metrics.snapshot().
+        return {"frames": calls["n"], "dropped": 2, "fps": 20.0 + calls["n"], "fps_recent": None,
+                "latency_ms": {"network": {"p50": 12.5, "p95": 20.0, "p99": 31.0, "mean": 13.0}}}
+
+    sink = WebSink("0.0.0.0", 0, token="tok", stats_fn=stats)  # the page must carry the token itself
+    try:
+        with _Feeder(sink):
+            browser.get(f"http://127.0.0.1:{sink.port}/?token=tok")
+            first = _poll(browser, _BAR_POSITION_JS, lambda v: v is not None and v[0] == 160)
+            _poll(browser, _BAR_POSITION_JS, lambda v: v is not None and v[1] != first[1])  # frames keep coming
+            fps_js = "const e = document.querySelector('td[data-key=\"fps\"]'); return e ? e.textContent : null;"
+            fps1 = _poll(browser, fps_js, lambda v: v is not None)
+            _poll(browser, fps_js, lambda v: v is not None and v != fps1)  # stats update live
+            cells = browser.execute_script(
+                "return Array.from(document.querySelectorAll('td[data-key]'), e => [e.dataset.key, e.textContent])")
+            cells = dict(cells)
+            assert cells["latency_ms.network.p50"] == "12.5" and cells["latency_ms.network.p99"] == "31.0"
+            assert cells["dropped"] == "2" and cells["fps_recent"] == "–"
+    finally:
+        sink.close()
+
+
+def test_recorded_mp4_plays_in_chromium(browser, tmp_path):
+    """The Mp4Sink output is browser-playable: Chromium's <video> decodes it and knows its length."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from rtseg.video.sinks import Mp4Sink
+
+    sink = Mp4Sink(tmp_path / "clip.mp4", fps_hint=25)
+    for i in range(50):
+        sink.write(Frame(_bar(i), seq=i, pts=i / 25), None, _bar(i))
+    sink.close()
+    (tmp_path / "index.html").write_text('<video id="v" src="clip.mp4" muted playsinline></video>')
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        state = _poll(browser, "const v = document.getElementById('v');"
+                      "return v.error ? 'error ' + v.error.code : [v.readyState, v.videoWidth, v.duration];",
+                      lambda s: isinstance(s, str) or s[0] >= 2)
+        assert not isinstance(state, str), state
+        assert state[1] == 160 and abs(state[2] - 2.0) < 0.1
+        browser.execute_script("const v = document.getElementById('v'); v.play();")
+        _poll(browser, "return document.getElementById('v').currentTime", lambda t: t > 0.3)
+    finally:
+        server.shutdown()
+        server.server_close()
