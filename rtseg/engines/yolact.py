@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
+from rtseg.engines.backends import make_backend
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops.boxes import boxes_to_pixels, decode
@@ -64,7 +65,8 @@ class YolactEngine:
 
     def __init__(self, *, model: Yolact, class_names: Sequence[str] | None = None, device: str = "cpu",
                  score_threshold: float = 0.15, top_k: int = 100, nms: str = "fast", iou_threshold: float = 0.5,
-                 conf_threshold: float = 0.05, nms_top_k: int = 200, max_detections: int = 100) -> None:
+                 conf_threshold: float = 0.05, nms_top_k: int = 200, max_detections: int = 100,
+                 backend: str = "eager") -> None:
         if nms not in NMS_KINDS:
             raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
         if not 0.0 <= score_threshold <= 1.0:
@@ -79,6 +81,8 @@ class YolactEngine:
             raise ConfigError(f"{len(names)} class names given for a model with {self.cfg.num_classes} classes")
         self.class_names: list[str] = names
         self.net = InferenceNet(model.eval()).to(self._dev)
+        self.backend = make_backend(self.net, name=backend, device=self._dev, input_size=self.cfg.input_size,
+                                    config=self.cfg)
         self.priors = make_priors(self.cfg, self._dev)
         self.score_threshold = score_threshold
         self.top_k = top_k
@@ -125,7 +129,7 @@ class YolactEngine:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The network on a preprocessed batch → (loc, conf, coef, proto) (see :class:`InferenceNet`)."""
-        return self.net(x)
+        return self.backend(x)
 
     @torch.inference_mode()
     def postprocess(self, raw: tuple[torch.Tensor, ...], sizes: Sequence[tuple[int, int]]) -> list[Detections]:

@@ -1,0 +1,233 @@
+"""GPU fast path: model-only latency per backend and batch, and post-processing per stage.
+
+Model: each backend of rtseg.engines.backends at batch 1/4/16, warm-up discarded, >= 200 timed
+iterations with CUDA events → p50/p95/p99 ms per batch and images/s. Post-processing on a busy
+random network (spread class bias, tens of detections): NMS (torch Fast NMS vs CuPy kernel vs
+torchvision batched_nms), mask assembly (torch vs CuPy kernel, full resolution), overlay
+(CPU annotate path vs the CuPy overlay kernel on a device frame). Every configuration is
+skipped, and recorded as such, once the time budget is spent. Usage (CUDA required):
+
+    python -m benchmarks.gpu_fastpath --out $OUT/gpu_fastpath.json [--budget-s 300]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmarks.common import RESULTS, machine, summary
+from rtseg.engines.backends import available, make_backend
+from rtseg.engines.yolact import YolactEngine
+from rtseg.models.yolact import PRESETS, Yolact
+from rtseg.ops.boxes import decode
+from rtseg.ops.masks import assemble_masks
+from rtseg.ops.nms import fast_nms
+
+#: name → make_backend keywords
+BACKEND_RUNS: dict[str, dict[str, Any]] = {
+    "eager_fp32": {"name": "eager"},
+    "eager_fp16_cl": {"name": "eager", "half": True, "channels_last": True},
+    "tensorrt_fp16": {"name": "tensorrt"},
+    "onnx_cuda_ep": {"name": "onnx"},
+    "compile_fp16": {"name": "compile"},  # last: compiles once per batch size (minutes)
+}
+
+
+def skip_reason(name: str) -> str | None:
+    """Why a backend is not measured here (None: measure it)."""
+    reason = available(name, torch.device("cuda"))
+    if reason is None and name == "onnx":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            reason = "onnxruntime has no CUDAExecutionProvider here (CPU ORT is not a GPU backend)"
+    return reason
+
+
+def cuda_times(fn: Callable[[], Any], *, iters: int, warmup: int) -> list[float]:
+    """Per-call milliseconds by CUDA events, after ``warmup`` discarded calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "torchvision", "cupy-cuda12x", "cupy-cuda13x", "cupy", "onnxruntime", "onnxruntime-gpu",
+                 "torch-tensorrt", "tensorrt", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        out["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                       capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out["driver"] = "unknown"
+    out["cuda_runtime"] = str(torch.version.cuda)
+    return out
+
+
+def busy_model(preset: str) -> Yolact:
+    torch.manual_seed(0)
+    model = Yolact(PRESETS[preset])
+    with torch.no_grad():
+        model.prediction_layers[0].conf_layer.bias.normal_(0, 3)
+    return model
+
+
+def bench_model(engine: YolactEngine, batches: list[int], iters: int, deadline: float, cache: Path,
+                out: dict[str, Any], save: Callable[[], None]) -> None:
+    """Fill ``out[run]`` per backend run, calling ``save()`` after each measurement."""
+    s = engine.cfg.input_size
+    for run, kw in BACKEND_RUNS.items():
+        reason = skip_reason(kw["name"])
+        if reason is not None:
+            out[run] = {"skipped": reason}
+            continue
+        if time.monotonic() > deadline:
+            out[run] = {"skipped": "time budget spent"}
+            continue
+        try:
+            t = time.perf_counter()
+            backend = make_backend(engine.net, device="cuda", input_size=s, config=engine.cfg, cache_dir=cache, **kw)
+            res: dict[str, Any] = {"build_s": time.perf_counter() - t}
+            for b in batches:
+                if time.monotonic() > deadline:
+                    res[f"batch{b}"] = {"skipped": "time budget spent"}
+                    continue
+                x = torch.randn(b, 3, s, s, device="cuda")
+                with torch.inference_mode():
+                    ms = cuda_times(lambda: backend(x), iters=iters, warmup=10)
+                r = summary(ms)
+                r["images_per_s"] = b * 1000.0 * len(ms) / sum(ms)
+                res[f"batch{b}"] = r
+                out[run] = res
+                save()
+                print(f"{run} batch {b}: p50 {r['p50_ms']:.2f} ms, {r['images_per_s']:.0f} img/s", flush=True)
+            out[run] = res
+        except Exception as exc:  # noqa: BLE001 - one backend failing must not lose the others' numbers
+            out[run] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(run, "failed:", out[run]["error"], flush=True)
+        save()
+
+
+def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) -> dict:
+    """NMS, mask assembly and overlay on one busy frame (batch 1)."""
+    import torchvision
+
+    from rtseg.ops import cupy_ops
+
+    s = engine.cfg.input_size
+    x = torch.randn(1, 3, s, s, device="cuda")
+    with torch.inference_mode():
+        loc, conf, coef, proto = engine.forward(x)
+        boxes = decode(loc[0], engine.priors)
+        scores = conf[0, :, 1:].t()
+        keep = scores.max(0).values > engine.conf_threshold
+        scores, boxes, coef0 = scores[:, keep].contiguous(), boxes[keep].contiguous(), coef[0][keep]
+        c, n = scores.shape
+        flat_boxes = boxes[None].expand(c, n, 4).reshape(-1, 4)
+        flat_idx = torch.arange(c, device="cuda")[:, None].expand(c, n).reshape(-1)
+
+        def tv_nms() -> Any:
+            sc = scores.reshape(-1)
+            ok = sc > engine.conf_threshold
+            return torchvision.ops.batched_nms(flat_boxes[ok], sc[ok], flat_idx[ok], 0.5)[:100]
+
+        res: dict[str, Any] = {"candidates": n, "classes": c}
+        res["nms_torch_fast"] = summary(cuda_times(lambda: fast_nms(boxes, scores), iters=iters, warmup=10))
+        res["nms_cupy_fast"] = summary(cuda_times(lambda: cupy_ops.fast_nms(boxes, scores), iters=iters, warmup=10))
+        res["nms_torchvision_batched"] = summary(cuda_times(tv_nms, iters=iters, warmup=10))
+        idx, _, det_scores = fast_nms(boxes, scores)
+        rel, det_coef, p = boxes[idx], coef0[idx], proto[0]
+        res["detections"] = int(idx.numel())
+        res["assemble_torch"] = summary(cuda_times(lambda: assemble_masks(p, det_coef, rel, frame_size),
+                                                   iters=iters, warmup=5))
+        res["assemble_cupy"] = summary(cuda_times(lambda: cupy_ops.assemble_masks(p, det_coef, rel, frame_size),
+                                                  iters=iters, warmup=5))
+        frame = torch.randint(0, 256, (*frame_size, 3), dtype=torch.uint8, device="cuda")
+        colors = torch.randint(0, 256, (len(idx), 3), dtype=torch.uint8, device="cuda")
+        res["overlay_cupy_device"] = summary(cuda_times(
+            lambda: cupy_ops.overlay_masks(frame, p, det_coef, rel, det_scores, colors), iters=iters, warmup=5))
+    try:
+        from rtseg.ops.overlay import annotate
+
+        frame_np = frame.cpu().numpy()
+        raw = (loc, conf, coef, proto)
+
+        def reference_path() -> None:  # postprocess (torch NMS) + masks to host + CPU annotate
+            annotate(frame_np, engine.postprocess(raw, [frame_size])[0])
+
+        t = []
+        for i in range(min(iters, 30) + 3):
+            t0 = time.perf_counter()
+            reference_path()
+            if i >= 3:
+                t.append((time.perf_counter() - t0) * 1e3)
+        res["postprocess_plus_annotate_cpu"] = summary(t)
+    except ImportError as exc:
+        res["postprocess_plus_annotate_cpu"] = {"skipped": str(exc)}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--presets", nargs="+", default=["yolact_resnet50", "yolact_base"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new configurations after this")
+    ap.add_argument("--frame", default="720x1280", help="HxW of the frame for masks / overlay")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/gpu_fastpath.json)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_fastpath: CUDA is not available here")
+    if args.iters < 200:
+        raise SystemExit("gpu_fastpath: use at least 200 iterations")
+    deadline = time.monotonic() + args.budget_s
+    frame_size = tuple(int(v) for v in args.frame.split("x"))
+    doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions(),
+                           "iters": args.iters, "frame": args.frame, "results": {}}
+    out_path = args.out or RESULTS / "gpu_fastpath.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every measurement, so a killed run keeps what it measured
+        out_path.write_text(json.dumps(doc, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory() as cache:
+        for preset in args.presets:
+            if time.monotonic() > deadline:
+                doc["results"][preset] = {"skipped": "time budget spent"}
+                continue
+            engine = YolactEngine(model=busy_model(preset), device="cuda", score_threshold=0.0)
+            entry: dict[str, Any] = {"model": {}}
+            doc["results"][preset] = entry
+            try:
+                entry["post"] = bench_post(engine, args.iters, frame_size)
+            except Exception as exc:  # noqa: BLE001 - keep the model numbers even if CuPy is broken
+                entry["post"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            save()
+            print(preset, "post:", json.dumps(entry["post"])[:800], flush=True)
+            bench_model(engine, args.batches, args.iters, deadline, Path(cache), entry["model"], save)
+            del engine
+            torch.cuda.empty_cache()
+    save()
+    print(out_path)
+
+if __name__ == "__main__":
+    main()

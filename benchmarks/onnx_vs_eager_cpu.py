@@ -1,0 +1,64 @@
+"""Network-only CPU latency: eager torch vs ONNX Runtime (CPUExecutionProvider), batch 1.
+
+The evidence behind ``backend="auto"`` on a CPU (rtseg.engines.backends.CPU_AUTO). Random
+weights (latency does not depend on them). Writes benchmarks/results/onnx_vs_eager_cpu.json.
+
+    python -m benchmarks.onnx_vs_eager_cpu [--iters 10] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from benchmarks.common import summary, time_it, write_result
+from rtseg.engines.backends import make_backend
+from rtseg.engines.yolact import InferenceNet
+from rtseg.models.yolact import Yolact, YolactConfig
+
+CONFIGS = {
+    "resnet50_550": YolactConfig(backbone="resnet50"),
+    "demo_resnet18_320": YolactConfig(backbone="resnet18", num_classes=6, input_size=320, fpn_channels=64,
+                                      num_prototypes=16),
+}
+
+
+def run(cfg: YolactConfig, iters: int, cache: Path) -> dict:
+    torch.manual_seed(0)
+    net = InferenceNet(Yolact(cfg).eval())
+    x = torch.randn(1, 3, cfg.input_size, cfg.input_size)
+    eager = make_backend(net, name="eager", device="cpu", input_size=cfg.input_size)
+    t = time.perf_counter()
+    onnx = make_backend(net, name="onnx", device="cpu", input_size=cfg.input_size, config=cfg, cache_dir=cache)
+    export_s = time.perf_counter() - t
+    with torch.inference_mode():
+        e = summary(time_it(lambda: eager(x), iters=iters))
+        o = summary(time_it(lambda: onnx(x), iters=iters))
+        diff = max(float((a - b).abs().max()) for a, b in zip(eager(x), onnx(x)))
+    return {"eager": e, "onnx_runtime": o, "speedup_p50": e["p50_ms"] / o["p50_ms"], "export_s": export_s,
+            "max_abs_diff": diff}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as cache:
+        results = {name: run(cfg, args.iters, Path(cache)) for name, cfg in CONFIGS.items()}
+    for name, r in results.items():
+        print(f"{name}: eager p50 {r['eager']['p50_ms']:.1f} ms, ORT p50 {r['onnx_runtime']['p50_ms']:.1f} ms, "
+              f"speedup {r['speedup_p50']:.2f}x, max |diff| {r['max_abs_diff']:.1e}")
+    load = os.getloadavg()  # the dev machine is shared: a high load slows eager torch most (OpenMP spinning)
+    print(write_result("onnx_vs_eager_cpu", {"batch": 1, "threads": args.threads, "onnxruntime": ort.__version__,
+                                             "load_avg_1_5_15": load, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The one prepared GPU check (issue 5). A session with a GPU runs, from the repo root:
+#
+#     bash benchmarks/run_on_device.sh            # via the device tool: timeout_s=590
+#
+# 1. environment report (GPU, driver, library versions, which optional imports work)
+# 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu (all test files; modules whose imports are missing on the
+#    GPU image, e.g. PyAV, are reported as collection errors and the rest still run)
+# 3. python -m benchmarks.gpu_fastpath (model latency per backend/batch, NMS / masks / overlay)
+# Everything goes under $OUT: env.txt, pytest_gpu.log, pytest_gpu.xml, gpu_fastpath.log,
+# gpu_fastpath.json (written after every measurement, so a cut-off run keeps its numbers).
+# Total budget: RTSEG_DEVICE_BUDGET_S (default 540 s = 9 minutes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/out/device}"
+mkdir -p "$OUT"
+BUDGET="${RTSEG_DEVICE_BUDGET_S:-540}"
+START=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export RTSEG_ENGINE_CACHE="$(mktemp -d)"
+PY="${PYTHON:-python3}"
+
+{
+  echo "== date"; date -u
+  echo "== nvidia-smi"; nvidia-smi || true
+  echo "== nvcc"; nvcc --version 2>/dev/null | tail -1 || echo "no nvcc"
+  echo "== python"; "$PY" - <<'EOF'
+import importlib, platform
+print("python", platform.python_version())
+for m in ("torch", "torchvision", "numpy", "cupy", "cv2", "pycocotools", "safetensors", "skimage", "av",
+          "onnx", "onnxscript", "onnxruntime", "torch_tensorrt", "modelopt", "pytest"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"{m:16s} {getattr(mod, '__version__', 'ok')}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"{m:16s} MISSING ({type(exc).__name__}: {str(exc)[:80]})")
+import torch
+print("cuda available", torch.cuda.is_available(), "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+try:
+    import onnxruntime as ort
+    print("ort providers", ort.get_available_providers())
+except Exception:
+    pass
+EOF
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# GPU tests: at most 4 minutes, leaving the rest for the benchmark.
+T_TEST=$(( $(left) < 240 ? $(left) - 30 : 240 ))
+echo "== pytest -m gpu (limit ${T_TEST}s)"
+RTSEG_REQUIRE_CUDA=1 timeout --signal=INT --kill-after=10 "$T_TEST" \
+  "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
+  --junitxml="$OUT/pytest_gpu.xml" tests > "$OUT/pytest_gpu.log" 2>&1
+echo "pytest exit code $?" >> "$OUT/pytest_gpu.log"
+tail -n 40 "$OUT/pytest_gpu.log"
+
+# Benchmark: stop starting configurations 40 s before the end, hard-kill 10 s before it.
+T_BENCH=$(( $(left) - 10 ))
+if [ "$T_BENCH" -gt 60 ]; then
+  echo "== gpu_fastpath (limit ${T_BENCH}s)"
+  timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$OUT/gpu_fastpath.json" \
+    --budget-s $(( T_BENCH - 40 )) > "$OUT/gpu_fastpath.log" 2>&1
+  echo "gpu_fastpath exit code $?" >> "$OUT/gpu_fastpath.log"
+  tail -n 30 "$OUT/gpu_fastpath.log"
+else
+  echo "no time left for the benchmark" | tee "$OUT/gpu_fastpath.log"
+fi
+rm -rf "$RTSEG_ENGINE_CACHE"
+echo "== done in $(( $(date +%s) - START )) s; files in $OUT"

@@ -1,0 +1,220 @@
+"""Network backends: how an engine runs its exportable network part.
+
+A backend is a callable ``(x) -> (loc, conf, coef, proto)`` that takes the
+normalised float32 batch (B, 3, S, S) on the engine's device and returns the
+raw float32 tensors of :class:`rtseg.engines.yolact.InferenceNet` on that
+device; pre- and post-processing stay in the engine.
+
+- ``eager``: the module as is (fp16 weights / channels_last memory as options).
+- ``compile``: ``torch.compile`` (on CUDA ``mode="reduce-overhead"``, i.e. CUDA
+  graphs, with fp16).
+- ``onnx``: exported once with ``torch.onnx.export`` and run by ONNX Runtime
+  (:mod:`rtseg.engines.onnx_export`).
+- ``tensorrt``: torch-tensorrt, fp16 or INT8 (:mod:`rtseg.engines.trt`).
+- ``auto``: tensorrt when importable on CUDA, else compile on CUDA, else ONNX Runtime
+  on the CPU (measured faster than eager; evidence at :data:`CPU_AUTO`).
+
+Exported/compiled artefacts are cached under ``engines/cache/`` keyed by a digest
+of the weights plus everything else that changes the artefact; see
+:func:`cached_artifact`. A stale, foreign or unreadable entry is rebuilt.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import torch
+from torch import nn
+
+from rtseg.errors import ConfigError
+
+BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
+#: What ``auto`` picks on a CPU (eager when onnx/onnxscript/onnxruntime are missing). Evidence:
+#: benchmarks/onnx_vs_eager_cpu.py on the shared 2-core dev machine (results/onnx_vs_eager_cpu.json),
+#: batch 1, network only, p50 over two runs: R-50 @ 550 eager 3895-6527 ms vs ORT 1626-1651 ms;
+#: resnet18 @ 320 demo config eager 2644-4324 ms vs ORT 130-141 ms. The machine was loaded (load
+#: avg 10-12), which hurts torch's OpenMP threads most; a spot check with torch at 1 thread still
+#: gave eager 217 ms vs ORT 100-190 ms for the demo config.
+CPU_AUTO = "onnx"
+#: Largest batch the exported / compiled graphs are built for.
+MAX_BATCH = 16
+#: Environment variable that overrides the cache folder.
+CACHE_ENV = "RTSEG_ENGINE_CACHE"
+
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Backend = Callable[[torch.Tensor], Outputs]
+T = TypeVar("T")
+
+
+def default_cache_dir() -> Path:
+    """``$RTSEG_ENGINE_CACHE`` or ``<project>/engines/cache`` (git-ignored)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "engines" / "cache"
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over the module's state dict (names, dtypes, shapes and raw bytes), hex."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str, Any],
+                    build: Callable[[Path], None], load: Callable[[Path], T]) -> T:
+    """Load a cached artefact for ``key``, or build, record and load it.
+
+    The entry is ``<prefix>-<hash(key)>.<suffix>`` plus a ``.json`` sidecar holding the full key
+    and the artefact's sha256. It is trusted only when the sidecar parses, its key equals
+    ``key`` and the file's digest matches; ``load`` raising on it also counts as stale. Anything
+    else is rebuilt (``build(path)`` writes the artefact) and the sidecar rewritten atomically.
+    """
+    key = json.loads(json.dumps(dict(key), sort_keys=True, default=str))
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"{prefix}-{name}.{suffix}"
+    meta = path.with_suffix(path.suffix + ".json")
+    try:
+        recorded = json.loads(meta.read_text())
+        if recorded.get("key") == key and recorded.get("sha256") == _file_digest(path):
+            return load(path)
+    except Exception:  # noqa: BLE001 - any unreadable / foreign entry is rebuilt, never trusted
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        build(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    meta_tmp = meta.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(path)}, indent=1))
+    os.replace(meta_tmp, meta)
+    return load(path)
+
+
+def _module_on(net: nn.Module, device: torch.device, half: bool, channels_last: bool) -> nn.Module:
+    """A copy of ``net`` on ``device`` (fp16 / channels_last when asked); ``net`` itself unchanged."""
+    if not half and not channels_last:
+        return net.to(device)
+    out = copy.deepcopy(net).to(device)
+    if half:
+        out = out.half()
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    return out
+
+
+class TorchBackend:
+    """Runs a torch callable (eager module or ``torch.compile`` result), fp16 / channels_last aware."""
+
+    def __init__(self, *, name: str, fn: Callable[[torch.Tensor], Outputs], half: bool, channels_last: bool,
+                 cuda_graphs: bool = False) -> None:
+        self.name = name
+        self.fn = fn
+        self.half = half
+        self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        if self.half:
+            x = x.half()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.cuda_graphs:
+            # CUDA-graph outputs are overwritten by the next replay: mark the step and copy out.
+            torch.compiler.cudagraph_mark_step_begin()
+            return tuple(t.float().clone() for t in self.fn(x))  # type: ignore[return-value]
+        return tuple(t.float() for t in self.fn(x))  # type: ignore[return-value]
+
+
+def in_chunks(run: Callable[[torch.Tensor], Outputs], x: torch.Tensor, max_batch: int) -> Outputs:
+    """``run`` over ``x`` in slices of at most ``max_batch`` (graphs built for a batch range), outputs concatenated."""
+    if x.shape[0] <= max_batch:
+        return run(x)
+    parts = [run(c) for c in x.split(max_batch)]
+    return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
+
+
+def available(name: str, device: torch.device) -> str | None:
+    """None when backend ``name`` can run on ``device`` here, else the reason (one line)."""
+    if name == "tensorrt":
+        if device.type != "cuda":
+            return "needs a CUDA device (use --device cuda)"
+        if importlib.util.find_spec("torch_tensorrt") is None:
+            return "needs torch-tensorrt: pip install torch-tensorrt (matching your torch)"
+    if name == "onnx":
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs {', '.join(missing)}: pip install 'rtseg[onnx]'"
+    return None
+
+
+def resolve(name: str, device: torch.device) -> str:
+    """The concrete backend for ``name`` on ``device`` (``auto`` resolved); ConfigError when impossible."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        if device.type == "cuda":
+            return "tensorrt" if available("tensorrt", device) is None else "compile"
+        return CPU_AUTO if available(CPU_AUTO, device) is None else "eager"
+    reason = available(name, device)
+    if reason is not None:
+        raise ConfigError(f"backend {name!r} is not available: {reason}; or use --backend eager")
+    return name
+
+
+def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input_size: int, config: Any = None,
+                 half: bool | None = None, channels_last: bool | None = None, cache_dir: Path | None = None,
+                 precision: str = "fp16", calibration_dir: str | None = None, max_batch: int = MAX_BATCH) -> Backend:
+    """Wrap ``net`` (an eval-mode :class:`InferenceNet`) in backend ``name``.
+
+    device: where inputs arrive and outputs are returned. input_size: S of the (B, 3, S, S) input.
+    config: anything whose ``repr`` identifies the architecture (part of cache keys).
+    half / channels_last: fp16 weights / channels_last memory for eager and compile (default: on for
+    compile on CUDA, off otherwise, so that eager is the module as is).
+    precision ("fp16" | "int8") and calibration_dir (a folder of frames for INT8): tensorrt only.
+    The returned callable has a ``name`` attribute with the resolved backend.
+    """
+    device = torch.device(device)
+    concrete = resolve(name, device)
+    on_cuda = device.type == "cuda"
+    fast_default = on_cuda and concrete == "compile"
+    half = fast_default if half is None else half
+    channels_last = fast_default if channels_last is None else channels_last
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    net = net.eval()
+    if concrete == "eager":
+        module = _module_on(net, device, half, channels_last)
+        return TorchBackend(name="eager", fn=module, half=half, channels_last=channels_last)
+    if concrete == "compile":
+        module = _module_on(net, device, half, channels_last)
+        mode = "reduce-overhead" if on_cuda else None
+        fn = torch.compile(module, mode=mode, dynamic=False)
+        return TorchBackend(name="compile", fn=fn, half=half, channels_last=channels_last, cuda_graphs=on_cuda)
+    if concrete == "onnx":
+        from rtseg.engines.onnx_export import OnnxBackend
+
+        return OnnxBackend.create(net, device=device, input_size=input_size, config=config, cache_dir=cache,
+                                  max_batch=max_batch)
+    from rtseg.engines.trt import TensorRTBackend
+
+    return TensorRTBackend.create(net, device=device, input_size=input_size, config=config, cache_dir=cache,
+                                  precision=precision, calibration_dir=calibration_dir, max_batch=max_batch)

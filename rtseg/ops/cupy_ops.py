@@ -1,0 +1,168 @@
+"""CuPy twins of the YOLACT post-processing ops (CUDA tensors in, CUDA tensors out).
+
+- :func:`fast_nms`: same signature and keep set as :func:`rtseg.ops.nms.fast_nms`; the
+  per-class IoU upper triangle and its column maximum run in one kernel
+  (``cuda/fast_nms.cu``) without materialising the (C, K, K) IoU tensor.
+- :func:`assemble_masks`: same signature as :func:`rtseg.ops.masks.assemble_masks`.
+- :func:`overlay_masks`: the masks of :func:`rtseg.ops.overlay.annotate` blended straight
+  into a device frame; full-resolution masks are never materialised.
+
+The prototypes × coefficients product is a torch (cuBLAS) GEMM; sigmoid, crop, bilinear
+upsampling, threshold and blending are one kernel (``cuda/mask_overlay.cu``). Kernels run
+on torch's current stream. This module imports without CuPy; calling an op without it
+raises :class:`rtseg.errors.ConfigError`.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtseg.errors import ConfigError
+from rtseg.ops.boxes import boxes_to_pixels, sanitize
+from rtseg.ops.nms import _top_over_classes
+
+KERNELS = Path(__file__).resolve().parent / "cuda"
+#: Compile options: no fused multiply-add, so IoU and sampling positions round like torch's.
+NVRTC_OPTIONS = ("--fmad=false",)
+THREADS = 256
+HAVE_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(source: str, name: str) -> Any:
+    if not HAVE_CUPY:
+        raise ConfigError("the CUDA fast path needs CuPy: pip install cupy-cuda12x (or use the torch ops)")
+    import cupy
+
+    module = cupy.RawModule(code=(KERNELS / source).read_text(), options=NVRTC_OPTIONS)
+    return module.get_function(name)
+
+
+def _launch(kernel: Any, grid: tuple[int, ...], args: tuple[Any, ...]) -> None:
+    """Run ``kernel`` on torch's current CUDA stream; tensor arguments are passed as device pointers."""
+    import cupy
+
+    conv = tuple(cupy.from_dlpack(a.detach()) if isinstance(a, torch.Tensor) else a for a in args)
+    with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+        kernel(grid, (THREADS,), conv)
+
+
+def _require_cuda(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if not t.is_cuda:
+            raise ValueError(f"cupy_ops: expected CUDA tensors, got one on {t.device}")
+
+
+def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float = 0.5,
+             top_k: int = 200, max_detections: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fast NMS per class, CUDA kernel twin of :func:`rtseg.ops.nms.fast_nms` (see it for semantics).
+
+    boxes (N, 4) point form, scores (C, N) → (index (M,), class_id (M,), score (M,)), score descending.
+    Results differ from the torch reference only where scores tie exactly.
+    """
+    num_classes, n = scores.shape
+    if n == 0 or num_classes == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
+        return empty, empty, scores.new_zeros(0)
+    _require_cuda(boxes, scores)
+    sorted_scores, idx = scores.sort(1, descending=True)
+    idx, sorted_scores = idx[:, :top_k].contiguous(), sorted_scores[:, :top_k]
+    k = idx.shape[1]
+    cand = boxes[idx.view(-1)].view(num_classes, k, 4).float().contiguous()
+    keep = torch.empty((num_classes, k), dtype=torch.uint8, device=boxes.device)
+    _launch(_kernel("fast_nms.cu", "fast_nms_keep"), ((k + THREADS - 1) // THREADS, num_classes),
+            (cand, np.int32(num_classes), np.int32(k), np.float32(iou_threshold), keep))
+    keep = keep.view(torch.bool)
+    classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)
+    return _top_over_classes(idx[keep], classes[keep], sorted_scores[keep], max_detections)
+
+
+def _logits_and_crop(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
+                     crop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, w, n) float32 logits ``proto @ coef.T`` (cuBLAS) and (n, 4) float32 crop windows on the grid."""
+    h, w, _ = proto.shape
+    lin = (proto.float() @ coef.float().t()).contiguous()
+    if crop:
+        x1, x2 = sanitize(boxes[:, 0].float(), boxes[:, 2].float(), w, 1)
+        y1, y2 = sanitize(boxes[:, 1].float(), boxes[:, 3].float(), h, 1)
+        win = torch.stack([x1, y1, x2, y2], 1)
+    else:
+        win = torch.tensor([0.0, 0.0, float(w), float(h)], device=proto.device).expand(coef.shape[0], 4)
+    return lin, win.float().contiguous()
+
+
+def _scales(h: int, w: int, size: tuple[int, int]) -> tuple[np.float32, np.float32]:
+    """torch's bilinear source scale in float32: in / out per axis."""
+    return np.float32(h) / np.float32(size[0]), np.float32(w) / np.float32(size[1])
+
+
+def assemble_masks(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], *,
+                   crop: bool = True, threshold: float = 0.5) -> torch.Tensor:
+    """Full-resolution binary masks, kernel twin of :func:`rtseg.ops.masks.assemble_masks`.
+
+    proto (h, w, k); coef (n, k); boxes (n, 4) relative point form; size (H, W) → (n, H, W) bool.
+    """
+    n = coef.shape[0]
+    if n == 0:
+        return torch.zeros((0, *size), dtype=torch.bool, device=proto.device)
+    _require_cuda(proto, coef, boxes)
+    h, w, _ = proto.shape
+    lin, win = _logits_and_crop(proto, coef, boxes, crop)
+    out = torch.empty((n, *size), dtype=torch.uint8, device=proto.device)
+    sy, sx = _scales(h, w, size)
+    total = n * size[0] * size[1]
+    _launch(_kernel("mask_overlay.cu", "assemble_masks"), ((total + THREADS - 1) // THREADS,),
+            (lin, win, np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
+             np.float32(threshold), out))
+    return out.view(torch.bool)
+
+
+def paint_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(n, 4) relative boxes → (n, 4) int32 half-open pixel windows (x0, y0, x1, y1) a mask may paint.
+
+    As annotate's ``_int_boxes`` on the Detections' boxes: the frame box (``boxes_to_pixels``)
+    rounded outwards by one pixel and clipped to the frame; computed on the device.
+    """
+    height, width = size
+    px = boxes_to_pixels(boxes.float(), height, width)
+    win = torch.cat([torch.floor(px[:, :2]) - 1, torch.ceil(px[:, 2:]) + 1], 1)
+    win[:, 0::2] = win[:, 0::2].clamp(0, width)
+    win[:, 1::2] = win[:, 1::2].clamp(0, height)
+    return win.to(torch.int32).contiguous()
+
+
+def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
+                  scores: torch.Tensor, colors: torch.Tensor, *, alpha: float = 0.45, crop: bool = True,
+                  threshold: float = 0.5) -> torch.Tensor:
+    """Blend instance masks into a frame on the device (the mask part of :func:`rtseg.ops.overlay.annotate`).
+
+    frame (H, W, 3) uint8 BGR; proto (h, w, k); coef (n, k); boxes (n, 4) relative point form;
+    scores (n,) (higher paints on top; ties: the later index on top, as annotate's stable sort);
+    colors (n, 3) uint8 BGR. Each mask paints only inside its box rounded out by one pixel.
+    Returns a new (H, W, 3) uint8 tensor; ``frame`` is not modified.
+    """
+    _require_cuda(frame, proto, coef, boxes)
+    if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"overlay_masks: expected an (H, W, 3) uint8 frame, got {frame.dtype} {tuple(frame.shape)}")
+    n = coef.shape[0]
+    if n == 0:
+        return frame.clone()
+    size = (frame.shape[0], frame.shape[1])
+    h, w, _ = proto.shape
+    lin, win = _logits_and_crop(proto, coef, boxes, crop)
+    order = np.argsort(scores.float().cpu().numpy(), kind="stable")[::-1].astype(np.int32)
+    order_t = torch.from_numpy(order.copy()).to(frame.device)
+    out = torch.empty_like(frame)
+    sy, sx = _scales(h, w, size)
+    total = size[0] * size[1]
+    _launch(_kernel("mask_overlay.cu", "overlay_masks"), ((total + THREADS - 1) // THREADS,),
+            (frame.contiguous(), lin, win, paint_boxes(boxes, size), order_t,
+             colors.to(frame.device, torch.uint8).contiguous(),
+             np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
+             np.float32(threshold), np.float32(alpha), out))
+    return out

@@ -1,0 +1,241 @@
+"""Network backends: selection, errors, the engine cache, eager/compile equality (CPU) and GPU variants."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg.engines import backends
+from rtseg.engines.backends import BACKENDS, available, cached_artifact, make_backend, resolve, weights_digest
+from rtseg.engines.yolact import YolactEngine
+from rtseg.errors import ConfigError
+from rtseg.models.yolact import YolactConfig
+
+TINY = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32, num_prototypes=8)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def engine() -> YolactEngine:
+    torch.manual_seed(0)
+    return YolactEngine.from_config(TINY, class_names=["a", "b", "c"], score_threshold=0.0)
+
+
+def _max_diff(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
+    return max(float((x.float().cpu() - y.float().cpu()).abs().max()) for x, y in zip(a, b))
+
+
+def test_unknown_backend_is_one_line_config_error(engine: YolactEngine) -> None:
+    with pytest.raises(ConfigError, match="unknown backend 'fast'") as err:
+        make_backend(engine.net, name="fast", device="cpu", input_size=128)
+    assert "\n" not in str(err.value) and "eager" in str(err.value)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        YolactEngine.from_config(TINY, backend="tensorrtx")
+
+
+def test_tensorrt_on_cpu_is_unavailable(engine: YolactEngine) -> None:
+    with pytest.raises(ConfigError, match="backend 'tensorrt' is not available: needs a CUDA device") as err:
+        make_backend(engine.net, name="tensorrt", device="cpu", input_size=128)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="torch-tensorrt is installed")
+def test_tensorrt_without_package_names_the_fix() -> None:
+    # the availability check needs no GPU: it looks for the package
+    reason = available("tensorrt", torch.device("cuda"))
+    assert reason is not None and "pip install torch-tensorrt" in reason
+
+
+def test_onnx_missing_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    with pytest.raises(ConfigError, match="needs onnxruntime: pip install 'rtseg\\[onnx\\]'"):
+        resolve("onnx", CPU)
+
+
+def test_auto_resolution_on_cpu() -> None:
+    assert set(BACKENDS) == {"eager", "compile", "tensorrt", "onnx", "auto"}
+    want = backends.CPU_AUTO if available(backends.CPU_AUTO, CPU) is None else "eager"
+    assert resolve("auto", CPU) == want
+    assert resolve("eager", CPU) == "eager"
+
+
+def test_eager_backend_is_the_module_as_is(engine: YolactEngine) -> None:
+    x = torch.randn(2, 3, 128, 128)
+    b = make_backend(engine.net, name="eager", device="cpu", input_size=128)
+    assert b.name == "eager" and not b.half and not b.channels_last
+    with torch.inference_mode():
+        ref, out = engine.net(x), b(x)
+    assert _max_diff(ref, out) == 0.0
+    assert [t.dtype for t in out] == [torch.float32] * 4
+
+
+def test_eager_channels_last_option_keeps_outputs(engine: YolactEngine) -> None:
+    x = torch.randn(1, 3, 128, 128)
+    b = make_backend(engine.net, name="eager", device="cpu", input_size=128, channels_last=True)
+    with torch.inference_mode():
+        ref, out = engine.net(x), b(x)
+    assert _max_diff(ref, out) < 1e-4
+    # the engine's own module is not converted in place
+    assert engine.net.model.backbone.conv1.weight.is_contiguous()
+
+
+def test_engine_backend_keyword_default_is_eager(engine: YolactEngine) -> None:
+    assert engine.backend.name == "eager"
+    img = np.random.default_rng(0).integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    dets = engine(img)
+    assert dets.image_size == (96, 120) and len(dets) > 0
+
+
+@pytest.mark.skipif(os.environ.get("RTSEG_TEST_COMPILE") != "1",
+                    reason="torch.compile of the tiny YOLACT takes ~100 s on the 2-core CPU (inductor C++ codegen); "
+                           "set RTSEG_TEST_COMPILE=1 to run it")
+def test_compile_on_cpu_equals_eager(engine: YolactEngine) -> None:
+    x = torch.randn(2, 3, 128, 128)
+    b = make_backend(engine.net, name="compile", device="cpu", input_size=128)
+    with torch.inference_mode():
+        ref, out = engine.net(x), b(x)
+    assert b.name == "compile" and _max_diff(ref, out) < 1e-4
+
+
+# -- the cache -----------------------------------------------------------------------------
+class _Counter:
+    def __init__(self, text: str) -> None:
+        self.text, self.builds = text, 0
+
+    def build(self, path) -> None:
+        self.builds += 1
+        path.write_text(self.text)
+
+
+def test_cache_hit_miss_and_stale_entries(tmp_path) -> None:
+    key = {"weights": "abc", "opset": 18}
+    art = _Counter("artefact-1")
+    assert cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
+    assert cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
+    assert art.builds == 1
+    (path,) = tmp_path.glob("m-*.txt")
+    meta = path.with_suffix(".txt.json")
+
+    # a foreign file put in its place (digest mismatch) is rebuilt, not trusted
+    path.write_text("foreign")
+    assert cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
+    assert art.builds == 2
+    # a sidecar recording another key (e.g. copied from another model) is rebuilt
+    doc = json.loads(meta.read_text())
+    doc["key"]["weights"] = "zzz"
+    meta.write_text(json.dumps(doc))
+    cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text())
+    assert art.builds == 3
+    # an unreadable sidecar is rebuilt
+    meta.write_text("{not json")
+    cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text())
+    assert art.builds == 4
+    # a file the loader rejects is rebuilt
+    calls = []
+
+    def picky(p):
+        calls.append(p)
+        if len(calls) == 1:
+            raise ValueError("corrupt")
+        return p.read_text()
+
+    assert cached_artifact(tmp_path, "m", "txt", key, art.build, picky) == "artefact-1"
+    assert art.builds == 5
+    # a different key is a different entry; the old one stays
+    cached_artifact(tmp_path, "m", "txt", {**key, "opset": 17}, art.build, lambda p: p.read_text())
+    assert art.builds == 6 and len(list(tmp_path.glob("m-*.txt"))) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cache_build_failure_leaves_no_entry(tmp_path) -> None:
+    def broken(path) -> None:
+        path.write_text("half")
+        raise RuntimeError("export failed")
+
+    with pytest.raises(RuntimeError, match="export failed"):
+        cached_artifact(tmp_path, "m", "txt", {"k": 1}, broken, lambda p: p.read_text())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_digest_tracks_every_weight(engine: YolactEngine) -> None:
+    net = engine.net
+    before = weights_digest(net)
+    assert weights_digest(net) == before
+    param = next(net.parameters())
+    with torch.no_grad():
+        param.view(-1)[0] += 1.0
+    try:
+        assert weights_digest(net) != before
+    finally:
+        with torch.no_grad():
+            param.view(-1)[0] -= 1.0
+
+
+def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv(backends.CACHE_ENV, raising=False)
+    assert backends.default_cache_dir().parts[-2:] == ("engines", "cache")
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
+    assert backends.default_cache_dir() == tmp_path
+
+
+# -- GPU -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cuda_engine() -> YolactEngine:
+    torch.manual_seed(0)
+    return YolactEngine.from_config(TINY, class_names=["a", "b", "c"], score_threshold=0.0, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_eager_fp16_channels_last_close_to_fp32(cuda_engine: YolactEngine) -> None:
+    x = torch.randn(2, 3, 128, 128, device="cuda")
+    b = make_backend(cuda_engine.net, name="eager", device="cuda", input_size=128, half=True, channels_last=True)
+    with torch.inference_mode():
+        ref, out = cuda_engine.net(x), b(x)
+    assert all(t.dtype == torch.float32 and t.is_cuda for t in out)
+    assert _max_diff(ref, out) < 2e-2
+    assert next(cuda_engine.net.parameters()).dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_gpu_compile_reduce_overhead(cuda_engine: YolactEngine) -> None:
+    b = make_backend(cuda_engine.net, name="compile", device="cuda", input_size=128)
+    assert b.half and b.cuda_graphs
+    x1, x2 = torch.randn(2, 3, 128, 128, device="cuda"), torch.randn(2, 3, 128, 128, device="cuda")
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up: record and replay the CUDA graph
+            b(x1)
+        o1 = b(x1)
+        o2 = b(x2)  # must not overwrite o1 (outputs are copied out of the graph's pool)
+        r1, r2 = cuda_engine.net(x1), cuda_engine.net(x2)
+    assert _max_diff(r1, o1) < 2e-2 and _max_diff(r2, o2) < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_tensorrt_fp16_and_cache(cuda_engine: YolactEngine, tmp_path) -> None:
+    pytest.importorskip("torch_tensorrt")
+    b = make_backend(cuda_engine.net, name="tensorrt", device="cuda", input_size=128, cache_dir=tmp_path)
+    x = torch.randn(3, 3, 128, 128, device="cuda")
+    with torch.inference_mode():
+        ref, out = cuda_engine.net(x), b(x)
+    assert _max_diff(ref, out) < 3e-2
+    again = make_backend(cuda_engine.net, name="tensorrt", device="cuda", input_size=128, cache_dir=tmp_path)
+    assert again.path == b.path and len(list(tmp_path.glob("*.ep"))) == 1
+
+
+def test_in_chunks_splits_batches_above_the_graph_limit(engine: YolactEngine) -> None:
+    seen = []
+
+    def run(x: torch.Tensor):
+        seen.append(x.shape[0])
+        assert x.shape[0] <= 2
+        return engine.net(x)
+
+    x = torch.randn(5, 3, 128, 128)
+    with torch.inference_mode():
+        out, ref = backends.in_chunks(run, x, 2), engine.net(x)
+    assert seen == [2, 2, 1] and _max_diff(ref, out) < 1e-5
