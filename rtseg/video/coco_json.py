@@ -1,0 +1,54 @@
+"""A sink that writes a COCO results file (one JSON list for the whole run)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rtseg.errors import SinkError
+from rtseg.serialize import detections_to_coco
+from rtseg.types import Detections, Frame, Prediction
+
+
+class CocoJsonSink:
+    """Collect COCO results entries (``image_id = frame.seq + 1``, RLE masks) and write them on close.
+
+    The list goes to a hidden temporary file that is renamed to ``path`` on
+    :meth:`close`, so ``path`` only ever holds a complete file; :meth:`abort`
+    (a failed run) removes the temporary file and writes nothing. Entries are
+    held in memory (RLE, compact): for long videos prefer JSON Lines.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self._file = open(self._tmp, "w", encoding="utf-8")
+        except OSError as exc:
+            raise SinkError(f"JSON output {self.path}: cannot create ({exc.strerror}); choose another path") from None
+        self._entries: list[dict] = []
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        if not isinstance(prediction, Detections):
+            raise SinkError(f"JSON output {self.path}: COCO results hold instance detections, not "
+                            f"{type(prediction).__name__}; use a .jsonl file")
+        self._entries.extend(detections_to_coco(prediction, frame.seq + 1))
+
+    def close(self) -> None:
+        """Write the list and move it to ``path`` (idempotent)."""
+        if self._file.closed:
+            return
+        try:
+            with self._file:
+                json.dump(self._entries, self._file, separators=(",", ":"))
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise SinkError(f"JSON output {self.path}: write failed ({exc.strerror})") from None
+
+    def abort(self) -> None:
+        """Discard everything: a failed run leaves no file that looks complete."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,154 @@
+"""Pipeline metrics: per-stage latency percentiles, end-to-end latency, FPS, drops, a progress bar.
+
+Times are seconds internally and milliseconds in :meth:`Metrics.snapshot`. The
+first ``warmup_frames`` frames are counted but left out of every latency and
+FPS figure. FPS is (n - 1) / (t_last - t_first) over the output times of the
+counted frames (n frames span n - 1 intervals).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from typing import TextIO
+
+import numpy as np
+
+STAGE_ORDER = ("decode", "preprocess", "network", "postprocess", "inference", "annotate", "output")
+"""Stages in data-flow order; engines may report preprocess/network/postprocess inside inference."""
+
+
+def _percentiles(samples: deque[float]) -> dict[str, float]:
+    values = np.asarray(samples, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(values.mean())}
+
+
+class Metrics:
+    """Thread-safe record of what the pipeline did; ``snapshot()`` may be called from any thread.
+
+    window: how many recent samples per stage are kept for percentiles (bounded memory
+        for endless live runs).
+    """
+
+    def __init__(self, *, warmup_frames: int = 5, window: int = 20_000) -> None:
+        self.warmup_frames = warmup_frames
+        self._window = window
+        self._lock = threading.Lock()
+        self._stages: dict[str, deque[float]] = {}
+        self._e2e: deque[float] = deque(maxlen=window)
+        self._recent: deque[float] = deque(maxlen=60)  # output times of the last frames (live FPS)
+        self._last_e2e: float | None = None
+        self._first: float | None = None
+        self._last: float | None = None
+        self._counted = 0
+        self.frames = 0
+        self.dropped = 0
+        self.reconnects = 0
+
+    def record(self, *, timings: dict[str, float], capture_time: float, output_time: float) -> None:
+        """One frame written: stage durations (s), capture and output ``time.monotonic()`` (s)."""
+        with self._lock:
+            self.frames += 1
+            self._recent.append(output_time)
+            self._last_e2e = output_time - capture_time
+            if self.frames <= self.warmup_frames:
+                return
+            for stage, seconds in timings.items():
+                self._stages.setdefault(stage, deque(maxlen=self._window)).append(seconds)
+            self._e2e.append(output_time - capture_time)
+            self._first = output_time if self._first is None else self._first
+            self._last = output_time
+            self._counted += 1
+
+    def add_dropped(self, n: int = 1) -> None:
+        with self._lock:
+            self.dropped += n
+
+    def set_reconnects(self, n: int) -> None:
+        with self._lock:
+            self.reconnects = n
+
+    def hud(self) -> dict[str, float | int]:
+        """Cheap live figures for the on-frame display: recent FPS, last end-to-end latency, drops."""
+        with self._lock:
+            span = self._recent[-1] - self._recent[0] if len(self._recent) > 1 else 0.0
+            out: dict[str, float | int] = {}
+            if span > 0:
+                out["FPS"] = (len(self._recent) - 1) / span
+            if self._last_e2e is not None:
+                out["latency ms"] = 1e3 * self._last_e2e
+            out["dropped"] = self.dropped
+            return out
+
+    def snapshot(self) -> dict:
+        """Current figures: frames, dropped, reconnects, fps, fps_recent, latency_ms per stage.
+
+        latency_ms maps each stage (and ``end_to_end``) to {p50, p95, p99, mean} in ms.
+        fps is None until two frames past warm-up have been written.
+        """
+        with self._lock:
+            span = (self._last or 0.0) - (self._first or 0.0)
+            recent_span = self._recent[-1] - self._recent[0] if len(self._recent) > 1 else 0.0
+            stages = {s: _percentiles(v) for s, v in self._stages.items() if v}
+            order = {s: i for i, s in enumerate(STAGE_ORDER)}
+            latency = dict(sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order))))
+            if self._e2e:
+                latency["end_to_end"] = _percentiles(self._e2e)
+            return {
+                "frames": self.frames,
+                "dropped": self.dropped,
+                "reconnects": self.reconnects,
+                "fps": (self._counted - 1) / span if self._counted > 1 and span > 0 else None,
+                "fps_recent": (len(self._recent) - 1) / recent_span if recent_span > 0 else None,
+                "latency_ms": latency,
+            }
+
+    def summary(self) -> str:
+        """A human-readable table of the snapshot (printed at the end of a run)."""
+        snap = self.snapshot()
+        fps = f"{snap['fps']:.2f}" if snap["fps"] is not None else "n/a (too few frames)"
+        untimed = f"  (first {self.warmup_frames} frames not timed)" if self.warmup_frames else ""
+        lines = [
+            f"frames {snap['frames']}  dropped {snap['dropped']}  reconnects {snap['reconnects']}  "
+            f"end-to-end FPS {fps}{untimed}",
+            f"{'stage':<12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'stage FPS':>10}",
+        ]
+        for stage, p in snap["latency_ms"].items():
+            rate = f"{1e3 / p['mean']:10.1f}" if stage != "end_to_end" and p["mean"] > 0 else " " * 10
+            lines.append(f"{stage:<12} {p['p50']:8.1f} {p['p95']:8.1f} {p['p99']:8.1f} {rate}")
+        return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar on ``stream`` (stderr), redrawn at most every ``interval`` seconds."""
+
+    def __init__(self, total: int | None, *, stream: TextIO = sys.stderr, width: int = 30,
+                 interval: float = 0.2) -> None:
+        self.total, self.stream, self.width, self.interval = total, stream, width, interval
+        self._t0 = time.monotonic()
+        self._drawn = 0.0
+        self._done = 0
+
+    def update(self, done: int) -> None:
+        self._done = done
+        now = time.monotonic()
+        if now - self._drawn >= self.interval:
+            self._drawn = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        rate = self._done / (now - self._t0) if now > self._t0 else 0.0
+        if self.total:
+            filled = min(self.width, self.width * self._done // self.total)
+            bar = f"[{'#' * filled}{'.' * (self.width - filled)}] {self._done}/{self.total}"
+        else:
+            bar = f"{self._done} frames"
+        self.stream.write(f"\r{bar} {rate:.1f} frames/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._draw(time.monotonic())
+        self.stream.write("\n")
+        self.stream.flush()

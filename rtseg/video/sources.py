@@ -1,0 +1,264 @@
+"""Video sources: turn a ``--source`` string into an iterator of :class:`~rtseg.types.Frame`.
+
+``open_source(spec)`` picks the kind from the string:
+
+=====================================  ==========================================
+``0``, ``/dev/video0``                 webcam (OpenCV), live
+``rtsp://``, ``rtmp://``, ``http(s)``  network stream (PyAV), live, reconnects
+``dir/``, ``*.png`` (glob), ``a.jpg``  still images, sorted by name
+``synthetic`` / ``synthetic:SEED``     procedurally drawn clip (``rtseg.data.synthetic``)
+anything else                          a video file FFmpeg can read (PyAV)
+=====================================  ==========================================
+
+Every source is an iterator and a context manager, reports ``is_live`` and
+``fps``, and raises :class:`~rtseg.errors.SourceError` (one line) when it
+cannot be opened or read.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+
+from rtseg.errors import ConfigError, SourceError
+from rtseg.types import Frame
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (safe to print or log)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove the credentials of ``url`` from ``text`` (e.g. an FFmpeg error message)."""
+    parts = urlsplit(url)
+    text = text.replace(url, redact_url(url))
+    for secret in (parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class Source:
+    """Base of every source: an iterator of frames with ``is_live``, ``fps`` and ``close()``.
+
+    Subclasses implement :meth:`_frames` (yield ``(image, pts)`` pairs, after setting
+    ``decode_seconds`` to the work spent on that frame, waits for data excluded) and
+    may override :meth:`close`. ``seq`` counts every frame the source yields.
+    ``request_stop()`` may be called from any thread: a waiting or reconnecting
+    source then ends promptly.
+    """
+
+    is_live: bool = False
+
+    def __init__(self, *, source_id: str, fps: float | None = None, num_frames: int | None = None) -> None:
+        self.source_id = source_id
+        self.fps = fps
+        self.num_frames = num_frames  # expected number of frames, when known (progress bar)
+        self.reconnects = 0
+        self.decode_seconds = 0.0
+        self._stop = threading.Event()
+        self._iter: Iterator[Frame] | None = None
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        raise NotImplementedError
+
+    def _generate(self) -> Iterator[Frame]:
+        for seq, (image, pts) in enumerate(self._frames()):
+            yield Frame(image=image, source_id=self.source_id, seq=seq, pts=pts, capture_time=time.monotonic())
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:
+        if self._iter is None:
+            self._iter = self._generate()
+        if self._stop.is_set():
+            raise StopIteration
+        return next(self._iter)
+
+    def request_stop(self) -> None:
+        """Ask the source to end (thread-safe); the next read returns StopIteration."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the device, stream or file (idempotent)."""
+        self._stop.set()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageSource(Source):
+    """Still images read with OpenCV, in the given order, every ``vid_stride``-th one."""
+
+    def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1) -> None:
+        self.paths = paths[::vid_stride]
+        super().__init__(source_id=source_id, num_frames=len(self.paths))
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        for path in self.paths:
+            t0 = time.perf_counter()
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise SourceError(f"cannot read image {path}: not a readable image file; remove or replace it")
+            self.decode_seconds = time.perf_counter() - t0
+            yield np.ascontiguousarray(image), None
+
+
+class SyntheticSource(Source):
+    """Frames of :class:`rtseg.data.synthetic.SyntheticScene` (moving shapes with ground truth)."""
+
+    def __init__(self, *, seed: int, width: int = 640, height: int = 480, num_frames: int = 300,
+                 fps: float = 30.0, vid_stride: int = 1) -> None:
+        from rtseg.data.synthetic import SyntheticScene
+
+        self.scene = SyntheticScene(seed, width=width, height=height, num_frames=num_frames)
+        self.indices = range(0, len(self.scene), vid_stride)
+        super().__init__(source_id=f"synthetic:{seed}", fps=fps / vid_stride, num_frames=len(self.indices))
+        self._period = 1.0 / fps
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        for i in self.indices:
+            t0 = time.perf_counter()
+            image, _ = self.scene.frame(i)
+            self.decode_seconds = time.perf_counter() - t0
+            yield image, i * self._period
+
+
+class Paced(Source):
+    """Replay ``inner`` as a live source at ``fps`` frames per second of wall time.
+
+    Frames come out on schedule whether or not the consumer keeps up, exactly like
+    a camera: a slow consumer loses frames instead of slowing the clock. Used for
+    ``--realtime`` and for latency benchmarks.
+    """
+
+    is_live = True
+
+    def __init__(self, inner: Source, *, fps: float | None = None) -> None:
+        rate = fps or inner.fps
+        if not rate or rate <= 0:
+            raise ConfigError(f"cannot replay {inner.source_id} in real time: its frame rate is unknown; pass a rate")
+        super().__init__(source_id=inner.source_id, fps=rate, num_frames=inner.num_frames)
+        self.inner = inner
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        period = 1.0 / self.fps
+        t0 = time.monotonic()
+        for i, frame in enumerate(self.inner):
+            self.decode_seconds = self.inner.decode_seconds
+            delay = t0 + i * period - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            yield frame.image, i * period
+
+    def close(self) -> None:
+        super().close()
+        self.inner.close()
+
+
+def _is_camera(spec: str) -> bool:
+    return spec.isdigit() or re.fullmatch(r"/dev/video\d+", spec) is not None
+
+
+def _synthetic(spec: str, vid_stride: int, options: dict) -> Source:
+    from rtseg.data.synthetic import TEST_SEED
+
+    _, _, seed = spec.partition(":")
+    if seed and not seed.isdigit():
+        raise SourceError(f"bad synthetic source {spec!r}: write 'synthetic' or 'synthetic:SEED' with an integer seed")
+    return SyntheticSource(seed=int(seed) if seed else TEST_SEED, vid_stride=vid_stride, **options)
+
+
+def _images(spec: str, vid_stride: int) -> Source | None:
+    """An ImageSource for a directory, glob or single image; None when ``spec`` is none of those."""
+    path = Path(spec)
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise SourceError(f"no images in folder {spec} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    elif glob.has_magic(spec):
+        paths = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        if not paths:
+            raise SourceError(f"no files match {spec!r}; check the pattern (quote it so the shell does not expand it)")
+    elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        paths = [path]
+    else:
+        return None
+    return ImageSource(paths, source_id=spec, vid_stride=vid_stride)
+
+
+def open_source(
+    spec: str,
+    *,
+    vid_stride: int = 1,
+    start: float = 0.0,
+    end: float | None = None,
+    realtime: bool = False,
+    open_timeout: float = 10.0,
+    read_timeout: float = 5.0,
+    reconnect_timeout: float = 60.0,
+    synthetic: dict | None = None,
+) -> Source:
+    """Open the source named by ``spec`` (see the module docstring for the forms).
+
+    vid_stride: keep every k-th frame (files, images, synthetic; live sources keep all
+        frames and drop by latency instead).
+    start, end: seconds into a video file (``end`` exclusive; None = to the end).
+    realtime: replay a file, folder or synthetic clip as a live source at its frame rate.
+    open_timeout, read_timeout: seconds before a network stream counts as unreachable / stalled.
+    reconnect_timeout: seconds a dropped stream may stay down before the source gives up.
+    synthetic: keyword arguments for :class:`SyntheticSource` (width, height, num_frames, fps).
+    """
+    if vid_stride < 1:
+        raise ConfigError(f"--vid-stride must be >= 1, got {vid_stride}")
+    if start < 0 or (end is not None and end <= start):
+        raise ConfigError(f"bad time range start={start} end={end}: need 0 <= start < end (seconds)")
+    scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
+    if scheme in STREAM_SCHEMES:
+        from rtseg.video.sources_av import StreamSource
+
+        return StreamSource(spec, open_timeout=open_timeout, read_timeout=read_timeout,
+                            reconnect_timeout=reconnect_timeout)
+    if scheme:
+        raise SourceError(
+            f"unsupported URL scheme {scheme!r} in {redact_url(spec)}: "
+            f"use one of {', '.join(sorted(STREAM_SCHEMES))}, a file, a folder or a camera index"
+        )
+    if _is_camera(spec):
+        from rtseg.video.sources_cam import CameraSource
+
+        return CameraSource(spec, read_timeout=read_timeout)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        source = _synthetic(spec, vid_stride, synthetic or {})
+    else:
+        source = _images(spec, vid_stride)
+        if source is None:
+            from rtseg.video.sources_av import FileSource
+
+            if not os.path.exists(spec):
+                raise SourceError(f"source not found: {spec} "
+                                  f"(expected a video file, image, folder, glob, URL or camera index)")
+            source = FileSource(spec, vid_stride=vid_stride, start=start, end=end)
+    return Paced(source) if realtime else source

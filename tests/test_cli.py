@@ -1,0 +1,200 @@
+"""The command line, run as a user runs it: ``python run.py ...`` in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from servers.helpers import make_clip, tiny_weights
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(REPO / "run.py")]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    weights = tiny_weights(d / "tiny.safetensors")
+    clip = make_clip(d / "clip.mp4", frames=12, width=96, height=64)
+    photo = d / "photo.jpg"
+    cv2.imwrite(str(photo), np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    garbage = d / "garbage.mp4"
+    garbage.write_bytes(b"\x00garbage" * 500)
+    return {"weights": str(weights), "clip": str(clip), "photo": str(photo), "garbage": str(garbage), "dir": d}
+
+
+def _run(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(RUN + args, capture_output=True, text=True, timeout=timeout, cwd=kw.get("cwd", REPO), env=env)
+
+
+def _assert_user_error(r: subprocess.CompletedProcess, match: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert len(lines) == 1 and lines[0].startswith("rtseg: error: "), r.stderr
+    assert match in lines[0], lines[0]
+
+
+BAD = {
+    "unknown option": (["--bogus"], "unrecognized arguments: --bogus"),
+    "bad int": (["--source", "{clip}", "--max-frames", "abc"], "invalid int value"),
+    "no source": (["--weights", "{weights}"], "--source is required"),
+    "missing file": (["--source", "{dir}/nope.mp4", "--weights", "{weights}"], "source not found"),
+    "garbage file": (["--source", "{garbage}", "--weights", "{weights}"], "cannot read video file"),
+    "bad scheme": (["--source", "ftp://bob:hunter2@x/y", "--weights", "{weights}"], "unsupported URL scheme"),
+    "unreachable": (["--source", "rtsp://bob:hunter2@127.0.0.1:9/x", "--weights", "{weights}"], "cannot open stream"),
+    "camera absent": (["--source", "5", "--weights", "{weights}"], "camera 5 not present"),
+    "missing weights": (["--source", "{clip}", "--weights", "{dir}/none.safetensors"], "file not found"),
+    "no weights": (["--source", "{clip}"], "yolact needs weights"),
+    "unwritable": (["--source", "{clip}", "--weights", "{weights}", "--output", "/nonexistent/dir/o.mp4"],
+                   "does not exist"),
+    "bad output type": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.avi"], "unknown type"),
+    "bad json type": (["--source", "{clip}", "--weights", "{weights}", "--json", "{dir}/o.txt"], ".jsonl"),
+    "bad stride": (["--source", "{clip}", "--weights", "{weights}", "--vid-stride", "0"], "--vid-stride must be"),
+    "bad serve": (["--source", "{clip}", "--weights", "{weights}", "--serve", "localhost"], "use HOST:PORT"),
+    "bad push": (["--source", "{clip}", "--weights", "{weights}", "--push", "ftp://bob:hunter2@h/x"],
+                 "unsupported scheme"),
+    "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "train them first"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_user_errors_are_one_line_exit_2(files, case):
+    args, match = BAD[case]
+    r = _run([a.format(**files) for a in args])
+    _assert_user_error(r, match)
+    assert "hunter2" not in r.stderr + r.stdout  # credentials are never printed
+    assert not any(p.name.startswith("o.") for p in files["dir"].iterdir()), "nothing may be written on error"
+
+
+def test_port_in_use(files):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _run(["--source", files["clip"], "--weights", files["weights"], "--serve", f"127.0.0.1:{port}"])
+    _assert_user_error(r, "port in use")
+
+
+def test_single_image_writes_png_and_coco_json(files, tmp_path):
+    out_png, out_json = tmp_path / "out.png", tmp_path / "out.json"
+    r = _run(["--source", files["photo"], "--weights", files["weights"], "--output", str(out_png),
+              "--json", str(out_json), "--score-threshold", "0", "--top-k", "4"])
+    assert r.returncode == 0, r.stderr
+    image = cv2.imread(str(out_png))
+    assert image.shape == (60, 80, 3)
+    assert not np.array_equal(image, cv2.imread(files["photo"]))  # something was drawn
+    results = json.loads(out_json.read_text())
+    assert 1 <= len(results) <= 4
+    for det in results:
+        assert det["image_id"] == 1 and det["category_id"] in (0, 1, 2) and len(det["bbox"]) == 4
+        mask = mask_utils.decode({"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode()})
+        assert mask.shape == (60, 80)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.png"]  # no temporary files left
+
+
+def test_video_file_to_mp4_and_jsonl(files, tmp_path):
+    out_mp4, out_jsonl = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    r = _run(["--source", files["clip"], "--weights", files["weights"], "--output", str(out_mp4),
+              "--json", str(out_jsonl), "--vid-stride", "2"])
+    assert r.returncode == 0, r.stderr
+    assert "frames 6  dropped 0" in r.stdout and "inference" in r.stdout
+    with av.open(str(out_mp4)) as c:
+        decoded = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    assert len(decoded) == 6 and decoded[0].shape == (64, 96, 3)
+    records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert [rec["seq"] for rec in records] == list(range(6))
+    assert [rec["pts"] for rec in records] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_sigterm_finishes_the_frame_and_closes_outputs(files, tmp_path):
+    out_mp4, out_jsonl = tmp_path / "live.mp4", tmp_path / "live.jsonl"
+    proc = subprocess.Popen(RUN + ["--source", "synthetic", "--realtime", "--weights", files["weights"],
+                                   "--output", str(out_mp4), "--json", str(out_jsonl)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out_jsonl.exists() or out_jsonl.stat().st_size < 1000):
+            time.sleep(0.2)
+        assert out_jsonl.exists(), "no frame was written within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "stopped by signal" in stderr and "Traceback" not in stderr
+    lines = out_jsonl.read_text().splitlines()
+    assert all(json.loads(line)["source_id"] == "synthetic:3" for line in lines)  # every line complete
+    with av.open(str(out_mp4)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == len(lines)  # the recording was finalised with every frame
+    assert f"frames {len(lines)} " in stdout
+
+
+def test_subcommand_dispatch_and_module_entry():
+    r = _run(["eval", "--help"])
+    assert r.returncode == 0 and "usage" in r.stdout.lower()
+    r = subprocess.run([sys.executable, "-m", "rtseg", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0 and "--source" in r.stdout and "--serve-token" in r.stdout
+
+
+def test_demo_runs_the_full_pipeline_and_reports_ap(tmp_path):
+    """The demo with a random-weight model of the synthetic classes (the shipped weights are trained)."""
+    import torch
+
+    from rtseg.data.synthetic import CLASSES
+    from rtseg.models.yolact import Yolact, YolactConfig
+    from rtseg.weights import save_yolact
+
+    torch.manual_seed(0)
+    cfg = YolactConfig(backbone="resnet18", num_classes=len(CLASSES), input_size=128, fpn_channels=32, num_prototypes=8)
+    weights = save_yolact(tmp_path / "demo.safetensors", Yolact(cfg), CLASSES)
+    r = _run(["demo", "--weights", str(weights), "--frames", "6", "--out", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    assert "frames 6  dropped 0" in r.stdout and "mask_AP" in r.stdout and "box_AP50" in r.stdout
+    with av.open(str(tmp_path / "out" / "demo.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 6
+    assert len((tmp_path / "out" / "demo.jsonl").read_text().splitlines()) == 6
+
+
+def test_serve_shows_live_stats_with_token(files):
+    """--serve wires the pipeline metrics into the web page's /stats.json (token required)."""
+    import urllib.error
+    import urllib.request
+
+    from servers.helpers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(RUN + ["--source", "synthetic", "--realtime", "--weights", files["weights"],
+                                   "--serve", f"127.0.0.1:{port}", "--serve-token", "tok3n", "--max-frames", "300"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stats, deadline = None, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json?token=tok3n", timeout=2) as r:
+                    stats = json.loads(r.read())
+                if stats["frames"] >= 8:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.3)
+        assert stats is not None and stats["frames"] >= 8 and "end_to_end" in stats["latency_ms"]
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=2)
+        assert denied.value.code == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in stderr

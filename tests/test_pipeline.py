@@ -1,0 +1,245 @@
+"""The threaded pipeline with real parts: PyAV file, synthetic live source, tiny YOLACT, real overlay.
+
+Every run happens under a hard timeout (``_run_within``) so that a deadlock fails
+the test instead of hanging it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rtseg.errors import SinkError, SourceError
+from rtseg.types import Detections
+from rtseg.video.metrics import Metrics, Progress
+from rtseg.video.pipeline import Channel, Pipeline, PipelineError
+from rtseg.video.sources import Paced, SyntheticSource, open_source
+from servers.helpers import ListSink, make_clip, tiny_engine
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine()
+
+
+class SlowEngine:
+    """A real engine plus a fixed delay: an engine slower than a 30 FPS source."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.class_names, self.device = inner.class_names, inner.device
+
+    def __call__(self, frames):
+        time.sleep(self.delay)
+        return self.inner(frames)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+
+class FailingEngine(SlowEngine):
+    """Raises on the ``fail_at``-th call (a real engine otherwise)."""
+
+    def __init__(self, inner, fail_at: int, exc: BaseException) -> None:
+        super().__init__(inner, 0.0)
+        self.calls, self.fail_at, self.exc = 0, fail_at, exc
+
+    def __call__(self, frames):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.exc
+        return super().__call__(frames)
+
+
+def _run_within(pipeline: Pipeline, timeout: float = 60.0):
+    """Run ``pipeline`` in a thread; fail if it does not finish within ``timeout`` s. Returns (metrics, error)."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["metrics"] = pipeline.run()
+        except BaseException as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"pipeline did not finish within {timeout}s (deadlock?)"
+    return result.get("metrics"), result.get("error")
+
+
+def _live(num_frames: int = 60, fps: float = 30.0) -> Paced:
+    return Paced(SyntheticSource(seed=4, width=160, height=120, num_frames=num_frames, fps=fps))
+
+
+def test_file_source_never_drops(tmp_path, engine):
+    clip = make_clip(tmp_path / "c.mp4", frames=40, width=96, height=64)
+    sink = ListSink()
+    metrics, error = _run_within(Pipeline(source=open_source(str(clip)), engine=engine, sinks=[sink]))
+    assert error is None
+    assert [f.seq for f in sink.frames] == list(range(40))  # count in == count out, in order
+    assert metrics.dropped == 0 and metrics.frames == 40
+    assert all(isinstance(p, Detections) and p.image_size == (64, 96) for p in sink.predictions)
+    assert all(img.shape == (64, 96, 3) for img in sink.images)
+    assert sink.closed and not sink.aborted
+    snap = metrics.snapshot()
+    assert {"decode", "inference", "annotate", "output", "end_to_end"} <= set(snap["latency_ms"])
+    assert snap["fps"] > 0
+
+
+def test_live_source_drops_oldest_and_keeps_latency_bounded(engine):
+    delay = 0.08  # the engine takes > 80 ms, the source delivers a frame every 33 ms
+    sink = ListSink(keep_images=False)
+    source = _live(num_frames=90)
+    metrics, error = _run_within(Pipeline(source=source, engine=SlowEngine(engine, delay), sinks=[sink],
+                                          metrics=Metrics(warmup_frames=3)))
+    assert error is None
+    assert metrics.dropped > 20
+    assert metrics.frames + metrics.dropped == 90  # every frame is either written or counted as dropped
+    seqs = [f.seq for f in sink.frames]
+    assert seqs == sorted(seqs) and seqs[-1] == 89  # order kept, the newest frame always gets through
+    e2e = np.array([t - f.capture_time for f, t in zip(sink.frames, sink.write_times)])[3:]
+    infer = np.array(metrics._stages["inference"])
+    bound = 1 / 30 + infer.max() + 0.1  # one frame interval + engine time + slack for a loaded CI machine
+    assert e2e.max() < bound, (e2e.max(), bound)
+    third = len(e2e) // 3
+    assert e2e[-third:].mean() < e2e[:third].mean() + 0.05, "latency must not grow over the run"
+
+
+def test_engine_error_stops_everything_and_keeps_its_cause(engine):
+    for source in (open_source("synthetic", synthetic={"width": 96, "height": 64, "num_frames": 50}), _live(300)):
+        sink = ListSink()
+        boom = RuntimeError("kaboom")
+        t0 = time.monotonic()
+        _, error = _run_within(Pipeline(source=source, engine=FailingEngine(engine, 5, boom), sinks=[sink]), 30)
+        assert isinstance(error, PipelineError) and error.__cause__ is boom
+        assert "inference stage failed on frame" in str(error)
+        assert len(sink) <= 4 and sink.aborted
+        assert time.monotonic() - t0 < 20
+
+
+def test_sink_error_propagates_and_other_sinks_are_closed(engine):
+    bad = ListSink(fail_at=3, exc=SinkError("disk full"))
+    good = ListSink()
+    source = open_source("synthetic", synthetic={"width": 96, "height": 64, "num_frames": 50})
+    _, error = _run_within(Pipeline(source=source, engine=engine, sinks=[good, bad]), 30)
+    assert isinstance(error, SinkError) and str(error) == "disk full"
+    assert bad.aborted and good.aborted
+    assert len(good) == 4  # frames 0..3 reached the first sink; the fourth failed in the second
+
+
+def test_source_error_mid_run_propagates(tmp_path, engine):
+    import cv2
+
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((32, 48, 3), 100, np.uint8))
+    (tmp_path / "2.png").write_bytes(b"broken")
+    sink = ListSink()
+    _, error = _run_within(Pipeline(source=open_source(str(tmp_path)), engine=engine, sinks=[sink]), 30)
+    assert isinstance(error, SourceError) and "2.png" in str(error)
+    assert [f.seq for f in sink.frames] == [0, 1] and sink.aborted
+
+
+def test_warmup_failure_closes_source_and_sinks(engine):
+    class BadWarmup(SlowEngine):
+        def warmup(self):
+            raise RuntimeError("no memory")
+
+    source = _live(100)
+    sink = ListSink()
+    _, error = _run_within(Pipeline(source=source, engine=BadWarmup(engine, 0), sinks=[sink]), 20)
+    assert isinstance(error, RuntimeError) and str(error) == "no memory"
+    assert sink.closed and source._stop.is_set()
+
+
+def test_stop_finishes_frames_in_flight_and_closes_sinks(engine):
+    sink = ListSink(keep_images=False)
+    pipeline = Pipeline(source=_live(10_000), engine=engine, sinks=[sink])
+    threading.Timer(1.0, pipeline.stop).start()
+    metrics, error = _run_within(pipeline, 20)
+    assert error is None and sink.closed and not sink.aborted
+    assert len(sink) > 3 and metrics.frames == len(sink)
+
+
+def test_max_frames(engine):
+    sink = ListSink(keep_images=False)
+    source = open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 100})
+    metrics, error = _run_within(Pipeline(source=source, engine=engine, sinks=[sink], max_frames=7), 30)
+    assert error is None and [f.seq for f in sink.frames] == list(range(7)) and metrics.frames == 7
+
+
+def test_a_sink_can_ask_to_stop(engine):
+    class QuitAfterTwo(ListSink):
+        @property
+        def stop_requested(self):
+            return len(self) >= 2
+
+    sink = QuitAfterTwo(keep_images=False)
+    _, error = _run_within(Pipeline(source=_live(10_000), engine=engine, sinks=[sink]), 20)
+    assert error is None and 2 <= len(sink) <= 5 and sink.closed
+
+
+def test_channel_drop_oldest_counts_and_blocking_put_respects_abort():
+    dropped = []
+    ch = Channel(2, drop_oldest=True, on_drop=lambda: dropped.append(1))
+    abort = threading.Event()
+    for i in range(5):
+        assert ch.put(i, abort)
+    assert len(dropped) == 3 and ch.get(abort) == 3 and ch.get(abort) == 4
+    blocking = Channel(1)
+    assert blocking.put("a", abort)
+    threading.Timer(0.2, abort.set).start()
+    t0 = time.monotonic()
+    assert blocking.put("b", abort) is False  # full and aborted: gives up instead of waiting forever
+    assert 0.15 < time.monotonic() - t0 < 2
+
+
+def test_metrics_fps_warmup_and_percentiles():
+    m = Metrics(warmup_frames=2)
+    for i in range(12):  # outputs every 0.1 s; end-to-end latency i ms
+        m.record(timings={"inference": 0.01 * (i + 1), "decode": 0.001}, capture_time=i * 0.1 - i * 1e-3,
+                 output_time=i * 0.1)
+    m.add_dropped(3)
+    snap = m.snapshot()
+    assert snap["frames"] == 12 and snap["dropped"] == 3
+    assert snap["fps"] == pytest.approx(9 / 0.9)  # 10 counted frames, 9 intervals of 0.1 s
+    inf = snap["latency_ms"]["inference"]
+    assert inf["p50"] == pytest.approx(np.percentile(np.arange(3, 13) * 10.0, 50))
+    assert list(snap["latency_ms"]) == ["decode", "inference", "end_to_end"]
+    assert snap["latency_ms"]["end_to_end"]["p99"] == pytest.approx(np.percentile(np.arange(2, 12), 99))
+    assert "end-to-end FPS 10.00" in m.summary()
+    assert Metrics().snapshot()["fps"] is None
+
+
+def test_a_stage_stuck_forever_does_not_hang_the_caller(engine):
+    class StuckSink(ListSink):
+        def write(self, frame, prediction, annotated):
+            if frame.seq == 1:
+                threading.Event().wait()  # never returns
+            super().write(frame, prediction, annotated)
+
+    sink = StuckSink()
+    source = open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 50})
+    failing = FailingEngine(engine, 4, ValueError("bad frame"))
+    t0 = time.monotonic()
+    _, error = _run_within(Pipeline(source=source, engine=failing, sinks=[sink], join_timeout=1.0), 20)
+    assert isinstance(error, PipelineError) and isinstance(error.__cause__, ValueError)
+    assert time.monotonic() - t0 < 10 and sink.aborted
+
+
+def test_snapshot_is_json_and_progress_bar_draws():
+    import io
+    import json
+
+    m = Metrics(warmup_frames=0)
+    m.record(timings={"inference": 0.02}, capture_time=0.0, output_time=0.05)
+    m.record(timings={"inference": 0.02}, capture_time=0.1, output_time=0.15)
+    assert json.loads(json.dumps(m.snapshot()))["latency_ms"]["inference"]["p50"] == pytest.approx(20.0)
+    assert m.hud()["FPS"] == pytest.approx(10.0) and m.hud()["latency ms"] == pytest.approx(50.0)
+    stream = io.StringIO()
+    bar = Progress(10, stream=stream, width=10, interval=0.0)
+    bar.update(5)
+    bar.close()
+    assert "[#####.....] 5/10" in stream.getvalue() and stream.getvalue().endswith("\n")

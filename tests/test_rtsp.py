@@ -1,0 +1,207 @@
+"""Live streams through real servers on loopback, started by the tests.
+
+RTSP: GStreamer's gst-rtsp-server serves scrolling SMPTE colour bars as H.264.
+The tests kill and restart it (with another resolution) mid-run, freeze it, and
+check that the pipeline reconnects and carries on without ever passing a black,
+grey or repeated frame. RTMP: the FFmpeg CLI as a one-client RTMP server.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rtseg.errors import SourceError
+from rtseg.video.metrics import Metrics
+from rtseg.video.pipeline import Pipeline
+from rtseg.video.sources import open_source
+from servers.helpers import ListSink, RtspServer, free_port, rtsp_server_available, tiny_engine
+
+_missing = rtsp_server_available()
+needs_gst = pytest.mark.skipif(_missing is not None, reason=str(_missing))
+
+
+def _identity(image, prediction, *, hud=None):
+    return image
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _assert_real_frames(sink: ListSink) -> None:
+    """Every frame shows the colour bars (not black, not a flat grey) and none repeats the previous one."""
+    prev = None
+    for frame in sink.frames:
+        img = frame.image
+        assert img.mean() > 60, f"frame {frame.seq} is (nearly) black: mean {img.mean():.1f}"
+        assert img.std() > 40, f"frame {frame.seq} is flat (grey/concealed): std {img.std():.1f}"
+        if prev is not None and prev.shape == img.shape:
+            assert not np.array_equal(prev, img), f"frame {frame.seq} repeats the previous frame (stale)"
+        prev = img
+
+
+@pytest.fixture
+def server():
+    srv = RtspServer(free_port()).start()
+    yield srv
+    srv.stop()
+
+
+@needs_gst
+def test_stream_frames_pts_and_fps(server):
+    with open_source(server.url) as source:
+        assert source.is_live and source.fps == pytest.approx(30.0)
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            if len(frames) == 20:
+                break
+    assert [f.seq for f in frames] == list(range(20))
+    assert all(f.image.shape == (240, 320, 3) for f in frames)
+    pts = np.array([f.pts for f in frames])
+    assert np.all(np.diff(pts) > 0) and np.diff(pts).mean() == pytest.approx(1 / 30, abs=0.01)
+
+
+@needs_gst
+def test_pipeline_reconnects_after_server_restart_with_new_resolution(server):
+    source = open_source(server.url, open_timeout=5, read_timeout=2, reconnect_timeout=30)
+    sink = ListSink()
+    metrics = Metrics(warmup_frames=0)
+    pipeline = Pipeline(source=source, engine=tiny_engine(), sinks=[sink], annotator=_identity, metrics=metrics)
+    errors: list[BaseException] = []
+    runner = threading.Thread(target=lambda: _run(pipeline, errors), daemon=True)
+    runner.start()
+    _wait(lambda: len(sink) >= 10, 30, "frames before the restart")
+    server.stop()
+    before = len(sink)
+    time.sleep(1.0)
+    server.width, server.height = 352, 288
+    server.start()
+    _wait(lambda: len(sink) > before and sink.frames[-1].image.shape == (288, 352, 3) and
+          sum(f.image.shape[0] == 288 for f in sink.frames) >= 10, 40, "frames after the restart")
+    pipeline.stop()
+    runner.join(15)
+    assert not runner.is_alive(), "pipeline did not stop"
+    assert not errors, errors
+    shapes = [f.image.shape for f in sink.frames]
+    switch = shapes.index((288, 352, 3))
+    assert switch >= 10 and all(s == (240, 320, 3) for s in shapes[:switch])
+    assert all(s == (288, 352, 3) for s in shapes[switch:])
+    assert source.reconnects == 1 and metrics.reconnects == 1
+    pts = [f.pts for f in sink.frames]
+    assert all(b > a for a, b in zip(pts, pts[1:])), "pts must keep increasing across the reconnection"
+    _assert_real_frames(sink)
+    assert sink.closed
+
+
+def _run(pipeline: Pipeline, errors: list) -> None:
+    try:
+        pipeline.run()
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+@needs_gst
+def test_stalled_stream_is_detected_and_reconnected(server):
+    """SIGSTOP freezes the server with its connection open: the read timeout must notice and reconnect.
+
+    Frames whose data was already received before the freeze may still come out;
+    after that, nothing until the server runs again, and then only new frames.
+    """
+    source = open_source(server.url, open_timeout=3, read_timeout=1, reconnect_timeout=30)
+    frames = []
+    for frame in source:
+        frames.append(frame)
+        if len(frames) == 10:
+            server.proc.send_signal(signal.SIGSTOP)
+            threading.Timer(2.5, server.proc.send_signal, (signal.SIGCONT,)).start()
+            stalled_at = time.monotonic()
+            reconnects_at_stall = source.reconnects
+        if len(frames) == 30:
+            break
+    source.close()
+    assert reconnects_at_stall == 0 and source.reconnects == 1
+    resumed = next(i for i, f in enumerate(frames) if f.capture_time - stalled_at > 2.0)
+    in_flight = np.diff([f.pts for f in frames[9:resumed]])
+    assert resumed - 10 <= 10 and np.all(np.abs(in_flight - 1 / 30) < 0.01), \
+        "during the freeze only the next few frames (already received) may come out, in order"
+    assert frames[resumed].pts - frames[resumed - 1].pts > 2.0, "after the stall the stream must resume with new frames"
+    images = [f.image for f in frames]
+    assert all(img.mean() > 60 and img.std() > 40 for img in images)
+    assert not any(np.array_equal(a, b) for a, b in zip(images, images[1:])), "a frame was repeated"
+
+
+@needs_gst
+def test_credentials_are_never_shown():
+    srv = RtspServer(free_port(), user="alice", password="s3cretpw").start()
+    try:
+        with open_source(srv.url) as source:
+            assert "s3cretpw" not in source.source_id and "alice" not in source.source_id
+            frame = next(iter(source))
+            assert "s3cretpw" not in frame.source_id
+        bad = srv.url.replace("s3cretpw", "wrongpw99")
+        with pytest.raises(SourceError) as info:
+            open_source(bad, open_timeout=5)
+        assert "wrongpw99" not in str(info.value) and "alice" not in str(info.value)
+    finally:
+        srv.stop()
+
+
+@needs_gst
+def test_gives_up_when_the_stream_stays_down(server):
+    source = open_source(server.url, open_timeout=2, read_timeout=1, reconnect_timeout=2)
+    it = iter(source)
+    next(it)
+    server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="not back after 2s"):
+        for _ in it:
+            pass
+    assert time.monotonic() - t0 < 15
+    source.close()
+
+
+def _ffmpeg_rtmp_server(port: int) -> subprocess.Popen:
+    """FFmpeg as a one-client RTMP server (``-listen 1``) sending a live 30 FPS test pattern."""
+    return subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=30",
+         "-c:v", "libx264", "-tune", "zerolatency", "-g", "15", "-f", "flv", "-listen", "1",
+         f"rtmp://127.0.0.1:{port}/live/test"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI missing (apt-get install ffmpeg)")
+def test_rtmp_stream_reconnects_after_the_server_restarts():
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/test"
+    server = _ffmpeg_rtmp_server(port)
+    try:
+        time.sleep(0.5)
+        source = open_source(url, open_timeout=10, read_timeout=2, reconnect_timeout=20)
+        assert source.is_live and source.fps == pytest.approx(30.0)
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            if len(frames) == 20:
+                server.kill()
+                server.wait()
+                server = _ffmpeg_rtmp_server(port)
+            if len(frames) == 50:
+                break
+        source.close()
+    finally:
+        server.kill()
+        server.wait()
+    assert source.reconnects == 1
+    assert all(f.image.shape == (120, 160, 3) and f.image.std() > 20 for f in frames)
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))

@@ -1,0 +1,263 @@
+"""Sources: real PyAV files, real image files, the synthetic clip, pacing, errors, camera."""
+from __future__ import annotations
+
+import time
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.errors import ConfigError, SourceError
+from rtseg.video.sources import ImageSource, Paced, SyntheticSource, open_source, redact_url, scrub
+from rtseg.video.sources_cam import CameraSource
+from servers.helpers import clip_colour, make_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=30, fps=10)
+
+
+def _colour(frame) -> np.ndarray:
+    return frame.image.reshape(-1, 3).mean(axis=0)
+
+
+def test_file_all_frames_in_order_with_timestamps_and_colours(clip):
+    with open_source(str(clip)) as source:
+        assert not source.is_live and source.fps == pytest.approx(10.0) and source.num_frames == 30
+        frames = list(source)
+    assert len(frames) == 30
+    assert [f.seq for f in frames] == list(range(30))
+    assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(30)])
+    assert all(f.image.shape == (48, 64, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert all(f.source_id == str(clip) for f in frames)
+    for i, f in enumerate(frames):  # BGR order survives the round trip (yuv420p: a few levels off)
+        assert np.abs(_colour(f) - clip_colour(i)).max() < 6, i
+    times = [f.capture_time for f in frames]
+    assert times == sorted(times)
+
+
+def test_file_vid_stride_start_end(clip):
+    with open_source(str(clip), vid_stride=4, start=1.05, end=2.5) as source:
+        assert source.fps == pytest.approx(2.5)
+        assert source.num_frames == 4
+        frames = list(source)
+    # frames with pts in [1.05, 2.5): 11..24, every 4th of them: 11, 15, 19, 23
+    assert [round(f.pts, 3) for f in frames] == [1.1, 1.5, 1.9, 2.3]
+    for f, i in zip(frames, (11, 15, 19, 23)):
+        assert np.abs(_colour(f) - clip_colour(i)).max() < 6
+    assert [f.seq for f in frames] == [0, 1, 2, 3]
+
+
+def test_file_start_past_the_end_gives_nothing(clip):
+    with open_source(str(clip), start=10.0) as source:
+        assert list(source) == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"vid_stride": 0}, "vid-stride"),
+    ({"start": 2.0, "end": 1.0}, "time range"),
+    ({"start": -1.0}, "time range"),
+])
+def test_bad_ranges(clip, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        open_source(str(clip), **kwargs)
+
+
+def test_errors_are_one_line(tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    audio_only = tmp_path / "tone.m4a"
+    with av.open(str(audio_only), "w") as c:
+        s = c.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    cases = {
+        str(tmp_path / "missing.mp4"): "source not found",
+        str(garbage): "cannot read video file",
+        str(audio_only): "no video stream",
+        "ftp://user:pw@host/x.mp4": "unsupported URL scheme 'ftp'",
+        str(tmp_path / "*.png"): "no files match",
+        "synthetic:abc": "bad synthetic source",
+    }
+    for spec, match in cases.items():
+        with pytest.raises(SourceError, match=match) as info:
+            open_source(spec)
+        assert "\n" not in str(info.value)
+        assert "pw@" not in str(info.value)
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(SourceError, match="no images in folder"):
+        open_source(str(tmp_path))
+
+
+def test_unreachable_host_fails_within_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="cannot open stream"):
+        open_source("rtsp://127.0.0.1:9/none", open_timeout=2)  # port 9 (discard): nothing listens
+    assert time.monotonic() - t0 < 5
+
+
+def test_redaction():
+    assert redact_url("rtsp://bob:pa55@cam.local:554/live") == "rtsp://***@cam.local:554/live"
+    assert redact_url("rtsp://cam.local/live") == "rtsp://cam.local/live"
+    url = "rtmp://bob:pa55@h/app"
+    assert scrub(f"failed to open {url}: pa55 rejected", url) == "failed to open rtmp://***@h/app: *** rejected"
+
+
+def _write_images(folder, n):
+    for i in range(n):
+        img = np.full((20, 30, 3), clip_colour(i), np.uint8)
+        cv2.imwrite(str(folder / f"img_{i:02d}.png"), img)
+
+
+def test_image_folder_glob_and_single(tmp_path):
+    _write_images(tmp_path, 5)
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder = list(open_source(str(tmp_path)))
+    assert [tuple(f.image[0, 0]) for f in folder] == [clip_colour(i) for i in range(5)]
+    assert all(f.pts is None for f in folder)
+    glob_frames = list(open_source(str(tmp_path / "img_0[13]*.png")))
+    assert [tuple(f.image[0, 0]) for f in glob_frames] == [clip_colour(1), clip_colour(3)]
+    strided = list(open_source(str(tmp_path), vid_stride=2))
+    assert [tuple(f.image[0, 0]) for f in strided] == [clip_colour(i) for i in (0, 2, 4)]
+    single = open_source(str(tmp_path / "img_04.png"))
+    assert isinstance(single, ImageSource) and single.num_frames == 1
+    assert tuple(next(iter(single)).image[0, 0]) == clip_colour(4)
+
+
+def test_unreadable_image_in_folder(tmp_path):
+    _write_images(tmp_path, 2)
+    (tmp_path / "img_01.png").write_bytes(b"not a png")
+    source = open_source(str(tmp_path))
+    assert next(source).seq == 0
+    with pytest.raises(SourceError, match="cannot read image"):
+        next(source)
+
+
+def test_synthetic_matches_scene():
+    from rtseg.data.synthetic import TEST_SEED, SyntheticScene
+
+    source = open_source("synthetic", vid_stride=2, synthetic={"width": 96, "height": 64, "num_frames": 7})
+    assert isinstance(source, SyntheticSource) and source.source_id == f"synthetic:{TEST_SEED}"
+    frames = list(source)
+    scene = SyntheticScene(TEST_SEED, width=96, height=64, num_frames=7)
+    assert len(frames) == 4
+    for f, i in zip(frames, (0, 2, 4, 6)):
+        assert np.array_equal(f.image, scene.frame(i)[0])
+        assert f.pts == pytest.approx(i / 30)
+    other = open_source("synthetic:5", synthetic={"width": 64, "height": 48, "num_frames": 1})
+    assert next(other).source_id == "synthetic:5"
+
+
+def test_paced_source_is_live_and_keeps_the_clock():
+    inner = SyntheticSource(seed=1, width=64, height=48, num_frames=12, fps=40.0)
+    source = Paced(inner)
+    assert source.is_live and source.fps == 40.0
+    t0 = time.monotonic()
+    frames = list(source)
+    elapsed = time.monotonic() - t0
+    assert len(frames) == 12
+    assert elapsed >= 11 / 40 - 0.01
+    assert [f.pts for f in frames] == pytest.approx([i / 40 for i in range(12)])
+    # a consumer that falls behind does not slow the clock: frames are due at fixed times
+    source = Paced(SyntheticSource(seed=1, width=64, height=48, num_frames=8, fps=40.0))
+    t0 = time.monotonic()
+    for _ in source:
+        time.sleep(0.05)
+    assert time.monotonic() - t0 < 8 * 0.05 + 0.15
+
+
+def test_realtime_needs_a_rate(tmp_path):
+    _write_images(tmp_path, 2)
+    with pytest.raises(ConfigError, match="frame rate is unknown"):
+        open_source(str(tmp_path), realtime=True)
+
+
+def test_request_stop_ends_iteration():
+    source = open_source("synthetic", realtime=True, synthetic={"width": 64, "height": 48, "num_frames": 1000})
+    next(source)
+    source.request_stop()
+    with pytest.raises(StopIteration):
+        next(source)
+
+
+def test_camera_absent_is_a_one_line_error():
+    # No camera exists on this machine: the real OpenCV capture fails to open.
+    for spec in ("7", "/dev/video7"):
+        with pytest.raises(SourceError, match="not present") as info:
+            open_source(spec)
+        assert "\n" not in str(info.value)
+
+
+class _FakeCapture:
+    """MOCK of cv2.VideoCapture: no webcam can run on this machine, so the read loop is fed by this stand-in.
+
+    Delivers ``frames`` (None = a failed read), then fails forever.
+    """
+
+    def __init__(self, frames, fps=25.0):
+        self._frames, self._fps, self.props, self.released = list(frames), fps, {}, False
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        self.props[prop] = value
+        return True
+
+    def get(self, prop):
+        return self._fps if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        if self._frames:
+            image = self._frames.pop(0)
+            return image is not None, image
+        return False, None
+
+    def release(self):
+        self.released = True
+
+
+def test_camera_read_loop_with_a_mock_capture():
+    colour = np.full((4, 6, 3), 200, np.uint8)
+    gray = np.full((4, 6), 90, np.uint8)
+    fake = _FakeCapture([colour, None, gray])
+    source = CameraSource("0", read_timeout=0.3, capture_factory=lambda *a: fake)
+    assert source.is_live and source.fps == 25.0 and source.source_id == "camera:0"
+    assert fake.props[cv2.CAP_PROP_BUFFERSIZE] == 1  # newest frame only
+    first, second = next(source), next(source)  # the failed read in between is retried, not yielded
+    assert first.image.shape == (4, 6, 3) and second.image.shape == (4, 6, 3)
+    assert second.image[0, 0].tolist() == [90, 90, 90]  # grey converted to BGR
+    with pytest.raises(SourceError, match="delivered no frame for 0.3s"):
+        next(source)
+    source.close()
+    assert fake.released
+
+
+def test_http_file_is_read_like_a_file(clip):
+    """A real HTTP server on loopback serving the clip: every frame, then the end (no reconnect loop)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_source(f"http://127.0.0.1:{server.server_address[1]}/{clip.name}", open_timeout=5) as source:
+            assert not source.is_live and source.fps == pytest.approx(10.0)
+            frames = list(source)
+        assert len(frames) == 30 and source.reconnects == 0
+        assert all(np.abs(_colour(f) - clip_colour(i)).max() < 6 for i, f in enumerate(frames))
+        with pytest.raises(SourceError, match="404"):
+            open_source(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4", open_timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
