@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
+from rtseg.engines.backends import BACKENDS
 from rtseg.errors import ConfigError, RtsegError, WeightsError
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
@@ -54,7 +55,8 @@ def build_parser() -> _Parser:
     eng.add_argument("--score-threshold", type=float, default=None, metavar="T")
     eng.add_argument("--top-k", type=int, default=None, metavar="K")
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    eng.add_argument("--backend", default="eager", choices=("eager",), help="network backend (default: eager)")
+    eng.add_argument("--backend", default="eager", choices=BACKENDS,
+                     help="YOLACT network backend: eager, compile, tensorrt, onnx or auto (default: eager)")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", metavar="PATH", help="annotated video (.mp4/.mov) or image (.png/.jpg; "
                      "'{seq:05d}' in the name writes one image per frame)")
@@ -141,6 +143,10 @@ def _load_engine(args: argparse.Namespace):
     import rtseg
 
     options = {k: v for k, v in (("score_threshold", args.score_threshold), ("top_k", args.top_k)) if v is not None}
+    if args.backend != "eager":
+        if args.engine != "yolact":
+            raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
+        options["backend"] = args.backend
     return rtseg.load(args.engine, weights=args.weights, device=args.device, **options)
 
 
