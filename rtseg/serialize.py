@@ -30,13 +30,14 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
 def detections_to_coco(dets: Detections, image_id: int) -> list[dict]:
     """COCO "results" entries for one image (the format of ``COCO.loadRes``).
 
-    Each entry: image_id, category_id (the detection's class id as given),
+    Each entry: image_id, category_id (the detection's class id as given), category_name,
     bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts).
     """
     rles = encode_rle(dets.masks)
     return [
-        {"image_id": int(image_id), "category_id": int(c), "bbox": box, "score": float(s), "segmentation": rle}
-        for c, box, s, rle in zip(dets.class_ids.tolist(), _xywh(dets.boxes), dets.scores.tolist(), rles)
+        {"image_id": int(image_id), "category_id": int(c), "category_name": name, "bbox": box, "score": float(s),
+         "segmentation": rle}
+        for c, name, box, s, rle in zip(dets.class_ids.tolist(), dets.labels, _xywh(dets.boxes), dets.scores.tolist(), rles)
     ]
 
 

@@ -52,11 +52,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if "unsupported global" in str(e).lower():
             raise WeightsError(
                 f"{p}: refusing to load, unpickling it would execute code (only plain tensor checkpoints are accepted)"
             ) from None
-        raise WeightsError(f"{p}: not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise WeightsError(f"{p}: not a PyTorch checkpoint (its contents do not unpickle to tensors)") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
         msg = _first_line(e)
         if "zip" in msg.lower() or isinstance(e, EOFError):
