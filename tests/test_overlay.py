@@ -201,3 +201,9 @@ def test_more_than_255_instances_and_labels():
     sem = annotate(np.zeros((H, W, 3), np.uint8), SemanticMap(labels=labels), alpha=1.0)
     assert np.array_equal(sem.reshape(-1, 3)[399], colors_for(np.array([399]))[0])
     assert not sem.reshape(-1, 3)[0].any()  # label 0 stays clear
+
+
+def test_all_background_semantic_map_draws_without_error():
+    img = np.full((24, 32, 3), 90, np.uint8)
+    out = annotate(img, SemanticMap(labels=np.zeros((24, 32), np.int64), class_names=["bg", "a"]))
+    assert out.shape == img.shape and out.dtype == np.uint8

@@ -32,6 +32,8 @@ def colors_for(keys: np.ndarray) -> np.ndarray:
     keys differ strongly; saturation and value alternate in a few steps.
     """
     k = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if k.size == 0:
+        return np.zeros((0, 3), np.uint8)
     hue = np.mod(k * _GOLDEN + 0.11, 1.0) * 180.0  # OpenCV hue range is [0, 180)
     sat = 170 + 40 * np.mod(k // 7, 3)
     val = 255 - 45 * np.mod(k // 3, 2)

@@ -1,0 +1,167 @@
+"""The FCN engine: BGR frames → FCN-8s/16s/32s or torchvision FCN-ResNet → ``SemanticMap``.
+
+Weights: rtseg safetensors + JSON manifest (``save_fcn`` / ``FcnEngine.from_weights``),
+or torchvision's ``fcn_resnet50/101`` (pretrained only when already in the torch cache).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rtseg.engines.slic import frames_as_list
+from rtseg.engines.yolact import resolve_device
+from rtseg.errors import ConfigError, WeightsError
+from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
+from rtseg.types import SemanticMap
+from rtseg.weights import load_into, manifest_path, read_state_dict, sha256_file
+
+FCN_FORMAT = "rtseg-fcn/1"
+MEAN_RGB = (0.485, 0.456, 0.406)
+STD_RGB = (0.229, 0.224, 0.225)
+#: The 21 PASCAL VOC labels of torchvision's pretrained FCN-ResNets.
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+
+
+def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, Any], class_names: Sequence[str],
+               meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s state as safetensors plus a JSON manifest {format, config, class_names, sha256, meta}."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise WeightsError(f"{p}: rtseg weights must end in .safetensors")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(p))
+    man = {"format": fmt, "config": config, "class_names": list(class_names), "sha256": sha256_file(p),
+           **({"meta": meta} if meta else {})}
+    manifest_path(p).write_text(json.dumps(man, indent=2) + "\n")
+    return p
+
+
+def load_model(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, manifest) of an rtseg safetensors file whose manifest has format ``fmt`` and a matching sha256."""
+    p = Path(path)
+    state = read_state_dict(p)
+    mp = manifest_path(p)
+    try:
+        man = json.loads(mp.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{p}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise WeightsError(f"{mp}: manifest is not valid JSON; re-export the weights") from None
+    if not isinstance(man, dict) or man.get("format") != fmt:
+        raise WeightsError(f"{p}: manifest format is {man.get('format') if isinstance(man, dict) else None!r}, "
+                           f"expected {fmt!r}; load it with the engine it was trained for")
+    if man.get("sha256") != sha256_file(p):
+        raise WeightsError(f"{p}: sha256 does not match its manifest; the file is corrupt or was replaced")
+    return state, man
+
+
+def save_fcn(path: str | Path, model: FCN, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
+    """Save our FCN (config and class names in the manifest)."""
+    if len(class_names) != model.cfg.num_classes:
+        raise ValueError(f"{len(class_names)} class names for an FCN with {model.cfg.num_classes} classes")
+    return save_model(path, model, FCN_FORMAT, asdict(model.cfg), class_names, meta)
+
+
+class FcnEngine:
+    """Semantic segmenter: ``engine(image) -> SemanticMap`` (see :class:`rtseg.engines.base.Engine`).
+
+    Frames of equal size are batched together; FCN output is the input's size, so
+    no resizing happens unless ``max_side`` asks to downscale large frames (the
+    label map is then scaled back with nearest-neighbour).
+    """
+
+    def __init__(self, *, model: nn.Module, class_names: Sequence[str], device: str = "cpu",
+                 max_side: int | None = None, pretrained: bool = False) -> None:
+        self._device = resolve_device(device)
+        self.device = str(self._device)
+        self.model = model.to(self._device).eval()
+        self.class_names = tuple(class_names)
+        self.max_side, self.pretrained = max_side, pretrained
+        self._mean = torch.tensor(MEAN_RGB, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD_RGB, device=self._device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_config(cls, cfg: FcnConfig, *, class_names: Sequence[str] | None = None, **kwargs) -> "FcnEngine":
+        """A random-weight engine of our FCN (for tests and training)."""
+        names = class_names or ["background", *[f"class{i}" for i in range(1, cfg.num_classes)]]
+        return cls(model=FCN(cfg), class_names=names, **kwargs)
+
+    @classmethod
+    def from_weights(cls, weights: str | None, *, arch: str | None = None, num_classes: int = 21,
+                     **kwargs) -> "FcnEngine":
+        """Our safetensors FCN (``weights=PATH``) or a torchvision FCN-ResNet (``arch="fcn_resnet50"``)."""
+        if weights is not None:
+            state, man = load_model(weights, FCN_FORMAT)
+            cfg = FcnConfig(**man["config"])
+            if arch is not None and arch != cfg.arch:
+                raise ConfigError(f"fcn: arch={arch!r} but {weights} holds an {cfg.arch}; drop arch=")
+            model = FCN(cfg)
+            load_into(model, state, str(weights))
+            return cls(model=model, class_names=man["class_names"], **kwargs)
+        if arch in TORCHVISION_ARCHS:
+            model, pretrained = torchvision_fcn(arch, num_classes)
+            names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
+            return cls(model=_OutOnly(model), class_names=names, pretrained=pretrained, **kwargs)
+        raise WeightsError(f"fcn: arch {arch or 'fcn8s'} needs weights=PATH (train one with rtseg.train.fcn_trainer) "
+                           f"or pick arch= one of {', '.join(TORCHVISION_ARCHS)}; known archs: {', '.join(ARCHS)}")
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Equal-size (H, W, 3) uint8 BGR images -> (B, 3, H', W') float32 normalised RGB on the device."""
+        x = torch.from_numpy(np.stack(images)).to(self._device).permute(0, 3, 1, 2).flip(1).float().div_(255)
+        h, w = x.shape[-2:]
+        if self.max_side and max(h, w) > self.max_side:
+            s = self.max_side / max(h, w)
+            x = nn.functional.interpolate(x, size=(max(round(h * s), 1), max(round(w * s), 1)), mode="bilinear",
+                                          align_corners=False)
+        return (x - self._mean) / self._std
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H, W) logits."""
+        return self.model(x)
+
+    def postprocess(self, logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[SemanticMap]:
+        """(B, C, h, w) logits -> one SemanticMap per frame at its (H, W) (all equal) with softmax confidence."""
+        size = tuple(sizes[0])
+        if tuple(logits.shape[-2:]) != size:
+            logits = nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        prob, labels = logits.softmax(1).max(1)
+        labels, prob = labels.cpu().numpy().astype(np.int64), prob.float().cpu().numpy()
+        return [SemanticMap(labels=labels[i], class_names=self.class_names, scores=prob[i]) for i in range(len(labels))]
+
+    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> SemanticMap | list[SemanticMap]:
+        single, images = frames_as_list(frames)
+        out: list[SemanticMap | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(img.shape[:2], []).append(i)
+        for size, idx in groups.items():
+            raw = self.forward(self.preprocess([images[i] for i in idx]))
+            for i, pred in zip(idx, self.postprocess(raw, [size] * len(idx))):
+                out[i] = pred
+        return out[0] if single else out  # type: ignore[return-value]
+
+    def warmup(self) -> None:
+        """One dummy frame through every stage."""
+        self(np.zeros((64, 64, 3), np.uint8))
+
+
+class _OutOnly(nn.Module):
+    """torchvision segmentation models return a dict; keep the exportable tensor-only interface."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]

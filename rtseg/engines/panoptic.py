@@ -1,0 +1,197 @@
+"""Panoptic fusion: instances (YOLACT or MS R-CNN) + stuff classes of a semantic engine (FCN).
+
+:func:`fuse_panoptic` is the heuristic of Kirillov et al. (panoptic FPN / the
+COCO panoptic baseline): paste instances best first, skipping one whose mask is
+mostly covered already (``overlap_threshold``) and keeping only its uncovered
+part; then fill the still-empty pixels with each stuff class of the semantic
+map whose remaining area reaches ``stuff_min_area``. Everything else is void (0).
+
+:func:`write_panoptic` writes panopticapi's prediction format: a PNG per frame
+with id = R + 256 G + 256² B and one JSON with ``segments_info`` per frame.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from rtseg.engines.slic import frames_as_list
+from rtseg.errors import ConfigError, SinkError
+from rtseg.types import Detections, Panoptic, SemanticMap
+
+
+def fuse_panoptic(dets: Detections, semantic: SemanticMap, *, thing_category: np.ndarray,
+                  stuff_categories: Sequence[int], overlap_threshold: float = 0.5, stuff_min_area: int = 64,
+                  score_threshold: float = 0.3) -> Panoptic:
+    """Fuse one frame's instances and semantic map.
+
+    thing_category: (num instance classes,) int64 panoptic category of each instance class id.
+    stuff_categories: semantic labels that are stuff (their label is their category id).
+    Instances are ordered by ``mask_scores`` when present (MS R-CNN), else ``scores``;
+    those below ``score_threshold`` are dropped. Segment ids count from 1 in paste order.
+    Returns Panoptic with the semantic map's class names; instance segments carry "score".
+    """
+    if tuple(dets.image_size) != semantic.labels.shape:
+        raise ValueError(f"fuse_panoptic: detections {dets.image_size} and semantic map {semantic.labels.shape} differ")
+    ids = np.zeros(semantic.labels.shape, np.int64)
+    segments: list[dict[str, Any]] = []
+    quality = dets.mask_scores if dets.mask_scores is not None else dets.scores
+    keep = np.flatnonzero(quality >= score_threshold)
+    if len(keep):
+        masks = dets.masks
+        for i in keep[np.argsort(-quality[keep], kind="stable")]:
+            mask = masks[i]
+            area = int(mask.sum())
+            if area == 0:
+                continue
+            free = mask & (ids == 0)
+            if 1.0 - free.sum() / area > overlap_threshold or not free.any():
+                continue
+            ids[free] = len(segments) + 1
+            segments.append({"id": len(segments) + 1, "category_id": int(thing_category[dets.class_ids[i]]),
+                             "isthing": True, "area": int(free.sum()), "score": float(quality[i])})
+    empty = ids == 0
+    for c in stuff_categories:
+        region = empty & (semantic.labels == c)
+        area = int(region.sum())
+        if area < max(stuff_min_area, 1):
+            continue
+        ids[region] = len(segments) + 1
+        segments.append({"id": len(segments) + 1, "category_id": int(c), "isthing": False, "area": area})
+    return Panoptic(ids=ids, segments=segments, class_names=semantic.class_names)
+
+
+# -- panopticapi format --------------------------------------------------------------------
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """(H, W) int64 segment ids -> (H, W, 3) uint8 RGB with id = R + 256 G + 256² B."""
+    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
+        raise ValueError("id_to_rgb: segment ids must be in [0, 2^24)")
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) int64 ids (inverse of :func:`id_to_rgb`)."""
+    c = rgb.astype(np.int64)
+    return c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2]
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def write_panoptic(folder: str | Path, predictions: Sequence[Panoptic], *, image_ids: Sequence[int] | None = None,
+                   json_name: str = "panoptic.json") -> Path:
+    """Write panopticapi predictions: ``folder/<image_id>.png`` and ``folder/<json_name>``; returns the JSON path.
+
+    JSON: {"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd",
+    "bbox" (x, y, w, h), "area"}]}], "categories": [{"id", "name", "isthing"}]}.
+    """
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SinkError(f"panoptic writer: cannot create folder {out} ({e.strerror}); pick a writable path") from None
+    ids_list = list(range(len(predictions))) if image_ids is None else list(image_ids)
+    annotations, categories = [], {}
+    for image_id, pan in zip(ids_list, predictions):
+        name = f"{image_id:012d}.png"
+        if not cv2.imwrite(str(out / name), id_to_rgb(pan.ids)[..., ::-1]):
+            raise SinkError(f"panoptic writer: cannot write {out / name}; check the folder's permissions")
+        infos = []
+        for s in pan.segments:
+            mask = pan.ids == s["id"]
+            if not mask.any():
+                continue
+            infos.append({"id": int(s["id"]), "category_id": int(s["category_id"]), "iscrowd": 0,
+                          "bbox": _bbox(mask), "area": int(mask.sum())})
+            cid = int(s["category_id"])
+            names = pan.class_names
+            categories[cid] = {"id": cid, "name": names[cid] if cid < len(names) else str(cid),
+                               "isthing": int(bool(s.get("isthing", True)))}
+        annotations.append({"image_id": image_id, "file_name": name, "segments_info": infos})
+    path = out / json_name
+    path.write_text(json.dumps({"annotations": annotations, "categories": sorted(categories.values(),
+                                                                                  key=lambda c: c["id"])}))
+    return path
+
+
+def read_panoptic(json_path: str | Path) -> list[Panoptic]:
+    """Read back what :func:`write_panoptic` wrote (PNG beside the JSON)."""
+    p = Path(json_path)
+    data = json.loads(p.read_text())
+    cats = {c["id"]: c for c in data["categories"]}
+    names = [cats[i]["name"] if i in cats else str(i) for i in range(max(cats, default=-1) + 1)]
+    out = []
+    for ann in data["annotations"]:
+        rgb = cv2.imread(str(p.parent / ann["file_name"]), cv2.IMREAD_COLOR)[..., ::-1]
+        segs = [{"id": s["id"], "category_id": s["category_id"], "isthing": bool(cats[s["category_id"]]["isthing"]),
+                 "area": s["area"]} for s in ann["segments_info"]]
+        out.append(Panoptic(ids=rgb_to_id(rgb), segments=segs, class_names=names))
+    return out
+
+
+# -- engine --------------------------------------------------------------------------------
+class PanopticEngine:
+    """Instance engine + semantic engine → ``Panoptic`` (see :class:`rtseg.engines.base.Engine`).
+
+    Categories are the semantic engine's classes; each instance class maps to the
+    semantic class of the same name (ConfigError when one is missing). Stuff
+    classes default to the semantic classes no instance class names.
+    """
+
+    def __init__(self, *, instances: Any, semantic: Any, stuff_classes: Sequence[str] | None = None,
+                 overlap_threshold: float = 0.5, stuff_min_area: int = 64, score_threshold: float = 0.3) -> None:
+        sem_names = list(semantic.class_names)
+        missing = [n for n in instances.class_names if n not in sem_names]
+        if missing:
+            raise ConfigError(f"panoptic: instance classes {missing[:5]} are not semantic classes "
+                              f"({', '.join(sem_names[:8])}…); train both engines on the same classes")
+        self.thing_category = np.array([sem_names.index(n) for n in instances.class_names], np.int64)
+        stuff = [n for n in sem_names if n not in instances.class_names] if stuff_classes is None else list(stuff_classes)
+        unknown = [n for n in stuff if n not in sem_names]
+        if unknown:
+            raise ConfigError(f"panoptic: stuff classes {unknown[:5]} are not semantic classes; choose from {sem_names}")
+        self.stuff_categories = [sem_names.index(n) for n in stuff]
+        self.instances, self.semantic = instances, semantic
+        self.class_names = tuple(sem_names)
+        self.device = semantic.device
+        self.overlap_threshold, self.stuff_min_area, self.score_threshold = (
+            overlap_threshold, stuff_min_area, score_threshold)
+
+    @classmethod
+    def from_weights(cls, weights: str | None = None, *, device: str = "cpu", instances: Any = None,
+                     semantic: Any = None, **options: Any) -> "PanopticEngine":
+        """``rtseg.load("panoptic", instances=engine_or_(name, weights), semantic=engine_or_weights)``."""
+        from rtseg.engines import load
+
+        if weights is not None:
+            raise ConfigError("panoptic takes no weights=: pass instances=(\"yolact\", PATH) and semantic=FCN_PATH")
+        if instances is None or semantic is None:
+            raise ConfigError("panoptic needs instances= (an engine or (name, weights)) and semantic= "
+                              "(an FCN engine or FCN weights path)")
+        if isinstance(instances, tuple):
+            instances = load(instances[0], instances[1], device=device)
+        if isinstance(semantic, (str, Path)):
+            semantic = load("fcn", str(semantic), device=device)
+        return cls(instances=instances, semantic=semantic, **options)
+
+    def fuse(self, dets: Detections, semantic: SemanticMap) -> Panoptic:
+        """One frame's fusion with this engine's category mapping and thresholds."""
+        return fuse_panoptic(dets, semantic, thing_category=self.thing_category,
+                             stuff_categories=self.stuff_categories, overlap_threshold=self.overlap_threshold,
+                             stuff_min_area=self.stuff_min_area, score_threshold=self.score_threshold)
+
+    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Panoptic | list[Panoptic]:
+        single, images = frames_as_list(frames)
+        dets, sems = self.instances(images), self.semantic(images)
+        out = [self.fuse(d, s) for d, s in zip(dets, sems)]
+        return out[0] if single else out
+
+    def warmup(self) -> None:
+        """Warm up both engines."""
+        self.instances.warmup()
+        self.semantic.warmup()

@@ -1,0 +1,143 @@
+"""A small Mask Scoring R-CNN trainer and the paper's two checks.
+
+* :func:`train_msrcnn`: SGD with momentum and linear warm-up on an instance
+  data set; the MaskIoU loss (L2, weight 1) is trained end to end with
+  torchvision's Mask R-CNN losses.
+* :func:`mask_quality`: for every detection, the true IoU of its mask with the
+  best ground truth of its class against the predicted MaskIoU (Pearson
+  correlation; the paper reports 0.74 on COCO), and mask AP ranked by
+  classification score versus by mask score.
+
+``python -m rtseg.train.msrcnn_trainer --out engines/msrcnn_synthetic.safetensors``
+trains a ResNet-18-FPN model on tiny synthetic images (CPU, minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rtseg.data.dataset import InstanceDataset, Sample
+from rtseg.engines.msrcnn import MsrcnnEngine, rescored, save_msrcnn
+from rtseg.eval.coco import evaluate
+from rtseg.models.msrcnn import MsrcnnConfig
+
+
+@dataclass(frozen=True)
+class MsrcnnTrainConfig:
+    """steps: optimizer steps; batch_size: images per step; lr: SGD lr after ``warmup`` linear steps."""
+
+    steps: int = 300
+    batch_size: int = 2
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    seed: int = 0
+    log_every: int = 25
+
+
+def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
+    """torchvision target of a sample: boxes xyxy, labels 1..C, masks (G, H, W) uint8 (empty masks dropped)."""
+    keep = sample.masks.reshape(len(sample), -1).any(1) & (sample.boxes[:, 2] > sample.boxes[:, 0] + 1) & \
+        (sample.boxes[:, 3] > sample.boxes[:, 1] + 1)
+    return {"boxes": torch.from_numpy(sample.boxes[keep]).to(device),
+            "labels": torch.from_numpy(sample.class_ids[keep] + 1).to(device),
+            "masks": torch.from_numpy(sample.masks[keep].astype(np.uint8)).to(device)}
+
+
+def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainConfig = MsrcnnTrainConfig(),
+                 *, log: bool = True) -> list[dict[str, float]]:
+    """Train ``engine.model`` in place; returns the loss terms of every step."""
+    model = engine.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        samples = [data[int(i)] for i in rng.choice(len(data), cfg.batch_size, replace=len(data) < cfg.batch_size)]
+        samples = [s for s in samples if len(s)] or samples[:1]
+        images = engine.preprocess([s.image for s in samples])
+        losses = model(images, [to_target(s, images[0].device) for s in samples])
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        sched.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+        if log and (step + 1) % cfg.log_every == 0:
+            recent = history[-cfg.log_every:]
+            terms = " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
+            print(f"step {step + 1}/{cfg.steps} {terms} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    model.eval()
+    return history
+
+
+def true_mask_iou(pred_masks: np.ndarray, pred_classes: np.ndarray, sample: Sample) -> np.ndarray:
+    """(N,) IoU of each predicted mask with the best-overlapping ground truth of its class (0 if none)."""
+    out = np.zeros(len(pred_masks), np.float32)
+    if len(pred_masks) == 0 or len(sample) == 0:
+        return out
+    p = pred_masks.reshape(len(pred_masks), -1).astype(np.float32)
+    g = sample.masks.reshape(len(sample), -1).astype(np.float32)
+    inter = p @ g.T
+    union = p.sum(1)[:, None] + g.sum(1)[None] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    iou[pred_classes[:, None] != sample.class_ids[None]] = 0.0
+    return iou.max(1).astype(np.float32)
+
+
+def mask_quality(engine: MsrcnnEngine, data: InstanceDataset) -> dict[str, float]:
+    """Correlation of predicted vs true MaskIoU, and mask AP by class score vs by mask score."""
+    preds, truths, dets_all, gts = [], [], [], []
+    for i in range(len(data)):
+        s = data[i]
+        dets = engine(s.image)
+        iou_pred = dets.mask_scores / np.maximum(dets.scores, 1e-6)  # mask_scores = score * predicted IoU
+        preds.append(iou_pred)
+        truths.append(true_mask_iou(dets.masks, dets.class_ids, s))
+        dets_all.append(dets)
+        gts.append(s)
+    p, t = np.concatenate(preds), np.concatenate(truths)
+    corr = float(np.corrcoef(p, t)[0, 1]) if len(p) > 2 and p.std() > 0 and t.std() > 0 else float("nan")
+    by_cls = evaluate(dets_all, gts, engine.class_names)
+    by_mask = evaluate([rescored(d) for d in dets_all], gts, engine.class_names)
+    return {"maskiou_pearson": corr, "num_detections": float(len(p)), "mean_true_iou": float(t.mean()) if len(t) else 0.0,
+            "mean_abs_error": float(np.abs(p - t).mean()) if len(t) else 0.0,
+            "mask_AP_cls_score": by_cls["mask_AP"], "mask_AP_mask_score": by_mask["mask_AP"],
+            "mask_AP50_cls_score": by_cls["mask_AP50"], "mask_AP50_mask_score": by_mask["mask_AP50"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rtseg.data.synthetic import CLASSES, SyntheticDataset
+
+    ap = argparse.ArgumentParser(description="Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).")
+    ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
+    ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    w, h = args.size
+    cfg = MsrcnnConfig(num_classes=len(CLASSES), backbone=args.backbone, min_size=min(w, h), max_size=max(w, h),
+                       anchor_sizes=(8, 16, 32, 64, 128), rois_per_image=64, proposals_per_image=200)
+    engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES))
+    train = SyntheticDataset.split("train", args.images, width=w, height=h)
+    train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps))
+    quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
+    print({k: round(v, 4) for k, v in quality.items()})
+    save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,
+                                                             "size_wh": [w, h], "val": quality})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""FCN-8s/16s/32s: paper structure, any input size, bilinear upsampling, training, mIoU, weights I/O."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rtseg
+from rtseg.data.synthetic import CLASSES, SyntheticDataset
+from rtseg.engines.fcn import FcnEngine, save_fcn
+from rtseg.errors import ConfigError, WeightsError
+from rtseg.eval.semantic import SemanticEvaluator, evaluate_semantic, semantic_target
+from rtseg.models.fcn import FCN, FcnConfig, bilinear_kernel
+from rtseg.train.fcn_trainer import FcnTrainConfig, train_fcn
+
+torch.set_num_threads(2)
+NAMES = ["background", *CLASSES]
+
+
+@pytest.mark.parametrize("arch", ["fcn8s", "fcn16s", "fcn32s"])
+def test_output_has_input_size_for_odd_sizes(arch):
+    torch.manual_seed(0)
+    model = FCN(FcnConfig(arch=arch, num_classes=3, width=0.0625)).eval()
+    for m in model.modules():  # non-zero score layers so the crop offsets matter
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels == 3:
+            torch.nn.init.normal_(m.weight, std=0.1)
+    with torch.no_grad():
+        for h, w in [(1, 1), (17, 33), (61, 47), (100, 129)]:
+            assert model(torch.randn(2, 3, h, w)).shape == (2, 3, h, w)
+
+
+def test_paper_structure_full_width():
+    model = FCN(FcnConfig(arch="fcn8s", num_classes=21))
+    conv1_1 = model.stages[0][0]
+    assert conv1_1.padding == (100, 100) and conv1_1.out_channels == 64
+    fc6, fc7 = model.fc6[0], model.fc7[0]
+    assert fc6.kernel_size == (7, 7) and fc6.out_channels == 4096 and fc7.kernel_size == (1, 1)
+    assert all(isinstance(s[-1], torch.nn.MaxPool2d) and s[-1].ceil_mode for s in model.stages)
+    ups = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.ConvTranspose2d)}
+    assert {n: (m.kernel_size[0], m.stride[0]) for n, m in ups.items()} == {
+        "upscore2": (4, 2), "upscore_pool4": (4, 2), "upscore": (16, 8)}
+    assert not any(m.weight.requires_grad for m in ups.values())  # frozen bilinear by default
+    learn = FCN(FcnConfig(arch="fcn8s", num_classes=21, width=0.0625, learn_upsampling=True))
+    assert learn.upscore.weight.requires_grad
+
+
+def test_bilinear_kernel_upsamples_like_interpolate():
+    x = torch.randn(1, 3, 6, 7)
+    up = F.conv_transpose2d(x, bilinear_kernel(3, 16), stride=8)
+    ref = F.interpolate(x, scale_factor=8, mode="bilinear", align_corners=False)
+    # away from the border the transposed conv equals bilinear interpolation, offset by (k - s) / 2 = 4 px
+    np.testing.assert_allclose(up[..., 4 + 8:4 + 40, 4 + 8:4 + 40], ref[..., 8:40, 8:40], atol=1e-5)
+
+
+def test_semantic_metrics_by_hand():
+    t = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    p = np.array([[0, 0, 1, 0], [0, 0, 1, 2]])
+    m = evaluate_semantic([p], [t], 3, ["bg", "a", "b"])
+    assert m["pixel_accuracy"] == pytest.approx(6 / 8)
+    assert m["IoU/bg"] == pytest.approx(4 / 5) and m["IoU/a"] == pytest.approx(2 / 4) and m["IoU/b"] == 0.0
+    assert m["mIoU"] == pytest.approx((0.8 + 0.5 + 0.0) / 3)
+    ev = SemanticEvaluator(3)
+    with pytest.raises(ValueError, match="differ"):
+        ev.add(p, t[:1])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        ev.add(p + 5, t)
+
+
+def test_training_reduces_loss_and_weights_roundtrip(tmp_path):
+    # Tiny and short (the CPU is shared): the loss must fall; accuracy is measured by the benchmark.
+    torch.manual_seed(0)
+    data = SyntheticDataset.split("train", 4, width=40, height=32, max_objects=3)
+    engine = FcnEngine.from_config(FcnConfig(arch="fcn8s", num_classes=len(NAMES), width=0.0625), class_names=NAMES)
+    losses = train_fcn(engine, data, FcnTrainConfig(steps=12, batch_size=2, lr=3e-3), log=False)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
+    path = save_fcn(tmp_path / "fcn.safetensors", engine.model, NAMES, meta={"steps": 12})
+    loaded = rtseg.load("fcn", weights=str(path))
+    img = data[3].image
+    a, b = engine(img), loaded(img)
+    assert isinstance(b, rtseg.SemanticMap) and loaded.class_names == tuple(NAMES)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    assert b.labels.shape == img.shape[:2] and b.scores.dtype == np.float32
+    # corrupt the file: the manifest's sha256 catches it
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(WeightsError, match="sha256"):
+        rtseg.load("fcn", weights=str(path))
+
+
+def test_semantic_target_from_instances():
+    s = SyntheticDataset.split("val", 1, width=64, height=48)[0]
+    t = semantic_target(s)
+    assert t.shape == (48, 64) and t.dtype == np.int64
+    for m, c in zip(s.masks, s.class_ids):
+        assert (t[m] == c + 1).all()
+    assert (t[~s.masks.any(0)] == 0).all()
+
+
+def test_engine_batches_mixed_sizes_and_draws():
+    engine = FcnEngine.from_config(FcnConfig(arch="fcn32s", num_classes=3, width=0.0625))
+    engine.warmup()
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(31, 45, 3), (20, 20, 3), (31, 45, 3)]]
+    out = engine(imgs)
+    assert [o.labels.shape for o in out] == [(31, 45), (20, 20), (31, 45)]
+    np.testing.assert_array_equal(out[0].labels, engine(imgs[0]).labels)
+    sem = rtseg.SemanticMap(labels=(out[1].labels + np.eye(20, dtype=np.int64)), class_names=engine.class_names)
+    drawn = rtseg.annotate(imgs[1], sem)
+    assert drawn.shape == (20, 20, 3) and (drawn != imgs[1]).any()
+
+
+def test_torchvision_fcn_without_download_and_errors():
+    eng = rtseg.load("fcn", arch="fcn_resnet50", num_classes=4)
+    assert not eng.pretrained and len(eng.class_names) == 4
+    out = eng(np.zeros((33, 47, 3), np.uint8))
+    assert out.labels.shape == (33, 47)
+    with pytest.raises(WeightsError, match="needs weights"):
+        rtseg.load("fcn")
+    with pytest.raises(ConfigError, match="unknown arch"):
+        FcnConfig(arch="fcn4s")
+
+
+@pytest.mark.gpu
+def test_fcn_engine_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    cpu = FcnEngine.from_config(FcnConfig(arch="fcn8s", num_classes=3, width=0.0625))
+    for m in cpu.model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels == 3:
+            torch.nn.init.normal_(m.weight, std=0.1)
+    gpu = FcnEngine(model=FCN(cpu.model.cfg), class_names=cpu.class_names, device="cuda")
+    gpu.model.load_state_dict(cpu.model.state_dict())
+    img = np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    a, b = cpu(img), gpu(img)
+    assert (a.labels == b.labels).mean() > 0.99
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)

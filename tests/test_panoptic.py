@@ -1,0 +1,183 @@
+"""Panoptic fusion, panopticapi writer, and PQ/SQ/RQ cross-checked against torchmetrics."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import rtseg
+from rtseg.data.synthetic import CLASSES, SyntheticScene
+from rtseg.engines.fcn import FcnEngine
+from rtseg.engines.panoptic import PanopticEngine, fuse_panoptic, id_to_rgb, read_panoptic, rgb_to_id, write_panoptic
+from rtseg.engines.yolact import YolactEngine
+from rtseg.errors import ConfigError
+from rtseg.eval.panoptic import PanopticEvaluator, panoptic_from_instances
+from rtseg.models.fcn import FcnConfig
+from rtseg.models.yolact import YolactConfig
+from rtseg.types import Detections, Panoptic, SemanticMap
+
+torch.set_num_threads(2)
+NAMES = ["background", *CLASSES]
+
+
+def _dets(masks: list[np.ndarray], scores: list[float], classes: list[int], mask_scores=None) -> Detections:
+    m = np.array(masks, bool)
+    boxes = np.array([[0, 0, m.shape[2], m.shape[1]]] * len(masks), np.float32)
+    return Detections(boxes=boxes, scores=np.array(scores, np.float32), class_ids=np.array(classes, np.int64),
+                      image_size=m.shape[1:], class_names=CLASSES, _masks=m,
+                      mask_scores=None if mask_scores is None else np.array(mask_scores, np.float32))
+
+
+def test_fusion_order_overlap_and_stuff_area():
+    h, w = 20, 20
+    a = np.zeros((h, w), bool); a[2:10, 2:10] = True     # 64 px, best
+    b = np.zeros((h, w), bool); b[6:14, 6:14] = True     # 64 px, 16 overlap with a: kept, 48 px
+    c = np.zeros((h, w), bool); c[3:9, 3:9] = True       # inside a: skipped
+    low = np.zeros((h, w), bool); low[15:18, 15:18] = True  # below the score threshold: dropped
+    sem = np.zeros((h, w), np.int64); sem[:, 17:] = 3     # stuff 3 (60 px) but partly covered
+    sem[0, :] = 2                                         # stuff 2: 20 px, below min area
+    dets = _dets([b, a, c, low], [0.8, 0.9, 0.7, 0.1], [1, 0, 2, 0])
+    pan = fuse_panoptic(dets, SemanticMap(labels=sem, class_names=NAMES), thing_category=np.arange(6) + 1,
+                        stuff_categories=[0, 2, 3], stuff_min_area=25, score_threshold=0.3)
+    segs = {s["id"]: s for s in pan.segments}
+    assert [s["category_id"] for s in pan.segments] == [1, 2, 0, 3]  # a (class 0 → cat 1), b, stuff 0, stuff 3
+    assert (pan.ids[a] == 1).all() and segs[1]["area"] == 64 and segs[1]["score"] == pytest.approx(0.9)
+    assert segs[2]["area"] == 48 and (pan.ids[b & ~a] == 2).all()
+    assert not segs[3]["isthing"] and not segs[4]["isthing"]
+    assert (pan.ids[0, :] == 0).all()  # stuff 2 (20 px) is below the minimum area: void
+    assert segs[4]["area"] == 19 * 3 and (pan.ids[low] != 0).all()  # the dropped instance's pixels went to stuff
+    assert sum(s["area"] for s in pan.segments) == (pan.ids > 0).sum()
+    # mask scores (MS R-CNN) take precedence over class scores for the paste order
+    flipped = _dets([b, a], [0.8, 0.9], [1, 0], mask_scores=[0.9, 0.5])
+    pan2 = fuse_panoptic(flipped, SemanticMap(labels=sem), thing_category=np.arange(6) + 1, stuff_categories=[])
+    assert pan2.segments[0]["category_id"] == 2 and pan2.segments[1]["area"] == 48
+
+
+def test_pq_by_hand_with_void():
+    gt = np.zeros((10, 10), np.int64)
+    gt[:, :5] = 1  # thing, category 1, 50 px
+    gt[:, 5:9] = 2  # stuff, category 0, 40 px; column 9 is void (id 0)
+    pred = np.zeros_like(gt)
+    pred[:, :6] = 7  # category 1: IoU 50/60 with gt 1
+    pred[:, 6:] = 8  # category 0: 30 px in gt 2 and 10 void px → union 40 + 40 - 30 - 10 = 40, IoU 0.75
+    pred[0, 0] = 9  # a 1-px false positive of category 1 (eats one px of gt 1: IoU 49/60)
+    gp = Panoptic(ids=gt, segments=[{"id": 1, "category_id": 1}, {"id": 2, "category_id": 0}])
+    pp = Panoptic(ids=pred, segments=[{"id": 7, "category_id": 1}, {"id": 8, "category_id": 0},
+                                      {"id": 9, "category_id": 1}])
+    ev = PanopticEvaluator(2, things=[1])
+    ev.add(pp, gp)
+    m = ev.summarize(["bg", "thing"])
+    assert m["SQ_th"] == pytest.approx(49 / 60) and m["RQ_th"] == pytest.approx(1 / 1.5)
+    assert m["PQ_st"] == pytest.approx(0.75) and m["RQ_st"] == 1.0
+    assert m["PQ"] == pytest.approx((49 / 60 / 1.5 + 0.75) / 2)
+    with pytest.raises(ValueError, match="no segment entry"):
+        ev.add(Panoptic(ids=pred, segments=[]), gp)
+
+
+def _perturb(gt: Panoptic, rng: np.random.Generator) -> Panoptic:
+    """A plausible, fully labelled prediction: shifted/dropped/relabelled things over a background stuff."""
+    ids = np.full(gt.ids.shape, 1000, np.int64)
+    segs = [{"id": 1000, "category_id": 0, "isthing": False}]
+    for s in gt.segments:
+        if not s["isthing"] or rng.random() < 0.15:
+            continue
+        mask = np.roll(gt.ids == s["id"], tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
+        cat = s["category_id"] if rng.random() > 0.15 else int(rng.integers(1, 7))
+        ids[mask] = s["id"]
+        segs.append({"id": s["id"], "category_id": cat, "isthing": True})
+    if rng.random() < 0.5:  # a false positive blob
+        y, x = rng.integers(0, gt.ids.shape[0] - 10), rng.integers(0, gt.ids.shape[1] - 10)
+        ids[y:y + 10, x:x + 10] = 999
+        segs.append({"id": 999, "category_id": int(rng.integers(1, 7)), "isthing": True})
+    present = set(np.unique(ids).tolist())
+    return Panoptic(ids=ids, segments=[s for s in segs if s["id"] in present])
+
+
+def _as_tm(p: Panoptic) -> torch.Tensor:
+    cat = np.zeros_like(p.ids)
+    for s in p.segments:
+        cat[p.ids == s["id"]] = s["category_id"]
+    return torch.from_numpy(np.stack([cat, p.ids], -1))
+
+
+def test_pq_matches_torchmetrics_on_synthetic():
+    from torchmetrics.detection import PanopticQuality
+
+    scene = SyntheticScene(3, width=120, height=90, num_frames=60)
+    rng = np.random.default_rng(0)
+    ours = PanopticEvaluator(len(NAMES), things=range(1, 7))
+    tm = PanopticQuality(things=set(range(1, 7)), stuffs={0}, return_sq_and_rq=True, return_per_class=False)
+    for i in range(0, 60, 6):
+        img, inst = scene.frame(i)
+        gt = panoptic_from_instances(inst, img.shape[:2], NAMES)
+        pred = _perturb(gt, rng)
+        ours.add(pred, gt)
+        tm.update(_as_tm(pred)[None], _as_tm(gt)[None])
+    m = ours.summarize(NAMES)
+    pq, sq, rq = tm.compute().tolist()
+    assert 0.2 < m["PQ"] < 0.95  # a non-trivial case
+    assert m["PQ"] == pytest.approx(pq, abs=1e-5) and m["SQ"] == pytest.approx(sq, abs=1e-5)
+    assert m["RQ"] == pytest.approx(rq, abs=1e-5)
+
+
+def test_panopticapi_writer_roundtrip(tmp_path):
+    ids = np.array([[0, 1, 300], [70000, 1, 1]], np.int64)
+    assert (rgb_to_id(id_to_rgb(ids)) == ids).all()
+    assert id_to_rgb(np.array([[1 + 2 * 256 + 3 * 65536]])).tolist() == [[[1, 2, 3]]]
+    scene = SyntheticScene(2, width=64, height=48, num_frames=10)
+    pans = [panoptic_from_instances(inst, img.shape[:2], NAMES) for img, inst in (scene.frame(0), scene.frame(9))]
+    path = write_panoptic(tmp_path / "pan", pans, image_ids=[5, 6])
+    data = json.loads(path.read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["000000000005.png", "000000000006.png"]
+    info = data["annotations"][0]["segments_info"][0]
+    assert set(info) == {"id", "category_id", "iscrowd", "bbox", "area"}
+    back = read_panoptic(path)
+    for a, b in zip(pans, back):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        assert [(s["id"], s["category_id"], s["area"]) for s in a.segments] == \
+               [(s["id"], s["category_id"], s["area"]) for s in b.segments]
+
+
+def test_engine_yolact_plus_fcn_and_overlay():
+    torch.manual_seed(0)
+    yolact = YolactEngine.from_config(
+        YolactConfig(backbone="resnet18", num_classes=6, input_size=128, fpn_channels=32, num_prototypes=8),
+        class_names=list(CLASSES), score_threshold=0.0)
+    fcn = FcnEngine.from_config(FcnConfig(arch="fcn8s", num_classes=7, width=0.0625), class_names=NAMES)
+    eng = rtseg.load("panoptic", instances=yolact, semantic=fcn, score_threshold=0.0, stuff_min_area=1)
+    assert eng.class_names == tuple(NAMES) and eng.stuff_categories == [0]
+    img = SyntheticScene(3, width=96, height=72, num_frames=1).frame(0)[0]
+    out = eng([img, img])
+    assert len(out) == 2 and isinstance(out[0], Panoptic) and out[0].ids.shape == (72, 96)
+    dets = yolact(img)
+    assert out[0].ids.max() >= 1 and sum(s["isthing"] for s in out[0].segments) <= len(dets)
+    assert (out[0].ids > 0).all()  # background stuff fills every pixel no instance took
+    drawn = rtseg.annotate(img, out[0])
+    assert drawn.shape == img.shape
+    with pytest.raises(ConfigError, match="not semantic classes"):
+        PanopticEngine(instances=yolact, semantic=FcnEngine.from_config(FcnConfig(num_classes=3, width=0.0625)))
+    with pytest.raises(ConfigError, match="needs instances"):
+        rtseg.load("panoptic")
+
+
+def test_load_by_paths_with_msrcnn(tmp_path):
+    from rtseg.engines.fcn import save_fcn
+    from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
+    from rtseg.models.msrcnn import MsrcnnConfig
+
+    torch.manual_seed(0)
+    fcn = FcnEngine.from_config(FcnConfig(arch="fcn16s", num_classes=7, width=0.0625), class_names=NAMES)
+    ms = MsrcnnEngine.from_config(MsrcnnConfig(num_classes=6, backbone="resnet18", min_size=64, max_size=80,
+                                               proposals_per_image=50), class_names=list(CLASSES))
+    fp = save_fcn(tmp_path / "fcn.safetensors", fcn.model, NAMES)
+    mp = save_msrcnn(tmp_path / "ms.safetensors", ms.model, list(CLASSES))
+    eng = rtseg.load("panoptic", instances=("msrcnn", str(mp)), semantic=str(fp), score_threshold=0.0)
+    img = SyntheticScene(4, width=80, height=64, num_frames=1).frame(0)[0]
+    pan = eng(img)
+    assert isinstance(pan, Panoptic) and pan.ids.shape == (64, 80)
+    ids = set(np.unique(pan.ids).tolist()) - {0}
+    assert ids == {s["id"] for s in pan.segments}
+    with pytest.raises(ConfigError, match="takes no weights"):
+        rtseg.load("panoptic", "x.pth", instances=eng.instances, semantic=eng.semantic)

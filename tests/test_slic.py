@@ -1,0 +1,119 @@
+"""SLIC engine: skimage reference vs our torch SLIC, superpixel metrics on the synthetic benchmark."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import rtseg
+from rtseg.data.synthetic import SyntheticScene
+from rtseg.engines.slic import bgr_to_lab, connected_components, enforce_connectivity, slic_torch
+from rtseg.errors import ConfigError
+from rtseg.eval.superpixels import (achievable_segmentation_accuracy, boundary_recall, instances_to_segmentation,
+                                    superpixel_metrics, undersegmentation_error)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[tuple[np.ndarray, np.ndarray]]:
+    scene = SyntheticScene(3, width=200, height=150, num_frames=40)
+    out = []
+    for i in (0, 13, 26, 39):
+        img, inst = scene.frame(i)
+        out.append((img, instances_to_segmentation(inst, img.shape[:2])))
+    return out
+
+
+def _mean_metrics(engine, frames) -> dict[str, float]:
+    ms = [superpixel_metrics(engine(img).labels, gt) for img, gt in frames]
+    return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+
+def test_torch_slic_matches_skimage_metrics(frames):
+    ref = _mean_metrics(rtseg.load("slic", n_segments=150), frames)
+    ours = _mean_metrics(rtseg.load("slic", backend="torch", n_segments=150), frames)
+    # both good on their own ...
+    for m in (ref, ours):
+        assert m["boundary_recall"] > 0.8 and m["asa"] > 0.95 and m["undersegmentation_error"] < 0.1
+    # ... and comparable: ours at most a little worse than the reference on every metric
+    assert abs(ours["boundary_recall"] - ref["boundary_recall"]) < 0.06
+    assert ours["asa"] > ref["asa"] - 0.01
+    assert ours["undersegmentation_error"] < ref["undersegmentation_error"] + 0.02
+    assert 0.7 * ref["num_segments"] < ours["num_segments"] < 1.3 * ref["num_segments"]
+
+
+def test_torch_slic_segments_are_connected_and_contiguous(frames):
+    img = frames[1][0]
+    labels = slic_torch(torch.from_numpy(img), n_segments=100)
+    assert labels.shape == img.shape[:2] and labels.dtype == torch.int64
+    k = int(labels.max()) + 1
+    assert torch.equal(torch.unique(labels), torch.arange(k))  # ids 0..K-1, none missing
+    comps = torch.unique(connected_components(labels))
+    assert len(comps) == k  # one 4-connected component per segment
+    assert 60 < k < 140
+
+
+def test_connectivity_splits_and_merges():
+    lab = torch.zeros(8, 8, dtype=torch.int64)
+    lab[:, 4:] = 1
+    lab[0, 0] = 1  # an isolated 1-pixel fragment of segment 1 inside segment 0
+    lab[6:, 6:] = 0  # a 2x2 island of segment 0 inside segment 1 (big enough to stay)
+    cc = connected_components(lab)
+    assert len(torch.unique(cc)) == 4
+    out = enforce_connectivity(lab, min_size=3)
+    assert len(torch.unique(out)) == 3  # fragment absorbed, island kept as its own segment
+    assert out[0, 0] == out[1, 0] and out[6, 6] != out[5, 5]
+
+
+def test_lab_matches_skimage():
+    from skimage.color import rgb2lab
+
+    img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    ref = rgb2lab(img[..., ::-1]).transpose(2, 0, 1)
+    np.testing.assert_allclose(bgr_to_lab(torch.from_numpy(img)).numpy(), ref, atol=0.05)
+
+
+def test_metrics_on_hand_made_cases():
+    gt = np.zeros((10, 10), np.int64)
+    gt[:, 5:] = 1
+    same = gt.copy()
+    assert boundary_recall(same, gt) == 1.0
+    assert undersegmentation_error(same, gt) == 0.0
+    assert achievable_segmentation_accuracy(same, gt) == 1.0
+    one = np.zeros_like(gt)  # a single superpixel covering both halves
+    assert boundary_recall(one, gt) == 0.0
+    assert undersegmentation_error(one, gt) == pytest.approx(1.0)  # each half leaks 50 px: (50 + 50) / 100
+    assert achievable_segmentation_accuracy(one, gt) == 0.5
+    shifted = np.zeros_like(gt)
+    shifted[:, 7:] = 1  # boundary 2 px off: recalled at tolerance 2, not at 1
+    assert boundary_recall(shifted, gt, tolerance=2) == 1.0 and boundary_recall(shifted, gt, tolerance=1) == 0.0
+    assert undersegmentation_error(shifted, gt) == pytest.approx(0.4)  # the 70 px segment leaks 20 px into each side
+    assert achievable_segmentation_accuracy(shifted, gt) == pytest.approx(0.8)
+
+
+def test_engine_api_batch_overlay_and_errors(frames):
+    eng = rtseg.load("slic", n_segments=50)
+    eng.warmup()
+    imgs = [frames[0][0], frames[1][0][:101, :77].copy()]
+    out = eng(imgs)
+    assert isinstance(out, list) and [o.labels.shape for o in out] == [(150, 200), (101, 77)]
+    assert isinstance(out[0], rtseg.Superpixels) and eng.class_names == () and eng.device == "cpu"
+    drawn = rtseg.annotate(imgs[0], out[0])
+    assert drawn.shape == imgs[0].shape and (drawn != imgs[0]).any()
+    with pytest.raises(ConfigError, match="unknown backend"):
+        rtseg.load("slic", backend="opencv")
+    with pytest.raises(ConfigError, match="takes no weights"):
+        rtseg.load("slic", weights="x.pth")
+    with pytest.raises(ConfigError, match="frame 0"):
+        eng(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.gpu
+def test_torch_slic_on_cuda_matches_cpu(frames):
+    img, gt = frames[2]
+    cpu = slic_torch(torch.from_numpy(img), n_segments=150).numpy()
+    gpu = slic_torch(torch.from_numpy(img).cuda(), n_segments=150).cpu().numpy()
+    a, b = superpixel_metrics(cpu, gt), superpixel_metrics(gpu, gt)
+    assert abs(a["asa"] - b["asa"]) < 0.005 and abs(a["boundary_recall"] - b["boundary_recall"]) < 0.02
+    assert isinstance(rtseg.load("slic", backend="torch", device="cuda")(img), rtseg.Superpixels)
