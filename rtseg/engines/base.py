@@ -5,6 +5,7 @@ from typing import Protocol, Sequence, overload, runtime_checkable
 
 import numpy as np
 
+from rtseg.errors import ConfigError
 from rtseg.types import Prediction
 
 
@@ -28,3 +29,17 @@ class Engine(Protocol):
     def __call__(self, frames): ...
 
     def warmup(self) -> None: ...
+
+
+def frames_as_list(frames: np.ndarray | Sequence[np.ndarray]) -> tuple[bool, list[np.ndarray]]:
+    """Validate engine input: ``(single, images)`` where each image is (H, W, 3) uint8 BGR.
+
+    Raises ConfigError naming the bad frame. Shared by every engine.
+    """
+    single = isinstance(frames, np.ndarray)
+    images = [frames] if single else list(frames)
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
+    return single, images

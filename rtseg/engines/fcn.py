@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg.engines.slic import frames_as_list
+from rtseg.engines.base import frames_as_list
 from rtseg.engines.yolact import resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rtseg.engines.fcn import load_model, save_model
-from rtseg.engines.slic import frames_as_list
+from rtseg.engines.base import frames_as_list
 from rtseg.engines.yolact import resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from rtseg.engines.slic import frames_as_list
+from rtseg.engines.base import frames_as_list
 from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Detections, Panoptic, SemanticMap
 

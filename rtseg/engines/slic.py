@@ -23,24 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtseg.engines.base import frames_as_list
 from rtseg.errors import ConfigError
 from rtseg.types import Superpixels
 
 BACKENDS = ("skimage", "torch")
-
-
-def frames_as_list(frames: np.ndarray | Sequence[np.ndarray]) -> tuple[bool, list[np.ndarray]]:
-    """Validate engine input: ``(single, images)`` where each image is (H, W, 3) uint8 BGR.
-
-    Raises ConfigError naming the bad frame. Shared by the non-YOLACT engines.
-    """
-    single = isinstance(frames, np.ndarray)
-    images = [frames] if single else list(frames)
-    for i, img in enumerate(images):
-        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-            raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
-    return single, images
 
 
 # -- colour --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import make_backend
+from rtseg.engines.base import frames_as_list
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops.boxes import boxes_to_pixels, decode
@@ -176,12 +177,7 @@ class YolactEngine:
 
     # -- Engine protocol ----------------------------------------------------------------
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
-        single = isinstance(frames, np.ndarray)
-        images = [frames] if single else list(frames)
-        for i, img in enumerate(images):
-            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-                raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
+        single, images = frames_as_list(frames)
         if not images:
             return []
         dets = self.postprocess(self.forward(self.preprocess(images)), [img.shape[:2] for img in images])

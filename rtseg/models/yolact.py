@@ -12,7 +12,7 @@ training-only semantic segmentation 1x1 conv on P3.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
