@@ -7,10 +7,13 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from rtseg.models.yolact import Yolact
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,3 +68,14 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     doc = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
+
+
+def busy_model(preset: str) -> "Yolact":
+    """A random YOLACT whose class scores spread out, so that NMS and mask assembly have real work."""
+    from rtseg.models.yolact import PRESETS, Yolact
+
+    torch.manual_seed(0)
+    model = Yolact(PRESETS[preset])
+    with torch.no_grad():
+        model.prediction_layers[0].conf_layer.bias.normal_(0, 3)
+    return model

@@ -22,10 +22,9 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import RESULTS, machine, summary
+from benchmarks.common import busy_model, RESULTS, machine, summary
 from rtseg.engines.backends import available, make_backend
 from rtseg.engines.yolact import YolactEngine
-from rtseg.models.yolact import PRESETS, Yolact
 from rtseg.ops.boxes import decode
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import fast_nms
@@ -81,14 +80,6 @@ def versions() -> dict[str, str]:
         out["driver"] = "unknown"
     out["cuda_runtime"] = str(torch.version.cuda)
     return out
-
-
-def busy_model(preset: str) -> Yolact:
-    torch.manual_seed(0)
-    model = Yolact(PRESETS[preset])
-    with torch.no_grad():
-        model.prediction_layers[0].conf_layer.bias.normal_(0, 3)
-    return model
 
 
 def bench_model(engine: YolactEngine, batches: list[int], iters: int, deadline: float, cache: Path,

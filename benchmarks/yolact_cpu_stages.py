@@ -10,20 +10,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
-from benchmarks.common import summary, time_it, write_result
+from benchmarks.common import busy_model, summary, time_it, write_result
 from rtseg.engines.yolact import YolactEngine
-from rtseg.models.yolact import PRESETS, Yolact
-
-
-def busy_model(preset: str) -> Yolact:
-    """A random network whose class scores spread so NMS and masks have work."""
-    torch.manual_seed(0)
-    model = Yolact(PRESETS[preset])
-    with torch.no_grad():
-        model.prediction_layers[0].conf_layer.bias.normal_(0, 3)
-    return model
 
 
 def run(preset: str, iters: int, frame: np.ndarray) -> dict:
