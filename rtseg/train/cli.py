@@ -1,0 +1,163 @@
+"""``rtseg train``: train YOLACT on synthetic, COCO or labelme data.
+
+    rtseg train --data synthetic --backbone resnet18 --input-size 320 --iters 2000 \\
+        --batch-size 8 --out engines/my_model.safetensors
+    rtseg train --data coco:annotations.json:images/ --out engines/coco.safetensors --device cuda
+    rtseg train --data labelme:my_folder/ --out engines/mine.safetensors --resume runs/mine/checkpoint.pth
+
+Checkpoints go to ``--work-dir`` (default: ``<out without suffix>.train/``).
+When torchvision ImageNet weights for the backbone are in the torch hub cache
+(``torch.hub.get_dir()/checkpoints/resnet18-*.pth``), the backbone starts from
+them; otherwise everything starts from scratch (said in the log).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+import torch
+
+from rtseg.data.dataset import InstanceDataset
+from rtseg.errors import ConfigError, RtsegError, WeightsError
+from rtseg.models.yolact import Yolact, YolactConfig
+from rtseg.train.augment import AugmentConfig
+from rtseg.train.trainer import TrainConfig, Trainer
+
+BACKBONES = ("resnet18", "resnet50", "resnet101", "darknet53")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see rtseg train --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rtseg train", description="Train a YOLACT model; writes safetensors + a JSON manifest.")
+    p.add_argument("--data", required=True, help="synthetic | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER")
+    p.add_argument("--val-data", help="validation set, same forms (default: synthetic val split for synthetic, none otherwise)")
+    p.add_argument("--out", required=True, help="output weights, a .safetensors path (manifest written beside it)")
+    p.add_argument("--work-dir", help="checkpoints folder (default: <out without suffix>.train)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth written by an earlier run")
+    p.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    p.add_argument("--input-size", type=int, default=320)
+    p.add_argument("--fpn-channels", type=int, default=64)
+    p.add_argument("--num-prototypes", type=int, default=16)
+    p.add_argument("--iters", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=500, metavar="N", help="linear warm-up steps (official 500)")
+    p.add_argument("--lr-steps", default="0.7,0.9", metavar="F,F",
+                   help="LR x0.1 at these fractions of --iters (default 0.7,0.9)")
+    p.add_argument("--expand-max", type=float, default=4.0, help="random expand up to this ratio (1 disables; official 4)")
+    p.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: only at the end)")
+    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--ckpt-every", type=int, default=500, metavar="N")
+    p.add_argument("--train-images", type=int, default=None, help="synthetic: number of training images (default 20000)")
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (mixed precision on CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--half", action="store_true", help="store the final weights as float16 (half the file size)")
+    return p
+
+
+def open_dataset(spec: str, *, split: str = "train", num_images: int | None = None) -> InstanceDataset:
+    """A data set from ``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER``."""
+    from rtseg.data import CocoDataset, LabelmeDataset, SyntheticDataset
+
+    kind, _, rest = spec.partition(":")
+    if kind == "synthetic" and not rest:
+        return SyntheticDataset.split(split, num_images)
+    if kind == "coco":
+        ann, sep, img_dir = rest.partition(":")
+        if not sep or not ann or not img_dir:
+            raise ConfigError(f"--data {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR")
+        return CocoDataset(ann, img_dir)
+    if kind == "labelme" and rest:
+        return LabelmeDataset(rest)
+    raise ConfigError(f"--data {spec!r}: expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER")
+
+
+def imagenet_backbone(model: Yolact) -> Path | None:
+    """Load torchvision ImageNet weights of the backbone from the torch hub cache, if there; returns the file."""
+    name = model.cfg.backbone
+    if not name.startswith("resnet"):
+        return None
+    found = sorted((Path(torch.hub.get_dir()) / "checkpoints").glob(f"{name}-*.pth"))
+    if not found:
+        return None
+    state = torch.load(str(found[0]), map_location="cpu", weights_only=True)
+    mapped = {}
+    for k, v in state.items():
+        if k.startswith("fc."):
+            continue
+        m = re.match(r"layer(\d)\.(.*)", k)
+        mapped[f"layers.{int(m.group(1)) - 1}.{m.group(2)}" if m else k] = v
+    try:
+        model.backbone.load_state_dict(mapped, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"{found[0]}: not torchvision {name} ImageNet weights ({str(e).splitlines()[0]})") from None
+    return found[0]
+
+
+def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
+    try:
+        fractions = [float(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"--lr-steps {text!r}: expected comma-separated fractions such as 0.7,0.9") from None
+    if any(not 0 < f < 1 for f in fractions):
+        raise ConfigError(f"--lr-steps {text!r}: fractions must lie strictly between 0 and 1")
+    return tuple(int(f * iters) for f in fractions)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Train as the parsed options say; returns the final validation metrics."""
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out}: must end in .safetensors")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_set = open_dataset(args.data, num_images=args.train_images)
+    val_spec = args.val_data or ("synthetic" if args.data == "synthetic" else None)
+    val_set = open_dataset(val_spec, split="val") if val_spec else None
+    cfg = YolactConfig(backbone=args.backbone, num_classes=len(train_set.class_names),
+                       fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
+    model = Yolact(cfg)
+    init = imagenet_backbone(model) if not args.resume else None
+    config = TrainConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup,
+                         lr_steps=_lr_steps(args.lr_steps, args.iters), val_every=args.val_every,
+                         val_images=args.val_images, ckpt_every=args.ckpt_every, num_workers=args.workers,
+                         seed=args.seed, augment=replace(AugmentConfig(), expand_max=args.expand_max))
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
+    trainer = Trainer(model=model, train_set=train_set, val_set=val_set, config=config, work_dir=work_dir,
+                      device=args.device)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        print(f"resumed from {args.resume} at step {trainer.step}", flush=True)
+    else:
+        print(f"backbone initialised from {init}" if init else
+              "no ImageNet weights in the torch hub cache: training from scratch", flush=True)
+    print(f"training {cfg} on {len(train_set)} images for {config.iters} steps of {config.batch_size}", flush=True)
+    t0 = time.perf_counter()
+    metrics = trainer.fit()
+    minutes = (time.perf_counter() - t0) / 60
+    meta = {"data": args.data, "train_minutes": round(minutes, 1), "device": args.device,
+            "pretrained_backbone": str(init.name) if init else None}
+    trainer.export(out, meta=meta, half=args.half)
+    print(f"wrote {out} ({minutes:.1f} min of training)", flush=True)
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rtseg train``; returns the exit status (2 on a user error)."""
+    try:
+        run(build_parser().parse_args(argv))
+    except RtsegError as e:
+        print(f"rtseg train: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,282 @@
+"""YOLACT training loop: SGD with warm-up and step decay, AMP on CUDA, validation, checkpoints.
+
+The trainer owns nothing global: give it a model, data sets and a
+:class:`TrainConfig`; it writes ``checkpoint.pth`` (model, optimizer,
+scheduler, scaler, step) into its work directory and, at the end, the final
+weights as safetensors + manifest via :func:`rtseg.weights.save_yolact`.
+Images are normalised by the same :meth:`YolactEngine.preprocess` that
+inference uses, so training and deployment cannot drift apart.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rtseg.data.dataset import InstanceDataset, Sample
+from rtseg.engines.yolact import YolactEngine
+from rtseg.errors import ConfigError
+from rtseg.eval.coco import evaluate
+from rtseg.models.yolact import Yolact, make_priors
+from rtseg.train.augment import AugmentConfig, augment
+from rtseg.train.losses import LossConfig, Target, yolact_loss
+from rtseg.weights import save_yolact
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (official YOLACT values where they exist).
+
+    iters: total optimizer steps. lr_steps: steps at which the LR is multiplied by ``gamma``.
+    warmup_iters / warmup_init: linear warm-up from ``warmup_init`` to ``lr`` (official 500 / 1e-4).
+    val_every / ckpt_every: steps between validations / checkpoints (0: only at the end).
+    val_images: validation images per validation (at most the validation set).
+    num_workers: data-loading processes (0: in the training process).
+    """
+
+    iters: int
+    batch_size: int = 8
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 500
+    warmup_init: float = 1e-4
+    lr_steps: tuple[int, ...] = ()
+    gamma: float = 0.1
+    val_every: int = 0
+    val_images: int = 100
+    ckpt_every: int = 500
+    log_every: int = 10
+    num_workers: int = 1
+    seed: int = 0
+    amp: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def lr_factor(self, step: int) -> float:
+        """LR at ``step`` divided by ``lr``: linear warm-up, then ``gamma`` per passed LR step."""
+        if step < self.warmup_iters:
+            return (self.warmup_init + (self.lr - self.warmup_init) * step / self.warmup_iters) / self.lr
+        return self.gamma ** sum(step >= s for s in self.lr_steps)
+
+
+class AugmentedSamples(Dataset):
+    """Item ``k`` (a global sample counter) is an augmented, resized image of the source set.
+
+    The source index comes from a per-epoch permutation and the augmentation from an rng
+    seeded by ``(seed, k)``, so a resumed run sees exactly the samples it would have seen.
+    """
+
+    def __init__(self, source: InstanceDataset, *, size: int, config: AugmentConfig, seed: int, start: int, stop: int) -> None:
+        if len(source) == 0:
+            raise ConfigError("training data set is empty; point --data at a set with annotated images")
+        self.source, self.size, self.config, self.seed = source, size, config, seed
+        self.start, self.stop = start, stop
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _source_index(self, k: int) -> int:
+        epoch, i = divmod(k, len(self.source))
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.source)))
+        return int(self._perm[1][i])
+
+    def __getitem__(self, index: int) -> Sample:
+        k = self.start + index
+        sample = self.source[self._source_index(k)]
+        return augment(sample, size=self.size, rng=np.random.default_rng([self.seed, 1, k]), config=self.config)
+
+
+def collate(samples: list[Sample]) -> tuple[torch.Tensor, list[Target]]:
+    """Same-size samples → (B, S, S, 3) uint8 BGR images and one :class:`Target` per image."""
+    images = torch.from_numpy(np.stack([s.image for s in samples]))
+    targets = []
+    for s in samples:
+        h, w = s.image_size
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        regular = np.ones(len(s), bool) if s.iscrowd is None else ~s.iscrowd
+        targets.append(Target(
+            boxes=torch.from_numpy(s.boxes[regular]) / scale,
+            labels=torch.from_numpy(s.class_ids[regular]),
+            masks=torch.from_numpy(s.masks[regular]).float(),
+            crowd_boxes=torch.from_numpy(s.boxes[~regular]) / scale,
+        ))
+    return images, targets
+
+
+@torch.no_grad()
+def evaluate_engine(engine: YolactEngine, dataset: InstanceDataset, *, num_images: int | None = None,
+                    batch_size: int = 4) -> dict[str, float]:
+    """COCO mask/box AP of ``engine`` on the first ``num_images`` images of ``dataset`` (all by default).
+
+    Puts the engine's network in eval mode (BatchNorm running statistics).
+    """
+    engine.net.eval()
+    n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    preds, gts = [], []
+    for start in range(0, n, batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        preds.extend(engine([s.image for s in samples]))
+        gts.extend(samples)
+    return evaluate(preds, gts, list(dataset.class_names))
+
+
+class Trainer:
+    """Trains a :class:`Yolact` on an instance data set.
+
+    model: the network (its ``cfg`` fixes input size and classes).
+    train_set / val_set: data sets of :class:`Sample`; ``val_set`` may be None (no validation).
+    work_dir: where ``checkpoint.pth`` goes. log: where progress lines go (stdout by default).
+    """
+
+    def __init__(self, *, model: Yolact, train_set: InstanceDataset, val_set: InstanceDataset | None,
+                 config: TrainConfig, work_dir: str | Path, device: str = "cpu", log: TextIO | None = None) -> None:
+        if config.iters < 1 or config.batch_size < 1:
+            raise ConfigError(f"need iters >= 1 and batch size >= 1, got {config.iters} and {config.batch_size}")
+        if len(train_set.class_names) != model.cfg.num_classes:
+            raise ConfigError(f"data set has {len(train_set.class_names)} classes, model {model.cfg.num_classes}")
+        self.config, self.train_set, self.val_set = config, train_set, val_set
+        self.class_names = list(train_set.class_names)
+        self.work_dir = Path(work_dir)
+        self.log = log or sys.stdout
+        # The engine wraps the very same module: its preprocess normalises training batches too.
+        self.engine = YolactEngine(model=model, class_names=self.class_names, device=device,
+                                   score_threshold=0.0, top_k=100)
+        self.model = model.train()
+        self.device = torch.device(self.engine.device)
+        self.priors = make_priors(model.cfg, self.device)
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Model, optimizer, scheduler, scaler and step → ``path`` (default ``work_dir/checkpoint.pth``)."""
+        p = Path(path) if path is not None else self.work_dir / CHECKPOINT_NAME
+        p.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "step": self.step, "config": asdict(self.model.cfg), "class_names": self.class_names,
+        }
+        tmp = p.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(p)
+        return p
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a :meth:`save_checkpoint` file; training continues at its step."""
+        from rtseg.weights import load_into
+
+        state = torch.load(str(path), map_location=self.device, weights_only=True)
+        load_into(self.model, state["model"], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    # -- training -----------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        c = self.config
+        data = AugmentedSamples(self.train_set, size=self.model.cfg.input_size, config=c.augment, seed=c.seed,
+                                start=self.step * c.batch_size, stop=c.iters * c.batch_size)
+        return DataLoader(data, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
+                          collate_fn=collate, drop_last=True, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda")
+
+    def train_step(self, images: torch.Tensor, targets: list[Target]) -> dict[str, float]:
+        """One optimizer step on a collated batch; returns the loss terms as floats."""
+        x = self.engine.preprocess(list(images.numpy()))
+        targets = [t.to(self.device) for t in targets]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            losses = yolact_loss(self.model(x), targets, self.priors, self.config.loss)
+        total = losses["total"]
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(total):
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def validate(self) -> dict[str, float]:
+        """Mask/box AP on ``val_images`` of the validation set (model back in train mode after)."""
+        if self.val_set is None:
+            return {}
+        try:
+            return evaluate_engine(self.engine, self.val_set, num_images=self.config.val_images)
+        finally:
+            self.model.train()
+
+    def fit(self) -> dict[str, float]:
+        """Train from the current step to ``iters``; returns the final validation metrics (or {})."""
+        c = self.config
+        start, t0 = self.step, time.perf_counter()
+        running: dict[str, float] = {}
+        for images, targets in self._loader():
+            losses = self.train_step(images, targets)
+            for k, v in losses.items():
+                running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
+            if self.step % c.log_every == 0 or self.step == c.iters:
+                self._progress(running, start, t0)
+            if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.iters:
+                self.save_checkpoint()
+            if c.val_every and self.step % c.val_every == 0 and self.step < c.iters:
+                self._report_validation()
+        self.save_checkpoint()
+        return self._report_validation()
+
+    def _report_validation(self) -> dict[str, float]:
+        t = time.perf_counter()
+        metrics = self.validate()
+        if metrics:
+            self.history.append({"step": self.step, **metrics})
+            print(f"[val] step {self.step}: mask AP {metrics['mask_AP']:.3f}  AP50 {metrics['mask_AP50']:.3f}  "
+                  f"box AP {metrics['box_AP']:.3f}  ({time.perf_counter() - t:.0f} s)", file=self.log, flush=True)
+        return metrics
+
+    def _progress(self, losses: dict[str, float], start: int, t0: float) -> None:
+        c = self.config
+        done = self.step - start
+        per_it = (time.perf_counter() - t0) / max(done, 1)
+        eta = per_it * (c.iters - self.step)
+        bar = "#" * int(20 * self.step / c.iters)
+        terms = " ".join(f"{k[0].upper()} {losses[k]:.3f}" for k in ("box", "conf", "mask", "semantic"))
+        print(f"[{bar:<20}] {self.step}/{c.iters} loss {losses['total']:.3f} ({terms}) "
+              f"lr {self.optimizer.param_groups[0]['lr']:.2e} {per_it:.2f} s/it ETA {_hms(eta)}",
+              file=self.log, flush=True)
+
+    def export(self, path: str | Path, meta: dict[str, Any] | None = None, *, half: bool = False) -> Path:
+        """Write the model as safetensors + manifest (``meta`` adds training facts).
+
+        half: store float tensors as float16 (half the file; loading casts them back to float32).
+        """
+        info = {"iters": self.step, "batch_size": self.config.batch_size, "dtype": "float16" if half else "float32",
+                **(meta or {})}
+        if self.history:
+            info["validation"] = self.history[-1]
+        model = copy.deepcopy(self.model).half() if half else self.model
+        return save_yolact(path, model, self.class_names, meta=info)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
