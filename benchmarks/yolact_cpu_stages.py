@@ -8,6 +8,7 @@ realistic load (tens of detections). Usage:
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
@@ -42,7 +43,8 @@ def main() -> None:
     results = {p: run(p, args.iters, frame) for p in args.presets}
     for p, r in results.items():
         print(p, {k: round(v["p50_ms"], 1) for k, v in r.items() if isinstance(v, dict)}, "dets", r["detections"])
-    print(write_result("yolact_cpu_stages", {"frame": "640x480", "input_size": 550, "results": results}))
+    print(write_result("yolact_cpu_stages", {"frame": "640x480", "input_size": 550, "results": results,
+                                             "load_average_1_5_15": os.getloadavg()}))
 
 
 if __name__ == "__main__":
