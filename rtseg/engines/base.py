@@ -43,3 +43,20 @@ def frames_as_list(frames: np.ndarray | Sequence[np.ndarray]) -> tuple[bool, lis
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
             raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
     return single, images
+
+
+class StagedEngine:
+    """Mixin for engines split into ``preprocess`` → ``forward`` → ``postprocess``.
+
+    Subclasses define ``preprocess(images) -> batch``, ``forward(batch) -> raw`` and
+    ``postprocess(raw, sizes) -> list[Prediction]`` (sizes: (H, W) per frame); this supplies
+    the Engine call: one image → one Prediction, a sequence → a list.
+    """
+
+    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Prediction | list[Prediction]:
+        single, images = frames_as_list(frames)
+        if not images:
+            return []
+        preds = self.postprocess(self.forward(self.preprocess(images)), [img.shape[:2] for img in images])
+        return preds[0] if single else preds
+

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rtseg.engines.fcn import load_model, save_model
-from rtseg.engines.base import frames_as_list
+from rtseg.engines.base import StagedEngine
 from rtseg.engines.yolact import resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
@@ -32,7 +32,7 @@ def save_msrcnn(path: str | Path, model: MaskScoringRCNN, class_names: Sequence[
     return save_model(path, model, MSRCNN_FORMAT, asdict(model.cfg), class_names, meta)
 
 
-class MsrcnnEngine:
+class MsrcnnEngine(StagedEngine):
     """Instance segmenter: ``engine(image) -> Detections`` with ``mask_scores`` (see :class:`Engine`).
 
     score_threshold: drop detections whose classification score is below it.
@@ -91,13 +91,6 @@ class MsrcnnEngine:
                 class_names=self.class_names, mask_scores=(scores * r["mask_iou"][keep].float().cpu().numpy()),
                 _masks=(r["masks"][keep, 0] > 0.5).cpu().numpy().reshape(-1, *size)))
         return out
-
-    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
-        single, images = frames_as_list(frames)
-        if not images:
-            return []
-        dets = self.postprocess(self.forward(self.preprocess(images)), [img.shape[:2] for img in images])
-        return dets[0] if single else dets
 
     def warmup(self) -> None:
         """One dummy frame through every stage."""

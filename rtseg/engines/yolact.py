@@ -14,7 +14,7 @@ from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import make_backend
-from rtseg.engines.base import frames_as_list
+from rtseg.engines.base import StagedEngine
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops.boxes import boxes_to_pixels, decode
@@ -54,7 +54,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-class YolactEngine:
+class YolactEngine(StagedEngine):
     """Runnable YOLACT segmenter (see :class:`rtseg.engines.base.Engine`).
 
     score_threshold: detections with score <= it are dropped (0 keeps all Fast NMS keeps).
@@ -174,14 +174,6 @@ class YolactEngine:
             class_names=self.class_names,
             _mask_fn=masks,
         )
-
-    # -- Engine protocol ----------------------------------------------------------------
-    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
-        single, images = frames_as_list(frames)
-        if not images:
-            return []
-        dets = self.postprocess(self.forward(self.preprocess(images)), [img.shape[:2] for img in images])
-        return dets[0] if single else dets
 
     def warmup(self) -> None:
         """One dummy frame through every stage (allocations, lazy init)."""
