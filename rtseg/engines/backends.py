@@ -36,11 +36,9 @@ from rtseg.errors import ConfigError
 
 BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
 #: What ``auto`` picks on a CPU (eager when onnx/onnxscript/onnxruntime are missing). Evidence:
-#: benchmarks/onnx_vs_eager_cpu.py on the shared 2-core dev machine (results/onnx_vs_eager_cpu.json),
-#: batch 1, network only, p50 over two runs: R-50 @ 550 eager 3895-6527 ms vs ORT 1626-1651 ms;
-#: resnet18 @ 320 demo config eager 2644-4324 ms vs ORT 130-141 ms. The machine was loaded (load
-#: avg 10-12), which hurts torch's OpenMP threads most; a spot check with torch at 1 thread still
-#: gave eager 217 ms vs ORT 100-190 ms for the demo config.
+#: benchmarks/onnx_vs_eager_cpu.py on the idle 2-core dev machine (results/onnx_vs_eager_cpu.json),
+#: batch 1, network only, p50: R-50 @ 550 eager 396 ms vs ORT 252 ms (1.57x); resnet18 @ 320
+#: demo-like config eager 33.1 ms vs ORT 18.9 ms (1.75x). Outputs equal within 1e-7.
 CPU_AUTO = "onnx"
 #: Largest batch the exported / compiled graphs are built for.
 MAX_BATCH = 16
