@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rtseg  # noqa: E402
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from rtseg.errors import ConfigError  # noqa: E402
 from rtseg.types import Frame, Prediction  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402

@@ -30,3 +30,10 @@ class ConfigError(RtsegError):
 
 class DatasetError(RtsegError):
     """An annotation file or image of a data set is malformed or unreadable."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type name."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+

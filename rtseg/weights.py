@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from rtseg.errors import WeightsError
+from rtseg.errors import WeightsError, first_line
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 
 MANIFEST_FORMAT = "rtseg-yolact/1"
@@ -48,7 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
-            raise WeightsError(f"{p}: not a readable safetensors file ({_first_line(e)}); re-export or re-download it") from None
+            raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -58,7 +58,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ) from None
         raise WeightsError(f"{p}: not a PyTorch checkpoint (its contents do not unpickle to tensors)") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
-        msg = _first_line(e)
+        msg = first_line(e)
         if "zip" in msg.lower() or isinstance(e, EOFError):
             raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg}); download it again") from None
         raise WeightsError(f"{p}: not a PyTorch checkpoint ({msg})") from None
@@ -67,11 +67,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__})")
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def _clean_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,7 +173,7 @@ def read_manifest(weights: str | Path) -> dict[str, Any]:
     try:
         man = json.loads(mp.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{mp}: manifest is not valid JSON ({_first_line(e)})") from None
+        raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)})") from None
     if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT:
         raise WeightsError(f"{mp}: not an rtseg YOLACT manifest (format should be {MANIFEST_FORMAT!r})")
     digest = sha256_file(weights)

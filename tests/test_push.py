@@ -14,7 +14,7 @@ import pytest
 
 from rtseg.errors import SinkError
 from rtseg.types import Frame
-from rtseg.video.sink_push import PushSink, redact
+from rtseg.video.sink_push import PushSink
 
 FFMPEG = shutil.which("ffmpeg")
 
@@ -81,6 +81,7 @@ def test_push_errors():
     sink.close()
 
 
-def test_redact_hides_credentials():
-    assert redact("rtsp://user:secret@cam.local:554/s") == "rtsp://cam.local:554/s"
-    assert redact("rtmp://host/app/key") == "rtmp://host/app/key"
+def test_push_errors_hide_credentials():
+    with pytest.raises(SinkError) as e:
+        PushSink("ftp://user:secret@cam.local:554/s")
+    assert "secret" not in str(e.value) and "cam.local:554" in str(e.value)

@@ -5,7 +5,7 @@ packet loss on the LAN); RTMP carries the stream in FLV.
 """
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -13,18 +13,9 @@ import numpy as np
 from rtseg.errors import SinkError
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder
+from rtseg.video.sources import redact_url
 
 _FORMATS = {"rtsp": ("rtsp", {"rtsp_transport": "tcp"}), "rtmp": ("flv", {}), "rtmps": ("flv", {})}
-
-
-def redact(url: str) -> str:
-    """``url`` with any user:password removed (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PushSink:
@@ -39,7 +30,7 @@ class PushSink:
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23) -> None:
         self.url = url
-        self._shown = redact(url)
+        self._shown = redact_url(url)
         scheme = urlsplit(url).scheme.lower()
         if scheme not in _FORMATS:
             raise SinkError(f"push output {self._shown}: unsupported scheme {scheme!r}; use rtsp:// or rtmp://")

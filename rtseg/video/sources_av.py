@@ -8,15 +8,10 @@ from typing import Iterator
 import av
 import numpy as np
 
-from rtseg.errors import SourceError
+from rtseg.errors import SourceError, first_line
 from rtseg.video.sources import Source, redact_url, scrub
 
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -35,7 +30,7 @@ class FileSource(Source):
         try:
             self._container = av.open(path)
         except _AV_ERRORS as exc:
-            raise SourceError(f"cannot read video file {path}: {_first_line(exc)}; "
+            raise SourceError(f"cannot read video file {path}: {first_line(exc)}; "
                               f"is it a video FFmpeg can decode?") from None
         if not self._container.streams.video:
             self._container.close()
@@ -78,7 +73,7 @@ class FileSource(Source):
                     t0 = time.perf_counter()
         except _AV_ERRORS as exc:
             where = f" at {t:.3f}s" if t is not None else ""
-            raise SourceError(f"decoding {self._path} failed{where}: {_first_line(exc)}; "
+            raise SourceError(f"decoding {self._path} failed{where}: {first_line(exc)}; "
                               f"the file may be damaged") from None
 
     def close(self) -> None:
@@ -140,7 +135,7 @@ class StreamSource(Source):
             container = av.open(self._url, options=self._options(), timeout=self._timeouts)
         except _AV_ERRORS as exc:
             raise SourceError(
-                f"cannot open stream {self.source_id}: {scrub(_first_line(exc), self._url)} "
+                f"cannot open stream {self.source_id}: {scrub(first_line(exc), self._url)} "
                 f"(nothing within {self._timeouts[0]:g}s; check host, port, path and credentials)"
             ) from None
         if not container.streams.video:
@@ -197,7 +192,7 @@ class StreamSource(Source):
                     yield image, pts
                 reason = "stream ended"
             except _AV_ERRORS as exc:
-                reason = scrub(_first_line(exc), self._url)
+                reason = scrub(first_line(exc), self._url)
                 if not self.is_live:
                     raise SourceError(f"reading {self.source_id} failed: {reason}") from None
             self._container.close()
