@@ -174,7 +174,27 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
         res["postprocess_plus_annotate_cpu"] = summary(t)
     except ImportError as exc:
         res["postprocess_plus_annotate_cpu"] = {"skipped": str(exc)}
+    res["engine_frame_wall"] = engine_frame_times(engine, frame.cpu().numpy(), iters)
     return res
+
+
+def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str, Any]:
+    """Wall ms of one whole engine call on a host frame (upload, preprocess, network, NMS, boxes/scores
+    back to the host; masks stay lazy), per network backend run of the eager kind."""
+    out: dict[str, Any] = {}
+    original = engine.backend
+    for run in ("eager_fp32", "eager_fp16_cl"):
+        engine.backend = make_backend(engine.net, device="cuda", input_size=engine.cfg.input_size,
+                                      config=engine.cfg, **BACKEND_RUNS[run])
+        t = []
+        for i in range(iters + 10):
+            t0 = time.perf_counter()
+            engine([frame])
+            if i >= 10:
+                t.append((time.perf_counter() - t0) * 1e3)
+        out[run] = summary(t)
+    engine.backend = original
+    return out
 
 
 def main() -> None:
@@ -183,7 +203,7 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new configurations after this")
-    ap.add_argument("--frame", default="720x1280", help="HxW of the frame for masks / overlay")
+    ap.add_argument("--frame", default="1080x1920", help="HxW of the frame for masks / overlay")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/gpu_fastpath.json)")
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -3,13 +3,18 @@
 #
 #     bash benchmarks/run_on_device.sh            # via the device tool: timeout_s=590
 #
+# 0. wheels carried in .whl/ (pycocotools: the GPU image lacks it) are installed to /tmp/site
 # 1. environment report (GPU, driver, library versions, which optional imports work)
 # 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu (all test files; modules whose imports are missing on the
-#    GPU image, e.g. PyAV, are reported as collection errors and the rest still run)
-# 3. python -m benchmarks.gpu_fastpath (model latency per backend/batch, NMS / masks / overlay)
-# Everything goes under $OUT: env.txt, pytest_gpu.log, pytest_gpu.xml, gpu_fastpath.log,
-# gpu_fastpath.json (written after every measurement, so a cut-off run keeps its numbers).
-# Total budget: RTSEG_DEVICE_BUDGET_S (default 540 s = 9 minutes).
+#    GPU image, e.g. PyAV, are reported as collection errors and the rest still run), and at the
+#    same time, if RTSEG_DEVICE_TRAIN_S > 0, the demo model's GPU fine-tuning (README recipe with
+#    --init engines/yolact_demo.safetensors --time-budget); the weights come back split in parts
+#    under 15 MiB (join with: cat yolact_demo.safetensors.part-* > yolact_demo.safetensors)
+# 3. python -m benchmarks.gpu_fastpath (model latency per backend/batch, NMS / masks / overlay),
+#    alone on the GPU once training is over
+# Everything goes under $OUT (at most 8 files come back): env.txt, pytest_gpu.log, train.log,
+# yolact_demo.json + parts, gpu_fastpath.log, gpu_fastpath.json (written after every measurement,
+# so a cut-off run keeps its numbers). Total budget: RTSEG_DEVICE_BUDGET_S (default 540 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
@@ -18,7 +23,12 @@ BUDGET="${RTSEG_DEVICE_BUDGET_S:-540}"
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+SITE=""
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && SITE=/tmp/site
+fi
+export PYTHONPATH="$PWD${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 export RTSEG_ENGINE_CACHE="$(mktemp -d)"
 PY="${PYTHON:-python3}"
 
@@ -47,21 +57,46 @@ EOF
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+# Demo-model training (background) while the GPU tests run.
+TRAIN_S="${RTSEG_DEVICE_TRAIN_S:-0}"
+TRAIN_PID=""
+if [ "$TRAIN_S" -gt 0 ]; then
+  TRAIN_DIR="$(mktemp -d)"
+  echo "== training the demo model for ${TRAIN_S}s"
+  PYTHONUNBUFFERED=1 timeout --kill-after=10 $(( TRAIN_S + 60 )) "$PY" -m rtseg train --data synthetic \
+    --backbone resnet18 --input-size 256 --fpn-channels 64 --num-prototypes 32 \
+    --init engines/yolact_demo.safetensors --batch-size 16 --lr 4e-3 --warmup 100 --lr-steps 0.6,0.85 \
+    --expand-max 1.5 --iters 20000 --time-budget "$(python3 -c "print($TRAIN_S / 60)")" \
+    --workers 10 --threads 2 --val-every 0 --val-images 100 --ckpt-every 0 --half --device cuda \
+    --work-dir "$TRAIN_DIR" --out "$TRAIN_DIR/yolact_demo.safetensors" > "$OUT/train.log" 2>&1 &
+  TRAIN_PID=$!
+fi
+
 # GPU tests: at most 4 minutes, leaving the rest for the benchmark.
 T_TEST=$(( $(left) < 240 ? $(left) - 30 : 240 ))
 echo "== pytest -m gpu (limit ${T_TEST}s)"
 RTSEG_REQUIRE_CUDA=1 timeout --signal=INT --kill-after=10 "$T_TEST" \
   "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
-  --junitxml="$OUT/pytest_gpu.xml" tests > "$OUT/pytest_gpu.log" 2>&1
+  tests > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest exit code $?" >> "$OUT/pytest_gpu.log"
 tail -n 40 "$OUT/pytest_gpu.log"
+
+if [ -n "$TRAIN_PID" ]; then
+  wait "$TRAIN_PID"; echo "train exit code $?" >> "$OUT/train.log"
+  tail -n 8 "$OUT/train.log"
+  if [ -f "$TRAIN_DIR/yolact_demo.safetensors" ]; then
+    cp "$TRAIN_DIR/yolact_demo.json" "$OUT/"
+    split -b 15M -d "$TRAIN_DIR/yolact_demo.safetensors" "$OUT/yolact_demo.safetensors.part-"
+  fi
+  rm -rf "$TRAIN_DIR"
+fi
 
 # Benchmark: stop starting configurations 40 s before the end, hard-kill 10 s before it.
 T_BENCH=$(( $(left) - 10 ))
 if [ "$T_BENCH" -gt 60 ]; then
   echo "== gpu_fastpath (limit ${T_BENCH}s)"
   timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$OUT/gpu_fastpath.json" \
-    --budget-s $(( T_BENCH - 40 )) > "$OUT/gpu_fastpath.log" 2>&1
+    --budget-s $(( T_BENCH - 40 )) ${RTSEG_BENCH_ARGS:-} > "$OUT/gpu_fastpath.log" 2>&1
   echo "gpu_fastpath exit code $?" >> "$OUT/gpu_fastpath.log"
   tail -n 30 "$OUT/gpu_fastpath.log"
 else

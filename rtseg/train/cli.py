@@ -27,6 +27,7 @@ from rtseg.errors import ConfigError, RtsegError, WeightsError
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.trainer import TrainConfig, Trainer
+from rtseg.weights import load_into, load_yolact
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "darknet53")
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output weights, a .safetensors path (manifest written beside it)")
     p.add_argument("--work-dir", help="checkpoints folder (default: <out without suffix>.train)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth written by an earlier run")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from these weights (.safetensors or official .pth of the same architecture) "
+                        "with a fresh schedule")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="finish within this many minutes: the schedule is shortened to the steps that fit")
     p.add_argument("--backbone", default="resnet18", choices=BACKBONES)
     p.add_argument("--input-size", type=int, default=320)
     p.add_argument("--fpn-channels", type=int, default=64)
@@ -128,11 +134,18 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cfg = YolactConfig(backbone=args.backbone, num_classes=len(train_set.class_names),
                        fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
     model = Yolact(cfg)
-    init = imagenet_backbone(model) if not args.resume else None
+    if args.resume and args.init:
+        raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
+    if args.init:
+        load_into(model, load_yolact(args.init, input_size=args.input_size)[0].state_dict(), args.init)
+        init: Path | None = Path(args.init)
+    else:
+        init = imagenet_backbone(model) if not args.resume else None
     config = TrainConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup,
                          lr_steps=_lr_steps(args.lr_steps, args.iters), val_every=args.val_every,
                          val_images=args.val_images, ckpt_every=args.ckpt_every, num_workers=args.workers,
-                         seed=args.seed, augment=replace(AugmentConfig(), expand_max=args.expand_max))
+                         seed=args.seed, time_budget_s=args.time_budget * 60 if args.time_budget else None,
+                         augment=replace(AugmentConfig(), expand_max=args.expand_max))
     work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
     trainer = Trainer(model=model, train_set=train_set, val_set=val_set, config=config, work_dir=work_dir,
                       device=args.device)
@@ -140,14 +153,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         trainer.load_checkpoint(args.resume)
         print(f"resumed from {args.resume} at step {trainer.step}", flush=True)
     else:
-        print(f"backbone initialised from {init}" if init else
+        print(f"initialised from {init}" if init else
               "no ImageNet weights in the torch hub cache: training from scratch", flush=True)
     print(f"training {cfg} on {len(train_set)} images for {config.iters} steps of {config.batch_size}", flush=True)
     t0 = time.perf_counter()
     metrics = trainer.fit()
     minutes = (time.perf_counter() - t0) / 60
     meta = {"data": args.data, "train_minutes": round(minutes, 1), "device": args.device,
-            "pretrained_backbone": str(init.name) if init else None}
+            "initialised_from": str(init.name) if init else None}
     trainer.export(out, meta=meta, half=args.half)
     print(f"wrote {out} ({minutes:.1f} min of training)", flush=True)
     return metrics

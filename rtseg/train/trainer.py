@@ -13,7 +13,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,6 +42,8 @@ class TrainConfig:
     val_every / ckpt_every: steps between validations / checkpoints (0: only at the end).
     val_images: validation images per validation (at most the validation set).
     num_workers: data-loading processes (0: in the training process).
+    time_budget_s: if set, ``iters`` (and ``lr_steps`` with it) shrink so training ends within this
+    many seconds of wall time; the plan is re-made from the measured step time until the first LR step.
     """
 
     iters: int
@@ -60,6 +62,7 @@ class TrainConfig:
     num_workers: int = 1
     seed: int = 0
     amp: bool = True
+    time_budget_s: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -68,6 +71,11 @@ class TrainConfig:
         if step < self.warmup_iters:
             return (self.warmup_init + (self.lr - self.warmup_init) * step / self.warmup_iters) / self.lr
         return self.gamma ** sum(step >= s for s in self.lr_steps)
+
+    def shortened(self, iters: int) -> "TrainConfig":
+        """The same schedule squeezed into ``iters`` steps (LR steps at the same fractions)."""
+        iters = max(1, min(iters, self.iters))
+        return replace(self, iters=iters, lr_steps=tuple(s * iters // self.iters for s in self.lr_steps))
 
 
 class AugmentedSamples(Dataset):
@@ -160,7 +168,8 @@ class Trainer:
         self.use_amp = config.amp and self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
+        # Through self.config, so a re-planned (time-budgeted) schedule takes effect at once.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.config.lr_factor(step))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -181,15 +190,23 @@ class Trainer:
         return p
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a :meth:`save_checkpoint` file; training continues at its step."""
+        """Restore a :meth:`save_checkpoint` file; training continues at its step.
+
+        The LR schedule is this trainer's config (``lr``, warm-up, steps) at the checkpoint's step,
+        not the one the checkpoint was written with: resuming with another ``--lr`` takes effect.
+        """
         from rtseg.weights import load_into
 
         state = torch.load(str(path), map_location=self.device, weights_only=True)
         load_into(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        self.scheduler.last_epoch = self.step
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * self.config.lr_factor(self.step)
 
     # -- training -----------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -230,18 +247,33 @@ class Trainer:
         c = self.config
         start, t0 = self.step, time.perf_counter()
         running: dict[str, float] = {}
+        timer = _BudgetTimer(c.time_budget_s, start)
         for images, targets in self._loader():
+            if self.step >= self.config.iters:
+                break
             losses = self.train_step(images, targets)
             for k, v in losses.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
-            if self.step % c.log_every == 0 or self.step == c.iters:
+            if self.step % c.log_every == 0 or self.step == self.config.iters:
+                self._replan(timer)
                 self._progress(running, start, t0)
-            if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.iters:
+            if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < self.config.iters:
                 self.save_checkpoint()
-            if c.val_every and self.step % c.val_every == 0 and self.step < c.iters:
+            if c.val_every and self.step % c.val_every == 0 and self.step < self.config.iters:
                 self._report_validation()
         self.save_checkpoint()
         return self._report_validation()
+
+    def _replan(self, timer: "_BudgetTimer") -> None:
+        """Shorten the schedule to the time budget (until the first LR step is behind us)."""
+        first_decay = min(self.config.lr_steps, default=self.config.iters)
+        if timer.budget is None or self.step >= first_decay:
+            return
+        fits = timer.steps_that_fit(self.step)
+        if fits is not None and fits < self.config.iters:
+            self.config = self.config.shortened(max(fits, self.step + 1))
+            print(f"time budget {timer.budget:.0f} s: training shortened to {self.config.iters} steps, "
+                  f"LR steps at {list(self.config.lr_steps)}", file=self.log, flush=True)
 
     def _report_validation(self) -> dict[str, float]:
         t = time.perf_counter()
@@ -274,6 +306,30 @@ class Trainer:
             info["validation"] = self.history[-1]
         model = copy.deepcopy(self.model).half() if half else self.model
         return save_yolact(path, model, self.class_names, meta=info)
+
+
+class _BudgetTimer:
+    """Wall-clock budget of a run; estimates the steps that fit from the time per step so far.
+
+    The first ``skip`` steps (CUDA/cuDNN warm-up, data-loader start) are left out of the rate.
+    """
+
+    def __init__(self, budget_s: float | None, start_step: int, skip: int = 10) -> None:
+        self.budget, self.start_step, self.skip = budget_s, start_step, skip
+        self.t0 = time.perf_counter()
+        self.mark: tuple[int, float] | None = None
+
+    def steps_that_fit(self, step: int) -> int | None:
+        """Total step count that ends within the budget, or None while still warming up."""
+        now = time.perf_counter()
+        if self.budget is None or step - self.start_step < self.skip:
+            return None
+        if self.mark is None:
+            self.mark = (step, now)
+            return None
+        per_step = (now - self.mark[1]) / max(step - self.mark[0], 1)
+        left = self.budget - (now - self.t0)
+        return step + int(left / per_step) if per_step > 0 else None
 
 
 def _hms(seconds: float) -> str:
