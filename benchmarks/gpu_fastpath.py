@@ -156,6 +156,9 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
         colors = torch.randint(0, 256, (len(idx), 3), dtype=torch.uint8, device="cuda")
         res["overlay_cupy_device"] = summary(cuda_times(
             lambda: cupy_ops.overlay_masks(frame, p, det_coef, rel, det_scores, colors), iters=iters, warmup=5))
+        res["overlay_cupy_device_20"] = summary(cuda_times(
+            lambda: cupy_ops.overlay_masks(frame, p, det_coef[:20], rel[:20], det_scores[:20], colors[:20]),
+            iters=iters, warmup=5))
     try:
         from rtseg.ops.overlay import annotate
 
@@ -179,20 +182,31 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
 
 
 def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str, Any]:
-    """Wall ms of one whole engine call on a host frame (upload, preprocess, network, NMS, boxes/scores
-    back to the host; masks stay lazy), per network backend run of the eager kind."""
-    out: dict[str, Any] = {}
+    """Wall ms per host frame, per network backend: ``engine(frame)`` (upload, preprocess, network,
+    NMS, boxes/scores to the host; masks lazy) and ``annotate(frame, engine(frame))`` (the finished
+    frame on the host; masks blended on the device when the engine keeps the frame there)."""
+    from rtseg.ops.overlay import annotate
+
+    out: dict[str, Any] = {"device_overlay": engine.device_overlay, "nms": engine._fast_nms.__module__}
     original = engine.backend
-    for run in ("eager_fp32", "eager_fp16_cl"):
-        engine.backend = make_backend(engine.net, device="cuda", input_size=engine.cfg.input_size,
-                                      config=engine.cfg, **BACKEND_RUNS[run])
-        t = []
-        for i in range(iters + 10):
-            t0 = time.perf_counter()
-            engine([frame])
-            if i >= 10:
-                t.append((time.perf_counter() - t0) * 1e3)
-        out[run] = summary(t)
+    for run in ("eager_fp32", "eager_fp16_cl", "compile_fp16"):
+        try:
+            engine.backend = make_backend(engine.net, device="cuda", input_size=engine.cfg.input_size,
+                                          config=engine.cfg, **BACKEND_RUNS[run])
+            for what, call in (("detect", lambda: engine([frame])),
+                               ("detect_and_annotate", lambda: annotate(frame, engine(frame)))):
+                t = []
+                for i in range(iters + 10):
+                    t0 = time.perf_counter()
+                    call()
+                    if i >= 10:
+                        t.append((time.perf_counter() - t0) * 1e3)
+                r = summary(t)
+                r["fps"] = 1000.0 / r["mean_ms"]
+                out[f"{run}/{what}"] = r
+                print(f"engine {run} {what}: p50 {r['p50_ms']:.2f} ms, {r['fps']:.0f} FPS", flush=True)
+        except Exception as exc:  # noqa: BLE001 - keep the other backends' numbers
+            out[run] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     engine.backend = original
     return out
 

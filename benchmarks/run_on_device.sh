@@ -10,8 +10,11 @@
 #    same time, if RTSEG_DEVICE_TRAIN_S > 0, the demo model's GPU fine-tuning (README recipe with
 #    --init engines/yolact_demo.safetensors --time-budget); the weights come back split in parts
 #    under 15 MiB (join with: cat yolact_demo.safetensors.part-* > yolact_demo.safetensors)
-# 3. python -m benchmarks.gpu_fastpath (model latency per backend/batch, NMS / masks / overlay),
-#    alone on the GPU once training is over
+# 3. python -m benchmarks.gpu_fastpath (model latency per backend/batch, NMS / masks / overlay,
+#    whole engine per 1080p frame), alone on the GPU once training is over
+# 4. if .official/ holds a checkout of github dbolya/yolact (carried, never committed:
+#    mkdir .official && git --git-dir /work/.mirror/dbolya+yolact/repo archive HEAD '*.py' | tar -x -C .official),
+#    python -m benchmarks.official_side_by_side (RTSEG_SIDE_BY_SIDE_S seconds, default 150)
 # Everything goes under $OUT (at most 8 files come back): env.txt, pytest_gpu.log, train.log,
 # yolact_demo.json + parts, gpu_fastpath.log, gpu_fastpath.json (written after every measurement,
 # so a cut-off run keeps its numbers). Total budget: RTSEG_DEVICE_BUDGET_S (default 540 s).
@@ -92,7 +95,9 @@ if [ -n "$TRAIN_PID" ]; then
 fi
 
 # Benchmark: stop starting configurations 40 s before the end, hard-kill 10 s before it.
-T_BENCH=$(( $(left) - 10 ))
+SIDE_S=0
+[ -f .official/eval.py ] && SIDE_S="${RTSEG_SIDE_BY_SIDE_S:-150}"
+T_BENCH=$(( $(left) - 10 - SIDE_S ))
 if [ "$T_BENCH" -gt 60 ]; then
   echo "== gpu_fastpath (limit ${T_BENCH}s)"
   timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$OUT/gpu_fastpath.json" \
@@ -101,6 +106,14 @@ if [ "$T_BENCH" -gt 60 ]; then
   tail -n 30 "$OUT/gpu_fastpath.log"
 else
   echo "no time left for the benchmark" | tee "$OUT/gpu_fastpath.log"
+fi
+if [ "$SIDE_S" -gt 0 ]; then
+  T_SIDE=$(( $(left) - 5 ))
+  echo "== official_side_by_side (limit ${T_SIDE}s)"
+  timeout --kill-after=5 "$T_SIDE" "$PY" -m benchmarks.official_side_by_side --official .official \
+    --out "$OUT/side_by_side.json" > "$OUT/side_by_side.log" 2>&1
+  echo "side_by_side exit code $?" >> "$OUT/side_by_side.log"
+  tail -n 12 "$OUT/side_by_side.log"
 fi
 rm -rf "$RTSEG_ENGINE_CACHE"
 echo "== done in $(( $(date +%s) - START )) s; files in $OUT"

@@ -58,6 +58,11 @@ class Detections:
     mask_scores: optional (N,) float32 mask quality (e.g. MS R-CNN's score).
     track_ids: optional (N,) int64 track identities.
     image_size: (H, W) of the frame the detections refer to.
+
+    Engines that keep the frame on their device may also give a ``blend_fn(image, colors,
+    alpha)``: it blends the masks into ``image`` where the network ran and returns the host
+    (H, W, 3) uint8 result, or None when ``image`` is not the frame the detections came from.
+    :func:`rtseg.annotate` uses it, so masks never travel to the host just to be drawn.
     """
 
     boxes: np.ndarray
@@ -69,6 +74,7 @@ class Detections:
     track_ids: np.ndarray | None = None
     _masks: np.ndarray | None = field(default=None, repr=False)
     _mask_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _blend_fn: Callable[[np.ndarray, np.ndarray, float], np.ndarray | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.boxes)

@@ -1,6 +1,9 @@
-"""CuPy twins of the post-processing ops vs the torch references.
+"""CuPy twins of the post-processing ops vs the torch references, and the engine's device overlay.
 
-Two layers:
+Three layers:
+- The torch device overlay (:mod:`rtseg.ops.device_overlay`) and the YOLACT engine's
+  ``device_overlay`` path (frame kept where the network ran, ``annotate`` blends there) against
+  the host ``annotate`` path: on the CPU here, on CUDA in the GPU tests.
 - GPU tests (``@pytest.mark.gpu``): the real CuPy kernels on CUDA against the torch ops.
 - Host emulation (runs here): the same ``.cu`` sources compiled by g++ with a tiny shim
   that maps ``blockIdx``/``threadIdx`` to host loops, driven through the real Python
@@ -19,7 +22,7 @@ import pytest
 import torch
 
 from rtseg.errors import ConfigError
-from rtseg.ops import cupy_ops
+from rtseg.ops import cupy_ops, device_overlay
 from rtseg.ops.boxes import boxes_to_pixels
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import fast_nms
@@ -122,7 +125,70 @@ def test_paint_boxes_equal_annotate_boxes() -> None:
     boxes = torch.cat([boxes, torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.5, 0.25, 0.75, 0.5]])])  # degenerate, exact grid
     for size in [(120, 160), (61, 47), (1, 1)]:
         px = boxes_to_pixels(boxes, *size).numpy()
-        np.testing.assert_array_equal(cupy_ops.paint_boxes(boxes, size).numpy(), _int_boxes(px, size))
+        np.testing.assert_array_equal(device_overlay.paint_boxes(boxes, size).numpy(), _int_boxes(px, size))
+
+
+# -- torch device overlay and the engine's device path ---------------------------------------------
+def within_one_level(got: np.ndarray, ref: np.ndarray) -> None:
+    diff = np.abs(got.astype(int) - ref.astype(int))
+    # within one level everywhere but where a mask edge pixel flips (sigmoid ulp): at most 0.1 %
+    assert (diff > 1).mean() <= 1e-3, (diff > 1).mean()
+
+
+@pytest.mark.parametrize("seed,size", [(10, (120, 160)), (11, (61, 47)), (12, (240, 320))])
+def test_torch_overlay_equals_annotate_masks(seed: int, size) -> None:
+    proto, coef, boxes, scores = mask_case(seed, n=11)
+    frame = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    colors = np.random.default_rng(seed + 1).integers(0, 256, (len(coef), 3), dtype=np.uint8)
+    ref = reference_overlay(frame, proto, coef, boxes, scores, colors, 0.45)
+    got = device_overlay.overlay_masks(torch.from_numpy(frame), proto, coef, boxes, scores, torch.from_numpy(colors))
+    assert (ref != frame).any()
+    within_one_level(got.numpy(), ref)
+    empty = device_overlay.overlay_masks(torch.from_numpy(frame), proto, coef[:0], boxes[:0], scores[:0],
+                                         torch.from_numpy(colors[:0]))
+    np.testing.assert_array_equal(empty.numpy(), frame)
+
+
+def test_paint_order_is_annotates_stable_order() -> None:
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9])
+    np.testing.assert_array_equal(device_overlay.paint_order(scores).numpy(),
+                                  np.argsort(scores.numpy(), kind="stable"))
+
+
+def tiny_engine(device: str, **kwargs):
+    from rtseg.engines.yolact import YolactEngine
+    from rtseg.models.yolact import YolactConfig
+
+    torch.manual_seed(0)
+    cfg = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32, num_prototypes=8)
+    return YolactEngine.from_config(cfg, class_names=["a", "b", "c"], score_threshold=0.0, top_k=30,
+                                    device=device, **kwargs)
+
+
+def check_engine_device_overlay(engine, size: tuple[int, int]) -> None:
+    """annotate() through the engine's device blend equals annotate() on host masks."""
+    from rtseg.ops.overlay import annotate, colors_for
+
+    frame = np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)
+    dets = engine(frame)
+    assert len(dets) > 0 and dets._blend_fn is not None
+    host = dets[np.arange(len(dets))]  # same detections, masks on the host, no device blend
+    assert host._blend_fn is None
+    got, ref = annotate(frame, dets), annotate(frame, host)
+    assert (ref != frame).any()
+    within_one_level(got, ref)
+    # another image of the same size is not the frame the detections came from: the host path runs
+    assert dets._blend_fn(frame.copy(), colors_for(dets.class_ids), 0.45) is None
+
+
+def test_engine_device_overlay_on_cpu_equals_host_path() -> None:
+    check_engine_device_overlay(tiny_engine("cpu", device_overlay=True), (96, 128))
+
+
+def test_engine_device_overlay_is_off_on_cpu_by_default() -> None:
+    engine = tiny_engine("cpu")
+    assert not engine.device_overlay
+    assert engine(np.zeros((64, 64, 3), np.uint8))._blend_fn is None
 
 
 # -- host emulation of the kernels ----------------------------------------------------------------
@@ -286,3 +352,12 @@ def test_gpu_overlay_within_one_level(cupy_ok, size) -> None:
     # within one level everywhere but where a mask edge pixel flips (sigmoid ulp): at most 0.1 %
     assert (diff > 1).mean() <= 1e-3, (diff > 1).mean()
     assert (ref != frame).any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [(480, 640), (1080, 1920)])
+def test_gpu_engine_device_overlay_equals_host_path(size) -> None:
+    """On CUDA the engine keeps the frame on the device by default; annotate blends there (CuPy when installed)."""
+    engine = tiny_engine("cuda")
+    assert engine.device_overlay
+    check_engine_device_overlay(engine, size)

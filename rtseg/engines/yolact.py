@@ -5,7 +5,7 @@ Outputs equal the official implementation's for the same weights and frame
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from rtseg.engines.base import StagedEngine
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops.boxes import boxes_to_pixels, decode
+from rtseg.ops import cupy_ops
+from rtseg.ops.device_overlay import blend
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import cross_class_fast_nms, fast_nms, traditional_nms
 from rtseg.types import Detections
@@ -62,12 +64,16 @@ class YolactEngine(StagedEngine):
     nms: "fast" (paper, per class), "cross_class" (Fast NMS over classes) or "traditional".
     conf_threshold / nms_top_k / max_detections / iou_threshold: the official Detect settings
     (0.05 / 200 / 100 / 0.5).
+    device_overlay: keep each frame on the device after preprocessing and let
+        :func:`rtseg.annotate` blend the masks there (CuPy kernel when installed), so only the
+        finished frame comes back (default: on for CUDA, off for CPU, where the host path is faster).
+        Frames go up through a pinned staging buffer on CUDA. An engine serves one thread at a time.
     """
 
     def __init__(self, *, model: Yolact, class_names: Sequence[str] | None = None, device: str = "cpu",
                  score_threshold: float = 0.15, top_k: int = 100, nms: str = "fast", iou_threshold: float = 0.5,
                  conf_threshold: float = 0.05, nms_top_k: int = 200, max_detections: int = 100,
-                 backend: str = "eager") -> None:
+                 backend: str = "eager", device_overlay: bool | None = None) -> None:
         if nms not in NMS_KINDS:
             raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
         if not 0.0 <= score_threshold <= 1.0:
@@ -96,6 +102,11 @@ class YolactEngine(StagedEngine):
         mean = torch.tensor(MEANS_BGR) if self.cfg.normalize == "meanstd" else torch.zeros(3)
         self._mean = mean.view(1, 3, 1, 1).to(self._dev)
         self._std = scale.view(1, 3, 1, 1).to(self._dev)
+        self.device_overlay = self._dev.type == "cuda" if device_overlay is None else bool(device_overlay)
+        # Fast NMS with the keep decision in one CUDA kernel where CuPy is installed (same keep set).
+        self._fast_nms = cupy_ops.fast_nms if self._dev.type == "cuda" and cupy_ops.HAVE_CUPY else fast_nms
+        self._resident: list[tuple[np.ndarray, torch.Tensor]] = []  # (host frame, its device copy), last batch
+        self._pinned: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.cuda.Event]] = {}
 
     @classmethod
     def from_config(cls, cfg: YolactConfig, **kwargs) -> "YolactEngine":
@@ -119,13 +130,30 @@ class YolactEngine(StagedEngine):
         aspect ratio not kept), (x - mean) / std in BGR (DarkNet: x / 255), then BGR → RGB.
         """
         s = self.cfg.input_size
-        batch = []
-        for img in images:
-            t = torch.from_numpy(np.ascontiguousarray(img)).to(self._dev, non_blocking=True)
-            t = t.permute(2, 0, 1)[None].float()
-            batch.append(F.interpolate(t, (s, s), mode="bilinear", align_corners=False))
+        batch, resident = [], []
+        for slot, img in enumerate(images):
+            t = self._upload(img, slot)
+            if self.device_overlay:
+                resident.append((img, t))
+            batch.append(F.interpolate(t.permute(2, 0, 1)[None].float(), (s, s), mode="bilinear", align_corners=False))
+        self._resident = resident
         x = (torch.cat(batch) - self._mean) / self._std
         return x[:, [2, 1, 0]].contiguous()
+
+    def _upload(self, img: np.ndarray, slot: int) -> torch.Tensor:
+        """(H, W, 3) uint8 host frame → the same on the device (CUDA: via a pinned buffer, non-blocking)."""
+        host = torch.from_numpy(np.ascontiguousarray(img))
+        if self._dev.type != "cuda":
+            return host.to(self._dev)
+        key = (slot, tuple(host.shape))
+        if key not in self._pinned:
+            self._pinned[key] = (torch.empty(host.shape, dtype=torch.uint8).pin_memory(), torch.cuda.Event())
+        staging, copied = self._pinned[key]
+        copied.synchronize()  # the previous frame of this slot has left the staging buffer
+        staging.copy_(host)
+        out = staging.to(self._dev, non_blocking=True)
+        copied.record()
+        return out
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -138,10 +166,13 @@ class YolactEngine(StagedEngine):
         loc, conf, coef, proto = raw
         if loc.shape[1] != self.priors.shape[0]:
             raise RuntimeError(f"network produced {loc.shape[1]} anchors, priors have {self.priors.shape[0]}")
-        return [self._detect(loc[b], conf[b], coef[b], proto[b], sizes[b]) for b in range(loc.shape[0])]
+        resident = [r if tuple(r[1].shape[:2]) == tuple(size) else None for r, size in zip(self._resident, sizes)]
+        if len(resident) != loc.shape[0]:
+            resident = [None] * loc.shape[0]
+        return [self._detect(loc[b], conf[b], coef[b], proto[b], sizes[b], resident[b]) for b in range(loc.shape[0])]
 
     def _detect(self, loc: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, proto: torch.Tensor,
-                size: tuple[int, int]) -> Detections:
+                size: tuple[int, int], resident: tuple[np.ndarray, torch.Tensor] | None = None) -> Detections:
         boxes = decode(loc, self.priors)
         scores = conf[:, 1:].t()
         keep = scores.max(dim=0).values > self.conf_threshold
@@ -150,7 +181,7 @@ class YolactEngine(StagedEngine):
             idx, classes, det_scores = traditional_nms(boxes, scores, iou_threshold=self.iou_threshold,
                                                        score_threshold=self.conf_threshold, max_detections=self.max_detections)
         else:
-            nms = fast_nms if self.nms == "fast" else cross_class_fast_nms
+            nms = self._fast_nms if self.nms == "fast" else cross_class_fast_nms
             idx, classes, det_scores = nms(boxes, scores, iou_threshold=self.iou_threshold, top_k=self.nms_top_k,
                                            max_detections=self.max_detections)
         if self.score_threshold > 0:
@@ -173,11 +204,31 @@ class YolactEngine(StagedEngine):
             image_size=(h, w),
             class_names=self.class_names,
             _mask_fn=masks,
+            _blend_fn=_device_blender(resident, proto, det_coef, rel_boxes, det_scores) if resident else None,
         )
 
     def warmup(self) -> None:
         """One dummy frame through every stage (allocations, lazy init)."""
         self(np.zeros((self.cfg.input_size, self.cfg.input_size, 3), np.uint8)).masks
+
+
+def _device_blender(resident: tuple[np.ndarray, torch.Tensor], proto: torch.Tensor, coef: torch.Tensor,
+                    boxes: torch.Tensor, scores: torch.Tensor) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray | None]:
+    """A ``Detections`` blend function: masks blended into the device copy of the frame, result to the host.
+
+    resident: (host frame, its (H, W, 3) uint8 device copy); proto (h, w, k), coef (n, k), boxes (n, 4)
+    relative, scores (n,) of the kept detections, all on the device.
+    """
+    host_frame, frame = resident
+
+    def blend_fn(image: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray | None:
+        if image is not host_frame:
+            return None
+        with torch.inference_mode():
+            out = blend(frame, proto, coef, boxes, scores, torch.from_numpy(colors).to(frame.device), alpha=alpha)
+            return out.cpu().numpy()
+
+    return blend_fn
 
 
 def _default_names(n: int) -> list[str]:

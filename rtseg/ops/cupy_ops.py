@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from rtseg.errors import ConfigError
-from rtseg.ops.boxes import boxes_to_pixels, sanitize
-from rtseg.ops.nms import _top_over_classes
+from rtseg.ops import nms
+from rtseg.ops.boxes import sanitize
+from rtseg.ops.device_overlay import paint_boxes, paint_order
 
 KERNELS = Path(__file__).resolve().parent / "cuda"
 #: Compile options: no fused multiply-add, so IoU and sampling positions round like torch's.
@@ -58,28 +59,25 @@ def _require_cuda(*tensors: torch.Tensor) -> None:
             raise ValueError(f"cupy_ops: expected CUDA tensors, got one on {t.device}")
 
 
+def fast_nms_keep(cand: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Kernel twin of :func:`rtseg.ops.nms.fast_nms_keep`: (C, K, 4) candidates → (C, K) bool keep."""
+    _require_cuda(cand)
+    num_classes, k, _ = cand.shape
+    keep = torch.empty((num_classes, k), dtype=torch.uint8, device=cand.device)
+    _launch(_kernel("fast_nms.cu", "fast_nms_keep"), ((k + THREADS - 1) // THREADS, num_classes),
+            (cand.float().contiguous(), np.int32(num_classes), np.int32(k), np.float32(iou_threshold), keep))
+    return keep.view(torch.bool)
+
+
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float = 0.5,
              top_k: int = 200, max_detections: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fast NMS per class, CUDA kernel twin of :func:`rtseg.ops.nms.fast_nms` (see it for semantics).
+    """Fast NMS per class with the keep decision in one CUDA kernel (see :func:`rtseg.ops.nms.fast_nms`).
 
     boxes (N, 4) point form, scores (C, N) → (index (M,), class_id (M,), score (M,)), score descending.
     Results differ from the torch reference only where scores tie exactly.
     """
-    num_classes, n = scores.shape
-    if n == 0 or num_classes == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
-        return empty, empty, scores.new_zeros(0)
-    _require_cuda(boxes, scores)
-    sorted_scores, idx = scores.sort(1, descending=True)
-    idx, sorted_scores = idx[:, :top_k].contiguous(), sorted_scores[:, :top_k]
-    k = idx.shape[1]
-    cand = boxes[idx.view(-1)].view(num_classes, k, 4).float().contiguous()
-    keep = torch.empty((num_classes, k), dtype=torch.uint8, device=boxes.device)
-    _launch(_kernel("fast_nms.cu", "fast_nms_keep"), ((k + THREADS - 1) // THREADS, num_classes),
-            (cand, np.int32(num_classes), np.int32(k), np.float32(iou_threshold), keep))
-    keep = keep.view(torch.bool)
-    classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)
-    return _top_over_classes(idx[keep], classes[keep], sorted_scores[keep], max_detections)
+    return nms.fast_nms(boxes, scores, iou_threshold=iou_threshold, top_k=top_k, max_detections=max_detections,
+                        keep_fn=fast_nms_keep)
 
 
 def _logits_and_crop(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
@@ -122,20 +120,6 @@ def assemble_masks(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
     return out.view(torch.bool)
 
 
-def paint_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(n, 4) relative boxes → (n, 4) int32 half-open pixel windows (x0, y0, x1, y1) a mask may paint.
-
-    As annotate's ``_int_boxes`` on the Detections' boxes: the frame box (``boxes_to_pixels``)
-    rounded outwards by one pixel and clipped to the frame; computed on the device.
-    """
-    height, width = size
-    px = boxes_to_pixels(boxes.float(), height, width)
-    win = torch.cat([torch.floor(px[:, :2]) - 1, torch.ceil(px[:, 2:]) + 1], 1)
-    win[:, 0::2] = win[:, 0::2].clamp(0, width)
-    win[:, 1::2] = win[:, 1::2].clamp(0, height)
-    return win.to(torch.int32).contiguous()
-
-
 def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
                   scores: torch.Tensor, colors: torch.Tensor, *, alpha: float = 0.45, crop: bool = True,
                   threshold: float = 0.5) -> torch.Tensor:
@@ -155,8 +139,7 @@ def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, 
     size = (frame.shape[0], frame.shape[1])
     h, w, _ = proto.shape
     lin, win = _logits_and_crop(proto, coef, boxes, crop)
-    order = np.argsort(scores.float().cpu().numpy(), kind="stable")[::-1].astype(np.int32)
-    order_t = torch.from_numpy(order.copy()).to(frame.device)
+    order_t = paint_order(scores).flip(0).to(torch.int32).contiguous()  # top instance first
     out = torch.empty_like(frame)
     sy, sx = _scales(h, w, size)
     total = size[0] * size[1]

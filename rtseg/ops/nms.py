@@ -6,6 +6,8 @@ sorted by score descending, where ``index`` points into the N candidates.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from rtseg.ops.boxes import box_iou
@@ -18,14 +20,28 @@ def _top_over_classes(idx: torch.Tensor, classes: torch.Tensor, scores: torch.Te
     return idx[order], classes[order], scores
 
 
+def fast_nms_keep(cand: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Fast NMS's keep decision: (C, K, 4) score-sorted candidates per class → (C, K) bool.
+
+    The IoU upper triangle (diagonal excluded) and its column max: a candidate is dropped when
+    some higher-scoring candidate of its class overlaps it by more than ``iou_threshold``.
+    """
+    iou = box_iou(cand, cand).triu_(diagonal=1)
+    return iou.max(dim=1).values <= iou_threshold
+
+
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float = 0.5,
-             top_k: int = 200, max_detections: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             top_k: int = 200, max_detections: int = 100,
+             keep_fn: Callable[[torch.Tensor, float], torch.Tensor] = fast_nms_keep,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fast NMS (YOLACT paper, Sec. 3.3), per class.
 
     Per class take the ``top_k`` candidates by score, compute their IoU matrix, keep the
     upper triangle (diagonal excluded) and drop a candidate whose column max exceeds
     ``iou_threshold`` — boxes already suppressed still suppress. Then keep the best
-    ``max_detections`` over all classes. boxes (N, 4), scores (C, N).
+    ``max_detections`` over all classes. boxes (N, 4), scores (C, N) → (index (M,),
+    class_id (M,), score (M,)), score descending. ``keep_fn`` makes the keep decision
+    (:func:`fast_nms_keep`; :func:`rtseg.ops.cupy_ops.fast_nms` passes its CUDA kernel).
     """
     num_classes, n = scores.shape
     if n == 0 or num_classes == 0:
@@ -34,8 +50,7 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float 
     sorted_scores, idx = scores.sort(1, descending=True)
     idx, sorted_scores = idx[:, :top_k].contiguous(), sorted_scores[:, :top_k]
     cand = boxes[idx.view(-1)].view(num_classes, -1, 4)
-    iou = box_iou(cand, cand).triu_(diagonal=1)
-    keep = iou.max(dim=1).values <= iou_threshold
+    keep = keep_fn(cand, iou_threshold)
     classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)
     return _top_over_classes(idx[keep], classes[keep], sorted_scores[keep], max_detections)
 

@@ -145,6 +145,16 @@ def _draw_detections(image: np.ndarray, dets: Detections, alpha: float) -> np.nd
     if n == 0:
         return image.copy()
     colors = colors_for(_instance_keys(dets))
+    out = dets._blend_fn(image, colors, alpha) if dets._blend_fn is not None else None
+    if out is None:
+        out = _blend_masks(image, dets, colors, alpha)
+    _draw_boxes_and_labels(out, dets, colors)
+    return out
+
+
+def _blend_masks(image: np.ndarray, dets: Detections, colors: np.ndarray, alpha: float) -> np.ndarray:
+    """Masks blended on the host: a copy of ``image`` with each mask in its colour, best score on top."""
+    n = len(dets)
     ib = _int_boxes(dets.boxes, dets.image_size)
     masks = dets.masks
     # Work inside the union of the boxes only.
@@ -159,7 +169,6 @@ def _draw_detections(image: np.ndarray, dets: Detections, alpha: float) -> np.nd
             owner[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0][masks[i, y0:y1, x0:x1]] = i + 1
     out = image.copy()
     out[ry0:ry1, rx0:rx1] = _blend_owner(image[ry0:ry1, rx0:rx1], owner, colors, alpha)
-    _draw_boxes_and_labels(out, dets, colors)
     return out
 
 

@@ -1,0 +1,166 @@
+"""rtseg vs the official dbolya/yolact on the same GPU, weights and frame (issue 5's side by side).
+
+    git clone https://github.com/dbolya/yolact /path/to/yolact      # never committed here
+    python -m benchmarks.official_side_by_side --official /path/to/yolact --out $OUT/side_by_side.json
+
+Both sides get the same deterministic random R-101@550 weights (``tests/yolact_random_weights.py``,
+saved as an official ``.pth`` and read by each side's own loader; ``--head-gain`` sets how busy the
+frame is) and the same synthetic BGR frame (``--frame HxW``, default 1080×1920). Wall clock per
+frame, warm-up discarded, the finished annotated frame on the host at the end of each call:
+
+- official: eval.py's image path (``evalimage`` without the file I/O): upload, ``FastBaseTransform``,
+  ``net`` (Detect with Fast NMS), ``prep_display`` (postprocess, masks blended on the device, boxes
+  and labels with OpenCV). Imported from ``--official`` with the fixture script's patches (plain
+  ``nn.Module`` instead of the legacy TorchScript wrapper; same maths).
+- rtseg: ``annotate(frame, engine(frame))`` per network backend (eager fp32, eager fp16
+  channels-last, compile fp16 with CUDA graphs).
+
+The detection counts of both sides (fp32, TF32 off) are recorded and must agree. On a CPU
+(``--device cpu``) only the official network + postprocess run (its drawing code needs CUDA):
+that checks the import, the weights and the counts, not the speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine, summary
+from rtseg.engines.backends import make_backend
+from rtseg.ops.overlay import annotate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+from make_yolact_reference import import_official, patched, synthetic_frame  # noqa: E402
+from yolact_random_weights import random_yolact_state, template_of  # noqa: E402
+
+#: rtseg backend runs: name → make_backend keywords.
+RTSEG_RUNS: dict[str, dict[str, Any]] = {
+    "eager_fp32": {"name": "eager"},
+    "eager_fp16_cl": {"name": "eager", "half": True, "channels_last": True},
+    "compile_fp16": {"name": "compile"},
+}
+
+
+def wall_ms(fn: Callable[[], Any], iters: int, warmup: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Per-call wall milliseconds of ``fn`` (synchronised after each call), ``warmup`` calls discarded."""
+    times = []
+    for i in range(iters + warmup):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    r = summary(times)
+    r["fps"] = 1000.0 / r["mean_ms"]
+    return r
+
+
+def make_transform(off: dict[str, Any], device: torch.device) -> Any:
+    """The official FastBaseTransform (its constructor calls ``.cuda()``: a no-op on a CPU run)."""
+    if device.type == "cuda":
+        return off["FastBaseTransform"]()
+    with patched(torch.Tensor, "cuda", lambda self, *a, **k: self):
+        return off["FastBaseTransform"]()
+
+
+def official_side(off: dict[str, Any], weights: Path, device: torch.device) -> tuple[Any, Callable[[np.ndarray], Any]]:
+    """The official net on ``device`` and its per-frame call (annotated numpy image; CPU: postprocess only)."""
+    off["set_cfg"]("yolact_base_config")
+    off["cfg"].mask_proto_debug = False  # set by eval.py's main, read by postprocess
+    if device.type == "cuda":
+        torch.set_default_tensor_type("torch.cuda.FloatTensor")  # as eval.py's main does
+    net = off["Yolact"]()
+    net.load_weights(str(weights))
+    net.eval()
+    net.to(device)
+    net.detect.use_fast_nms, net.detect.use_cross_class_nms = True, False
+    transform = make_transform(off, device)
+
+    def call(img: np.ndarray) -> Any:
+        with torch.no_grad():
+            frame = torch.from_numpy(img).to(device).float()
+            preds = net(transform(frame.unsqueeze(0)))
+            if device.type == "cuda":
+                return off["eval"].prep_display(preds, frame, None, None, undo_transform=False)
+            h, w = img.shape[:2]
+            return off["postprocess"](preds, w, h, crop_masks=True, score_threshold=0.0)
+
+    return net, call
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official", type=Path, required=True, help="checkout of github.com/dbolya/yolact")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--frame", default="1080x1920", help="HxW")
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--head-gain", type=float, default=1.0, help="random heads' gain (more = more detections)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON results (default: print only)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    h, w = (int(v) for v in args.frame.split("x"))
+    img = synthetic_frame(h, w, 3)
+    off = import_official(args.official.resolve())
+    if device.type == "cuda":
+        import eval as official_eval  # type: ignore[import-not-found]  # the official eval.py
+
+        official_eval.parse_args(["--top_k", "100", "--score_threshold", "0.15"])
+        off["eval"] = official_eval
+    doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frame": args.frame,
+                           "iters": args.iters, "head_gain": args.head_gain, "results": {}}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "yolact_base_random.pth"
+        off["set_cfg"]("yolact_base_config")
+        torch.save(random_yolact_state(template_of(off["Yolact"]().state_dict()), 1, head_gain=args.head_gain), weights)
+        net, official_call = official_side(off, weights, device)
+        counts = {"official": int(official_counts(off, net, img, device))}
+        doc["results"]["official"] = wall_ms(lambda: official_call(img), args.iters, 10, sync)
+        print("official", json.dumps(doc["results"]["official"]), flush=True)
+        del net
+        torch.set_default_tensor_type("torch.FloatTensor")
+        import rtseg
+
+        engine = rtseg.load("yolact", weights=str(weights), device=args.device, score_threshold=0.0, top_k=100)
+        counts["rtseg"] = len(engine(img))
+        engine.score_threshold = 0.15
+        for run, kw in RTSEG_RUNS.items():
+            if device.type != "cuda" and run != "eager_fp32":
+                continue
+            engine.backend = make_backend(engine.net, device=args.device, input_size=engine.cfg.input_size,
+                                          config=engine.cfg, **kw)
+            doc["results"][f"rtseg_{run}"] = wall_ms(lambda: annotate(img, engine(img)), args.iters, 10, sync)
+            print(run, json.dumps(doc["results"][f"rtseg_{run}"]), flush=True)
+    doc["detections_score_0"] = counts
+    base = doc["results"]["official"]["mean_ms"]
+    doc["speedup_vs_official"] = {k: base / v["mean_ms"] for k, v in doc["results"].items() if k != "official"}
+    print(json.dumps({"counts": counts, "speedup": doc["speedup_vs_official"]}), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if counts["official"] != counts["rtseg"]:
+        raise SystemExit(f"detection counts differ: {counts}")
+
+
+def official_counts(off: dict[str, Any], net: Any, img: np.ndarray, device: torch.device) -> int:
+    """Detections the official pipeline keeps at score threshold 0 (Fast NMS output, top 100)."""
+    transform = make_transform(off, device)
+    with torch.no_grad():
+        frame = torch.from_numpy(img).to(device).float()
+        preds = net(transform(frame.unsqueeze(0)))
+        h, w = img.shape[:2]
+        t = off["postprocess"](preds, w, h, crop_masks=True, score_threshold=0.0)
+    return min(100, int(t[1].shape[0]))
+
+
+if __name__ == "__main__":
+    main()
