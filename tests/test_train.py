@@ -244,3 +244,57 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, capsys) -> None:
     assert (tmp_path / "m.train" / "checkpoint.pth").is_file()
     assert main(["--data", "nonsense", "--iters", "1", "--out", str(out)]) == 2
     assert "expected synthetic" in capsys.readouterr().err
+
+
+def test_resume_takes_the_new_learning_rate(tmp_path) -> None:
+    """--lr on resume is honoured: the schedule is the new config's at the checkpoint's step."""
+    data = _frames(2, size=64)
+    first = _trainer(data, 40, tmp_path / "a", lr=1e-2)
+    first.config = TrainConfig(**{**first.config.__dict__, "iters": 12})
+    first.fit()
+    ckpt = first.save_checkpoint()
+    resumed = _trainer(data, 40, tmp_path / "b", lr=1e-3)
+    resumed.load_checkpoint(ckpt)
+    expected = 1e-3 * resumed.config.lr_factor(12)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    resumed.train_step(*_batch(data))
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * resumed.config.lr_factor(13))
+
+
+def test_shortened_schedule_keeps_the_fractions() -> None:
+    c = TrainConfig(iters=1000, lr_steps=(700, 900))
+    s = c.shortened(200)
+    assert (s.iters, s.lr_steps) == (200, (140, 180))
+    assert c.shortened(5000).iters == 1000  # never longer than asked
+
+
+def test_time_budget_shortens_the_run(tmp_path, capsys) -> None:
+    """A 1-second budget on a 500-step run: the plan shrinks once the step time is known, and the run ends."""
+    data = _frames(2, size=64)
+    trainer = _trainer(data, 500, tmp_path)
+    trainer.config = TrainConfig(**{**trainer.config.__dict__, "time_budget_s": 1.0, "log_every": 5,
+                                    "lr_steps": (300,)})
+    trainer.fit()
+    assert trainer.step == trainer.config.iters < 500
+    assert trainer.config.lr_steps[0] == 300 * trainer.config.iters // 500
+    assert "time budget 1 s: training shortened" in capsys.readouterr().out
+
+
+def test_cli_init_starts_from_given_weights(tmp_path, capsys) -> None:
+    from safetensors.torch import load_file
+
+    from rtseg.train.cli import main
+
+    common = ["--data", "synthetic", "--train-images", "4", "--input-size", "64", "--fpn-channels", "16",
+              "--num-prototypes", "4", "--batch-size", "2", "--workers", "0", "--val-images", "2"]
+    first = tmp_path / "first.safetensors"
+    assert main([*common, "--iters", "1", "--out", str(first)]) == 0
+    second = tmp_path / "second.safetensors"
+    assert main([*common, "--iters", "1", "--lr", "0", "--warmup", "0", "--init", str(first), "--out", str(second)]) == 0
+    a, b = load_file(str(first)), load_file(str(second))
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)  # lr 0: unchanged
+    assert "initialised from" in capsys.readouterr().out
+    assert main([*common, "--iters", "1", "--init", str(first), "--resume", str(first), "--out", str(second)]) == 2
+    other_width = [*common, "--fpn-channels", "8"]  # the last value wins
+    assert main([*other_width, "--iters", "1", "--init", str(first), "--out", str(second)]) == 2
+    assert "does not match the expected architecture" in capsys.readouterr().err
