@@ -57,6 +57,9 @@ def build_parser() -> _Parser:
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     eng.add_argument("--backend", default="eager", choices=BACKENDS,
                      help="YOLACT network backend: eager, compile, tensorrt, onnx or auto (default: eager)")
+    eng.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
+                     help="TensorRT precision (default fp16); int8 needs --calib")
+    eng.add_argument("--calib", metavar="DIR", help="folder of frames for TensorRT INT8 calibration")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", metavar="PATH", help="annotated video (.mp4/.mov) or image (.png/.jpg; "
                      "'{seq:05d}' in the name writes one image per frame)")
@@ -147,6 +150,10 @@ def _load_engine(args: argparse.Namespace):
         if args.engine != "yolact":
             raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
         options["backend"] = args.backend
+    if args.precision != "fp16" or args.calib is not None:
+        if args.backend != "tensorrt":
+            raise ConfigError("--precision int8 / --calib apply to --backend tensorrt only")
+        options.update(precision=args.precision, calibration_dir=args.calib)
     return rtseg.load(args.engine, weights=args.weights, device=args.device, **options)
 
 

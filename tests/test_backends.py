@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,20 @@ def test_unknown_backend_is_one_line_config_error(engine: YolactEngine) -> None:
     assert "\n" not in str(err.value) and "eager" in str(err.value)
     with pytest.raises(ConfigError, match="unknown backend"):
         YolactEngine.from_config(TINY, backend="tensorrtx")
+
+
+def test_int8_is_reachable_only_through_tensorrt(tmp_path) -> None:
+    """precision/calibration reach the tensorrt backend from the engine and the CLI; elsewhere a clear error."""
+    from rtseg.cli import main
+
+    with pytest.raises(ConfigError, match="tensorrt backend only"):
+        YolactEngine.from_config(TINY, precision="int8", calibration_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="backend 'tensorrt' is not available"):  # a CPU engine
+        YolactEngine.from_config(TINY, backend="tensorrt", precision="int8", calibration_dir=str(tmp_path))
+    demo = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
+    assert main(["--source", "synthetic", "--weights", demo, "--precision", "int8"]) == 2
+    assert main(["--source", "synthetic", "--weights", demo, "--backend", "tensorrt",
+                 "--precision", "int8", "--calib", str(tmp_path)]) == 2
 
 
 def test_tensorrt_on_cpu_is_unavailable(engine: YolactEngine) -> None:

@@ -64,6 +64,8 @@ class YolactEngine(StagedEngine):
     nms: "fast" (paper, per class), "cross_class" (Fast NMS over classes) or "traditional".
     conf_threshold / nms_top_k / max_detections / iou_threshold: the official Detect settings
     (0.05 / 200 / 100 / 0.5).
+    backend: network backend (see :mod:`rtseg.engines.backends`). precision ("fp16" | "int8") and
+        calibration_dir (a folder of frames for INT8 calibration): the tensorrt backend only.
     device_overlay: keep each frame on the device after preprocessing and let
         :func:`rtseg.annotate` blend the masks there (CuPy kernel when installed), so only the
         finished frame comes back (default: on for CUDA, off for CPU, where the host path is faster).
@@ -73,7 +75,8 @@ class YolactEngine(StagedEngine):
     def __init__(self, *, model: Yolact, class_names: Sequence[str] | None = None, device: str = "cpu",
                  score_threshold: float = 0.15, top_k: int = 100, nms: str = "fast", iou_threshold: float = 0.5,
                  conf_threshold: float = 0.05, nms_top_k: int = 200, max_detections: int = 100,
-                 backend: str = "eager", device_overlay: bool | None = None) -> None:
+                 backend: str = "eager", precision: str = "fp16", calibration_dir: str | None = None,
+                 device_overlay: bool | None = None) -> None:
         if nms not in NMS_KINDS:
             raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
         if not 0.0 <= score_threshold <= 1.0:
@@ -88,8 +91,11 @@ class YolactEngine(StagedEngine):
             raise ConfigError(f"{len(names)} class names given for a model with {self.cfg.num_classes} classes")
         self.class_names: list[str] = names
         self.net = InferenceNet(model.eval()).to(self._dev)
+        if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
+            raise ConfigError(f"precision={precision!r} / calibration frames apply to the tensorrt backend only "
+                              f"(got backend {backend!r}); add backend='tensorrt' (--backend tensorrt)")
         self.backend = make_backend(self.net, name=backend, device=self._dev, input_size=self.cfg.input_size,
-                                    config=self.cfg)
+                                    config=self.cfg, precision=precision, calibration_dir=calibration_dir)
         self.priors = make_priors(self.cfg, self._dev)
         self.score_threshold = score_threshold
         self.top_k = top_k
