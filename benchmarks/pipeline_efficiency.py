@@ -9,6 +9,9 @@ other stages can use the second core), the real overlay, and real MP4 + JSON
 Lines sinks.
 
     python benchmarks/pipeline_efficiency.py [--frames 150]
+    # on a GPU, issue 5's 1080p target: R-101@550, compiled, masks blended on the device
+    python benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 --preset yolact_base \
+        --backend compile --result pipeline_efficiency_gpu
 """
 from __future__ import annotations
 
@@ -26,22 +29,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, write_result  # noqa: E402
 from rtseg.data.synthetic import SyntheticScene  # noqa: E402
 from rtseg.engines.yolact import YolactEngine  # noqa: E402
-from rtseg.models.yolact import YolactConfig  # noqa: E402
+from rtseg.models.yolact import PRESETS, YolactConfig  # noqa: E402
 from rtseg.ops.overlay import annotate  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402
 from rtseg.video.pipeline import Pipeline  # noqa: E402
 from rtseg.video.sinks import JsonlSink, Mp4Sink  # noqa: E402
 from rtseg.video.sources import open_source  # noqa: E402
 
-WIDTH, HEIGHT, FPS = 640, 480, 30
+FPS = 30
 
 
-def make_clip(path: Path, frames: int) -> None:
+def make_clip(path: Path, frames: int, width: int, height: int) -> None:
     """A synthetic scene encoded as H.264 with PyAV (the source the benchmark decodes)."""
-    scene = SyntheticScene(11, width=WIDTH, height=HEIGHT, num_frames=frames)
+    scene = SyntheticScene(11, width=width, height=height, num_frames=frames)
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=FPS)
-        s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
         for i in range(frames):
             for p in s.encode(av.VideoFrame.from_ndarray(scene.frame(i)[0], format="bgr24")):
                 c.mux(p)
@@ -79,16 +82,24 @@ def alone(clip: Path, engine: YolactEngine, folder: Path) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--size", default="640x480", help="WxH of the clip")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default=None, help="a YOLACT preset (e.g. yolact_base); default: ResNet-18 at 256")
+    ap.add_argument("--backend", default="eager")
+    ap.add_argument("--result", default="pipeline_efficiency", help="results/<name>.json")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    width, height = (int(v) for v in args.size.split("x"))
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # leave the second core to the other stages
     torch.manual_seed(0)
-    cfg = YolactConfig(backbone="resnet18", num_classes=6, input_size=256, fpn_channels=64, num_prototypes=16)
-    engine = YolactEngine.from_config(cfg, score_threshold=0.3, top_k=10)
+    cfg = (PRESETS[args.preset] if args.preset else
+           YolactConfig(backbone="resnet18", num_classes=6, input_size=256, fpn_channels=64, num_prototypes=16))
+    engine = YolactEngine.from_config(cfg, score_threshold=0.3, top_k=10, device=args.device, backend=args.backend)
     engine.warmup()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         clip = folder / "clip.mp4"
-        make_clip(clip, args.frames)
+        make_clip(clip, args.frames, width, height)
         stages = alone(clip, engine, folder)
         metrics = Metrics(warmup_frames=5)
         Pipeline(source=open_source(str(clip)), engine=engine, sinks=make_sinks(folder, "pipe"),
@@ -99,8 +110,9 @@ def main() -> int:
     ratio = snap["fps"] / slowest_fps
     result = {
         "what": "threaded pipeline FPS vs slowest stage alone (file source, no drops)",
-        "frame": f"{WIDTH}x{HEIGHT}", "frames": args.frames, "av": av.__version__,
-        "engine": "YOLACT resnet18, input 256, random weights, score>0.3, top_k 10, 1 torch thread",
+        "frame": args.size, "frames": args.frames, "av": av.__version__,
+        "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, score>0.3, top_k 10, "
+                  f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
         "sinks": "Mp4Sink (libx264 veryfast) + JsonlSink (RLE masks)",
         "stage_alone_ms": {k: 1e3 * v for k, v in stages.items()},
         "slowest_stage": slowest, "slowest_stage_fps": slowest_fps,
@@ -108,7 +120,7 @@ def main() -> int:
         "ratio": ratio, "target_ratio": 0.9, "pass": bool(ratio >= 0.9),
         "load_average_1_5_15": os.getloadavg(),  # other work on this shared machine during the run
     }
-    path = write_result("pipeline_efficiency", result)
+    path = write_result(args.result, result)
     print(metrics.summary())
     print("stages alone (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in stages.items()))
     print(f"pipeline {snap['fps']:.2f} FPS vs slowest stage ({slowest}) {slowest_fps:.2f} FPS: "

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (issue 5). A session with a GPU runs, from the repo root:
+# The one prepared GPU check (issues 4, 5, 6). A session with a GPU runs, from the repo root,
+# through the device tool (timeout_s = budget + 30):
 #
-#     bash benchmarks/run_on_device.sh            # via the device tool: timeout_s=590
+#     RTSEG_DEVICE_BUDGET_S=540 bash benchmarks/run_on_device.sh
 #
-# 0. wheels carried in .whl/ (pycocotools: the GPU image lacks it) are installed to /tmp/site
-# 1. environment report (GPU, driver, library versions, which optional imports work)
-# 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu (all test files; modules whose imports are missing on the
-#    GPU image, e.g. PyAV, are reported as collection errors and the rest still run), and at the
-#    same time, if RTSEG_DEVICE_TRAIN_S > 0, the demo model's GPU fine-tuning (README recipe with
-#    --init engines/yolact_demo.safetensors --time-budget); the weights come back split in parts
-#    under 15 MiB (join with: cat yolact_demo.safetensors.part-* > yolact_demo.safetensors)
-# 3. python -m benchmarks.gpu_fastpath (model latency per backend/batch, NMS / masks / overlay,
-#    whole engine per 1080p frame), alone on the GPU once training is over
-# 4. if .official/ holds a checkout of github dbolya/yolact (carried, never committed:
-#    mkdir .official && git --git-dir /work/.mirror/dbolya+yolact/repo archive HEAD '*.py' | tar -x -C .official),
-#    python -m benchmarks.official_side_by_side (RTSEG_SIDE_BY_SIDE_S seconds, default 150)
-# Everything goes under $OUT (at most 8 files come back): env.txt, pytest_gpu.log, train.log,
-# yolact_demo.json + parts, gpu_fastpath.log, gpu_fastpath.json (written after every measurement,
-# so a cut-off run keeps its numbers). Total budget: RTSEG_DEVICE_BUDGET_S (default 540 s).
+# Carry (device tool `carry`): .whl (wheels the GPU image lacks: pycocotools, av — see below) and
+# .official (a checkout of github dbolya/yolact's *.py files, never committed). Prepare them here:
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl pycocotools==2.0.11 av==18.1.0
+#     mkdir .official && git --git-dir /work/.mirror/dbolya+yolact/repo archive HEAD '*.py' | tar -x -C .official
+#
+# Stages (each with its own time limit; everything small lands in $OUT/results.tgz, at most 8 files return):
+# 0. wheels in .whl/ installed to /tmp/site
+# 1. env.txt: GPU, driver, library versions, which optional imports work
+# 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu, and at the same time, if RTSEG_DEVICE_TRAIN_S > 0, the
+#    demo model's GPU fine-tuning (README recipe with --init engines/yolact_demo.safetensors
+#    --time-budget); the weights come back split in parts under 15 MiB
+#    (join: cat yolact_demo.safetensors.part-* > engines/yolact_demo.safetensors)
+# 3. benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
+#    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base)
+# 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
+# 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
+#    (RTSEG_PIPELINE_S, default 120)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
@@ -94,10 +99,12 @@ if [ -n "$TRAIN_PID" ]; then
   rm -rf "$TRAIN_DIR"
 fi
 
-# Benchmark: stop starting configurations 40 s before the end, hard-kill 10 s before it.
+# Benchmark: stop starting configurations 40 s before its end, hard-kill 10 s before it.
 SIDE_S=0
 [ -f .official/eval.py ] && SIDE_S="${RTSEG_SIDE_BY_SIDE_S:-150}"
-T_BENCH=$(( $(left) - 10 - SIDE_S ))
+PIPE_S=0
+"$PY" -c "import av" 2>/dev/null && PIPE_S="${RTSEG_PIPELINE_S:-120}"
+T_BENCH=$(( $(left) - 10 - SIDE_S - PIPE_S ))
 if [ "$T_BENCH" -gt 60 ]; then
   echo "== gpu_fastpath (limit ${T_BENCH}s)"
   timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$OUT/gpu_fastpath.json" \
@@ -108,12 +115,22 @@ else
   echo "no time left for the benchmark" | tee "$OUT/gpu_fastpath.log"
 fi
 if [ "$SIDE_S" -gt 0 ]; then
-  T_SIDE=$(( $(left) - 5 ))
+  T_SIDE=$(( $(left) - 5 - PIPE_S ))
   echo "== official_side_by_side (limit ${T_SIDE}s)"
   timeout --kill-after=5 "$T_SIDE" "$PY" -m benchmarks.official_side_by_side --official .official \
     --out "$OUT/side_by_side.json" > "$OUT/side_by_side.log" 2>&1
   echo "side_by_side exit code $?" >> "$OUT/side_by_side.log"
   tail -n 12 "$OUT/side_by_side.log"
 fi
+if [ "$PIPE_S" -gt 0 ]; then
+  T_PIPE=$(( $(left) - 15 ))
+  echo "== pipeline_efficiency 1080p (limit ${T_PIPE}s)"
+  timeout --kill-after=5 "$T_PIPE" "$PY" benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 \
+    --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu > "$OUT/pipeline.log" 2>&1
+  echo "pipeline exit code $?" >> "$OUT/pipeline.log"
+  cp benchmarks/results/pipeline_efficiency_gpu.json "$OUT/" 2>/dev/null
+  tail -n 6 "$OUT/pipeline.log"
+fi
 rm -rf "$RTSEG_ENGINE_CACHE"
+(cd "$OUT" && tar czf results.tgz --remove-files ./*.txt ./*.log ./*.json 2>/dev/null)
 echo "== done in $(( $(date +%s) - START )) s; files in $OUT"
