@@ -1,7 +1,14 @@
-"""``rtseg eval``: COCO mask/box AP of a YOLACT checkpoint on a data set.
+"""``rtseg eval``: accuracy of YOLACT, FCN or Mask Scoring R-CNN weights on a data set.
 
     rtseg eval --weights engines/demo.safetensors --data synthetic:test
     rtseg eval --weights yolact_base_54_800000.pth --data coco:instances_val2017.json:val2017 --device cuda
+    rtseg eval --weights fcn8s.safetensors --data synthetic:test --resize 128x96       # mIoU, pixel accuracy
+    rtseg eval --weights msrcnn.safetensors --data synthetic:test --resize 160x120     # + AP by mask score
+
+YOLACT and MS R-CNN give COCO mask/box AP (MS R-CNN also AP ranked by mask score and
+the correlation of predicted and true MaskIoU); FCN gives mIoU, pixel accuracy, mean
+accuracy and IoU per class. The engine is read from the manifest of rtseg weights
+(``--engine`` overrides; a .pth is YOLACT).
 
 ``--data`` is ``synthetic:{train|val|test}``, ``coco:ANNOTATIONS.json:IMAGE_DIR`` or
 ``labelme:FOLDER``. Classes of the weights and the data set are matched by name
@@ -16,12 +23,23 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from rtseg.data.dataset import InstanceDataset
+from rtseg.engines.fcn import FCN_FORMAT
+from rtseg.engines.msrcnn import MSRCNN_FORMAT
 from rtseg.errors import ConfigError, RtsegError, SinkError
-from rtseg.eval.coco import CocoEvaluator, format_table
-from rtseg.types import Detections
+from rtseg.eval.coco import format_table
+from rtseg.eval.mask_scoring import format_scoring_table
+from rtseg.eval.runners import (
+    class_mapping,
+    evaluate_instances,
+    evaluate_semantic_engine,
+    format_semantic,
+    samples,
+)
+from rtseg.weights import MANIFEST_FORMAT, manifest_path
+
+__all__ = ["ENGINES", "class_mapping", "main", "open_dataset", "resolve_engine", "run"]
+ENGINES = ("yolact", "fcn", "msrcnn")
 
 
 def open_dataset(spec: str) -> InstanceDataset:
@@ -47,37 +65,52 @@ def open_dataset(spec: str) -> InstanceDataset:
     raise ConfigError(f"--data {spec}: unknown kind {kind!r}; use synthetic:test, coco:ANN.json:IMG_DIR or labelme:DIR")
 
 
-def class_mapping(engine_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
-    """(C_engine,) int64: data-set class id of each engine class, -1 for classes the data set lacks.
+ENGINE_FORMATS = {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
+"""Manifest ``format`` of rtseg weights -> engine name."""
 
-    ``ConfigError`` when a data-set class is unknown to the engine (its AP could only be 0).
+
+def resolve_engine(weights: str, engine: str | None) -> str:
+    """The engine to evaluate ``weights`` with: ``engine`` if given, else the one its manifest names (default yolact).
+
+    ``ConfigError`` when ``engine`` contradicts the manifest. A missing or unreadable manifest is left to the
+    engine's loader to report.
     """
-    index = {n: i for i, n in enumerate(data_names)}
-    missing = [n for n in data_names if n not in set(engine_names)]
-    if missing:
-        raise ConfigError(f"the weights do not know data-set classes {', '.join(missing[:5])}"
-                          f"{' …' if len(missing) > 5 else ''}; evaluate weights trained on these classes")
-    return np.array([index.get(n, -1) for n in engine_names], np.int64)
+    try:
+        fmt = json.loads(manifest_path(weights).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    found = ENGINE_FORMATS.get(fmt) if Path(weights).suffix == ".safetensors" else None
+    if engine is not None and found is not None and engine != found:
+        raise ConfigError(f"--engine {engine}: {weights} holds {found} weights (manifest format {fmt!r}); "
+                          f"use --engine {found} or leave --engine out")
+    return engine or found or "yolact"
 
 
-def _remap(dets: Detections, mapping: np.ndarray, data_names: Sequence[str]) -> Detections:
-    """Detections with class ids of the data set (detections of other classes dropped)."""
-    if np.array_equal(mapping, np.arange(len(mapping))) and len(mapping) == len(data_names):
-        return dets
-    ids = mapping[dets.class_ids]
-    keep = ids >= 0
-    return Detections(boxes=dets.boxes[keep], scores=dets.scores[keep], class_ids=ids[keep],
-                      image_size=dets.image_size, class_names=tuple(data_names), _masks=dets.masks[keep])
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> (W, H), each at least 32 pixels."""
+    w, sep, h = text.lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit() and int(w) >= 32 and int(h) >= 32):
+        raise ConfigError(f"--resize {text}: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120")
+    return int(w), int(h)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rtseg eval", description="COCO mask and box AP of YOLACT weights on a data set.")
-    p.add_argument("--weights", required=True, help="official YOLACT .pth or rtseg .safetensors (+ manifest)")
+    p = argparse.ArgumentParser(prog="rtseg eval", description="Accuracy of YOLACT, FCN or MS R-CNN weights on a "
+                                "data set: COCO mask/box AP, or mIoU and pixel accuracy for FCN.")
+    p.add_argument("--weights", required=True,
+                   help="official YOLACT .pth or rtseg .safetensors (+ .json manifest) of any engine")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="engine of the weights (default: read from the manifest's 'format' of rtseg weights, "
+                        "e.g. rtseg-fcn/1 -> fcn; yolact for .pth files)")
     p.add_argument("--data", default="synthetic:test",
                    help="synthetic:{train|val|test} | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--score-threshold", type=float, default=0.05, help="drop detections scoring at most this")
+    p.add_argument("--resize", default=None, metavar="WxH",
+                   help="resize images and their masks to WxH before evaluation (e.g. the size the weights "
+                        "were trained at; metrics are then at that size)")
+    p.add_argument("--score-threshold", type=float, default=0.05,
+                   help="yolact/msrcnn: drop detections scoring below this")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     return p
 
@@ -85,28 +118,31 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, float]:
     import rtseg
 
+    engine_name = resolve_engine(args.weights, args.engine)
+    resize = None if args.resize is None else parse_size(args.resize)
     dataset = open_dataset(args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:
         raise ConfigError(f"--data {args.data}: no images to evaluate")
-    engine = rtseg.load("yolact", weights=args.weights, device=args.device,
-                        score_threshold=args.score_threshold, top_k=100)
-    mapping = class_mapping(engine.class_names, dataset.class_names)
-    evaluator = CocoEvaluator(dataset.class_names)
+    options = {} if engine_name == "fcn" else {"score_threshold": args.score_threshold, "top_k": 100}
+    engine = rtseg.load(engine_name, weights=args.weights, device=args.device, **options)
     start = time.perf_counter()
-    for i in range(n):
-        sample = dataset[i]
-        evaluator.add(_remap(engine(sample.image), mapping, dataset.class_names), sample)
-        if (i + 1) % 50 == 0 or i + 1 == n:
-            print(f"\r{i + 1}/{n} images", end="", file=sys.stderr, flush=True)
+    data = samples(dataset, n, resize)
+    if engine_name == "fcn":
+        metrics = evaluate_semantic_engine(engine, data, dataset.class_names)
+        table = format_semantic(metrics)
+    else:
+        metrics = evaluate_instances(engine, data, dataset.class_names, mask_scoring=engine_name == "msrcnn")
+        table = format_table(metrics) + ("\n\n" + format_scoring_table(metrics) if engine_name == "msrcnn" else "")
     seconds = time.perf_counter() - start
-    print(file=sys.stderr)
-    metrics = evaluator.summarize()
-    print(f"{args.data}: {n} images, {seconds:.1f} s ({n / seconds:.1f} images/s incl. loading and AP bookkeeping)")
-    print(format_table(metrics))
+    size = f" at {resize[0]}x{resize[1]}" if resize else ""
+    print(f"{args.data}{size}: {n} images, {engine_name}, {seconds:.1f} s "
+          f"({n / seconds:.1f} images/s incl. loading and metric bookkeeping)")
+    print(table)
     if args.json is not None:
-        record = {"weights": str(args.weights), "data": args.data, "images": n, "device": args.device,
-                  "score_threshold": args.score_threshold, "metrics": metrics}
+        record = {"weights": str(args.weights), "engine": engine_name, "data": args.data, "images": n,
+                  "resize": args.resize, "device": args.device, "metrics": metrics,
+                  **({"score_threshold": args.score_threshold} if options else {})}
         try:
             args.json.write_text(json.dumps(record, indent=2), encoding="utf-8")
         except OSError as exc:

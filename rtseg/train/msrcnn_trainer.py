@@ -6,7 +6,8 @@
 * :func:`mask_quality`: for every detection, the true IoU of its mask with the
   best ground truth of its class against the predicted MaskIoU (Pearson
   correlation; the paper reports 0.74 on COCO), and mask AP ranked by
-  classification score versus by mask score.
+  classification score versus by mask score (:mod:`rtseg.eval.mask_scoring`,
+  shared with ``rtseg eval --engine msrcnn``).
 
 ``python -m rtseg.train.msrcnn_trainer --out engines/msrcnn_synthetic.safetensors``
 trains a ResNet-18-FPN model on tiny synthetic images (CPU, minutes).
@@ -21,9 +22,12 @@ import numpy as np
 import torch
 
 from rtseg.data.dataset import InstanceDataset, Sample
-from rtseg.engines.msrcnn import MsrcnnEngine, rescored, save_msrcnn
-from rtseg.eval.coco import evaluate
+from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
+from rtseg.eval.mask_scoring import MaskScoringEvaluator, true_mask_iou
 from rtseg.models.msrcnn import MsrcnnConfig
+
+# true_mask_iou moved to rtseg.eval.mask_scoring; re-exported for existing imports.
+__all__ = ["MsrcnnTrainConfig", "mask_quality", "to_target", "train_msrcnn", "true_mask_iou"]
 
 
 @dataclass(frozen=True)
@@ -79,39 +83,14 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     return history
 
 
-def true_mask_iou(pred_masks: np.ndarray, pred_classes: np.ndarray, sample: Sample) -> np.ndarray:
-    """(N,) IoU of each predicted mask with the best-overlapping ground truth of its class (0 if none)."""
-    out = np.zeros(len(pred_masks), np.float32)
-    if len(pred_masks) == 0 or len(sample) == 0:
-        return out
-    p = pred_masks.reshape(len(pred_masks), -1).astype(np.float32)
-    g = sample.masks.reshape(len(sample), -1).astype(np.float32)
-    inter = p @ g.T
-    union = p.sum(1)[:, None] + g.sum(1)[None] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    iou[pred_classes[:, None] != sample.class_ids[None]] = 0.0
-    return iou.max(1).astype(np.float32)
-
-
 def mask_quality(engine: MsrcnnEngine, data: InstanceDataset) -> dict[str, float]:
-    """Correlation of predicted vs true MaskIoU, and mask AP by class score vs by mask score."""
-    preds, truths, dets_all, gts = [], [], [], []
+    """Correlation of predicted vs true MaskIoU, and mask AP by class score vs by mask score (see
+    :class:`rtseg.eval.mask_scoring.MaskScoringEvaluator` for the keys)."""
+    ev = MaskScoringEvaluator(engine.class_names)
     for i in range(len(data)):
         s = data[i]
-        dets = engine(s.image)
-        iou_pred = dets.mask_scores / np.maximum(dets.scores, 1e-6)  # mask_scores = score * predicted IoU
-        preds.append(iou_pred)
-        truths.append(true_mask_iou(dets.masks, dets.class_ids, s))
-        dets_all.append(dets)
-        gts.append(s)
-    p, t = np.concatenate(preds), np.concatenate(truths)
-    corr = float(np.corrcoef(p, t)[0, 1]) if len(p) > 2 and p.std() > 0 and t.std() > 0 else float("nan")
-    by_cls = evaluate(dets_all, gts, engine.class_names)
-    by_mask = evaluate([rescored(d) for d in dets_all], gts, engine.class_names)
-    return {"maskiou_pearson": corr, "num_detections": float(len(p)), "mean_true_iou": float(t.mean()) if len(t) else 0.0,
-            "mean_abs_error": float(np.abs(p - t).mean()) if len(t) else 0.0,
-            "mask_AP_cls_score": by_cls["mask_AP"], "mask_AP_mask_score": by_mask["mask_AP"],
-            "mask_AP50_cls_score": by_cls["mask_AP50"], "mask_AP50_mask_score": by_mask["mask_AP50"]}
+        ev.add(engine(s.image), s)
+    return ev.summarize()
 
 
 def main(argv: list[str] | None = None) -> None:
