@@ -10,7 +10,8 @@ from rtseg.data.synthetic import CLASSES, SyntheticDataset
 from rtseg.engines.msrcnn import MsrcnnEngine, rescored, save_msrcnn
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.msrcnn import MaskIoUHead, MsrcnnConfig, maskiou_targets
-from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn, true_mask_iou
+from rtseg.eval.mask_scoring import true_mask_iou
+from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn
 
 torch.set_num_threads(2)
 TINY = MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=64, max_size=80,

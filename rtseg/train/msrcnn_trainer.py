@@ -23,11 +23,8 @@ import torch
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
-from rtseg.eval.mask_scoring import MaskScoringEvaluator, true_mask_iou
+from rtseg.eval.mask_scoring import MaskScoringEvaluator
 from rtseg.models.msrcnn import MsrcnnConfig
-
-# true_mask_iou moved to rtseg.eval.mask_scoring; re-exported for existing imports.
-__all__ = ["MsrcnnTrainConfig", "mask_quality", "to_target", "train_msrcnn", "true_mask_iou"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,134 @@
+"""The evaluation loops of ``rtseg eval``, one per engine kind, and the class matching they share.
+
+Each runner takes a loaded engine, a data set and the number of images, streams
+(prediction, ground truth) pairs into an evaluator and returns its metrics.
+Class ids are matched by name between the engine and the data set.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from rtseg.data.dataset import InstanceDataset, Sample
+from rtseg.engines.base import Engine
+from rtseg.errors import ConfigError
+from rtseg.eval.coco import CocoEvaluator
+from rtseg.eval.mask_scoring import MaskScoringEvaluator
+from rtseg.eval.semantic import SemanticEvaluator, semantic_target
+from rtseg.types import Detections
+
+IGNORE = 255
+"""Label of target pixels the semantic evaluation skips (COCO crowd regions)."""
+
+
+def class_mapping(engine_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
+    """(C_engine,) int64: data-set class id of each engine class, -1 for classes the data set lacks.
+
+    ``ConfigError`` when a data-set class is unknown to the engine (its AP could only be 0).
+    """
+    index = {n: i for i, n in enumerate(data_names)}
+    missing = [n for n in data_names if n not in set(engine_names)]
+    if missing:
+        raise ConfigError(f"the weights do not know data-set classes {', '.join(missing[:5])}"
+                          f"{' …' if len(missing) > 5 else ''}; evaluate weights trained on these classes")
+    return np.array([index.get(n, -1) for n in engine_names], np.int64)
+
+
+def remap(dets: Detections, mapping: np.ndarray, data_names: Sequence[str]) -> Detections:
+    """Detections with class ids of the data set (detections of other classes dropped)."""
+    if np.array_equal(mapping, np.arange(len(mapping))) and len(mapping) == len(data_names):
+        return dets
+    ids = mapping[dets.class_ids]
+    keep = ids >= 0
+    return Detections(boxes=dets.boxes[keep], scores=dets.scores[keep], class_ids=ids[keep],
+                      image_size=dets.image_size, class_names=tuple(data_names),
+                      mask_scores=None if dets.mask_scores is None else dets.mask_scores[keep],
+                      _masks=dets.masks[keep])
+
+
+def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
+    """``sample`` at ``size`` = (W, H): image with area averaging, masks nearest-neighbour, boxes re-fitted.
+
+    Instances whose mask vanishes at the new size are dropped (nothing left to detect).
+    """
+    w, h = size
+    if sample.image_size == (h, w):
+        return sample
+    image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_AREA)
+    masks = np.array([cv2.resize(m.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for m in sample.masks],
+                     dtype=bool).reshape(-1, h, w)
+    keep = masks.reshape(len(masks), -1).any(1)
+    out = Sample.from_masks(image, masks[keep], sample.class_ids[keep])
+    if sample.iscrowd is None:
+        return out
+    return Sample(image=out.image, boxes=out.boxes, class_ids=out.class_ids, masks=out.masks,
+                  iscrowd=sample.iscrowd[keep])
+
+
+def samples(dataset: InstanceDataset, n: int, resize: tuple[int, int] | None = None) -> Iterator[Sample]:
+    """The first ``n`` samples (resized to ``resize`` = (W, H) if given), with progress on stderr."""
+    for i in range(n):
+        sample = dataset[i]
+        yield sample if resize is None else resize_sample(sample, resize)
+        if (i + 1) % 50 == 0 or i + 1 == n:
+            print(f"\r{i + 1}/{n} images", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+
+def evaluate_instances(engine: Engine, data: Iterable[Sample], data_names: Sequence[str], *,
+                       mask_scoring: bool = False) -> dict[str, float]:
+    """COCO mask/box AP of an instance engine (``Detections``) on ``data``: ``rtseg.eval.coco.METRICS``.
+
+    ``mask_scoring``: the engine is an MS R-CNN; add ``rtseg.eval.mask_scoring.SCORING_METRICS``.
+    """
+    mapping = class_mapping(engine.class_names, data_names)
+    ev = MaskScoringEvaluator(data_names) if mask_scoring else CocoEvaluator(data_names)
+    for sample in data:
+        ev.add(remap(engine(sample.image), mapping, data_names), sample)
+    return ev.summarize()
+
+
+def target_lut(engine_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
+    """(1 + C_data,) int64: the engine's class id of "background" and of each data-set class (matched by name).
+
+    ``ConfigError`` when the engine lacks one of them.
+    """
+    target_names = ["background", *data_names]
+    mapping = class_mapping(engine_names, target_names)
+    lut = np.empty(len(target_names), np.int64)
+    lut[mapping[mapping >= 0]] = np.flatnonzero(mapping >= 0)
+    return lut
+
+
+def engine_target(sample: Sample, lut: np.ndarray) -> np.ndarray:
+    """(H, W) int64 semantic target of an instance sample in the engine's class ids (``lut`` from
+    :func:`target_lut`); ``IGNORE`` on crowd regions."""
+    target = lut[semantic_target(sample)]
+    if sample.iscrowd is not None and sample.iscrowd.any():
+        target[sample.masks[sample.iscrowd].any(0)] = IGNORE
+    return target
+
+
+def evaluate_semantic_engine(engine: Engine, data: Iterable[Sample], data_names: Sequence[str]) -> dict[str, float]:
+    """mIoU, pixel and mean accuracy, IoU per class of a semantic engine (its ``SemanticMap.labels``).
+
+    Targets: :func:`engine_target`; the engine must know "background" and every data-set class. Engine
+    classes absent from the data set still count (as IoU 0) wherever they are predicted.
+    """
+    lut = target_lut(engine.class_names, data_names)
+    ev = SemanticEvaluator(len(engine.class_names), ignore_index=IGNORE)
+    for sample in data:
+        ev.add(engine(sample.image).labels, engine_target(sample, lut))
+    return ev.summarize(engine.class_names)
+
+
+def format_semantic(metrics: dict[str, float]) -> str:
+    """Text table of semantic metrics (percent): the three summary numbers, then IoU per class."""
+    head = ("mIoU", "pixel_accuracy", "mean_accuracy")
+    lines = ["  ".join(f"{k:>14}" for k in head), "  ".join(f"{100 * metrics[k]:14.2f}" for k in head), "",
+             f"{'class':<16}{'IoU':>8}"]
+    lines += [f"{k[4:]:<16}{100 * v:8.2f}" for k, v in metrics.items() if k.startswith("IoU/")]
+    return "\n".join(lines)

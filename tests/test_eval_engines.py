@@ -1,0 +1,229 @@
+"""``rtseg eval`` for FCN (mIoU) and Mask Scoring R-CNN (AP by mask score, MaskIoU correlation).
+
+Weights are real, untrained tiny networks saved with the engines' own save functions;
+the metric paths are checked with real arrays (perfect, shifted and permuted labels).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg.data.dataset import Sample, masks_to_boxes
+from rtseg.data.synthetic import CLASSES, SyntheticDataset, SyntheticScene
+from rtseg.engines.fcn import save_fcn
+from rtseg.engines.msrcnn import save_msrcnn
+from rtseg.errors import ConfigError
+from rtseg.eval.cli import main, resolve_engine
+from rtseg.eval.coco import METRICS
+from rtseg.eval.mask_scoring import SCORING_METRICS, MaskScoringEvaluator, true_mask_iou
+from rtseg.eval.runners import (
+    IGNORE,
+    class_mapping,
+    engine_target,
+    evaluate_semantic_engine,
+    remap,
+    resize_sample,
+    samples,
+    target_lut,
+)
+from rtseg.eval.semantic import SemanticEvaluator, semantic_target
+from rtseg.models.fcn import FCN, FcnConfig
+from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
+from rtseg.types import Detections
+
+torch.set_num_threads(2)
+# engine class order differs from the data set's: the name matching must handle it
+FCN_NAMES = ["background", "cross", "ring", "star", "triangle", "square", "circle"]
+
+
+@pytest.fixture(scope="module")
+def fcn_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = FCN(FcnConfig(arch="fcn8s", num_classes=len(FCN_NAMES), width=0.0625))
+    for m in (model.score_fr, model.score_pool4, model.score_pool3):  # predict a mix of classes, not one
+        torch.nn.init.normal_(m.weight, std=0.05)
+    with torch.no_grad():
+        model.score_fr.bias[0] = 1.0  # background about half the time
+    return save_fcn(tmp_path_factory.mktemp("fcn") / "fcn.safetensors", model, FCN_NAMES)
+
+
+@pytest.fixture(scope="module")
+def msrcnn_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=64, max_size=80,
+                       anchor_sizes=(8, 16, 32, 64, 128), detections_per_img=20, rois_per_image=32,
+                       proposals_per_image=100, box_score_thresh=0.0)
+    return save_msrcnn(tmp_path_factory.mktemp("ms") / "ms.safetensors", MaskScoringRCNN(cfg), list(CLASSES))
+
+
+def _one_line(err: str) -> str:
+    err = err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_cli_fcn_reports_semantic_metrics(fcn_weights, tmp_path, capsys):
+    out = tmp_path / "fcn.json"
+    assert main(["--weights", str(fcn_weights), "--data", "synthetic:test", "--max-images", "3",
+                 "--resize", "96x72", "--json", str(out)]) == 0  # engine read from the manifest
+    text = capsys.readouterr().out
+    assert "synthetic:test at 96x72: 3 images, fcn" in text and "pixel_accuracy" in text and "background" in text
+    record = json.loads(out.read_text())
+    assert record["engine"] == "fcn" and record["images"] == 3 and record["resize"] == "96x72"
+    m = record["metrics"]
+    assert {"mIoU", "pixel_accuracy", "mean_accuracy", "IoU/background"} <= set(m)
+    assert {k[4:] for k in m if k.startswith("IoU/")} <= set(FCN_NAMES)
+    assert all(0.0 <= v <= 1.0 for v in m.values())
+
+
+def test_fcn_runner_matches_name_based_pixel_accuracy(fcn_weights):
+    """The runner's class-id relabelling agrees with comparing class *names* pixel by pixel."""
+    import rtseg
+
+    engine = rtseg.load("fcn", weights=str(fcn_weights))
+    data = SyntheticDataset.split("test", 3, width=80, height=64)
+    metrics = evaluate_semantic_engine(engine, [data[i] for i in range(3)], data.class_names)
+    names_t = np.array(["background", *data.class_names])
+    correct = total = 0
+    for i in range(3):
+        s = data[i]
+        pred = np.array(engine.class_names)[engine(s.image).labels]
+        correct += int((pred == names_t[semantic_target(s)]).sum())
+        total += pred.size
+    assert metrics["pixel_accuracy"] == pytest.approx(correct / total)
+    assert 0.0 < metrics["pixel_accuracy"] < 1.0
+
+
+def test_prediction_equal_to_target_gives_miou_one():
+    data = SyntheticDataset.split("test", 4, width=96, height=72)
+    lut = target_lut(FCN_NAMES, data.class_names)
+    assert [FCN_NAMES[i] for i in lut] == ["background", *data.class_names]
+    ev = SemanticEvaluator(len(FCN_NAMES), ignore_index=IGNORE)
+    for i in range(4):
+        t = engine_target(data[i], lut)
+        ev.add(t, t)
+    m = ev.summarize(FCN_NAMES)
+    assert m["mIoU"] == 1.0 and m["pixel_accuracy"] == 1.0 and m["mean_accuracy"] == 1.0
+    assert sum(k.startswith("IoU/") for k in m) >= 3  # several classes present, each with IoU 1
+    shifted = SemanticEvaluator(len(FCN_NAMES), ignore_index=IGNORE)
+    for i in range(4):
+        t = engine_target(data[i], lut)
+        shifted.add(np.roll(t, 3, axis=1), t)
+    assert shifted.summarize()["mIoU"] < 0.95
+
+
+def test_crowd_regions_are_ignored_in_semantic_targets():
+    mask = np.zeros((2, 40, 40), bool)
+    mask[0, 5:20, 5:20] = True
+    mask[1, 25:38, 25:38] = True
+    base = Sample.from_masks(np.zeros((40, 40, 3), np.uint8), mask, [0, 1])
+    crowd = Sample(image=base.image, boxes=base.boxes, class_ids=base.class_ids, masks=mask,
+                   iscrowd=np.array([False, True]))
+    t = engine_target(crowd, target_lut(["background", "b", "a"], ["a", "b"]))
+    assert (t[mask[0]] == 2).all() and (t[mask[1]] == IGNORE).all() and (t[~mask.any(0)] == 0).all()
+    ev = SemanticEvaluator(3, ignore_index=IGNORE)
+    ev.add(np.where(t == IGNORE, 1, t), t)  # a wrong label on the crowd region costs nothing
+    assert ev.summarize()["mIoU"] == 1.0
+
+
+def test_target_lut_rejects_unknown_classes():
+    with pytest.raises(ConfigError, match="do not know data-set classes background"):
+        target_lut(["a", "b"], ["a", "b"])
+    with pytest.raises(ConfigError, match="do not know data-set classes zebra"):
+        target_lut(["background", "a"], ["a", "zebra"])
+
+
+def test_cli_msrcnn_reports_ap_by_mask_score_and_correlation(msrcnn_weights, tmp_path, capsys):
+    out = tmp_path / "ms.json"
+    assert main(["--weights", str(msrcnn_weights), "--engine", "msrcnn", "--data", "synthetic:test",
+                 "--max-images", "3", "--resize", "80x64", "--score-threshold", "0", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 images, msrcnn" in text and "mask score" in text and "Pearson r" in text
+    record = json.loads(out.read_text())
+    m = record["metrics"]
+    assert record["engine"] == "msrcnn" and set(m) == set(METRICS) | set(SCORING_METRICS)
+    assert m["num_detections"] > 0  # an untrained network still proposes boxes at threshold 0
+    assert all(0.0 <= m[k] <= 1.0 for k in (*METRICS, "mask_AP_mask_score", "mask_AP50_mask_score",
+                                             "mask_AP75_mask_score", "mean_true_iou", "mean_abs_error"))
+    assert np.isnan(m["maskiou_pearson"]) or -1.0 <= m["maskiou_pearson"] <= 1.0
+
+
+def _shifted_detections(sample: Sample, shifts: np.ndarray, scores: np.ndarray) -> Detections:
+    masks = np.array([np.roll(m, int(k), axis=1) for m, k in zip(sample.masks, shifts)]).reshape(sample.masks.shape)
+    iou = true_mask_iou(masks, sample.class_ids, sample)
+    return Detections(boxes=masks_to_boxes(masks), scores=scores.astype(np.float32), class_ids=sample.class_ids,
+                      image_size=sample.image_size, class_names=CLASSES,
+                      mask_scores=(scores * iou).astype(np.float32), _masks=masks)
+
+
+def test_mask_scoring_evaluator_on_real_masks():
+    rng = np.random.default_rng(0)
+    data = [SyntheticScene(41, width=160, height=120, num_frames=80).sample(i) for i in range(0, 80, 8)]
+    assert sum(len(s) for s in data) >= 15
+    ev = MaskScoringEvaluator(CLASSES)
+    for s in data:
+        shifts = rng.integers(0, 12, len(s))
+        # classification scores rank the worst masks first; the mask scores (score x true IoU) fix that
+        ev.add(_shifted_detections(s, shifts, 0.5 + 0.04 * shifts), s)
+    m = ev.summarize()
+    assert set(m) == set(METRICS) | set(SCORING_METRICS)
+    assert m["maskiou_pearson"] == pytest.approx(1.0, abs=1e-5)  # predicted IoU is the true IoU here
+    assert m["mean_abs_error"] == pytest.approx(0.0, abs=1e-5) and 0.2 < m["mean_true_iou"] < 1.0
+    assert m["mask_AP_mask_score"] > m["mask_AP"] + 0.05
+    with pytest.raises(ValueError, match="no mask_scores"):
+        ev.add(Detections.empty(data[0].image_size, CLASSES), data[0])
+
+
+def test_remap_keeps_mask_scores():
+    s = SyntheticScene(42, width=96, height=72, num_frames=10).sample(0)
+    dets = _shifted_detections(s, np.zeros(len(s)), np.linspace(0.9, 0.5, len(s)))
+    data_names = tuple(reversed(CLASSES))
+    out = remap(dets, class_mapping(CLASSES, data_names), data_names)
+    assert [data_names[i] for i in out.class_ids] == [CLASSES[i] for i in dets.class_ids]
+    np.testing.assert_array_equal(out.mask_scores, dets.mask_scores)
+
+
+def test_resize_sample_drops_vanished_instances_and_keeps_crowd_flags():
+    big = SyntheticDataset.split("test", 1)[0]
+    small = resize_sample(big, (160, 120))
+    assert small.image.shape == (120, 160, 3) and small.masks.shape[1:] == (120, 160)
+    np.testing.assert_array_equal(small.boxes, masks_to_boxes(small.masks))
+    mask = np.zeros((2, 40, 40), bool)
+    mask[0, 1:3, 1:3] = True  # 2x2 pixels: gone at a quarter of the size
+    mask[1, 8:32, 8:32] = True
+    s = Sample(image=np.zeros((40, 40, 3), np.uint8), boxes=masks_to_boxes(mask), class_ids=np.array([0, 1]),
+               masks=mask, iscrowd=np.array([False, True]))
+    r = resize_sample(s, (10, 10))
+    assert len(r) == 1 and r.class_ids.tolist() == [1] and r.iscrowd.tolist() == [True]
+    assert r.masks[0, 2:8, 2:8].all() and r.masks.sum() == 36
+    assert next(iter(samples([s], 1, (10, 10)))).masks.sum() == 36
+
+
+def test_engine_is_read_from_the_manifest(fcn_weights, msrcnn_weights, tmp_path):
+    assert resolve_engine(str(fcn_weights), None) == "fcn"
+    assert resolve_engine(str(msrcnn_weights), None) == "msrcnn"
+    assert resolve_engine(str(tmp_path / "official.pth"), None) == "yolact"
+    assert resolve_engine(str(fcn_weights), "fcn") == "fcn"
+
+
+@pytest.mark.parametrize("engine, weights, message", [
+    ("msrcnn", "fcn", "--engine msrcnn: .* holds fcn weights .*use --engine fcn or leave --engine out"),
+    ("yolact", "msrcnn", "--engine yolact: .* holds msrcnn weights"),
+])
+def test_wrong_engine_for_the_weights_is_one_line(fcn_weights, msrcnn_weights, capsys, engine, weights, message):
+    path = {"fcn": fcn_weights, "msrcnn": msrcnn_weights}[weights]
+    assert main(["--weights", str(path), "--engine", engine, "--max-images", "1"]) == 2
+    assert re.search(message, _one_line(capsys.readouterr().err))
+
+
+def test_cli_user_errors_for_fcn(fcn_weights, tmp_path, capsys):
+    assert main(["--weights", str(fcn_weights), "--resize", "20x10", "--max-images", "1"]) == 2
+    assert "--resize 20x10: use WIDTHxHEIGHT" in _one_line(capsys.readouterr().err)
+    other = save_fcn(tmp_path / "other.safetensors", FCN(FcnConfig(num_classes=3, width=0.0625)),
+                     ["background", "circle", "dog"])
+    assert main(["--weights", str(other), "--max-images", "1"]) == 2
+    assert "do not know data-set classes square, triangle" in _one_line(capsys.readouterr().err)
