@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -119,33 +120,71 @@ def _gui_available() -> str | None:
 class WindowSink:
     """Show annotated frames in an OpenCV window titled ``title``.
 
-    The window is created on the first frame, in the thread that writes
-    (GUI toolkits want one thread). Pressing ``q`` or Esc, or closing the
-    window, sets :attr:`stop_requested`.
+    All GUI calls (create, show, poll keys, destroy) happen on the sink's own thread: GUI
+    toolkits (Qt in opencv-python) hang or fail when a window is touched from two threads, and
+    the pipeline writes from its output thread but closes from the main one. ``write`` only
+    hands over the newest frame, so a slow display never holds the pipeline back. Pressing
+    ``q`` or Esc, or closing the window, sets :attr:`stop_requested`.
     """
+
+    POLL_S = 0.02
 
     def __init__(self, title: str = "rtseg") -> None:
         reason = _gui_available()
         if reason is not None:
-            raise SinkError(f"window output: {reason}; use --out file.mp4 or --web instead")
+            raise SinkError(f"window output: {reason}; use --output file.mp4 or --serve HOST:PORT instead")
         self.title = title
         self.stop_requested = False
-        self._shown = False
+        self._newest: np.ndarray | None = None
+        self._closing = False
+        self._error: SinkError | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._gui_loop, name="rtseg-window", daemon=True)
+        self._thread.start()
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        with self._cond:
+            self._newest = annotated
+            self._cond.notify()
+
+    def _gui_loop(self) -> None:
+        shown = False
         try:
-            if self._shown and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-                self.stop_requested = True
-                return
-            cv2.imshow(self.title, annotated)
-            self._shown = True
-            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                self.stop_requested = True
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._newest is not None or self._closing, timeout=self.POLL_S)
+                    image, self._newest = self._newest, None
+                    if self._closing:
+                        return
+                if image is not None and not self.stop_requested:
+                    cv2.imshow(self.title, image)
+                    shown = True
+                if shown and not self.stop_requested and (
+                        cv2.waitKey(1) & 0xFF in (ord("q"), 27) or _closed_by_user(self.title)):
+                    self.stop_requested = True
         except cv2.error as exc:
-            raise SinkError(f"window output: OpenCV cannot show the window ({exc.err})") from None
+            self._error = SinkError(f"window output: OpenCV cannot show the window ({exc.err})")
+            self.stop_requested = True
+        finally:
+            if shown:
+                try:
+                    cv2.destroyWindow(self.title)
+                    cv2.waitKey(1)
+                except cv2.error:
+                    pass  # already closed by the user
 
     def close(self) -> None:
-        if self._shown:
-            cv2.destroyWindow(self.title)
-            cv2.waitKey(1)
-            self._shown = False
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout=5.0)
+
+
+def _closed_by_user(title: str) -> bool:
+    """True when the window ``title`` is gone (closed with the mouse); Qt raises instead of answering -1."""
+    try:
+        return cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1
+    except cv2.error:
+        return True
