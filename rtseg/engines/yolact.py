@@ -17,8 +17,8 @@ from rtseg.engines.backends import make_backend
 from rtseg.engines.base import StagedEngine
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
-from rtseg.ops.boxes import boxes_to_pixels, decode
 from rtseg.ops import cupy_ops
+from rtseg.ops.boxes import boxes_to_pixels, decode
 from rtseg.ops.device_overlay import blend
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import cross_class_fast_nms, fast_nms, traditional_nms
