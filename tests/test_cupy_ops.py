@@ -209,13 +209,13 @@ DRIVER = r"""
     for (unsigned tx = 0; tx < (unsigned)T; ++tx) { blockIdx = {bx, by, 0}; threadIdx = {tx, 0, 0}; CALL; }
 extern "C" void launch_fast_nms_keep(int gx, int gy, int t, const float* b, int c, int k, float thr,
                                      unsigned char* keep) { LOOP(gx, gy, t, fast_nms_keep(b, c, k, thr, keep)) }
-extern "C" void launch_assemble_masks(int gx, int gy, int t, const float* lin, const float* crop, int h, int w, int n,
+extern "C" void launch_assemble_masks(int gx, int gy, int t, const float* prob, int h, int w, int n,
                                       int H, int W, float sy, float sx, float thr, unsigned char* out) {
-  LOOP(gx, gy, t, assemble_masks(lin, crop, h, w, n, H, W, sy, sx, thr, out)) }
-extern "C" void launch_overlay_masks(int gx, int gy, int t, const unsigned char* f, const float* lin, const float* crop,
+  LOOP(gx, gy, t, assemble_masks(prob, h, w, n, H, W, sy, sx, thr, out)) }
+extern "C" void launch_overlay_masks(int gx, int gy, int t, const unsigned char* f, const float* prob,
                                      const int* paint, const int* order, const unsigned char* col, int h, int w, int n,
                                      int H, int W, float sy, float sx, float thr, float a, unsigned char* out) {
-  LOOP(gx, gy, t, overlay_masks(f, lin, crop, paint, order, col, h, w, n, H, W, sy, sx, thr, a, out)) }
+  LOOP(gx, gy, t, overlay_masks(f, prob, paint, order, col, h, w, n, H, W, sy, sx, thr, a, out)) }
 """
 
 

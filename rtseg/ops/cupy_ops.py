@@ -7,8 +7,10 @@
 - :func:`overlay_masks`: the masks of :func:`rtseg.ops.overlay.annotate` blended straight
   into a device frame; full-resolution masks are never materialised.
 
-The prototypes × coefficients product is a torch (cuBLAS) GEMM; sigmoid, crop, bilinear
-upsampling, threshold and blending are one kernel (``cuda/mask_overlay.cu``). Kernels run
+The soft masks on the prototype grid (prototypes × coefficients, a cuBLAS GEMM, then sigmoid and
+crop) come from the torch reference :func:`rtseg.ops.masks.mask_probabilities`; bilinear upsampling
+to the frame, threshold and blending are one kernel (``cuda/mask_overlay.cu``), which never
+materialises full-resolution masks. Kernels run
 on torch's current stream. This module imports without CuPy; calling an op without it
 raises :class:`rtseg.errors.ConfigError`.
 """
@@ -24,7 +26,7 @@ import torch
 
 from rtseg.errors import ConfigError
 from rtseg.ops import nms
-from rtseg.ops.boxes import sanitize
+from rtseg.ops.masks import mask_probabilities
 from rtseg.ops.device_overlay import paint_boxes, paint_order
 
 KERNELS = Path(__file__).resolve().parent / "cuda"
@@ -80,18 +82,10 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float 
                         keep_fn=fast_nms_keep)
 
 
-def _logits_and_crop(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
-                     crop: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, w, n) float32 logits ``proto @ coef.T`` (cuBLAS) and (n, 4) float32 crop windows on the grid."""
-    h, w, _ = proto.shape
-    lin = (proto.float() @ coef.float().t()).contiguous()
-    if crop:
-        x1, x2 = sanitize(boxes[:, 0].float(), boxes[:, 2].float(), w, 1)
-        y1, y2 = sanitize(boxes[:, 1].float(), boxes[:, 3].float(), h, 1)
-        win = torch.stack([x1, y1, x2, y2], 1)
-    else:
-        win = torch.tensor([0.0, 0.0, float(w), float(h)], device=proto.device).expand(coef.shape[0], 4)
-    return lin, win.float().contiguous()
+def _grid_probabilities(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor, crop: bool) -> torch.Tensor:
+    """(n, h, w) float32 contiguous soft masks on the prototype grid: the torch reference's own
+    ``crop(sigmoid(proto @ coef.T))`` (:func:`rtseg.ops.masks.mask_probabilities`)."""
+    return mask_probabilities(proto.float(), coef.float(), boxes.float(), crop=crop).contiguous()
 
 
 def _scales(h: int, w: int, size: tuple[int, int]) -> tuple[np.float32, np.float32]:
@@ -110,12 +104,12 @@ def assemble_masks(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
         return torch.zeros((0, *size), dtype=torch.bool, device=proto.device)
     _require_cuda(proto, coef, boxes)
     h, w, _ = proto.shape
-    lin, win = _logits_and_crop(proto, coef, boxes, crop)
+    prob = _grid_probabilities(proto, coef, boxes, crop)
     out = torch.empty((n, *size), dtype=torch.uint8, device=proto.device)
     sy, sx = _scales(h, w, size)
     total = n * size[0] * size[1]
     _launch(_kernel("mask_overlay.cu", "assemble_masks"), ((total + THREADS - 1) // THREADS,),
-            (lin, win, np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
+            (prob, np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
              np.float32(threshold), out))
     return out.view(torch.bool)
 
@@ -138,13 +132,13 @@ def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, 
         return frame.clone()
     size = (frame.shape[0], frame.shape[1])
     h, w, _ = proto.shape
-    lin, win = _logits_and_crop(proto, coef, boxes, crop)
+    prob = _grid_probabilities(proto, coef, boxes, crop)
     order_t = paint_order(scores).flip(0).to(torch.int32).contiguous()  # top instance first
     out = torch.empty_like(frame)
     sy, sx = _scales(h, w, size)
     total = size[0] * size[1]
     _launch(_kernel("mask_overlay.cu", "overlay_masks"), ((total + THREADS - 1) // THREADS,),
-            (frame.contiguous(), lin, win, paint_boxes(boxes, size), order_t,
+            (frame.contiguous(), prob, paint_boxes(boxes, size), order_t,
              colors.to(frame.device, torch.uint8).contiguous(),
              np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
              np.float32(threshold), np.float32(alpha), out))

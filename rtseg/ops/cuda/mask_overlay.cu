@@ -1,24 +1,13 @@
-// YOLACT mask assembly and overlay from the prototype-grid logits.
+// YOLACT mask assembly and overlay from the soft masks on the prototype grid.
 //
-// lin:   (h, w, n) float32, prototypes @ coefficients^T (a cuBLAS GEMM done by the caller).
-// crop:  (n, 4) float32 crop window on the prototype grid (x1, y1, x2, y2), already
-//        ordered, padded and clamped (rtseg.ops.boxes.sanitize); cell (r, c) is kept when
-//        x1 <= c < x2 and y1 <= r < y2, else its probability is 0.
-// A frame pixel (y, x) of an H x W output samples the cropped sigmoid bilinearly exactly as
-// torch's interpolate(mode="bilinear", align_corners=False) (source = (dst + 0.5) * in/out - 0.5,
+// prob: (n, h, w) float32 = crop(sigmoid(prototypes @ coefficients^T)), computed by the caller with
+//       rtseg.ops.masks.mask_probabilities (a cuBLAS GEMM and two small element-wise kernels), so
+//       the sigmoid and the crop are the torch reference's own.
+// A frame pixel (y, x) of an H x W output samples prob bilinearly exactly as torch's
+// interpolate(mode="bilinear", align_corners=False) (source = (dst + 0.5) * in/out - 0.5,
 // clamped at 0) and is "on" when the sample is > threshold.
 
-__device__ __forceinline__ float cell_prob(const float* __restrict__ lin, const float* __restrict__ crop,
-                                           const int w, const int n, const int i, const int r, const int c) {
-    const float* cb = crop + i * 4;
-    const float fc = (float)c, fr = (float)r;
-    if (!(fc >= cb[0] && fc < cb[2] && fr >= cb[1] && fr < cb[3])) return 0.0f;
-    const float v = lin[((long long)r * w + c) * n + i];
-    return 1.0f / (1.0f + expf(-v));
-}
-
-__device__ __forceinline__ bool mask_on(const float* __restrict__ lin, const float* __restrict__ crop,
-                                        const int h, const int w, const int n, const int i,
+__device__ __forceinline__ bool mask_on(const float* __restrict__ prob, const int h, const int w, const int i,
                                         const int y, const int x, const float scale_y, const float scale_x,
                                         const float threshold) {
     float sy = scale_y * ((float)y + 0.5f) - 0.5f;
@@ -30,13 +19,14 @@ __device__ __forceinline__ bool mask_on(const float* __restrict__ lin, const flo
     const int x1 = x0 < w - 1 ? x0 + 1 : x0;
     const float ly = sy - (float)y0, lx = sx - (float)x0;
     const float hy = 1.0f - ly, hx = 1.0f - lx;
-    const float v = hy * (hx * cell_prob(lin, crop, w, n, i, y0, x0) + lx * cell_prob(lin, crop, w, n, i, y0, x1)) +
-                    ly * (hx * cell_prob(lin, crop, w, n, i, y1, x0) + lx * cell_prob(lin, crop, w, n, i, y1, x1));
+    const float* p = prob + (long long)i * h * w;
+    const float v = hy * (hx * p[y0 * w + x0] + lx * p[y0 * w + x1]) +
+                    ly * (hx * p[y1 * w + x0] + lx * p[y1 * w + x1]);
     return v > threshold;
 }
 
 // Full-resolution binary masks: out (n, H, W) uint8, one thread per output element.
-extern "C" __global__ void assemble_masks(const float* __restrict__ lin, const float* __restrict__ crop,
+extern "C" __global__ void assemble_masks(const float* __restrict__ prob,
                                           const int h, const int w, const int n, const int H, const int W,
                                           const float scale_y, const float scale_x, const float threshold,
                                           unsigned char* __restrict__ out) {
@@ -46,15 +36,15 @@ extern "C" __global__ void assemble_masks(const float* __restrict__ lin, const f
     const int x = (int)(idx % W);
     const int y = (int)((idx / W) % H);
     const int i = (int)(idx / ((long long)W * H));
-    out[idx] = mask_on(lin, crop, h, w, n, i, y, x, scale_y, scale_x, threshold) ? 1 : 0;
+    out[idx] = mask_on(prob, h, w, i, y, x, scale_y, scale_x, threshold) ? 1 : 0;
 }
 
 // Overlay: one thread per frame pixel. order (n,) lists instances top-most first (the painter's
 // order reversed); a pixel takes the colour of the first instance whose mask is on there and whose
 // paint box (n, 4) int32 x0, y0, x1, y1 (half-open) holds it, blended as
 // round(frame * (1 - alpha) + colour * alpha); other pixels are copied. frame/out: (H, W, 3) uint8 BGR.
-extern "C" __global__ void overlay_masks(const unsigned char* __restrict__ frame, const float* __restrict__ lin,
-                                         const float* __restrict__ crop, const int* __restrict__ paint,
+extern "C" __global__ void overlay_masks(const unsigned char* __restrict__ frame, const float* __restrict__ prob,
+                                         const int* __restrict__ paint,
                                          const int* __restrict__ order, const unsigned char* __restrict__ colors,
                                          const int h, const int w, const int n, const int H, const int W,
                                          const float scale_y, const float scale_x, const float threshold,
@@ -68,7 +58,7 @@ extern "C" __global__ void overlay_masks(const unsigned char* __restrict__ frame
         const int i = order[o];
         const int* pb = paint + i * 4;
         if (x < pb[0] || x >= pb[2] || y < pb[1] || y >= pb[3]) continue;
-        if (mask_on(lin, crop, h, w, n, i, y, x, scale_y, scale_x, threshold)) owner = i;
+        if (mask_on(prob, h, w, i, y, x, scale_y, scale_x, threshold)) owner = i;
     }
     const unsigned char* px = frame + idx * 3;
     unsigned char* po = out + idx * 3;
