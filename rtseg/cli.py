@@ -63,6 +63,8 @@ def build_parser() -> _Parser:
     out = p.add_argument_group("outputs")
     out.add_argument("--output", metavar="PATH", help="annotated video (.mp4/.mov) or image (.png/.jpg; "
                      "'{seq:05d}' in the name writes one image per frame)")
+    out.add_argument("--audio", action="store_true", help="copy the source file's audio track into the --output "
+                     "video (kept in sync; transcoded to AAC when MP4 cannot hold it)")
     out.add_argument("--json", metavar="PATH", help="detections: .jsonl (one line per frame) or .json "
                      "(COCO results list with RLE masks, written at the end)")
     out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc stops)")
@@ -81,12 +83,14 @@ def _host_port(spec: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _video_or_image_sink(path: str, fps: float | None) -> Sink:
+def _video_or_image_sink(path: str, fps: float | None, audio_from: str | None = None) -> Sink:
     from rtseg.video.sinks import ImageSink, Mp4Sink
 
     suffix = Path(path).suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        return Mp4Sink(path, fps_hint=fps)
+        return Mp4Sink(path, fps_hint=fps, audio_from=audio_from)
+    if audio_from is not None:
+        raise ConfigError(f"--audio needs a video --output (.mp4/.mov), not {path}")
     if suffix in IMAGE_SUFFIXES:
         return ImageSink(path)
     raise ConfigError(f"--output {path}: unknown type {suffix or '(none)'}; use .mp4 for video or .png/.jpg for images")
@@ -111,8 +115,11 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
     Each opened sink is registered on ``stack`` so that it is closed if a later one fails.
     """
     factories: list[Callable[[], Sink]] = []
+    if args.audio and not (args.output and Path(args.source).is_file()):
+        raise ConfigError("--audio copies a video file's sound into --output: give a file --source and --output x.mp4")
     if args.output:
-        factories.append(lambda: _video_or_image_sink(args.output, source.fps))
+        audio_from = args.source if args.audio else None
+        factories.append(lambda: _video_or_image_sink(args.output, source.fps, audio_from))
     if args.json:
         factories.append(lambda: _json_sink(args.json))
     if args.show:

@@ -198,3 +198,39 @@ def test_serve_shows_live_stats_with_token(files):
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in stderr
+
+
+def test_audio_is_passed_through_to_the_recording(files, tmp_path) -> None:
+    """--audio: the source's sound ends up in the MP4 beside the annotated video, about as long."""
+    from fractions import Fraction
+
+    src = tmp_path / "with_sound.mp4"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+        a = c.add_stream("aac", rate=48000)
+        a.layout = "mono"
+        for i in range(25):
+            for p in v.encode(av.VideoFrame.from_ndarray(np.full((64, 96, 3), i * 9, np.uint8), format="bgr24")):
+                c.mux(p)
+        for start in range(0, 48000, 1024):
+            t = np.arange(start, min(start + 1024, 48000)) / 48000.0
+            frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
+            for p in a.encode(frame):
+                c.mux(p)
+        for s in (v, a):
+            for p in s.encode():
+                c.mux(p)
+    out = tmp_path / "out.mp4"
+    r = _run(["--source", str(src), "--weights", files["weights"], "--output", str(out), "--audio", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        audio = sum(f.samples for f in c.decode(audio=0)) / 48000.0
+    assert 0.8 <= audio <= 1.1, audio  # one second of sound, cut at the last video frame
+    _assert_user_error(_run(["--source", "synthetic", "--weights", files["weights"], "--output", str(tmp_path / "s.mp4"),
+                             "--audio"]), "--audio")
+    _assert_user_error(_run(["--source", str(src), "--weights", files["weights"], "--output", str(tmp_path / "x.png"),
+                             "--audio"]), "--audio")
