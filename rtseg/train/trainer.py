@@ -248,6 +248,7 @@ class Trainer:
         start, t0 = self.step, time.perf_counter()
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
+        requested = c
         for images, targets in self._loader():
             if self.step >= self.config.iters:
                 break
@@ -255,7 +256,7 @@ class Trainer:
             for k, v in losses.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
             if self.step % c.log_every == 0 or self.step == self.config.iters:
-                self._replan(timer)
+                self._replan(timer, requested)
                 self._progress(running, start, t0)
             if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < self.config.iters:
                 self.save_checkpoint()
@@ -264,16 +265,24 @@ class Trainer:
         self.save_checkpoint()
         return self._report_validation()
 
-    def _replan(self, timer: "_BudgetTimer") -> None:
-        """Shorten the schedule to the time budget (until the first LR step is behind us)."""
+    def _replan(self, timer: "_BudgetTimer", requested: TrainConfig) -> None:
+        """Fit the ``requested`` schedule to the time budget, from the step rate measured so far.
+
+        Re-planned until the first LR step is behind us, in both directions (a slow spell while the
+        machine was shared does not shorten the run for good), never beyond ``requested.iters``;
+        changes under 2 % are ignored.
+        """
         first_decay = min(self.config.lr_steps, default=self.config.iters)
         if timer.budget is None or self.step >= first_decay:
             return
         fits = timer.steps_that_fit(self.step)
-        if fits is not None and fits < self.config.iters:
-            self.config = self.config.shortened(max(fits, self.step + 1))
-            print(f"time budget {timer.budget:.0f} s: training shortened to {self.config.iters} steps, "
-                  f"LR steps at {list(self.config.lr_steps)}", file=self.log, flush=True)
+        if fits is None:
+            return
+        plan = requested.shortened(max(fits, self.step + 1))
+        if abs(plan.iters - self.config.iters) >= max(1, 0.02 * self.config.iters):
+            self.config = plan
+            print(f"time budget {timer.budget:.0f} s: training planned for {plan.iters} of {requested.iters} "
+                  f"steps, LR steps at {list(plan.lr_steps)}", file=self.log, flush=True)
 
     def _report_validation(self) -> dict[str, float]:
         t = time.perf_counter()
