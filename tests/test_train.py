@@ -328,6 +328,7 @@ def test_cli_init_starts_from_given_weights(tmp_path, capsys) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)  # lr 0: unchanged
     assert "initialised from" in capsys.readouterr().out
     assert main([*common, "--iters", "1", "--init", str(first), "--resume", str(first), "--out", str(second)]) == 2
+    assert main([*common, "--iters", "1", "--time-budget", "0", "--out", str(second)]) == 2
     other_width = [*common, "--fpn-channels", "8"]  # the last value wins
     assert main([*other_width, "--iters", "1", "--init", str(first), "--out", str(second)]) == 2
     assert "does not match the expected architecture" in capsys.readouterr().err

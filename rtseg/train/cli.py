@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: must end in .safetensors")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise ConfigError(f"--time-budget {args.time_budget}: give the minutes training may take, > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = open_dataset(args.data, num_images=args.train_images)
