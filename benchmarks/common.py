@@ -54,6 +54,13 @@ def time_it(fn: Callable[[], Any], *, iters: int, warmup: int = 2) -> list[float
     return out
 
 
+def wall_summary(fn: Callable[[], Any], *, iters: int, warmup: int) -> dict[str, float]:
+    """:func:`summary` of :func:`time_it` plus ``fps`` (calls per second from the mean)."""
+    r = summary(time_it(fn, iters=iters, warmup=warmup))
+    r["fps"] = 1000.0 / r["mean_ms"]
+    return r
+
+
 def summary(ms: list[float]) -> dict[str, float]:
     """p50/p95/p99/mean in milliseconds."""
     a = np.asarray(ms)

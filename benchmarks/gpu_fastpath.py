@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import busy_model, RESULTS, machine, summary
+from benchmarks.common import busy_model, RESULTS, machine, summary, wall_summary
 from rtseg.engines.backends import available, make_backend
 from rtseg.engines.yolact import YolactEngine
 from rtseg.ops.boxes import decode
@@ -168,13 +168,7 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
         def reference_path() -> None:  # postprocess (torch NMS) + masks to host + CPU annotate
             annotate(frame_np, engine.postprocess(raw, [frame_size])[0])
 
-        t = []
-        for i in range(min(iters, 30) + 3):
-            t0 = time.perf_counter()
-            reference_path()
-            if i >= 3:
-                t.append((time.perf_counter() - t0) * 1e3)
-        res["postprocess_plus_annotate_cpu"] = summary(t)
+        res["postprocess_plus_annotate_cpu"] = wall_summary(reference_path, iters=min(iters, 30), warmup=3)
     except ImportError as exc:
         res["postprocess_plus_annotate_cpu"] = {"skipped": str(exc)}
     res["engine_frame_wall"] = engine_frame_times(engine, frame.cpu().numpy(), iters)
@@ -195,14 +189,7 @@ def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str
                                           config=engine.cfg, **BACKEND_RUNS[run])
             for what, call in (("detect", lambda: engine([frame])),
                                ("detect_and_annotate", lambda: annotate(frame, engine(frame)))):
-                t = []
-                for i in range(iters + 10):
-                    t0 = time.perf_counter()
-                    call()
-                    if i >= 10:
-                        t.append((time.perf_counter() - t0) * 1e3)
-                r = summary(t)
-                r["fps"] = 1000.0 / r["mean_ms"]
+                r = wall_summary(call, iters=iters, warmup=10)
                 out[f"{run}/{what}"] = r
                 print(f"engine {run} {what}: p50 {r['p50_ms']:.2f} ms, {r['fps']:.0f} FPS", flush=True)
         except Exception as exc:  # noqa: BLE001 - keep the other backends' numbers

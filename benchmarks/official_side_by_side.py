@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import machine, summary
+from benchmarks.common import machine, wall_summary
 from rtseg.engines.backends import make_backend
 from rtseg.ops.overlay import annotate
 
@@ -48,20 +48,6 @@ RTSEG_RUNS: dict[str, dict[str, Any]] = {
     "eager_fp16_cl": {"name": "eager", "half": True, "channels_last": True},
     "compile_fp16": {"name": "compile"},
 }
-
-
-def wall_ms(fn: Callable[[], Any], iters: int, warmup: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Per-call wall milliseconds of ``fn`` (synchronised after each call), ``warmup`` calls discarded."""
-    times = []
-    for i in range(iters + warmup):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    r = summary(times)
-    r["fps"] = 1000.0 / r["mean_ms"]
-    return r
 
 
 def make_transform(off: dict[str, Any], device: torch.device) -> Any:
@@ -118,14 +104,13 @@ def main() -> None:
         off["eval"] = official_eval
     doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frame": args.frame,
                            "iters": args.iters, "head_gain": args.head_gain, "results": {}}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "yolact_base_random.pth"
         off["set_cfg"]("yolact_base_config")
         torch.save(random_yolact_state(template_of(off["Yolact"]().state_dict()), 1, head_gain=args.head_gain), weights)
         net, official_call = official_side(off, weights, device)
         counts = {"official": int(official_counts(off, net, img, device))}
-        doc["results"]["official"] = wall_ms(lambda: official_call(img), args.iters, 10, sync)
+        doc["results"]["official"] = wall_summary(lambda: official_call(img), iters=args.iters, warmup=10)
         print("official", json.dumps(doc["results"]["official"]), flush=True)
         del net
         torch.set_default_tensor_type("torch.FloatTensor")
@@ -139,7 +124,8 @@ def main() -> None:
                 continue
             engine.backend = make_backend(engine.net, device=args.device, input_size=engine.cfg.input_size,
                                           config=engine.cfg, **kw)
-            doc["results"][f"rtseg_{run}"] = wall_ms(lambda: annotate(img, engine(img)), args.iters, 10, sync)
+            doc["results"][f"rtseg_{run}"] = wall_summary(lambda: annotate(img, engine(img)), iters=args.iters,
+                                                          warmup=10)
             print(run, json.dumps(doc["results"][f"rtseg_{run}"]), flush=True)
     doc["detections_score_0"] = counts
     base = doc["results"]["official"]["mean_ms"]
