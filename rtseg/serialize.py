@@ -6,19 +6,9 @@ produced by pycocotools, so ``pycocotools.mask.decode`` restores them exactly.
 from __future__ import annotations
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from rtseg.ops.rle import encode_rle
 from rtseg.types import Detections, Frame, Panoptic, Prediction, SemanticMap, Superpixels
-
-
-def encode_rle(masks: np.ndarray) -> list[dict]:
-    """(N, H, W) bool -> N COCO RLE dicts ``{"size": [H, W], "counts": str}``."""
-    if masks.ndim != 3:
-        raise ValueError(f"encode_rle: expected (N, H, W) masks, got shape {masks.shape}")
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
 
 
 def _xywh(boxes: np.ndarray) -> list[list[float]]:
@@ -33,7 +23,7 @@ def detections_to_coco(dets: Detections, image_id: int) -> list[dict]:
     Each entry: image_id, category_id (the detection's class id as given), category_name,
     bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts).
     """
-    rles = encode_rle(dets.masks)
+    rles = dets.rles()
     return [
         {"image_id": int(image_id), "category_id": int(c), "category_name": name, "bbox": box, "score": float(s),
          "segmentation": rle}
@@ -48,7 +38,7 @@ def _name(names, i: int) -> str:
 def _detections_record(dets: Detections) -> dict:
     items = []
     labels = dets.labels
-    for i, (box, rle) in enumerate(zip(_xywh(dets.boxes), encode_rle(dets.masks))):
+    for i, (box, rle) in enumerate(zip(_xywh(dets.boxes), dets.rles())):
         item = {
             "class_id": int(dets.class_ids[i]),
             "class_name": labels[i],

@@ -63,6 +63,8 @@ class Detections:
     alpha)``: it blends the masks into ``image`` where the network ran and returns the host
     (H, W, 3) uint8 result, or None when ``image`` is not the frame the detections came from.
     :func:`rtseg.annotate` uses it, so masks never travel to the host just to be drawn.
+    Likewise an ``rle_fn()`` returns the masks' COCO RLE dicts encoded on the device (see
+    :meth:`rles`), so JSON output needs only the run boundaries from the device.
     """
 
     boxes: np.ndarray
@@ -75,6 +77,7 @@ class Detections:
     _masks: np.ndarray | None = field(default=None, repr=False)
     _mask_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _blend_fn: Callable[[np.ndarray, np.ndarray, float], np.ndarray | None] | None = field(default=None, repr=False)
+    _rle_fn: Callable[[], list[dict]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -107,6 +110,21 @@ class Detections:
                 _check("Detections.masks", masks, (len(self), *self.image_size), np.bool_)
                 self._masks = masks
         return self._masks
+
+    def rles(self) -> list[dict]:
+        """COCO RLE ``{"size": [H, W], "counts": str}`` of every mask (as ``pycocotools.mask.encode``).
+
+        Encoded by the engine's ``rle_fn`` where the masks are made, unless they are already
+        materialised on the host.
+        """
+        from rtseg.ops.rle import encode_rle
+
+        if self._masks is None and self._rle_fn is not None:
+            rles = self._rle_fn()
+            if len(rles) != len(self):
+                raise ValueError(f"Detections.rles: rle_fn gave {len(rles)} encodings for {len(self)} detections")
+            return rles
+        return encode_rle(self.masks)
 
     @property
     def labels(self) -> list[str]:

@@ -10,7 +10,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from rtseg.serialize import detections_to_coco, encode_rle, frame_record
+from rtseg.ops.rle import encode_rle
+from rtseg.serialize import detections_to_coco, frame_record
 from rtseg.types import Detections, Frame, Panoptic, SemanticMap, Superpixels
 
 H, W = 60, 80

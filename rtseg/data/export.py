@@ -23,7 +23,7 @@ import numpy as np
 from rtseg.data.dataset import masks_to_boxes
 from rtseg.data.synthetic import CLASSES, SyntheticScene
 from rtseg.errors import ConfigError, SinkError
-from rtseg.serialize import encode_rle
+from rtseg.ops.rle import encode_rle
 
 
 def _frames(scene: SyntheticScene, every: int) -> range:

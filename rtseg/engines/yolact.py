@@ -22,6 +22,7 @@ from rtseg.ops.boxes import boxes_to_pixels, decode
 from rtseg.ops.device_overlay import blend
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import cross_class_fast_nms, fast_nms, traditional_nms
+from rtseg.ops.rle import encode_rle_device
 from rtseg.types import Detections
 
 #: Masks materialised per chunk when a consumer asks for full-resolution masks (bounds memory).
@@ -68,7 +69,8 @@ class YolactEngine(StagedEngine):
         calibration_dir (a folder of frames for INT8 calibration): the tensorrt backend only.
     device_overlay: keep each frame on the device after preprocessing and let
         :func:`rtseg.annotate` blend the masks there (CuPy kernel when installed), so only the
-        finished frame comes back (default: on for CUDA, off for CPU, where the host path is faster).
+        finished frame comes back, and encode masks as COCO RLE there for JSON output, so only the
+        run boundaries come back (default: on for CUDA, off for CPU, where the host path is faster).
         Frames go up through a pinned staging buffer on CUDA. An engine serves one thread at a time.
     """
 
@@ -203,6 +205,11 @@ class YolactEngine(StagedEngine):
                          for i in range(0, len(det_coef), MASK_CHUNK)]
             return np.concatenate(parts) if parts else np.zeros((0, h, w), bool)
 
+        def rles() -> list[dict]:
+            with torch.inference_mode():
+                return [rle for i in range(0, len(det_coef), MASK_CHUNK) for rle in encode_rle_device(
+                    assemble_masks(proto, det_coef[i:i + MASK_CHUNK], rel_boxes[i:i + MASK_CHUNK], (h, w)))]
+
         return Detections(
             boxes=boxes_to_pixels(rel_boxes, h, w).float().cpu().numpy(),
             scores=det_scores.float().cpu().numpy(),
@@ -211,6 +218,7 @@ class YolactEngine(StagedEngine):
             class_names=self.class_names,
             _mask_fn=masks,
             _blend_fn=_device_blender(resident, proto, det_coef, rel_boxes, det_scores) if resident else None,
+            _rle_fn=rles if self.device_overlay else None,
         )
 
     def warmup(self) -> None:

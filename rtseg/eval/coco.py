@@ -17,7 +17,8 @@ from pycocotools.cocoeval import COCOeval
 
 from rtseg.data.dataset import Sample, masks_to_boxes
 from rtseg.data.synthetic import Instance
-from rtseg.serialize import detections_to_coco, encode_rle
+from rtseg.ops.rle import encode_rle
+from rtseg.serialize import detections_to_coco
 from rtseg.types import Detections
 
 METRICS = ("mask_AP", "mask_AP50", "mask_AP75", "box_AP", "box_AP50", "box_AP75")
