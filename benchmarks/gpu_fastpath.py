@@ -4,7 +4,8 @@ Model: each backend of rtseg.engines.backends at batch 1/4/16, warm-up discarded
 iterations with CUDA events → p50/p95/p99 ms per batch and images/s. Post-processing on a busy
 random network (spread class bias, tens of detections): NMS (torch Fast NMS vs CuPy kernel vs
 torchvision batched_nms), mask assembly (torch vs CuPy kernel, full resolution), overlay
-(CPU annotate path vs the CuPy overlay kernel on a device frame). Every configuration is
+(CPU annotate path vs the CuPy overlay kernel on a device frame), COCO RLE of 20 masks (encoded on
+the device vs downloaded and encoded by pycocotools). Every configuration is
 skipped, and recorded as such, once the time budget is spent. Usage (CUDA required):
 
     python -m benchmarks.gpu_fastpath --out $OUT/gpu_fastpath.json [--budget-s 300]
@@ -28,6 +29,7 @@ from rtseg.engines.yolact import YolactEngine
 from rtseg.ops.boxes import decode
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import fast_nms
+from rtseg.ops.rle import encode_rle, encode_rle_device
 
 #: name → make_backend keywords
 BACKEND_RUNS: dict[str, dict[str, Any]] = {
@@ -159,6 +161,11 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
         res["overlay_cupy_device_20"] = summary(cuda_times(
             lambda: cupy_ops.overlay_masks(frame, p, det_coef[:20], rel[:20], det_scores[:20], colors[:20]),
             iters=iters, warmup=5))
+        res["rle_20_device"] = wall_summary(  # masks assembled and encoded on the device, run boundaries down
+            lambda: encode_rle_device(assemble_masks(p, det_coef[:20], rel[:20], frame_size)), iters=iters, warmup=5)
+        res["rle_20_host"] = wall_summary(  # masks assembled on the device, (20, H, W) down, pycocotools
+            lambda: encode_rle(assemble_masks(p, det_coef[:20], rel[:20], frame_size).cpu().numpy()),
+            iters=min(iters, 50), warmup=3)
     try:
         from rtseg.ops.overlay import annotate
 
