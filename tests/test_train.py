@@ -332,3 +332,61 @@ def test_cli_init_starts_from_given_weights(tmp_path, capsys) -> None:
     other_width = [*common, "--fpn-channels", "8"]  # the last value wins
     assert main([*other_width, "--iters", "1", "--init", str(first), "--out", str(second)]) == 2
     assert "does not match the expected architecture" in capsys.readouterr().err
+
+
+# -- batched loss vs the per-image reference ------------------------------------------------------
+def _reference() -> tuple[dict, list[Target], dict[str, torch.Tensor]]:
+    """Stored outputs, targets and per-image results (``tests/fixtures/make_loss_reference.py``)."""
+    from pathlib import Path
+
+    ref = np.load(Path(__file__).parent / "data" / "yolact_loss_reference.npz")
+    outputs = {k[4:]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("out_")}
+    targets = []
+    for b in range(len(outputs["loc"])):
+        crowd = torch.from_numpy(ref[f"t{b}_crowd"])
+        targets.append(Target(boxes=torch.from_numpy(ref[f"t{b}_boxes"]), labels=torch.from_numpy(ref[f"t{b}_labels"]),
+                              masks=torch.from_numpy(ref[f"t{b}_masks"]), crowd_boxes=crowd if len(crowd) else None))
+    return outputs, targets, {k: torch.from_numpy(ref[k]) for k in ref.files if not k.startswith(("out_", "t"))}
+
+
+def test_batched_matching_equals_per_image_reference() -> None:
+    from rtseg.train.losses import TargetBatch
+    from rtseg.train.matching import match_batch
+
+    outputs, targets, ref = _reference()
+    priors = make_priors(TINY)
+    tb = TargetBatch.stack(targets)
+    m = match_batch(tb.boxes, tb.labels, tb.valid, priors, crowd_boxes=tb.crowd_boxes, crowd_valid=tb.crowd_valid)
+    assert int((ref["m4_conf_t"] > 0).sum()) > len(targets[4].labels)  # some boxes own several priors
+    for b in range(len(targets)):
+        conf_t = ref[f"m{b}_conf_t"]
+        assert torch.equal(m.conf_t[b], conf_t), b
+        pos = conf_t > 0
+        assert torch.equal(m.idx_t[b][pos], ref[f"m{b}_idx_t"][pos]), b
+        assert torch.allclose(m.loc_t[b][pos], ref[f"m{b}_loc_t"][pos], atol=1e-6), b
+        single = match(targets[b].boxes, targets[b].labels, priors, crowd_boxes=targets[b].crowd_boxes)
+        assert torch.equal(single.conf_t, conf_t), b
+
+
+def test_batched_loss_equals_per_image_reference() -> None:
+    outputs, targets, ref = _reference()
+    losses = yolact_loss(outputs, targets, make_priors(TINY), LossConfig())
+    for k, v in losses.items():
+        assert float(v) == pytest.approx(float(ref[f"loss_{k}"]), rel=1e-5), k
+
+
+def test_positive_sampling_caps_each_image_and_rescales() -> None:
+    from rtseg.train.losses import sample_positives
+
+    pos = torch.zeros(3, 50, dtype=torch.bool)
+    pos[0, :30] = True  # over the cap of 8
+    pos[1, [3, 7]] = True  # under it
+    idx, slot_valid, scale = sample_positives(pos, 8)
+    assert idx.shape == (3, 8) and slot_valid.sum(1).tolist() == [8, 2, 0]
+    assert scale.tolist() == pytest.approx([30 / 8, 1.0, 1.0])
+    assert len(set(idx[0].tolist())) == 8 and all(pos[0, i] for i in idx[0].tolist())
+    assert sorted(idx[1, :2].tolist()) == [3, 7]
+    seen = set()
+    for _ in range(20):  # uniform draws: over 20 batches far more than 8 of the 30 positives appear
+        seen |= set(sample_positives(pos, 8)[0][0].tolist())
+    assert len(seen) > 20

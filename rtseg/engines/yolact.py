@@ -145,7 +145,23 @@ class YolactEngine(StagedEngine):
                 resident.append((img, t))
             batch.append(F.interpolate(t.permute(2, 0, 1)[None].float(), (s, s), mode="bilinear", align_corners=False))
         self._resident = resident
-        x = (torch.cat(batch) - self._mean) / self._std
+        return self._normalise(torch.cat(batch))
+
+    def preprocess_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 BGR frames of one size → (B, 3, S, S) network input, as :meth:`preprocess`.
+
+        One copy of the whole batch to the device (non-blocking from pinned memory) and one
+        resize, for training batches; frames are not kept for the device overlay.
+        """
+        s = self.cfg.input_size
+        x = images.to(self._dev, non_blocking=True).permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != (s, s):
+            x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float BGR in 0..255 → (x - mean) / std (DarkNet: x / 255), then BGR → RGB."""
+        x = (x - self._mean) / self._std
         return x[:, [2, 1, 0]].contiguous()
 
     def _upload(self, img: np.ndarray, slot: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ The trainer owns nothing global: give it a model, data sets and a
 :class:`TrainConfig`; it writes ``checkpoint.pth`` (model, optimizer,
 scheduler, scaler, step) into its work directory and, at the end, the final
 weights as safetensors + manifest via :func:`rtseg.weights.save_yolact`.
-Images are normalised by the same :meth:`YolactEngine.preprocess` that
-inference uses, so training and deployment cannot drift apart.
+Images are normalised by the engine's own preprocessing (:meth:`YolactEngine.preprocess_batch`,
+the batched form of what inference uses), so training and deployment cannot drift apart.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from rtseg.errors import ConfigError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.train.augment import AugmentConfig, augment
-from rtseg.train.losses import LossConfig, Target, yolact_loss
+from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -107,8 +107,8 @@ class AugmentedSamples(Dataset):
         return augment(sample, size=self.size, rng=np.random.default_rng([self.seed, 1, k]), config=self.config)
 
 
-def collate(samples: list[Sample]) -> tuple[torch.Tensor, list[Target]]:
-    """Same-size samples → (B, S, S, 3) uint8 BGR images and one :class:`Target` per image."""
+def collate(samples: list[Sample]) -> tuple[torch.Tensor, TargetBatch]:
+    """Same-size samples → (B, S, S, 3) uint8 BGR images and their padded :class:`TargetBatch`."""
     images = torch.from_numpy(np.stack([s.image for s in samples]))
     targets = []
     for s in samples:
@@ -118,10 +118,10 @@ def collate(samples: list[Sample]) -> tuple[torch.Tensor, list[Target]]:
         targets.append(Target(
             boxes=torch.from_numpy(s.boxes[regular]) / scale,
             labels=torch.from_numpy(s.class_ids[regular]),
-            masks=torch.from_numpy(s.masks[regular]).float(),
+            masks=torch.from_numpy(s.masks[regular]),
             crowd_boxes=torch.from_numpy(s.boxes[~regular]) / scale,
         ))
-    return images, targets
+    return images, TargetBatch.stack(targets)
 
 
 @torch.no_grad()
@@ -159,7 +159,7 @@ class Trainer:
         self.class_names = list(train_set.class_names)
         self.work_dir = Path(work_dir)
         self.log = log or sys.stdout
-        # The engine wraps the very same module: its preprocess normalises training batches too.
+        # The engine wraps the very same module: its preprocessing normalises training batches too.
         self.engine = YolactEngine(model=model, class_names=self.class_names, device=device,
                                    score_threshold=0.0, top_k=100)
         self.model = model.train()
@@ -217,21 +217,24 @@ class Trainer:
                           collate_fn=collate, drop_last=True, persistent_workers=False,
                           pin_memory=self.device.type == "cuda")
 
-    def train_step(self, images: torch.Tensor, targets: list[Target]) -> dict[str, float]:
-        """One optimizer step on a collated batch; returns the loss terms as floats."""
-        x = self.engine.preprocess(list(images.numpy()))
-        targets = [t.to(self.device) for t in targets]
+    def train_step(self, images: torch.Tensor, targets: TargetBatch) -> dict[str, float]:
+        """One optimizer step on a collated batch; returns the loss terms as floats.
+
+        The batch goes to the device in one copy per tensor, and the loss values come back in
+        one transfer: the only host synchronisations of a step (besides the loss's one).
+        """
+        x = self.engine.preprocess_batch(images)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            losses = yolact_loss(self.model(x), targets, self.priors, self.config.loss)
-        total = losses["total"]
+            losses = yolact_loss(self.model(x), targets.to(self.device), self.priors, self.config.loss)
+        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(total):
-            self.scaler.scale(total).backward()
+        if math.isfinite(values["total"]):
+            self.scaler.scale(losses["total"]).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return values
 
     def validate(self) -> dict[str, float]:
         """Mask/box AP on ``val_images`` of the validation set (model back in train mode after)."""
