@@ -390,3 +390,12 @@ def test_positive_sampling_caps_each_image_and_rescales() -> None:
     for _ in range(20):  # uniform draws: over 20 batches far more than 8 of the 30 positives appear
         seen |= set(sample_positives(pos, 8)[0][0].tolist())
     assert len(seen) > 20
+
+
+@pytest.mark.parametrize("size", [128, 64])
+def test_batch_preprocessing_equals_the_engine_preprocess(size: int) -> None:
+    from rtseg.engines.yolact import YolactEngine
+
+    engine = YolactEngine(model=Yolact(TINY), class_names=list(SyntheticScene.class_names))
+    images = torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8)
+    assert torch.equal(engine.preprocess_batch(images), engine.preprocess(list(images.numpy())))
