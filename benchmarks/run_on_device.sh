@@ -16,7 +16,7 @@
 # 1. env.txt: GPU, driver, library versions, which optional imports work
 # 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu, and at the same time, if RTSEG_DEVICE_TRAIN_S > 0, the
 #    demo model's GPU fine-tuning (README recipe with --init engines/yolact_demo.safetensors
-#    --time-budget); the weights come back split in parts under 15 MiB
+#    --time-budget, at the shipped model's input size); the weights come back split in parts under 15 MiB
 #    (join: cat yolact_demo.safetensors.part-* > engines/yolact_demo.safetensors)
 # 3. benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
 #    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base)
@@ -70,9 +70,10 @@ TRAIN_S="${RTSEG_DEVICE_TRAIN_S:-0}"
 TRAIN_PID=""
 if [ "$TRAIN_S" -gt 0 ]; then
   TRAIN_DIR="$(mktemp -d)"
-  echo "== training the demo model for ${TRAIN_S}s"
+  TRAIN_SIZE="$(python3 -c "import json; print(json.load(open('engines/yolact_demo.json'))['config']['input_size'])")"
+  echo "== training the demo model for ${TRAIN_S}s at ${TRAIN_SIZE} px"
   PYTHONUNBUFFERED=1 timeout --kill-after=10 $(( TRAIN_S + 60 )) "$PY" -m rtseg train --data synthetic \
-    --backbone resnet18 --input-size 256 --fpn-channels 64 --num-prototypes 32 \
+    --backbone resnet18 --input-size "$TRAIN_SIZE" --fpn-channels 64 --num-prototypes 32 \
     --init engines/yolact_demo.safetensors --batch-size 16 --lr 4e-3 --warmup 100 --lr-steps 0.6,0.85 \
     --expand-max 1.5 --iters 20000 --time-budget "$(python3 -c "print($TRAIN_S / 60)")" \
     --workers 10 --threads 2 --val-every 0 --val-images 100 --ckpt-every 0 --half --device cuda \
