@@ -76,7 +76,7 @@ if [ "$TRAIN_S" -gt 0 ]; then
     --backbone resnet18 --input-size "$TRAIN_SIZE" --fpn-channels 64 --num-prototypes 32 \
     --init engines/yolact_demo.safetensors --batch-size 16 --lr 4e-3 --warmup 100 --lr-steps 0.6,0.85 \
     --expand-max 1.5 --iters 20000 --time-budget "$(python3 -c "print($TRAIN_S / 60)")" \
-    --workers 10 --threads 2 --val-every 0 --val-images 100 --ckpt-every 0 --half --device cuda \
+    --workers 12 --threads 2 --val-every 0 --val-images 100 --ckpt-every 0 --half --device cuda \
     --work-dir "$TRAIN_DIR" --out "$TRAIN_DIR/yolact_demo.safetensors" > "$OUT/train.log" 2>&1 &
   TRAIN_PID=$!
 fi
