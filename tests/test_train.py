@@ -399,3 +399,12 @@ def test_batch_preprocessing_equals_the_engine_preprocess(size: int) -> None:
     engine = YolactEngine(model=Yolact(TINY), class_names=list(SyntheticScene.class_names))
     images = torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8)
     assert torch.equal(engine.preprocess_batch(images), engine.preprocess(list(images.numpy())))
+
+
+def test_loss_of_a_batch_without_objects() -> None:
+    outputs, _, _ = _reference()
+    empty = Target(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64), masks=torch.zeros(0, 128, 128))
+    losses = yolact_loss(outputs, [empty] * len(outputs["loc"]), make_priors(TINY), LossConfig())
+    assert float(losses["mask"]) == 0.0 and float(losses["box"]) == 0.0
+    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["conf"]) == 0.0  # no positive, no OHEM
+    assert float(losses["semantic"]) > 0  # every class map is pushed towards background

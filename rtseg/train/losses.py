@@ -60,7 +60,9 @@ class TargetBatch:
         boxes: (B, N, 4) float32, relative xyxy (padding rows 0).
         labels: (B, N) int64 foreground class ids, 0-based (padding 0).
         valid: (B, N) bool, True for real objects; they come first in every row.
-        masks: (B, N, H, W) bool at the network input resolution (padding False).
+        masks: (G, H, W) bool at the network input resolution, the G real objects of all images
+            in order (not padded: a batch with one crowded image stays small).
+        mask_index: (B, N) int64, the row of ``masks`` of each object (G for padding).
         crowd_boxes: (B, M, 4) float32 relative xyxy crowd regions; crowd_valid: (B, M) bool.
     """
 
@@ -68,6 +70,7 @@ class TargetBatch:
     labels: Tensor
     valid: Tensor
     masks: Tensor
+    mask_index: Tensor
     crowd_boxes: Tensor
     crowd_valid: Tensor
 
@@ -79,14 +82,16 @@ class TargetBatch:
         n = max(len(t.labels) for t in targets)
         m = max(0 if t.crowd_boxes is None else len(t.crowd_boxes) for t in targets)
         h, w = targets[0].masks.shape[-2:]
+        counts = [len(t.labels) for t in targets]
         batch = cls(boxes=torch.zeros(len(targets), n, 4), labels=torch.zeros(len(targets), n, dtype=torch.int64),
                     valid=torch.zeros(len(targets), n, dtype=torch.bool),
-                    masks=torch.zeros(len(targets), n, h, w, dtype=torch.bool),
+                    masks=torch.cat([t.masks.reshape(-1, h, w) > 0.5 for t in targets]),
+                    mask_index=torch.full((len(targets), n), sum(counts), dtype=torch.int64),
                     crowd_boxes=torch.zeros(len(targets), m, 4), crowd_valid=torch.zeros(len(targets), m, dtype=torch.bool))
         for b, t in enumerate(targets):
-            k = len(t.labels)
+            k = counts[b]
             batch.boxes[b, :k], batch.labels[b, :k], batch.valid[b, :k] = t.boxes, t.labels, True
-            batch.masks[b, :k] = t.masks > 0.5
+            batch.mask_index[b, :k] = torch.arange(sum(counts[:b]), sum(counts[:b]) + k)
             if t.crowd_boxes is not None:
                 batch.crowd_boxes[b, :len(t.crowd_boxes)] = t.crowd_boxes
                 batch.crowd_valid[b, :len(t.crowd_boxes)] = True
@@ -141,12 +146,17 @@ def ohem_negatives(conf: Tensor, conf_t: Tensor, negpos_ratio: int = 3) -> Tenso
         return (rank < num_neg) & candidate
 
 
-def _downsample(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, N, H, W) float {0,1} masks -> (B, N, h, w) float {0,1}: bilinear, then > 0.5."""
-    if masks.shape[1] == 0:
-        return masks.new_zeros((*masks.shape[:2], *size))
-    small = F.interpolate(masks, size, mode="bilinear", align_corners=False)
-    return small.gt(0.5).float()
+def padded_masks(targets: TargetBatch, size: tuple[int, int]) -> Tensor:
+    """The ground-truth masks at ``size`` (h, w), per image: (B, N, h, w) float {0,1} (padding 0).
+
+    Each mask is resized bilinearly, then thresholded at 0.5 (official ``F.interpolate`` + ``gt``).
+    """
+    masks = targets.masks.float()
+    if len(masks):
+        masks = F.interpolate(masks[None], size, mode="bilinear", align_corners=False)[0].gt(0.5).float()
+    else:
+        masks = masks.new_zeros((0, *size))
+    return torch.cat([masks, masks.new_zeros((1, *size))])[targets.mask_index]
 
 
 def sample_positives(pos: Tensor, limit: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,10 +175,10 @@ def sample_positives(pos: Tensor, limit: int) -> tuple[Tensor, Tensor, Tensor]:
     return order, slot_valid, num_pos.clamp(min=1) / kept.clamp(min=1)
 
 
-def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, gt_masks: Tensor, masks_to_train: int) -> Tensor:
+def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, targets: TargetBatch, masks_to_train: int) -> Tensor:
     """Sum over images of the box-normalised, cropped mask BCE of (sampled) positives.
 
-    proto (B, hp, wp, k), coef (B, A, k), match with (B, A) fields, gt_masks (B, N, H, W) float {0, 1}.
+    proto (B, hp, wp, k), coef (B, A, k), match with (B, A) fields.
     """
     batch, hp, wp, num_protos = proto.shape
     prior_idx, slot_valid, scale = sample_positives(match.conf_t > 0, masks_to_train)
@@ -179,7 +189,7 @@ def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, gt_masks: Tensor
     pos_boxes = match.boxes_t.gather(1, prior_idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
     gt_idx = match.idx_t.gather(1, prior_idx)  # (B, K)
     with torch.no_grad():
-        small = _downsample(gt_masks, (hp, wp))  # (B, N, hp, wp)
+        small = padded_masks(targets, (hp, wp))  # (B, N, hp, wp)
         mask_t = small.gather(1, gt_idx[..., None, None].expand(-1, -1, hp, wp))  # (B, K, hp, wp)
     logits = torch.bmm(proto.float().reshape(batch, hp * wp, num_protos), pos_coef.float().transpose(1, 2))
     bce = F.binary_cross_entropy_with_logits(logits, mask_t.flatten(2).transpose(1, 2), reduction="none")
@@ -191,15 +201,12 @@ def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, gt_masks: Tensor
     return torch.where(slot_valid, per_mask * scale[:, None], 0.0).sum()
 
 
-def _semantic_loss(segm: Tensor, labels: Tensor, valid: Tensor, gt_masks: Tensor) -> Tensor:
-    """Sum over images of the per-class sigmoid BCE, normalised by the map area.
-
-    segm (B, C, h, w) logits; labels / valid (B, N); gt_masks (B, N, H, W) float {0, 1}.
-    """
+def _semantic_loss(segm: Tensor, targets: TargetBatch) -> Tensor:
+    """Sum over images of the per-class sigmoid BCE (segm: (B, C, h, w) logits), normalised by the map area."""
     num_classes, h, w = segm.shape[1:]
     with torch.no_grad():
-        small = _downsample(gt_masks, (h, w))  # (B, N, h, w)
-        onehot = F.one_hot(labels, num_classes).float() * valid[..., None]  # (B, N, C)
+        small = padded_masks(targets, (h, w))  # (B, N, h, w)
+        onehot = F.one_hot(targets.labels, num_classes).float() * targets.valid[..., None]  # (B, N, C)
         segment_t = torch.einsum("bnc,bnhw->bchw", onehot, small).clamp_(max=1.0)  # per-class union
     return F.binary_cross_entropy_with_logits(segm.float(), segment_t, reduction="sum") / (h * w)
 
@@ -238,10 +245,9 @@ def yolact_loss(
     keep = pos | neg
     conf_loss = F.cross_entropy(conf[keep].float(), conf_t[keep], reduction="sum") * config.conf_weight
 
-    gt_masks = targets.masks.float()
-    mask = _mask_loss(outputs["proto"], outputs["coef"], matches, gt_masks, config.masks_to_train)
+    mask = _mask_loss(outputs["proto"], outputs["coef"], matches, targets, config.masks_to_train)
     mask = mask * config.mask_weight
-    semantic = _semantic_loss(outputs["segm"], targets.labels, targets.valid, gt_masks) * config.semantic_weight
+    semantic = _semantic_loss(outputs["segm"], targets) * config.semantic_weight
 
     losses = {
         "box": box / num_pos,
