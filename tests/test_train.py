@@ -408,3 +408,14 @@ def test_loss_of_a_batch_without_objects() -> None:
     assert float(losses["mask"]) == 0.0 and float(losses["box"]) == 0.0
     assert all(torch.isfinite(v) for v in losses.values()) and float(losses["conf"]) == 0.0  # no positive, no OHEM
     assert float(losses["semantic"]) > 0  # every class map is pushed towards background
+
+
+@pytest.mark.gpu
+def test_batched_loss_on_cuda_equals_per_image_reference() -> None:
+    from rtseg.train.losses import TargetBatch
+
+    outputs, targets, ref = _reference()
+    batch = TargetBatch.stack(targets).to("cuda")
+    losses = yolact_loss({k: v.cuda() for k, v in outputs.items()}, batch, make_priors(TINY, "cuda"), LossConfig())
+    for k, v in losses.items():
+        assert float(v) == pytest.approx(float(ref[f"loss_{k}"]), rel=1e-4), k
