@@ -18,7 +18,8 @@
 #    demo model's GPU fine-tuning (README recipe with --init engines/yolact_demo.safetensors
 #    --time-budget, at the shipped model's input size); the weights come back split in parts under 15 MiB
 #    (join: cat yolact_demo.safetensors.part-* > engines/yolact_demo.safetensors)
-# 3. benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
+# 3. benchmarks.train_step: one training step of the demo architecture without data loading
+#    benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
 #    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base)
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
 # 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
@@ -99,6 +100,13 @@ if [ -n "$TRAIN_PID" ]; then
   fi
   rm -rf "$TRAIN_DIR"
 fi
+
+# Training step without data loading (device share of the s/it in train.log).
+echo "== train_step"
+timeout --kill-after=5 90 "$PY" -m benchmarks.train_step --device cuda --result train_step_gpu > "$OUT/train_step.log" 2>&1
+echo "train_step exit code $?" >> "$OUT/train_step.log"
+cp benchmarks/results/train_step_gpu.json "$OUT/" 2>/dev/null
+tail -n 4 "$OUT/train_step.log"
 
 # Benchmark: stop starting configurations 40 s before its end, hard-kill 10 s before it.
 SIDE_S=0
