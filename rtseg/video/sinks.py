@@ -133,6 +133,10 @@ class WindowSink:
         reason = _gui_available()
         if reason is not None:
             raise SinkError(f"window output: {reason}; use --output file.mp4 or --serve HOST:PORT instead")
+        # Qt's application object is made on the GUI thread but destroyed by the main thread at
+        # exit, which makes Qt print two "Timers cannot be stopped from another thread" warnings
+        # after every run; silence Qt's default-category warnings unless the user set rules.
+        os.environ.setdefault("QT_LOGGING_RULES", "default.warning=false")
         self.title = title
         self.stop_requested = False
         self._newest: np.ndarray | None = None
