@@ -18,7 +18,7 @@ from rtseg.errors import ConfigError, WeightsError
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
-DEMO_TRAIN_COMMAND = ("python run.py train --data synthetic --backbone resnet18 --input-size 320 --fpn-channels 64 "
+DEMO_TRAIN_COMMAND = ("python run.py train --data synthetic --backbone resnet18 --input-size 384 --fpn-channels 64 "
                       "--num-prototypes 32 --batch-size 4 --lr 3e-3 --iters 10000 --half "
                       "--out engines/yolact_demo.safetensors")
 
