@@ -146,17 +146,17 @@ def ohem_negatives(conf: Tensor, conf_t: Tensor, negpos_ratio: int = 3) -> Tenso
         return (rank < num_neg) & candidate
 
 
-def padded_masks(targets: TargetBatch, size: tuple[int, int]) -> Tensor:
+def padded_masks(masks: Tensor, mask_index: Tensor, size: tuple[int, int]) -> Tensor:
     """The ground-truth masks at ``size`` (h, w), per image: (B, N, h, w) float {0,1} (padding 0).
 
+    masks: (G, H, W) float {0,1} (``TargetBatch.masks`` as float); mask_index: (B, N) its rows.
     Each mask is resized bilinearly, then thresholded at 0.5 (official ``F.interpolate`` + ``gt``).
     """
-    masks = targets.masks.float()
     if len(masks):
         masks = F.interpolate(masks[None], size, mode="bilinear", align_corners=False)[0].gt(0.5).float()
     else:
         masks = masks.new_zeros((0, *size))
-    return torch.cat([masks, masks.new_zeros((1, *size))])[targets.mask_index]
+    return torch.cat([masks, masks.new_zeros((1, *size))])[mask_index]
 
 
 def sample_positives(pos: Tensor, limit: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -175,10 +175,10 @@ def sample_positives(pos: Tensor, limit: int) -> tuple[Tensor, Tensor, Tensor]:
     return order, slot_valid, num_pos.clamp(min=1) / kept.clamp(min=1)
 
 
-def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, targets: TargetBatch, masks_to_train: int) -> Tensor:
+def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, gt_masks: Tensor, masks_to_train: int) -> Tensor:
     """Sum over images of the box-normalised, cropped mask BCE of (sampled) positives.
 
-    proto (B, hp, wp, k), coef (B, A, k), match with (B, A) fields.
+    proto (B, hp, wp, k), coef (B, A, k), match with (B, A) fields, gt_masks (B, N, hp, wp) float {0,1}.
     """
     batch, hp, wp, num_protos = proto.shape
     prior_idx, slot_valid, scale = sample_positives(match.conf_t > 0, masks_to_train)
@@ -188,9 +188,7 @@ def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, targets: TargetB
     pos_coef = coef.gather(1, prior_idx[..., None].expand(-1, -1, num_protos))  # (B, K, k)
     pos_boxes = match.boxes_t.gather(1, prior_idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
     gt_idx = match.idx_t.gather(1, prior_idx)  # (B, K)
-    with torch.no_grad():
-        small = padded_masks(targets, (hp, wp))  # (B, N, hp, wp)
-        mask_t = small.gather(1, gt_idx[..., None, None].expand(-1, -1, hp, wp))  # (B, K, hp, wp)
+    mask_t = gt_masks.gather(1, gt_idx[..., None, None].expand(-1, -1, hp, wp))  # (B, K, hp, wp)
     logits = torch.bmm(proto.float().reshape(batch, hp * wp, num_protos), pos_coef.float().transpose(1, 2))
     bce = F.binary_cross_entropy_with_logits(logits, mask_t.flatten(2).transpose(1, 2), reduction="none")
     bce = bce.view(batch, hp, wp, k).permute(1, 2, 0, 3).reshape(hp, wp, batch * k)
@@ -201,13 +199,15 @@ def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, targets: TargetB
     return torch.where(slot_valid, per_mask * scale[:, None], 0.0).sum()
 
 
-def _semantic_loss(segm: Tensor, targets: TargetBatch) -> Tensor:
-    """Sum over images of the per-class sigmoid BCE (segm: (B, C, h, w) logits), normalised by the map area."""
+def _semantic_loss(segm: Tensor, labels: Tensor, valid: Tensor, gt_masks: Tensor) -> Tensor:
+    """Sum over images of the per-class sigmoid BCE, normalised by the map area.
+
+    segm (B, C, h, w) logits; labels / valid (B, N); gt_masks (B, N, h, w) float {0,1}.
+    """
     num_classes, h, w = segm.shape[1:]
     with torch.no_grad():
-        small = padded_masks(targets, (h, w))  # (B, N, h, w)
-        onehot = F.one_hot(targets.labels, num_classes).float() * targets.valid[..., None]  # (B, N, C)
-        segment_t = torch.einsum("bnc,bnhw->bchw", onehot, small).clamp_(max=1.0)  # per-class union
+        onehot = F.one_hot(labels, num_classes).float() * valid[..., None]  # (B, N, C)
+        segment_t = torch.einsum("bnc,bnhw->bchw", onehot, gt_masks).clamp_(max=1.0)  # per-class union
     return F.binary_cross_entropy_with_logits(segm.float(), segment_t, reduction="sum") / (h * w)
 
 
@@ -245,9 +245,13 @@ def yolact_loss(
     keep = pos | neg
     conf_loss = F.cross_entropy(conf[keep].float(), conf_t[keep], reduction="sum") * config.conf_weight
 
-    mask = _mask_loss(outputs["proto"], outputs["coef"], matches, targets, config.masks_to_train)
+    with torch.no_grad():  # ground-truth masks at the prototype and the semantic map sizes
+        gt = targets.masks.float()
+        proto_masks = padded_masks(gt, targets.mask_index, tuple(outputs["proto"].shape[1:3]))
+        segm_masks = padded_masks(gt, targets.mask_index, tuple(outputs["segm"].shape[2:]))
+    mask = _mask_loss(outputs["proto"], outputs["coef"], matches, proto_masks, config.masks_to_train)
     mask = mask * config.mask_weight
-    semantic = _semantic_loss(outputs["segm"], targets) * config.semantic_weight
+    semantic = _semantic_loss(outputs["segm"], targets.labels, targets.valid, segm_masks) * config.semantic_weight
 
     losses = {
         "box": box / num_pos,
