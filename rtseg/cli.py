@@ -51,7 +51,8 @@ def build_parser() -> _Parser:
                      "frame rate as a live source (frames are dropped when the engine is slower)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--engine", default="yolact", help="segmenter (default: yolact)")
-    eng.add_argument("--weights", help="checkpoint: official YOLACT .pth or rtseg .safetensors")
+    eng.add_argument("--weights", help="checkpoint: official YOLACT .pth or rtseg .safetensors (yolact default: "
+                     "the shipped demo model, engines/yolact_demo.safetensors, 6 synthetic shape classes)")
     eng.add_argument("--score-threshold", type=float, default=None, metavar="T")
     eng.add_argument("--top-k", type=int, default=None, metavar="K")
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -161,7 +162,23 @@ def _load_engine(args: argparse.Namespace):
         if args.backend != "tensorrt":
             raise ConfigError("--precision int8 / --calib apply to --backend tensorrt only")
         options.update(precision=args.precision, calibration_dir=args.calib)
-    return rtseg.load(args.engine, weights=args.weights, device=args.device, **options)
+    return rtseg.load(args.engine, weights=_weights(args), device=args.device, **options)
+
+
+def _weights(args: argparse.Namespace) -> str | None:
+    """``--weights``, or for yolact without it the shipped demo model (said on stderr)."""
+    if args.weights is not None or args.engine == "slic":
+        return args.weights
+    if args.engine != "yolact":
+        raise ConfigError(f"--engine {args.engine} needs --weights PATH (rtseg .safetensors of that engine)")
+    from rtseg.demo import DEMO_WEIGHTS, DEMO_TRAIN_HINT
+
+    if not DEMO_WEIGHTS.is_file():
+        raise WeightsError(f"no --weights and no demo model at {DEMO_WEIGHTS}: pass --weights PATH "
+                           f"(official YOLACT .pth or rtseg .safetensors) or {DEMO_TRAIN_HINT}")
+    print(f"rtseg: no --weights: using the demo model {DEMO_WEIGHTS.name} (synthetic shapes; "
+          "pass --weights for your own model)", file=sys.stderr)
+    return str(DEMO_WEIGHTS)
 
 
 def _check_args(args: argparse.Namespace) -> None:

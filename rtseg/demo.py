@@ -18,9 +18,8 @@ from rtseg.errors import ConfigError, WeightsError
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
-DEMO_TRAIN_COMMAND = ("python run.py train --data synthetic --backbone resnet18 --input-size 384 --fpn-channels 64 "
-                      "--num-prototypes 32 --batch-size 4 --lr 3e-3 --iters 10000 --half "
-                      "--out engines/yolact_demo.safetensors")
+DEMO_TRAIN_HINT = ("train it with the commands in README.md, section 'The demo model' "
+                   "(rtseg train --data synthetic --backbone resnet18 --input-size 384 …)")
 
 
 class _EvalSink:
@@ -52,7 +51,7 @@ def run_demo(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     weights = Path(args.weights)
     if not weights.is_file():
-        raise WeightsError(f"demo weights {weights} not found; train them first: {DEMO_TRAIN_COMMAND}")
+        raise WeightsError(f"demo weights {weights} not found; {DEMO_TRAIN_HINT}")
     if args.frames < 2:
         raise ConfigError(f"--frames must be >= 2, got {args.frames}")
     import rtseg
@@ -66,7 +65,7 @@ def run_demo(argv: Sequence[str]) -> int:
     engine = rtseg.load("yolact", weights=str(weights), device=args.device)
     if list(engine.class_names) != list(CLASSES):
         raise WeightsError(f"{weights} was not trained on the synthetic classes {', '.join(CLASSES)}; "
-                           f"retrain it: {DEMO_TRAIN_COMMAND}")
+                           f"{DEMO_TRAIN_HINT}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     source = SyntheticSource(seed=TEST_SEED, num_frames=args.frames)

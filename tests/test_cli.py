@@ -57,7 +57,7 @@ BAD = {
     "unreachable": (["--source", "rtsp://bob:hunter2@127.0.0.1:9/x", "--weights", "{weights}"], "cannot open stream"),
     "camera absent": (["--source", "5", "--weights", "{weights}"], "camera 5 not present"),
     "missing weights": (["--source", "{clip}", "--weights", "{dir}/none.safetensors"], "file not found"),
-    "no weights": (["--source", "{clip}"], "yolact needs weights"),
+    "no weights, not yolact": (["--source", "{clip}", "--engine", "msrcnn"], "--engine msrcnn needs --weights"),
     "unwritable": (["--source", "{clip}", "--weights", "{weights}", "--output", "/nonexistent/dir/o.mp4"],
                    "does not exist"),
     "bad output type": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.avi"], "unknown type"),
@@ -66,7 +66,7 @@ BAD = {
     "bad serve": (["--source", "{clip}", "--weights", "{weights}", "--serve", "localhost"], "use HOST:PORT"),
     "bad push": (["--source", "{clip}", "--weights", "{weights}", "--push", "ftp://bob:hunter2@h/x"],
                  "unsupported scheme"),
-    "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "train them first"),
+    "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "section 'The demo model'"),
 }
 
 
@@ -103,6 +103,16 @@ def test_single_image_writes_png_and_coco_json(files, tmp_path):
         mask = mask_utils.decode({"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode()})
         assert mask.shape == (60, 80)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.png"]  # no temporary files left
+
+
+def test_yolact_without_weights_runs_the_demo_model(files, tmp_path):
+    out_jsonl = tmp_path / "out.jsonl"
+    r = _run(["--source", "synthetic:3", "--max-frames", "2", "--json", str(out_jsonl)])
+    assert r.returncode == 0, r.stderr
+    assert "using the demo model yolact_demo.safetensors" in r.stderr
+    records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    labels = {d["class_name"] for rec in records for d in rec["detections"]}
+    assert len(records) == 2 and labels and labels <= {"circle", "square", "triangle", "star", "ring", "cross"}
 
 
 def test_video_file_to_mp4_and_jsonl(files, tmp_path):
