@@ -193,6 +193,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
 
 
+def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:
+    """``exc`` with its line extended by the ``.partial`` recordings a failed run kept (if any)."""
+    kept = [str(s.partial) for s in sinks if isinstance(getattr(s, "partial", None), Path) and s.partial.exists()]
+    if not kept:
+        return exc
+    return type(exc)(f"{exc}; the {frames} frames written before it are kept in {', '.join(kept)}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Segment ``args.source`` into the requested outputs; print the metrics summary."""
     _check_args(args)
@@ -208,8 +216,13 @@ def run(args: argparse.Namespace) -> int:
                             progress=not (source.is_live or args.no_progress) and sys.stderr.isatty(),
                             show_hud=not args.no_hud)
         stack.pop_all()  # the pipeline closes the source and the sinks from here on
-        pipeline.run()
+        try:
+            pipeline.run()
+        except RtsegError as exc:
+            raise _with_kept_recordings(exc, sinks, metrics.frames) from None
     print(metrics.summary())
+    for notice in source.notices:
+        print(f"rtseg: warning: {notice}", file=sys.stderr)
     if pipeline.interrupted:
         print(f"rtseg: stopped by signal after {metrics.frames} frames; outputs are closed", file=sys.stderr)
     return 0

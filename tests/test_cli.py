@@ -79,6 +79,31 @@ def test_user_errors_are_one_line_exit_2(files, case):
     assert not any(p.name.startswith("o.") for p in files["dir"].iterdir()), "nothing may be written on error"
 
 
+def test_bad_image_mid_folder_keeps_what_was_recorded(files, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(folder / name), np.full((48, 64, 3), 90, np.uint8))
+    (folder / "c.png").write_bytes(b"not a png")
+    out = tmp_path / "o.mp4"
+    r = _run(["--source", str(folder), "--weights", files["weights"], "--output", str(out)])
+    _assert_user_error(r, "cannot read image")
+    kept = tmp_path / "o.partial.mp4"
+    assert f"the 2 frames written before it are kept in {kept}" in r.stderr and not out.exists()
+    with av.open(str(kept)) as c:
+        assert len(list(c.decode(video=0))) == 2
+
+
+def test_truncated_file_finishes_with_a_warning(files, tmp_path):
+    data = make_clip(tmp_path / "whole.mp4", frames=30, width=96, height=64, faststart=True).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:(data.find(b"mdat") + len(data)) // 2])
+    out = tmp_path / "o.mp4"
+    r = _run(["--source", str(cut), "--weights", files["weights"], "--output", str(out)])
+    assert r.returncode == 0 and out.exists(), r.stderr
+    assert f"rtseg: warning: {cut} ended at" in r.stderr and "may be truncated" in r.stderr
+
+
 def test_port_in_use(files):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

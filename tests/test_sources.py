@@ -50,6 +50,20 @@ def test_file_vid_stride_start_end(clip):
     assert [f.seq for f in frames] == [0, 1, 2, 3]
 
 
+def test_truncated_file_ends_with_a_notice(clip, tmp_path):
+    whole = make_clip(tmp_path / "whole.mp4", frames=40, fps=10, faststart=True)
+    data = whole.read_bytes()
+    media = data.find(b"mdat")  # the index comes first: cut the media data in half
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:(media + len(data)) // 2])
+    with open_source(str(cut)) as source:
+        frames = list(source)
+    assert 5 < len(frames) < 35
+    assert len(source.notices) == 1 and "the 4.00 s its header announces; the file may be truncated" in source.notices[0]
+    with open_source(str(whole)) as source:
+        assert len(list(source)) == 40 and source.notices == []
+
+
 def test_file_start_past_the_end_gives_nothing(clip):
     with open_source(str(clip), start=10.0) as source:
         assert list(source) == []

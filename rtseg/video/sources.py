@@ -62,6 +62,7 @@ class Source:
     Subclasses implement :meth:`_frames` (yield ``(image, pts)`` pairs, after setting
     ``decode_seconds`` to the work spent on that frame, waits for data excluded) and
     may override :meth:`close`. ``seq`` counts every frame the source yields.
+    ``notices`` collects one-line remarks for the user (e.g. a file that ended early).
     ``request_stop()`` may be called from any thread: a waiting or reconnecting
     source then ends promptly.
     """
@@ -74,6 +75,7 @@ class Source:
         self.num_frames = num_frames  # expected number of frames, when known (progress bar)
         self.reconnects = 0
         self.decode_seconds = 0.0
+        self.notices: list[str] = []
         self._stop = threading.Event()
         self._iter: Iterator[Frame] | None = None
 

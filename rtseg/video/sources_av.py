@@ -75,6 +75,20 @@ class FileSource(Source):
             where = f" at {t:.3f}s" if t is not None else ""
             raise SourceError(f"decoding {self._path} failed{where}: {first_line(exc)}; "
                               f"the file may be damaged") from None
+        self._check_complete(t)
+
+    def _check_complete(self, last: float | None) -> None:
+        """Add a notice when decoding ended over a second before the video duration the file announces."""
+        stream, container = self._stream, self._container
+        announced = (float(stream.duration * stream.time_base) if stream.duration else
+                     container.duration / 1e6 if container.duration else None)
+        if announced is None or self._stop.is_set():
+            return
+        stop = min(announced, self._end) if self._end is not None else announced
+        reached = last if last is not None else 0.0
+        if stop - reached > 1.0:
+            self.notices.append(f"{self._path} ended at {reached:.2f} s of the {stop:.2f} s its header announces; "
+                                "the file may be truncated")
 
     def close(self) -> None:
         super().close()

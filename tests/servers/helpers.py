@@ -57,9 +57,10 @@ def clip_colour(i: int) -> tuple[int, int, int]:
 
 
 def make_clip(path: Path, *, frames: int = 30, width: int = 64, height: int = 48, fps: int = 10,
-              gop: int = 5) -> Path:
-    """Encode ``frames`` solid-colour frames (``clip_colour(i)``) as H.264 MP4 with PyAV."""
-    with av.open(str(path), "w") as container:
+              gop: int = 5, faststart: bool = False) -> Path:
+    """Encode ``frames`` solid-colour frames (``clip_colour(i)``) as H.264 MP4 with PyAV (index first if
+    ``faststart``, so that a truncated copy still opens)."""
+    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"g": str(gop), "crf": "10"}
