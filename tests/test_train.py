@@ -7,6 +7,7 @@ import torch
 
 from rtseg.data.dataset import Sample, masks_to_boxes
 from rtseg.data.synthetic import SyntheticScene
+from rtseg.errors import ConfigError
 from rtseg.models.yolact import Yolact, YolactConfig, make_priors
 from rtseg.ops.boxes import box_iou, decode, point_form
 from rtseg.train import augment as aug
@@ -176,11 +177,12 @@ def test_full_augment_output_is_square_and_consistent() -> None:
 
 
 # -- training -----------------------------------------------------------------------------------
-def _trainer(data: ListDataset, iters: int, work_dir, *, lr: float = 1e-2, seed: int = 0) -> Trainer:
+def _trainer(data: ListDataset, iters: int, work_dir, *, lr: float = 1e-2, seed: int = 0,
+             amp: str = "auto") -> Trainer:
     torch.manual_seed(seed)
     config = TrainConfig(iters=iters, batch_size=4, lr=lr, warmup_iters=10, warmup_init=1e-3,
                          lr_steps=(int(iters * 0.8),), num_workers=0, log_every=50, ckpt_every=0,
-                         augment=NO_AUGMENT)
+                         augment=NO_AUGMENT, amp=amp)
     return Trainer(model=Yolact(TINY), train_set=data, val_set=None, config=config, work_dir=work_dir)
 
 
@@ -206,6 +208,26 @@ def _batch(data: ListDataset) -> tuple[torch.Tensor, list[Target]]:
     from rtseg.train.trainer import collate
 
     return collate([data[i] for i in range(len(data))])
+
+
+def test_bf16_runs_the_network_in_bfloat16_and_learns(tmp_path) -> None:
+    """--amp bf16: activations in bfloat16, weights and loss in float32; same loss as float32 within
+    bfloat16 rounding, and it falls."""
+    data = _frames(4, size=64)
+    reference = _trainer(data, 20, tmp_path / "a", amp="off").train_step(*_batch(data))
+    trainer = _trainer(data, 20, tmp_path / "b", amp="bf16")
+    dtypes: list[torch.dtype] = []
+    trainer.model.proto_net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    first = trainer.train_step(*_batch(data))
+    assert dtypes == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    for k in ("box", "conf", "mask", "semantic"):
+        assert first[k] == pytest.approx(reference[k], rel=0.05), (k, first, reference)
+    for _ in range(15):
+        last = trainer.train_step(*_batch(data))
+    assert last["total"] < 0.8 * first["total"], (first, last)
+    with pytest.raises(ConfigError, match="amp 'fp8'"):
+        _trainer(data, 20, tmp_path / "c", amp="fp8")
 
 
 def test_resume_continues_at_the_same_step(tmp_path) -> None:

@@ -26,7 +26,7 @@ from rtseg.data.dataset import InstanceDataset
 from rtseg.errors import ConfigError, RtsegError, WeightsError
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
-from rtseg.train.trainer import TrainConfig, Trainer
+from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_yolact
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "darknet53")
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (mixed precision on CUDA)")
+    p.add_argument("--amp", default="auto", choices=AMP_MODES,
+                   help="mixed precision: auto = float16 on CUDA, float32 on the CPU; bf16 = bfloat16 on any "
+                        "device (CPUs with AVX512-BF16/AMX train ~1.7x faster); off = float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--half", action="store_true", help="store the final weights as float16 (half the file size)")
     return p
@@ -146,11 +149,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     config = TrainConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup,
                          lr_steps=_lr_steps(args.lr_steps, args.iters), val_every=args.val_every,
                          val_images=args.val_images, ckpt_every=args.ckpt_every, num_workers=args.workers,
-                         seed=args.seed, time_budget_s=args.time_budget * 60 if args.time_budget else None,
+                         seed=args.seed, amp=args.amp, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                          augment=replace(AugmentConfig(), expand_max=args.expand_max))
     work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
     trainer = Trainer(model=model, train_set=train_set, val_set=val_set, config=config, work_dir=work_dir,
                       device=args.device)
+    if args.amp == "bf16" and trainer.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("this CPU has no native bfloat16 (AVX512-BF16 / AMX): --amp bf16 will be slower than off",
+              flush=True)
     if args.resume:
         trainer.load_checkpoint(args.resume)
         print(f"resumed from {args.resume} at step {trainer.step}", flush=True)

@@ -31,6 +31,7 @@ from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
 CHECKPOINT_NAME = "checkpoint.pth"
+AMP_MODES = ("auto", "bf16", "off")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainConfig:
     num_workers: data-loading processes (0: in the training process).
     time_budget_s: if set, ``iters`` (and ``lr_steps`` with it) shrink so training ends within this
     many seconds of wall time; the plan is re-made from the measured step time until the first LR step.
+    amp: "auto" (float16 autocast with loss scaling on CUDA, float32 on the CPU), "bf16" (bfloat16
+    autocast on any device, no scaling: fast on CPUs with AVX512-BF16 or AMX) or "off" (float32).
+    The network runs under autocast; the loss is always computed in float32.
     """
 
     iters: int
@@ -61,7 +65,7 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 1
     seed: int = 0
-    amp: bool = True
+    amp: str = "auto"
     time_budget_s: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -165,7 +169,11 @@ class Trainer:
         self.model = model.train()
         self.device = torch.device(self.engine.device)
         self.priors = make_priors(model.cfg, self.device)
-        self.use_amp = config.amp and self.device.type == "cuda"
+        if config.amp not in AMP_MODES:
+            raise ConfigError(f"amp {config.amp!r}: choose one of {', '.join(AMP_MODES)}")
+        self.autocast_dtype = (torch.bfloat16 if config.amp == "bf16" else
+                               torch.float16 if config.amp == "auto" and self.device.type == "cuda" else None)
+        self.use_amp = self.autocast_dtype == torch.float16  # loss scaling: float16 only
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         # Through self.config, so a re-planned (time-budgeted) schedule takes effect at once.
@@ -224,8 +232,11 @@ class Trainer:
         one transfer: the only host synchronisations of a step (besides the loss's one).
         """
         x = self.engine.preprocess_batch(images)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            losses = yolact_loss(self.model(x), targets.to(self.device), self.priors, self.config.loss)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(x)
+        out = {k: v.float() for k, v in out.items()}
+        losses = yolact_loss(out, targets.to(self.device), self.priors, self.config.loss)
         values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
         self.optimizer.zero_grad(set_to_none=True)
         if math.isfinite(values["total"]):
