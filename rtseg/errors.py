@@ -7,6 +7,9 @@ traceback.
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class RtsegError(Exception):
     """Base class of user-facing errors (one clear line, no traceback)."""
@@ -37,3 +40,13 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
 
+
+
+def exit_status(prog: str, fn: Callable[[], object]) -> int:
+    """Run ``fn``: 0 when it returns, 2 after printing ``prog: error: <line>`` for an RtsegError."""
+    try:
+        fn()
+    except RtsegError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -67,6 +67,29 @@ def test_semantic_metrics_by_hand():
         ev.add(p + 5, t)
 
 
+def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
+    data = SyntheticDataset.split("train", 4, width=40, height=32, max_objects=3)
+    cfg = FcnTrainConfig(steps=6, batch_size=2, lr=3e-3, ckpt_every=3)
+
+    def engine() -> FcnEngine:
+        torch.manual_seed(0)
+        return FcnEngine.from_config(FcnConfig(arch="fcn8s", num_classes=len(NAMES), width=0.0625), class_names=NAMES)
+
+    whole = engine()
+    whole_losses = train_fcn(whole, data, cfg, log=False)
+    interrupted = engine()
+    train_fcn(interrupted, data, FcnTrainConfig(**{**cfg.__dict__, "steps": 3}), log=False,
+              checkpoint=tmp_path / "ckpt.pth")
+    torch.manual_seed(123)  # the checkpoint's random state must win (FCN has dropout)
+    resumed = engine()
+    losses = train_fcn(resumed, data, cfg, log=False, checkpoint=tmp_path / "ckpt.pth", resume=True)
+    assert losses == pytest.approx(whole_losses[3:], rel=1e-5)
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    with pytest.raises(WeightsError, match="not found"):
+        train_fcn(engine(), data, cfg, checkpoint=tmp_path / "none.pth", resume=True)
+
+
 def test_training_reduces_loss_and_weights_roundtrip(tmp_path):
     # Tiny and short (the CPU is shared): the loss must fall; accuracy is measured by the benchmark.
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import torch
 
 from rtseg.data.dataset import Sample, masks_to_boxes
 from rtseg.data.synthetic import SyntheticScene
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.yolact import Yolact, YolactConfig, make_priors
 from rtseg.ops.boxes import box_iou, decode, point_form
 from rtseg.train import augment as aug
@@ -266,6 +266,23 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, capsys) -> None:
     assert (tmp_path / "m.train" / "checkpoint.pth").is_file()
     assert main(["--data", "nonsense", "--iters", "1", "--out", str(out)]) == 2
     assert "expected synthetic" in capsys.readouterr().err
+
+
+def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
+    from rtseg.train.checkpoint import load_checkpoint
+    from rtseg.train.cli import main
+
+    model = Yolact(TINY)
+    garbage, foreign = tmp_path / "garbage.pth", tmp_path / "foreign.pth"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    torch.save({"step": 3, "weights": {}}, foreign)
+    with pytest.raises(WeightsError, match="cannot be read"):
+        load_checkpoint(garbage, parts={"model": model})
+    with pytest.raises(WeightsError, match="lacks model"):
+        load_checkpoint(foreign, parts={"model": model})
+    assert main(["--data", "synthetic", "--train-images", "8", "--input-size", "64", "--iters", "2",
+                 "--resume", str(tmp_path / "none.pth"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
 
 
 def test_resume_takes_the_new_learning_rate(tmp_path) -> None:

@@ -7,13 +7,18 @@ paper's SGD (lr 1e-4, momentum 0.99, batch 1) because it converges in the few
 hundred CPU steps this trainer is meant for; augmentation is a horizontal flip.
 
 ``python -m rtseg.train.fcn_trainer --out engines/fcn8s_synthetic.safetensors``
-trains on the synthetic benchmark's train split.
+trains on the synthetic benchmark's train split; it writes a checkpoint every
+``ckpt_every`` steps to ``<out without suffix>.train/checkpoint.pth``, and
+``--resume`` continues from there (batches are drawn per step from ``(seed, step)``,
+so a resumed run trains on exactly the batches the uninterrupted one would).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,13 +26,16 @@ import torch.nn.functional as F
 
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FcnEngine, save_fcn
+from rtseg.errors import exit_status
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
+from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
 class FcnTrainConfig:
-    """steps: optimizer steps; batch_size: images per step; lr: Adam learning rate; seed: sampling seed."""
+    """steps: optimizer steps; batch_size: images per step; lr: Adam learning rate; seed: sampling seed;
+    ckpt_every: steps between checkpoints (when a checkpoint path is given)."""
 
     steps: int = 300
     batch_size: int = 4
@@ -35,20 +43,27 @@ class FcnTrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     log_every: int = 50
+    ckpt_every: int = 100
 
 
 def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = FcnTrainConfig(),
-              *, log: bool = True) -> list[float]:
-    """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss per step."""
+              *, log: bool = True, checkpoint: str | Path | None = None, resume: bool = False) -> list[float]:
+    """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss of each step run.
+
+    checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
+    continues from it (its step, weights and optimizer state).
+    """
     images = np.stack([data[i].image for i in range(len(data))])
     targets = torch.from_numpy(np.stack([semantic_target(data[i]) for i in range(len(data))]))
     model = engine.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
+    parts = {"model": model, "optimizer": opt}
+    first = int(load_checkpoint(checkpoint, parts=parts, device=engine.device)["step"]) if resume and checkpoint else 0
     losses: list[float] = []
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, step])
         idx = rng.choice(len(images), cfg.batch_size, replace=len(images) < cfg.batch_size)
         flip = rng.random() < 0.5
         imgs = images[idx][:, :, ::-1] if flip else images[idx]
@@ -62,6 +77,8 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
         if log and (step + 1) % cfg.log_every == 0:
             print(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if checkpoint and (step + 1 == cfg.steps or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0)):
+            save_checkpoint(checkpoint, step=step + 1, parts=parts)
     model.eval()
     return losses
 
@@ -75,7 +92,12 @@ def evaluate_fcn(engine: FcnEngine, data: InstanceDataset) -> dict[str, float]:
     return ev.summarize(engine.class_names)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 with one error line on a user error)."""
+    return exit_status("fcn_trainer", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
     ap = argparse.ArgumentParser(description="Train a small FCN on the synthetic benchmark (CPU-friendly).")
@@ -86,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("W", "H"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -95,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                                    class_names=names)
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     val = SyntheticDataset.split("val", 24, width=w, height=h)
-    train_fcn(engine, train, FcnTrainConfig(steps=args.steps))
+    checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
+    train_fcn(engine, train, FcnTrainConfig(steps=args.steps), checkpoint=checkpoint, resume=args.resume)
     metrics = evaluate_fcn(engine, val)
     print({k: round(v, 4) for k, v in metrics.items()})
     save_fcn(args.out, engine.model, names, meta={"steps": args.steps, "train_images": args.images,
@@ -103,4 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

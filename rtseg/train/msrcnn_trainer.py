@@ -10,26 +10,33 @@
   shared with ``rtseg eval --engine msrcnn``).
 
 ``python -m rtseg.train.msrcnn_trainer --out engines/msrcnn_synthetic.safetensors``
-trains a ResNet-18-FPN model on tiny synthetic images (CPU, minutes).
+trains a ResNet-18-FPN model on tiny synthetic images (CPU, minutes); it writes a
+checkpoint every ``ckpt_every`` steps to ``<out without suffix>.train/checkpoint.pth``,
+and ``--resume`` continues from there (batches drawn per step from ``(seed, step)``).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
+from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
 from rtseg.models.msrcnn import MsrcnnConfig
+from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
 class MsrcnnTrainConfig:
-    """steps: optimizer steps; batch_size: images per step; lr: SGD lr after ``warmup`` linear steps."""
+    """steps: optimizer steps; batch_size: images per step; lr: SGD lr after ``warmup`` linear steps;
+    ckpt_every: steps between checkpoints (when a checkpoint path is given)."""
 
     steps: int = 300
     batch_size: int = 2
@@ -39,6 +46,7 @@ class MsrcnnTrainConfig:
     warmup: int = 50
     seed: int = 0
     log_every: int = 25
+    ckpt_every: int = 100
 
 
 def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
@@ -51,16 +59,23 @@ def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainConfig = MsrcnnTrainConfig(),
-                 *, log: bool = True) -> list[dict[str, float]]:
-    """Train ``engine.model`` in place; returns the loss terms of every step."""
+                 *, log: bool = True, checkpoint: str | Path | None = None,
+                 resume: bool = False) -> list[dict[str, float]]:
+    """Train ``engine.model`` in place; returns the loss terms of every step run.
+
+    checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
+    continues from it (its step, weights, optimizer and warm-up state).
+    """
     model = engine.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
-    rng = np.random.default_rng(cfg.seed)
+    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    first = int(load_checkpoint(checkpoint, parts=parts, device=engine.device)["step"]) if resume and checkpoint else 0
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, step])
         samples = [data[int(i)] for i in rng.choice(len(data), cfg.batch_size, replace=len(data) < cfg.batch_size)]
         samples = [s for s in samples if len(s)] or samples[:1]
         images = engine.preprocess([s.image for s in samples])
@@ -76,6 +91,8 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
             recent = history[-cfg.log_every:]
             terms = " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
             print(f"step {step + 1}/{cfg.steps} {terms} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if checkpoint and (step + 1 == cfg.steps or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0)):
+            save_checkpoint(checkpoint, step=step + 1, parts=parts)
     model.eval()
     return history
 
@@ -90,7 +107,12 @@ def mask_quality(engine: MsrcnnEngine, data: InstanceDataset) -> dict[str, float
     return ev.summarize()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 with one error line on a user error)."""
+    return exit_status("msrcnn_trainer", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
     ap = argparse.ArgumentParser(description="Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).")
@@ -100,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -108,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                        anchor_sizes=(8, 16, 32, 64, 128), rois_per_image=64, proposals_per_image=200)
     engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES))
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
-    train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps))
+    checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
+    train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps), checkpoint=checkpoint, resume=args.resume)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
     print({k: round(v, 4) for k, v in quality.items()})
     save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,
@@ -116,4 +141,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,10 +27,10 @@ from rtseg.errors import ConfigError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.train.augment import AugmentConfig, augment
+from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
-CHECKPOINT_NAME = "checkpoint.pth"
 AMP_MODES = ("auto", "bf16", "off")
 
 
@@ -185,17 +185,8 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Model, optimizer, scheduler, scaler and step → ``path`` (default ``work_dir/checkpoint.pth``)."""
-        p = Path(path) if path is not None else self.work_dir / CHECKPOINT_NAME
-        p.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "step": self.step, "config": asdict(self.model.cfg), "class_names": self.class_names,
-        }
-        tmp = p.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(p)
-        return p
+        return save_checkpoint(path if path is not None else self.work_dir / CHECKPOINT_NAME, step=self.step,
+                               parts=self._parts(), config=asdict(self.model.cfg), class_names=self.class_names)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a :meth:`save_checkpoint` file; training continues at its step.
@@ -203,18 +194,17 @@ class Trainer:
         The LR schedule is this trainer's config (``lr``, warm-up, steps) at the checkpoint's step,
         not the one the checkpoint was written with: resuming with another ``--lr`` takes effect.
         """
-        from rtseg.weights import load_into
-
-        state = torch.load(str(path), map_location=self.device, weights_only=True)
-        load_into(self.model, state["model"], str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        parts = self._parts()
+        del parts["scheduler"]  # rebuilt from this trainer's config below
+        self.step = int(load_checkpoint(path, parts=parts, device=self.device)["step"])
         self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
         self.scheduler.last_epoch = self.step
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.config.lr
             group["lr"] = self.config.lr * self.config.lr_factor(self.step)
+
+    def _parts(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
 
     # -- training -----------------------------------------------------------------------------
     def _loader(self) -> DataLoader:

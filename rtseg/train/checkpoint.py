@@ -1,0 +1,67 @@
+"""Training checkpoints shared by the YOLACT, FCN and MS R-CNN trainers.
+
+A checkpoint is one ``torch.save`` dict: ``step``, the ``state_dict()`` of each
+stateful part (model, optimizer, scheduler, loss scaler …) under its name, torch's
+CPU random state (dropout, samplers: a resumed run draws what the uninterrupted
+one would) and plain extra values. It is written to a temporary file and renamed, so a crash
+never leaves a half-written checkpoint; it is read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rtseg.errors import WeightsError
+from rtseg.weights import load_into
+
+CHECKPOINT_NAME = "checkpoint.pth"
+"""File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``)."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
+    """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "torch_rng": torch.get_rng_state(),
+             **{name: part.state_dict() for name, part in parts.items()}, **extra}
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(p)
+    return p
+
+
+def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Restore every part and torch's CPU random state from a :func:`save_checkpoint` file; returns
+    the whole dict (``step``, extras).
+
+    The part named ``model`` is loaded strictly (WeightsError naming missing / mis-shaped keys).
+    A missing, unreadable or foreign file is a WeightsError.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"checkpoint {p} not found; give the checkpoint.pth an earlier run wrote")
+    try:
+        state = torch.load(str(p), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"checkpoint {p} cannot be read ({str(exc).splitlines()[0][:120]}); "
+                           "is it a checkpoint.pth of an rtseg training run?") from None
+    missing = [name for name in ("step", *parts) if not isinstance(state, dict) or name not in state]
+    if missing:
+        raise WeightsError(f"checkpoint {p} lacks {', '.join(missing)}: not a checkpoint of this trainer")
+    for name, part in parts.items():
+        if name == "model" and isinstance(part, torch.nn.Module):
+            load_into(part, state[name], str(p))
+        else:
+            part.load_state_dict(state[name])
+    if "torch_rng" in state:  # absent in checkpoints of older rtseg versions
+        torch.set_rng_state(state["torch_rng"].cpu())
+    return state
