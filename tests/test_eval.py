@@ -181,6 +181,20 @@ def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_cli_torchvision_fcn_needs_its_cached_file(tmp_path, monkeypatch, capsys):
+    """torchvision:fcn_resnet50 is evaluated only with torchvision's pretrained file in the torch cache
+    (an empty cache here: the pretrained path itself cannot be tested without that file)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for weights, engine, message in [
+        ("torchvision:fcn_resnet50", [], f"not in the torch cache ({tmp_path / 'hub' / 'checkpoints'})"),
+        ("torchvision:fcn_resnet18", [], "use torchvision:fcn_resnet50 or torchvision:fcn_resnet101"),
+        ("torchvision:fcn_resnet50", ["--engine", "yolact"], "is an fcn"),
+    ]:
+        assert main(["--weights", weights, *engine, "--data", "synthetic:test", "--max-images", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+
+
 def test_official_coco_class_order_maps_to_coco_category_names():
     from rtseg.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASSES
 

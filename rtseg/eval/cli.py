@@ -26,7 +26,7 @@ from typing import Sequence
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FCN_FORMAT
 from rtseg.engines.msrcnn import MSRCNN_FORMAT
-from rtseg.errors import ConfigError, RtsegError, SinkError
+from rtseg.errors import ConfigError, RtsegError, SinkError, WeightsError
 from rtseg.eval.coco import format_table
 from rtseg.eval.mask_scoring import format_scoring_table
 from rtseg.eval.runners import (
@@ -69,12 +69,38 @@ ENGINE_FORMATS = {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "
 """Manifest ``format`` of rtseg weights -> engine name."""
 
 
+TORCHVISION = "torchvision:"
+"""``--weights`` prefix naming a torchvision FCN-ResNet instead of a file."""
+
+
+def torchvision_fcn_engine(spec: str, device: str):
+    """The engine of ``torchvision:fcn_resnet50|fcn_resnet101``, pretrained weights required (never downloaded)."""
+    import torch
+
+    import rtseg
+    from rtseg.models.fcn import TORCHVISION_ARCHS
+
+    arch = spec[len(TORCHVISION):]
+    if arch not in TORCHVISION_ARCHS:
+        raise ConfigError(f"--weights {spec}: use torchvision:{' or torchvision:'.join(TORCHVISION_ARCHS)}")
+    engine = rtseg.load("fcn", arch=arch, device=device)
+    if not engine.pretrained:
+        raise WeightsError(f"--weights {spec}: torchvision's pretrained {arch} file is not in the torch cache "
+                           f"({Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is downloaded; "
+                           "copy it there first")
+    return engine
+
+
 def resolve_engine(weights: str, engine: str | None) -> str:
     """The engine to evaluate ``weights`` with: ``engine`` if given, else the one its manifest names (default yolact).
 
     ``ConfigError`` when ``engine`` contradicts the manifest. A missing or unreadable manifest is left to the
     engine's loader to report.
     """
+    if weights.startswith(TORCHVISION):
+        if engine not in (None, "fcn"):
+            raise ConfigError(f"--engine {engine}: {weights} is an fcn; use --engine fcn or leave --engine out")
+        return "fcn"
     try:
         fmt = json.loads(manifest_path(weights).read_text(encoding="utf-8")).get("format")
     except (OSError, ValueError, AttributeError):
@@ -98,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtseg eval", description="Accuracy of YOLACT, FCN or MS R-CNN weights on a "
                                 "data set: COCO mask/box AP, or mIoU and pixel accuracy for FCN.")
     p.add_argument("--weights", required=True,
-                   help="official YOLACT .pth or rtseg .safetensors (+ .json manifest) of any engine")
+                   help="official YOLACT .pth, rtseg .safetensors (+ .json manifest) of any engine, or "
+                        "torchvision:fcn_resnet50|fcn_resnet101 (pretrained VOC-label weights from the torch cache)")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="engine of the weights (default: read from the manifest's 'format' of rtseg weights, "
                         "e.g. rtseg-fcn/1 -> fcn; yolact for .pth files)")
@@ -125,7 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if n < 1:
         raise ConfigError(f"--data {args.data}: no images to evaluate")
     options = {} if engine_name == "fcn" else {"score_threshold": args.score_threshold, "top_k": 100}
-    engine = rtseg.load(engine_name, weights=args.weights, device=args.device, **options)
+    engine = (torchvision_fcn_engine(args.weights, args.device) if args.weights.startswith(TORCHVISION) else
+              rtseg.load(engine_name, weights=args.weights, device=args.device, **options))
     start = time.perf_counter()
     data = samples(dataset, n, resize)
     if engine_name == "fcn":
