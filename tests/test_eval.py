@@ -86,6 +86,25 @@ def test_low_scored_false_positive_costs_less_than_high_scored():
     assert ap([0.1, 0.9]) < 0.6
 
 
+def test_mask_breakdown_by_class_and_object_size():
+    sides = [10, 20, 40, 60]  # areas 100, 400, 1600, 3600: one object per size bucket
+    masks = np.zeros((4, 140, 140), bool)
+    for i, side in enumerate(sides):  # along the diagonal, 2 px apart
+        at = 2 + sum(sides[:i]) + 2 * i
+        masks[i, at:at + side, at:at + side] = True
+    assert (masks.sum((1, 2)) == np.square(sides)).all() and not (masks.sum(0) > 1).any()
+    gt = Sample.from_masks(np.zeros((140, 140, 3), np.uint8), masks, [0, 1, 0, 1])
+    found = masks[[1, 3, 0]]  # the 400 and 3600 px objects, and the 100 px one under the wrong class
+    pred = Detections(boxes=masks_to_boxes(found), scores=np.array([0.9, 0.8, 0.5], np.float32),
+                      class_ids=np.array([1, 1, 1]), image_size=(140, 140), _masks=found)
+    ev = CocoEvaluator(["a", "b"])
+    ev.add(pred, gt)
+    out = ev.mask_breakdown()
+    assert out["mask_AP_per_class"] == {"a": 0.0, "b": pytest.approx(1.0)}
+    assert [(b["area"][0], b["objects"], b["recall"]) for b in out["recall50_by_area"]] == [
+        (0.0, 1, 0.0), (300.0, 1, 1.0), (1024.0, 1, 0.0), (3000.0, 1, 1.0)]
+
+
 def test_crowd_regions_are_ignored():
     mask = np.zeros((2, 40, 40), bool)
     mask[0, 5:20, 5:20] = True

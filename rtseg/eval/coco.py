@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -67,25 +67,60 @@ class CocoEvaluator:
             return {k: float("nan") for k in METRICS}
         if not self._dt:
             return {k: 0.0 for k in METRICS}
-        gt = COCO()
-        gt.dataset = {"images": self._images, "annotations": self._gt,
-                      "categories": [{"id": i, "name": n} for i, n in enumerate(self.class_names)]}
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt.createIndex()
-            segm = _run(gt, [{k: v for k, v in d.items() if k != "bbox"} for d in self._dt], "segm")
-            bbox = _run(gt, [{k: v for k, v in d.items() if k != "segmentation"} for d in self._dt], "bbox")
+        segm, bbox = self._coco_eval("segm").stats, self._coco_eval("bbox").stats
         return {"mask_AP": segm[0], "mask_AP50": segm[1], "mask_AP75": segm[2],
                 "box_AP": bbox[0], "box_AP50": bbox[1], "box_AP75": bbox[2]}
 
+    def mask_breakdown(self, area_edges: Sequence[float] = (0, 300, 1024, 3000)) -> dict[str, Any]:
+        """Where mask AP is lost: per class and by object size.
 
-def _run(gt: COCO, results: list[dict], iou_type: str) -> list[float]:
-    """COCOeval ``stats`` (12 numbers; -1 -> 0 for classes/areas absent everywhere)."""
-    dt = gt.loadRes(results)
-    ev = COCOeval(gt, dt, iou_type)
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return [max(float(s), 0.0) for s in ev.stats]
+        Returns ``{"mask_AP_per_class": {name: AP 0.50:0.95}, "recall50_by_area": [{"area": [lo, hi],
+        "objects": n, "recall": r}]}``: r is the fraction of the (non-crowd) ground-truth masks with
+        visible area in [lo, hi) pixels that a detection of their class matches at mask IoU >= 0.5
+        (COCOeval's greedy matching, top 100 detections per image); the last bucket is open-ended.
+        """
+        if not self._dt:
+            raise ValueError("CocoEvaluator.mask_breakdown: no detections were added")
+        ev = self._coco_eval("segm", summarize=False)
+        precision = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K) over all areas, maxDets 100
+        per_class = {}
+        for k, name in enumerate(self.class_names):
+            p = precision[:, :, k]
+            per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+        ranges = [[float(lo), float(hi)] for lo, hi in zip(area_edges, [*area_edges[1:], 1e10])]
+        ev = self._coco_eval("segm", summarize=False, area_ranges=ranges, accumulate=False)
+        buckets = []
+        for a, rng in enumerate(ranges):
+            found = total = 0
+            for e in ev.evalImgs:
+                if e is None or e["aRng"] != rng:
+                    continue
+                real = ~np.asarray(e["gtIgnore"], bool)
+                total += int(real.sum())
+                found += int((np.asarray(e["gtMatches"])[0][real] > 0).sum())
+            buckets.append({"area": rng, "objects": total, "recall": found / total if total else float("nan")})
+        return {"mask_AP_per_class": per_class, "recall50_by_area": buckets}
+
+    def _coco_eval(self, iou_type: str, *, summarize: bool = True, area_ranges: list[list[float]] | None = None,
+                   accumulate: bool = True) -> COCOeval:
+        """COCOeval of the collected records (``stats``: 12 numbers, -1 -> 0 for absent classes/areas)."""
+        gt = COCO()
+        gt.dataset = {"images": self._images, "annotations": self._gt,
+                      "categories": [{"id": i, "name": n} for i, n in enumerate(self.class_names)]}
+        drop = "bbox" if iou_type == "segm" else "segmentation"
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in self._dt]), iou_type)
+            if area_ranges is not None:
+                ev.params.areaRng = area_ranges
+                ev.params.areaRngLbl = [f"{lo:g}-{hi:g}" for lo, hi in area_ranges]
+            ev.evaluate()
+            if accumulate:
+                ev.accumulate()
+            if summarize:
+                ev.summarize()
+                ev.stats = [max(float(v), 0.0) for v in ev.stats]
+        return ev
 
 
 def _ground_truth_arrays(gt: Sample | Sequence[Instance], size: tuple[int, int]
