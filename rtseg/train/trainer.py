@@ -1,4 +1,4 @@
-"""YOLACT training loop: SGD with warm-up and step decay, mixed precision (fp16 on CUDA, bf16 on request), validation, checkpoints.
+"""YOLACT training loop: SGD, warm-up and step decay, mixed precision, validation, checkpoints.
 
 The trainer owns nothing global: give it a model, data sets and a
 :class:`TrainConfig`; it writes ``checkpoint.pth`` (model, optimizer,
