@@ -26,7 +26,7 @@ from typing import Sequence
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FCN_FORMAT
 from rtseg.engines.msrcnn import MSRCNN_FORMAT
-from rtseg.errors import ConfigError, RtsegError, SinkError, WeightsError
+from rtseg.errors import ConfigError, SinkError, WeightsError, exit_status
 from rtseg.eval.coco import format_table
 from rtseg.eval.mask_scoring import format_scoring_table
 from rtseg.eval.runners import (
@@ -184,12 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_images is not None and args.max_images < 1:
         print("rtseg eval: error: --max-images must be at least 1", file=sys.stderr)
         return 2
-    try:
-        run(args)
-    except RtsegError as exc:
-        print(f"rtseg eval: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("rtseg eval", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import NoReturn, Sequence
 import torch
 
 from rtseg.data.dataset import InstanceDataset
-from rtseg.errors import ConfigError, RtsegError, WeightsError
+from rtseg.errors import ConfigError, WeightsError, exit_status
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
@@ -176,9 +175,4 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg train``; returns the exit status (2 on a user error)."""
-    try:
-        run(build_parser().parse_args(argv))
-    except RtsegError as e:
-        print(f"rtseg train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("rtseg train", lambda: run(build_parser().parse_args(argv)))
