@@ -41,7 +41,6 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
-
 def exit_status(prog: str, fn: Callable[[], object]) -> int:
     """Run ``fn``: 0 when it returns, 2 after printing ``prog: error: <line>`` for an RtsegError."""
     try:

@@ -90,7 +90,7 @@ class CocoEvaluator:
         ranges = [[float(lo), float(hi)] for lo, hi in zip(area_edges, [*area_edges[1:], 1e10])]
         ev = self._coco_eval("segm", summarize=False, area_ranges=ranges, accumulate=False)
         buckets = []
-        for a, rng in enumerate(ranges):
+        for rng in ranges:
             found = total = 0
             for e in ev.evalImgs:
                 if e is None or e["aRng"] != rng:

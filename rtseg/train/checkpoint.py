@@ -27,6 +27,12 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
+def checkpoint_due(done: int, every: int, total: int) -> bool:
+    """Whether a run that has finished ``done`` of ``total`` steps writes a checkpoint now (every
+    ``every`` steps, 0 = only at the end, and always after the last step)."""
+    return done == total or (every > 0 and done % every == 0)
+
+
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
     """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path."""
     p = Path(path)

@@ -29,7 +29,7 @@ from rtseg.engines.fcn import FcnEngine, save_fcn
 from rtseg.errors import exit_status
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
         if log and (step + 1) % cfg.log_every == 0:
             print(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        if checkpoint and (step + 1 == cfg.steps or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0)):
+        if checkpoint and checkpoint_due(step + 1, cfg.ckpt_every, cfg.steps):
             save_checkpoint(checkpoint, step=step + 1, parts=parts)
     model.eval()
     return losses

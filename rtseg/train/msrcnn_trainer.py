@@ -30,7 +30,7 @@ from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
             recent = history[-cfg.log_every:]
             terms = " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
             print(f"step {step + 1}/{cfg.steps} {terms} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if checkpoint and (step + 1 == cfg.steps or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0)):
+        if checkpoint and checkpoint_due(step + 1, cfg.ckpt_every, cfg.steps):
             save_checkpoint(checkpoint, step=step + 1, parts=parts)
     model.eval()
     return history
