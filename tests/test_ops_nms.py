@@ -39,6 +39,32 @@ def test_fast_nms_matches_brute_force_on_random_sets():
         assert bool((sc[:-1] >= sc[1:]).all())
 
 
+def test_padded_fast_nms_is_the_compacted_result_then_minus_one_rows():
+    g = torch.Generator().manual_seed(1)
+    boxes = _random_boxes(80, g)
+    scores = torch.rand(3, 80, generator=g)
+    idx, cls, sc = fast_nms(boxes, scores, iou_threshold=0.5, top_k=30, max_detections=100)
+    p_idx, p_cls, p_sc = fast_nms(boxes, scores, iou_threshold=0.5, top_k=30, max_detections=100, padded=True)
+    assert p_sc.shape == (90,) and len(sc) < 90  # 3 classes x 30: fixed size, some suppressed
+    n = len(sc)
+    assert torch.equal(p_idx[:n], idx) and torch.equal(p_cls[:n], cls) and torch.equal(p_sc[:n], sc)
+    assert bool((p_sc[n:] == -1).all())
+
+
+def test_negative_scores_never_detected_and_suppress_nothing():
+    g = torch.Generator().manual_seed(2)
+    boxes = _random_boxes(50, g)
+    scores = torch.rand(2, 50, generator=g)
+    dropped = torch.zeros(50, dtype=torch.bool)
+    dropped[::3] = True
+    ref = _brute_fast_nms(boxes[~dropped], scores[:, ~dropped], 0.5, 200, 100)
+    original = torch.nonzero(~dropped).flatten()
+    idx, cls, sc = fast_nms(boxes, scores.masked_fill(dropped[None], -1), padded=True)
+    n = int((sc >= 0).sum())
+    assert [(int(i), int(c)) for i, c in zip(idx[:n], cls[:n])] == [(int(original[j]), c) for _, j, c in ref]
+    assert bool((sc[n:] == -1).all())
+
+
 def test_zero_and_one_candidate():
     idx, cls, sc = fast_nms(torch.zeros(0, 4), torch.zeros(3, 0))
     assert idx.numel() == cls.numel() == sc.numel() == 0

@@ -197,23 +197,30 @@ class YolactEngine(StagedEngine):
 
     def _detect(self, loc: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, proto: torch.Tensor,
                 size: tuple[int, int], resident: tuple[np.ndarray, torch.Tensor] | None = None) -> Detections:
+        """One frame's raw outputs → Detections, with one wait for the device (the download of boxes,
+        scores and classes). Candidates whose best class score is at most ``conf_threshold`` are dropped
+        (official Detect) by a score of -1 instead of by compaction, which would wait for the device:
+        they sort after every real candidate, so the keep sets are the official ones."""
         boxes = decode(loc, self.priors)
         scores = conf[:, 1:].t()
-        keep = scores.max(dim=0).values > self.conf_threshold
-        scores, boxes, coef = scores[:, keep], boxes[keep], coef[keep]
+        scores = scores.masked_fill((scores.max(dim=0).values <= self.conf_threshold)[None], -1)
         if self.nms == "traditional":
             idx, classes, det_scores = traditional_nms(boxes, scores, iou_threshold=self.iou_threshold,
                                                        score_threshold=self.conf_threshold, max_detections=self.max_detections)
+        elif self.nms == "fast":
+            idx, classes, det_scores = self._fast_nms(boxes, scores, iou_threshold=self.iou_threshold,
+                                                      top_k=self.nms_top_k, max_detections=self.max_detections, padded=True)
         else:
-            nms = self._fast_nms if self.nms == "fast" else cross_class_fast_nms
-            idx, classes, det_scores = nms(boxes, scores, iou_threshold=self.iou_threshold, top_k=self.nms_top_k,
-                                           max_detections=self.max_detections)
-        if self.score_threshold > 0:
-            ok = det_scores > self.score_threshold
-            idx, classes, det_scores = idx[ok], classes[ok], det_scores[ok]
-        idx, classes, det_scores = idx[: self.top_k], classes[: self.top_k], det_scores[: self.top_k]
-        rel_boxes, det_coef = boxes[idx], coef[idx]
+            idx, classes, det_scores = cross_class_fast_nms(boxes, scores, iou_threshold=self.iou_threshold,
+                                                            top_k=self.nms_top_k, max_detections=self.max_detections)
         h, w = size
+        host = torch.cat([boxes_to_pixels(boxes[idx], h, w).float(), det_scores.float()[:, None],
+                          classes.float()[:, None]], 1).cpu().numpy()
+        # Rows are score descending, so the detections are a prefix.
+        n = min(int(np.count_nonzero(host[:, 4] > self.score_threshold if self.score_threshold > 0 else host[:, 4] >= 0)),
+                self.top_k)
+        idx, det_scores = idx[:n], det_scores[:n]
+        rel_boxes, det_coef = boxes[idx], coef[idx]
 
         def masks() -> np.ndarray:
             with torch.inference_mode():
@@ -227,9 +234,9 @@ class YolactEngine(StagedEngine):
                     assemble_masks(proto, det_coef[i:i + MASK_CHUNK], rel_boxes[i:i + MASK_CHUNK], (h, w)))]
 
         return Detections(
-            boxes=boxes_to_pixels(rel_boxes, h, w).float().cpu().numpy(),
-            scores=det_scores.float().cpu().numpy(),
-            class_ids=classes.long().cpu().numpy(),
+            boxes=np.ascontiguousarray(host[:n, :4]),
+            scores=np.ascontiguousarray(host[:n, 4]),
+            class_ids=host[:n, 5].astype(np.int64),
             image_size=(h, w),
             class_names=self.class_names,
             _mask_fn=masks,

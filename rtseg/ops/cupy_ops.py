@@ -72,14 +72,16 @@ def fast_nms_keep(cand: torch.Tensor, iou_threshold: float) -> torch.Tensor:
 
 
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float = 0.5,
-             top_k: int = 200, max_detections: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             top_k: int = 200, max_detections: int = 100, padded: bool = False,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fast NMS per class with the keep decision in one CUDA kernel (see :func:`rtseg.ops.nms.fast_nms`).
 
-    boxes (N, 4) point form, scores (C, N) → (index (M,), class_id (M,), score (M,)), score descending.
-    Results differ from the torch reference only where scores tie exactly.
+    boxes (N, 4) point form, scores (C, N) → (index (M,), class_id (M,), score (M,)), score descending
+    (padded: fixed size, non-detections with score -1). Results differ from the torch reference
+    only where scores tie exactly.
     """
     return nms.fast_nms(boxes, scores, iou_threshold=iou_threshold, top_k=top_k, max_detections=max_detections,
-                        keep_fn=fast_nms_keep)
+                        keep_fn=fast_nms_keep, padded=padded)
 
 
 def _grid_probabilities(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor, crop: bool) -> torch.Tensor:

@@ -32,7 +32,7 @@ def fast_nms_keep(cand: torch.Tensor, iou_threshold: float) -> torch.Tensor:
 
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float = 0.5,
              top_k: int = 200, max_detections: int = 100,
-             keep_fn: Callable[[torch.Tensor, float], torch.Tensor] = fast_nms_keep,
+             keep_fn: Callable[[torch.Tensor, float], torch.Tensor] = fast_nms_keep, padded: bool = False,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fast NMS (YOLACT paper, Sec. 3.3), per class.
 
@@ -42,15 +42,26 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float 
     ``max_detections`` over all classes. boxes (N, 4), scores (C, N) → (index (M,),
     class_id (M,), score (M,)), score descending. ``keep_fn`` makes the keep decision
     (:func:`fast_nms_keep`; :func:`rtseg.ops.cupy_ops.fast_nms` passes its CUDA kernel).
+
+    padded: fixed-size outputs computed without waiting for the device: exactly
+    min(max_detections, C·min(top_k, N)) rows, score descending, where rows that are not
+    detections (suppressed) carry score -1. Negative input scores mark candidates that must not
+    be detected (the engine's below-threshold candidates): they sort after every real one, so
+    they change nobody's keep decision, and come out with score -1 as well.
     """
     num_classes, n = scores.shape
     if n == 0 or num_classes == 0:
         empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
         return empty, empty, scores.new_zeros(0)
-    sorted_scores, idx = scores.sort(1, descending=True)
-    idx, sorted_scores = idx[:, :top_k].contiguous(), sorted_scores[:, :top_k]
+    sorted_scores, idx = scores.topk(min(top_k, n), dim=1)
+    idx = idx.contiguous()
     cand = boxes[idx.view(-1)].view(num_classes, -1, 4)
     keep = keep_fn(cand, iou_threshold)
+    if padded:
+        flat = torch.where(keep & (sorted_scores >= 0), sorted_scores, -1).view(-1)
+        best, order = flat.sort(0, descending=True)
+        order = order[:max_detections]
+        return idx.view(-1)[order], order // idx.shape[1], best[:max_detections]
     classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)
     return _top_over_classes(idx[keep], classes[keep], sorted_scores[keep], max_detections)
 

@@ -1,0 +1,102 @@
+"""Where a GPU engine call spends its time: per-stage wall times and the busiest ops.
+
+The busy random YOLACT (``benchmarks.common.busy_model``, 100 detections) on a 1080p host frame,
+per network backend: wall ms (p50 over ``--iters`` calls, CUDA synchronised after each stage) of
+upload + preprocess, network, post-processing (NMS, boxes / scores / classes to the host), device
+blend + download of the finished frame, and the whole ``annotate(frame, engine(frame))`` call
+without intermediate synchronisation; then a torch.profiler table of that whole call (top ops by
+host time, with device time) to say whether the host (launches, waits) or the device is the
+limit. Usage (CUDA required):
+
+    python -m benchmarks.engine_profile --out $OUT/engine_profile.json [--backends eager_fp16_cl compile_fp16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmarks.common import busy_model, machine, summary
+from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
+from rtseg.engines.backends import make_backend
+from rtseg.engines.yolact import YolactEngine
+from rtseg.ops.overlay import annotate
+
+
+def synced_ms(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn's result, wall ms until the device is idle again)."""
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, (time.perf_counter() - t0) * 1000.0
+
+
+def stage_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, dict[str, float]]:
+    """p50/p95/p99/mean ms per stage (device synchronised after each) and of the unsynchronised whole call."""
+    size = frame.shape[:2]
+    times: dict[str, list[float]] = {"preprocess": [], "network": [], "postprocess": [], "blend_download": [],
+                                     "whole": []}
+    for i in range(iters + 10):
+        x, t_pre = synced_ms(lambda: engine.preprocess([frame]))
+        raw, t_net = synced_ms(lambda: engine.forward(x))
+        dets, t_post = synced_ms(lambda: engine.postprocess(raw, [size])[0])
+        _, t_blend = synced_ms(lambda: annotate(frame, dets))
+        _, t_whole = synced_ms(lambda: annotate(frame, engine(frame)))
+        if i >= 10:
+            for key, t in zip(times, (t_pre, t_net, t_post, t_blend, t_whole)):
+                times[key].append(t)
+    return {key: summary(v) for key, v in times.items()}
+
+
+def profile_table(engine: YolactEngine, frame: np.ndarray, iters: int, rows: int) -> str:
+    """torch.profiler key averages of ``iters`` whole calls, top ``rows`` by host time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            annotate(frame, engine(frame))
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="yolact_base")
+    ap.add_argument("--backends", nargs="+", default=["eager_fp16_cl", "compile_fp16"], choices=list(BACKEND_RUNS))
+    ap.add_argument("--frame", default="1080x1920", help="HxW of the host frame")
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--profile-iters", type=int, default=20)
+    ap.add_argument("--out", type=Path, required=True, help="JSON path; the profiler tables go next to it (.txt)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("engine_profile: CUDA is not available here")
+    h, w = (int(v) for v in args.frame.split("x"))
+    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    engine = YolactEngine(model=busy_model(args.preset), device="cuda", score_threshold=0.0)
+    doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions(),
+                           "preset": args.preset, "frame": args.frame, "iters": args.iters, "results": {}}
+    tables = []
+    for run in args.backends:
+        try:
+            engine.backend = make_backend(engine.net, device="cuda", input_size=engine.cfg.input_size,
+                                          config=engine.cfg, **BACKEND_RUNS[run])
+            r = stage_times(engine, frame, args.iters)
+            r["detections"] = len(engine(frame))
+            doc["results"][run] = r
+            print(run, " ".join(f"{k} {v['p50_ms']:.2f}" for k, v in r.items() if isinstance(v, dict)), "ms p50",
+                  flush=True)
+            tables.append(f"== {run}\n{profile_table(engine, frame, args.profile_iters, 30)}")
+        except Exception as exc:  # noqa: BLE001 - keep the other backends' numbers
+            doc["results"][run] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        args.out.with_suffix(".txt").write_text("\n".join(tables))
+    print("\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
