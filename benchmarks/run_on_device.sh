@@ -24,6 +24,8 @@
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
 # 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
 #    (RTSEG_PIPELINE_S, default 120)
+# 6. benchmarks.engine_profile (per-stage wall + torch.profiler table of one engine call) when
+#    RTSEG_PROFILE_S > 0 (default 0; 90 is enough for the compile backend)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
@@ -113,7 +115,8 @@ SIDE_S=0
 [ -f .official/eval.py ] && SIDE_S="${RTSEG_SIDE_BY_SIDE_S:-150}"
 PIPE_S=0
 "$PY" -c "import av" 2>/dev/null && PIPE_S="${RTSEG_PIPELINE_S:-120}"
-T_BENCH=$(( $(left) - 10 - SIDE_S - PIPE_S ))
+PROF_S="${RTSEG_PROFILE_S:-0}"
+T_BENCH=$(( $(left) - 10 - SIDE_S - PIPE_S - PROF_S ))
 if [ "$T_BENCH" -gt 60 ]; then
   echo "== gpu_fastpath (limit ${T_BENCH}s)"
   timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$OUT/gpu_fastpath.json" \
@@ -124,7 +127,7 @@ else
   echo "no time left for the benchmark" | tee "$OUT/gpu_fastpath.log"
 fi
 if [ "$SIDE_S" -gt 0 ]; then
-  T_SIDE=$(( $(left) - 5 - PIPE_S ))
+  T_SIDE=$(( $(left) - 5 - PIPE_S - PROF_S ))
   echo "== official_side_by_side (limit ${T_SIDE}s)"
   timeout --kill-after=5 "$T_SIDE" "$PY" -m benchmarks.official_side_by_side --official .official \
     --out "$OUT/side_by_side.json" > "$OUT/side_by_side.log" 2>&1
@@ -132,13 +135,21 @@ if [ "$SIDE_S" -gt 0 ]; then
   tail -n 12 "$OUT/side_by_side.log"
 fi
 if [ "$PIPE_S" -gt 0 ]; then
-  T_PIPE=$(( $(left) - 15 ))
+  T_PIPE=$(( $(left) - 15 - PROF_S ))
   echo "== pipeline_efficiency 1080p (limit ${T_PIPE}s)"
   timeout --kill-after=5 "$T_PIPE" "$PY" benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 \
     --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu > "$OUT/pipeline.log" 2>&1
   echo "pipeline exit code $?" >> "$OUT/pipeline.log"
   cp benchmarks/results/pipeline_efficiency_gpu.json "$OUT/" 2>/dev/null
   tail -n 6 "$OUT/pipeline.log"
+fi
+if [ "$PROF_S" -gt 0 ]; then
+  T_PROF=$(( $(left) - 10 ))
+  echo "== engine_profile (limit ${T_PROF}s)"
+  timeout --kill-after=5 "$T_PROF" "$PY" -m benchmarks.engine_profile --out "$OUT/engine_profile.json" \
+    --backends compile_fp16 eager_fp16_cl > "$OUT/engine_profile.log" 2>&1
+  echo "engine_profile exit code $?" >> "$OUT/engine_profile.log"
+  head -n 3 "$OUT/engine_profile.log"
 fi
 rm -rf "$RTSEG_ENGINE_CACHE"
 (cd "$OUT" && tar czf results.tgz --remove-files ./*.txt ./*.log ./*.json 2>/dev/null)
