@@ -6,13 +6,16 @@ upload + preprocess, network, post-processing (NMS, boxes / scores / classes to 
 blend + download of the finished frame, and the whole ``annotate(frame, engine(frame))`` call
 without intermediate synchronisation; then a torch.profiler table of that whole call (top ops by
 host time, with device time) to say whether the host (launches, waits) or the device is the
-limit. Usage (CUDA required):
+limit. Last, the detection step alone (:meth:`YolactEngine.candidates`: decode, threshold, Fast NMS)
+eager with the CuPy keep kernel, eager with torch's, and torch.compile'd into a CUDA graph (torch's
+keep decision), with whether the compiled step returns the same detections. Usage (CUDA required):
 
     python -m benchmarks.engine_profile --out $OUT/engine_profile.json [--backends eager_fp16_cl compile_fp16]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from benchmarks.common import busy_model, machine, summary
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.engines.backends import make_backend
 from rtseg.engines.yolact import YolactEngine
+from rtseg.ops.nms import fast_nms
 from rtseg.ops.overlay import annotate
 
 
@@ -51,6 +55,32 @@ def stage_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str
             for key, t in zip(times, (t_pre, t_net, t_post, t_blend, t_whole)):
                 times[key].append(t)
     return {key: summary(v) for key, v in times.items()}
+
+
+def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
+    """Wall ms (device synchronised) of the detection step on one frame's network outputs, per variant."""
+    with torch.inference_mode():
+        loc, conf, _, _ = engine.forward(engine.preprocess([frame]))
+    loc, conf = loc[0], conf[0]
+    compiled = torch.compile(functools.partial(engine.candidates, nms=fast_nms), mode="reduce-overhead",
+                             dynamic=False, fullgraph=True)
+
+    def run_compiled() -> tuple[torch.Tensor, ...]:
+        torch.compiler.cudagraph_mark_step_begin()
+        return tuple(t.clone() for t in compiled(loc, conf))
+
+    variants: dict[str, Callable[[], Any]] = {
+        "eager_engine_nms": lambda: engine.candidates(loc, conf),
+        "eager_torch_nms": lambda: engine.candidates(loc, conf, nms=fast_nms),
+        "compiled_torch_nms": run_compiled,
+    }
+    out: dict[str, Any] = {"nms": engine._fast_nms.__module__}
+    with torch.inference_mode():
+        for name, fn in variants.items():
+            out[name] = summary([synced_ms(fn)[1] for _ in range(iters + 10)][10:])
+        ref, got = variants["eager_torch_nms"](), run_compiled()
+    out["compiled_same_detections"] = all(torch.equal(a, b) for a, b in zip(ref[1:], got[1:]))
+    return out
 
 
 def profile_table(engine: YolactEngine, frame: np.ndarray, iters: int, rows: int) -> str:
@@ -95,6 +125,12 @@ def main() -> None:
             doc["results"][run] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
         args.out.with_suffix(".txt").write_text("\n".join(tables))
+    try:
+        doc["candidates"] = candidates_times(engine, frame, args.iters)
+    except Exception as exc:  # noqa: BLE001 - the stage numbers above are kept
+        doc["candidates"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print("candidates:", json.dumps(doc["candidates"])[:600])
     print("\n".join(tables))
 
 

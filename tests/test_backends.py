@@ -117,6 +117,23 @@ def test_compile_on_cpu_equals_eager(engine: YolactEngine) -> None:
     assert b.name == "compile" and _max_diff(ref, out) < 1e-4
 
 
+def test_fast_nms_candidates_trace_as_one_graph_and_match_eager(engine: YolactEngine) -> None:
+    """The Fast NMS detection step has no host synchronisation and fixed shapes: torch.compile
+    traces it as one graph (fullgraph=True fails on any break), so CUDA graphs can capture it."""
+    with torch.inference_mode():
+        loc, conf, _, _ = engine.net(torch.randn(1, 3, 128, 128))
+        conf = conf[0].clone()
+        low = torch.arange(len(conf)) % 100 != 0  # 99 of 100 anchors below the threshold: dropped by score -1
+        conf[low, 0] = 0.99
+        conf[low, 1:] = 0.01 / 3
+        ref = engine.candidates(loc[0], conf)
+        compiled = torch.compile(engine.candidates, fullgraph=True, dynamic=False, backend="aot_eager")
+        out = compiled(loc[0], conf)
+    assert ref[1].shape == (100,) and bool((ref[3] >= 0).any()) and bool((ref[3] == -1).any())
+    for r, o in zip(ref, out):
+        assert torch.equal(r, o)
+
+
 # -- the cache -----------------------------------------------------------------------------
 class _Counter:
     def __init__(self, text: str) -> None:

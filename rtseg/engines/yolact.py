@@ -195,24 +195,35 @@ class YolactEngine(StagedEngine):
             resident = [None] * loc.shape[0]
         return [self._detect(loc[b], conf[b], coef[b], proto[b], sizes[b], resident[b]) for b in range(loc.shape[0])]
 
-    def _detect(self, loc: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, proto: torch.Tensor,
-                size: tuple[int, int], resident: tuple[np.ndarray, torch.Tensor] | None = None) -> Detections:
-        """One frame's raw outputs → Detections, with one wait for the device (the download of boxes,
-        scores and classes). Candidates whose best class score is at most ``conf_threshold`` are dropped
-        (official Detect) by a score of -1 instead of by compaction, which would wait for the device:
-        they sort after every real candidate, so the keep sets are the official ones."""
+    def candidates(self, loc: torch.Tensor, conf: torch.Tensor,
+                   nms: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, ...]:
+        """One frame's detections on the device, before the score threshold: loc (A, 4), conf (A, C+1)
+        → (boxes (A, 4) relative point form, index (M,), class (M,), score (M,)), score descending.
+
+        Candidates whose best class score is at most ``conf_threshold`` are dropped (official Detect)
+        by a score of -1 instead of by compaction, which would wait for the device: they sort after
+        every real candidate, so the keep sets are the official ones. With Fast NMS (``self.nms ==
+        "fast"``) nothing here waits for the device and the shapes are fixed (M = min(max_detections,
+        C·nms_top_k); rows that are not detections have score -1), so the step can be captured in a
+        CUDA graph. nms: the Fast NMS to use (default: the engine's, the CuPy kernel on CUDA).
+        """
         boxes = decode(loc, self.priors)
         scores = conf[:, 1:].t()
         scores = scores.masked_fill((scores.max(dim=0).values <= self.conf_threshold)[None], -1)
         if self.nms == "traditional":
-            idx, classes, det_scores = traditional_nms(boxes, scores, iou_threshold=self.iou_threshold,
-                                                       score_threshold=self.conf_threshold, max_detections=self.max_detections)
-        elif self.nms == "fast":
-            idx, classes, det_scores = self._fast_nms(boxes, scores, iou_threshold=self.iou_threshold,
-                                                      top_k=self.nms_top_k, max_detections=self.max_detections, padded=True)
-        else:
-            idx, classes, det_scores = cross_class_fast_nms(boxes, scores, iou_threshold=self.iou_threshold,
-                                                            top_k=self.nms_top_k, max_detections=self.max_detections)
+            return (boxes, *traditional_nms(boxes, scores, iou_threshold=self.iou_threshold,
+                                            score_threshold=self.conf_threshold, max_detections=self.max_detections))
+        if self.nms == "cross_class":
+            return (boxes, *cross_class_fast_nms(boxes, scores, iou_threshold=self.iou_threshold,
+                                                 top_k=self.nms_top_k, max_detections=self.max_detections))
+        return (boxes, *(nms or self._fast_nms)(boxes, scores, iou_threshold=self.iou_threshold, top_k=self.nms_top_k,
+                                                 max_detections=self.max_detections, padded=True))
+
+    def _detect(self, loc: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, proto: torch.Tensor,
+                size: tuple[int, int], resident: tuple[np.ndarray, torch.Tensor] | None = None) -> Detections:
+        """One frame's raw outputs → Detections, waiting for the device once (the download of boxes,
+        scores and classes; see :meth:`candidates`)."""
+        boxes, idx, classes, det_scores = self.candidates(loc, conf)
         h, w = size
         host = torch.cat([boxes_to_pixels(boxes[idx], h, w).float(), det_scores.float()[:, None],
                           classes.float()[:, None]], 1).cpu().numpy()
