@@ -8,7 +8,10 @@ without intermediate synchronisation; then a torch.profiler table of that whole 
 host time, with device time) to say whether the host (launches, waits) or the device is the
 limit. Last, the detection step alone (:meth:`YolactEngine.candidates`: decode, threshold, Fast NMS)
 eager with the CuPy keep kernel, eager with torch's, and torch.compile'd into a CUDA graph (torch's
-keep decision), with whether the compiled step returns the same detections. Usage (CUDA required):
+keep decision), with whether the compiled step returns the same detections; and model + post-processing
+at batch 1 from a preprocessed input: the engine's compile backend + ``postprocess`` against network,
+detection step and the gathers of the kept rows compiled as one CUDA graph (only a (M, 6) array of
+boxes, scores and classes comes down). Usage (CUDA required):
 
     python -m benchmarks.engine_profile --out $OUT/engine_profile.json [--backends eager_fp16_cl compile_fp16]
 """
@@ -27,6 +30,7 @@ import torch
 from benchmarks.common import busy_model, machine, summary
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.engines.backends import make_backend
+from rtseg.ops.boxes import boxes_to_pixels
 from rtseg.engines.yolact import YolactEngine
 from rtseg.ops.nms import fast_nms
 from rtseg.ops.overlay import annotate
@@ -83,6 +87,51 @@ def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     return out
 
 
+def fused_model_post(engine: YolactEngine) -> Callable[[torch.Tensor], np.ndarray]:
+    """(1, 3, S, S) preprocessed input → host (M, 6) [x0, y0, x1, y1 (pixels of an S×S frame), score,
+    class], score descending, -1 scores for non-detections: network (fp16, channels-last), the Fast NMS
+    detection step and the gathers in one ``torch.compile(mode="reduce-overhead")`` graph."""
+    net = make_backend(engine.net, name="eager", device="cuda", input_size=engine.cfg.input_size, half=True,
+                       channels_last=True).fn
+    s = engine.cfg.input_size
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        loc, conf, _, _ = net(x.half().contiguous(memory_format=torch.channels_last))
+        boxes, idx, classes, scores = engine.candidates(loc[0].float(), conf[0].float(), nms=fast_nms)
+        return torch.cat([boxes_to_pixels(boxes[idx], s, s), scores[:, None].float(), classes[:, None].float()], 1)
+
+    compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x).cpu().numpy()
+
+    return run
+
+
+def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
+    """Model + post-processing at batch 1 (wall ms, device synchronised): engine stages vs one graph."""
+    s = engine.cfg.input_size
+    x = engine.preprocess([frame])
+    engine.backend = make_backend(engine.net, device="cuda", input_size=s, config=engine.cfg,
+                                  **BACKEND_RUNS["compile_fp16"])
+    fused = fused_model_post(engine)
+    variants: dict[str, Callable[[], Any]] = {
+        "engine_compile_backend_plus_postprocess": lambda: engine.postprocess(engine.forward(x), [(s, s)])[0],
+        "one_graph": lambda: fused(x),
+    }
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name, fn in variants.items():
+            out[name] = summary([synced_ms(fn)[1] for _ in range(iters + 10)][10:])
+            out[name]["fps"] = 1000.0 / out[name]["p50_ms"]
+        dets, rows = variants["engine_compile_backend_plus_postprocess"](), fused(x)
+    n = len(dets)
+    out["same_class_and_box_within_1px_of_first_n"] = (
+        n, int(np.sum((rows[:n, 5] == dets.class_ids) & (np.abs(rows[:n, :4] - dets.boxes).max(1) <= 1.0))))
+    return out
+
+
 def profile_table(engine: YolactEngine, frame: np.ndarray, iters: int, rows: int) -> str:
     """torch.profiler key averages of ``iters`` whole calls, top ``rows`` by host time."""
     from torch.profiler import ProfilerActivity, profile
@@ -129,8 +178,13 @@ def main() -> None:
         doc["candidates"] = candidates_times(engine, frame, args.iters)
     except Exception as exc:  # noqa: BLE001 - the stage numbers above are kept
         doc["candidates"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    try:
+        doc["model_post_batch1"] = model_post_times(engine, frame, args.iters)
+    except Exception as exc:  # noqa: BLE001 - the numbers above are kept
+        doc["model_post_batch1"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print("candidates:", json.dumps(doc["candidates"])[:600])
+    print("model + post, batch 1:", json.dumps(doc["model_post_batch1"])[:600])
     print("\n".join(tables))
 
 

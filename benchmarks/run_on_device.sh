@@ -25,7 +25,7 @@
 # 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
 #    (RTSEG_PIPELINE_S, default 120)
 # 6. benchmarks.engine_profile (per-stage wall + torch.profiler table of one engine call) when
-#    RTSEG_PROFILE_S > 0 (default 0; 90 is enough for the compile backend)
+#    RTSEG_PROFILE_S > 0 (default 0; give it 180: it compiles four graphs)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
