@@ -30,8 +30,8 @@ import torch
 from benchmarks.common import busy_model, machine, summary
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.engines.backends import make_backend
-from rtseg.ops.boxes import boxes_to_pixels
 from rtseg.engines.yolact import YolactEngine
+from rtseg.ops.boxes import boxes_to_pixels
 from rtseg.ops.nms import fast_nms
 from rtseg.ops.overlay import annotate
 

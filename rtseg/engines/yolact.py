@@ -225,13 +225,13 @@ class YolactEngine(StagedEngine):
         scores and classes; see :meth:`candidates`)."""
         boxes, idx, classes, det_scores = self.candidates(loc, conf)
         h, w = size
-        host = torch.cat([boxes_to_pixels(boxes[idx], h, w).float(), det_scores.float()[:, None],
+        rel_boxes = boxes[idx]
+        host = torch.cat([boxes_to_pixels(rel_boxes, h, w).float(), det_scores.float()[:, None],
                           classes.float()[:, None]], 1).cpu().numpy()
         # Rows are score descending, so the detections are a prefix.
         n = min(int(np.count_nonzero(host[:, 4] > self.score_threshold if self.score_threshold > 0 else host[:, 4] >= 0)),
                 self.top_k)
-        idx, det_scores = idx[:n], det_scores[:n]
-        rel_boxes, det_coef = boxes[idx], coef[idx]
+        rel_boxes, det_coef, det_scores = rel_boxes[:n], coef[idx[:n]], det_scores[:n]
 
         def masks() -> np.ndarray:
             with torch.inference_mode():
