@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import busy_model, machine, summary
+from benchmarks.common import busy_model, machine, summary, time_it, wall_summary
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.engines.backends import make_backend
 from rtseg.engines.yolact import YolactEngine
@@ -62,7 +62,7 @@ def stage_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str
 
 
 def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
-    """Wall ms (device synchronised) of the detection step on one frame's network outputs, per variant."""
+    """Wall ms (device synchronised, ``time_it``) of the detection step on one frame's network outputs, per variant."""
     with torch.inference_mode():
         loc, conf, _, _ = engine.forward(engine.preprocess([frame]))
     loc, conf = loc[0], conf[0]
@@ -81,7 +81,7 @@ def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     out: dict[str, Any] = {"nms": engine._fast_nms.__module__}
     with torch.inference_mode():
         for name, fn in variants.items():
-            out[name] = summary([synced_ms(fn)[1] for _ in range(iters + 10)][10:])
+            out[name] = summary(time_it(fn, iters=iters, warmup=10))
         ref, got = variants["eager_torch_nms"](), run_compiled()
     out["compiled_same_detections"] = all(torch.equal(a, b) for a, b in zip(ref[1:], got[1:]))
     return out
@@ -123,8 +123,7 @@ def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     out: dict[str, Any] = {}
     with torch.inference_mode():
         for name, fn in variants.items():
-            out[name] = summary([synced_ms(fn)[1] for _ in range(iters + 10)][10:])
-            out[name]["fps"] = 1000.0 / out[name]["p50_ms"]
+            out[name] = wall_summary(fn, iters=iters, warmup=10)
         dets, rows = variants["engine_compile_backend_plus_postprocess"](), fused(x)
     n = len(dets)
     out["same_class_and_box_within_1px_of_first_n"] = (
