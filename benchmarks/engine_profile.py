@@ -2,23 +2,22 @@
 
 The busy random YOLACT (``benchmarks.common.busy_model``, 100 detections) on a 1080p host frame,
 per network backend: wall ms (p50 over ``--iters`` calls, CUDA synchronised after each stage) of
-upload + preprocess, network, post-processing (NMS, boxes / scores / classes to the host), device
-blend + download of the finished frame, and the whole ``annotate(frame, engine(frame))`` call
-without intermediate synchronisation; then a torch.profiler table of that whole call (top ops by
-host time, with device time) to say whether the host (launches, waits) or the device is the
-limit. Last, the detection step alone (:meth:`YolactEngine.candidates`: decode, threshold, Fast NMS)
-eager with the CuPy keep kernel, eager with torch's, and torch.compile'd into a CUDA graph (torch's
-keep decision), with whether the compiled step returns the same detections; and model + post-processing
-at batch 1 from a preprocessed input: the engine's compile backend + ``postprocess`` against network,
-detection step and the gathers of the kept rows compiled as one CUDA graph (only a (M, 6) array of
-boxes, scores and classes comes down). Usage (CUDA required):
+upload + preprocess, ``forward`` (network + detection step on the device; one CUDA graph with the
+compile backend), ``postprocess`` (the rows to the host, Detections), device blend + download of
+the finished frame, and the whole ``annotate(frame, engine(frame))`` call without intermediate
+synchronisation; then a torch.profiler table of that whole call (top ops by host time, with device
+time) to say whether the host (launches, waits) or the device is the limit. Then the detection step
+alone (:meth:`YolactEngine.candidates`: decode, threshold, Fast NMS) eager with the CuPy keep kernel
+and with torch's; and model + post-processing at batch 1 from a preprocessed input: the compile
+engine's ``forward`` + ``postprocess`` (network and detection step as one CUDA graph) against the
+network's graph followed by the eager detection step (CuPy NMS), with whether both give the same
+detections. Usage (CUDA required):
 
     python -m benchmarks.engine_profile --out $OUT/engine_profile.json [--backends eager_fp16_cl compile_fp16]
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ from benchmarks.common import busy_model, machine, summary, time_it, wall_summar
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.engines.backends import make_backend
 from rtseg.engines.yolact import YolactEngine
-from rtseg.ops.boxes import boxes_to_pixels
 from rtseg.ops.nms import fast_nms
 from rtseg.ops.overlay import annotate
 
@@ -47,87 +45,56 @@ def synced_ms(fn: Callable[[], Any]) -> tuple[Any, float]:
 def stage_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, dict[str, float]]:
     """p50/p95/p99/mean ms per stage (device synchronised after each) and of the unsynchronised whole call."""
     size = frame.shape[:2]
-    times: dict[str, list[float]] = {"preprocess": [], "network": [], "postprocess": [], "blend_download": [],
+    times: dict[str, list[float]] = {"preprocess": [], "forward": [], "postprocess": [], "blend_download": [],
                                      "whole": []}
     for i in range(iters + 10):
         x, t_pre = synced_ms(lambda: engine.preprocess([frame]))
-        raw, t_net = synced_ms(lambda: engine.forward(x))
-        dets, t_post = synced_ms(lambda: engine.postprocess(raw, [size])[0])
+        cands, t_fwd = synced_ms(lambda: engine.forward(x))
+        dets, t_post = synced_ms(lambda: engine.postprocess(cands, [size])[0])
         _, t_blend = synced_ms(lambda: annotate(frame, dets))
         _, t_whole = synced_ms(lambda: annotate(frame, engine(frame)))
         if i >= 10:
-            for key, t in zip(times, (t_pre, t_net, t_post, t_blend, t_whole)):
+            for key, t in zip(times, (t_pre, t_fwd, t_post, t_blend, t_whole)):
                 times[key].append(t)
     return {key: summary(v) for key, v in times.items()}
 
 
 def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
-    """Wall ms (device synchronised, ``time_it``) of the detection step on one frame's network outputs, per variant."""
+    """Wall ms (device synchronised, ``time_it``) of the eager detection step on one frame's network
+    outputs, with the engine's Fast NMS keep decision (CuPy kernel when installed) and with torch's."""
     with torch.inference_mode():
-        loc, conf, _, _ = engine.forward(engine.preprocess([frame]))
+        loc, conf, _, _ = engine.network(engine.preprocess([frame]))
     loc, conf = loc[0], conf[0]
-    compiled = torch.compile(functools.partial(engine.candidates, nms=fast_nms), mode="reduce-overhead",
-                             dynamic=False, fullgraph=True)
-
-    def run_compiled() -> tuple[torch.Tensor, ...]:
-        torch.compiler.cudagraph_mark_step_begin()
-        return tuple(t.clone() for t in compiled(loc, conf))
-
-    variants: dict[str, Callable[[], Any]] = {
-        "eager_engine_nms": lambda: engine.candidates(loc, conf),
-        "eager_torch_nms": lambda: engine.candidates(loc, conf, nms=fast_nms),
-        "compiled_torch_nms": run_compiled,
-    }
     out: dict[str, Any] = {"nms": engine._fast_nms.__module__}
     with torch.inference_mode():
-        for name, fn in variants.items():
-            out[name] = summary(time_it(fn, iters=iters, warmup=10))
-        ref, got = variants["eager_torch_nms"](), run_compiled()
-    out["compiled_same_detections"] = all(torch.equal(a, b) for a, b in zip(ref[1:], got[1:]))
+        out["eager_engine_nms"] = summary(time_it(lambda: engine.candidates(loc, conf), iters=iters, warmup=10))
+        out["eager_torch_nms"] = summary(time_it(lambda: engine.candidates(loc, conf, nms=fast_nms), iters=iters,
+                                                 warmup=10))
     return out
 
 
-def fused_model_post(engine: YolactEngine) -> Callable[[torch.Tensor], np.ndarray]:
-    """(1, 3, S, S) preprocessed input → host (M, 6) [x0, y0, x1, y1 (pixels of an S×S frame), score,
-    class], score descending, -1 scores for non-detections: network (fp16, channels-last), the Fast NMS
-    detection step and the gathers in one ``torch.compile(mode="reduce-overhead")`` graph."""
-    net = make_backend(engine.net, name="eager", device="cuda", input_size=engine.cfg.input_size, half=True,
-                       channels_last=True).fn
-    s = engine.cfg.input_size
-
-    def step(x: torch.Tensor) -> torch.Tensor:
-        loc, conf, _, _ = net(x.half().contiguous(memory_format=torch.channels_last))
-        boxes, idx, classes, scores = engine.candidates(loc[0].float(), conf[0].float(), nms=fast_nms)
-        return torch.cat([boxes_to_pixels(boxes[idx], s, s), scores[:, None].float(), classes[:, None].float()], 1)
-
-    compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
-
-    def run(x: torch.Tensor) -> np.ndarray:
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled(x).cpu().numpy()
-
-    return run
-
-
 def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
-    """Model + post-processing at batch 1 (wall ms, device synchronised): engine stages vs one graph."""
+    """Model + post-processing at batch 1 from a preprocessed input (wall ms, device synchronised):
+    the compile engine's one-graph ``forward`` + ``postprocess`` vs its network graph + the eager
+    detection step, and how many of the first detections agree (class, boxes within 1 px)."""
     s = engine.cfg.input_size
     x = engine.preprocess([frame])
     engine.backend = make_backend(engine.net, device="cuda", input_size=s, config=engine.cfg,
                                   **BACKEND_RUNS["compile_fp16"])
-    fused = fused_model_post(engine)
     variants: dict[str, Callable[[], Any]] = {
-        "engine_compile_backend_plus_postprocess": lambda: engine.postprocess(engine.forward(x), [(s, s)])[0],
-        "one_graph": lambda: fused(x),
+        "fused_forward_plus_postprocess": lambda: engine.postprocess(engine.forward(x), [(s, s)])[0],
+        "network_graph_then_eager_detection": lambda: engine.postprocess(
+            engine.detection_head(engine.network(x)), [(s, s)])[0],
     }
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"nms_eager": engine._fast_nms.__module__}
     with torch.inference_mode():
         for name, fn in variants.items():
             out[name] = wall_summary(fn, iters=iters, warmup=10)
-        dets, rows = variants["engine_compile_backend_plus_postprocess"](), fused(x)
-    n = len(dets)
-    out["same_class_and_box_within_1px_of_first_n"] = (
-        n, int(np.sum((rows[:n, 5] == dets.class_ids) & (np.abs(rows[:n, :4] - dets.boxes).max(1) <= 1.0))))
+        fused_dets, ref = (fn() for fn in variants.values())
+    n = min(len(fused_dets), len(ref))
+    agree = (fused_dets.class_ids[:n] == ref.class_ids[:n]) & (np.abs(fused_dets.boxes[:n] - ref.boxes[:n]).max(1) <= 1.0)
+    out["detections_fused_vs_eager"] = (len(fused_dets), len(ref))
+    out["first_n_agreeing"] = int(agree.sum())
     return out
 
 

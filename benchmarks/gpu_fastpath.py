@@ -129,7 +129,7 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
     s = engine.cfg.input_size
     x = torch.randn(1, 3, s, s, device="cuda")
     with torch.inference_mode():
-        loc, conf, coef, proto = engine.forward(x)
+        loc, conf, coef, proto = engine.network(x)
         boxes = decode(loc[0], engine.priors)
         scores = conf[0, :, 1:].t()
         keep = scores.max(0).values > engine.conf_threshold
@@ -172,8 +172,8 @@ def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) ->
         frame_np = frame.cpu().numpy()
         raw = (loc, conf, coef, proto)
 
-        def reference_path() -> None:  # postprocess (torch NMS) + masks to host + CPU annotate
-            annotate(frame_np, engine.postprocess(raw, [frame_size])[0])
+        def reference_path() -> None:  # detection step + postprocess + masks to host + CPU annotate
+            annotate(frame_np, engine.postprocess(engine.detection_head(raw), [frame_size])[0])
 
         res["postprocess_plus_annotate_cpu"] = wall_summary(reference_path, iters=min(iters, 30), warmup=3)
     except ImportError as exc:

@@ -19,13 +19,13 @@ from rtseg.engines.yolact import YolactEngine
 def run(preset: str, iters: int, frame: np.ndarray) -> dict:
     eng = YolactEngine(model=busy_model(preset), score_threshold=0.0, top_k=100)
     x = eng.preprocess([frame])
-    raw = eng.forward(x)
+    raw = eng.network(x)
     size = [frame.shape[:2]]
-    dets = eng.postprocess(raw, size)[0]
+    dets = eng.postprocess(eng.detection_head(raw), size)[0]
     stages = {
         "preprocess": time_it(lambda: eng.preprocess([frame]), iters=iters),
-        "network": time_it(lambda: eng.forward(x), iters=iters),
-        "nms": time_it(lambda: eng.postprocess(raw, size), iters=iters),
+        "network": time_it(lambda: eng.network(x), iters=iters),
+        "nms": time_it(lambda: eng.postprocess(eng.detection_head(raw), size), iters=iters),
         "masks": time_it(dets._mask_fn, iters=iters),  # re-materialises every full-resolution mask
     }
     out = {k: summary(v) for k, v in stages.items()}

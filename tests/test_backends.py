@@ -5,10 +5,12 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 from rtseg.engines import backends
 from rtseg.engines.backends import BACKENDS, available, cached_artifact, make_backend, resolve, weights_digest
@@ -117,9 +119,26 @@ def test_compile_on_cpu_equals_eager(engine: YolactEngine) -> None:
     assert b.name == "compile" and _max_diff(ref, out) < 1e-4
 
 
+def static_graph(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    """A torch.compile backend that runs the traced graph as is after checking that it is CUDA-graph
+    friendly: every value's shape is a plain int (no data-dependent size from a compaction) and no
+    value is a symbolic scalar read from a tensor (``.item()``, ``int(t)``: a host wait)."""
+    for node in gm.graph.nodes:
+        for v in tree_leaves(node.meta.get("example_value")):
+            assert not isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)), f"{node.format_node()}: host scalar"
+            if isinstance(v, torch.Tensor):
+                assert all(type(d) is int for d in v.shape), f"{node.format_node()}: data-dependent shape {v.shape}"
+    STATIC_GRAPHS.append(gm)
+    return gm.forward
+
+
+STATIC_GRAPHS: list[torch.fx.GraphModule] = []
+
+
 def test_fast_nms_candidates_trace_as_one_graph_and_match_eager(engine: YolactEngine) -> None:
     """The Fast NMS detection step has no host synchronisation and fixed shapes: torch.compile
-    traces it as one graph (fullgraph=True fails on any break), so CUDA graphs can capture it."""
+    traces it as one graph (fullgraph=True fails on any break) of static shapes (``static_graph``),
+    so CUDA graphs can capture it."""
     with torch.inference_mode():
         loc, conf, _, _ = engine.net(torch.randn(1, 3, 128, 128))
         conf = conf[0].clone()
@@ -127,11 +146,39 @@ def test_fast_nms_candidates_trace_as_one_graph_and_match_eager(engine: YolactEn
         conf[low, 0] = 0.99
         conf[low, 1:] = 0.01 / 3
         ref = engine.candidates(loc[0], conf)
-        compiled = torch.compile(engine.candidates, fullgraph=True, dynamic=False, backend="aot_eager")
+        compiled = torch.compile(engine.candidates, fullgraph=True, dynamic=False, backend=static_graph)
         out = compiled(loc[0], conf)
     assert ref[1].shape == (100,) and bool((ref[3] >= 0).any()) and bool((ref[3] == -1).any())
     for r, o in zip(ref, out):
         assert torch.equal(r, o)
+
+
+
+def test_compiled_forward_is_one_graph_of_network_and_detection_step() -> None:
+    """With a compiling torch backend, ``forward`` (network + Fast NMS detection step + gathers of
+    the rows' boxes and coefficients) is traced as ONE graph of static shapes (fullgraph=True fails
+    on any break, ``static_graph`` on a data-dependent size or a host scalar; on CUDA that graph is
+    one CUDA graph replay per batch), and the engine's detections equal the eager engine's.
+    (Inductor's C++ code generation of the graph would take minutes here; the trace is the same.)"""
+    torch.manual_seed(0)
+    ref = YolactEngine.from_config(TINY, class_names=["a", "b", "c"], score_threshold=0.1, top_k=30)
+    eng = YolactEngine(model=ref.net.model, class_names=["a", "b", "c"], score_threshold=0.1, top_k=30)
+    eng.backend = backends.TorchBackend(name="compile", module=eng.net, half=False, channels_last=False,
+                                        compile_options={"backend": static_graph, "fullgraph": True, "dynamic": False})
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (96, 120, 3), dtype=np.uint8) for _ in range(2)]
+    torch._dynamo.reset()
+    STATIC_GRAPHS.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the second batch reuses the first graph
+        got = [eng(frames), eng(frames[::-1])]
+    assert len(STATIC_GRAPHS) == 1
+    want = [ref(frames), ref(frames[::-1])]
+    assert sum(len(d) for d in want[0]) > 10
+    for g, w in zip(sum(got, []), sum(want, [])):
+        assert len(g) == len(w)
+        np.testing.assert_allclose(g.boxes, w.boxes, atol=1e-3)
+        np.testing.assert_allclose(g.scores, w.scores, atol=1e-6)
+        assert np.array_equal(g.class_ids, w.class_ids) and np.array_equal(g.masks, w.masks)
 
 
 # -- the cache -----------------------------------------------------------------------------
@@ -245,6 +292,29 @@ def test_gpu_compile_reduce_overhead(cuda_engine: YolactEngine) -> None:
         o2 = b(x2)  # must not overwrite o1 (outputs are copied out of the graph's pool)
         r1, r2 = cuda_engine.net(x1), cuda_engine.net(x2)
     assert _max_diff(r1, o1) < 2e-2 and _max_diff(r2, o2) < 2e-2
+
+
+
+@pytest.mark.gpu
+def test_gpu_compile_engine_one_graph_forward_matches_eager(cuda_engine: YolactEngine) -> None:
+    """The compile engine (network + detection step as one CUDA graph, fp16) finds what the eager fp32
+    engine finds, and a frame's detections survive the next replay (outputs leave the graph's pool)."""
+    eng = YolactEngine(model=cuda_engine.net.model, class_names=["a", "b", "c"], score_threshold=0.2,
+                       device="cuda", backend="compile")
+    ref = YolactEngine(model=cuda_engine.net.model, class_names=["a", "b", "c"], score_threshold=0.2, device="cuda")
+    rng = np.random.default_rng(3)
+    f1, f2 = (rng.integers(0, 256, (200, 300, 3), dtype=np.uint8) for _ in range(2))
+    for _ in range(3):  # warm-up: record, then replay the graph
+        eng(f1)
+    d1 = eng(f1)
+    masks1 = d1.masks.copy()
+    eng(f2)  # replays the graph: must not change d1's device tensors (masks are recomputed from them)
+    for got, want in ((d1, ref(f1)), (eng(f2), ref(f2))):
+        n = min(len(got), len(want), 10)
+        assert n >= 5
+        assert np.array_equal(got.class_ids[:n], want.class_ids[:n])
+        np.testing.assert_allclose(got.boxes[:n], want.boxes[:n], atol=2.0)
+    assert masks1.any() and np.array_equal(d1._mask_fn(), masks1)
 
 
 @pytest.mark.gpu

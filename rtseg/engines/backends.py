@@ -7,7 +7,8 @@ device; pre- and post-processing stay in the engine.
 
 - ``eager``: the module as is (fp16 weights / channels_last memory as options).
 - ``compile``: ``torch.compile`` (on CUDA ``mode="reduce-overhead"``, i.e. CUDA
-  graphs, with fp16).
+  graphs, with fp16). :func:`fused` compiles the network together with a device-side
+  head (the engine's detection step) as one graph, so a frame costs one graph replay.
 - ``onnx``: exported once with ``torch.onnx.export`` and run by ONNX Runtime
   (:mod:`rtseg.engines.onnx_export`).
 - ``tensorrt``: torch-tensorrt, fp16 or INT8 (:mod:`rtseg.engines.trt`).
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from rtseg.errors import ConfigError
 
@@ -121,26 +123,60 @@ def _module_on(net: nn.Module, device: torch.device, half: bool, channels_last: 
 
 
 class TorchBackend:
-    """Runs a torch callable (eager module or ``torch.compile`` result), fp16 / channels_last aware."""
+    """Runs a torch module on the device as is (eager) or through ``torch.compile``, fp16 / channels_last aware.
 
-    def __init__(self, *, name: str, fn: Callable[[torch.Tensor], Outputs], half: bool, channels_last: bool,
-                 cuda_graphs: bool = False) -> None:
+    module: the network on the device (already fp16 / channels_last when ``half`` / ``channels_last``).
+    compile_options: keyword arguments of ``torch.compile`` (None: eager). With ``mode="reduce-overhead"``
+    (CUDA graphs) outputs are copied out of the graph's memory pool, which the next replay overwrites.
+    """
+
+    def __init__(self, *, name: str, module: nn.Module, half: bool, channels_last: bool,
+                 compile_options: Mapping[str, Any] | None = None) -> None:
         self.name = name
-        self.fn = fn
+        self.module = module
         self.half = half
         self.channels_last = channels_last
-        self.cuda_graphs = cuda_graphs
+        self.compile_options = dict(compile_options) if compile_options is not None else None
+        self.cuda_graphs = self.compile_options is not None and self.compile_options.get("mode") == "reduce-overhead"
+        self._run = self.then(lambda outputs: outputs)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_options is not None
 
     def __call__(self, x: torch.Tensor) -> Outputs:
-        if self.half:
-            x = x.half()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.cuda_graphs:
-            # CUDA-graph outputs are overwritten by the next replay: mark the step and copy out.
+        return self._run(x)
+
+    def then(self, head: Callable[[Outputs], T]) -> Callable[[torch.Tensor], T]:
+        """``x -> head(network(x))`` as one function; compiled (one CUDA graph with reduce-overhead) when
+        this backend compiles. head gets the float32 outputs and returns tensors (any nesting of
+        tuples / lists). Compilation is lazy: it happens on the first call, once per input shape."""
+        def step(x: torch.Tensor) -> T:
+            if self.half:
+                x = x.half()
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return head(tuple(t.float() for t in self.module(x)))  # type: ignore[arg-type]
+
+        if self.compile_options is None:
+            return step
+        fn = torch.compile(step, **self.compile_options)
+        if not self.cuda_graphs:
+            return fn
+
+        def replay(x: torch.Tensor) -> T:
             torch.compiler.cudagraph_mark_step_begin()
-            return tuple(t.float().clone() for t in self.fn(x))  # type: ignore[return-value]
-        return tuple(t.float() for t in self.fn(x))  # type: ignore[return-value]
+            return tree_map(torch.clone, fn(x))
+
+        return replay
+
+
+def fused(backend: Backend, head: Callable[[Outputs], T]) -> Callable[[torch.Tensor], T]:
+    """``x -> head(backend(x))``: one compiled graph for a :class:`TorchBackend` (see :meth:`TorchBackend.then`),
+    the two calls in turn for the others (ONNX Runtime, TensorRT run the network only)."""
+    if isinstance(backend, TorchBackend):
+        return backend.then(head)
+    return lambda x: head(backend(x))
 
 
 def in_chunks(run: Callable[[torch.Tensor], Outputs], x: torch.Tensor, max_batch: int) -> Outputs:
@@ -200,13 +236,12 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     net = net.eval()
     if concrete == "eager":
-        module = _module_on(net, device, half, channels_last)
-        return TorchBackend(name="eager", fn=module, half=half, channels_last=channels_last)
+        return TorchBackend(name="eager", module=_module_on(net, device, half, channels_last), half=half,
+                            channels_last=channels_last)
     if concrete == "compile":
-        module = _module_on(net, device, half, channels_last)
-        mode = "reduce-overhead" if on_cuda else None
-        fn = torch.compile(module, mode=mode, dynamic=False)
-        return TorchBackend(name="compile", fn=fn, half=half, channels_last=channels_last, cuda_graphs=on_cuda)
+        return TorchBackend(name="compile", module=_module_on(net, device, half, channels_last), half=half,
+                            channels_last=channels_last,
+                            compile_options={"mode": "reduce-overhead" if on_cuda else None, "dynamic": False})
     if concrete == "onnx":
         from rtseg.engines.onnx_export import OnnxBackend
 

@@ -5,7 +5,8 @@ Outputs equal the official implementation's for the same weights and frame
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import functools
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -13,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
-from rtseg.engines.backends import make_backend
+from rtseg.engines.backends import Backend, fused, make_backend
 from rtseg.engines.base import StagedEngine
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
 from rtseg.ops.boxes import boxes_to_pixels, decode
-from rtseg.ops.device_overlay import blend
+from rtseg.ops.device_overlay import blend, download
 from rtseg.ops.masks import assemble_masks
 from rtseg.ops.nms import cross_class_fast_nms, fast_nms, traditional_nms
 from rtseg.ops.rle import encode_rle_device
@@ -28,6 +29,19 @@ from rtseg.types import Detections
 #: Masks materialised per chunk when a consumer asks for full-resolution masks (bounds memory).
 MASK_CHUNK = 8
 NMS_KINDS = ("fast", "cross_class", "traditional")
+
+
+class Candidates(NamedTuple):
+    """One frame's detections before the score threshold, on the device (:meth:`YolactEngine.forward`).
+
+    rows (M, 6) float32: x0, y0, x1, y1 (relative point form), score, class index; score descending,
+    score -1 for rows that are not detections (with Fast NMS M is fixed: min(max_detections, C·nms_top_k)).
+    coef (M, k): the rows' mask coefficients. proto (h, w, k): the frame's prototypes.
+    """
+
+    rows: torch.Tensor
+    coef: torch.Tensor
+    proto: torch.Tensor
 
 
 class InferenceNet(nn.Module):
@@ -96,8 +110,6 @@ class YolactEngine(StagedEngine):
         if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
             raise ConfigError(f"precision={precision!r} / calibration frames apply to the tensorrt backend only "
                               f"(got backend {backend!r}); add backend='tensorrt' (--backend tensorrt)")
-        self.backend = make_backend(self.net, name=backend, device=self._dev, input_size=self.cfg.input_size,
-                                    config=self.cfg, precision=precision, calibration_dir=calibration_dir)
         self.priors = make_priors(self.cfg, self._dev)
         self.score_threshold = score_threshold
         self.top_k = top_k
@@ -113,6 +125,8 @@ class YolactEngine(StagedEngine):
         self.device_overlay = self._dev.type == "cuda" if device_overlay is None else bool(device_overlay)
         # Fast NMS with the keep decision in one CUDA kernel where CuPy is installed (same keep set).
         self._fast_nms = cupy_ops.fast_nms if self._dev.type == "cuda" and cupy_ops.HAVE_CUPY else fast_nms
+        self.backend = make_backend(self.net, name=backend, device=self._dev, input_size=self.cfg.input_size,
+                                    config=self.cfg, precision=precision, calibration_dir=calibration_dir)
         self._resident: list[tuple[np.ndarray, torch.Tensor]] = []  # (host frame, its device copy), last batch
         self._pinned: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.cuda.Event]] = {}
 
@@ -179,21 +193,64 @@ class YolactEngine(StagedEngine):
         copied.record()
         return out
 
+    @property
+    def backend(self) -> Backend:
+        """The network backend (see :mod:`rtseg.engines.backends`); setting it rebuilds :meth:`forward`."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Backend) -> None:
+        self._backend = backend
+        compiled = getattr(backend, "compiled", False)
+        if compiled and self.nms == "fast":
+            # A graph with fixed shapes: torch's Fast NMS keep decision (CuPy kernels are not traceable);
+            # the priors stay at one address, so a CUDA graph reads them in place instead of copying them.
+            torch._dynamo.mark_static_address(self.priors)
+            self._forward = fused(backend, functools.partial(self.detection_head, nms=fast_nms))
+        else:  # eager network + CuPy Fast NMS on CUDA, or a head that waits for the device (other NMS kinds)
+            self._forward = fused(backend, self.detection_head)
+
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The network on a preprocessed batch → (loc, conf, coef, proto) (see :class:`InferenceNet`)."""
+    def network(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network alone on a preprocessed batch → (loc, conf, coef, proto) (see :class:`InferenceNet`)."""
         return self.backend(x)
 
     @torch.inference_mode()
-    def postprocess(self, raw: tuple[torch.Tensor, ...], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
-        """Raw network outputs + frame sizes (H, W) → one Detections per frame (masks lazy)."""
+    def forward(self, x: torch.Tensor) -> list[Candidates]:
+        """All device work of a preprocessed batch (B, 3, S, S): the network and the detection step
+        (:meth:`detection_head`) → one :class:`Candidates` per frame, still on the device.
+
+        With the compile backend and Fast NMS both run as one compiled function (on CUDA one CUDA
+        graph replay per batch size), else in turn; nothing here waits for the device with Fast NMS.
+        """
+        return self._forward(x)
+
+    def detection_head(self, raw: tuple[torch.Tensor, ...], nms: Callable[..., tuple[torch.Tensor, ...]] | None = None,
+                       ) -> list[Candidates]:
+        """Network outputs (loc, conf, coef, proto) of a batch → one :class:`Candidates` per frame
+        (:meth:`candidates` plus the gathers of the rows' boxes and coefficients; ``nms`` as there)."""
         loc, conf, coef, proto = raw
         if loc.shape[1] != self.priors.shape[0]:
             raise RuntimeError(f"network produced {loc.shape[1]} anchors, priors have {self.priors.shape[0]}")
+        out = []
+        for b in range(loc.shape[0]):
+            boxes, idx, classes, scores = self.candidates(loc[b], conf[b], nms)
+            rows = torch.cat([boxes[idx], scores[:, None].float(), classes[:, None].float()], 1)
+            out.append(Candidates(rows, coef[b][idx], proto[b]))
+        return out
+
+    @torch.inference_mode()
+    def postprocess(self, cands: Sequence[Candidates], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """:meth:`forward`'s candidates + frame sizes (H, W) → one Detections per frame (masks lazy).
+
+        Waits for the device once per batch: the rows of every frame come to the host in one copy.
+        """
         resident = [r if tuple(r[1].shape[:2]) == tuple(size) else None for r, size in zip(self._resident, sizes)]
-        if len(resident) != loc.shape[0]:
-            resident = [None] * loc.shape[0]
-        return [self._detect(loc[b], conf[b], coef[b], proto[b], sizes[b], resident[b]) for b in range(loc.shape[0])]
+        if len(resident) != len(cands):
+            resident = [None] * len(cands)
+        host = torch.cat([c.rows for c in cands]).cpu() if cands else torch.zeros(0, 6)
+        starts = np.cumsum([0] + [len(c.rows) for c in cands])
+        return [self._detections(c, host[starts[b]:starts[b + 1]], sizes[b], resident[b]) for b, c in enumerate(cands)]
 
     def candidates(self, loc: torch.Tensor, conf: torch.Tensor,
                    nms: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, ...]:
@@ -219,19 +276,16 @@ class YolactEngine(StagedEngine):
         return (boxes, *(nms or self._fast_nms)(boxes, scores, iou_threshold=self.iou_threshold, top_k=self.nms_top_k,
                                                  max_detections=self.max_detections, padded=True))
 
-    def _detect(self, loc: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, proto: torch.Tensor,
-                size: tuple[int, int], resident: tuple[np.ndarray, torch.Tensor] | None = None) -> Detections:
-        """One frame's raw outputs → Detections, waiting for the device once (the download of boxes,
-        scores and classes; see :meth:`candidates`)."""
-        boxes, idx, classes, det_scores = self.candidates(loc, conf)
+    def _detections(self, cand: Candidates, host: torch.Tensor, size: tuple[int, int],
+                    resident: tuple[np.ndarray, torch.Tensor] | None) -> Detections:
+        """One frame's candidates (device) and their rows on the host (M, 6) → Detections."""
         h, w = size
-        rel_boxes = boxes[idx]
-        host = torch.cat([boxes_to_pixels(rel_boxes, h, w).float(), det_scores.float()[:, None],
-                          classes.float()[:, None]], 1).cpu().numpy()
         # Rows are score descending, so the detections are a prefix.
-        n = min(int(np.count_nonzero(host[:, 4] > self.score_threshold if self.score_threshold > 0 else host[:, 4] >= 0)),
+        scores = host[:, 4]
+        n = min(int(torch.count_nonzero(scores > self.score_threshold if self.score_threshold > 0 else scores >= 0)),
                 self.top_k)
-        rel_boxes, det_coef, det_scores = rel_boxes[:n], coef[idx[:n]], det_scores[:n]
+        rel_boxes, det_coef, det_scores, proto = cand.rows[:n, :4], cand.coef[:n], cand.rows[:n, 4], cand.proto
+        pixels = boxes_to_pixels(host[:n, :4], h, w).numpy()
 
         def masks() -> np.ndarray:
             with torch.inference_mode():
@@ -245,9 +299,9 @@ class YolactEngine(StagedEngine):
                     assemble_masks(proto, det_coef[i:i + MASK_CHUNK], rel_boxes[i:i + MASK_CHUNK], (h, w)))]
 
         return Detections(
-            boxes=np.ascontiguousarray(host[:n, :4]),
-            scores=np.ascontiguousarray(host[:n, 4]),
-            class_ids=host[:n, 5].astype(np.int64),
+            boxes=np.ascontiguousarray(pixels),
+            scores=host[:n, 4].numpy().copy(),
+            class_ids=host[:n, 5].numpy().astype(np.int64),
             image_size=(h, w),
             class_names=self.class_names,
             _mask_fn=masks,
@@ -274,7 +328,7 @@ def _device_blender(resident: tuple[np.ndarray, torch.Tensor], proto: torch.Tens
             return None
         with torch.inference_mode():
             out = blend(frame, proto, coef, boxes, scores, torch.from_numpy(colors).to(frame.device), alpha=alpha)
-            return out.cpu().numpy()
+            return download(out)
 
     return blend_fn
 
