@@ -98,15 +98,26 @@ def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     return out
 
 
-def profile_table(engine: YolactEngine, frame: np.ndarray, iters: int, rows: int) -> str:
-    """torch.profiler key averages of ``iters`` whole calls, top ``rows`` by host time."""
+#: Host-side CUDA API calls that put work on the device, counted per whole call by :func:`profile_whole_call`.
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+                "cudaMemcpyAsync", "cudaMemsetAsync", "cudaStreamSynchronize", "cudaEventSynchronize")
+
+
+def profile_whole_call(engine: YolactEngine, frame: np.ndarray, iters: int, rows: int) -> tuple[str, dict[str, Any]]:
+    """torch.profiler over ``iters`` whole calls: the key-averages table (top ``rows`` by host time)
+    and, per call, the launches / copies / waits of :data:`LAUNCH_CALLS` plus host and device ms."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             annotate(frame, engine(frame))
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60)
+    averages = prof.key_averages()
+    per_call: dict[str, Any] = {e.key: e.count / iters for e in averages if e.key in LAUNCH_CALLS}
+    per_call["self_cpu_ms"] = sum(e.self_cpu_time_total for e in averages) / iters / 1000.0
+    per_call["self_device_ms"] = sum(e.self_device_time_total for e in averages) / iters / 1000.0
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60)
+    return table, per_call
 
 
 def main() -> None:
@@ -135,7 +146,8 @@ def main() -> None:
             doc["results"][run] = r
             print(run, " ".join(f"{k} {v['p50_ms']:.2f}" for k, v in r.items() if isinstance(v, dict)), "ms p50",
                   flush=True)
-            tables.append(f"== {run}\n{profile_table(engine, frame, args.profile_iters, 30)}")
+            table, r["per_call"] = profile_whole_call(engine, frame, args.profile_iters, 30)
+            tables.append(f"== {run}\n{table}")
         except Exception as exc:  # noqa: BLE001 - keep the other backends' numbers
             doc["results"][run] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         args.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -24,8 +24,9 @@
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
 # 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
 #    (RTSEG_PIPELINE_S, default 120)
-# 6. benchmarks.engine_profile (per-stage wall + torch.profiler table of one engine call) when
-#    RTSEG_PROFILE_S > 0 (default 0; give it 180: it compiles four graphs)
+# 6. benchmarks.engine_profile (per-stage wall, launches per call + torch.profiler table of one engine
+#    call, model + post at batch 1 one-graph vs network graph + eager detection step) when
+#    RTSEG_PROFILE_S > 0 (default 0; give it 180: it compiles three graphs of R-101)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
