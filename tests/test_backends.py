@@ -296,25 +296,30 @@ def test_gpu_compile_reduce_overhead(cuda_engine: YolactEngine) -> None:
 
 
 @pytest.mark.gpu
-def test_gpu_compile_engine_one_graph_forward_matches_eager(cuda_engine: YolactEngine) -> None:
+def test_gpu_compile_engine_one_graph_forward_matches_eager() -> None:
     """The compile engine (network + detection step as one CUDA graph, fp16) finds what the eager fp32
-    engine finds, and a frame's detections survive the next replay (outputs leave the graph's pool)."""
-    eng = YolactEngine(model=cuda_engine.net.model, class_names=["a", "b", "c"], score_threshold=0.2,
-                       device="cuda", backend="compile")
-    ref = YolactEngine(model=cuda_engine.net.model, class_names=["a", "b", "c"], score_threshold=0.2, device="cuda")
-    rng = np.random.default_rng(3)
-    f1, f2 = (rng.integers(0, 256, (200, 300, 3), dtype=np.uint8) for _ in range(2))
+    engine finds on the shipped demo model's own kind of frames, and a frame's detections survive the
+    next replay (the outputs are copied out of the graph's memory pool)."""
+    from rtseg.data.synthetic import SyntheticScene
+
+    weights = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
+    eng = YolactEngine.from_weights(weights, device="cuda", backend="compile", score_threshold=0.3)
+    ref = YolactEngine.from_weights(weights, device="cuda", score_threshold=0.3)
+    scene = SyntheticScene(41, num_frames=40, width=640, height=480)
+    f1, f2 = scene.frame(5)[0], scene.frame(30)[0]
     for _ in range(3):  # warm-up: record, then replay the graph
         eng(f1)
     d1 = eng(f1)
     masks1 = d1.masks.copy()
-    eng(f2)  # replays the graph: must not change d1's device tensors (masks are recomputed from them)
-    for got, want in ((d1, ref(f1)), (eng(f2), ref(f2))):
-        n = min(len(got), len(want), 10)
-        assert n >= 5
-        assert np.array_equal(got.class_ids[:n], want.class_ids[:n])
-        np.testing.assert_allclose(got.boxes[:n], want.boxes[:n], atol=2.0)
+    d2 = eng(f2)  # replays the graph: must not change d1's device tensors (masks are recomputed from them)
     assert masks1.any() and np.array_equal(d1._mask_fn(), masks1)
+    for got, want in ((d1, ref(f1)), (d2, ref(f2))):
+        assert len(want) >= 2 and abs(len(got) - len(want)) <= 1
+        for i in range(min(len(got), len(want))):  # fp16 may swap two near-equal scores: match by box
+            j = int(np.abs(want.boxes - got.boxes[i]).max(1).argmin())
+            assert got.class_ids[i] == want.class_ids[j] and np.abs(want.boxes[j] - got.boxes[i]).max() <= 2.0
+            inter = np.logical_and(got.masks[i], want.masks[j]).sum()
+            assert inter / np.logical_or(got.masks[i], want.masks[j]).sum() > 0.9
 
 
 @pytest.mark.gpu
