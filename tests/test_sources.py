@@ -64,9 +64,11 @@ def test_truncated_file_ends_with_a_notice(clip, tmp_path):
         assert len(list(source)) == 40 and source.notices == []
 
 
-def test_file_start_past_the_end_gives_nothing(clip):
-    with open_source(str(clip), start=10.0) as source:
-        assert list(source) == []
+def test_file_start_past_the_end_is_a_config_error(clip):
+    with pytest.raises(ConfigError, match=r"start 10 s is past the end of .*clip.*\(3\.00 s long\); choose an earlier start"):
+        open_source(str(clip), start=10.0)
+    with open_source(str(clip), start=2.95) as source:  # inside the last frame's time: that frame
+        assert len(list(source)) <= 1
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -8,7 +8,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from rtseg.errors import SourceError, first_line
+from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.video.sources import Source, redact_url, scrub
 
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError)
@@ -37,6 +37,11 @@ class FileSource(Source):
             raise SourceError(f"no video stream in {path}: pass a video file, image, folder or stream URL")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
+        length = self._container.duration / 1e6 if self._container.duration else None
+        if start > 0 and length is not None and start >= length:
+            self._container.close()
+            raise ConfigError(f"start {start:g} s is past the end of {path} ({length:.2f} s long); "
+                              f"choose an earlier start")
         self._path, self._stride, self._start, self._end = path, vid_stride, start, end
         rate = _rate(self._stream)
         super().__init__(source_id=path, fps=float(rate) / vid_stride if rate else None,
