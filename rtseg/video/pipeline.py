@@ -20,12 +20,13 @@ after a failed run, so that it leaves its output recognisably unfinished) and se
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
@@ -185,7 +186,8 @@ class Pipeline:
         """
         def run() -> None:
             try:
-                body()
+                with self._device_stream(name):
+                    body()
             except BaseException as exc:  # re-raised in the caller by run()
                 self._record(name, getattr(exc, "_rtseg_seq", None), exc)
             finally:
@@ -234,12 +236,28 @@ class Pipeline:
         item.timings.update(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)
 
     def _synced(self) -> float:
-        """``perf_counter()`` after the engine's device has finished its queued work (CUDA is asynchronous)."""
+        """``perf_counter()`` after this thread's CUDA stream has finished its queued work (CUDA is asynchronous)."""
         if self._cuda:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.current_stream().synchronize()
         return time.perf_counter()
+
+    def _device_stream(self, stage: str) -> ContextManager[object]:
+        """The CUDA stream ``stage`` queues its device work on (a context; nothing off CUDA).
+
+        Inference keeps the default stream (where warm-up compiled and recorded its graphs); annotate
+        (mask blend, frame download) and output (device RLE for JSON) get streams of their own, so a
+        frame's blend or RLE and the next frame's network neither queue behind nor wait for each other.
+        What they read is finished before it reaches them: ``postprocess`` waited for the inference
+        stream, and each of them waits for its own stream before returning (downloads), so memory
+        that one stream frees is never still in use by another.
+        """
+        if not self._cuda or stage not in ("annotate", "output"):
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.stream(torch.cuda.Stream(device=self.engine.device))
 
     def _annotate(self, item: _Item) -> None:
         hud = self.metrics.hud() if self.show_hud else None
