@@ -69,9 +69,9 @@ def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, 
 def download(t: torch.Tensor) -> np.ndarray:
     """A device tensor as a host numpy array of the same shape and dtype (waits for it).
 
-    From CUDA the copy lands in page-locked memory from torch's caching host allocator (a direct
-    DMA, about twice the rate of a pageable copy for a 1080p frame) and the array keeps that block
-    until it is freed, when the allocator takes it back for a later frame; no further host copy.
+    From CUDA the copy lands in page-locked memory from torch's caching host allocator (one direct
+    DMA instead of a pageable copy through the driver's staging buffer) and the array keeps that
+    block until it is freed, when the allocator takes it back for a later frame; no further host copy.
     """
     if not t.is_cuda:
         return t.numpy(force=True)

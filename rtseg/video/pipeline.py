@@ -240,7 +240,7 @@ class Pipeline:
         if self._cuda:
             import torch
 
-            torch.cuda.current_stream().synchronize()
+            torch.cuda.current_stream(self.engine.device).synchronize()
         return time.perf_counter()
 
     def _device_stream(self, stage: str) -> ContextManager[object]:
