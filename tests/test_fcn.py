@@ -88,6 +88,8 @@ def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
     with pytest.raises(WeightsError, match="not found"):
         train_fcn(engine(), data, cfg, checkpoint=tmp_path / "none.pth", resume=True)
+    with pytest.raises(ConfigError, match="resume=True needs checkpoint="):  # was: silently from step 0
+        train_fcn(engine(), data, cfg, resume=True)
 
 
 def test_training_reduces_loss_and_weights_roundtrip(tmp_path):

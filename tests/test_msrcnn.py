@@ -75,6 +75,8 @@ def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
         assert h == pytest.approx(w, rel=1e-4)
     for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
+    with pytest.raises(ConfigError, match="resume=True needs checkpoint="):  # was: silently from step 0
+        train_msrcnn(engine(), data, cfg, resume=True)
 
 
 def test_training_step_reduces_losses_and_engine_roundtrip(tmp_path):

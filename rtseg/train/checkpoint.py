@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rtseg.errors import WeightsError
+from rtseg.errors import ConfigError, WeightsError
 from rtseg.weights import load_into
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -71,3 +71,14 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
     if "torch_rng" in state:  # absent in checkpoints of older rtseg versions
         torch.set_rng_state(state["torch_rng"].cpu())
     return state
+
+
+def resume_step(checkpoint: str | Path | None, resume: bool, *, parts: dict[str, Stateful],
+                device: torch.device | str = "cpu") -> int:
+    """The step a run starts at: 0, or with ``resume`` the step of ``checkpoint`` after restoring
+    ``parts`` from it (:func:`load_checkpoint`). ``resume`` without a checkpoint is a ConfigError."""
+    if not resume:
+        return 0
+    if checkpoint is None:
+        raise ConfigError("resume=True needs checkpoint=: the checkpoint.pth of the run to continue")
+    return int(load_checkpoint(checkpoint, parts=parts, device=device)["step"])

@@ -29,7 +29,7 @@ from rtseg.engines.fcn import FcnEngine, save_fcn
 from rtseg.errors import exit_status
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, load_checkpoint, save_checkpoint
+from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, resume_step, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     parts = {"model": model, "optimizer": opt}
-    first = int(load_checkpoint(checkpoint, parts=parts, device=engine.device)["step"]) if resume and checkpoint else 0
+    first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(first, cfg.steps):

@@ -30,7 +30,7 @@ from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, load_checkpoint, save_checkpoint
+from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, resume_step, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
-    first = int(load_checkpoint(checkpoint, parts=parts, device=engine.device)["step"]) if resume and checkpoint else 0
+    first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(first, cfg.steps):
