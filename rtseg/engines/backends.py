@@ -7,8 +7,8 @@ device; pre- and post-processing stay in the engine.
 
 - ``eager``: the module as is (fp16 weights / channels_last memory as options).
 - ``compile``: ``torch.compile`` (on CUDA ``mode="reduce-overhead"``, i.e. CUDA
-  graphs, with fp16). :func:`fused` compiles the network together with a device-side
-  head (the engine's detection step) as one graph, so a frame costs one graph replay.
+  graphs, with fp16). :meth:`TorchBackend.then` compiles the network together with a
+  device-side head (the engine's detection step) as one graph, so a frame costs one graph replay.
 - ``onnx``: exported once with ``torch.onnx.export`` and run by ONNX Runtime
   (:mod:`rtseg.engines.onnx_export`).
 - ``tensorrt``: torch-tensorrt, fp16 or INT8 (:mod:`rtseg.engines.trt`).
@@ -169,14 +169,6 @@ class TorchBackend:
             return tree_map(torch.clone, fn(x))
 
         return replay
-
-
-def fused(backend: Backend, head: Callable[[Outputs], T]) -> Callable[[torch.Tensor], T]:
-    """``x -> head(backend(x))``: one compiled graph for a :class:`TorchBackend` (see :meth:`TorchBackend.then`),
-    the two calls in turn for the others (ONNX Runtime, TensorRT run the network only)."""
-    if isinstance(backend, TorchBackend):
-        return backend.then(head)
-    return lambda x: head(backend(x))
 
 
 def in_chunks(run: Callable[[torch.Tensor], Outputs], x: torch.Tensor, max_batch: int) -> Outputs:

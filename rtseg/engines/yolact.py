@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
-from rtseg.engines.backends import Backend, fused, make_backend
+from rtseg.engines.backends import Backend, TorchBackend, make_backend
 from rtseg.engines.base import StagedEngine
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
@@ -201,14 +201,13 @@ class YolactEngine(StagedEngine):
     @backend.setter
     def backend(self, backend: Backend) -> None:
         self._backend = backend
-        compiled = getattr(backend, "compiled", False)
-        if compiled and self.nms == "fast":
+        if isinstance(backend, TorchBackend) and backend.compiled and self.nms == "fast":
             # A graph with fixed shapes: torch's Fast NMS keep decision (CuPy kernels are not traceable);
             # the priors stay at one address, so a CUDA graph reads them in place instead of copying them.
             torch._dynamo.mark_static_address(self.priors)
-            self._forward = fused(backend, functools.partial(self.detection_head, nms=fast_nms))
-        else:  # eager network + CuPy Fast NMS on CUDA, or a head that waits for the device (other NMS kinds)
-            self._forward = fused(backend, self.detection_head)
+            self._forward = backend.then(functools.partial(self.detection_head, nms=fast_nms))
+        else:  # the network, then the detection step (CuPy Fast NMS on CUDA; other NMS kinds wait for the device)
+            self._forward = lambda x: self.detection_head(backend(x))
 
     @torch.inference_mode()
     def network(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

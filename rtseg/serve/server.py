@@ -193,7 +193,7 @@ class WebSink:
         jpeg_quality: int = 80,
     ) -> None:
         if not is_loopback(host) and not token:
-            raise SinkError(f"web output {host}:{port}: binding a non-loopback address needs a token; pass one or bind 127.0.0.1")
+            raise SinkError(f"web output {host}:{port}: binding a non-loopback address needs a token; pass --serve-token T or bind 127.0.0.1")
         self.token = token or None
         self.stats_fn = stats_fn
         self.latest = _LatestFrame(jpeg_quality)
