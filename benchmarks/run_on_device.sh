@@ -19,6 +19,7 @@
 #    --time-budget, at the shipped model's input size); the weights come back split in parts under 15 MiB
 #    (join: cat yolact_demo.safetensors.part-* > engines/yolact_demo.safetensors)
 # 3. benchmarks.train_step: one training step of the demo architecture without data loading
+#    (RTSEG_TRAIN_STEP_S, default 90; 0 skips it)
 #    benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
 #    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base)
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
@@ -104,12 +105,16 @@ if [ -n "$TRAIN_PID" ]; then
   rm -rf "$TRAIN_DIR"
 fi
 
-# Training step without data loading (device share of the s/it in train.log).
-echo "== train_step"
-timeout --kill-after=5 90 "$PY" -m benchmarks.train_step --device cuda --result train_step_gpu > "$OUT/train_step.log" 2>&1
-echo "train_step exit code $?" >> "$OUT/train_step.log"
-cp benchmarks/results/train_step_gpu.json "$OUT/" 2>/dev/null
-tail -n 4 "$OUT/train_step.log"
+# Training step without data loading (device share of the s/it in train.log); RTSEG_TRAIN_STEP_S=0 skips it.
+TRAIN_STEP_S="${RTSEG_TRAIN_STEP_S:-90}"
+if [ "$TRAIN_STEP_S" -gt 0 ]; then
+  echo "== train_step"
+  timeout --kill-after=5 "$TRAIN_STEP_S" "$PY" -m benchmarks.train_step --device cuda --result train_step_gpu \
+    > "$OUT/train_step.log" 2>&1
+  echo "train_step exit code $?" >> "$OUT/train_step.log"
+  cp benchmarks/results/train_step_gpu.json "$OUT/" 2>/dev/null
+  tail -n 4 "$OUT/train_step.log"
+fi
 
 # Benchmark: stop starting configurations 40 s before its end, hard-kill 10 s before it.
 SIDE_S=0
