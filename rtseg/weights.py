@@ -193,13 +193,21 @@ def save_yolact(path: str | Path, model: Yolact, class_names: Sequence[str], met
         raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} classes")
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(p))
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "config": asdict(model.cfg),
-        "class_names": list(class_names),
-        "sha256": sha256_file(p),
-        **({"meta": meta} if meta else {}),
-    }
-    manifest_path(p).write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp, man_tmp = p.with_name(p.name + ".tmp"), manifest_path(p).with_name(manifest_path(p).name + ".tmp")
+    try:
+        save_file(state, str(tmp))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "config": asdict(model.cfg),
+            "class_names": list(class_names),
+            "sha256": sha256_file(tmp),
+            **({"meta": meta} if meta else {}),
+        }
+        man_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:  # interrupted or failed: no half-written files left beside the old pair
+        tmp.unlink(missing_ok=True)
+        man_tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(p)  # the old pair stays whole until both new files are complete
+    man_tmp.replace(manifest_path(p))
     return p

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import cv2
 import numpy as np
@@ -186,6 +187,32 @@ def test_cli_user_errors_are_one_line(tiny_weights, capsys, data, message):
     assert main(["--weights", str(tiny_weights), "--data", data]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+
+def test_cli_bad_paths_and_options_fail_before_evaluating(tiny_weights, tmp_path, capsys):
+    """A folder as COCO annotations, an unusable --json path, a bad option value, images without any
+    instance (AP undefined): one line each, exit 2, no traceback; --json is refused before evaluating."""
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((20, 20, 3), np.uint8))
+    (folder / "a.json").write_text(json.dumps({"shapes": [], "imagePath": "a.png", "imageHeight": 20, "imageWidth": 20}))
+    cases = [
+        (["--data", f"coco:{tmp_path}:{tmp_path}"], "cannot read the annotation file"),
+        (["--data", "synthetic:test", "--json", str(tmp_path)], "not a file in an existing folder"),
+        (["--data", "synthetic:test", "--json", str(tmp_path / "no" / "m.json")], "not a file in an existing folder"),
+        (["--data", "synthetic:test", "--max-images", "abc"], "invalid int value"),
+        (["--data", "synthetic:test", "--max-images", "0"], "--max-images 0: must be at least 1"),
+        (["--data", f"labelme:{folder}"], "hold no (non-crowd) instances, so AP is undefined"),
+    ]
+    for args, message in cases:
+        t0 = time.perf_counter()
+        assert main(["--weights", str(tiny_weights), *args]) == 2, args
+        err = capsys.readouterr().err.strip()  # (a progress line may come first)
+        errors = [line for line in err.splitlines() if "error" in line]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (args, err)
+        if "--json" in args:
+            assert time.perf_counter() - t0 < 5.0  # refused at once, not after evaluating 300 images
 
 
 def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):

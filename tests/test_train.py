@@ -1,6 +1,8 @@
 """YOLACT training: matching, encoding, OHEM, augmentations, a real tiny training run, resume, CLI."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -283,6 +285,97 @@ def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     assert main(["--data", "synthetic", "--train-images", "8", "--input-size", "64", "--iters", "2",
                  "--resume", str(tmp_path / "none.pth"), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+
+def _one_line_error(capsys, message: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rtseg train: error: ") and message in err, err
+    assert "\n" not in err and "Traceback" not in err, err
+
+
+def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, capsys) -> None:
+    from rtseg.train.cli import main
+
+    common = ["--data", "synthetic", "--train-images", "4", "--input-size", "64", "--iters", "2", "--workers", "0"]
+    (tmp_path / "folder.safetensors").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--lr", "-0.01"], "--lr -0.01: the learning rate must be a number >= 0"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--input-size", "0"], "--input-size 0: must be at least 32"),
+        (["--fpn-channels", "0"], "--fpn-channels 0: must be at least 1"),
+        (["--workers", "-1"], "--workers -1: must be at least 0"),
+        (["--threads", "-1"], "--threads -1: must be at least 1"),
+        (["--out", str(tmp_path / "folder.safetensors")], "is a folder; give a file path ending in .safetensors"),
+        (["--out", str(tmp_path / "file" / "m.safetensors")], "is a file, not a folder"),
+        (["--work-dir", str(tmp_path / "file")], "--work-dir"),
+    ]
+    for args, message in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "m.safetensors")]
+        assert main([*common, *args, *out]) == 2, args
+        _one_line_error(capsys, message)
+    assert not list(tmp_path.rglob("checkpoint.pth"))  # all refused before the first step
+
+
+def test_cli_data_errors_from_a_loader_worker_and_resume_past_the_end(tmp_path, capsys) -> None:
+    """A corrupt image read in a DataLoader worker process is the error's own line (not the worker's
+    traceback); a checkpoint past --iters and a text file as --resume are one-line errors."""
+    import cv2
+
+    from rtseg.train.cli import main
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    shapes = [{"label": "cat", "points": [[2, 2], [30, 2], [30, 30]], "shape_type": "polygon"}]
+    for name in ("a", "b"):
+        cv2.imwrite(str(folder / f"{name}.png"), np.full((40, 40, 3), 90, np.uint8))
+        (folder / f"{name}.json").write_text(json.dumps({"shapes": shapes, "imagePath": f"{name}.png",
+                                                         "imageHeight": 40, "imageWidth": 40}))
+    (folder / "b.png").write_bytes(b"garbage")
+    small = ["--input-size", "64", "--fpn-channels", "16", "--num-prototypes", "4", "--batch-size", "2",
+             "--val-images", "1", "--threads", "1"]
+    assert main(["--data", f"labelme:{folder}", *small, "--iters", "2", "--workers", "1",
+                 "--out", str(tmp_path / "lm.safetensors")]) == 2
+    _one_line_error(capsys, "b.png: not a readable image")
+    common = ["--data", "synthetic", "--train-images", "4", *small, "--workers", "0"]
+    out = tmp_path / "m.safetensors"
+    assert main([*common, "--iters", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "m.train" / "checkpoint.pth"
+    assert main([*common, "--iters", "1", "--resume", str(ckpt), "--out", str(out)]) == 2
+    _one_line_error(capsys, "is at step 2, past --iters 1; give --iters 2 or more")
+    (tmp_path / "text.pth").write_text("hello")
+    assert main([*common, "--iters", "2", "--resume", str(tmp_path / "text.pth"), "--out", str(out)]) == 2
+    _one_line_error(capsys, "cannot be read")
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys) -> None:
+    """A real SIGINT in the middle of training (raised while the 4th batch is read, in the main process): the checkpoint
+    holds the steps done so far and says how to continue; nothing done is lost."""
+    import signal
+
+    class Interrupting(ListDataset):
+        def __init__(self, samples: list[Sample], at: int) -> None:
+            super().__init__(samples)
+            self.reads, self.at = 0, at
+
+        def __getitem__(self, i: int) -> Sample:
+            self.reads += 1
+            if self.reads == self.at:
+                signal.raise_signal(signal.SIGINT)
+            return super().__getitem__(i)
+
+    data = _frames(2, size=64)
+    trainer = _trainer(Interrupting(data.samples, at=13), 10, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.step == 3  # batches of 4: reads 1-12 made steps 1-3
+    ckpt = tmp_path / "run" / "checkpoint.pth"
+    assert f"interrupted at step 3: checkpoint {ckpt}; continue with --resume {ckpt}" in capsys.readouterr().out
+    resumed = _trainer(data, 10, tmp_path / "run2")
+    resumed.load_checkpoint(ckpt)
+    assert resumed.step == 3
 
 
 def test_resume_takes_the_new_learning_rate(tmp_path) -> None:

@@ -143,3 +143,23 @@ def test_unknown_engine_and_missing_weights():
         rtseg.load("yolo9000", weights="x")
     with pytest.raises(WeightsError, match="needs weights"):
         rtseg.load("yolact")
+
+
+def test_save_is_atomic_an_interrupted_export_keeps_the_old_pair(tmp_path, monkeypatch):
+    """Weights and manifest are written to .tmp files and renamed once both are complete: an export
+    interrupted before that (here: while the new file is hashed) leaves the earlier pair loadable."""
+    from rtseg import weights
+
+    cfg = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=16, num_prototypes=4)
+    path = save_yolact(tmp_path / "m.safetensors", Yolact(cfg), ["a", "b", "c"])
+    before = path.read_bytes()
+
+    def interrupted(p):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "sha256_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_yolact(path, Yolact(cfg), ["a", "b", "c"])
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+    assert load_yolact(str(path))[2] == ["a", "b", "c"]

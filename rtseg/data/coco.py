@@ -24,9 +24,9 @@ from rtseg.errors import DatasetError
 
 def read_image(path: Path | str) -> np.ndarray:
     """(H, W, 3) uint8 BGR image from ``path``; ``DatasetError`` when it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if os.path.isfile(path) else None
     if image is None:
-        why = "file not found" if not os.path.exists(path) else "not a readable image"
+        why = "file not found" if not os.path.isfile(path) else "not a readable image"
         raise DatasetError(f"{path}: {why}; fix or remove the file and its annotations")
     return image
 
@@ -93,6 +93,9 @@ class CocoDataset:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DatasetError(f"{self.path}: annotation file not found") from None
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: cannot read the annotation file ({exc.strerror}); "
+                               "give the instances_*.json file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{self.path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):

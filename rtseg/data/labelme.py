@@ -77,6 +77,11 @@ class LabelmeDataset:
         if not self.files:
             raise DatasetError(f"{self.folder}: no labelme *.json files in the folder")
         self._records = [self._parse(f) for f in self.files]
+        missing = [str(self._image_path(i)) for i, (data, _) in enumerate(self._records)
+                   if not data.get("imageData") and not self._image_path(i).is_file()]
+        if missing:
+            raise DatasetError(f"{self.folder}: {len(missing)} of {len(self.files)} images named by the JSON files "
+                               f"are missing (e.g. {', '.join(missing[:3])}); add them or remove their JSON files")
         if class_names is None:
             listed = [self.folder / n for n in LABEL_FILES if (self.folder / n).is_file()]
             class_names = listed[0] if listed else None
@@ -145,9 +150,14 @@ class LabelmeDataset:
     def __len__(self) -> int:
         return len(self.files)
 
+    def _image_path(self, index: int) -> Path:
+        """The image file the JSON of sample ``index`` names (relative to the JSON's folder; labelme on
+        Windows writes ``a\\b.jpg``)."""
+        return self.files[index].parent / str(self._records[index][0]["imagePath"]).replace("\\", "/")
+
     def _image(self, index: int) -> np.ndarray:
         path, (data, _) = self.files[index], self._records[index]
-        image_path = path.parent / str(data["imagePath"]).replace("\\", "/")  # labelme on Windows writes a\\b.jpg
+        image_path = self._image_path(index)
         if image_path.is_file() or not data.get("imageData"):
             return read_image(image_path)
         image = cv2.imdecode(np.frombuffer(base64.b64decode(data["imageData"]), np.uint8), cv2.IMREAD_COLOR)

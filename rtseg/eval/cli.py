@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FCN_FORMAT
 from rtseg.engines.msrcnn import MSRCNN_FORMAT
-from rtseg.errors import ConfigError, SinkError, WeightsError, exit_status
+from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, exit_status
 from rtseg.eval.coco import format_table
 from rtseg.eval.mask_scoring import format_scoring_table
 from rtseg.eval.runners import (
@@ -120,8 +121,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see rtseg eval --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rtseg eval", description="Accuracy of YOLACT, FCN or MS R-CNN weights on a "
+    p = _Parser(prog="rtseg eval", description="Accuracy of YOLACT, FCN or MS R-CNN weights on a "
                                 "data set: COCO mask/box AP, or mIoU and pixel accuracy for FCN.")
     p.add_argument("--weights", required=True,
                    help="official YOLACT .pth, rtseg .safetensors (+ .json manifest) of any engine, or "
@@ -145,8 +151,12 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, float]:
     import rtseg
 
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images {args.max_images}: must be at least 1")
     engine_name = resolve_engine(args.weights, args.engine)
     resize = None if args.resize is None else parse_size(args.resize)
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
     dataset = open_dataset(args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:
@@ -161,6 +171,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         table = format_semantic(metrics)
     else:
         metrics = evaluate_instances(engine, data, dataset.class_names, mask_scoring=engine_name == "msrcnn")
+        if math.isnan(metrics["mask_AP"]) and math.isnan(metrics["box_AP"]):
+            raise DatasetError(f"--data {args.data}: the {n} images hold no (non-crowd) instances, so AP is "
+                               "undefined; evaluate on annotated images")
         table = format_table(metrics) + ("\n\n" + format_scoring_table(metrics) if engine_name == "msrcnn" else "")
     seconds = time.perf_counter() - start
     size = f" at {resize[0]}x{resize[1]}" if resize else ""
@@ -180,11 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg eval``; returns the exit status (0 ok, 2 on a user error, as every rtseg command)."""
-    args = _parser().parse_args(argv)
-    if args.max_images is not None and args.max_images < 1:
-        print("rtseg eval: error: --max-images must be at least 1", file=sys.stderr)
-        return 2
-    return exit_status("rtseg eval", lambda: run(args))
+    return exit_status("rtseg eval", lambda: run(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ never leaves a half-written checkpoint; it is read with ``weights_only=True``.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,7 +56,7 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
         raise WeightsError(f"checkpoint {p} not found; give the checkpoint.pth an earlier run wrote")
     try:
         state = torch.load(str(p), map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch.load raises KeyError, ValueError, UnpicklingError … on foreign bytes
         raise WeightsError(f"checkpoint {p} cannot be read ({str(exc).splitlines()[0][:120]}); "
                            "is it a checkpoint.pth of an rtseg training run?") from None
     missing = [name for name in ("step", *parts) if not isinstance(state, dict) or name not in state]

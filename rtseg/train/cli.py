@@ -13,6 +13,7 @@ them; otherwise everything starts from scratch (said in the log).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 from dataclasses import replace
@@ -22,7 +23,7 @@ from typing import NoReturn, Sequence
 import torch
 
 from rtseg.data.dataset import InstanceDataset
-from rtseg.errors import ConfigError, WeightsError, exit_status
+from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
@@ -74,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_dataset(spec: str, *, split: str = "train", num_images: int | None = None) -> InstanceDataset:
-    """A data set from ``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER``."""
+def open_dataset(spec: str, *, split: str = "train", num_images: int | None = None,
+                 class_names: Sequence[str] | None = None) -> InstanceDataset:
+    """A data set from ``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER``
+    (``class_names``: the classes of a labelme folder, e.g. the training set's for a validation set)."""
     from rtseg.data import CocoDataset, LabelmeDataset, SyntheticDataset
 
     kind, _, rest = spec.partition(":")
@@ -87,7 +90,7 @@ def open_dataset(spec: str, *, split: str = "train", num_images: int | None = No
             raise ConfigError(f"--data {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR")
         return CocoDataset(ann, img_dir)
     if kind == "labelme" and rest:
-        return LabelmeDataset(rest)
+        return LabelmeDataset(rest, class_names=class_names)
     raise ConfigError(f"--data {spec!r}: expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER")
 
 
@@ -123,6 +126,33 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
     return tuple(int(f * iters) for f in fractions)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """ConfigError for option values training cannot use (before any data is read)."""
+    if not (math.isfinite(args.lr) and args.lr >= 0):
+        raise ConfigError(f"--lr {args.lr}: the learning rate must be a number >= 0, e.g. --lr 1e-3")
+    for name, value, low in (("--input-size", args.input_size, 32), ("--fpn-channels", args.fpn_channels, 1),
+                             ("--num-prototypes", args.num_prototypes, 1), ("--workers", args.workers, 0),
+                             ("--warmup", args.warmup, 0), ("--ckpt-every", args.ckpt_every, 0),
+                             ("--val-every", args.val_every, 0)):
+        if value < low:
+            raise ConfigError(f"{name} {value}: must be at least {low}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: must be at least 1")
+
+
+def _check_outputs(out: Path, work_dir: Path) -> None:
+    """Create the output folders now and refuse paths that could only fail after training."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file path ending in .safetensors")
+    for option, folder in (("--out", out.parent), ("--work-dir", work_dir)):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{option} {folder}: is a file, not a folder; choose another path")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose another path") from None
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Train as the parsed options say; returns the final validation metrics."""
     out = Path(args.out)
@@ -130,11 +160,23 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError(f"--out {out}: must end in .safetensors")
     if args.time_budget is not None and args.time_budget <= 0:
         raise ConfigError(f"--time-budget {args.time_budget}: give the minutes training may take, > 0")
+    _check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = open_dataset(args.data, num_images=args.train_images)
+    if not train_set.class_names:
+        raise DatasetError(f"--data {args.data}: no classes (no labelled shapes or categories); "
+                           "annotate the images or give a data set with categories")
     val_spec = args.val_data or ("synthetic" if args.data == "synthetic" else None)
-    val_set = open_dataset(val_spec, split="val") if val_spec else None
+    val_set = open_dataset(val_spec, split="val", class_names=train_set.class_names) if val_spec else None
+    if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
+        raise ConfigError(f"--val-data {val_spec}: classes {', '.join(val_set.class_names)} differ from the "
+                          f"training classes {', '.join(train_set.class_names)}; give a validation set of the same classes")
+    if val_set is not None:  # read the validation images now, not after hours of training
+        for i in range(min(len(val_set), args.val_images)):
+            val_set[i]
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
+    _check_outputs(out, work_dir)
     cfg = YolactConfig(backbone=args.backbone, num_classes=len(train_set.class_names),
                        fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
     model = Yolact(cfg)
@@ -150,7 +192,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                          val_images=args.val_images, ckpt_every=args.ckpt_every, num_workers=args.workers,
                          seed=args.seed, amp=args.amp, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                          augment=replace(AugmentConfig(), expand_max=args.expand_max))
-    work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
     trainer = Trainer(model=model, train_set=train_set, val_set=val_set, config=config, work_dir=work_dir,
                       device=args.device)
     if args.amp == "bf16" and trainer.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.yolact import YolactEngine
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, RtsegError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.train.augment import AugmentConfig, augment
@@ -72,7 +72,7 @@ class TrainConfig:
 
     def lr_factor(self, step: int) -> float:
         """LR at ``step`` divided by ``lr``: linear warm-up, then ``gamma`` per passed LR step."""
-        if step < self.warmup_iters:
+        if step < self.warmup_iters and self.lr > 0:  # lr 0 (frozen weights) has no warm-up
             return (self.warmup_init + (self.lr - self.warmup_init) * step / self.warmup_iters) / self.lr
         return self.gamma ** sum(step >= s for s in self.lr_steps)
 
@@ -197,6 +197,9 @@ class Trainer:
         parts = self._parts()
         del parts["scheduler"]  # rebuilt from this trainer's config below
         self.step = int(load_checkpoint(path, parts=parts, device=self.device)["step"])
+        if self.step > self.config.iters:
+            raise ConfigError(f"checkpoint {path} is at step {self.step}, past --iters {self.config.iters}; "
+                              f"give --iters {self.step} or more to continue it")
         self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
         self.scheduler.last_epoch = self.step
         for group in self.optimizer.param_groups:
@@ -253,6 +256,21 @@ class Trainer:
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
+        try:
+            self._steps(start, t0, running, timer, requested)
+        except RtsegError as exc:  # from a DataLoader worker the message carries the worker's traceback
+            raise _worker_error(exc) from None
+        except KeyboardInterrupt:
+            path = self.save_checkpoint()
+            print(f"interrupted at step {self.step}: checkpoint {path}; continue with --resume {path}",
+                  file=self.log, flush=True)
+            raise
+        self.save_checkpoint()
+        return self._report_validation()
+
+    def _steps(self, start: int, t0: float, running: dict[str, float], timer: "_BudgetTimer",
+               requested: TrainConfig) -> None:
+        c = self.config
         for images, targets in self._loader():
             if self.step >= self.config.iters:
                 break
@@ -266,8 +284,6 @@ class Trainer:
                 self.save_checkpoint()
             if c.val_every and self.step % c.val_every == 0 and self.step < self.config.iters:
                 self._report_validation()
-        self.save_checkpoint()
-        return self._report_validation()
 
     def _replan(self, timer: "_BudgetTimer", requested: TrainConfig) -> None:
         """Fit the ``requested`` schedule to the time budget, from the step rate measured so far.
@@ -343,6 +359,15 @@ class _BudgetTimer:
         per_step = (now - self.mark[1]) / max(step - self.mark[0], 1)
         left = self.budget - (now - self.t0)
         return step + int(left / per_step) if per_step > 0 else None
+
+
+def _worker_error(exc: RtsegError) -> RtsegError:
+    """``exc`` with its own one line when a DataLoader worker wrapped it in the worker's traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return exc
+    last = text.splitlines()[-1]  # "rtseg.errors.DatasetError: <the line>"
+    return type(exc)(last.split(": ", 1)[1] if ": " in last else last)
 
 
 def _hms(seconds: float) -> str:
