@@ -182,32 +182,37 @@ def read_manifest(weights: str | Path) -> dict[str, Any]:
     return man
 
 
-def save_yolact(path: str | Path, model: Yolact, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as safetensors plus a JSON manifest (config, classes, sha256, ``meta``)."""
-    from safetensors.torch import save_file
+def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, Any], class_names: Sequence[str],
+               meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s state as safetensors plus a JSON manifest {format, config, class_names, sha256, meta}.
+
+    Atomic: both are written to ``.tmp`` files first and renamed once complete, so an interrupted
+    export leaves the previous pair as it was (and no partial files beside it).
+    """
+    from safetensors.torch import save
 
     p = Path(path)
     if p.suffix != ".safetensors":
         raise WeightsError(f"{p}: rtseg weights must end in .safetensors")
-    if len(class_names) != model.cfg.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} classes")
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp, man_tmp = p.with_name(p.name + ".tmp"), manifest_path(p).with_name(manifest_path(p).name + ".tmp")
     try:
-        save_file(state, str(tmp))
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "config": asdict(model.cfg),
-            "class_names": list(class_names),
-            "sha256": sha256_file(tmp),
-            **({"meta": meta} if meta else {}),
-        }
+        tmp.write_bytes(save(state))  # (save_file would create it readable by its owner only)
+        manifest = {"format": fmt, "config": config, "class_names": list(class_names), "sha256": sha256_file(tmp),
+                    **({"meta": meta} if meta else {})}
         man_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:  # interrupted or failed: no half-written files left beside the old pair
+    except BaseException:
         tmp.unlink(missing_ok=True)
         man_tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(p)  # the old pair stays whole until both new files are complete
+    tmp.replace(p)
     man_tmp.replace(manifest_path(p))
     return p
+
+
+def save_yolact(path: str | Path, model: Yolact, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors plus a JSON manifest (config, classes, sha256, ``meta``; :func:`save_model`)."""
+    if len(class_names) != model.cfg.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} classes")
+    return save_model(path, model, MANIFEST_FORMAT, asdict(model.cfg), class_names, meta)

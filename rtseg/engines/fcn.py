@@ -19,7 +19,7 @@ from rtseg.engines.yolact import resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
-from rtseg.weights import load_into, manifest_path, read_state_dict, sha256_file
+from rtseg.weights import load_into, manifest_path, read_state_dict, save_model, sha256_file
 
 FCN_FORMAT = "rtseg-fcn/1"
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -28,22 +28,6 @@ STD_RGB = (0.229, 0.224, 0.225)
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-
-
-def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, Any], class_names: Sequence[str],
-               meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s state as safetensors plus a JSON manifest {format, config, class_names, sha256, meta}."""
-    from safetensors.torch import save_file
-
-    p = Path(path)
-    if p.suffix != ".safetensors":
-        raise WeightsError(f"{p}: rtseg weights must end in .safetensors")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(p))
-    man = {"format": fmt, "config": config, "class_names": list(class_names), "sha256": sha256_file(p),
-           **({"meta": meta} if meta else {})}
-    manifest_path(p).write_text(json.dumps(man, indent=2) + "\n")
-    return p
 
 
 def load_model(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

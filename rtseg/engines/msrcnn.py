@@ -13,13 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rtseg.engines.fcn import load_model, save_model
+from rtseg.engines.fcn import load_model
 from rtseg.engines.base import StagedEngine
 from rtseg.engines.yolact import resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections
-from rtseg.weights import load_into
+from rtseg.weights import load_into, save_model
 
 MSRCNN_FORMAT = "rtseg-msrcnn/1"
 
