@@ -87,6 +87,17 @@ def test_coco_include_crowd_marks_crowd_regions(tmp_path):
     assert s.class_ids.tolist() == [1, 2, 0] and s.iscrowd.tolist() == [False, False, True]
 
 
+
+def test_coco_without_usable_annotations_is_refused_at_open(tmp_path):
+    """No annotations, or only crowd regions: nothing to train or evaluate on (was a run that learned nothing)."""
+    crowd = {"id": 1, "image_id": 10, "category_id": 3, "iscrowd": 1, "bbox": [0, 40, 20, 20],
+             "segmentation": [[0, 40, 20, 40, 20, 60]]}
+    for annotations, message in (([], "no non-crowd annotations"), ([crowd], "no non-crowd annotations")):
+        with pytest.raises(DatasetError, match=message):
+            CocoDataset(*_coco(tmp_path, annotations=annotations))
+    assert len(CocoDataset(*_coco(tmp_path, annotations=[crowd]), include_crowd=True)) == 2
+
+
 @pytest.mark.parametrize("change, message", [
     ({"segmentation": [[1, 1, 5, 5]]}, "polygon with 2 points"),
     ({"segmentation": [[1, 1, 5, 5, 7]]}, "odd count"),

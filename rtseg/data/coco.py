@@ -120,6 +120,9 @@ class CocoDataset:
             self._check_annotation(ann, cat_to_class)
             self._anns[ann["image_id"]].append(ann)
         self._cat_to_class = cat_to_class
+        if self._images and not any(self.include_crowd or not a.get("iscrowd", 0) for v in self._anns.values() for a in v):
+            raise DatasetError(f"{self.path}: no {'' if include_crowd else 'non-crowd '}annotations, so nothing to "
+                               "train or evaluate on; give an annotated instances_*.json")
         missing = [img["file_name"] for img in self._images.values()
                    if not (self.image_dir / img["file_name"]).is_file()]
         if missing:
