@@ -67,7 +67,7 @@ def _semantic_record(sem: SemanticMap) -> dict:
 def _panoptic_record(pan: Panoptic) -> dict:
     segments = []
     for s in pan.segments:
-        seg = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in s.items()}
+        seg = {k: (v.tolist() if isinstance(v, (np.generic, np.ndarray)) else v) for k, v in s.items()}
         seg["class_name"] = _name(pan.class_names, int(s["category_id"]))
         segments.append(seg)
     ids = np.array([s["id"] for s in pan.segments], np.int64)

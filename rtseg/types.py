@@ -90,6 +90,10 @@ class Detections:
             _check("Detections.track_ids", self.track_ids, (n,), np.int64)
         if self._masks is not None:
             _check("Detections.masks", self._masks, (n, *self.image_size), np.bool_)
+        if not (np.isfinite(self.boxes).all() and np.isfinite(self.scores).all()):
+            raise ValueError("Detections: boxes and scores must be finite (got NaN or inf)")
+        if n and int(self.class_ids.min()) < 0:
+            raise ValueError(f"Detections.class_ids: ids must be >= 0, got {int(self.class_ids.min())}")
         if n and self.class_names and int(self.class_ids.max()) >= len(self.class_names):
             raise ValueError(
                 f"Detections.class_ids: max id {int(self.class_ids.max())} "
@@ -132,8 +136,10 @@ class Detections:
         names = self.class_names
         return [names[i] if i < len(names) else str(i) for i in self.class_ids.tolist()]
 
-    def __getitem__(self, index: np.ndarray | slice) -> "Detections":
-        """Subset by boolean mask, integer indices or slice (masks materialised)."""
+    def __getitem__(self, index: np.ndarray | slice | int) -> "Detections":
+        """Subset by boolean mask, integer indices, slice or one integer (a Detections of one; masks materialised)."""
+        if isinstance(index, (int, np.integer)):
+            index = [index]
         return Detections(
             boxes=self.boxes[index],
             scores=self.scores[index],
@@ -209,6 +215,9 @@ class Panoptic:
 
     def __post_init__(self) -> None:
         _check("Panoptic.ids", self.ids, (None, None), np.int64)
+        for s in self.segments:
+            if not isinstance(s, dict) or "id" not in s or "category_id" not in s:
+                raise ValueError(f"Panoptic.segments: every segment needs 'id' and 'category_id', got {s!r:.80}")
 
 
 Prediction = Detections | SemanticMap | Superpixels | Panoptic

@@ -39,8 +39,12 @@ def manifest_path(weights: str | Path) -> Path:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .pth checkpoint, loaded with ``weights_only=True``; WeightsError on any problem."""
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(f"{p} is a folder; give the path to a YOLACT .pth or rtseg .safetensors file in it")
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p} (give the path to a YOLACT .pth or rtseg .safetensors file)")
+    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
+        raise WeightsError(f"{p} is the manifest; pass the weights beside it: {p.with_suffix('.safetensors')}")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

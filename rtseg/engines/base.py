@@ -1,9 +1,11 @@
 """What every runnable segmenter offers the pipeline, CLI and API."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence, overload, runtime_checkable
+import warnings
+from typing import Iterable, Protocol, Sequence, overload, runtime_checkable
 
 import numpy as np
+import torch
 
 from rtseg.errors import ConfigError
 from rtseg.types import Prediction
@@ -37,12 +39,26 @@ def frames_as_list(frames: np.ndarray | Sequence[np.ndarray]) -> tuple[bool, lis
     Raises ConfigError naming the bad frame. Shared by every engine.
     """
     single = isinstance(frames, np.ndarray)
+    if not single and (isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable)):
+        raise ConfigError(f"expected an H×W×3 uint8 BGR numpy array or a sequence of them, got {type(frames).__name__}")
     images = [frames] if single else list(frames)
     for i, img in enumerate(images):
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
             raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
+        if img.size == 0:
+            raise ConfigError(f"frame {i}: empty image {img.shape}; skip frames with no pixels")
     return single, images
+
+
+def host_tensor(img: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over ``img`` (C-contiguous; no copy when it already is), read-only arrays included.
+
+    torch warns that it cannot mark a tensor read-only; rtseg never writes into it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(img))
 
 
 class StagedEngine:

@@ -6,6 +6,7 @@ or torchvision's ``fcn_resnet50/101`` (pretrained only when already in the torch
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,6 +67,8 @@ class FcnEngine:
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], device: str = "cpu",
                  max_side: int | None = None, pretrained: bool = False) -> None:
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral) or max_side < 1):
+            raise ConfigError(f"fcn: max_side must be None or an integer >= 1, got {max_side!r}")
         self._device = resolve_device(device)
         self.device = str(self._device)
         self.model = model.to(self._device).eval()

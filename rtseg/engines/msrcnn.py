@@ -72,6 +72,12 @@ class MsrcnnEngine(StagedEngine):
 
     def preprocess(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """(H, W, 3) uint8 BGR images -> list of (3, H, W) float32 RGB in [0, 1] (torchvision normalises)."""
+        cfg = self.model.cfg
+        for i, img in enumerate(images):
+            short, long = sorted(img.shape[:2])
+            if int(short * min(cfg.min_size / short, cfg.max_size / long)) < 1:
+                raise ConfigError(f"frame {i}: {img.shape[0]}x{img.shape[1]} is too elongated for msrcnn "
+                                  f"(resize to max side {cfg.max_size} leaves < 1 pixel); crop or pad it")
         return [torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).to(self._device).permute(2, 0, 1).float()
                 .div_(255) for img in images]
 

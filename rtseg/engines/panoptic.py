@@ -173,8 +173,11 @@ class PanopticEngine:
         if instances is None or semantic is None:
             raise ConfigError("panoptic needs instances= (an engine or (name, weights)) and semantic= "
                               "(an FCN engine or FCN weights path)")
-        if isinstance(instances, tuple):
+        if isinstance(instances, (tuple, list)) and len(instances) == 2:
             instances = load(instances[0], instances[1], device=device)
+        elif not callable(instances) or not hasattr(instances, "class_names"):
+            raise ConfigError(f"panoptic: instances= must be an engine or a (name, weights) pair such as "
+                              f"(\"yolact\", PATH), got {type(instances).__name__}")
         if isinstance(semantic, (str, Path)):
             semantic = load("fcn", str(semantic), device=device)
         return cls(instances=instances, semantic=semantic, **options)

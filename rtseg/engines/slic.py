@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtseg.engines.base import frames_as_list
+from rtseg.engines.base import frames_as_list, host_tensor
 from rtseg.errors import ConfigError
 from rtseg.types import Superpixels
 
@@ -60,6 +60,8 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     Returns (H, W) int64 labels 0..K-1 on the image's device, every segment 4-connected.
     """
     h, w = image.shape[:2]
+    if h * w >= 1 << 24:
+        raise ConfigError(f"slic_torch: image {h}x{w} too large (max 2^24 pixels); downscale it first")
     dev = image.device
     step = max(math.sqrt(h * w / max(n_segments, 1)), 1.0)
     gh, gw = max(round(h / step), 1), max(round(w / step), 1)
@@ -184,7 +186,7 @@ class SlicEngine:
             labels = slic(image[..., ::-1], n_segments=self.n_segments, compactness=self.compactness,
                           max_num_iter=self.iterations, start_label=0, convert2lab=True)
             return np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int64)
-        t = torch.from_numpy(np.ascontiguousarray(image)).to(self._device)
+        t = host_tensor(image).to(self._device)
         return slic_torch(t, n_segments=self.n_segments, compactness=self.compactness,
                           iterations=self.iterations).cpu().numpy()
 

@@ -6,6 +6,7 @@ Outputs equal the official implementation's for the same weights and frame
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import Backend, TorchBackend, make_backend
-from rtseg.engines.base import StagedEngine
+from rtseg.engines.base import StagedEngine, host_tensor
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
@@ -95,10 +96,15 @@ class YolactEngine(StagedEngine):
                  device_overlay: bool | None = None) -> None:
         if nms not in NMS_KINDS:
             raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ConfigError(f"score threshold {score_threshold} is outside [0, 1]")
-        if top_k < 1:
-            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        for key, v in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold),
+                       ("conf_threshold", conf_threshold)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key} must be a number in [0, 1], got {v!r}")
+        for key, v in (("top_k", top_k), ("nms_top_k", nms_top_k), ("max_detections", max_detections)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ConfigError(f"{key} must be an integer >= 1, got {v!r}")
+        if model.cfg.input_size < 32:
+            raise ConfigError(f"input_size must be at least 32 pixels, got {model.cfg.input_size}")
         self.cfg: YolactConfig = model.cfg
         self.device = str(device)
         self._dev = resolve_device(self.device)
@@ -180,7 +186,7 @@ class YolactEngine(StagedEngine):
 
     def _upload(self, img: np.ndarray, slot: int) -> torch.Tensor:
         """(H, W, 3) uint8 host frame → the same on the device (CUDA: via a pinned buffer, non-blocking)."""
-        host = torch.from_numpy(np.ascontiguousarray(img))
+        host = host_tensor(img)
         if self._dev.type != "cuda":
             return host.to(self._dev)
         key = (slot, tuple(host.shape))

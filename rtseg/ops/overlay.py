@@ -82,7 +82,9 @@ def annotate(
         out = _draw_panoptic(image, prediction, alpha)
     else:
         raise TypeError(f"annotate: unsupported prediction type {type(prediction).__name__}")
-    if hud:
+    if hud is not None and not isinstance(hud, Mapping):
+        raise TypeError(f"annotate: hud must be a mapping such as {{'FPS': 29.7}}, got {type(hud).__name__}")
+    if hud and out.size:
         _draw_hud(out, hud)
     return out
 
@@ -160,6 +162,8 @@ def _blend_masks(image: np.ndarray, dets: Detections, colors: np.ndarray, alpha:
     # Work inside the union of the boxes only.
     rx0, ry0 = ib[:, :2].min(axis=0)
     rx1, ry1 = ib[:, 2:].max(axis=0)
+    if rx1 <= rx0 or ry1 <= ry0:  # every box is outside the image or empty
+        return image.copy()
     # Painter's order: lowest score first so the most confident instance ends on top.
     # Each step touches only its own box, so its cost is proportional to the box area.
     owner = np.zeros((max(ry1 - ry0, 0), max(rx1 - rx0, 0)), np.uint8 if n < 255 else np.int32)
@@ -183,7 +187,9 @@ def _draw_boxes_and_labels(out: np.ndarray, dets: Detections, colors: np.ndarray
     scale = max(0.4, min(h, w) / 1000.0)
     thick = max(1, int(round(scale * 2)))
     labels = dets.labels
-    boxes = np.round(dets.boxes).astype(np.int64)
+    # far-outside corners are clamped just beyond the frame (OpenCV takes int32 points only)
+    m = thick + 1
+    boxes = np.round(np.clip(dets.boxes, -m, np.array([w, h, w, h]) + m)).astype(np.int64)
     for i in range(len(dets)):
         color = tuple(int(c) for c in colors[i])
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
