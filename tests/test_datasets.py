@@ -92,9 +92,9 @@ def test_coco_without_usable_annotations_is_refused_at_open(tmp_path):
     """No annotations, or only crowd regions: nothing to train or evaluate on (was a run that learned nothing)."""
     crowd = {"id": 1, "image_id": 10, "category_id": 3, "iscrowd": 1, "bbox": [0, 40, 20, 20],
              "segmentation": [[0, 40, 20, 40, 20, 60]]}
-    for annotations, message in (([], "no non-crowd annotations"), ([crowd], "no non-crowd annotations")):
+    for anns, message in (([], "no non-crowd annotations"), ([crowd], "no non-crowd annotations")):
         with pytest.raises(DatasetError, match=message):
-            CocoDataset(*_coco(tmp_path, annotations=annotations))
+            CocoDataset(*_coco(tmp_path, annotations=anns))
     assert len(CocoDataset(*_coco(tmp_path, annotations=[crowd]), include_crowd=True)) == 2
 
 

@@ -5,6 +5,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def test_push_errors():
         PushSink("http://127.0.0.1:1/x")
     sink = PushSink(f"rtmp://127.0.0.1:{_free_port()}/live/x")  # nobody listens there
     img = np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(SinkError, match="send failed"):
+    with pytest.raises(SinkError, match="send failed"):  # sent on the sink's thread: raised by a later call
         sink.write(Frame(img, pts=0.0), None, img)
+        sink.close()
     sink.close()
 
 
@@ -85,3 +87,48 @@ def test_push_errors_hide_credentials():
     with pytest.raises(SinkError) as e:
         PushSink("ftp://user:secret@cam.local:554/s")
     assert "secret" not in str(e.value) and "cam.local:554" in str(e.value)
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+def test_push_to_a_frozen_server_fails_instead_of_hanging(tmp_path):
+    """A receiver that stops reading without closing the connection (SIGSTOP: a pulled cable) must end
+    in a SinkError within the stall timeout, not block the pipeline (and Ctrl-C) for ever."""
+    port = _free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-listen", "1", "-i", url,
+                               "-c", "copy", "-y", str(tmp_path / "got.flv")], stderr=subprocess.DEVNULL)
+    rng = np.random.default_rng(0)
+    try:
+        _wait_listening(port)
+        sink = PushSink(url, fps_hint=25, stall_timeout=2.0)
+        for i in range(5):
+            img = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+            sink.write(Frame(img, seq=i, pts=i / 25), None, img)
+        time.sleep(1.0)
+        server.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        outcome: list[BaseException] = []
+
+        def feed() -> None:  # on a thread, so that a regression (a hang) fails the test instead of CI
+            try:
+                for i in range(5, 100_000):  # incompressible noise fills the socket buffers quickly
+                    img = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+                    sink.write(Frame(img, seq=i, pts=i / 25), None, img)
+            except BaseException as exc:
+                outcome.append(exc)
+            try:
+                sink.close()  # returns (within the stall timeout) with the error instead of hanging
+            except BaseException as exc:
+                outcome.append(exc)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        feeder.join(60)
+        assert not feeder.is_alive(), "the push sink blocked on the frozen server"
+        assert time.monotonic() - t0 < 30
+        assert len(outcome) == 2 and all(isinstance(e, SinkError) for e in outcome), outcome
+        assert "the server took no data for 2s" in str(outcome[0])
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait(timeout=15)

@@ -263,6 +263,61 @@ def test_jsonl_sink_lines(tmp_path):
     assert recs[1]["detections"][0]["class_name"] == "b" and recs[0]["detections"] == []
 
 
+
+_FILE_LIMIT = textwrap.dedent(
+    """
+    import json, resource, signal, sys, numpy as np
+    from rtseg.errors import SinkError
+    from rtseg.types import Detections, Frame
+    from rtseg.video.sinks import JsonlSink
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+    sink = JsonlSink(sys.argv[1])
+    masks = np.zeros((3, 120, 160), bool)
+    masks[:, ::12, :] = True  # many runs: lines of a few kB
+    dets = Detections(boxes=np.tile(np.array([[1, 1, 150, 110]], np.float32), (3, 1)), scores=np.ones(3, np.float32),
+                      class_ids=np.zeros(3, np.int64), image_size=(120, 160), class_names=["a"], _masks=masks)
+    try:
+        for i in range(1000):
+            sink.write(Frame(np.zeros((120, 160, 3), np.uint8), seq=i, pts=i / 10), dets, None)
+    except SinkError as exc:
+        print(exc)
+    """
+)
+
+
+def test_jsonl_full_disk_keeps_only_complete_lines(tmp_path):
+    """The file size limit (a full disk) hit in the middle of a line: that partial line is taken back,
+    every line left parses, and the error says the earlier lines are kept."""
+    script, path = tmp_path / "limit.py", tmp_path / "d.jsonl"
+    script.write_text(_FILE_LIMIT)
+    r = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120)
+    assert "write failed" in r.stdout and "the lines before it are kept" in r.stdout, r.stdout + r.stderr
+    data = path.read_bytes()
+    assert data and data.endswith(b"\n")
+    assert [json.loads(x)["seq"] for x in data.decode().splitlines()] == list(range(len(data.splitlines())))
+
+
+
+def test_coco_json_sink_keeps_a_failed_runs_results_as_partial(tmp_path):
+    from rtseg.video.coco_json import CocoJsonSink
+
+    path = tmp_path / "res.json"
+    sink = CocoJsonSink(path)
+    masks = np.zeros((1, 120, 160), bool)
+    masks[0, 10:20, 10:30] = True
+    dets = Detections(boxes=np.array([[10, 10, 30, 20]], np.float32), scores=np.array([0.9], np.float32),
+                      class_ids=np.array([0]), image_size=(120, 160), class_names=["a"], _masks=masks)
+    for i in range(2):
+        f = _frame(i, i / 10)
+        sink.write(f, dets, f.image)
+    sink.abort()
+    sink.abort()  # idempotent
+    assert not path.exists() and sink.partial == tmp_path / "res.partial.json"
+    assert [e["image_id"] for e in json.loads(sink.partial.read_text())] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.partial.json"]
+
+
 def test_window_sink_without_display_is_one_line_error(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -109,6 +109,32 @@ def test_slow_client_never_blocks_write():
         sink.close()
 
 
+
+def test_viewers_that_reset_the_connection_print_no_tracebacks(capfd):
+    """Viewers closing the stream abruptly (RST mid-reply) are normal: no traceback on the console."""
+    import struct
+
+    sink = WebSink("127.0.0.1", 0)
+    try:
+        with _Feeder(sink):
+            for i in range(30):
+                s = socket.create_connection(("127.0.0.1", sink.port))
+                if i % 2:  # mid-stream
+                    s.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+                    s.recv(64)
+                else:  # mid-request
+                    s.sendall(b"GET /stream.mjpg HT")
+                    time.sleep(0.01)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+                s.close()
+            time.sleep(0.5)  # the server threads notice the resets while writing the next frames
+            assert len(_read_parts(sink.url + "stream.mjpg", 2)) == 2
+    finally:
+        sink.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err[:500]
+
+
 def test_token_required_off_loopback():
     with pytest.raises(SinkError, match="needs a token"):
         WebSink("0.0.0.0", 0)

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,6 +93,13 @@ class _LatestFrame:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """A viewer that disconnects mid-reply is normal: no traceback over the pipeline's console."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            print(f"rtseg: warning: web request from {client_address[0]} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
 
     def __init__(self, address: tuple[str, int], sink: "WebSink") -> None:
         self.sink = sink

@@ -17,7 +17,7 @@ class CocoJsonSink:
 
     The list goes to a hidden temporary file that is renamed to ``path`` on
     :meth:`close`, so ``path`` only ever holds a complete file; :meth:`abort`
-    (a failed run) removes the temporary file and writes nothing. Entries are
+    (a failed run) moves what was collected to ``<name>.partial.json`` instead. Entries are
     held in memory (RLE, compact): for long videos prefer JSON Lines.
     """
 
@@ -49,6 +49,13 @@ class CocoJsonSink:
             raise SinkError(f"JSON output {self.path}: write failed ({exc.strerror})") from None
 
     def abort(self) -> None:
-        """Discard everything: a failed run leaves no file that looks complete."""
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        """A failed run: keep the entries collected so far in ``<name>.partial.json`` (never at ``path``)."""
+        if self._file.closed:
+            return
+        self.partial = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+        try:
+            with self._file:
+                json.dump(self._entries, self._file, separators=(",", ":"))
+            os.replace(self._tmp, self.partial)
+        except OSError:
+            self._tmp.unlink(missing_ok=True)

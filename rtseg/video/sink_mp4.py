@@ -212,7 +212,8 @@ class Mp4Sink:
             os.replace(tmp, self.path)
         except (av.error.FFmpegError, OSError) as exc:
             tmp.unlink(missing_ok=True)
-            raise SinkError(f"MP4 output {self.path}: finalising failed ({exc}); the recording is in {self.partial}") from None
+            kept = f"the recording is in {self.partial}" if self.partial.exists() else f"{self.partial} is gone (was its folder removed?)"
+            raise SinkError(f"MP4 output {self.path}: finalising failed ({exc}); {kept}") from None
         self.partial.unlink(missing_ok=True)
 
 

@@ -14,6 +14,7 @@ or a missing display fails before the pipeline starts, as a one-line
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -96,12 +97,16 @@ class JsonlSink:
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         line = json.dumps(frame_record(frame, prediction), separators=(",", ":")).encode() + b"\n"
+        start = self._file.tell()
         try:
             view = memoryview(line)
             while view:
                 view = view[self._file.write(view):]
         except OSError as exc:
-            raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror})") from None
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)  # drop the partial line: the file stays valid JSON Lines
+            raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
+                            f"free space or choose another path (the lines before it are kept)") from None
 
     def close(self) -> None:
         self._file.close()

@@ -121,7 +121,12 @@ class ImageSource(Source):
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         for path in self.paths:
             t0 = time.perf_counter()
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            level = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+            try:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            finally:
+                cv2.utils.logging.setLogLevel(level)
             if image is None:
                 raise SourceError(f"cannot read image {path}: not a readable image file; remove or replace it")
             self.decode_seconds = time.perf_counter() - t0
