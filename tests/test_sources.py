@@ -138,7 +138,7 @@ def test_image_folder_glob_and_single(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     folder = list(open_source(str(tmp_path)))
     assert [tuple(f.image[0, 0]) for f in folder] == [clip_colour(i) for i in range(5)]
-    assert all(f.pts is None for f in folder)
+    assert [f.pts for f in folder] == pytest.approx([i / 25 for i in range(5)])  # nominal 25 FPS (FFmpeg's)
     glob_frames = list(open_source(str(tmp_path / "img_0[13]*.png")))
     assert [tuple(f.image[0, 0]) for f in glob_frames] == [clip_colour(1), clip_colour(3)]
     strided = list(open_source(str(tmp_path), vid_stride=2))
@@ -190,10 +190,15 @@ def test_paced_source_is_live_and_keeps_the_clock():
     assert time.monotonic() - t0 < 8 * 0.05 + 0.15
 
 
-def test_realtime_needs_a_rate(tmp_path):
-    _write_images(tmp_path, 2)
+def test_realtime_paces_a_folder_at_its_nominal_rate_and_needs_a_rate(tmp_path):
+    _write_images(tmp_path, 3)
+    paced = open_source(str(tmp_path), realtime=True)
+    assert paced.is_live and paced.fps == 25.0
+    assert 1 <= len(list(paced)) <= 3
+    unknown = ImageSource(sorted(tmp_path.glob("*.png")), source_id="x")
+    unknown.fps = None
     with pytest.raises(ConfigError, match="frame rate is unknown"):
-        open_source(str(tmp_path), realtime=True)
+        Paced(unknown)
 
 
 def test_request_stop_ends_iteration():

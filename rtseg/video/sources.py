@@ -111,15 +111,23 @@ class Source:
         self.close()
 
 
+#: Nominal frame rate of an image sequence (FFmpeg's image2 default): images carry no timestamps.
+IMAGE_FPS = 25.0
+
+
 class ImageSource(Source):
-    """Still images read with OpenCV, in the given order, every ``vid_stride``-th one."""
+    """Still images read with OpenCV, in the given order, every ``vid_stride``-th one.
+
+    The k-th image yielded has pts k / :data:`IMAGE_FPS` s, so a video written from a folder plays at
+    that rate (not at the speed the images were read) and ``--realtime`` can pace a folder.
+    """
 
     def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1) -> None:
         self.paths = paths[::vid_stride]
-        super().__init__(source_id=source_id, num_frames=len(self.paths))
+        super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths))
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        for path in self.paths:
+        for k, path in enumerate(self.paths):
             t0 = time.perf_counter()
             level = cv2.utils.logging.getLogLevel()
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -130,7 +138,7 @@ class ImageSource(Source):
             if image is None:
                 raise SourceError(f"cannot read image {path}: not a readable image file; remove or replace it")
             self.decode_seconds = time.perf_counter() - t0
-            yield np.ascontiguousarray(image), None
+            yield np.ascontiguousarray(image), k / IMAGE_FPS
 
 
 class SyntheticSource(Source):
