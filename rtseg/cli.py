@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
                              realtime=args.realtime)
         stack.callback(source.close)
+        source.on_event = lambda line: print(f"rtseg: warning: {line}", file=sys.stderr, flush=True)
         short = source.num_frames is not None and source.num_frames <= 20
         metrics = Metrics(warmup_frames=0 if short else 5)
         sinks = open_sinks(args, source, metrics, stack)

@@ -75,6 +75,8 @@ def test_stream_frames_pts_and_fps(server):
 @needs_gst
 def test_pipeline_reconnects_after_server_restart_with_new_resolution(server):
     source = open_source(server.url, open_timeout=5, read_timeout=2, reconnect_timeout=30)
+    events: list[str] = []
+    source.on_event = events.append
     sink = ListSink()
     metrics = Metrics(warmup_frames=0)
     pipeline = Pipeline(source=source, engine=tiny_engine(), sinks=[sink], annotator=_identity, metrics=metrics)
@@ -98,6 +100,8 @@ def test_pipeline_reconnects_after_server_restart_with_new_resolution(server):
     assert switch >= 10 and all(s == (240, 320, 3) for s in shapes[:switch])
     assert all(s == (288, 352, 3) for s in shapes[switch:])
     assert source.reconnects == 1 and metrics.reconnects == 1
+    assert len(events) == 2 and "lost" in events[0] and "reconnecting for up to 30s" in events[0], events
+    assert events[1].startswith(f"stream {source.source_id} back after") and "(reconnection 1)" in events[1]
     pts = [f.pts for f in sink.frames]
     assert all(b > a for a, b in zip(pts, pts[1:])), "pts must keep increasing across the reconnection"
     _assert_real_frames(sink)

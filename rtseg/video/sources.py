@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -62,9 +62,10 @@ class Source:
     Subclasses implement :meth:`_frames` (yield ``(image, pts)`` pairs, after setting
     ``decode_seconds`` to the work spent on that frame, waits for data excluded) and
     may override :meth:`close`. ``seq`` counts every frame the source yields.
-    ``notices`` collects one-line remarks for the user (e.g. a file that ended early).
-    ``request_stop()`` may be called from any thread: a waiting or reconnecting
-    source then ends promptly.
+    ``notices`` collects one-line remarks for the user (e.g. a file that ended early), shown at
+    the end; ``on_event`` (a callable taking one line, default: nothing) is told at once what a
+    live source goes through (a stream lost, reconnecting, back). ``request_stop()`` may be called
+    from any thread: a waiting or reconnecting source then ends promptly.
     """
 
     is_live: bool = False
@@ -76,6 +77,7 @@ class Source:
         self.reconnects = 0
         self.decode_seconds = 0.0
         self.notices: list[str] = []
+        self.on_event: Callable[[str], None] = lambda line: None
         self._stop = threading.Event()
         self._iter: Iterator[Frame] | None = None
 

@@ -165,7 +165,9 @@ class StreamSource(Source):
 
     def _reconnect(self, reason: str) -> bool:
         """Reconnect with backoff; False when stopped, SourceError when the stream stays down."""
-        delay, deadline = self._BACKOFF[0], time.monotonic() + self._reconnect_timeout
+        lost = time.monotonic()
+        delay, deadline = self._BACKOFF[0], lost + self._reconnect_timeout
+        self.on_event(f"stream {self.source_id} lost ({reason}); reconnecting for up to {self._reconnect_timeout:g}s")
         while not self._stop.wait(delay):
             try:
                 self._container = self._connect()
@@ -178,6 +180,8 @@ class StreamSource(Source):
                 delay = min(2 * delay, self._BACKOFF[1])
                 continue
             self.reconnects += 1
+            self.on_event(f"stream {self.source_id} back after {time.monotonic() - lost:.1f}s "
+                          f"(reconnection {self.reconnects})")
             return True
         return False
 
