@@ -194,8 +194,14 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:
-    """``exc`` with its line extended by the ``.partial`` recordings a failed run kept (if any)."""
-    kept = [str(s.partial) for s in sinks if isinstance(getattr(s, "partial", None), Path) and s.partial.exists()]
+    """``exc`` with its line extended by the files a failed run kept: finished outputs, and the
+    ``.partial`` file of an output whose own write failed."""
+    kept = []
+    for s in sinks:
+        for f in (getattr(s, "partial", None), getattr(s, "path", None)):
+            if isinstance(f, Path) and f.exists():
+                kept.append(str(f))
+                break
     if not kept:
         return exc
     return type(exc)(f"{exc}; the {frames} frames written before it are kept in {', '.join(kept)}")

@@ -88,9 +88,10 @@ def test_bad_image_mid_folder_keeps_what_was_recorded(files, tmp_path):
     out = tmp_path / "o.mp4"
     r = _run(["--source", str(folder), "--weights", files["weights"], "--output", str(out)])
     _assert_user_error(r, "cannot read image")
-    kept = tmp_path / "o.partial.mp4"
-    assert f"the 2 frames written before it are kept in {kept}" in r.stderr and not out.exists()
-    with av.open(str(kept)) as c:
+    # the source failed, the recording did not: it is finished (exit 2 still says the run failed)
+    assert f"the 2 frames written before it are kept in {out}" in r.stderr
+    assert not (tmp_path / "o.partial.mp4").exists()
+    with av.open(str(out)) as c:
         assert len(list(c.decode(video=0))) == 2
 
 

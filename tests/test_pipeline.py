@@ -116,7 +116,7 @@ def test_engine_error_stops_everything_and_keeps_its_cause(engine):
         _, error = _run_within(Pipeline(source=source, engine=FailingEngine(engine, 5, boom), sinks=[sink]), 30)
         assert isinstance(error, PipelineError) and error.__cause__ is boom
         assert "inference stage failed on frame" in str(error)
-        assert len(sink) <= 4 and sink.aborted
+        assert len(sink) <= 4 and sink.closed and not sink.aborted  # what it got is finalised
         assert time.monotonic() - t0 < 20
 
 
@@ -126,7 +126,7 @@ def test_sink_error_propagates_and_other_sinks_are_closed(engine):
     source = open_source("synthetic", synthetic={"width": 96, "height": 64, "num_frames": 50})
     _, error = _run_within(Pipeline(source=source, engine=engine, sinks=[good, bad]), 30)
     assert isinstance(error, SinkError) and str(error) == "disk full"
-    assert bad.aborted and good.aborted
+    assert bad.aborted and good.closed and not good.aborted  # only the failing sink is left unfinished
     assert len(good) == 4  # frames 0..3 reached the first sink; the fourth failed in the second
 
 
@@ -139,7 +139,7 @@ def test_source_error_mid_run_propagates(tmp_path, engine):
     sink = ListSink()
     _, error = _run_within(Pipeline(source=open_source(str(tmp_path)), engine=engine, sinks=[sink]), 30)
     assert isinstance(error, SourceError) and "2.png" in str(error)
-    assert [f.seq for f in sink.frames] == [0, 1] and sink.aborted
+    assert [f.seq for f in sink.frames] == [0, 1] and sink.closed and not sink.aborted
 
 
 def test_warmup_failure_closes_source_and_sinks(engine):

@@ -8,8 +8,9 @@ nothing dropped). Every wait has a timeout and re-checks the abort event.
 A failing stage (source, engine, annotator or sink raising) records its error,
 stops the source and closes its inbox (so producers waiting on it give up at
 once), and sends the end marker on: frames it had already passed on still
-reach the sinks. The first error is re-raised in the caller with its cause and
-the sinks are aborted (``abort()`` where they have it) rather than finalised.
+reach the sinks. The first error is re-raised in the caller with its cause; the
+sinks are finalised (what they got is complete), except a sink whose own write
+failed, which is aborted (``abort()`` where it has one) rather than finalised.
 A stop request (``stop()``, Ctrl-C, SIGTERM) ends the source, lets the frames
 in flight reach the sinks, and closes every sink; a second Ctrl-C aborts at once.
 
@@ -265,7 +266,11 @@ class Pipeline:
 
     def _write(self, item: _Item) -> None:
         for sink in self.sinks:
-            sink.write(item.frame, item.prediction, item.annotated)
+            try:
+                sink.write(item.frame, item.prediction, item.annotated)
+            except BaseException as exc:
+                exc._rtseg_sink = sink  # type: ignore[attr-defined]  # the one sink to abort (see _close_sinks)
+                raise
 
     def _output(self) -> None:
         written = 0
@@ -309,7 +314,7 @@ class Pipeline:
             self._restore_signals(handlers)
             if not threads[0].is_alive():  # also when warm-up failed and decoding never started
                 self.source.close()
-            close_error = self._close_sinks(failed=self._error is not None)
+            close_error = self._close_sinks(stuck=any(t.is_alive() for t in threads))
             if self._progress is not None:
                 self._progress.close()
         if self._error is not None:
@@ -338,11 +343,19 @@ class Pipeline:
             for t in threads:
                 t.join(_POLL)
 
-    def _close_sinks(self, *, failed: bool) -> BaseException | None:
+    def _close_sinks(self, *, stuck: bool) -> BaseException | None:
+        """Close (finalise) every sink, except that a sink whose own write failed is aborted (``abort()``
+        where it has one: its output stays recognisably unfinished). What the other sinks got before a
+        source, engine or sink failure is complete and consistent, so it is kept as a finished output.
+        Everything is aborted when stage threads may still be writing (``stuck``) or after a second
+        Ctrl-C. Returns the first error a sink raised while closing."""
+        stage, _, error = self._error if self._error is not None else (None, None, None)
+        failed_sink = getattr(error, "_rtseg_sink", None)
+        abort_all = stuck or stage == "signal"
         first: BaseException | None = None
         for sink in self.sinks:
             try:
-                getattr(sink, "abort", sink.close)() if failed else sink.close()
+                getattr(sink, "abort", sink.close)() if abort_all or sink is failed_sink else sink.close()
             except BaseException as exc:
                 first = first or exc
         return first
