@@ -247,13 +247,18 @@ def test_image_sink_errors(tmp_path):
         ImageSink(blocker / "a.png")
 
 
+def _one_detection(*, class_id: int, class_names: list[str]) -> Detections:
+    """One 20×10 px box and its mask in a 160×120 frame, score 0.9."""
+    masks = np.zeros((1, 120, 160), bool)
+    masks[0, 10:20, 10:30] = True
+    return Detections(boxes=np.array([[10, 10, 30, 20]], np.float32), scores=np.array([0.9], np.float32),
+                      class_ids=np.array([class_id]), image_size=(120, 160), class_names=class_names, _masks=masks)
+
+
 def test_jsonl_sink_lines(tmp_path):
     path = tmp_path / "d.jsonl"
     sink = JsonlSink(path)
-    masks = np.zeros((1, 120, 160), bool)
-    masks[0, 10:20, 10:30] = True
-    dets = Detections(boxes=np.array([[10, 10, 30, 20]], np.float32), scores=np.array([0.9], np.float32),
-                      class_ids=np.array([1]), image_size=(120, 160), class_names=["a", "b"], _masks=masks)
+    dets = _one_detection(class_id=1, class_names=["a", "b"])
     for i in range(3):
         f = _frame(i, i / 10)
         sink.write(f, dets if i == 1 else Detections.empty((120, 160), ["a", "b"]), f.image)
@@ -304,10 +309,7 @@ def test_coco_json_sink_keeps_a_failed_runs_results_as_partial(tmp_path):
 
     path = tmp_path / "res.json"
     sink = CocoJsonSink(path)
-    masks = np.zeros((1, 120, 160), bool)
-    masks[0, 10:20, 10:30] = True
-    dets = Detections(boxes=np.array([[10, 10, 30, 20]], np.float32), scores=np.array([0.9], np.float32),
-                      class_ids=np.array([0]), image_size=(120, 160), class_names=["a"], _masks=masks)
+    dets = _one_detection(class_id=0, class_names=["a"])
     for i in range(2):
         f = _frame(i, i / 10)
         sink.write(f, dets, f.image)
