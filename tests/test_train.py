@@ -368,8 +368,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys) -> No
 
     data = _frames(2, size=64)
     trainer = _trainer(Interrupting(data.samples, at=13), 10, tmp_path / "run")
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert trainer.step == 3  # batches of 4: reads 1-12 made steps 1-3
     ckpt = tmp_path / "run" / "checkpoint.pth"
     assert f"interrupted at step 3: checkpoint {ckpt}; continue with --resume {ckpt}" in capsys.readouterr().out
