@@ -70,7 +70,10 @@ def test_key_in_the_window_stops_the_run(display: str, key: str) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         window = _find_window(display, "rtseg", timeout=60)
-        assert window is not None, "no window titled rtseg appeared"
+        if window is None:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"no window titled rtseg appeared (exit {proc.returncode}); run.py printed:\n{out[-2000:]}")
         time.sleep(0.5)
         subprocess.run(["xdotool", "key", "--window", window, key], env=_env(display), check=True,
                        capture_output=True)
