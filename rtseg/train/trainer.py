@@ -257,7 +257,19 @@ class Trainer:
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
         try:
-            self._steps(start, t0, running, timer, requested)
+            for images, targets in self._loader():
+                if self.step >= self.config.iters:
+                    break
+                losses = self.train_step(images, targets)
+                for k, v in losses.items():
+                    running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
+                if self.step % c.log_every == 0 or self.step == self.config.iters:
+                    self._replan(timer, requested)
+                    self._progress(running, start, t0)
+                if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < self.config.iters:
+                    self.save_checkpoint()
+                if c.val_every and self.step % c.val_every == 0 and self.step < self.config.iters:
+                    self._report_validation()
         except RtsegError as exc:  # from a DataLoader worker the message carries the worker's traceback
             raise _worker_error(exc) from None
         except KeyboardInterrupt:
@@ -267,23 +279,6 @@ class Trainer:
             raise
         self.save_checkpoint()
         return self._report_validation()
-
-    def _steps(self, start: int, t0: float, running: dict[str, float], timer: "_BudgetTimer",
-               requested: TrainConfig) -> None:
-        c = self.config
-        for images, targets in self._loader():
-            if self.step >= self.config.iters:
-                break
-            losses = self.train_step(images, targets)
-            for k, v in losses.items():
-                running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
-            if self.step % c.log_every == 0 or self.step == self.config.iters:
-                self._replan(timer, requested)
-                self._progress(running, start, t0)
-            if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < self.config.iters:
-                self.save_checkpoint()
-            if c.val_every and self.step % c.val_every == 0 and self.step < self.config.iters:
-                self._report_validation()
 
     def _replan(self, timer: "_BudgetTimer", requested: TrainConfig) -> None:
         """Fit the ``requested`` schedule to the time budget, from the step rate measured so far.
