@@ -148,13 +148,28 @@ def test_image_folder_glob_and_single(tmp_path):
     assert tuple(next(iter(single)).image[0, 0]) == clip_colour(4)
 
 
-def test_unreadable_image_in_folder(tmp_path):
-    _write_images(tmp_path, 2)
+def test_unreadable_images_in_a_folder_are_skipped_with_a_warning(tmp_path):
+    _write_images(tmp_path, 4)
     (tmp_path / "img_01.png").write_bytes(b"not a png")
+    (tmp_path / "img_02.png").write_bytes((tmp_path / "img_03.png").read_bytes()[:60])  # truncated
     source = open_source(str(tmp_path))
-    assert next(source).seq == 0
-    with pytest.raises(SourceError, match="cannot read image"):
-        next(source)
+    events = []
+    source.on_event = events.append
+    frames = list(source)
+    assert [tuple(f.image[0, 0]) for f in frames] == [clip_colour(0), clip_colour(3)]
+    assert [f.seq for f in frames] == [0, 1] and [f.pts for f in frames] == pytest.approx([0, 1 / 25])
+    assert events == [f"skipped {tmp_path / 'img_01.png'}: not a readable image file",
+                      f"skipped {tmp_path / 'img_02.png'}: not a readable image file"]
+    assert len(source.notices) == 1 and "skipped 2 unreadable image(s)" in source.notices[0]
+
+
+def test_a_source_of_unreadable_images_only_is_an_error(tmp_path):
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not an image")
+    source = open_source(str(tmp_path))
+    with pytest.raises(SourceError, match="cannot read any image of") as info:
+        list(source)
+    assert "\n" not in str(info.value)
 
 
 def test_synthetic_matches_scene():

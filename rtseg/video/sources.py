@@ -122,6 +122,8 @@ class ImageSource(Source):
 
     The k-th image yielded has pts k / :data:`IMAGE_FPS` s, so a video written from a folder plays at
     that rate (not at the speed the images were read) and ``--realtime`` can pace a folder.
+    A file OpenCV cannot read is skipped with a warning (``on_event``) and counted in ``notices``;
+    a source none of whose files can be read raises :class:`SourceError`.
     """
 
     def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1) -> None:
@@ -129,18 +131,34 @@ class ImageSource(Source):
         super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths))
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        for k, path in enumerate(self.paths):
+        k = 0
+        skipped: list[Path] = []
+        for path in self.paths:
             t0 = time.perf_counter()
-            level = cv2.utils.logging.getLogLevel()
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-            try:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            finally:
-                cv2.utils.logging.setLogLevel(level)
+            image = _imread_quiet(path)
             if image is None:
-                raise SourceError(f"cannot read image {path}: not a readable image file; remove or replace it")
+                skipped.append(path)
+                self.on_event(f"skipped {path}: not a readable image file")
+                continue
             self.decode_seconds = time.perf_counter() - t0
             yield np.ascontiguousarray(image), k / IMAGE_FPS
+            k += 1
+        if skipped and k == 0:
+            raise SourceError(f"cannot read any image of {self.source_id} (e.g. {skipped[0]}); "
+                              "check that the files are images OpenCV can decode")
+        if skipped:
+            self.notices.append(f"skipped {len(skipped)} unreadable image(s) of {self.source_id}, "
+                                f"e.g. {skipped[0]}")
+
+
+def _imread_quiet(path: Path) -> np.ndarray | None:
+    """``cv2.imread`` as BGR without OpenCV's own warnings on stderr; None when unreadable."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 class SyntheticSource(Source):
