@@ -51,7 +51,7 @@ def build_parser() -> _Parser:
                      "frame rate as a live source (frames are dropped when the engine is slower)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--engine", default="yolact", help="segmenter (default: yolact)")
-    eng.add_argument("--weights", help="checkpoint: official YOLACT .pth or rtseg .safetensors (yolact default: "
+    eng.add_argument("--weights", help="checkpoint: official YOLACT .pth, rtseg .safetensors or a training run's checkpoint.pth (yolact default: "
                      "the shipped demo model, engines/yolact_demo.safetensors, 6 synthetic shape classes)")
     eng.add_argument("--score-threshold", type=float, default=None, metavar="T")
     eng.add_argument("--top-k", type=int, default=None, metavar="K")

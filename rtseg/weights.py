@@ -37,7 +37,17 @@ def manifest_path(weights: str | Path) -> Path:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .pth checkpoint, loaded with ``weights_only=True``; WeightsError on any problem."""
+    """Tensors of a .pth or .safetensors checkpoint (:func:`read_checkpoint` without its extras)."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of a checkpoint and the plain values saved beside them; WeightsError on any problem.
+
+    .pth files are loaded with ``weights_only=True``. An rtseg training checkpoint (a dict whose
+    ``model`` is the state dict) gives its model's tensors and the extras it was written with
+    (``step``, ``config``, ``class_names``); other files give ``{}`` as extras.
+    """
     p = Path(path)
     if p.is_dir():
         raise WeightsError(f"{p} is a folder; give the path to a YOLACT .pth or rtseg .safetensors file in it")
@@ -50,7 +60,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(p))
+            return load_file(str(p)), {}
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
     try:
@@ -66,11 +76,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if "zip" in msg.lower() or isinstance(e, EOFError):
             raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg}); download it again") from None
         raise WeightsError(f"{p}: not a PyTorch checkpoint ({msg})") from None
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # rtseg training checkpoints
+    extras: dict[str, Any] = {}
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # rtseg training checkpoint
+        extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
+        obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__})")
-    return obj
+    return obj, extras
 
 
 def _clean_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -141,21 +153,22 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
 
 
 def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yolact, YolactConfig, list[str] | None]:
-    """Build and load a YOLACT from an official .pth or an rtseg safetensors file.
+    """Build and load a YOLACT from an official .pth, an rtseg safetensors file or an rtseg
+    training ``checkpoint.pth`` (its saved config and class names, like a manifest's).
 
-    input_size: None → the manifest's size (rtseg files), 700 for official files whose name
+    input_size: None → the saved size (rtseg files), 700 for official files whose name
     contains "im700", else 550. Returns (model in eval mode, config, class names or None
     when the checkpoint does not name them — official COCO checkpoints).
     """
     p = Path(path)
-    state = read_state_dict(p)
+    state, extras = read_checkpoint(p)
     names: list[str] | None = None
-    if p.suffix == ".safetensors":
-        man = read_manifest(p)
-        cfg = YolactConfig(**{f.name: _as_field(man["config"][f.name]) for f in fields(YolactConfig) if f.name in man["config"]})
+    if p.suffix == ".safetensors" or "config" in extras:  # rtseg weights, or an rtseg training checkpoint
+        saved = read_manifest(p) if p.suffix == ".safetensors" else extras
+        cfg = _config_from(saved.get("config"), source=str(p))
         if input_size is not None and input_size != cfg.input_size:
             cfg = cfg.with_input_size(input_size)
-        names = list(man["class_names"])
+        names = [str(n) for n in saved["class_names"]] if "class_names" in saved else None
     else:
         state = _clean_official(state)
         size = input_size or (700 if "im700" in p.name else 550)
@@ -165,8 +178,12 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yol
     return model.eval(), cfg, names
 
 
-def _as_field(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
+def _config_from(saved: Any, *, source: str) -> YolactConfig:
+    """The YolactConfig of a manifest's / training checkpoint's ``config`` dict."""
+    names = {f.name for f in fields(YolactConfig)}
+    if not isinstance(saved, dict) or "backbone" not in saved:
+        raise WeightsError(f"{source}: its saved config is not a YOLACT config; is it weights of another engine?")
+    return YolactConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
 
 
 def read_manifest(weights: str | Path) -> dict[str, Any]:

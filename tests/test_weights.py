@@ -163,3 +163,25 @@ def test_save_is_atomic_an_interrupted_export_keeps_the_old_pair(tmp_path, monke
     monkeypatch.undo()
     assert path.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
     assert load_yolact(str(path))[2] == ["a", "b", "c"]
+
+
+def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_path):
+    """``checkpoint.pth`` of a run (mid-training) is usable as weights: its input size and class names
+    are the run's, not the 550 / unnamed classes assumed for official .pth files."""
+    from dataclasses import asdict
+
+    from rtseg.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(2)
+    model = Yolact(TINY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = save_checkpoint(tmp_path / "checkpoint.pth", step=7, parts={"model": model, "optimizer": optimizer},
+                           config=asdict(TINY), class_names=["a", "b", "c"])
+    loaded, cfg, names = load_yolact(path)
+    assert cfg == TINY and names == ["a", "b", "c"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    assert rtseg.load("yolact", weights=str(path)).class_names == ["a", "b", "c"]
+    torch.save({"step": 1, "model": model.state_dict(), "config": {"num_classes": 3}}, path)  # another model's config
+    with pytest.raises(WeightsError, match="saved config is not a YOLACT config"):
+        load_yolact(path)

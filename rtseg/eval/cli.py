@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rtseg eval", description="Accuracy of YOLACT, FCN or MS R-CNN weights on a "
                                 "data set: COCO mask/box AP, or mIoU and pixel accuracy for FCN.")
     p.add_argument("--weights", required=True,
-                   help="official YOLACT .pth, rtseg .safetensors (+ .json manifest) of any engine, or "
+                   help="official YOLACT .pth, rtseg .safetensors (+ .json manifest) of any engine, a YOLACT "
+                        "training run's checkpoint.pth, or "
                         "torchvision:fcn_resnet50|fcn_resnet101 (pretrained VOC-label weights from the torch cache)")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="engine of the weights (default: read from the manifest's 'format' of rtseg weights, "
