@@ -47,6 +47,9 @@ def build_parser() -> _Parser:
     src.add_argument("--start", type=float, default=0.0, metavar="S", help="start at S seconds (video files)")
     src.add_argument("--end", type=float, default=None, metavar="S", help="stop at S seconds (video files)")
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames were written")
+    src.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
+                     help="streams: seconds a lost stream may stay down before the run ends (default 60; "
+                          "0: end at the first loss)")
     src.add_argument("--realtime", action="store_true", help="replay a file/folder/synthetic source at its "
                      "frame rate as a live source (frames are dropped when the engine is slower)")
     eng = p.add_argument_group("engine")
@@ -189,6 +192,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise WeightsError(f"--weights {args.weights}: file not found")
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if not args.reconnect_timeout >= 0:  # also NaN
+        raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
 
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     with contextlib.ExitStack() as stack:
         source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
-                             realtime=args.realtime)
+                             realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
         stack.callback(source.close)
         source.on_event = lambda line: print(f"rtseg: warning: {line}", file=sys.stderr, flush=True)
         short = source.num_frames is not None and source.num_frames <= 20

@@ -42,10 +42,14 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 
 def exit_status(prog: str, fn: Callable[[], object]) -> int:
-    """Run ``fn``: 0 when it returns, 2 after printing ``prog: error: <line>`` for an RtsegError."""
+    """Run ``fn``: 0 when it returns, 2 after printing ``prog: error: <line>`` for an RtsegError,
+    130 after ``prog: interrupted`` on Ctrl-C (no traceback)."""
     try:
         fn()
     except RtsegError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -1,7 +1,9 @@
-"""Shared test settings: GPU tests skip without CUDA, fail when RTSEG_REQUIRE_CUDA=1."""
+"""Shared test settings: GPU tests skip without CUDA, fail when RTSEG_REQUIRE_CUDA=1; a real Ctrl-C."""
 from __future__ import annotations
 
 import os
+import signal
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -13,3 +15,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("RTSEG_REQUIRE_CUDA") == "1":
         pytest.fail("CUDA required (RTSEG_REQUIRE_CUDA=1) but torch.cuda.is_available() is False")
     pytest.skip("needs CUDA")
+
+
+@pytest.fixture
+def sigint_at_call(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any, str, int], None]]:
+    """``arm(obj, name, n)``: the n-th call of ``obj.name`` first raises a real SIGINT, handled by Python's
+    default handler (KeyboardInterrupt) whatever handler an earlier test left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def arm(obj: Any, name: str, n: int) -> None:
+        original, calls = getattr(obj, name), [0]
+
+        def interrupting(*args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == n:
+                signal.raise_signal(signal.SIGINT)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, interrupting)
+
+    yield arm
+    signal.signal(signal.SIGINT, previous)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from servers.helpers import make_clip, tiny_weights
+from servers.helpers import RtspServer, free_port, make_clip, rtsp_server_available, tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "run.py")]
@@ -79,20 +79,47 @@ def test_user_errors_are_one_line_exit_2(files, case):
     assert not any(p.name.startswith("o.") for p in files["dir"].iterdir()), "nothing may be written on error"
 
 
-def test_bad_image_mid_folder_keeps_what_was_recorded(files, tmp_path):
+def test_bad_image_mid_folder_is_skipped_with_a_warning(files, tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()
-    for name in ("a.png", "b.png"):
+    for name in ("a.png", "b.png", "d.png"):
         cv2.imwrite(str(folder / name), np.full((48, 64, 3), 90, np.uint8))
     (folder / "c.png").write_bytes(b"not a png")
     out = tmp_path / "o.mp4"
-    r = _run(["--source", str(folder), "--weights", files["weights"], "--output", str(out)])
-    _assert_user_error(r, "cannot read image")
-    # the source failed, the recording did not: it is finished (exit 2 still says the run failed)
-    assert f"the 2 frames written before it are kept in {out}" in r.stderr
-    assert not (tmp_path / "o.partial.mp4").exists()
+    r = _run(["--source", str(folder), "--weights", files["weights"], "--output", str(out), "--no-progress"])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"rtseg: warning: skipped {folder / 'c.png'}: not a readable image file" in r.stderr
     with av.open(str(out)) as c:
-        assert len(list(c.decode(video=0))) == 2
+        assert len(list(c.decode(video=0))) == 3
+
+
+@pytest.mark.skipif(rtsp_server_available() is not None, reason=str(rtsp_server_available()))
+def test_stream_lost_for_good_mid_run_keeps_what_was_recorded(files, tmp_path):
+    """A real RTSP server on loopback is killed mid-run: with --reconnect-timeout 1 the run ends with one
+    error line (exit 2) that names the finished recording, which holds every frame written before."""
+    server = RtspServer(free_port(), width=96, height=64).start()
+    out = tmp_path / "o.mp4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(RUN + ["--source", server.url, "--weights", files["weights"], "--output", str(out),
+                                   "--reconnect-timeout", "1", "--no-hud"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        partial = tmp_path / "o.partial.mp4"
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 2000) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no frames recorded within 60 s"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        server.stop()
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("rtseg: warning: ")]
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and "not back after 1s" in lines[0] and f"kept in {out}" in lines[0], err
+    kept = int(lines[0].split("; the ")[1].split(" frames")[0])
+    assert not partial.exists()
+    with av.open(str(out)) as c:
+        assert len(list(c.decode(video=0))) == kept > 0
 
 
 def test_truncated_file_finishes_with_a_warning(files, tmp_path):

@@ -67,14 +67,15 @@ def test_semantic_metrics_by_hand():
         ev.add(p + 5, t)
 
 
+def _tiny_engine() -> FcnEngine:
+    torch.manual_seed(0)
+    return FcnEngine.from_config(FcnConfig(arch="fcn8s", num_classes=len(NAMES), width=0.0625), class_names=NAMES)
+
+
 def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
     data = SyntheticDataset.split("train", 4, width=40, height=32, max_objects=3)
     cfg = FcnTrainConfig(steps=6, batch_size=2, lr=3e-3, ckpt_every=3)
-
-    def engine() -> FcnEngine:
-        torch.manual_seed(0)
-        return FcnEngine.from_config(FcnConfig(arch="fcn8s", num_classes=len(NAMES), width=0.0625), class_names=NAMES)
-
+    engine = _tiny_engine
     whole = engine()
     whole_losses = train_fcn(whole, data, cfg, log=False)
     interrupted = engine()
@@ -90,6 +91,21 @@ def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
         train_fcn(engine(), data, cfg, checkpoint=tmp_path / "none.pth", resume=True)
     with pytest.raises(ConfigError, match="resume=True needs checkpoint="):  # was: silently from step 0
         train_fcn(engine(), data, cfg, resume=True)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigint_at_call):
+    """A real SIGINT during step 3 (checkpoints otherwise only at the end): the two steps done are saved, the
+    line says how to continue, and the resumed run trains exactly like the uninterrupted one."""
+    data = SyntheticDataset.split("train", 4, width=40, height=32, max_objects=3)
+    cfg, ckpt = FcnTrainConfig(steps=5, batch_size=2, lr=3e-3, ckpt_every=0), tmp_path / "ckpt.pth"
+    whole_losses = train_fcn(_tiny_engine(), data, cfg, log=False)
+    interrupted = _tiny_engine()
+    sigint_at_call(interrupted, "preprocess", 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_fcn(interrupted, data, cfg, log=False, checkpoint=ckpt)
+    assert f"interrupted at step 2: checkpoint {ckpt}; continue with --resume" in capsys.readouterr().err
+    losses = train_fcn(_tiny_engine(), data, cfg, log=False, checkpoint=ckpt, resume=True)
+    assert losses == pytest.approx(whole_losses[2:], rel=1e-5)
 
 
 def test_training_reduces_loss_and_weights_roundtrip(tmp_path):

@@ -54,14 +54,15 @@ def test_true_mask_iou_matches_same_class_only():
     assert (wrong < 1.0).all()
 
 
+def _tiny_engine() -> MsrcnnEngine:
+    torch.manual_seed(0)
+    return MsrcnnEngine.from_config(TINY, class_names=list(CLASSES))
+
+
 def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
     data = SyntheticDataset.split("train", 2, width=80, height=64, max_objects=3)
     cfg = MsrcnnTrainConfig(steps=4, batch_size=2, lr=0.01, warmup=3)
-
-    def engine() -> MsrcnnEngine:
-        torch.manual_seed(0)
-        return MsrcnnEngine.from_config(TINY, class_names=list(CLASSES))
-
+    engine = _tiny_engine
     whole = engine()
     whole_hist = train_msrcnn(whole, data, cfg, log=False)
     interrupted = engine()
@@ -77,6 +78,21 @@ def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
     with pytest.raises(ConfigError, match="resume=True needs checkpoint="):  # was: silently from step 0
         train_msrcnn(engine(), data, cfg, resume=True)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigint_at_call):
+    """A real SIGINT during step 3 of 4: the two steps done (weights, optimizer, warm-up) are saved and the
+    resumed run's last step equals the uninterrupted run's."""
+    data = SyntheticDataset.split("train", 2, width=80, height=64, max_objects=3)
+    cfg, ckpt = MsrcnnTrainConfig(steps=3, batch_size=2, lr=0.01, warmup=3), tmp_path / "ckpt.pth"
+    whole_hist = train_msrcnn(_tiny_engine(), data, cfg, log=False)
+    interrupted = _tiny_engine()
+    sigint_at_call(interrupted, "preprocess", 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_msrcnn(interrupted, data, cfg, log=False, checkpoint=ckpt)
+    assert f"interrupted at step 2: checkpoint {ckpt}; continue with --resume" in capsys.readouterr().err
+    hist = train_msrcnn(_tiny_engine(), data, cfg, log=False, checkpoint=ckpt, resume=True)
+    assert len(hist) == 1 and hist[0] == pytest.approx(whole_hist[2], rel=1e-4)
 
 
 def test_training_step_reduces_losses_and_engine_roundtrip(tmp_path):

@@ -350,31 +350,15 @@ def test_cli_data_errors_from_a_loader_worker_and_resume_past_the_end(tmp_path, 
     _one_line_error(capsys, "cannot be read")
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys) -> None:
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigint_at_call) -> None:
     """A real SIGINT in the middle of training (raised while the 4th batch is read, in the main process): the checkpoint
     holds the steps done so far and says how to continue; nothing done is lost."""
-    import signal
-
-    class Interrupting(ListDataset):
-        def __init__(self, samples: list[Sample], at: int) -> None:
-            super().__init__(samples)
-            self.reads, self.at = 0, at
-
-        def __getitem__(self, i: int) -> Sample:
-            self.reads += 1
-            if self.reads == self.at:
-                signal.raise_signal(signal.SIGINT)
-            return super().__getitem__(i)
-
     data = _frames(2, size=64)
-    trainer = _trainer(Interrupting(data.samples, at=13), 10, tmp_path / "run")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            trainer.fit()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert trainer.step == 3  # batches of 4: reads 1-12 made steps 1-3
+    trainer = _trainer(data, 10, tmp_path / "run")
+    sigint_at_call(trainer, "train_step", 4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.step == 3
     ckpt = tmp_path / "run" / "checkpoint.pth"
     assert f"interrupted at step 3: checkpoint {ckpt}; continue with --resume {ckpt}" in capsys.readouterr().out
     resumed = _trainer(data, 10, tmp_path / "run2")

@@ -8,8 +8,9 @@ never leaves a half-written checkpoint; it is read with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import torch
 
@@ -42,6 +43,17 @@ def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], 
     torch.save(state, tmp)
     tmp.replace(p)
     return p
+
+
+def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful], resume_hint: str,
+                      log: TextIO | None = None, **extra: Any) -> Path:
+    """After Ctrl-C: write the checkpoint of the ``step`` steps done (:func:`save_checkpoint`) and
+    print one line saying where it is and how to continue (``resume_hint``, e.g. ``--resume``) to
+    ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt."""
+    path = save_checkpoint(path, step=step, parts=parts, **extra)
+    print(f"interrupted at step {step}: checkpoint {path}; continue with {resume_hint}",
+          file=log if log is not None else sys.stderr, flush=True)
+    return path
 
 
 def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: torch.device | str = "cpu") -> dict[str, Any]:

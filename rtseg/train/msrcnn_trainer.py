@@ -30,7 +30,7 @@ from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, resume_step, save_checkpoint
+from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, resume_step, save_checkpoint, save_on_interrupt
 
 
 @dataclass(frozen=True)
@@ -74,25 +74,32 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    for step in range(first, cfg.steps):
-        rng = np.random.default_rng([cfg.seed, step])
-        samples = [data[int(i)] for i in rng.choice(len(data), cfg.batch_size, replace=len(data) < cfg.batch_size)]
-        samples = [s for s in samples if len(s)] or samples[:1]
-        images = engine.preprocess([s.image for s in samples])
-        losses = model(images, [to_target(s, images[0].device) for s in samples])
-        total = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        sched.step()
-        history.append({k: float(v.detach()) for k, v in losses.items()})
-        if log and (step + 1) % cfg.log_every == 0:
-            recent = history[-cfg.log_every:]
-            terms = " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
-            print(f"step {step + 1}/{cfg.steps} {terms} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if checkpoint and checkpoint_due(step + 1, cfg.ckpt_every, cfg.steps):
-            save_checkpoint(checkpoint, step=step + 1, parts=parts)
+    done = first
+    try:
+        for step in range(first, cfg.steps):
+            rng = np.random.default_rng([cfg.seed, step])
+            samples = [data[int(i)] for i in rng.choice(len(data), cfg.batch_size, replace=len(data) < cfg.batch_size)]
+            samples = [s for s in samples if len(s)] or samples[:1]
+            images = engine.preprocess([s.image for s in samples])
+            losses = model(images, [to_target(s, images[0].device) for s in samples])
+            total = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+            sched.step()
+            done = step + 1
+            history.append({k: float(v.detach()) for k, v in losses.items()})
+            if log and (step + 1) % cfg.log_every == 0:
+                recent = history[-cfg.log_every:]
+                terms = " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
+                print(f"step {step + 1}/{cfg.steps} {terms} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if checkpoint and checkpoint_due(step + 1, cfg.ckpt_every, cfg.steps):
+                save_checkpoint(checkpoint, step=step + 1, parts=parts)
+    except KeyboardInterrupt:
+        if checkpoint:
+            save_on_interrupt(checkpoint, step=done, parts=parts, resume_hint="--resume (and the same --out)")
+        raise
     model.eval()
     return history
 

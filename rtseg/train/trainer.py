@@ -27,7 +27,7 @@ from rtseg.errors import ConfigError, RtsegError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.train.augment import AugmentConfig, augment
-from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_on_interrupt
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
@@ -186,7 +186,11 @@ class Trainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Model, optimizer, scheduler, scaler and step → ``path`` (default ``work_dir/checkpoint.pth``)."""
         return save_checkpoint(path if path is not None else self.work_dir / CHECKPOINT_NAME, step=self.step,
-                               parts=self._parts(), config=asdict(self.model.cfg), class_names=self.class_names)
+                               parts=self._parts(), **self._checkpoint_extras())
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        """What a checkpoint carries besides the parts: the model's config and class names (usable as weights)."""
+        return {"config": asdict(self.model.cfg), "class_names": self.class_names}
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a :meth:`save_checkpoint` file; training continues at its step.
@@ -273,9 +277,9 @@ class Trainer:
         except RtsegError as exc:  # from a DataLoader worker the message carries the worker's traceback
             raise _worker_error(exc) from None
         except KeyboardInterrupt:
-            path = self.save_checkpoint()
-            print(f"interrupted at step {self.step}: checkpoint {path}; continue with --resume {path}",
-                  file=self.log, flush=True)
+            path = self.work_dir / CHECKPOINT_NAME
+            save_on_interrupt(path, step=self.step, parts=self._parts(), resume_hint=f"--resume {path}", log=self.log,
+                              **self._checkpoint_extras())
             raise
         self.save_checkpoint()
         return self._report_validation()
