@@ -15,7 +15,7 @@ from rtseg.errors import SinkError, SourceError
 from rtseg.types import Detections
 from rtseg.video.metrics import Metrics, Progress
 from rtseg.video.pipeline import Channel, Pipeline, PipelineError
-from rtseg.video.sources import Paced, SyntheticSource, open_source
+from rtseg.video.sources import Paced, Source, SyntheticSource, open_source
 from servers.helpers import ListSink, make_clip, tiny_engine
 
 
@@ -130,15 +130,19 @@ def test_sink_error_propagates_and_other_sinks_are_closed(engine):
     assert len(good) == 4  # frames 0..3 reached the first sink; the fourth failed in the second
 
 
-def test_source_error_mid_run_propagates(tmp_path, engine):
-    import cv2
+def test_source_error_mid_run_propagates(engine):
+    class Unplugged(Source):
+        """Two frames, then the failure of a camera pulled out (the end-to-end version with a real RTSP
+        server killed mid-run is tests/test_cli.py::test_stream_lost_for_good_mid_run_keeps_what_was_recorded)."""
 
-    for i in range(4):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((32, 48, 3), 100, np.uint8))
-    (tmp_path / "2.png").write_bytes(b"broken")
+        def _frames(self):
+            for k in range(2):
+                yield np.full((32, 48, 3), 100, np.uint8), k / 25
+            raise SourceError("camera 0 unplugged")
+
     sink = ListSink()
-    _, error = _run_within(Pipeline(source=open_source(str(tmp_path)), engine=engine, sinks=[sink]), 30)
-    assert isinstance(error, SourceError) and "2.png" in str(error)
+    _, error = _run_within(Pipeline(source=Unplugged(source_id="cam"), engine=engine, sinks=[sink]), 30)
+    assert isinstance(error, SourceError) and str(error) == "camera 0 unplugged"
     assert [f.seq for f in sink.frames] == [0, 1] and sink.closed and not sink.aborted
 
 
