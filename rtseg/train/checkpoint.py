@@ -1,4 +1,4 @@
-"""Training checkpoints shared by the YOLACT, FCN and MS R-CNN trainers.
+"""Training checkpoints shared by the YOLACT, FCN and MS R-CNN trainers (and the step loop of the latter two).
 
 A checkpoint is one ``torch.save`` dict: ``step``, the ``state_dict()`` of each
 stateful part (model, optimizer, scheduler, loss scaler …) under its name, torch's
@@ -9,13 +9,16 @@ never leaves a half-written checkpoint; it is read with ``weights_only=True``.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Callable, Protocol, TextIO, TypeVar
 
 import torch
 
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.weights import load_into
+
+T = TypeVar("T")
 
 CHECKPOINT_NAME = "checkpoint.pth"
 """File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``)."""
@@ -54,6 +57,34 @@ def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful]
     print(f"interrupted at step {step}: checkpoint {path}; continue with {resume_hint}",
           file=log if log is not None else sys.stderr, flush=True)
     return path
+
+
+def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[str, Stateful],
+              checkpoint: str | Path | None, ckpt_every: int, log_every: int,
+              describe: Callable[[list[T]], str] | None) -> list[T]:
+    """Run ``step(k)`` for k in [first, steps) and return what each returned (e.g. its losses).
+
+    checkpoint: written every ``ckpt_every`` steps and after the last (:func:`checkpoint_due`); on
+    Ctrl-C the steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt
+    goes on. describe: one progress line's text from the last ``log_every`` results, printed every
+    ``log_every`` steps as ``step k/steps <text> (<seconds> s)``; None prints nothing.
+    """
+    results: list[T] = []
+    t0 = time.perf_counter()
+    try:
+        for k in range(first, steps):
+            results.append(step(k))
+            if describe is not None and (k + 1) % log_every == 0:
+                print(f"step {k + 1}/{steps} {describe(results[-log_every:])} ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+            if checkpoint and checkpoint_due(k + 1, ckpt_every, steps):
+                save_checkpoint(checkpoint, step=k + 1, parts=parts)
+    except KeyboardInterrupt:
+        if checkpoint:
+            save_on_interrupt(checkpoint, step=first + len(results), parts=parts,
+                              resume_hint="--resume (and the same --out)")
+        raise
+    return results
 
 
 def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: torch.device | str = "cpu") -> dict[str, Any]:

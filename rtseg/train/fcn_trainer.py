@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from rtseg.engines.fcn import FcnEngine, save_fcn
 from rtseg.errors import exit_status
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, resume_step, save_checkpoint, save_on_interrupt
+from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps
 
 
 @dataclass(frozen=True)
@@ -60,32 +59,23 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     parts = {"model": model, "optimizer": opt}
     first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    done = first
-    try:
-        for step in range(first, cfg.steps):
-            rng = np.random.default_rng([cfg.seed, step])
-            idx = rng.choice(len(images), cfg.batch_size, replace=len(images) < cfg.batch_size)
-            flip = rng.random() < 0.5
-            imgs = images[idx][:, :, ::-1] if flip else images[idx]
-            x = engine.preprocess(list(imgs))
-            y = (targets[idx].flip(-1) if flip else targets[idx]).to(x.device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done = step + 1
-            losses.append(float(loss.detach()))
-            if log and (step + 1) % cfg.log_every == 0:
-                print(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            if checkpoint and checkpoint_due(step + 1, cfg.ckpt_every, cfg.steps):
-                save_checkpoint(checkpoint, step=step + 1, parts=parts)
-    except KeyboardInterrupt:
-        if checkpoint:
-            save_on_interrupt(checkpoint, step=done, parts=parts, resume_hint="--resume (and the same --out)")
-        raise
+
+    def one_step(step: int) -> float:
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = rng.choice(len(images), cfg.batch_size, replace=len(images) < cfg.batch_size)
+        flip = rng.random() < 0.5
+        imgs = images[idx][:, :, ::-1] if flip else images[idx]
+        x = engine.preprocess(list(imgs))
+        y = (targets[idx].flip(-1) if flip else targets[idx]).to(x.device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    losses = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
+                       ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
+                       describe=(lambda recent: f"loss {np.mean(recent):.4f}") if log else None)
     model.eval()
     return losses
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, checkpoint_due, resume_step, save_checkpoint, save_on_interrupt
+from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps
 
 
 @dataclass(frozen=True)
@@ -72,34 +71,26 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
     first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    done = first
-    try:
-        for step in range(first, cfg.steps):
-            rng = np.random.default_rng([cfg.seed, step])
-            samples = [data[int(i)] for i in rng.choice(len(data), cfg.batch_size, replace=len(data) < cfg.batch_size)]
-            samples = [s for s in samples if len(s)] or samples[:1]
-            images = engine.preprocess([s.image for s in samples])
-            losses = model(images, [to_target(s, images[0].device) for s in samples])
-            total = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
-            sched.step()
-            done = step + 1
-            history.append({k: float(v.detach()) for k, v in losses.items()})
-            if log and (step + 1) % cfg.log_every == 0:
-                recent = history[-cfg.log_every:]
-                terms = " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
-                print(f"step {step + 1}/{cfg.steps} {terms} ({time.perf_counter() - t0:.0f} s)", flush=True)
-            if checkpoint and checkpoint_due(step + 1, cfg.ckpt_every, cfg.steps):
-                save_checkpoint(checkpoint, step=step + 1, parts=parts)
-    except KeyboardInterrupt:
-        if checkpoint:
-            save_on_interrupt(checkpoint, step=done, parts=parts, resume_hint="--resume (and the same --out)")
-        raise
+
+    def one_step(step: int) -> dict[str, float]:
+        rng = np.random.default_rng([cfg.seed, step])
+        samples = [data[int(i)] for i in rng.choice(len(data), cfg.batch_size, replace=len(data) < cfg.batch_size)]
+        samples = [s for s in samples if len(s)] or samples[:1]
+        images = engine.preprocess([s.image for s in samples])
+        losses = model(images, [to_target(s, images[0].device) for s in samples])
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        sched.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def describe(recent: list[dict[str, float]]) -> str:
+        return " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
+
+    history = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
+                        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, describe=describe if log else None)
     model.eval()
     return history
 
