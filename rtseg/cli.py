@@ -17,13 +17,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
+from rtseg.engines import ENGINE_NAMES
 from rtseg.engines.backends import BACKENDS
+from rtseg.engines.choose import TORCHVISION, load_weights_engine, resolve_engine
 from rtseg.errors import ConfigError, RtsegError, WeightsError
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source
 
 if TYPE_CHECKING:
+    from rtseg.engines.base import Engine
     from rtseg.video.sinks import Sink
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
@@ -53,15 +56,19 @@ def build_parser() -> _Parser:
     src.add_argument("--realtime", action="store_true", help="replay a file/folder/synthetic source at its "
                      "frame rate as a live source (frames are dropped when the engine is slower)")
     eng = p.add_argument_group("engine")
-    eng.add_argument("--engine", default="yolact", help="segmenter (default: yolact)")
-    eng.add_argument("--weights", help="checkpoint: official YOLACT .pth, rtseg .safetensors or a training run's checkpoint.pth (yolact default: "
-                     "the shipped demo model, engines/yolact_demo.safetensors, 6 synthetic shape classes)")
+    eng.add_argument("--engine", choices=ENGINE_NAMES, default=None,
+                     help="segmenter (default: the one the --weights manifest names; yolact)")
+    eng.add_argument("--weights", help="official YOLACT .pth, rtseg .safetensors of any engine, a YOLACT training "
+                     "run's checkpoint.pth, or torchvision:fcn_resnet50|fcn_resnet101; for panoptic the instance "
+                     "(yolact/msrcnn) weights (default for yolact and panoptic: the shipped demo model, "
+                     "engines/yolact_demo.safetensors, 6 synthetic shape classes)")
+    eng.add_argument("--semantic", metavar="FCN_WEIGHTS", help="panoptic: the FCN weights of the stuff classes")
     eng.add_argument("--score-threshold", type=float, default=None, metavar="T")
     eng.add_argument("--top-k", type=int, default=None, metavar="K")
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     eng.add_argument("--backend", default="eager", choices=BACKENDS,
                      help="YOLACT network backend: eager, compile, tensorrt, onnx or auto (default: eager)")
-    eng.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
+    eng.add_argument("--precision", default=None, choices=("fp16", "int8"),
                      help="TensorRT precision (default fp16); int8 needs --calib")
     eng.add_argument("--calib", metavar="DIR", help="folder of frames for TensorRT INT8 calibration")
     out = p.add_argument_group("outputs")
@@ -153,27 +160,42 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
     return sinks
 
 
-def _load_engine(args: argparse.Namespace):
+#: Engines whose predictions are instances (COCO results files hold only those; scores / top-k apply).
+INSTANCE_ENGINES = ("yolact", "msrcnn")
+
+
+def engine_name(args: argparse.Namespace) -> str:
+    """The engine the run uses: ``--engine``, else the one the ``--weights`` manifest names (yolact)."""
+    if args.weights is None or args.engine in ("slic", "panoptic"):
+        return args.engine or "yolact"
+    return resolve_engine(args.weights, args.engine)
+
+
+def _load_engine(args: argparse.Namespace, name: str) -> Engine:
     import rtseg
 
     options = {k: v for k, v in (("score_threshold", args.score_threshold), ("top_k", args.top_k)) if v is not None}
     if args.backend != "eager":
-        if args.engine != "yolact":
-            raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
         options["backend"] = args.backend
-    if args.precision != "fp16" or args.calib is not None:
-        if args.backend != "tensorrt":
-            raise ConfigError("--precision int8 / --calib apply to --backend tensorrt only")
-        options.update(precision=args.precision, calibration_dir=args.calib)
-    return rtseg.load(args.engine, weights=_weights(args), device=args.device, **options)
+    if args.precision is not None or args.calib is not None:
+        options.update(precision=args.precision or "fp16", calibration_dir=args.calib)
+    if name == "panoptic":
+        weights = _weights(args, "yolact")
+        things = resolve_engine(weights, None)
+        if things not in INSTANCE_ENGINES:
+            raise ConfigError(f"--engine panoptic: --weights {weights} holds {things} weights; give the weights "
+                              f"of an instance engine ({' or '.join(INSTANCE_ENGINES)}) and --semantic FCN_WEIGHTS")
+        return rtseg.load("panoptic", instances=(things, weights), semantic=args.semantic, device=args.device,
+                          **options)
+    return load_weights_engine(name, _weights(args, name), device=args.device, **options)
 
 
-def _weights(args: argparse.Namespace) -> str | None:
-    """``--weights``, or for yolact without it the shipped demo model (said on stderr)."""
-    if args.weights is not None or args.engine == "slic":
+def _weights(args: argparse.Namespace, name: str) -> str | None:
+    """``--weights``, or for yolact (and panoptic's instances) without it the shipped demo model (said on stderr)."""
+    if args.weights is not None or name == "slic":
         return args.weights
-    if args.engine != "yolact":
-        raise ConfigError(f"--engine {args.engine} needs --weights PATH (rtseg .safetensors of that engine)")
+    if name != "yolact":
+        raise ConfigError(f"--engine {name} needs --weights PATH (rtseg .safetensors of that engine)")
     from rtseg.demo import DEMO_WEIGHTS, DEMO_TRAIN_HINT
 
     if not DEMO_WEIGHTS.is_file():
@@ -184,18 +206,63 @@ def _weights(args: argparse.Namespace) -> str | None:
     return str(DEMO_WEIGHTS)
 
 
+def _check_engine_options(args: argparse.Namespace, name: str) -> None:
+    """Options that do not apply to engine ``name`` (or to each other) are refused before anything loads."""
+    if args.semantic is not None and name != "panoptic":
+        raise ConfigError("--semantic applies to --engine panoptic only")
+    if name == "panoptic" and args.semantic is None:
+        raise ConfigError("--engine panoptic needs --semantic FCN_WEIGHTS (the stuff classes) besides the instance "
+                          "--weights (yolact or msrcnn; default: the demo model)")
+    if args.semantic is not None and not Path(args.semantic).is_file():
+        raise WeightsError(f"--semantic {args.semantic}: file not found")
+    if args.top_k is not None and name not in INSTANCE_ENGINES:
+        raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
+    if args.score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
+        raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
+    if args.backend != "eager" and name != "yolact":
+        raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
+    if (args.precision is not None or args.calib is not None) and args.backend != "tensorrt":
+        raise ConfigError("--precision / --calib apply to --backend tensorrt only")
+    if args.calib is not None and args.precision != "int8":
+        raise ConfigError("--calib is the INT8 calibration folder: add --precision int8")
+    if args.precision == "int8":
+        if args.calib is None:
+            raise ConfigError("--precision int8 needs --calib DIR, a folder of frames like the ones to segment")
+        from rtseg.engines.trt import calibration_files
+
+        calibration_files(args.calib)
+    if args.json and Path(args.json).suffix.lower() == ".json" and name not in INSTANCE_ENGINES:
+        raise ConfigError(f"--json {args.json}: a COCO results file holds instance detections, which {name} does "
+                          "not make; use a .jsonl file (one record per frame)")
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Cheap checks first, so that a typo is reported before anything slow happens."""
     if args.source is None:
         raise ConfigError("--source is required (run without arguments for the demo)")
-    if args.weights is not None and not Path(args.weights).is_file():
-        raise WeightsError(f"--weights {args.weights}: file not found")
+    if args.weights is not None and not args.weights.startswith(TORCHVISION):
+        if Path(args.weights).is_dir():
+            raise WeightsError(f"--weights {args.weights} is a folder; give the weights file in it")
+        if not Path(args.weights).is_file():
+            raise WeightsError(f"--weights {args.weights}: file not found")
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
     if not args.reconnect_timeout >= 0:  # also NaN
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
+    _check_outputs_are_not_inputs(args)
+
+
+def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
+    """An output path that names an input (the source, weights or their manifests) would overwrite it."""
+    inputs = [args.source] + [f for w in (args.weights, args.semantic) if w is not None
+                              for f in (w, str(Path(w).with_suffix(".json")))]
+    existing = {Path(f).resolve(): f for f in inputs if Path(f).is_file()}
+    for option, path in (("--output", args.output), ("--json", args.json)):
+        if path is not None and Path(path).resolve() in existing:
+            raise ConfigError(f"{option} {path} would overwrite the input {existing[Path(path).resolve()]}; "
+                              "choose another output path")
 
 
 def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:
@@ -215,15 +282,20 @@ def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> Rt
 def run(args: argparse.Namespace) -> int:
     """Segment ``args.source`` into the requested outputs; print the metrics summary."""
     _check_args(args)
+    name = engine_name(args)
+    _check_engine_options(args, name)
     with contextlib.ExitStack() as stack:
         source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
                              realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
         stack.callback(source.close)
         source.on_event = lambda line: print(f"rtseg: warning: {line}", file=sys.stderr, flush=True)
-        short = source.num_frames is not None and source.num_frames <= 20
+        expected = [n for n in (source.num_frames, args.max_frames) if n is not None]
+        short = bool(expected) and min(expected) <= 20  # too few frames to leave 5 untimed
         metrics = Metrics(warmup_frames=0 if short else 5)
         sinks = open_sinks(args, source, metrics, stack)
-        engine = _load_engine(args)
+        engine = _load_engine(args, name)
+        if args.backend == "auto":
+            print(f"rtseg: --backend auto chose {engine.backend.name}", file=sys.stderr)
         pipeline = Pipeline(source=source, engine=engine, sinks=sinks, metrics=metrics, max_frames=args.max_frames,
                             progress=not (source.is_live or args.no_progress) and sys.stderr.isatty(),
                             show_hud=not args.no_hud)

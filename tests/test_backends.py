@@ -241,6 +241,24 @@ def test_cache_build_failure_leaves_no_entry(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unwritable_cache_is_one_line_and_entries_follow_the_umask(tmp_path) -> None:
+    import os
+
+    from rtseg.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=f"engine cache {blocker / 'cache'}: cannot write there .*RTSEG_ENGINE_CACHE"):
+        cached_artifact(blocker / "cache", "m", "txt", {"k": 1}, _Counter("a").build, lambda p: p.read_text())
+    umask = os.umask(0o022)
+    try:
+        cached_artifact(tmp_path / "c", "m", "txt", {"k": 1}, _Counter("a").build, lambda p: p.read_text())
+    finally:
+        os.umask(umask)
+    (entry,) = (tmp_path / "c").glob("m-*.txt")
+    assert entry.stat().st_mode & 0o777 == 0o644  # others may read what an installation shares
+
+
 def test_weights_digest_tracks_every_weight(engine: YolactEngine) -> None:
     net = engine.net
     before = weights_digest(net)
@@ -257,7 +275,7 @@ def test_weights_digest_tracks_every_weight(engine: YolactEngine) -> None:
 
 def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.delenv(backends.CACHE_ENV, raising=False)
-    assert backends.default_cache_dir().parts[-2:] == ("engines", "cache")
+    assert backends.default_cache_dir().parts[-2:] == ("engines", "cache")  # in this source checkout
     monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
     assert backends.default_cache_dir() == tmp_path
 

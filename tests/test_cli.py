@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from servers.helpers import RtspServer, free_port, make_clip, rtsp_server_available, tiny_weights
+from servers.helpers import TINY_CLASSES, RtspServer, free_port, make_clip, rtsp_server_available, tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "run.py")]
@@ -297,3 +297,75 @@ def test_audio_is_passed_through_to_the_recording(files, tmp_path) -> None:
                              "--audio"]), "--audio")
     _assert_user_error(_run(["--source", str(src), "--weights", files["weights"], "--output", str(tmp_path / "x.png"),
                              "--audio"]), "--audio")
+
+
+@pytest.fixture(scope="module")
+def fcn_weights(tmp_path_factory):
+    """Small real FCN weights (the classes of ``tiny_weights`` + background) and their manifest."""
+    import torch
+
+    from rtseg.engines.fcn import save_fcn
+    from rtseg.models.fcn import FCN, FcnConfig
+
+    torch.manual_seed(0)
+    names = ["background", *TINY_CLASSES]
+    return str(save_fcn(tmp_path_factory.mktemp("fcn") / "f.safetensors",
+                        FCN(FcnConfig(num_classes=len(names), width=0.0625)), names))
+
+
+ENGINE_OPTION_ERRORS = {
+    "unknown engine": (["--engine", "nope"], "invalid choice: 'nope'"),
+    "score threshold for fcn": (["--weights", "{fcn}", "--score-threshold", "0.5"],
+                                "--score-threshold applies to yolact, msrcnn and panoptic only, not fcn"),
+    "top-k for slic": (["--engine", "slic", "--top-k", "3"], "--top-k applies to yolact and msrcnn only, not slic"),
+    "COCO json for fcn": (["--weights", "{fcn}", "--json", "{dir}/o.json"], "use a .jsonl file"),
+    "COCO json for slic": (["--engine", "slic", "--json", "{dir}/o.json"], "which slic does not make"),
+    "backend for fcn": (["--weights", "{fcn}", "--backend", "onnx"], "applies to the yolact engine only"),
+    "panoptic without semantic": (["--engine", "panoptic"], "needs --semantic FCN_WEIGHTS"),
+    "panoptic things from fcn": (["--engine", "panoptic", "--weights", "{fcn}", "--semantic", "{fcn}"],
+                                 "holds fcn weights; give the weights of an instance engine"),
+    "semantic without panoptic": (["--semantic", "{fcn}"], "--semantic applies to --engine panoptic only"),
+    "precision without tensorrt": (["--backend", "onnx", "--precision", "fp16"], "apply to --backend tensorrt only"),
+    "calib without int8": (["--backend", "tensorrt", "--calib", "{dir}"], "add --precision int8"),
+    "int8 without calib": (["--backend", "tensorrt", "--precision", "int8"], "needs --calib DIR"),
+    "int8 empty calib": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}"], "holds no"),
+    "weights folder": (["--weights", "{dir}"], "is a folder"),
+    "json over the manifest": (["--weights", "{weights}", "--json", "{manifest}"], "would overwrite the input"),
+    "output over the source": (["--weights", "{weights}", "--output", "{clip}"], "would overwrite the input"),
+    "negative reconnect timeout": (["--reconnect-timeout", "-1"], "--reconnect-timeout must be >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINE_OPTION_ERRORS))
+def test_engine_options_that_do_not_apply_are_refused_before_anything_loads(case, files, fcn_weights, tmp_path,
+                                                                          capsys):
+    """In process (no model is loaded: the checks come first); each is one line and exit 2."""
+    from rtseg.cli import main
+
+    (tmp_path / "empty").mkdir()
+    names = {**files, "fcn": fcn_weights, "empty": tmp_path / "empty", "dir": tmp_path,
+             "manifest": files["weights"].replace(".safetensors", ".json")}
+    args, match = ENGINE_OPTION_ERRORS[case]
+    before = {p: p.stat().st_mtime_ns for p in files["dir"].iterdir()}
+    assert main(["--source", files["clip"], *[a.format(**names) for a in args]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rtseg: error: ") and match in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in files["dir"].iterdir()} == before  # no input overwritten
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
+
+
+def test_engine_comes_from_the_manifest_and_panoptic_runs_from_the_command_line(files, fcn_weights, tmp_path):
+    fcn_out = tmp_path / "fcn.jsonl"
+    r = _run(["--source", files["clip"], "--weights", fcn_weights, "--json", str(fcn_out), "--max-frames", "2"])
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["kind"] for line in fcn_out.read_text().splitlines()] == ["semantic"] * 2
+    pan_out, video = tmp_path / "pan.jsonl", tmp_path / "pan.mp4"
+    r = _run(["--source", files["clip"], "--engine", "panoptic", "--weights", files["weights"], "--semantic",
+              fcn_weights, "--score-threshold", "0.0", "--json", str(pan_out), "--output", str(video),
+              "--max-frames", "3"])
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in pan_out.read_text().splitlines()]
+    assert [rec["kind"] for rec in records] == ["panoptic"] * 3
+    assert all({"id", "category_id", "isthing", "segmentation"} <= set(s) for rec in records for s in rec["segments"])
+    with av.open(str(video)) as c:
+        assert len(list(c.decode(video=0))) == 3

@@ -17,7 +17,8 @@ from rtseg.data.synthetic import CLASSES, SyntheticDataset, SyntheticScene
 from rtseg.engines.fcn import save_fcn
 from rtseg.engines.msrcnn import save_msrcnn
 from rtseg.errors import ConfigError
-from rtseg.eval.cli import main, resolve_engine
+from rtseg.engines.choose import resolve_engine
+from rtseg.eval.cli import main
 from rtseg.eval.coco import METRICS
 from rtseg.eval.mask_scoring import SCORING_METRICS, MaskScoringEvaluator, true_mask_iou
 from rtseg.eval.runners import (

@@ -22,11 +22,12 @@ of the weights plus everything else that changes the artefact; see
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import importlib.util
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -53,9 +54,15 @@ T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
-    """``$RTSEG_ENGINE_CACHE`` or ``<project>/engines/cache`` (git-ignored)."""
+    """``$RTSEG_ENGINE_CACHE``, else ``<project>/engines/cache`` (git-ignored) in a source checkout, else
+    ``$XDG_CACHE_HOME/rtseg/engines`` (``~/.cache/rtseg/engines``) for an installed package."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "engines" / "cache"
+    if env:
+        return Path(env)
+    project = Path(__file__).resolve().parents[2]
+    if (project / "pyproject.toml").is_file() and (project / "engines").is_dir():
+        return project / "engines" / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtseg" / "engines"
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -95,15 +102,19 @@ def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str,
             return load(path)
     except Exception:  # noqa: BLE001 - any unreadable / foreign entry is rebuilt, never trusted
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        build(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as exc:
+        raise ConfigError(f"engine cache {cache_dir}: cannot write there ({exc.strerror}); "
+                          f"set {CACHE_ENV} to a writable folder") from None
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # build creates it (umask applies)
+    try:
+        build(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     meta_tmp = meta.with_suffix(".json.tmp")
     meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(path)}, indent=1))
     os.replace(meta_tmp, meta)

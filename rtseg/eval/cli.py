@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from rtseg.data.dataset import InstanceDataset
-from rtseg.engines.fcn import FCN_FORMAT
-from rtseg.engines.msrcnn import MSRCNN_FORMAT
-from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, exit_status
+from rtseg.engines.choose import load_weights_engine, resolve_engine
+from rtseg.errors import ConfigError, DatasetError, SinkError, exit_status
 from rtseg.eval.coco import format_table
 from rtseg.eval.mask_scoring import format_scoring_table
 from rtseg.eval.runners import (
@@ -37,9 +36,8 @@ from rtseg.eval.runners import (
     format_semantic,
     samples,
 )
-from rtseg.weights import MANIFEST_FORMAT, manifest_path
 
-__all__ = ["ENGINES", "class_mapping", "main", "open_dataset", "resolve_engine", "run"]
+__all__ = ["ENGINES", "class_mapping", "main", "open_dataset", "run"]
 ENGINES = ("yolact", "fcn", "msrcnn")
 
 
@@ -64,53 +62,6 @@ def open_dataset(spec: str) -> InstanceDataset:
 
         return LabelmeDataset(rest)
     raise ConfigError(f"--data {spec}: unknown kind {kind!r}; use synthetic:test, coco:ANN.json:IMG_DIR or labelme:DIR")
-
-
-ENGINE_FORMATS = {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
-"""Manifest ``format`` of rtseg weights -> engine name."""
-
-
-TORCHVISION = "torchvision:"
-"""``--weights`` prefix naming a torchvision FCN-ResNet instead of a file."""
-
-
-def torchvision_fcn_engine(spec: str, device: str):
-    """The engine of ``torchvision:fcn_resnet50|fcn_resnet101``, pretrained weights required (never downloaded)."""
-    import torch
-
-    import rtseg
-    from rtseg.models.fcn import TORCHVISION_ARCHS
-
-    arch = spec[len(TORCHVISION):]
-    if arch not in TORCHVISION_ARCHS:
-        raise ConfigError(f"--weights {spec}: use torchvision:{' or torchvision:'.join(TORCHVISION_ARCHS)}")
-    engine = rtseg.load("fcn", arch=arch, device=device)
-    if not engine.pretrained:
-        raise WeightsError(f"--weights {spec}: torchvision's pretrained {arch} file is not in the torch cache "
-                           f"({Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is downloaded; "
-                           "copy it there first")
-    return engine
-
-
-def resolve_engine(weights: str, engine: str | None) -> str:
-    """The engine to evaluate ``weights`` with: ``engine`` if given, else the one its manifest names (default yolact).
-
-    ``ConfigError`` when ``engine`` contradicts the manifest. A missing or unreadable manifest is left to the
-    engine's loader to report.
-    """
-    if weights.startswith(TORCHVISION):
-        if engine not in (None, "fcn"):
-            raise ConfigError(f"--engine {engine}: {weights} is an fcn; use --engine fcn or leave --engine out")
-        return "fcn"
-    try:
-        fmt = json.loads(manifest_path(weights).read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    found = ENGINE_FORMATS.get(fmt) if Path(weights).suffix == ".safetensors" else None
-    if engine is not None and found is not None and engine != found:
-        raise ConfigError(f"--engine {engine}: {weights} holds {found} weights (manifest format {fmt!r}); "
-                          f"use --engine {found} or leave --engine out")
-    return engine or found or "yolact"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -150,8 +101,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    import rtseg
-
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images {args.max_images}: must be at least 1")
     engine_name = resolve_engine(args.weights, args.engine)
@@ -163,8 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if n < 1:
         raise ConfigError(f"--data {args.data}: no images to evaluate")
     options = {} if engine_name == "fcn" else {"score_threshold": args.score_threshold, "top_k": 100}
-    engine = (torchvision_fcn_engine(args.weights, args.device) if args.weights.startswith(TORCHVISION) else
-              rtseg.load(engine_name, weights=args.weights, device=args.device, **options))
+    engine = load_weights_engine(engine_name, args.weights, device=args.device, **options)
     start = time.perf_counter()
     data = samples(dataset, n, resize)
     if engine_name == "fcn":
