@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import rtseg
+from rtseg.engines.options import resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.types import Detections
 
@@ -98,3 +100,61 @@ def test_detections_integer_index_is_a_detections_of_one(engine, frame) -> None:
     one = dets[1]
     assert isinstance(one, Detections) and len(one) == 1 and np.array_equal(one.boxes[0], dets.boxes[1])
     assert np.array_equal(dets[np.int64(0)].masks[0], dets.masks[0])
+
+
+@pytest.mark.parametrize("device, message", [
+    ("mps", "unknown device 'mps'; use cpu, cuda or cuda:N"),  # mps / xpu / meta passed and crashed later
+    ("xpu", "unknown device 'xpu'"),
+    ("meta", "unknown device 'meta'"),
+    ("gpu", "unknown device 'gpu'"),
+    ("cpu:1", "there is one CPU device; use cpu"),
+    (0, "device must be a string such as 'cpu' or 'cuda:0', got int"),
+])
+def test_resolve_device_accepts_cpu_and_cuda_only(device, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(device)
+    assert resolve_device("cpu:0").type == "cpu"
+
+
+def test_cuda_index_beyond_the_devices_is_refused(monkeypatch) -> None:
+    """A one-GPU machine, mocked: the check is host-side and this machine may have no GPU (see the GPU test)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="cuda:7 requested but this machine has 1 CUDA device\\(s\\)"):
+        resolve_device("cuda:7")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.gpu
+def test_cuda_index_beyond_the_devices_is_refused_on_a_gpu() -> None:
+    n = torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=f"cuda:{n} requested but this machine has {n} CUDA device"):
+        rtseg.load("slic", device=f"cuda:{n}")
+
+
+@pytest.fixture(scope="module")
+def fcn_weights(tmp_path_factory) -> str:
+    from rtseg.engines.fcn import FcnEngine, save_fcn
+    from rtseg.models.fcn import FcnConfig
+
+    engine = FcnEngine.from_config(FcnConfig(arch="fcn32s", num_classes=3, width=0.0625))
+    return str(save_fcn(tmp_path_factory.mktemp("fcn") / "fcn.safetensors", engine.model, engine.class_names))
+
+
+def test_every_engine_checks_its_device(fcn_weights) -> None:
+    yolact = rtseg.load("yolact", weights=DEMO)
+    for name, weights, options in [("yolact", DEMO, {}), ("fcn", fcn_weights, {}), ("slic", None, {"backend": "torch"}),
+                                   ("panoptic", None, {"instances": yolact, "semantic": fcn_weights})]:
+        with pytest.raises(ConfigError, match="unknown device 'mps'"):
+            rtseg.load(name, weights, device="mps", **options)
+    assert rtseg.load("fcn", fcn_weights, device="cpu:0").device == "cpu:0"
+
+
+def test_load_with_wrong_typed_arguments_is_one_line() -> None:
+    """Each was a TypeError traceback."""
+    for name in ("yolact", "fcn", "msrcnn"):
+        with pytest.raises(WeightsError, match=f"^{name}: weights must be a file path \\(str or pathlib.Path\\), got int 123"):
+            rtseg.load(name, 123)
+    with pytest.raises(ConfigError, match="yolact: input_size must be an integer >= 32, got 'a'"):
+        rtseg.load("yolact", DEMO, input_size="a")
+    assert rtseg.load("yolact", Path(DEMO)).cfg.input_size >= 32  # a pathlib.Path is a path

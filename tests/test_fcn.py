@@ -1,6 +1,8 @@
 """FCN-8s/16s/32s: paper structure, any input size, bilinear upsampling, training, mIoU, weights I/O."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,58 @@ def test_fcn_engine_on_cuda_matches_cpu():
     a, b = cpu(img), gpu(img)
     assert (a.labels == b.labels).mean() > 0.99
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    """A tiny saved FCN-32s (3 classes) and its manifest as a dict."""
+    engine = FcnEngine.from_config(FcnConfig(arch="fcn32s", num_classes=3, width=0.0625))
+    path = save_fcn(tmp_path / "fcn.safetensors", engine.model, engine.class_names)
+    return path, json.loads(path.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("change, detail", [
+    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 0.0625, "dilation": 2}}, r"unknown key\(s\) dilation"),
+    ({"config": None}, "no config object"),
+    ({"config": {"arch": "fcn32s", "num_classes": "3", "width": 0.0625}}, "num_classes must be int, got '3'"),
+    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": True}}, "width must be float, got True"),
+    ({"config": {"arch": "fcn4s", "num_classes": 3, "width": 0.0625}}, "unknown arch 'fcn4s'"),
+])
+def test_invalid_manifest_config_is_one_weights_error(tiny_weights, change, detail):
+    """Was a TypeError / KeyError traceback from FcnConfig(**config)."""
+    path, manifest = tiny_weights
+    path.with_suffix(".json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(WeightsError, match=rf"fcn\.json: its config is invalid \(.*{detail}.*\); re-export the weights") as e:
+        rtseg.load("fcn", weights=str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_manifest_class_names_must_fit_the_model(tiny_weights):
+    """Two names for a 3-class model were accepted (labels 2 had no name)."""
+    path, manifest = tiny_weights
+    path.with_suffix(".json").write_text(json.dumps({**manifest, "class_names": ["background", "a"]}))
+    with pytest.raises(WeightsError, match="2 class names for a model with 3 classes"):
+        FcnEngine.from_weights(str(path))
+
+
+def test_options_the_weights_fix_are_refused_and_class_names_rename(tiny_weights):
+    path, _ = tiny_weights
+    with pytest.raises(ConfigError, match="num_classes comes from the weights' manifest"):  # was silently ignored
+        rtseg.load("fcn", path, num_classes=5)
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) pretrained"):  # was a TypeError
+        rtseg.load("fcn", path, pretrained=True)
+    renamed = rtseg.load("fcn", path, class_names=["bg", "x", "y"])  # was a TypeError (class_names twice)
+    assert renamed.class_names == ("bg", "x", "y")
+    with pytest.raises(ConfigError, match="1 class names for a model with 3 classes"):
+        rtseg.load("fcn", path, class_names=["bg"])
+    with pytest.raises(WeightsError, match="weights must be a file path .* got int 123"):  # was a TypeError
+        rtseg.load("fcn", 123)
+
+
+def test_training_checkpoint_as_weights_says_how_to_finish(tmp_path):
+    data = SyntheticDataset.split("train", 2, width=32, height=32, max_objects=1)
+    ckpt = tmp_path / "fcn.train" / "checkpoint.pth"
+    train_fcn(_tiny_engine(), data, FcnTrainConfig(steps=1, batch_size=2), log=False, checkpoint=ckpt)
+    with pytest.raises(WeightsError, match="is a training checkpoint of an unfinished run .* finish the run with "
+                                           "--resume to export the .safetensors, or pass the .safetensors it wrote"):
+        rtseg.load("fcn", str(ckpt))

@@ -1,6 +1,8 @@
 """Mask Scoring R-CNN: MaskIoU head shapes, training targets, losses, engine API and weights I/O."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,62 @@ def test_errors():
         MsrcnnConfig(backbone="vgg")
     with pytest.raises(ConfigError, match="class names"):
         MsrcnnEngine.from_config(TINY, class_names=["a"])
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Tiny MS R-CNN weights and their manifest as a dict."""
+    path = save_msrcnn(tmp_path_factory.mktemp("ms") / "ms.safetensors", _tiny_engine().model, list(CLASSES))
+    return path, json.loads(path.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("change, detail", [
+    ({"anchor_sizes": 7}, "anchor_sizes must be a list, got 7"),
+    ({"anchor_sizes": [8, 16]}, "5 anchor sizes"),
+    ({"min_size": 64.5}, "min_size must be int, got 64.5"),
+    ({"mask_head": "light"}, r"unknown key\(s\) mask_head"),
+])
+def test_invalid_manifest_config_is_one_weights_error(tiny_weights, change, detail):
+    """Was a TypeError traceback from MsrcnnConfig(**config) / tuple(7)."""
+    path, manifest = tiny_weights
+    bad = path.with_name("bad.safetensors")
+    bad.write_bytes(path.read_bytes())
+    bad.with_suffix(".json").write_text(json.dumps({**manifest, "config": {**manifest["config"], **change}}))
+    with pytest.raises(WeightsError, match=rf"bad\.json: its config is invalid \(.*{detail}.*\); re-export") as e:
+        MsrcnnEngine.from_weights(str(bad))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"score_threshold": "a"}, "score_threshold must be a number in \\[0, 1\\], got 'a'"),
+    ({"score_threshold": None}, "score_threshold must be a number in \\[0, 1\\], got None"),
+    ({"score_threshold": float("nan")}, "score_threshold must be a number in \\[0, 1\\], got nan"),
+    ({"top_k": 1.5}, "top_k must be an integer >= 1, got 1.5"),  # was: loads, then crashes on the first frame
+    ({"top_k": True}, "top_k must be an integer >= 1, got True"),  # was: accepted as 1
+])
+def test_bad_options_are_config_errors(tiny_weights, options, message):
+    with pytest.raises(ConfigError, match=f"msrcnn: {message}"):
+        rtseg.load("msrcnn", tiny_weights[0], **options)
+
+
+def test_elongated_frame_names_its_place_in_the_batch():
+    engine = _tiny_engine()
+    thin = np.zeros((8, 4000, 3), np.uint8)
+    with pytest.raises(ConfigError, match="^frame: 8x4000 is too elongated"):
+        engine(thin)
+    with pytest.raises(ConfigError, match="^frame 1 of the batch: 8x4000 is too elongated"):
+        engine([np.zeros((64, 64, 3), np.uint8), thin])
+
+
+def test_training_checkpoint_as_weights_says_how_to_finish(tmp_path):
+    data = SyntheticDataset.split("train", 1, width=64, height=64, max_objects=1)
+    ckpt = tmp_path / "ms.train" / "checkpoint.pth"
+    train_msrcnn(_tiny_engine(), data, MsrcnnTrainConfig(steps=1, batch_size=1, warmup=1), log=False, checkpoint=ckpt)
+    with pytest.raises(WeightsError, match="is a training checkpoint of an unfinished run .* finish the run with "
+                                           "--resume to export the .safetensors"):
+        rtseg.load("msrcnn", str(ckpt))
+
+
+def test_device_is_checked(tiny_weights):
+    with pytest.raises(ConfigError, match="unknown device 'xpu'; use cpu, cuda or cuda:N"):  # was accepted
+        rtseg.load("msrcnn", tiny_weights[0], device="xpu")

@@ -181,3 +181,68 @@ def test_load_by_paths_with_msrcnn(tmp_path):
     assert ids == {s["id"] for s in pan.segments}
     with pytest.raises(ConfigError, match="takes no weights"):
         rtseg.load("panoptic", "x.pth", instances=eng.instances, semantic=eng.semantic)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(yolact, fcn) engines with matching classes, random weights."""
+    torch.manual_seed(0)
+    yolact = YolactEngine.from_config(
+        YolactConfig(backbone="resnet18", num_classes=6, input_size=64, fpn_channels=16, num_prototypes=4),
+        class_names=list(CLASSES))
+    return yolact, FcnEngine.from_config(FcnConfig(arch="fcn32s", num_classes=7, width=0.0625), class_names=NAMES)
+
+
+def test_wrong_engines_are_refused_when_loading(tiny, tmp_path):
+    """Each was accepted and crashed on the first frame with an AttributeError."""
+    from rtseg.engines.fcn import save_fcn
+
+    yolact, fcn = tiny
+    fp = str(save_fcn(tmp_path / "fcn.safetensors", fcn.model, NAMES))
+    pair = "is not a \\(name, weights\\) pair with name one of yolact, msrcnn and a weights path"
+    for instances, semantic, message in [
+        (("fcn", fp), fp, pair), (("slic", None), fp, pair), (("yolact",), fp, pair),
+        (fcn, fcn, "instances= must be an engine producing Detections .* got FcnEngine"),
+        (rtseg.load("slic"), fcn, "got SlicEngine"),
+        (yolact, yolact, "semantic= must be an FCN engine or an FCN weights path, got YolactEngine"),
+        (yolact, 123, "semantic= must be an FCN engine or an FCN weights path, got int"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^panoptic: .*{message}"):
+            rtseg.load("panoptic", instances=instances, semantic=semantic)
+    with pytest.raises(ConfigError, match="unknown device 'mps'"):
+        rtseg.load("panoptic", instances=yolact, semantic=fcn, device="mps")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"score_threshold": float("nan")}, "score_threshold must be a number in \\[0, 1\\], got nan"),  # dropped all
+    ({"overlap_threshold": 5}, "overlap_threshold must be a number in \\[0, 1\\], got 5"),
+    ({"stuff_min_area": -1}, "stuff_min_area must be an integer >= 0, got -1"),
+    ({"stuff_min_area": 2.5}, "stuff_min_area must be an integer >= 0, got 2.5"),
+    ({"stuff_classes": 5}, "stuff_classes must be a class name or a list of class names, got 5"),
+])
+def test_bad_thresholds_are_config_errors(tiny, options, message):
+    with pytest.raises(ConfigError, match=f"^panoptic: {message}"):
+        PanopticEngine(instances=tiny[0], semantic=tiny[1], **options)
+
+
+def test_one_stuff_class_name_as_a_string(tiny):
+    """A str is one class name (was split into characters: 'background' -> 'b', 'a', ...)."""
+    eng = PanopticEngine(instances=tiny[0], semantic=tiny[1], stuff_classes="background")
+    assert eng.stuff_categories == [0]
+    with pytest.raises(ConfigError, match="stuff classes \\['backgroun'\\] are not semantic classes"):
+        PanopticEngine(instances=tiny[0], semantic=tiny[1], stuff_classes="backgroun")
+
+
+def test_a_custom_instance_engine_returning_no_detections_is_named(tiny):
+    class SemanticAsInstances:  # satisfies the Engine protocol, but returns semantic maps
+        class_names, device = tiny[0].class_names, "cpu"
+
+        def __call__(self, frames):
+            return tiny[1](frames)
+
+        def warmup(self) -> None:
+            pass
+
+    eng = PanopticEngine(instances=SemanticAsInstances(), semantic=tiny[1])
+    with pytest.raises(ConfigError, match="the instances engine returned SemanticMap, expected Detections"):
+        eng(np.zeros((8, 8, 3), np.uint8))

@@ -117,3 +117,39 @@ def test_torch_slic_on_cuda_matches_cpu(frames):
     a, b = superpixel_metrics(cpu, gt), superpixel_metrics(gpu, gt)
     assert abs(a["asa"] - b["asa"]) < 0.005 and abs(a["boundary_recall"] - b["boundary_recall"]) < 0.02
     assert isinstance(rtseg.load("slic", backend="torch", device="cuda")(img), rtseg.Superpixels)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"device": "gpu"}, "unknown device 'gpu'"),  # was: the skimage backend message
+    ({"device": "CPU"}, "unknown device 'CPU'"),
+    ({"device": "mps", "backend": "torch"}, "unknown device 'mps'"),  # was: accepted, crashed on the first frame
+    ({"n_segments": True}, "n_segments must be an integer >= 1, got True"),
+    ({"n_segments": 2.5}, "n_segments must be an integer >= 1, got 2.5"),
+    ({"compactness": float("nan")}, "compactness must be a finite number > 0, got nan"),  # was: 1 segment, silently
+    ({"compactness": "10"}, "compactness must be a finite number > 0, got '10'"),
+    ({"iterations": 0}, "iterations must be an integer >= 1, got 0"),
+])
+def test_bad_options_are_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        rtseg.load("slic", **options)
+
+
+def test_cpu_device_with_index_is_the_cpu(frames):
+    eng = rtseg.load("slic", device="cpu:0", n_segments=20)  # was refused as not-CPU
+    assert eng.backend == "skimage" and eng(frames[0][0]).labels.shape == (150, 200)
+
+
+def test_cuda_device_picks_the_torch_backend(monkeypatch):
+    """Construction only (nothing runs on the device), so CUDA's presence is mocked here; the GPU test
+    below runs it for real."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert rtseg.load("slic", device="cuda").backend == "torch"  # was: refused (skimage default)
+    with pytest.raises(ConfigError, match="the skimage backend runs on the CPU only"):
+        rtseg.load("slic", device="cuda:0", backend="skimage")
+
+
+@pytest.mark.gpu
+def test_slic_on_cuda_without_backend_runs_torch(frames):
+    eng = rtseg.load("slic", device="cuda", n_segments=50)
+    assert eng.backend == "torch" and isinstance(eng(frames[0][0]), rtseg.Superpixels)

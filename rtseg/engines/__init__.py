@@ -17,9 +17,10 @@ def load(name: str = "yolact", weights: str | None = None, *, device: str = "cpu
     yolact options: input_size (default 550, 700 for im700 files, the manifest's for rtseg files),
     score_threshold, top_k, nms ("fast" | "cross_class" | "traditional"), backend
     ("eager" | "compile" | "tensorrt" | "onnx" | "auto").
-    ``"slic"`` (no weights; n_segments, compactness, backend "skimage" | "torch"), ``"fcn"`` (weights or
-    arch="fcn_resnet50"), ``"msrcnn"`` and ``"panoptic"`` (instances=, semantic=) → see their engines.
-    Unknown options raise ConfigError.
+    ``"slic"`` (no weights; n_segments, compactness, backend "skimage" | "torch", default torch on CUDA),
+    ``"fcn"`` (weights or arch="fcn_resnet50"), ``"msrcnn"`` and ``"panoptic"`` (instances=, semantic=) → see
+    their engines. device: "cpu" or "cuda[:N]". Unknown options, and options the weights fix (num_classes
+    of FCN weights), raise ConfigError; a bad weights file raises WeightsError.
     """
     if name == "yolact":
         from rtseg.engines.yolact import YolactEngine
@@ -27,7 +28,7 @@ def load(name: str = "yolact", weights: str | None = None, *, device: str = "cpu
         if weights is None:
             raise WeightsError("yolact needs weights: pass weights=PATH (an official .pth or an rtseg .safetensors)")
         _check_options(name, options, YolactEngine.from_weights, YolactEngine.__init__)
-        return YolactEngine.from_weights(str(weights), device=device, **options)
+        return YolactEngine.from_weights(weights, device=device, **options)
     if name == "slic":
         from rtseg.engines.slic import SlicEngine
 
@@ -53,13 +54,17 @@ def load(name: str = "yolact", weights: str | None = None, *, device: str = "cpu
     raise ConfigError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
 
 
+#: Parameters the loaders fill themselves (from the weights); never user options.
+_RESERVED = {"self", "cls", "model", "weights", "device", "pretrained"}
+
+
 def _check_options(engine: str, options: dict[str, Any], *functions: Callable[..., Any]) -> None:
-    """ConfigError naming any option none of ``functions`` accepts as a keyword."""
+    """ConfigError naming any option none of ``functions`` accepts as a keyword (or one the loader fills)."""
     accepted: set[str] = set()
     for fn in functions:
         accepted |= {p.name for p in inspect.signature(fn).parameters.values()
                      if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    unknown = sorted(set(options) - accepted - {"self", "cls"})
+    accepted -= _RESERVED
+    unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ConfigError(f"{engine}: unknown option(s) {', '.join(unknown)}; accepted: "
-                          f"{', '.join(sorted(accepted - {'self', 'cls', 'model', 'device', 'weights'}))}")
+        raise ConfigError(f"{engine}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import json
 import numbers
-from dataclasses import asdict
+import typing
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from rtseg.engines.base import frames_as_list
-from rtseg.engines.yolact import resolve_device
-from rtseg.errors import ConfigError, WeightsError
+from rtseg.engines.options import check_int, check_weights_path, resolve_device
+from rtseg.errors import ConfigError, WeightsError, first_line
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
-from rtseg.weights import load_into, manifest_path, read_state_dict, save_model, sha256_file
+from rtseg.weights import load_into, manifest_path, read_checkpoint, save_model, sha256_file
 
 FCN_FORMAT = "rtseg-fcn/1"
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -31,10 +32,23 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "tvmonitor")
 
 
-def load_model(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, manifest) of an rtseg safetensors file whose manifest has format ``fmt`` and a matching sha256."""
-    p = Path(path)
-    state = read_state_dict(p)
+class _Classed(Protocol):
+    num_classes: int
+
+
+C = TypeVar("C", bound=_Classed)
+
+
+def load_model(path: str | Path, fmt: str, config_type: type[C]) -> tuple[dict[str, torch.Tensor], C, list[str]]:
+    """(state dict, config, class names) of an rtseg safetensors file whose manifest has format ``fmt``
+    and a matching sha256; WeightsError for a training checkpoint, a missing or foreign manifest, or a
+    manifest whose config does not build a ``config_type`` or whose class names do not fit it."""
+    engine = fmt.split("/")[0].removeprefix("rtseg-")
+    p = Path(check_weights_path(engine, path))
+    state, extras = read_checkpoint(p)
+    if "step" in extras and "config" not in extras:
+        raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
+                           f"finish the run with --resume to export the .safetensors, or pass the .safetensors it wrote")
     mp = manifest_path(p)
     try:
         man = json.loads(mp.read_text())
@@ -47,7 +61,44 @@ def load_model(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dic
                            f"expected {fmt!r}; load it with the engine it was trained for")
     if man.get("sha256") != sha256_file(p):
         raise WeightsError(f"{p}: sha256 does not match its manifest; the file is corrupt or was replaced")
-    return state, man
+    try:
+        cfg = config_from_dict(man.get("config"), config_type)
+    except (ConfigError, ValueError) as e:
+        raise WeightsError(f"{mp}: its config is invalid ({first_line(e)}); re-export the weights") from None
+    names = man.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{mp}: its class_names must be a list of strings; re-export the weights")
+    if len(names) != cfg.num_classes:
+        raise WeightsError(f"{mp}: {len(names)} class names for a model with {cfg.num_classes} classes "
+                           f"(its config); re-export the weights")
+    return state, cfg, names
+
+
+def config_from_dict(saved: Any, config_type: type[C]) -> C:
+    """A ``config_type`` dataclass from a manifest's JSON ``config`` object: every key a field, every
+    value of the field's type (JSON lists become tuples); missing fields take their defaults.
+
+    ValueError naming the first problem; ConfigError from the config's own checks.
+    """
+    if not isinstance(saved, dict):
+        raise ValueError("no config object" if saved is None else f"config is a {type(saved).__name__}, not an object")
+    hints = typing.get_type_hints(config_type)
+    unknown = sorted(set(saved) - {f.name for f in fields(config_type)})  # type: ignore[arg-type]
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    return config_type(**{k: _typed(k, v, hints[k]) for k, v in saved.items()})
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` when it is of type ``hint`` (bool, int, float, str or tuple[T, ...] given as a list), else ValueError."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(_typed(key, v, typing.get_args(hint)[0]) for v in value)
+    kind = {int: numbers.Integral, float: numbers.Real}.get(hint, hint)
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, kind):
+        raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
 
 
 def save_fcn(path: str | Path, model: FCN, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
@@ -67,8 +118,11 @@ class FcnEngine:
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], device: str = "cpu",
                  max_side: int | None = None, pretrained: bool = False) -> None:
-        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral) or max_side < 1):
-            raise ConfigError(f"fcn: max_side must be None or an integer >= 1, got {max_side!r}")
+        if max_side is not None:
+            max_side = check_int("fcn", "max_side", max_side, low=1)
+        classes = model.cfg.num_classes if isinstance(model, FCN) else getattr(model, "num_classes", None)
+        if classes is not None and len(class_names) != classes:
+            raise ConfigError(f"fcn: {len(class_names)} class names for a model with {classes} classes")
         self._device = resolve_device(device)
         self.device = str(self._device)
         self.model = model.to(self._device).eval()
@@ -84,21 +138,27 @@ class FcnEngine:
         return cls(model=FCN(cfg), class_names=names, **kwargs)
 
     @classmethod
-    def from_weights(cls, weights: str | None, *, arch: str | None = None, num_classes: int = 21,
+    def from_weights(cls, weights: str | None, *, arch: str | None = None, num_classes: int | None = None,
                      **kwargs) -> "FcnEngine":
-        """Our safetensors FCN (``weights=PATH``) or a torchvision FCN-ResNet (``arch="fcn_resnet50"``)."""
+        """Our safetensors FCN (``weights=PATH``) or a torchvision FCN-ResNet (``arch="fcn_resnet50"``,
+        ``num_classes`` default 21). With weights, arch and num_classes come from the manifest."""
         if weights is not None:
-            state, man = load_model(weights, FCN_FORMAT)
-            cfg = FcnConfig(**man["config"])
+            state, cfg, names = load_model(weights, FCN_FORMAT, FcnConfig)
             if arch is not None and arch != cfg.arch:
                 raise ConfigError(f"fcn: arch={arch!r} but {weights} holds an {cfg.arch}; drop arch=")
+            if num_classes is not None and num_classes != cfg.num_classes:
+                raise ConfigError(f"fcn: num_classes={num_classes!r} but {weights} has {cfg.num_classes} classes; "
+                                  f"num_classes comes from the weights' manifest: drop num_classes=")
             model = FCN(cfg)
             load_into(model, state, str(weights))
-            return cls(model=model, class_names=man["class_names"], **kwargs)
+            kwargs.setdefault("class_names", names)
+            return cls(model=model, **kwargs)
         if arch in TORCHVISION_ARCHS:
+            num_classes = 21 if num_classes is None else check_int("fcn", "num_classes", num_classes, low=2)
             model, pretrained = torchvision_fcn(arch, num_classes)
             names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
-            return cls(model=_OutOnly(model), class_names=names, pretrained=pretrained, **kwargs)
+            kwargs.setdefault("class_names", names)
+            return cls(model=_OutOnly(model, num_classes), pretrained=pretrained, **kwargs)
         raise WeightsError(f"fcn: arch {arch or 'fcn8s'} needs weights=PATH (train one with rtseg.train.fcn_trainer) "
                            f"or pick arch= one of {', '.join(TORCHVISION_ARCHS)}; known archs: {', '.join(ARCHS)}")
 
@@ -146,9 +206,9 @@ class FcnEngine:
 class _OutOnly(nn.Module):
     """torchvision segmentation models return a dict; keep the exportable tensor-only interface."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, num_classes: int) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.num_classes = model, num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)["out"]

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rtseg.engines.fcn import load_model
 from rtseg.engines.base import StagedEngine
-from rtseg.engines.yolact import resolve_device
+from rtseg.engines.fcn import load_model
+from rtseg.engines.options import check_int, check_real, resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections
@@ -41,8 +41,8 @@ class MsrcnnEngine(StagedEngine):
 
     def __init__(self, *, model: MaskScoringRCNN, class_names: Sequence[str] | None = None, device: str = "cpu",
                  score_threshold: float = 0.05, top_k: int = 100) -> None:
-        if not 0.0 <= score_threshold <= 1.0 or top_k < 1:
-            raise ConfigError(f"msrcnn: need score_threshold in [0, 1] and top_k >= 1; got {score_threshold}, {top_k}")
+        score_threshold = check_real("msrcnn", "score_threshold", score_threshold, low=0.0, high=1.0)
+        top_k = check_int("msrcnn", "top_k", top_k, low=1)
         self._device = resolve_device(device)
         self.device = str(self._device)
         self.model = model.to(self._device).eval()
@@ -62,12 +62,10 @@ class MsrcnnEngine(StagedEngine):
         """Load rtseg MS R-CNN safetensors + manifest."""
         if weights is None:
             raise WeightsError("msrcnn needs weights=PATH (an rtseg .safetensors from rtseg.train.msrcnn_trainer)")
-        state, man = load_model(weights, MSRCNN_FORMAT)
-        cfg_dict = dict(man["config"])
-        cfg_dict["anchor_sizes"] = tuple(cfg_dict["anchor_sizes"])
-        model = MaskScoringRCNN(MsrcnnConfig(**cfg_dict))
+        state, cfg, names = load_model(weights, MSRCNN_FORMAT, MsrcnnConfig)
+        model = MaskScoringRCNN(cfg)
         load_into(model, state, str(weights))
-        kwargs.setdefault("class_names", man["class_names"])
+        kwargs.setdefault("class_names", names)
         return cls(model=model, **kwargs)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -76,7 +74,8 @@ class MsrcnnEngine(StagedEngine):
         for i, img in enumerate(images):
             short, long = sorted(img.shape[:2])
             if int(short * min(cfg.min_size / short, cfg.max_size / long)) < 1:
-                raise ConfigError(f"frame {i}: {img.shape[0]}x{img.shape[1]} is too elongated for msrcnn "
+                which = "frame" if len(images) == 1 else f"frame {i} of the batch"
+                raise ConfigError(f"{which}: {img.shape[0]}x{img.shape[1]} is too elongated for msrcnn "
                                   f"(resize to max side {cfg.max_size} leaves < 1 pixel); crop or pad it")
         return [torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).to(self._device).permute(2, 0, 1).float()
                 .div_(255) for img in images]

@@ -12,13 +12,18 @@ with id = R + 256 G + 256² B and one JSON with ``segments_info`` per frame.
 from __future__ import annotations
 
 import json
+import reprlib
+from os import PathLike
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from rtseg.engines.base import frames_as_list
+from rtseg.engines.base import Engine, frames_as_list
+from rtseg.engines.fcn import FcnEngine
+from rtseg.engines.options import check_int, check_real, resolve_device
+from rtseg.engines.slic import SlicEngine
 from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Detections, Panoptic, SemanticMap
 
@@ -135,23 +140,39 @@ def read_panoptic(json_path: str | Path) -> list[Panoptic]:
 
 
 # -- engine --------------------------------------------------------------------------------
+INSTANCE_ENGINES = ("yolact", "msrcnn")
+"""Engine names ``instances=(name, weights)`` may give."""
+
+
 class PanopticEngine:
     """Instance engine + semantic engine → ``Panoptic`` (see :class:`rtseg.engines.base.Engine`).
 
-    Categories are the semantic engine's classes; each instance class maps to the
-    semantic class of the same name (ConfigError when one is missing). Stuff
-    classes default to the semantic classes no instance class names.
+    instances: an engine producing ``Detections`` (YOLACT, MS R-CNN or your own); semantic: an
+    :class:`FcnEngine`. Categories are the semantic engine's classes; each instance class maps to
+    the semantic class of the same name (ConfigError when one is missing). stuff_classes: semantic
+    class names (one name may be given as a str) that are stuff; default: the semantic classes no
+    instance class names. Thresholds as :func:`fuse_panoptic`.
     """
 
-    def __init__(self, *, instances: Any, semantic: Any, stuff_classes: Sequence[str] | None = None,
+    def __init__(self, *, instances: Engine, semantic: FcnEngine, stuff_classes: Sequence[str] | str | None = None,
                  overlap_threshold: float = 0.5, stuff_min_area: int = 64, score_threshold: float = 0.3) -> None:
+        if isinstance(instances, (FcnEngine, SlicEngine, PanopticEngine)) or not isinstance(instances, Engine):
+            raise ConfigError(f"panoptic: instances= must be an engine producing Detections (yolact, msrcnn) or a "
+                              f"(name, weights) pair such as (\"yolact\", PATH), got {type(instances).__name__}")
+        if not isinstance(semantic, FcnEngine):
+            raise ConfigError(f"panoptic: semantic= must be an FCN engine or an FCN weights path, "
+                              f"got {type(semantic).__name__}")
+        self.overlap_threshold = check_real("panoptic", "overlap_threshold", overlap_threshold, low=0.0, high=1.0)
+        self.score_threshold = check_real("panoptic", "score_threshold", score_threshold, low=0.0, high=1.0)
+        self.stuff_min_area = check_int("panoptic", "stuff_min_area", stuff_min_area, low=0)
         sem_names = list(semantic.class_names)
         missing = [n for n in instances.class_names if n not in sem_names]
         if missing:
             raise ConfigError(f"panoptic: instance classes {missing[:5]} are not semantic classes "
                               f"({', '.join(sem_names[:8])}…); train both engines on the same classes")
         self.thing_category = np.array([sem_names.index(n) for n in instances.class_names], np.int64)
-        stuff = [n for n in sem_names if n not in instances.class_names] if stuff_classes is None else list(stuff_classes)
+        stuff = [n for n in sem_names if n not in instances.class_names] if stuff_classes is None else \
+            _names(stuff_classes)
         unknown = [n for n in stuff if n not in sem_names]
         if unknown:
             raise ConfigError(f"panoptic: stuff classes {unknown[:5]} are not semantic classes; choose from {sem_names}")
@@ -159,8 +180,6 @@ class PanopticEngine:
         self.instances, self.semantic = instances, semantic
         self.class_names = tuple(sem_names)
         self.device = semantic.device
-        self.overlap_threshold, self.stuff_min_area, self.score_threshold = (
-            overlap_threshold, stuff_min_area, score_threshold)
 
     @classmethod
     def from_weights(cls, weights: str | None = None, *, device: str = "cpu", instances: Any = None,
@@ -168,18 +187,22 @@ class PanopticEngine:
         """``rtseg.load("panoptic", instances=engine_or_(name, weights), semantic=engine_or_weights)``."""
         from rtseg.engines import load
 
+        resolve_device(device)
         if weights is not None:
             raise ConfigError("panoptic takes no weights=: pass instances=(\"yolact\", PATH) and semantic=FCN_PATH")
         if instances is None or semantic is None:
             raise ConfigError("panoptic needs instances= (an engine or (name, weights)) and semantic= "
                               "(an FCN engine or FCN weights path)")
-        if isinstance(instances, (tuple, list)) and len(instances) == 2:
+        if isinstance(instances, (tuple, list)):
+            if len(instances) != 2 or instances[0] not in INSTANCE_ENGINES or not isinstance(instances[1], (str, PathLike)):
+                raise ConfigError(f"panoptic: instances={reprlib.repr(instances)} is not a (name, weights) pair with "
+                                  f"name one of {', '.join(INSTANCE_ENGINES)} and a weights path")
             instances = load(instances[0], instances[1], device=device)
-        elif not callable(instances) or not hasattr(instances, "class_names"):
+        elif isinstance(instances, (str, PathLike)):
             raise ConfigError(f"panoptic: instances= must be an engine or a (name, weights) pair such as "
                               f"(\"yolact\", PATH), got {type(instances).__name__}")
-        if isinstance(semantic, (str, Path)):
-            semantic = load("fcn", str(semantic), device=device)
+        if isinstance(semantic, (str, PathLike)):
+            semantic = load("fcn", semantic, device=device)
         return cls(instances=instances, semantic=semantic, **options)
 
     def fuse(self, dets: Detections, semantic: SemanticMap) -> Panoptic:
@@ -191,6 +214,10 @@ class PanopticEngine:
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Panoptic | list[Panoptic]:
         single, images = frames_as_list(frames)
         dets, sems = self.instances(images), self.semantic(images)
+        wrong = [type(d).__name__ for d in dets if not isinstance(d, Detections)]
+        if wrong:
+            raise ConfigError(f"panoptic: the instances engine returned {wrong[0]}, expected Detections; "
+                              f"pass an instance engine (yolact, msrcnn) as instances=")
         out = [self.fuse(d, s) for d, s in zip(dets, sems)]
         return out[0] if single else out
 
@@ -198,3 +225,12 @@ class PanopticEngine:
         """Warm up both engines."""
         self.instances.warmup()
         self.semantic.warmup()
+
+
+def _names(stuff_classes: Any) -> list[str]:
+    """Stuff class names: one str is one name; else a sequence of str (ConfigError otherwise)."""
+    if isinstance(stuff_classes, str):
+        return [stuff_classes]
+    if isinstance(stuff_classes, Sequence) and all(isinstance(n, str) for n in stuff_classes):
+        return list(stuff_classes)
+    raise ConfigError(f"panoptic: stuff_classes must be a class name or a list of class names, got {stuff_classes!r}"[:200])

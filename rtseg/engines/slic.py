@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rtseg.engines.base import frames_as_list, host_tensor
+from rtseg.engines.options import check_int, check_real, resolve_device
 from rtseg.errors import ConfigError
 from rtseg.types import Superpixels
 
@@ -157,26 +158,28 @@ def enforce_connectivity(labels: torch.Tensor, *, min_size: int) -> torch.Tensor
 class SlicEngine:
     """Superpixel engine: ``engine(image) -> Superpixels`` (see :class:`rtseg.engines.base.Engine`).
 
-    backend: "skimage" (reference, CPU) or "torch" (our implementation, CPU or GPU).
+    backend: "skimage" (reference, CPU only) or "torch" (our implementation, CPU or GPU); default:
+        skimage on the CPU, torch on a CUDA device.
     n_segments, compactness, iterations: SLIC parameters (paper defaults: m = 10, 10 rounds).
     """
 
     class_names: Sequence[str] = ()
 
-    def __init__(self, *, backend: str = "skimage", n_segments: int = 200, compactness: float = 10.0,
+    def __init__(self, *, backend: str | None = None, n_segments: int = 200, compactness: float = 10.0,
                  iterations: int = 10, device: str = "cpu") -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"slic: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        if n_segments < 1 or compactness <= 0 or iterations < 1:
-            raise ConfigError(f"slic: need n_segments >= 1, compactness > 0, iterations >= 1; "
-                              f"got {n_segments}, {compactness}, {iterations}")
-        if backend == "skimage" and device != "cpu":
-            raise ConfigError(f"slic: the skimage backend runs on the CPU only; use backend='torch' for {device!r}")
-        from rtseg.engines.yolact import resolve_device
-
-        self.backend, self.n_segments, self.compactness, self.iterations = backend, n_segments, compactness, iterations
         self._device = resolve_device(device)
         self.device = str(self._device)
+        if backend is None:
+            backend = "skimage" if self._device.type == "cpu" else "torch"
+        if backend not in BACKENDS:
+            raise ConfigError(f"slic: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend == "skimage" and self._device.type != "cpu":
+            raise ConfigError(f"slic: the skimage backend runs on the CPU only; use backend='torch' for {device!r} "
+                              f"(or leave backend= out)")
+        self.backend = backend
+        self.n_segments = check_int("slic", "n_segments", n_segments, low=1)
+        self.compactness = check_real("slic", "compactness", compactness, low=0.0, open_low=True)
+        self.iterations = check_int("slic", "iterations", iterations, low=1)
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 BGR -> (H, W) int64 superpixel ids 0..K-1."""

@@ -6,7 +6,6 @@ Outputs equal the official implementation's for the same weights and frame
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch import nn
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import Backend, TorchBackend, make_backend
 from rtseg.engines.base import StagedEngine, host_tensor
+from rtseg.engines.options import check_int, check_real, check_weights_path, resolve_device
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
@@ -61,17 +61,6 @@ class InferenceNet(nn.Module):
         return out["loc"], F.softmax(out["conf"], -1), out["coef"], out["proto"]
 
 
-def resolve_device(device: str) -> torch.device:
-    """A torch device from a user string; ConfigError when CUDA is asked for but absent."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    return dev
-
-
 class YolactEngine(StagedEngine):
     """Runnable YOLACT segmenter (see :class:`rtseg.engines.base.Engine`).
 
@@ -96,18 +85,18 @@ class YolactEngine(StagedEngine):
                  device_overlay: bool | None = None) -> None:
         if nms not in NMS_KINDS:
             raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
-        for key, v in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold),
-                       ("conf_threshold", conf_threshold)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{key} must be a number in [0, 1], got {v!r}")
-        for key, v in (("top_k", top_k), ("nms_top_k", nms_top_k), ("max_detections", max_detections)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ConfigError(f"{key} must be an integer >= 1, got {v!r}")
+        score_threshold, iou_threshold, conf_threshold = (
+            check_real("yolact", key, v, low=0.0, high=1.0) for key, v in (
+                ("score_threshold", score_threshold), ("iou_threshold", iou_threshold),
+                ("conf_threshold", conf_threshold)))
+        top_k, nms_top_k, max_detections = (
+            check_int("yolact", key, v, low=1) for key, v in (
+                ("top_k", top_k), ("nms_top_k", nms_top_k), ("max_detections", max_detections)))
         if model.cfg.input_size < 32:
             raise ConfigError(f"input_size must be at least 32 pixels, got {model.cfg.input_size}")
         self.cfg: YolactConfig = model.cfg
+        self._dev = resolve_device(device)
         self.device = str(device)
-        self._dev = resolve_device(self.device)
         names = list(class_names) if class_names is not None else _default_names(self.cfg.num_classes)
         if len(names) != self.cfg.num_classes:
             raise ConfigError(f"{len(names)} class names given for a model with {self.cfg.num_classes} classes")
@@ -146,6 +135,9 @@ class YolactEngine(StagedEngine):
         """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`)."""
         from rtseg.weights import load_yolact
 
+        weights = check_weights_path("yolact", weights)
+        if input_size is not None:
+            input_size = check_int("yolact", "input_size", input_size, low=32)
         model, _, names = load_yolact(weights, input_size=input_size)
         kwargs.setdefault("class_names", names)
         return cls(model=model, **kwargs)
