@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtseg.ops.rle import encode_rle
+from rtseg.ops.rle import encode_label_rle
 from rtseg.types import Detections, Frame, Panoptic, Prediction, SemanticMap, Superpixels
 
 
@@ -56,7 +56,7 @@ def _detections_record(dets: Detections) -> dict:
 
 def _semantic_record(sem: SemanticMap) -> dict:
     ids, areas = np.unique(sem.labels, return_counts=True)
-    rles = encode_rle(sem.labels[None] == ids[:, None, None]) if ids.size else []
+    rles = encode_label_rle(sem.labels, ids)
     classes = [
         {"class_id": int(c), "class_name": _name(sem.class_names, int(c)), "area": int(a), "segmentation": r}
         for c, a, r in zip(ids.tolist(), areas.tolist(), rles)
@@ -71,9 +71,16 @@ def _panoptic_record(pan: Panoptic) -> dict:
         seg["class_name"] = _name(pan.class_names, int(s["category_id"]))
         segments.append(seg)
     ids = np.array([s["id"] for s in pan.segments], np.int64)
-    for seg, rle in zip(segments, encode_rle(pan.ids[None] == ids[:, None, None]) if ids.size else []):
+    for seg, rle in zip(segments, encode_label_rle(pan.ids, ids)):
         seg["segmentation"] = rle
     return {"kind": "panoptic", "segments": segments}
+
+
+def _superpixels_record(sp: Superpixels) -> dict:
+    ids, areas = np.unique(sp.labels, return_counts=True)
+    segments = [{"id": int(i), "area": int(a), "segmentation": r}
+                for i, a, r in zip(ids.tolist(), areas.tolist(), encode_label_rle(sp.labels, ids))]
+    return {"kind": "superpixels", "num_segments": sp.num_segments, "segments": segments}
 
 
 def prediction_record(prediction: Prediction) -> dict:
@@ -83,7 +90,7 @@ def prediction_record(prediction: Prediction) -> dict:
     if isinstance(prediction, SemanticMap):
         return _semantic_record(prediction)
     if isinstance(prediction, Superpixels):
-        return {"kind": "superpixels", "num_segments": prediction.num_segments}
+        return _superpixels_record(prediction)
     if isinstance(prediction, Panoptic):
         return _panoptic_record(prediction)
     raise TypeError(f"prediction_record: unsupported prediction type {type(prediction).__name__}")

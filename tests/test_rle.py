@@ -60,3 +60,18 @@ def test_engine_device_path_writes_json_without_host_masks() -> None:
 def test_device_rle_on_cuda_equals_pycocotools() -> None:
     for masks in mask_cases():
         assert encode_rle_device(torch.from_numpy(masks).cuda()) == encode_rle(masks)
+
+
+def test_label_map_rle_equals_the_rle_of_each_mask():
+    """Random label maps (runs across columns, values absent, negative ids, 1-pixel maps) against pycocotools on the
+    (K, H, W) masks; ids are given in any order and may be absent from the map."""
+    from rtseg.ops.rle import encode_label_rle
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        labels = rng.integers(-1, 4, (h, w))
+        if trial % 2:  # blocky maps: long runs crossing column boundaries
+            labels = np.repeat(np.repeat(rng.integers(0, 3, (3, 3)), 5, 0), 5, 1)[:h, :w]
+        ids = rng.permutation(np.arange(-1, 6))[: rng.integers(0, 8)]
+        assert encode_label_rle(labels, ids) == encode_rle(labels[None] == ids[:, None, None]), (labels, ids)

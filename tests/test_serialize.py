@@ -107,8 +107,18 @@ def test_frame_record_other_kinds():
     sem = json.loads(json.dumps(frame_record(frame, SemanticMap(labels=labels, class_names=["bg", "road", "car"]))))
     assert sem["pts"] is None and sem["kind"] == "semantic"
     assert [(c["class_name"], c["area"]) for c in sem["classes"]] == [("bg", H * 40), ("car", H * 40)]
-    sp = frame_record(frame, Superpixels(labels=labels))
+    for c in sem["classes"]:
+        seg = c["segmentation"]
+        assert np.array_equal(mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}),
+                              labels == c["class_id"])
+    labels[5:9, :7] = 1
+    sp = json.loads(json.dumps(frame_record(frame, Superpixels(labels=labels))))
     assert sp["kind"] == "superpixels" and sp["num_segments"] == 3
+    assert [s["id"] for s in sp["segments"]] == [0, 1, 2] and sum(s["area"] for s in sp["segments"]) == H * W
+    for s in sp["segments"]:
+        seg = s["segmentation"]
+        assert np.array_equal(mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}),
+                              labels == s["id"])
     ids = np.where(labels > 0, 4, 1).astype(np.int64)
     segs = [{"id": np.int64(1), "category_id": 1, "isthing": False, "area": H * 40},
             {"id": 4, "category_id": 0, "isthing": True, "area": H * 40, "score": np.float32(0.5)}]

@@ -57,6 +57,32 @@ def counts_from_starts(mask_idx: np.ndarray, starts: np.ndarray, n: int, size: t
     return out
 
 
+def encode_label_rle(labels: np.ndarray, ids: np.ndarray) -> list[dict]:
+    """COCO RLE of ``labels == k`` for every k of ``ids``, without building the (K, H, W) masks.
+
+    labels: (H, W) integer map (class, segment or superpixel ids); ids: (K,) distinct integers (one
+    absent from ``labels`` gives an empty mask). Equal to ``encode_rle(labels[None] == ids[:, None, None])``
+    at O(H·W) memory: every change of value in column-major order starts a run of ones for the new
+    value and a run of zeros for the old one.
+    """
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if labels.ndim != 2:
+        raise ValueError(f"encode_label_rle: expected an (H, W) map, got shape {labels.shape}")
+    h, w = labels.shape
+    flat = np.asarray(labels, np.int64).T.reshape(-1)  # column-major
+    if ids.size == 0 or flat.size == 0:
+        return counts_from_starts(np.zeros(0, np.int64), np.zeros(0, np.int64), ids.size, (h, w))
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    values = np.concatenate([flat[:1], flat[change], flat[change - 1]])
+    starts = np.concatenate([[0], change, change])
+    order = np.argsort(ids, kind="stable")
+    at = np.minimum(np.searchsorted(ids[order], values), ids.size - 1)
+    known = ids[order][at] == values
+    mask_idx, starts = order[at[known]], starts[known]
+    by_mask = np.lexsort((starts, mask_idx))
+    return counts_from_starts(mask_idx[by_mask], starts[by_mask], ids.size, (h, w))
+
+
 def encode_rle_device(masks: torch.Tensor) -> list[dict]:
     """(N, H, W) bool masks on any device -> N COCO RLE dicts, equal to :func:`encode_rle`'s.
 
