@@ -354,7 +354,7 @@ def test_engine_options_that_do_not_apply_are_refused_before_anything_loads(case
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
-def test_engine_comes_from_the_manifest_and_panoptic_runs_from_the_command_line(files, fcn_weights, tmp_path):
+def test_engine_from_the_manifest_panoptic_and_slic_run_from_the_command_line(files, fcn_weights, tmp_path):
     fcn_out = tmp_path / "fcn.jsonl"
     r = _run(["--source", files["clip"], "--weights", fcn_weights, "--json", str(fcn_out), "--max-frames", "2"])
     assert r.returncode == 0, r.stderr
@@ -369,3 +369,8 @@ def test_engine_comes_from_the_manifest_and_panoptic_runs_from_the_command_line(
     assert all({"id", "category_id", "isthing", "segmentation"} <= set(s) for rec in records for s in rec["segments"])
     with av.open(str(video)) as c:
         assert len(list(c.decode(video=0))) == 3
+    sp_out = tmp_path / "sp.jsonl"
+    r = _run(["--source", files["clip"], "--engine", "slic", "--json", str(sp_out), "--max-frames", "1"])
+    assert r.returncode == 0, r.stderr
+    (record,) = [json.loads(line) for line in sp_out.read_text().splitlines()]
+    assert record["kind"] == "superpixels" and len(record["segments"]) == record["num_segments"] > 1

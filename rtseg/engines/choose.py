@@ -51,11 +51,11 @@ def resolve_engine(weights: str, engine: str | None) -> str:
     return engine or found or "yolact"
 
 
-def load_weights_engine(name: str, weights: str, *, device: str, **options: object) -> Engine:
+def load_weights_engine(name: str, weights: str | None, *, device: str, **options: object) -> Engine:
     """``rtseg.load(name, weights, ...)``, or torchvision's FCN for ``torchvision:ARCH`` (``options`` unused)."""
     import rtseg
 
-    if weights.startswith(TORCHVISION):
+    if weights is not None and weights.startswith(TORCHVISION):
         return torchvision_fcn_engine(weights, device)
     return rtseg.load(name, weights=weights, device=device, **options)
 
