@@ -1,0 +1,75 @@
+"""Checks of engine options shared by every engine: device strings, numbers, weights paths.
+
+Each raises :class:`ConfigError` (or :class:`WeightsError` for a weights path) with one line
+naming the engine, the option, what was given and what is expected.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any
+
+import torch
+
+from rtseg.errors import ConfigError, WeightsError
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from a user string: ``cpu`` (or ``cpu:0``), ``cuda`` or ``cuda:N``.
+
+    ConfigError for any other device type (mps, xpu, meta …: the engines are built and tested
+    for CPU and CUDA only), when CUDA is asked for but absent, or when N is not a CUDA device
+    of this machine.
+    """
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ConfigError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N")
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ConfigError(f"device {str(device)!r}: there is one CPU device; use cpu")
+        return dev
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(f"{dev} requested but this machine has {count} CUDA device(s); "
+                          f"use cuda:0 … cuda:{count - 1}")
+    return dev
+
+
+def check_real(engine: str, key: str, value: Any, *, low: float, high: float = math.inf,
+               open_low: bool = False) -> float:
+    """``value`` as a float when it is a finite real number (not a bool) in [low, high] ((low, high]
+    with ``open_low``), else ConfigError ``"<engine>: <key> must be a number in [0, 1], got 'a'"``."""
+    number = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not number or not ((low < value if open_low else low <= value) and value <= high):
+        if math.isinf(high):
+            expected = f"a finite number {'>' if open_low else '>='} {low:g}"
+        else:
+            expected = f"a number in {'(' if open_low else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"{engine}: {key} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def check_int(engine: str, key: str, value: Any, *, low: int) -> int:
+    """``value`` as an int when it is an integer (not a bool) >= low, else ConfigError
+    ``"<engine>: <key> must be an integer >= 1, got 1.5"``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"{engine}: {key} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_weights_path(engine: str, weights: Any) -> str:
+    """``weights`` as a string when it is a path (str or os.PathLike), else WeightsError."""
+    if isinstance(weights, bytes) or not isinstance(weights, (str, os.PathLike)):
+        raise WeightsError(f"{engine}: weights must be a file path (str or pathlib.Path), "
+                           f"got {type(weights).__name__} {weights!r}"[:200])
+    return os.fspath(weights)
