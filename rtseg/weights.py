@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import pickle
 import re
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import torch
 from torch import nn
 
-from rtseg.errors import WeightsError, first_line
+from rtseg.errors import ConfigError, WeightsError, first_line
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
+
+T = TypeVar("T")
 
 MANIFEST_FORMAT = "rtseg-yolact/1"
 
@@ -179,11 +183,39 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yol
 
 
 def _config_from(saved: Any, *, source: str) -> YolactConfig:
-    """The YolactConfig of a manifest's / training checkpoint's ``config`` dict."""
-    names = {f.name for f in fields(YolactConfig)}
-    if not isinstance(saved, dict) or "backbone" not in saved:
-        raise WeightsError(f"{source}: its saved config is not a YOLACT config; is it weights of another engine?")
-    return YolactConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+    """The YolactConfig of a manifest's / training checkpoint's ``config`` dict (:func:`config_from_dict`)."""
+    try:
+        return config_from_dict(saved, YolactConfig)
+    except (ConfigError, ValueError) as e:
+        raise WeightsError(f"{source}: its saved config is not a valid YOLACT config ({first_line(e)}); "
+                           "is it weights of another engine? Otherwise re-export them") from None
+
+
+def config_from_dict(saved: Any, config_type: type[T]) -> T:
+    """A ``config_type`` dataclass from a manifest's JSON ``config`` object: every key a field, every
+    value of the field's type (JSON lists become tuples); missing fields take their defaults.
+
+    ValueError naming the first problem; ConfigError from the config's own checks.
+    """
+    if not isinstance(saved, dict):
+        raise ValueError("no config object" if saved is None else f"config is a {type(saved).__name__}, not an object")
+    hints = typing.get_type_hints(config_type)
+    unknown = sorted(set(saved) - {f.name for f in fields(config_type)})  # type: ignore[arg-type]
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    return config_type(**{k: _typed(k, v, hints[k]) for k, v in saved.items()})
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` when it is of type ``hint`` (bool, int, float, str or tuple[T, ...] given as a list), else ValueError."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(_typed(key, v, typing.get_args(hint)[0]) for v in value)
+    kind = {int: numbers.Integral, float: numbers.Real}.get(hint, hint)
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, kind):
+        raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
 
 
 def read_manifest(weights: str | Path) -> dict[str, Any]:

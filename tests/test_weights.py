@@ -182,6 +182,6 @@ def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_p
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     assert rtseg.load("yolact", weights=str(path)).class_names == ["a", "b", "c"]
-    torch.save({"step": 1, "model": model.state_dict(), "config": {"num_classes": 3}}, path)  # another model's config
-    with pytest.raises(WeightsError, match="saved config is not a YOLACT config"):
+    torch.save({"step": 1, "model": model.state_dict(), "config": {"arch": "fcn8s", "num_classes": 3}}, path)
+    with pytest.raises(WeightsError, match=r"saved config is not a valid YOLACT config \(unknown key\(s\) arch\)"):
         load_yolact(path)

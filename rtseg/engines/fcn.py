@@ -6,9 +6,7 @@ or torchvision's ``fcn_resnet50/101`` (pretrained only when already in the torch
 from __future__ import annotations
 
 import json
-import numbers
-import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, Sequence, TypeVar
 
@@ -21,7 +19,7 @@ from rtseg.engines.options import check_int, check_weights_path, resolve_device
 from rtseg.errors import ConfigError, WeightsError, first_line
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
-from rtseg.weights import load_into, manifest_path, read_checkpoint, save_model, sha256_file
+from rtseg.weights import config_from_dict, load_into, manifest_path, read_checkpoint, save_model, sha256_file
 
 FCN_FORMAT = "rtseg-fcn/1"
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -72,33 +70,6 @@ def load_model(path: str | Path, fmt: str, config_type: type[C]) -> tuple[dict[s
         raise WeightsError(f"{mp}: {len(names)} class names for a model with {cfg.num_classes} classes "
                            f"(its config); re-export the weights")
     return state, cfg, names
-
-
-def config_from_dict(saved: Any, config_type: type[C]) -> C:
-    """A ``config_type`` dataclass from a manifest's JSON ``config`` object: every key a field, every
-    value of the field's type (JSON lists become tuples); missing fields take their defaults.
-
-    ValueError naming the first problem; ConfigError from the config's own checks.
-    """
-    if not isinstance(saved, dict):
-        raise ValueError("no config object" if saved is None else f"config is a {type(saved).__name__}, not an object")
-    hints = typing.get_type_hints(config_type)
-    unknown = sorted(set(saved) - {f.name for f in fields(config_type)})  # type: ignore[arg-type]
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
-    return config_type(**{k: _typed(k, v, hints[k]) for k, v in saved.items()})
-
-
-def _typed(key: str, value: Any, hint: Any) -> Any:
-    """``value`` when it is of type ``hint`` (bool, int, float, str or tuple[T, ...] given as a list), else ValueError."""
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list, got {value!r}")
-        return tuple(_typed(key, v, typing.get_args(hint)[0]) for v in value)
-    kind = {int: numbers.Integral, float: numbers.Real}.get(hint, hint)
-    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, kind):
-        raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
-    return value
 
 
 def save_fcn(path: str | Path, model: FCN, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
