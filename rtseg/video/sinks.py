@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import string
 import sys
 import threading
 from pathlib import Path
@@ -63,9 +65,10 @@ class ImageSink:
                 + ", ".join(sorted(_IMAGE_EXTS))
             )
         require_writable_folder(self.path, "image output")
+        self.per_frame = _is_seq_pattern(self.path)
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
-        target = Path(str(self.path).format(seq=frame.seq)) if "{seq" in str(self.path) else self.path
+        target = Path(str(self.path).format(seq=frame.seq)) if self.per_frame else self.path
         ok, data = cv2.imencode(target.suffix.lower(), annotated)
         if not ok:
             raise SinkError(f"image output {target}: OpenCV cannot encode {target.suffix} images")
@@ -78,6 +81,27 @@ class ImageSink:
 
     def close(self) -> None:
         """Nothing to release (each write is complete on its own)."""
+
+
+def _is_seq_pattern(path: Path) -> bool:
+    """Whether ``path`` names one file per frame (``{seq}`` / ``{seq:05d}`` placeholders, str.format syntax);
+    SinkError for a pattern that cannot name a file for every frame. A name without ``{seq`` is taken as is."""
+    text = str(path)
+    if "{seq" not in text:
+        return False
+    try:
+        specs = [(name, spec) for _, name, spec, _ in string.Formatter().parse(text) if name is not None]
+        if any(name != "seq" for name, _ in specs):
+            raise ValueError("{seq} is the only placeholder allowed")
+        if any(int(width) > 32 for _, spec in specs for width in re.findall(r"\d+", spec or "")):
+            raise ValueError("field widths above 32 digits make no file name")
+        for seq in (0, 10**9):
+            name = Path(text.format(seq=seq)).name
+            if len(name.encode()) > 255:
+                raise ValueError(f"a file name would be {len(name.encode())} bytes long")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise SinkError(f"image output {text}: bad {{seq}} pattern ({exc}); write e.g. out_{{seq:05d}}.png") from None
+    return True
 
 
 class JsonlSink:
