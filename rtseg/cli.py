@@ -76,8 +76,8 @@ def build_parser() -> _Parser:
                      "'{seq:05d}' in the name writes one image per frame)")
     out.add_argument("--audio", action="store_true", help="copy the source file's audio track into the --output "
                      "video (kept in sync; transcoded to AAC when MP4 cannot hold it)")
-    out.add_argument("--json", metavar="PATH", help="detections: .jsonl (one line per frame) or .json "
-                     "(COCO results list with RLE masks, written at the end)")
+    out.add_argument("--json", metavar="PATH", help="detections: .jsonl (one line per frame; '-' for stdout) "
+                     "or .json (COCO results list with RLE masks, written at the end)")
     out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc stops)")
     out.add_argument("--serve", metavar="HOST:PORT", help="live web page, e.g. 127.0.0.1:8080")
     out.add_argument("--serve-token", metavar="T", help="secret required by the web page (needed off loopback)")
@@ -111,13 +111,13 @@ def _json_sink(path: str) -> Sink:
     from rtseg.video.sinks import JsonlSink
 
     suffix = Path(path).suffix.lower()
-    if suffix == ".jsonl":
+    if suffix == ".jsonl" or path == JsonlSink.STDOUT:
         return JsonlSink(path)
     if suffix == ".json":
         from rtseg.video.coco_json import CocoJsonSink
 
         return CocoJsonSink(path)
-    raise ConfigError(f"--json {path}: use a .jsonl (one record per frame) or .json (COCO results) file")
+    raise ConfigError(f"--json {path}: use a .jsonl (one record per frame) or .json (COCO results) file, or - for JSON lines on stdout")
 
 
 def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack: contextlib.ExitStack) -> list[Sink]:
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline.run()
         except RtsegError as exc:
             raise _with_kept_recordings(exc, sinks, metrics.frames) from None
-    print(metrics.summary())
+    print(metrics.summary(), file=sys.stderr if args.json == "-" else sys.stdout)  # stdout: the JSON lines
     for notice in source.notices:
         print(f"rtseg: warning: {notice}", file=sys.stderr)
     if pipeline.interrupted:

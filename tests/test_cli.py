@@ -376,3 +376,20 @@ def test_engine_from_the_manifest_panoptic_and_slic_run_from_the_command_line(fi
     assert r.returncode == 0, r.stderr
     (record,) = [json.loads(line) for line in sp_out.read_text().splitlines()]
     assert record["kind"] == "superpixels" and len(record["segments"]) == record["num_segments"] > 1
+
+
+def test_json_lines_on_stdout_and_a_reader_that_goes_away_ends_the_run(files, tmp_path):
+    r = _run(["--source", files["clip"], "--weights", files["weights"], "--json", "-"])
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]  # nothing else on stdout
+    assert [rec["seq"] for rec in records] == list(range(12)) and "end_to_end" in r.stderr
+    # `rtseg ... --json - | head -1`: once the reader has closed the pipe the run ends, exit 0, no traceback
+    proc = subprocess.Popen(RUN + ["--source", "synthetic", "--json", "-", "--output", str(tmp_path / "o.mp4")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert json.loads(proc.stdout.readline())["seq"] == 0
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+    with av.open(str(tmp_path / "o.mp4")) as c:  # the other outputs are finished
+        assert 1 <= len(list(c.decode(video=0))) < 300

@@ -105,14 +105,22 @@ def _is_seq_pattern(path: Path) -> bool:
 
 
 class JsonlSink:
-    """Append one JSON line per frame to ``path`` (created or truncated).
+    """Append one JSON line per frame to ``path`` (created or truncated), or to stdout for ``"-"``.
 
-    Each line is written with a single unbuffered ``write`` call, so a crash
-    leaves complete lines only.
+    Each line is written with unbuffered ``write`` calls, so a crash leaves complete lines only
+    (a failed write of a file takes its partial line back). On stdout, a reader that goes away
+    (``rtseg ... --json - | head -3``) ends the run gracefully (:attr:`stop_requested`).
     """
 
+    STDOUT = "-"
+
     def __init__(self, path: str | os.PathLike) -> None:
+        self.stop_requested = False
+        self._to_stdout = str(path) == self.STDOUT
         self.path = Path(path)
+        if self._to_stdout:
+            self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+            return
         require_writable_folder(self.path, "JSON Lines output")
         try:
             self._file = open(self.path, "wb", buffering=0)
@@ -120,20 +128,28 @@ class JsonlSink:
             raise SinkError(f"JSON Lines output {self.path}: cannot open ({exc.strerror})") from None
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        if self.stop_requested:
+            return
         line = json.dumps(frame_record(frame, prediction), separators=(",", ":")).encode() + b"\n"
-        start = self._file.tell()
+        start = None if self._to_stdout else self._file.tell()
         try:
             view = memoryview(line)
             while view:
                 view = view[self._file.write(view):]
+        except BrokenPipeError:
+            if not self._to_stdout:
+                raise
+            self.stop_requested = True  # the reading end of the pipe is closed: nobody wants more lines
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._file.truncate(start)  # drop the partial line: the file stays valid JSON Lines
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    self._file.truncate(start)  # drop the partial line: the file stays valid JSON Lines
             raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
                             f"free space or choose another path (the lines before it are kept)") from None
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(BrokenPipeError):
+            self._file.close()
 
 
 def _gui_available() -> str | None:
