@@ -75,6 +75,8 @@ def test_file_start_past_the_end_is_a_config_error(clip):
     ({"vid_stride": 0}, "vid-stride"),
     ({"start": 2.0, "end": 1.0}, "time range"),
     ({"start": -1.0}, "time range"),
+    ({"start": float("nan")}, "time range"),  # was a ValueError traceback
+    ({"end": float("nan")}, "time range"),
 ])
 def test_bad_ranges(clip, kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -100,6 +102,8 @@ def test_errors_are_one_line(tmp_path):
         "ftp://user:pw@host/x.mp4": "unsupported URL scheme 'ftp'",
         str(tmp_path / "*.png"): "no files match",
         "synthetic:abc": "bad synthetic source",
+        "": "--source is empty",
+        "  ": "--source is empty",
     }
     for spec, match in cases.items():
         with pytest.raises(SourceError, match=match) as info:

@@ -268,8 +268,10 @@ def open_source(
     """
     if vid_stride < 1:
         raise ConfigError(f"--vid-stride must be >= 1, got {vid_stride}")
-    if start < 0 or (end is not None and end <= start):
+    if not start >= 0 or (end is not None and not end > start):  # written so that NaN fails too
         raise ConfigError(f"bad time range start={start} end={end}: need 0 <= start < end (seconds)")
+    if not spec.strip():
+        raise SourceError("--source is empty; give a camera index, URL, file, folder, glob or 'synthetic'")
     scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
     if scheme in STREAM_SCHEMES:
         from rtseg.video.sources_av import StreamSource
