@@ -79,7 +79,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         msg = first_line(e)
         if "zip" in msg.lower() or isinstance(e, EOFError):
             raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg}); download it again") from None
-        raise WeightsError(f"{p}: not a PyTorch checkpoint ({msg})") from None
+        detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
+        raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; give an official YOLACT .pth or an rtseg "
+                           ".safetensors") from None
     extras: dict[str, Any] = {}
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # rtseg training checkpoint
         extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
@@ -168,11 +170,10 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yol
     state, extras = read_checkpoint(p)
     names: list[str] | None = None
     if p.suffix == ".safetensors" or "config" in extras:  # rtseg weights, or an rtseg training checkpoint
-        saved = read_manifest(p) if p.suffix == ".safetensors" else extras
-        cfg = _config_from(saved.get("config"), source=str(p))
+        saved, source = (read_manifest(p), manifest_path(p)) if p.suffix == ".safetensors" else (extras, p)
+        cfg, names = manifest_config(saved, YolactConfig, source=source)
         if input_size is not None and input_size != cfg.input_size:
             cfg = cfg.with_input_size(input_size)
-        names = [str(n) for n in saved["class_names"]] if "class_names" in saved else None
     else:
         state = _clean_official(state)
         size = input_size or (700 if "im700" in p.name else 550)
@@ -180,15 +181,6 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yol
     model = Yolact(cfg)
     load_into(model, state, str(p))
     return model.eval(), cfg, names
-
-
-def _config_from(saved: Any, *, source: str) -> YolactConfig:
-    """The YolactConfig of a manifest's / training checkpoint's ``config`` dict (:func:`config_from_dict`)."""
-    try:
-        return config_from_dict(saved, YolactConfig)
-    except (ConfigError, ValueError) as e:
-        raise WeightsError(f"{source}: its saved config is not a valid YOLACT config ({first_line(e)}); "
-                           "is it weights of another engine? Otherwise re-export them") from None
 
 
 def config_from_dict(saved: Any, config_type: type[T]) -> T:
@@ -218,21 +210,42 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def read_manifest(weights: str | Path) -> dict[str, Any]:
-    """The manifest of an rtseg safetensors file, checked against the file's sha256."""
+def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, Any]:
+    """The manifest beside rtseg weights: valid JSON, of format ``fmt``, with the weights file's sha256."""
     mp = manifest_path(weights)
     if not mp.is_file():
         raise WeightsError(f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)")
     try:
         man = json.loads(mp.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)})") from None
-    if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT:
-        raise WeightsError(f"{mp}: not an rtseg YOLACT manifest (format should be {MANIFEST_FORMAT!r})")
+        raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)}); re-export the weights") from None
+    found = man.get("format") if isinstance(man, dict) else None
+    if found != fmt:
+        raise WeightsError(f"{weights}: manifest format is {found!r}, expected {fmt!r}; "
+                           "load it with the engine it was trained for")
+    if "sha256" not in man:
+        raise WeightsError(f"{mp}: the manifest has no sha256 of the weights; re-export them")
     digest = sha256_file(weights)
-    if man.get("sha256") != digest:
+    if man["sha256"] != digest:
         raise WeightsError(f"{weights}: sha256 {digest[:12]}… does not match its manifest; the file is corrupt or was replaced")
     return man
+
+
+def manifest_config(saved: dict[str, Any], config_type: type[T], *, source: str | Path) -> tuple[T, list[str]]:
+    """(config, class names) of a manifest or training checkpoint: a valid ``config_type`` (:func:`config_from_dict`)
+    and one name (str) per class; WeightsError naming ``source`` otherwise."""
+    try:
+        cfg = config_from_dict(saved.get("config"), config_type)
+    except (ConfigError, ValueError) as e:
+        raise WeightsError(f"{source}: its config is invalid ({first_line(e)}); re-export the weights") from None
+    names = saved.get("class_names")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{source}: its class_names must be a list of strings; re-export the weights")
+    num_classes = getattr(cfg, "num_classes")
+    if len(names) != num_classes:
+        raise WeightsError(f"{source}: {len(names)} class names for a model with {num_classes} classes "
+                           f"(its config); re-export the weights")
+    return cfg, list(names)
 
 
 def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, Any], class_names: Sequence[str],

@@ -60,6 +60,9 @@ def test_garbage_file(tmp_path):
     path.write_bytes(b"this is not a checkpoint at all" * 10)
     with pytest.raises(WeightsError, match="not a PyTorch checkpoint|truncated or corrupt"):
         read_state_dict(path)
+    path.write_text("hello world\n")  # torch.load raises KeyError('101'): no bare byte value in the line
+    with pytest.raises(WeightsError, match=r"garbage.pth: not a PyTorch checkpoint; give an official YOLACT .pth"):
+        read_state_dict(path)
 
 
 def test_truncated_checkpoint(tmp_path, tiny_pth):
@@ -133,6 +136,14 @@ def test_safetensors_round_trip_and_manifest_checks(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(man))
     with pytest.raises(WeightsError, match="does not match its manifest"):
         load_yolact(path)
+    del man["sha256"]
+    path.with_suffix(".json").write_text(json.dumps(man))
+    with pytest.raises(WeightsError, match="the manifest has no sha256 of the weights"):
+        load_yolact(path)
+    man["format"] = "rtseg-fcn/1"
+    path.with_suffix(".json").write_text(json.dumps(man))
+    with pytest.raises(WeightsError, match="manifest format is 'rtseg-fcn/1', expected 'rtseg-yolact/1'"):
+        load_yolact(path)
     path.with_suffix(".json").unlink()
     with pytest.raises(WeightsError, match="manifest"):
         load_yolact(path)
@@ -183,5 +194,5 @@ def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_p
         assert torch.equal(v, loaded.state_dict()[k])
     assert rtseg.load("yolact", weights=str(path)).class_names == ["a", "b", "c"]
     torch.save({"step": 1, "model": model.state_dict(), "config": {"arch": "fcn8s", "num_classes": 3}}, path)
-    with pytest.raises(WeightsError, match=r"saved config is not a valid YOLACT config \(unknown key\(s\) arch\)"):
+    with pytest.raises(WeightsError, match=r"checkpoint.pth: its config is invalid \(unknown key\(s\) arch\); re-export"):
         load_yolact(path)

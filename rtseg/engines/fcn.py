@@ -5,7 +5,6 @@ or torchvision's ``fcn_resnet50/101`` (pretrained only when already in the torch
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, Sequence, TypeVar
@@ -16,10 +15,10 @@ from torch import nn
 
 from rtseg.engines.base import frames_as_list
 from rtseg.engines.options import check_int, check_weights_path, resolve_device
-from rtseg.errors import ConfigError, WeightsError, first_line
+from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
-from rtseg.weights import config_from_dict, load_into, manifest_path, read_checkpoint, save_model, sha256_file
+from rtseg.weights import load_into, manifest_config, manifest_path, read_checkpoint, read_manifest, save_model
 
 FCN_FORMAT = "rtseg-fcn/1"
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -47,28 +46,7 @@ def load_model(path: str | Path, fmt: str, config_type: type[C]) -> tuple[dict[s
     if "step" in extras and "config" not in extras:
         raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
                            f"finish the run with --resume to export the .safetensors, or pass the .safetensors it wrote")
-    mp = manifest_path(p)
-    try:
-        man = json.loads(mp.read_text())
-    except FileNotFoundError:
-        raise WeightsError(f"{p}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise WeightsError(f"{mp}: manifest is not valid JSON; re-export the weights") from None
-    if not isinstance(man, dict) or man.get("format") != fmt:
-        raise WeightsError(f"{p}: manifest format is {man.get('format') if isinstance(man, dict) else None!r}, "
-                           f"expected {fmt!r}; load it with the engine it was trained for")
-    if man.get("sha256") != sha256_file(p):
-        raise WeightsError(f"{p}: sha256 does not match its manifest; the file is corrupt or was replaced")
-    try:
-        cfg = config_from_dict(man.get("config"), config_type)
-    except (ConfigError, ValueError) as e:
-        raise WeightsError(f"{mp}: its config is invalid ({first_line(e)}); re-export the weights") from None
-    names = man.get("class_names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise WeightsError(f"{mp}: its class_names must be a list of strings; re-export the weights")
-    if len(names) != cfg.num_classes:
-        raise WeightsError(f"{mp}: {len(names)} class names for a model with {cfg.num_classes} classes "
-                           f"(its config); re-export the weights")
+    cfg, names = manifest_config(read_manifest(p, fmt), config_type, source=manifest_path(p))
     return state, cfg, names
 
 
