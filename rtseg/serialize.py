@@ -5,6 +5,8 @@ produced by pycocotools, so ``pycocotools.mask.decode`` restores them exactly.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from rtseg.ops.rle import encode_label_rle
@@ -17,17 +19,17 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).round(2).tolist()
 
 
-def detections_to_coco(dets: Detections, image_id: int) -> list[dict]:
+def detections_to_coco(dets: Detections, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict]:
     """COCO "results" entries for one image (the format of ``COCO.loadRes``).
 
-    Each entry: image_id, category_id (the detection's class id as given), category_name,
-    bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts).
+    Each entry: image_id, category_id (``category_ids[class_id]``; the class id itself when None),
+    category_name, bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts).
     """
-    rles = dets.rles()
+    ids = dets.class_ids.tolist() if category_ids is None else [category_ids[c] for c in dets.class_ids.tolist()]
     return [
         {"image_id": int(image_id), "category_id": int(c), "category_name": name, "bbox": box, "score": float(s),
          "segmentation": rle}
-        for c, name, box, s, rle in zip(dets.class_ids.tolist(), dets.labels, _xywh(dets.boxes), dets.scores.tolist(), rles)
+        for c, name, box, s, rle in zip(ids, dets.labels, _xywh(dets.boxes), dets.scores.tolist(), dets.rles())
     ]
 
 

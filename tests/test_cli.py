@@ -154,7 +154,8 @@ def test_single_image_writes_png_and_coco_json(files, tmp_path):
     results = json.loads(out_json.read_text())
     assert 1 <= len(results) <= 4
     for det in results:
-        assert det["image_id"] == 1 and det["category_id"] in (0, 1, 2) and len(det["bbox"]) == 4
+        assert det["image_id"] == 1 and len(det["bbox"]) == 4
+        assert det["category_id"] == TINY_CLASSES.index(det["category_name"]) + 1  # 1-based, as COCO files are
         mask = mask_utils.decode({"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode()})
         assert mask.shape == (60, 80)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.png"]  # no temporary files left

@@ -330,6 +330,35 @@ def test_coco_json_sink_keeps_a_failed_runs_results_as_partial(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.partial.json"]
 
 
+def test_coco_json_category_ids_are_cocos_for_the_80_classes_and_one_based_otherwise(tmp_path):
+    """Results files are scored against annotation files: the official 80 classes get COCO's own ids (stop sign,
+    index 11, is category 13), other models 1..N like rtseg's COCO export; pycocotools then matches them."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from rtseg.data.coco_names import COCO_CLASSES
+    from rtseg.video.coco_json import CocoJsonSink
+
+    for names, class_id, category_id in ((list(COCO_CLASSES), 11, 13), (["a", "b"], 1, 2)):
+        path = tmp_path / f"res{len(names)}.json"
+        sink = CocoJsonSink(path)
+        f = _frame(0, 0.0)
+        dets = _one_detection(class_id=class_id, class_names=names)
+        sink.write(f, dets, f.image)
+        sink.close()
+        (entry,) = json.loads(path.read_text())
+        assert (entry["category_id"], entry["category_name"]) == (category_id, names[class_id])
+        gt = COCO()
+        gt.dataset = {"images": [{"id": 1, "height": 120, "width": 160}],
+                      "categories": [{"id": category_id, "name": names[class_id]}],
+                      "annotations": [{"id": 1, "image_id": 1, "category_id": category_id, "iscrowd": 0,
+                                       "segmentation": dets.rles()[0], "area": 200.0, "bbox": [10, 10, 20, 10]}]}
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(str(path)), "segm")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0)
+
+
 def test_window_sink_without_display_is_one_line_error(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -23,3 +25,15 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
     85, 86, 87, 88, 89, 90,
 )
+
+
+def result_category_ids(class_names: Sequence[str]) -> tuple[int, ...]:
+    """The ``category_id`` a COCO results file gives each class index of a model with ``class_names``.
+
+    The official 80 COCO classes get COCO's own (non-contiguous, 1..90) ids; any other class list gets
+    1..N in order, the ids rtseg's COCO export (:mod:`rtseg.data.export`) gives its categories. (For a
+    model trained on a COCO file whose ids are not 1..N, match results by their ``category_name``.)
+    """
+    if tuple(class_names) == COCO_CLASSES:
+        return COCO_CATEGORY_IDS
+    return tuple(range(1, len(class_names) + 1))

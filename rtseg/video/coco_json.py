@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from rtseg.data.coco_names import result_category_ids
 from rtseg.errors import SinkError
 from rtseg.serialize import detections_to_coco
 from rtseg.types import Detections, Frame, Prediction
 
 
 class CocoJsonSink:
-    """Collect COCO results entries (``image_id = frame.seq + 1``, RLE masks) and write them on close.
+    """Collect COCO results entries (``image_id = frame.seq + 1``, ``category_id`` from
+    :func:`~rtseg.data.coco_names.result_category_ids`, RLE masks) and write them on close.
 
     The list goes to a hidden temporary file that is renamed to ``path`` on
     :meth:`close`, so ``path`` only ever holds a complete file; :meth:`abort`
@@ -34,7 +36,11 @@ class CocoJsonSink:
         if not isinstance(prediction, Detections):
             raise SinkError(f"JSON output {self.path}: COCO results hold instance detections, not "
                             f"{type(prediction).__name__}; use a .jsonl file")
-        self._entries.extend(detections_to_coco(prediction, frame.seq + 1))
+        ids = result_category_ids(prediction.class_names)
+        if len(prediction) and int(prediction.class_ids.max()) >= len(ids):
+            raise SinkError(f"JSON output {self.path}: class id {int(prediction.class_ids.max())} but the engine "
+                            f"names only {len(ids)} classes")
+        self._entries.extend(detections_to_coco(prediction, frame.seq + 1, ids))
 
     def close(self) -> None:
         """Write the list and move it to ``path`` (idempotent)."""
