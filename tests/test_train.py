@@ -366,6 +366,31 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigin
     assert resumed.step == 3
 
 
+def test_cli_ctrl_c_prints_the_command_that_continues_the_run(tmp_path, capsys, sigint_at_call) -> None:
+    """`rtseg train` interrupted during step 3: exit 130, no traceback, and the printed command (every option of
+    the run, --resume added) continues it at step 2."""
+    import shlex
+
+    from rtseg.train.cli import main
+    from rtseg.train.trainer import Trainer
+
+    args = ["--data", "synthetic", "--train-images", "4", "--input-size", "64", "--fpn-channels", "16",
+            "--num-prototypes", "4", "--iters", "3", "--batch-size", "2", "--workers", "0", "--val-images", "1",
+            "--out", str(tmp_path / "m p.safetensors")]  # a space: the command must be quoted
+    sigint_at_call(Trainer, "train_step", 3)
+    assert main(args) == 130
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "rtseg train: interrupted" in captured.err
+    command = captured.out.split("continue with ", 1)[1].strip()
+    ckpt = tmp_path / "m p.train" / "checkpoint.pth"
+    assert shlex.split(command) == ["rtseg", "train", *args, "--resume", str(ckpt)]
+    assert main(shlex.split(command)[2:]) == 0  # (the armed call is behind us: no second SIGINT)
+    assert f"resumed from {ckpt} at step 2" in capsys.readouterr().out
+    from rtseg.train.cli import resume_command  # an earlier --resume is replaced, in either spelling
+    assert resume_command(["--iters", "9", "--resume", "a.pth", "--resume=b.pth"], ckpt) == \
+        shlex.join(["rtseg", "train", "--iters", "9", "--resume", str(ckpt)])
+
+
 def test_resume_takes_the_new_learning_rate(tmp_path) -> None:
     """--lr on resume is honoured: the schedule is the new config's at the checkpoint's step."""
     data = _frames(2, size=64)

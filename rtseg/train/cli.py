@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shlex
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +28,7 @@ from rtseg.data.dataset import InstanceDataset
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
+from rtseg.train.checkpoint import CHECKPOINT_NAME
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_yolact
 
@@ -153,8 +156,22 @@ def _check_outputs(out: Path, work_dir: Path) -> None:
             raise ConfigError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose another path") from None
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
-    """Train as the parsed options say; returns the final validation metrics."""
+def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
+    """The ``rtseg train`` command that continues the run of ``argv`` from ``checkpoint`` (shell-quoted)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        kept.append(arg)
+    return shlex.join(["rtseg", "train", *kept, "--resume", str(checkpoint)])
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
+    """Train as the parsed options (from ``argv``) say; returns the final validation metrics."""
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: must end in .safetensors")
@@ -193,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                          seed=args.seed, amp=args.amp, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                          augment=replace(AugmentConfig(), expand_max=args.expand_max))
     trainer = Trainer(model=model, train_set=train_set, val_set=val_set, config=config, work_dir=work_dir,
-                      device=args.device)
+                      device=args.device, resume_hint=resume_command(argv, work_dir / CHECKPOINT_NAME) if argv else None)
     if args.amp == "bf16" and trainer.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("this CPU has no native bfloat16 (AVX512-BF16 / AMX): --amp bf16 will be slower than off",
               flush=True)
@@ -216,4 +233,5 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg train``; returns the exit status (2 on a user error)."""
-    return exit_status("rtseg train", lambda: run(build_parser().parse_args(argv)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    return exit_status("rtseg train", lambda: run(build_parser().parse_args(args), args))

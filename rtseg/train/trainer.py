@@ -151,10 +151,13 @@ class Trainer:
     model: the network (its ``cfg`` fixes input size and classes).
     train_set / val_set: data sets of :class:`Sample`; ``val_set`` may be None (no validation).
     work_dir: where ``checkpoint.pth`` goes. log: where progress lines go (stdout by default).
+    resume_hint: how to continue after Ctrl-C, printed with the checkpoint's path (default ``--resume PATH``;
+    the command line passes the whole command).
     """
 
     def __init__(self, *, model: Yolact, train_set: InstanceDataset, val_set: InstanceDataset | None,
-                 config: TrainConfig, work_dir: str | Path, device: str = "cpu", log: TextIO | None = None) -> None:
+                 config: TrainConfig, work_dir: str | Path, device: str = "cpu", log: TextIO | None = None,
+                 resume_hint: str | None = None) -> None:
         if config.iters < 1 or config.batch_size < 1:
             raise ConfigError(f"need iters >= 1 and batch size >= 1, got {config.iters} and {config.batch_size}")
         if len(train_set.class_names) != model.cfg.num_classes:
@@ -163,6 +166,7 @@ class Trainer:
         self.class_names = list(train_set.class_names)
         self.work_dir = Path(work_dir)
         self.log = log or sys.stdout
+        self.resume_hint = resume_hint
         # The engine wraps the very same module: its preprocessing normalises training batches too.
         self.engine = YolactEngine(model=model, class_names=self.class_names, device=device,
                                    score_threshold=0.0, top_k=100)
@@ -278,8 +282,8 @@ class Trainer:
             raise _worker_error(exc) from None
         except KeyboardInterrupt:
             path = self.work_dir / CHECKPOINT_NAME
-            save_on_interrupt(path, step=self.step, parts=self._parts(), resume_hint=f"--resume {path}", log=self.log,
-                              **self._checkpoint_extras())
+            save_on_interrupt(path, step=self.step, parts=self._parts(), resume_hint=self.resume_hint or f"--resume {path}",
+                              log=self.log, **self._checkpoint_extras())
             raise
         self.save_checkpoint()
         return self._report_validation()
