@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights (.safetensors or official .pth of the same architecture) "
                         "with a fresh schedule")
     p.add_argument("--time-budget", type=float, metavar="MIN",
-                   help="finish within this many minutes: the schedule is shortened to the steps that fit")
+                   help="train for at most this many minutes: the schedule (warm-up, LR steps) is shortened to the "
+                        "steps that fit; the final validation and export come on top")
     p.add_argument("--backbone", default="resnet18", choices=BACKBONES)
     p.add_argument("--input-size", type=int, default=320)
     p.add_argument("--fpn-channels", type=int, default=64)

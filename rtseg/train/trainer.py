@@ -77,9 +77,12 @@ class TrainConfig:
         return self.gamma ** sum(step >= s for s in self.lr_steps)
 
     def shortened(self, iters: int) -> "TrainConfig":
-        """The same schedule squeezed into ``iters`` steps (LR steps at the same fractions)."""
+        """The same schedule squeezed into ``iters`` steps: LR steps at the same fractions; the warm-up as
+        long as before, but at most half-way to the first LR step (so that the LR reaches ``lr`` before it decays)."""
         iters = max(1, min(iters, self.iters))
-        return replace(self, iters=iters, lr_steps=tuple(s * iters // self.iters for s in self.lr_steps))
+        lr_steps = tuple(s * iters // self.iters for s in self.lr_steps)
+        return replace(self, iters=iters, lr_steps=lr_steps,
+                       warmup_iters=min(self.warmup_iters, min(lr_steps, default=iters) // 2))
 
 
 class AugmentedSamples(Dataset):
@@ -305,7 +308,7 @@ class Trainer:
         if abs(plan.iters - self.config.iters) >= max(1, 0.02 * self.config.iters):
             self.config = plan
             print(f"time budget {timer.budget:.0f} s: training planned for {plan.iters} of {requested.iters} "
-                  f"steps, LR steps at {list(plan.lr_steps)}", file=self.log, flush=True)
+                  f"steps, warm-up {plan.warmup_iters}, LR steps at {list(plan.lr_steps)}", file=self.log, flush=True)
 
     def _report_validation(self) -> dict[str, float]:
         t = time.perf_counter()
