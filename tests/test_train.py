@@ -410,7 +410,8 @@ def test_shortened_schedule_keeps_the_fractions() -> None:
     c = TrainConfig(iters=1000, lr_steps=(700, 900), warmup_iters=500)
     s = c.shortened(200)
     assert (s.iters, s.lr_steps, s.warmup_iters) == (200, (140, 180), 70)  # the LR reaches --lr before it decays
-    assert c.shortened(900).warmup_iters == 315 and TrainConfig(iters=1000, lr_steps=(700, 900), warmup_iters=50).shortened(200).warmup_iters == 50
+    assert c.shortened(900).warmup_iters == 315
+    assert TrainConfig(iters=1000, lr_steps=(700, 900), warmup_iters=50).shortened(200).warmup_iters == 50
     assert c.shortened(5000).iters == 1000  # never longer than asked
 
 
