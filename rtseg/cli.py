@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> _Parser:
     p = _Parser(prog="rtseg", description="Real-time video segmentation: source -> engine -> outputs. "
-                "Run without arguments for the demo; 'train' and 'eval' are subcommands.")
+                "Run without arguments for the demo; 'train', 'eval' and 'demo' are subcommands.")
     src = p.add_argument_group("source")
     src.add_argument("--source", help="camera index or /dev/videoN, rtsp:// rtmp:// http(s):// URL, video file, "
                      "image, folder, quoted glob, or 'synthetic[:SEED]'")
@@ -63,8 +63,10 @@ def build_parser() -> _Parser:
                      "(yolact/msrcnn) weights (default for yolact and panoptic: the shipped demo model, "
                      "engines/yolact_demo.safetensors, 6 synthetic shape classes)")
     eng.add_argument("--semantic", metavar="FCN_WEIGHTS", help="panoptic: the FCN weights of the stuff classes")
-    eng.add_argument("--score-threshold", type=float, default=None, metavar="T")
-    eng.add_argument("--top-k", type=int, default=None, metavar="K")
+    eng.add_argument("--score-threshold", type=float, default=None, metavar="T",
+                     help="drop detections scoring at or below T (default: yolact 0.15, msrcnn 0.05, panoptic 0.3)")
+    eng.add_argument("--top-k", type=int, default=None, metavar="K",
+                     help="at most K detections per frame, best first (yolact, msrcnn; default 100)")
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     eng.add_argument("--backend", default="eager", choices=BACKENDS,
                      help="YOLACT network backend: eager, compile, tensorrt, onnx or auto (default: eager)")

@@ -40,8 +40,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see rtseg train --help)")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that ends with ``(default: X)`` unless the text already speaks of its default or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or any(action.default is d for d in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="rtseg train", description="Train a YOLACT model; writes safetensors + a JSON manifest.")
+    p = _Parser(prog="rtseg train", description="Train a YOLACT model; writes safetensors + a JSON manifest.",
+                formatter_class=_DefaultsShown)
     p.add_argument("--data", required=True, help="synthetic | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER")
     p.add_argument("--val-data", help="validation set, same forms (default: synthetic val split for synthetic, none otherwise)")
     p.add_argument("--out", required=True, help="output weights, a .safetensors path (manifest written beside it)")
@@ -53,28 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="train for at most this many minutes: the schedule (warm-up, LR steps) is shortened to the "
                         "steps that fit; the final validation and export come on top")
-    p.add_argument("--backbone", default="resnet18", choices=BACKBONES)
-    p.add_argument("--input-size", type=int, default=320)
-    p.add_argument("--fpn-channels", type=int, default=64)
-    p.add_argument("--num-prototypes", type=int, default=16)
-    p.add_argument("--iters", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone", default="resnet18", choices=BACKBONES, help="backbone network")
+    p.add_argument("--input-size", type=int, default=320, help="square network input side in pixels")
+    p.add_argument("--fpn-channels", type=int, default=64, help="FPN / head width (paper 256)")
+    p.add_argument("--num-prototypes", type=int, default=16, help="prototype masks k (paper 32)")
+    p.add_argument("--iters", type=int, required=True, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate after warm-up")
     p.add_argument("--warmup", type=int, default=500, metavar="N", help="linear warm-up steps (official 500)")
     p.add_argument("--lr-steps", default="0.7,0.9", metavar="F,F",
-                   help="LR x0.1 at these fractions of --iters (default 0.7,0.9)")
+                   help="LR x0.1 at these fractions of --iters")
     p.add_argument("--expand-max", type=float, default=4.0, help="random expand up to this ratio (1 disables; official 4)")
     p.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: only at the end)")
-    p.add_argument("--val-images", type=int, default=100)
-    p.add_argument("--ckpt-every", type=int, default=500, metavar="N")
+    p.add_argument("--val-images", type=int, default=100, help="validation images per validation")
+    p.add_argument("--ckpt-every", type=int, default=500, metavar="N",
+                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C)")
     p.add_argument("--train-images", type=int, default=None, help="synthetic: number of training images (default 20000)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (mixed precision on CUDA)")
     p.add_argument("--amp", default="auto", choices=AMP_MODES,
                    help="mixed precision: auto = float16 on CUDA, float32 on the CPU; bf16 = bfloat16 on any "
                         "device (CPUs with AVX512-BF16/AMX train ~1.7x faster); off = float32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and augmentation")
     p.add_argument("--half", action="store_true", help="store the final weights as float16 (half the file size)")
     return p
 
