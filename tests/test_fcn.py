@@ -162,7 +162,8 @@ def test_engine_batches_mixed_sizes_and_draws():
 
 
 def test_torchvision_fcn_without_download_and_errors():
-    eng = rtseg.load("fcn", arch="fcn_resnet50", num_classes=4)
+    with pytest.warns(UserWarning, match="RANDOM weights"):  # no torchvision file in the cache here
+        eng = rtseg.load("fcn", arch="fcn_resnet50", num_classes=4)
     assert not eng.pretrained and len(eng.class_names) == 4
     out = eng(np.zeros((33, 47, 3), np.uint8))
     assert out.labels.shape == (33, 47)

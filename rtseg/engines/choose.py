@@ -7,6 +7,7 @@ pretrained FCN-ResNet, taken from the torch cache (never downloaded).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -70,7 +71,9 @@ def torchvision_fcn_engine(spec: str, device: str) -> Engine:
     arch = spec[len(TORCHVISION):]
     if arch not in TORCHVISION_ARCHS:
         raise ConfigError(f"--weights {spec}: use torchvision:{' or torchvision:'.join(TORCHVISION_ARCHS)}")
-    engine = rtseg.load("fcn", arch=arch, device=device)
+    with warnings.catch_warnings():  # the random-weights warning: refused below anyway, in one line
+        warnings.simplefilter("ignore", UserWarning)
+        engine = rtseg.load("fcn", arch=arch, device=device)
     if not engine.pretrained:
         raise WeightsError(f"--weights {spec}: torchvision's pretrained {arch} file is not in the torch cache "
                            f"({Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is downloaded; "

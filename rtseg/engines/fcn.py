@@ -5,6 +5,7 @@ or torchvision's ``fcn_resnet50/101`` (pretrained only when already in the torch
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, Sequence, TypeVar
@@ -105,6 +106,9 @@ class FcnEngine:
         if arch in TORCHVISION_ARCHS:
             num_classes = 21 if num_classes is None else check_int("fcn", "num_classes", num_classes, low=2)
             model, pretrained = torchvision_fcn(arch, num_classes)
+            if not pretrained:
+                warnings.warn(f"fcn: torchvision's pretrained {arch} file is not in the torch cache (nothing is "
+                              "downloaded): this engine has RANDOM weights, for training only", stacklevel=3)
             names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
             kwargs.setdefault("class_names", names)
             return cls(model=_OutOnly(model, num_classes), pretrained=pretrained, **kwargs)
