@@ -109,7 +109,7 @@ class Metrics:
         """A human-readable table of the snapshot (printed at the end of a run)."""
         snap = self.snapshot()
         fps = f"{snap['fps']:.2f}" if snap["fps"] is not None else "n/a (too few frames)"
-        untimed = f"  (first {self.warmup_frames} frames not timed)" if self.warmup_frames else ""
+        untimed = f"  (first {self.warmup_frames} frames not timed)" if 0 < self.warmup_frames < snap["frames"] else ""
         lines = [
             f"frames {snap['frames']}  dropped {snap['dropped']}  reconnects {snap['reconnects']}  "
             f"end-to-end FPS {fps}{untimed}",
