@@ -151,7 +151,9 @@ def test_token_required_off_loopback():
         req = urllib.request.Request(base + "/stats.json", headers={"Authorization": "Bearer s3cret"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
-        assert sink.url.endswith("?token=s3cret")
+        assert sink.url == f"http://{socket.gethostname()}:{sink.port}/?token=s3cret"  # not 0.0.0.0
+        with urllib.request.urlopen(sink.url.replace("/?", "/stats.json?"), timeout=5) as r:  # it resolves here
+            assert r.status == 200
     finally:
         sink.close()
 

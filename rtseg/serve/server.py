@@ -219,8 +219,10 @@ class WebSink:
 
     @property
     def url(self) -> str:
-        """The page's address (with the token when one is set)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """The page's address (with the token when one is set); for a wildcard bind (0.0.0.0, ::) the
+        machine's host name, which other machines can reach, instead of an address a browser cannot open."""
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:

@@ -61,13 +61,13 @@ class _AudioPassThrough:
             raise SinkError(f"audio source {source}: cannot open ({exc}); check the path") from None
         if not self._input.streams.audio:
             self._input.close()
-            raise SinkError(f"audio source {source}: has no audio track; drop the audio option")
+            raise SinkError(f"audio source {source}: has no audio track; drop --audio")
         self._in = self._input.streams.audio[0]
         self._copy = self._in.codec_context.name in _MP4_AUDIO
         channels = self._in.codec_context.channels
         if not self._copy and channels not in _DEFAULT_LAYOUTS:
             self._input.close()
-            raise SinkError(f"audio source {source}: {channels} channels cannot be converted to AAC; drop the audio option")
+            raise SinkError(f"audio source {source}: {channels} channels cannot be converted to AAC; drop --audio")
         self._layout = _DEFAULT_LAYOUTS.get(channels, "")  # AAC refuses unordered layouts such as "1 channels"
         self._out: av.stream.Stream | None = None
         self._packets: Iterator[av.Packet] = self._input.demux(self._in)
