@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FcnEngine, save_fcn
 from rtseg.errors import exit_status
+from rtseg.eval.runners import format_semantic
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
 from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps
@@ -119,9 +120,10 @@ def _main(argv: list[str] | None) -> None:
     checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
     train_fcn(engine, train, FcnTrainConfig(steps=args.steps), checkpoint=checkpoint, resume=args.resume)
     metrics = evaluate_fcn(engine, val)
-    print({k: round(v, 4) for k, v in metrics.items()})
+    print("validation (synthetic:val, 24 images, %):\n" + format_semantic(metrics))
     save_fcn(args.out, engine.model, names, meta={"steps": args.steps, "train_images": args.images,
                                                   "size_wh": [w, h], "val": metrics})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
-from rtseg.eval.mask_scoring import MaskScoringEvaluator
+from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
 from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps
 
@@ -133,9 +133,10 @@ def _main(argv: list[str] | None) -> None:
     checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
     train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps), checkpoint=checkpoint, resume=args.resume)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
-    print({k: round(v, 4) for k, v in quality.items()})
+    print("validation (synthetic:val, 40 images):\n" + format_scoring_table(quality))
     save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,
                                                              "size_wh": [w, h], "val": quality})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
