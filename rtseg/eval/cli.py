@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     seconds = time.perf_counter() - start
     size = f" at {resize[0]}x{resize[1]}" if resize else ""
     print(f"{args.data}{size}: {n} images, {engine_name}, {seconds:.1f} s "
-          f"({n / seconds:.1f} images/s incl. loading and metric bookkeeping)")
+          f"({n / seconds:.1f} images/s incl. loading and metric bookkeeping); values in %")
     print(table)
     if args.json is not None:
         record = {"weights": str(args.weights), "engine": engine_name, "data": args.data, "images": n,
