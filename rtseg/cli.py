@@ -119,7 +119,8 @@ def _json_sink(path: str) -> Sink:
         from rtseg.video.coco_json import CocoJsonSink
 
         return CocoJsonSink(path)
-    raise ConfigError(f"--json {path}: use a .jsonl (one record per frame) or .json (COCO results) file, or - for JSON lines on stdout")
+    raise ConfigError(f"--json {path}: use a .jsonl (one record per frame) or .json (COCO results) file, "
+                      "or - for JSON lines on stdout")
 
 
 def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack: contextlib.ExitStack) -> list[Sink]:
