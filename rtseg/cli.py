@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
-from rtseg.engines import ENGINE_NAMES
+from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.backends import BACKENDS
 from rtseg.engines.choose import TORCHVISION, load_weights_engine, resolve_engine
 from rtseg.errors import ConfigError, RtsegError, WeightsError
@@ -161,10 +161,6 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
         stack.callback(sink.close)
         sinks.append(sink)
     return sinks
-
-
-#: Engines whose predictions are instances (COCO results files hold only those; scores / top-k apply).
-INSTANCE_ENGINES = ("yolact", "msrcnn")
 
 
 def engine_name(args: argparse.Namespace) -> str:

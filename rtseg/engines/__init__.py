@@ -8,6 +8,8 @@ from rtseg.engines.base import Engine
 from rtseg.errors import ConfigError, WeightsError
 
 ENGINE_NAMES = ("yolact", "fcn", "msrcnn", "panoptic", "slic")
+INSTANCE_ENGINES = ("yolact", "msrcnn")
+"""The engines whose predictions are instance ``Detections`` (panoptic's things, COCO results files)."""
 
 
 def load(name: str = "yolact", weights: str | None = None, *, device: str = "cpu", **options: Any) -> Engine:

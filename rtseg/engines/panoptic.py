@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from rtseg.engines import INSTANCE_ENGINES
 from rtseg.engines.base import Engine, frames_as_list
 from rtseg.engines.fcn import FcnEngine
 from rtseg.engines.options import check_int, check_real, resolve_device
@@ -140,10 +141,6 @@ def read_panoptic(json_path: str | Path) -> list[Panoptic]:
 
 
 # -- engine --------------------------------------------------------------------------------
-INSTANCE_ENGINES = ("yolact", "msrcnn")
-"""Engine names ``instances=(name, weights)`` may give."""
-
-
 class PanopticEngine:
     """Instance engine + semantic engine → ``Panoptic`` (see :class:`rtseg.engines.base.Engine`).
 
@@ -194,10 +191,11 @@ class PanopticEngine:
             raise ConfigError("panoptic needs instances= (an engine or (name, weights)) and semantic= "
                               "(an FCN engine or FCN weights path)")
         if isinstance(instances, (tuple, list)):
-            if len(instances) != 2 or instances[0] not in INSTANCE_ENGINES or not isinstance(instances[1], (str, PathLike)):
+            name, path = (instances[0], instances[1]) if len(instances) == 2 else (None, None)
+            if name not in INSTANCE_ENGINES or not isinstance(path, (str, PathLike)):
                 raise ConfigError(f"panoptic: instances={reprlib.repr(instances)} is not a (name, weights) pair with "
                                   f"name one of {', '.join(INSTANCE_ENGINES)} and a weights path")
-            instances = load(instances[0], instances[1], device=device)
+            instances = load(name, path, device=device)
         elif isinstance(instances, (str, PathLike)):
             raise ConfigError(f"panoptic: instances= must be an engine or a (name, weights) pair such as "
                               f"(\"yolact\", PATH), got {type(instances).__name__}")
