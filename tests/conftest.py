@@ -5,8 +5,13 @@ import os
 import signal
 from typing import Any, Callable, Iterator
 
+import cv2
 import pytest
 import torch
+
+#: OpenCV is imported here, before any test module imports PyAV: after PyAV, OpenCV's window never opens
+#: (``WindowSink`` refuses then; tests/test_window.py needs it to open).
+OPENCV_VERSION = cv2.__version__
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

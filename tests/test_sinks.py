@@ -359,6 +359,16 @@ def test_coco_json_category_ids_are_cocos_for_the_80_classes_and_one_based_other
         assert ev.stats[0] == pytest.approx(1.0)
 
 
+def test_window_sink_after_pyav_was_imported_first_is_one_line_error():
+    """In a process that imported PyAV before OpenCV, OpenCV's Qt window hangs (seen under Xvfb): refused in one
+    line instead. A fresh interpreter, since this one imports cv2 first."""
+    code = ("import av\nfrom rtseg.errors import SinkError\nfrom rtseg.video.sinks import WindowSink\n"
+            "try:\n    WindowSink('x')\nexcept SinkError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DISPLAY": ":99"})
+    assert r.stdout.startswith("window output: PyAV was imported before OpenCV"), r.stdout + r.stderr
+
+
 def test_window_sink_without_display_is_one_line_error(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -159,6 +159,11 @@ def _gui_available() -> str | None:
         return "this OpenCV build has no GUI support (opencv-python-headless?)"
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no display (DISPLAY and WAYLAND_DISPLAY are unset)"
+    loaded = list(sys.modules)  # in import order
+    if "av" in loaded and loaded.index("av") < loaded.index("cv2"):
+        # opencv-python's Qt then hangs in namedWindow (Xvfb, av 18 / opencv-python 5.0; tests/test_window.py)
+        return "PyAV was imported before OpenCV in this process, and OpenCV's window then never opens: import cv2 " \
+               "(or rtseg) before av"
     return None
 
 
