@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rtseg.errors import ConfigError, SinkError, WeightsError
+from rtseg.errors import ConfigError, WeightsError, make_folder
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
@@ -54,13 +54,7 @@ def run_demo(argv: Sequence[str]) -> int:
         raise WeightsError(f"demo weights {weights} not found; {DEMO_TRAIN_HINT}")
     if args.frames < 2:
         raise ConfigError(f"--frames must be >= 2, got {args.frames}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SinkError(f"--out {out} is a file; give the folder the demo writes demo.mp4 and demo.jsonl into")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SinkError(f"--out {out}: cannot create the output folder ({exc.strerror}); choose another folder") from None
+    out = make_folder("--out", args.out)
     import rtseg
     from rtseg.data.synthetic import CLASSES, TEST_SEED
     from rtseg.eval.coco import CocoEvaluator, format_table

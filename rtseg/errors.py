@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -33,6 +34,19 @@ class ConfigError(RtsegError):
 
 class DatasetError(RtsegError):
     """An annotation file or image of a data set is malformed or unreadable."""
+
+
+def make_folder(option: str, folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) for the output of ``option``; ConfigError when a file stands there or
+    the folder cannot be made, so that a bad path fails before any work, not after it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder}: is a file, not a folder; choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose another path") from None
+    return folder
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

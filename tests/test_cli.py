@@ -67,8 +67,8 @@ BAD = {
     "bad push": (["--source", "{clip}", "--weights", "{weights}", "--push", "ftp://bob:hunter2@h/x"],
                  "unsupported scheme"),
     "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "section 'The demo model'"),
-    "demo out is a file": (["demo", "--out", "{clip}"], "is a file; give the folder"),
-    "demo out under a file": (["demo", "--out", "{clip}/out"], "cannot create the output folder"),
+    "demo out is a file": (["demo", "--out", "{clip}"], "is a file, not a folder"),
+    "demo out under a file": (["demo", "--out", "{clip}/out"], "cannot create the folder"),
 }
 
 

@@ -25,7 +25,7 @@ from typing import NoReturn, Sequence
 import torch
 
 from rtseg.data.dataset import InstanceDataset
-from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status
+from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.checkpoint import CHECKPOINT_NAME
@@ -160,13 +160,8 @@ def _check_outputs(out: Path, work_dir: Path) -> None:
     """Create the output folders now and refuse paths that could only fail after training."""
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give a file path ending in .safetensors")
-    for option, folder in (("--out", out.parent), ("--work-dir", work_dir)):
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{option} {folder}: is a file, not a folder; choose another path")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose another path") from None
+    make_folder("--out", out.parent)
+    make_folder("--work-dir", work_dir)
 
 
 def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
