@@ -248,6 +248,22 @@ def manifest_config(saved: dict[str, Any], config_type: type[T], *, source: str 
     return cfg, list(names)
 
 
+def load_model(path: str | Path, fmt: str, config_type: type[T]) -> tuple[dict[str, torch.Tensor], T, list[str]]:
+    """(state dict, config, class names) of rtseg weights (FCN, MS R-CNN) whose manifest has format ``fmt``
+    and a matching sha256; WeightsError for a training checkpoint, a missing or foreign manifest, or a
+    manifest whose config does not build a ``config_type`` or whose class names do not fit it."""
+    from rtseg.engines.options import check_weights_path
+
+    engine = fmt.split("/")[0].removeprefix("rtseg-")
+    p = Path(check_weights_path(engine, path))
+    state, extras = read_checkpoint(p)
+    if "step" in extras and "config" not in extras:
+        raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
+                           f"finish the run with --resume to export the .safetensors, or pass the .safetensors it wrote")
+    cfg, names = manifest_config(read_manifest(p, fmt), config_type, source=manifest_path(p))
+    return state, cfg, names
+
+
 def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, Any], class_names: Sequence[str],
                meta: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s state as safetensors plus a JSON manifest {format, config, class_names, sha256, meta}.

@@ -8,18 +8,18 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol, Sequence, TypeVar
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from rtseg.engines.base import frames_as_list
-from rtseg.engines.options import check_int, check_weights_path, resolve_device
+from rtseg.engines.options import check_int, resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
-from rtseg.weights import load_into, manifest_config, manifest_path, read_checkpoint, read_manifest, save_model
+from rtseg.weights import load_into, load_model, save_model
 
 FCN_FORMAT = "rtseg-fcn/1"
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -28,27 +28,6 @@ STD_RGB = (0.229, 0.224, 0.225)
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-
-
-class _Classed(Protocol):
-    num_classes: int
-
-
-C = TypeVar("C", bound=_Classed)
-
-
-def load_model(path: str | Path, fmt: str, config_type: type[C]) -> tuple[dict[str, torch.Tensor], C, list[str]]:
-    """(state dict, config, class names) of an rtseg safetensors file whose manifest has format ``fmt``
-    and a matching sha256; WeightsError for a training checkpoint, a missing or foreign manifest, or a
-    manifest whose config does not build a ``config_type`` or whose class names do not fit it."""
-    engine = fmt.split("/")[0].removeprefix("rtseg-")
-    p = Path(check_weights_path(engine, path))
-    state, extras = read_checkpoint(p)
-    if "step" in extras and "config" not in extras:
-        raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
-                           f"finish the run with --resume to export the .safetensors, or pass the .safetensors it wrote")
-    cfg, names = manifest_config(read_manifest(p, fmt), config_type, source=manifest_path(p))
-    return state, cfg, names
 
 
 def save_fcn(path: str | Path, model: FCN, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:

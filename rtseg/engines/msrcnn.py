@@ -14,12 +14,11 @@ import numpy as np
 import torch
 
 from rtseg.engines.base import StagedEngine
-from rtseg.engines.fcn import load_model
 from rtseg.engines.options import check_int, check_real, resolve_device
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections
-from rtseg.weights import load_into, save_model
+from rtseg.weights import load_into, load_model, save_model
 
 MSRCNN_FORMAT = "rtseg-msrcnn/1"
 
