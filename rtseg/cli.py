@@ -21,6 +21,7 @@ from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.backends import BACKENDS
 from rtseg.engines.choose import TORCHVISION, load_weights_engine, resolve_engine
 from rtseg.errors import ConfigError, RtsegError, WeightsError
+from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source
@@ -116,8 +117,6 @@ def _json_sink(path: str) -> Sink:
     if suffix == ".jsonl" or path == JsonlSink.STDOUT:
         return JsonlSink(path)
     if suffix == ".json":
-        from rtseg.video.coco_json import CocoJsonSink
-
         return CocoJsonSink(path)
     raise ConfigError(f"--json {path}: use a .jsonl (one record per frame) or .json (COCO results) file, "
                       "or - for JSON lines on stdout")
@@ -293,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = Metrics(warmup_frames=0 if short else 5)
         sinks = open_sinks(args, source, metrics, stack)
         engine = _load_engine(args, name)
+        for sink in sinks:  # COCO results use the category ids the weights were trained with, when they name them
+            if isinstance(sink, CocoJsonSink):
+                sink.category_ids = getattr(engine, "category_ids", None)
         if args.backend == "auto":
             print(f"rtseg: --backend auto chose {engine.backend.name}", file=sys.stderr)
         pipeline = Pipeline(source=source, engine=engine, sinks=sinks, metrics=metrics, max_frames=args.max_frames,

@@ -231,6 +231,18 @@ def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, 
     return man
 
 
+def saved_category_ids(weights: str | Path) -> tuple[int, ...] | None:
+    """The COCO category ids rtseg weights trained on a COCO file carry in their manifest (``meta.category_ids``),
+    one per class; None for other weights (read after the weights loaded: the manifest is known good)."""
+    mp = manifest_path(weights)
+    if Path(weights).suffix != ".safetensors" or not mp.is_file():
+        return None
+    ids = json.loads(mp.read_text()).get("meta", {}).get("category_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return None
+    return tuple(ids)
+
+
 def manifest_config(saved: dict[str, Any], config_type: type[T], *, source: str | Path) -> tuple[T, list[str]]:
     """(config, class names) of a manifest or training checkpoint: a valid ``config_type`` (:func:`config_from_dict`)
     and one name (str) per class; WeightsError naming ``source`` otherwise."""

@@ -566,3 +566,36 @@ def test_batched_loss_on_cuda_equals_per_image_reference() -> None:
     losses = yolact_loss({k: v.cuda() for k, v in outputs.items()}, batch, make_priors(TINY, "cuda"), LossConfig())
     for k, v in losses.items():
         assert float(v) == pytest.approx(float(ref[f"loss_{k}"]), rel=1e-4), k
+
+
+def test_a_model_trained_on_a_coco_file_writes_its_category_ids_in_coco_results(tmp_path, capsys) -> None:
+    """Trained on a COCO file whose category ids are 10, 20, … (not 1..N), the weights' manifest keeps them and
+    `run.py --json x.json` writes them, so the results can be scored against that file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rtseg.data.export import export_coco
+    from rtseg.train.cli import main
+
+    ann = export_coco(SyntheticScene(5, width=96, height=64, num_frames=4), tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    for c in data["categories"]:
+        c["id"] *= 10
+    for a in data["annotations"]:
+        a["category_id"] *= 10
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "m.safetensors"
+    assert main(["--data", f"coco:{ann}:{ann.parent}", "--input-size", "64", "--fpn-channels", "16",
+                 "--num-prototypes", "4", "--iters", "1", "--batch-size", "2", "--workers", "0",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["meta"]["category_ids"] == [10, 20, 30, 40, 50, 60]
+    results = tmp_path / "res.json"
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "run.py"), "--source",
+                        str(ann.parent / "frame_000000.png"), "--weights", str(out), "--score-threshold", "0",
+                        "--json", str(results)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(results.read_text())
+    assert entries and {e["category_id"] for e in entries} <= {10, 20, 30, 40, 50, 60}
+    names = [c["name"] for c in data["categories"]]
+    assert all(e["category_id"] == 10 * (names.index(e["category_name"]) + 1) for e in entries)

@@ -27,13 +27,15 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
 )
 
 
-def result_category_ids(class_names: Sequence[str]) -> tuple[int, ...]:
+def result_category_ids(class_names: Sequence[str], category_ids: Sequence[int] | None = None) -> tuple[int, ...]:
     """The ``category_id`` a COCO results file gives each class index of a model with ``class_names``.
 
-    The official 80 COCO classes get COCO's own (non-contiguous, 1..90) ids; any other class list gets
-    1..N in order, the ids rtseg's COCO export (:mod:`rtseg.data.export`) gives its categories. (For a
-    model trained on a COCO file whose ids are not 1..N, match results by their ``category_name``.)
+    ``category_ids`` when given (one per class: the ids of the COCO file the model was trained on, from its
+    manifest); else COCO's own (non-contiguous, 1..90) ids for the official 80 COCO classes; else 1..N in
+    order, the ids rtseg's COCO export (:mod:`rtseg.data.export`) gives its categories.
     """
+    if category_ids is not None and len(category_ids) == len(class_names):
+        return tuple(int(c) for c in category_ids)
     if tuple(class_names) == COCO_CLASSES:
         return COCO_CATEGORY_IDS
     return tuple(range(1, len(class_names) + 1))

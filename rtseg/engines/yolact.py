@@ -95,6 +95,9 @@ class YolactEngine(StagedEngine):
         if model.cfg.input_size < 32:
             raise ConfigError(f"input_size must be at least 32 pixels, got {model.cfg.input_size}")
         self.cfg: YolactConfig = model.cfg
+        #: COCO category id of each class when the weights were trained on a COCO file (their manifest says), for
+        #: COCO results files; None otherwise.
+        self.category_ids: tuple[int, ...] | None = None
         self._dev = resolve_device(device)
         self.device = str(device)
         names = list(class_names) if class_names is not None else _default_names(self.cfg.num_classes)
@@ -133,14 +136,16 @@ class YolactEngine(StagedEngine):
     @classmethod
     def from_weights(cls, weights: str, *, input_size: int | None = None, **kwargs) -> "YolactEngine":
         """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`)."""
-        from rtseg.weights import load_yolact
+        from rtseg.weights import load_yolact, saved_category_ids
 
         weights = check_weights_path("yolact", weights)
         if input_size is not None:
             input_size = check_int("yolact", "input_size", input_size, low=32)
         model, _, names = load_yolact(weights, input_size=input_size)
         kwargs.setdefault("class_names", names)
-        return cls(model=model, **kwargs)
+        engine = cls(model=model, **kwargs)
+        engine.category_ids = saved_category_ids(weights)
+        return engine
 
     # -- stages -------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -331,12 +331,16 @@ class Trainer:
               file=self.log, flush=True)
 
     def export(self, path: str | Path, meta: dict[str, Any] | None = None, *, half: bool = False) -> Path:
-        """Write the model as safetensors + manifest (``meta`` adds training facts).
+        """Write the model as safetensors + manifest (``meta`` adds training facts; trained on a COCO file, also
+        its ``category_ids``, which the model's COCO results files then use).
 
         half: store float tensors as float16 (half the file; loading casts them back to float32).
         """
         info = {"iters": self.step, "batch_size": self.config.batch_size, "dtype": "float16" if half else "float32",
                 **(meta or {})}
+        category_ids = getattr(self.train_set, "category_ids", None)  # a COCO file's ids of the classes
+        if category_ids is not None:
+            info["category_ids"] = [int(c) for c in category_ids]
         if self.history:
             info["validation"] = self.history[-1]
         model = copy.deepcopy(self.model).half() if half else self.model

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -31,12 +32,13 @@ class CocoJsonSink:
         except OSError as exc:
             raise SinkError(f"JSON output {self.path}: cannot create ({exc.strerror}); choose another path") from None
         self._entries: list[dict] = []
+        self.category_ids: Sequence[int] | None = None  # the engine's, when its weights name them
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         if not isinstance(prediction, Detections):
             raise SinkError(f"JSON output {self.path}: COCO results hold instance detections, not "
                             f"{type(prediction).__name__}; use a .jsonl file")
-        ids = result_category_ids(prediction.class_names)
+        ids = result_category_ids(prediction.class_names, self.category_ids)
         if len(prediction) and int(prediction.class_ids.max()) >= len(ids):
             raise SinkError(f"JSON output {self.path}: class id {int(prediction.class_ids.max())} but the engine "
                             f"names only {len(ids)} classes")
