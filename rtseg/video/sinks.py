@@ -116,30 +116,28 @@ class JsonlSink:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.stop_requested = False
-        self._to_stdout = str(path) == self.STDOUT
         self.path = Path(path)
-        if self._to_stdout:
+        if str(path) == self.STDOUT:
             self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-            return
-        require_writable_folder(self.path, "JSON Lines output")
-        try:
-            self._file = open(self.path, "wb", buffering=0)
-        except OSError as exc:
-            raise SinkError(f"JSON Lines output {self.path}: cannot open ({exc.strerror})") from None
+        else:
+            require_writable_folder(self.path, "JSON Lines output")
+            try:
+                self._file = open(self.path, "wb", buffering=0)
+            except OSError as exc:
+                raise SinkError(f"JSON Lines output {self.path}: cannot open ({exc.strerror})") from None
+        self._seekable = self._file.seekable()  # a file (partial lines are taken back), not a pipe
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         if self.stop_requested:
             return
         line = json.dumps(frame_record(frame, prediction), separators=(",", ":")).encode() + b"\n"
-        start = None if self._to_stdout else self._file.tell()
+        start = self._file.tell() if self._seekable else None
         try:
             view = memoryview(line)
             while view:
                 view = view[self._file.write(view):]
-        except BrokenPipeError:
-            if not self._to_stdout:
-                raise
-            self.stop_requested = True  # the reading end of the pipe is closed: nobody wants more lines
+        except BrokenPipeError:  # the reading end of a pipe (stdout, a FIFO) is closed: nobody wants more lines
+            self.stop_requested = True
         except OSError as exc:
             if start is not None:
                 with contextlib.suppress(OSError):
