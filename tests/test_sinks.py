@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -276,6 +277,25 @@ def test_jsonl_sink_lines(tmp_path):
     recs = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["seq"] for r in recs] == [0, 1, 2]
     assert recs[1]["detections"][0]["class_name"] == "b" and recs[0]["detections"] == []
+
+
+def test_jsonl_sink_into_a_fifo_whose_reader_leaves_asks_to_stop(tmp_path):
+    """A named pipe as the .jsonl path (`mkfifo d.jsonl; head -1 d.jsonl`): whole lines reach the reader, and once it
+    has gone the sink asks the run to stop instead of raising (a pipe cannot seek, so nothing is taken back)."""
+    fifo = tmp_path / "d.jsonl"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").readline()))
+    reader.start()
+    sink = JsonlSink(fifo)  # opens once the reader has
+    empty = Detections.empty((120, 160), ["a"])
+    for i in range(10_000):
+        sink.write(_frame(i, i / 10), empty, _frame(i, i / 10).image)
+        if sink.stop_requested:
+            break
+    reader.join(timeout=10)
+    sink.close()
+    assert sink.stop_requested and json.loads(got[0])["seq"] == 0
 
 
 
