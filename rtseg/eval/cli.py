@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="engine of the weights (default: read from the manifest's 'format' of rtseg weights, "
                         "e.g. rtseg-fcn/1 -> fcn; yolact for .pth files)")
     p.add_argument("--data", default="synthetic:test",
-                   help="synthetic:{train|val|test} | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER")
+                   help="synthetic:{train|val|test} | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER "
+                        "(default synthetic:test, 300 images)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--resize", default=None, metavar="WxH",
