@@ -105,8 +105,10 @@ def test_engine_api_batch_overlay_and_errors(frames):
         rtseg.load("slic", backend="opencv")
     with pytest.raises(ConfigError, match="takes no weights"):
         rtseg.load("slic", weights="x.pth")
-    with pytest.raises(ConfigError, match="frame 0"):
+    with pytest.raises(ConfigError, match="^frame: expected an H×W×3 uint8 BGR array, got uint8 \\(4, 4\\)"):
         eng(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ConfigError, match="^frame 1 of the batch: empty image"):
+        eng([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 4, 3), np.uint8)])
 
 
 @pytest.mark.gpu

@@ -43,11 +43,12 @@ def frames_as_list(frames: np.ndarray | Sequence[np.ndarray]) -> tuple[bool, lis
         raise ConfigError(f"expected an H×W×3 uint8 BGR numpy array or a sequence of them, got {type(frames).__name__}")
     images = [frames] if single else list(frames)
     for i, img in enumerate(images):
+        which = "frame" if single else f"frame {i} of the batch"
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-            raise ConfigError(f"frame {i}: expected an H×W×3 uint8 BGR array, got {got}")
+            raise ConfigError(f"{which}: expected an H×W×3 uint8 BGR array, got {got}")
         if img.size == 0:
-            raise ConfigError(f"frame {i}: empty image {img.shape}; skip frames with no pixels")
+            raise ConfigError(f"{which}: empty image {img.shape}; skip frames with no pixels")
     return single, images
 
 
