@@ -167,6 +167,18 @@ def test_unreadable_images_in_a_folder_are_skipped_with_a_warning(tmp_path):
     assert len(source.notices) == 1 and "skipped 2 unreadable image(s)" in source.notices[0]
 
 
+def test_many_unreadable_images_are_warned_about_by_name_only_five_times(tmp_path):
+    _write_images(tmp_path, 1)
+    for i in range(1, 9):
+        (tmp_path / f"img_{i:02d}.png").write_bytes(b"broken")
+    source = open_source(str(tmp_path))
+    events = []
+    source.on_event = events.append
+    assert len(list(source)) == 1
+    assert len(events) == 5 and events[-1].endswith("; further ones are only counted")
+    assert "skipped 8 unreadable image(s)" in source.notices[0]
+
+
 def test_a_source_of_unreadable_images_only_is_an_error(tmp_path):
     for name in ("a.png", "b.jpg"):
         (tmp_path / name).write_bytes(b"not an image")

@@ -122,9 +122,12 @@ class ImageSource(Source):
 
     The k-th image yielded has pts k / :data:`IMAGE_FPS` s, so a video written from a folder plays at
     that rate (not at the speed the images were read) and ``--realtime`` can pace a folder.
-    A file OpenCV cannot read is skipped with a warning (``on_event``) and counted in ``notices``;
-    a source none of whose files can be read raises :class:`SourceError`.
+    A file OpenCV cannot read is skipped with a warning (``on_event``; the first :attr:`WARN_SKIPPED`
+    files by name) and counted in ``notices``; a source none of whose files can be read raises
+    :class:`SourceError`.
     """
+
+    WARN_SKIPPED = 5
 
     def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1) -> None:
         self.paths = paths[::vid_stride]
@@ -138,7 +141,9 @@ class ImageSource(Source):
             image = _imread_quiet(path)
             if image is None:
                 skipped.append(path)
-                self.on_event(f"skipped {path}: not a readable image file")
+                if len(skipped) <= self.WARN_SKIPPED:
+                    more = "; further ones are only counted" if len(skipped) == self.WARN_SKIPPED else ""
+                    self.on_event(f"skipped {path}: not a readable image file{more}")
                 continue
             self.decode_seconds = time.perf_counter() - t0
             yield np.ascontiguousarray(image), k / IMAGE_FPS
