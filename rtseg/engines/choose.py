@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from rtseg.errors import ConfigError, WeightsError
-from rtseg.weights import manifest_path
+from rtseg.weights import MANIFEST_FORMAT, manifest_path
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
@@ -26,7 +25,6 @@ def engine_formats() -> dict[str, str]:
     """Manifest ``format`` of rtseg weights -> engine name (imported on use: the engines load torchvision)."""
     from rtseg.engines.fcn import FCN_FORMAT
     from rtseg.engines.msrcnn import MSRCNN_FORMAT
-    from rtseg.weights import MANIFEST_FORMAT
 
     return {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
 
