@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, NamedTuple, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -158,20 +158,31 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict(state)
 
 
-def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yolact, YolactConfig, list[str] | None]:
+class LoadedYolact(NamedTuple):
+    """What :func:`load_yolact` read: the model (eval mode), its config, its class names (None when the
+    checkpoint does not name them: official COCO files) and the COCO category ids of those classes (rtseg
+    weights trained on a COCO file carry them in the manifest's ``meta.category_ids``; else None)."""
+    model: Yolact
+    config: YolactConfig
+    class_names: list[str] | None
+    category_ids: tuple[int, ...] | None
+
+
+def load_yolact(path: str | Path, *, input_size: int | None = None) -> LoadedYolact:
     """Build and load a YOLACT from an official .pth, an rtseg safetensors file or an rtseg
     training ``checkpoint.pth`` (its saved config and class names, like a manifest's).
 
     input_size: None → the saved size (rtseg files), 700 for official files whose name
-    contains "im700", else 550. Returns (model in eval mode, config, class names or None
-    when the checkpoint does not name them — official COCO checkpoints).
+    contains "im700", else 550.
     """
     p = Path(path)
     state, extras = read_checkpoint(p)
     names: list[str] | None = None
+    category_ids: tuple[int, ...] | None = None
     if p.suffix == ".safetensors" or "config" in extras:  # rtseg weights, or an rtseg training checkpoint
         saved, source = (read_manifest(p), manifest_path(p)) if p.suffix == ".safetensors" else (extras, p)
         cfg, names = manifest_config(saved, YolactConfig, source=source)
+        category_ids = _category_ids(saved)
         if input_size is not None and input_size != cfg.input_size:
             cfg = cfg.with_input_size(input_size)
     else:
@@ -180,7 +191,7 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> tuple[Yol
         cfg = infer_config(state, input_size=size, source=str(p))
     model = Yolact(cfg)
     load_into(model, state, str(p))
-    return model.eval(), cfg, names
+    return LoadedYolact(model.eval(), cfg, names, category_ids)
 
 
 def config_from_dict(saved: Any, config_type: type[T]) -> T:
@@ -231,13 +242,10 @@ def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, 
     return man
 
 
-def saved_category_ids(weights: str | Path) -> tuple[int, ...] | None:
-    """The COCO category ids rtseg weights trained on a COCO file carry in their manifest (``meta.category_ids``),
-    one per class; None for other weights (read after the weights loaded: the manifest is known good)."""
-    mp = manifest_path(weights)
-    if Path(weights).suffix != ".safetensors" or not mp.is_file():
-        return None
-    ids = json.loads(mp.read_text()).get("meta", {}).get("category_ids")
+def _category_ids(saved: dict[str, Any]) -> tuple[int, ...] | None:
+    """A manifest's ``meta.category_ids`` (one COCO category id per class) when it holds a list of ints, else None."""
+    meta = saved.get("meta")
+    ids = meta.get("category_ids") if isinstance(meta, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         return None
     return tuple(ids)

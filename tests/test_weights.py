@@ -34,9 +34,9 @@ def test_im700_file_name_selects_700_and_rescaled_anchors(tmp_path):
     state = Yolact(replace(PRESETS["yolact_resnet50"])).state_dict()
     path = tmp_path / "yolact_im700_54_800000.pth"
     torch.save(state, path)
-    _, cfg, names = load_yolact(path)
+    _, cfg, names, _ = load_yolact(path)
     assert cfg.input_size == 700 and cfg.scales == (30, 61, 122, 244, 488) and names is None
-    _, cfg, _ = load_yolact(path, input_size=550)
+    _, cfg, _, _ = load_yolact(path, input_size=550)
     assert cfg.input_size == 550 and cfg.scales == (24, 48, 96, 192, 384)
 
 
@@ -46,7 +46,7 @@ def test_official_legacy_keys_are_dropped_like_the_official_loader(tmp_path, tin
     state["fpn.downsample_layers.2.weight"] = torch.zeros(1)  # surplus downsample layer
     path = tmp_path / "legacy.pth"
     torch.save(state, path)
-    model, cfg, _ = load_yolact(path, input_size=128)
+    model, cfg, _, _ = load_yolact(path, input_size=128)
     assert cfg.backbone == "resnet18" and cfg.num_classes == 3
 
 
@@ -125,7 +125,7 @@ def test_safetensors_round_trip_and_manifest_checks(tmp_path):
     torch.manual_seed(1)
     model = Yolact(TINY)
     path = save_yolact(tmp_path / "m.safetensors", model, ["a", "b", "c"], meta={"note": "test"})
-    loaded, cfg, names = load_yolact(path)
+    loaded, cfg, names, _ = load_yolact(path)
     assert cfg == TINY and names == ["a", "b", "c"]
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
@@ -173,7 +173,7 @@ def test_save_is_atomic_an_interrupted_export_keeps_the_old_pair(tmp_path, monke
         save_yolact(path, Yolact(cfg), ["a", "b", "c"])
     monkeypatch.undo()
     assert path.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
-    assert load_yolact(str(path))[2] == ["a", "b", "c"]
+    assert load_yolact(str(path)).class_names == ["a", "b", "c"]
 
 
 def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_path):
@@ -188,7 +188,7 @@ def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_p
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = save_checkpoint(tmp_path / "checkpoint.pth", step=7, parts={"model": model, "optimizer": optimizer},
                            config=asdict(TINY), class_names=["a", "b", "c"])
-    loaded, cfg, names = load_yolact(path)
+    loaded, cfg, names, _ = load_yolact(path)
     assert cfg == TINY and names == ["a", "b", "c"]
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])

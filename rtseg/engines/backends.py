@@ -194,7 +194,7 @@ def available(name: str, device: torch.device) -> str | None:
     """None when backend ``name`` can run on ``device`` here, else the reason (one line)."""
     if name == "tensorrt":
         if device.type != "cuda":
-            return "needs a CUDA device (use --device cuda)"
+            return "needs a CUDA device (device='cuda', --device cuda)"
         if importlib.util.find_spec("torch_tensorrt") is None:
             return "needs torch-tensorrt: pip install torch-tensorrt (matching your torch)"
     if name == "onnx":
@@ -214,7 +214,7 @@ def resolve(name: str, device: torch.device) -> str:
         return CPU_AUTO if available(CPU_AUTO, device) is None else "eager"
     reason = available(name, device)
     if reason is not None:
-        raise ConfigError(f"backend {name!r} is not available: {reason}; or use --backend eager")
+        raise ConfigError(f"backend {name!r} is not available: {reason}; or use backend='eager' (--backend eager)")
     return name
 
 

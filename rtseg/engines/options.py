@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise ConfigError(f"device {str(device)!r}: there is one CPU device; use cpu")
         return dev
     if not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+        raise ConfigError(f"device {str(device)!r} requested but CUDA is not available here; use device='cpu' (--device cpu)")
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
         raise ConfigError(f"{dev} requested but this machine has {count} CUDA device(s); "

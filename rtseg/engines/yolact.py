@@ -136,15 +136,15 @@ class YolactEngine(StagedEngine):
     @classmethod
     def from_weights(cls, weights: str, *, input_size: int | None = None, **kwargs) -> "YolactEngine":
         """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`)."""
-        from rtseg.weights import load_yolact, saved_category_ids
+        from rtseg.weights import load_yolact
 
         weights = check_weights_path("yolact", weights)
         if input_size is not None:
             input_size = check_int("yolact", "input_size", input_size, low=32)
-        model, _, names = load_yolact(weights, input_size=input_size)
-        kwargs.setdefault("class_names", names)
-        engine = cls(model=model, **kwargs)
-        engine.category_ids = saved_category_ids(weights)
+        loaded = load_yolact(weights, input_size=input_size)
+        kwargs.setdefault("class_names", loaded.class_names)
+        engine = cls(model=loaded.model, **kwargs)
+        engine.category_ids = loaded.category_ids
         return engine
 
     # -- stages -------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     if args.resume and args.init:
         raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
     if args.init:
-        load_into(model, load_yolact(args.init, input_size=args.input_size)[0].state_dict(), args.init)
+        load_into(model, load_yolact(args.init, input_size=args.input_size).model.state_dict(), args.init)
         init: Path | None = Path(args.init)
     else:
         init = imagenet_backbone(model) if not args.resume else None
