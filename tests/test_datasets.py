@@ -99,13 +99,16 @@ def test_coco_without_usable_annotations_is_refused_at_open(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"segmentation": [[1, 1, 5, 5]]}, "polygon with 2 points"),
     ({"segmentation": [[1, 1, 5, 5, 7]]}, "odd count"),
     ({"bbox": [1, 2, 3]}, "bbox of 3 numbers"),
     ({"category_id": 99}, "category_id 99 is not in 'categories'"),
     ({"image_id": 5}, "image_id 5 is not in 'images'"),
     ({"segmentation": {"size": [H, W + 1], "counts": "abc"}}, "RLE size"),
-    ({"segmentation": "nope"}, "'segmentation' should be"),
+    ({"segmentation": "nope"}, "segmentation should be a list of polygons"),
+    ({"segmentation": {"size": [H, W], "counts": "\x7f\x7fzz"}}, "corrupt compressed RLE"),
+    ({"segmentation": {"size": [H, W], "counts": [10, 5]}}, "RLE covers 15 pixels"),
+    ({"segmentation": {"size": 5, "counts": [10, 5]}}, "RLE size 5 differs"),
+    ({"segmentation": [[1, 1, 5, 1, float("nan"), 5]]}, "polygon with NaN"),
 ])
 def test_malformed_coco_annotation_names_file_and_problem(tmp_path, change, message):
     ann = {"id": 5, "image_id": 10, "category_id": 7, "bbox": [1, 1, 4, 4], "segmentation": [[1, 1, 5, 1, 5, 5]]}
@@ -204,9 +207,11 @@ def test_labelme_without_class_list_uses_sorted_labels(tmp_path):
 
 
 @pytest.mark.parametrize("shapes, extra, message", [
-    ([_shape("cat", [[1, 1], [5, 5]])], {}, "shape 0: polygon with 2 points"),
-    ([_shape("cat", [[1, 1], [5, 5]], "line")], {}, "shape_type 'line' has no area"),
     ([_shape("cat", [[1, 1], [5, 5], [3]])], {}, "points should be a list of"),
+    ([_shape("cat", [[1, 1], [float("nan"), 5], [3, 3]])], {}, "shape 0: points contain NaN"),
+    ([_shape("cat", [[1, 1], [9, 9]], "mask")], {}, "shape 0: mask shape without a readable base64 PNG"),
+    ([], {"imageHeight": "60"}, "imageHeight should be a positive whole number of pixels, got '60'"),
+    (None, {}, "'shapes' should be a list"),
     ([{"points": [[1, 1], [5, 5], [3, 3]]}], {}, "shape 0: missing key 'label'"),
     ([], {"imageHeight": None}, None),
 ])
@@ -289,3 +294,118 @@ def test_labelme_ignore_shapes_and_windows_image_path(tmp_path):
              image=False, imagePath="img\\x.png")
     s = LabelmeDataset(tmp_path, class_names=["cat"])[0]
     assert np.array_equal(s.image, img) and s.class_ids.tolist() == [0]
+
+
+def test_coco_annotations_without_a_mask_are_left_out_with_one_warning(tmp_path):
+    """bbox-only, too few points, zero area, outside the image, empty RLE: left out, named in one warning;
+    a polygon part of 2 points beside a good part is dropped, the annotation kept."""
+    good = {"image_id": 10, "category_id": 7, "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]]}
+    odd = [{"bbox": [1, 1, 4, 4]}, {"segmentation": []}, {"segmentation": [[1, 1, 5, 5]]},
+           {"segmentation": [[1, 1, 10, 10, 20, 20]]}, {"segmentation": [[100, 100, 120, 100, 120, 120]]},
+           {"segmentation": _rle(np.zeros((H, W), bool))},
+           {"segmentation": [[40, 5, 50, 5, 50, 15], [1, 1, 5, 5]]}]
+    anns = [dict(good, id=1)] + [dict({"image_id": 20, "category_id": 3}, id=k + 2, **a) for k, a in enumerate(odd)]
+    with pytest.warns(UserWarning) as record:
+        ds = CocoDataset(*_coco(tmp_path, annotations=anns))
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "left out 6 annotations" in message and "annotations[1] (id 2): no segmentation (bbox only)" in message
+    assert "annotations[3] (id 4): polygon with 2 points" in message and "polygon of zero area" in message
+    assert "polygon outside the 80x60 image" in message and "and 1 more" in message
+    assert ds[0].class_ids.tolist() == [1]
+    s = ds[1]
+    triangle = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[40, 5, 50, 5, 50, 15]], H, W)))
+    assert s.class_ids.tolist() == [0] and np.array_equal(s.masks[0], triangle.astype(bool))
+
+
+def test_coco_duplicate_ids_and_names_bom_and_windows_file_names(tmp_path):
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"].append({"id": 10, "file_name": "b.png", "height": H, "width": W})
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"images\[2\]: id 10 is also the id of a.png"):
+        CocoDataset(path, images)  # was: a.png silently dropped, its annotations drawn on b.png
+    data["images"].pop()
+    data["categories"].append({"id": 8, "name": "dog"})
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"categories with the same name \(dog\)"):
+        CocoDataset(path, images)
+    data["categories"].pop()
+    (images / "sub").mkdir()
+    (images / "a.png").rename(images / "sub" / "a.png")
+    data["images"][0]["file_name"] = "sub\\a.png"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(data).encode())
+    assert np.array_equal(CocoDataset(path, images)[0].image, _image(0))
+    path.write_text(json.dumps(dict(data, images=[], annotations=[])))
+    with pytest.raises(DatasetError, match="no images listed"):
+        CocoDataset(path, images)
+
+
+def test_labelme_shapes_without_area_are_left_out_with_one_warning(tmp_path):
+    good = _shape("cat", [[5, 5], [30, 5], [30, 30], [5, 30]])
+    odd = [_shape("cat", [[1, 1], [5, 5]]), _shape("cat", [[1, 1], [5, 5]], "line"), _shape("cat", [[1, 1]], "point"),
+           _shape("cat", [[1, 1], [10, 10], [20, 20]]), _shape("cat", [[200, 200], [230, 200], [230, 230]]),
+           _shape("cat", [[5, 5], [5, 20]], "rectangle"), _shape("cat", [[9, 9], [9, 9]], "circle"),
+           _shape("", [[1, 1], [9, 1], [9, 9]]), _shape("cat", [[1e12, 1], [5, 5], [9, 1]])]
+    bowtie = _shape("cat", [[40, 5], [60, 25], [60, 5], [40, 25]])  # self-intersecting: both lobes filled
+    _labelme(tmp_path, "a", [good, *odd, bowtie])
+    with pytest.warns(UserWarning) as record:
+        ds = LabelmeDataset(tmp_path)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "left out 9 shapes" in message and "a.json: shape 1: polygon with 2 points (need 3)" in message
+    assert "shape 2: line has no area" in message and "shape 4: polygon of zero area" in message
+    assert "shape 5: polygon outside the 80x60 image" in message and "and 4 more" in message
+    s = ds[0]
+    assert ds.class_names == ("cat",) and len(s) == 2
+    assert s.masks[1][15, 42] and s.masks[1][15, 58] and not s.masks[1][7, 50]
+
+
+def test_labelme_folder_without_instances_is_refused_at_open(tmp_path):
+    _labelme(tmp_path, "a", [])
+    _labelme(tmp_path, "b", [_shape("cat", [[1, 1], [5, 5]], "line"), _shape("__ignore__", [[1, 1], [9, 1], [9, 9]])])
+    with pytest.warns(UserWarning, match="line has no area"):
+        with pytest.raises(DatasetError, match="all 1 shapes in the 2 JSON files were left out"):
+            LabelmeDataset(tmp_path, class_names=["cat"])
+
+
+def test_labelme_image_found_beside_the_json_when_image_path_is_stale(tmp_path):
+    """Folders moved from Windows, renamed images, imagePath null or missing: the image beside the JSON is used."""
+    cat = [_shape("cat", [[1, 1], [9, 1], [9, 9]])]
+    imgs = [_labelme(tmp_path, "a", cat, imagePath="C:\\Users\\bob\\Pictures\\a.png"),
+            _labelme(tmp_path, "b", cat, imagePath="renamed.png"), _labelme(tmp_path, "c", cat, imagePath=None)]
+    d = json.loads((tmp_path / "c.json").read_text())
+    del d["imagePath"]
+    (tmp_path / "d.json").write_text(json.dumps(d))
+    cv2.imwrite(str(tmp_path / "d.png"), imgs[2])
+    with pytest.warns(UserWarning, match=r"2 JSON files name an image that is not there.*a.json: "
+                                         r"C:/Users/bob/Pictures/a.png -> a.png; b.json: renamed.png -> b.png"):
+        ds = LabelmeDataset(tmp_path)
+    assert [np.array_equal(ds[i].image, im) for i, im in enumerate(imgs + imgs[2:])] == [True] * 4
+
+
+def test_labelme_odd_files_and_images(tmp_path):
+    """BOM, group_id of any JSON value, grey / RGBA / 16-bit images; broken imageData and non-UTF-8 are one line."""
+    square = [[5, 5], [30, 5], [30, 30], [5, 30]]
+    _labelme(tmp_path, "a", [_shape("cat", square, group_id=[1]), _shape("cat", [[40, 5], [60, 5], [60, 30]],
+                                                                          group_id=[1])], image=False)
+    grey = _image(4)[:, :, 0]
+    cv2.imwrite(str(tmp_path / "a.png"), (grey.astype(np.uint16) * 257))
+    path = tmp_path / "a.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _labelme(tmp_path, "b", [_shape("cat", square)], image=False)
+    cv2.imwrite(str(tmp_path / "b.png"), np.dstack([_image(5), np.full((H, W), 7, np.uint8)]))
+    ds = LabelmeDataset(tmp_path)
+    s = ds[0]
+    assert len(s) == 1 and s.masks[0][10, 10] and s.masks[0][10, 50]  # merged by group_id [1]
+    assert np.array_equal(s.image, np.dstack([grey] * 3)) and np.array_equal(ds[1].image, _image(5))
+    _labelme(tmp_path, "c", [_shape("cat", square)], image=False, image_data=True)
+    d = json.loads((tmp_path / "c.json").read_text())
+    (tmp_path / "c.json").write_text(json.dumps(dict(d, imageData="!!!notbase64")))
+    with pytest.raises(DatasetError, match="c.json: imageData is not a base64 image") as err:
+        LabelmeDataset(tmp_path)[2]
+    assert "\n" not in str(err.value)
+    (tmp_path / "c.json").write_bytes(json.dumps(d).replace('"cat"', '"caf\\u00e9"').encode("utf-8")
+                                      .replace("caf\\u00e9".encode(), "café".encode("latin-1")))
+    with pytest.raises(DatasetError, match=r"c.json: not UTF-8 \(byte \d+ is 0xe9\); save the file as UTF-8"):
+        LabelmeDataset(tmp_path)

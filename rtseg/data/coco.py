@@ -4,35 +4,31 @@ Category ids may be any integers; they are mapped, in increasing id order, to
 contiguous 0-based class ids (``dataset.category_ids[class_id]`` maps back).
 Segmentations may be polygons, RLE or uncompressed RLE. Crowd annotations are
 left out unless ``include_crowd=True`` (then ``Sample.iscrowd`` marks them, for
-evaluation). Malformed annotations raise ``DatasetError`` naming the file and
-the annotation; missing images are reported when the data set is opened.
+evaluation). Annotations without a mask (bbox only, empty segmentation, polygon
+parts of fewer than 3 points, zero area, wholly outside the image) are left out
+with one warning naming the first few. Malformed files and annotations raise
+``DatasetError`` naming the file and the annotation (``annotations[k]``, its
+index in the file, and its id); missing images are reported when the data set
+is opened.
 """
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from rtseg.data.dataset import Sample, masks_to_boxes
+from rtseg.data.dataset import Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import DatasetError
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """(H, W, 3) uint8 BGR image from ``path``; ``DatasetError`` when it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if os.path.isfile(path) else None
-    if image is None:
-        why = "file not found" if not os.path.isfile(path) else "not a readable image"
-        raise DatasetError(f"{path}: {why}; fix or remove the file and its annotations")
-    return image
-
-
-def _require(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
+def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where}: should be an object, got {type(obj).__name__}")
+    if key not in obj:
         raise DatasetError(f"{where}: missing key {key!r}")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -44,38 +40,97 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
 
 
-def segmentation_to_mask(seg: Any, height: int, width: int, where: str) -> np.ndarray:
-    """COCO segmentation (polygons, RLE, uncompressed RLE) -> (H, W) bool mask."""
+def _rle_string_counts(counts: bytes) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), None when it is corrupt."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts) or not 48 <= counts[p] < 112:
+                return None
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+    return runs
+
+
+def _has_area(xy: np.ndarray) -> bool:
+    """Whether the (K, 2) polygon ``xy`` is more than a line (not all its points on one line)."""
+    d = xy[1:] - xy[0]
+    far = d[np.argmax(np.abs(d).sum(axis=1))]
+    return bool(np.any(d[:, 0] * far[1] != d[:, 1] * far[0]))
+
+
+def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[Any, str | None]:
+    """``seg`` with polygon parts of fewer than 3 points dropped, and why it has no mask (None when it has one).
+
+    ``DatasetError`` for a malformed segmentation (not numbers, odd coordinate counts, RLE of another size
+    or corrupt counts).
+    """
+    if seg is None or seg == [] or (isinstance(seg, list) and all(p == [] for p in seg)):
+        return seg, "no segmentation (bbox only)"
     if isinstance(seg, list):
-        if not seg:
-            raise DatasetError(f"{where}: empty segmentation list")
         for poly in seg:
-            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
                 raise DatasetError(f"{where}: a polygon must be a list of numbers [x1, y1, x2, y2, ...]")
             if len(poly) % 2:
-                raise DatasetError(f"{where}: polygon with an odd count of numbers ({len(poly)})")
-            if len(poly) < 6:
-                raise DatasetError(f"{where}: polygon with {len(poly) // 2} points (need at least 3)")
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [height, width]:
-            raise DatasetError(f"{where}: RLE size {list(seg['size'])} differs from image size {[height, width]}")
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            if sum(counts) != height * width:
-                raise DatasetError(f"{where}: uncompressed RLE covers {sum(counts)} pixels, image has {height * width}")
-            rle = mask_utils.frPyObjects(seg, height, width)
-        elif isinstance(counts, (str, bytes)):
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        else:
-            raise DatasetError(f"{where}: RLE counts should be a string or a list of numbers")
-    else:
+                raise DatasetError(f"{where}: polygon with an odd count of numbers ({len(poly)}); "
+                                   "fix or remove the annotation")
+        parts = [p for p in seg if len(p) >= 6]
+        if not parts:
+            return parts, f"polygon with {max(len(p) for p in seg) // 2} points (need at least 3)"
+        xy = [np.array(p, np.float64).reshape(-1, 2) for p in parts]
+        if not all(np.isfinite(p).all() for p in xy):
+            raise DatasetError(f"{where}: polygon with NaN or infinity; fix or remove the annotation")
+        if not any(_has_area(p) for p in xy):
+            return parts, "polygon of zero area"
+        lo, hi = np.min([p.min(axis=0) for p in xy], axis=0), np.max([p.max(axis=0) for p in xy], axis=0)
+        if hi[0] < 0 or hi[1] < 0 or lo[0] > width or lo[1] > height:
+            return parts, f"polygon outside the {width}x{height} image"
+        return parts, None
+    if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
         raise DatasetError(f"{where}: segmentation should be a list of polygons "
                            "or an RLE dict with 'size' and 'counts'")
-    try:
-        return mask_utils.decode(rle).astype(bool)
-    except Exception as exc:  # pycocotools raises bare errors on corrupt counts
-        raise DatasetError(f"{where}: undecodable RLE ({exc})") from None
+    if seg["size"] != [height, width]:
+        raise DatasetError(f"{where}: RLE size {seg['size']} differs from the image's [height, width] "
+                           f"{[height, width]}")
+    counts = seg["counts"]
+    if isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        runs = counts
+    elif isinstance(counts, (str, bytes)):
+        runs = _rle_string_counts(counts.encode("latin-1") if isinstance(counts, str) else counts)
+        if runs is None:
+            raise DatasetError(f"{where}: corrupt compressed RLE counts; re-export the annotation")
+    else:
+        raise DatasetError(f"{where}: RLE counts should be a string or a list of whole numbers >= 0")
+    if sum(runs) != height * width:
+        raise DatasetError(f"{where}: RLE covers {sum(runs)} pixels, the {width}x{height} image has {height * width}")
+    return seg, None if sum(runs[1::2]) else "empty RLE mask"
+
+
+def segmentation_to_mask(seg: Any, height: int, width: int, where: str) -> np.ndarray:
+    """COCO segmentation (polygons, RLE, uncompressed RLE) -> (H, W) bool mask (checked by
+    :func:`check_segmentation`; one without a mask gives an empty mask)."""
+    seg, _ = check_segmentation(seg, height, width, where)
+    if isinstance(seg, list):
+        if not seg:
+            return np.zeros((height, width), bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        counts = seg["counts"]
+        rle = {"size": [height, width], "counts": counts.encode("latin-1") if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
 
 
 class CocoDataset:
@@ -89,55 +144,69 @@ class CocoDataset:
     def __init__(self, annotation_json: str | os.PathLike, image_dir: str | os.PathLike, *,
                  include_crowd: bool = False) -> None:
         self.path, self.image_dir, self.include_crowd = Path(annotation_json), Path(image_dir), include_crowd
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DatasetError(f"{self.path}: annotation file not found") from None
-        except OSError as exc:
-            raise DatasetError(f"{self.path}: cannot read the annotation file ({exc.strerror}); "
-                               "give the instances_*.json file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{self.path}: not valid JSON ({exc})") from None
+        data = read_json(self.path, "annotation file")
         if not isinstance(data, dict):
             raise DatasetError(f"{self.path}: top level should be an object with images, annotations, categories")
         where = str(self.path)
-        cats = sorted(_require(data, "categories", list, where),
-                      key=lambda c: _require(c, "id", int, f"{where}: category"))
+        cats = _require(data, "categories", list, where)
+        for k, c in enumerate(cats):
+            _require(c, "id", int, f"{where}: categories[{k}]")
+            _require(c, "name", str, f"{where}: categories[{k}]")
+        cats = sorted(cats, key=lambda c: c["id"])
         self.category_ids = tuple(int(c["id"]) for c in cats)
-        self.class_names = tuple(str(_require(c, "name", str, f"{where}: category {c['id']}")) for c in cats)
-        if len(set(self.category_ids)) != len(cats):
-            raise DatasetError(f"{where}: duplicate category ids")
+        self.class_names = tuple(c["name"] for c in cats)
+        for kind, values in (("ids", self.category_ids), ("names", self.class_names)):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise DatasetError(f"{where}: categories with the same {kind[:-1]} ({', '.join(twice)}); "
+                                   f"give every category its own {kind[:-1]}")
         cat_to_class = {cid: i for i, cid in enumerate(self.category_ids)}
         self._images: dict[int, dict] = {}
-        for img in _require(data, "images", list, where):
-            iid = _require(img, "id", int, f"{where}: image")
-            w = f"{where}: image {iid}"
+        for k, img in enumerate(_require(data, "images", list, where)):
+            w = f"{where}: images[{k}]"
+            iid = _require(img, "id", int, w)
             _require(img, "file_name", str, w), _require(img, "height", int, w), _require(img, "width", int, w)
+            if iid in self._images:
+                raise DatasetError(f"{w}: id {iid} is also the id of {self._images[iid]['file_name']}; "
+                                   "give every image its own id")
             self._images[iid] = img
+        if not self._images:
+            raise DatasetError(f"{where}: no images listed, so nothing to train or evaluate on")
         self.image_ids = tuple(self._images)
         self._anns: dict[int, list[dict]] = {iid: [] for iid in self._images}
-        for ann in _require(data, "annotations", list, where):
-            self._check_annotation(ann, cat_to_class)
-            self._anns[ann["image_id"]].append(ann)
+        skipped: list[str] = []
+        for k, ann in enumerate(_require(data, "annotations", list, where)):
+            why = self._check_annotation(ann, f"{where}: annotations[{k}]", cat_to_class)
+            if why:
+                skipped.append(f"annotations[{k}] (id {ann.get('id', '?')}): {why}")
+            else:
+                self._anns[ann["image_id"]].append(ann)
+        if skipped:
+            warnings.warn(skipped_warning(self.path, "annotations", skipped), stacklevel=2)
         self._cat_to_class = cat_to_class
-        if self._images and not any(self.include_crowd or not a.get("iscrowd", 0) for v in self._anns.values() for a in v):
-            raise DatasetError(f"{self.path}: no {'' if include_crowd else 'non-crowd '}annotations, so nothing to "
-                               "train or evaluate on; give an annotated instances_*.json")
-        missing = [img["file_name"] for img in self._images.values()
-                   if not (self.image_dir / img["file_name"]).is_file()]
+        if not any(self.include_crowd or not a.get("iscrowd", 0) for v in self._anns.values() for a in v):
+            raise DatasetError(f"{self.path}: no {'' if include_crowd else 'non-crowd '}annotations with a mask, so "
+                               "nothing to train or evaluate on; give an annotated instances_*.json")
+        missing = [img["file_name"] for img in self._images.values() if not self._image_path(img).is_file()]
         if missing:
             raise DatasetError(f"{self.image_dir}: {len(missing)} of {len(self._images)} images listed in "
-                               f"{self.path.name} are missing (e.g. {', '.join(missing[:3])})")
+                               f"{self.path.name} are missing (e.g. {', '.join(missing[:3])}); "
+                               "give the image folder the file names are relative to")
 
-    def _check_annotation(self, ann: Any, cat_to_class: dict[int, int]) -> None:
-        where = f"{self.path}: annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'}"
+    def _image_path(self, info: dict) -> Path:
+        """The image file of the ``images`` entry ``info`` (Windows ``a\\b.jpg`` file names too)."""
+        return self.image_dir / info["file_name"].replace("\\", "/")
+
+    def _check_annotation(self, ann: Any, where: str, cat_to_class: dict[int, int]) -> str | None:
+        """Why ``ann`` has no mask (None when it has one); ``DatasetError`` when it is malformed."""
+        if isinstance(ann, dict) and "id" in ann:
+            where = f"{where} (id {ann['id']})"
         iid = _require(ann, "image_id", int, where)
         if iid not in self._images:
-            raise DatasetError(f"{where}: image_id {iid} is not in 'images'")
+            raise DatasetError(f"{where}: image_id {iid} is not in 'images'; add the image or remove the annotation")
         cid = _require(ann, "category_id", int, where)
         if cid not in cat_to_class:
-            raise DatasetError(f"{where}: category_id {cid} is not in 'categories'")
-        _require(ann, "segmentation", (list, dict), where)
+            raise DatasetError(f"{where}: category_id {cid} is not in 'categories'; add the category or fix the id")
         if "bbox" in ann:
             bbox = ann["bbox"]
             if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
@@ -147,6 +216,10 @@ class CocoDataset:
                 raise DatasetError(f"{where}: bbox with negative width or height {bbox}")
         if ann.get("iscrowd", 0) not in (0, 1):
             raise DatasetError(f"{where}: iscrowd should be 0 or 1, got {ann['iscrowd']!r}")
+        info = self._images[iid]
+        seg, why = check_segmentation(ann.get("segmentation"), info["height"], info["width"], where)
+        ann["segmentation"] = seg
+        return why
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -154,18 +227,20 @@ class CocoDataset:
     def __getitem__(self, index: int) -> Sample:
         iid = self.image_ids[index]
         info = self._images[iid]
-        image = read_image(self.image_dir / info["file_name"])
+        image = read_image(self._image_path(info))
         h, w = info["height"], info["width"]
         if image.shape[:2] != (h, w):
-            raise DatasetError(f"{self.image_dir / info['file_name']}: image is {image.shape[1]}x{image.shape[0]} "
-                               f"but {self.path.name} says {w}x{h}")
+            raise DatasetError(f"{self._image_path(info)}: image is {image.shape[1]}x{image.shape[0]} "
+                               f"but {self.path.name} says {w}x{h}; fix its width/height or use the annotated image")
         anns = [a for a in self._anns[iid] if self.include_crowd or not a.get("iscrowd", 0)]
         masks = np.zeros((len(anns), h, w), bool)
         for k, ann in enumerate(anns):
-            masks[k] = segmentation_to_mask(ann["segmentation"], h, w, f"{self.path}: annotation {ann.get('id', '?')}")
+            masks[k] = segmentation_to_mask(ann["segmentation"], h, w, f"{self.path}: annotation id {ann.get('id')}")
+        keep = masks.any(axis=(1, 2))  # a polygon may still miss every pixel centre
+        anns, masks = [a for a, k in zip(anns, keep) if k], masks[keep]
         boxes = masks_to_boxes(masks)
         for k, ann in enumerate(anns):
-            if "bbox" in ann:
+            if "bbox" in ann and min(ann["bbox"][2:]) > 0:
                 x, y, bw, bh = ann["bbox"]
                 boxes[k] = (x, y, x + bw, y + bh)
         return Sample(

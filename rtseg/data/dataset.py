@@ -5,12 +5,55 @@ A data set is a ``Sequence[Sample]``-like object (``len(ds)``, ``ds[i]``) with a
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
 
+import cv2
 import numpy as np
 
+from rtseg.errors import DatasetError
 from rtseg.types import _check
+
+WARN_SKIPPED = 5  # skipped annotations named in a warning; the rest are counted
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """(H, W, 3) uint8 BGR image from ``path`` (grey, alpha and 16-bit images are converted);
+    ``DatasetError`` when it cannot be read."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if os.path.isfile(path) else None
+    if image is None:
+        why = "file not found" if not os.path.isfile(path) else "not a readable image"
+        raise DatasetError(f"{path}: {why}; fix or remove the file and its annotations")
+    return image
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON value in ``path`` (UTF-8, with or without a byte-order mark); ``DatasetError`` naming ``what``
+    the file should be when it cannot be read or parsed."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the {what} ({exc.strerror}); give the path of the {what}") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                           "save the file as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc}); repair or remove the {what}") from None
+
+
+def skipped_warning(source: Path, what: str, reasons: Sequence[str]) -> str:
+    """One warning line for the ``reasons`` ("file: shape k: why") ``what`` (e.g. "shapes") were left out:
+    the first :data:`WARN_SKIPPED` named, the rest counted."""
+    named = "; ".join(reasons[:WARN_SKIPPED])
+    more = f"; and {len(reasons) - WARN_SKIPPED} more" if len(reasons) > WARN_SKIPPED else ""
+    return f"{source}: left out {len(reasons)} {what} that are no instances: {named}{more}"
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

@@ -7,6 +7,17 @@ one instance (an object split by an occluder); other shapes are one instance
 each. Shape types: polygon, rectangle, circle, mask. Shapes labelled
 ``__ignore__`` or ``_background_`` (labelme conventions) are not instances.
 
+Shapes without an area (line, linestrip, point, polygons of fewer than 3 points
+or of zero area, empty rectangles and circles, shapes wholly outside the image,
+unlabelled shapes) are left out with one warning that names the first few;
+malformed files (invalid JSON, points that are not ``[x, y]`` pairs, NaN, an
+unreadable mask or image) raise ``DatasetError`` naming the file and shape.
+
+The image of a JSON file is ``imagePath`` relative to the JSON's folder
+(Windows ``a\\b.jpg`` too); when that file is not there, the file of the same
+name beside the JSON, then the embedded ``imageData``, then an image named like
+the JSON (``a.json`` -> ``a.png``/``a.jpg`` ...) is used.
+
 Class names come from ``class_names`` (a list, or a path to a text file with one
 name per line), else from ``label_names.txt`` / ``labels.txt`` in the folder
 (labelme's ``__ignore__`` and ``_background_`` lines are skipped), else from
@@ -15,9 +26,11 @@ the sorted set of labels found.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,13 +38,15 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from rtseg.data.coco import read_image
-from rtseg.data.dataset import Sample, masks_to_boxes
+from rtseg.data.dataset import Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import DatasetError
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SKIP_LABELS = {"__ignore__", "_background_"}
 _NUMBERED = re.compile(r"(.+?)[_\- ]?(\d+)")
+_NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2}  # points per shape type with an area
+_FAR = 1e6  # pixels; coordinates beyond this are no annotation (and overflow the rasteriser)
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -43,9 +58,11 @@ def split_label(label: str) -> tuple[str, str | None]:
 def read_label_names(path: str | os.PathLike) -> tuple[str, ...]:
     """Class names from a text file, one per line (blank, ``__ignore__``, ``_background_`` skipped)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read class names ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save the class list as UTF-8") from None
     names = tuple(s for s in (line.strip() for line in lines) if s and s not in _SKIP_LABELS)
     if not names:
         raise DatasetError(f"{path}: no class names in the file; write one name per line")
@@ -57,9 +74,17 @@ class _Shape:
     label: str
     points: np.ndarray  # (K, 2) float64 xy
     shape_type: str
-    group_id: Any
+    group_id: str | None  # JSON text of labelme's group_id (any JSON value), None when absent
     mask: np.ndarray | None  # (h, w) bool for shape_type "mask", anchored at points[0]
-    where: str  # "file.json: shape k", for error messages
+    where: str  # "file.json: shape k", for messages
+
+
+@dataclass(frozen=True)
+class _Record:
+    image: Path | None  # the image file; None: decode the JSON's imageData
+    height: int
+    width: int
+    shapes: tuple[_Shape, ...]
 
 
 class LabelmeDataset:
@@ -75,24 +100,36 @@ class LabelmeDataset:
             raise DatasetError(f"{self.folder}: labelme folder not found")
         self.files = tuple(sorted(self.folder.glob("*.json")))
         if not self.files:
-            raise DatasetError(f"{self.folder}: no labelme *.json files in the folder")
-        self._records = [self._parse(f) for f in self.files]
-        missing = [str(self._image_path(i)) for i, (data, _) in enumerate(self._records)
-                   if not data.get("imageData") and not self._image_path(i).is_file()]
+            raise DatasetError(f"{self.folder}: no labelme *.json files in the folder; give the folder that holds "
+                               "them (labelme saves one .json beside each image)")
+        skipped: list[str] = []
+        moved: list[str] = []
+        self._records = [self._parse(f, skipped, moved) for f in self.files]
+        missing = [str(r.image) for r in self._records if r.image is not None and not r.image.is_file()]
         if missing:
             raise DatasetError(f"{self.folder}: {len(missing)} of {len(self.files)} images named by the JSON files "
-                               f"are missing (e.g. {', '.join(missing[:3])}); add them or remove their JSON files")
+                               f"are missing (e.g. {', '.join(missing[:3])}), with no image of that name beside the JSON "
+                               "nor imageData; add the images or remove their JSON files")
+        if moved:
+            warnings.warn(f"{self.folder}: {len(moved)} JSON files name an image that is not there; used the image "
+                          f"beside the JSON instead (e.g. {'; '.join(moved[:3])})", stacklevel=2)
+        if skipped:
+            warnings.warn(skipped_warning(self.folder, "shapes", skipped), stacklevel=2)
+        if skipped and not any(r.shapes for r in self._records):
+            raise DatasetError(f"{self.folder}: all {len(skipped)} shapes in the {len(self.files)} JSON files were "
+                               "left out (see the warning), so nothing to train or evaluate on; annotate objects "
+                               "with polygons, rectangles, circles or masks")
         if class_names is None:
             listed = [self.folder / n for n in LABEL_FILES if (self.folder / n).is_file()]
             class_names = listed[0] if listed else None
         if isinstance(class_names, (str, os.PathLike)):
             class_names = read_label_names(class_names)
         if class_names is None:
-            class_names = sorted({split_label(s.label)[0] for _, shapes in self._records for s in shapes})
+            class_names = sorted({split_label(s.label)[0] for r in self._records for s in r.shapes})
         self.class_names = tuple(class_names)
         self._class_index = {n: i for i, n in enumerate(self.class_names)}
-        for _, shapes in self._records:
-            for shape in shapes:
+        for r in self._records:
+            for shape in r.shapes:
                 self._class_of(shape.label, shape.where)
 
     def _class_of(self, label: str, where: str) -> int:
@@ -104,86 +141,147 @@ class LabelmeDataset:
         raise DatasetError(f"{where}: label {label!r} is not a known class ({', '.join(self.class_names)}); "
                            f"add {base!r} to the class list or fix the label")
 
-    def _parse(self, path: Path) -> tuple[dict, list[_Shape]]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    def _parse(self, path: Path, skipped: list[str], moved: list[str]) -> _Record:
+        data = read_json(path, "labelme file")
         if not isinstance(data, dict):
             raise DatasetError(f"{path}: not a labelme file (top level is not an object)")
-        for key in ("shapes", "imagePath", "imageHeight", "imageWidth"):
+        if not isinstance(data.get("shapes"), list):
+            raise DatasetError(f"{path}: 'shapes' should be a list of shapes" if "shapes" in data else
+                               f"{path}: missing key 'shapes'; is it a labelme file?")
+        size = []
+        for key in ("imageHeight", "imageWidth"):
             if key not in data:
                 raise DatasetError(f"{path}: missing key {key!r}")
-        if not isinstance(data["shapes"], list):
-            raise DatasetError(f"{path}: 'shapes' should be a list")
-        shapes = [self._parse_shape(s, f"{path}: shape {k}") for k, s in enumerate(data["shapes"])]
-        return data, [s for s in shapes if s.label not in _SKIP_LABELS]
-
-    @staticmethod
-    def _parse_shape(s: Any, where: str) -> _Shape:
-        if not isinstance(s, dict):
-            raise DatasetError(f"{where}: a shape should be an object")
-        for key in ("label", "points"):
-            if key not in s:
-                raise DatasetError(f"{where}: missing key {key!r}")
-        kind = s.get("shape_type") or "polygon"
-        try:
-            points = np.asarray(s["points"], dtype=np.float64).reshape(-1, 2)
-        except (ValueError, TypeError):
-            raise DatasetError(f"{where}: points should be a list of [x, y] pairs") from None
-        need = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2}
-        if kind not in need:
-            raise DatasetError(f"{where}: shape_type {kind!r} has no area; use polygon, rectangle, circle or mask")
-        if len(points) < need[kind] or (kind in ("circle", "mask") and len(points) != need[kind]):
-            raise DatasetError(f"{where}: {kind} with {len(points)} points (need {need[kind]})")
-        if not np.isfinite(points).all():
-            raise DatasetError(f"{where}: points contain NaN or infinity")
-        mask = None
-        if kind == "mask":
-            buf = np.frombuffer(base64.b64decode(s.get("mask") or b""), np.uint8)
-            decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
-            if decoded is None:
-                raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'")
-            mask = decoded > 0
-        return _Shape(str(s["label"]), points, kind, s.get("group_id"), mask, where)
+            value = data[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DatasetError(f"{path}: {key} should be a positive whole number of pixels, got {value!r}")
+            size.append(value)
+        h, w = size
+        shapes = []
+        for k, s in enumerate(data["shapes"]):
+            shape = _parse_shape(s, f"{path}: shape {k}", h, w)
+            if isinstance(shape, str):
+                skipped.append(shape)
+            elif shape.label not in _SKIP_LABELS:
+                shapes.append(shape)
+        return _Record(_find_image(path, data, moved), h, w, tuple(shapes))
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _image_path(self, index: int) -> Path:
-        """The image file the JSON of sample ``index`` names (relative to the JSON's folder; labelme on
-        Windows writes ``a\\b.jpg``)."""
-        return self.files[index].parent / str(self._records[index][0]["imagePath"]).replace("\\", "/")
-
     def _image(self, index: int) -> np.ndarray:
-        path, (data, _) = self.files[index], self._records[index]
-        image_path = self._image_path(index)
-        if image_path.is_file() or not data.get("imageData"):
-            return read_image(image_path)
-        image = cv2.imdecode(np.frombuffer(base64.b64decode(data["imageData"]), np.uint8), cv2.IMREAD_COLOR)
+        path, record = self.files[index], self._records[index]
+        if record.image is not None:
+            return read_image(record.image)
+        try:  # imageData is read again here, not kept: labelme embeds every image in its JSON by default
+            image = cv2.imdecode(np.frombuffer(base64.b64decode(read_json(path, "labelme file")["imageData"],
+                                                                validate=True), np.uint8), cv2.IMREAD_COLOR)
+        except (binascii.Error, ValueError):
+            image = None
         if image is None:
-            raise DatasetError(f"{path}: imageData is not a readable image and {image_path} does not exist")
+            raise DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
+                               "put the image beside the JSON file")
         return image
 
     def __getitem__(self, index: int) -> Sample:
-        path, (data, shapes) = self.files[index], self._records[index]
+        path, record = self.files[index], self._records[index]
         image = self._image(index)
         h, w = image.shape[:2]
-        if (data["imageHeight"], data["imageWidth"]) != (h, w):
-            raise DatasetError(f"{path}: image is {w}x{h} but the file says "
-                               f"{data['imageWidth']}x{data['imageHeight']}")
-        groups: dict[Any, tuple[int, np.ndarray]] = {}
-        for k, shape in enumerate(shapes):
+        if (record.height, record.width) != (h, w):
+            raise DatasetError(f"{path}: image is {w}x{h} but the file says {record.width}x{record.height} "
+                               "(imageWidth x imageHeight); annotate this image again or put back the one annotated")
+        groups: dict[Any, tuple[int, np.ndarray, str]] = {}
+        for k, shape in enumerate(record.shapes):
             cls = self._class_of(shape.label, shape.where)
             number = split_label(shape.label)[1] if shape.label not in self._class_index else None
             key = (cls, "g", shape.group_id) if shape.group_id is not None else (
                 (cls, "n", number) if number is not None else (k,))
             if key not in groups:
-                groups[key] = (cls, np.zeros((h, w), np.uint8))
+                groups[key] = (cls, np.zeros((h, w), np.uint8), shape.where)
             _rasterise(shape, groups[key][1])
-        masks = np.array([m.astype(bool) for _, m in groups.values()], bool).reshape(-1, h, w)
+        empty = [where for _, m, where in groups.values() if not m.any()]
+        if empty:
+            warnings.warn(f"{path}: left out {len(empty)} shapes that cover no pixel centre "
+                          f"(e.g. {empty[0].rsplit(': ', 1)[-1]})", stacklevel=2)
+        kept = [(c, m) for c, m, _ in groups.values() if m.any()]
+        masks = np.array([m.astype(bool) for _, m in kept], bool).reshape(-1, h, w)
         return Sample(image=image, boxes=masks_to_boxes(masks), masks=masks,
-                      class_ids=np.array([c for c, _ in groups.values()], np.int64))
+                      class_ids=np.array([c for c, _ in kept], np.int64))
+
+
+def _find_image(path: Path, data: dict, moved: list[str]) -> Path | None:
+    """The image file of the labelme file ``path`` (see the module docstring), None for its imageData,
+    or the (missing) file ``imagePath`` names."""
+    named = data.get("imagePath")
+    named = str(named).replace("\\", "/") if isinstance(named, str) and named.strip() else None
+    if named and (path.parent / named).is_file():
+        return path.parent / named
+    candidates = [path.parent / named.rsplit("/", 1)[-1]] if named else []
+    if not data.get("imageData"):
+        candidates += [path.with_suffix(s) for s in IMAGE_SUFFIXES]
+    for candidate in candidates:
+        if candidate.is_file():
+            if named:
+                moved.append(f"{path.name}: {named} -> {candidate.name}")
+            return candidate
+    if data.get("imageData"):
+        return None
+    return path.parent / named if named else path.with_suffix(".png")
+
+
+def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
+    """The shape ``s``, or a line saying why it is no instance (skipped with a warning);
+    ``DatasetError`` for a malformed shape."""
+    if not isinstance(s, dict):
+        raise DatasetError(f"{where}: a shape should be an object")
+    for key in ("label", "points"):
+        if key not in s:
+            raise DatasetError(f"{where}: missing key {key!r}")
+    kind = s.get("shape_type") or "polygon"
+    try:
+        points = np.asarray(s["points"], dtype=np.float64).reshape(-1, 2)
+    except (ValueError, TypeError):
+        raise DatasetError(f"{where}: points should be a list of [x, y] pairs") from None
+    if not np.isfinite(points).all():
+        raise DatasetError(f"{where}: points contain NaN or infinity")
+    label = "" if s["label"] is None else str(s["label"]).strip()
+    if not label:
+        return f"{where}: no label"
+    if kind not in _NEED:
+        return f"{where}: {kind} has no area"
+    if len(points) < _NEED[kind] or (kind in ("circle", "mask") and len(points) != _NEED[kind]):
+        return f"{where}: {kind} with {len(points)} points (need {_NEED[kind]})"
+    if np.abs(points).max() > _FAR:
+        return f"{where}: points beyond {_FAR:.0e} pixels"
+    mask = None
+    if kind == "mask":
+        try:
+            buf = np.frombuffer(base64.b64decode(s.get("mask") or b"", validate=True), np.uint8)
+        except (binascii.Error, ValueError, TypeError):
+            buf = np.zeros(0, np.uint8)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+        if decoded is None:
+            raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
+                               "delete the shape or draw it again in labelme")
+        mask = decoded > 0
+        lo, hi = points[0], points[0] + (mask.shape[1] - 1, mask.shape[0] - 1)
+        if not mask.any():
+            return f"{where}: empty mask"
+    elif kind == "circle":
+        r = float(np.hypot(*(points[1] - points[0])))
+        if r < 0.5:
+            return f"{where}: circle of radius {r:g}"
+        lo, hi = points[0] - r, points[0] + r
+    else:
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        if kind == "rectangle" and (hi - lo).min() == 0:
+            return f"{where}: rectangle of zero width or height"
+        if kind == "polygon" and np.linalg.matrix_rank(points - points[0]) < 2:
+            return f"{where}: polygon of zero area (its points lie on a line)"
+    if hi[0] < -0.5 or hi[1] < -0.5 or lo[0] > width - 0.5 or lo[1] > height - 0.5:
+        return f"{where}: {kind} outside the {width}x{height} image"
+    gid = s.get("group_id")
+    return _Shape(label, points, kind, None if gid is None else json.dumps(gid, sort_keys=True), mask, where)
 
 
 def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:
