@@ -11,7 +11,9 @@
 #       -d .whl pycocotools==2.0.11 av==18.1.0
 #     mkdir .official && git --git-dir /work/.mirror/dbolya+yolact/repo archive HEAD '*.py' | tar -x -C .official
 #
-# Stages (each with its own time limit; everything small lands in $OUT/results.tgz, at most 8 files return):
+# Stages (each with its own time limit). Logs and JSON are written to a work folder and packed into
+# $OUT/results.tgz after every stage (at most 8 files come back, and a run cut off by the device tool
+# still returns what its finished stages wrote):
 # 0. wheels in .whl/ installed to /tmp/site
 # 1. env.txt: GPU, driver, library versions, which optional imports work
 # 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu, and at the same time, if RTSEG_DEVICE_TRAIN_S > 0, the
@@ -32,6 +34,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
 mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+pack() { tar czf "$OUT/results.tgz.tmp" -C "$WORK" . 2>/dev/null && mv -f "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 BUDGET="${RTSEG_DEVICE_BUDGET_S:-540}"
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
@@ -67,8 +71,9 @@ try:
 except Exception:
     pass
 EOF
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} > "$WORK/env.txt" 2>&1
+cat "$WORK/env.txt"
+pack
 
 # Demo-model training (background) while the GPU tests run.
 TRAIN_S="${RTSEG_DEVICE_TRAIN_S:-0}"
@@ -82,7 +87,7 @@ if [ "$TRAIN_S" -gt 0 ]; then
     --init engines/yolact_demo.safetensors --batch-size 16 --lr 4e-3 --warmup 100 --lr-steps 0.6,0.85 \
     --expand-max 1.5 --iters 20000 --time-budget "$(python3 -c "print($TRAIN_S / 60)")" \
     --workers 12 --threads 2 --val-every 0 --val-images 100 --ckpt-every 0 --half --device cuda \
-    --work-dir "$TRAIN_DIR" --out "$TRAIN_DIR/yolact_demo.safetensors" > "$OUT/train.log" 2>&1 &
+    --work-dir "$TRAIN_DIR" --out "$TRAIN_DIR/yolact_demo.safetensors" > "$WORK/train.log" 2>&1 &
   TRAIN_PID=$!
 fi
 
@@ -91,13 +96,14 @@ T_TEST=$(( $(left) < 240 ? $(left) - 30 : 240 ))
 echo "== pytest -m gpu (limit ${T_TEST}s)"
 RTSEG_REQUIRE_CUDA=1 timeout --signal=INT --kill-after=10 "$T_TEST" \
   "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
-  tests > "$OUT/pytest_gpu.log" 2>&1
-echo "pytest exit code $?" >> "$OUT/pytest_gpu.log"
-tail -n 40 "$OUT/pytest_gpu.log"
+  tests > "$WORK/pytest_gpu.log" 2>&1
+echo "pytest exit code $?" >> "$WORK/pytest_gpu.log"
+tail -n 40 "$WORK/pytest_gpu.log"
+pack
 
 if [ -n "$TRAIN_PID" ]; then
-  wait "$TRAIN_PID"; echo "train exit code $?" >> "$OUT/train.log"
-  tail -n 8 "$OUT/train.log"
+  wait "$TRAIN_PID"; echo "train exit code $?" >> "$WORK/train.log"
+  tail -n 8 "$WORK/train.log"
   if [ -f "$TRAIN_DIR/yolact_demo.safetensors" ]; then
     cp "$TRAIN_DIR/yolact_demo.json" "$OUT/"
     split -b 15M -d "$TRAIN_DIR/yolact_demo.safetensors" "$OUT/yolact_demo.safetensors.part-"
@@ -110,10 +116,11 @@ TRAIN_STEP_S="${RTSEG_TRAIN_STEP_S:-90}"
 if [ "$TRAIN_STEP_S" -gt 0 ]; then
   echo "== train_step"
   timeout --kill-after=5 "$TRAIN_STEP_S" "$PY" -m benchmarks.train_step --device cuda --result train_step_gpu \
-    > "$OUT/train_step.log" 2>&1
-  echo "train_step exit code $?" >> "$OUT/train_step.log"
-  cp benchmarks/results/train_step_gpu.json "$OUT/" 2>/dev/null
-  tail -n 4 "$OUT/train_step.log"
+    > "$WORK/train_step.log" 2>&1
+  echo "train_step exit code $?" >> "$WORK/train_step.log"
+  cp benchmarks/results/train_step_gpu.json "$WORK/" 2>/dev/null
+  tail -n 4 "$WORK/train_step.log"
+  pack
 fi
 
 # Benchmark: stop starting configurations 40 s before its end, hard-kill 10 s before it.
@@ -125,38 +132,45 @@ PROF_S="${RTSEG_PROFILE_S:-0}"
 T_BENCH=$(( $(left) - 10 - SIDE_S - PIPE_S - PROF_S ))
 if [ "$T_BENCH" -gt 60 ]; then
   echo "== gpu_fastpath (limit ${T_BENCH}s)"
-  timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$OUT/gpu_fastpath.json" \
-    --budget-s $(( T_BENCH - 40 )) ${RTSEG_BENCH_ARGS:-} > "$OUT/gpu_fastpath.log" 2>&1
-  echo "gpu_fastpath exit code $?" >> "$OUT/gpu_fastpath.log"
-  tail -n 30 "$OUT/gpu_fastpath.log"
+  timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$WORK/gpu_fastpath.json" \
+    --budget-s $(( T_BENCH - 40 )) ${RTSEG_BENCH_ARGS:-} > "$WORK/gpu_fastpath.log" 2>&1
+  echo "gpu_fastpath exit code $?" >> "$WORK/gpu_fastpath.log"
+  tail -n 30 "$WORK/gpu_fastpath.log"
+  pack
 else
-  echo "no time left for the benchmark" | tee "$OUT/gpu_fastpath.log"
+  echo "no time left for the benchmark" | tee "$WORK/gpu_fastpath.log"
 fi
+T_SIDE=$(( $(left) - 5 - PIPE_S - PROF_S ))
+[ "$T_SIDE" -gt 30 ] || SIDE_S=0
 if [ "$SIDE_S" -gt 0 ]; then
-  T_SIDE=$(( $(left) - 5 - PIPE_S - PROF_S ))
   echo "== official_side_by_side (limit ${T_SIDE}s)"
   timeout --kill-after=5 "$T_SIDE" "$PY" -m benchmarks.official_side_by_side --official .official \
-    --out "$OUT/side_by_side.json" > "$OUT/side_by_side.log" 2>&1
-  echo "side_by_side exit code $?" >> "$OUT/side_by_side.log"
-  tail -n 12 "$OUT/side_by_side.log"
+    --out "$WORK/side_by_side.json" > "$WORK/side_by_side.log" 2>&1
+  echo "side_by_side exit code $?" >> "$WORK/side_by_side.log"
+  tail -n 12 "$WORK/side_by_side.log"
+  pack
 fi
+T_PIPE=$(( $(left) - 15 - PROF_S ))
+[ "$T_PIPE" -gt 30 ] || PIPE_S=0
 if [ "$PIPE_S" -gt 0 ]; then
-  T_PIPE=$(( $(left) - 15 - PROF_S ))
   echo "== pipeline_efficiency 1080p (limit ${T_PIPE}s)"
   timeout --kill-after=5 "$T_PIPE" "$PY" benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 \
-    --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu > "$OUT/pipeline.log" 2>&1
-  echo "pipeline exit code $?" >> "$OUT/pipeline.log"
-  cp benchmarks/results/pipeline_efficiency_gpu.json "$OUT/" 2>/dev/null
-  tail -n 6 "$OUT/pipeline.log"
+    --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu > "$WORK/pipeline.log" 2>&1
+  echo "pipeline exit code $?" >> "$WORK/pipeline.log"
+  cp benchmarks/results/pipeline_efficiency_gpu.json "$WORK/" 2>/dev/null
+  tail -n 6 "$WORK/pipeline.log"
+  pack
 fi
+T_PROF=$(( $(left) - 10 ))
+[ "$T_PROF" -gt 30 ] || PROF_S=0
 if [ "$PROF_S" -gt 0 ]; then
-  T_PROF=$(( $(left) - 10 ))
   echo "== engine_profile (limit ${T_PROF}s)"
-  timeout --kill-after=5 "$T_PROF" "$PY" -m benchmarks.engine_profile --out "$OUT/engine_profile.json" \
-    --backends compile_fp16 eager_fp16_cl > "$OUT/engine_profile.log" 2>&1
-  echo "engine_profile exit code $?" >> "$OUT/engine_profile.log"
-  head -n 3 "$OUT/engine_profile.log"
+  timeout --kill-after=5 "$T_PROF" "$PY" -m benchmarks.engine_profile --out "$WORK/engine_profile.json" \
+    --backends compile_fp16 eager_fp16_cl > "$WORK/engine_profile.log" 2>&1
+  echo "engine_profile exit code $?" >> "$WORK/engine_profile.log"
+  head -n 3 "$WORK/engine_profile.log"
 fi
 rm -rf "$RTSEG_ENGINE_CACHE"
-(cd "$OUT" && tar czf results.tgz --remove-files ./*.txt ./*.log ./*.json 2>/dev/null)
+pack
+rm -rf "$WORK"
 echo "== done in $(( $(date +%s) - START )) s; files in $OUT"

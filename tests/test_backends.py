@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.utils._pytree import tree_leaves
 
 from rtseg.engines import backends
@@ -325,8 +326,10 @@ def test_gpu_compile_engine_one_graph_forward_matches_eager() -> None:
     ref = YolactEngine.from_weights(weights, device="cuda", score_threshold=0.3)
     scene = SyntheticScene(41, num_frames=40, width=640, height=480)
     f1, f2 = scene.frame(5)[0], scene.frame(30)[0]
+    skips = counters["inductor"]["cudagraph_skips"]
     for _ in range(3):  # warm-up: record, then replay the graph
         eng(f1)
+    assert counters["inductor"]["cudagraph_skips"] == skips, "inductor ran the graph without CUDA graphs"
     d1 = eng(f1)
     masks1 = d1.masks.copy()
     d2 = eng(f2)  # replays the graph: must not change d1's device tensors (masks are recomputed from them)

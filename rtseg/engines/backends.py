@@ -43,6 +43,8 @@ BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
 #: batch 1, network only, p50: R-50 @ 550 eager 396 ms vs ORT 252 ms (1.57x); resnet18 @ 320
 #: demo-like config eager 33.1 ms vs ORT 18.9 ms (1.75x). Outputs equal within 1e-7.
 CPU_AUTO = "onnx"
+#: ``torch.compile`` modes that replay CUDA graphs (their outputs live in memory the next replay overwrites).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: Largest batch the exported / compiled graphs are built for.
 MAX_BATCH = 16
 #: Environment variable that overrides the cache folder.
@@ -137,8 +139,8 @@ class TorchBackend:
     """Runs a torch module on the device as is (eager) or through ``torch.compile``, fp16 / channels_last aware.
 
     module: the network on the device (already fp16 / channels_last when ``half`` / ``channels_last``).
-    compile_options: keyword arguments of ``torch.compile`` (None: eager). With ``mode="reduce-overhead"``
-    (CUDA graphs) outputs are copied out of the graph's memory pool, which the next replay overwrites.
+    compile_options: keyword arguments of ``torch.compile`` (None: eager). With a CUDA-graph mode
+    (``CUDA_GRAPH_MODES``) outputs are copied out of the graph's memory pool, which the next replay overwrites.
     """
 
     def __init__(self, *, name: str, module: nn.Module, half: bool, channels_last: bool,
@@ -148,7 +150,7 @@ class TorchBackend:
         self.half = half
         self.channels_last = channels_last
         self.compile_options = dict(compile_options) if compile_options is not None else None
-        self.cuda_graphs = self.compile_options is not None and self.compile_options.get("mode") == "reduce-overhead"
+        self.cuda_graphs = self.compile_options is not None and self.compile_options.get("mode") in CUDA_GRAPH_MODES
         self._run = self.then(lambda outputs: outputs)
 
     @property

@@ -126,7 +126,6 @@ class YolactEngine(StagedEngine):
         self.backend = make_backend(self.net, name=backend, device=self._dev, input_size=self.cfg.input_size,
                                     config=self.cfg, precision=precision, calibration_dir=calibration_dir)
         self._resident: list[tuple[np.ndarray, torch.Tensor]] = []  # (host frame, its device copy), last batch
-        self._pinned: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.cuda.Event]] = {}
 
     @classmethod
     def from_config(cls, cfg: YolactConfig, **kwargs) -> "YolactEngine":
@@ -156,8 +155,8 @@ class YolactEngine(StagedEngine):
         """
         s = self.cfg.input_size
         batch, resident = [], []
-        for slot, img in enumerate(images):
-            t = self._upload(img, slot)
+        for img in images:
+            t = self._upload(img)
             if self.device_overlay:
                 resident.append((img, t))
             batch.append(F.interpolate(t.permute(2, 0, 1)[None].float(), (s, s), mode="bilinear", align_corners=False))
@@ -181,20 +180,16 @@ class YolactEngine(StagedEngine):
         x = (x - self._mean) / self._std
         return x[:, [2, 1, 0]].contiguous()
 
-    def _upload(self, img: np.ndarray, slot: int) -> torch.Tensor:
-        """(H, W, 3) uint8 host frame → the same on the device (CUDA: via a pinned buffer, non-blocking)."""
+    def _upload(self, img: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 host frame → the same on the device (CUDA: via page-locked memory, non-blocking).
+
+        The page-locked copy comes from torch's caching host allocator, which reuses a block only after the
+        copies queued from it have finished (and keeps a bounded set of size classes, whatever the frame sizes).
+        """
         host = host_tensor(img)
         if self._dev.type != "cuda":
             return host.to(self._dev)
-        key = (slot, tuple(host.shape))
-        if key not in self._pinned:
-            self._pinned[key] = (torch.empty(host.shape, dtype=torch.uint8).pin_memory(), torch.cuda.Event())
-        staging, copied = self._pinned[key]
-        copied.synchronize()  # the previous frame of this slot has left the staging buffer
-        staging.copy_(host)
-        out = staging.to(self._dev, non_blocking=True)
-        copied.record()
-        return out
+        return host.pin_memory().to(self._dev, non_blocking=True)
 
     @property
     def backend(self) -> Backend:

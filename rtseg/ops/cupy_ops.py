@@ -47,11 +47,19 @@ def _kernel(source: str, name: str) -> Any:
 
 
 def _launch(kernel: Any, grid: tuple[int, ...], args: tuple[Any, ...]) -> None:
-    """Run ``kernel`` on torch's current CUDA stream; tensor arguments are passed as device pointers."""
+    """Run ``kernel`` on torch's current CUDA stream of the tensors' device; tensor arguments are passed as
+    device pointers.
+
+    The DLPack hand-over happens inside the stream block: CuPy then asks torch for the tensors on that very
+    stream (outside it, CuPy names its null stream and torch makes its default stream wait for the current one,
+    which stalled the inference stream behind the annotate stream's blend).
+    """
     import cupy
 
-    conv = tuple(cupy.from_dlpack(a.detach()) if isinstance(a, torch.Tensor) else a for a in args)
-    with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+    dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with torch.cuda.device(dev), cupy.cuda.Device(dev.index), \
+            cupy.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream):
+        conv = tuple(cupy.from_dlpack(a.detach()) if isinstance(a, torch.Tensor) else a for a in args)
         kernel(grid, (THREADS,), conv)
 
 
