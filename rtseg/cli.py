@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.backends import BACKENDS
 from rtseg.engines.choose import TORCHVISION, load_weights_engine, resolve_engine
-from rtseg.errors import ConfigError, RtsegError, WeightsError
+from rtseg.errors import ConfigError, RtsegError, WeightsError, exit_status
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
@@ -316,20 +316,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit code (0 ok, 2 user error, 130 second Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in SUBCOMMANDS:
-            return _subcommand(argv[0], argv[1:])
-        if not argv:
-            from rtseg.demo import run_demo
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommand(argv[0], argv[1:])
+    if not argv:
+        from rtseg.demo import run_demo
 
-            return run_demo([])
-        return run(build_parser().parse_args(argv))
-    except RtsegError as exc:
-        print(f"rtseg: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rtseg: interrupted", file=sys.stderr)
-        return 130
+        return exit_status("rtseg", lambda: run_demo([]))
+    return exit_status("rtseg", lambda: run(build_parser().parse_args(argv)))
 
 
 def _subcommand(name: str, argv: list[str]) -> int:
@@ -338,5 +331,7 @@ def _subcommand(name: str, argv: list[str]) -> int:
     elif name == "eval":
         from rtseg.eval.cli import main as sub
     else:
-        from rtseg.demo import run_demo as sub
+        from rtseg.demo import run_demo
+
+        return exit_status("rtseg", lambda: run_demo(argv))
     return sub(argv)

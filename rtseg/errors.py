@@ -8,8 +8,9 @@ traceback.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 class RtsegError(Exception):
@@ -36,6 +37,10 @@ class DatasetError(RtsegError):
     """An annotation file or image of a data set is malformed or unreadable."""
 
 
+class RtsegWarning(UserWarning):
+    """Something a user should know that does not stop the work (one line: what, where, what was done)."""
+
+
 def make_folder(option: str, folder: str | Path) -> Path:
     """Create ``folder`` (and its parents) for the output of ``option``; ConfigError when a file stands there or
     the folder cannot be made, so that a bad path fails before any work, not after it."""
@@ -55,15 +60,26 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
-def exit_status(prog: str, fn: Callable[[], object]) -> int:
-    """Run ``fn``: 0 when it returns, 2 after printing ``prog: error: <line>`` for an RtsegError,
-    130 after ``prog: interrupted`` on Ctrl-C (no traceback)."""
-    try:
-        fn()
-    except RtsegError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+def exit_status(prog: str, fn: Callable[[], Any]) -> int:
+    """Run ``fn``: its return value when that is an int, else 0; 2 after printing ``prog: error: <line>`` for an
+    RtsegError, 130 after ``prog: interrupted`` on Ctrl-C (no traceback). Meanwhile an :class:`RtsegWarning`
+    prints as ``prog: warning: <line>`` (not as Python's ``file:line: UserWarning`` with a source line)."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, RtsegWarning):
+                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        try:
+            code = fn()
+        except RtsegError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0

@@ -227,6 +227,23 @@ def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_cli_data_set_warnings_are_one_line(tiny_weights, tmp_path, capsys):
+    """A shape left out of a labelme folder is reported as ``rtseg eval: warning: …`` (not as Python's
+    ``file:line: UserWarning`` followed by a source line) and the evaluation goes on."""
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((20, 20, 3), np.uint8))
+    shapes = [{"label": CLASSES[0], "points": [[1, 1], [9, 1], [9, 9]]},
+              {"label": CLASSES[0], "points": [[1, 1], [9, 9]], "shape_type": "line"}]
+    (folder / "a.json").write_text(json.dumps({"shapes": shapes, "imagePath": "a.png", "imageHeight": 20,
+                                               "imageWidth": 20}))
+    assert main(["--weights", str(tiny_weights), "--data", f"labelme:{folder}"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "left out 1 shapes" in line]
+    assert len(warned) == 1 and warned[0].startswith("rtseg eval: warning: "), err
+    assert "UserWarning" not in err and "LabelmeDataset(" not in err
+
+
 def test_cli_torchvision_fcn_needs_its_cached_file(tmp_path, monkeypatch, capsys):
     """torchvision:fcn_resnet50 is evaluated only with torchvision's pretrained file in the torch cache
     (an empty cache here: the pretrained path itself cannot be tested without that file)."""

@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rtseg.data.dataset import Sample, masks_to_boxes, read_image, read_json, skipped_warning
-from rtseg.errors import DatasetError
+from rtseg.errors import DatasetError, RtsegWarning
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -182,7 +182,7 @@ class CocoDataset:
             else:
                 self._anns[ann["image_id"]].append(ann)
         if skipped:
-            warnings.warn(skipped_warning(self.path, "annotations", skipped), stacklevel=2)
+            warnings.warn(skipped_warning(self.path, "annotations", skipped), RtsegWarning, stacklevel=2)
         self._cat_to_class = cat_to_class
         if not any(self.include_crowd or not a.get("iscrowd", 0) for v in self._anns.values() for a in v):
             raise DatasetError(f"{self.path}: no {'' if include_crowd else 'non-crowd '}annotations with a mask, so "

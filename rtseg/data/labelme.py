@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from rtseg.data.dataset import Sample, masks_to_boxes, read_image, read_json, skipped_warning
-from rtseg.errors import DatasetError
+from rtseg.errors import DatasetError, RtsegWarning
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -112,9 +112,9 @@ class LabelmeDataset:
                                "nor imageData; add the images or remove their JSON files")
         if moved:
             warnings.warn(f"{self.folder}: {len(moved)} JSON files name an image that is not there; used the image "
-                          f"beside the JSON instead (e.g. {'; '.join(moved[:3])})", stacklevel=2)
+                          f"beside the JSON instead (e.g. {'; '.join(moved[:3])})", RtsegWarning, stacklevel=2)
         if skipped:
-            warnings.warn(skipped_warning(self.folder, "shapes", skipped), stacklevel=2)
+            warnings.warn(skipped_warning(self.folder, "shapes", skipped), RtsegWarning, stacklevel=2)
         if skipped and not any(r.shapes for r in self._records):
             raise DatasetError(f"{self.folder}: all {len(skipped)} shapes in the {len(self.files)} JSON files were "
                                "left out (see the warning), so nothing to train or evaluate on; annotate objects "
@@ -202,7 +202,7 @@ class LabelmeDataset:
         empty = [where for _, m, where in groups.values() if not m.any()]
         if empty:
             warnings.warn(f"{path}: left out {len(empty)} shapes that cover no pixel centre "
-                          f"(e.g. {empty[0].rsplit(': ', 1)[-1]})", stacklevel=2)
+                          f"(e.g. {empty[0].rsplit(': ', 1)[-1]})", RtsegWarning, stacklevel=2)
         kept = [(c, m) for c, m, _ in groups.values() if m.any()]
         masks = np.array([m.astype(bool) for _, m in kept], bool).reshape(-1, h, w)
         return Sample(image=image, boxes=masks_to_boxes(masks), masks=masks,

@@ -16,7 +16,7 @@ from torch import nn
 
 from rtseg.engines.base import frames_as_list
 from rtseg.engines.options import check_int, resolve_device
-from rtseg.errors import ConfigError, WeightsError
+from rtseg.errors import ConfigError, RtsegWarning, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
 from rtseg.weights import load_into, load_model, save_model
@@ -87,7 +87,7 @@ class FcnEngine:
             model, pretrained = torchvision_fcn(arch, num_classes)
             if not pretrained:
                 warnings.warn(f"fcn: torchvision's pretrained {arch} file is not in the torch cache (nothing is "
-                              "downloaded): this engine has RANDOM weights, for training only", stacklevel=3)
+                              "downloaded): this engine has RANDOM weights, for training only", RtsegWarning, stacklevel=3)
             names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
             kwargs.setdefault("class_names", names)
             return cls(model=_OutOnly(model, num_classes), pretrained=pretrained, **kwargs)
