@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -285,6 +286,28 @@ def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     assert main(["--data", "synthetic", "--train-images", "8", "--input-size", "64", "--iters", "2",
                  "--resume", str(tmp_path / "none.pth"), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_resuming_a_run_of_other_classes_or_options_names_the_differences(tmp_path) -> None:
+    """A checkpoint of a run with other classes / model options: the differences, in the run's own terms,
+    instead of the model's mis-shaped tensors; a checkpoint of another trainer names the trainers."""
+    from rtseg.train.checkpoint import save_checkpoint
+
+    data = _frames(4)
+    path = _trainer(data, 2, tmp_path / "a").save_checkpoint()
+    two = ListDataset(data.samples)
+    two.class_names = ("cat", "dog")
+    other = Trainer(model=Yolact(replace(TINY, num_classes=2, fpn_channels=16)), train_set=two, val_set=None,
+                    config=TrainConfig(iters=2, num_workers=0), work_dir=tmp_path / "b")
+    with pytest.raises(WeightsError) as info:
+        other.load_checkpoint(path)
+    message = str(info.value)
+    assert "num_classes 6 in the checkpoint, 2 now" in message and "fpn_channels 32 in the checkpoint, 16 now" in message
+    assert "class_names" in message and "mis-shaped" not in message
+    _trainer(data, 2, tmp_path / "c").load_checkpoint(path)  # the same run's options: resumes
+    fcn_like = save_checkpoint(tmp_path / "fcn.pth", step=1, parts={"model": Yolact(TINY)})  # no scaler
+    with pytest.raises(WeightsError, match="lacks optimizer, scaler: .* rtseg.train.fcn_trainer"):
+        other.load_checkpoint(fcn_like)
 
 
 

@@ -87,10 +87,13 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     return results
 
 
-def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: torch.device | str = "cpu",
+                    expect: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restore every part and torch's CPU random state from a :func:`save_checkpoint` file; returns
     the whole dict (``step``, extras).
 
+    expect: extras this run must share with the checkpoint's (e.g. ``config``, ``class_names``); one that
+    differs is a WeightsError naming the differences, before anything loads.
     The part named ``model`` is loaded strictly (WeightsError naming missing / mis-shaped keys).
     A missing, unreadable or foreign file is a WeightsError.
     """
@@ -104,7 +107,15 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
                            "is it a checkpoint.pth of an rtseg training run?") from None
     missing = [name for name in ("step", *parts) if not isinstance(state, dict) or name not in state]
     if missing:
-        raise WeightsError(f"checkpoint {p} lacks {', '.join(missing)}: not a checkpoint of this trainer")
+        raise WeightsError(f"checkpoint {p} lacks {', '.join(missing)}: not a checkpoint of this trainer (YOLACT runs "
+                           "continue with rtseg train --resume, FCN / MS R-CNN runs with python -m "
+                           "rtseg.train.fcn_trainer / msrcnn_trainer --resume)")
+    differences = [d for key, want in (expect or {}).items() if key in state
+                   for d in _differences(key, state[key], want)]
+    if differences:
+        raise WeightsError(f"checkpoint {p} was written by a run with other data or options ({'; '.join(differences[:4])}"
+                           f"{'; …' if len(differences) > 4 else ''}); resume with that run's data and options "
+                           "(printed when it stopped) or train afresh without --resume")
     for name, part in parts.items():
         if name == "model" and isinstance(part, torch.nn.Module):
             load_into(part, state[name], str(p))
@@ -113,6 +124,23 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
     if "torch_rng" in state:  # absent in checkpoints of older rtseg versions
         torch.set_rng_state(state["torch_rng"].cpu())
     return state
+
+
+def _differences(key: str, saved: Any, wanted: Any) -> list[str]:
+    """``"<field> <saved> in the checkpoint, <wanted> now"`` for each field of a dict (one line for other values)."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        return [f"{k} {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now" for k in sorted(set(saved) | set(wanted))
+                if _plain(saved.get(k)) != _plain(wanted.get(k))]
+    return [] if _plain(saved) == _plain(wanted) else [f"{key} {saved!r} in the checkpoint, {wanted!r} now"]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists (a config saved and loaded again compares equal to itself)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def resume_step(checkpoint: str | Path | None, resume: bool, *, parts: dict[str, Stateful],

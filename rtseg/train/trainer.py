@@ -207,7 +207,7 @@ class Trainer:
         """
         parts = self._parts()
         del parts["scheduler"]  # rebuilt from this trainer's config below
-        self.step = int(load_checkpoint(path, parts=parts, device=self.device)["step"])
+        self.step = int(load_checkpoint(path, parts=parts, device=self.device, expect=self._checkpoint_extras())["step"])
         if self.step > self.config.iters:
             raise ConfigError(f"checkpoint {path} is at step {self.step}, past --iters {self.config.iters}; "
                               f"give --iters {self.step} or more to continue it")
