@@ -265,14 +265,16 @@ def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
 
 def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:
     """``exc`` with its line extended by the files a failed run kept: finished outputs, and the
-    ``.partial`` file of an output whose own write failed."""
+    ``.partial`` file of an output whose own write failed (not when no frame was written, nor a file
+    the line already names)."""
     kept = []
     for s in sinks:
         for f in (getattr(s, "partial", None), getattr(s, "path", None)):
             if isinstance(f, Path) and f.exists():
                 kept.append(str(f))
                 break
-    if not kept:
+    kept = [f for f in kept if f not in str(exc)]
+    if not kept or frames == 0:
         return exc
     return type(exc)(f"{exc}; the {frames} frames written before it are kept in {', '.join(kept)}")
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -397,3 +398,149 @@ def test_window_sink_without_display_is_one_line_error(monkeypatch):
     with pytest.raises(SinkError) as info:
         WindowSink("rtseg")
     assert "\n" not in str(info.value) and ("no display" in str(info.value) or "no GUI" in str(info.value))
+
+
+# --- ugly conditions: folders as outputs, two runs on one output, full disks, stalled readers ----------------
+
+
+def test_an_output_path_that_is_a_folder_is_refused_before_the_run(tmp_path):
+    """Was: the MP4 and COCO sinks recorded the whole run, then failed at the rename (and the COCO error then
+    claimed the frames were 'kept in' the folder)."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    for name, make in (("d.mp4", lambda p: Mp4Sink(p, fps_hint=25)), ("d.png", ImageSink), ("d.jsonl", JsonlSink),
+                       ("d.json", CocoJsonSink)):
+        (tmp_path / name).mkdir()
+        with pytest.raises(SinkError, match=re.escape(f"{tmp_path / name}: is a folder; give a file name such as "
+                                                      f"{tmp_path / name / ('out' + Path(name).suffix)}")):
+            make(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.jsonl", "d.mp4", "d.png"]  # nothing created
+
+
+def test_two_runs_on_one_mp4_or_jsonl_the_second_is_refused(tmp_path):
+    """Was: a second JSON Lines writer truncated the first run's file (which still reported success); a second
+    MP4 run was told the live recording of the first was 'left from an interrupted recording'."""
+    first = Mp4Sink(tmp_path / "o.mp4", fps_hint=25)
+    f = _frame(0, 0.0)
+    first.write(f, None, f.image)
+    with pytest.raises(SinkError, match="another run is recording to o.partial.mp4 right now; choose another path"):
+        Mp4Sink(tmp_path / "o.mp4", fps_hint=25)
+    first.close()
+    assert len(_decode_video(tmp_path / "o.mp4")[2]) == 1
+    Mp4Sink(tmp_path / "o.mp4", fps_hint=25).close()  # free again once the first is done
+    lines = JsonlSink(tmp_path / "o.jsonl")
+    lines.write(f, Detections.empty((120, 160), ["a"]), f.image)
+    with pytest.raises(SinkError, match="another run is writing it right now"):
+        JsonlSink(tmp_path / "o.jsonl")
+    lines.close()
+    assert json.loads((tmp_path / "o.jsonl").read_text())["seq"] == 0  # not truncated by the refused second run
+    JsonlSink(tmp_path / "o.jsonl").close()
+
+
+def test_mp4_without_room_for_the_remuxed_copy_moves_the_finished_recording(tmp_path):
+    """Finalising writes a second (faststart) copy; when that fails (a nearly full disk: the earlier behaviour
+    left only ``.partial`` and exit 2 after a complete run) the finished fragmented file becomes the output."""
+    out = tmp_path / "o.mp4"
+    sink = Mp4Sink(out, fps_hint=25)
+    (tmp_path / f".o.mp4.{os.getpid()}.tmp").mkdir()  # the remux target cannot be created
+    for i in range(30):
+        f = _frame(i, i / 25)
+        sink.write(f, None, f.image)
+    sink.close()
+    assert not sink.partial.exists()
+    _, pts, frames = _decode_video(out)
+    assert len(frames) == 30 and pts[-1] == pytest.approx(29 / 25, abs=1e-3)
+
+
+_FULL_DISK_RECORDER = textwrap.dedent(
+    """
+    import resource, signal, sys, numpy as np
+    from rtseg.errors import SinkError
+    from rtseg.types import Frame
+    from rtseg.video.sinks import ImageSink, Mp4Sink
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG (a full disk)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
+    rng = np.random.default_rng(0)
+    sink = Mp4Sink(sys.argv[1], fps_hint=25)
+    try:
+        for i in range(10_000):
+            img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+            sink.write(Frame(img, seq=i, pts=i / 25), None, img)
+    except SinkError as exc:
+        print(i, exc)
+    sink.abort()
+    try:
+        ImageSink(sys.argv[2]).write(Frame(img), None, rng.integers(0, 256, (800, 800, 3), dtype=np.uint8))
+    except SinkError as exc:
+        print(exc)
+    """
+)
+
+
+def test_full_disk_keeps_the_recording_up_to_the_failure_and_no_half_image(tmp_path):
+    script, out, image = tmp_path / "rec.py", tmp_path / "full.mp4", tmp_path / "big.png"
+    script.write_text(_FULL_DISK_RECORDER)
+    r = subprocess.run([sys.executable, str(script), str(out), str(image)], capture_output=True, text=True,
+                       timeout=120)
+    mp4_line, image_line = r.stdout.splitlines()
+    failed_at = int(mp4_line.split()[0])
+    assert "write failed (File too large); free space or choose another path" in mp4_line, r.stdout + r.stderr
+    assert image_line == f"image output {image}: write failed (File too large); free space or choose another " \
+                         "path (the images before it are kept)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.partial.mp4", "rec.py"]  # no half image, no tmp
+    pts = []  # decoded as a player does: the fragment cut short by the full disk is skipped
+    with av.open(str(tmp_path / "full.partial.mp4")) as c:
+        for packet in c.demux(c.streams.video[0]):
+            try:
+                pts += [float(f.pts * f.time_base) for f in packet.decode()]
+            except av.error.InvalidDataError:
+                break
+    assert pts[-1] >= failed_at / 25 - 1.0, f"kept up to {pts[-1]:.2f}s of {failed_at / 25:.2f}s"
+
+
+def test_jsonl_reader_that_stalls_ends_the_run_instead_of_blocking_it(tmp_path):
+    """`rtseg ... --json - | reader` whose reader stops reading: was a run that neither Ctrl-C nor SIGTERM could
+    end (the output thread blocked in write for ever). Now a SinkError after ``stall_timeout``."""
+    fifo = tmp_path / "d.jsonl"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def stalled_reader() -> None:
+        with open(fifo, "rb"):
+            opened.set()
+            time.sleep(8)
+
+    threading.Thread(target=stalled_reader, daemon=True).start()
+    sink = JsonlSink(fifo, stall_timeout=1.0)
+    opened.wait(10)
+    empty = Detections.empty((120, 160), ["a"])
+    t0 = time.monotonic()
+    with pytest.raises(SinkError, match=re.escape(f"JSON Lines output {fifo}: the reader took no data for 1s")):
+        for i in range(100_000):  # ~150 B lines: the pipe's 64 KiB fill after a few hundred
+            sink.write(_frame(i, i / 10), empty, None)
+    assert 1.0 <= time.monotonic() - t0 < 5.0
+
+
+def test_jsonl_reader_that_stalls_gives_up_at_once_when_the_run_stops(tmp_path):
+    """A stop request (Ctrl-C, SIGTERM: ``Pipeline.stop`` calls ``interrupt``) does not wait out the 30 s
+    ``stall_timeout`` of a write to a reader that takes no data: it gives up after 1 s."""
+    fifo = tmp_path / "d.jsonl"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def stalled_reader() -> None:
+        with open(fifo, "rb"):
+            opened.set()
+            time.sleep(20)
+
+    threading.Thread(target=stalled_reader, daemon=True).start()
+    sink = JsonlSink(fifo)  # stall_timeout 30 s
+    opened.wait(10)
+    empty = Detections.empty((120, 160), ["a"])
+    stopped = threading.Timer(2.0, sink.interrupt)
+    stopped.start()
+    t0 = time.monotonic()
+    with pytest.raises(SinkError, match="the reader took no data for 1s"):
+        for i in range(100_000):
+            sink.write(_frame(i, i / 10), empty, None)
+    assert 2.0 <= time.monotonic() - t0 < 6.0

@@ -1,6 +1,7 @@
 """Live web view: real HTTP server on loopback, MJPEG parsing, tokens, and the page in headless Chromium."""
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
@@ -267,3 +268,53 @@ def test_recorded_mp4_plays_in_chromium(browser, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_clients_that_send_nothing_or_read_nothing_are_dropped(monkeypatch):
+    """Idle connections (no request sent; a stream never read) each held a server thread for ever; now the
+    handler's socket timeout drops them, while a reading viewer keeps streaming and ``write`` never blocks."""
+    from rtseg.serve import server
+
+    monkeypatch.setattr(server._Handler, "timeout", 1.0)
+    sink = WebSink("127.0.0.1", 0)
+    silent = socket.create_connection(("127.0.0.1", sink.port))
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", sink.port))
+    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    rng = np.random.default_rng(0)
+    stop = threading.Event()
+
+    def feed() -> None:  # incompressible frames: the stalled viewer's socket buffers fill at once
+        while not stop.is_set():
+            sink.write(Frame(np.zeros((1, 1, 3), np.uint8)), None, rng.integers(0, 256, (240, 320, 3), np.uint8))
+            time.sleep(0.02)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        silent.settimeout(10)
+        assert silent.recv(1) == b""  # the server closed it (after ~1 s, not never)
+        time.sleep(2.5)  # the stalled viewer's send times out
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        stalled.settimeout(10)
+        deadline = time.monotonic() + 10
+        while stalled.recv(1 << 16):  # drains what was buffered, then EOF: the server gave the connection up
+            assert time.monotonic() < deadline, "the stalled viewer is still being served"
+        assert len(_read_parts(f"http://127.0.0.1:{sink.port}/stream.mjpg", 3)) == 3  # others still served
+    finally:
+        stop.set()
+        feeder.join(5)
+        silent.close()
+        stalled.close()
+        sink.close()
+
+
+def test_bad_bind_addresses_say_what_to_do():
+    with pytest.raises(SinkError, match=re.escape("web output 192.0.2.1:8080: cannot listen (Cannot assign requested "
+                                                  "address): not an address of this machine; bind 127.0.0.1")):
+        WebSink("192.0.2.1", 8080, token="t")  # TEST-NET-1: never a local address
+    with pytest.raises(SinkError, match=re.escape("web output [2001:db8::1]:8080: binding a non-loopback address")):
+        WebSink("2001:db8::1", 8080)
+    with pytest.raises(SinkError, match="unknown host: .*; give an IP address such as 127.0.0.1"):
+        WebSink("no-such-host.invalid", 8080, token="t")

@@ -111,6 +111,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = 20.0  # seconds a client may send nothing / take no data before its connection (and thread) is dropped
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         """Silence per-request logging (the pipeline owns the console)."""
@@ -180,6 +181,20 @@ class _Handler(BaseHTTPRequestHandler):
             return  # the viewer went away
 
 
+def _bind_problem(exc: OSError) -> str:
+    """What went wrong binding the server's address, and what to do (one line)."""
+    if exc.errno == errno.EADDRINUSE:
+        return "port in use; choose another port"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root); choose a port above 1023"
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+        return (f"cannot listen ({exc.strerror}): not an address of this machine; "
+                "bind 127.0.0.1, 0.0.0.0 (all interfaces, with --serve-token) or one of this machine's addresses")
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen (unknown host: {exc.strerror}); give an IP address such as 127.0.0.1"
+    return f"cannot listen ({exc.strerror}); choose another address or port"
+
+
 class WebSink:
     """Serve the live annotated video and stats at ``http://host:port/``.
 
@@ -200,17 +215,17 @@ class WebSink:
         stats_fn: Callable[[], dict] = dict,
         jpeg_quality: int = 80,
     ) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if not is_loopback(host) and not token:
-            raise SinkError(f"web output {host}:{port}: binding a non-loopback address needs a token; pass --serve-token T or bind 127.0.0.1")
+            raise SinkError(f"web output {where}: binding a non-loopback address needs a token; "
+                            "pass --serve-token T or bind 127.0.0.1")
         self.token = token or None
         self.stats_fn = stats_fn
         self.latest = _LatestFrame(jpeg_quality)
         try:
             self._server = _Server((host, port), self)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise SinkError(f"web output {host}:{port}: port in use; choose another port") from None
-            raise SinkError(f"web output {host}:{port}: cannot listen ({exc.strerror})") from None
+            raise SinkError(f"web output {where}: {_bind_problem(exc)}") from None
         self.host, self.port = host, int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="rtseg-web", daemon=True)

@@ -25,7 +25,10 @@ class CocoJsonSink:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        from rtseg.video.sink_mp4 import require_writable_folder  # not at import time: it loads PyAV
+
         self.path = Path(path)
+        require_writable_folder(self.path, "JSON output")
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self._file = open(self._tmp, "w", encoding="utf-8")
@@ -54,7 +57,8 @@ class CocoJsonSink:
             os.replace(self._tmp, self.path)
         except OSError as exc:
             self._tmp.unlink(missing_ok=True)
-            raise SinkError(f"JSON output {self.path}: write failed ({exc.strerror})") from None
+            hint = "was its folder removed?" if not self.path.parent.is_dir() else "free space or choose another path"
+            raise SinkError(f"JSON output {self.path}: write failed ({exc.strerror}); {hint}") from None
 
     def abort(self) -> None:
         """A failed run: keep the entries collected so far in ``<name>.partial.json`` (never at ``path``)."""

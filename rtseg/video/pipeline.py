@@ -17,7 +17,8 @@ in flight reach the sinks, and closes every sink; a second Ctrl-C aborts at once
 Sinks (:class:`rtseg.video.sinks.Sink`) take ``write(frame, prediction, annotated)``
 and ``close()``; a sink may also offer ``abort()`` (called instead of ``close()``
 after a failed run, so that it leaves its output recognisably unfinished) and set
-``stop_requested = True`` (e.g. its window was closed) to end the run gracefully.
+``stop_requested = True`` (e.g. its window was closed) to end the run gracefully, and ``interrupt()``
+(called on a stop request: a sink blocked on a slow reader gives up soon instead of holding the run).
 """
 from __future__ import annotations
 
@@ -159,9 +160,14 @@ class Pipeline:
 
     # -- control -----------------------------------------------------------------
     def stop(self) -> None:
-        """Finish gracefully: end the source, let frames in flight reach the sinks (thread-safe)."""
+        """Finish gracefully: end the source, let frames in flight reach the sinks (thread-safe); sinks that
+        offer ``interrupt()`` are told, so one blocked on a reader that takes no data gives up soon."""
         self._stopping.set()
         self.source.request_stop()
+        for sink in self.sinks:
+            interrupt = getattr(sink, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
 
     def _record(self, stage: str, seq: int | None, exc: BaseException) -> None:
         """Keep the first error for ``run()`` to raise, and stop taking new frames."""

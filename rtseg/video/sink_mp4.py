@@ -8,10 +8,16 @@ within about a second of the end. On a clean :meth:`Mp4Sink.close` the
 fragments are remuxed (no re-encode) into a regular MP4 with the index at the
 front (``+faststart``) under a temporary name, which is then atomically
 renamed to the final path. So the final name only ever holds a complete file,
-and an interrupted recording is recognisable by its ``.partial`` name.
+and an interrupted recording is recognisable by its ``.partial`` name. When the
+remuxed copy cannot be written (no room for a second copy on a nearly full disk),
+the finished fragmented recording itself, complete and playable, is renamed to
+the final path instead. While a sink records, it holds an exclusive ``flock`` on
+its ``.partial`` file, so a second run aimed at the same output is refused.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 from typing import Iterator
@@ -38,7 +44,10 @@ def partial_path(path: Path) -> Path:
 
 
 def require_writable_folder(path: Path, what: str) -> None:
-    """Raise SinkError unless the folder that will hold ``path`` exists and is writable."""
+    """Raise SinkError unless ``path`` is not a folder and the folder that will hold it exists and is writable."""
+    with contextlib.suppress(OSError):  # a name too long to stat is reported by whoever opens it
+        if path.is_dir():
+            raise SinkError(f"{what} {path}: is a folder; give a file name such as {path / ('out' + path.suffix)}")
     folder = path.parent
     if not folder.is_dir():
         raise SinkError(f"{what} {path}: folder {folder} does not exist; create it or choose another path")
@@ -150,19 +159,18 @@ class Mp4Sink:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         require_writable_folder(self.path, "MP4 output")
-        if self.partial.exists():
-            raise SinkError(
-                f"MP4 output {self.path}: {self.partial.name} is left from an interrupted recording; "
-                "move or delete it first"
-            )
-        self._audio = _AudioPassThrough(audio_from) if audio_from else None
+        self._lock = _claim(self.partial, self.path)
         try:
-            self.partial.open("wb").close()  # PyAV opens the file lazily: fail here, not at the first frame
+            self._audio = _AudioPassThrough(audio_from) if audio_from else None
             self._container = av.open(str(self.partial), "w", format="mp4", options=dict(_FRAGMENTED))
-        except (av.error.FFmpegError, OSError) as exc:
-            if self._audio is not None:
+        except (av.error.FFmpegError, OSError, SinkError) as exc:
+            if getattr(self, "_audio", None) is not None:
                 self._audio.close()
-            raise SinkError(f"MP4 output {self.partial}: cannot create ({exc}); choose another path") from None
+            self.partial.unlink(missing_ok=True)
+            os.close(self._lock)
+            if isinstance(exc, SinkError):
+                raise
+            raise SinkError(f"MP4 output {self.partial}: cannot create ({_reason(exc)}); choose another path") from None
         self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf)
         self._closed = False
 
@@ -178,10 +186,12 @@ class Mp4Sink:
             if self._audio is not None:
                 self._audio.pump(self._container, self._encoder.last_time)
         except (av.error.FFmpegError, OSError) as exc:
-            raise SinkError(f"MP4 output {self.partial}: write failed ({exc})") from None
+            raise SinkError(f"MP4 output {self.partial}: write failed ({_reason(exc)}); "
+                            "free space or choose another path") from None
 
     def _finish_partial(self) -> bool:
-        """Flush and close the fragmented recording; True when it holds at least one frame."""
+        """Flush and close the fragmented recording; True when it holds at least one frame.
+        SinkError when the last packets cannot be written (the file keeps what was written before)."""
         self._closed = True
         started = self._encoder.started
         try:
@@ -191,30 +201,87 @@ class Mp4Sink:
                     self._audio.finish(self._container, self._encoder.last_time)
                 else:
                     self._audio.close()
-        finally:
             self._container.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            with contextlib.suppress(av.error.FFmpegError, OSError):
+                self._container.close()
+            raise SinkError(f"MP4 output {self.path}: writing the end of the recording failed ({_reason(exc)}); "
+                            f"what was written before is in {self.partial}") from None
         if not started:  # no frame arrived: leave no file behind
             self.partial.unlink(missing_ok=True)
         return started
 
     def abort(self) -> None:
-        """End a failed run: keep what was recorded in the ``.partial`` file, never at the final path."""
+        """End a failed run: keep what was recorded in the ``.partial`` file, never at the final path.
+        Best effort (the run has already failed): errors while flushing are ignored."""
         if not self._closed:
-            self._finish_partial()
+            try:
+                with contextlib.suppress(SinkError):
+                    self._finish_partial()
+            finally:
+                os.close(self._lock)
 
     def close(self) -> None:
         """Finish the recording and move it to the final path (idempotent)."""
-        if self._closed or not self._finish_partial():
+        if self._closed:
             return
+        try:
+            if self._finish_partial():
+                self._finalise()
+        finally:
+            os.close(self._lock)  # held until the final file is in place
+
+    def _finalise(self) -> None:
+        """Remux the finished fragmented recording to the final path (faststart), or move it there as is."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             _remux_faststart(self.partial, tmp)
             os.replace(tmp, self.path)
         except (av.error.FFmpegError, OSError) as exc:
-            tmp.unlink(missing_ok=True)
-            kept = f"the recording is in {self.partial}" if self.partial.exists() else f"{self.partial} is gone (was its folder removed?)"
-            raise SinkError(f"MP4 output {self.path}: finalising failed ({exc}); {kept}") from None
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            try:  # no room for the remuxed copy: the finished fragmented file is complete and playable
+                os.replace(self.partial, self.path)
+                return
+            except OSError:
+                pass
+            kept = f"the recording is in {self.partial}" if self.partial.exists() else \
+                f"{self.partial} is gone (was its folder removed?)"
+            raise SinkError(f"MP4 output {self.path}: finalising failed ({_reason(exc)}); {kept}") from None
         self.partial.unlink(missing_ok=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS/FFmpeg error's reason without the file name it repeats."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _claim(partial: Path, path: Path) -> int:
+    """Create ``partial`` (which must not exist) and return a descriptor holding an exclusive flock on it.
+
+    SinkError when it exists: held by another run (recording now) or left from an interrupted one.
+    """
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        busy = False
+        with contextlib.suppress(OSError):
+            probe = os.open(partial, os.O_RDONLY)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy = True
+            finally:
+                os.close(probe)
+        if busy:
+            raise SinkError(f"MP4 output {path}: another run is recording to {partial.name} right now; "
+                            "choose another path") from None
+        raise SinkError(f"MP4 output {path}: {partial.name} is left from an interrupted recording; "
+                        "move or delete it first") from None
+    except OSError as exc:
+        raise SinkError(f"MP4 output {partial}: cannot create ({exc.strerror}); choose another path") from None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def _remux_faststart(src_path: Path, dst_path: Path) -> None:

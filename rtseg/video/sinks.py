@@ -15,12 +15,17 @@ or a missing display fails before the pipeline starts, as a one-line
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import json
 import os
 import re
+import select
+import stat
 import string
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -72,12 +77,15 @@ class ImageSink:
         ok, data = cv2.imencode(target.suffix.lower(), annotated)
         if not ok:
             raise SinkError(f"image output {target}: OpenCV cannot encode {target.suffix} images")
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # per process: two runs never share one
         try:
             tmp.write_bytes(data.tobytes())
             os.replace(tmp, target)
         except OSError as exc:
-            raise SinkError(f"image output {target}: write failed ({exc.strerror})") from None
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a half-written image must not keep filling the disk
+            raise SinkError(f"image output {target}: write failed ({exc.strerror}); "
+                            "free space or choose another path (the images before it are kept)") from None
 
     def close(self) -> None:
         """Nothing to release (each write is complete on its own)."""
@@ -108,23 +116,24 @@ class JsonlSink:
     """Append one JSON line per frame to ``path`` (created or truncated), or to stdout for ``"-"``.
 
     Each line is written with unbuffered ``write`` calls, so a crash leaves complete lines only
-    (a failed write of a file takes its partial line back). On stdout, a reader that goes away
-    (``rtseg ... --json - | head -3``) ends the run gracefully (:attr:`stop_requested`).
+    (a failed write of a file takes its partial line back). A file is held under an exclusive
+    ``flock`` while the sink is open, so a second run aimed at the same file is refused instead of
+    overwriting it. On stdout or a FIFO, a reader that goes away (``rtseg ... --json - | head -3``)
+    ends the run gracefully (:attr:`stop_requested`); a reader that stays but takes no data for
+    ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for ever.
     """
 
     STDOUT = "-"
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, stall_timeout: float = 30.0) -> None:
         self.stop_requested = False
         self.path = Path(path)
+        self._stall_timeout = stall_timeout
         if str(path) == self.STDOUT:
             self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         else:
             require_writable_folder(self.path, "JSON Lines output")
-            try:
-                self._file = open(self.path, "wb", buffering=0)
-            except OSError as exc:
-                raise SinkError(f"JSON Lines output {self.path}: cannot open ({exc.strerror})") from None
+            self._file = _open_exclusive(self.path)
         self._seekable = self._file.seekable()  # a file (partial lines are taken back), not a pipe
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
@@ -133,9 +142,12 @@ class JsonlSink:
         line = json.dumps(frame_record(frame, prediction), separators=(",", ":")).encode() + b"\n"
         start = self._file.tell() if self._seekable else None
         try:
-            view = memoryview(line)
-            while view:
-                view = view[self._file.write(view):]
+            if self._seekable:
+                view = memoryview(line)
+                while view:
+                    view = view[self._file.write(view):]
+            else:
+                self._write_to_pipe(line)
         except BrokenPipeError:  # the reading end of a pipe (stdout, a FIFO) is closed: nobody wants more lines
             self.stop_requested = True
         except OSError as exc:
@@ -145,9 +157,55 @@ class JsonlSink:
             raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
                             f"free space or choose another path (the lines before it are kept)") from None
 
+    def _write_to_pipe(self, line: bytes) -> None:
+        """Write ``line`` to a pipe, FIFO or terminal without ever blocking longer than ``stall_timeout``.
+
+        ``select`` reports a pipe writable when a page (4096 bytes) fits, so writes of at most that
+        much never block; the descriptor stays blocking (stdout may share it with stderr).
+        """
+        fd, view = self._file.fileno(), memoryview(line)
+        last_progress = time.monotonic()
+        while view:
+            if not select.select([], [fd], [], 0.1)[1]:
+                if time.monotonic() - last_progress > self._stall_timeout:
+                    raise SinkError(f"JSON Lines output {self._name}: the reader took no data for "
+                                    f"{self._stall_timeout:g}s; is it still reading? (write to a file instead)")
+                continue
+            view = view[os.write(fd, view[:_PIPE_CHUNK]):]
+            last_progress = time.monotonic()
+
+    def interrupt(self) -> None:
+        """The run is stopping: a write to a reader that takes no data gives up after 1 s (not ``stall_timeout``)."""
+        self._stall_timeout = min(self._stall_timeout, 1.0)
+
+    @property
+    def _name(self) -> str:
+        return "stdout" if str(self.path) == self.STDOUT else str(self.path)
+
     def close(self) -> None:
         with contextlib.suppress(BrokenPipeError):
             self._file.close()
+
+
+_PIPE_CHUNK = 4096  # bytes; at most one page per write, which a pipe that select() reports writable takes at once
+
+
+def _open_exclusive(path: Path) -> io.FileIO:
+    """Open ``path`` for writing (created, and truncated if a regular file), unbuffered, under an exclusive flock;
+    SinkError when it cannot be opened or another process holds it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SinkError(f"JSON Lines output {path}: cannot open ({exc.strerror}); choose another path") from None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SinkError(f"JSON Lines output {path}: another run is writing it right now; "
+                            "choose another path") from None
+        os.ftruncate(fd, 0)
+    return io.FileIO(fd, "wb", closefd=True)
 
 
 def _gui_available() -> str | None:
