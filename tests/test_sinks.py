@@ -214,7 +214,7 @@ def test_mp4_and_jsonl_survive_sigkill(tmp_path):
     _, pts, frames = _decode_video(partial)
     assert pts[-1] >= last - 1.0, f"recovered up to {pts[-1]:.2f}s of {last:.2f}s"
     assert np.all(np.diff(pts) > 0)
-    with pytest.raises(SinkError, match="left from an interrupted recording"):
+    with pytest.raises(SinkError, match="left from an interrupted run"):
         Mp4Sink(out, fps_hint=25)  # never overwrite the only copy of a crashed recording
     records = [json.loads(x) for x in lines.read_bytes().splitlines()]  # every line is complete JSON
     assert records[-1]["seq"] >= int(last * 25) - 1
@@ -351,6 +351,28 @@ def test_coco_json_sink_keeps_a_failed_runs_results_as_partial(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.partial.json"]
 
 
+def test_coco_json_sink_streams_its_entries_to_the_claimed_partial_file(tmp_path):
+    """Entries reach ``res.partial.json`` frame by frame (a long run holds nothing in memory; a crash keeps
+    them, short of the closing bracket); a second run on the same file is refused; no detection → ``[]``."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    path = tmp_path / "res.json"
+    sink = CocoJsonSink(path)
+    with pytest.raises(SinkError, match="another run is writing res.partial.json right now"):
+        CocoJsonSink(path)
+    dets, empty = _one_detection(class_id=0, class_names=["a"]), Detections.empty((120, 160), ["a"])
+    for i, d in enumerate((empty, dets, empty, dets)):
+        f = _frame(i, i / 10)
+        sink.write(f, d, f.image)
+        written = [e["image_id"] for e in json.loads(sink.partial.read_text() + "]")] if i else []
+        assert written == [2, 4][: (i + 1) // 2]
+    sink.close()
+    assert [e["image_id"] for e in json.loads(path.read_text())] == [2, 4] and not sink.partial.exists()
+    none = CocoJsonSink(tmp_path / "none.json")
+    none.close()
+    assert json.loads((tmp_path / "none.json").read_text()) == []
+
+
 def test_coco_json_category_ids_are_cocos_for_the_80_classes_and_one_based_otherwise(tmp_path):
     """Results files are scored against annotation files: the official 80 classes get COCO's own ids (stop sign,
     index 11, is category 13), other models 1..N like rtseg's COCO export; pycocotools then matches them."""
@@ -423,7 +445,7 @@ def test_two_runs_on_one_mp4_or_jsonl_the_second_is_refused(tmp_path):
     first = Mp4Sink(tmp_path / "o.mp4", fps_hint=25)
     f = _frame(0, 0.0)
     first.write(f, None, f.image)
-    with pytest.raises(SinkError, match="another run is recording to o.partial.mp4 right now; choose another path"):
+    with pytest.raises(SinkError, match="another run is writing o.partial.mp4 right now; choose another path"):
         Mp4Sink(tmp_path / "o.mp4", fps_hint=25)
     first.close()
     assert len(_decode_video(tmp_path / "o.mp4")[2]) == 1

@@ -1,6 +1,7 @@
 """A sink that writes a COCO results file (one JSON list for the whole run)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -12,29 +13,26 @@ from rtseg.data.coco_names import result_category_ids
 from rtseg.errors import SinkError
 from rtseg.serialize import detections_to_coco
 from rtseg.types import Detections, Frame, Prediction
+from rtseg.video.outfiles import claim, partial_path, require_writable_folder
 
 
 class CocoJsonSink:
-    """Collect COCO results entries (``image_id = frame.seq + 1``, ``category_id`` from
-    :func:`~rtseg.data.coco_names.result_category_ids`, RLE masks) and write them on close.
+    """Write COCO results entries (``image_id = frame.seq + 1``, ``category_id`` from
+    :func:`~rtseg.data.coco_names.result_category_ids`, RLE masks) as one JSON list.
 
-    The list goes to a hidden temporary file that is renamed to ``path`` on
-    :meth:`close`, so ``path`` only ever holds a complete file; :meth:`abort`
-    (a failed run) moves what was collected to ``<name>.partial.json`` instead. Entries are
-    held in memory (RLE, compact): for long videos prefer JSON Lines.
+    Entries go to ``<name>.partial.json`` frame by frame (nothing is held in memory, however long the
+    run), claimed by this run (a second run aimed at it is refused). :meth:`close` ends the list and
+    renames the file to ``path``, so ``path`` only ever holds a complete file; :meth:`abort` (a failed
+    run) ends the list and keeps it as ``<name>.partial.json``. A crash leaves that file without its
+    closing ``]``.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from rtseg.video.sink_mp4 import require_writable_folder  # not at import time: it loads PyAV
-
         self.path = Path(path)
         require_writable_folder(self.path, "JSON output")
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self._file = open(self._tmp, "w", encoding="utf-8")
-        except OSError as exc:
-            raise SinkError(f"JSON output {self.path}: cannot create ({exc.strerror}); choose another path") from None
-        self._entries: list[dict] = []
+        self.partial = partial_path(self.path)
+        self._file = os.fdopen(claim(self.partial, self.path, "JSON output"), "wb", buffering=0)
+        self._opened = False  # "[" written
         self.category_ids: Sequence[int] | None = None  # the engine's, when its weights name them
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
@@ -45,29 +43,47 @@ class CocoJsonSink:
         if len(prediction) and int(prediction.class_ids.max()) >= len(ids):
             raise SinkError(f"JSON output {self.path}: class id {int(prediction.class_ids.max())} but the engine "
                             f"names only {len(ids)} classes")
-        self._entries.extend(detections_to_coco(prediction, frame.seq + 1, ids))
+        entries = detections_to_coco(prediction, frame.seq + 1, ids)
+        if entries:
+            self._put(("," if self._opened else "[") + json.dumps(entries, separators=(",", ":"))[1:-1])
+            self._opened = True
+
+    def _put(self, text: str) -> None:
+        """Append ``text``; a failed write is taken back (the file keeps whole entries only) and is a SinkError."""
+        start = self._file.tell()
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[self._file.write(view):]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)
+            hint = "was its folder removed?" if not self.path.parent.is_dir() else "free space or choose another path"
+            raise SinkError(f"JSON output {self.partial}: write failed ({exc.strerror}); {hint}") from None
+
+    def _end_list(self) -> None:
+        """Close the JSON list and the file (its claim ends with it)."""
+        try:
+            self._put("]" if self._opened else "[]")
+        finally:
+            self._file.close()
 
     def close(self) -> None:
-        """Write the list and move it to ``path`` (idempotent)."""
+        """End the list and move the file to ``path`` (idempotent)."""
         if self._file.closed:
             return
+        self._end_list()
         try:
-            with self._file:
-                json.dump(self._entries, self._file, separators=(",", ":"))
-            os.replace(self._tmp, self.path)
+            os.replace(self.partial, self.path)
         except OSError as exc:
-            self._tmp.unlink(missing_ok=True)
-            hint = "was its folder removed?" if not self.path.parent.is_dir() else "free space or choose another path"
-            raise SinkError(f"JSON output {self.path}: write failed ({exc.strerror}); {hint}") from None
+            raise SinkError(f"JSON output {self.path}: finalising failed ({exc.strerror}); "
+                            f"the results are in {self.partial}") from None
 
     def abort(self) -> None:
-        """A failed run: keep the entries collected so far in ``<name>.partial.json`` (never at ``path``)."""
+        """A failed run: end the list (best effort) and keep the entries written so far in ``<name>.partial.json``."""
         if self._file.closed:
             return
-        self.partial = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
         try:
-            with self._file:
-                json.dump(self._entries, self._file, separators=(",", ":"))
-            os.replace(self._tmp, self.partial)
-        except OSError:
-            self._tmp.unlink(missing_ok=True)
+            self._end_list()
+        except SinkError:
+            pass

@@ -17,7 +17,6 @@ its ``.partial`` file, so a second run aimed at the same output is refused.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +27,7 @@ import numpy as np
 from rtseg.errors import SinkError
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder
+from rtseg.video.outfiles import claim, partial_path, require_writable_folder
 
 _FRAGMENTED = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
@@ -36,23 +36,6 @@ _FRAGMENTED = {
 }
 _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 _MP4_AUDIO = {"aac", "mp3", "alac", "opus", "flac", "ac3", "eac3"}
-
-
-def partial_path(path: Path) -> Path:
-    """Where an :class:`Mp4Sink` for ``path`` records until it is closed."""
-    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
-
-
-def require_writable_folder(path: Path, what: str) -> None:
-    """Raise SinkError unless ``path`` is not a folder and the folder that will hold it exists and is writable."""
-    with contextlib.suppress(OSError):  # a name too long to stat is reported by whoever opens it
-        if path.is_dir():
-            raise SinkError(f"{what} {path}: is a folder; give a file name such as {path / ('out' + path.suffix)}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise SinkError(f"{what} {path}: folder {folder} does not exist; create it or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise SinkError(f"{what} {path}: folder {folder} is not writable; choose another path")
 
 
 class _AudioPassThrough:
@@ -157,9 +140,9 @@ class Mp4Sink:
         crf: int = 23,
     ) -> None:
         self.path = Path(path)
-        self.partial = partial_path(self.path)
+        self.partial = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         require_writable_folder(self.path, "MP4 output")
-        self._lock = _claim(self.partial, self.path)
+        self._lock = claim(self.partial, self.path, "MP4 output")
         try:
             self._audio = _AudioPassThrough(audio_from) if audio_from else None
             self._container = av.open(str(self.partial), "w", format="mp4", options=dict(_FRAGMENTED))
@@ -254,34 +237,6 @@ class Mp4Sink:
 def _reason(exc: BaseException) -> str:
     """An OS/FFmpeg error's reason without the file name it repeats."""
     return getattr(exc, "strerror", None) or str(exc)
-
-
-def _claim(partial: Path, path: Path) -> int:
-    """Create ``partial`` (which must not exist) and return a descriptor holding an exclusive flock on it.
-
-    SinkError when it exists: held by another run (recording now) or left from an interrupted one.
-    """
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        busy = False
-        with contextlib.suppress(OSError):
-            probe = os.open(partial, os.O_RDONLY)
-            try:
-                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                busy = True
-            finally:
-                os.close(probe)
-        if busy:
-            raise SinkError(f"MP4 output {path}: another run is recording to {partial.name} right now; "
-                            "choose another path") from None
-        raise SinkError(f"MP4 output {path}: {partial.name} is left from an interrupted recording; "
-                        "move or delete it first") from None
-    except OSError as exc:
-        raise SinkError(f"MP4 output {partial}: cannot create ({exc.strerror}); choose another path") from None
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
 
 
 def _remux_faststart(src_path: Path, dst_path: Path) -> None:

@@ -36,7 +36,8 @@ from rtseg.errors import SinkError
 from rtseg.serialize import frame_record
 from rtseg.serve.server import WebSink
 from rtseg.types import Frame, Prediction
-from rtseg.video.sink_mp4 import Mp4Sink, require_writable_folder
+from rtseg.video.outfiles import require_writable_folder
+from rtseg.video.sink_mp4 import Mp4Sink
 from rtseg.video.sink_push import PushSink
 
 __all__ = ["Sink", "ImageSink", "JsonlSink", "WindowSink", "Mp4Sink", "PushSink", "WebSink"]
