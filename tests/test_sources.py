@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from itertools import chain
 
 import av
 import cv2
@@ -310,6 +311,170 @@ def test_http_file_is_read_like_a_file(clip):
         assert all(np.abs(_colour(f) - clip_colour(i)).max() < 6 for i, f in enumerate(frames))
         with pytest.raises(SourceError, match="404"):
             open_source(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4", open_timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- odd but valid files: orientation, stream choice, missing timestamps, imprecise seeking, damage ---
+
+def _quadrants(width=64, height=32) -> np.ndarray:
+    """BGR image with four distinct flat quadrants (red, green / blue, white): shows any turn or mirror."""
+    image = np.empty((height, width, 3), np.uint8)
+    h, w = height // 2, width // 2
+    image[:h, :w], image[:h, w:], image[h:, :w], image[h:, w:] = (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255)
+    return image
+
+
+def _corners(image: np.ndarray) -> list[tuple[int, ...]]:
+    """Colours at the centres of the four quadrants, rounded to 0/255 (codec noise removed)."""
+    h, w = image.shape[:2]
+    return [tuple(int(v > 127) * 255 for v in image[y, x]) for y in (h // 4, 3 * h // 4) for x in (w // 4, 3 * w // 4)]
+
+
+def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True):
+    """Encode (H, W, 3) BGR ``images`` with PyAV; ``pts=False`` leaves the frames without timestamps."""
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = images[0].shape[:2]
+        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        if gop:
+            stream.options = {"g": str(gop)}
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            for packet in stream.encode(frame):
+                if not pts:
+                    packet.pts = packet.dts = None
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _set_tkhd_matrix(path, matrix) -> None:
+    """Write the display matrix into the MP4 track header, as phone cameras record their orientation."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")
+    assert box > 0 and data[box + 4] == 0  # version 0: matrix 40 bytes after the version/flags field
+    start = box + 8 + 20 + 8 + 8
+    data[start:start + 36] = struct.pack(">9i", *matrix, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("matrix, expected", [
+    ((0, 65536, 0, -65536, 0, 0), lambda im: np.rot90(im, -1)),  # portrait phone video: a quarter turn clockwise
+    ((0, -65536, 0, 65536, 0, 0), lambda im: np.rot90(im, 1)),
+    ((-65536, 0, 0, 0, -65536, 0), lambda im: im[::-1, ::-1]),  # upside down
+    ((-65536, 0, 0, 0, 65536, 0), lambda im: im[:, ::-1]),  # mirrored (front camera)
+])
+def test_display_matrix_is_applied_like_players_do(tmp_path, matrix, expected):
+    """Was: phone videos came out sideways (the rotation FFmpeg and every player apply was ignored)."""
+    image = _quadrants()
+    path = _encode(tmp_path / "phone.mp4", [image] * 3)
+    _set_tkhd_matrix(path, matrix)
+    frames = list(open_source(str(path)))
+    want = expected(image)
+    assert len(frames) == 3 and frames[0].image.shape == want.shape and frames[0].image.flags.c_contiguous
+    assert _corners(frames[0].image) == _corners(want)
+
+
+def test_plain_video_is_not_turned(tmp_path):
+    image = _quadrants()
+    frame = next(open_source(str(_encode(tmp_path / "plain.mp4", [image]))))
+    assert _corners(frame.image) == _corners(image)
+
+
+def test_cover_picture_is_not_taken_for_the_video(tmp_path):
+    """A file with cover art only is no video (was: a one-frame 'video' at 90000 FPS and a 'truncated' warning);
+    with a video too, the video plays whichever stream comes first."""
+    def write(path, with_video):
+        with av.open(str(path), "w", format="mp4") as container:
+            cover = container.add_stream("mjpeg", rate=1)
+            cover.width, cover.height, cover.pix_fmt = 32, 16, "yuvj444p"
+            cover.disposition = av.stream.Disposition.attached_pic
+            packets = [cover.encode(av.VideoFrame.from_ndarray(_quadrants(32, 16), format="bgr24")), cover.encode()]
+            if with_video:
+                video = container.add_stream("libx264", rate=10)
+                video.width, video.height, video.pix_fmt = 64, 32, "yuv444p"
+                frames = [av.VideoFrame.from_ndarray(_quadrants(), format="bgr24") for _ in range(5)]
+                packets += [video.encode(f) for f in frames] + [video.encode()]
+            for packet in chain(*packets):
+                container.mux(packet)
+        return path
+
+    with open_source(str(write(tmp_path / "cover_and_video.mp4", True))) as source:
+        frames = list(source)
+    assert len(frames) == 5 and frames[0].image.shape == (32, 64, 3) and source.notices == []
+    with pytest.raises(SourceError, match=r"no video stream in .*cover\.m4a \(only a cover picture\)"):
+        open_source(str(write(tmp_path / "cover.m4a", False)))
+
+
+def test_frames_without_timestamps_get_them_from_the_frame_rate(tmp_path):
+    """Raw H.264 stores no timestamps: was pts None (an output timed by the wall clock) and a
+    PermissionError traceback for --start (the file cannot seek)."""
+    images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)]
+    path = _encode(tmp_path / "raw.h264", images, fmt="h264", fps=10)
+    frames = list(open_source(str(path)))
+    assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(20)])
+    later = list(open_source(str(path), start=1.0, end=1.5))
+    assert [f.pts for f in later] == pytest.approx([1.0, 1.1, 1.2, 1.3, 1.4])
+    assert np.abs(_colour(later[0]) - clip_colour(10)).max() < 6
+
+
+def test_start_in_mpeg_ts_loses_no_frame(tmp_path):
+    """MPEG-TS seeks land past the key frame before the target: was the first 0.4 s after --start missing."""
+    images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(40)]
+    path = _encode(tmp_path / "clip.ts", images, fmt="mpegts", codec="mpeg2video", fps=20, gop=12)
+    frames = list(open_source(str(path), start=1.0, end=1.3))
+    assert [f.pts for f in frames] == pytest.approx([1.0, 1.05, 1.1, 1.15, 1.2, 1.25])
+    assert all(np.abs(_colour(f) - clip_colour(20 + k)).max() < 8 for k, f in enumerate(frames))
+
+
+def test_damaged_middle_is_skipped_like_ffmpeg_does(tmp_path):
+    """Garbage in the middle of a file: was the end of the run at the first bad packet."""
+    images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(40)]
+    path = _encode(tmp_path / "whole.mp4", images, gop=100)
+    with av.open(str(path)) as container:
+        where = [(p.pos, p.size) for p in container.demux(video=0) if p.size][15:18]
+    data = bytearray(path.read_bytes())
+    for pos, size in where:  # NAL unit lengths the decoder must reject
+        data[pos:pos + size] = b"\xff" * size
+    path.write_bytes(bytes(data))
+    source = open_source(str(path))
+    events = []
+    source.on_event = events.append
+    frames = list(source)
+    assert len(frames) == 37 and frames[-1].pts == pytest.approx(3.9)
+    assert len(events) == 1 and "damaged data in" in events[0] and "skipping it" in events[0]
+    assert len(source.notices) == 1 and "damaged packet(s) of" in source.notices[0]
+
+
+def test_empty_file_is_named_as_empty(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match=r"empty\.mp4 is empty \(0 bytes\)"):
+        open_source(str(empty))
+
+
+def test_http_file_without_duration_is_read_once(tmp_path):
+    """A real loopback server with an MPEG-TS file (no duration in its header): was taken for a live
+    stream whose end triggered a reconnection that replayed the file, forever."""
+    import functools
+    import http.server
+    import threading
+
+    images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(10)]
+    _encode(tmp_path / "clip.ts", images, fmt="mpegts", codec="mpeg2video", fps=10, gop=5)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_source(f"http://127.0.0.1:{server.server_address[1]}/clip.ts", open_timeout=5) as source:
+            assert not source.is_live
+            frames = list(source)
+        assert len(frames) == 10 and source.reconnects == 0
     finally:
         server.shutdown()
         server.server_close()

@@ -1,15 +1,23 @@
-"""PyAV (FFmpeg) sources: video files and live network streams (RTSP, RTMP, HTTP)."""
+"""PyAV (FFmpeg) sources: video files and live network streams (RTSP, RTMP, HTTP).
+
+Frames come out as players show them: in the orientation of the stream's display matrix (phone
+videos carry a rotation there), from the container's main video stream (not a cover picture),
+with timestamps even where the file stores none.
+"""
 from __future__ import annotations
 
+import os
 import time
 from fractions import Fraction
+from itertools import chain
 from typing import Iterator
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
 from rtseg.errors import ConfigError, SourceError, first_line
-from rtseg.video.sources import Source, redact_url, scrub
+from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError)
 
@@ -19,24 +27,71 @@ def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
     return stream.average_rate or stream.guessed_rate
 
 
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's message without PyAV's ``[Errno N]`` prefix and file-name suffix."""
+    return getattr(exc, "strerror", None) or first_line(exc)
+
+
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The stream FFmpeg would play (``av_find_best_stream``), never a cover picture; None when there is none."""
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    best = container.streams.best("video")
+    return best if best in moving else (moving[0] if moving else None)
+
+
+def displayed(frame: av.VideoFrame) -> np.ndarray:
+    """(H, W, 3) uint8 BGR image of ``frame`` as players show it.
+
+    The display matrix (rotation of phone videos, mirroring) is applied the way FFmpeg's
+    autorotate does, rounded to quarter turns; a frame without one comes out as decoded.
+    """
+    image = frame.to_ndarray(format="bgr24")
+    side = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    if side is None:
+        return image
+    # (x', y') = (a x + c y, b x + d y): FFmpeg's row-vector convention, 16.16 fixed point
+    a, b, _, c, d = np.frombuffer(bytes(side), dtype=np.int32)[:5].astype(np.float64)
+    if abs(a) + abs(d) >= abs(b) + abs(c):  # no quarter turn: at most mirrored
+        flips = [axis for axis, v in ((1, a), (0, d)) if v < 0]
+    else:  # x' from y and y' from x: transposed, then mirrored
+        image = image.transpose(1, 0, 2)
+        flips = [axis for axis, v in ((0, b), (1, c)) if v < 0]
+    if not flips and image.flags.c_contiguous:
+        return image
+    return np.ascontiguousarray(np.flip(image, axis=flips) if flips else image)
+
+
+def _open_file(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open a video file and pick its video stream; SourceError (one line) when that is impossible."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise SourceError(f"video file {path} is empty (0 bytes); pass a complete file")
+    try:
+        container = av.open(path)
+    except _AV_ERRORS as exc:
+        raise SourceError(f"cannot read video file {path}: {_reason(exc)}; it is not a video FFmpeg can decode, "
+                          f"or damaged or incomplete (e.g. a recording cut off before its index was written)") from None
+    stream = video_stream(container)
+    if stream is None:
+        cover = " (only a cover picture)" if container.streams.video else ""
+        container.close()
+        raise SourceError(f"no video stream in {path}{cover}: pass a video file, image, folder or stream URL")
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
 class FileSource(Source):
     """Frames of a video file, ``start`` to ``end`` seconds, every ``vid_stride``-th one.
 
-    pts: seconds from the start of the file's video stream. ``fps`` is the rate
-    after the stride. Never drops: the consumer sets the pace.
+    pts: seconds from the start of the file's video stream; a frame stored without one (raw
+    H.264, some AVIs) follows the previous frame by its duration (or 1 / fps). ``fps`` is the rate
+    after the stride. Never drops: the consumer sets the pace. ``start`` is reached by a seek when
+    the container allows one that lands at or before it (else by decoding from the beginning).
+    A packet the decoder rejects (damaged data) is skipped as FFmpeg skips it, with a warning
+    (``on_event``) and a notice; a file no frame of which decodes raises SourceError.
     """
 
     def __init__(self, path: str, *, vid_stride: int = 1, start: float = 0.0, end: float | None = None) -> None:
-        try:
-            self._container = av.open(path)
-        except _AV_ERRORS as exc:
-            raise SourceError(f"cannot read video file {path}: {first_line(exc)}; "
-                              f"is it a video FFmpeg can decode?") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise SourceError(f"no video stream in {path}: pass a video file, image, folder or stream URL")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
+        self._container, self._stream = _open_file(path)
         length = self._container.duration / 1e6 if self._container.duration else None
         if start > 0 and length is not None and start >= length:
             self._container.close()
@@ -44,6 +99,9 @@ class FileSource(Source):
                               f"choose an earlier start")
         self._path, self._stride, self._start, self._end = path, vid_stride, start, end
         rate = _rate(self._stream)
+        self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
+        self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
+        self._decoded_frames = 0
         super().__init__(source_id=path, fps=float(rate) / vid_stride if rate else None,
                          num_frames=self._estimate_frames(rate))
 
@@ -55,32 +113,95 @@ class FileSource(Source):
         stop = min(duration, self._end) if self._end is not None else duration
         return max(0, int(round((stop - self._start) * float(rate))) + self._stride - 1) // self._stride
 
+    def _time(self, ticks: int | None) -> float | None:
+        """Seconds from the stream's start of a pts in stream ticks (None stays None)."""
+        stream = self._stream
+        return None if ticks is None else float((ticks - (stream.start_time or 0)) * stream.time_base)
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        """Frames from the demuxer's position; a packet the decoder rejects is skipped, as FFmpeg does."""
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                t = self._time(packet.pts)
+                if not self._damage:
+                    where = f" at {t:.2f} s" if t is not None else ""
+                    self.on_event(f"damaged data in {self._path}{where} ({_reason(exc)}): skipping it")
+                self._damage.append(t)
+                continue
+            self._decoded_frames += len(frames)
+            yield from frames
+
+    def _timed(self, frames: Iterator[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, float]]:
+        """``(frame, t)``: t from the frame's pts, else the previous t plus the frame's duration (or 1 / fps)."""
+        t: float | None = None
+        step = self._period
+        for frame in frames:
+            own = self._time(frame.pts)
+            t = own if own is not None else (t + step if t is not None else 0.0)
+            step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else self._period
+            yield frame, t
+
+    def _from_start(self) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Timed frames from the last key frame at or before ``start``.
+
+        Some containers seek imprecisely (MPEG-TS lands past its key frames) or not at all (raw H.264):
+        the seek goes 1, 2, 4 ... s further back until the first frame is not after ``start``, and
+        ends in a reopen that decodes from the beginning.
+        """
+        back = 0.0
+        while self._start > 0 and self._start - back > 0:
+            target = self._start - back
+            try:
+                self._container.seek((self._stream.start_time or 0) + int(target / self._stream.time_base),
+                                     stream=self._stream, backward=True)
+            except _AV_ERRORS:
+                break
+            frames = self._timed(self._decoded())
+            first = next(frames, None)
+            if first is not None and first[0].pts is not None and first[1] <= self._start + 1e-6:
+                return chain([first], frames)
+            back = 2 * back if back else 1.0
+        if self._start > 0:  # back to the very beginning: a fresh demuxer and decoder
+            self._container.close()
+            self._container, self._stream = _open_file(self._path)
+        return self._timed(self._decoded())
+
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        stream, tb = self._stream, self._stream.time_base
-        origin = stream.start_time or 0
-        if self._start > 0:
-            self._container.seek(origin + int(self._start / tb), stream=stream, backward=True)
         kept = 0
         t: float | None = None
         t0 = time.perf_counter()
         try:
-            for frame in self._container.decode(stream):
-                t = float((frame.pts - origin) * tb) if frame.pts is not None else None
-                if t is not None and t < self._start - 1e-6:
+            for frame, t in self._from_start():
+                if t < self._start - 1e-6:
                     continue
-                if t is not None and self._end is not None and t >= self._end:
-                    return
+                if self._end is not None and t >= self._end:
+                    break
                 kept += 1
                 if (kept - 1) % self._stride == 0:
-                    image = frame.to_ndarray(format="bgr24")
+                    image = displayed(frame)
                     self.decode_seconds = time.perf_counter() - t0
                     yield image, t
                     t0 = time.perf_counter()
         except _AV_ERRORS as exc:
             where = f" at {t:.3f}s" if t is not None else ""
-            raise SourceError(f"decoding {self._path} failed{where}: {first_line(exc)}; "
+            raise SourceError(f"reading {self._path} failed{where}: {_reason(exc)}; "
                               f"the file may be damaged") from None
+        self._report_damage()
         self._check_complete(t)
+
+    def _report_damage(self) -> None:
+        """Notice of the damaged packets skipped; SourceError when they were all there was."""
+        if not self._damage:
+            return
+        if self._decoded_frames == 0 and not self._stop.is_set():
+            raise SourceError(f"no frame of {self._path} could be decoded ({len(self._damage)} damaged packets); "
+                              "the file is damaged or its codec unsupported")
+        times = [t for t in self._damage if t is not None]
+        span = f" between {min(times):.2f} s and {max(times):.2f} s" if times else ""
+        self.notices.append(f"skipped {len(self._damage)} damaged packet(s) of {self._path}{span}; "
+                            "frames near them may show artefacts")
 
     def _check_complete(self, last: float | None) -> None:
         """Add a notice when decoding ended over a second before the video duration the file announces."""
@@ -103,10 +224,10 @@ class FileSource(Source):
 class StreamSource(Source):
     """A network stream (RTSP over TCP, RTMP, HTTP) that reconnects when it drops or stalls.
 
-    RTSP/RTMP streams, and HTTP streams without a known duration, are live
+    RTSP/RTMP streams, and HTTP streams of unknown duration and size (or live HLS), are live
     (``is_live``): the pipeline keeps only their newest frames and the source
-    reconnects as described below. An HTTP stream with a known duration (e.g. an
-    MP4 file or a VOD playlist) is read like a file: every
+    reconnects as described below. An HTTP resource with a known duration or size (e.g. an
+    MP4 or MPEG-TS file or a VOD playlist) is read like a file: every
     frame, ending at its end; a read error then raises SourceError instead of
     reconnecting (reconnecting would start it again from the beginning).
 
@@ -130,9 +251,18 @@ class StreamSource(Source):
         self._timeouts = (open_timeout, read_timeout)
         self._reconnect_timeout = reconnect_timeout
         self._container = self._connect()
-        self.is_live = not url.lower().startswith("http") or self._container.duration is None
-        rate = _rate(self._container.streams.video[0])
+        self.is_live = not url.lower().startswith("http") or not self._finite()
+        rate = _rate(self._stream)
         self.fps = float(rate) if rate else None
+
+    def _finite(self) -> bool:
+        """Whether the HTTP resource is a file (known duration, or a known size that is not an HLS playlist's).
+
+        A file without a duration (MPEG-TS, raw H.264) must not count as live: its end would trigger a
+        reconnection that replays it from the start, forever.
+        """
+        container = self._container
+        return container.duration is not None or (container.size > 0 and container.format.name != "hls")
 
     def _options(self) -> dict[str, str]:
         """FFmpeg options: timeouts; for RTSP/RTMP also no input buffering and low-delay decoding.
@@ -152,15 +282,20 @@ class StreamSource(Source):
         """Open the stream once; SourceError (credentials removed) when it is unreachable."""
         try:
             container = av.open(self._url, options=self._options(), timeout=self._timeouts)
+        except av.error.InvalidDataError as exc:
+            raise SourceError(f"cannot open stream {self.source_id}: {_reason(exc)}; what the URL serves "
+                              "is not a video FFmpeg can decode (check the path)") from None
         except _AV_ERRORS as exc:
             raise SourceError(
                 f"cannot open stream {self.source_id}: {scrub(first_line(exc), self._url)} "
                 f"(nothing within {self._timeouts[0]:g}s; check host, port, path and credentials)"
             ) from None
-        if not container.streams.video:
+        stream = video_stream(container)
+        if stream is None:
             container.close()
             raise SourceError(f"stream {self.source_id} has no video track")
-        container.streams.video[0].thread_type = "AUTO"
+        stream.thread_type = "AUTO"
+        self._stream = stream
         return container
 
     def _reconnect(self, reason: str) -> bool:
@@ -187,8 +322,11 @@ class StreamSource(Source):
 
     def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
         """Frames of the current connection, key frame first; pts offset by ``base``."""
-        stream = self._container.streams.video[0]
+        stream = self._stream
+        rate = _rate(stream)
+        period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         first: float | None = None
+        t = step = 0.0
         keyed = False
         for packet in self._container.demux(stream):
             if self._stop.is_set():
@@ -198,9 +336,15 @@ class StreamSource(Source):
                 continue
             t0 = time.perf_counter()
             for frame in packet.decode():
-                t = float(frame.pts * stream.time_base) if frame.pts is not None else time.monotonic()
+                if frame.pts is not None:
+                    t = float(frame.pts * stream.time_base)
+                elif self.is_live:
+                    t = time.monotonic()
+                else:  # a file without timestamps (raw H.264): the previous frame's time plus its duration
+                    t = t + step if first is not None else 0.0
+                step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else period
                 first = t if first is None else first
-                image = frame.to_ndarray(format="bgr24")
+                image = displayed(frame)
                 self.decode_seconds = time.perf_counter() - t0
                 yield image, base + max(0.0, t - first)
                 t0 = time.perf_counter()
