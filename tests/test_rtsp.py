@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from rtseg.errors import SourceError
+from rtseg.errors import ConfigError, SourceError
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import open_source
@@ -70,6 +70,14 @@ def test_stream_frames_pts_and_fps(server):
     assert all(f.image.shape == (240, 320, 3) for f in frames)
     pts = np.array([f.pts for f in frames])
     assert np.all(np.diff(pts) > 0) and np.diff(pts).mean() == pytest.approx(1 / 30, abs=0.01)
+
+
+@needs_gst
+def test_file_only_options_are_refused_for_a_live_stream(server):
+    """--start / --end / --vid-stride / --realtime mean nothing for a live stream: one line (were ignored)."""
+    for options in ({"start": 1.0}, {"end": 5.0}, {"vid_stride": 2}, {"realtime": True}):
+        with pytest.raises(ConfigError, match="is a live stream: --vid-stride, --start, --end and --realtime apply to"):
+            open_source(server.url, open_timeout=5, **options)
 
 
 @needs_gst

@@ -311,6 +311,13 @@ def test_http_file_is_read_like_a_file(clip):
         assert all(np.abs(_colour(f) - clip_colour(i)).max() < 6 for i, f in enumerate(frames))
         with pytest.raises(SourceError, match="404"):
             open_source(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4", open_timeout=5)
+        # --start / --end / --vid-stride hold for an HTTP file as for a local one (were ignored)
+        url = f"http://user:secret@127.0.0.1:{server.server_address[1]}/{clip.name}"
+        with open_source(url, open_timeout=5, start=1.0, end=2.0, vid_stride=2) as source:
+            assert "secret" not in source.source_id
+            cut = list(source)
+        assert [round(f.pts, 2) for f in cut] == [1.0, 1.2, 1.4, 1.6, 1.8]
+        assert all(np.abs(_colour(f) - clip_colour(10 + 2 * i)).max() < 6 for i, f in enumerate(cut))
     finally:
         server.shutdown()
         server.server_close()

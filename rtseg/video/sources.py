@@ -279,10 +279,20 @@ def open_source(
         raise SourceError("--source is empty; give a camera index, URL, file, folder, glob or 'synthetic'")
     scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
     if scheme in STREAM_SCHEMES:
-        from rtseg.video.sources_av import StreamSource
+        from rtseg.video.sources_av import FileSource, StreamSource
 
-        return StreamSource(spec, open_timeout=open_timeout, read_timeout=read_timeout,
-                            reconnect_timeout=reconnect_timeout)
+        stream = StreamSource(spec, open_timeout=open_timeout, read_timeout=read_timeout,
+                              reconnect_timeout=reconnect_timeout)
+        if not stream.is_live:  # an HTTP file: read as a file (seeks, --start/--end/--vid-stride, damaged packets)
+            stream.close()
+            source = FileSource(spec, vid_stride=vid_stride, start=start, end=end,
+                                timeouts=(open_timeout, read_timeout))
+            return Paced(source) if realtime else source
+        if vid_stride != 1 or start > 0 or end is not None or realtime:
+            stream.close()
+            raise ConfigError(f"{redact_url(spec)} is a live stream: --vid-stride, --start, --end and --realtime "
+                              "apply to files, folders and synthetic clips (a live stream keeps its newest frames)")
+        return stream
     if scheme:
         raise SourceError(
             f"unsupported URL scheme {scheme!r} in {redact_url(spec)}: "

@@ -61,20 +61,24 @@ def displayed(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(np.flip(image, axis=flips) if flips else image)
 
 
-def _open_file(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open a video file and pick its video stream; SourceError (one line) when that is impossible."""
+def _open_file(path: str, timeouts: tuple[float, float] | None = None
+               ) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open a video file (or an HTTP file: ``timeouts`` = (open, read) seconds) and pick its video stream;
+    SourceError (one line, credentials removed) when that is impossible."""
+    name = redact_url(path)
     if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise SourceError(f"video file {path} is empty (0 bytes); pass a complete file")
+        raise SourceError(f"video file {name} is empty (0 bytes); pass a complete file")
     try:
-        container = av.open(path)
+        container = av.open(path, timeout=timeouts)
     except _AV_ERRORS as exc:
-        raise SourceError(f"cannot read video file {path}: {_reason(exc)}; it is not a video FFmpeg can decode, "
-                          f"or damaged or incomplete (e.g. a recording cut off before its index was written)") from None
+        raise SourceError(f"cannot read video file {name}: {scrub(_reason(exc), path)}; it is not a video FFmpeg can "
+                          f"decode, or damaged or incomplete (e.g. a recording cut off before its index was written)"
+                          ) from None
     stream = video_stream(container)
     if stream is None:
         cover = " (only a cover picture)" if container.streams.video else ""
         container.close()
-        raise SourceError(f"no video stream in {path}{cover}: pass a video file, image, folder or stream URL")
+        raise SourceError(f"no video stream in {name}{cover}: pass a video file, image, folder or stream URL")
     stream.thread_type = "AUTO"
     return container, stream
 
@@ -90,19 +94,22 @@ class FileSource(Source):
     (``on_event``) and a notice; a file no frame of which decodes raises SourceError.
     """
 
-    def __init__(self, path: str, *, vid_stride: int = 1, start: float = 0.0, end: float | None = None) -> None:
-        self._container, self._stream = _open_file(path)
+    def __init__(self, path: str, *, vid_stride: int = 1, start: float = 0.0, end: float | None = None,
+                 timeouts: tuple[float, float] | None = None) -> None:
+        self._container, self._stream = _open_file(path, timeouts)
+        name = redact_url(path)  # in messages: an HTTP file's URL without its credentials
         length = self._container.duration / 1e6 if self._container.duration else None
         if start > 0 and length is not None and start >= length:
             self._container.close()
-            raise ConfigError(f"start {start:g} s is past the end of {path} ({length:.2f} s long); "
+            raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
                               f"choose an earlier start")
-        self._path, self._stride, self._start, self._end = path, vid_stride, start, end
+        self._open, self._name = (path, timeouts), name
+        self._stride, self._start, self._end = vid_stride, start, end
         rate = _rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
         self._decoded_frames = 0
-        super().__init__(source_id=path, fps=float(rate) / vid_stride if rate else None,
+        super().__init__(source_id=name, fps=float(rate) / vid_stride if rate else None,
                          num_frames=self._estimate_frames(rate))
 
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
@@ -127,7 +134,7 @@ class FileSource(Source):
                 t = self._time(packet.pts)
                 if not self._damage:
                     where = f" at {t:.2f} s" if t is not None else ""
-                    self.on_event(f"damaged data in {self._path}{where} ({_reason(exc)}): skipping it")
+                    self.on_event(f"damaged data in {self._name}{where} ({scrub(_reason(exc), self._open[0])}): skipping it")
                 self._damage.append(t)
                 continue
             self._decoded_frames += len(frames)
@@ -165,7 +172,7 @@ class FileSource(Source):
             back = 2 * back if back else 1.0
         if self._start > 0:  # back to the very beginning: a fresh demuxer and decoder
             self._container.close()
-            self._container, self._stream = _open_file(self._path)
+            self._container, self._stream = _open_file(*self._open)
         return self._timed(self._decoded())
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
@@ -186,7 +193,7 @@ class FileSource(Source):
                     t0 = time.perf_counter()
         except _AV_ERRORS as exc:
             where = f" at {t:.3f}s" if t is not None else ""
-            raise SourceError(f"reading {self._path} failed{where}: {_reason(exc)}; "
+            raise SourceError(f"reading {self._name} failed{where}: {scrub(_reason(exc), self._open[0])}; "
                               f"the file may be damaged") from None
         self._report_damage()
         self._check_complete(t)
@@ -196,11 +203,11 @@ class FileSource(Source):
         if not self._damage:
             return
         if self._decoded_frames == 0 and not self._stop.is_set():
-            raise SourceError(f"no frame of {self._path} could be decoded ({len(self._damage)} damaged packets); "
+            raise SourceError(f"no frame of {self._name} could be decoded ({len(self._damage)} damaged packets); "
                               "the file is damaged or its codec unsupported")
         times = [t for t in self._damage if t is not None]
         span = f" between {min(times):.2f} s and {max(times):.2f} s" if times else ""
-        self.notices.append(f"skipped {len(self._damage)} damaged packet(s) of {self._path}{span}; "
+        self.notices.append(f"skipped {len(self._damage)} damaged packet(s) of {self._name}{span}; "
                             "frames near them may show artefacts")
 
     def _check_complete(self, last: float | None) -> None:
@@ -213,7 +220,7 @@ class FileSource(Source):
         stop = min(announced, self._end) if self._end is not None else announced
         reached = last if last is not None else 0.0
         if stop - reached > 1.0:
-            self.notices.append(f"{self._path} ended at {reached:.2f} s of the {stop:.2f} s its header announces; "
+            self.notices.append(f"{self._name} ended at {reached:.2f} s of the {stop:.2f} s its header announces; "
                                 "the file may be truncated")
 
     def close(self) -> None:
