@@ -52,8 +52,8 @@ def build_parser() -> _Parser:
     src.add_argument("--end", type=float, default=None, metavar="S", help="stop at S seconds (video files)")
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames were written")
     src.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
-                     help="streams: seconds a lost stream may stay down before the run ends (default 60; "
-                          "0: end at the first loss)")
+                     help="streams and --push: seconds a lost stream or push server may stay down before the "
+                          "run ends (default 60; 0: end at the first loss)")
     src.add_argument("--realtime", action="store_true", help="replay a file/folder/synthetic source at its "
                      "frame rate as a live source (frames are dropped when the engine is slower)")
     eng = p.add_argument_group("engine")
@@ -84,7 +84,8 @@ def build_parser() -> _Parser:
     out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc stops)")
     out.add_argument("--serve", metavar="HOST:PORT", help="live web page, e.g. 127.0.0.1:8080")
     out.add_argument("--serve-token", metavar="T", help="secret required by the web page (needed off loopback)")
-    out.add_argument("--push", metavar="URL", help="publish the annotated video to rtsp:// or rtmp://")
+    out.add_argument("--push", metavar="URL", help="publish the annotated video to rtsp:// or rtmp:// (reconnects after an outage: "
+                     "see --reconnect-timeout)")
     out.add_argument("--no-hud", action="store_true", help="do not draw FPS / latency / drops on the frames")
     out.add_argument("--no-progress", action="store_true", help="no progress bar for file sources")
     return p
@@ -153,7 +154,12 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
     if args.push:
         from rtseg.video.sinks import PushSink
 
-        factories.append(lambda: PushSink(args.push, fps_hint=source.fps))
+        def push() -> Sink:
+            sink = PushSink(args.push, fps_hint=source.fps, reconnect_timeout=args.reconnect_timeout)
+            sink.on_event = source.on_event  # outage lines like a lost source's ("rtseg: warning: …")
+            return sink
+
+        factories.append(push)
     sinks = []
     for make in factories:
         sink = make()

@@ -39,23 +39,46 @@ def _wait_listening(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+def _receiver(scheme: str, url: str, out: Path, *, copyts: bool = False) -> subprocess.Popen:
+    """Debian's ffmpeg as a one-client RTMP/RTSP listener, copying what it receives into ``out``
+    (with ``copyts``: the sender's own timestamps, not shifted to start at 0)."""
+    listen = ["-listen", "1"] if scheme == "rtmp" else ["-rtsp_flags", "listen", "-rtsp_transport", "tcp"]
+    return subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *(["-copyts"] * copyts),
+                             *listen, "-i", url, "-c", "copy", "-y", str(out)], stderr=subprocess.PIPE)
+
+
+def _bar(i: int) -> np.ndarray:
+    """Frame ``i`` of the test clip: black, with a white column at x = 2i mod 128."""
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[:, (i * 2) % 128] = 255
+    return img
+
+
+def _feed_until(sink: PushSink, start: int, done, timeout: float) -> int:
+    """Write frames ``start, start+1, …`` (pts i/25, about 50 a second) until ``done()``; the next index."""
+    deadline = time.monotonic() + timeout
+    i = start
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        img = _bar(i)
+        sink.write(Frame(img, seq=i, pts=i / 25), None, img)
+        i += 1
+        time.sleep(0.02)
+    return i
+
+
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
 def test_push_to_real_server(tmp_path, scheme):
     port = _free_port()
     url = f"{scheme}://127.0.0.1:{port}/live/cam"
     received = tmp_path / ("got.flv" if scheme == "rtmp" else "got.mkv")
-    listen = ["-listen", "1"] if scheme == "rtmp" else ["-rtsp_flags", "listen", "-rtsp_transport", "tcp"]
-    server = subprocess.Popen(
-        [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *listen, "-i", url, "-c", "copy", "-y", str(received)],
-        stderr=subprocess.PIPE,
-    )
+    server = _receiver(scheme, url, received)
     try:
         _wait_listening(port)
         sink = PushSink(url, fps_hint=25)
         for i in range(50):
-            img = np.zeros((96, 128, 3), np.uint8)
-            img[:, (i * 2) % 128] = 255
+            img = _bar(i)
             sink.write(Frame(img, seq=i, pts=i / 25), None, img)
         sink.close()
         time.sleep(0.5)
@@ -76,11 +99,15 @@ def test_push_errors():
     with pytest.raises(SinkError, match="unsupported scheme 'http'"):
         PushSink("http://127.0.0.1:1/x")
     sink = PushSink(f"rtmp://127.0.0.1:{_free_port()}/live/x")  # nobody listens there
+    events: list[str] = []
+    sink.on_event = events.append
     img = np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(SinkError, match="send failed"):  # sent on the sink's thread: raised by a later call
+    t0 = time.monotonic()
+    with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):  # raised by a later call
         sink.write(Frame(img, pts=0.0), None, img)
         sink.close()
     sink.close()
+    assert events == [] and time.monotonic() - t0 < 1.0  # a first connection refused is not retried
 
 
 def test_push_errors_hide_credentials():
@@ -95,8 +122,7 @@ def test_push_to_a_frozen_server_fails_instead_of_hanging(tmp_path):
     in a SinkError within the stall timeout, not block the pipeline (and Ctrl-C) for ever."""
     port = _free_port()
     url = f"rtmp://127.0.0.1:{port}/live/cam"
-    server = subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-listen", "1", "-i", url,
-                               "-c", "copy", "-y", str(tmp_path / "got.flv")], stderr=subprocess.DEVNULL)
+    server = _receiver("rtmp", url, tmp_path / "got.flv")
     rng = np.random.default_rng(0)
     try:
         _wait_listening(port)
@@ -132,3 +158,118 @@ def test_push_to_a_frozen_server_fails_instead_of_hanging(tmp_path):
         server.send_signal(signal.SIGCONT)
         server.kill()
         server.wait(timeout=15)
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_push_reconnects_after_the_server_restarts(tmp_path, scheme):
+    port = _free_port()
+    url = f"{scheme}://127.0.0.1:{port}/live/cam"
+    ext = "flv" if scheme == "rtmp" else "mkv"
+    first = _receiver(scheme, url, tmp_path / f"first.{ext}")
+    second = None
+    events: list[str] = []
+    try:
+        _wait_listening(port)
+        sink = PushSink(url, fps_hint=25, reconnect_timeout=20)
+        sink.on_event = events.append
+        i = _feed_until(sink, 0, lambda: sink.sent >= 20, 10)
+        first.kill()  # the server goes away mid-run, without saying goodbye
+        first.wait(10)
+        t_lost = time.monotonic()
+        i = _feed_until(sink, i, lambda: len(events) >= 1, 10)  # writes go on (frames dropped), no error
+        lost_at = i
+        second = _receiver(scheme, url, tmp_path / f"second.{ext}", copyts=True)  # back, on the same port
+        _wait_listening(port)
+        i = _feed_until(sink, i, lambda: len(events) >= 2, 15)
+        back_at = i
+        i = _feed_until(sink, i, lambda: sink.sent >= 20 + 30, 10)
+        sink.close()
+        assert time.monotonic() - t_lost < 25
+        time.sleep(0.3)
+    finally:
+        first.kill()
+        if second is not None:
+            second.send_signal(signal.SIGTERM)  # ffmpeg finishes its output file on SIGTERM
+            _, err = second.communicate(timeout=15)
+    assert len(events) == 2, events
+    assert events[0].startswith(f"push output {url} lost (") and "reconnecting for up to 20s" in events[0], events
+    assert events[1].startswith(f"push output {url} back after ") and "(reconnection 1;" in events[1], events
+    assert sink.reconnects == 1 and sink.dropped > 0
+    with av.open(str(tmp_path / f"second.{ext}")) as c:
+        stream = c.streams.video[0]
+        frames = list(c.decode(stream))
+    assert len(frames) >= 30, err
+    assert frames[0].key_frame
+    # the first frame the new server got was written between the loss and the reconnection (its white column
+    # tells which); every later frame shows the frame index its timestamp names
+    def index(f: av.VideoFrame, candidates: range) -> int:
+        x = int(f.to_ndarray(format="bgr24").mean(axis=(0, 2)).argmax())
+        return next(k for k in candidates if (k * 2) % 128 == x)
+
+    first_index = index(frames[0], range(lost_at - 1, back_at + 1))
+    ref_index = index(frames[1], range(first_index + 1, back_at + 2))
+    if scheme == "rtmp":  # FLV carries the sender's timestamps: they continue the run's clock
+        assert [round(f.time * 25) for f in frames[:2]] == [first_index, ref_index]
+    # (the RTSP receiver stamps its first frame 0, before RTCP maps RTP time: timings count from the second frame)
+    for f in (frames[len(frames) // 2], frames[-1]):
+        k = ref_index + round((f.time - frames[1].time) * 25)
+        img = f.to_ndarray(format="bgr24")
+        assert img[:, (k * 2) % 128].mean() > img.mean() + 100, k
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+def test_push_gives_up_after_the_reconnect_timeout(tmp_path):
+    port = _free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = _receiver("rtmp", url, tmp_path / "got.flv")
+    events: list[tuple[float, str]] = []
+    try:
+        _wait_listening(port)
+        sink = PushSink(url, fps_hint=25, reconnect_timeout=1.5)
+        sink.on_event = lambda line: events.append((time.monotonic(), line))
+        i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10)
+    finally:
+        server.kill()
+        server.wait(10)
+    with pytest.raises(SinkError) as e:
+        _feed_until(sink, i, lambda: False, 15)  # nobody listens any more: every attempt is refused
+    t_error = time.monotonic()
+    message = str(e.value)
+    assert message.startswith(f"push output {url} lost (") and "not back after 1.5s: " in message, message
+    assert "Connection refused" in message and "\n" not in message
+    assert len(events) == 1 and "reconnecting for up to 1.5s" in events[0][1], events
+    assert 1.5 <= t_error - events[0][0] < 3.0
+    with pytest.raises(SinkError) as again:
+        sink.close()
+    assert str(again.value) == message and time.monotonic() - t_error < 1.0
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+def test_push_stop_request_ends_reconnecting_at_once(tmp_path):
+    """Ctrl-C / SIGTERM during an outage: the pipeline calls interrupt() (no more attempts, even when the server
+    comes back), then close(), which does not wait; the outage announced by the warning is no error."""
+    port = _free_port()
+    url = f"rtsp://127.0.0.1:{port}/live/cam"
+    server = _receiver("rtsp", url, tmp_path / "first.mkv")
+    events: list[str] = []
+    try:
+        _wait_listening(port)
+        sink = PushSink(url, fps_hint=25)
+        sink.on_event = events.append
+        i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10)
+        server.kill()
+        server.wait(10)
+        i = _feed_until(sink, i, lambda: len(events) >= 1, 10)
+        sink.interrupt()
+        server = _receiver("rtsp", url, tmp_path / "second.mkv")
+        _wait_listening(port)
+        t_end = time.monotonic() + 2.0  # attempts would come 0.25 s, 0.75 s, 1.75 s after the loss
+        _feed_until(sink, i, lambda: time.monotonic() > t_end, 5)  # frames in flight: taken, not pushed
+        t0 = time.monotonic()
+        sink.close()
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        server.kill()
+        server.wait(10)
+    assert sink.reconnects == 0 and len(events) == 1 and "reconnecting for up to 60s" in events[0], events

@@ -335,6 +335,26 @@ def test_jsonl_full_disk_keeps_only_complete_lines(tmp_path):
 
 
 
+def test_mp4_frames_of_another_size_are_fitted_whole_not_stretched(tmp_path):
+    """An image folder of mixed sizes: a portrait frame in a landscape stream keeps its aspect ratio, centred
+    between black bars (was stretched to the stream's size)."""
+    path = tmp_path / "mixed.mp4"
+    sink = Mp4Sink(path, fps_hint=10)
+    first = Frame(np.full((120, 160, 3), 200, np.uint8), source_id="t", seq=0, pts=0.0, capture_time=0.0)
+    portrait = np.full((120, 60, 3), 200, np.uint8)
+    portrait[:, :30] = (0, 0, 255)  # left half red, right half grey
+    second = Frame(portrait, source_id="t", seq=1, pts=0.1, capture_time=0.1)
+    for f in (first, second):
+        sink.write(f, Detections.empty(f.image.shape[:2], ["a"]), f.image)
+    sink.close()
+    _, _, frames = _decode_video(path)
+    image = frames[1].to_ndarray(format="bgr24")
+    assert image.shape == (120, 160, 3)
+    assert image[:, :45].max() < 30 and image[:, 115:].max() < 30  # black bars, 50 px each side
+    assert np.abs(image[10:110, 55:70].mean(axis=(0, 1)) - (0, 0, 255)).max() < 40  # red half, undistorted
+    assert np.abs(image[10:110, 90:105].mean() - 200) < 15
+
+
 def test_coco_json_sink_keeps_a_failed_runs_results_as_partial(tmp_path):
     from rtseg.video.coco_json import CocoJsonSink
 

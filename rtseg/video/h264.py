@@ -31,11 +31,24 @@ def bgr_to_i420(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
 
 
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint8 ``image`` scaled to fit ``width`` x ``height`` with its aspect ratio kept, centred on black.
+
+    Frames of another size than the stream's (an image folder of mixed sizes, a portrait photo among
+    landscape ones) are shown whole and undistorted.
+    """
+    scale = min(width / image.shape[1], height / image.shape[0])
+    w, h = max(1, min(width, round(image.shape[1] * scale))), max(1, min(height, round(image.shape[0] * scale)))
+    fitted = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    left, top = (width - w) // 2, (height - h) // 2
+    return cv2.copyMakeBorder(fitted, top, height - h - top, left, width - w - left, cv2.BORDER_CONSTANT, value=0)
+
+
 class H264Encoder:
     """Encode frames into ``container`` as one H.264 video stream.
 
     The stream is added on the first frame (its size fixes the video size;
-    later frames of another size are resized to it).
+    later frames of another size are fitted into it, aspect ratio kept: :func:`letterbox`).
     """
 
     def __init__(
@@ -46,6 +59,7 @@ class H264Encoder:
         preset: str = "veryfast",
         crf: int = 23,
         keyframe_interval_s: float = 1.0,
+        t0: float | None = None,
     ) -> None:
         self._container = container
         self._fps = float(fps_hint) if fps_hint and fps_hint > 0 else 30.0
@@ -53,7 +67,7 @@ class H264Encoder:
         self._key_every = keyframe_interval_s
         self._stream: av.video.stream.VideoStream | None = None
         self._size: tuple[int, int] | None = None  # (W, H) as given by the first frame
-        self._t0: float | None = None
+        self._t0 = t0  # media time (s) of output pts 0; None: the first frame's
         self._last_pts = -1
         self._last_key_t = -math.inf
 
@@ -93,7 +107,7 @@ class H264Encoder:
             self._t0 = t
         w, h = self._size
         if (image.shape[1], image.shape[0]) != (w, h):
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+            image = letterbox(image, w, h)
         if w % 2 or h % 2:
             image = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
         pts = max(int(round((t - self._t0) / float(TIME_BASE))), self._last_pts + 1)
