@@ -3,7 +3,7 @@
 Random weights with a spread-out class bias so that Fast NMS and mask assembly see a
 realistic load (tens of detections). Usage:
 
-    python benchmarks/yolact_cpu_stages.py [--backbones resnet50 resnet101] [--iters 10]
+    python -m benchmarks.yolact_cpu_stages [--presets yolact_resnet50 yolact_base] [--iters 10]
 """
 from __future__ import annotations
 
