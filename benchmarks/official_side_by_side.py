@@ -94,6 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # for both sides: the official eval.py and rtseg set it
     h, w = (int(v) for v in args.frame.split("x"))
     img = synthetic_frame(h, w, 3)
     off = import_official(args.official.resolve())

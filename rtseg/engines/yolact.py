@@ -99,6 +99,8 @@ class YolactEngine(StagedEngine):
         #: COCO results files; None otherwise.
         self.category_ids: tuple[int, ...] | None = None
         self._dev = resolve_device(device)
+        if self._dev.type == "cuda":  # one input size: cuDNN's autotuner picks each conv's fastest kernel once
+            torch.backends.cudnn.benchmark = True  # (as the official eval.py does)
         self.device = str(device)
         names = list(class_names) if class_names is not None else _default_names(self.cfg.num_classes)
         if len(names) != self.cfg.num_classes:
