@@ -317,6 +317,22 @@ def _one_line_error(capsys, message: str) -> None:
     assert "\n" not in err and "Traceback" not in err, err
 
 
+def test_cli_refuses_a_labelme_folder_without_shapes(tmp_path, capsys) -> None:
+    """Classes listed in label_names.txt but no shape drawn: was a run that trained on nothing."""
+    import cv2
+
+    from rtseg.train.cli import main
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    (folder / "label_names.txt").write_text("cat\ndog\n")
+    cv2.imwrite(str(folder / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    (folder / "a.json").write_text(json.dumps({"shapes": [], "imagePath": "a.png", "imageHeight": 32,
+                                               "imageWidth": 32}))
+    assert main(["--data", f"labelme:{folder}", "--iters", "2", "--out", str(tmp_path / "m.safetensors")]) == 2
+    _one_line_error(capsys, "the 1 labelme files hold no shapes, so there is nothing to learn")
+
+
 def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, capsys) -> None:
     from rtseg.train.cli import main
 

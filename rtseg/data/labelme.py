@@ -169,6 +169,11 @@ class LabelmeDataset:
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def num_shapes(self) -> int:
+        """Shapes that make instances, over all files (shapes of one object, e.g. ``person1`` twice, count twice)."""
+        return sum(len(r.shapes) for r in self._records)
+
     def _image(self, index: int) -> np.ndarray:
         path, record = self.files[index], self._records[index]
         if record.image is not None:

@@ -189,6 +189,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = open_dataset(args.data, num_images=args.train_images)
+    if getattr(train_set, "num_shapes", None) == 0:
+        raise DatasetError(f"--data {args.data}: the {len(train_set)} labelme files hold no shapes, so there is "
+                           "nothing to learn; annotate the objects (polygons, rectangles, circles or masks)")
     if not train_set.class_names:
         raise DatasetError(f"--data {args.data}: no classes (no labelled shapes or categories); "
                            "annotate the images or give a data set with categories")
