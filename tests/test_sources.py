@@ -96,8 +96,13 @@ def test_errors_are_one_line(tmp_path):
             c.mux(p)
         for p in s.encode():
             c.mux(p)
+    (tmp_path / "loop_a.mp4").symlink_to(tmp_path / "loop_b.mp4")
+    (tmp_path / "loop_b.mp4").symlink_to(tmp_path / "loop_a.mp4")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
     cases = {
         str(tmp_path / "missing.mp4"): "source not found",
+        str(tmp_path / "loop_a.mp4"): "a symbolic link to nothing",
+        str(tmp_path / "dangling.mp4"): "a symbolic link to nothing",
         str(garbage): "cannot read video file",
         str(audio_only): "no video stream",
         "ftp://user:pw@host/x.mp4": "unsupported URL scheme 'ftp'",

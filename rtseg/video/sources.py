@@ -309,6 +309,9 @@ def open_source(
         if source is None:
             from rtseg.video.sources_av import FileSource
 
+            if os.path.islink(spec) and not os.path.exists(spec):
+                raise SourceError(f"source {spec}: a symbolic link to nothing (its target is missing or the "
+                                  f"links loop); point it at the video or pass the file itself")
             if not os.path.exists(spec):
                 raise SourceError(f"source not found: {spec} "
                                   f"(expected a video file, image, folder, glob, URL or camera index)")
