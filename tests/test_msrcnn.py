@@ -11,7 +11,7 @@ import rtseg
 from rtseg.data.synthetic import CLASSES, SyntheticDataset
 from rtseg.engines.msrcnn import MsrcnnEngine, rescored, save_msrcnn
 from rtseg.errors import ConfigError, WeightsError
-from rtseg.models.msrcnn import MaskIoUHead, MsrcnnConfig, maskiou_targets
+from rtseg.models.msrcnn import MaskIoUHead, MaskScoringRCNN, MsrcnnConfig, maskiou_targets
 from rtseg.eval.mask_scoring import true_mask_iou
 from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn
 
@@ -167,13 +167,46 @@ def test_bad_options_are_config_errors(tiny_weights, options, message):
         rtseg.load("msrcnn", tiny_weights[0], **options)
 
 
-def test_elongated_frame_names_its_place_in_the_batch():
-    engine = _tiny_engine()
-    thin = np.zeros((8, 4000, 3), np.uint8)
-    with pytest.raises(ConfigError, match="^frame: 8x4000 is too elongated"):
-        engine(thin)
-    with pytest.raises(ConfigError, match="^frame 1 of the batch: 8x4000 is too elongated"):
-        engine([np.zeros((64, 64, 3), np.uint8), thin])
+def test_elongated_frames_are_padded_and_cropped_back():
+    """Were refused (8x4000 resized to max side 80 leaves < 1 pixel); now padded, detections cropped back."""
+    engine = MsrcnnEngine.from_config(TINY, class_names=list(CLASSES), score_threshold=0.0)
+    rng = np.random.default_rng(0)
+    thin, tall = rng.integers(0, 255, (8, 4000, 3), np.uint8), rng.integers(0, 255, (900, 3, 3), np.uint8)
+    for dets, img in zip(engine([np.zeros((64, 64, 3), np.uint8), thin, tall]), [None, thin, tall]):
+        if img is None:
+            continue
+        h, w = img.shape[:2]
+        assert dets.image_size == (h, w) and len(dets) > 0 and dets.masks.shape == (len(dets), h, w)
+        assert (dets.boxes >= 0).all() and (dets.boxes[:, 0::2] <= w).all() and (dets.boxes[:, 1::2] <= h).all()
+        assert (dets.boxes[:, 2:] > dets.boxes[:, :2]).all()
+        assert rtseg.annotate(img, dets).shape == img.shape
+
+
+def test_masks_are_pasted_lazily_as_torchvision_pastes_them():
+    """torchvision pasted every mask into a float32 frame-size map in the forward pass (4.8 GB for 100
+    detections at 4000x3000); the engine now keeps the 28x28 probabilities and pastes into bool on demand."""
+    from torchvision.models.detection.transform import paste_masks_in_image
+
+    engine = MsrcnnEngine.from_config(TINY, class_names=list(CLASSES), score_threshold=0.0)
+    img = SyntheticDataset.split("val", 1, width=80, height=64)[0].image
+    raw = engine.forward(engine.preprocess([img]))
+    assert raw[0]["masks"].shape[1:] == (1, 28, 28)  # not pasted by the network
+    dets = engine.postprocess(raw, [img.shape[:2]])[0]
+    assert dets._masks is None and len(dets) > 0
+    expected = (paste_masks_in_image(raw[0]["masks"], raw[0]["boxes"], img.shape[:2])[:, 0] > 0.5).numpy()
+    np.testing.assert_array_equal(dets.masks, expected[: len(dets)])
+    assert dets.masks.any()
+
+
+def test_score_threshold_and_top_k_reach_past_the_trained_limits():
+    """TINY was built with box_score_thresh 0.05 and detections_per_img 20: score_threshold=0.0 and
+    top_k=60 were silently capped by them."""
+    img = SyntheticDataset.split("val", 1, width=80, height=64)[0].image
+    torch.manual_seed(0)
+    many = MsrcnnEngine.from_config(TINY, class_names=list(CLASSES), score_threshold=0.0, top_k=60)(img)
+    assert 20 < len(many) <= 60
+    few = MsrcnnEngine(model=MaskScoringRCNN(TINY), class_names=list(CLASSES), score_threshold=0.99)(img)
+    assert (few.scores > 0.99).all()
 
 
 def test_training_checkpoint_as_weights_says_how_to_finish(tmp_path):

@@ -156,10 +156,29 @@ def test_engine_yolact_plus_fcn_and_overlay():
     assert (out[0].ids > 0).all()  # background stuff fills every pixel no instance took
     drawn = rtseg.annotate(img, out[0])
     assert drawn.shape == img.shape
-    with pytest.raises(ConfigError, match="not semantic classes"):
-        PanopticEngine(instances=yolact, semantic=FcnEngine.from_config(FcnConfig(num_classes=3, width=0.0625)))
     with pytest.raises(ConfigError, match="needs instances"):
         rtseg.load("panoptic")
+
+
+def test_stuff_only_fcn_with_a_things_detector():
+    """Instance classes the FCN does not know become categories after the FCN's (were a ConfigError)."""
+    torch.manual_seed(0)
+    yolact = YolactEngine.from_config(
+        YolactConfig(backbone="resnet18", num_classes=6, input_size=64, fpn_channels=16, num_prototypes=4),
+        class_names=list(CLASSES), score_threshold=0.0)
+    stuff = ["background", "sky", "circle"]  # shares one name with the detector
+    fcn = FcnEngine.from_config(FcnConfig(arch="fcn32s", num_classes=3, width=0.0625), class_names=stuff)
+    eng = PanopticEngine(instances=yolact, semantic=fcn, score_threshold=0.0, stuff_min_area=1)
+    names = [*stuff, *[c for c in CLASSES if c != "circle"]]
+    assert eng.class_names == tuple(names) and eng.stuff_categories == [0, 1]
+    assert eng.thing_category.tolist() == [names.index(c) for c in CLASSES]
+    img = SyntheticScene(3, width=64, height=48, num_frames=1).frame(0)[0]
+    pan = eng(img)
+    things = [s for s in pan.segments if s["isthing"]]
+    assert pan.class_names == tuple(names) and things
+    assert all(pan.class_names[s["category_id"]] in CLASSES for s in things)
+    assert all(s["category_id"] in (0, 1) for s in pan.segments if not s["isthing"])
+    assert rtseg.annotate(img, pan).shape == img.shape
 
 
 def test_load_by_paths_with_msrcnn(tmp_path):

@@ -155,3 +155,15 @@ def test_cuda_device_picks_the_torch_backend(monkeypatch):
 def test_slic_on_cuda_without_backend_runs_torch(frames):
     eng = rtseg.load("slic", device="cuda", n_segments=50)
     assert eng.backend == "torch" and isinstance(eng(frames[0][0]), rtseg.Superpixels)
+
+
+def test_connected_components_past_2_to_the_24_pixels():
+    """Component ids were float32 (exact to 2^24 = 16,777,216 pixels: larger frames were refused);
+    the lone last pixel's id 16,809,999 is not a float32."""
+    h, w = 4100, 4100
+    labels = torch.zeros(h, w, dtype=torch.int64)
+    labels[:, w // 2:] = 1
+    labels[h // 2:] += 2
+    labels[-1, -1] = 7
+    ids = torch.unique(connected_components(labels)).tolist()
+    assert ids == [0, w // 2, h // 2 * w, h // 2 * w + w // 2, h * w - 1]

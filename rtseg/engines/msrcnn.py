@@ -3,6 +3,11 @@
 ``Detections.scores`` are the classification scores (sorted descending);
 ``Detections.mask_scores`` = score × predicted MaskIoU of the predicted class,
 the paper's calibrated mask confidence (rank by it for mask AP).
+
+Masks stay the network's 28×28 probabilities until someone asks for ``Detections.masks``; they are
+then pasted (torchvision's ``paste_masks_in_image``, a few at a time) straight into bool frame-size
+masks: torchvision pasted every detection into a float32 frame-size map inside the forward pass
+(100 detections on a 4000×3000 frame: 4.8 GB).
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, paste_masks_in_image, resize_boxes
 
 from rtseg.engines.base import StagedEngine
 from rtseg.engines.options import check_int, check_real, resolve_device
@@ -34,8 +41,12 @@ def save_msrcnn(path: str | Path, model: MaskScoringRCNN, class_names: Sequence[
 class MsrcnnEngine(StagedEngine):
     """Instance segmenter: ``engine(image) -> Detections`` with ``mask_scores`` (see :class:`Engine`).
 
-    score_threshold: drop detections whose classification score is below it.
-    top_k: keep at most this many detections per frame (best classification score first).
+    score_threshold: drop detections whose classification score is at or below it (also below the
+        ``box_score_thresh`` the weights were trained with).
+    top_k: keep at most this many detections per frame (best classification score first; also more
+        than the weights' ``detections_per_img``).
+    Frames too elongated for the network's resize (8×4000 at max side 160 would leave < 1 pixel) are
+    padded with black along the short side and the detections cropped back to the frame.
     """
 
     def __init__(self, *, model: MaskScoringRCNN, class_names: Sequence[str] | None = None, device: str = "cpu",
@@ -44,6 +55,10 @@ class MsrcnnEngine(StagedEngine):
         top_k = check_int("msrcnn", "top_k", top_k, low=1)
         self._device = resolve_device(device)
         self.device = str(self._device)
+        t = model.rcnn.transform
+        if not isinstance(t, _UnpastedTransform):  # keep masks unpasted (see module doc)
+            model.rcnn.transform = _UnpastedTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
+                                                      size_divisible=t.size_divisible, fixed_size=t.fixed_size)
         self.model = model.to(self._device).eval()
         names = list(class_names) if class_names is not None else [f"class{i}" for i in range(model.cfg.num_classes)]
         if len(names) != model.cfg.num_classes:
@@ -68,37 +83,78 @@ class MsrcnnEngine(StagedEngine):
         return cls(model=model, **kwargs)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """(H, W, 3) uint8 BGR images -> list of (3, H, W) float32 RGB in [0, 1] (torchvision normalises)."""
-        cfg = self.model.cfg
-        for i, img in enumerate(images):
-            short, long = sorted(img.shape[:2])
-            if int(short * min(cfg.min_size / short, cfg.max_size / long)) < 1:
-                which = "frame" if len(images) == 1 else f"frame {i} of the batch"
-                raise ConfigError(f"{which}: {img.shape[0]}x{img.shape[1]} is too elongated for msrcnn "
-                                  f"(resize to max side {cfg.max_size} leaves < 1 pixel); crop or pad it")
-        return [torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).to(self._device).permute(2, 0, 1).float()
-                .div_(255) for img in images]
+        """(H, W, 3) uint8 BGR images -> list of (3, H', W') float32 RGB in [0, 1] (torchvision normalises).
+
+        H' = H, W' = W except for frames too elongated for the network's resize, which get black
+        rows / columns appended (H', W' >= H, W) so that the short side keeps >= 1 pixel.
+        """
+        cfg, out = self.model.cfg, []
+        for img in images:
+            x = torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).to(self._device).permute(2, 0, 1).float().div_(255)
+            h, w = img.shape[:2]
+            short, long = sorted((h, w))
+            if int(short * min(cfg.min_size / short, cfg.max_size / long)) < 1:  # resized to 0 pixels: pad
+                need = -(-long // cfg.max_size) + 1
+                x = torch.nn.functional.pad(x, (0, need - w, 0, 0) if w < h else (0, 0, 0, need - h))
+            out.append(x)
+        return out
 
     @torch.inference_mode()
     def forward(self, x: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """torchvision's per-image dicts (boxes, labels, scores, masks (N, 1, H, W) probabilities, mask_iou)."""
+        """torchvision's per-image dicts (boxes, labels, scores, masks (N, 1, 28, 28) probabilities in their
+        boxes, mask_iou), after the RoI heads' threshold and cap were set to this engine's."""
+        heads = self.model.rcnn.roi_heads
+        heads.score_thresh, heads.detections_per_img = self.score_threshold, self.top_k  # torchvision keeps > thresh
         return self.model(x)
 
     def postprocess(self, raw: list[dict[str, torch.Tensor]], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         out = []
         for r, size in zip(raw, sizes):
-            keep = torch.where(r["scores"] >= self.score_threshold)[0][: self.top_k]  # already score-sorted
+            h, w = size
+            full = r["boxes"].float()  # boxes of the padded frame (the mask probabilities' boxes)
+            boxes = torch.minimum(full.clamp_min(0), full.new_tensor([w, h, w, h]))  # padding cropped away
+            keep = torch.where((r["scores"] > self.score_threshold) & (boxes[:, 2] > boxes[:, 0])
+                               & (boxes[:, 3] > boxes[:, 1]))[0][: self.top_k]  # already score-sorted
             scores = r["scores"][keep].float().cpu().numpy()
+            probs, full = r["masks"][keep], full[keep]
             out.append(Detections(
-                boxes=r["boxes"][keep].float().cpu().numpy(), scores=scores,
-                class_ids=(r["labels"][keep] - 1).cpu().numpy().astype(np.int64), image_size=tuple(size),
+                boxes=boxes[keep].cpu().numpy(), scores=scores,
+                class_ids=(r["labels"][keep] - 1).cpu().numpy().astype(np.int64), image_size=(h, w),
                 class_names=self.class_names, mask_scores=(scores * r["mask_iou"][keep].float().cpu().numpy()),
-                _masks=(r["masks"][keep, 0] > 0.5).cpu().numpy().reshape(-1, *size)))
+                _mask_fn=lambda probs=probs, full=full, size=(h, w): paste_masks(probs, full, size)))
         return out
 
     def warmup(self) -> None:
         """One dummy frame through every stage."""
         self(np.zeros((self.model.cfg.min_size, self.model.cfg.min_size, 3), np.uint8))
+
+
+def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], *,
+                budget: int = 1 << 25) -> np.ndarray:
+    """(N, 1, M, M) mask probabilities in their (N, 4) xyxy boxes -> (N, H, W) bool masks (probability > 0.5).
+
+    torchvision's paste (parts of boxes past the frame are cut off), at most ``budget`` float32
+    pixels at a time.
+    """
+    h, w = size
+    out = np.zeros((len(probs), h, w), bool)
+    step = max(budget // (h * w), 1)
+    for i in range(0, len(probs), step):
+        out[i:i + step] = (paste_masks_in_image(probs[i:i + step], boxes[i:i + step], (h, w))[:, 0] > 0.5).cpu().numpy()
+    return out
+
+
+class _UnpastedTransform(GeneralizedRCNNTransform):
+    """torchvision's transform whose inference output keeps masks as (N, 1, M, M) probabilities
+    (boxes scaled back to the input image as usual); :func:`paste_masks` pastes them when needed."""
+
+    def postprocess(self, result: list[dict[str, torch.Tensor]], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        if self.training:
+            return result
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+        return result
 
 
 def rescored(dets: Detections) -> Detections:

@@ -31,14 +31,15 @@ from rtseg.types import Detections, Panoptic, SemanticMap
 
 def fuse_panoptic(dets: Detections, semantic: SemanticMap, *, thing_category: np.ndarray,
                   stuff_categories: Sequence[int], overlap_threshold: float = 0.5, stuff_min_area: int = 64,
-                  score_threshold: float = 0.3) -> Panoptic:
+                  score_threshold: float = 0.3, class_names: Sequence[str] | None = None) -> Panoptic:
     """Fuse one frame's instances and semantic map.
 
     thing_category: (num instance classes,) int64 panoptic category of each instance class id.
     stuff_categories: semantic labels that are stuff (their label is their category id).
     Instances are ordered by ``mask_scores`` when present (MS R-CNN), else ``scores``;
     those below ``score_threshold`` are dropped. Segment ids count from 1 in paste order.
-    Returns Panoptic with the semantic map's class names; instance segments carry "score".
+    class_names: names of the categories (default: the semantic map's).
+    Returns Panoptic with those class names; instance segments carry "score".
     """
     if tuple(dets.image_size) != semantic.labels.shape:
         raise ValueError(f"fuse_panoptic: detections {dets.image_size} and semantic map {semantic.labels.shape} differ")
@@ -67,7 +68,8 @@ def fuse_panoptic(dets: Detections, semantic: SemanticMap, *, thing_category: np
             continue
         ids[region] = len(segments) + 1
         segments.append({"id": len(segments) + 1, "category_id": int(c), "isthing": False, "area": area})
-    return Panoptic(ids=ids, segments=segments, class_names=semantic.class_names)
+    return Panoptic(ids=ids, segments=segments,
+                    class_names=semantic.class_names if class_names is None else tuple(class_names))
 
 
 # -- panopticapi format --------------------------------------------------------------------
@@ -145,10 +147,11 @@ class PanopticEngine:
     """Instance engine + semantic engine → ``Panoptic`` (see :class:`rtseg.engines.base.Engine`).
 
     instances: an engine producing ``Detections`` (YOLACT, MS R-CNN or your own); semantic: an
-    :class:`FcnEngine`. Categories are the semantic engine's classes; each instance class maps to
-    the semantic class of the same name (ConfigError when one is missing). stuff_classes: semantic
-    class names (one name may be given as a str) that are stuff; default: the semantic classes no
-    instance class names. Thresholds as :func:`fuse_panoptic`.
+    :class:`FcnEngine`. Categories are the semantic engine's classes (category id = semantic label),
+    then the instance classes the semantic engine does not know (a stuff-only FCN with a things
+    detector, as in panoptic FPN); each instance class maps to the category of the same name.
+    stuff_classes: semantic class names (one name may be given as a str) that are stuff; default:
+    the semantic classes no instance class names. Thresholds as :func:`fuse_panoptic`.
     """
 
     def __init__(self, *, instances: Engine, semantic: FcnEngine, stuff_classes: Sequence[str] | str | None = None,
@@ -163,11 +166,8 @@ class PanopticEngine:
         self.score_threshold = check_real("panoptic", "score_threshold", score_threshold, low=0.0, high=1.0)
         self.stuff_min_area = check_int("panoptic", "stuff_min_area", stuff_min_area, low=0)
         sem_names = list(semantic.class_names)
-        missing = [n for n in instances.class_names if n not in sem_names]
-        if missing:
-            raise ConfigError(f"panoptic: instance classes {missing[:5]} are not semantic classes "
-                              f"({', '.join(sem_names[:8])}…); train both engines on the same classes")
-        self.thing_category = np.array([sem_names.index(n) for n in instances.class_names], np.int64)
+        names = sem_names + [n for n in dict.fromkeys(instances.class_names) if n not in sem_names]
+        self.thing_category = np.array([names.index(n) for n in instances.class_names], np.int64)
         stuff = [n for n in sem_names if n not in instances.class_names] if stuff_classes is None else \
             _names(stuff_classes)
         unknown = [n for n in stuff if n not in sem_names]
@@ -175,7 +175,7 @@ class PanopticEngine:
             raise ConfigError(f"panoptic: stuff classes {unknown[:5]} are not semantic classes; choose from {sem_names}")
         self.stuff_categories = [sem_names.index(n) for n in stuff]
         self.instances, self.semantic = instances, semantic
-        self.class_names = tuple(sem_names)
+        self.class_names = tuple(names)
         self.device = semantic.device
 
     @classmethod
@@ -207,7 +207,8 @@ class PanopticEngine:
         """One frame's fusion with this engine's category mapping and thresholds."""
         return fuse_panoptic(dets, semantic, thing_category=self.thing_category,
                              stuff_categories=self.stuff_categories, overlap_threshold=self.overlap_threshold,
-                             stuff_min_area=self.stuff_min_area, score_threshold=self.score_threshold)
+                             stuff_min_area=self.stuff_min_area, score_threshold=self.score_threshold,
+                             class_names=self.class_names)
 
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Panoptic | list[Panoptic]:
         single, images = frames_as_list(frames)

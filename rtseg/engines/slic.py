@@ -61,8 +61,6 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     Returns (H, W) int64 labels 0..K-1 on the image's device, every segment 4-connected.
     """
     h, w = image.shape[:2]
-    if h * w >= 1 << 24:
-        raise ConfigError(f"slic_torch: image {h}x{w} too large (max 2^24 pixels); downscale it first")
     dev = image.device
     step = max(math.sqrt(h * w / max(n_segments, 1)), 1.0)
     gh, gw = max(round(h / step), 1), max(round(w / step), 1)
@@ -104,9 +102,9 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     return enforce_connectivity(labels, min_size=max(int(min_size_factor * step * step), 1))
 
 
-def _neighbour_views(t: torch.Tensor, fill: float) -> list[torch.Tensor]:
-    """The 4-neighbours of every pixel of (H, W) ``t`` (up, down, left, right), padded with ``fill``."""
-    p = F.pad(t[None, None].float(), (1, 1, 1, 1), value=fill)[0, 0]
+def _neighbour_views(t: torch.Tensor, fill: int | bool) -> list[torch.Tensor]:
+    """The 4-neighbours of every pixel of (H, W) ``t`` (up, down, left, right; ``t``'s dtype), padded with ``fill``."""
+    p = F.pad(t[None, None], (1, 1, 1, 1), value=fill)[0, 0]
     return [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
 
 
@@ -114,20 +112,18 @@ def connected_components(labels: torch.Tensor) -> torch.Tensor:
     """(H, W) int64 -> (H, W) int64 id of the 4-connected component of equal labels (min flat index).
 
     Min-propagation with pointer jumping: converges in O(log diameter) jumps on
-    typical superpixels. Float32 holds flat indices exactly up to 2^24 pixels.
+    typical superpixels. Indices are int32 (exact up to 2^31 pixels; float32 was exact only up to 2^24).
     """
     h, w = labels.shape
-    if h * w >= 1 << 24:
-        raise ConfigError(f"slic_torch: image {h}x{w} too large (max 2^24 pixels); downscale it first")
-    comp = torch.arange(h * w, device=labels.device, dtype=torch.float32).reshape(h, w)
-    same = [v == labels for v in _neighbour_views(labels, -1.0)]
+    comp = torch.arange(h * w, device=labels.device, dtype=torch.int32).reshape(h, w)
+    same = [v == labels for v in _neighbour_views(labels, -1)]
     while True:
         best = comp
-        for v, s in zip(_neighbour_views(comp, float("inf")), same):
+        for v, s in zip(_neighbour_views(comp, h * w), same):
             best = torch.minimum(best, torch.where(s, v, best))
         flat = best.reshape(-1)
-        jumped = flat[flat.long()]
-        jumped = jumped[jumped.long()].reshape(h, w)  # pointer jumping: follow the parent's parent
+        jumped = flat[flat]
+        jumped = jumped[jumped].reshape(h, w)  # pointer jumping: follow the parent's parent
         if torch.equal(jumped, comp):
             return comp.long()
         comp = jumped
@@ -146,9 +142,9 @@ def enforce_connectivity(labels: torch.Tensor, *, min_size: int) -> torch.Tensor
     while small.any():  # grow big segments into adjacent small pixels, one ring per round
         grown = comp.clone()
         taken = ~small
-        for v, ok in zip(_neighbour_views(comp, -1.0), _neighbour_views(~small, 0.0)):
-            pick = small & ~taken & (ok > 0)
-            grown = torch.where(pick, v.long(), grown)
+        for v, ok in zip(_neighbour_views(comp, -1), _neighbour_views(~small, False)):
+            pick = small & ~taken & ok
+            grown = torch.where(pick, v, grown)
             taken = taken | pick
         comp, small = grown, small & ~taken
     return torch.unique(comp, return_inverse=True)[1].reshape(labels.shape)
