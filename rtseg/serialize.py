@@ -23,14 +23,19 @@ def detections_to_coco(dets: Detections, image_id: int, category_ids: Sequence[i
     """COCO "results" entries for one image (the format of ``COCO.loadRes``).
 
     Each entry: image_id, category_id (``category_ids[class_id]``; the class id itself when None),
-    category_name, bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts).
+    category_name, bbox [x, y, w, h] in pixels, score, segmentation (RLE with str counts); with mask scores
+    (MS R-CNN) also mask_score (``COCO.loadRes`` ignores it; rank by it for mask AP).
     """
     ids = dets.class_ids.tolist() if category_ids is None else [category_ids[c] for c in dets.class_ids.tolist()]
-    return [
+    entries = [
         {"image_id": int(image_id), "category_id": int(c), "category_name": name, "bbox": box, "score": float(s),
          "segmentation": rle}
         for c, name, box, s, rle in zip(ids, dets.labels, _xywh(dets.boxes), dets.scores.tolist(), dets.rles())
     ]
+    if dets.mask_scores is not None:
+        for entry, m in zip(entries, dets.mask_scores.tolist()):
+            entry["mask_score"] = float(m)
+    return entries
 
 
 def _name(names, i: int) -> str:

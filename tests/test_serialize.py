@@ -53,6 +53,10 @@ def test_detections_to_coco_fields_and_json():
         x, y, w, h = r["bbox"]
         assert np.allclose([x, y, x + w, y + h], box, atol=0.01)
         assert abs(r["score"] - float(s)) < 1e-6
+    assert [r["mask_score"] for r in res] == dets.mask_scores.tolist()  # MS R-CNN's ranking score, kept
+    plain = Detections(boxes=dets.boxes, scores=dets.scores, class_ids=dets.class_ids, image_size=(H, W),
+                       class_names=NAMES, _masks=dets.masks)
+    assert all("mask_score" not in r for r in detections_to_coco(plain, 1))
     assert detections_to_coco(Detections.empty((H, W), NAMES), 1) == []
 
 
