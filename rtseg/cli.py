@@ -68,6 +68,10 @@ def build_parser() -> _Parser:
                      help="drop detections scoring at or below T (default: yolact 0.15, msrcnn 0.05, panoptic 0.3)")
     eng.add_argument("--top-k", type=int, default=None, metavar="K",
                      help="at most K detections per frame, best first (yolact, msrcnn; default 100)")
+    eng.add_argument("--segments", type=int, default=None, metavar="N",
+                     help="slic: about how many superpixels per frame (default 200)")
+    eng.add_argument("--compactness", type=float, default=None, metavar="C",
+                     help="slic: weight of closeness against colour (default 10; higher: more regular superpixels)")
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     eng.add_argument("--backend", default="eager", choices=BACKENDS,
                      help="YOLACT network backend: eager, compile, tensorrt, onnx or auto (default: eager)")
@@ -179,6 +183,7 @@ def _load_engine(args: argparse.Namespace, name: str) -> Engine:
     import rtseg
 
     options = {k: v for k, v in (("score_threshold", args.score_threshold), ("top_k", args.top_k)) if v is not None}
+    options.update({k: v for k, v in (("n_segments", args.segments), ("compactness", args.compactness)) if v is not None})
     if args.backend != "eager":
         options["backend"] = args.backend
     if args.precision is not None or args.calib is not None:
@@ -223,6 +228,8 @@ def _check_engine_options(args: argparse.Namespace, name: str) -> None:
         raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
     if args.score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
         raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
+    if (args.segments is not None or args.compactness is not None) and name != "slic":
+        raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
     if args.backend != "eager" and name != "yolact":
         raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
     if (args.precision is not None or args.calib is not None) and args.backend != "tensorrt":

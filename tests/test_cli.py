@@ -321,6 +321,8 @@ ENGINE_OPTION_ERRORS = {
     "score threshold for fcn": (["--weights", "{fcn}", "--score-threshold", "0.5"],
                                 "--score-threshold applies to yolact, msrcnn and panoptic only, not fcn"),
     "top-k for slic": (["--engine", "slic", "--top-k", "3"], "--top-k applies to yolact and msrcnn only, not slic"),
+    "segments for yolact": (["--segments", "50"], "--segments / --compactness apply to --engine slic only, not yolact"),
+    "bad segment count": (["--engine", "slic", "--segments", "0"], "slic: n_segments must be"),
     "COCO json for fcn": (["--weights", "{fcn}", "--json", "{dir}/o.json"], "use a .jsonl file"),
     "COCO json for slic": (["--engine", "slic", "--json", "{dir}/o.json"], "which slic does not make"),
     "backend for fcn": (["--weights", "{fcn}", "--backend", "onnx"], "applies to the yolact engine only"),
@@ -372,11 +374,15 @@ def test_engine_from_the_manifest_panoptic_and_slic_run_from_the_command_line(fi
     assert all({"id", "category_id", "isthing", "segmentation"} <= set(s) for rec in records for s in rec["segments"])
     with av.open(str(video)) as c:
         assert len(list(c.decode(video=0))) == 3
-    sp_out = tmp_path / "sp.jsonl"
-    r = _run(["--source", files["clip"], "--engine", "slic", "--json", str(sp_out), "--max-frames", "1"])
-    assert r.returncode == 0, r.stderr
-    (record,) = [json.loads(line) for line in sp_out.read_text().splitlines()]
-    assert record["kind"] == "superpixels" and len(record["segments"]) == record["num_segments"] > 1
+    counts = []
+    for extra in ([], ["--segments", "20", "--compactness", "30"]):
+        sp_out = tmp_path / "sp.jsonl"
+        r = _run(["--source", files["clip"], "--engine", "slic", "--json", str(sp_out), "--max-frames", "1", *extra])
+        assert r.returncode == 0, r.stderr
+        (record,) = [json.loads(line) for line in sp_out.read_text().splitlines()]
+        assert record["kind"] == "superpixels" and len(record["segments"]) == record["num_segments"] > 1
+        counts.append(record["num_segments"])
+    assert counts[1] <= 30 < 100 <= counts[0], counts  # --segments 20 vs the default 200
 
 
 def test_json_lines_on_stdout_and_a_reader_that_goes_away_ends_the_run(files, tmp_path):
