@@ -30,14 +30,15 @@ def _bar(i: int, h: int = 120, w: int = 160) -> np.ndarray:
 class _Feeder:
     """Writes a moving bar to the sink every 40 ms until stopped (stands in for the pipeline)."""
 
-    def __init__(self, sink: WebSink) -> None:
-        self.sink, self.stop = sink, threading.Event()
+    def __init__(self, sink: WebSink, width: int = 160) -> None:
+        self.sink, self.stop, self.width = sink, threading.Event(), width
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         i = 0
         while not self.stop.is_set():
-            self.sink.write(Frame(_bar(i), seq=i), None, _bar(i))
+            image = _bar(i, w=self.width)
+            self.sink.write(Frame(image, seq=i), None, image)
             i += 1
             time.sleep(0.04)
 
@@ -236,6 +237,26 @@ def test_page_in_headless_chromium(browser):
             cells = dict(cells)
             assert cells["latency_ms.network.p50"] == "12.5" and cells["latency_ms.network.p99"] == "31.0"
             assert cells["dropped"] == "2" and cells["fps_recent"] == "–"
+    finally:
+        sink.close()
+
+
+def test_page_reopens_the_stream_when_the_run_restarts(browser):
+    """A run restarted on the same port: the open page shows the new run's video by itself (the old MJPEG
+    stream ended; the page opens it again once the stats answer again)."""
+    sink = WebSink("127.0.0.1", 0)
+    port = sink.port
+    try:
+        with _Feeder(sink):
+            browser.get(f"http://127.0.0.1:{port}/")
+            _poll(browser, _BAR_POSITION_JS, lambda v: v is not None and v[0] == 160)
+    finally:
+        sink.close()
+    _poll(browser, "return document.getElementById('status').className", lambda v: v == "err")  # run gone
+    sink = WebSink("127.0.0.1", port)
+    try:
+        with _Feeder(sink, width=200):  # the new run's frames: another width
+            _poll(browser, _BAR_POSITION_JS, lambda v: v is not None and v[0] == 200, timeout=15.0)
     finally:
         sink.close()
 

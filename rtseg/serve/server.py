@@ -140,6 +140,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.FORBIDDEN, b"token required: add ?token=...\n", "text/plain")
             return
         sink = self.server.sink
+        if sink.latest.closed:  # the run has ended: a kept-alive connection must not outlive the server
+            self.close_connection = True
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"the run has ended\n", "text/plain")
+            return
         if url.path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, _PAGE.read_bytes(), "text/html; charset=utf-8")
         elif url.path == "/stats.json":
