@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.backends import BACKENDS
-from rtseg.engines.choose import TORCHVISION, load_weights_engine, resolve_engine
+from rtseg.engines.choose import (
+    TORCHVISION,
+    check_engine_options,
+    default_weights,
+    load_panoptic_engine,
+    load_weights_engine,
+    resolve_engine,
+)
 from rtseg.errors import ConfigError, RtsegError, WeightsError, exit_status
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
@@ -174,14 +181,10 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
 
 def engine_name(args: argparse.Namespace) -> str:
     """The engine the run uses: ``--engine``, else the one the ``--weights`` manifest names (yolact)."""
-    if args.weights is None or args.engine in ("slic", "panoptic"):
-        return args.engine or "yolact"
     return resolve_engine(args.weights, args.engine)
 
 
 def _load_engine(args: argparse.Namespace, name: str) -> Engine:
-    import rtseg
-
     options = {k: v for k, v in (("score_threshold", args.score_threshold), ("top_k", args.top_k)) if v is not None}
     options.update({k: v for k, v in (("n_segments", args.segments), ("compactness", args.compactness)) if v is not None})
     if args.backend != "eager":
@@ -189,47 +192,16 @@ def _load_engine(args: argparse.Namespace, name: str) -> Engine:
     if args.precision is not None or args.calib is not None:
         options.update(precision=args.precision or "fp16", calibration_dir=args.calib)
     if name == "panoptic":
-        weights = _weights(args, "yolact")
-        things = resolve_engine(weights, None)
-        if things not in INSTANCE_ENGINES:
-            raise ConfigError(f"--engine panoptic: --weights {weights} holds {things} weights; give the weights "
-                              f"of an instance engine ({' or '.join(INSTANCE_ENGINES)}) and --semantic FCN_WEIGHTS")
-        return rtseg.load("panoptic", instances=(things, weights), semantic=args.semantic, device=args.device,
-                          **options)
-    return load_weights_engine(name, _weights(args, name), device=args.device, **options)
-
-
-def _weights(args: argparse.Namespace, name: str) -> str | None:
-    """``--weights``, or for yolact (and panoptic's instances) without it the shipped demo model (said on stderr)."""
-    if args.weights is not None or name == "slic":
-        return args.weights
-    if name != "yolact":
-        raise ConfigError(f"--engine {name} needs --weights PATH (rtseg .safetensors of that engine)")
-    from rtseg.demo import DEMO_WEIGHTS, DEMO_TRAIN_HINT
-
-    if not DEMO_WEIGHTS.is_file():
-        raise WeightsError(f"no --weights and no demo model at {DEMO_WEIGHTS}: pass --weights PATH "
-                           f"(official YOLACT .pth or rtseg .safetensors) or {DEMO_TRAIN_HINT}")
-    print(f"rtseg: no --weights: using the demo model {DEMO_WEIGHTS.name} (synthetic shapes; "
-          "pass --weights for your own model)", file=sys.stderr)
-    return str(DEMO_WEIGHTS)
+        return load_panoptic_engine(default_weights(args.weights, name), args.semantic, device=args.device, **options)
+    return load_weights_engine(name, default_weights(args.weights, name), device=args.device, **options)
 
 
 def _check_engine_options(args: argparse.Namespace, name: str) -> None:
     """Options that do not apply to engine ``name`` (or to each other) are refused before anything loads."""
-    if args.semantic is not None and name != "panoptic":
-        raise ConfigError("--semantic applies to --engine panoptic only")
-    if name == "panoptic" and args.semantic is None:
-        raise ConfigError("--engine panoptic needs --semantic FCN_WEIGHTS (the stuff classes) besides the instance "
-                          "--weights (yolact or msrcnn; default: the demo model)")
-    if args.semantic is not None and not Path(args.semantic).is_file():
-        raise WeightsError(f"--semantic {args.semantic}: file not found")
+    check_engine_options(name, weights=args.weights, semantic=args.semantic, score_threshold=args.score_threshold,
+                         segments=args.segments, compactness=args.compactness)
     if args.top_k is not None and name not in INSTANCE_ENGINES:
         raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
-    if args.score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
-        raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
-    if (args.segments is not None or args.compactness is not None) and name != "slic":
-        raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
     if args.backend != "eager" and name != "yolact":
         raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
     if (args.precision is not None or args.calib is not None) and args.backend != "tensorrt":

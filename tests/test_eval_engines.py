@@ -1,7 +1,9 @@
-"""``rtseg eval`` for FCN (mIoU) and Mask Scoring R-CNN (AP by mask score, MaskIoU correlation).
+"""``rtseg eval`` for FCN (mIoU), Mask Scoring R-CNN (AP by mask score, MaskIoU correlation),
+panoptic fusion (PQ / SQ / RQ) and SLIC (boundary recall, undersegmentation error, ASA).
 
-Weights are real, untrained tiny networks saved with the engines' own save functions;
-the metric paths are checked with real arrays (perfect, shifted and permuted labels).
+Weights are real, untrained tiny networks saved with the engines' own save functions (panoptic's
+instances: the shipped demo YOLACT); the metric paths are checked with real arrays (perfect,
+shifted and permuted labels).
 """
 from __future__ import annotations
 
@@ -21,11 +23,15 @@ from rtseg.engines.choose import resolve_engine
 from rtseg.eval.cli import main
 from rtseg.eval.coco import METRICS
 from rtseg.eval.mask_scoring import SCORING_METRICS, MaskScoringEvaluator, true_mask_iou
+from rtseg.eval.panoptic import panoptic_from_masks
 from rtseg.eval.runners import (
     IGNORE,
+    SUPERPIXEL_METRICS,
+    PanopticScorer,
     class_mapping,
     engine_target,
     evaluate_semantic_engine,
+    evaluate_superpixel_engine,
     remap,
     resize_sample,
     samples,
@@ -34,7 +40,7 @@ from rtseg.eval.runners import (
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FCN, FcnConfig
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
-from rtseg.types import Detections
+from rtseg.types import Detections, Panoptic
 
 torch.set_num_threads(2)
 # engine class order differs from the data set's: the name matching must handle it
@@ -228,3 +234,107 @@ def test_cli_user_errors_for_fcn(fcn_weights, tmp_path, capsys):
                      ["background", "circle", "dog"])
     assert main(["--weights", str(other), "--max-images", "1"]) == 2
     assert "do not know data-set classes square, triangle" in _one_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def stuff_fcn_weights(tmp_path_factory):
+    """A stuff-only FCN ("background", "sky"): the panoptic categories are these, then the YOLACT classes."""
+    torch.manual_seed(0)
+    return save_fcn(tmp_path_factory.mktemp("stuff") / "stuff.safetensors",
+                    FCN(FcnConfig(num_classes=2, width=0.0625)), ["background", "sky"])
+
+
+def test_cli_panoptic_reports_pq_sq_rq(stuff_fcn_weights, tmp_path, capsys):
+    out = tmp_path / "pan.json"
+    assert main(["--engine", "panoptic", "--semantic", str(stuff_fcn_weights), "--data", "synthetic:test",
+                 "--max-images", "3", "--resize", "128x96", "--json", str(out)]) == 0  # demo YOLACT as things
+    captured = capsys.readouterr()
+    assert "using the demo model" in captured.err
+    assert "3 images, panoptic" in captured.out and "things" in captured.out and "stuff" in captured.out
+    record = json.loads(out.read_text())
+    assert record["engine"] == "panoptic" and record["weights"].endswith("yolact_demo.safetensors")
+    assert record["semantic"] == str(stuff_fcn_weights) and record["score_threshold"] == 0.3
+    m = record["metrics"]
+    assert {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "PQ/background"} <= set(m)
+    assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert m["PQ"] <= min(m["SQ"], m["RQ"])  # a mean of SQ_c x RQ_c over the categories SQ and RQ average
+    assert m["PQ_th"] > 0.2  # the demo model finds the synthetic shapes
+
+
+def _engine_panoptic(sample: Sample, engine_names: list[str], data_names) -> Panoptic:
+    """The ground truth of ``sample`` as an engine with categories ``engine_names`` would predict it."""
+    cats = [engine_names.index(data_names[c]) for c in sample.class_ids]
+    assert engine_names[0] == "background"
+    return panoptic_from_masks(sample.masks, cats, engine_names)
+
+
+def test_panoptic_scorer_perfect_prediction_unknown_category_and_crowd():
+    data = SyntheticDataset.split("test", 3, width=96, height=72)
+    engine_names = ["background", "sky", *reversed(data.class_names)]  # another order, and a category not in the data
+    things = range(2, len(engine_names))
+    perfect = PanopticScorer(engine_names, things, data.class_names)
+    for i in range(3):
+        perfect.add(_engine_panoptic(data[i], engine_names, data.class_names), data[i])
+    m = perfect.summarize()
+    assert m["PQ"] == m["SQ"] == m["RQ"] == m["PQ_th"] == m["PQ_st"] == 1.0
+    assert sum(k.startswith("PQ/") for k in m) >= 3 and "PQ/sky" not in m
+    sky = PanopticScorer(engine_names, things, data.class_names)  # the background predicted as "sky"
+    for i in range(3):
+        pred = _engine_panoptic(data[i], engine_names, data.class_names)
+        segments = [{**s, "category_id": 1} if s["category_id"] == 0 else s for s in pred.segments]
+        sky.add(Panoptic(ids=pred.ids, segments=segments, class_names=engine_names), data[i])
+    m = sky.summarize()
+    assert m["PQ_th"] == 1.0 and m["PQ_st"] == 0.0 and m["PQ/sky"] == 0.0 and m["PQ/background"] == 0.0
+    assert sky.evaluator.fp[sky.names.index("sky")] == 3 and sky.evaluator.fn[0] == 3
+    # a crowd region is void: whatever covers it costs nothing
+    mask = np.zeros((2, 40, 40), bool)
+    mask[0, 5:20, 5:20] = True
+    mask[1, 25:38, 25:38] = True
+    crowd = Sample(image=np.zeros((40, 40, 3), np.uint8), boxes=masks_to_boxes(mask), class_ids=np.array([0, 1]),
+                   masks=mask, iscrowd=np.array([False, True]))
+    scorer = PanopticScorer(["background", "a", "b"], [1, 2], ["a", "b"])
+    scorer.add(panoptic_from_masks(mask[:1], [1], ["background", "a", "b"]), crowd)  # crowd pixels: background
+    assert scorer.summarize()["PQ"] == 1.0
+
+
+def test_cli_slic_reports_superpixel_metrics(tmp_path, capsys):
+    out = tmp_path / "slic.json"
+    assert main(["--engine", "slic", "--segments", "40", "--compactness", "20", "--data", "synthetic:test",
+                 "--max-images", "3", "--resize", "96x72", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 images, slic" in text and "undersegmentation_error" in text and "segments/image" in text
+    record = json.loads(out.read_text())
+    assert record["engine"] == "slic" and record["segments"] == 40 and record["compactness"] == 20.0
+    m = record["metrics"]
+    assert set(m) == set(SUPERPIXEL_METRICS)
+    assert 0.0 < m["boundary_recall"] <= 1.0 and 0.0 <= m["undersegmentation_error"] < 1.0 and 0.0 < m["asa"] <= 1.0
+    assert 10 <= m["num_segments"] <= 80
+
+
+def test_superpixel_runner_more_segments_follow_more_boundaries():
+    import rtseg
+
+    data = SyntheticDataset.split("test", 3, width=96, height=72)
+    few, many = (evaluate_superpixel_engine(rtseg.load("slic", n_segments=k), [data[i] for i in range(3)])
+                 for k in (4, 150))
+    assert few["num_segments"] < many["num_segments"]
+    assert few["boundary_recall"] < many["boundary_recall"] and few["asa"] < many["asa"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "slic", "--weights", "{fcn}"], "--engine slic takes no --weights (superpixels need no model); drop"),
+    (["--weights", "{fcn}", "--semantic", "{fcn}"], "--semantic applies to --engine panoptic only"),
+    (["--engine", "panoptic"], "--engine panoptic needs --semantic FCN_WEIGHTS"),
+    (["--engine", "panoptic", "--semantic", "{missing}"], "--semantic {missing}: file not found"),
+    (["--engine", "panoptic", "--weights", "{fcn}", "--semantic", "{fcn}"],
+     "holds fcn weights; give the weights of an instance engine"),
+    (["--segments", "50"], "--segments / --compactness apply to --engine slic only, not yolact"),
+    (["--weights", "{fcn}", "--compactness", "5"], "--segments / --compactness apply to --engine slic only, not fcn"),
+    (["--engine", "slic", "--score-threshold", "0.5"], "--score-threshold applies to yolact, msrcnn and panoptic only"),
+    (["--engine", "slic", "--segments", "0"], "slic: n_segments must be"),
+    (["--engine", "msrcnn"], "--engine msrcnn needs --weights PATH"),
+])
+def test_cli_engine_option_errors_are_one_line(fcn_weights, tmp_path, capsys, args, message):
+    names = {"fcn": fcn_weights, "missing": tmp_path / "none.safetensors"}
+    assert main([*[a.format(**names) for a in args], "--max-images", "1"]) == 2
+    assert message.format(**names) in _one_line(capsys.readouterr().err)

@@ -1,16 +1,19 @@
-"""Which engine a ``--weights`` value belongs to (shared by ``rtseg`` and ``rtseg eval``).
+"""Which engine a ``--weights`` value belongs to, and the engine options ``rtseg`` and ``rtseg eval`` share.
 
 rtseg weights name their engine in the manifest's ``format``; a ``.pth`` is YOLACT (official
 or an rtseg training checkpoint); ``torchvision:fcn_resnet50|fcn_resnet101`` is torchvision's
-pretrained FCN-ResNet, taken from the torch cache (never downloaded).
+pretrained FCN-ResNet, taken from the torch cache (never downloaded). Without ``--weights``,
+yolact (and panoptic's instances) use the shipped demo model; slic takes none.
 """
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rtseg.engines import INSTANCE_ENGINES
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.weights import MANIFEST_FORMAT, manifest_path
 
@@ -29,12 +32,15 @@ def engine_formats() -> dict[str, str]:
     return {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
 
 
-def resolve_engine(weights: str, engine: str | None) -> str:
+def resolve_engine(weights: str | None, engine: str | None) -> str:
     """The engine of ``weights``: ``engine`` if given, else the one its manifest names (default yolact).
 
     ``ConfigError`` when ``engine`` contradicts the manifest. A missing or unreadable manifest is left to the
-    engine's loader to report.
+    engine's loader to report. No ``weights``, and panoptic or slic (whose ``--weights`` are no engine's own,
+    or none), give ``engine`` or yolact.
     """
+    if weights is None or engine in ("panoptic", "slic"):
+        return engine or "yolact"
     if weights.startswith(TORCHVISION):
         if engine not in (None, "fcn"):
             raise ConfigError(f"--engine {engine}: {weights} is an fcn; use --engine fcn or leave --engine out")
@@ -48,6 +54,54 @@ def resolve_engine(weights: str, engine: str | None) -> str:
         raise ConfigError(f"--engine {engine}: {weights} holds {found} weights (manifest format {fmt!r}); "
                           f"use --engine {found} or leave --engine out")
     return engine or found or "yolact"
+
+
+def check_engine_options(name: str, *, weights: str | None = None, semantic: str | None = None,
+                         score_threshold: float | None = None, segments: int | None = None,
+                         compactness: float | None = None) -> None:
+    """Refuse, in one line each, the options (``None``: not given) that do not apply to engine ``name``."""
+    if name == "slic" and weights is not None:
+        raise ConfigError(f"--engine slic takes no --weights (superpixels need no model); drop --weights {weights}")
+    if semantic is not None and name != "panoptic":
+        raise ConfigError("--semantic applies to --engine panoptic only")
+    if name == "panoptic" and semantic is None:
+        raise ConfigError("--engine panoptic needs --semantic FCN_WEIGHTS (the stuff classes) besides the instance "
+                          "--weights (yolact or msrcnn; default: the demo model)")
+    if semantic is not None and not Path(semantic).is_file():
+        raise WeightsError(f"--semantic {semantic}: file not found")
+    if score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
+        raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
+    if (segments is not None or compactness is not None) and name != "slic":
+        raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
+
+
+def default_weights(weights: str | None, name: str) -> str | None:
+    """``weights``, or for yolact (and panoptic's instances) without them the shipped demo model (said on stderr);
+    ``ConfigError`` for fcn and msrcnn without weights."""
+    if weights is not None or name == "slic":
+        return weights
+    if name not in ("yolact", "panoptic"):
+        raise ConfigError(f"--engine {name} needs --weights PATH (rtseg .safetensors of that engine)")
+    from rtseg.demo import DEMO_TRAIN_HINT, DEMO_WEIGHTS
+
+    if not DEMO_WEIGHTS.is_file():
+        raise WeightsError(f"no --weights and no demo model at {DEMO_WEIGHTS}: pass --weights PATH "
+                           f"(official YOLACT .pth or rtseg .safetensors) or {DEMO_TRAIN_HINT}")
+    print(f"rtseg: no --weights: using the demo model {DEMO_WEIGHTS.name} (synthetic shapes; "
+          "pass --weights for your own model)", file=sys.stderr)
+    return str(DEMO_WEIGHTS)
+
+
+def load_panoptic_engine(weights: str, semantic: str, *, device: str, **options: object) -> Engine:
+    """Panoptic fusion of the instance engine of ``weights`` (yolact or msrcnn, from its manifest) and the FCN of
+    ``semantic``; ``options`` as ``rtseg.load("panoptic", ...)``."""
+    import rtseg
+
+    things = resolve_engine(weights, None)
+    if things not in INSTANCE_ENGINES:
+        raise ConfigError(f"--engine panoptic: --weights {weights} holds {things} weights; give the weights "
+                          f"of an instance engine ({' or '.join(INSTANCE_ENGINES)}) and --semantic FCN_WEIGHTS")
+    return rtseg.load("panoptic", instances=(things, weights), semantic=semantic, device=device, **options)
 
 
 def load_weights_engine(name: str, weights: str | None, *, device: str, **options: object) -> Engine:

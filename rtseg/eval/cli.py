@@ -1,14 +1,21 @@
-"""``rtseg eval``: accuracy of YOLACT, FCN or Mask Scoring R-CNN weights on a data set.
+"""``rtseg eval``: accuracy of YOLACT, FCN, Mask Scoring R-CNN, panoptic or SLIC on a data set.
 
     rtseg eval --weights engines/demo.safetensors --data synthetic:test
     rtseg eval --weights yolact_base_54_800000.pth --data coco:instances_val2017.json:val2017 --device cuda
     rtseg eval --weights fcn8s.safetensors --data synthetic:test --resize 128x96       # mIoU, pixel accuracy
     rtseg eval --weights msrcnn.safetensors --data synthetic:test --resize 160x120     # + AP by mask score
+    rtseg eval --engine panoptic --weights yolact.safetensors --semantic fcn8s.safetensors --resize 160x120
+    rtseg eval --engine slic --segments 200 --compactness 10 --data synthetic:test     # BR, UE, ASA
 
 YOLACT and MS R-CNN give COCO mask/box AP (MS R-CNN also AP ranked by mask score and
 the correlation of predicted and true MaskIoU); FCN gives mIoU, pixel accuracy, mean
-accuracy and IoU per class. The engine is read from the manifest of rtseg weights
-(``--engine`` overrides; a .pth is YOLACT).
+accuracy and IoU per class; panoptic (instance --weights, yolact or msrcnn, fused with
+the --semantic FCN) gives PQ / SQ / RQ of all, thing and stuff categories against the
+data set's instances as things and the rest as one "background" stuff segment; SLIC
+(no weights) gives boundary recall, undersegmentation error, achievable segmentation
+accuracy and segments per image against each image's instance segmentation. The engine
+is read from the manifest of rtseg weights (``--engine`` overrides; a .pth is YOLACT);
+without ``--weights``, yolact and panoptic use the shipped demo model.
 
 ``--data`` is ``synthetic:{train|val|test}``, ``coco:ANNOTATIONS.json:IMAGE_DIR`` or
 ``labelme:FOLDER``. Classes of the weights and the data set are matched by name
@@ -25,20 +32,34 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from rtseg.data.dataset import InstanceDataset
-from rtseg.engines.choose import load_weights_engine, resolve_engine
+from rtseg.engines import ENGINE_NAMES
+from rtseg.engines.base import Engine
+from rtseg.engines.choose import (
+    check_engine_options,
+    default_weights,
+    load_panoptic_engine,
+    load_weights_engine,
+    resolve_engine,
+)
 from rtseg.errors import ConfigError, DatasetError, SinkError, exit_status
 from rtseg.eval.coco import format_table
 from rtseg.eval.mask_scoring import format_scoring_table
 from rtseg.eval.runners import (
     class_mapping,
     evaluate_instances,
+    evaluate_panoptic_engine,
     evaluate_semantic_engine,
+    evaluate_superpixel_engine,
+    format_panoptic,
     format_semantic,
+    format_superpixels,
     samples,
 )
 
 __all__ = ["ENGINES", "class_mapping", "main", "open_dataset", "run"]
-ENGINES = ("yolact", "fcn", "msrcnn")
+ENGINES = ENGINE_NAMES
+AP_SCORE_THRESHOLD = 0.05
+"""Default --score-threshold of yolact and msrcnn: low, as AP needs the whole precision-recall curve."""
 
 
 def open_dataset(spec: str) -> InstanceDataset:
@@ -78,15 +99,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="rtseg eval", description="Accuracy of YOLACT, FCN or MS R-CNN weights on a "
-                                "data set: COCO mask/box AP, or mIoU and pixel accuracy for FCN.")
-    p.add_argument("--weights", required=True,
+    p = _Parser(prog="rtseg eval", description="Accuracy of an engine on a data set: COCO mask/box AP (yolact, "
+                "msrcnn), mIoU and pixel accuracy (fcn), PQ/SQ/RQ (panoptic), boundary recall, undersegmentation "
+                "error and ASA (slic).")
+    p.add_argument("--weights", default=None,
                    help="official YOLACT .pth, rtseg .safetensors (+ .json manifest) of any engine, a YOLACT "
-                        "training run's checkpoint.pth, or "
-                        "torchvision:fcn_resnet50|fcn_resnet101 (pretrained VOC-label weights from the torch cache)")
+                        "training run's checkpoint.pth, or torchvision:fcn_resnet50|fcn_resnet101 (pretrained "
+                        "VOC-label weights from the torch cache); for panoptic the instance (yolact/msrcnn) weights; "
+                        "none for slic (default for yolact and panoptic: the shipped demo model)")
     p.add_argument("--engine", choices=ENGINES, default=None,
-                   help="engine of the weights (default: read from the manifest's 'format' of rtseg weights, "
+                   help="engine to evaluate (default: read from the manifest's 'format' of rtseg weights, "
                         "e.g. rtseg-fcn/1 -> fcn; yolact for .pth files)")
+    p.add_argument("--semantic", metavar="FCN_WEIGHTS", help="panoptic: the FCN weights of the stuff classes")
+    p.add_argument("--segments", type=int, default=None, metavar="N",
+                   help="slic: about how many superpixels per image (default 200)")
+    p.add_argument("--compactness", type=float, default=None, metavar="C",
+                   help="slic: weight of closeness against colour (default 10)")
     p.add_argument("--data", default="synthetic:test",
                    help="synthetic:{train|val|test} | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER "
                         "(default synthetic:test, 300 images)")
@@ -95,16 +123,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default=None, metavar="WxH",
                    help="resize images and their masks to WxH before evaluation (e.g. the size the weights "
                         "were trained at; metrics are then at that size)")
-    p.add_argument("--score-threshold", type=float, default=0.05,
-                   help="yolact/msrcnn: drop detections scoring below this")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help=f"yolact/msrcnn: drop detections scoring below this (default {AP_SCORE_THRESHOLD}); "
+                        "panoptic: instances pasted (default 0.3)")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     return p
+
+
+def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, object]]:
+    """The engine to evaluate and the settings the JSON record names (weights, thresholds, SLIC parameters)."""
+    weights = default_weights(args.weights, name)
+    if name == "slic":
+        options = {k: v for k, v in (("n_segments", args.segments), ("compactness", args.compactness)) if v is not None}
+        engine = load_weights_engine(name, None, device=args.device, **options)
+        return engine, {"segments": engine.n_segments, "compactness": engine.compactness}
+    if name == "panoptic":
+        options = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+        engine = load_panoptic_engine(weights, args.semantic, device=args.device, **options)
+        return engine, {"weights": weights, "semantic": args.semantic, "score_threshold": engine.score_threshold}
+    if name == "fcn":
+        return load_weights_engine(name, weights, device=args.device), {"weights": weights}
+    threshold = AP_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    engine = load_weights_engine(name, weights, device=args.device, score_threshold=threshold, top_k=100)
+    return engine, {"weights": weights, "score_threshold": threshold}
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images {args.max_images}: must be at least 1")
     engine_name = resolve_engine(args.weights, args.engine)
+    check_engine_options(engine_name, weights=args.weights, semantic=args.semantic,
+                         score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness)
     resize = None if args.resize is None else parse_size(args.resize)
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
@@ -112,13 +161,18 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:
         raise ConfigError(f"--data {args.data}: no images to evaluate")
-    options = {} if engine_name == "fcn" else {"score_threshold": args.score_threshold, "top_k": 100}
-    engine = load_weights_engine(engine_name, args.weights, device=args.device, **options)
+    engine, settings = load_engine(engine_name, args)
     start = time.perf_counter()
     data = samples(dataset, n, resize)
     if engine_name == "fcn":
         metrics = evaluate_semantic_engine(engine, data, dataset.class_names)
         table = format_semantic(metrics)
+    elif engine_name == "panoptic":
+        metrics = evaluate_panoptic_engine(engine, data, dataset.class_names)
+        table = format_panoptic(metrics)
+    elif engine_name == "slic":
+        metrics = evaluate_superpixel_engine(engine, data)
+        table = format_superpixels(metrics)
     else:
         metrics = evaluate_instances(engine, data, dataset.class_names, mask_scoring=engine_name == "msrcnn")
         if math.isnan(metrics["mask_AP"]) and math.isnan(metrics["box_AP"]):
@@ -131,9 +185,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
           f"({n / seconds:.1f} images/s incl. loading and metric bookkeeping); values in %")
     print(table)
     if args.json is not None:
-        record = {"weights": str(args.weights), "engine": engine_name, "data": args.data, "images": n,
-                  "resize": args.resize, "device": args.device, "metrics": metrics,
-                  **({"score_threshold": args.score_threshold} if options else {})}
+        record = {"engine": engine_name, **settings, "data": args.data, "images": n, "resize": args.resize,
+                  "device": args.device, "metrics": metrics}
         try:
             args.json.write_text(json.dumps(record, indent=2), encoding="utf-8")
         except OSError as exc:

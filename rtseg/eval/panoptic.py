@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from rtseg.data.synthetic import Instance
+from rtseg.eval.superpixels import masks_to_segmentation
 from rtseg.types import Panoptic
 
 
@@ -22,14 +23,25 @@ def panoptic_from_instances(instances: Sequence[Instance], size: tuple[int, int]
                             class_names: Sequence[str]) -> Panoptic:
     """Ground-truth Panoptic of a synthetic frame: thing i + 1 = ``instances[i]`` (category class_id + 1),
     and the rest one stuff segment of category 0 ("background"); ``class_names`` indexed by category."""
-    ids = np.zeros(size, np.int64)
-    segments = []
-    for i, inst in enumerate(instances):
-        ids[inst.mask] = i + 1
-        segments.append({"id": i + 1, "category_id": inst.class_id + 1, "isthing": True, "area": int(inst.mask.sum())})
-    rest = ids == 0
+    masks = np.array([inst.mask for inst in instances], bool).reshape(-1, *size)
+    return panoptic_from_masks(masks, [inst.class_id + 1 for inst in instances], class_names)
+
+
+def panoptic_from_masks(masks: np.ndarray, categories: Sequence[int], class_names: Sequence[str], *,
+                        void: np.ndarray | None = None) -> Panoptic:
+    """Ground-truth Panoptic of instance masks: thing i + 1 = ``masks[i]`` (category ``categories[i]``; later
+    masks win where they overlap), void (0) where ``void`` and no thing, the rest one stuff segment of category
+    0 ("background").
+
+    masks: (N, H, W) bool; void: (H, W) bool or None (e.g. COCO crowd regions); ``class_names`` by category.
+    """
+    ids = masks_to_segmentation(masks)
+    areas = np.bincount(ids.reshape(-1), minlength=len(masks) + 1)
+    segments = [{"id": i + 1, "category_id": int(c), "isthing": True, "area": int(areas[i + 1])}
+                for i, c in enumerate(categories)]
+    rest = ids == 0 if void is None else (ids == 0) & ~void
     if rest.any():
-        bg = len(instances) + 1
+        bg = len(masks) + 1
         ids[rest] = bg
         segments.append({"id": bg, "category_id": 0, "isthing": False, "area": int(rest.sum())})
     return Panoptic(ids=ids, segments=segments, class_names=class_names)

@@ -1,13 +1,13 @@
 """The evaluation loops of ``rtseg eval``, one per engine kind, and the class matching they share.
 
-Each runner takes a loaded engine, a data set and the number of images, streams
-(prediction, ground truth) pairs into an evaluator and returns its metrics.
-Class ids are matched by name between the engine and the data set.
+Each runner takes a loaded engine and samples, streams (prediction, ground truth)
+pairs into an evaluator and returns its metrics. Class ids are matched by name
+between the engine and the data set.
 """
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -17,8 +17,13 @@ from rtseg.engines.base import Engine
 from rtseg.errors import ConfigError
 from rtseg.eval.coco import CocoEvaluator
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
+from rtseg.eval.panoptic import PanopticEvaluator, panoptic_from_masks
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
-from rtseg.types import Detections
+from rtseg.eval.superpixels import masks_to_segmentation, superpixel_metrics
+from rtseg.types import Detections, Panoptic
+
+if TYPE_CHECKING:
+    from rtseg.engines.panoptic import PanopticEngine
 
 IGNORE = 255
 """Label of target pixels the semantic evaluation skips (COCO crowd regions)."""
@@ -132,3 +137,75 @@ def format_semantic(metrics: dict[str, float]) -> str:
              f"{'class':<16}{'IoU':>8}"]
     lines += [f"{k[4:]:<16}{100 * v:8.2f}" for k, v in metrics.items() if k.startswith("IoU/")]
     return "\n".join(lines)
+
+
+class PanopticScorer:
+    """PQ / SQ / RQ of a panoptic engine's predictions against instance samples.
+
+    Ground truth per sample: its instances are things (category class_id + 1), crowd regions void, the rest one
+    stuff segment "background" (category 0). Evaluation categories: "background", the data-set classes, then the
+    engine categories the data set lacks (their segments are false positives; things if the engine pastes them
+    as instances). Engine categories are matched by name; ``ConfigError`` when it lacks a data-set class or
+    "background".
+
+    engine_names: the engine's category names; engine_things: its thing category ids.
+    """
+
+    def __init__(self, engine_names: Sequence[str], engine_things: Iterable[int], data_names: Sequence[str]) -> None:
+        target_names = ["background", *data_names]
+        mapping = class_mapping(engine_names, target_names)
+        extra = np.flatnonzero(mapping < 0)
+        self.lut = mapping.copy()
+        self.lut[extra] = len(target_names) + np.arange(len(extra))
+        self.names = (*target_names, *(engine_names[i] for i in extra))
+        things = set(range(1, len(target_names))) | {int(self.lut[c]) for c in engine_things if mapping[c] < 0}
+        self.evaluator = PanopticEvaluator(len(self.names), things=sorted(things))
+
+    def add(self, pred: Panoptic, sample: Sample) -> None:
+        """One image: ``pred`` in the engine's categories, ``sample`` its ground truth (same size)."""
+        segments = [{**seg, "category_id": int(self.lut[seg["category_id"]])} for seg in pred.segments]
+        crowd = np.zeros(len(sample), bool) if sample.iscrowd is None else sample.iscrowd
+        gt = panoptic_from_masks(sample.masks[~crowd], sample.class_ids[~crowd] + 1, self.names,
+                                 void=sample.masks[crowd].any(0) if crowd.any() else None)
+        self.evaluator.add(Panoptic(ids=pred.ids, segments=segments, class_names=self.names), gt)
+
+    def summarize(self) -> dict[str, float]:
+        """``PanopticEvaluator.summarize`` with the evaluation category names ("PQ/<name>" per category)."""
+        return self.evaluator.summarize(self.names)
+
+
+def evaluate_panoptic_engine(engine: PanopticEngine, data: Iterable[Sample], data_names: Sequence[str]) -> dict[str, float]:
+    """PQ, SQ, RQ (all, things "_th", stuff "_st") and PQ per category of a panoptic engine: see :class:`PanopticScorer`."""
+    scorer = PanopticScorer(engine.class_names, set(engine.thing_category.tolist()), data_names)
+    for sample in data:
+        scorer.add(engine(sample.image), sample)
+    return scorer.summarize()
+
+
+def format_panoptic(metrics: dict[str, float]) -> str:
+    """Text table of panoptic metrics (percent): PQ, SQ, RQ of all / things / stuff, then PQ per category."""
+    lines = [f"{'':<8}" + "".join(f"{k:>8}" for k in ("PQ", "SQ", "RQ"))]
+    for label, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st")):
+        lines.append(f"{label:<8}" + "".join(f"{100 * metrics[k + suffix]:8.2f}" for k in ("PQ", "SQ", "RQ")))
+    lines += ["", f"{'category':<16}{'PQ':>8}"]
+    lines += [f"{k[3:]:<16}{100 * v:8.2f}" for k, v in metrics.items() if k.startswith("PQ/")]
+    return "\n".join(lines)
+
+
+SUPERPIXEL_METRICS = ("boundary_recall", "undersegmentation_error", "asa", "num_segments")
+
+
+def evaluate_superpixel_engine(engine: Engine, data: Iterable[Sample]) -> dict[str, float]:
+    """Mean boundary recall, undersegmentation error, ASA and segments per image of a superpixel engine
+    (its ``Superpixels.labels``) against each sample's instance segmentation (background = one segment)."""
+    per_image = [superpixel_metrics(engine(sample.image).labels, masks_to_segmentation(sample.masks))
+                 for sample in data]
+    return {k: float(np.mean([m[k] for m in per_image])) for k in SUPERPIXEL_METRICS}
+
+
+def format_superpixels(metrics: dict[str, float]) -> str:
+    """Text table of superpixel metrics: BR, UE, ASA in percent, then segments per image."""
+    keys = ("boundary_recall", "undersegmentation_error", "asa")
+    head = [*keys, "segments/image"]
+    values = [f"{100 * metrics[k]:.2f}" for k in keys] + [f"{metrics['num_segments']:.1f}"]
+    return "  ".join(head) + "\n" + "  ".join(v.rjust(len(h)) for h, v in zip(head, values))

@@ -23,9 +23,15 @@ from rtseg.ops.overlay import boundaries
 
 def instances_to_segmentation(instances: Sequence[Instance], size: tuple[int, int]) -> np.ndarray:
     """(H, W) int64 ground-truth segmentation: 0 = background, i + 1 = ``instances[i]`` (masks don't overlap)."""
-    seg = np.zeros(size, np.int64)
-    for i, inst in enumerate(instances):
-        seg[inst.mask] = i + 1
+    return masks_to_segmentation(np.array([inst.mask for inst in instances], bool).reshape(-1, *size))
+
+
+def masks_to_segmentation(masks: np.ndarray) -> np.ndarray:
+    """(H, W) int64 ground-truth segmentation of (N, H, W) bool masks: 0 = background, i + 1 = ``masks[i]``
+    (later masks win where they overlap)."""
+    seg = np.zeros(masks.shape[1:], np.int64)
+    for i, mask in enumerate(masks):
+        seg[mask] = i + 1
     return seg
 
 
