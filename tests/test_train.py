@@ -181,11 +181,11 @@ def test_full_augment_output_is_square_and_consistent() -> None:
 
 # -- training -----------------------------------------------------------------------------------
 def _trainer(data: ListDataset, iters: int, work_dir, *, lr: float = 1e-2, seed: int = 0,
-             amp: str = "auto") -> Trainer:
+             amp: str = "auto", **options) -> Trainer:
     torch.manual_seed(seed)
     config = TrainConfig(iters=iters, batch_size=4, lr=lr, warmup_iters=10, warmup_init=1e-3,
                          lr_steps=(int(iters * 0.8),), num_workers=0, log_every=50, ckpt_every=0,
-                         augment=NO_AUGMENT, amp=amp)
+                         augment=NO_AUGMENT, amp=amp, **options)
     return Trainer(model=Yolact(TINY), train_set=data, val_set=None, config=config, work_dir=work_dir)
 
 
@@ -269,6 +269,17 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, capsys) -> None:
     assert (tmp_path / "m.train" / "checkpoint.pth").is_file()
     assert main(["--data", "nonsense", "--iters", "1", "--out", str(out)]) == 2
     assert "expected synthetic" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_with_a_line_saying_to_lower_the_lr(tmp_path) -> None:
+    """Steps with a non-finite loss are skipped; many in a row (weights gone to inf / NaN) end the run with one
+    line instead of training on to the end on garbage."""
+    trainer = _trainer(_frames(4), 200, tmp_path, lr=1e12, max_nonfinite=3)
+    trainer.config = replace(trainer.config, warmup_iters=0)
+    with pytest.raises(ConfigError, match=r"training diverged: the loss was not finite for 3 steps in a row .*"
+                                          r"lower --lr \(now 1e\+12\)"):
+        trainer.fit()
+    assert trainer.step < 50 and trainer.skipped >= 3
 
 
 def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:

@@ -48,6 +48,8 @@ class TrainConfig:
     amp: "auto" (float16 autocast with loss scaling on CUDA, float32 on the CPU), "bf16" (bfloat16
     autocast on any device, no scaling: fast on CPUs with AVX512-BF16 or AMX) or "off" (float32).
     The network runs under autocast; the loss is always computed in float32.
+    max_nonfinite: a step whose loss is not finite is skipped (no update); this many in a row stop the run
+    as diverged (ConfigError saying to lower the LR).
     """
 
     iters: int
@@ -67,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"
     time_budget_s: float | None = None
+    max_nonfinite: int = 20
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -187,6 +190,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.config.lr_factor(step))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
+        self.skipped = 0  # steps skipped for a non-finite loss
         self.history: list[dict[str, float]] = []
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -267,11 +271,19 @@ class Trainer:
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
+        in_a_row = 0  # consecutive steps with a non-finite loss
         try:
             for images, targets in self._loader():
                 if self.step >= self.config.iters:
                     break
                 losses = self.train_step(images, targets)
+                in_a_row = 0 if math.isfinite(losses["total"]) else in_a_row + 1
+                self.skipped += in_a_row > 0
+                if in_a_row >= c.max_nonfinite:
+                    raise ConfigError(
+                        f"training diverged: the loss was not finite for {in_a_row} steps in a row (to step "
+                        f"{self.step}); lower --lr (now {c.lr:g}) or check the data, then train again (or --resume "
+                        f"a checkpoint from before step {self.step - in_a_row})")
                 for k, v in losses.items():
                     running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
                 if self.step % c.log_every == 0 or self.step == self.config.iters:
@@ -326,8 +338,9 @@ class Trainer:
         eta = per_it * (c.iters - self.step)
         bar = "#" * int(20 * self.step / c.iters)
         terms = " ".join(f"{k[0].upper()} {losses[k]:.3f}" for k in ("box", "conf", "mask", "semantic"))
+        skipped = f" ({self.skipped} steps skipped: loss not finite)" if self.skipped else ""
         print(f"[{bar:<20}] {self.step}/{c.iters} loss {losses['total']:.3f} ({terms}) "
-              f"lr {self.optimizer.param_groups[0]['lr']:.2e} {per_it:.2f} s/it ETA {_hms(eta)}",
+              f"lr {self.optimizer.param_groups[0]['lr']:.2e} {per_it:.2f} s/it ETA {_hms(eta)}{skipped}",
               file=self.log, flush=True)
 
     def export(self, path: str | Path, meta: dict[str, Any] | None = None, *, half: bool = False) -> Path:
