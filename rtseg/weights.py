@@ -74,7 +74,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             raise WeightsError(
                 f"{p}: refusing to load, unpickling it would execute code (only plain tensor checkpoints are accepted)"
             ) from None
-        raise WeightsError(f"{p}: not a PyTorch checkpoint (its contents do not unpickle to tensors)") from None
+        raise WeightsError(f"{p}: not a PyTorch checkpoint (its contents do not unpickle to tensors); give an "
+                           "official YOLACT .pth or an rtseg .safetensors") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
         msg = first_line(e)
         if "zip" in msg.lower() or isinstance(e, EOFError):
@@ -87,7 +88,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__})")
+        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); give an official YOLACT "
+                           ".pth or an rtseg .safetensors")
     return obj, extras
 
 
