@@ -96,6 +96,9 @@ def test_errors_are_one_line(tmp_path):
             c.mux(p)
         for p in s.encode():
             c.mux(p)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(garbage.read_bytes())
     (tmp_path / "loop_a.mp4").symlink_to(tmp_path / "loop_b.mp4")
     (tmp_path / "loop_b.mp4").symlink_to(tmp_path / "loop_a.mp4")
     (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
@@ -103,6 +106,8 @@ def test_errors_are_one_line(tmp_path):
         str(tmp_path / "missing.mp4"): "source not found",
         str(tmp_path / "loop_a.mp4"): "a symbolic link to nothing",
         str(tmp_path / "dangling.mp4"): "a symbolic link to nothing",
+        str(videos): "no images in folder .*; found 1 video file\\(s\\): pass one video at a time as --source",
+        str(videos / "*.mp4"): "matches no images; found 1 video file",
         str(garbage): "cannot read video file",
         str(audio_only): "no video stream",
         "ftp://user:pw@host/x.mp4": "unsupported URL scheme 'ftp'",

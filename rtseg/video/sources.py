@@ -231,17 +231,32 @@ def _synthetic(spec: str, vid_stride: int, options: dict) -> Source:
     return SyntheticSource(seed=int(seed) if seed else TEST_SEED, vid_stride=vid_stride, **options)
 
 
+_VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".flv", ".wmv", ".mpg"})
+
+
+def _videos_hint(paths: list[Path]) -> str:
+    """``"; found N video file(s): pass one video at a time …"`` when ``paths`` has videos, else ``""``."""
+    videos = [p for p in paths if p.suffix.lower() in _VIDEO_SUFFIXES]
+    if not videos:
+        return ""
+    return f"; found {len(videos)} video file(s): pass one video at a time as --source (e.g. {videos[0]})"
+
+
 def _images(spec: str, vid_stride: int) -> Source | None:
     """An ImageSource for a directory, glob or single image; None when ``spec`` is none of those."""
     path = Path(spec)
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if not paths:
-            raise SourceError(f"no images in folder {spec} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise SourceError(f"no images in folder {spec} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+                              f"{_videos_hint(files)}")
     elif glob.has_magic(spec):
         paths = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
         if not paths:
             raise SourceError(f"no files match {spec!r}; check the pattern (quote it so the shell does not expand it)")
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in paths) and _videos_hint(paths):
+            raise SourceError(f"{spec!r} matches no images{_videos_hint(paths)}")
     elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
         paths = [path]
     else:
