@@ -1,6 +1,7 @@
 """Sources: real PyAV files, real image files, the synthetic clip, pacing, errors, camera."""
 from __future__ import annotations
 
+import os
 import time
 from itertools import chain
 
@@ -121,6 +122,19 @@ def test_errors_are_one_line(tmp_path):
             open_source(spec)
         assert "\n" not in str(info.value)
         assert "pw@" not in str(info.value)
+
+
+def test_image_names_that_are_not_utf8_are_read(tmp_path):
+    """A Latin-1 file name (Windows, zip archives, cameras): OpenCV's imread crashed the process (segfault)."""
+    image = np.zeros((12, 16, 3), np.uint8)
+    image[:, :8] = (0, 0, 255)
+    ok, data = cv2.imencode(".png", image)
+    name = os.fsdecode(b"bild\xe9.png")  # 'bild\udce9.png': not encodable as UTF-8
+    (tmp_path / name).write_bytes(data.tobytes())
+    for spec in (str(tmp_path / name), str(tmp_path)):
+        with open_source(spec) as source:
+            (frame,) = list(source)
+        assert np.array_equal(frame.image, image)
 
 
 def test_empty_folder(tmp_path):

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import cv2
 import numpy as np
 
 from rtseg.errors import DatasetError
+from rtseg.imageio import imread
 from rtseg.types import _check
 
 WARN_SKIPPED = 5  # skipped annotations named in a warning; the rest are counted
@@ -23,7 +23,7 @@ WARN_SKIPPED = 5  # skipped annotations named in a warning; the rest are counted
 def read_image(path: Path | str) -> np.ndarray:
     """(H, W, 3) uint8 BGR image from ``path`` (grey, alpha and 16-bit images are converted);
     ``DatasetError`` when it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if os.path.isfile(path) else None
+    image = imread(path) if os.path.isfile(path) else None
     if image is None:
         why = "file not found" if not os.path.isfile(path) else "not a readable image"
         raise DatasetError(f"{path}: {why}; fix or remove the file and its annotations")

@@ -23,6 +23,7 @@ import numpy as np
 from rtseg.data.dataset import masks_to_boxes
 from rtseg.data.synthetic import CLASSES, SyntheticScene
 from rtseg.errors import ConfigError, SinkError
+from rtseg.imageio import imwrite
 from rtseg.ops.rle import encode_rle
 
 
@@ -42,7 +43,7 @@ def _out_dir(path: str | os.PathLike) -> Path:
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
+    if not imwrite(path, image):
         raise SinkError(f"{path}: cannot write the image; check the folder is writable")
 
 

@@ -17,7 +17,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from rtseg.engines import INSTANCE_ENGINES
@@ -26,6 +25,7 @@ from rtseg.engines.fcn import FcnEngine
 from rtseg.engines.options import check_int, check_real, resolve_device
 from rtseg.engines.slic import SlicEngine
 from rtseg.errors import ConfigError, SinkError
+from rtseg.imageio import imread, imwrite
 from rtseg.types import Detections, Panoptic, SemanticMap
 
 
@@ -107,7 +107,7 @@ def write_panoptic(folder: str | Path, predictions: Sequence[Panoptic], *, image
     annotations, categories = [], {}
     for image_id, pan in zip(ids_list, predictions):
         name = f"{image_id:012d}.png"
-        if not cv2.imwrite(str(out / name), id_to_rgb(pan.ids)[..., ::-1]):
+        if not imwrite(out / name, id_to_rgb(pan.ids)[..., ::-1]):
             raise SinkError(f"panoptic writer: cannot write {out / name}; check the folder's permissions")
         infos = []
         for s in pan.segments:
@@ -135,7 +135,10 @@ def read_panoptic(json_path: str | Path) -> list[Panoptic]:
     names = [cats[i]["name"] if i in cats else str(i) for i in range(max(cats, default=-1) + 1)]
     out = []
     for ann in data["annotations"]:
-        rgb = cv2.imread(str(p.parent / ann["file_name"]), cv2.IMREAD_COLOR)[..., ::-1]
+        bgr = imread(p.parent / ann["file_name"])
+        if bgr is None:
+            raise SinkError(f"{p}: its PNG {ann['file_name']} is missing or unreadable")
+        rgb = bgr[..., ::-1]
         segs = [{"id": s["id"], "category_id": s["category_id"], "isthing": bool(cats[s["category_id"]]["isthing"]),
                  "area": s["area"]} for s in ann["segments_info"]]
         out.append(Panoptic(ids=rgb_to_id(rgb), segments=segs, class_names=names))

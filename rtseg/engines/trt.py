@@ -27,6 +27,7 @@ from torch import nn
 
 from rtseg.engines.backends import Outputs, cached_artifact, in_chunks, weights_digest
 from rtseg.errors import ConfigError
+from rtseg.imageio import imread
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR
 
 PRECISIONS = ("fp16", "int8")
@@ -65,7 +66,7 @@ def calibration_batches(files: list[Path], *, input_size: int, mean: tuple[float
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     for i in range(0, len(files), CALIBRATION_BATCH):
-        imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in files[i:i + CALIBRATION_BATCH]]
+        imgs = [imread(p) for p in files[i:i + CALIBRATION_BATCH]]
         imgs = [cv2.resize(im, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
                 for im in imgs if im is not None]
         if not imgs:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import cv2
 import numpy as np
 
 from rtseg.errors import ConfigError, SourceError
+from rtseg.imageio import imread
 from rtseg.types import Frame
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -138,7 +138,7 @@ class ImageSource(Source):
         skipped: list[Path] = []
         for path in self.paths:
             t0 = time.perf_counter()
-            image = _imread_quiet(path)
+            image = imread(path)
             if image is None:
                 skipped.append(path)
                 if len(skipped) <= self.WARN_SKIPPED:
@@ -154,16 +154,6 @@ class ImageSource(Source):
         if skipped:
             self.notices.append(f"skipped {len(skipped)} unreadable image(s) of {self.source_id}, "
                                 f"e.g. {skipped[0]}")
-
-
-def _imread_quiet(path: Path) -> np.ndarray | None:
-    """``cv2.imread`` as BGR without OpenCV's own warnings on stderr; None when unreadable."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        return cv2.imread(str(path), cv2.IMREAD_COLOR)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
 
 
 class SyntheticSource(Source):
