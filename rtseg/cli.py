@@ -174,7 +174,7 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
     sinks = []
     for make in factories:
         sink = make()
-        stack.callback(sink.close)
+        stack.callback(getattr(sink, "discard", sink.close))  # until the pipeline runs: a failure before it
         sinks.append(sink)
     return sinks
 

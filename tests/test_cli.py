@@ -359,6 +359,23 @@ def test_engine_options_that_do_not_apply_are_refused_before_anything_loads(case
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
+def test_a_run_that_fails_before_its_first_frame_leaves_existing_outputs_alone(files, tmp_path, capsys):
+    """Outputs open before the engine loads; weights that fail to load used to leave the earlier results file as
+    ``[]`` and the earlier JSON lines emptied (and new empty files behind)."""
+    from rtseg.cli import main
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00 not a checkpoint" * 50)
+    results, lines = tmp_path / "res.json", tmp_path / "keep.jsonl"
+    results.write_text('[{"x": 1}]')
+    lines.write_text('{"seq": 0}\n')
+    for extra in (["--json", str(results)], ["--json", str(lines)], ["--json", str(tmp_path / "new.jsonl")]):
+        assert main(["--source", files["clip"], "--weights", str(bad), *extra]) == 2
+        assert "not a PyTorch checkpoint" in capsys.readouterr().err
+    assert results.read_text() == '[{"x": 1}]' and lines.read_text() == '{"seq": 0}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "keep.jsonl", "res.json"]
+
+
 def test_engine_from_the_manifest_panoptic_and_slic_run_from_the_command_line(files, fcn_weights, tmp_path):
     fcn_out = tmp_path / "fcn.jsonl"
     r = _run(["--source", files["clip"], "--weights", fcn_weights, "--json", str(fcn_out), "--max-frames", "2"])

@@ -21,7 +21,8 @@ class CocoJsonSink:
     :func:`~rtseg.data.coco_names.result_category_ids`, RLE masks) as one JSON list.
 
     Entries go to ``<name>.partial.json`` frame by frame (nothing is held in memory, however long the
-    run), claimed by this run (a second run aimed at it is refused). :meth:`close` ends the list and
+    run), claimed by this run (a second run aimed at it is refused; :meth:`discard` — a run that failed before
+    its first frame — removes it). :meth:`close` ends the list and
     renames the file to ``path``, so ``path`` only ever holds a complete file; :meth:`abort` (a failed
     run) ends the list and keeps it as ``<name>.partial.json``. A crash leaves that file without its
     closing ``]``.
@@ -78,6 +79,12 @@ class CocoJsonSink:
         except OSError as exc:
             raise SinkError(f"JSON output {self.path}: finalising failed ({exc.strerror}); "
                             f"the results are in {self.partial}") from None
+
+    def discard(self) -> None:
+        """The run failed before its first frame: close and remove the partial file (``path`` stays as it was)."""
+        if not self._file.closed:
+            self._file.close()
+        self.partial.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """A failed run: end the list (best effort) and keep the entries written so far in ``<name>.partial.json``."""

@@ -114,7 +114,7 @@ def _is_seq_pattern(path: Path) -> bool:
 
 
 class JsonlSink:
-    """Append one JSON line per frame to ``path`` (created or truncated), or to stdout for ``"-"``.
+    """Append one JSON line per frame to ``path`` (created, or emptied at the first frame), or to stdout for ``"-"``.
 
     Each line is written with unbuffered ``write`` calls, so a crash leaves complete lines only
     (a failed write of a file takes its partial line back). A file is held under an exclusive
@@ -122,6 +122,7 @@ class JsonlSink:
     overwriting it. On stdout or a FIFO, a reader that goes away (``rtseg ... --json - | head -3``)
     ends the run gracefully (:attr:`stop_requested`); a reader that stays but takes no data for
     ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for ever.
+    :meth:`discard` (a run that failed before its first frame) leaves an existing file as it was.
     """
 
     STDOUT = "-"
@@ -130,17 +131,23 @@ class JsonlSink:
         self.stop_requested = False
         self.path = Path(path)
         self._stall_timeout = stall_timeout
+        self._created = False  # the file did not exist before this sink
         if str(path) == self.STDOUT:
             self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         else:
             require_writable_folder(self.path, "JSON Lines output")
+            self._created = not self.path.exists()
             self._file = _open_exclusive(self.path)
         self._seekable = self._file.seekable()  # a file (partial lines are taken back), not a pipe
+        self._emptied = not self._seekable  # a file's old contents go at the first frame, not at opening
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         if self.stop_requested:
             return
         line = json.dumps(frame_record(frame, prediction), separators=(",", ":")).encode() + b"\n"
+        if not self._emptied:
+            self._file.truncate(0)
+            self._emptied = True
         start = self._file.tell() if self._seekable else None
         try:
             if self._seekable:
@@ -187,12 +194,19 @@ class JsonlSink:
         with contextlib.suppress(BrokenPipeError):
             self._file.close()
 
+    def discard(self) -> None:
+        """The run failed before its first frame: close, and remove the file if this sink created it."""
+        self.close()
+        if self._created and not self._emptied:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
 
 _PIPE_CHUNK = 4096  # bytes; at most one page per write, which a pipe that select() reports writable takes at once
 
 
 def _open_exclusive(path: Path) -> io.FileIO:
-    """Open ``path`` for writing (created, and truncated if a regular file), unbuffered, under an exclusive flock;
+    """Open ``path`` for writing (created if missing, not truncated), unbuffered, under an exclusive flock;
     SinkError when it cannot be opened or another process holds it."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -205,7 +219,6 @@ def _open_exclusive(path: Path) -> io.FileIO:
             os.close(fd)
             raise SinkError(f"JSON Lines output {path}: another run is writing it right now; "
                             "choose another path") from None
-        os.ftruncate(fd, 0)
     return io.FileIO(fd, "wb", closefd=True)
 
 
