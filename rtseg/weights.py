@@ -229,7 +229,7 @@ def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, 
     if not mp.is_file():
         raise WeightsError(f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)")
     try:
-        man = json.loads(mp.read_text())
+        man = json.loads(mp.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)}); re-export the weights") from None
     found = man.get("format") if isinstance(man, dict) else None
@@ -305,7 +305,7 @@ def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, A
         tmp.write_bytes(save(state))  # (save_file would create it readable by its owner only)
         manifest = {"format": fmt, "config": config, "class_names": list(class_names), "sha256": sha256_file(tmp),
                     **({"meta": meta} if meta else {})}
-        man_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        man_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     except BaseException:
         tmp.unlink(missing_ok=True)
         man_tmp.unlink(missing_ok=True)

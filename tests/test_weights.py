@@ -196,3 +196,19 @@ def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_p
     torch.save({"step": 1, "model": model.state_dict(), "config": {"arch": "fcn8s", "num_classes": 3}}, path)
     with pytest.raises(WeightsError, match=r"checkpoint.pth: its config is invalid \(unknown key\(s\) arch\); re-export"):
         load_yolact(path)
+
+
+def test_manifests_are_read_as_utf8_whatever_the_locale() -> None:
+    """Under an ASCII locale (LANG=C without Python's UTF-8 mode; Windows code pages alike) the shipped demo
+    manifest, which holds non-ASCII text, was 'not valid JSON': the demo could not start."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert any(ord(c) > 127 for c in (root / "engines" / "yolact_demo.json").read_text(encoding="utf-8"))
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = "import rtseg; print(len(rtseg.load('yolact', weights='engines/yolact_demo.safetensors').class_names))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr

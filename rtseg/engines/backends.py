@@ -99,7 +99,7 @@ def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str,
     path = Path(cache_dir) / f"{prefix}-{name}.{suffix}"
     meta = path.with_suffix(path.suffix + ".json")
     try:
-        recorded = json.loads(meta.read_text())
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
         if recorded.get("key") == key and recorded.get("sha256") == _file_digest(path):
             return load(path)
     except Exception:  # noqa: BLE001 - any unreadable / foreign entry is rebuilt, never trusted
@@ -118,7 +118,7 @@ def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str,
     finally:
         tmp.unlink(missing_ok=True)
     meta_tmp = meta.with_suffix(".json.tmp")
-    meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(path)}, indent=1))
+    meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(path)}, indent=1), encoding="utf-8")
     os.replace(meta_tmp, meta)
     return load(path)
 

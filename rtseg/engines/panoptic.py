@@ -123,14 +123,15 @@ def write_panoptic(folder: str | Path, predictions: Sequence[Panoptic], *, image
         annotations.append({"image_id": image_id, "file_name": name, "segments_info": infos})
     path = out / json_name
     path.write_text(json.dumps({"annotations": annotations, "categories": sorted(categories.values(),
-                                                                                  key=lambda c: c["id"])}))
+                                                                                  key=lambda c: c["id"])}),
+                    encoding="utf-8")
     return path
 
 
 def read_panoptic(json_path: str | Path) -> list[Panoptic]:
     """Read back what :func:`write_panoptic` wrote (PNG beside the JSON)."""
     p = Path(json_path)
-    data = json.loads(p.read_text())
+    data = json.loads(p.read_text(encoding="utf-8"))
     cats = {c["id"]: c for c in data["categories"]}
     names = [cats[i]["name"] if i in cats else str(i) for i in range(max(cats, default=-1) + 1)]
     out = []

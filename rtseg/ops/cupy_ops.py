@@ -42,7 +42,7 @@ def _kernel(source: str, name: str) -> Any:
         raise ConfigError("the CUDA fast path needs CuPy: pip install cupy-cuda12x (or use the torch ops)")
     import cupy
 
-    module = cupy.RawModule(code=(KERNELS / source).read_text(), options=NVRTC_OPTIONS)
+    module = cupy.RawModule(code=(KERNELS / source).read_text(encoding="utf-8"), options=NVRTC_OPTIONS)
     return module.get_function(name)
 
 

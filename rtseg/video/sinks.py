@@ -106,8 +106,8 @@ def _is_seq_pattern(path: Path) -> bool:
             raise ValueError("field widths above 32 digits make no file name")
         for seq in (0, 10**9):
             name = Path(text.format(seq=seq)).name
-            if len(name.encode()) > 255:
-                raise ValueError(f"a file name would be {len(name.encode())} bytes long")
+            if len(os.fsencode(name)) > 255:
+                raise ValueError(f"a file name would be {len(os.fsencode(name))} bytes long")
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise SinkError(f"image output {text}: bad {{seq}} pattern ({exc}); write e.g. out_{{seq:05d}}.png") from None
     return True
