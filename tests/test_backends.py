@@ -281,6 +281,27 @@ def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert backends.default_cache_dir() == tmp_path
 
 
+def test_default_cache_dir_of_a_read_only_checkout_and_without_a_home(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path) -> None:
+    """A checkout the user cannot write to caches in the user's cache folder (was: one error line for every
+    --backend onnx / auto run). Tests run as root, whom permissions do not stop, hence os.access is patched;
+    an arbitrary container uid has neither HOME nor a passwd entry, hence Path.home is patched to fail."""
+    from pathlib import Path
+
+    monkeypatch.delenv(backends.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(backends.os, "access", lambda path, mode: False)
+    assert backends.default_cache_dir() == tmp_path / "rtseg" / "engines"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.raises(ConfigError, match="engine cache: no home folder to keep it in; set RTSEG_ENGINE_CACHE"):
+        backends.default_cache_dir()
+
+
 # -- GPU -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cuda_engine() -> YolactEngine:

@@ -56,15 +56,26 @@ T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
-    """``$RTSEG_ENGINE_CACHE``, else ``<project>/engines/cache`` (git-ignored) in a source checkout, else
-    ``$XDG_CACHE_HOME/rtseg/engines`` (``~/.cache/rtseg/engines``) for an installed package."""
+    """``$RTSEG_ENGINE_CACHE``, else ``<project>/engines/cache`` (git-ignored) in a source checkout the user
+    may write to, else ``$XDG_CACHE_HOME/rtseg/engines`` (``~/.cache/rtseg/engines``): an installed package or
+    a read-only checkout. ConfigError when none of these can be named (no home folder)."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
     project = Path(__file__).resolve().parents[2]
-    if (project / "pyproject.toml").is_file() and (project / "engines").is_dir():
-        return project / "engines" / "cache"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtseg" / "engines"
+    engines = project / "engines"
+    if (project / "pyproject.toml").is_file() and engines.is_dir():
+        cache = engines / "cache"
+        if os.access(cache if cache.is_dir() else engines, os.W_OK):
+            return cache
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "rtseg" / "engines"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry (an arbitrary container uid)
+        raise ConfigError(f"engine cache: no home folder to keep it in; set {CACHE_ENV} (or XDG_CACHE_HOME) to a "
+                          "writable folder") from None
+    return home / ".cache" / "rtseg" / "engines"
 
 
 def weights_digest(module: nn.Module) -> str:
