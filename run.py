@@ -2,9 +2,7 @@
 """Segment a video source in real time: ``python run.py --help`` (no arguments: the demo)."""
 from __future__ import annotations
 
-import sys
-
-from rtseg.cli import main
+import runpy
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("rtseg", run_name="__main__")

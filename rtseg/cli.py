@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one-line ConfigErrors (exit code 2 via main)."""
 
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message} (see --help)")
+        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> _Parser:
@@ -320,5 +320,5 @@ def _subcommand(name: str, argv: list[str]) -> int:
     else:
         from rtseg.demo import run_demo
 
-        return exit_status("rtseg", lambda: run_demo(argv))
+        return exit_status("rtseg demo", lambda: run_demo(argv))
     return sub(argv)

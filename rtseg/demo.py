@@ -18,8 +18,9 @@ from rtseg.errors import ConfigError, WeightsError, make_folder
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
-DEMO_TRAIN_HINT = ("train it with the commands in README.md, section 'The demo model' "
-                   "(rtseg train --data synthetic --backbone resnet18 --input-size 384 …)")
+DEMO_TRAIN_HINT = ("the demo model ships with the source checkout (engines/yolact_demo.safetensors), not with "
+                   "an installed package: run from a git clone, pass --weights PATH, or train it with the "
+                   "commands in README.md, section 'The demo model'")
 
 
 class _EvalSink:

@@ -60,9 +60,17 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
+def missing_package(exc: ModuleNotFoundError) -> str | None:
+    """The one line for a third-party package that is not installed (None for a module of rtseg itself)."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == "rtseg":
+        return None
+    return f"Python package '{name}' is missing; install rtseg's dependencies (pip install -e . in the checkout)"
+
+
 def exit_status(prog: str, fn: Callable[[], Any]) -> int:
     """Run ``fn``: its return value when that is an int, else 0; 2 after printing ``prog: error: <line>`` for an
-    RtsegError, 130 after ``prog: interrupted`` on Ctrl-C (no traceback). Meanwhile an :class:`RtsegWarning`
+    RtsegError or a missing third-party package, 130 after ``prog: interrupted`` on Ctrl-C (no traceback). Meanwhile an :class:`RtsegWarning`
     prints as ``prog: warning: <line>`` (not as Python's ``file:line: UserWarning`` with a source line)."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
@@ -78,6 +86,12 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
             code = fn()
         except RtsegError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except ModuleNotFoundError as exc:
+            line = missing_package(exc)
+            if line is None:
+                raise
+            print(f"{prog}: error: {line}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)

@@ -359,6 +359,16 @@ def test_engine_options_that_do_not_apply_are_refused_before_anything_loads(case
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
+@pytest.mark.parametrize("package, args", [("cv2", ["--help"]), ("av", ["--source", "{clip}"])])
+def test_a_missing_dependency_is_one_line(files, package, args):
+    """OpenCV missing (imported at start-up) or PyAV missing (imported when the video opens): one line, exit 2."""
+    code = (f"import runpy, sys; sys.modules[{package!r}] = None; sys.argv = ['rtseg', *{args!r}]; "
+            "runpy.run_module('rtseg', run_name='__main__')").replace("{clip}", files["clip"])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == (f"rtseg: error: Python package '{package}' is missing; install "
+                                                      "rtseg's dependencies (pip install -e . in the checkout)"), r.stderr
+
+
 def test_a_run_that_fails_before_its_first_frame_leaves_existing_outputs_alone(files, tmp_path, capsys):
     """Outputs open before the engine loads; weights that fail to load used to leave the earlier results file as
     ``[]`` and the earlier JSON lines emptied (and new empty files behind)."""
