@@ -432,6 +432,20 @@ def test_window_sink_after_pyav_was_imported_first_is_one_line_error():
     assert r.stdout.startswith("window output: PyAV was imported before OpenCV"), r.stdout + r.stderr
 
 
+def test_window_sink_on_a_display_that_is_gone_is_one_line_error(monkeypatch):
+    """DISPLAY names no X server (a stale ssh -X session): OpenCV's Qt aborted the whole process (exit 134,
+    outputs left unfinished); a child process tries a window first."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("X11 display names are Linux-only here")
+    if cv2.getBuildInformation().split("GUI:", 1)[-1].split("\n", 1)[0].strip().upper() in ("NONE", ""):
+        pytest.skip("this OpenCV build has no GUI (headless)")
+    monkeypatch.setenv("DISPLAY", ":77")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SinkError, match="cannot open a window on display ':77'") as info:
+        WindowSink("rtseg")
+    assert "\n" not in str(info.value)
+
+
 def test_window_sink_without_display_is_one_line_error(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

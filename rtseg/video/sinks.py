@@ -23,6 +23,7 @@ import re
 import select
 import stat
 import string
+import subprocess
 import sys
 import threading
 import time
@@ -234,7 +235,26 @@ def _gui_available() -> str | None:
         # opencv-python's Qt then hangs in namedWindow (Xvfb, av 18 / opencv-python 5.0; tests/test_window.py)
         return "PyAV was imported before OpenCV in this process, and OpenCV's window then never opens: import cv2 " \
                "(or rtseg) before av"
-    return None
+    return _window_probe()
+
+
+def _window_probe(timeout: float = 20.0) -> str | None:
+    """Open and close a window in a child process: None when that works, else why not.
+
+    A display variable can name a display that is gone (a stale ``ssh -X`` session) or one OpenCV's Qt has no
+    plugin for (Wayland only): Qt then aborts the whole process, so this process must not be the one to try.
+    """
+    code = "import cv2; cv2.namedWindow('rtseg-probe'); cv2.waitKey(1); cv2.destroyAllWindows()"
+    try:
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"opening a test window did not finish within {timeout:g}s"
+    if probe.returncode == 0:
+        return None
+    lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+    why = lines[0][:160] if lines else f"exit status {probe.returncode}"
+    where = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    return f"cannot open a window on display {where!r} ({why})"
 
 
 class WindowSink:
