@@ -128,7 +128,7 @@ def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str,
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    meta_tmp = meta.with_suffix(".json.tmp")
+    meta_tmp = meta.with_name(f"{meta.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # two builds never share it
     meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(path)}, indent=1), encoding="utf-8")
     os.replace(meta_tmp, meta)
     return load(path)
