@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = argparse.ArgumentParser(description="Train a small FCN on the synthetic benchmark (CPU-friendly).")
+    ap = argparse.ArgumentParser(prog="python -m rtseg.train.fcn_trainer",
+                                 description="Train a small FCN on the synthetic benchmark (CPU-friendly).")
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
     ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"))
     ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")

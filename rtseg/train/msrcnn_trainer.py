@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = argparse.ArgumentParser(description="Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).")
+    ap = argparse.ArgumentParser(prog="python -m rtseg.train.msrcnn_trainer",
+                                 description="Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).")
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
     ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
     ap.add_argument("--steps", type=int, default=300)
