@@ -52,7 +52,8 @@ def run_demo(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     weights = Path(args.weights)
     if not weights.is_file():
-        raise WeightsError(f"demo weights {weights} not found; {DEMO_TRAIN_HINT}")
+        hint = DEMO_TRAIN_HINT if weights == DEMO_WEIGHTS else "pass the path of an existing weights file"
+        raise WeightsError(f"demo weights {weights} not found; {hint}")
     if args.frames < 2:
         raise ConfigError(f"--frames must be >= 2, got {args.frames}")
     out = make_folder("--out", args.out)

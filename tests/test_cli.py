@@ -43,7 +43,7 @@ def _assert_user_error(r: subprocess.CompletedProcess, match: str) -> None:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
-    assert len(lines) == 1 and lines[0].startswith("rtseg: error: "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith(("rtseg: error: ", "rtseg demo: error: ")), r.stderr
     assert match in lines[0], lines[0]
 
 
@@ -66,7 +66,7 @@ BAD = {
     "bad serve": (["--source", "{clip}", "--weights", "{weights}", "--serve", "localhost"], "use HOST:PORT"),
     "bad push": (["--source", "{clip}", "--weights", "{weights}", "--push", "ftp://bob:hunter2@h/x"],
                  "unsupported scheme"),
-    "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "section 'The demo model'"),
+    "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "not found; pass the path of an existing weights"),
     "demo out is a file": (["demo", "--out", "{clip}"], "is a file, not a folder"),
     "demo out under a file": (["demo", "--out", "{clip}/out"], "cannot create the folder"),
 }
