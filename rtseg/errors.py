@@ -7,6 +7,7 @@ traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -45,12 +46,16 @@ def make_folder(option: str, folder: str | Path) -> Path:
     """Create ``folder`` (and its parents) for the output of ``option``; ConfigError when a file stands there or
     the folder cannot be made, so that a bad path fails before any work, not after it."""
     folder = Path(folder)
+    shown = str(folder)
+    if not folder.is_absolute():  # say where a relative path lands
+        with contextlib.suppress(OSError):  # (the working folder may be gone)
+            shown = f"{folder} ({Path.cwd() / folder})"
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{option} {folder}: is a file, not a folder; choose another path")
+        raise ConfigError(f"{option} {shown}: is a file, not a folder; choose another path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose another path") from None
+        raise ConfigError(f"{option} {shown}: cannot create the folder ({exc.strerror}); choose another path") from None
     return folder
 
 
