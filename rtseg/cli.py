@@ -54,7 +54,7 @@ def build_parser() -> _Parser:
     src = p.add_argument_group("source")
     src.add_argument("--source", help="camera index or /dev/videoN, rtsp:// rtmp:// http(s):// URL, video file, "
                      "image, folder, quoted glob, or 'synthetic[:SEED]'")
-    src.add_argument("--vid-stride", type=int, default=1, metavar="K", help="keep every K-th frame (files)")
+    src.add_argument("--vid-stride", type=int, default=1, metavar="K", help="keep every K-th frame (files, folders, synthetic; default 1)")
     src.add_argument("--start", type=float, default=0.0, metavar="S", help="start at S seconds (video files)")
     src.add_argument("--end", type=float, default=None, metavar="S", help="stop at S seconds (video files)")
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames were written")
@@ -91,7 +91,8 @@ def build_parser() -> _Parser:
     out.add_argument("--audio", action="store_true", help="copy the source file's audio track into the --output "
                      "video (kept in sync; transcoded to AAC when MP4 cannot hold it)")
     out.add_argument("--json", metavar="PATH", help="detections: .jsonl (one line per frame; '-' for stdout) "
-                     "or .json (COCO results list with RLE masks, written at the end)")
+                     "or .json (COCO results list with RLE masks, written frame by frame to X.partial.json, "
+                     "renamed at the end)")
     out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc stops)")
     out.add_argument("--serve", metavar="HOST:PORT", help="live web page, e.g. 127.0.0.1:8080")
     out.add_argument("--serve-token", metavar="T", help="secret required by the web page (needed off loopback)")

@@ -79,7 +79,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
         msg = first_line(e)
         if "zip" in msg.lower() or isinstance(e, EOFError):
-            raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg}); download it again") from None
+            raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg.split('. ')[0][:120]}); "
+                               "download it again") from None
         detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
         raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; give an official YOLACT .pth or an rtseg "
                            ".safetensors") from None

@@ -649,3 +649,15 @@ def test_a_model_trained_on_a_coco_file_writes_its_category_ids_in_coco_results(
     assert entries and {e["category_id"] for e in entries} <= {10, 20, 30, 40, 50, 60}
     names = [c["name"] for c in data["categories"]]
     assert all(e["category_id"] == 10 * (names.index(e["category_name"]) + 1) for e in entries)
+
+
+@pytest.mark.parametrize("trainer", ["rtseg.train.cli", "rtseg.train.fcn_trainer", "rtseg.train.msrcnn_trainer"])
+def test_every_trainer_refuses_a_weights_path_without_safetensors_before_training(trainer, tmp_path, capsys):
+    """The FCN / MS R-CNN trainers refused it only after training and validating (and left x.train/ behind)."""
+    import importlib
+
+    main = importlib.import_module(trainer).main
+    data = ["--data", "synthetic", "--iters", "2"] if trainer.endswith("cli") else []
+    assert main([*data, "--out", str(tmp_path / "x.txt")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="resize images and their masks to WxH before evaluation (e.g. the size the weights "
                         "were trained at; metrics are then at that size)")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help=f"yolact/msrcnn: drop detections scoring below this (default {AP_SCORE_THRESHOLD}); "
+                   help=f"yolact/msrcnn: drop detections scoring at or below this (default {AP_SCORE_THRESHOLD}); "
                         "panoptic: instances pasted (default 0.3)")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     return p

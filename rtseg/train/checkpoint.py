@@ -36,6 +36,15 @@ def checkpoint_due(done: int, every: int, total: int) -> bool:
     return done == total or (every > 0 and done % every == 0)
 
 
+def weights_out(out: str | Path) -> Path:
+    """``out`` as the path a trainer writes its weights to; ConfigError (before any training) unless it ends in
+    ``.safetensors`` (the manifest goes beside it)."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out}: must end in .safetensors (the .json manifest is written beside it)")
+    return out
+
+
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
     """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path."""
     p = Path(path)

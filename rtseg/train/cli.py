@@ -28,7 +28,7 @@ from rtseg.data.dataset import InstanceDataset
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME
+from rtseg.train.checkpoint import CHECKPOINT_NAME, weights_out
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_yolact
 
@@ -180,9 +180,7 @@ def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     """Train as the parsed options (from ``argv``) say; returns the final validation metrics."""
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"--out {out}: must end in .safetensors")
+    out = weights_out(args.out)
     if args.time_budget is not None and args.time_budget <= 0:
         raise ConfigError(f"--time-budget {args.time_budget}: give the minutes training may take, > 0")
     _check_options(args)

@@ -29,7 +29,7 @@ from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps
+from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps, weights_out
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ def _main(argv: list[str] | None) -> None:
     ap.add_argument("--resume", action="store_true",
                     help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
     args = ap.parse_args(argv)
+    weights_out(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     w, h = args.size

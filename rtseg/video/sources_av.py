@@ -193,8 +193,11 @@ class FileSource(Source):
                     t0 = time.perf_counter()
         except _AV_ERRORS as exc:
             where = f" at {t:.3f}s" if t is not None else ""
+            over_http = self._open[1] is not None
+            hint = ("over HTTP, an MP4 whose index is at its end needs a server that supports byte ranges (or the "
+                    "file remuxed with ffmpeg -movflags +faststart)") if over_http else "the file may be damaged"
             raise SourceError(f"reading {self._name} failed{where}: {scrub(_reason(exc), self._open[0])}; "
-                              f"the file may be damaged") from None
+                              f"{hint}") from None
         self._report_damage()
         self._check_complete(t)
 
