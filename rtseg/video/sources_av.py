@@ -240,6 +240,8 @@ class StreamSource(Source):
     MP4 or MPEG-TS file or a VOD playlist) is read like a file: every
     frame, ending at its end; a read error then raises SourceError instead of
     reconnecting (reconnecting would start it again from the beginning).
+    :func:`rtseg.video.sources.open_source` hands such a resource to :class:`FileSource` instead
+    (seeking, timestamps where the file has none, damaged packets skipped).
 
     Opening fails fast (one try, ``open_timeout`` seconds) so that a wrong URL is
     reported at once. Once running, a read that stalls for ``read_timeout`` seconds
@@ -333,10 +335,7 @@ class StreamSource(Source):
     def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
         """Frames of the current connection, key frame first; pts offset by ``base``."""
         stream = self._stream
-        rate = _rate(stream)
-        period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         first: float | None = None
-        t = step = 0.0
         keyed = False
         for packet in self._container.demux(stream):
             if self._stop.is_set():
@@ -346,13 +345,7 @@ class StreamSource(Source):
                 continue
             t0 = time.perf_counter()
             for frame in packet.decode():
-                if frame.pts is not None:
-                    t = float(frame.pts * stream.time_base)
-                elif self.is_live:
-                    t = time.monotonic()
-                else:  # a file without timestamps (raw H.264): the previous frame's time plus its duration
-                    t = t + step if first is not None else 0.0
-                step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else period
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else time.monotonic()
                 first = t if first is None else first
                 image = displayed(frame)
                 self.decode_seconds = time.perf_counter() - t0
