@@ -1,7 +1,6 @@
 """A sink that writes a COCO results file (one JSON list for the whole run)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from rtseg.data.coco_names import result_category_ids
 from rtseg.errors import SinkError
 from rtseg.serialize import detections_to_coco
 from rtseg.types import Detections, Frame, Prediction
-from rtseg.video.outfiles import claim, partial_path, require_writable_folder
+from rtseg.video.outfiles import append_whole, claim, partial_path, require_writable_folder
 
 
 class CocoJsonSink:
@@ -51,14 +50,9 @@ class CocoJsonSink:
 
     def _put(self, text: str) -> None:
         """Append ``text``; a failed write is taken back (the file keeps whole entries only) and is a SinkError."""
-        start = self._file.tell()
         try:
-            view = memoryview(text.encode())
-            while view:
-                view = view[self._file.write(view):]
+            append_whole(self._file, text.encode())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._file.truncate(start)
             hint = "was its folder removed?" if not self.path.parent.is_dir() else "free space or choose another path"
             raise SinkError(f"JSON output {self.partial}: write failed ({exc.strerror}); {hint}") from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 from pathlib import Path
 
@@ -56,3 +57,17 @@ def claim(partial: Path, path: Path, what: str) -> int:
         raise SinkError(f"{what} {partial}: cannot create ({exc.strerror}); choose another path") from None
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def append_whole(file: io.RawIOBase, data: bytes) -> None:
+    """Write all of ``data`` at the end of the unbuffered seekable ``file``, or none of it: a write that fails
+    (a full disk) is taken back by truncating to where it began, then its OSError goes on."""
+    start = file.tell()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[file.write(view):]
+    except OSError:
+        with contextlib.suppress(OSError):
+            file.truncate(start)
+        raise

@@ -37,7 +37,7 @@ from rtseg.errors import SinkError
 from rtseg.serialize import frame_record
 from rtseg.serve.server import WebSink
 from rtseg.types import Frame, Prediction
-from rtseg.video.outfiles import require_writable_folder
+from rtseg.video.outfiles import append_whole, require_writable_folder
 from rtseg.video.sink_mp4 import Mp4Sink
 from rtseg.video.sink_push import PushSink
 
@@ -149,20 +149,14 @@ class JsonlSink:
         if not self._emptied:
             self._file.truncate(0)
             self._emptied = True
-        start = self._file.tell() if self._seekable else None
         try:
             if self._seekable:
-                view = memoryview(line)
-                while view:
-                    view = view[self._file.write(view):]
+                append_whole(self._file, line)  # a partial line is taken back: the file stays valid JSON Lines
             else:
                 self._write_to_pipe(line)
         except BrokenPipeError:  # the reading end of a pipe (stdout, a FIFO) is closed: nobody wants more lines
             self.stop_requested = True
         except OSError as exc:
-            if start is not None:
-                with contextlib.suppress(OSError):
-                    self._file.truncate(start)  # drop the partial line: the file stays valid JSON Lines
             raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
                             f"free space or choose another path (the lines before it are kept)") from None
 
