@@ -26,6 +26,7 @@ import errno
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -195,6 +196,19 @@ class TorchBackend:
         return replay
 
 
+def _import_cpp_toolchain_quietly() -> None:
+    """Import ``torch.utils.cpp_extension`` (inductor's C++ toolchain for CPU graphs) without the warning it logs
+    once on a CUDA build of torch without a GPU ("No CUDA runtime is found, using CUDA_HOME=..."): noise for a CPU
+    compile, which needs no CUDA."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
+
+
 def in_chunks(run: Callable[[torch.Tensor], Outputs], x: torch.Tensor, max_batch: int) -> Outputs:
     """``run`` over ``x`` in slices of at most ``max_batch`` (graphs built for a batch range), outputs concatenated."""
     if x.shape[0] <= max_batch:
@@ -255,6 +269,8 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
         return TorchBackend(name="eager", module=_module_on(net, device, half, channels_last), half=half,
                             channels_last=channels_last)
     if concrete == "compile":
+        if not on_cuda:
+            _import_cpp_toolchain_quietly()
         return TorchBackend(name="compile", module=_module_on(net, device, half, channels_last), half=half,
                             channels_last=channels_last,
                             compile_options={"mode": "reduce-overhead" if on_cuda else None, "dynamic": False})
