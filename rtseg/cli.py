@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.backends import BACKENDS
@@ -27,6 +27,7 @@ from rtseg.engines.choose import (
     load_weights_engine,
     resolve_engine,
 )
+from rtseg.cliargs import Parser
 from rtseg.errors import ConfigError, RtsegError, WeightsError, exit_status
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
@@ -41,15 +42,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
 SUBCOMMANDS = ("train", "eval", "demo")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one-line ConfigErrors (exit code 2 via main)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message} (see {self.prog} --help)")
-
-
-def build_parser() -> _Parser:
-    p = _Parser(prog="rtseg", description="Real-time video segmentation: source -> engine -> outputs. "
+def build_parser() -> Parser:
+    p = Parser(prog="rtseg", description="Real-time video segmentation: source -> engine -> outputs. "
                 "Run without arguments for the demo; 'train', 'eval' and 'demo' are subcommands.")
     src = p.add_argument_group("source")
     src.add_argument("--source", help="camera index or /dev/videoN, rtsp:// rtmp:// http(s):// URL, video file, "

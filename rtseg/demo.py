@@ -37,9 +37,9 @@ class _EvalSink:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from rtseg.cli import _Parser
+    from rtseg.cliargs import Parser
 
-    p = _Parser(prog="rtseg demo", description="Segment a held-out synthetic clip with the shipped demo model.")
+    p = Parser(prog="rtseg demo", description="Segment a held-out synthetic clip with the shipped demo model.")
     p.add_argument("--weights", default=str(DEMO_WEIGHTS), help="demo checkpoint (default: %(default)s)")
     p.add_argument("--frames", type=int, default=120, help="clip length in frames (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")

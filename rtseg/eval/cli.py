@@ -29,8 +29,9 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
+from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines import ENGINE_NAMES
 from rtseg.engines.base import Engine
@@ -93,13 +94,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message} (see rtseg eval --help)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="rtseg eval", description="Accuracy of an engine on a data set: COCO mask/box AP (yolact, "
+    p = Parser(prog="rtseg eval", description="Accuracy of an engine on a data set: COCO mask/box AP (yolact, "
                 "msrcnn), mIoU and pixel accuracy (fcn), PQ/SQ/RQ (panoptic), boundary recall, undersegmentation "
                 "error and ASA (slic).")
     p.add_argument("--weights", default=None,

@@ -20,10 +20,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import torch
 
+from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
 from rtseg.models.yolact import Yolact, YolactConfig
@@ -33,11 +34,6 @@ from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_yolact
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "darknet53")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message} (see rtseg train --help)")
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -51,7 +47,7 @@ class _DefaultsShown(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="rtseg train", description="Train a YOLACT model; writes safetensors + a JSON manifest.",
+    p = Parser(prog="rtseg train", description="Train a YOLACT model; writes safetensors + a JSON manifest.",
                 formatter_class=_DefaultsShown)
     p.add_argument("--data", required=True, help="synthetic | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER")
     p.add_argument("--val-data", help="validation set, same forms (default: synthetic val split for synthetic, none otherwise)")
