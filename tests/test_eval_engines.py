@@ -286,7 +286,8 @@ def test_panoptic_scorer_perfect_prediction_unknown_category_and_crowd():
     m = sky.summarize()
     assert m["PQ_th"] == 1.0 and m["PQ_st"] == 0.0 and m["PQ/sky"] == 0.0 and m["PQ/background"] == 0.0
     assert sky.evaluator.fp[sky.names.index("sky")] == 3 and sky.evaluator.fn[0] == 3
-    # a crowd region is void: whatever covers it costs nothing
+    # a crowd region (panopticapi rules, tests/test_eval_panoptic_crowd.py): never a false negative, but its
+    # pixels stay in the union of the background segment that covers it
     mask = np.zeros((2, 40, 40), bool)
     mask[0, 5:20, 5:20] = True
     mask[1, 25:38, 25:38] = True
@@ -294,7 +295,9 @@ def test_panoptic_scorer_perfect_prediction_unknown_category_and_crowd():
                    masks=mask, iscrowd=np.array([False, True]))
     scorer = PanopticScorer(["background", "a", "b"], [1, 2], ["a", "b"])
     scorer.add(panoptic_from_masks(mask[:1], [1], ["background", "a", "b"]), crowd)  # crowd pixels: background
-    assert scorer.summarize()["PQ"] == 1.0
+    m = scorer.summarize()
+    assert scorer.evaluator.fn.sum() == 0 and scorer.evaluator.fp.sum() == 0 and m["PQ/a"] == 1.0
+    assert m["PQ/background"] == pytest.approx((40 * 40 - 15 * 15 - 13 * 13) / (40 * 40 - 15 * 15))
 
 
 def test_cli_slic_reports_superpixel_metrics(tmp_path, capsys):

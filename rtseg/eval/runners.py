@@ -142,8 +142,9 @@ def format_semantic(metrics: dict[str, float]) -> str:
 class PanopticScorer:
     """PQ / SQ / RQ of a panoptic engine's predictions against instance samples.
 
-    Ground truth per sample: its instances are things (category class_id + 1), crowd regions void, the rest one
-    stuff segment "background" (category 0). Evaluation categories: "background", the data-set classes, then the
+    Ground truth per sample: its instances are things (category class_id + 1), its crowd regions one crowd
+    segment per category (panopticapi's crowd rules, see :mod:`rtseg.eval.panoptic`), the rest one stuff segment
+    "background" (category 0). Evaluation categories: "background", the data-set classes, then the
     engine categories the data set lacks (their segments are false positives; things if the engine pastes them
     as instances). Engine categories are matched by name; ``ConfigError`` when it lacks a data-set class or
     "background".
@@ -164,9 +165,7 @@ class PanopticScorer:
     def add(self, pred: Panoptic, sample: Sample) -> None:
         """One image: ``pred`` in the engine's categories, ``sample`` its ground truth (same size)."""
         segments = [{**seg, "category_id": int(self.lut[seg["category_id"]])} for seg in pred.segments]
-        crowd = np.zeros(len(sample), bool) if sample.iscrowd is None else sample.iscrowd
-        gt = panoptic_from_masks(sample.masks[~crowd], sample.class_ids[~crowd] + 1, self.names,
-                                 void=sample.masks[crowd].any(0) if crowd.any() else None)
+        gt = panoptic_from_masks(sample.masks, sample.class_ids + 1, self.names, iscrowd=sample.iscrowd)
         self.evaluator.add(Panoptic(ids=pred.ids, segments=segments, class_names=self.names), gt)
 
     def summarize(self) -> dict[str, float]:
