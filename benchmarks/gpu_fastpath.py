@@ -38,6 +38,7 @@ BACKEND_RUNS: dict[str, dict[str, Any]] = {
     "tensorrt_fp16": {"name": "tensorrt"},
     "onnx_cuda_ep": {"name": "onnx"},
     "compile_fp16": {"name": "compile"},  # last: compiles once per batch size (minutes)
+    "compile_fp16_captured": {"name": "compile", "capture": True},  # the same, replayed from our own CUDA graphs
 }
 
 

@@ -316,6 +316,18 @@ def test_default_cache_dir_of_a_read_only_checkout_and_without_a_home(monkeypatc
         backends.default_cache_dir()
 
 
+def test_captured_graphs_are_refused_where_they_cannot_run(engine: YolactEngine) -> None:
+    """CUDA graphs of our own: CUDA only, eager / compile only, and not on top of inductor's own graphs."""
+    for name in ("eager", "compile", "onnx"):
+        with pytest.raises(ConfigError, match="capture=True records CUDA graphs of the eager or compile backend"):
+            make_backend(engine.net, name=name, device="cpu", input_size=128, capture=True)
+    with pytest.raises(ValueError, match="capture twice"):
+        backends.TorchBackend(name="compile", module=engine.net, half=False, channels_last=False,
+                              compile_options={"mode": "reduce-overhead"}, capture=True)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA input"):
+        backends.CapturedGraphs(engine.net)(torch.zeros(1, 3, 128, 128))
+
+
 # -- GPU -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cuda_engine() -> YolactEngine:
@@ -350,14 +362,35 @@ def test_gpu_compile_reduce_overhead(cuda_engine: YolactEngine) -> None:
 
 
 @pytest.mark.gpu
-def test_gpu_compile_engine_one_graph_forward_matches_eager() -> None:
-    """The compile engine (network + detection step as one CUDA graph, fp16) finds what the eager fp32
-    engine finds on the shipped demo model's own kind of frames, and a frame's detections survive the
-    next replay (the outputs are copied out of the graph's memory pool)."""
+@pytest.mark.parametrize("name", ["eager", "compile"])
+def test_gpu_captured_graphs_equal_the_module_and_survive_the_next_replay(cuda_engine: YolactEngine,
+                                                                          name: str) -> None:
+    b = make_backend(cuda_engine.net, name=name, device="cuda", input_size=128, half=True, channels_last=True,
+                     capture=True)
+    assert b.captured and not b.cuda_graphs
+    x1, x2 = torch.randn(2, 3, 128, 128, device="cuda"), torch.randn(2, 3, 128, 128, device="cuda")
+    with torch.inference_mode():
+        o1 = b(x1)  # records the graph
+        o2 = b(x2)  # replays it: must not overwrite o1
+        o3 = b(x1[:1])  # another batch size: another graph
+        r1, r2 = cuda_engine.net(x1), cuda_engine.net(x2)
+    assert _max_diff(r1, o1) < 2e-2 and _max_diff(r2, o2) < 2e-2
+    assert _max_diff(tuple(t[:1] for t in r1), o3) < 2e-2 and len(b._run._graphs) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("capture", [False, True], ids=["inductor_graphs", "captured_graphs"])
+def test_gpu_compile_engine_one_graph_forward_matches_eager(capture: bool) -> None:
+    """The compile engine (network + detection step as one CUDA graph, fp16: inductor's, or ours with
+    capture=True) finds what the eager fp32 engine finds on the shipped demo model's own kind of frames, and a
+    frame's detections survive the next replay (the outputs are copied out of the graph's memory pool)."""
     from rtseg.data.synthetic import SyntheticScene
 
     weights = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
     eng = YolactEngine.from_weights(weights, device="cuda", backend="compile", score_threshold=0.3)
+    if capture:
+        eng.backend = make_backend(eng.net, name="compile", device="cuda", input_size=eng.cfg.input_size,
+                                   capture=True)
     ref = YolactEngine.from_weights(weights, device="cuda", score_threshold=0.3)
     scene = SyntheticScene(41, num_frames=40, width=640, height=480)
     f1, f2 = scene.frame(5)[0], scene.frame(30)[0]

@@ -9,6 +9,8 @@ device; pre- and post-processing stay in the engine.
 - ``compile``: ``torch.compile`` (on CUDA ``mode="reduce-overhead"``, i.e. CUDA
   graphs, with fp16). :meth:`TorchBackend.then` compiles the network together with a
   device-side head (the engine's detection step) as one graph, so a frame costs one graph replay.
+  ``capture=True`` (CUDA, eager or compile) records that step in CUDA graphs of our own instead
+  (:class:`CapturedGraphs`): a replay skips dynamo's guards and Python entirely.
 - ``onnx``: exported once with ``torch.onnx.export`` and run by ONNX Runtime
   (:mod:`rtseg.engines.onnx_export`).
 - ``tensorrt``: torch-tensorrt, fp16 or INT8 (:mod:`rtseg.engines.trt`).
@@ -153,21 +155,31 @@ class TorchBackend:
     module: the network on the device (already fp16 / channels_last when ``half`` / ``channels_last``).
     compile_options: keyword arguments of ``torch.compile`` (None: eager). With a CUDA-graph mode
     (``CUDA_GRAPH_MODES``) outputs are copied out of the graph's memory pool, which the next replay overwrites.
+    capture: replay the (compiled or eager) step from :class:`CapturedGraphs` (CUDA only; not with a
+    CUDA-graph mode, which captures already).
     """
 
     def __init__(self, *, name: str, module: nn.Module, half: bool, channels_last: bool,
-                 compile_options: Mapping[str, Any] | None = None) -> None:
+                 compile_options: Mapping[str, Any] | None = None, capture: bool = False) -> None:
         self.name = name
         self.module = module
         self.half = half
         self.channels_last = channels_last
         self.compile_options = dict(compile_options) if compile_options is not None else None
         self.cuda_graphs = self.compile_options is not None and self.compile_options.get("mode") in CUDA_GRAPH_MODES
+        if capture and self.cuda_graphs:
+            raise ValueError("TorchBackend: capture=True with a CUDA-graph compile mode would capture twice")
+        self.captured = capture
         self._run = self.then(lambda outputs: outputs)
 
     @property
     def compiled(self) -> bool:
         return self.compile_options is not None
+
+    @property
+    def one_graph(self) -> bool:
+        """Whether :meth:`then` runs the network and its head as one graph (compiled or captured)."""
+        return self.compiled or self.captured
 
     def __call__(self, x: torch.Tensor) -> Outputs:
         return self._run(x)
@@ -183,9 +195,9 @@ class TorchBackend:
                 x = x.contiguous(memory_format=torch.channels_last)
             return head(tuple(t.float() for t in self.module(x)))  # type: ignore[arg-type]
 
-        if self.compile_options is None:
-            return step
-        fn = torch.compile(step, **self.compile_options)
+        fn = step if self.compile_options is None else torch.compile(step, **self.compile_options)
+        if self.captured:
+            return CapturedGraphs(fn)
         if not self.cuda_graphs:
             return fn
 
@@ -196,6 +208,47 @@ class TorchBackend:
         return replay
 
 
+class CapturedGraphs:
+    """``fn`` replayed from CUDA graphs recorded with ``torch.cuda.graph``, one per input shape / dtype / device.
+
+    A call copies its input into the graph's static input, launches the graph on the current stream and returns
+    clones of the static outputs (the next replay overwrites them): no Python, no dynamo guard checks and no
+    per-kernel launches. ``fn`` (tensor in, tensors out in any nesting) must have fixed shapes and must not wait
+    for the device; the first call per shape runs it ``warmup`` times on a side stream (compiling it, cuDNN /
+    cuBLAS choosing their kernels) before recording, as the ``torch.cuda.graph`` documentation asks.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], T], *, warmup: int = 3) -> None:
+        self.fn = fn
+        self.warmup = warmup
+        self._graphs: dict[tuple[Any, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, T]] = {}
+
+    def __call__(self, x: torch.Tensor) -> T:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self._graphs:
+            self._graphs[key] = self._record(x)
+        graph, static_x, static_out = self._graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        return tree_map(torch.clone, static_out)
+
+    def _record(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, T]:
+        if not x.is_cuda:
+            raise ValueError(f"CapturedGraphs: CUDA graphs need a CUDA input, got one on {x.device}")
+        static_x = x.clone()
+        current = torch.cuda.current_stream(x.device)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(static_x)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(static_x)
+        return graph, static_x, static_out
+
+
 def _import_cpp_toolchain_quietly() -> None:
     """Import ``torch.utils.cpp_extension`` (inductor's C++ toolchain for CPU graphs) without the warning it logs
     once on a CUDA build of torch without a GPU ("No CUDA runtime is found, using CUDA_HOME=..."): noise for a CPU
@@ -204,7 +257,7 @@ def _import_cpp_toolchain_quietly() -> None:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        import torch.utils.cpp_extension  # noqa: F401
+        importlib.import_module("torch.utils.cpp_extension")
     finally:
         logger.setLevel(level)
 
@@ -247,7 +300,8 @@ def resolve(name: str, device: torch.device) -> str:
 
 def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input_size: int, config: Any = None,
                  half: bool | None = None, channels_last: bool | None = None, cache_dir: Path | None = None,
-                 precision: str = "fp16", calibration_dir: str | None = None, max_batch: int = MAX_BATCH) -> Backend:
+                 precision: str = "fp16", calibration_dir: str | None = None, max_batch: int = MAX_BATCH,
+                 capture: bool = False) -> Backend:
     """Wrap ``net`` (an eval-mode :class:`InferenceNet`) in backend ``name``.
 
     device: where inputs arrive and outputs are returned. input_size: S of the (B, 3, S, S) input.
@@ -255,6 +309,8 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     half / channels_last: fp16 weights / channels_last memory for eager and compile (default: on for
     compile on CUDA, off otherwise, so that eager is the module as is).
     precision ("fp16" | "int8") and calibration_dir (a folder of frames for INT8): tensorrt only.
+    capture: eager / compile on CUDA: replay from CUDA graphs of our own (:class:`CapturedGraphs`; compile then
+    uses inductor without its CUDA graphs) instead of inductor's ``reduce-overhead`` graphs.
     The returned callable has a ``name`` attribute with the resolved backend.
     """
     device = torch.device(device)
@@ -265,15 +321,19 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     channels_last = fast_default if channels_last is None else channels_last
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     net = net.eval()
+    if capture and not (on_cuda and concrete in ("eager", "compile")):
+        raise ConfigError(f"capture=True records CUDA graphs of the eager or compile backend on a CUDA device, "
+                          f"not of {concrete!r} on {device}")
     if concrete == "eager":
         return TorchBackend(name="eager", module=_module_on(net, device, half, channels_last), half=half,
-                            channels_last=channels_last)
+                            channels_last=channels_last, capture=capture)
     if concrete == "compile":
         if not on_cuda:
             _import_cpp_toolchain_quietly()
+        mode = "reduce-overhead" if on_cuda and not capture else None
         return TorchBackend(name="compile", module=_module_on(net, device, half, channels_last), half=half,
-                            channels_last=channels_last,
-                            compile_options={"mode": "reduce-overhead" if on_cuda else None, "dynamic": False})
+                            channels_last=channels_last, compile_options={"mode": mode, "dynamic": False},
+                            capture=capture)
     if concrete == "onnx":
         from rtseg.engines.onnx_export import OnnxBackend
 

@@ -201,7 +201,7 @@ class YolactEngine(StagedEngine):
     @backend.setter
     def backend(self, backend: Backend) -> None:
         self._backend = backend
-        if isinstance(backend, TorchBackend) and backend.compiled and self.nms == "fast":
+        if isinstance(backend, TorchBackend) and backend.one_graph and self.nms == "fast":
             # A graph with fixed shapes: torch's Fast NMS keep decision (CuPy kernels are not traceable);
             # the priors stay at one address, so a CUDA graph reads them in place instead of copying them.
             torch._dynamo.mark_static_address(self.priors)
@@ -219,8 +219,9 @@ class YolactEngine(StagedEngine):
         """All device work of a preprocessed batch (B, 3, S, S): the network and the detection step
         (:meth:`detection_head`) → one :class:`Candidates` per frame, still on the device.
 
-        With the compile backend and Fast NMS both run as one compiled function (on CUDA one CUDA
-        graph replay per batch size), else in turn; nothing here waits for the device with Fast NMS.
+        With the compile backend (or a captured one, ``capture=True``) and Fast NMS both run as one graph
+        (on CUDA one CUDA graph replay per batch size), else in turn; nothing here waits for the device
+        with Fast NMS.
         """
         return self._forward(x)
 
