@@ -205,7 +205,8 @@ class Panoptic:
     """Panoptic segmentation of one frame (panopticapi conventions).
 
     ids: (H, W) int64 segment id per pixel, 0 = void.
-    segments: one dict per segment: {"id", "category_id", "isthing", "area", "score"?}.
+    segments: one dict per segment: {"id", "category_id", "isthing", "area", "score"?, "iscrowd"?} ("iscrowd":
+        ground truth only, a COCO crowd region; missing means False).
     class_names: names indexed by category id.
     """
 
