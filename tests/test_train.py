@@ -279,7 +279,7 @@ def test_a_diverging_run_stops_with_a_line_saying_to_lower_the_lr(tmp_path) -> N
     with pytest.raises(ConfigError, match=r"training diverged: the loss was not finite for 3 steps in a row .*"
                                           r"lower --lr \(now 1e\+12\)"):
         trainer.fit()
-    assert trainer.step < 50 and trainer.skipped >= 3
+    assert trainer.step < 50 and trainer.guard.skipped >= 3
 
 
 def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:

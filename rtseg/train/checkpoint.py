@@ -8,6 +8,7 @@ never leaves a half-written checkpoint; it is read with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,9 +46,67 @@ def weights_out(out: str | Path) -> Path:
     return out
 
 
+class NonFiniteGuard:
+    """Decides per step whether its loss may update the weights, and stops a run that diverged.
+
+    A step whose loss is not finite (NaN, ±inf) is skipped (no backward, no optimizer step) and counted;
+    ``limit`` such steps in a row are a ConfigError saying to lower the LR (``lr`` is named in it).
+    Shared by the YOLACT trainer and :func:`run_steps` (FCN, MS R-CNN).
+    """
+
+    def __init__(self, *, lr: float, limit: int = 20) -> None:
+        if limit < 1:
+            raise ConfigError(f"max_nonfinite {limit}: must be at least 1 (steps with a non-finite loss in a row)")
+        self.lr, self.limit = lr, limit
+        self.in_a_row = 0  # consecutive skipped steps up to the last one admitted
+        self.skipped = 0  # skipped steps in all
+
+    def admit(self, loss: float, *, step: int) -> bool:
+        """Whether the step that ends at step count ``step`` (1-based) may update the weights with ``loss``:
+        True when it is finite; else the step is counted as skipped, and the ``limit``-th in a row raises."""
+        if math.isfinite(loss):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.limit:
+            good = step - self.in_a_row  # the last step with a finite loss (its update may be what diverged)
+            resume = f" (or --resume a checkpoint from before step {good})" if good > 1 else ""
+            raise ConfigError(
+                f"training diverged: the loss was not finite for {self.in_a_row} steps in a row (to step {step}); "
+                f"lower --lr (now {self.lr:g}) or check the data, then train again{resume}")
+        return False
+
+    def note(self) -> str:
+        """Text a progress line ends with: `` (N steps skipped: loss not finite)``, or "" while none was."""
+        n = self.skipped
+        return f" ({n} step{'s' if n > 1 else ''} skipped: loss not finite)" if n else ""
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite (one host synchronisation)."""
+    flags = [torch.isfinite(t).all() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def check_lr(lr: float) -> float:
+    """``lr`` (the ``--lr`` option) when it is a finite number >= 0; else a ConfigError (before any training)."""
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ConfigError(f"--lr {lr}: the learning rate must be a number >= 0, e.g. --lr 1e-3")
+    return lr
+
+
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
-    """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path."""
+    """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path.
+
+    A ``model`` part (an nn.Module) with a non-finite weight is never written: that is a ConfigError
+    (training diverged), and the file already at ``path``, if any, stays as it was.
+    """
     p = Path(path)
+    model = parts.get("model")
+    if isinstance(model, torch.nn.Module) and not _finite(model):
+        raise ConfigError(f"training diverged: the weights are not finite at step {step}, so checkpoint {p} was not "
+                          "written (one there is from an earlier step); lower --lr or check the data, then train again")
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "torch_rng": torch.get_rng_state(),
              **{name: part.state_dict() for name, part in parts.items()}, **extra}
@@ -70,22 +129,30 @@ def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful]
 
 def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[str, Stateful],
               checkpoint: str | Path | None, ckpt_every: int, log_every: int,
-              describe: Callable[[list[T]], str] | None) -> list[T]:
+              describe: Callable[[list[T]], str] | None, guard: NonFiniteGuard) -> list[T]:
     """Run ``step(k)`` for k in [first, steps) and return what each returned (e.g. its losses).
 
-    checkpoint: written every ``ckpt_every`` steps and after the last (:func:`checkpoint_due`); on
-    Ctrl-C the steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt
-    goes on. describe: one progress line's text from the last ``log_every`` results, printed every
-    ``log_every`` steps as ``step k/steps <text> (<seconds> s)``; None prints nothing.
+    guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)``) before it
+    updates the weights; its divergence error ends the run. checkpoint: written every ``ckpt_every``
+    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C the
+    steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on.
+    describe: one progress line's text from the results of the last ``log_every`` steps that were not
+    skipped, printed every ``log_every`` steps as ``step k/steps <text> (<seconds> s)`` plus the
+    guard's count of skipped steps; None prints nothing.
     """
     results: list[T] = []
+    recent: list[T] = []  # results of the steps since the last progress line that updated the weights
     t0 = time.perf_counter()
     try:
         for k in range(first, steps):
             results.append(step(k))
-            if describe is not None and (k + 1) % log_every == 0:
-                print(f"step {k + 1}/{steps} {describe(results[-log_every:])} ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+            if not guard.in_a_row:
+                recent.append(results[-1])
+            if (k + 1) % log_every == 0:
+                if describe is not None:
+                    text = describe(recent) if recent else "no finite loss"
+                    print(f"step {k + 1}/{steps} {text}{guard.note()} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                recent = []
             if checkpoint and checkpoint_due(k + 1, ckpt_every, steps):
                 save_checkpoint(checkpoint, step=k + 1, parts=parts)
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ them; otherwise everything starts from scratch (said in the log).
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import shlex
 import sys
@@ -29,7 +28,7 @@ from rtseg.data.dataset import InstanceDataset
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, weights_out
+from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, weights_out
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_yolact
 
@@ -140,8 +139,7 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
 
 def _check_options(args: argparse.Namespace) -> None:
     """ConfigError for option values training cannot use (before any data is read)."""
-    if not (math.isfinite(args.lr) and args.lr >= 0):
-        raise ConfigError(f"--lr {args.lr}: the learning rate must be a number >= 0, e.g. --lr 1e-3")
+    check_lr(args.lr)
     for name, value, low in (("--input-size", args.input_size, 32), ("--fpn-channels", args.fpn_channels, 1),
                              ("--num-prototypes", args.num_prototypes, 1), ("--workers", args.workers, 0),
                              ("--warmup", args.warmup, 0), ("--ckpt-every", args.ckpt_every, 0),

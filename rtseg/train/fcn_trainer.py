@@ -14,7 +14,6 @@ so a resumed run trains on exactly the batches the uninterrupted one would).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +24,26 @@ import torch.nn.functional as F
 
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FcnEngine, save_fcn
+from rtseg.cliargs import Parser
 from rtseg.errors import exit_status
 from rtseg.eval.runners import format_semantic
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps, weights_out
+from rtseg.train.checkpoint import (
+    CHECKPOINT_NAME,
+    NonFiniteGuard,
+    check_lr,
+    resume_step,
+    run_steps,
+    weights_out,
+)
 
 
 @dataclass(frozen=True)
 class FcnTrainConfig:
     """steps: optimizer steps; batch_size: images per step; lr: Adam learning rate; seed: sampling seed;
-    ckpt_every: steps between checkpoints (when a checkpoint path is given)."""
+    ckpt_every: steps between checkpoints (when a checkpoint path is given); max_nonfinite: a step whose loss
+    is not finite is skipped (no update), this many in a row stop the run as diverged (ConfigError)."""
 
     steps: int = 300
     batch_size: int = 4
@@ -44,11 +52,13 @@ class FcnTrainConfig:
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 100
+    max_nonfinite: int = 20
 
 
 def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = FcnTrainConfig(),
               *, log: bool = True, checkpoint: str | Path | None = None, resume: bool = False) -> list[float]:
-    """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss of each step run.
+    """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss of each step run
+    (NaN / inf for a skipped step; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
     continues from it (its step, weights and optimizer state).
@@ -60,6 +70,7 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     parts = {"model": model, "optimizer": opt}
     first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
+    guard = NonFiniteGuard(lr=cfg.lr, limit=cfg.max_nonfinite)
 
     def one_step(step: int) -> float:
         rng = np.random.default_rng([cfg.seed, step])
@@ -69,14 +80,16 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
         x = engine.preprocess(list(imgs))
         y = (targets[idx].flip(-1) if flip else targets[idx]).to(x.device)
         loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        value = float(loss.detach())
+        if guard.admit(value, step=step + 1):  # a non-finite loss updates nothing
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return value
 
     losses = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
                        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                       describe=(lambda recent: f"loss {np.mean(recent):.4f}") if log else None)
+                       describe=(lambda recent: f"loss {np.mean(recent):.4f}") if log else None, guard=guard)
     model.eval()
     return losses
 
@@ -98,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = argparse.ArgumentParser(prog="python -m rtseg.train.fcn_trainer",
+    ap = Parser(prog="python -m rtseg.train.fcn_trainer",
                                  description="Train a small FCN on the synthetic benchmark (CPU-friendly).")
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
     ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"))
     ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=FcnTrainConfig.lr, help="Adam learning rate (default: %(default)g)")
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("W", "H"))
     ap.add_argument("--threads", type=int, default=1)
@@ -111,6 +125,7 @@ def _main(argv: list[str] | None) -> None:
                     help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
     args = ap.parse_args(argv)
     weights_out(args.out)
+    check_lr(args.lr)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     w, h = args.size
@@ -120,7 +135,7 @@ def _main(argv: list[str] | None) -> None:
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     val = SyntheticDataset.split("val", 24, width=w, height=h)
     checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
-    train_fcn(engine, train, FcnTrainConfig(steps=args.steps), checkpoint=checkpoint, resume=args.resume)
+    train_fcn(engine, train, FcnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint, resume=args.resume)
     metrics = evaluate_fcn(engine, val)
     print("validation (synthetic:val, 24 images, %):\n" + format_semantic(metrics))
     save_fcn(args.out, engine.model, names, meta={"steps": args.steps, "train_images": args.images,

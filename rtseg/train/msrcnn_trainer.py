@@ -16,7 +16,6 @@ and ``--resume`` continues from there (batches drawn per step from ``(seed, step
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +25,25 @@ import torch
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
+from rtseg.cliargs import Parser
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, resume_step, run_steps, weights_out
+from rtseg.train.checkpoint import (
+    CHECKPOINT_NAME,
+    NonFiniteGuard,
+    check_lr,
+    resume_step,
+    run_steps,
+    weights_out,
+)
 
 
 @dataclass(frozen=True)
 class MsrcnnTrainConfig:
     """steps: optimizer steps; batch_size: images per step; lr: SGD lr after ``warmup`` linear steps;
-    ckpt_every: steps between checkpoints (when a checkpoint path is given)."""
+    ckpt_every: steps between checkpoints (when a checkpoint path is given); max_nonfinite: a step whose loss
+    is not finite is skipped (no update), this many in a row stop the run as diverged (ConfigError)."""
 
     steps: int = 300
     batch_size: int = 2
@@ -46,6 +54,7 @@ class MsrcnnTrainConfig:
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 100
+    max_nonfinite: int = 20
 
 
 def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
@@ -60,7 +69,8 @@ def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
 def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainConfig = MsrcnnTrainConfig(),
                  *, log: bool = True, checkpoint: str | Path | None = None,
                  resume: bool = False) -> list[dict[str, float]]:
-    """Train ``engine.model`` in place; returns the loss terms of every step run.
+    """Train ``engine.model`` in place; returns the loss terms of every step run (a step whose total loss is not
+    finite is skipped; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
     continues from it (its step, weights, optimizer and warm-up state).
@@ -71,6 +81,7 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
     first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
+    guard = NonFiniteGuard(lr=cfg.lr, limit=cfg.max_nonfinite)
 
     def one_step(step: int) -> dict[str, float]:
         rng = np.random.default_rng([cfg.seed, step])
@@ -79,18 +90,20 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
         images = engine.preprocess([s.image for s in samples])
         losses = model(images, [to_target(s, images[0].device) for s in samples])
         total = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        sched.step()
+        if guard.admit(float(total.detach()), step=step + 1):  # a non-finite loss updates nothing
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+        sched.step()  # the warm-up counts steps, skipped ones too (as the YOLACT trainer's schedule does)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def describe(recent: list[dict[str, float]]) -> str:
         return " ".join(f"{k[5:]} {np.mean([h[k] for h in recent]):.3f}" for k in recent[0])
 
     history = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
-                        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, describe=describe if log else None)
+                        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, describe=describe if log else None,
+                        guard=guard)
     model.eval()
     return history
 
@@ -113,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = argparse.ArgumentParser(prog="python -m rtseg.train.msrcnn_trainer",
+    ap = Parser(prog="python -m rtseg.train.msrcnn_trainer",
                                  description="Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).")
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
     ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=MsrcnnTrainConfig.lr,
+                    help="SGD learning rate after warm-up (default: %(default)g)")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     ap.add_argument("--threads", type=int, default=1)
@@ -125,6 +140,7 @@ def _main(argv: list[str] | None) -> None:
                     help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
     args = ap.parse_args(argv)
     weights_out(args.out)
+    check_lr(args.lr)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     w, h = args.size
@@ -133,7 +149,8 @@ def _main(argv: list[str] | None) -> None:
     engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES))
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
-    train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps), checkpoint=checkpoint, resume=args.resume)
+    train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint,
+                 resume=args.resume)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
     print("validation (synthetic:val, 40 images):\n" + format_scoring_table(quality))
     save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,

@@ -27,7 +27,8 @@ from rtseg.errors import ConfigError, RtsegError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.train.augment import AugmentConfig, augment
-from rtseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_on_interrupt
+from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, load_checkpoint, save_checkpoint,
+                                   save_on_interrupt)
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
@@ -190,7 +191,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.config.lr_factor(step))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
-        self.skipped = 0  # steps skipped for a non-finite loss
+        self.guard = NonFiniteGuard(lr=config.lr, limit=config.max_nonfinite)  # skips / stops on a non-finite loss
         self.history: list[dict[str, float]] = []
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -236,6 +237,9 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets: TargetBatch) -> dict[str, float]:
         """One optimizer step on a collated batch; returns the loss terms as floats.
 
+        A non-finite total loss updates nothing (no backward, no scaler step; the LR schedule moves on) and
+        counts towards :attr:`guard`'s divergence limit (ConfigError when reached).
+
         The batch goes to the device in one copy per tensor, and the loss values come back in
         one transfer: the only host synchronisations of a step (besides the loss's one).
         """
@@ -247,7 +251,7 @@ class Trainer:
         losses = yolact_loss(out, targets.to(self.device), self.priors, self.config.loss)
         values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
         self.optimizer.zero_grad(set_to_none=True)
-        if math.isfinite(values["total"]):
+        if self.guard.admit(values["total"], step=self.step + 1):  # raises after max_nonfinite skips in a row
             self.scaler.scale(losses["total"]).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -271,19 +275,11 @@ class Trainer:
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
-        in_a_row = 0  # consecutive steps with a non-finite loss
         try:
             for images, targets in self._loader():
                 if self.step >= self.config.iters:
                     break
                 losses = self.train_step(images, targets)
-                in_a_row = 0 if math.isfinite(losses["total"]) else in_a_row + 1
-                self.skipped += in_a_row > 0
-                if in_a_row >= c.max_nonfinite:
-                    raise ConfigError(
-                        f"training diverged: the loss was not finite for {in_a_row} steps in a row (to step "
-                        f"{self.step}); lower --lr (now {c.lr:g}) or check the data, then train again (or --resume "
-                        f"a checkpoint from before step {self.step - in_a_row})")
                 for k, v in losses.items():
                     running[k] = 0.9 * running.get(k, v) + 0.1 * v if math.isfinite(v) else running.get(k, v)
                 if self.step % c.log_every == 0 or self.step == self.config.iters:
@@ -338,9 +334,8 @@ class Trainer:
         eta = per_it * (c.iters - self.step)
         bar = "#" * int(20 * self.step / c.iters)
         terms = " ".join(f"{k[0].upper()} {losses[k]:.3f}" for k in ("box", "conf", "mask", "semantic"))
-        skipped = f" ({self.skipped} steps skipped: loss not finite)" if self.skipped else ""
         print(f"[{bar:<20}] {self.step}/{c.iters} loss {losses['total']:.3f} ({terms}) "
-              f"lr {self.optimizer.param_groups[0]['lr']:.2e} {per_it:.2f} s/it ETA {_hms(eta)}{skipped}",
+              f"lr {self.optimizer.param_groups[0]['lr']:.2e} {per_it:.2f} s/it ETA {_hms(eta)}{self.guard.note()}",
               file=self.log, flush=True)
 
     def export(self, path: str | Path, meta: dict[str, Any] | None = None, *, half: bool = False) -> Path:
