@@ -24,19 +24,12 @@ import torch.nn.functional as F
 
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines.fcn import FcnEngine, save_fcn
-from rtseg.cliargs import Parser
 from rtseg.errors import exit_status
 from rtseg.eval.runners import format_semantic
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
-from rtseg.train.checkpoint import (
-    CHECKPOINT_NAME,
-    NonFiniteGuard,
-    check_lr,
-    resume_step,
-    run_steps,
-    weights_out,
-)
+from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps
+from rtseg.train.recipe import parse_recipe, recipe_parser
 
 
 @dataclass(frozen=True)
@@ -111,30 +104,17 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = Parser(prog="python -m rtseg.train.fcn_trainer",
-                                 description="Train a small FCN on the synthetic benchmark (CPU-friendly).")
-    ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
+    ap = recipe_parser("python -m rtseg.train.fcn_trainer",
+                       "Train a small FCN on the synthetic benchmark (CPU-friendly).", lr=FcnTrainConfig.lr, lr_help="Adam learning rate", images=160, size=(128, 96))
     ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"))
     ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=FcnTrainConfig.lr, help="Adam learning rate (default: %(default)g)")
-    ap.add_argument("--images", type=int, default=160)
-    ap.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("W", "H"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resume", action="store_true",
-                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
-    args = ap.parse_args(argv)
-    weights_out(args.out)
-    check_lr(args.lr)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args, checkpoint = parse_recipe(ap, argv)
     w, h = args.size
     names = ["background", *CLASSES]
     engine = FcnEngine.from_config(FcnConfig(arch=args.arch, num_classes=len(names), width=args.width),
                                    class_names=names)
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     val = SyntheticDataset.split("val", 24, width=w, height=h)
-    checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
     train_fcn(engine, train, FcnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint, resume=args.resume)
     metrics = evaluate_fcn(engine, val)
     print("validation (synthetic:val, 24 images, %):\n" + format_semantic(metrics))

@@ -25,18 +25,11 @@ import torch
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
-from rtseg.cliargs import Parser
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import (
-    CHECKPOINT_NAME,
-    NonFiniteGuard,
-    check_lr,
-    resume_step,
-    run_steps,
-    weights_out,
-)
+from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps
+from rtseg.train.recipe import parse_recipe, recipe_parser
 
 
 @dataclass(frozen=True)
@@ -126,29 +119,16 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = Parser(prog="python -m rtseg.train.msrcnn_trainer",
-                                 description="Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).")
-    ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
+    ap = recipe_parser("python -m rtseg.train.msrcnn_trainer",
+                       "Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).",
+                       lr=MsrcnnTrainConfig.lr, lr_help="SGD learning rate after warm-up", images=200, size=(160, 120))
     ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=MsrcnnTrainConfig.lr,
-                    help="SGD learning rate after warm-up (default: %(default)g)")
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resume", action="store_true",
-                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
-    args = ap.parse_args(argv)
-    weights_out(args.out)
-    check_lr(args.lr)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args, checkpoint = parse_recipe(ap, argv)
     w, h = args.size
     cfg = MsrcnnConfig(num_classes=len(CLASSES), backbone=args.backbone, min_size=min(w, h), max_size=max(w, h),
                        anchor_sizes=(8, 16, 32, 64, 128), rois_per_image=64, proposals_per_image=200)
     engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES))
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
-    checkpoint = Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
     train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint,
                  resume=args.resume)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))

@@ -1,0 +1,38 @@
+"""The command line shared by the small synthetic-benchmark trainers (FCN-8s, Mask Scoring R-CNN)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rtseg.cliargs import Parser
+from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, weights_out
+
+
+def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,
+                  size: tuple[int, int]) -> Parser:
+    """A parser with the options every recipe has: --out, --steps, --lr (default ``lr``), --images (training
+    images, default ``images``), --size W H (default ``size``), --threads, --resume; add the model's own."""
+    ap = Parser(prog=prog, description=description)
+    ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=lr, help=f"{lr_help} (default: %(default)g)")
+    ap.add_argument("--images", type=int, default=images)
+    ap.add_argument("--size", type=int, nargs=2, default=size, metavar=("W", "H"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
+    return ap
+
+
+def parse_recipe(ap: Parser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, Path]:
+    """Parse and check (``--out`` a .safetensors path, ``--lr``) before anything trains; set the torch threads and
+    seed. Returns the options and the checkpoint path (``<out without .safetensors>.train/checkpoint.pth``)."""
+    args = ap.parse_args(argv)
+    weights_out(args.out)
+    check_lr(args.lr)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return args, Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
