@@ -509,3 +509,62 @@ def test_http_file_without_duration_is_read_once(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_concatenated_mpeg_ts_is_timed_on_across_the_jump_back(tmp_path):
+    """Two MPEG-TS files joined (``cat a.ts b.ts``): the second's clock starts again. As FFmpeg does, its frames
+    continue one frame after the first's: the recording squeezed all 20 of them into 2 ms."""
+    first = _encode(tmp_path / "a.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)],
+                    fmt="mpegts", fps=10)
+    second = _encode(tmp_path / "b.ts", [np.full((24, 48, 3), clip_colour(i), np.uint8) for i in range(20, 40)],
+                     fmt="mpegts", fps=10)
+    joined = tmp_path / "ab.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    with open_source(str(joined)) as source:
+        frames = list(source)
+    assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(40)])
+    assert [f.image.shape[:2] for f in frames] == [(16, 32)] * 20 + [(24, 48)] * 20
+    assert np.abs(_colour(frames[25]) - clip_colour(25)).max() < 8
+    assert source.notices == [f"the timestamps of {joined} jumped 1 time(s) (spliced or concatenated video): "
+                              "frames were timed on across each jump"]
+    with open_source(str(joined), end=2.5) as source:  # --end counts on the continuous timeline
+        assert len(list(source)) == 25
+
+
+def test_live_stream_whose_clock_restarts_keeps_a_continuous_timeline(tmp_path):
+    """A live HTTP MPEG-TS stream (real loopback server, no length: read as live) whose timestamps start again
+    mid-connection, as a restarted encoder's do: the frames after the jump were all stamped with one time."""
+    import http.server
+    import itertools
+    import threading
+
+    first = _encode(tmp_path / "a.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)],
+                    fmt="mpegts", fps=10)
+    second = _encode(tmp_path / "b.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20, 40)],
+                     fmt="mpegts", fps=10)
+    body = first.read_bytes() + second.read_bytes()
+
+    class Live(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()  # no Content-Length: a live stream
+            self.wfile.write(body)
+            time.sleep(10)  # the stream stays open: no end, no reconnection while the test reads
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Live)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_source(f"http://127.0.0.1:{server.server_address[1]}/live.ts", open_timeout=5) as source:
+            assert source.is_live
+            frames = list(itertools.islice(source, 30))  # the first connection's (FFmpeg drops the packet
+            # the splice damaged, as a live source skips damaged packets)
+            assert source.reconnects == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    steps = np.diff([f.pts for f in frames])
+    assert len(frames) == 30 and (steps > 0.05).all() and (steps < 0.25).all(), steps

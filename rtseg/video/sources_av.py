@@ -18,6 +18,7 @@ from av.sidedata.sidedata import Type as SideDataType
 
 from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
+from rtseg.video.timeline import TS_DISCONT, Timeline
 
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError)
 
@@ -108,6 +109,7 @@ class FileSource(Source):
         rate = _rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
+        self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
         self._decoded_frames = 0
         super().__init__(source_id=name, fps=float(rate) / vid_stride if rate else None,
                          num_frames=self._estimate_frames(rate))
@@ -141,12 +143,14 @@ class FileSource(Source):
             yield from frames
 
     def _timed(self, frames: Iterator[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, float]]:
-        """``(frame, t)``: t from the frame's pts, else the previous t plus the frame's duration (or 1 / fps)."""
+        """``(frame, t)``: t from the frame's pts, continuous across timestamp discontinuities
+        (:class:`rtseg.video.timeline.Timeline`), else the previous t plus the frame's duration (or 1 / fps)."""
         t: float | None = None
         step = self._period
+        self._timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
         for frame in frames:
             own = self._time(frame.pts)
-            t = own if own is not None else (t + step if t is not None else 0.0)
+            t = self._timeline.place(own, step) if own is not None else (t + step if t is not None else 0.0)
             step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else self._period
             yield frame, t
 
@@ -199,7 +203,11 @@ class FileSource(Source):
             raise SourceError(f"reading {self._name} failed{where}: {scrub(_reason(exc), self._open[0])}; "
                               f"{hint}") from None
         self._report_damage()
-        self._check_complete(t)
+        if self._timeline.jumps:
+            self.notices.append(f"the timestamps of {self._name} jumped {self._timeline.jumps} time(s) (spliced or "
+                                "concatenated video): frames were timed on across each jump")
+        else:
+            self._check_complete(t)
 
     def _report_damage(self) -> None:
         """Notice of the damaged packets skipped; SourceError when they were all there was."""
@@ -333,10 +341,13 @@ class StreamSource(Source):
         return False
 
     def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
-        """Frames of the current connection, key frame first; pts offset by ``base``."""
+        """Frames of the current connection, key frame first; pts offset by ``base`` and continuous across
+        timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`)."""
         stream = self._stream
         first: float | None = None
         keyed = False
+        timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
+        period = 1.0 / self.fps if self.fps else 1.0 / IMAGE_FPS
         for packet in self._container.demux(stream):
             if self._stop.is_set():
                 return
@@ -349,7 +360,7 @@ class StreamSource(Source):
                 first = t if first is None else first
                 image = displayed(frame)
                 self.decode_seconds = time.perf_counter() - t0
-                yield image, base + max(0.0, t - first)
+                yield image, base + max(0.0, timeline.place(t - first, period))
                 t0 = time.perf_counter()
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
