@@ -277,3 +277,36 @@ def test_gpu_pipeline_on_three_streams_equals_the_sequential_engine(tmp_path):
         assert np.array_equal(pred.class_ids, dets.class_ids) and np.array_equal(pred.boxes, dets.boxes)
         assert np.array_equal(image, annotate(frame.image, dets)), frame.seq
         assert record["detections"] == json.loads(json.dumps(prediction_record(dets)))["detections"], frame.seq
+
+
+def test_summary_and_stats_count_source_and_push_reconnects():
+    """The source's reconnections and the push outputs' are counted apart and together (summary, stats JSON)."""
+    m = Metrics(warmup_frames=0)
+    assert "reconnects 0 " in m.summary() and m.snapshot()["reconnects"] == 0
+    m.set_reconnects(source=1)
+    m.set_reconnects(push=2)  # each count is set on its own (the decode and the output stage)
+    snap = m.snapshot()
+    assert (snap["reconnects"], snap["source_reconnects"], snap["push_reconnects"], m.reconnects) == (3, 1, 2, 3)
+    assert "  reconnects 3 (source 1, push 2)  " in m.summary()
+    m.set_reconnects(source=0)
+    assert "  reconnects 2 (push 2)  " in m.summary()
+
+
+def test_reconnections_of_outputs_are_counted_as_push_reconnects(engine):
+    """A sink that reconnects (the push sink) counts them in ``reconnects``; the run's metrics add them up,
+    also one made while closing (after its last frame was handed over)."""
+    class Reconnecting(ListSink):
+        reconnects = 0
+
+        def write(self, frame, prediction, annotated) -> None:
+            super().write(frame, prediction, annotated)
+            self.reconnects += frame.seq == 3
+
+        def close(self) -> None:
+            self.reconnects += 1
+            super().close()
+
+    sinks = [Reconnecting(keep_images=False), Reconnecting(keep_images=False)]
+    metrics, error = _run_within(Pipeline(source=SyntheticSource(seed=1, num_frames=6, width=64, height=48),
+                                          engine=engine, sinks=sinks))
+    assert error is None and (metrics.source_reconnects, metrics.push_reconnects) == (0, 4)

@@ -45,7 +45,8 @@ class Metrics:
         self._counted = 0
         self.frames = 0
         self.dropped = 0
-        self.reconnects = 0
+        self.source_reconnects = 0  # times the source came back after an outage
+        self.push_reconnects = 0  # times push outputs came back after an outage (all of them together)
 
     def record(self, *, timings: dict[str, float], capture_time: float, output_time: float) -> None:
         """One frame written: stage durations (s), capture and output ``time.monotonic()`` (s)."""
@@ -66,9 +67,16 @@ class Metrics:
         with self._lock:
             self.dropped += n
 
-    def set_reconnects(self, n: int) -> None:
+    @property
+    def reconnects(self) -> int:
+        """Reconnections after outages: the source's and the push outputs' together."""
+        return self.source_reconnects + self.push_reconnects
+
+    def set_reconnects(self, *, source: int | None = None, push: int | None = None) -> None:
+        """The reconnection counts so far of the source and (summed) of the push outputs; None: unchanged."""
         with self._lock:
-            self.reconnects = n
+            self.source_reconnects = self.source_reconnects if source is None else source
+            self.push_reconnects = self.push_reconnects if push is None else push
 
     def hud(self) -> dict[str, float | int]:
         """Cheap live figures for the on-frame display: recent FPS, last end-to-end latency, drops."""
@@ -83,7 +91,8 @@ class Metrics:
             return out
 
     def snapshot(self) -> dict:
-        """Current figures: frames, dropped, reconnects, fps, fps_recent, latency_ms per stage.
+        """Current figures: frames, dropped, reconnects (source_reconnects + push_reconnects, each also given),
+        fps, fps_recent, latency_ms per stage.
 
         latency_ms maps each stage (and ``end_to_end``) to {p50, p95, p99, mean} in ms.
         fps is None until two frames past warm-up have been written.
@@ -99,7 +108,9 @@ class Metrics:
             return {
                 "frames": self.frames,
                 "dropped": self.dropped,
-                "reconnects": self.reconnects,
+                "reconnects": self.source_reconnects + self.push_reconnects,
+                "source_reconnects": self.source_reconnects,
+                "push_reconnects": self.push_reconnects,
                 "fps": (self._counted - 1) / span if self._counted > 1 and span > 0 else None,
                 "fps_recent": (len(self._recent) - 1) / recent_span if recent_span > 0 else None,
                 "latency_ms": latency,
@@ -110,8 +121,11 @@ class Metrics:
         snap = self.snapshot()
         fps = f"{snap['fps']:.2f}" if snap["fps"] is not None else "n/a (too few frames)"
         untimed = f"  (first {self.warmup_frames} frames not timed)" if 0 < self.warmup_frames < snap["frames"] else ""
+        parts = ", ".join(f"{kind} {snap[f'{kind}_reconnects']}" for kind in ("source", "push")
+                          if snap[f"{kind}_reconnects"])
+        reconnects = f"{snap['reconnects']} ({parts})" if parts else "0"
         lines = [
-            f"frames {snap['frames']}  dropped {snap['dropped']}  reconnects {snap['reconnects']}  "
+            f"frames {snap['frames']}  dropped {snap['dropped']}  reconnects {reconnects}  "
             f"end-to-end FPS {fps}{untimed}",
             f"{'stage':<12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'stage FPS':>10}",
         ]

@@ -19,6 +19,8 @@ and ``close()``; a sink may also offer ``abort()`` (called instead of ``close()`
 after a failed run, so that it leaves its output recognisably unfinished) and set
 ``stop_requested = True`` (e.g. its window was closed) to end the run gracefully, and ``interrupt()``
 (called on a stop request: a sink blocked on a slow reader gives up soon instead of holding the run).
+A sink that reconnects after outages (the push sink) counts them in ``reconnects``; the metrics add
+them up as push reconnects, beside the source's.
 """
 from __future__ import annotations
 
@@ -209,7 +211,7 @@ class Pipeline:
         try:
             for frame in self.source:
                 item = _Item(frame, {"decode": self.source.decode_seconds})
-                self.metrics.set_reconnects(self.source.reconnects)
+                self.metrics.set_reconnects(source=self.source.reconnects)
                 if self._stopping.is_set() or not self._decoded.put(item, self._abort):
                     break
         finally:
@@ -287,6 +289,7 @@ class Pipeline:
             _tagged(self._write, item)
             item.timings["output"] = time.perf_counter() - t0
             written += 1
+            self._count_sink_reconnects()
             self.metrics.record(timings=item.timings, capture_time=item.frame.capture_time,
                                 output_time=time.monotonic())
             if self._progress is not None:
@@ -321,6 +324,7 @@ class Pipeline:
             if not threads[0].is_alive():  # also when warm-up failed and decoding never started
                 self.source.close()
             close_error = self._close_sinks(stuck=any(t.is_alive() for t in threads))
+            self._count_sink_reconnects()  # a sink may have reconnected after its last frame was handed over
             if self._progress is not None:
                 self._progress.close()
         if self._error is not None:
@@ -333,6 +337,9 @@ class Pipeline:
         if close_error is not None:
             raise close_error
         return self.metrics
+
+    def _count_sink_reconnects(self) -> None:
+        self.metrics.set_reconnects(push=sum(getattr(sink, "reconnects", 0) for sink in self.sinks))
 
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for the stages; after an error or abort, give them ``join_timeout`` seconds at most."""
