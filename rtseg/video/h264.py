@@ -49,11 +49,14 @@ class H264Encoder:
 
     The stream is added on the first frame (its size fixes the video size;
     later frames of another size are fitted into it, aspect ratio kept: :func:`letterbox`).
+    With ``container`` None the encoder stands alone: :meth:`encode` and :meth:`flush` return the
+    packets (Annex B, SPS/PPS repeated before every key frame, time base :data:`TIME_BASE`) for the
+    caller to mux elsewhere (the push sink sends them to its network process).
     """
 
     def __init__(
         self,
-        container: av.container.OutputContainer,
+        container: av.container.OutputContainer | None,
         *,
         fps_hint: float | None,
         preset: str = "veryfast",
@@ -65,7 +68,8 @@ class H264Encoder:
         self._fps = float(fps_hint) if fps_hint and fps_hint > 0 else 30.0
         self._options = {"preset": preset, "tune": "zerolatency", "crf": str(crf)}
         self._key_every = keyframe_interval_s
-        self._stream: av.video.stream.VideoStream | None = None
+        self._stream: av.video.stream.VideoStream | None = None  # in the container, if there is one
+        self._codec: av.video.codeccontext.VideoCodecContext | None = None
         self._size: tuple[int, int] | None = None  # (W, H) as given by the first frame
         self._t0 = t0  # media time (s) of output pts 0; None: the first frame's
         self._last_pts = -1
@@ -73,12 +77,22 @@ class H264Encoder:
 
     @property
     def started(self) -> bool:
-        return self._stream is not None
+        return self._codec is not None
 
     @property
     def t0(self) -> float | None:
         """Media time (seconds) of the first frame; pts 0 in the output."""
         return self._t0
+
+    @property
+    def rate(self) -> Fraction:
+        """The nominal frame rate (from ``fps_hint``; the timestamps are the frames' own)."""
+        return Fraction(self._fps).limit_denominator(1001)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the encoded video (even), once started."""
+        return (self._codec.width, self._codec.height) if self._codec is not None else None
 
     @property
     def last_time(self) -> float:
@@ -87,21 +101,27 @@ class H264Encoder:
 
     def open_stream(self, width: int, height: int) -> None:
         """Add the video stream for frames of ``width`` x ``height`` (called by the first :meth:`encode`)."""
-        stream = self._container.add_stream("libx264", rate=Fraction(self._fps).limit_denominator(1001))
-        stream.width, stream.height = width + width % 2, height + height % 2
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = TIME_BASE
-        stream.codec_context.time_base = TIME_BASE
-        stream.codec_context.gop_size = max(1, int(round(self._fps * self._key_every)))
-        stream.options = dict(self._options)
-        self._stream, self._size = stream, (width, height)
+        if self._container is None:
+            codec = av.CodecContext.create("libx264", "w")
+            codec.framerate = self.rate
+        else:
+            self._stream = self._container.add_stream("libx264", rate=self.rate)
+            self._stream.time_base = TIME_BASE
+            codec = self._stream.codec_context
+        codec.width, codec.height = width + width % 2, height + height % 2
+        codec.pix_fmt = "yuv420p"
+        codec.time_base = TIME_BASE
+        codec.gop_size = max(1, int(round(self._fps * self._key_every)))
+        codec.options = dict(self._options)
+        self._codec, self._size = codec, (width, height)
 
-    def encode(self, image: np.ndarray, t: float) -> None:
-        """Encode one (H, W, 3) uint8 BGR image shown at media time ``t`` seconds.
+    def encode(self, image: np.ndarray, t: float) -> list[av.Packet]:
+        """Encode one (H, W, 3) uint8 BGR image shown at media time ``t`` seconds; the packets it completed
+        (already muxed into the container, if there is one).
 
         Times must not go backwards; a repeated time is nudged by one tick.
         """
-        if self._stream is None:
+        if self._codec is None:
             self.open_stream(image.shape[1], image.shape[0])
         if self._t0 is None:
             self._t0 = t
@@ -118,11 +138,15 @@ class H264Encoder:
             frame.pict_type = PictureType.I
             self._last_key_t = rel
         self._last_pts = pts
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        return self._emit(frame)
 
-    def flush(self) -> None:
-        """Drain the encoder's delayed packets into the container."""
-        if self._stream is not None:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
+    def flush(self) -> list[av.Packet]:
+        """Drain the encoder's delayed packets (into the container, if there is one)."""
+        return self._emit(None) if self._codec is not None else []
+
+    def _emit(self, frame: av.VideoFrame | None) -> list[av.Packet]:
+        if self._stream is None:
+            return self._codec.encode(frame)
+        packets = self._stream.encode(frame)
+        self._container.mux(packets)
+        return packets

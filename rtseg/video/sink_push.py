@@ -1,58 +1,61 @@
 """Push annotated video to an RTSP or RTMP server (H.264 via PyAV), reconnecting after an outage.
 
 RTSP is published over TCP (``rtsp_transport=tcp``: no UDP ports to open, no
-packet loss on the LAN); RTMP carries the stream in FLV.
+packet loss on the LAN); RTMP carries the stream in FLV. Frames are encoded
+here; the connection itself (connect, handshake, writes) lives in a child
+process (:mod:`rtseg.video.push_worker`) that is killed when the server hangs.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import av
 import numpy as np
 
 from rtseg.errors import SinkError, first_line
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder
+from rtseg.video.push_worker import PushWorker, WorkerFailed, WorkerStalled
 from rtseg.video.sources import redact_url, scrub
 
 _FORMATS = {"rtsp": ("rtsp", {"rtsp_transport": "tcp"}), "rtmp": ("flv", {}), "rtmps": ("flv", {})}
-_AV_ERRORS = (av.error.FFmpegError, OSError)
 _BACKOFF = (0.25, 8.0)  # seconds before the first reconnection attempt, and at most between two (doubling)
+_STOP_GRACE = 0.5  # seconds a send may go without progress once a stop request came (instead of stall_timeout)
+
+
+class _Outage(Exception):
+    """The connection failed, hung or could not be made: ``str(exc)`` is the reason in one line, scrubbed."""
 
 
 class PushSink:
     """Publish frames to ``url`` (``rtsp://host:port/path`` or ``rtmp://host/app/key``).
 
-    The constructor checks the URL; the connection is made with the first
-    frame (announcing the stream needs its size and codec headers), so an
-    unreachable server raises :class:`SinkError` from a following :meth:`write`
-    or from :meth:`close`. (A probing connection beforehand would use up
-    single-client listeners such as ``ffmpeg -listen 1``.)
+    The constructor checks the URL and starts the network process; the connection is made with the
+    first frame (announcing the stream needs its size and codec headers), so an unreachable server
+    raises :class:`SinkError` from a following :meth:`write` or from :meth:`close`. (A probing
+    connection beforehand would use up single-client listeners such as ``ffmpeg -listen 1``.)
 
-    Encoding and sending run on the sink's own thread, the only one that touches
-    the container: FFmpeg's muxers have no write timeout (PyAV's ``timeout`` covers
-    opening and reading only), so a server that stops reading without closing the
-    connection would otherwise block the pipeline, Ctrl-C and SIGTERM for ever.
-    ``write`` queues the frame (waiting while ``queue_size`` frames are queued: nothing
-    is dropped while connected) and raises SinkError once a send has been stuck for
-    ``stall_timeout`` seconds or has failed for good.
+    Frames are encoded on the sink's own thread and sent through a child process that holds the
+    connection (:class:`~rtseg.video.push_worker.PushWorker`): FFmpeg's network calls can neither be
+    timed out nor interrupted (PyAV even connects holding the GIL), so a server that accepts but never
+    answers, or stops reading without closing (a pulled cable), would otherwise freeze the pipeline,
+    Ctrl-C and SIGTERM. ``write`` queues the frame (waiting while ``queue_size`` frames are queued:
+    nothing is dropped while connected). A packet the server has not taken after ``stall_timeout``
+    seconds kills the child: the connection is lost like a closed one.
 
-    A connection that fails after it has carried frames (server restarted, network
-    blip) is re-opened with back-off (0.25 s doubling to 8 s): a new container and a
-    new encoder, key frame first, timestamps continuing from the first frame of the
-    run. Meanwhile ``write`` never waits and frames are not pushed (counted in
-    :attr:`dropped`; the newest is kept to open the next connection with);
-    ``on_event`` (a callable taking one line, default: nothing) is told once when
-    the connection is lost and once when it is back. After ``reconnect_timeout``
-    seconds without a connection (0: no reconnecting) ``write``/``close`` raise
-    SinkError. A first connection that fails is an error at once, as a wrong
-    URL must not be retried silently. :meth:`interrupt` (a stop request) ends
-    reconnecting, so Ctrl-C is not held up by an outage.
+    A connection that fails or hangs after it has carried frames (server restarted, network blip,
+    frozen server) is re-opened with back-off (0.25 s doubling to 8 s): a new process and a new encoder,
+    key frame first, timestamps continuing from the first frame of the run; an attempt that hangs is
+    cut after ``stall_timeout``. Meanwhile ``write`` never waits and frames are not pushed (counted in
+    :attr:`dropped`; the newest is kept to open the next connection with); ``on_event`` (a callable
+    taking one line, default: nothing) is told once when the connection is lost and once when it is
+    back. After ``reconnect_timeout`` seconds without a connection (0: no reconnecting) ``write``/``close``
+    raise SinkError. A first connection that fails or hangs is an error at once, as a wrong URL must
+    not be retried silently. :meth:`interrupt` (a stop request) ends reconnecting and cuts a send that
+    has made no progress for 0.5 s, so Ctrl-C is not held up by an outage or a hung server.
     """
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
@@ -64,35 +67,23 @@ class PushSink:
             raise SinkError(f"push output {self._shown}: unsupported scheme {scheme!r}; use rtsp:// or rtmp://")
         self._format, self._format_options = _FORMATS[scheme]
         self._encoder_options = {"fps_hint": fps_hint, "preset": preset, "crf": crf}
+        self._encoder: H264Encoder | None = None  # of the current connection; None: the next one starts anew
+        self._worker: PushWorker | None = None  # the process for the current (or next) connection
         self._t0: float | None = None  # media time of the run's first frame: output time 0 of every connection
-        try:
-            self._container, self._encoder = self._open()
-        except _AV_ERRORS as exc:
-            raise SinkError(f"push output {self._shown}: cannot open ({self._reason(exc)}); check the URL") from None
         self.on_event: Callable[[str], None] = lambda line: None
         self.sent = self.dropped = self.reconnects = 0  # frames sent, frames not pushed during outages
         self._stall_timeout, self._reconnect_timeout = stall_timeout, reconnect_timeout
         self._pending: deque[tuple[np.ndarray, float]] = deque()
         self._queue_size = queue_size
         self._cond = threading.Condition()
-        self._busy_since: float | None = None  # time.monotonic() when the send in progress began
         self._lost: tuple[float, str] | None = None  # (time.monotonic(), reason) while disconnected
         self._attempt_error = ""  # why the last reconnection attempt failed
         self._error: SinkError | None = None
         self._stop = threading.Event()  # no more reconnecting: closing or a stop request
+        self._interrupted = False  # a stop request: a send without progress is cut after _STOP_GRACE
         self._closing = self._closed = False
-        self._thread = threading.Thread(target=self._send_loop, name="rtseg-push", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="rtseg-push", daemon=True)
         self._thread.start()
-
-    def _open(self) -> tuple[av.container.OutputContainer, H264Encoder]:
-        """A new output container (it connects with the first packet) and encoder; FFmpegError/OSError."""
-        container = av.open(self.url, "w", format=self._format, options=dict(self._format_options), timeout=10.0)
-        encoder = H264Encoder(container, t0=self._t0, **self._encoder_options)  # the run's clock continues
-        return container, encoder
-
-    def _reason(self, exc: BaseException) -> str:
-        """An FFmpeg/OS error in one line, without the URL (and so its credentials)."""
-        return scrub(getattr(exc, "strerror", None) or first_line(exc), self.url)
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         """Queue ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) for sending at the frame's timestamp."""
@@ -109,74 +100,122 @@ class PushSink:
             self._cond.notify_all()
 
     def interrupt(self) -> None:
-        """Stop request (Ctrl-C, SIGTERM): stop reconnecting; a live connection still sends what is queued."""
+        """Stop request (Ctrl-C, SIGTERM): stop reconnecting and cut a hung send or connection attempt
+        (after 0.5 s without progress); a working connection still sends what is queued."""
+        self._interrupted = True
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
 
-    def _raise_if_failed(self) -> None:
-        """(Holding ``_cond``.) Raise the sender's error, a stall error once a send hangs too long, or the
-        give-up error once the connection has been down for ``reconnect_timeout`` seconds."""
-        now = time.monotonic()
-        if self._error is None and self._busy_since is not None and now - self._busy_since > self._stall_timeout:
-            self._error = SinkError(f"push output {self._shown}: the server took no data for "
-                                    f"{self._stall_timeout:g}s; is it still running and reachable?")
-        if self._error is None and self._lost is not None and now - self._lost[0] >= self._reconnect_timeout:
-            self._error = self._give_up_error()
-        if self._error is not None:
-            raise self._error
+    def close(self) -> None:
+        """Send what is queued, end the stream (idempotent); SinkError when the server failed or stayed away.
 
-    def _give_up_error(self) -> SinkError:
-        """(Holding ``_cond``, while disconnected.) The one line that ends the run after a long outage."""
-        last = f": {self._attempt_error}" if self._attempt_error else ""
-        return SinkError(f"push output {self._shown} lost ({self._lost[1]}) and not back after "
-                         f"{self._reconnect_timeout:g}s{last}; is the server running? "
-                         "(--reconnect-timeout S waits longer)")
+        Bounded: every packet and the end of the stream get at most ``stall_timeout`` seconds without
+        progress (then the process holding the connection is killed). While disconnected, reconnecting
+        stops and the newest frame is dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(self._stall_timeout + 5.0)  # the thread bounds itself; this bounds a bug
+        with self._cond:
+            if self._thread.is_alive() and self._error is None:
+                self._error = SinkError(f"push output {self._shown}: the sender did not finish; "
+                                        "the stream may be cut short")
+            self._raise_if_failed()
+
+    # -- the sender thread -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The sender thread: start the network process, then send queued frames until closed and drained
+        (reconnecting after a loss), end the stream. Every process it starts ends with it."""
+        try:
+            self._worker = PushWorker()  # spawning and importing PyAV are paid now, not on the first frame
+            self._send_loop()
+        except Exception as exc:  # a bug, or the encoder failing: the run must not wait on a dead thread
+            with self._cond:
+                if self._error is None:
+                    self._error = SinkError(f"push output {self._shown}: failed ({first_line(exc)})")
+                    self._error.__cause__ = exc
+            raise
+        finally:
+            if self._worker is not None:
+                self._worker.kill()
+            with self._cond:
+                self._cond.notify_all()
 
     def _send_loop(self) -> None:
-        """Encode and send queued frames until closed and drained (reconnecting after a loss), then end the stream."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closing)
+                if not self._pending:
+                    break
+                image, t = self._pending.popleft()
+                self._cond.notify_all()
+            try:
+                self._send(image, t)
+            except _Outage as exc:
+                if self.sent == 0 or self._reconnect_timeout <= 0:
+                    self._fail(str(exc))  # a first connection that fails: a wrong URL, a server not running
+                    return
+                if not self._reconnect(str(exc), (image, t)):
+                    return
+                continue
+            with self._cond:
+                self.sent += 1
+        if self._encoder is not None:
+            try:
+                for packet in self._encoder.flush():
+                    self._worker.send(packet, self._limit)
+                self._worker.end(self._limit)
+            except (WorkerFailed, WorkerStalled) as exc:
+                reason = self._outage_reason(exc)
+                if self.sent == 0 or self._reconnect_timeout <= 0:
+                    self._fail(reason)
+                else:
+                    self.on_event(f"push output {self._shown} lost ({reason}) while ending; the rest is not pushed")
+
+    def _send(self, image: np.ndarray, t: float) -> None:
+        """Encode one frame and hand its packets to the server (opening the connection on a new encoder's
+        first frame); _Outage if the connection failed or made no progress for the allowed time."""
+        if self._encoder is None:
+            self._encoder = H264Encoder(None, t0=self._t0, **self._encoder_options)  # the run's clock continues
+        packets = self._encoder.encode(image, t)
+        self._t0 = self._encoder.t0
         try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._pending or self._closing)
-                    if not self._pending:
-                        break
-                    image, t = self._pending.popleft()
-                    self._busy_since = time.monotonic()
-                    self._cond.notify_all()
-                try:
-                    self._encoder.encode(image, t)
-                except _AV_ERRORS as exc:
-                    if self.sent == 0 or self._reconnect_timeout <= 0:
-                        raise  # a first connection that fails is a wrong URL or a server not running: no retrying
-                    with self._cond:
-                        self._busy_since = None
-                    if not self._reconnect(self._reason(exc), (image, t)):
-                        return
-                    continue
-                with self._cond:
-                    self._busy_since = None
-                    self.sent += 1
-                    self._t0 = self._encoder.t0
-            with self._cond:
-                self._busy_since = time.monotonic()
-            self._encoder.flush()
-            self._container.close()
-        except _AV_ERRORS as exc:
-            with self._cond:
-                self._error = self._error or SinkError(f"push output {self._shown}: send failed ({self._reason(exc)}); "
-                                                       "is the server running and accepting this path?")
-            with contextlib.suppress(*_AV_ERRORS):
-                self._container.close()
-        finally:
-            with self._cond:
-                self._busy_since = None
+            if self._worker.taken == 0 and packets:
+                width, height = self._encoder.size
+                self._worker.open(url=self.url, format=self._format, options=dict(self._format_options),
+                                  width=width, height=height, rate=self._encoder.rate)
+            for packet in packets:
+                self._worker.send(packet, self._limit)
+        except (WorkerFailed, WorkerStalled) as exc:
+            self._worker = PushWorker()  # the next connection's process starts during the back-off
+            self._encoder = None  # the next connection starts with a key frame
+            raise _Outage(self._outage_reason(exc)) from None
+
+    def _limit(self) -> float:
+        """Seconds a send may go without progress now."""
+        return min(self._stall_timeout, _STOP_GRACE) if self._interrupted else self._stall_timeout
+
+    def _outage_reason(self, exc: WorkerFailed | WorkerStalled) -> str:
+        if isinstance(exc, WorkerStalled):
+            what = "the server stopped reading" if exc.taken else "no answer from the server"
+            return f"{what} for {exc.waited:.1f}s" if self._interrupted else f"{what} for {self._stall_timeout:g}s"
+        return scrub(str(exc), self.url)
+
+    def _fail(self, reason: str) -> None:
+        with self._cond:
+            self._error = self._error or SinkError(f"push output {self._shown}: send failed ({reason}); "
+                                                   "is the server running and accepting this path?")
 
     def _reconnect(self, reason: str, failed: tuple[np.ndarray, float]) -> bool:
         """After a send of ``failed`` failed: open new connections with back-off until one has sent the newest
         frame (True), or until stopped or ``reconnect_timeout`` has passed (False; the error is set)."""
-        with contextlib.suppress(*_AV_ERRORS):
-            self._container.close()
         lost = time.monotonic()
         deadline = lost + self._reconnect_timeout
         with self._cond:
@@ -199,13 +238,10 @@ class PushSink:
                     return False
                 item = self._pending[-1]
             try:
-                self._container, self._encoder = self._open()
-                self._encoder.encode(*item)  # a new encoder starts with a key frame
-            except _AV_ERRORS as exc:
-                with contextlib.suppress(*_AV_ERRORS):
-                    self._container.close()
+                self._send(*item)  # a new encoder starts with a key frame
+            except _Outage as exc:
                 with self._cond:
-                    self._attempt_error = self._reason(exc)
+                    self._attempt_error = str(exc)
                     if time.monotonic() >= deadline:
                         self._error = self._error or self._give_up_error()
                         self._cond.notify_all()
@@ -227,24 +263,20 @@ class PushSink:
             return True
         return False
 
-    def close(self) -> None:
-        """Send what is queued, end the stream (idempotent); SinkError when the server failed, hung or stayed away.
+    # -- shared state ------------------------------------------------------------------------------------
 
-        While disconnected, reconnecting stops and the newest frame is dropped. A sender stuck on a dead
-        connection is left behind (a daemon thread) after ``stall_timeout`` seconds; the container is never
-        touched from this thread.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            lost = self._lost is not None
-        self._thread.join(min(1.0, self._stall_timeout) if lost else self._stall_timeout)
-        with self._cond:
-            if self._thread.is_alive() and self._error is None and self._lost is None:
-                self._error = SinkError(f"push output {self._shown}: the server took no data for "
-                                        f"{self._stall_timeout:g}s at the end; the stream may be cut short")
-            self._raise_if_failed()
+    def _raise_if_failed(self) -> None:
+        """(Holding ``_cond``.) Raise the sender's error, or the give-up error once the connection has been
+        down for ``reconnect_timeout`` seconds."""
+        lost = self._lost
+        if self._error is None and lost is not None and time.monotonic() - lost[0] >= self._reconnect_timeout:
+            self._error = self._give_up_error()
+        if self._error is not None:
+            raise self._error
+
+    def _give_up_error(self) -> SinkError:
+        """(Holding ``_cond``, while disconnected.) The one line that ends the run after a long outage."""
+        last = f": {self._attempt_error}" if self._attempt_error else ""
+        return SinkError(f"push output {self._shown} lost ({self._lost[1]}) and not back after "
+                         f"{self._reconnect_timeout:g}s{last}; is the server running? "
+                         "(--reconnect-timeout S waits longer)")

@@ -1,0 +1,355 @@
+"""Push sink against servers that hang: one that stops reading without closing the connection (a frozen
+server, a pulled cable) and one that accepts connections but never answers. Neither may freeze the process
+(FFmpeg's connect and writes run in the sink's child process, killed after stall_timeout); a hang after
+frames went out is an outage, reconnected within reconnect_timeout; a first connection that hangs is an error.
+
+The hanging server is a real TCP relay on loopback (:class:`_Relay`) in front of real receivers (Debian's ffmpeg
+as RTMP/RTSP listener): it carries real sessions until ``freeze()``, then never reads those connections again,
+and with ``hold(True)`` accepts new connections without reading them. Its receive buffer is 4 KiB, so that
+the sender's writes block after little data.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+
+
+def _relay_main(target: int) -> None:
+    """The relay process: prints its port, then answers commands (see :class:`_Relay`) on stdin, one a line.
+    (Defined before the heavy imports below: the relay runs this file as a script and needs none of them.)"""
+    state = {"target": target, "hold": False, "held": 0}
+    frozen: list[threading.Event] = []
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by accepted sockets
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    keep: list[socket.socket] = []
+
+    def pump(src: socket.socket, dst: socket.socket, stop: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                data = src.recv(4096)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                if not stop.is_set():
+                    dst.sendall(data)
+
+    def accept() -> None:
+        while True:
+            client, _ = listener.accept()
+            keep.append(client)
+            if state["hold"]:
+                state["held"] += 1
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", state["target"]))
+            except OSError:  # no receiver there: the client's connection ends at once
+                client.close()
+                continue
+            keep.append(upstream)
+            frozen.append(threading.Event())
+            threading.Thread(target=pump, args=(client, upstream, frozen[-1]), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, threading.Event()), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    print(listener.getsockname()[1], flush=True)
+    for line in sys.stdin:
+        command, *arg = line.split()
+        if command == "freeze":
+            for event in frozen:
+                event.set()
+        elif command == "drop":  # end every connection open now (a server restarting)
+            for s in keep:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        elif command == "hold":
+            state["hold"] = arg[0] == "1"
+        elif command == "target":
+            state["target"] = int(arg[0])
+        print(state["held"], flush=True)
+
+
+if __name__ == "__main__":
+    _relay_main(int(sys.argv[1]))
+    sys.exit()
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from test_push import _bar, _free_port, _receiver, _wait_listening
+
+from rtseg.errors import SinkError
+from rtseg.types import Frame
+from rtseg.video.sink_push import PushSink
+
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+
+
+class _Relay:
+    """A TCP relay from a loopback port to the receiver listening on port ``target``, in its own process (so
+    that nothing the sink does in this process can hold it up).
+
+    ``freeze()``: stop reading every connection open now (they stay open). ``drop()``: end them.
+    ``hold(True)``: accept new connections and never read them nor connect them on (a server that accepts but
+    never answers). ``retarget(port)``: connect new connections to another receiver. ``held()``: connections
+    held so far.
+    """
+
+    def __init__(self, target: int | None) -> None:
+        self._proc = subprocess.Popen([sys.executable, __file__, str(target or 0)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent)
+        self.port = int(self._proc.stdout.readline())
+
+    def _ask(self, line: str) -> str:
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        return self._proc.stdout.readline().strip()
+
+    def freeze(self) -> None:
+        self._ask("freeze")
+
+    def drop(self) -> None:
+        self._ask("drop")
+
+    def hold(self, on: bool) -> None:
+        self._ask(f"hold {int(on)}")
+
+    def retarget(self, port: int) -> None:
+        self._ask(f"target {port}")
+
+    def held(self) -> int:
+        return int(self._ask("held"))
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait(10)
+
+
+class _Ticker:
+    """A thread of this process that notes the time every 20 ms: the longest gap shows whether anything (a
+    connect holding the GIL) froze the process."""
+
+    def __init__(self) -> None:
+        self._last, self.longest_gap = time.monotonic(), 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - self._last)
+            self._last = now
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.longest_gap
+
+
+def _noise(i: int) -> np.ndarray:
+    """Frame ``i``: the white column of :func:`test_push._bar` over noise (incompressible: fills buffers fast)."""
+    img = np.random.default_rng(i).integers(0, 200, (240, 320, 3), dtype=np.uint8)
+    img[:, (i * 2) % 128] = 255
+    return img
+
+
+def _feed_noise(sink: PushSink, start: int, done, timeout: float) -> int:
+    """Write :func:`_noise` frames ``start, start+1, …`` (pts i/25, about 50 a second) until ``done()``; the
+    next index."""
+    deadline = time.monotonic() + timeout
+    i = start
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        img = _noise(i)
+        sink.write(Frame(img, seq=i, pts=i / 25), None, img)
+        i += 1
+        time.sleep(0.02)
+    return i
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_push_reconnects_after_the_server_stops_reading(tmp_path, scheme):
+    """The server stops reading mid-run: after stall_timeout the connection is taken down ("lost (the server
+    stopped reading for 1.5s)"); the next attempt reaches a listener that accepts but never answers and is cut
+    after stall_timeout, without freezing this process; the one after reaches a working receiver ("back"),
+    key frame first, the run's clock continued."""
+    ext = "flv" if scheme == "rtmp" else "mkv"
+    ports = _free_port(), _free_port()
+    receivers = [_receiver(scheme, f"{scheme}://127.0.0.1:{port}/live/cam", tmp_path / f"{name}.{ext}",
+                           copyts=name == "second") for port, name in zip(ports, ("first", "second"))]
+    relay = _Relay(ports[0])
+    url = f"{scheme}://127.0.0.1:{relay.port}/live/cam"
+    events: list[tuple[float, str]] = []
+    try:
+        _wait_listening(ports[0])
+        _wait_listening(ports[1])
+        sink = PushSink(url, fps_hint=25, stall_timeout=1.5, reconnect_timeout=20)
+        sink.on_event = lambda line: events.append((time.monotonic(), line))
+        i = _feed_noise(sink, 0, lambda: sink.sent >= 20, 10)
+        relay.hold(True)
+        relay.retarget(ports[1])  # where new connections go once they are no longer held
+        relay.freeze()
+        t_freeze = time.monotonic()
+        ticker = _Ticker()
+        reached: list[int] = []  # on a thread: the writes block once the queue is full, until the stall is cut
+        feeding = threading.Thread(target=lambda: reached.append(_feed_noise(sink, i, lambda: events, 15)), daemon=True)
+        feeding.start()
+        feeding.join(15)
+        assert events and reached
+        i = _feed_noise(sink, reached[0], lambda: relay.held() >= 1, 10)  # an attempt: accepted, unanswered
+        t_held = time.monotonic()
+        i = _feed_noise(sink, i, lambda: time.monotonic() > t_held + 1.0, 5)
+        relay.hold(False)  # the server on the same port works again
+        i = _feed_noise(sink, i, lambda: len(events) >= 2, 15)
+        longest_gap = ticker.stop()
+        back_at, sent_at_back = i, sink.sent
+        _feed_noise(sink, i, lambda: sink.sent >= sent_at_back + 40, 10)
+        sink.close()
+        time.sleep(1.0)  # what is in flight through the relay reaches the receiver
+    finally:
+        relay.close()
+        for r in receivers:
+            r.send_signal(signal.SIGTERM)  # ffmpeg finishes its output file on SIGTERM
+            r.communicate(timeout=15)
+    lost, back = events[0][1], events[-1][1]
+    assert len(events) == 2, events
+    assert lost == (f"push output {url} lost (the server stopped reading for 1.5s); reconnecting for up to 20s, "
+                    "frames are not pushed meanwhile")
+    assert 1.5 <= events[0][0] - t_freeze < 6.0  # the stall began soon after the freeze
+    assert back.startswith(f"push output {url} back after ") and "(reconnection 1;" in back, back
+    assert sink.reconnects == 1 and sink.dropped > 0
+    assert longest_gap < 0.5, longest_gap  # the hung connection attempt froze nothing here
+    with av.open(str(tmp_path / f"second.{ext}")) as c:
+        frames = list(c.decode(c.streams.video[0]))
+    assert len(frames) >= 30 and frames[0].key_frame
+    x = int(frames[0].to_ndarray(format="bgr24").mean(axis=(0, 2)).argmax())  # the white column: which frame
+    candidates = [k for k in range(reached[0] - 1, back_at + 1) if (k * 2) % 128 == x]  # written while lost
+    assert candidates, (x, reached[0], back_at)
+    if scheme == "rtmp":  # FLV carries the sender's timestamps: they continue the run's clock
+        assert round(frames[0].time * 25) in candidates, (frames[0].time, candidates)
+
+
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_push_first_connection_to_a_server_that_never_answers_fails(scheme):
+    """A listener that accepts but never answers (no receiver behind it): the first connection is not retried;
+    the one-line error comes after stall_timeout, and meanwhile this process runs on (over RTMP, FFmpeg's
+    connect holds the GIL until it is answered: in this process, it froze every thread for ever)."""
+    relay = _Relay(None)
+    relay.hold(True)
+    url = f"{scheme}://user:secret@127.0.0.1:{relay.port}/live/cam"
+    try:
+        sink = PushSink(url, stall_timeout=1.0)
+        ticker = _Ticker()
+        t0 = time.monotonic()
+        with pytest.raises(SinkError) as e:
+            img = _bar(0)
+            sink.write(Frame(img, pts=0.0), None, img)
+            sink.close()
+        took, longest_gap = time.monotonic() - t0, ticker.stop()
+        held = relay.held()
+    finally:
+        relay.close()
+    assert str(e.value) == (f"push output {scheme}://***@127.0.0.1:{relay.port}/live/cam: send failed (no answer "
+                            "from the server for 1s); is the server running and accepting this path?")
+    assert 1.0 <= took < 3.0 and longest_gap < 0.5 and held == 1, (took, longest_gap, held)
+
+
+@needs_ffmpeg
+def test_stop_request_during_a_stall_ends_at_once(tmp_path):
+    """Ctrl-C while the server has stopped reading (stall_timeout 10 s, not reached): interrupt() cuts the send
+    at once (it has made no progress for over 0.5 s); the writer blocked on the full queue is released, close()
+    does not wait, no error."""
+    port = _free_port()
+    receiver = _receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
+    relay = _Relay(port)
+    events: list[str] = []
+    try:
+        _wait_listening(port)
+        sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
+        sink.on_event = events.append
+        i = _feed_noise(sink, 0, lambda: sink.sent >= 10, 10)
+        relay.freeze()
+        stuck_at = []
+
+        def feed() -> None:
+            for k in range(i, i + 400):
+                t = time.monotonic()
+                img = _noise(k)
+                sink.write(Frame(img, seq=k, pts=k / 25), None, img)
+                if time.monotonic() - t > 0.5:
+                    stuck_at.append(k)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        time.sleep(3.0)  # the send hangs; the pipeline's writer waits on the full queue
+        t0 = time.monotonic()
+        sink.interrupt()
+        feeder.join(5)
+        assert not feeder.is_alive()
+        sink.close()
+        t_end = time.monotonic() - t0
+    finally:
+        relay.close()
+        receiver.kill()
+        receiver.wait(10)
+    assert stuck_at, "the writer never waited: the relay did not stall the connection"
+    assert t_end < 1.0, t_end
+    assert len(events) == 1 and events[0].startswith(
+        f"push output rtmp://127.0.0.1:{relay.port}/live/cam lost (the server stopped reading for "), events
+    assert events[0].endswith("s) while ending; the rest is not pushed"), events
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("first", [True, False], ids=["first-connection", "reconnection"])
+def test_stop_request_during_a_hung_connection_attempt_ends_at_once(tmp_path, first):
+    """Ctrl-C while a connection attempt hangs on a server that never answers (stall_timeout 10 s, not reached):
+    interrupt() cuts it; close() returns within a second. A first connection never made is the run's error;
+    a reconnection cut short is not (the outage was announced)."""
+    port = _free_port()
+    receiver = _receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
+    relay = _Relay(port)
+    events: list[str] = []
+    try:
+        _wait_listening(port)
+        sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
+        sink.on_event = events.append
+        if first:
+            relay.hold(True)
+            img = _bar(0)
+            sink.write(Frame(img, pts=0.0), None, img)
+        else:
+            i = _feed_noise(sink, 0, lambda: sink.sent >= 10, 10)
+            relay.hold(True)
+            relay.drop()  # the server restarts and then hangs: the reconnection attempt is accepted, unanswered
+            _feed_noise(sink, i, lambda: events, 10)
+        deadline = time.monotonic() + 10
+        while relay.held() < 1:
+            assert time.monotonic() < deadline, "no connection attempt reached the relay"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        sink.interrupt()
+        if first:
+            with pytest.raises(SinkError, match=r"send failed \(no answer from the server for \d\.\ds\)"):
+                sink.close()
+        else:
+            sink.close()
+        t_end = time.monotonic() - t0
+    finally:
+        relay.close()
+        receiver.kill()
+        receiver.wait(10)
+    assert t_end < 1.0, t_end
+    assert sink.reconnects == 0 and len(events) == (0 if first else 1), events
