@@ -284,7 +284,8 @@ def open_source(
         raise SourceError("--source is empty; give a camera index, URL, file, folder, glob or 'synthetic'")
     scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
     if scheme in STREAM_SCHEMES:
-        from rtseg.video.sources_av import FileSource, StreamSource
+        from rtseg.video.sources_av import FileSource
+        from rtseg.video.sources_live import StreamSource
 
         stream = StreamSource(spec, open_timeout=open_timeout, read_timeout=read_timeout,
                               reconnect_timeout=reconnect_timeout)

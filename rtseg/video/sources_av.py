@@ -1,4 +1,4 @@
-"""PyAV (FFmpeg) sources: video files and live network streams (RTSP, RTMP, HTTP).
+"""PyAV (FFmpeg) video files, and the decoding helpers :mod:`rtseg.video.sources_live` shares.
 
 Frames come out as players show them: in the orientation of the stream's display matrix (phone
 videos carry a rotation there), from the container's main video stream (not a cover picture),
@@ -20,15 +20,15 @@ from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
-_AV_ERRORS = (av.FFmpegError, OSError, EOFError)
+AV_ERRORS = (av.FFmpegError, OSError, EOFError)
 
 
-def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
+def stream_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
     """Frames per second of ``stream`` as FFmpeg reports or guesses it; None when unknown."""
     return stream.average_rate or stream.guessed_rate
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     """FFmpeg's message without PyAV's ``[Errno N]`` prefix and file-name suffix."""
     return getattr(exc, "strerror", None) or first_line(exc)
 
@@ -71,8 +71,8 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None
         raise SourceError(f"video file {name} is empty (0 bytes); pass a complete file")
     try:
         container = av.open(path, timeout=timeouts)
-    except _AV_ERRORS as exc:
-        raise SourceError(f"cannot read video file {name}: {scrub(_reason(exc), path)}; it is not a video FFmpeg can "
+    except AV_ERRORS as exc:
+        raise SourceError(f"cannot read video file {name}: {scrub(error_reason(exc), path)}; it is not a video FFmpeg can "
                           f"decode, or damaged or incomplete (e.g. a recording cut off before its index was written)"
                           ) from None
     stream = video_stream(container)
@@ -106,7 +106,7 @@ class FileSource(Source):
                               f"choose an earlier start")
         self._open, self._name = (path, timeouts), name
         self._stride, self._start, self._end = vid_stride, start, end
-        rate = _rate(self._stream)
+        rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
         self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
@@ -136,7 +136,7 @@ class FileSource(Source):
                 t = self._time(packet.pts)
                 if not self._damage:
                     where = f" at {t:.2f} s" if t is not None else ""
-                    self.on_event(f"damaged data in {self._name}{where} ({scrub(_reason(exc), self._open[0])}): skipping it")
+                    self.on_event(f"damaged data in {self._name}{where} ({scrub(error_reason(exc), self._open[0])}): skipping it")
                 self._damage.append(t)
                 continue
             self._decoded_frames += len(frames)
@@ -167,7 +167,7 @@ class FileSource(Source):
             try:
                 self._container.seek((self._stream.start_time or 0) + int(target / self._stream.time_base),
                                      stream=self._stream, backward=True)
-            except _AV_ERRORS:
+            except AV_ERRORS:
                 break
             frames = self._timed(self._decoded())
             first = next(frames, None)
@@ -195,12 +195,12 @@ class FileSource(Source):
                     self.decode_seconds = time.perf_counter() - t0
                     yield image, t
                     t0 = time.perf_counter()
-        except _AV_ERRORS as exc:
+        except AV_ERRORS as exc:
             where = f" at {t:.3f}s" if t is not None else ""
             over_http = self._open[1] is not None
             hint = ("over HTTP, an MP4 whose index is at its end needs a server that supports byte ranges (or the "
                     "file remuxed with ffmpeg -movflags +faststart)") if over_http else "the file may be damaged"
-            raise SourceError(f"reading {self._name} failed{where}: {scrub(_reason(exc), self._open[0])}; "
+            raise SourceError(f"reading {self._name} failed{where}: {scrub(error_reason(exc), self._open[0])}; "
                               f"{hint}") from None
         self._report_damage()
         if self._timeline.jumps:
@@ -233,153 +233,6 @@ class FileSource(Source):
         if stop - reached > 1.0:
             self.notices.append(f"{self._name} ended at {reached:.2f} s of the {stop:.2f} s its header announces; "
                                 "the file may be truncated")
-
-    def close(self) -> None:
-        super().close()
-        self._container.close()
-
-
-class StreamSource(Source):
-    """A network stream (RTSP over TCP, RTMP, HTTP) that reconnects when it drops or stalls.
-
-    RTSP/RTMP streams, and HTTP streams of unknown duration and size (or live HLS), are live
-    (``is_live``): the pipeline keeps only their newest frames and the source
-    reconnects as described below. An HTTP resource with a known duration or size (e.g. an
-    MP4 or MPEG-TS file or a VOD playlist) is read like a file: every
-    frame, ending at its end; a read error then raises SourceError instead of
-    reconnecting (reconnecting would start it again from the beginning).
-    :func:`rtseg.video.sources.open_source` hands such a resource to :class:`FileSource` instead
-    (seeking, timestamps where the file has none, damaged packets skipped).
-
-    Opening fails fast (one try, ``open_timeout`` seconds) so that a wrong URL is
-    reported at once. Once running, a read that stalls for ``read_timeout`` seconds
-    or a dropped connection triggers reconnection with exponential backoff
-    (0.25 s doubling to 8 s) for up to ``reconnect_timeout`` seconds; ``reconnects``
-    counts successes. After every (re)connection frames are discarded until the
-    first key frame, so no grey, black or stale frame is ever yielded; the frame
-    size may differ after a reconnection. pts: seconds since the first frame,
-    continuing monotonically across reconnections. ``source_id`` never contains
-    credentials.
-    """
-
-    _BACKOFF = (0.25, 8.0)
-
-    def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
-                 reconnect_timeout: float = 60.0) -> None:
-        super().__init__(source_id=redact_url(url))
-        self._url = url
-        self._timeouts = (open_timeout, read_timeout)
-        self._reconnect_timeout = reconnect_timeout
-        self._container = self._connect()
-        self.is_live = not url.lower().startswith("http") or not self._finite()
-        rate = _rate(self._stream)
-        self.fps = float(rate) if rate else None
-
-    def _finite(self) -> bool:
-        """Whether the HTTP resource is a file (known duration, or a known size that is not an HLS playlist's).
-
-        A file without a duration (MPEG-TS, raw H.264) must not count as live: its end would trigger a
-        reconnection that replays it from the start, forever.
-        """
-        container = self._container
-        return container.duration is not None or (container.size > 0 and container.format.name != "hls")
-
-    def _options(self) -> dict[str, str]:
-        """FFmpeg options: timeouts; for RTSP/RTMP also no input buffering and low-delay decoding.
-
-        (HTTP may carry ordinary files with B-frames, which low-delay decoding would mangle.)
-        """
-        read_us = str(int(self._timeouts[1] * 1e6))
-        scheme = self._url.split(":", 1)[0].lower()
-        options = {} if scheme.startswith("http") else {"fflags": "nobuffer", "flags": "low_delay"}
-        if scheme.startswith("rtsp"):
-            options.update(rtsp_transport="tcp", timeout=read_us, max_delay="500000")
-        else:
-            options["rw_timeout"] = read_us
-        return options
-
-    def _connect(self) -> av.container.InputContainer:
-        """Open the stream once; SourceError (credentials removed) when it is unreachable."""
-        try:
-            container = av.open(self._url, options=self._options(), timeout=self._timeouts)
-        except av.error.InvalidDataError as exc:
-            raise SourceError(f"cannot open stream {self.source_id}: {_reason(exc)}; what the URL serves "
-                              "is not a video FFmpeg can decode (check the path)") from None
-        except _AV_ERRORS as exc:
-            raise SourceError(
-                f"cannot open stream {self.source_id}: {scrub(first_line(exc), self._url)} "
-                f"(nothing within {self._timeouts[0]:g}s; check host, port, path and credentials)"
-            ) from None
-        stream = video_stream(container)
-        if stream is None:
-            container.close()
-            raise SourceError(f"stream {self.source_id} has no video track")
-        stream.thread_type = "AUTO"
-        self._stream = stream
-        return container
-
-    def _reconnect(self, reason: str) -> bool:
-        """Reconnect with backoff; False when stopped, SourceError when the stream stays down."""
-        lost = time.monotonic()
-        delay, deadline = self._BACKOFF[0], lost + self._reconnect_timeout
-        self.on_event(f"stream {self.source_id} lost ({reason}); reconnecting for up to {self._reconnect_timeout:g}s")
-        while not self._stop.wait(delay):
-            try:
-                self._container = self._connect()
-            except SourceError as exc:
-                if time.monotonic() >= deadline:
-                    raise SourceError(
-                        f"stream {self.source_id} lost ({reason}) and not back after "
-                        f"{self._reconnect_timeout:g}s: {exc}"
-                    ) from None
-                delay = min(2 * delay, self._BACKOFF[1])
-                continue
-            self.reconnects += 1
-            self.on_event(f"stream {self.source_id} back after {time.monotonic() - lost:.1f}s "
-                          f"(reconnection {self.reconnects})")
-            return True
-        return False
-
-    def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
-        """Frames of the current connection, key frame first; pts offset by ``base`` and continuous across
-        timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`)."""
-        stream = self._stream
-        first: float | None = None
-        keyed = False
-        timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
-        period = 1.0 / self.fps if self.fps else 1.0 / IMAGE_FPS
-        for packet in self._container.demux(stream):
-            if self._stop.is_set():
-                return
-            keyed = keyed or packet.is_keyframe
-            if not keyed or packet.is_corrupt:
-                continue
-            t0 = time.perf_counter()
-            for frame in packet.decode():
-                t = float(frame.pts * stream.time_base) if frame.pts is not None else time.monotonic()
-                first = t if first is None else first
-                image = displayed(frame)
-                self.decode_seconds = time.perf_counter() - t0
-                yield image, base + max(0.0, timeline.place(t - first, period))
-                t0 = time.perf_counter()
-
-    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        pts, last_wall = 0.0, time.monotonic()
-        base = 0.0
-        while not self._stop.is_set():
-            try:
-                for image, pts in self._session(base):
-                    last_wall = time.monotonic()
-                    yield image, pts
-                reason = "stream ended"
-            except _AV_ERRORS as exc:
-                reason = scrub(first_line(exc), self._url)
-                if not self.is_live:
-                    raise SourceError(f"reading {self.source_id} failed: {reason}") from None
-            self._container.close()
-            if self._stop.is_set() or not self.is_live or not self._reconnect(reason):
-                return
-            base = pts + (time.monotonic() - last_wall)
 
     def close(self) -> None:
         super().close()

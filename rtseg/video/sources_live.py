@@ -1,0 +1,250 @@
+"""PyAV (FFmpeg) live network streams (RTSP, RTMP, HTTP, HLS) that reconnect when they drop or stall.
+
+Frames are decoded as :mod:`rtseg.video.sources_av` decodes files (display matrix, main video stream,
+timestamps continuous across discontinuities).
+"""
+from __future__ import annotations
+
+import errno
+import time
+from collections import deque
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import av
+import numpy as np
+
+from rtseg.errors import SourceError
+from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
+from rtseg.video.sources_av import AV_ERRORS, displayed, error_reason, stream_rate, video_stream
+from rtseg.video.timeline import TS_DISCONT, Timeline
+
+
+class StreamSource(Source):
+    """A network stream (RTSP over TCP, RTMP, HTTP) that reconnects when it drops or stalls.
+
+    RTSP/RTMP streams, and HTTP streams of unknown duration and size (or live HLS), are live
+    (``is_live``): the pipeline keeps only their newest frames and the source
+    reconnects as described below. An HTTP resource with a known duration or size (e.g. an
+    MP4 or MPEG-TS file or a VOD playlist) is read like a file: every
+    frame, ending at its end; a read error then raises SourceError instead of
+    reconnecting (reconnecting would start it again from the beginning).
+    :func:`rtseg.video.sources.open_source` hands such a resource to :class:`FileSource` instead
+    (seeking, timestamps where the file has none, damaged packets skipped).
+
+    Opening fails fast (one try, ``open_timeout`` seconds) so that a wrong URL is
+    reported at once. Once running, a read that stalls for ``read_timeout`` seconds
+    or a dropped connection triggers reconnection with exponential backoff
+    (0.25 s doubling to 8 s) until ``reconnect_timeout`` seconds after the last frame
+    (a server that answers but sends no new frame, such as a live HLS playlist that
+    stopped growing, ends the run then too); ``reconnects`` counts successes. After
+    every (re)connection frames are discarded until the first key frame, and frames a
+    live HLS playlist replays are skipped, so no grey, black or stale frame is ever
+    yielded; the frame size and codec may differ after a reconnection (and the size
+    within one connection). pts: seconds since the first frame,
+    continuing monotonically across reconnections. ``source_id`` never contains
+    credentials.
+    """
+
+    _BACKOFF = (0.25, 8.0)
+    #: Reloads of a live HLS playlist without a new segment before FFmpeg ends it: one after a target duration,
+    #: then every half target duration (FFmpeg's default, 1000, waits for ever).
+    _HLS_HOLD = 3
+    #: Seconds an HLS frame may fall behind the clock its timestamps set before that clock restarts.
+    _LATE = 1.0
+    #: How many frames of a live HLS stream are remembered to skip a replay after reconnecting
+    #: (a playlist's last 3 segments of up to ~20 s at 60 FPS).
+    _SHOWN = 4096
+
+    def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
+                 reconnect_timeout: float = 60.0) -> None:
+        super().__init__(source_id=redact_url(url))
+        self._url = url
+        self._timeouts = (open_timeout, read_timeout)
+        self._reconnect_timeout = reconnect_timeout
+        self._shown: deque[tuple[int | None, int]] = deque(maxlen=self._SHOWN)  # HLS frames yielded last:
+        # (pts in stream ticks, hash of every 8th pixel)
+        self._container = self._connect()
+        self.is_live = not url.lower().startswith("http") or not self._finite()
+        rate = stream_rate(self._stream)
+        self.fps = float(rate) if rate else None
+
+    def _finite(self) -> bool:
+        """Whether the HTTP resource is a file (known duration, or a known size that is not an HLS playlist's).
+
+        A file without a duration (MPEG-TS, raw H.264) must not count as live: its end would trigger a
+        reconnection that replays it from the start, forever.
+        """
+        container = self._container
+        return container.duration is not None or (container.size > 0 and container.format.name != "hls")
+
+    def _options(self) -> dict[str, str]:
+        """FFmpeg options: timeouts; for RTSP/RTMP also no input buffering and low-delay decoding.
+
+        (HTTP may carry ordinary files with B-frames, which low-delay decoding would mangle.) The protocol's
+        I/O timeout (``read_timeout``) ends any read that waits that long for data, opening included.
+        A live HLS playlist may rightly wait a segment's duration for the next segment: it counts as stalled
+        once :attr:`_HLS_HOLD` reloads brought nothing new.
+        """
+        read_us = str(int(self._timeouts[1] * 1e6))
+        scheme = self._url.split(":", 1)[0].lower()
+        options = {} if scheme.startswith("http") else {"fflags": "nobuffer", "flags": "low_delay"}
+        if scheme.startswith("rtsp"):
+            options.update(rtsp_transport="tcp", timeout=read_us, max_delay="500000")
+        else:
+            options["rw_timeout"] = read_us
+        if scheme.startswith("http"):  # a live HLS playlist that gains no segment in ~2 target durations has ended
+            options["m3u8_hold_counters"] = str(self._HLS_HOLD)
+        return options
+
+    def _connect(self) -> av.container.InputContainer:
+        """Open the stream once; SourceError (one line, credentials removed) when it is unreachable."""
+        try:
+            container = av.open(self._url, options=self._options(), timeout=self._av_timeouts())
+        except av.error.InvalidDataError as exc:
+            raise SourceError(f"cannot open stream {self.source_id}: {error_reason(exc)}; what the URL serves "
+                              "is not a video FFmpeg can decode (check the path)") from None
+        except AV_ERRORS as exc:
+            raise SourceError(f"cannot open stream {self.source_id}: {self._open_failure(exc)}") from None
+        stream = video_stream(container)
+        if stream is None:
+            audio = " (only audio)" if container.streams.audio else ""
+            container.close()
+            raise SourceError(f"stream {self.source_id} has no video track{audio}; pass a URL that carries video")
+        stream.thread_type = "AUTO"
+        self._stream = stream
+        return container
+
+    def _av_timeouts(self) -> tuple[float, float | None]:
+        """PyAV's (open, read) timeouts. Over HTTP none for reading: HTTP's own I/O timeout (``_options``) ends a
+        stalled read, and a live HLS playlist waits a whole segment (often 6 s or more) for its next one inside
+        one read, which PyAV's timeout took for a stall (the stream "ended" at every segment)."""
+        return (self._timeouts[0], None) if self._url.lower().startswith("http") else self._timeouts
+
+    def _open_failure(self, exc: BaseException) -> str:
+        """Why opening failed and what to check, as one clause (credentials removed)."""
+        reason = scrub(error_reason(exc), self._url)
+        host = urlsplit(self._url).netloc.rpartition("@")[2]
+        if isinstance(exc, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
+            return f"the server refused access ({reason}); check the user name and password in the URL"
+        if isinstance(exc, av.error.HTTPNotFoundError):
+            return f"the server has no such stream ({reason}); check the path"
+        if isinstance(exc, (av.error.HTTPError, av.error.HTTPClientError)):
+            return f"the server answered with an error ({reason}); check the URL, or the server"
+        if isinstance(exc, ConnectionRefusedError):
+            return f"nothing listens at {host} ({reason}); check host and port, and that the server runs"
+        if isinstance(exc, (TimeoutError, av.error.ExitError)):  # the protocol's read timeout / PyAV's open timeout
+            waited = self._timeouts[1] if isinstance(exc, TimeoutError) else self._timeouts[0]
+            return f"no answer within {waited:g}s; check host, port and path, and that the server sends a stream"
+        if getattr(exc, "errno", None) == errno.EIO and self._url.lower().startswith("http"):
+            return (f"{reason} (the server closed the connection, or redirected more than FFmpeg follows); "
+                    "check the URL")
+        return f"{reason}; check host, port, path and credentials"
+
+    def _reconnect(self, reason: str, since: float) -> bool:
+        """Reconnect with backoff; False when stopped.
+
+        since: monotonic time of the last frame yielded; SourceError when no connection is made by
+        ``since + reconnect_timeout``.
+        """
+        delay, deadline = self._BACKOFF[0], since + self._reconnect_timeout
+        self.on_event(f"stream {self.source_id} lost ({reason}); reconnecting for up to {self._reconnect_timeout:g}s")
+        while not self._stop.wait(delay):
+            try:
+                self._container = self._connect()
+            except SourceError as exc:
+                if time.monotonic() >= deadline:
+                    raise SourceError(
+                        f"stream {self.source_id} lost ({reason}) and not back after "
+                        f"{self._reconnect_timeout:g}s: {exc}"
+                    ) from None
+                delay = min(2 * delay, self._BACKOFF[1])
+                continue
+            self.reconnects += 1
+            self.on_event(f"stream {self.source_id} back after {time.monotonic() - since:.1f}s "
+                          f"(reconnection {self.reconnects})")
+            return True
+        return False
+
+    def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
+        """Frames of the current connection, key frame first; pts offset by ``base`` and continuous across
+        timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`).
+
+        A live HLS playlist that stopped growing ends the connection; reconnecting to it starts again a few
+        segments before its end, at frames already yielded: those (same timestamp and same picture as a frame
+        yielded before, up to the first new one) are skipped, so that no stale frame is ever yielded twice. (The
+        picture counts too: an encoder that restarted stamps its new frames with the old times.)
+
+        HLS delivers whole segments at once (the first three at connection): its frames leave at the pace of
+        their timestamps, as a player shows them, so that the pipeline's newest-frame policy drops evenly
+        (else it kept a few frames at the start of each segment and nothing for the rest of it). A frame more
+        than :attr:`_LATE` s behind that clock (the network was slow) restarts it.
+        """
+        stream = self._stream
+        first: float | None = None
+        keyed = False
+        timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
+        period = 1.0 / self.fps if self.fps else 1.0 / IMAGE_FPS
+        hls = self._container.format.name == "hls"
+        replayed = set(self._shown) if hls else set()
+        clock: float | None = None  # HLS: wall time (monotonic) at which the session's first frame was due
+        for packet in self._container.demux(stream):
+            if self._stop.is_set():
+                return
+            keyed = keyed or packet.is_keyframe
+            if not keyed or packet.is_corrupt:
+                continue
+            t0 = time.perf_counter()
+            for frame in packet.decode():
+                image = displayed(frame)
+                key = (frame.pts, hash(image[::8, ::8].tobytes())) if hls else None
+                if key in replayed:
+                    continue
+                replayed = set()
+                if key is not None:
+                    self._shown.append(key)
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else time.monotonic()
+                first = t if first is None else first
+                self.decode_seconds = time.perf_counter() - t0
+                since = max(0.0, timeline.place(t - first, period))
+                if hls:
+                    now = time.monotonic()
+                    clock = now - since if clock is None or now - (clock + since) > self._LATE else clock
+                    if self._stop.wait(clock + since - now):
+                        return
+                yield image, base + since
+                t0 = time.perf_counter()
+
+    def _lost(self, exc: BaseException) -> str:
+        """Why a running connection failed, in a few words (credentials removed)."""
+        if isinstance(exc, (TimeoutError, av.error.ExitError)):  # PyAV's read timeout / the protocol's
+            return f"no data for {self._timeouts[1]:g}s"
+        return scrub(error_reason(exc), self._url)
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        pts, last_wall = 0.0, time.monotonic()
+        base = 0.0
+        while not self._stop.is_set():
+            fresh = False
+            try:
+                for image, pts in self._session(base):
+                    last_wall, fresh = time.monotonic(), True
+                    yield image, pts
+                reason = "the live playlist stopped growing" if self._container.format.name == "hls" else "stream ended"
+            except AV_ERRORS as exc:
+                reason = self._lost(exc)
+                if not self.is_live:
+                    raise SourceError(f"reading {self.source_id} failed: {reason}") from None
+            self._container.close()
+            if self._stop.is_set() or not self.is_live:
+                return
+            if not fresh and self.reconnects and time.monotonic() - last_wall >= self._reconnect_timeout:
+                raise SourceError(f"stream {self.source_id} lost ({reason}) and not back after "
+                                  f"{self._reconnect_timeout:g}s: the server answers but sends no new frame")
+            if not self._reconnect(reason, last_wall):
+                return
+            base = pts + (time.monotonic() - last_wall)
+
+    def close(self) -> None:
+        super().close()
+        self._container.close()

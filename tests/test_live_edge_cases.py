@@ -1,0 +1,170 @@
+"""Live streams from real misbehaving servers on loopback (tests/servers/http_live.py): refusals, silence, stalls,
+a live HLS playlist that changes size mid-connection and then stops growing, a stream without video.
+
+Frames are solid colours (``clip_colour(i)`` for frame i), so every frame that comes out names itself: a stale
+frame yielded twice shows as a repeated index.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from rtseg.errors import SourceError
+from rtseg.video.sources import open_source
+from servers.helpers import clip_colour, free_port
+from servers.http_live import LiveHlsServer, LiveHttpServer, live_ts, redirect_loop, silent, status
+
+FPS = 10
+
+
+def _encode(path: Path, first: int, count: int, size: tuple[int, int], *, fmt: str = "mpegts",
+            options: dict[str, str] | None = None) -> Path:
+    """Frames ``first .. first + count - 1`` as solid ``clip_colour`` images ((h, w) = ``size``), H.264 at
+    :data:`FPS` with a key frame every second, in ``fmt`` (``hls`` writes the segments beside ``path``)."""
+    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(FPS), "keyint_min": str(FPS), "sc_threshold": "0", "bf": "0"}
+        for i in range(first, first + count):
+            image = np.empty((*size, 3), np.uint8)
+            image[:] = clip_colour(i)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _index(image: np.ndarray, count: int) -> int:
+    """Which ``clip_colour(i)``, i < count, the frame shows."""
+    colour = image.reshape(-1, 3).mean(axis=0)
+    return int(np.argmin([np.abs(colour - clip_colour(i)).max() for i in range(count)]))
+
+
+# --- opening: one line that says what happened, never a password ---
+
+@pytest.mark.parametrize("handler, expected", [
+    (status(401), "the server refused access (Server returned 401 Unauthorized"),
+    (status(403), "the server refused access (Server returned 403 Forbidden"),
+    (status(404), "the server has no such stream (Server returned 404 Not Found); check the path"),
+    (status(500), "the server answered with an error (Server returned 5XX Server Error reply)"),
+    (redirect_loop, "Input/output error (the server closed the connection, or redirected more than FFmpeg follows)"),
+])
+def test_refusals_are_one_line_naming_the_cause(handler, expected):
+    """Were '[Errno 825242872] Server returned 401 ...: 'http://***@...' (nothing within 10s; check ...)':
+    a number, the URL twice and a timeout that never happened."""
+    with LiveHttpServer(handler) as server:
+        t0 = time.monotonic()
+        with pytest.raises(SourceError) as info:
+            open_source(server.url(auth="bob:hunter2"), open_timeout=5)
+    message = str(info.value)
+    assert time.monotonic() - t0 < 4, "an answer is not a timeout"
+    assert message.startswith(f"cannot open stream {server.url(auth='***')}: {expected}"), message
+    assert "\n" not in message and "Errno" not in message and "within" not in message
+    assert "hunter2" not in message and "bob" not in message
+
+
+def test_nothing_listening_is_named():
+    port = free_port()
+    with pytest.raises(SourceError) as info:
+        open_source(f"rtmp://bob:hunter2@127.0.0.1:{port}/live/x", open_timeout=5)
+    assert str(info.value) == (f"cannot open stream rtmp://***@127.0.0.1:{port}/live/x: nothing listens at "
+                               f"127.0.0.1:{port} (Connection refused); check host and port, and that the server runs")
+
+
+def test_a_server_that_never_answers_is_named_with_the_timeout_that_ended_the_wait():
+    """Was '[Errno 110] Connection timed out: '...' (nothing within 5s; ...)' after the 1.5 s read timeout."""
+    with LiveHttpServer(silent) as server:
+        t0 = time.monotonic()
+        with pytest.raises(SourceError) as info:
+            open_source(server.url(), open_timeout=5, read_timeout=1.5)
+        waited = time.monotonic() - t0
+    assert 1.3 < waited < 4, waited
+    assert str(info.value) == (f"cannot open stream {server.url()}: no answer within 1.5s; check host, port and "
+                               "path, and that the server sends a stream")
+
+
+def test_an_audio_only_stream_says_so(tmp_path):
+    with av.open(str(tmp_path / "a.ts"), "w") as container:
+        stream = container.add_stream("mp2", rate=48000)
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 1152
+            for packet in stream.encode(frame):
+                container.mux(packet)
+    with LiveHttpServer(live_ts((tmp_path / "a.ts").read_bytes())) as server, pytest.raises(SourceError) as info:
+        open_source(server.url(), open_timeout=5)
+    assert str(info.value) == f"stream {server.url()} has no video track (only audio); pass a URL that carries video"
+
+
+# --- running: a stall is named as one ---
+
+def test_a_stall_is_reported_as_no_data(tmp_path):
+    """Was 'lost ([Errno 1414092869] Immediate exit requested: 'http://...')' for an encoder that went quiet."""
+    body = _encode(tmp_path / "s.ts", 0, 20, (24, 32)).read_bytes()
+    events: list[str] = []
+    with LiveHttpServer(live_ts(body, seconds=1.0)) as server:
+        source = open_source(server.url(), open_timeout=5, read_timeout=1, reconnect_timeout=5)
+        source.on_event = events.append
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            if events:
+                break
+        source.close()
+    assert len(frames) >= 15  # (the decoder's threads may hold the last one or two when the data stops)
+    assert events[0] == f"stream {server.url()} lost (no data for 1s); reconnecting for up to 5s", events
+
+
+# --- live HLS: a wait for the next segment, a new size mid-connection, then a playlist that stops growing ---
+
+def test_live_hls_changes_size_then_freezes_without_replaying_old_frames(tmp_path):
+    """Three 1 s segments at 32x24, then (#EXT-X-DISCONTINUITY, clock restarted) three at 64x48, one published per
+    second; then the playlist stops growing. Every frame comes once, in order, at its own size, on one connection
+    (waiting 1 s for the next segment is no stall, though longer than the 0.5 s read timeout), at the pace of its
+    timestamp; the frozen playlist ends the run reconnect_timeout after the last frame. Was: PyAV's read timeout
+    ended the connection while it waited for each segment, each segment came as one burst of frames (the
+    pipeline kept a few of each), and every reconnection replayed the last segments as new frames, for ever."""
+    for name, first, size in (("a", 0, (24, 32)), ("b", 30, (48, 64))):
+        _encode(tmp_path / f"{name}.m3u8", first, 30, size, fmt="hls", options={
+            "hls_time": "1", "hls_list_size": "0", "hls_segment_filename": str(tmp_path / f"{name}%d.ts")})
+    segments = [tmp_path / f"{name}{i}.ts" for name in "ab" for i in range(3)]
+    events: list[tuple[int, str]] = []
+    frames, error = [], None
+    with LiveHlsServer(segments, discontinuity_at=3) as server:
+        url = server.url("/live.m3u8")
+        source = open_source(url, open_timeout=5, read_timeout=0.5, reconnect_timeout=3)
+        assert source.is_live
+        source.on_event = lambda line: events.append((len(frames), line))
+        t0 = time.monotonic()
+        try:
+            for frame in source:
+                frames.append(frame)
+                if time.monotonic() - t0 > 25:  # before the fix: replays for ever
+                    break
+        except SourceError as exc:
+            error = exc
+        finally:
+            source.close()
+    shown = [_index(f.image, 60) for f in frames]
+    assert len(shown) == len(set(shown)), f"frames shown twice (stale replays): {shown}"
+    assert shown == sorted(shown) and shown[-1] == 59 and len(shown) >= 55, shown
+    assert all(f.image.shape[:2] == ((24, 32) if i < 30 else (48, 64)) for i, f in zip(shown, frames))
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:])), "pts must keep increasing across the discontinuity"
+    # the first connection's frames are shown at the pace of their timestamps, not in bursts (but for its last
+    # ones, which the decoder's threads hold until the connection ends)
+    assert events[0][0] >= 55
+    lag = np.array([f.capture_time - f.pts for f in frames[:40]])
+    assert np.ptp(lag) < 0.5, f"frames came in bursts: capture time - pts spans {np.ptp(lag):.2f}s"
+    lost = f"stream {url} lost (the live playlist stopped growing); reconnecting for up to 3s"
+    assert events[0] == (len(frames), lost), events
+    assert source.reconnects >= 1
+    assert str(error) == (f"stream {url} lost (the live playlist stopped growing) and not back after 3s: the server "
+                          "answers but sends no new frame")
+    assert time.monotonic() - t0 < 20
