@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, NoReturn, Sequence
 
 from rtseg.errors import ConfigError
@@ -10,15 +11,18 @@ from rtseg.errors import ConfigError
 class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one-line ConfigErrors naming the command (exit code 2 via
     :func:`rtseg.errors.exit_status`), and refuses options given an empty value (``--output ""``, often an
-    unset shell variable), which would otherwise read as "not given" and silently drop an output."""
+    unset shell variable), which would otherwise read as "not given" (or as the current folder) and silently
+    drop or misplace an output."""
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        parsed = super().parse_args(args, namespace)
-        for action in self._actions:
-            value = getattr(parsed, action.dest, None)
-            if action.option_strings and isinstance(value, str) and not value.strip() and value != action.default:
-                self.error(f"{action.option_strings[-1]} is empty (an unset shell variable?); give it a value")
-        return parsed
+        words = list(sys.argv[1:] if args is None else args)
+        takes_value = {s for a in self._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
+        for word, following in zip(words, words[1:] + [None]):
+            option, eq, value = word.partition("=")
+            if option in takes_value and ((eq and not value.strip()) or (not eq and following is not None
+                                                                          and not following.strip())):
+                self.error(f"{option} is empty (an unset shell variable?); give it a value")
+        return super().parse_args(words, namespace)

@@ -284,6 +284,10 @@ def test_export_command_writes_all_formats(tmp_path, capsys):
     assert len(LabelmeDataset(tmp_path / "labelme")) == 2
     assert main(args + ["--formats", "gif"]) == 2
     assert "choose from mp4, coco, labelme" in capsys.readouterr().err
+    for empty in (["--out", ""], ["--out="]):  # "--out $UNSET" exported into the current folder (Path("") is ".")
+        assert main(empty) == 2
+        assert capsys.readouterr().err == ("export: error: --out is empty (an unset shell variable?); give it a value "
+                                           "(see python -m rtseg.data.export --help)\n")
 
 
 def test_labelme_ignore_shapes_and_windows_image_path(tmp_path):

@@ -152,13 +152,17 @@ def export_labelme(scene: SyntheticScene, out_dir: str | os.PathLike, *, every: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rtseg.data.export --seed 3 --out out/synthetic``: write clip.mp4, coco/, labelme/."""
-    import argparse
-    import sys
+    """``python -m rtseg.data.export --seed 3 --out out/synthetic``: write clip.mp4, coco/, labelme/; returns the exit
+    status (2 with one error line on a user error)."""
+    from rtseg.errors import exit_status
 
-    from rtseg.errors import RtsegError
+    return exit_status("export", lambda: _main(argv))
 
-    p = argparse.ArgumentParser(prog="python -m rtseg.data.export", description="Export a synthetic scene.")
+
+def _main(argv: list[str] | None) -> None:
+    from rtseg.cliargs import Parser
+
+    p = Parser(prog="python -m rtseg.data.export", description="Export a synthetic scene.")
     p.add_argument("--seed", type=int, default=3, help="scene seed (default 3 = the test split seed)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--frames", type=int, default=300)
@@ -167,21 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=10, help="annotate every N-th frame (COCO, labelme)")
     p.add_argument("--formats", default="mp4,coco,labelme", help="comma-separated subset of mp4,coco,labelme")
     args = p.parse_args(argv)
-    try:
-        scene = SyntheticScene(args.seed, width=args.width, height=args.height, num_frames=args.frames)
-        formats = set(args.formats.split(","))
-        if formats - {"mp4", "coco", "labelme"}:
-            raise ConfigError(f"--formats {args.formats}: choose from mp4, coco, labelme")
-        if "mp4" in formats:
-            print(export_mp4(scene, args.out / "clip.mp4"))
-        if "coco" in formats:
-            print(export_coco(scene, args.out / "coco", every=args.every))
-        if "labelme" in formats:
-            print(export_labelme(scene, args.out / "labelme", every=args.every))
-    except RtsegError as exc:
-        print(f"export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    scene = SyntheticScene(args.seed, width=args.width, height=args.height, num_frames=args.frames)
+    formats = set(args.formats.split(","))
+    if formats - {"mp4", "coco", "labelme"}:
+        raise ConfigError(f"--formats {args.formats}: choose from mp4, coco, labelme")
+    if "mp4" in formats:
+        print(export_mp4(scene, args.out / "clip.mp4"))
+    if "coco" in formats:
+        print(export_coco(scene, args.out / "coco", every=args.every))
+    if "labelme" in formats:
+        print(export_labelme(scene, args.out / "labelme", every=args.every))
 
 
 if __name__ == "__main__":
