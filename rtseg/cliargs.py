@@ -22,6 +22,9 @@ class Parser(argparse.ArgumentParser):
         takes_value = {s for a in self._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
         for word, following in zip(words, words[1:] + [None]):
             option, eq, value = word.partition("=")
+            if option.startswith("--") and option not in takes_value and self.allow_abbrev:  # argparse's prefixes
+                named = [s for s in takes_value if s.startswith(option)]
+                option = named[0] if len(named) == 1 else option
             if option in takes_value and ((eq and not value.strip()) or (not eq and following is not None
                                                                           and not following.strip())):
                 self.error(f"{option} is empty (an unset shell variable?); give it a value")

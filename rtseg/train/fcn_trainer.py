@@ -106,7 +106,8 @@ def _main(argv: list[str] | None) -> None:
 
     ap = recipe_parser("python -m rtseg.train.fcn_trainer",
                        "Train a small FCN on the synthetic benchmark (CPU-friendly).", lr=FcnTrainConfig.lr, lr_help="Adam learning rate", images=160, size=(128, 96))
-    ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"))
+    ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"),
+                    help="FCN variant: output stride 8, 16 or 32 (default: %(default)s)")
     ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")
     args, checkpoint = parse_recipe(ap, argv)
     w, h = args.size

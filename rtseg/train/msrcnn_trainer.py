@@ -122,7 +122,8 @@ def _main(argv: list[str] | None) -> None:
     ap = recipe_parser("python -m rtseg.train.msrcnn_trainer",
                        "Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).",
                        lr=MsrcnnTrainConfig.lr, lr_help="SGD learning rate after warm-up", images=200, size=(160, 120))
-    ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"))
+    ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"),
+                    help="ResNet backbone of the FPN (default: %(default)s)")
     args, checkpoint = parse_recipe(ap, argv)
     w, h = args.size
     cfg = MsrcnnConfig(num_classes=len(CLASSES), backbone=args.backbone, min_size=min(w, h), max_size=max(w, h),

@@ -17,11 +17,12 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
     images, default ``images``), --size W H (default ``size``), --threads, --resume; add the model's own."""
     ap = Parser(prog=prog, description=description)
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
     ap.add_argument("--lr", type=float, default=lr, help=f"{lr_help} (default: %(default)g)")
-    ap.add_argument("--images", type=int, default=images)
-    ap.add_argument("--size", type=int, nargs=2, default=size, metavar=("W", "H"))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--images", type=int, default=images, help="synthetic training images (default: %(default)s)")
+    ap.add_argument("--size", type=int, nargs=2, default=size, metavar=("W", "H"),
+                    help="training frame width and height in pixels (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
     return ap
