@@ -141,30 +141,23 @@ class StreamSource(Source):
                     "check the URL")
         return f"{reason}; check host, port, path and credentials"
 
-    def _reconnect(self, reason: str, since: float) -> bool:
-        """Reconnect with backoff; False when stopped.
-
-        since: monotonic time of the last frame yielded; SourceError when no connection is made by
-        ``since + reconnect_timeout``.
-        """
-        delay, deadline = self._BACKOFF[0], since + self._reconnect_timeout
-        self.on_event(f"stream {self.source_id} lost ({reason}); reconnecting for up to {self._reconnect_timeout:g}s")
+    def _reopen(self, reason: str, since: float, delay: float) -> float | None:
+        """Open a new connection, first after ``delay`` s, then with back-off (doubling to 8 s); returns the next
+        back-off delay, None when stopped. since: monotonic time of the last frame yielded; SourceError when no
+        connection is made by ``since + reconnect_timeout``."""
         while not self._stop.wait(delay):
+            delay = min(2 * delay, self._BACKOFF[1])
             try:
                 self._container = self._connect()
             except SourceError as exc:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= since + self._reconnect_timeout:
                     raise SourceError(
                         f"stream {self.source_id} lost ({reason}) and not back after "
                         f"{self._reconnect_timeout:g}s: {exc}"
                     ) from None
-                delay = min(2 * delay, self._BACKOFF[1])
                 continue
-            self.reconnects += 1
-            self.on_event(f"stream {self.source_id} back after {time.monotonic() - since:.1f}s "
-                          f"(reconnection {self.reconnects})")
-            return True
-        return False
+            return delay
+        return None
 
     def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
         """Frames of the current connection, key frame first; pts offset by ``base`` and continuous across
@@ -188,6 +181,7 @@ class StreamSource(Source):
         hls = self._container.format.name == "hls"
         replayed = set(self._shown) if hls else set()
         clock: float | None = None  # HLS: wall time (monotonic) at which the session's first frame was due
+        prev: tuple[float, float] | None = None  # the last frame's time since the first and its monotonic wall time
         for packet in self._container.demux(stream):
             if self._stop.is_set():
                 return
@@ -203,10 +197,14 @@ class StreamSource(Source):
                 replayed = set()
                 if key is not None:
                     self._shown.append(key)
-                t = float(frame.pts * stream.time_base) if frame.pts is not None else time.monotonic()
-                first = t if first is None else first
                 self.decode_seconds = time.perf_counter() - t0
-                since = max(0.0, timeline.place(t - first, period))
+                if frame.pts is None:  # no timestamp (e.g. MJPEG over HTTP): the previous one + the wall time between
+                    since = prev[0] + time.monotonic() - prev[1] if prev is not None else 0.0
+                else:
+                    t = float(frame.pts * stream.time_base)
+                    first = t if first is None else first
+                    since = max(0.0, timeline.place(t - first, period))
+                prev = (since, time.monotonic())
                 if hls:
                     now = time.monotonic()
                     clock = now - since if clock is None or now - (clock + since) > self._LATE else clock
@@ -222,13 +220,22 @@ class StreamSource(Source):
         return scrub(error_reason(exc), self._url)
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        pts, last_wall = 0.0, time.monotonic()
-        base = 0.0
+        """Frames of every connection in turn. An outage is announced once when it begins ("lost") and once when
+        a NEW frame arrives again ("back", counted in ``reconnects``): a connection that opens but brings nothing
+        new (a live HLS playlist that stopped growing opens fine) is part of the outage, retried with growing
+        back-off, and the outage ends the run ``reconnect_timeout`` s after the last frame."""
+        pts, last_wall, base = 0.0, time.monotonic(), 0.0
+        lost = False  # in an outage (announced)
+        delay: float | None = self._BACKOFF[0]
         while not self._stop.is_set():
-            fresh = False
             try:
                 for image, pts in self._session(base):
-                    last_wall, fresh = time.monotonic(), True
+                    if lost:
+                        self.reconnects += 1
+                        self.on_event(f"stream {self.source_id} back after {time.monotonic() - last_wall:.1f}s "
+                                      f"(reconnection {self.reconnects})")
+                        lost, delay = False, self._BACKOFF[0]
+                    last_wall = time.monotonic()
                     yield image, pts
                 reason = "the live playlist stopped growing" if self._container.format.name == "hls" else "stream ended"
             except AV_ERRORS as exc:
@@ -238,10 +245,15 @@ class StreamSource(Source):
             self._container.close()
             if self._stop.is_set() or not self.is_live:
                 return
-            if not fresh and self.reconnects and time.monotonic() - last_wall >= self._reconnect_timeout:
+            if not lost:
+                self.on_event(f"stream {self.source_id} lost ({reason}); "
+                              f"reconnecting for up to {self._reconnect_timeout:g}s")
+                lost = True
+            elif time.monotonic() - last_wall >= self._reconnect_timeout:
                 raise SourceError(f"stream {self.source_id} lost ({reason}) and not back after "
                                   f"{self._reconnect_timeout:g}s: the server answers but sends no new frame")
-            if not self._reconnect(reason, last_wall):
+            delay = self._reopen(reason, last_wall, delay)
+            if delay is None:
                 return
             base = pts + (time.monotonic() - last_wall)
 
