@@ -1,6 +1,7 @@
 """Push sink against a real receiving server on loopback (Debian's ffmpeg binary as RTMP/RTSP listener)."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -93,6 +94,31 @@ def test_push_to_real_server(tmp_path, scheme):
     assert len(frames) >= 45  # all but perhaps the last few in flight at SIGTERM
     img = frames[10].to_ndarray(format="bgr24")
     assert img[:, 20].mean() > img[:, 80].mean() + 100  # the moving bar of frame 10 is at x=20
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+def test_push_works_in_a_process_with_many_open_files(tmp_path):
+    """The sender's socket numbered above 1023 (a process with many files open): select() refused it."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("needs a descriptor limit of at least 1200 (ulimit -n)")
+    port = _free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = _receiver("rtmp", url, tmp_path / "got.flv")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        _wait_listening(port)
+        sink = PushSink(url, fps_hint=25)
+        for i in range(20):
+            sink.write(Frame(_bar(i), seq=i, pts=i / 25), None, _bar(i))
+        sink.close()
+        assert sink.sent == 20
+    finally:
+        for fd in held:
+            os.close(fd)
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=15)
 
 
 def test_push_errors():

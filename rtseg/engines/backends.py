@@ -244,7 +244,7 @@ class CapturedGraphs:
                 self.fn(static_x)
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (the pipeline's) go on
             static_out = self.fn(static_x)
         return graph, static_x, static_out
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
+import selectors
 import signal
 import socket
 import struct
@@ -71,6 +71,8 @@ class PushWorker:
                                           stdin=subprocess.DEVNULL, start_new_session=True)
         ours.setblocking(False)
         self._sock = ours
+        self._selector = selectors.DefaultSelector()  # poll / epoll: no limit on descriptor numbers, unlike select
+        self._selector.register(ours, selectors.EVENT_READ)
         self._lines = b""  # the start of a line the child has not finished writing
         self._out = b""  # a queued open message
         self.taken = 0  # packets the server has taken on this connection
@@ -101,6 +103,7 @@ class PushWorker:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        self._selector.close()
         self._sock.close()
 
     def _exchange(self, message: bytes, answer: bytes, limit: Callable[[], float]) -> None:
@@ -124,8 +127,9 @@ class PushWorker:
             if waited >= allowed:
                 self.kill()
                 raise WorkerStalled(waited, self.taken)
-            _, writable, _ = select.select([self._sock], [self._sock] if out else [], [], min(_POLL, allowed - waited))
-            if writable:
+            self._selector.modify(self._sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
+            ready = self._selector.select(min(_POLL, allowed - waited))
+            if any(events & selectors.EVENT_WRITE for _, events in ready):
                 with contextlib.suppress(BlockingIOError, InterruptedError, BrokenPipeError, ConnectionResetError):
                     sent = self._sock.send(out)
                     out = out[sent:]
@@ -192,8 +196,10 @@ def _child(fd: int) -> None:
                 packet.is_keyframe = kind == b"k"
                 container.mux(packet)
                 sock.sendall(b"ok\n")
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is one line to the parent (FFmpeg's, or a bug's)
         reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if not isinstance(exc, (av.error.FFmpegError, OSError, ValueError)):
+            reason = f"{type(exc).__name__}: {reason}"
         try:
             sock.sendall(f"error {reason}\n".encode())
         finally:

@@ -7,6 +7,7 @@ process (:mod:`rtseg.video.push_worker`) that is killed when the server hangs.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -65,6 +66,9 @@ class PushSink:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in _FORMATS:
             raise SinkError(f"push output {self._shown}: unsupported scheme {scheme!r}; use rtsp:// or rtmp://")
+        if os.name != "posix":  # the sender process gets its socket by descriptor passing (pass_fds)
+            raise SinkError(f"push output {self._shown}: --push needs Linux or macOS; push from there, or record "
+                            "with --output and push the file with ffmpeg")
         self._format, self._format_options = _FORMATS[scheme]
         self._encoder_options = {"fps_hint": fps_hint, "preset": preset, "crf": crf}
         self._encoder: H264Encoder | None = None  # of the current connection; None: the next one starts anew
