@@ -55,13 +55,14 @@ def _bar(i: int) -> np.ndarray:
     return img
 
 
-def _feed_until(sink: PushSink, start: int, done, timeout: float) -> int:
-    """Write frames ``start, start+1, …`` (pts i/25, about 50 a second) until ``done()``; the next index."""
+def _feed_until(sink: PushSink, start: int, done, timeout: float, image=_bar) -> int:
+    """Write frames ``image(start), image(start+1), …`` (pts i/25, about 50 a second) until ``done()``; the
+    next index."""
     deadline = time.monotonic() + timeout
     i = start
     while not done():
         assert time.monotonic() < deadline, "timed out"
-        img = _bar(i)
+        img = image(i)
         sink.write(Frame(img, seq=i, pts=i / 25), None, img)
         i += 1
         time.sleep(0.02)

@@ -85,7 +85,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from test_push import _bar, _free_port, _receiver, _wait_listening
+from test_push import _bar, _feed_until, _free_port, _receiver, _wait_listening
 
 from rtseg.errors import SinkError
 from rtseg.types import Frame
@@ -164,20 +164,6 @@ def _noise(i: int) -> np.ndarray:
     return img
 
 
-def _feed_noise(sink: PushSink, start: int, done, timeout: float) -> int:
-    """Write :func:`_noise` frames ``start, start+1, …`` (pts i/25, about 50 a second) until ``done()``; the
-    next index."""
-    deadline = time.monotonic() + timeout
-    i = start
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        img = _noise(i)
-        sink.write(Frame(img, seq=i, pts=i / 25), None, img)
-        i += 1
-        time.sleep(0.02)
-    return i
-
-
 @needs_ffmpeg
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
 def test_push_reconnects_after_the_server_stops_reading(tmp_path, scheme):
@@ -197,25 +183,26 @@ def test_push_reconnects_after_the_server_stops_reading(tmp_path, scheme):
         _wait_listening(ports[1])
         sink = PushSink(url, fps_hint=25, stall_timeout=1.5, reconnect_timeout=20)
         sink.on_event = lambda line: events.append((time.monotonic(), line))
-        i = _feed_noise(sink, 0, lambda: sink.sent >= 20, 10)
+        i = _feed_until(sink, 0, lambda: sink.sent >= 20, 10, image=_noise)
         relay.hold(True)
         relay.retarget(ports[1])  # where new connections go once they are no longer held
         relay.freeze()
         t_freeze = time.monotonic()
         ticker = _Ticker()
         reached: list[int] = []  # on a thread: the writes block once the queue is full, until the stall is cut
-        feeding = threading.Thread(target=lambda: reached.append(_feed_noise(sink, i, lambda: events, 15)), daemon=True)
+        feeding = threading.Thread(target=lambda: reached.append(_feed_until(sink, i, lambda: events, 15, image=_noise)),
+                                   daemon=True)
         feeding.start()
         feeding.join(15)
         assert events and reached
-        i = _feed_noise(sink, reached[0], lambda: relay.held() >= 1, 10)  # an attempt: accepted, unanswered
+        i = _feed_until(sink, reached[0], lambda: relay.held() >= 1, 10, image=_noise)  # an attempt: accepted, unanswered
         t_held = time.monotonic()
-        i = _feed_noise(sink, i, lambda: time.monotonic() > t_held + 1.0, 5)
+        i = _feed_until(sink, i, lambda: time.monotonic() > t_held + 1.0, 5, image=_noise)
         relay.hold(False)  # the server on the same port works again
-        i = _feed_noise(sink, i, lambda: len(events) >= 2, 15)
+        i = _feed_until(sink, i, lambda: len(events) >= 2, 15, image=_noise)
         longest_gap = ticker.stop()
         back_at, sent_at_back = i, sink.sent
-        _feed_noise(sink, i, lambda: sink.sent >= sent_at_back + 40, 10)
+        _feed_until(sink, i, lambda: sink.sent >= sent_at_back + 40, 10, image=_noise)
         sink.close()
         time.sleep(1.0)  # what is in flight through the relay reaches the receiver
     finally:
@@ -279,7 +266,7 @@ def test_stop_request_during_a_stall_ends_at_once(tmp_path):
         _wait_listening(port)
         sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
         sink.on_event = events.append
-        i = _feed_noise(sink, 0, lambda: sink.sent >= 10, 10)
+        i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10, image=_noise)
         relay.freeze()
         stuck_at = []
 
@@ -330,10 +317,10 @@ def test_stop_request_during_a_hung_connection_attempt_ends_at_once(tmp_path, fi
             img = _bar(0)
             sink.write(Frame(img, pts=0.0), None, img)
         else:
-            i = _feed_noise(sink, 0, lambda: sink.sent >= 10, 10)
+            i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10, image=_noise)
             relay.hold(True)
             relay.drop()  # the server restarts and then hangs: the reconnection attempt is accepted, unanswered
-            _feed_noise(sink, i, lambda: events, 10)
+            _feed_until(sink, i, lambda: events, 10, image=_noise)
         deadline = time.monotonic() + 10
         while relay.held() < 1:
             assert time.monotonic() < deadline, "no connection attempt reached the relay"
