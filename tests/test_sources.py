@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from itertools import chain
 
 import av
@@ -568,3 +569,28 @@ def test_live_stream_whose_clock_restarts_keeps_a_continuous_timeline(tmp_path):
         server.server_close()
     steps = np.diff([f.pts for f in frames])
     assert len(frames) == 30 and (steps > 0.05).all() and (steps < 0.25).all(), steps
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in Linux's /proc")
+def test_decoded_frames_do_not_hold_threads_until_a_garbage_collection(tmp_path):
+    """Reading ``frame.side_data`` made a reference cycle (PyAV caches it on the frame): every decoded frame, its
+    buffers and the two swscale threads of its own BGR conversion lived until a GC pass — hundreds of threads and
+    +60 MB/min in a live soak with reconnections. With the collector off, threads must stay flat."""
+    import gc
+
+    images = [np.full((64, 96, 3), clip_colour(i), np.uint8) for i in range(120)]
+    path = _encode(tmp_path / "clip.mp4", images)
+    threads = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731 - native threads too, not only Python's
+    gc.collect()
+    gc.disable()
+    try:
+        with open_source(str(path)) as source:
+            it = iter(source)
+            for _ in range(10):
+                next(it)
+            before = threads()
+            rest = sum(1 for _ in it)
+            after = threads()
+    finally:
+        gc.enable()
+    assert rest == 110 and after - before <= 4, (before, after)

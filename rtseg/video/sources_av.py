@@ -14,7 +14,9 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
+from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
@@ -40,14 +42,17 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     return best if best in moving else (moving[0] if moving else None)
 
 
-def displayed(frame: av.VideoFrame) -> np.ndarray:
-    """(H, W, 3) uint8 BGR image of ``frame`` as players show it.
+def displayed(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
+    """(H, W, 3) uint8 BGR image of ``frame`` as players show it, converted by ``reformatter`` (one per source:
+    ``frame.to_ndarray`` made a new swscale context, with its threads, for every frame).
 
     The display matrix (rotation of phone videos, mirroring) is applied the way FFmpeg's
     autorotate does, rounded to quarter turns; a frame without one comes out as decoded.
     """
-    image = frame.to_ndarray(format="bgr24")
-    side = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    image = reformatter.reformat(frame, format="bgr24").to_ndarray()
+    # Not frame.side_data: PyAV caches that container on the frame, a reference cycle that kept every decoded
+    # frame, its buffers and its swscale threads alive until a garbage-collection pass (hundreds of threads).
+    side = SideDataContainer(frame).get(SideDataType.DISPLAYMATRIX)
     if side is None:
         return image
     # (x', y') = (a x + c y, b x + d y): FFmpeg's row-vector convention, 16.16 fixed point
@@ -109,6 +114,7 @@ class FileSource(Source):
         rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
+        self._reformatter = VideoReformatter()  # decoded frames → BGR, one swscale context for the whole file
         self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
         self._decoded_frames = 0
         super().__init__(source_id=name, fps=float(rate) / vid_stride if rate else None,
@@ -191,7 +197,7 @@ class FileSource(Source):
                     break
                 kept += 1
                 if (kept - 1) % self._stride == 0:
-                    image = displayed(frame)
+                    image = displayed(frame, self._reformatter)
                     self.decode_seconds = time.perf_counter() - t0
                     yield image, t
                     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import SourceError
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
@@ -64,6 +65,7 @@ class StreamSource(Source):
         self._reconnect_timeout = reconnect_timeout
         self._shown: deque[tuple[int | None, int]] = deque(maxlen=self._SHOWN)  # HLS frames yielded last:
         # (pts in stream ticks, hash of every 8th pixel)
+        self._reformatter = VideoReformatter()  # decoded frames → BGR (a new size after a reconnection is fine)
         self._container = self._connect()
         self.is_live = not url.lower().startswith("http") or not self._finite()
         rate = stream_rate(self._stream)
@@ -190,7 +192,7 @@ class StreamSource(Source):
                 continue
             t0 = time.perf_counter()
             for frame in packet.decode():
-                image = displayed(frame)
+                image = displayed(frame, self._reformatter)
                 key = (frame.pts, hash(image[::8, ::8].tobytes())) if hls else None
                 if key in replayed:
                     continue
