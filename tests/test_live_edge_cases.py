@@ -15,7 +15,7 @@ import pytest
 
 from rtseg.errors import SourceError
 from rtseg.video.sources import open_source
-from servers.helpers import clip_colour, free_port
+from servers.helpers import clip_colour, free_port, make_clip
 from servers.http_live import LiveHlsServer, LiveHttpServer, live_ts, redirect_loop, silent, status
 
 FPS = 10
@@ -24,20 +24,11 @@ FPS = 10
 def _encode(path: Path, first: int, count: int, size: tuple[int, int], *, fmt: str = "mpegts",
             options: dict[str, str] | None = None) -> Path:
     """Frames ``first .. first + count - 1`` as solid ``clip_colour`` images ((h, w) = ``size``), H.264 at
-    :data:`FPS` with a key frame every second, in ``fmt`` (``hls`` writes the segments beside ``path``)."""
-    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(FPS), "keyint_min": str(FPS), "sc_threshold": "0", "bf": "0"}
-        for i in range(first, first + count):
-            image = np.empty((*size, 3), np.uint8)
-            image[:] = clip_colour(i)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    :data:`FPS` with a key frame every second and no B-frames, in ``fmt`` (``hls`` writes the segments beside
+    ``path``)."""
+    return make_clip(path, frames=count, width=size[1], height=size[0], fps=FPS, first=first, fmt=fmt,
+                     options=options, codec_options={"g": str(FPS), "keyint_min": str(FPS), "sc_threshold": "0",
+                                                     "bf": "0"})
 
 
 def _index(image: np.ndarray, count: int) -> int:

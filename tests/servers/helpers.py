@@ -57,14 +57,17 @@ def clip_colour(i: int) -> tuple[int, int, int]:
 
 
 def make_clip(path: Path, *, frames: int = 30, width: int = 64, height: int = 48, fps: int = 10,
-              gop: int = 5, faststart: bool = False) -> Path:
-    """Encode ``frames`` solid-colour frames (``clip_colour(i)``) as H.264 MP4 with PyAV (index first if
-    ``faststart``, so that a truncated copy still opens)."""
-    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as container:
+              gop: int = 5, faststart: bool = False, first: int = 0, fmt: str | None = None,
+              options: dict[str, str] | None = None, codec_options: dict[str, str] | None = None) -> Path:
+    """Encode ``frames`` solid-colour frames (``clip_colour(first + i)``) as H.264 with PyAV: MP4 by default (index
+    first if ``faststart``, so that a truncated copy still opens), else container format ``fmt`` with its
+    ``options``; ``codec_options`` replace the encoder's (default: a key frame every ``gop`` frames, crf 10)."""
+    container_options = {**({"movflags": "+faststart"} if faststart else {}), **(options or {})}
+    with av.open(str(path), "w", format=fmt, options=container_options) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"g": str(gop), "crf": "10"}
-        for i in range(frames):
+        stream.options = codec_options or {"g": str(gop), "crf": "10"}
+        for i in range(first, first + frames):
             image = np.empty((height, width, 3), np.uint8)
             image[:] = clip_colour(i)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
