@@ -164,6 +164,25 @@ def _noise(i: int) -> np.ndarray:
     return img
 
 
+@contextlib.contextmanager
+def _relayed_sink(tmp_path):
+    """(relay, sink, events): a PushSink to an RTMP receiver through a :class:`_Relay`, its ``on_event`` lines
+    collected; the relay and the receiver end with the block."""
+    port = _free_port()
+    receiver = _receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
+    relay = _Relay(port)
+    events: list[str] = []
+    try:
+        _wait_listening(port)
+        sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
+        sink.on_event = events.append
+        yield relay, sink, events
+    finally:
+        relay.close()
+        receiver.kill()
+        receiver.wait(10)
+
+
 @needs_ffmpeg
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
 def test_push_reconnects_after_the_server_stops_reading(tmp_path, scheme):
@@ -258,14 +277,7 @@ def test_stop_request_during_a_stall_ends_at_once(tmp_path):
     """Ctrl-C while the server has stopped reading (stall_timeout 10 s, not reached): interrupt() cuts the send
     at once (it has made no progress for over 0.5 s); the writer blocked on the full queue is released, close()
     does not wait, no error."""
-    port = _free_port()
-    receiver = _receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
-    relay = _Relay(port)
-    events: list[str] = []
-    try:
-        _wait_listening(port)
-        sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
-        sink.on_event = events.append
+    with _relayed_sink(tmp_path) as (relay, sink, events):
         i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10, image=_noise)
         relay.freeze()
         stuck_at = []
@@ -287,10 +299,6 @@ def test_stop_request_during_a_stall_ends_at_once(tmp_path):
         assert not feeder.is_alive()
         sink.close()
         t_end = time.monotonic() - t0
-    finally:
-        relay.close()
-        receiver.kill()
-        receiver.wait(10)
     assert stuck_at, "the writer never waited: the relay did not stall the connection"
     assert t_end < 1.0, t_end
     assert len(events) == 1 and events[0].startswith(
@@ -304,14 +312,7 @@ def test_stop_request_during_a_hung_connection_attempt_ends_at_once(tmp_path, fi
     """Ctrl-C while a connection attempt hangs on a server that never answers (stall_timeout 10 s, not reached):
     interrupt() cuts it; close() returns within a second. A first connection never made is the run's error;
     a reconnection cut short is not (the outage was announced)."""
-    port = _free_port()
-    receiver = _receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
-    relay = _Relay(port)
-    events: list[str] = []
-    try:
-        _wait_listening(port)
-        sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
-        sink.on_event = events.append
+    with _relayed_sink(tmp_path) as (relay, sink, events):
         if first:
             relay.hold(True)
             img = _bar(0)
@@ -334,9 +335,5 @@ def test_stop_request_during_a_hung_connection_attempt_ends_at_once(tmp_path, fi
         else:
             sink.close()
         t_end = time.monotonic() - t0
-    finally:
-        relay.close()
-        receiver.kill()
-        receiver.wait(10)
     assert t_end < 1.0, t_end
     assert sink.reconnects == 0 and len(events) == (0 if first else 1), events
