@@ -92,12 +92,14 @@ if [ "$TRAIN_S" -gt 0 ]; then
   TRAIN_PID=$!
 fi
 
-# GPU tests: at most 4 minutes, leaving the rest for the benchmark.
-T_TEST=$(( $(left) < 240 ? $(left) - 30 : 240 ))
-echo "== pytest -m gpu (limit ${T_TEST}s)"
+# GPU tests: at most RTSEG_PYTEST_S (default 240) seconds, leaving the rest for the benchmark;
+# RTSEG_PYTEST_K selects tests by pytest's -k expression (a rerun of the ones that failed).
+T_TEST="${RTSEG_PYTEST_S:-240}"
+T_TEST=$(( $(left) - 30 < T_TEST ? $(left) - 30 : T_TEST ))
+echo "== pytest -m gpu ${RTSEG_PYTEST_K:+-k \"$RTSEG_PYTEST_K\" }(limit ${T_TEST}s)"
 RTSEG_REQUIRE_CUDA=1 timeout --signal=INT --kill-after=10 "$T_TEST" \
   "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
-  tests > "$WORK/pytest_gpu.log" 2>&1
+  ${RTSEG_PYTEST_K:+-k "$RTSEG_PYTEST_K"} tests > "$WORK/pytest_gpu.log" 2>&1
 echo "pytest exit code $?" >> "$WORK/pytest_gpu.log"
 tail -n 40 "$WORK/pytest_gpu.log"
 pack
@@ -131,6 +133,7 @@ PIPE_S=0
 "$PY" -c "import av" 2>/dev/null && PIPE_S="${RTSEG_PIPELINE_S:-120}"
 PROF_S="${RTSEG_PROFILE_S:-0}"
 T_BENCH=$(( $(left) - 10 - SIDE_S - PIPE_S - PROF_S ))
+[ "${RTSEG_FASTPATH:-1}" = 0 ] && T_BENCH=0  # RTSEG_FASTPATH=0 skips gpu_fastpath
 if [ "$T_BENCH" -gt 60 ]; then
   echo "== gpu_fastpath (limit ${T_BENCH}s)"
   timeout --kill-after=5 "$T_BENCH" "$PY" -m benchmarks.gpu_fastpath --out "$WORK/gpu_fastpath.json" \

@@ -6,11 +6,11 @@ raw float32 tensors of :class:`rtseg.engines.yolact.InferenceNet` on that
 device; pre- and post-processing stay in the engine.
 
 - ``eager``: the module as is (fp16 weights / channels_last memory as options).
-- ``compile``: ``torch.compile`` (on CUDA ``mode="reduce-overhead"``, i.e. CUDA
-  graphs, with fp16). :meth:`TorchBackend.then` compiles the network together with a
-  device-side head (the engine's detection step) as one graph, so a frame costs one graph replay.
-  ``capture=True`` (CUDA, eager or compile) records that step in CUDA graphs of our own instead
-  (:class:`CapturedGraphs`): a replay skips dynamo's guards and Python entirely.
+- ``compile``: ``torch.compile`` (on CUDA with fp16 and CUDA graphs). :meth:`TorchBackend.then`
+  compiles the network together with a device-side head (the engine's detection step) as one
+  graph, so a frame costs one graph replay. On CUDA that step is recorded in CUDA graphs of our own
+  by default (``capture=True``, :class:`CapturedGraphs`; eager can take it too): a replay skips
+  dynamo's guards and Python entirely; ``capture=False`` uses inductor's ``reduce-overhead`` graphs.
 - ``onnx``: exported once with ``torch.onnx.export`` and run by ONNX Runtime
   (:mod:`rtseg.engines.onnx_export`).
 - ``tensorrt``: torch-tensorrt, fp16 or INT8 (:mod:`rtseg.engines.trt`).
@@ -46,6 +46,11 @@ BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
 #: batch 1, network only, p50: R-50 @ 550 eager 396 ms vs ORT 252 ms (1.57x); resnet18 @ 320
 #: demo-like config eager 33.1 ms vs ORT 18.9 ms (1.75x). Outputs equal within 1e-7.
 CPU_AUTO = "onnx"
+#: Whether ``compile`` on CUDA replays CUDA graphs of our own (``capture=True``) by default rather than
+#: inductor's ``reduce-overhead`` ones. Evidence: benchmarks/engine_profile.py on an H200
+#: (results/device/run5.engine_profile.json), R-101 @ 550 fp16, batch 1, network + detection step as one
+#: graph, p50: inductor's graphs 3.14 ms vs ours 1.88 ms; model + post-processing 2.57 vs 2.10 ms.
+CUDA_CAPTURE = True
 #: ``torch.compile`` modes that replay CUDA graphs (their outputs live in memory the next replay overwrites).
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: Largest batch the exported / compiled graphs are built for.
@@ -301,7 +306,7 @@ def resolve(name: str, device: torch.device) -> str:
 def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input_size: int, config: Any = None,
                  half: bool | None = None, channels_last: bool | None = None, cache_dir: Path | None = None,
                  precision: str = "fp16", calibration_dir: str | None = None, max_batch: int = MAX_BATCH,
-                 capture: bool = False) -> Backend:
+                 capture: bool | None = None) -> Backend:
     """Wrap ``net`` (an eval-mode :class:`InferenceNet`) in backend ``name``.
 
     device: where inputs arrive and outputs are returned. input_size: S of the (B, 3, S, S) input.
@@ -310,7 +315,8 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     compile on CUDA, off otherwise, so that eager is the module as is).
     precision ("fp16" | "int8") and calibration_dir (a folder of frames for INT8): tensorrt only.
     capture: eager / compile on CUDA: replay from CUDA graphs of our own (:class:`CapturedGraphs`; compile then
-    uses inductor without its CUDA graphs) instead of inductor's ``reduce-overhead`` graphs.
+    uses inductor without its CUDA graphs) instead of inductor's ``reduce-overhead`` graphs (default: on for
+    compile on CUDA, where it was measured faster, off otherwise; evidence at :data:`CUDA_CAPTURE`).
     The returned callable has a ``name`` attribute with the resolved backend.
     """
     device = torch.device(device)
@@ -319,6 +325,7 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     fast_default = on_cuda and concrete == "compile"
     half = fast_default if half is None else half
     channels_last = fast_default if channels_last is None else channels_last
+    capture = (fast_default and CUDA_CAPTURE) if capture is None else capture
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     net = net.eval()
     if capture and not (on_cuda and concrete in ("eager", "compile")):
