@@ -19,10 +19,12 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import av
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +33,8 @@ from rtseg.data.synthetic import SyntheticScene  # noqa: E402
 from rtseg.engines.yolact import YolactEngine  # noqa: E402
 from rtseg.models.yolact import PRESETS, YolactConfig  # noqa: E402
 from rtseg.ops.overlay import annotate  # noqa: E402
+from rtseg.types import Frame, Prediction  # noqa: E402
+from rtseg.video.fanout import SinkWriter  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402
 from rtseg.video.pipeline import Pipeline  # noqa: E402
 from rtseg.video.sinks import JsonlSink, Mp4Sink  # noqa: E402
@@ -56,8 +60,25 @@ def make_sinks(folder: Path, tag: str) -> list:
     return [Mp4Sink(folder / f"{tag}.mp4", fps_hint=FPS), JsonlSink(folder / f"{tag}.jsonl")]
 
 
-def alone(clip: Path, engine: YolactEngine, folder: Path) -> dict[str, float]:
-    """Mean seconds per frame of each stage run by itself, one stage after the other."""
+class SequentialSinks:
+    """The sinks written one after the other on one thread: the output stage before ``SinkWriter``
+    (a baseline for ``--compare-sinks``)."""
+
+    def __init__(self, sinks: list) -> None:
+        self.sinks = sinks
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.write(frame, prediction, annotated)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def alone(clip: Path, engine: YolactEngine, folder: Path) -> tuple[dict[str, float], dict[str, float], float]:
+    """Mean seconds per frame of each stage run by itself, one stage after the other (output: the
+    pipeline's ``SinkWriter``, all sinks at once), and of each sink by itself; mean detections per frame."""
     t = time.perf_counter()
     frames = list(open_source(str(clip)))
     decode = (time.perf_counter() - t) / len(frames)
@@ -67,16 +88,43 @@ def alone(clip: Path, engine: YolactEngine, folder: Path) -> dict[str, float]:
     t = time.perf_counter()
     images = [annotate(f.image, p, hud={"FPS": 10.0, "latency ms": 100.0, "dropped": 0}) for f, p in zip(frames, preds)]
     annotation = (time.perf_counter() - t) / len(frames)
-    preds = [engine(f.image) for f in frames]  # fresh lazy masks: the sinks pay for materialising them
+    per_sink = {}
+    for i, name in enumerate(("mp4", "jsonl")):
+        preds = [engine(f.image) for f in frames]  # fresh lazy masks: the sinks pay for materialising them
+        sink = make_sinks(folder, f"alone-{name}")[i]
+        t = time.perf_counter()
+        for f, p, img in zip(frames, preds, images):
+            sink.write(f, p, img)
+        sink.close()
+        per_sink[name] = (time.perf_counter() - t) / len(frames)
+    preds = [engine(f.image) for f in frames]
     sinks = make_sinks(folder, "alone")
+    writer = SinkWriter(sinks, abort=threading.Event())
     t = time.perf_counter()
     for f, p, img in zip(frames, preds, images):
-        for s in sinks:
-            s.write(f, p, img)
+        writer.write(f, p, img)
+    writer.close()
     for s in sinks:
         s.close()
     output = (time.perf_counter() - t) / len(frames)
-    return {"decode": decode, "inference": inference, "annotate": annotation, "output": output}
+    stages = {"decode": decode, "inference": inference, "annotate": annotation, "output": output}
+    return stages, per_sink, float(np.mean([len(p) for p in preds]))
+
+
+def run_pipeline(clip: Path, engine: YolactEngine, folder: Path, tag: str, *, sequential: bool,
+                 switch_ms: float | None) -> Metrics:
+    """One pipeline run over the clip (sinks at once, or one after the other as a single sink), under
+    the interpreter's thread switch interval ``switch_ms`` (None: Python's default, 5 ms)."""
+    sinks = make_sinks(folder, tag)
+    metrics = Metrics(warmup_frames=5)
+    default = sys.getswitchinterval()
+    sys.setswitchinterval(default if switch_ms is None else switch_ms / 1e3)
+    try:
+        Pipeline(source=open_source(str(clip)), engine=engine, sinks=[SequentialSinks(sinks)] if sequential else sinks,
+                 metrics=metrics).run()
+    finally:
+        sys.setswitchinterval(default)
+    return metrics
 
 
 def main() -> int:
@@ -87,6 +135,12 @@ def main() -> int:
     ap.add_argument("--preset", default=None, help="a YOLACT preset (e.g. yolact_base); default: ResNet-18 at 256")
     ap.add_argument("--backend", default="eager")
     ap.add_argument("--result", default="pipeline_efficiency", help="results/<name>.json")
+    ap.add_argument("--score-threshold", type=float, default=0.3,
+                    help="detections kept (random weights score low: 0.3 leaves next to none, 0 keeps top_k)")
+    ap.add_argument("--compare-sinks", action="store_true",
+                    help="also run with the sinks written one after the other (the output stage before SinkWriter)")
+    ap.add_argument("--switch-ms", type=float, nargs="+", default=[],
+                    help="also run under these interpreter thread switch intervals (ms; Python's default is 5)")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     if args.device == "cpu":
@@ -94,16 +148,20 @@ def main() -> int:
     torch.manual_seed(0)
     cfg = (PRESETS[args.preset] if args.preset else
            YolactConfig(backbone="resnet18", num_classes=6, input_size=256, fpn_channels=64, num_prototypes=16))
-    engine = YolactEngine.from_config(cfg, score_threshold=0.3, top_k=10, device=args.device, backend=args.backend)
+    engine = YolactEngine.from_config(cfg, score_threshold=args.score_threshold, top_k=10, device=args.device,
+                                      backend=args.backend)
     engine.warmup()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         clip = folder / "clip.mp4"
         make_clip(clip, args.frames, width, height)
-        stages = alone(clip, engine, folder)
-        metrics = Metrics(warmup_frames=5)
-        Pipeline(source=open_source(str(clip)), engine=engine, sinks=make_sinks(folder, "pipe"),
-                 metrics=metrics).run()
+        stages, per_sink, detections = alone(clip, engine, folder)
+        metrics = run_pipeline(clip, engine, folder, "pipe", sequential=False, switch_ms=None)
+        variants = [(f"sinks {'one after the other' if seq else 'at once'}, switch interval "
+                     f"{'default' if ms is None else f'{ms:g} ms'}",
+                     run_pipeline(clip, engine, folder, f"pipe{i}", sequential=seq, switch_ms=ms).snapshot())
+                    for i, (seq, ms) in enumerate([(True, None)] * args.compare_sinks
+                                                  + [(False, ms) for ms in args.switch_ms])]
     snap = metrics.snapshot()
     slowest = max(stages, key=stages.get)
     slowest_fps = 1.0 / stages[slowest]
@@ -111,18 +169,25 @@ def main() -> int:
     result = {
         "what": "threaded pipeline FPS vs slowest stage alone (file source, no drops)",
         "frame": args.size, "frames": args.frames, "av": av.__version__,
-        "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, score>0.3, top_k 10, "
+        "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, score>{args.score_threshold:g}, top_k 10, "
                   f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
         "sinks": "Mp4Sink (libx264 veryfast) + JsonlSink (RLE masks)",
         "stage_alone_ms": {k: 1e3 * v for k, v in stages.items()},
+        "sink_alone_ms": {k: 1e3 * v for k, v in per_sink.items()}, "detections_per_frame": detections,
         "slowest_stage": slowest, "slowest_stage_fps": slowest_fps,
         "pipeline_fps": snap["fps"], "pipeline_latency_ms": snap["latency_ms"], "dropped": snap["dropped"],
         "ratio": ratio, "target_ratio": 0.9, "pass": bool(ratio >= 0.9),
         "load_average_1_5_15": os.getloadavg(),  # other work on this shared machine during the run
+        "variants": {name: {"pipeline_fps": v["fps"], "ratio": v["fps"] / slowest_fps,
+                            "stage_p50_ms": {k: q["p50"] for k, q in v["latency_ms"].items()}}
+                     for name, v in variants},
     }
     path = write_result(args.result, result)
     print(metrics.summary())
-    print("stages alone (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in stages.items()))
+    print("stages alone (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in stages.items())
+          + "; sinks alone: " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in per_sink.items()))
+    for name, v in result["variants"].items():
+        print(f"variant {name}: {v['pipeline_fps']:.2f} FPS, ratio {v['ratio']:.3f}")
     print(f"pipeline {snap['fps']:.2f} FPS vs slowest stage ({slowest}) {slowest_fps:.2f} FPS: "
           f"ratio {ratio:.3f} (target >= 0.9) -> {path}")
     print(machine())

@@ -217,20 +217,49 @@ def test_metrics_fps_warmup_and_percentiles():
     assert Metrics().snapshot()["fps"] is None
 
 
-def test_a_stage_stuck_forever_does_not_hang_the_caller(engine):
+@pytest.mark.parametrize("behind", [0, 1], ids=["output_thread", "sink_thread"])
+def test_a_stage_stuck_forever_does_not_hang_the_caller(engine, behind):
+    """A sink that never returns, written on the output thread itself or on a sink thread of its own
+    (behind another sink): the run still ends after ``join_timeout`` and every sink is aborted."""
     class StuckSink(ListSink):
         def write(self, frame, prediction, annotated):
             if frame.seq == 1:
                 threading.Event().wait()  # never returns
             super().write(frame, prediction, annotated)
 
-    sink = StuckSink()
+    sink, other = StuckSink(), ListSink()
     source = open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 50})
     failing = FailingEngine(engine, 4, ValueError("bad frame"))
     t0 = time.monotonic()
-    _, error = _run_within(Pipeline(source=source, engine=failing, sinks=[sink], join_timeout=1.0), 20)
+    sinks = [other, sink][1 - behind:]
+    _, error = _run_within(Pipeline(source=source, engine=failing, sinks=sinks, join_timeout=1.0), 20)
     assert isinstance(error, PipelineError) and isinstance(error.__cause__, ValueError)
-    assert time.monotonic() - t0 < 10 and sink.aborted
+    assert time.monotonic() - t0 < 10 and all(s.aborted for s in sinks)
+
+
+def test_sinks_take_each_frame_at_once_each_on_a_thread_of_its_own(engine):
+    """Every sink's write of a frame waits for the other sinks to be inside theirs (a barrier): only
+    sinks written concurrently get through. Each sink still gets every frame in order, always on the
+    same thread (window toolkits need that), and no two sinks share a thread."""
+    barrier = threading.Barrier(3, timeout=10)
+
+    class MeetingSink(ListSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[int] = set()
+
+        def write(self, frame, prediction, annotated):
+            self.threads.add(threading.get_ident())
+            barrier.wait()
+            super().write(frame, prediction, annotated)
+
+    sinks = [MeetingSink() for _ in range(3)]
+    source = open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 12})
+    _, error = _run_within(Pipeline(source=source, engine=engine, sinks=sinks), 60)
+    assert error is None
+    for sink in sinks:
+        assert [f.seq for f in sink.frames] == list(range(12)) and sink.closed and len(sink.threads) == 1
+    assert len(set.union(*(s.threads for s in sinks))) == 3
 
 
 def test_snapshot_is_json_and_progress_bar_draws():

@@ -1,5 +1,8 @@
 """The concurrent pipeline: decode → inference → annotate → output, one thread per stage.
 
+The output stage hands each frame to all sinks at once (:class:`rtseg.video.fanout.SinkWriter`:
+one more thread per sink after the first).
+
 Stages talk through bounded :class:`Channel` s. Between decode and inference a
 live source keeps only the newest frame (the oldest is dropped and counted,
 so latency never accumulates); a file source blocks instead (back-pressure,
@@ -37,6 +40,7 @@ import numpy as np
 from rtseg.engines.base import Engine
 from rtseg.errors import RtsegError
 from rtseg.types import Frame, Prediction
+from rtseg.video.fanout import SinkWriter
 from rtseg.video.metrics import Metrics, Progress
 from rtseg.video.sources import Source
 
@@ -127,7 +131,7 @@ def _default_annotator(image: np.ndarray, prediction: Prediction, *, hud: dict |
 
 
 class Pipeline:
-    """Run ``source`` through ``engine`` and ``annotator`` into ``sinks`` on four threads.
+    """Run ``source`` through ``engine`` and ``annotator`` into ``sinks`` on four threads (and one per extra sink).
 
     An engine with the architecture's split (``preprocess``, ``forward``, ``postprocess``)
     is run stage by stage so that the metrics show each; any other engine is called whole.
@@ -156,6 +160,7 @@ class Pipeline:
         self._error: tuple[str, int | None, BaseException] | None = None
         self._error_lock = threading.Lock()
         self._progress = Progress(source.num_frames) if progress else None
+        self._writer: SinkWriter | None = None
         self._split = all(callable(getattr(engine, m, None)) for m in ("preprocess", "forward", "postprocess"))
         self._cuda = str(getattr(engine, "device", "")).startswith("cuda")
         self.interrupted = False
@@ -256,7 +261,7 @@ class Pipeline:
         """The CUDA stream ``stage`` queues its device work on (a context; nothing off CUDA).
 
         Inference keeps the default stream (where warm-up compiled and recorded its graphs); annotate
-        (mask blend, frame download) and output (device RLE for JSON) get streams of their own, so a
+        (mask blend, frame download) and output (each sink thread: device RLE for JSON) get streams of their own, so a
         frame's blend or RLE and the next frame's network neither queue behind nor wait for each other.
         What they read is finished before it reaches them: ``postprocess`` waited for the inference
         stream, and each of them waits for its own stream before returning (downloads), so memory
@@ -272,21 +277,20 @@ class Pipeline:
         hud = self.metrics.hud() if self.show_hud else None
         item.annotated = self.annotator(item.frame.image, item.prediction, hud=hud)
 
-    def _write(self, item: _Item) -> None:
-        for sink in self.sinks:
-            try:
-                sink.write(item.frame, item.prediction, item.annotated)
-            except BaseException as exc:
-                exc._rtseg_sink = sink  # type: ignore[attr-defined]  # the one sink to abort (see _close_sinks)
-                raise
-
     def _output(self) -> None:
+        self._writer = SinkWriter(self.sinks, abort=self._abort, thread_context=lambda: self._device_stream("output"))
+        try:
+            self._write_all(self._writer)
+        finally:
+            self._writer.close()
+
+    def _write_all(self, writer: SinkWriter) -> None:
         written = 0
         while (item := self._annotated.get(self._abort)) is not _END:
             if self.max_frames is not None and written >= self.max_frames:
                 continue  # frames in flight after the limit are not written
             t0 = time.perf_counter()
-            _tagged(self._write, item)
+            _tagged(lambda it: writer.write(it.frame, it.prediction, it.annotated), item)
             item.timings["output"] = time.perf_counter() - t0
             written += 1
             self._count_sink_reconnects()
@@ -323,7 +327,8 @@ class Pipeline:
             self._restore_signals(handlers)
             if not threads[0].is_alive():  # also when warm-up failed and decoding never started
                 self.source.close()
-            close_error = self._close_sinks(stuck=any(t.is_alive() for t in threads))
+            writing = self._writer is not None and self._writer.busy
+            close_error = self._close_sinks(stuck=any(t.is_alive() for t in threads) or writing)
             self._count_sink_reconnects()  # a sink may have reconnected after its last frame was handed over
             if self._progress is not None:
                 self._progress.close()

@@ -1,0 +1,118 @@
+"""Write every frame to several sinks at once (the pipeline's output stage).
+
+The first sink is written on the calling thread, every other sink on a daemon thread of its own
+(a sink always sees the same thread: window toolkits need that), and :meth:`SinkWriter.write`
+returns when all of them have the frame. Each sink still gets the frames in order, one at a
+time, and a frame costs the output stage its slowest sink instead of the sum of all (an MP4
+encode and a JSON Lines record with mask RLEs overlap: the encoder and the device RLE do not
+hold the GIL).
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Callable, ContextManager, Sequence
+
+import numpy as np
+
+from rtseg.types import Frame, Prediction
+
+if TYPE_CHECKING:
+    from rtseg.video.sinks import Sink
+
+_POLL = 0.05  # seconds between checks of the abort event while waiting for a sink
+
+
+class _SinkThread:
+    """A daemon thread running one sink's writes in the order they were submitted."""
+
+    def __init__(self, name: str, context: Callable[[], ContextManager[object]]) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], Future] | None] = queue.SimpleQueue()
+        self._context = context
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> Future:
+        future: Future = Future()
+        self.busy = True
+        self._jobs.put((job, future))
+        return future
+
+    def close(self) -> None:
+        """End the thread after the job it is running (if any)."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        with self._context():
+            while (entry := self._jobs.get()) is not None:
+                job, future = entry
+                error: BaseException | None = None
+                try:
+                    job()
+                except BaseException as exc:  # handed to the waiting writer
+                    error = exc
+                self.busy = False  # before the writer can learn the outcome and submit the next job
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+
+class SinkWriter:
+    """Hands each frame to ``sinks`` concurrently (see the module doc).
+
+    abort: set by the owner to stop waiting for a sink that does not return.
+    thread_context: entered once by each sink thread around all its writes (e.g. a CUDA stream of its own).
+    """
+
+    def __init__(self, sinks: Sequence[Sink], *, abort: threading.Event,
+                 thread_context: Callable[[], ContextManager[object]] = contextlib.nullcontext) -> None:
+        self.sinks = list(sinks)
+        self._abort = abort
+        self._threads = [_SinkThread(f"rtseg-sink-{i}", thread_context) for i in range(1, len(self.sinks))]
+
+    @property
+    def busy(self) -> bool:
+        """Whether a sink thread is still inside a write (then closing that sink would race it)."""
+        return any(t.busy for t in self._threads)
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        """Write one frame to every sink; returns when all have it.
+
+        Raises the error of the first sink (in ``sinks`` order) that failed, tagged with that sink as
+        ``exc._rtseg_sink``; RuntimeError when ``abort`` was set while a sink was still writing.
+        """
+        if not self.sinks:
+            return
+        futures = [t.submit(lambda s=sink: s.write(frame, prediction, annotated))
+                   for t, sink in zip(self._threads, self.sinks[1:])]
+        errors: list[tuple[Sink, BaseException]] = []
+        try:
+            self.sinks[0].write(frame, prediction, annotated)
+        except BaseException as exc:
+            errors.append((self.sinks[0], exc))
+        for sink, future in zip(self.sinks[1:], futures):
+            exc = self._outcome(sink, future)
+            if exc is not None:
+                errors.append((sink, exc))
+        if errors:
+            sink, exc = errors[0]
+            exc._rtseg_sink = sink  # type: ignore[attr-defined]  # the one sink to abort
+            raise exc
+
+    def _outcome(self, sink: Sink, future: Future) -> BaseException | None:
+        while True:
+            try:
+                return future.exception(timeout=_POLL)
+            except FutureTimeout:
+                if self._abort.is_set():
+                    return RuntimeError(f"aborted while {type(sink).__name__} was still writing")
+
+    def close(self) -> None:
+        """End the sink threads (each after its current write); the sinks themselves stay open."""
+        for t in self._threads:
+            t.close()
