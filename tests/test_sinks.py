@@ -334,6 +334,18 @@ def test_jsonl_full_disk_keeps_only_complete_lines(tmp_path):
     assert [json.loads(x)["seq"] for x in data.decode().splitlines()] == list(range(len(data.splitlines())))
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_jsonl_into_a_device_fails_with_one_line_not_a_traceback(tmp_path):
+    """--json on a link to a device (/dev/full: always full): the sink must not truncate it (EINVAL was
+    a traceback) and a failed write is the sink's one-line error."""
+    link = tmp_path / "full.jsonl"
+    link.symlink_to("/dev/full")
+    sink = JsonlSink(link)
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), source_id="t", seq=0, pts=0.0, capture_time=0.0)
+    with pytest.raises(SinkError, match=r"full.jsonl: write failed \(No space left on device\)"):
+        sink.write(frame, Detections.empty((8, 8), ["a"]), frame.image)
+    sink.close()
+
 
 def test_mp4_frames_of_another_size_are_fitted_whole_not_stretched(tmp_path):
     """An image folder of mixed sizes: a portrait frame in a landscape stream keeps its aspect ratio, centred

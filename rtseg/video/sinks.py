@@ -139,7 +139,8 @@ class JsonlSink:
             require_writable_folder(self.path, "JSON Lines output")
             self._created = not self.path.exists()
             self._file = _open_exclusive(self.path)
-        self._seekable = self._file.seekable()  # a file (partial lines are taken back), not a pipe
+        # a regular file (partial lines are taken back), not a pipe, FIFO or device (/dev/null: no truncate)
+        self._seekable = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         self._emptied = not self._seekable  # a file's old contents go at the first frame, not at opening
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
