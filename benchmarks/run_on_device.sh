@@ -16,17 +16,18 @@
 # still returns what its finished stages wrote):
 # 0. wheels in .whl/ installed to /tmp/site
 # 1. env.txt: GPU, driver, library versions, which optional imports work
-# 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu, and at the same time, if RTSEG_DEVICE_TRAIN_S > 0, the
+# 2. RTSEG_REQUIRE_CUDA=1 pytest -m gpu (RTSEG_PYTEST_S limits it, default 240; RTSEG_PYTEST_K selects with -k),
+#    and at the same time, if RTSEG_DEVICE_TRAIN_S > 0, the
 #    demo model's GPU fine-tuning (README recipe with --init engines/yolact_demo.safetensors
 #    --time-budget, at the shipped model's input size); the weights come back split in parts under 15 MiB
 #    (join: cat yolact_demo.safetensors.part-* > engines/yolact_demo.safetensors)
 # 3. benchmarks.train_step: one training step of the demo architecture without data loading
 #    (RTSEG_TRAIN_STEP_S, default 90; 0 skips it)
 #    benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
-#    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base)
+#    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base; RTSEG_FASTPATH=0 skips it)
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
 # 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
-#    (RTSEG_PIPELINE_S, default 120)
+#    (RTSEG_PIPELINE_S, default 120; RTSEG_PIPELINE_ARGS adds options, e.g. --score-threshold 0 --compare-sinks)
 # 6. benchmarks.engine_profile (per-stage wall, launches per call + torch.profiler table of one engine
 #    call, model + post at batch 1 one-graph vs network graph + eager detection step) when
 #    RTSEG_PROFILE_S > 0 (default 0; give it 240: it compiles five graphs of R-101, two of them again, which
@@ -159,7 +160,8 @@ T_PIPE=$(( $(left) - 15 - PROF_S ))
 if [ "$PIPE_S" -gt 0 ]; then
   echo "== pipeline_efficiency 1080p (limit ${T_PIPE}s)"
   timeout --kill-after=5 "$T_PIPE" "$PY" benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 \
-    --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu > "$WORK/pipeline.log" 2>&1
+    --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu ${RTSEG_PIPELINE_ARGS:-} \
+    > "$WORK/pipeline.log" 2>&1
   echo "pipeline exit code $?" >> "$WORK/pipeline.log"
   cp benchmarks/results/pipeline_efficiency_gpu.json "$WORK/" 2>/dev/null
   tail -n 6 "$WORK/pipeline.log"
