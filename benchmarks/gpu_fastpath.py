@@ -40,7 +40,11 @@ BACKEND_RUNS: dict[str, dict[str, Any]] = {
     # last: compiled once per batch size (minutes); inductor's CUDA graphs, then ours (compile's CUDA default)
     "compile_fp16": {"name": "compile", "capture": False},
     "compile_fp16_captured": {"name": "compile", "capture": True},
+    # opt-in (--runs): inductor's max-autotune takes minutes per input shape
+    "compile_fp16_captured_autotune": {"name": "compile", "capture": True, "autotune": True},
 }
+#: The runs measured when --runs is not given.
+DEFAULT_RUNS = [run for run in BACKEND_RUNS if run != "compile_fp16_captured_autotune"]
 
 
 def skip_reason(name: str) -> str | None:
@@ -86,11 +90,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def bench_model(engine: YolactEngine, batches: list[int], iters: int, deadline: float, cache: Path,
+def bench_model(engine: YolactEngine, runs: list[str], batches: list[int], iters: int, deadline: float, cache: Path,
                 out: dict[str, Any], save: Callable[[], None]) -> None:
     """Fill ``out[run]`` per backend run, calling ``save()`` after each measurement."""
     s = engine.cfg.input_size
-    for run, kw in BACKEND_RUNS.items():
+    for run in runs:
+        kw = BACKEND_RUNS[run]
         reason = skip_reason(kw["name"])
         if reason is not None:
             out[run] = {"skipped": reason}
@@ -210,6 +215,7 @@ def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--presets", nargs="+", default=["yolact_resnet50", "yolact_base"])
+    ap.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(BACKEND_RUNS), help="backend runs")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new configurations after this")
@@ -244,7 +250,7 @@ def main() -> None:
                 entry["post"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             save()
             print(preset, "post:", json.dumps(entry["post"])[:800], flush=True)
-            bench_model(engine, args.batches, args.iters, deadline, Path(cache), entry["model"], save)
+            bench_model(engine, args.runs, args.batches, args.iters, deadline, Path(cache), entry["model"], save)
             del engine
             torch.cuda.empty_cache()
     save()

@@ -328,6 +328,23 @@ def test_captured_graphs_are_refused_where_they_cannot_run(engine: YolactEngine)
         backends.CapturedGraphs(engine.net)(torch.zeros(1, 3, 128, 128))
 
 
+def test_compile_modes_capture_by_default_on_cuda_and_autotune_on_request(engine: YolactEngine) -> None:
+    """compile on CUDA replays our CUDA graphs unless capture=False (then inductor's); autotune=True tunes
+    kernels in the mode that does not capture twice; on the CPU nothing captures; other backends refuse it."""
+    mode = backends._compile_mode
+    assert mode(on_cuda=True, capture=True, autotune=False) is None
+    assert mode(on_cuda=True, capture=False, autotune=False) == "reduce-overhead"
+    assert mode(on_cuda=True, capture=True, autotune=True) == "max-autotune-no-cudagraphs"
+    assert mode(on_cuda=True, capture=False, autotune=True) == "max-autotune"
+    assert mode(on_cuda=False, capture=False, autotune=True) == "max-autotune-no-cudagraphs"
+    cpu = make_backend(engine.net, name="compile", device="cpu", input_size=128, autotune=True)  # compiles lazily
+    assert cpu.compile_options["mode"] == "max-autotune-no-cudagraphs" and not cpu.captured and not cpu.cuda_graphs
+    assert make_backend(engine.net, name="compile", device="cpu", input_size=128).compile_options["mode"] is None
+    for name in ("eager", "onnx"):
+        with pytest.raises(ConfigError, match="autotune=True tunes torch.compile's kernels"):
+            make_backend(engine.net, name=name, device="cpu", input_size=128, autotune=True)
+
+
 # -- GPU -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cuda_engine() -> YolactEngine:

@@ -303,10 +303,17 @@ def resolve(name: str, device: torch.device) -> str:
     return name
 
 
+def _compile_mode(*, on_cuda: bool, capture: bool, autotune: bool) -> str | None:
+    """``torch.compile``'s mode: inductor's CUDA graphs on CUDA unless ours replay (``capture``), tuned or not."""
+    if on_cuda and not capture:
+        return "max-autotune" if autotune else "reduce-overhead"
+    return "max-autotune-no-cudagraphs" if autotune else None
+
+
 def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input_size: int, config: Any = None,
                  half: bool | None = None, channels_last: bool | None = None, cache_dir: Path | None = None,
                  precision: str = "fp16", calibration_dir: str | None = None, max_batch: int = MAX_BATCH,
-                 capture: bool | None = None) -> Backend:
+                 capture: bool | None = None, autotune: bool = False) -> Backend:
     """Wrap ``net`` (an eval-mode :class:`InferenceNet`) in backend ``name``.
 
     device: where inputs arrive and outputs are returned. input_size: S of the (B, 3, S, S) input.
@@ -317,6 +324,8 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     capture: eager / compile on CUDA: replay from CUDA graphs of our own (:class:`CapturedGraphs`; compile then
     uses inductor without its CUDA graphs) instead of inductor's ``reduce-overhead`` graphs (default: on for
     compile on CUDA, where it was measured faster, off otherwise; evidence at :data:`CUDA_CAPTURE`).
+    autotune: compile only: inductor's ``max-autotune`` (benchmarks kernel choices while compiling: minutes
+    more per input shape; with ``capture`` its ``max-autotune-no-cudagraphs`` mode, as our graphs replay).
     The returned callable has a ``name`` attribute with the resolved backend.
     """
     device = torch.device(device)
@@ -331,13 +340,15 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     if capture and not (on_cuda and concrete in ("eager", "compile")):
         raise ConfigError(f"capture=True records CUDA graphs of the eager or compile backend on a CUDA device, "
                           f"not of {concrete!r} on {device}")
+    if autotune and concrete != "compile":
+        raise ConfigError(f"autotune=True tunes torch.compile's kernels; the {concrete!r} backend does not compile")
     if concrete == "eager":
         return TorchBackend(name="eager", module=_module_on(net, device, half, channels_last), half=half,
                             channels_last=channels_last, capture=capture)
     if concrete == "compile":
         if not on_cuda:
             _import_cpp_toolchain_quietly()
-        mode = "reduce-overhead" if on_cuda and not capture else None
+        mode = _compile_mode(on_cuda=on_cuda, capture=capture, autotune=autotune)
         return TorchBackend(name="compile", module=_module_on(net, device, half, channels_last), half=half,
                             channels_last=channels_last, compile_options={"mode": mode, "dynamic": False},
                             capture=capture)
