@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import av
 import numpy as np
@@ -17,35 +13,7 @@ import pytest
 from rtseg.errors import SinkError
 from rtseg.types import Frame
 from rtseg.video.sink_push import PushSink
-
-FFMPEG = shutil.which("ffmpeg")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
-    """Wait until something listens on ``port`` without connecting (ffmpeg -listen takes one client only)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for row in Path(table).read_text().splitlines()[1:]:
-                cols = row.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # 0A = LISTEN
-                    return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-def _receiver(scheme: str, url: str, out: Path, *, copyts: bool = False) -> subprocess.Popen:
-    """Debian's ffmpeg as a one-client RTMP/RTSP listener, copying what it receives into ``out``
-    (with ``copyts``: the sender's own timestamps, not shifted to start at 0)."""
-    listen = ["-listen", "1"] if scheme == "rtmp" else ["-rtsp_flags", "listen", "-rtsp_transport", "tcp"]
-    return subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *(["-copyts"] * copyts),
-                             *listen, "-i", url, "-c", "copy", "-y", str(out)], stderr=subprocess.PIPE)
+from servers.helpers import FFMPEG, free_port, push_receiver, wait_listening
 
 
 def _bar(i: int) -> np.ndarray:
@@ -72,12 +40,12 @@ def _feed_until(sink: PushSink, start: int, done, timeout: float, image=_bar) ->
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
 def test_push_to_real_server(tmp_path, scheme):
-    port = _free_port()
+    port = free_port()
     url = f"{scheme}://127.0.0.1:{port}/live/cam"
     received = tmp_path / ("got.flv" if scheme == "rtmp" else "got.mkv")
-    server = _receiver(scheme, url, received)
+    server = push_receiver(scheme, url, received)
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(url, fps_hint=25)
         for i in range(50):
             img = _bar(i)
@@ -104,12 +72,12 @@ def test_push_works_in_a_process_with_many_open_files(tmp_path):
 
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
         pytest.skip("needs a descriptor limit of at least 1200 (ulimit -n)")
-    port = _free_port()
+    port = free_port()
     url = f"rtmp://127.0.0.1:{port}/live/cam"
-    server = _receiver("rtmp", url, tmp_path / "got.flv")
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
     held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(url, fps_hint=25)
         for i in range(20):
             sink.write(Frame(_bar(i), seq=i, pts=i / 25), None, _bar(i))
@@ -125,7 +93,7 @@ def test_push_works_in_a_process_with_many_open_files(tmp_path):
 def test_push_errors():
     with pytest.raises(SinkError, match="unsupported scheme 'http'"):
         PushSink("http://127.0.0.1:1/x")
-    sink = PushSink(f"rtmp://127.0.0.1:{_free_port()}/live/x")  # nobody listens there
+    sink = PushSink(f"rtmp://127.0.0.1:{free_port()}/live/x")  # nobody listens there
     events: list[str] = []
     sink.on_event = events.append
     img = np.zeros((32, 32, 3), np.uint8)
@@ -149,13 +117,13 @@ def test_push_to_a_frozen_server_reconnects_instead_of_hanging(tmp_path):
     after the stall timeout, like a closed connection: announced, reconnected (it does not come back here,
     so the run ends with the give-up error after the reconnect timeout), never blocking the pipeline (and
     Ctrl-C) for ever. (tests/test_push_stall.py: a stall followed by a working server.)"""
-    port = _free_port()
+    port = free_port()
     url = f"rtmp://127.0.0.1:{port}/live/cam"
-    server = _receiver("rtmp", url, tmp_path / "got.flv")
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
     rng = np.random.default_rng(0)
     events: list[str] = []
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(url, fps_hint=25, stall_timeout=2.0, reconnect_timeout=2.0)
         sink.on_event = events.append
         for i in range(5):
@@ -199,14 +167,14 @@ def test_push_to_a_frozen_server_reconnects_instead_of_hanging(tmp_path):
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
 def test_push_reconnects_after_the_server_restarts(tmp_path, scheme):
-    port = _free_port()
+    port = free_port()
     url = f"{scheme}://127.0.0.1:{port}/live/cam"
     ext = "flv" if scheme == "rtmp" else "mkv"
-    first = _receiver(scheme, url, tmp_path / f"first.{ext}")
+    first = push_receiver(scheme, url, tmp_path / f"first.{ext}")
     second = None
     events: list[str] = []
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(url, fps_hint=25, reconnect_timeout=20)
         sink.on_event = events.append
         i = _feed_until(sink, 0, lambda: sink.sent >= 20, 10)
@@ -215,8 +183,8 @@ def test_push_reconnects_after_the_server_restarts(tmp_path, scheme):
         t_lost = time.monotonic()
         i = _feed_until(sink, i, lambda: len(events) >= 1, 10)  # writes go on (frames dropped), no error
         lost_at = i
-        second = _receiver(scheme, url, tmp_path / f"second.{ext}", copyts=True)  # back, on the same port
-        _wait_listening(port)
+        second = push_receiver(scheme, url, tmp_path / f"second.{ext}", copyts=True)  # back, on the same port
+        wait_listening(port)
         i = _feed_until(sink, i, lambda: len(events) >= 2, 15)
         back_at = i
         i = _feed_until(sink, i, lambda: sink.sent >= 20 + 30, 10)
@@ -256,12 +224,12 @@ def test_push_reconnects_after_the_server_restarts(tmp_path, scheme):
 
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 def test_push_gives_up_after_the_reconnect_timeout(tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"rtmp://127.0.0.1:{port}/live/cam"
-    server = _receiver("rtmp", url, tmp_path / "got.flv")
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
     events: list[tuple[float, str]] = []
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(url, fps_hint=25, reconnect_timeout=1.5)
         sink.on_event = lambda line: events.append((time.monotonic(), line))
         i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10)
@@ -285,12 +253,12 @@ def test_push_gives_up_after_the_reconnect_timeout(tmp_path):
 def test_push_stop_request_ends_reconnecting_at_once(tmp_path):
     """Ctrl-C / SIGTERM during an outage: the pipeline calls interrupt() (no more attempts, even when the server
     comes back), then close(), which does not wait; the outage announced by the warning is no error."""
-    port = _free_port()
+    port = free_port()
     url = f"rtsp://127.0.0.1:{port}/live/cam"
-    server = _receiver("rtsp", url, tmp_path / "first.mkv")
+    server = push_receiver("rtsp", url, tmp_path / "first.mkv")
     events: list[str] = []
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(url, fps_hint=25)
         sink.on_event = events.append
         i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10)
@@ -298,8 +266,8 @@ def test_push_stop_request_ends_reconnecting_at_once(tmp_path):
         server.wait(10)
         i = _feed_until(sink, i, lambda: len(events) >= 1, 10)
         sink.interrupt()
-        server = _receiver("rtsp", url, tmp_path / "second.mkv")
-        _wait_listening(port)
+        server = push_receiver("rtsp", url, tmp_path / "second.mkv")
+        wait_listening(port)
         t_end = time.monotonic() + 2.0  # attempts would come 0.25 s, 0.75 s, 1.75 s after the loss
         _feed_until(sink, i, lambda: time.monotonic() > t_end, 5)  # frames in flight: taken, not pushed
         t0 = time.monotonic()

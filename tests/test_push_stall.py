@@ -77,7 +77,6 @@ if __name__ == "__main__":
     _relay_main(int(sys.argv[1]))
     sys.exit()
 
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -85,13 +84,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from test_push import _bar, _feed_until, _free_port, _receiver, _wait_listening
+from servers.helpers import FFMPEG, free_port, push_receiver, wait_listening
+from test_push import _bar, _feed_until
 
 from rtseg.errors import SinkError
 from rtseg.types import Frame
 from rtseg.video.sink_push import PushSink
 
-FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 
 
@@ -168,12 +167,12 @@ def _noise(i: int) -> np.ndarray:
 def _relayed_sink(tmp_path):
     """(relay, sink, events): a PushSink to an RTMP receiver through a :class:`_Relay`, its ``on_event`` lines
     collected; the relay and the receiver end with the block."""
-    port = _free_port()
-    receiver = _receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
+    port = free_port()
+    receiver = push_receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
     relay = _Relay(port)
     events: list[str] = []
     try:
-        _wait_listening(port)
+        wait_listening(port)
         sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
         sink.on_event = events.append
         yield relay, sink, events
@@ -191,15 +190,15 @@ def test_push_reconnects_after_the_server_stops_reading(tmp_path, scheme):
     after stall_timeout, without freezing this process; the one after reaches a working receiver ("back"),
     key frame first, the run's clock continued."""
     ext = "flv" if scheme == "rtmp" else "mkv"
-    ports = _free_port(), _free_port()
-    receivers = [_receiver(scheme, f"{scheme}://127.0.0.1:{port}/live/cam", tmp_path / f"{name}.{ext}",
+    ports = free_port(), free_port()
+    receivers = [push_receiver(scheme, f"{scheme}://127.0.0.1:{port}/live/cam", tmp_path / f"{name}.{ext}",
                            copyts=name == "second") for port, name in zip(ports, ("first", "second"))]
     relay = _Relay(ports[0])
     url = f"{scheme}://127.0.0.1:{relay.port}/live/cam"
     events: list[tuple[float, str]] = []
     try:
-        _wait_listening(ports[0])
-        _wait_listening(ports[1])
+        wait_listening(ports[0])
+        wait_listening(ports[1])
         sink = PushSink(url, fps_hint=25, stall_timeout=1.5, reconnect_timeout=20)
         sink.on_event = lambda line: events.append((time.monotonic(), line))
         i = _feed_until(sink, 0, lambda: sink.sent >= 20, 10, image=_noise)

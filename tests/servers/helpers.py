@@ -5,10 +5,12 @@
 - ``make_clip(path, ...)``: an H.264 MP4 written with PyAV whose frame ``i`` is a known colour.
 - ``ListSink``: a real sink that keeps what it was given.
 - ``RtspServer``: gst-rtsp-server on loopback in a subprocess (system python3 with ``gi``).
+- ``push_receiver(...)``: Debian's ffmpeg as a one-client RTMP/RTSP listener; ``wait_listening(port)``.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -20,6 +22,7 @@ import numpy as np
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
+FFMPEG = shutil.which("ffmpeg")
 TINY_CLASSES = ["a", "b", "c"]
 
 
@@ -113,6 +116,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until something listens on ``port`` without connecting (ffmpeg -listen takes one client only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # 0A = LISTEN
+                    return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def push_receiver(scheme: str, url: str, out: Path, *, copyts: bool = False) -> subprocess.Popen:
+    """Debian's ffmpeg as a one-client RTMP/RTSP listener, copying what it receives into ``out``
+    (with ``copyts``: the sender's own timestamps, not shifted to start at 0)."""
+    listen = ["-listen", "1"] if scheme == "rtmp" else ["-rtsp_flags", "listen", "-rtsp_transport", "tcp"]
+    return subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *(["-copyts"] * copyts),
+                             *listen, "-i", url, "-c", "copy", "-y", str(out)], stderr=subprocess.PIPE)
 
 
 def rtsp_server_available() -> str | None:
