@@ -169,7 +169,8 @@ def main() -> int:
     result = {
         "what": "threaded pipeline FPS vs slowest stage alone (file source, no drops)",
         "frame": args.size, "frames": args.frames, "av": av.__version__,
-        "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, score>{args.score_threshold:g}, top_k 10, "
+        "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, "
+                  f"score>{args.score_threshold:g}, top_k 10, "
                   f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
         "sinks": "Mp4Sink (libx264 veryfast) + JsonlSink (RLE masks)",
         "stage_alone_ms": {k: 1e3 * v for k, v in stages.items()},
