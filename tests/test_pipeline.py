@@ -316,6 +316,30 @@ def test_gpu_pipeline_on_three_streams_equals_the_sequential_engine(tmp_path, mo
         assert record["detections"] == json.loads(json.dumps(prediction_record(dets)))["detections"], frame.seq
 
 
+@pytest.mark.gpu
+def test_gpu_inference_thread_warms_the_engine_up_in_its_own_thread():
+    """cuDNN's autotuner choices are per thread: on CUDA the engine is warmed up in the caller's thread (errors
+    surface before any thread starts) and once more in the inference thread, before its first frame."""
+    from pathlib import Path
+
+    from rtseg.engines.yolact import YolactEngine
+
+    weights = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
+    gpu = YolactEngine.from_weights(weights, device="cuda")
+    calls: list[tuple[str, int]] = []
+    warmup, sink = gpu.warmup, ListSink()
+
+    def spy() -> None:
+        calls.append((threading.current_thread().name, len(sink)))
+        warmup()
+
+    gpu.warmup = spy
+    source = SyntheticSource(seed=2, width=160, height=120, num_frames=4)
+    _, error = _run_within(Pipeline(source=source, engine=gpu, sinks=[sink], show_hud=False), 120)
+    assert error is None and len(sink) == 4
+    assert len(calls) == 2 and calls[0][0] != "rtseg-inference" and calls[1] == ("rtseg-inference", 0)
+
+
 def test_summary_and_stats_count_source_and_push_reconnects():
     """The source's reconnections and the push outputs' are counted apart and together (summary, stats JSON)."""
     m = Metrics(warmup_frames=0)

@@ -234,6 +234,20 @@ class Pipeline:
 
         return body
 
+    def _inference_body(self) -> Callable[[], None]:
+        """The inference stage; on CUDA it first warms the engine up once more in its own thread: torch keeps
+        cuDNN's autotuner choices per thread (cuDNN v8 API), so the warm-up ``run`` did in the caller's thread
+        would leave an eager engine tuning its convolutions on the first frames."""
+        body = self._transform("inference", self._decoded, self._inferred, self._infer)
+        if not self._cuda:
+            return body
+
+        def warmed() -> None:
+            self.engine.warmup()
+            body()
+
+        return warmed
+
     def _infer(self, item: _Item) -> None:
         """Run the engine; time preprocess / network / postprocess when the engine has that split."""
         image, engine = item.frame.image, self.engine
@@ -311,8 +325,7 @@ class Pipeline:
         """
         threads = [
             self._stage("decode", self._decode, None, self._decoded),
-            self._stage("inference", self._transform("inference", self._decoded, self._inferred, self._infer),
-                        self._decoded, self._inferred),
+            self._stage("inference", self._inference_body(), self._decoded, self._inferred),
             self._stage("annotate", self._transform("annotate", self._inferred, self._annotated, self._annotate),
                         self._inferred, self._annotated),
             self._stage("output", self._output, self._annotated, None),
