@@ -140,8 +140,8 @@ class JsonlSink:
             self._created = not self.path.exists()
             self._file = _open_exclusive(self.path)
         # a regular file (partial lines are taken back), not a pipe, FIFO or device (/dev/null: no truncate)
-        self._seekable = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
-        self._emptied = not self._seekable  # a file's old contents go at the first frame, not at opening
+        self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        self._emptied = not self._regular  # a file's old contents go at the first frame, not at opening
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         if self.stop_requested:
@@ -151,7 +151,7 @@ class JsonlSink:
             self._file.truncate(0)
             self._emptied = True
         try:
-            if self._seekable:
+            if self._regular:
                 append_whole(self._file, line)  # a partial line is taken back: the file stays valid JSON Lines
             else:
                 self._write_to_pipe(line)
