@@ -27,7 +27,8 @@
 #    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base; RTSEG_FASTPATH=0 skips it)
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
 # 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
-#    (RTSEG_PIPELINE_S, default 120; RTSEG_PIPELINE_ARGS adds options, e.g. --score-threshold 0 --compare-sinks)
+#    (RTSEG_PIPELINE_S, default 120; RTSEG_PIPELINE_ARGS adds options, e.g. --score-threshold 0 --compare-sinks;
+#    RTSEG_PIPELINE_ARGS_B: a second run with these options, e.g. --mp4-frame-threads 8)
 # 6. benchmarks.engine_profile (per-stage wall, launches per call + torch.profiler table of one engine
 #    call, model + post at batch 1 one-graph vs network graph + eager detection step) when
 #    RTSEG_PROFILE_S > 0 (default 0; give it 240: it compiles five graphs of R-101, two of them again, which
@@ -155,18 +156,25 @@ if [ "$SIDE_S" -gt 0 ]; then
   tail -n 12 "$WORK/side_by_side.log"
   pack
 fi
-T_PIPE=$(( $(left) - 15 - PROF_S ))
-[ "$T_PIPE" -gt 30 ] || PIPE_S=0
-if [ "$PIPE_S" -gt 0 ]; then
-  echo "== pipeline_efficiency 1080p (limit ${T_PIPE}s)"
+# One pipeline run with RTSEG_PIPELINE_ARGS, and a second one with RTSEG_PIPELINE_ARGS_B when that is set
+# (e.g. "--mp4-frame-threads 8"; its files end in _b); the second compile is shortened by inductor's cache.
+for RUN in a b; do
+  if [ "$RUN" = a ]; then ARGS="${RTSEG_PIPELINE_ARGS:-}"; SUFFIX=""; else
+    [ -n "${RTSEG_PIPELINE_ARGS_B:-}" ] || break
+    ARGS="$RTSEG_PIPELINE_ARGS_B"; SUFFIX="_b"
+  fi
+  T_PIPE=$(( $(left) - 15 - PROF_S ))
+  [ "$T_PIPE" -gt 30 ] || PIPE_S=0
+  [ "$PIPE_S" -gt 0 ] || break
+  echo "== pipeline_efficiency 1080p $ARGS (limit ${T_PIPE}s)"
   timeout --kill-after=5 "$T_PIPE" "$PY" benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 \
-    --preset yolact_base --backend compile --frames 150 --result pipeline_efficiency_gpu ${RTSEG_PIPELINE_ARGS:-} \
-    > "$WORK/pipeline.log" 2>&1
-  echo "pipeline exit code $?" >> "$WORK/pipeline.log"
-  cp benchmarks/results/pipeline_efficiency_gpu.json "$WORK/" 2>/dev/null
-  tail -n 6 "$WORK/pipeline.log"
+    --preset yolact_base --backend compile --frames 150 --result "pipeline_efficiency_gpu$SUFFIX" $ARGS \
+    > "$WORK/pipeline$SUFFIX.log" 2>&1
+  echo "pipeline exit code $?" >> "$WORK/pipeline$SUFFIX.log"
+  cp "benchmarks/results/pipeline_efficiency_gpu$SUFFIX.json" "$WORK/" 2>/dev/null
+  tail -n 6 "$WORK/pipeline$SUFFIX.log"
   pack
-fi
+done
 T_PROF=$(( $(left) - 10 ))
 [ "$T_PROF" -gt 30 ] || PROF_S=0
 if [ "$PROF_S" -gt 0 ]; then

@@ -21,6 +21,7 @@ import pytest
 from rtseg.errors import SinkError
 from rtseg.types import Detections, Frame
 from rtseg.video.sinks import ImageSink, JsonlSink, Mp4Sink, WindowSink
+from rtseg.video.h264 import H264Encoder
 
 
 def _frame(i: int, t: float | None, h: int = 120, w: int = 160) -> Frame:
@@ -68,10 +69,11 @@ def _make_clip(path: Path, seconds: float, audio_codec: str, fps: int = 25) -> N
 # --- MP4 -------------------------------------------------------------------------------------
 
 
-def test_mp4_round_trip_vfr_h264_yuv420p(tmp_path):
+@pytest.mark.parametrize("frame_threads", [0, 4])
+def test_mp4_round_trip_vfr_h264_yuv420p(tmp_path, frame_threads):
     out = tmp_path / "rec.mp4"
     times = [0.0, 0.04, 0.08, 0.5, 0.54, 1.7, 1.74, 1.78, 2.9, 3.0]
-    sink = Mp4Sink(out, fps_hint=25)
+    sink = Mp4Sink(out, fps_hint=25, frame_threads=frame_threads)
     assert sink.partial.exists() and not out.exists()  # recording goes to the .partial file
     for i, t in enumerate(times):
         f = _frame(i, t + 5.0)  # source pts need not start at 0
@@ -87,6 +89,21 @@ def test_mp4_round_trip_vfr_h264_yuv420p(tmp_path):
     # Content survives (the bright column of frame 3 is where it was drawn).
     img = frames[3].to_ndarray(format="bgr24")
     assert img[:, 21].mean() > img[:, 80].mean() + 100
+
+
+@pytest.mark.parametrize("frame_threads", [0, 3])
+def test_h264_encoder_holds_back_at_most_frame_threads_minus_one_frames(frame_threads):
+    """zerolatency (the default, and the push sink's): a packet for every frame as it is encoded. With N frame
+    threads x264 holds frames back, never more than N - 1 (fewer on small frames: it caps threads by the
+    frame's height); flush gives the rest, one packet per frame."""
+    encoder = H264Encoder(None, fps_hint=25, frame_threads=frame_threads)
+    held, out = [], 0
+    for i in range(12):
+        out += len(encoder.encode(_frame(i, i / 25).image, i / 25))
+        held.append(i + 1 - out)
+    out += len(encoder.flush())
+    assert out == 12
+    assert (max(held) == 0) if frame_threads == 0 else (0 < max(held) <= frame_threads - 1)
 
 
 def test_mp4_odd_size_and_size_change(tmp_path):
@@ -114,9 +131,11 @@ def test_mp4_pts_none_uses_capture_time_and_no_frames_leaves_no_file(tmp_path):
     assert list(tmp_path.glob("none*")) == []
 
 
-def test_mp4_abort_keeps_partial_only(tmp_path):
+@pytest.mark.parametrize("frame_threads", [0, 4])
+def test_mp4_abort_keeps_partial_only(tmp_path, frame_threads):
+    """Also the frames x264's frame threads still held when the run failed."""
     out = tmp_path / "failed.mp4"
-    sink = Mp4Sink(out, fps_hint=25)
+    sink = Mp4Sink(out, fps_hint=25, frame_threads=frame_threads)
     for i in range(10):
         f = _frame(i, i / 25)
         sink.write(f, None, f.image)

@@ -52,6 +52,11 @@ class H264Encoder:
     With ``container`` None the encoder stands alone: :meth:`encode` and :meth:`flush` return the
     packets (Annex B, SPS/PPS repeated before every key frame, time base :data:`TIME_BASE`) for the
     caller to mux elsewhere (the push sink sends them to its network process).
+
+    frame_threads: 0 (default) encodes each frame before :meth:`encode` returns (x264's ``zerolatency``:
+    sliced threads, nothing held back: what a live push and a crash-safe recording want). N > 0 uses x264's
+    frame threads instead (N of them; no look-ahead, no B-frames), which scale better on many cores: up to
+    N - 1 frames are held in the encoder until later calls or :meth:`flush`.
     """
 
     def __init__(
@@ -63,10 +68,15 @@ class H264Encoder:
         crf: int = 23,
         keyframe_interval_s: float = 1.0,
         t0: float | None = None,
+        frame_threads: int = 0,
     ) -> None:
         self._container = container
         self._fps = float(fps_hint) if fps_hint and fps_hint > 0 else 30.0
-        self._options = {"preset": preset, "tune": "zerolatency", "crf": str(crf)}
+        self._options = {"preset": preset, "crf": str(crf)}
+        if frame_threads > 0:
+            self._options["x264-params"] = f"threads={frame_threads}:rc-lookahead=0:sync-lookahead=0:bframes=0"
+        else:
+            self._options["tune"] = "zerolatency"
         self._key_every = keyframe_interval_s
         self._stream: av.video.stream.VideoStream | None = None  # in the container, if there is one
         self._codec: av.video.codeccontext.VideoCodecContext | None = None

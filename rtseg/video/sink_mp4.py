@@ -128,6 +128,10 @@ class Mp4Sink:
     audio_from: a media file whose first audio track is passed through
         (shifted so that it stays in sync with the first video frame's pts).
     preset, crf: libx264 speed/quality settings.
+    frame_threads: 0 (default): every frame is encoded and in the file's next fragment when ``write``
+        returns. N > 0: x264 frame threads (:class:`~rtseg.video.h264.H264Encoder`), more frames per second
+        on many cores; up to N - 1 frames wait in the encoder, which ``close``/``abort`` write out but a
+        hard kill loses.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class Mp4Sink:
         audio_from: str | None = None,
         preset: str = "veryfast",
         crf: int = 23,
+        frame_threads: int = 0,
     ) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
@@ -154,7 +159,8 @@ class Mp4Sink:
             if isinstance(exc, SinkError):
                 raise
             raise SinkError(f"MP4 output {self.partial}: cannot create ({_reason(exc)}); choose another path") from None
-        self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf)
+        self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf,
+                                    frame_threads=frame_threads)
         self._closed = False
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
