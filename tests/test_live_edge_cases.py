@@ -114,6 +114,27 @@ def test_a_stall_is_reported_as_no_data(tmp_path):
 
 # --- live HLS: a wait for the next segment, a new size mid-connection, then a playlist that stops growing ---
 
+def test_a_live_hls_event_that_ends_ends_the_source_like_a_file(tmp_path):
+    """A live playlist (two segments a second) that gains #EXT-X-ENDLIST once its last segment is out: the event is
+    over, so the source ends after its last frame like a file's — no "lost", no reconnecting, no error. Was: taken
+    for a playlist that stopped growing, reconnected for reconnect_timeout and ended the run with an error."""
+    _encode(tmp_path / "e.m3u8", 0, 60, (24, 32), fmt="hls", options={
+        "hls_time": "1", "hls_list_size": "0", "hls_segment_filename": str(tmp_path / "e%d.ts")})
+    segments = sorted(tmp_path.glob("e*.ts"), key=lambda p: int(p.stem[1:]))
+    events, frames = [], []
+    with LiveHlsServer(segments, ends=True) as server:
+        source = open_source(server.url("/live.m3u8"), open_timeout=5, read_timeout=0.5, reconnect_timeout=30)
+        assert source.is_live  # while the event runs
+        source.on_event = events.append
+        t0 = time.monotonic()
+        try:
+            frames = [_index(f.image, 60) for f in source]
+        finally:
+            source.close()
+    assert frames == list(range(60)) and events == [] and source.reconnects == 0
+    assert time.monotonic() - t0 < 15  # not reconnect_timeout
+
+
 def test_live_hls_changes_size_then_freezes_without_replaying_old_frames(tmp_path):
     """Three 1 s segments at 32x24, then (#EXT-X-DISCONTINUITY, clock restarted) three at 64x48, one published per
     second; then the playlist stops growing. Every frame comes once, in order, at its own size, on one connection

@@ -239,7 +239,12 @@ class StreamSource(Source):
                         lost, delay = False, self._BACKOFF[0]
                     last_wall = time.monotonic()
                     yield image, pts
-                reason = "the live playlist stopped growing" if self._container.format.name == "hls" else "stream ended"
+                if self._container.format.name != "hls":
+                    reason = "stream ended"
+                elif self._hls_complete():
+                    return  # a live event that is over: its end, like a file's, not an outage
+                else:
+                    reason = "the live playlist stopped growing"
             except AV_ERRORS as exc:
                 reason = self._lost(exc)
                 if not self.is_live:
@@ -258,6 +263,17 @@ class StreamSource(Source):
             if delay is None:
                 return
             base = pts + (time.monotonic() - last_wall)
+
+    def _hls_complete(self) -> bool:
+        """Whether the live HLS playlist whose connection just ended now ends with ``#EXT-X-ENDLIST`` (the event
+        is over): a new connection to it then reports a duration, as any finished playlist does. That
+        connection is kept open (``close`` ends it); when the playlist merely stopped growing, it is closed."""
+        self._container.close()
+        try:
+            self._container = self._connect()
+        except SourceError:  # the outage path reconnects and reports it
+            return False
+        return self._finite()
 
     def close(self) -> None:
         super().close()

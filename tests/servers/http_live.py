@@ -92,14 +92,17 @@ class LiveHlsServer(LiveHttpServer):
 
     ``window`` segments are published at the first request and one more every ``interval`` seconds; the
     playlist shows the last ``window``; ``#EXT-X-DISCONTINUITY`` precedes segment ``discontinuity_at``. Once
-    all are published it stops growing and never ends (no ``#EXT-X-ENDLIST``). ``requests`` lists the paths asked.
+    all are published it stops growing and never ends (no ``#EXT-X-ENDLIST``), as a live encoder that died
+    leaves it; with ``ends`` it then gains ``#EXT-X-ENDLIST``, as a live event that is over.
+    ``requests`` lists the paths asked.
     """
 
     def __init__(self, segments: list[Path], *, interval: float = 1.0, window: int = 3,
-                 discontinuity_at: int | None = None) -> None:
+                 discontinuity_at: int | None = None, ends: bool = False) -> None:
         self.requests: list[str] = []
         self._t0: float | None = None
         self._segments, self._interval, self._window, self._cut = segments, interval, window, discontinuity_at
+        self._ends = ends
         super().__init__(self._handle)
 
     def _playlist(self) -> bytes:
@@ -114,6 +117,8 @@ class LiveHlsServer(LiveHttpServer):
             if i == self._cut and first < i:
                 lines.append("#EXT-X-DISCONTINUITY")
             lines += [f"#EXTINF:{self._interval:.3f},", self._segments[i].name]
+        if self._ends and published == len(self._segments):
+            lines.append("#EXT-X-ENDLIST")
         return ("\n".join(lines) + "\n").encode()
 
     def _handle(self, request: http.server.BaseHTTPRequestHandler, k: int) -> None:
