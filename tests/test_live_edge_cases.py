@@ -114,6 +114,39 @@ def test_a_stall_is_reported_as_no_data(tmp_path):
 
 # --- live HLS: a wait for the next segment, a new size mid-connection, then a playlist that stops growing ---
 
+def test_an_hls_master_playlist_plays_its_largest_variant_and_fetches_no_other(tmp_path):
+    """Two variants (32x24 at 200 kb/s listed first, 64x48 at 800 kb/s): the frames are the large variant's, each
+    once; the small one's segments are not fetched beyond FFmpeg's probe at opening. Was: FFmpeg's pick, the
+    first and smallest variant, while every segment of both was downloaded."""
+    for name, size in (("lo", (24, 32)), ("hi", (48, 64))):
+        _encode(tmp_path / f"{name}.m3u8", 0, 60, size, fmt="hls", options={
+            "hls_time": "1", "hls_list_size": "0", "hls_segment_filename": str(tmp_path / f"{name}%d.ts")})
+    (tmp_path / "master.m3u8").write_text(
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=200000,RESOLUTION=32x24\nlo.m3u8\n"
+        "#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=64x48\nhi.m3u8\n")
+    asked: list[str] = []
+
+    def serve(request, k):
+        asked.append(request.path)
+        body = (tmp_path / request.path.lstrip("/")).read_bytes()
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    with LiveHttpServer(serve) as server:
+        source = open_source(server.url("/master.m3u8"), open_timeout=5, read_timeout=2)
+        try:
+            frames = list(source)
+        finally:
+            source.close()
+    assert [_index(f.image, 60) for f in frames] == list(range(60))
+    assert {f.image.shape for f in frames} == {(48, 64, 3)}
+    hi = {p for p in asked if p.startswith("/hi") and p.endswith(".ts")}
+    lo = {p for p in asked if p.startswith("/lo") and p.endswith(".ts")}
+    assert len(hi) == 6 and len(lo) < 6, asked  # (probing at opening fetches the first segments of each)
+
+
 def test_a_live_hls_event_that_ends_ends_the_source_like_a_file(tmp_path):
     """A live playlist (two segments a second) that gains #EXT-X-ENDLIST once its last segment is out: the event is
     over, so the source ends after its last frame like a file's — no "lost", no reconnecting, no error. Was: taken

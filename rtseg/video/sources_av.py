@@ -15,6 +15,7 @@ from typing import Iterator
 import av
 import numpy as np
 from av.sidedata.sidedata import SideDataContainer
+from av.stream import Discard
 from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import VideoReformatter
 
@@ -35,11 +36,27 @@ def error_reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or first_line(exc)
 
 
-def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The stream FFmpeg would play (``av_find_best_stream``), never a cover picture; None when there is none."""
+def select_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The video stream to decode, every other stream set to be discarded by the demuxer; None when there is none.
+
+    Never a cover picture. Of an HLS master playlist's variants the largest picture (then the highest variant
+    bit rate), as a player on a good connection shows it — FFmpeg's own pick (``av_find_best_stream``) was the
+    first, smallest one; the discarded variants' segments are then not fetched at all (they were, every one).
+    Otherwise the stream FFmpeg would play.
+    """
     moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    best = container.streams.best("video")
-    return best if best in moving else (moving[0] if moving else None)
+    if not moving:
+        return None
+    if len(moving) > 1 and container.format.name == "hls":
+        chosen = max(moving, key=lambda s: (s.codec_context.width * s.codec_context.height,
+                                            int(s.metadata.get("variant_bitrate", 0) or 0)))
+    else:
+        best = container.streams.best("video")
+        chosen = best if best in moving else moving[0]
+    for other in container.streams:
+        if other is not chosen:
+            other.discard = Discard.all
+    return chosen
 
 
 def displayed(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
@@ -80,7 +97,7 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None
         raise SourceError(f"cannot read video file {name}: {scrub(error_reason(exc), path)}; it is not a video FFmpeg can "
                           f"decode, or damaged or incomplete (e.g. a recording cut off before its index was written)"
                           ) from None
-    stream = video_stream(container)
+    stream = select_video_stream(container)
     if stream is None:
         cover = " (only a cover picture)" if container.streams.video else ""
         container.close()

@@ -17,7 +17,7 @@ from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import SourceError
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
-from rtseg.video.sources_av import AV_ERRORS, displayed, error_reason, stream_rate, video_stream
+from rtseg.video.sources_av import AV_ERRORS, displayed, error_reason, select_video_stream, stream_rate
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
 
@@ -108,7 +108,7 @@ class StreamSource(Source):
                               "is not a video FFmpeg can decode (check the path)") from None
         except AV_ERRORS as exc:
             raise SourceError(f"cannot open stream {self.source_id}: {self._open_failure(exc)}") from None
-        stream = video_stream(container)
+        stream = select_video_stream(container)
         if stream is None:
             audio = " (only audio)" if container.streams.audio else ""
             container.close()
