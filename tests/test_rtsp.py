@@ -73,6 +73,28 @@ def test_stream_frames_pts_and_fps(server):
 
 
 @needs_gst
+def test_a_camera_with_an_audio_track_gives_its_video_with_the_audio_discarded():
+    """IP cameras send audio too (here A-law beside the H.264): the video comes at its rate, real frames, and the
+    demuxer is told to drop the audio instead of handing every audio packet over to be skipped."""
+    srv = RtspServer(free_port(), width=160, height=120, audio=True).start()
+    try:
+        with open_source(srv.url, open_timeout=5, read_timeout=3) as source:
+            kinds = {s.type: s.discard.name for s in source._container.streams}
+            sink = ListSink()
+            for frame in source:
+                sink.frames.append(frame)
+                if len(sink.frames) == 30:
+                    break
+    finally:
+        srv.stop()
+    assert kinds == {"video": "default", "audio": "all"}
+    assert all(f.image.shape == (120, 160, 3) for f in sink.frames)
+    pts = np.array([f.pts for f in sink.frames])
+    assert np.diff(pts).mean() == pytest.approx(1 / 30, abs=0.01)
+    _assert_real_frames(sink)
+
+
+@needs_gst
 def test_file_only_options_are_refused_for_a_live_stream(server):
     """--start / --end / --vid-stride / --realtime mean nothing for a live stream: one line (were ignored)."""
     for options in ({"start": 1.0}, {"end": 5.0}, {"vid_stride": 2}, {"realtime": True}):

@@ -158,8 +158,9 @@ class RtspServer:
     """``rtsp_server.py`` in a subprocess; ``start()`` waits for READY, ``stop()`` kills it."""
 
     def __init__(self, port: int, *, width: int = 320, height: int = 240, user: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, audio: bool = False) -> None:
         self.port, self.width, self.height, self.user, self.password = port, width, height, user, password
+        self.audio = audio
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -172,6 +173,7 @@ class RtspServer:
                "--width", str(self.width), "--height", str(self.height)]
         if self.user:
             cmd += ["--user", self.user, "--password", self.password or ""]
+        cmd += ["--audio"] * self.audio
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         line = ""

@@ -4,7 +4,8 @@
 
 Serves a live H.264 test pattern (SMPTE colour bars scrolling sideways, so every
 frame differs) at ``rtsp://127.0.0.1:PORT/PATH``; with ``--user``/``--password``
-the stream needs basic authentication. Prints ``READY`` on stdout once listening.
+the stream needs basic authentication; ``--audio`` adds an A-law audio track. Prints ``READY`` on stdout
+once listening.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def main() -> int:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--audio", action="store_true", help="also an A-law audio track, as IP cameras send")
     args = ap.parse_args()
 
     Gst.init(None)
@@ -40,7 +42,10 @@ def main() -> int:
         f"video/x-raw,width={args.width},height={args.height},framerate={args.fps}/1 ! "
         f"videoconvert ! "
         f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps // 2} ! "
-        f"rtph264pay name=pay0 pt=96 config-interval=1 )"
+        f"rtph264pay name=pay0 pt=96 config-interval=1 "
+        + ("audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! alawenc ! rtppcmapay name=pay1 "
+           if args.audio else "")
+        + ")"
     )
     factory.set_shared(True)
     if args.user:
