@@ -15,8 +15,8 @@ from typing import Iterator
 import av
 import numpy as np
 from av.sidedata.sidedata import SideDataContainer
-from av.stream import Discard
 from av.sidedata.sidedata import Type as SideDataType
+from av.stream import Discard
 from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import ConfigError, SourceError, first_line
@@ -48,8 +48,11 @@ def select_video_stream(container: av.container.InputContainer) -> av.video.stre
     if not moving:
         return None
     if len(moving) > 1 and container.format.name == "hls":
-        chosen = max(moving, key=lambda s: (s.codec_context.width * s.codec_context.height,
-                                            int(s.metadata.get("variant_bitrate", 0) or 0)))
+        def size_then_rate(s: av.video.stream.VideoStream) -> tuple[int, int]:
+            rate = str(s.metadata.get("variant_bitrate", ""))
+            return s.codec_context.width * s.codec_context.height, int(rate) if rate.isdigit() else 0
+
+        chosen = max(moving, key=size_then_rate)
     else:
         best = container.streams.best("video")
         chosen = best if best in moving else moving[0]
