@@ -365,8 +365,10 @@ def test_gpu_eager_fp16_channels_last_close_to_fp32(cuda_engine: YolactEngine) -
 
 @pytest.mark.gpu
 def test_gpu_compile_reduce_overhead(cuda_engine: YolactEngine) -> None:
-    b = make_backend(cuda_engine.net, name="compile", device="cuda", input_size=128)
-    assert b.half and b.cuda_graphs
+    default = make_backend(cuda_engine.net, name="compile", device="cuda", input_size=128)
+    assert default.half and default.captured and not default.cuda_graphs  # our graphs replay by default
+    b = make_backend(cuda_engine.net, name="compile", device="cuda", input_size=128, capture=False)
+    assert b.half and b.cuda_graphs and not b.captured  # inductor's reduce-overhead graphs
     x1, x2 = torch.randn(2, 3, 128, 128, device="cuda"), torch.randn(2, 3, 128, 128, device="cuda")
     with torch.inference_mode():
         for _ in range(3):  # warm-up: record and replay the CUDA graph
