@@ -113,6 +113,15 @@ def test_cpu_tensors_are_rejected_with_a_clear_error() -> None:
     assert all(t.numel() == 0 for t in empty)
 
 
+def test_kernel_arguments_are_device_pointers_and_scalars() -> None:
+    t = torch.arange(12, dtype=torch.float32).view(3, 4)
+    args = cupy_ops._pointer_args((t, np.int32(3), np.float32(0.5)))
+    assert type(args[0]) is np.uint64 and int(args[0]) == t.data_ptr()  # a pointer parameter's 8 bytes
+    assert type(args[1]) is np.int32 and type(args[2]) is np.float32
+    with pytest.raises(ValueError, match="contiguous"):  # a kernel would read a strided view wrongly
+        cupy_ops._pointer_args((t.t(),))
+
+
 def test_kernel_sources_ship_with_the_package() -> None:
     assert {p.name for p in cupy_ops.KERNELS.glob("*.cu")} >= {"fast_nms.cu", "mask_overlay.cu"}
 
@@ -209,13 +218,16 @@ DRIVER = r"""
     for (unsigned tx = 0; tx < (unsigned)T; ++tx) { blockIdx = {bx, by, 0}; threadIdx = {tx, 0, 0}; CALL; }
 extern "C" void launch_fast_nms_keep(int gx, int gy, int t, const float* b, int c, int k, float thr,
                                      unsigned char* keep) { LOOP(gx, gy, t, fast_nms_keep(b, c, k, thr, keep)) }
+extern "C" void launch_grid_probabilities(int gx, int gy, int t, const float* logits, const float* boxes, int h,
+                                          int w, int n, int crop, float* prob) {
+  LOOP(gx, gy, t, grid_probabilities(logits, boxes, h, w, n, crop, prob)) }
 extern "C" void launch_assemble_masks(int gx, int gy, int t, const float* prob, int h, int w, int n,
                                       int H, int W, float sy, float sx, float thr, unsigned char* out) {
   LOOP(gx, gy, t, assemble_masks(prob, h, w, n, H, W, sy, sx, thr, out)) }
 extern "C" void launch_overlay_masks(int gx, int gy, int t, const unsigned char* f, const float* prob,
-                                     const int* paint, const int* order, const unsigned char* col, int h, int w, int n,
-                                     int H, int W, float sy, float sx, float thr, float a, unsigned char* out) {
-  LOOP(gx, gy, t, overlay_masks(f, prob, paint, order, col, h, w, n, H, W, sy, sx, thr, a, out)) }
+                                     const float* boxes, const float* scores, const unsigned char* col, int h, int w,
+                                     int n, int H, int W, float sy, float sx, float thr, float a, unsigned char* out) {
+  LOOP(gx, gy, t, overlay_masks(f, prob, boxes, scores, col, h, w, n, H, W, sy, sx, thr, a, out)) }
 """
 
 

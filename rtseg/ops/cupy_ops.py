@@ -7,11 +7,11 @@
 - :func:`overlay_masks`: the masks of :func:`rtseg.ops.overlay.annotate` blended straight
   into a device frame; full-resolution masks are never materialised.
 
-The soft masks on the prototype grid (prototypes × coefficients, a cuBLAS GEMM, then sigmoid and
-crop) come from the torch reference :func:`rtseg.ops.masks.mask_probabilities`; bilinear upsampling
-to the frame, threshold and blending are one kernel (``cuda/mask_overlay.cu``), which never
-materialises full-resolution masks. Kernels run
-on torch's current stream. This module imports without CuPy; calling an op without it
+Prototypes × coefficients is a cuBLAS GEMM (torch); sigmoid and crop on the prototype grid are one
+kernel, and bilinear upsampling to the frame, threshold, the painter's order and blending are one more
+(``cuda/mask_overlay.cu``), which never materialises full-resolution masks: a frame's overlay is three
+launches, whatever the number of instances. Kernels run on torch's current stream, with the tensors
+passed as device pointers. This module imports without CuPy; calling an op without it
 raises :class:`rtseg.errors.ConfigError`.
 """
 from __future__ import annotations
@@ -26,8 +26,6 @@ import torch
 
 from rtseg.errors import ConfigError
 from rtseg.ops import nms
-from rtseg.ops.masks import mask_probabilities
-from rtseg.ops.device_overlay import paint_boxes, paint_order
 
 KERNELS = Path(__file__).resolve().parent / "cuda"
 #: Compile options: no fused multiply-add, so IoU and sampling positions round like torch's.
@@ -46,21 +44,40 @@ def _kernel(source: str, name: str) -> Any:
     return module.get_function(name)
 
 
+class _StreamRef:
+    """What CuPy's kernel call reads of a stream (its ``ptr``): here torch's current stream, without a CuPy
+    stream object (``cupy.cuda.ExternalStream`` is deprecated and cost a context switch per launch)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+
 def _launch(kernel: Any, grid: tuple[int, ...], args: tuple[Any, ...]) -> None:
-    """Run ``kernel`` on torch's current CUDA stream of the tensors' device; tensor arguments are passed as
-    device pointers.
+    """Run ``kernel`` on torch's current CUDA stream of the tensors' device.
 
-    The DLPack hand-over happens inside the stream block: CuPy then asks torch for the tensors on that very
-    stream (outside it, CuPy names its null stream and torch makes its default stream wait for the current one,
-    which stalled the inference stream behind the annotate stream's blend).
+    Tensor arguments are passed as their device pointers (64-bit values; they must be contiguous); no DLPack
+    hand-over, so no stream synchronisation either: the kernel is queued behind the work that made its inputs,
+    on the same stream, and the caching allocator reuses a freed input only for work queued later on it.
     """
-    import cupy
-
     dev = next(a.device for a in args if isinstance(a, torch.Tensor))
-    with torch.cuda.device(dev), cupy.cuda.Device(dev.index), \
-            cupy.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream):
-        conv = tuple(cupy.from_dlpack(a.detach()) if isinstance(a, torch.Tensor) else a for a in args)
-        kernel(grid, (THREADS,), conv)
+    with torch.cuda.device(dev):
+        kernel(grid, (THREADS,), _pointer_args(args), stream=_StreamRef(torch.cuda.current_stream(dev).cuda_stream))
+
+
+def _pointer_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Kernel arguments with every tensor replaced by its data pointer as ``numpy.uint64`` (a pointer
+    parameter's 8 bytes); other arguments (numpy scalars of the parameters' types) unchanged."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if not a.is_contiguous():
+                raise ValueError(f"cupy_ops: kernel arguments must be contiguous, got strides {a.stride()}")
+            out.append(np.uint64(a.data_ptr()))
+        else:
+            out.append(a)
+    return tuple(out)
 
 
 def _require_cuda(*tensors: torch.Tensor) -> None:
@@ -93,9 +110,18 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float 
 
 
 def _grid_probabilities(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor, crop: bool) -> torch.Tensor:
-    """(n, h, w) float32 contiguous soft masks on the prototype grid: the torch reference's own
-    ``crop(sigmoid(proto @ coef.T))`` (:func:`rtseg.ops.masks.mask_probabilities`)."""
-    return mask_probabilities(proto.float(), coef.float(), boxes.float(), crop=crop).contiguous()
+    """(n, h, w) float32 soft masks on the prototype grid, ``crop(sigmoid(proto @ coef.T))`` as
+    :func:`rtseg.ops.masks.mask_probabilities`: the GEMM by torch (cuBLAS), sigmoid and crop in one kernel.
+
+    proto (h, w, k); coef (n, k); boxes (n, 4) relative point form.
+    """
+    h, w, _ = proto.shape
+    n = coef.shape[0]
+    logits = proto.float() @ coef.float().t()  # (h, w, n), contiguous
+    prob = torch.empty((n, h, w), dtype=torch.float32, device=proto.device)
+    _launch(_kernel("mask_overlay.cu", "grid_probabilities"), ((n * h * w + THREADS - 1) // THREADS,),
+            (logits, boxes.float().contiguous(), np.int32(h), np.int32(w), np.int32(n), np.int32(crop), prob))
+    return prob
 
 
 def _scales(h: int, w: int, size: tuple[int, int]) -> tuple[np.float32, np.float32]:
@@ -143,12 +169,11 @@ def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, 
     size = (frame.shape[0], frame.shape[1])
     h, w, _ = proto.shape
     prob = _grid_probabilities(proto, coef, boxes, crop)
-    order_t = paint_order(scores).flip(0).to(torch.int32).contiguous()  # top instance first
     out = torch.empty_like(frame)
     sy, sx = _scales(h, w, size)
     total = size[0] * size[1]
     _launch(_kernel("mask_overlay.cu", "overlay_masks"), ((total + THREADS - 1) // THREADS,),
-            (frame.contiguous(), prob, paint_boxes(boxes, size), order_t,
+            (frame.contiguous(), prob, boxes.float().contiguous(), scores.float().contiguous(),
              colors.to(frame.device, torch.uint8).contiguous(),
              np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
              np.float32(threshold), np.float32(alpha), out))
