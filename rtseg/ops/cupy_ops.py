@@ -113,14 +113,14 @@ def _grid_probabilities(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Te
     """(n, h, w) float32 soft masks on the prototype grid, ``crop(sigmoid(proto @ coef.T))`` as
     :func:`rtseg.ops.masks.mask_probabilities`: the GEMM by torch (cuBLAS), sigmoid and crop in one kernel.
 
-    proto (h, w, k); coef (n, k); boxes (n, 4) relative point form.
+    proto (h, w, k); coef (n, k); boxes (n, 4) float32 contiguous, relative point form.
     """
     h, w, _ = proto.shape
     n = coef.shape[0]
     logits = proto.float() @ coef.float().t()  # (h, w, n), contiguous
     prob = torch.empty((n, h, w), dtype=torch.float32, device=proto.device)
     _launch(_kernel("mask_overlay.cu", "grid_probabilities"), ((n * h * w + THREADS - 1) // THREADS,),
-            (logits, boxes.float().contiguous(), np.int32(h), np.int32(w), np.int32(n), np.int32(crop), prob))
+            (logits, boxes, np.int32(h), np.int32(w), np.int32(n), np.int32(crop), prob))
     return prob
 
 
@@ -140,7 +140,7 @@ def assemble_masks(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor,
         return torch.zeros((0, *size), dtype=torch.bool, device=proto.device)
     _require_cuda(proto, coef, boxes)
     h, w, _ = proto.shape
-    prob = _grid_probabilities(proto, coef, boxes, crop)
+    prob = _grid_probabilities(proto, coef, boxes.float().contiguous(), crop)
     out = torch.empty((n, *size), dtype=torch.uint8, device=proto.device)
     sy, sx = _scales(h, w, size)
     total = n * size[0] * size[1]
@@ -168,12 +168,13 @@ def overlay_masks(frame: torch.Tensor, proto: torch.Tensor, coef: torch.Tensor, 
         return frame.clone()
     size = (frame.shape[0], frame.shape[1])
     h, w, _ = proto.shape
+    boxes = boxes.float().contiguous()
     prob = _grid_probabilities(proto, coef, boxes, crop)
     out = torch.empty_like(frame)
     sy, sx = _scales(h, w, size)
     total = size[0] * size[1]
     _launch(_kernel("mask_overlay.cu", "overlay_masks"), ((total + THREADS - 1) // THREADS,),
-            (frame.contiguous(), prob, boxes.float().contiguous(), scores.float().contiguous(),
+            (frame.contiguous(), prob, boxes, scores.float().contiguous(),
              colors.to(frame.device, torch.uint8).contiguous(),
              np.int32(h), np.int32(w), np.int32(n), np.int32(size[0]), np.int32(size[1]), sy, sx,
              np.float32(threshold), np.float32(alpha), out))
