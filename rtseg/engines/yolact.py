@@ -248,7 +248,8 @@ class YolactEngine(StagedEngine):
         resident = [r if tuple(r[1].shape[:2]) == tuple(size) else None for r, size in zip(self._resident, sizes)]
         if len(resident) != len(cands):
             resident = [None] * len(cands)
-        host = torch.cat([c.rows for c in cands]).cpu() if cands else torch.zeros(0, 6)
+        rows = [c.rows for c in cands]
+        host = (rows[0] if len(rows) == 1 else torch.cat(rows)).cpu() if rows else torch.zeros(0, 6)
         starts = np.cumsum([0] + [len(c.rows) for c in cands])
         return [self._detections(c, host[starts[b]:starts[b + 1]], sizes[b], resident[b]) for b, c in enumerate(cands)]
 

@@ -46,10 +46,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a + area_b - inter)
 
 
-def sanitize(lo: torch.Tensor, hi: torch.Tensor, size: int, padding: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sanitize(lo: torch.Tensor, hi: torch.Tensor, size: int | torch.Tensor,
+             padding: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative coordinates → pixels on an axis of ``size``: ordered, padded, clamped to [0, size].
 
-    lo, hi: (N,) relative. Returns float pixel coordinates (lo', hi') with lo' <= hi'.
+    lo, hi: (N,) relative, or (N, A) for A axes at once with ``size`` an (A,) tensor of their sizes.
+    Returns float pixel coordinates (lo', hi') with lo' <= hi'.
     """
     lo, hi = lo * size, hi * size
     lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
@@ -57,7 +59,11 @@ def sanitize(lo: torch.Tensor, hi: torch.Tensor, size: int, padding: float = 0) 
 
 
 def boxes_to_pixels(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(N, 4) relative point form → (N, 4) float pixels clamped to the frame (official ``sanitize_coordinates``)."""
-    x1, x2 = sanitize(boxes[:, 0], boxes[:, 2], width)
-    y1, y2 = sanitize(boxes[:, 1], boxes[:, 3], height)
-    return torch.stack([x1, y1, x2, y2], 1)
+    """(N, 4) relative point form → (N, 4) float pixels clamped to the frame (official ``sanitize_coordinates``).
+
+    Both axes in one :func:`sanitize` (the same float arithmetic as one axis at a time, in half the ops:
+    this runs on the host once per frame, where each small op costs microseconds).
+    """
+    size = torch.tensor([width, height], dtype=boxes.dtype, device=boxes.device)
+    lo, hi = sanitize(boxes[:, :2], boxes[:, 2:], size)
+    return torch.cat([lo, hi], 1)
