@@ -5,7 +5,8 @@
 #     RTSEG_DEVICE_BUDGET_S=540 bash benchmarks/run_on_device.sh
 #
 # Carry (device tool `carry`): .whl (wheels the GPU image lacks: pycocotools, av — see below) and
-# .official (a checkout of github dbolya/yolact's *.py files, never committed). Prepare them here:
+# .official (a checkout of github dbolya/yolact's *.py files, never committed). Prepare them here (on a fresh
+# machine first: printf '/.whl/\n/.official/\n' >> .git/info/exclude, so that git ignores both):
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl pycocotools==2.0.11 av==18.1.0
