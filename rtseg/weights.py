@@ -40,6 +40,29 @@ def manifest_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None = None,
+                    map_location: torch.device | str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` of a file a user gave or left behind; every failure is a
+    WeightsError line naming the file: cut short (empty, truncated zip) → ``corrupt_advice`` (default
+    ``advice``), foreign bytes → ``advice``, pickled code → refused."""
+    p = Path(path)
+    try:
+        return torch.load(str(p), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():
+            raise WeightsError(
+                f"{p}: refusing to load, unpickling it would execute code (only plain tensor checkpoints are accepted)"
+            ) from None
+        raise WeightsError(f"{p}: not a PyTorch checkpoint (its contents do not unpickle to tensors); {advice}") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
+        msg = first_line(e)
+        if "zip" in msg.lower() or isinstance(e, EOFError):
+            what = "an empty file" if p.is_file() and p.stat().st_size == 0 else msg.split(". ")[0][:120]
+            raise WeightsError(f"{p}: truncated or corrupt checkpoint ({what}); {corrupt_advice or advice}") from None
+        detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
+        raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; {advice}") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .pth or .safetensors checkpoint (:func:`read_checkpoint` without its extras)."""
     return read_checkpoint(path)[0]
@@ -67,23 +90,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             return load_file(str(p)), {}
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "unsupported global" in str(e).lower():
-            raise WeightsError(
-                f"{p}: refusing to load, unpickling it would execute code (only plain tensor checkpoints are accepted)"
-            ) from None
-        raise WeightsError(f"{p}: not a PyTorch checkpoint (its contents do not unpickle to tensors); give an "
-                           "official YOLACT .pth or an rtseg .safetensors") from None
-    except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
-        msg = first_line(e)
-        if "zip" in msg.lower() or isinstance(e, EOFError):
-            raise WeightsError(f"{p}: truncated or corrupt checkpoint ({msg.split('. ')[0][:120]}); "
-                               "download it again") from None
-        detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
-        raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; give an official YOLACT .pth or an rtseg "
-                           ".safetensors") from None
+    obj = load_torch_file(p, advice="give an official YOLACT .pth or an rtseg .safetensors",
+                          corrupt_advice="download it again")
     extras: dict[str, Any] = {}
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # rtseg training checkpoint
         extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}

@@ -258,6 +258,19 @@ def test_cli_torchvision_fcn_needs_its_cached_file(tmp_path, monkeypatch, capsys
         assert message in err and "\n" not in err, err
 
 
+def test_cli_broken_torchvision_fcn_file_in_the_cache_is_one_line(tmp_path, monkeypatch, capsys):
+    """torchvision's FCN file in the torch cache but unreadable (a broken download): one line naming it and what
+    to do (was a traceback from torchvision's builder)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "fcn_resnet50_coco-1167a1af.pth").write_bytes(b"\xe2 not a checkpoint" * 50)
+    assert main(["--weights", "torchvision:fcn_resnet50", "--data", "synthetic:test", "--max-images", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fcn_resnet50_coco-1167a1af.pth: not a PyTorch checkpoint" in err and "delete it" in err, err
+    assert "\n" not in err and "Traceback" not in err, err
+
+
 def test_official_coco_class_order_maps_to_coco_category_names():
     from rtseg.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASSES
 

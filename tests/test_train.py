@@ -287,11 +287,15 @@ def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     from rtseg.train.cli import main
 
     model = Yolact(TINY)
-    garbage, foreign = tmp_path / "garbage.pth", tmp_path / "foreign.pth"
+    garbage, foreign, empty = tmp_path / "garbage.pth", tmp_path / "foreign.pth", tmp_path / "empty.pth"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
     torch.save({"step": 3, "weights": {}}, foreign)
-    with pytest.raises(WeightsError, match="cannot be read"):
+    empty.write_bytes(b"")  # a run killed while writing it, a full disk
+    with pytest.raises(WeightsError, match=r"garbage.pth: not a PyTorch checkpoint.*; give a checkpoint.pth an rtseg "):
         load_checkpoint(garbage, parts={"model": model})
+    with pytest.raises(WeightsError, match=r"empty.pth: truncated or corrupt checkpoint \(an empty file\); resume from "
+                                           r"another checkpoint.pth or train afresh without --resume"):
+        load_checkpoint(empty, parts={"model": model})
     with pytest.raises(WeightsError, match="lacks model"):
         load_checkpoint(foreign, parts={"model": model})
     assert main(["--data", "synthetic", "--train-images", "8", "--input-size", "64", "--iters", "2",
@@ -326,6 +330,22 @@ def _one_line_error(capsys, message: str) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("rtseg train: error: ") and message in err, err
     assert "\n" not in err and "Traceback" not in err, err
+
+
+def test_cli_broken_imagenet_file_in_the_torch_cache_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """torchvision's ResNet file left half-downloaded in the torch cache: one line naming it (was a traceback)."""
+    from rtseg.train.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    args = ["--data", "synthetic", "--train-images", "4", "--input-size", "64", "--iters", "1", "--workers", "0",
+            "--out", str(tmp_path / "m.safetensors")]
+    for content, message in ((b"", "truncated or corrupt checkpoint (an empty file)"),
+                             (bytes(range(256)) * 4, "not a PyTorch checkpoint")):
+        (cache / "resnet18-f37072fd.pth").write_bytes(content)
+        assert main(args) == 2
+        _one_line_error(capsys, f"resnet18-f37072fd.pth: {message}")
 
 
 def test_cli_refuses_a_labelme_folder_without_shapes(tmp_path, capsys) -> None:
@@ -397,7 +417,7 @@ def test_cli_data_errors_from_a_loader_worker_and_resume_past_the_end(tmp_path, 
     _one_line_error(capsys, "is at step 2, past --iters 1; give --iters 2 or more")
     (tmp_path / "text.pth").write_text("hello")
     assert main([*common, "--iters", "2", "--resume", str(tmp_path / "text.pth"), "--out", str(out)]) == 2
-    _one_line_error(capsys, "cannot be read")
+    _one_line_error(capsys, "text.pth: not a PyTorch checkpoint")
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigint_at_call) -> None:

@@ -144,11 +144,21 @@ class FCN(nn.Module):
 
 
 def torch_cache_file(url: str) -> str | None:
-    """Path of ``url``'s file in the user's torch hub cache, or None when it is not there (never downloads)."""
+    """Path of ``url``'s file in the user's torch hub cache, or None when it is not there (never downloads).
+
+    A file that is there but cannot be loaded (a broken download) is a WeightsError naming it, before
+    torchvision would fail on it with a traceback; it is read once more by torchvision's builder.
+    """
     from pathlib import Path
 
+    from rtseg.weights import load_torch_file
+
     p = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    return str(p) if p.is_file() else None
+    if not p.is_file():
+        return None
+    load_torch_file(p, advice="a broken download? delete it (the model then starts from random weights) or replace "
+                              "it with a good copy")
+    return str(p)
 
 
 def torchvision_fcn(arch: str, num_classes: int) -> tuple[nn.Module, bool]:

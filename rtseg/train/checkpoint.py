@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol, TextIO, TypeVar
 import torch
 
 from rtseg.errors import ConfigError, WeightsError
-from rtseg.weights import load_into
+from rtseg.weights import load_into, load_torch_file
 
 T = TypeVar("T")
 
@@ -176,11 +176,8 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"checkpoint {p} not found; give the checkpoint.pth an earlier run wrote")
-    try:
-        state = torch.load(str(p), map_location=device, weights_only=True)
-    except Exception as exc:  # torch.load raises KeyError, ValueError, UnpicklingError … on foreign bytes
-        raise WeightsError(f"checkpoint {p} cannot be read ({str(exc).splitlines()[0][:120]}); "
-                           "is it a checkpoint.pth of an rtseg training run?") from None
+    state = load_torch_file(p, map_location=device, advice="give a checkpoint.pth an rtseg training run wrote",
+                            corrupt_advice="resume from another checkpoint.pth or train afresh without --resume")
     missing = [name for name in ("step", *parts) if not isinstance(state, dict) or name not in state]
     if missing:
         raise WeightsError(f"checkpoint {p} lacks {', '.join(missing)}: not a checkpoint of this trainer (YOLACT runs "

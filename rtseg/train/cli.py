@@ -30,7 +30,7 @@ from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, weights_out
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
-from rtseg.weights import load_into, load_yolact
+from rtseg.weights import load_into, load_torch_file, load_yolact
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "darknet53")
 
@@ -113,7 +113,8 @@ def imagenet_backbone(model: Yolact) -> Path | None:
     found = sorted((Path(torch.hub.get_dir()) / "checkpoints").glob(f"{name}-*.pth"))
     if not found:
         return None
-    state = torch.load(str(found[0]), map_location="cpu", weights_only=True)
+    state = load_torch_file(found[0], advice="a broken download? delete it (training then starts from random backbone "
+                            "weights) or replace it with a good copy")
     mapped = {}
     for k, v in state.items():
         if k.startswith("fc."):
