@@ -178,6 +178,19 @@ def test_image_folder_glob_and_single(tmp_path):
     assert tuple(next(iter(single)).image[0, 0]) == clip_colour(4)
 
 
+def test_time_range_and_file_options_are_refused_where_they_cannot_apply(tmp_path):
+    """--start / --end on images or a synthetic clip, file-only options on a camera: one error each (were silently
+    ignored). The camera is refused before it is opened (no webcam here)."""
+    _write_images(tmp_path, 2)
+    for spec, what in ((str(tmp_path), f"the images of {tmp_path}"), ("synthetic", "a synthetic clip")):
+        for kw in ({"start": 0.5}, {"end": 1.0}):
+            with pytest.raises(ConfigError, match=rf"--start / --end cut video files, not {what}: use --max-frames"):
+                open_source(spec, **kw)
+    for kw in ({"vid_stride": 2}, {"start": 1.0}, {"end": 2.0}, {"realtime": True}):
+        with pytest.raises(ConfigError, match="camera 0 is a live source: --vid-stride, --start, --end and --realtime"):
+            open_source("0", **kw)
+
+
 def test_unreadable_images_in_a_folder_are_skipped_with_a_warning(tmp_path):
     _write_images(tmp_path, 4)
     (tmp_path / "img_01.png").write_bytes(b"not a png")

@@ -254,6 +254,18 @@ def _images(spec: str, vid_stride: int) -> Source | None:
     return ImageSource(paths, source_id=spec, vid_stride=vid_stride)
 
 
+def _live_options(what: str) -> ConfigError:
+    """The error for file-only options given with a live source (``what``: e.g. "camera 0 is a live source")."""
+    return ConfigError(f"{what}: --vid-stride, --start, --end and --realtime apply to files, folders and synthetic "
+                       "clips (a live source keeps its newest frames)")
+
+
+def _no_time_range(start: float, end: float | None, what: str) -> None:
+    """ConfigError when a time range is asked of a source without a timeline to cut (``what`` names it)."""
+    if start > 0 or end is not None:
+        raise ConfigError(f"--start / --end cut video files, not {what}: use --max-frames (and --vid-stride) instead")
+
+
 def open_source(
     spec: str,
     *,
@@ -296,8 +308,7 @@ def open_source(
             return Paced(source) if realtime else source
         if vid_stride != 1 or start > 0 or end is not None or realtime:
             stream.close()
-            raise ConfigError(f"{redact_url(spec)} is a live stream: --vid-stride, --start, --end and --realtime "
-                              "apply to files, folders and synthetic clips (a live stream keeps its newest frames)")
+            raise _live_options(f"{redact_url(spec)} is a live stream")
         return stream
     if scheme:
         raise SourceError(
@@ -307,12 +318,17 @@ def open_source(
     if _is_camera(spec):
         from rtseg.video.sources_cam import CameraSource
 
+        if vid_stride != 1 or start > 0 or end is not None or realtime:
+            raise _live_options(f"camera {spec} is a live source")
         return CameraSource(spec, read_timeout=read_timeout)
     if spec == "synthetic" or spec.startswith("synthetic:"):
+        _no_time_range(start, end, "a synthetic clip")
         source = _synthetic(spec, vid_stride, synthetic or {})
     else:
         source = _images(spec, vid_stride)
-        if source is None:
+        if source is not None:
+            _no_time_range(start, end, f"the images of {spec}")
+        else:
             from rtseg.video.sources_av import FileSource
 
             if os.path.islink(spec) and not os.path.exists(spec):
