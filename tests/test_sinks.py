@@ -571,7 +571,8 @@ def test_full_disk_keeps_the_recording_up_to_the_failure_and_no_half_image(tmp_p
                        timeout=120)
     mp4_line, image_line = r.stdout.splitlines()
     failed_at = int(mp4_line.split()[0])
-    assert "write failed (File too large); free space or choose another path" in mp4_line, r.stdout + r.stderr
+    assert mp4_line.endswith(f"MP4 output {tmp_path / 'full.partial.mp4'}: write failed (File too large); free space "
+                             "or choose another path (the frames before it are kept in that file)"), r.stdout + r.stderr
     assert image_line == f"image output {image}: write failed (File too large); free space or choose another " \
                          "path (the images before it are kept)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.partial.mp4", "rec.py"]  # no half image, no tmp

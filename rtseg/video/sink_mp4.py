@@ -176,7 +176,7 @@ class Mp4Sink:
                 self._audio.pump(self._container, self._encoder.last_time)
         except (av.error.FFmpegError, OSError) as exc:
             raise SinkError(f"MP4 output {self.partial}: write failed ({_reason(exc)}); "
-                            "free space or choose another path") from None
+                            "free space or choose another path (the frames before it are kept in that file)") from None
 
     def _finish_partial(self) -> bool:
         """Flush and close the fragmented recording; True when it holds at least one frame.
