@@ -9,8 +9,9 @@
 
 Prototypes × coefficients is a cuBLAS GEMM (torch); sigmoid and crop on the prototype grid are one
 kernel, and bilinear upsampling to the frame, threshold, the painter's order and blending are one more
-(``cuda/mask_overlay.cu``), which never materialises full-resolution masks: a frame's overlay is three
-launches, whatever the number of instances. Kernels run on torch's current stream, with the tensors
+(``cuda/mask_overlay.cu``), which never materialises full-resolution masks: a frame's overlay is the GEMM
+and two kernels (plus the small copies that put boxes, scores and colours on the device as contiguous
+arrays), whatever the number of instances. Kernels run on torch's current stream, with the tensors
 passed as device pointers. This module imports without CuPy; calling an op without it
 raises :class:`rtseg.errors.ConfigError`.
 """
@@ -46,7 +47,7 @@ def _kernel(source: str, name: str) -> Any:
 
 class _StreamRef:
     """What CuPy's kernel call reads of a stream (its ``ptr``): here torch's current stream, without a CuPy
-    stream object (``cupy.cuda.ExternalStream`` is deprecated and cost a context switch per launch)."""
+    stream object (``cupy.cuda.ExternalStream``, deprecated in CuPy 14, also switched CuPy's current stream)."""
 
     __slots__ = ("ptr",)
 
@@ -58,8 +59,9 @@ def _launch(kernel: Any, grid: tuple[int, ...], args: tuple[Any, ...]) -> None:
     """Run ``kernel`` on torch's current CUDA stream of the tensors' device.
 
     Tensor arguments are passed as their device pointers (64-bit values; they must be contiguous); no DLPack
-    hand-over, so no stream synchronisation either: the kernel is queued behind the work that made its inputs,
-    on the same stream, and the caching allocator reuses a freed input only for work queued later on it.
+    hand-over, so no stream synchronisation either: the kernel runs after the work queued before it on the same
+    stream (inputs made on another stream must be complete: the engine's post-processing waits for them), and
+    the caching allocator reuses a freed input allocated on this stream only for work queued later on it.
     """
     dev = next(a.device for a in args if isinstance(a, torch.Tensor))
     with torch.cuda.device(dev):

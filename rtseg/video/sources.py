@@ -254,8 +254,11 @@ def _images(spec: str, vid_stride: int) -> Source | None:
     return ImageSource(paths, source_id=spec, vid_stride=vid_stride)
 
 
-def _live_options(what: str) -> ConfigError:
-    """The error for file-only options given with a live source (``what``: e.g. "camera 0 is a live source")."""
+def _live_refusal(what: str, vid_stride: int, start: float, end: float | None, realtime: bool) -> ConfigError | None:
+    """The error for file-only options given with a live source (``what``: e.g. "camera 0 is a live source"),
+    None when none was given."""
+    if vid_stride == 1 and start == 0 and end is None and not realtime:
+        return None
     return ConfigError(f"{what}: --vid-stride, --start, --end and --realtime apply to files, folders and synthetic "
                        "clips (a live source keeps its newest frames)")
 
@@ -306,9 +309,10 @@ def open_source(
             source = FileSource(spec, vid_stride=vid_stride, start=start, end=end,
                                 timeouts=(open_timeout, read_timeout))
             return Paced(source) if realtime else source
-        if vid_stride != 1 or start > 0 or end is not None or realtime:
+        refusal = _live_refusal(f"{redact_url(spec)} is a live stream", vid_stride, start, end, realtime)
+        if refusal is not None:
             stream.close()
-            raise _live_options(f"{redact_url(spec)} is a live stream")
+            raise refusal
         return stream
     if scheme:
         raise SourceError(
@@ -318,8 +322,9 @@ def open_source(
     if _is_camera(spec):
         from rtseg.video.sources_cam import CameraSource
 
-        if vid_stride != 1 or start > 0 or end is not None or realtime:
-            raise _live_options(f"camera {spec} is a live source")
+        refusal = _live_refusal(f"camera {spec} is a live source", vid_stride, start, end, realtime)
+        if refusal is not None:
+            raise refusal
         return CameraSource(spec, read_timeout=read_timeout)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         _no_time_range(start, end, "a synthetic clip")
