@@ -27,7 +27,8 @@
 #    benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
 #    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base; RTSEG_FASTPATH=0 skips it)
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
-# 5. benchmarks.pipeline_efficiency on a 1080p file, R-101 compiled, when PyAV imports
+# 5. benchmarks.pipeline_efficiency on a 1080p file of RTSEG_PIPELINE_FRAMES frames (default 300; was 150 up to
+#    run 10, i.e. 1.5 s of pipeline at 100 FPS: ratios 0.80-0.86 in three identical runs), R-101 compiled, when PyAV imports
 #    (RTSEG_PIPELINE_S, default 120; RTSEG_PIPELINE_ARGS adds options, e.g. --score-threshold 0 --compare-sinks;
 #    RTSEG_PIPELINE_ARGS_B: a second run with these options, e.g. --mp4-frame-threads 8)
 # 6. benchmarks.engine_profile (per-stage wall, launches per call + torch.profiler table of one engine
@@ -169,7 +170,7 @@ for RUN in a b; do
   [ "$PIPE_S" -gt 0 ] || break
   echo "== pipeline_efficiency 1080p $ARGS (limit ${T_PIPE}s)"
   timeout --kill-after=5 "$T_PIPE" "$PY" benchmarks/pipeline_efficiency.py --device cuda --size 1920x1080 \
-    --preset yolact_base --backend compile --frames 150 --result "pipeline_efficiency_gpu$SUFFIX" $ARGS \
+    --preset yolact_base --backend compile --frames "${RTSEG_PIPELINE_FRAMES:-300}" --result "pipeline_efficiency_gpu$SUFFIX" $ARGS \
     > "$WORK/pipeline$SUFFIX.log" 2>&1
   echo "pipeline exit code $?" >> "$WORK/pipeline$SUFFIX.log"
   cp "benchmarks/results/pipeline_efficiency_gpu$SUFFIX.json" "$WORK/" 2>/dev/null
