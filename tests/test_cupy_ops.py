@@ -1,10 +1,11 @@
 """CuPy twins of the post-processing ops vs the torch references, and the engine's device overlay.
 
-Three layers:
+Four layers:
 - The torch device overlay (:mod:`rtseg.ops.device_overlay`) and the YOLACT engine's
   ``device_overlay`` path (frame kept where the network ran, ``annotate`` blends there) against
   the host ``annotate`` path: on the CPU here, on CUDA in the GPU tests.
 - GPU tests (``@pytest.mark.gpu``): the real CuPy kernels on CUDA against the torch ops.
+- NVRTC (runs here, no GPU): the ``.cu`` sources compile as CuPy compiles them and export the kernels.
 - Host emulation (runs here): the same ``.cu`` sources compiled by g++ with a tiny shim
   that maps ``blockIdx``/``threadIdx`` to host loops, driven through the real Python
   wrappers in :mod:`rtseg.ops.cupy_ops` (only the launch is swapped). This checks the kernels'
@@ -124,6 +125,34 @@ def test_kernel_arguments_are_device_pointers_and_scalars() -> None:
 
 def test_kernel_sources_ship_with_the_package() -> None:
     assert {p.name for p in cupy_ops.KERNELS.glob("*.cu")} >= {"fast_nms.cu", "mask_overlay.cu"}
+
+
+def test_kernels_compile_with_nvrtc() -> None:
+    """The shipped kernels compile with NVRTC and the options CuPy is given (``NVRTC_OPTIONS``), for Hopper, and
+    export every kernel the wrappers launch: no GPU needed, only the NVRTC library that torch's CUDA build
+    installs (``cuda.bindings``); the GPU tests run the kernels, the host emulation below checks their arithmetic."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
+    kernels = {"fast_nms.cu": {"fast_nms_keep"},
+               "mask_overlay.cu": {"grid_probabilities", "assemble_masks", "overlay_masks"}}
+    for name, entries in kernels.items():
+        try:
+            err, prog = nvrtc.nvrtcCreateProgram((cupy_ops.KERNELS / name).read_bytes(), name.encode(), 0, [], [])
+        except (RuntimeError, OSError) as exc:  # the library itself is missing
+            pytest.skip(f"NVRTC not loadable: {exc}")
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+        options = [o.encode() for o in (*cupy_ops.NVRTC_OPTIONS, "--gpu-architecture=compute_90")]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+        _, size = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * size
+        nvrtc.nvrtcGetPTX(prog, ptx)
+        exported = {line.split()[-1].rstrip("(") for line in ptx.decode(errors="replace").splitlines()
+                    if ".entry" in line}
+        assert exported == entries, exported
+        nvrtc.nvrtcDestroyProgram(prog)
 
 
 def test_paint_boxes_equal_annotate_boxes() -> None:
