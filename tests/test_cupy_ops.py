@@ -127,19 +127,17 @@ def test_kernel_sources_ship_with_the_package() -> None:
     assert {p.name for p in cupy_ops.KERNELS.glob("*.cu")} >= {"fast_nms.cu", "mask_overlay.cu"}
 
 
-def test_kernels_compile_with_nvrtc() -> None:
-    """The shipped kernels compile with NVRTC and the options CuPy is given (``NVRTC_OPTIONS``), for Hopper, and
-    export every kernel the wrappers launch: no GPU needed, only the NVRTC library that torch's CUDA build
-    installs (``cuda.bindings``); the GPU tests run the kernels, the host emulation below checks their arithmetic."""
+def _nvrtc_ptx(name: str) -> str:
+    """PTX of kernel source ``name`` compiled by NVRTC with the options CuPy is given (``NVRTC_OPTIONS``), for
+    Hopper; AssertionError with NVRTC's log when it does not compile; skips where NVRTC is not installed (it comes
+    with torch's CUDA build as ``cuda.bindings``)."""
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
-    kernels = {"fast_nms.cu": {"fast_nms_keep"},
-               "mask_overlay.cu": {"grid_probabilities", "assemble_masks", "overlay_masks"}}
-    for name, entries in kernels.items():
-        try:
-            err, prog = nvrtc.nvrtcCreateProgram((cupy_ops.KERNELS / name).read_bytes(), name.encode(), 0, [], [])
-        except (RuntimeError, OSError) as exc:  # the library itself is missing
-            pytest.skip(f"NVRTC not loadable: {exc}")
-        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+    try:
+        err, prog = nvrtc.nvrtcCreateProgram((cupy_ops.KERNELS / name).read_bytes(), name.encode(), 0, [], [])
+    except (RuntimeError, OSError) as exc:  # the library itself is missing
+        pytest.skip(f"NVRTC not loadable: {exc}")
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+    try:
         options = [o.encode() for o in (*cupy_ops.NVRTC_OPTIONS, "--gpu-architecture=compute_90")]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
@@ -149,10 +147,56 @@ def test_kernels_compile_with_nvrtc() -> None:
         _, size = nvrtc.nvrtcGetPTXSize(prog)
         ptx = b" " * size
         nvrtc.nvrtcGetPTX(prog, ptx)
-        exported = {line.split()[-1].rstrip("(") for line in ptx.decode(errors="replace").splitlines()
-                    if ".entry" in line}
-        assert exported == entries, exported
+        return ptx.decode(errors="replace")
+    finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _ptx_params(ptx: str) -> dict[str, list[str]]:
+    """Each kernel entry of ``ptx`` → its parameters' PTX types in order (e.g. ``["u64", "u32", "f32"]``)."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in ptx.splitlines():
+        if ".entry" in line:
+            current = line.split()[-1].rstrip("(")
+            out[current] = []
+        elif current is not None and ".param" in line:
+            out[current].append(line.split()[1].lstrip("."))
+        elif current is not None and line.strip().startswith(")"):
+            current = None
+    return out
+
+
+KERNEL_FILES = {"fast_nms.cu": {"fast_nms_keep"}, "mask_overlay.cu": {"grid_probabilities", "assemble_masks",
+                                                                         "overlay_masks"}}
+
+
+def test_kernels_compile_with_nvrtc_and_the_wrappers_pass_their_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped kernels compile with NVRTC as CuPy compiles them and export every kernel the wrappers launch,
+    and each wrapper passes exactly the parameters its kernel declares (a device pointer as 64 bits, ints as 32,
+    floats as f32), as ``_launch`` hands them to CuPy. No GPU needed; the GPU tests run the kernels, the host
+    emulation below checks their arithmetic."""
+    params = {}
+    for name, entries in KERNEL_FILES.items():
+        found = _ptx_params(_nvrtc_ptx(name))
+        assert set(found) == entries, found
+        params.update(found)
+    passed: dict[str, list[str]] = {}
+    ptx_type = {np.uint64: "u64", np.int32: "u32", np.float32: "f32"}
+
+    def record(kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        passed[kernel] = [ptx_type[type(a)] for a in cupy_ops._pointer_args(args)]
+
+    monkeypatch.setattr(cupy_ops, "_kernel", lambda source, name: name)
+    monkeypatch.setattr(cupy_ops, "_launch", record)
+    monkeypatch.setattr(cupy_ops, "_require_cuda", lambda *t: None)
+    boxes, scores = nms_case(0, n=20)
+    cupy_ops.fast_nms(boxes, scores)
+    proto, coef, mboxes, mscores = mask_case(1)
+    cupy_ops.assemble_masks(proto, coef, mboxes, (20, 30))
+    cupy_ops.overlay_masks(torch.zeros(20, 30, 3, dtype=torch.uint8), proto, coef, mboxes, mscores,
+                           torch.zeros(len(coef), 3, dtype=torch.uint8))
+    assert passed == params
 
 
 def test_paint_boxes_equal_annotate_boxes() -> None:
