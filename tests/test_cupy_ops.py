@@ -141,11 +141,11 @@ def _nvrtc_ptx(name: str) -> str:
         options = [o.encode() for o in (*cupy_ops.NVRTC_OPTIONS, "--gpu-architecture=compute_90")]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
+        log = bytearray(size)  # a mutable buffer: NVRTC writes into it (b" " * 1 is CPython's shared b" ")
         nvrtc.nvrtcGetProgramLog(prog, log)
         assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
         _, size = nvrtc.nvrtcGetPTXSize(prog)
-        ptx = b" " * size
+        ptx = bytearray(size)
         nvrtc.nvrtcGetPTX(prog, ptx)
         return ptx.decode(errors="replace")
     finally:
