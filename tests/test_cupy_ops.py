@@ -123,8 +123,13 @@ def test_kernel_arguments_are_device_pointers_and_scalars() -> None:
         cupy_ops._pointer_args((t.t(),))
 
 
+#: Each kernel source and the kernels the wrappers in :mod:`rtseg.ops.cupy_ops` launch from it.
+KERNEL_FILES = {"fast_nms.cu": {"fast_nms_keep"}, "mask_overlay.cu": {"grid_probabilities", "assemble_masks",
+                                                                         "overlay_masks"}}
+
+
 def test_kernel_sources_ship_with_the_package() -> None:
-    assert {p.name for p in cupy_ops.KERNELS.glob("*.cu")} >= {"fast_nms.cu", "mask_overlay.cu"}
+    assert {p.name for p in cupy_ops.KERNELS.glob("*.cu")} >= set(KERNEL_FILES)
 
 
 def _nvrtc_ptx(name: str) -> str:
@@ -165,10 +170,6 @@ def _ptx_params(ptx: str) -> dict[str, list[str]]:
         elif current is not None and line.strip().startswith(")"):
             current = None
     return out
-
-
-KERNEL_FILES = {"fast_nms.cu": {"fast_nms_keep"}, "mask_overlay.cu": {"grid_probabilities", "assemble_masks",
-                                                                         "overlay_masks"}}
 
 
 def test_kernels_compile_with_nvrtc_and_the_wrappers_pass_their_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
