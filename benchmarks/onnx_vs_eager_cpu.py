@@ -1,5 +1,6 @@
 """Network-only CPU latency: eager torch vs ONNX Runtime (CPUExecutionProvider), batch 1.
 
+Eager runs the network as a CPU engine holds it (4-D weights channels_last, CPU_CHANNELS_LAST).
 The evidence behind ``backend="auto"`` on a CPU (rtseg.engines.backends.CPU_AUTO). Random
 weights (latency does not depend on them). Writes benchmarks/results/onnx_vs_eager_cpu.json.
 
@@ -18,6 +19,7 @@ import torch
 
 from benchmarks.common import summary, time_it, write_result
 from rtseg.engines.backends import make_backend
+from rtseg.engines.options import place_network
 from rtseg.engines.yolact import InferenceNet
 from rtseg.models.yolact import Yolact, YolactConfig
 
@@ -30,7 +32,7 @@ CONFIGS = {
 
 def run(cfg: YolactConfig, iters: int, cache: Path) -> dict:
     torch.manual_seed(0)
-    net = InferenceNet(Yolact(cfg).eval())
+    net = place_network(InferenceNet(Yolact(cfg)), torch.device("cpu"))  # as the engine runs it (channels_last)
     x = torch.randn(1, 3, cfg.input_size, cfg.input_size)
     eager = make_backend(net, name="eager", device="cpu", input_size=cfg.input_size)
     t = time.perf_counter()

@@ -1,6 +1,7 @@
 """Network backends: selection, errors, the engine cache, eager/compile equality (CPU) and GPU variants."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -96,12 +97,25 @@ def test_eager_backend_is_the_module_as_is(engine: YolactEngine) -> None:
 
 def test_eager_channels_last_option_keeps_outputs(engine: YolactEngine) -> None:
     x = torch.randn(1, 3, 128, 128)
-    b = make_backend(engine.net, name="eager", device="cpu", input_size=128, channels_last=True)
+    net = copy.deepcopy(engine.net).to(memory_format=torch.contiguous_format)
+    b = make_backend(net, name="eager", device="cpu", input_size=128, channels_last=True)
     with torch.inference_mode():
-        ref, out = engine.net(x), b(x)
+        ref, out = net(x), b(x)
     assert _max_diff(ref, out) < 1e-4
-    # the engine's own module is not converted in place
-    assert engine.net.model.backbone.conv1.weight.is_contiguous()
+    # the caller's module is not converted in place
+    assert net.model.backbone.conv1.weight.is_contiguous()
+
+
+def test_cpu_engine_runs_its_network_channels_last_with_the_nchw_outputs(engine: YolactEngine) -> None:
+    """On the CPU the engine's network keeps its 4-D weights channels_last (CPU_CHANNELS_LAST; faster, see
+    benchmarks/cpu_channels_last.py), in place: same parameters, same outputs as the NCHW layout."""
+    weights = [p for p in engine.net.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    nchw = copy.deepcopy(engine.net).to(memory_format=torch.contiguous_format)
+    assert nchw.model.backbone.conv1.weight.is_contiguous()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        assert _max_diff(nchw(x), engine.backend(x)) < 1e-4
 
 
 def test_engine_backend_keyword_default_is_eager(engine: YolactEngine) -> None:
@@ -280,12 +294,12 @@ def test_weights_digest_tracks_every_weight(engine: YolactEngine) -> None:
     assert weights_digest(net) == before
     param = next(net.parameters())
     with torch.no_grad():
-        param.view(-1)[0] += 1.0
+        param[(0,) * param.dim()] += 1.0
     try:
         assert weights_digest(net) != before
     finally:
         with torch.no_grad():
-            param.view(-1)[0] -= 1.0
+            param[(0,) * param.dim()] -= 1.0
 
 
 def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -247,8 +247,12 @@ def test_resume_continues_at_the_same_step(tmp_path) -> None:
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(first.optimizer.param_groups[0]["lr"])
     resumed.fit()
     assert resumed.step == 4
+    # Equal up to rounding: on the CPU the network trains channels_last (CPU_CHANNELS_LAST), whose oneDNN kernels
+    # round differently between two model instances with equal weights (a first resumed loss off by 1e-7
+    # relative; 1.5e-5 in the weights after two steps with one thread). A resume that loses the optimizer's
+    # momentum is off by 1.6e-2.
     for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), k
 
 
 def test_cli_trains_and_writes_loadable_weights(tmp_path, capsys) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rtseg.engines.base import frames_as_list
-from rtseg.engines.options import check_int, resolve_device
+from rtseg.engines.options import check_int, place_network, resolve_device
 from rtseg.errors import ConfigError, RtsegWarning, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
@@ -54,7 +54,7 @@ class FcnEngine:
             raise ConfigError(f"fcn: {len(class_names)} class names for a model with {classes} classes")
         self._device = resolve_device(device)
         self.device = str(self._device)
-        self.model = model.to(self._device).eval()
+        self.model = place_network(model, self._device)
         self.class_names = tuple(class_names)
         self.max_side, self.pretrained = max_side, pretrained
         self._mean = torch.tensor(MEAN_RGB, device=self._device).view(1, 3, 1, 1)

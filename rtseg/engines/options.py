@@ -11,10 +11,16 @@ import os
 from typing import Any
 
 import torch
+from torch import nn
 
 from rtseg.errors import ConfigError, WeightsError
 
 DEVICE_TYPES = ("cpu", "cuda")
+#: Whether an engine on the CPU keeps its network's 4-D weights in channels_last (NHWC) memory: oneDNN then
+#: runs every convolution and pooling layer in NHWC (max pooling in NCHW is a slow scalar loop). Same values;
+#: outputs differ by float rounding only. Evidence: benchmarks/cpu_channels_last.py
+#: (results/cpu_channels_last.json): whole frames of each engine with and without it.
+CPU_CHANNELS_LAST = True
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -43,6 +49,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"{dev} requested but this machine has {count} CUDA device(s); "
                           f"use cuda:0 … cuda:{count - 1}")
     return dev
+
+
+def place_network(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` moved to ``device`` in place and put in eval mode; on the CPU (with :data:`CPU_CHANNELS_LAST`)
+    its 4-D weights also become channels_last in place. The module stays the caller's (a trainer keeps training
+    it: its CPU training steps run NHWC too). Returns ``module``."""
+    module.to(device).eval()
+    if device.type == "cpu" and CPU_CHANNELS_LAST:
+        module.to(memory_format=torch.channels_last)
+    return module
 
 
 def check_real(engine: str, key: str, value: Any, *, low: float, high: float = math.inf,

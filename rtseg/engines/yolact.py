@@ -16,7 +16,7 @@ from torch import nn
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import Backend, TorchBackend, make_backend
 from rtseg.engines.base import StagedEngine, host_tensor
-from rtseg.engines.options import check_int, check_real, check_weights_path, resolve_device
+from rtseg.engines.options import check_int, check_real, check_weights_path, place_network, resolve_device
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
@@ -106,7 +106,7 @@ class YolactEngine(StagedEngine):
         if len(names) != self.cfg.num_classes:
             raise ConfigError(f"{len(names)} class names given for a model with {self.cfg.num_classes} classes")
         self.class_names: list[str] = names
-        self.net = InferenceNet(model.eval()).to(self._dev)
+        self.net = place_network(InferenceNet(model), self._dev)
         if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
             raise ConfigError(f"precision={precision!r} / calibration frames apply to the tensorrt backend only "
                               f"(got backend {backend!r}); add backend='tensorrt' (--backend tensorrt)")
