@@ -24,13 +24,13 @@ DEMO_TRAIN_HINT = ("the demo model ships with the source checkout (engines/yolac
 
 
 class _EvalSink:
-    """Feeds each prediction with its frame's ground truth (re-rendered from the scene) to an evaluator."""
+    """Feeds each prediction with its frame's ground truth (kept by the synthetic source) to an evaluator."""
 
-    def __init__(self, scene, evaluator) -> None:
-        self.scene, self.evaluator = scene, evaluator
+    def __init__(self, source, evaluator) -> None:
+        self.source, self.evaluator = source, evaluator
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
-        self.evaluator.add(prediction, self.scene.frame(frame.seq)[1])
+        self.evaluator.add(prediction, self.source.truth(frame.seq))
 
     def close(self) -> None:
         """Nothing to release."""
@@ -69,11 +69,11 @@ def run_demo(argv: Sequence[str]) -> int:
     if list(engine.class_names) != list(CLASSES):
         raise WeightsError(f"{weights} was not trained on the synthetic classes {', '.join(CLASSES)}; "
                            f"{DEMO_TRAIN_HINT}")
-    source = SyntheticSource(seed=TEST_SEED, num_frames=args.frames)
+    source = SyntheticSource(seed=TEST_SEED, num_frames=args.frames, keep_truth=True)
     evaluator = CocoEvaluator(CLASSES)
     metrics = Metrics()
     sinks = [Mp4Sink(out / "demo.mp4", fps_hint=source.fps), JsonlSink(out / "demo.jsonl"),
-             _EvalSink(source.scene, evaluator)]
+             _EvalSink(source, evaluator)]
     print(f"demo: {args.frames} frames of synthetic:{TEST_SEED} ({source.scene.width}x{source.scene.height}) "
           f"through {weights.name} on {engine.device}", file=sys.stderr)
     Pipeline(source=source, engine=engine, sinks=sinks, metrics=metrics,

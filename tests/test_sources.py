@@ -242,6 +242,25 @@ def test_synthetic_matches_scene():
     assert next(other).source_id == "synthetic:5"
 
 
+def test_synthetic_source_hands_out_the_truth_rendered_with_each_frame_once():
+    from rtseg.data.synthetic import SyntheticScene
+
+    def same(a, b) -> bool:
+        return [(x.track_id, x.class_id) for x in a] == [(x.track_id, x.class_id) for x in b] and all(
+            np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
+
+    scene = SyntheticScene(3, width=96, height=64, num_frames=7)
+    source = SyntheticSource(seed=3, width=96, height=64, num_frames=7, vid_stride=3, keep_truth=True)
+    frames = list(source)
+    assert [f.seq for f in frames] == [0, 1, 2] and len(source._truth) == 3
+    kept = source.truth(1)
+    assert same(kept, scene.frame(3)[1]) and kept and 1 not in source._truth  # frame 1 is scene frame 3
+    assert same(source.truth(1), kept)  # asked again: rendered again, the same
+    plain = SyntheticSource(seed=3, width=96, height=64, num_frames=7)
+    list(plain)
+    assert plain._truth is None and same(plain.truth(6), scene.frame(6)[1])
+
+
 def test_paced_source_is_live_and_keeps_the_clock():
     inner = SyntheticSource(seed=1, width=64, height=48, num_frames=12, fps=40.0)
     source = Paced(inner)

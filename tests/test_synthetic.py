@@ -9,7 +9,7 @@ import pytest
 from rtseg.data.dataset import masks_to_boxes
 from rtseg.data.export import export_mp4, mask_to_polygons
 from rtseg.data.synthetic import (CLASSES, SPLITS, TEST_SEED, TRAIN_SEED, VAL_SEED, SyntheticDataset,
-                                  SyntheticScene, scene_seed, scene_to_samples)
+                                  SyntheticScene, _gain_and_noise, scene_seed, scene_to_samples)
 from rtseg.errors import ConfigError
 
 SMALL = dict(width=160, height=120)
@@ -30,6 +30,20 @@ def test_same_seed_gives_identical_frames_in_any_access_order():
     frames_b = {i: b.frame(i) for i in reversed(order)}
     assert all(_same(frames_a[i], frames_b[i]) for i in order)
     assert _same(a.frame(30), frames_a[30])  # no hidden state between calls
+
+
+def test_gain_and_noise_table_is_the_per_pixel_arithmetic():
+    """Frames look their lighting gain and noise up in a table: each entry is what the per-pixel float64
+    arithmetic gives (the clips, and the data the demo model was trained and scored on, stay bit-identical)."""
+    pixels = np.arange(256, dtype=np.int16).repeat(9)[:, None, None]
+    noise = np.tile(np.arange(-4, 5, dtype=np.int16), 256)[:, None, None]
+    for gain in np.linspace(0.94, 1.06, 241):  # the gain's range: 1 ± 0.06
+        want = np.clip(pixels * gain + noise, 0, 255).astype(np.uint8).ravel()
+        assert np.array_equal(_gain_and_noise(gain), want), gain
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    frame_noise = np.random.default_rng(1).integers(-4, 5, (48, 64, 1), dtype=np.int16)
+    looked_up = _gain_and_noise(1.03).take(image.astype(np.int16) * 9 + (frame_noise + 4))
+    assert np.array_equal(looked_up, np.clip(image.astype(np.int16) * 1.03 + frame_noise, 0, 255).astype(np.uint8))
 
 
 def test_different_seeds_differ():

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -30,6 +30,9 @@ import numpy as np
 from rtseg.errors import ConfigError, SourceError
 from rtseg.imageio import imread
 from rtseg.types import Frame
+
+if TYPE_CHECKING:
+    from rtseg.data.synthetic import Instance
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
@@ -157,23 +160,37 @@ class ImageSource(Source):
 
 
 class SyntheticSource(Source):
-    """Frames of :class:`rtseg.data.synthetic.SyntheticScene` (moving shapes with ground truth)."""
+    """Frames of :class:`rtseg.data.synthetic.SyntheticScene` (moving shapes with ground truth).
+
+    keep_truth: keep each frame's ground truth (its visible instances, rendered with the frame) until
+    :meth:`truth` takes it, so that an evaluating sink need not render the frame again. Only for consumers
+    that take every frame's truth (the pipeline drops no frame of this source unless it is paced).
+    """
 
     def __init__(self, *, seed: int, width: int = 640, height: int = 480, num_frames: int = 300,
-                 fps: float = 30.0, vid_stride: int = 1) -> None:
+                 fps: float = 30.0, vid_stride: int = 1, keep_truth: bool = False) -> None:
         from rtseg.data.synthetic import SyntheticScene
 
         self.scene = SyntheticScene(seed, width=width, height=height, num_frames=num_frames)
         self.indices = range(0, len(self.scene), vid_stride)
         super().__init__(source_id=f"synthetic:{seed}", fps=fps / vid_stride, num_frames=len(self.indices))
         self._period = 1.0 / fps
+        self._truth: dict[int, list[Instance]] | None = {} if keep_truth else None
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        for i in self.indices:
+        for seq, i in enumerate(self.indices):
             t0 = time.perf_counter()
-            image, _ = self.scene.frame(i)
+            image, instances = self.scene.frame(i)
             self.decode_seconds = time.perf_counter() - t0
+            if self._truth is not None:
+                self._truth[seq] = instances
             yield image, i * self._period
+
+    def truth(self, seq: int) -> list[Instance]:
+        """The visible instances of frame ``seq`` (:attr:`Frame.seq` of this source): the ones kept with the
+        frame (``keep_truth``; handed out once), else rendered again."""
+        kept = self._truth.pop(seq, None) if self._truth is not None else None
+        return kept if kept is not None else self.scene.frame(self.indices[seq])[1]
 
 
 class Paced(Source):
