@@ -74,6 +74,32 @@ def test_zero_and_one_candidate():
         assert idx.tolist()[0] == 0 and cls.tolist()[0] == 0 and abs(float(sc[0]) - 0.9) < 1e-7
 
 
+def test_box_iou_is_bit_identical_to_the_corner_tensor_arithmetic():
+    """box_iou works per coordinate; the official jaccard stacks corners into (C, N, M, 2) tensors: the
+    same operations per pair, so the same bits (NaN for an identical degenerate pair)."""
+    def corners(a, b):
+        lt = torch.max(a[:, :, None, :2].expand(-1, -1, b.shape[1], 2), b[:, None, :, :2].expand(-1, a.shape[1], -1, 2))
+        rb = torch.min(a[:, :, None, 2:].expand(-1, -1, b.shape[1], 2), b[:, None, :, 2:].expand(-1, a.shape[1], -1, 2))
+        inter = torch.clamp(rb - lt, min=0).prod(3)
+        area_a = ((a[:, :, 2] - a[:, :, 0]) * (a[:, :, 3] - a[:, :, 1]))[:, :, None]
+        area_b = ((b[:, :, 2] - b[:, :, 0]) * (b[:, :, 3] - b[:, :, 1]))[:, None, :]
+        return inter / (area_a + area_b - inter)
+
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        xy = torch.rand(6, 50, 2, generator=g) * 1.2 - 0.1
+        boxes = torch.cat([xy, xy + torch.rand(6, 50, 2, generator=g) * 0.4], -1).to(dtype)
+        boxes[0, 5] = boxes[0, 7]  # a duplicate
+        boxes[1, 3, 2:] = boxes[1, 3, :2]  # degenerate
+        boxes[2, 4] = boxes[2, 3]  # swapped corners
+        boxes[2, 4, :2], boxes[2, 4, 2:] = boxes[2, 3, 2:], boxes[2, 3, :2]
+        want, got = corners(boxes, boxes[:, :40]), box_iou(boxes, boxes[:, :40])
+        assert got.dtype == dtype and torch.equal(want.isnan(), got.isnan()) and int(got.isnan().sum()) == 1
+        assert torch.equal(want.nan_to_num(7.0), got.nan_to_num(7.0)), dtype
+    flat = torch.tensor([[0.0, 0.0, 0.5, 0.25], [0.25, 0.0, 0.75, 0.25]])
+    assert torch.equal(box_iou(flat, flat), torch.tensor([[1.0, 1 / 3], [1 / 3, 1.0]]))  # (N, 4) boxes too
+
+
 def test_iou_exactly_at_threshold_is_kept_and_just_above_is_suppressed():
     a = torch.tensor([0.0, 0.0, 0.5, 0.25])
     at = torch.tensor([0.0, 0.0, 0.25, 0.25])  # IoU exactly 0.5 (all values exact in binary)
