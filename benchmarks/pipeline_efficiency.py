@@ -56,9 +56,9 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> None:
             c.mux(p)
 
 
-def make_sinks(folder: Path, tag: str, frame_threads: int) -> list:
-    """The MP4 (x264 ``frame_threads``, 0: zerolatency) and JSON Lines sinks of one run."""
-    return [Mp4Sink(folder / f"{tag}.mp4", fps_hint=FPS, frame_threads=frame_threads),
+def make_sinks(folder: Path, tag: str, mp4: dict[str, int]) -> list:
+    """The MP4 (``mp4``: Mp4Sink's x264 thread options) and JSON Lines sinks of one run."""
+    return [Mp4Sink(folder / f"{tag}.mp4", fps_hint=FPS, **mp4),
             JsonlSink(folder / f"{tag}.jsonl")]
 
 
@@ -79,7 +79,7 @@ class SequentialSinks:
 
 
 def alone(clip: Path, engine: YolactEngine, folder: Path,
-          frame_threads: int) -> tuple[dict[str, float], dict[str, float], float]:
+          mp4: dict[str, int]) -> tuple[dict[str, float], dict[str, float], float]:
     """Mean seconds per frame of each stage run by itself, one stage after the other (output: the
     pipeline's ``SinkWriter``, all sinks at once), and of each sink by itself; mean detections per frame."""
     t = time.perf_counter()
@@ -94,14 +94,14 @@ def alone(clip: Path, engine: YolactEngine, folder: Path,
     per_sink = {}
     for i, name in enumerate(("mp4", "jsonl")):
         preds = [engine(f.image) for f in frames]  # fresh lazy masks: the sinks pay for materialising them
-        sink = make_sinks(folder, f"alone-{name}", frame_threads)[i]
+        sink = make_sinks(folder, f"alone-{name}", mp4)[i]
         t = time.perf_counter()
         for f, p, img in zip(frames, preds, images):
             sink.write(f, p, img)
         sink.close()
         per_sink[name] = (time.perf_counter() - t) / len(frames)
     preds = [engine(f.image) for f in frames]
-    sinks = make_sinks(folder, "alone", frame_threads)
+    sinks = make_sinks(folder, "alone", mp4)
     writer = SinkWriter(sinks, abort=threading.Event())
     t = time.perf_counter()
     for f, p, img in zip(frames, preds, images):
@@ -115,10 +115,10 @@ def alone(clip: Path, engine: YolactEngine, folder: Path,
 
 
 def run_pipeline(clip: Path, engine: YolactEngine, folder: Path, tag: str, *, sequential: bool,
-                 switch_ms: float | None, frame_threads: int) -> Metrics:
+                 switch_ms: float | None, mp4: dict[str, int]) -> Metrics:
     """One pipeline run over the clip (sinks at once, or one after the other as a single sink), under
     the interpreter's thread switch interval ``switch_ms`` (None: Python's default, 5 ms)."""
-    sinks = make_sinks(folder, tag, frame_threads)
+    sinks = make_sinks(folder, tag, mp4)
     metrics = Metrics(warmup_frames=5)
     default = sys.getswitchinterval()
     sys.setswitchinterval(default if switch_ms is None else switch_ms / 1e3)
@@ -142,6 +142,8 @@ def main() -> int:
                     help="detections kept (random weights score low: 0.3 leaves next to none, 0 keeps top_k)")
     ap.add_argument("--mp4-frame-threads", type=int, default=0,
                     help="Mp4Sink(frame_threads=N) everywhere in this run (0: x264 zerolatency, the default)")
+    ap.add_argument("--mp4-slice-threads", type=int, default=0,
+                    help="Mp4Sink(slice_threads=N): x264 zerolatency with N sliced threads (0: one per core)")
     ap.add_argument("--compare-sinks", action="store_true",
                     help="also run with the sinks written one after the other (the output stage before SinkWriter)")
     ap.add_argument("--switch-ms", type=float, nargs="+", default=[],
@@ -160,13 +162,13 @@ def main() -> int:
         folder = Path(tmp)
         clip = folder / "clip.mp4"
         make_clip(clip, args.frames, width, height)
-        threads = args.mp4_frame_threads
-        stages, per_sink, detections = alone(clip, engine, folder, threads)
-        metrics = run_pipeline(clip, engine, folder, "pipe", sequential=False, switch_ms=None, frame_threads=threads)
+        mp4 = {"frame_threads": args.mp4_frame_threads, "slice_threads": args.mp4_slice_threads}
+        stages, per_sink, detections = alone(clip, engine, folder, mp4)
+        metrics = run_pipeline(clip, engine, folder, "pipe", sequential=False, switch_ms=None, mp4=mp4)
         variants = [(f"sinks {'one after the other' if seq else 'at once'}, switch interval "
                      f"{'default' if ms is None else f'{ms:g} ms'}",
                      run_pipeline(clip, engine, folder, f"pipe{i}", sequential=seq, switch_ms=ms,
-                                  frame_threads=threads).snapshot())
+                                  mp4=mp4).snapshot())
                     for i, (seq, ms) in enumerate([(True, None)] * args.compare_sinks
                                                   + [(False, ms) for ms in args.switch_ms])]
     snap = metrics.snapshot()
@@ -179,7 +181,8 @@ def main() -> int:
         "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, "
                   f"score>{args.score_threshold:g}, top_k 10, "
                   f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
-        "sinks": f"Mp4Sink (libx264 veryfast, frame_threads {args.mp4_frame_threads}) + JsonlSink (RLE masks)",
+        "sinks": f"Mp4Sink (libx264 veryfast, frame_threads {args.mp4_frame_threads}, slice_threads "
+                 f"{args.mp4_slice_threads}) + JsonlSink (RLE masks)",
         "stage_alone_ms": {k: 1e3 * v for k, v in stages.items()},
         "sink_alone_ms": {k: 1e3 * v for k, v in per_sink.items()}, "detections_per_frame": detections,
         "slowest_stage": slowest, "slowest_stage_fps": slowest_fps,

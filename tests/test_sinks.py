@@ -106,6 +106,24 @@ def test_h264_encoder_holds_back_at_most_frame_threads_minus_one_frames(frame_th
     assert (max(held) == 0) if frame_threads == 0 else (0 < max(held) <= frame_threads - 1)
 
 
+def test_h264_slice_threads_reach_x264_and_keep_zerolatency(tmp_path):
+    """slice_threads=N: x264 runs N sliced threads (its options, written into the stream's first SEI, say so)
+    and still holds nothing back; a thread count of both kinds, or a negative one, is refused before a file
+    is made."""
+    def x264_threads(slice_threads: int) -> list[bytes]:
+        encoder = H264Encoder(None, fps_hint=25, slice_threads=slice_threads)
+        packets = [encoder.encode(_frame(i, i / 25, h=480, w=640).image, i / 25) for i in range(4)]
+        assert all(len(p) == 1 for p in packets)  # nothing held back
+        return re.findall(rb" ((?:sliced_)?threads=\d+)", bytes(packets[0][0]))
+
+    assert x264_threads(3) == [b"threads=3", b"sliced_threads=1"]  # (x264 caps threads by the frame's height)
+    assert x264_threads(1) == [b"threads=1", b"sliced_threads=0"]
+    for bad in ({"frame_threads": 2, "slice_threads": 2}, {"slice_threads": -1}):
+        with pytest.raises(ValueError, match="give one of them"):
+            Mp4Sink(tmp_path / "x.mp4", fps_hint=25, **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mp4_odd_size_and_size_change(tmp_path):
     out = tmp_path / "odd.mp4"
     sink = Mp4Sink(out, fps_hint=10)

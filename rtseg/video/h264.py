@@ -57,6 +57,8 @@ class H264Encoder:
     sliced threads, nothing held back: what a live push and a crash-safe recording want). N > 0 uses x264's
     frame threads instead (N of them; no look-ahead, no B-frames), which scale better on many cores: up to
     N - 1 frames are held in the encoder until later calls or :meth:`flush`.
+    slice_threads: with ``frame_threads`` 0, how many sliced threads x264 runs (0: its own choice, one per
+    core); fewer leave cores to the other stages of a pipeline on the same machine.
     """
 
     def __init__(
@@ -69,7 +71,9 @@ class H264Encoder:
         keyframe_interval_s: float = 1.0,
         t0: float | None = None,
         frame_threads: int = 0,
+        slice_threads: int = 0,
     ) -> None:
+        self.check_threads(frame_threads, slice_threads)
         self._container = container
         self._fps = float(fps_hint) if fps_hint and fps_hint > 0 else 30.0
         self._options = {"preset": preset, "crf": str(crf)}
@@ -77,6 +81,8 @@ class H264Encoder:
             self._options["x264-params"] = f"threads={frame_threads}:rc-lookahead=0:sync-lookahead=0:bframes=0"
         else:
             self._options["tune"] = "zerolatency"
+            if slice_threads > 0:
+                self._options["x264-params"] = f"threads={slice_threads}"
         self._key_every = keyframe_interval_s
         self._stream: av.video.stream.VideoStream | None = None  # in the container, if there is one
         self._codec: av.video.codeccontext.VideoCodecContext | None = None
@@ -84,6 +90,13 @@ class H264Encoder:
         self._t0 = t0  # media time (s) of output pts 0; None: the first frame's
         self._last_pts = -1
         self._last_key_t = -math.inf
+
+    @staticmethod
+    def check_threads(frame_threads: int, slice_threads: int) -> None:
+        """ValueError unless both counts are >= 0 and at most one of them is set."""
+        if frame_threads < 0 or slice_threads < 0 or (frame_threads and slice_threads):
+            raise ValueError(f"H264Encoder: frame_threads={frame_threads}, slice_threads={slice_threads}: "
+                             "give one of them (>= 0), not both")
 
     @property
     def started(self) -> bool:

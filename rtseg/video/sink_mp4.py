@@ -132,6 +132,7 @@ class Mp4Sink:
         returns. N > 0: x264 frame threads (:class:`~rtseg.video.h264.H264Encoder`), more frames per second
         on many cores; up to N - 1 frames wait in the encoder, which ``close``/``abort`` write out but a
         hard kill loses.
+    slice_threads: with ``frame_threads`` 0, x264's sliced threads (0: one per core; see H264Encoder).
     """
 
     def __init__(
@@ -143,7 +144,9 @@ class Mp4Sink:
         preset: str = "veryfast",
         crf: int = 23,
         frame_threads: int = 0,
+        slice_threads: int = 0,
     ) -> None:
+        H264Encoder.check_threads(frame_threads, slice_threads)
         self.path = Path(path)
         self.partial = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         require_writable_folder(self.path, "MP4 output")
@@ -160,7 +163,7 @@ class Mp4Sink:
                 raise
             raise SinkError(f"MP4 output {self.partial}: cannot create ({_reason(exc)}); choose another path") from None
         self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf,
-                                    frame_threads=frame_threads)
+                                    frame_threads=frame_threads, slice_threads=slice_threads)
         self._closed = False
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
