@@ -1,4 +1,5 @@
-"""Checks of engine options shared by every engine: device strings, numbers, weights paths.
+"""What every engine shares: checks of its options (device strings, numbers, weights paths) and the placement
+of its network on the device (:func:`place_network`).
 
 Each raises :class:`ConfigError` (or :class:`WeightsError` for a weights path) with one line
 naming the engine, the option, what was given and what is expected.
