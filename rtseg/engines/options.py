@@ -1,7 +1,7 @@
 """What every engine shares: checks of its options (device strings, numbers, weights paths) and the placement
 of its network on the device (:func:`place_network`).
 
-Each raises :class:`ConfigError` (or :class:`WeightsError` for a weights path) with one line
+Each check raises :class:`ConfigError` (or :class:`WeightsError` for a weights path) with one line
 naming the engine, the option, what was given and what is expected.
 """
 from __future__ import annotations
