@@ -250,7 +250,7 @@ class YolactEngine(StagedEngine):
             resident = [None] * len(cands)
         rows = [c.rows for c in cands]
         host = (rows[0] if len(rows) == 1 else torch.cat(rows)).cpu() if rows else torch.zeros(0, 6)
-        starts = np.cumsum([0] + [len(c.rows) for c in cands])
+        starts = np.cumsum([0] + [len(r) for r in rows])
         return [self._detections(c, host[starts[b]:starts[b + 1]], sizes[b], resident[b]) for b, c in enumerate(cands)]
 
     def candidates(self, loc: torch.Tensor, conf: torch.Tensor,
