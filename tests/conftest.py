@@ -1,4 +1,5 @@
-"""Shared test settings: GPU tests skip without CUDA, fail when RTSEG_REQUIRE_CUDA=1; a real Ctrl-C."""
+"""Shared test settings: GPU tests skip without CUDA, fail when RTSEG_REQUIRE_CUDA=1; torch's thread count per
+test; a real Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,9 @@ import torch
 #: (``WindowSink`` refuses then; tests/test_window.py needs it to open).
 OPENCV_VERSION = cv2.__version__
 
+#: Intra-op threads each test starts with (the CI and development machines have 2 cores).
+TEST_TORCH_THREADS = min(2, os.cpu_count() or 1)
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if "gpu" not in item.keywords or torch.cuda.is_available():
@@ -20,6 +24,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("RTSEG_REQUIRE_CUDA") == "1":
         pytest.fail("CUDA required (RTSEG_REQUIRE_CUDA=1) but torch.cuda.is_available() is False")
     pytest.skip("needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    """Every test starts with :data:`TEST_TORCH_THREADS` torch threads, whatever an earlier test set: a count set
+    by one test (``tiny_engine`` sets 1) must not carry over to the rest of the run, where results would then
+    depend on the order tests ran in."""
+    torch.set_num_threads(TEST_TORCH_THREADS)
 
 
 @pytest.fixture

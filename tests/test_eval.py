@@ -18,8 +18,6 @@ from rtseg.eval.coco import METRICS, CocoEvaluator, evaluate
 from rtseg.errors import ConfigError
 from rtseg.types import Detections
 
-torch.set_num_threads(2)
-
 
 def _perfect(sample: Sample, scores=None, masks=None, class_ids=None) -> Detections:
     masks = sample.masks if masks is None else masks
@@ -187,7 +185,6 @@ def test_cli_user_errors_are_one_line(tiny_weights, capsys, data, message):
     assert main(["--weights", str(tiny_weights), "--data", data]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
-
 
 
 def test_cli_bad_paths_and_options_fail_before_evaluating(tiny_weights, tmp_path, capsys):

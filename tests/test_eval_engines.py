@@ -42,7 +42,6 @@ from rtseg.models.fcn import FCN, FcnConfig
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections, Panoptic
 
-torch.set_num_threads(2)
 # engine class order differs from the data set's: the name matching must handle it
 FCN_NAMES = ["background", "cross", "ring", "star", "triangle", "square", "circle"]
 

@@ -16,7 +16,6 @@ from rtseg.eval.semantic import SemanticEvaluator, evaluate_semantic, semantic_t
 from rtseg.models.fcn import FCN, FcnConfig, bilinear_kernel
 from rtseg.train.fcn_trainer import FcnTrainConfig, train_fcn
 
-torch.set_num_threads(2)
 NAMES = ["background", *CLASSES]
 
 

@@ -15,7 +15,6 @@ from rtseg.models.msrcnn import MaskIoUHead, MaskScoringRCNN, MsrcnnConfig, mask
 from rtseg.eval.mask_scoring import true_mask_iou
 from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn
 
-torch.set_num_threads(2)
 TINY = MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=64, max_size=80,
                     anchor_sizes=(8, 16, 32, 64, 128), detections_per_img=20,
                     rois_per_image=32, proposals_per_image=100)

@@ -11,7 +11,6 @@ from rtseg.data.synthetic import CLASSES
 from rtseg.engines.msrcnn import MsrcnnEngine, paste_masks
 from rtseg.models.msrcnn import MsrcnnConfig
 
-torch.set_num_threads(2)
 SIZES = [(1, 1), (1, 9), (7, 2), (37, 61), (64, 64), (120, 45), (240, 320)]
 
 

@@ -18,7 +18,6 @@ from rtseg.models.fcn import FcnConfig
 from rtseg.models.yolact import YolactConfig
 from rtseg.types import Detections, Panoptic, SemanticMap
 
-torch.set_num_threads(2)
 NAMES = ["background", *CLASSES]
 
 

@@ -12,7 +12,11 @@ from rtseg.errors import ConfigError
 from rtseg.eval.superpixels import (achievable_segmentation_accuracy, boundary_recall, instances_to_segmentation,
                                     superpixel_metrics, undersegmentation_error)
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Single-threaded: on these small frames this file runs faster so (12 s vs 16 s with 2 threads, 2 cores)."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

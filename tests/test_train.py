@@ -18,7 +18,6 @@ from rtseg.train.losses import LossConfig, Target, ohem_negatives, yolact_loss
 from rtseg.train.matching import NEUTRAL, encode, match
 from rtseg.train.trainer import TrainConfig, Trainer, evaluate_engine
 
-torch.set_num_threads(2)
 
 TINY = YolactConfig(backbone="resnet18", num_classes=6, fpn_channels=32, num_prototypes=8).with_input_size(128)
 NO_AUGMENT = aug.AugmentConfig(photometric=False, expand_max=1.0, crop=False, mirror=False)
@@ -327,7 +326,6 @@ def test_resuming_a_run_of_other_classes_or_options_names_the_differences(tmp_pa
     fcn_like = save_checkpoint(tmp_path / "fcn.pth", step=1, parts={"model": Yolact(TINY)})  # no scaler
     with pytest.raises(WeightsError, match="lacks optimizer, scaler: .* rtseg.train.fcn_trainer"):
         other.load_checkpoint(fcn_like)
-
 
 
 def _one_line_error(capsys, message: str) -> None:

@@ -22,7 +22,6 @@ from rtseg.train.checkpoint import NonFiniteGuard, save_checkpoint
 from rtseg.train.fcn_trainer import FcnTrainConfig, train_fcn
 from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn
 
-torch.set_num_threads(2)
 NAMES = ["background", *CLASSES]
 DIVERGED = (r"training diverged: the loss was not finite for {n} steps in a row \(to step {step}\); "
             r"lower --lr \(now 1e\+30\) or check the data, then train again")
