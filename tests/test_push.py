@@ -1,10 +1,15 @@
 """Push sink against a real receiving server on loopback (Debian's ffmpeg binary as RTMP/RTSP listener)."""
 from __future__ import annotations
 
+import gc
+import inspect
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+import weakref
 
 import av
 import numpy as np
@@ -277,3 +282,119 @@ def test_push_stop_request_ends_reconnecting_at_once(tmp_path):
         server.kill()
         server.wait(10)
     assert sink.reconnects == 0 and len(events) == 1 and "reconnecting for up to 60s" in events[0], events
+
+
+def _push_workers(parent: int) -> set[int]:
+    """Pids of the live push worker processes (``push_worker.py``) whose parent is process ``parent`` (Linux /proc)."""
+    found = set()
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(ppid) == parent and state != "Z" and b"push_worker.py" in command:
+            found.add(int(name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the push process in /proc")
+def test_push_sink_dropped_unclosed_ends_its_thread_and_child(tmp_path):
+    """A sink a library user forgot to close is collected once dropped, and its finalizer stops the sender thread
+    and ends the child holding the connection (they used to live on with the process, the thread keeping the
+    sink alive)."""
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
+    try:
+        wait_listening(port)
+        threads, workers = set(threading.enumerate()), _push_workers(os.getpid())
+        sink = PushSink(url, fps_hint=25)
+        _feed_until(sink, 0, lambda: sink.sent >= 10, 10)
+        (thread,) = set(threading.enumerate()) - threads
+        (worker,) = _push_workers(os.getpid()) - workers
+        collected = weakref.ref(sink)
+        del sink
+        gc.collect()
+        deadline = time.monotonic() + 5.0
+        while (thread.is_alive() or _alive(worker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert collected() is None, "the unclosed sink was not collected"
+        assert not thread.is_alive() and not _alive(worker)
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+_LEFT_OPEN = f"""
+import atexit, os, sys, threading, time
+
+{inspect.getsource(_push_workers)}
+# registered before any weakref.finalize exists, so it runs after the finalizers at exit (atexit is last in, first out)
+atexit.register(lambda: print("at exit: threads", [t.name for t in threading.enumerate() if t.name == "rtseg-push"],
+                              "workers", sorted(_push_workers(os.getpid())), flush=True))
+
+import numpy as np
+from rtseg.types import Frame
+from rtseg.video.sink_push import PushSink
+
+def push(i):
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[:, i % 128] = 255
+    sink.write(Frame(image, seq=i, pts=i / 25), None, image)
+
+
+sink = PushSink(sys.argv[1], fps_hint=25)
+deadline = time.monotonic() + 20
+i = 0
+while sink.sent < 10:
+    assert time.monotonic() < deadline, "timed out"
+    push(i)
+    i += 1
+    time.sleep(0.02)
+for i in range(i, i + 5):  # queued at exit
+    push(i)
+print("worker", *_push_workers(os.getpid()), flush=True)
+"""
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the push process in /proc")
+def test_push_sink_left_open_at_exit_ends_its_child(tmp_path):
+    """A script that pushes and exits without close() exits at once with status 0, and its push process is gone:
+    ended by the sink's finalizer before the interpreter's last exit handler, not left to the kernel (Linux's
+    parent-death signal, which killed it only as the process itself ended)."""
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
+    try:
+        wait_listening(port)
+        script = subprocess.Popen([sys.executable, "-c", _LEFT_OPEN, url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            first = script.stdout.readline()  # "worker PID": the script ends
+            t_end = time.monotonic()
+            rest, err = script.communicate(timeout=20)
+            took = time.monotonic() - t_end
+        finally:
+            script.kill()
+            script.wait()
+    finally:
+        server.kill()
+        server.wait(10)
+    assert script.returncode == 0 and first.startswith("worker "), (first, rest, err)
+    (worker,) = map(int, first.split()[1:])
+    assert rest == "at exit: threads [] workers []\n", (rest, err)
+    assert took < 10.0 and not _alive(worker)

@@ -4,12 +4,17 @@ RTSP is published over TCP (``rtsp_transport=tcp``: no UDP ports to open, no
 packet loss on the LAN); RTMP carries the stream in FLV. Frames are encoded
 here; the connection itself (connect, handshake, writes) lives in a child
 process (:mod:`rtseg.video.push_worker`) that is killed when the server hangs.
+
+The sink is a facade (:class:`PushSink`) over the state its thread works on (:class:`_Sender`): the
+thread never references the facade, so a sink dropped without ``close()`` can be collected, and its
+finalizer (which also runs at interpreter exit) stops the thread and ends the child.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -25,6 +30,7 @@ from rtseg.video.sources import redact_url, scrub
 _FORMATS = {"rtsp": ("rtsp", {"rtsp_transport": "tcp"}), "rtmp": ("flv", {}), "rtmps": ("flv", {})}
 _BACKOFF = (0.25, 8.0)  # seconds before the first reconnection attempt, and at most between two (doubling)
 _STOP_GRACE = 0.5  # seconds a send may go without progress once a stop request came (instead of stall_timeout)
+_ABANDON_WAIT = 2.0  # seconds the finalizer of an unclosed sink waits for its thread to end the child
 
 
 class _Outage(Exception):
@@ -57,7 +63,65 @@ class PushSink:
     raise SinkError. A first connection that fails or hangs is an error at once, as a wrong URL must
     not be retried silently. :meth:`interrupt` (a stop request) ends reconnecting and cuts a send that
     has made no progress for 0.5 s, so Ctrl-C is not held up by an outage or a hung server.
+
+    A sink dropped without :meth:`close`, or still open at interpreter exit, is ended by a finalizer: what
+    is queued is dropped, the stream cut and the child process ended (waiting at most 2 s for the thread).
     """
+
+    def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
+                 stall_timeout: float = 10.0, queue_size: int = 8, reconnect_timeout: float = 60.0) -> None:
+        self.url = url
+        self._sender = _Sender(url, fps_hint=fps_hint, preset=preset, crf=crf, stall_timeout=stall_timeout,
+                               queue_size=queue_size, reconnect_timeout=reconnect_timeout)
+        self._finalizer = weakref.finalize(self, self._sender.abandon)
+
+    @property
+    def on_event(self) -> Callable[[str], None]:
+        """Told one line per outage and per recovery, on the sender thread (a callback that references the
+        sink keeps an unclosed sink alive)."""
+        return self._sender.on_event
+
+    @on_event.setter
+    def on_event(self, callback: Callable[[str], None]) -> None:
+        self._sender.on_event = callback
+
+    @property
+    def sent(self) -> int:
+        """Frames sent so far."""
+        return self._sender.sent
+
+    @property
+    def dropped(self) -> int:
+        """Frames not pushed during outages so far."""
+        return self._sender.dropped
+
+    @property
+    def reconnects(self) -> int:
+        """Connections re-opened after an outage so far."""
+        return self._sender.reconnects
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        """Queue ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) for sending at the frame's timestamp."""
+        self._sender.write(frame, annotated)
+
+    def interrupt(self) -> None:
+        """Stop request (Ctrl-C, SIGTERM): stop reconnecting and cut a hung send or connection attempt
+        (after 0.5 s without progress); a working connection still sends what is queued."""
+        self._sender.interrupt()
+
+    def close(self) -> None:
+        """Send what is queued, end the stream (idempotent); SinkError when the server failed or stayed away.
+
+        Bounded: every packet and the end of the stream get at most ``stall_timeout`` seconds without
+        progress (then the process holding the connection is killed). While disconnected, reconnecting
+        stops and the newest frame is dropped.
+        """
+        self._finalizer.detach()
+        self._sender.close()
+
+
+class _Sender:
+    """A :class:`PushSink`'s state and its sender thread, which references this and never the facade."""
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
                  stall_timeout: float = 10.0, queue_size: int = 8, reconnect_timeout: float = 60.0) -> None:
@@ -86,11 +150,13 @@ class PushSink:
         self._stop = threading.Event()  # no more reconnecting: closing or a stop request
         self._interrupted = False  # a stop request: a send without progress is cut after _STOP_GRACE
         self._closing = self._closed = False
+        self._abandoned = False  # the sink was dropped unclosed: stop now, drop what is queued, cut the stream
+        # a daemon: at exit the interpreter joins other threads before the finalizer that stops this one runs
         self._thread = threading.Thread(target=self._run, name="rtseg-push", daemon=True)
         self._thread.start()
 
-    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
-        """Queue ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) for sending at the frame's timestamp."""
+    def write(self, frame: Frame, annotated: np.ndarray) -> None:
+        """:meth:`PushSink.write`."""
         t = frame.pts if frame.pts is not None else frame.capture_time
         with self._cond:
             while self._lost is None and len(self._pending) >= self._queue_size:
@@ -104,20 +170,14 @@ class PushSink:
             self._cond.notify_all()
 
     def interrupt(self) -> None:
-        """Stop request (Ctrl-C, SIGTERM): stop reconnecting and cut a hung send or connection attempt
-        (after 0.5 s without progress); a working connection still sends what is queued."""
+        """:meth:`PushSink.interrupt`."""
         self._interrupted = True
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Send what is queued, end the stream (idempotent); SinkError when the server failed or stayed away.
-
-        Bounded: every packet and the end of the stream get at most ``stall_timeout`` seconds without
-        progress (then the process holding the connection is killed). While disconnected, reconnecting
-        stops and the newest frame is dropped.
-        """
+        """:meth:`PushSink.close`."""
         if self._closed:
             return
         self._closed = True
@@ -131,6 +191,17 @@ class PushSink:
                 self._error = SinkError(f"push output {self._shown}: the sender did not finish; "
                                         "the stream may be cut short")
             self._raise_if_failed()
+
+    def abandon(self) -> None:
+        """The finalizer of a sink dropped without close() (or open at interpreter exit): stop now, dropping what
+        is queued and cutting the stream, and wait (at most _ABANDON_WAIT) for the thread to end the child."""
+        self._abandoned = True
+        self._stop.set()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:  # the garbage collector may run it on the thread
+            self._thread.join(_ABANDON_WAIT)
 
     # -- the sender thread -------------------------------------------------------------------------------
 
@@ -156,6 +227,8 @@ class PushSink:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._closing)
+                if self._abandoned:
+                    return
                 if not self._pending:
                     break
                 image, t = self._pending.popleft()
@@ -163,6 +236,8 @@ class PushSink:
             try:
                 self._send(image, t)
             except _Outage as exc:
+                if self._abandoned:  # the send was cut on purpose
+                    return
                 if self.sent == 0 or self._reconnect_timeout <= 0:
                     self._fail(str(exc))  # a first connection that fails: a wrong URL, a server not running
                     return
@@ -203,7 +278,9 @@ class PushSink:
             raise _Outage(self._outage_reason(exc)) from None
 
     def _limit(self) -> float:
-        """Seconds a send may go without progress now."""
+        """Seconds a send may go without progress now (none once abandoned: the send is cut at once)."""
+        if self._abandoned:
+            return 0.0
         return min(self._stall_timeout, _STOP_GRACE) if self._interrupted else self._stall_timeout
 
     def _outage_reason(self, exc: WorkerFailed | WorkerStalled) -> str:
