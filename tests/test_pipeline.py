@@ -5,14 +5,17 @@ the test instead of hanging it.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
 
 from rtseg.errors import SinkError, SourceError
-from rtseg.types import Detections
+from rtseg.types import Detections, Frame
+from rtseg.video.fanout import SinkWriter
 from rtseg.video.metrics import Metrics, Progress
 from rtseg.video.pipeline import Channel, Pipeline, PipelineError
 from rtseg.video.sources import Paced, Source, SyntheticSource, open_source
@@ -260,6 +263,23 @@ def test_sinks_take_each_frame_at_once_each_on_a_thread_of_its_own(engine):
     for sink in sinks:
         assert [f.seq for f in sink.frames] == list(range(12)) and sink.closed and len(sink.threads) == 1
     assert len(set.union(*(s.threads for s in sinks))) == 3
+
+
+def test_sink_writer_dropped_unclosed_ends_its_threads():
+    """A SinkWriter dropped without close() (the pipeline always closes its own) ends its sink threads by a
+    finalizer: an idle one used to wait for ever, holding its last job (that sink, frame and image)."""
+    threads = set(threading.enumerate())
+    sinks = [ListSink(keep_images=False), ListSink(keep_images=False)]
+    image = np.zeros((48, 64, 3), np.uint8)
+    writer = SinkWriter(sinks, abort=threading.Event())
+    writer.write(Frame(image, seq=0), None, image)
+    (thread,) = set(threading.enumerate()) - threads
+    collected, last_sink, last_image = weakref.ref(writer), weakref.ref(sinks[1]), weakref.ref(image)
+    del writer, sinks, image
+    gc.collect()
+    thread.join(5.0)
+    assert collected() is None, "the unclosed writer was not collected"
+    assert not thread.is_alive() and last_sink() is None and last_image() is None
 
 
 def test_snapshot_is_json_and_progress_bar_draws():

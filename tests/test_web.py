@@ -1,6 +1,7 @@
 """Live web view: real HTTP server on loopback, MJPEG parsing, tokens, and the page in headless Chromium."""
 from __future__ import annotations
 
+import gc
 import re
 import shutil
 import socket
@@ -8,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 
 import cv2
 import numpy as np
@@ -158,6 +160,31 @@ def test_token_required_off_loopback():
             assert r.status == 200
     finally:
         sink.close()
+
+
+def test_dropped_unclosed_sink_ends_streams_and_frees_its_port():
+    """A sink a library user forgot to close (a notebook cell run again) is collected once dropped, and its finalizer
+    ends the viewer's stream, stops the server threads and frees the port (the server referenced the sink, which
+    served for ever: "port in use" on the next run)."""
+    threads = set(threading.enumerate())
+    sink = WebSink("127.0.0.1", 0)
+    port = sink.port
+    sink.write(Frame(_bar(0), seq=0), None, _bar(0))
+    with urllib.request.urlopen(sink.url + "stream.mjpg", timeout=10) as viewer:
+        viewer.readline()  # the stream has begun: its server thread is running
+        started = set(threading.enumerate()) - threads
+        collected = weakref.ref(sink)
+        del sink
+        gc.collect()
+        assert collected() is None, "the unclosed sink was not collected"
+        viewer.read()  # to the end of the stream (the timeout fails a stream that goes on)
+    deadline = time.monotonic() + 5.0
+    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(started) == 2 and not any(t.is_alive() for t in started)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    WebSink("127.0.0.1", port).close()  # the port can be bound again
 
 
 def test_port_in_use_is_one_line_error():

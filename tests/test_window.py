@@ -127,3 +127,43 @@ def test_window_sink_in_process(display: str, monkeypatch: pytest.MonkeyPatch) -
     sink.close()
     assert time.monotonic() - start < 5
     assert _find_window(display, "rtseg-test", timeout=0.5) is None
+
+
+_DROPPED = """
+import gc, threading, weakref
+import numpy as np
+from rtseg.types import Frame
+from rtseg.video.sinks import WindowSink
+
+sink = WindowSink("rtseg-dropped")
+(thread,) = [t for t in threading.enumerate() if t.name == "rtseg-window"]
+image = np.full((120, 160, 3), 90, np.uint8)
+sink.write(Frame(image=image, seq=0), None, image)
+input()  # the test has seen the window
+collected = weakref.ref(sink)
+del sink
+gc.collect()
+thread.join(5.0)
+print("collected", collected() is None, "thread alive", thread.is_alive(), flush=True)
+input()  # the test has looked for the window
+"""
+
+
+def test_window_sink_dropped_unclosed_closes_its_window(display: str) -> None:
+    """A sink a library user forgot to close is collected once dropped, and its finalizer ends the window thread and
+    closes the window while the process goes on (the thread ran the sink's own method: the sink stayed alive, its
+    window open for ever). In a process of its own: OpenCV shows no window from a second window thread."""
+    proc = subprocess.Popen([sys.executable, "-c", _DROPPED], cwd=REPO, env=_env(display), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _find_window(display, "rtseg-dropped", timeout=30, proc=proc) is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "collected True thread alive False\n"
+        assert _find_window(display, "rtseg-dropped", timeout=0.5) is None
+        out, _ = proc.communicate("\n", timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out

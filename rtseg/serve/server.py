@@ -14,6 +14,10 @@ shared by all viewers; a slow viewer simply skips frames.
 Security: binds 127.0.0.1 by default. Any other address needs a token, which
 every request must carry as ``?token=...`` or an ``X-Rtseg-Token`` /
 ``Authorization: Bearer`` header.
+
+The server and its threads reference what they serve (:class:`_Server`), never the
+:class:`WebSink` facade, so a sink dropped without ``close()`` can be collected, and its
+finalizer (which also runs at interpreter exit) stops the server and frees the port.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import json
 import socket
 import sys
 import threading
+import weakref
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,6 +96,8 @@ class _LatestFrame:
 
 
 class _Server(ThreadingHTTPServer):
+    """The HTTP server and what its handlers serve: the access token, the stats callback and the latest frame."""
+
     daemon_threads = True
     block_on_close = False
 
@@ -101,8 +108,9 @@ class _Server(ThreadingHTTPServer):
             print(f"rtseg: warning: web request from {client_address[0]} failed: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
 
-    def __init__(self, address: tuple[str, int], sink: "WebSink") -> None:
-        self.sink = sink
+    def __init__(self, address: tuple[str, int], token: str | None, stats_fn: Callable[[], dict],
+                 latest: _LatestFrame) -> None:
+        self.token, self.stats_fn, self.latest = token, stats_fn, latest
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -117,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Silence per-request logging (the pipeline owns the console)."""
 
     def _authorised(self, query: dict[str, list[str]]) -> bool:
-        token = self.server.sink.token
+        token = self.server.token
         if token is None:
             return True
         given = query.get("token", [""])[0] or self.headers.get("X-Rtseg-Token", "")
@@ -139,8 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorised(parse_qs(url.query)):
             self._send(HTTPStatus.FORBIDDEN, b"token required: add ?token=...\n", "text/plain")
             return
-        sink = self.server.sink
-        if sink.latest.closed:  # the run has ended: a kept-alive connection must not outlive the server
+        server = self.server
+        if server.latest.closed:  # the run has ended: a kept-alive connection must not outlive the server
             self.close_connection = True
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"the run has ended\n", "text/plain")
             return
@@ -148,19 +156,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, _PAGE.read_bytes(), "text/html; charset=utf-8")
         elif url.path == "/stats.json":
             try:
-                body = json.dumps(sink.stats_fn(), default=str).encode()
+                body = json.dumps(server.stats_fn(), default=str).encode()
             except Exception as exc:  # a failing stats callback must not kill the server
                 self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"stats failed: {exc}\n".encode(), "text/plain")
                 return
             self._send(HTTPStatus.OK, body, "application/json")
         elif url.path == "/frame.jpg":
-            got = sink.latest.wait_newer(0, timeout=5.0)
+            got = server.latest.wait_newer(0, timeout=5.0)
             if got is None:
                 self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
             else:
                 self._send(HTTPStatus.OK, got[1], "image/jpeg")
         elif url.path == "/stream.mjpg":
-            self._stream(sink.latest)
+            self._stream(server.latest)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
@@ -199,6 +207,19 @@ def _bind_problem(exc: OSError) -> str:
     return f"cannot listen ({exc.strerror}); choose another address or port"
 
 
+def _stop_serving(server: _Server, thread: threading.Thread) -> None:
+    """End viewer streams, stop ``server`` (serving on ``thread``) and close its socket, waiting at most 5 s for
+    ``thread``: :meth:`WebSink.close`, and the finalizer of a sink dropped unclosed. The garbage collector may run
+    that finalizer on ``thread`` itself, which cannot wait for its own loop to end: a helper thread stops it then."""
+    if threading.current_thread() is thread:
+        threading.Thread(target=_stop_serving, args=(server, thread), name="rtseg-web-stop", daemon=True).start()
+        return
+    server.latest.close()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5.0)
+
+
 class WebSink:
     """Serve the live annotated video and stats at ``http://host:port/``.
 
@@ -206,8 +227,12 @@ class WebSink:
     port: TCP port (0 picks a free one; see :attr:`port`).
     token: shared secret required on every request when given.
     stats_fn: returns a JSON-serialisable dict (called per ``/stats.json`` request,
-        from server threads, so it must be thread-safe).
+        from server threads, so it must be thread-safe; one that references the sink keeps
+        an unclosed sink alive).
     jpeg_quality: 1..100.
+
+    A sink dropped without :meth:`close`, or still open at interpreter exit, is closed by a
+    finalizer: viewer streams end and the port is free again.
     """
 
     def __init__(
@@ -224,17 +249,16 @@ class WebSink:
             raise SinkError(f"web output {where}: binding a non-loopback address needs a token; "
                             "pass --serve-token T or bind 127.0.0.1")
         self.token = token or None
-        self.stats_fn = stats_fn
         self.latest = _LatestFrame(jpeg_quality)
         try:
-            self._server = _Server((host, port), self)
+            server = _Server((host, port), self.token, stats_fn, self.latest)
         except OSError as exc:
             raise SinkError(f"web output {where}: {_bind_problem(exc)}") from None
-        self.host, self.port = host, int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="rtseg-web", daemon=True)
-        self._thread.start()
-        self._closed = False
+        self.host, self.port = host, int(server.server_address[1])
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="rtseg-web",
+                                  daemon=True)
+        thread.start()
+        self._finalizer = weakref.finalize(self, _stop_serving, server, thread)
 
     @property
     def url(self) -> str:
@@ -250,10 +274,4 @@ class WebSink:
 
     def close(self) -> None:
         """End viewer streams and stop the server (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self.latest.close()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5.0)
+        self._finalizer()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Callable, ContextManager, Sequence
@@ -67,6 +68,9 @@ class SinkWriter:
 
     abort: set by the owner to stop waiting for a sink that does not return.
     thread_context: entered once by each sink thread around all its writes (e.g. a CUDA stream of its own).
+
+    A writer dropped without :meth:`close` ends its threads the same way (a finalizer): an idle thread
+    would otherwise wait for ever, holding its last job (that sink, frame and image).
     """
 
     def __init__(self, sinks: Sequence[Sink], *, abort: threading.Event,
@@ -74,6 +78,7 @@ class SinkWriter:
         self.sinks = list(sinks)
         self._abort = abort
         self._threads = [_SinkThread(f"rtseg-sink-{i}", thread_context) for i in range(1, len(self.sinks))]
+        self._finalizer = weakref.finalize(self, _close_all, self._threads)
 
     @property
     def busy(self) -> bool:
@@ -114,5 +119,11 @@ class SinkWriter:
 
     def close(self) -> None:
         """End the sink threads (each after its current write); the sinks themselves stay open."""
-        for t in self._threads:
-            t.close()
+        self._finalizer()
+
+
+def _close_all(threads: list[_SinkThread]) -> None:
+    """End ``threads``, each after its current job: :meth:`SinkWriter.close`, and the finalizer of a writer dropped
+    unclosed."""
+    for t in threads:
+        t.close()

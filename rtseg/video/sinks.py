@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Protocol
 
@@ -260,6 +261,10 @@ class WindowSink:
     the pipeline writes from its output thread but closes from the main one. ``write`` only
     hands over the newest frame, so a slow display never holds the pipeline back. Pressing
     ``q`` or Esc, or closing the window, sets :attr:`stop_requested`.
+
+    The thread works on the sink's state (:class:`_Window`), never on the sink itself: a sink
+    dropped without :meth:`close`, or still open at interpreter exit, is closed by a finalizer
+    (the thread ends and the window goes).
     """
 
     POLL_S = 0.02
@@ -273,6 +278,29 @@ class WindowSink:
         # after every run; silence Qt's default-category warnings unless the user set rules.
         os.environ.setdefault("QT_LOGGING_RULES", "default.warning=false")
         self.title = title
+        self._window = _Window(title)
+        self._finalizer = weakref.finalize(self, self._window.close)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the user pressed ``q`` or Esc, or closed the window."""
+        return self._window.stop_requested
+
+    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        """Hand ``annotated`` to the window thread (a newer frame replaces one not yet shown); the window's
+        SinkError once showing failed."""
+        self._window.write(annotated)
+
+    def close(self) -> None:
+        """Close the window and end its thread, waiting at most 5 s (idempotent)."""
+        self._finalizer()
+
+
+class _Window:
+    """A :class:`WindowSink`'s state and its GUI thread, which references this and never the sink."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
         self.stop_requested = False
         self._newest: np.ndarray | None = None
         self._closing = False
@@ -281,7 +309,8 @@ class WindowSink:
         self._thread = threading.Thread(target=self._gui_loop, name="rtseg-window", daemon=True)
         self._thread.start()
 
-    def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+    def write(self, annotated: np.ndarray) -> None:
+        """:meth:`WindowSink.write`."""
         if self._error is not None:
             raise self._error
         with self._cond:
@@ -293,7 +322,7 @@ class WindowSink:
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._newest is not None or self._closing, timeout=self.POLL_S)
+                    self._cond.wait_for(lambda: self._newest is not None or self._closing, timeout=WindowSink.POLL_S)
                     image, self._newest = self._newest, None
                     if self._closing:
                         return
@@ -315,10 +344,13 @@ class WindowSink:
                     pass  # already closed by the user
 
     def close(self) -> None:
+        """:meth:`WindowSink.close`, and the finalizer of a sink dropped unclosed, which the garbage collector may
+        run on the GUI thread itself: that thread then ends once this returns, instead of waiting for itself."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout=5.0)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5.0)
 
 
 def _closed_by_user(title: str) -> bool:
