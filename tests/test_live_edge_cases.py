@@ -15,6 +15,7 @@ import pytest
 
 from rtseg.errors import SourceError
 from rtseg.video.sources import open_source
+from rtseg.video.sources_live import StreamSource
 from servers.helpers import clip_colour, free_port, make_clip
 from servers.http_live import LiveHlsServer, LiveHttpServer, live_ts, redirect_loop, silent, status
 
@@ -22,13 +23,13 @@ FPS = 10
 
 
 def _encode(path: Path, first: int, count: int, size: tuple[int, int], *, fmt: str = "mpegts",
-            options: dict[str, str] | None = None) -> Path:
+            options: dict[str, str] | None = None, bframes: int = 0) -> Path:
     """Frames ``first .. first + count - 1`` as solid ``clip_colour`` images ((h, w) = ``size``), H.264 at
-    :data:`FPS` with a key frame every second and no B-frames, in ``fmt`` (``hls`` writes the segments beside
-    ``path``)."""
+    :data:`FPS` with a key frame every second and ``bframes`` B-frames between references, in ``fmt`` (``hls``
+    writes the segments beside ``path``)."""
     return make_clip(path, frames=count, width=size[1], height=size[0], fps=FPS, first=first, fmt=fmt,
                      options=options, codec_options={"g": str(FPS), "keyint_min": str(FPS), "sc_threshold": "0",
-                                                     "bf": "0"})
+                                                     "bf": str(bframes)})
 
 
 def _index(image: np.ndarray, count: int) -> int:
@@ -108,8 +109,31 @@ def test_a_stall_is_reported_as_no_data(tmp_path):
             if events:
                 break
         source.close()
-    assert len(frames) >= 15  # (the decoder's threads may hold the last one or two when the data stops)
+    assert len(frames) == 21  # the 20 sent, then the reconnection's first
     assert events[0] == f"stream {server.url()} lost (no data for 1s); reconnecting for up to 5s", events
+
+
+@pytest.mark.parametrize("end", ["stall", "drop"])
+def test_frames_the_decoder_holds_come_out_before_the_outage(tmp_path, end):
+    """A live MPEG-TS stream with B-frames (the decoder holds frames back to reorder them, and more in its threads)
+    sends 20 frames, then stalls (the connection stays open, silent) or drops (the server closes it). All 20 come
+    out, in order and evenly timed, before the outage is announced; the next connection's frames follow them, a
+    stall (at least the 1 s read timeout) later. Was: the last 4 were lost with the connection."""
+    body = _encode(tmp_path / "b.ts", 0, 20, (24, 32), bframes=2).read_bytes()
+    events: list[str] = []
+    frames = []
+    with LiveHttpServer(live_ts(body, seconds=1.0, hold=30.0 if end == "stall" else 0.0)) as server:
+        source = open_source(server.url(), open_timeout=5, read_timeout=1, reconnect_timeout=5)
+        source.on_event = events.append
+        for frame in source:
+            if events:
+                break
+            frames.append(frame)
+        source.close()
+    assert [_index(f.image, 20) for f in frames] == list(range(20))
+    assert np.diff([f.pts for f in frames]) == pytest.approx([1 / FPS] * 19)
+    assert events[0].startswith(f"stream {server.url()} lost ("), events
+    assert frame.pts - frames[-1].pts > (1.0 if end == "stall" else 1 / FPS)  # frame: the reconnection's first
 
 
 # --- live HLS: a wait for the next segment, a new size mid-connection, then a playlist that stops growing ---
@@ -166,6 +190,40 @@ def test_a_live_hls_event_that_ends_ends_the_source_like_a_file(tmp_path):
             source.close()
     assert frames == list(range(60)) and events == [] and source.reconnects == 0
     assert time.monotonic() - t0 < 15  # not reconnect_timeout
+
+
+@pytest.mark.parametrize("ends", ["with its last segment", "while the source reconnects"])
+def test_an_hls_event_playlist_that_ends_gives_every_frame_once_then_ends(tmp_path, monkeypatch, ends):
+    """An EVENT playlist (#EXT-X-PLAYLIST-TYPE:EVENT: every segment stays listed) gains a 1 s segment a second and
+    then #EXT-X-ENDLIST: with its last segment, or only once FFmpeg gave up waiting for a new one (the source
+    announced the outage and is reconnecting, to a playlist that is now finished). Every frame comes once, in order,
+    and the source ends like a file: no error, no reconnection that brings the event again. The source remembers
+    fewer frames (35) than the event has, as for any event longer than its 4096 (68 s at 60 FPS). Was: the reconnection
+    played the finished event from its first segment (FFmpeg starts a finished playlist there), and frames older
+    than those remembered came again as new ones: the whole event a second time."""
+    monkeypatch.setattr(StreamSource, "_SHOWN", 35)  # more than the 3 segments a live reconnection replays
+    _encode(tmp_path / "e.m3u8", 0, 60, (24, 32), fmt="hls", bframes=2, options={
+        "hls_time": "1", "hls_list_size": "0", "hls_segment_filename": str(tmp_path / "e%d.ts")})
+    segments = sorted(tmp_path.glob("e*.ts"), key=lambda p: int(p.stem[1:]))
+    events, frames, error = [], [], None
+    with LiveHlsServer(segments, event=True, ends=ends == "with its last segment") as server:
+        url = server.url("/live.m3u8")
+        source = open_source(url, open_timeout=5, read_timeout=0.5, reconnect_timeout=10)
+        source.on_event = lambda line: (events.append((len(frames), line)), server.end())
+        t0 = time.monotonic()
+        try:
+            for frame in source:
+                frames.append(_index(frame.image, 60))
+                if time.monotonic() - t0 > 30:  # before the fix: the event again
+                    break
+        except SourceError as exc:
+            error = exc
+        finally:
+            source.close()
+    assert frames == list(range(60)) and error is None and source.reconnects == 0, (frames, error)
+    lost = f"stream {url} lost (the live playlist stopped growing); reconnecting for up to 10s"
+    assert events == ([] if ends == "with its last segment" else [(60, lost)]), events
+    assert time.monotonic() - t0 < 15
 
 
 def test_live_hls_changes_size_then_freezes_without_replaying_old_frames(tmp_path):

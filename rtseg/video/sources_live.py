@@ -42,9 +42,10 @@ class StreamSource(Source):
     every (re)connection frames are discarded until the first key frame, and frames a
     live HLS playlist replays are skipped, so no grey, black or stale frame is ever
     yielded; the frame size and codec may differ after a reconnection (and the size
-    within one connection). pts: seconds since the first frame,
-    continuing monotonically across reconnections. ``source_id`` never contains
-    credentials.
+    within one connection). The frames the decoder still holds when a connection ends or fails (B-frame
+    reordering, frame threads) are yielded before it reconnects or ends. A live HLS event that is over (its playlist
+    gained ``#EXT-X-ENDLIST``, also while reconnecting) ends the run like a file. pts: seconds since the first
+    frame, continuing monotonically across reconnections. ``source_id`` never contains credentials.
     """
 
     _BACKOFF = (0.25, 8.0)
@@ -161,9 +162,28 @@ class StreamSource(Source):
             return delay
         return None
 
-    def _session(self, base: float) -> Iterator[tuple[np.ndarray, float]]:
-        """Frames of the current connection, key frame first; pts offset by ``base`` and continuous across
-        timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`).
+    def _packets(self) -> Iterator[av.Packet | None]:
+        """The current connection's packets to decode: from its first key frame, corrupt ones left out; at its end
+        the demuxer's empty packets that drain the decoder. When the connection fails (a stall, a drop), None
+        stands in for those (decoding it drains the decoder: the frames it holds back for B-frame reordering or in
+        its threads) before the failure is raised."""
+        keyed = False
+        try:
+            for packet in self._container.demux(self._stream):
+                keyed = keyed or packet.is_keyframe
+                if keyed and not packet.is_corrupt:
+                    yield packet
+        except AV_ERRORS:
+            if keyed:
+                yield None
+            raise
+
+    def _session(self, base: float) -> Iterator[tuple[np.ndarray, float, float]]:
+        """``(image, pts, wall)`` of the current connection's frames, key frame first, up to the last one the decoder
+        held when the connection ended or failed (:meth:`_packets`). pts: seconds, offset by ``base`` and continuous
+        across timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`). wall: the monotonic time (s) the
+        frame stands for: when it was decoded; for a frame drained after a failure (decoded only then, after the
+        stall), the previous frame's plus the time between their pts (at most now).
 
         A live HLS playlist that stopped growing ends the connection; reconnecting to it starts again a few
         segments before its end, at frames already yielded: those (same timestamp and same picture as a frame
@@ -177,21 +197,17 @@ class StreamSource(Source):
         """
         stream = self._stream
         first: float | None = None
-        keyed = False
         timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
         period = 1.0 / self.fps if self.fps else 1.0 / IMAGE_FPS
         hls = self._container.format.name == "hls"
         replayed = set(self._shown) if hls else set()
         clock: float | None = None  # HLS: wall time (monotonic) at which the session's first frame was due
-        prev: tuple[float, float] | None = None  # the last frame's time since the first and its monotonic wall time
-        for packet in self._container.demux(stream):
+        prev: tuple[float, float] | None = None  # the last frame's time since the first and its wall (as yielded)
+        for packet in self._packets():
             if self._stop.is_set():
                 return
-            keyed = keyed or packet.is_keyframe
-            if not keyed or packet.is_corrupt:
-                continue
             t0 = time.perf_counter()
-            for frame in packet.decode():
+            for frame in stream.decode(packet):
                 image = displayed(frame, self._reformatter)
                 key = (frame.pts, hash(image[::8, ::8].tobytes())) if hls else None
                 if key in replayed:
@@ -200,19 +216,21 @@ class StreamSource(Source):
                 if key is not None:
                     self._shown.append(key)
                 self.decode_seconds = time.perf_counter() - t0
+                now = time.monotonic()
+                drained = packet is None and prev is not None  # held by the decoder until the connection failed
                 if frame.pts is None:  # no timestamp (e.g. MJPEG over HTTP): the previous one + the wall time between
-                    since = prev[0] + time.monotonic() - prev[1] if prev is not None else 0.0
+                    # (one period for a drained frame: its wall time since includes the stall)
+                    since = 0.0 if prev is None else prev[0] + (period if drained else now - prev[1])
                 else:
                     t = float(frame.pts * stream.time_base)
                     first = t if first is None else first
                     since = max(0.0, timeline.place(t - first, period))
-                prev = (since, time.monotonic())
+                prev = (since, min(now, prev[1] + since - prev[0]) if drained else now)
                 if hls:
-                    now = time.monotonic()
                     clock = now - since if clock is None or now - (clock + since) > self._LATE else clock
                     if self._stop.wait(clock + since - now):
                         return
-                yield image, base + since
+                yield image, base + since, prev[1]
                 t0 = time.perf_counter()
 
     def _lost(self, exc: BaseException) -> str:
@@ -231,13 +249,13 @@ class StreamSource(Source):
         delay: float | None = self._BACKOFF[0]
         while not self._stop.is_set():
             try:
-                for image, pts in self._session(base):
+                for image, pts, wall in self._session(base):
                     if lost:
                         self.reconnects += 1
                         self.on_event(f"stream {self.source_id} back after {time.monotonic() - last_wall:.1f}s "
                                       f"(reconnection {self.reconnects})")
                         lost, delay = False, self._BACKOFF[0]
-                    last_wall = time.monotonic()
+                    last_wall = wall
                     yield image, pts
                 if self._container.format.name != "hls":
                     reason = "stream ended"
@@ -262,12 +280,34 @@ class StreamSource(Source):
             delay = self._reopen(reason, last_wall, delay)
             if delay is None:
                 return
+            self._seek_to_shown()
             base = pts + (time.monotonic() - last_wall)
+
+    def _seek_to_shown(self) -> None:
+        """Start a reconnection to a live HLS playlist that has ended meanwhile (``#EXT-X-ENDLIST``) at the segment
+        of the last frame yielded (its pts in stream ticks), so that at most that segment is replayed.
+
+        FFmpeg starts a finished playlist at its first segment, not a few before its end; a replay is recognised
+        only among the last :attr:`_SHOWN` frames yielded (the skipping ends at the first frame not among them), so
+        an event longer than those would be fetched and yielded again. FFmpeg places the time by adding up the
+        segments' durations (#EXTINF); a time it cannot place (a clock restarted within the event) is left to the
+        skipping, from the first segment.
+        """
+        last = self._shown[-1][0] if self._shown else None
+        if last is None or self._container.format.name != "hls" or not self._finite():
+            return
+        try:
+            self._container.seek(last, stream=self._stream)  # backward: to the start of its segment
+        except AV_ERRORS:
+            pass  # unplaced: replayed from the first segment, as said above
 
     def _hls_complete(self) -> bool:
         """Whether the live HLS playlist whose connection just ended now ends with ``#EXT-X-ENDLIST`` (the event
-        is over): a new connection to it then reports a duration, as any finished playlist does. That
-        connection is kept open (``close`` ends it); when the playlist merely stopped growing, it is closed."""
+        is over): at once when that connection was to the finished playlist (a reconnection after it ended), else
+        a new connection to it reports a duration, as any finished playlist does. That connection is kept open
+        (``close`` ends it); when the playlist merely stopped growing, it is closed."""
+        if self._finite():
+            return True
         self._container.close()
         try:
             self._container = self._connect()

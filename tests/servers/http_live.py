@@ -3,8 +3,8 @@
 - ``LiveHttpServer(handler)``: serves every GET with ``handler(request, k)`` (k counts connections); helpers below
   make the usual handlers: ``status(code)``, ``redirect_loop``, ``silent``, ``live_ts(body)``.
 - ``LiveHlsServer(segments, discontinuity_at=...)``: a live HLS playlist that gains one segment per ``interval``
-  seconds, keeps the last ``window`` of them and, once all are published, stops growing (no ``#EXT-X-ENDLIST``),
-  as a live encoder that died leaves it.
+  seconds, keeps the last ``window`` of them (or, an ``event`` playlist, all) and, once all are published, stops
+  growing (no ``#EXT-X-ENDLIST``), as a live encoder that died leaves it.
 """
 from __future__ import annotations
 
@@ -91,26 +91,31 @@ class LiveHlsServer(LiveHttpServer):
     """A live HLS playlist at ``url('/live.m3u8')`` over ``segments`` (MPEG-TS files, ``interval`` seconds each).
 
     ``window`` segments are published at the first request and one more every ``interval`` seconds; the
-    playlist shows the last ``window``; ``#EXT-X-DISCONTINUITY`` precedes segment ``discontinuity_at``. Once
-    all are published it stops growing and never ends (no ``#EXT-X-ENDLIST``), as a live encoder that died
-    leaves it; with ``ends`` it then gains ``#EXT-X-ENDLIST``, as a live event that is over.
-    ``requests`` lists the paths asked.
+    playlist shows the last ``window`` (an ``event`` playlist, ``#EXT-X-PLAYLIST-TYPE:EVENT``: every segment
+    published); ``#EXT-X-DISCONTINUITY`` precedes segment ``discontinuity_at``. Once all are published it stops
+    growing and never ends (no ``#EXT-X-ENDLIST``), as a live encoder that died leaves it; with ``ends`` it then
+    gains ``#EXT-X-ENDLIST``, as a live event that is over (``end()``: from then on). ``requests`` lists the paths
+    asked.
     """
 
     def __init__(self, segments: list[Path], *, interval: float = 1.0, window: int = 3,
-                 discontinuity_at: int | None = None, ends: bool = False) -> None:
+                 discontinuity_at: int | None = None, ends: bool = False, event: bool = False) -> None:
         self.requests: list[str] = []
         self._t0: float | None = None
         self._segments, self._interval, self._window, self._cut = segments, interval, window, discontinuity_at
-        self._ends = ends
+        self._ends, self._event = ends, event
         super().__init__(self._handle)
+
+    def end(self) -> None:
+        """End the playlist with ``#EXT-X-ENDLIST`` once all segments are published (at once if they are)."""
+        self._ends = True
 
     def _playlist(self) -> bytes:
         self._t0 = self._t0 or time.monotonic()
         published = min(len(self._segments), self._window + int((time.monotonic() - self._t0) / self._interval))
-        first = max(0, published - self._window)
+        first = 0 if self._event else max(0, published - self._window)
         lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{max(1, round(self._interval))}",
-                 f"#EXT-X-MEDIA-SEQUENCE:{first}"]
+                 f"#EXT-X-MEDIA-SEQUENCE:{first}", *["#EXT-X-PLAYLIST-TYPE:EVENT"] * self._event]
         if self._cut is not None:
             lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{int(first >= self._cut)}")
         for i in range(first, published):
