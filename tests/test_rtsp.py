@@ -20,7 +20,7 @@ from rtseg.errors import ConfigError, SourceError
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import open_source
-from servers.helpers import ListSink, RtspServer, free_port, rtsp_server_available, tiny_engine
+from servers.helpers import ListSink, RtspServer, free_port, rtsp_server_available, tiny_engine, wait_listening
 
 _missing = rtsp_server_available()
 needs_gst = pytest.mark.skipif(_missing is not None, reason=str(_missing))
@@ -221,7 +221,7 @@ def test_rtmp_stream_reconnects_after_the_server_restarts():
     url = f"rtmp://127.0.0.1:{port}/live/test"
     server = _ffmpeg_rtmp_server(port)
     try:
-        time.sleep(0.5)
+        wait_listening(port)  # a first connection refused is an error at once (a wrong URL)
         source = open_source(url, open_timeout=10, read_timeout=2, reconnect_timeout=20)
         assert source.is_live and source.fps == pytest.approx(30.0)
         frames = []
