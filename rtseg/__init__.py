@@ -6,12 +6,21 @@ Public API::
     seg = rtseg.load("yolact", weights="yolact_base_54_800000.pth", device="cpu")
     dets = seg(frame)                      # frame: H×W×3 uint8 BGR
     out = rtseg.annotate(frame, dets)
+
+``import rtseg`` is quick: the engines, types and overlay (torch, numpy, OpenCV) load at their first use, so
+that the command line can answer Ctrl-C while they load (see :mod:`rtseg.__main__`).
 """
 from __future__ import annotations
 
-from rtseg.engines import load
+import importlib
+from typing import Any
+
 from rtseg.errors import ConfigError, DatasetError, RtsegError, SinkError, SourceError, WeightsError
-from rtseg.types import Detections, Frame, Panoptic, SemanticMap, Superpixels
+
+_LAZY = {
+    "load": "rtseg.engines", "annotate": "rtseg.ops.overlay", "Detections": "rtseg.types", "Frame": "rtseg.types",
+    "SemanticMap": "rtseg.types", "Panoptic": "rtseg.types", "Superpixels": "rtseg.types",
+}
 
 __all__ = [
     "load", "annotate", "Detections", "Frame", "SemanticMap", "Superpixels", "Panoptic",
@@ -19,9 +28,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "annotate":
-        from rtseg.ops.overlay import annotate
-
-        return annotate
-    raise AttributeError(f"module 'rtseg' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rtseg' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

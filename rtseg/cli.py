@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -33,6 +35,7 @@ from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source
+from rtseg.weights import manifest_path
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
@@ -97,13 +100,6 @@ def build_parser() -> Parser:
     return p
 
 
-def _host_port(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
-        raise ConfigError(f"--serve {spec}: use HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
-
-
 def _video_or_image_sink(path: str, fps: float | None, audio_from: str | None = None) -> Sink:
     from rtseg.video.sinks import ImageSink, Mp4Sink
 
@@ -147,9 +143,9 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
 
         factories.append(WindowSink)
     if args.serve:
-        from rtseg.serve.server import WebSink
+        from rtseg.serve.server import WebSink, parse_address
 
-        host, port = _host_port(args.serve)
+        host, port = parse_address(args.serve)
 
         def web() -> Sink:
             sink = WebSink(host, port, token=args.serve_token, stats_fn=metrics.snapshot)
@@ -233,14 +229,77 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
-    """An output path that names an input (the source, weights or their manifests) would overwrite it."""
-    inputs = [args.source] + [f for w in (args.weights, args.semantic) if w is not None
-                              for f in (w, str(Path(w).with_suffix(".json")))]
-    existing = {Path(f).resolve(): f for f in inputs if Path(f).is_file()}
-    for option, path in (("--output", args.output), ("--json", args.json)):
-        if path is not None and Path(path).resolve() in existing:
-            raise ConfigError(f"{option} {path} would overwrite the input {existing[Path(path).resolve()]}; "
-                              "choose another output path")
+    """Refuse an ``--output`` / ``--json`` that would overwrite what the run reads (the source: a file, a folder, a
+    glob's matches; the weights; --semantic; the --calib folder): :func:`check_outputs_are_not_inputs`."""
+    inputs = [*_source_paths(args.source), *weights_paths(args.weights, args.semantic),
+              *([args.calib] if args.calib else [])]
+    check_outputs_are_not_inputs([("--output", args.output), ("--json", args.json)], inputs)
+
+
+def _source_paths(spec: str) -> list[str]:
+    """The path a file or folder ``--source`` names, or the paths a glob matches (as open_source reads them)."""
+    if glob.has_magic(spec) and not Path(spec).is_dir():
+        return glob.glob(spec)
+    return [spec]
+
+
+def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
+    """The weights files of a run, each with its manifest: ``weights`` and ``semantic``; without ``weights`` the
+    shipped demo model (the default of yolact and panoptic, kept safe whatever the engine)."""
+    from rtseg.demo import DEMO_WEIGHTS
+
+    chosen = [str(DEMO_WEIGHTS) if weights is None else weights, *([semantic] if semantic else [])]
+    return [f for w in chosen for f in (w, str(manifest_path(w)))]
+
+
+def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
+                                 inputs: Sequence[str | os.PathLike[str]]) -> None:
+    """ConfigError (one line) when an output ``(option, path)`` would overwrite an input file or folder (``inputs``,
+    as given; missing ones are skipped): an existing output that is an input or lies inside an input folder, or a
+    ``{seq}`` pattern (one image per frame) that writes inside an input folder or beside an input file of its
+    type. The one check of every command that writes files."""
+    found = {Path(i).resolve(): str(i) for i in inputs if _exists(Path(i))}
+    for option, path in outputs:
+        if path is None:
+            continue
+        out = Path(path).resolve()
+        overwritten = _input_at(out, found) if _exists(out) else None
+        if overwritten is not None:
+            raise ConfigError(f"{option} {path} would overwrite the input {overwritten}; choose another output path")
+        where = _input_beside_pattern(out, found) if "{seq" in str(path) else None
+        if where is not None:
+            raise ConfigError(f"{option} {path} would write its images {where}, where they could overwrite "
+                              "inputs; choose another folder")
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the system cannot look up (too long, ...)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _input_at(path: Path, inputs: dict[Path, str]) -> str | None:
+    """The input (as given) that is ``path``, or the name of ``path`` inside an input folder; None if neither."""
+    for resolved, given in inputs.items():
+        if path == resolved:
+            return given
+        if resolved.is_dir() and path.is_relative_to(resolved):
+            return str(Path(given) / path.relative_to(resolved))
+    return None
+
+
+def _input_beside_pattern(pattern: Path, inputs: dict[Path, str]) -> str | None:
+    """Where the files of a ``{seq}`` pattern could replace inputs: ``"into the input folder F"`` (their folder is
+    inside F) or ``"beside the input X"`` (an input file of their type in their folder); None if nowhere."""
+    folder = pattern.parent
+    for resolved, given in inputs.items():
+        if resolved.is_dir() and folder.is_relative_to(resolved):
+            return f"into the input folder {given}"
+        if resolved.parent == folder and resolved.suffix.lower() == pattern.suffix.lower():
+            return f"beside the input {given}"
+    return None
 
 
 def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:

@@ -8,6 +8,8 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -36,6 +38,10 @@ class ConfigError(RtsegError):
 
 class DatasetError(RtsegError):
     """An annotation file or image of a data set is malformed or unreadable."""
+
+
+PERMISSION_DENIED = "permission denied; check the file's permissions"
+"""What to say of a file the process may not read (EACCES), as what is wrong and what to do."""
 
 
 class RtsegWarning(UserWarning):
@@ -75,7 +81,8 @@ def missing_package(exc: ModuleNotFoundError) -> str | None:
 
 def exit_status(prog: str, fn: Callable[[], Any]) -> int:
     """Run ``fn``: its return value when that is an int, else 0; 2 after printing ``prog: error: <line>`` for an
-    RtsegError or a missing third-party package, 130 after ``prog: interrupted`` on Ctrl-C (no traceback). Meanwhile an :class:`RtsegWarning`
+    RtsegError (a stdout that cannot be written too, see :func:`guard_standard_streams`) or a missing third-party
+    package, 130 after ``prog: interrupted`` on Ctrl-C (no traceback). Meanwhile an :class:`RtsegWarning`
     prints as ``prog: warning: <line>`` (not as Python's ``file:line: UserWarning`` with a source line)."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
@@ -89,6 +96,7 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
         warnings.showwarning = show
         try:
             code = fn()
+            sys.stdout.flush()  # a stdout that cannot take the last lines fails here (SinkError), not at exit
         except RtsegError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
@@ -102,3 +110,56 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 130
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+class _StandardStream(io.TextIOWrapper):
+    """Standard output or error whose failed write (a full disk, a reader gone, a closed descriptor) points the
+    descriptor at /dev/null, so that nothing more is tried there: stdout's then raises :class:`SinkError` (one
+    line on stderr, no traceback; the files already written stay), stderr's is dropped (nowhere to report it)."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError as exc:
+            self._lost(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self.fileno())
+        os.close(null)
+        if self.fileno() == 1:
+            raise SinkError(f"standard output: write failed ({exc.strerror}); the files written are kept; "
+                            "check where standard output goes (a full disk, a closed pipe)") from None
+
+
+def guard_standard_streams() -> None:
+    """Prepare stdin, stdout and stderr for a command-line run (call once, first thing).
+
+    A closed one gets /dev/null on its descriptor, so that no file opened later takes descriptor 0, 1 or 2 (and
+    is written by ``print`` or inherited by FFmpeg as its stdin); a closed stdout's is opened read-only, so that
+    writing to it fails as on a closed stdout. Then stdout and stderr become :class:`_StandardStream`: a write
+    error on stdout is one line and exit 2 through :func:`exit_status`, one on stderr never stops the run.
+    """
+    for fd, mode in ((0, os.O_RDONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, mode)  # the lowest free descriptor: ``fd``, as the ones below it are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        if old is not None:
+            old.flush()
+        stream = _StandardStream(io.open(fd, "wb", closefd=False), encoding=getattr(old, "encoding", None),
+                                 errors="backslashreplace" if fd == 2 else getattr(old, "errors", None),
+                                 line_buffering=fd == 2 or old is None or old.line_buffering)
+        setattr(sys, name, stream)

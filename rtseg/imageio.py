@@ -8,21 +8,55 @@ with surrogate escapes. Here Python reads and writes the bytes and OpenCV only d
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from rtseg.errors import PERMISSION_DENIED
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be read or decoded; the message says why (one phrase, e.g. "permission denied;
+    check the file's permissions")."""
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 BGR image of the file (grey, alpha and 16-bit images converted, EXIF orientation
+    applied); :class:`ImageReadError` saying why when it cannot be read or decoded. Never waits: a FIFO, device
+    or folder is refused without reading it. OpenCV's own warnings stay off stderr."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once (and is refused below)
+    except PermissionError:
+        raise ImageReadError(PERMISSION_DENIED) from None
+    except FileNotFoundError:
+        raise ImageReadError("file not found (or a symbolic link to nothing)") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot open it ({exc.strerror})") from None
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageReadError("not a regular file (a FIFO, socket, device or folder)")
+        try:
+            data = file.read()
+        except OSError as exc:
+            raise ImageReadError(f"cannot read it ({exc.strerror})") from None
+    image = _decode(data) if data else None
+    if image is None:
+        raise ImageReadError("not a readable image file")
+    return image
+
 
 def imread(path: str | os.PathLike) -> np.ndarray | None:
-    """(H, W, 3) uint8 BGR image of the file (grey, alpha and 16-bit images converted, EXIF orientation
-    applied); None when it cannot be read or decoded. OpenCV's own warnings stay off stderr."""
+    """:func:`read_image_file`, or None when the file cannot be read or decoded."""
     try:
-        data = Path(path).read_bytes()
-    except OSError:
+        return read_image_file(path)
+    except ImageReadError:
         return None
-    if not data:
-        return None
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    """The image encoded in ``data`` as (H, W, 3) uint8 BGR, None when OpenCV cannot decode it (silently)."""
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:

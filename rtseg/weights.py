@@ -11,6 +11,7 @@ import numbers
 import pickle
 import re
 import typing
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence, TypeVar
@@ -47,7 +48,10 @@ def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None
     ``advice``), foreign bytes → ``advice``, pickled code → refused."""
     p = Path(path)
     try:
-        return torch.load(str(p), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol other than 2 (the file then loads or
+            # fails with our line): not the user's to act on
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(str(p), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():
             raise WeightsError(
@@ -73,7 +77,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     .pth files are loaded with ``weights_only=True``. An rtseg training checkpoint (a dict whose
     ``model`` is the state dict) gives its model's tensors and the extras it was written with
-    (``step``, ``config``, ``class_names``); other files give ``{}`` as extras.
+    (``step``, ``config``, ``class_names``); other files give ``{}`` as extras. Weights that are not all
+    finite (NaN or infinity: a damaged file or a diverged run) are refused (:func:`check_finite`).
     """
     p = Path(path)
     if p.is_dir():
@@ -87,9 +92,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(p)), {}
+            state = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
+        return check_finite(state, p), {}
     obj = load_torch_file(p, advice="give an official YOLACT .pth or an rtseg .safetensors",
                           corrupt_advice="download it again")
     extras: dict[str, Any] = {}
@@ -99,7 +105,22 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); give an official YOLACT "
                            ".pth or an rtseg .safetensors")
-    return obj, extras
+    return check_finite(obj, p), extras
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """``state`` when all its floating-point values are finite, else WeightsError naming ``path``, how many are not
+    and the first tensor holding one. Cheap: one sum per tensor (a NaN or infinity makes it non-finite; only such
+    tensors, or sums that overflowed, are counted element by element)."""
+    floats = {k: t for k, t in state.items() if t.is_floating_point()}
+    suspect = [k for k, t in floats.items() if not torch.isfinite(t.sum())]
+    bad = {k: n for k in suspect if (n := int(floats[k].numel() - torch.isfinite(floats[k]).sum()))}
+    if bad:
+        total = sum(t.numel() for t in floats.values())
+        raise WeightsError(f"{path}: {sum(bad.values())} of its {total} weights are NaN or infinite (first in "
+                           f"{next(iter(bad))}); the file is damaged or its training diverged: use an earlier "
+                           f"checkpoint or re-export the weights")
+    return state
 
 
 def _clean_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -137,12 +158,15 @@ def infer_config(state: dict[str, torch.Tensor], *, input_size: int, source: str
     conf_out = state["prediction_layers.0.conf_layer.weight"].shape[0]
     if conf_out % anchors:
         raise WeightsError(f"{source}: conf_layer has {conf_out} outputs, not a multiple of {anchors} anchors")
-    cfg = YolactConfig(
-        backbone=backbone,
-        num_classes=conf_out // anchors - 1,
-        fpn_channels=state["fpn.lat_layers.0.weight"].shape[0],
-        num_prototypes=state["prediction_layers.0.mask_layer.weight"].shape[0] // anchors,
-    )
+    try:
+        cfg = YolactConfig(
+            backbone=backbone,
+            num_classes=conf_out // anchors - 1,
+            fpn_channels=state["fpn.lat_layers.0.weight"].shape[0],
+            num_prototypes=state["prediction_layers.0.mask_layer.weight"].shape[0] // anchors,
+        )
+    except ConfigError as e:  # layers of sizes no YOLACT has (e.g. a head for 0 classes)
+        raise WeightsError(f"{source}: not a usable YOLACT checkpoint ({e})") from None
     return cfg.with_input_size(input_size)
 
 

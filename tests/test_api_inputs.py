@@ -155,6 +155,6 @@ def test_load_with_wrong_typed_arguments_is_one_line() -> None:
     for name in ("yolact", "fcn", "msrcnn"):
         with pytest.raises(WeightsError, match=f"^{name}: weights must be a file path \\(str or pathlib.Path\\), got int 123"):
             rtseg.load(name, 123)
-    with pytest.raises(ConfigError, match="yolact: input_size must be an integer >= 32, got 'a'"):
+    with pytest.raises(ConfigError, match="yolact: input_size must be an integer in \\[32, 2048\\], got 'a'"):
         rtseg.load("yolact", DEMO, input_size="a")
     assert rtseg.load("yolact", Path(DEMO)).cfg.input_size >= 32  # a pathlib.Path is a path

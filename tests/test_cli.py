@@ -337,6 +337,8 @@ ENGINE_OPTION_ERRORS = {
     "weights folder": (["--weights", "{dir}"], "is a folder"),
     "json over the manifest": (["--weights", "{weights}", "--json", "{manifest}"], "would overwrite the input"),
     "output over the source": (["--weights", "{weights}", "--output", "{clip}"], "would overwrite the input"),
+    "images per frame into the calib folder": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}",
+                                                "--output", "{empty}/{{seq}}.png"], "into the input folder"),
     "negative reconnect timeout": (["--reconnect-timeout", "-1"], "--reconnect-timeout must be >= 0"),
 }
 
@@ -445,3 +447,113 @@ def test_json_lines_on_stdout_and_a_reader_that_goes_away_ends_the_run(files, tm
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
     with av.open(str(tmp_path / "o.mp4")) as c:  # the other outputs are finished
         assert 1 <= len(list(c.decode(video=0))) < 300
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """``tmp_path/mix`` with the images a.png and b.png (different bytes), and a snapshot of its contents."""
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    for i, name in enumerate(("a.png", "b.png")):
+        cv2.imwrite(str(folder / name), np.full((48, 64, 3), 60 + 40 * i, np.uint8))
+    return folder
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+SOURCE_CLASHES = {  # --source, --output, the error line (MIX: the image folder)
+    "folder, one of its images": ("MIX", "MIX/a.png", "--output MIX/a.png would overwrite the input MIX/a.png"),
+    "glob, one of its matches": ("MIX/*.png", "MIX/b.png", "--output MIX/b.png would overwrite the input MIX/b.png"),
+    "folder, images per frame into it": ("MIX", "MIX/{seq:05d}.png", "--output MIX/{seq:05d}.png would write its "
+                                         "images into the input folder MIX, where they could overwrite inputs"),
+    "glob, images per frame beside its matches": ("MIX/a*.png", "MIX/{seq}.png", "--output MIX/{seq}.png would "
+                                                  "write its images beside the input MIX/a.png, where they could "
+                                                  "overwrite inputs"),
+}
+
+
+@pytest.mark.parametrize("case", list(SOURCE_CLASHES))
+def test_an_output_over_the_images_of_a_folder_or_glob_source_is_refused(case, files, image_folder, capsys):
+    """Was: the run wrote its annotated frame over the input image (exit 0), or its per-frame images into the folder
+    it was reading (where they could replace inputs)."""
+    from rtseg.cli import main
+
+    source, output, line = (s.replace("MIX", str(image_folder)) for s in SOURCE_CLASHES[case])
+    before = _contents(image_folder)
+    assert main(["--source", source, "--weights", files["weights"], "--output", output, "--max-frames", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"rtseg: error: {line}; choose another "
+                                                    f"{'folder' if '{seq' in output else 'output path'}"]
+    assert _contents(image_folder) == before
+
+
+def test_images_per_frame_that_cannot_name_an_input_may_go_beside_a_glob_source(files, image_folder, capsys):
+    from rtseg.cli import main
+
+    before = _contents(image_folder)
+    assert main(["--source", f"{image_folder}/*.png", "--weights", files["weights"], "--no-hud",
+                 "--output", f"{image_folder}/{{seq:05d}}.jpg"]) == 0
+    assert _contents(image_folder).keys() == {"00000.jpg", "00001.jpg", *before}
+    assert all(_contents(image_folder)[name] == data for name, data in before.items())
+
+
+def test_outputs_never_overwrite_the_shipped_demo_model(tmp_path):
+    """Without --weights the run reads the demo model: ``--json engines/yolact_demo.json`` replaced its manifest with
+    the run's results (exit 0), in ``rtseg`` and in ``rtseg eval``. Run from a copy of the package whose
+    engines/ holds small demo weights, so that the checkout's own model is never at risk."""
+    import dataclasses
+    import shutil
+
+    from rtseg.data.synthetic import CLASSES
+    from rtseg.models.yolact import Yolact
+    from rtseg.weights import save_yolact
+    from servers.helpers import tiny_config
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO / "rtseg", copy / "rtseg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "run.py", copy)
+    (copy / "engines").mkdir()
+    save_yolact(copy / "engines" / "yolact_demo.safetensors",
+                Yolact(dataclasses.replace(tiny_config(), num_classes=len(CLASSES))), CLASSES)
+    demo = {p.name: p.read_bytes() for p in (copy / "engines").iterdir()}
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((48, 64, 3), 90, np.uint8))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["--source", str(photo), "--json", "engines/yolact_demo.json"],
+                 ["eval", "--data", "synthetic:test", "--max-images", "1", "--json", "engines/yolact_demo.json"]):
+        r = subprocess.run([sys.executable, "run.py", *args], capture_output=True, text=True, timeout=120, cwd=copy,
+                           env=env)
+        prog = "rtseg eval" if args[0] == "eval" else "rtseg"
+        assert r.returncode == 2 and r.stderr.splitlines() == [
+            f"{prog}: error: --json {args[-1]} would overwrite the input {copy / args[-1]}; choose another output "
+            "path"], r.stderr
+        assert {p.name: p.read_bytes() for p in (copy / "engines").iterdir()} == demo
+
+
+def test_a_run_that_writes_no_frame_leaves_existing_outputs_as_they_were(files, tmp_path, capsys, sigint_at_call):
+    """An unreadable image, a folder of them, Ctrl-C before the first frame: the COCO results file became ``[]``
+    (the README promises existing outputs are left as they were; .jsonl, .mp4 and .png outputs were). A run with no
+    frame creates no results file either."""
+    from rtseg.cli import main
+    from rtseg.engines.yolact import YolactEngine
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.png", "b.png"):
+        (junk / name).write_bytes(b"not a png")
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"k.json": b'["keep"]', "k.jsonl": b'{"seq": 0}\n', "k.mp4": b"old video", "k.png": b"old image"}
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+    runs = [(junk / "a.png", 2, "rtseg: error: "), (junk, 2, "rtseg: error: "),
+            (files["clip"], 0, "rtseg: stopped by signal after 0 frames")]
+    for source, status, message in runs:
+        for outputs in (["k.json", "k.mp4"], ["k.jsonl", "k.png"], ["new.json", None]):
+            if status == 0:
+                sigint_at_call(YolactEngine, "warmup", 1)  # a real SIGINT once the run handles signals
+            options = ["--json", str(out / outputs[0]), *(["--output", str(out / outputs[1])] if outputs[1] else [])]
+            assert main(["--source", str(source), "--weights", files["weights"], *options]) == status, outputs
+            assert message in capsys.readouterr().err
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == old, (source, outputs)

@@ -413,3 +413,24 @@ def test_labelme_odd_files_and_images(tmp_path):
                                       .replace("caf\\u00e9".encode(), "café".encode("latin-1")))
     with pytest.raises(DatasetError, match=r"c.json: not UTF-8 \(byte \d+ is 0xe9\); save the file as UTF-8"):
         LabelmeDataset(tmp_path)
+
+
+def test_coco_polygon_with_huge_coordinates_is_left_out_by_name(tmp_path):
+    """Coordinates of ~3e9 overflowed pycocotools' rasteriser (a segfault at ds[i]): beyond the labelme limit
+    (1e6 pixels) the annotation is left out, named in the one warning as other annotations without a mask."""
+    good = {"id": 1, "image_id": 10, "category_id": 7, "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]]}
+    huge = {"id": 9, "image_id": 10, "category_id": 3, "segmentation": [[10, 10, 3e9, 10, 3e9, 3e9, 10, 20]]}
+    with pytest.warns(UserWarning) as record:
+        ds = CocoDataset(*_coco(tmp_path, annotations=[good, huge]))
+    assert len(record) == 1
+    assert "annotations[1] (id 9): polygon with points beyond 1e+06 pixels" in str(record[0].message)
+    assert ds[0].class_ids.tolist() == [1]
+
+
+def test_coco_file_nested_too_deeply_is_one_line(tmp_path):
+    """A JSON file nested 100 000 levels deep raised RecursionError (a traceback) from the JSON parser."""
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match="deep.json: JSON nested too deeply") as info:
+        CocoDataset(path, tmp_path)
+    assert "\n" not in str(info.value)

@@ -212,6 +212,29 @@ def test_cli_bad_paths_and_options_fail_before_evaluating(tiny_weights, tmp_path
             assert time.perf_counter() - t0 < 5.0  # refused at once, not after evaluating 300 images
 
 
+def test_cli_json_never_overwrites_an_input(tiny_weights, tmp_path, capsys):
+    """Was: ``--json`` replaced whatever it named with the metrics (exit 0): the weights, their manifest, a labelme
+    annotation or image, the COCO annotation file or one of its images. Refused like ``rtseg --json`` instead."""
+    weights = tmp_path / "w.safetensors"
+    for source in (tiny_weights, tiny_weights.with_suffix(".json")):
+        weights.with_suffix(source.suffix).write_bytes(source.read_bytes())
+    labelme = tmp_path / "lm"
+    labelme.mkdir()
+    cv2.imwrite(str(labelme / "a.png"), np.zeros((20, 20, 3), np.uint8))
+    (labelme / "a.json").write_text(json.dumps({"shapes": [{"label": CLASSES[0], "points": [[1, 1], [9, 1], [9, 9]]}],
+                                                "imagePath": "a.png", "imageHeight": 20, "imageWidth": 20}))
+    ann = export_coco(SyntheticScene(34, num_frames=2, width=160, height=120), tmp_path / "coco", every=2)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [(f"labelme:{labelme}", weights), (f"labelme:{labelme}", weights.with_suffix(".json")),
+             (f"labelme:{labelme}", labelme / "a.json"), (f"labelme:{labelme}", labelme / "a.png"),
+             (f"coco:{ann}:{ann.parent}", ann), (f"coco:{ann}:{ann.parent}", ann.parent / "frame_000000.png")]
+    for data, output in cases:
+        assert main(["--weights", str(weights), "--data", data, "--json", str(output)]) == 2, output
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg eval: error: --json {output} would overwrite the input {output}; choose another output path"]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):
     folder = tmp_path / "lm"
     folder.mkdir()

@@ -116,6 +116,33 @@ def test_push_errors_hide_credentials():
     assert "secret" not in str(e.value) and "cam.local:554" in str(e.value)
 
 
+@pytest.mark.parametrize("url, line", [
+    ("rtsp://[bad", "push output rtsp://[bad: cannot parse URL (Invalid IPv6 URL); write it as "
+                    "scheme://host:port/path (an IPv6 host in brackets: [::1])"),
+    ("rtmp://user:secret@[bad/live", "push output rtmp://***@[bad/live: cannot parse URL (Invalid IPv6 URL)"),
+    ("rtsp:///x", "push output rtsp:///x: the URL has no host"),
+    ("rtsp://127.0.0.1:-1/x", "push output rtsp://127.0.0.1:-1/x: invalid port '-1'"),
+])
+def test_malformed_push_urls_are_one_line_before_connecting(url, line):
+    """Were urlsplit's 'ValueError: Invalid IPv6 URL' traceback, or 'send failed (Connection refused)' after
+    trying to connect to no host or port -1."""
+    with pytest.raises(SinkError) as info:
+        PushSink(url)
+    assert str(info.value).startswith(line) and "secret" not in str(info.value)
+
+
+def test_push_url_scheme_is_case_insensitive():
+    """'RTMP://' is 'rtmp://' (RFC 3986); was handed to FFmpeg as is, which knows no protocol 'RTMP'."""
+    url = f"RTMP://127.0.0.1:{free_port()}/live/x"  # nobody listens there
+    sink = PushSink(url)
+    assert sink.url == "rtmp" + url[4:]
+    img = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):
+        sink.write(Frame(img, pts=0.0), None, img)
+        sink.close()
+    sink.close()
+
+
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 def test_push_to_a_frozen_server_reconnects_instead_of_hanging(tmp_path):
     """A receiver that stops reading without closing the connection (SIGSTOP: a frozen server) is an outage

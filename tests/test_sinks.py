@@ -438,8 +438,24 @@ def test_coco_json_sink_streams_its_entries_to_the_claimed_partial_file(tmp_path
     sink.close()
     assert [e["image_id"] for e in json.loads(path.read_text())] == [2, 4] and not sink.partial.exists()
     none = CocoJsonSink(tmp_path / "none.json")
+    f = _frame(0, 0.0)
+    none.write(f, empty, f.image)
     none.close()
     assert json.loads((tmp_path / "none.json").read_text()) == []
+
+
+@pytest.mark.parametrize("end", ["close", "abort", "discard"])
+def test_coco_json_sink_that_wrote_no_frame_leaves_no_file_and_an_existing_one_alone(tmp_path, end):
+    """A run that failed or was stopped before its first frame: was ``[]`` in place of the earlier results (close),
+    or a ``[]`` ``.partial.json`` that refused the next run (abort); now like the MP4 and image outputs."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    kept, fresh = tmp_path / "kept.json", tmp_path / "fresh.json"
+    kept.write_text('[{"image_id": 1}]')
+    for path in (kept, fresh):
+        getattr(CocoJsonSink(path), end)()
+    assert kept.read_text() == '[{"image_id": 1}]'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]  # no .partial.json to refuse the next run
 
 
 def test_coco_json_category_ids_are_cocos_for_the_80_classes_and_one_based_otherwise(tmp_path):

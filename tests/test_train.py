@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -388,6 +389,109 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
         assert main([*common, *args, *out]) == 2, args
         _one_line_error(capsys, message)
     assert not list(tmp_path.rglob("checkpoint.pth"))  # all refused before the first step
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--expand-max", "nan"], "--expand-max nan: must be a number from 1 to 8 (1 disables the expand"),
+    (["--expand-max", "0.5"], "--expand-max 0.5: must be at least 1 (1 disables the expand"),
+    (["--seed", "-1"], "--seed -1: must be at least 0"),
+    (["--time-budget", "nan"], "--time-budget nan: must be a number from 0.01 to 525600 minutes"),
+    (["--lr-steps", "0.9,0.1"], "--lr-steps '0.9,0.1': fractions must increase, e.g. 0.7,0.9"),
+    (["--val-images", "0"], "--val-images 0: must be at least 1"),
+    (["--input-size", "100000"], "--input-size 100000: must be at most 2048 pixels"),  # was killed at ~20 GB
+    (["--fpn-channels", "100000"], "--fpn-channels 100000: must be at most 1024"),
+    (["--iters", str(10**21)], f"--iters {10**21}: must be at most 1000000000"),
+    (["--data", "labelme:any"], "--train-images 4: only --data synthetic makes its images"),
+    (["--val-data", "foo"], "--val-data 'foo': expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER"),
+    (["--val-data", "labelme:FILE"], "a.json is a file, not a folder; give the folder that holds the labelme .json"),
+])
+def test_cli_refuses_numbers_out_of_range_and_bad_data_forms_before_training(args, message, tmp_path, capsys) -> None:
+    """Each numeric option must be a finite number in its range, and a data form names its own option (was a
+    traceback, a silently nonsensical run, an out-of-memory kill, or a line naming --data for --val-data)."""
+    from rtseg.train.cli import main
+
+    (tmp_path / "a.json").write_text("{}")
+    args = [a.replace("FILE", str(tmp_path / "a.json")) for a in args]
+    assert main(["--data", "synthetic", "--train-images", "4", "--input-size", "64", "--iters", "2", "--workers", "0",
+                 "--out", str(tmp_path / "m.safetensors"), *args]) == 2
+    _one_line_error(capsys, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # refused before anything was written
+
+
+def test_cli_refuses_an_out_or_work_dir_that_would_overwrite_what_it_reads(tmp_path, capsys) -> None:
+    """--out x.safetensors writes x.json (the manifest) and <work-dir>/checkpoint.pth: none may be a file the run reads
+    (an annotation file, also through a hard link; --init; --resume unless it is the run's own checkpoint), nor may
+    the manifest go into a labelme folder it reads. Each is refused before training, the input left as it was (a COCO
+    annotation file x.json was replaced by the manifest of --out x.safetensors)."""
+    import os
+
+    from rtseg.data.export import export_coco
+    from rtseg.train.cli import main
+
+    ann = export_coco(SyntheticScene(5, width=96, height=64, num_frames=2), tmp_path / "coco")
+    os.link(ann, tmp_path / "link.json")
+    labelme = tmp_path / "lm"
+    labelme.mkdir()
+    (labelme / "a.json").write_text("{}")
+    init, resume, ckpt = tmp_path / "init.safetensors", tmp_path / "m.json", tmp_path / "w" / "checkpoint.pth"
+    ckpt.parent.mkdir()
+    for f in (init, resume, ckpt):
+        f.write_bytes(b"kept")
+    coco = f"coco:{ann}:{ann.parent}"
+    common = ["--input-size", "64", "--iters", "1", "--workers", "0"]
+    cases = [
+        (["--data", coco, "--out", str(ann.with_suffix(".safetensors"))],
+         f"the manifest {ann} would overwrite the --data file {ann}; choose another --out"),
+        (["--data", coco, "--out", str(tmp_path / "link.safetensors")], "would overwrite the --data file"),
+        (["--data", "synthetic", "--val-data", coco, "--out", str(ann.with_suffix(".safetensors"))],
+         "would overwrite the --val-data file"),
+        (["--data", "synthetic", "--init", str(init), "--out", str(init)],
+         f"the weights {init} would overwrite the --init file {init}; choose another --out"),
+        (["--data", "synthetic", "--resume", str(resume), "--out", str(tmp_path / "m.safetensors")],
+         f"the manifest {resume} would overwrite the --resume file {resume}"),
+        (["--data", "synthetic", "--init", str(ckpt), "--work-dir", str(ckpt.parent),
+          "--out", str(tmp_path / "m.safetensors")],
+         f"--work-dir {ckpt.parent}: the checkpoint {ckpt} would overwrite the --init file {ckpt}; choose another"),
+        (["--data", f"labelme:{labelme}", "--out", str(labelme / "a.safetensors")],
+         f"its manifest a.json would go among the labelme files of --data {labelme}"),
+    ]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for args, message in cases:
+        assert main([*common, *args]) == 2, args
+        _one_line_error(capsys, message)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_sigterm_saves_a_checkpoint_and_prints_the_command_that_continues(tmp_path) -> None:
+    """A real SIGTERM to a real `rtseg train` process (kill, a job scheduler's stop) mid-run: as Ctrl-C, the steps done
+    are saved and the command that continues them is printed, exit 130 without a traceback (was: killed at once,
+    exit -15, every step since the last checkpoint lost, nothing said)."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.safetensors"
+    args = ["--data", "synthetic", "--train-images", "4", "--input-size", "64", "--fpn-channels", "16",
+            "--num-prototypes", "4", "--batch-size", "2", "--workers", "0", "--threads", "1", "--iters", "100000",
+            "--ckpt-every", "0", "--out", str(out)]  # no checkpoint but the one the signal makes
+    proc = subprocess.Popen([sys.executable, "-m", "rtseg", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the first progress line: 10 steps done
+            if line.startswith("[") and " 10/100000 " in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "rtseg train: interrupted", stderr
+    ckpt = tmp_path / "m.train" / "checkpoint.pth"
+    step, command = re.search(r"interrupted at step (\d+): checkpoint .*; continue with (.*)", stdout).groups()
+    assert shlex.split(command) == ["rtseg", "train", *args, "--resume", str(ckpt)]
+    assert int(step) >= 10 and torch.load(ckpt, weights_only=True)["step"] == int(step)
+    assert not out.exists()
 
 
 def test_cli_data_errors_from_a_loader_worker_and_resume_past_the_end(tmp_path, capsys) -> None:

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rtseg.errors import SinkError
-from rtseg.serve.server import WebSink
+from rtseg.errors import ConfigError, SinkError
+from rtseg.serve.server import WebSink, parse_address
 from rtseg.types import Frame
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -366,3 +366,34 @@ def test_bad_bind_addresses_say_what_to_do():
         WebSink("2001:db8::1", 8080)
     with pytest.raises(SinkError, match="unknown host: .*; give an IP address such as 127.0.0.1"):
         WebSink("no-such-host.invalid", 8080, token="t")
+
+
+@pytest.mark.parametrize("spec, address", [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("localhost:0", ("localhost", 0)), ("[::1]:8080", ("::1", 8080)),
+    ("[::]:80", ("::", 80)), ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+])
+def test_serve_addresses_parse(spec, address):
+    assert parse_address(spec) == address
+
+
+@pytest.mark.parametrize("spec", ["[::1", "::1:8080", "[foo]:80", "localhost", "h:99999", ":80", "h:", "[::1]8080"])
+def test_malformed_serve_addresses_say_the_form(spec):
+    """'[::1' was split at its last colon into host '[:' (brackets stripped: ':') and port 1, then refused as
+    'web output [:]:1: binding a non-loopback address needs a token'."""
+    with pytest.raises(ConfigError) as info:
+        parse_address(spec)
+    assert str(info.value) == f"--serve {spec}: use HOST:PORT or [IPv6]:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+
+
+def test_a_token_is_percent_encoded_in_the_printed_url_and_accepted_decoded():
+    """'--serve-token "a b&c?d#"' printed '?token=a b&c?d#': a URL that cut the token at '&' (and '#')."""
+    token = "a b&c?d#+é/%"
+    sink = WebSink("127.0.0.1", 0, token=token)
+    try:
+        assert sink.url == f"http://127.0.0.1:{sink.port}/?token=a%20b%26c%3Fd%23%2B%C3%A9%2F%25"
+        with urllib.request.urlopen(sink.url.replace("/?", "/stats.json?"), timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(sink.url, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        sink.close()

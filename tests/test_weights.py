@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 import rtseg
-from rtseg.errors import WeightsError
-from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
+from rtseg.errors import ConfigError, WeightsError
+from rtseg.models.yolact import LIMITS, PRESETS, Yolact, YolactConfig
 from rtseg.weights import infer_config, load_yolact, read_state_dict, save_yolact
 
 TINY = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32, num_prototypes=8)
+DEMO = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +216,123 @@ def test_manifests_are_read_as_utf8_whatever_the_locale() -> None:
     code = "import rtseg; print(len(rtseg.load('yolact', weights='engines/yolact_demo.safetensors').class_names))"
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A tiny rtseg .safetensors + .json pair (copied by the tests that edit it)."""
+    torch.manual_seed(3)
+    return save_yolact(tmp_path_factory.mktemp("pair") / "m.safetensors", Yolact(TINY), ["a", "b", "c"])
+
+
+def _copy_pair(pair, folder, **config):
+    """A copy of ``pair`` in ``folder`` whose manifest's config has ``config`` set (the sha256 still matches)."""
+    path = folder / pair.name
+    path.write_bytes(pair.read_bytes())
+    man = json.loads(pair.with_suffix(".json").read_text())
+    man["config"].update(config)
+    path.with_suffix(".json").write_text(json.dumps(man))
+    return path
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("input_size", 100000, "input_size must be an integer in [32, 2048], got 100000"),  # was: killed for memory
+    ("input_size", -5, "input_size must be an integer in [32, 2048], got -5"),
+    ("backbone", "vgg", "unknown backbone 'vgg'; use one of resnet101, resnet50, resnet18, darknet53"),
+    ("aspect_ratios", [-1, 0.5, 2], "aspect_ratios must be 1 to 16 positive numbers, got (-1, 0.5, 2)"),
+    ("aspect_ratios", [0, 0.5, 2], "aspect_ratios must be 1 to 16 positive numbers, got (0, 0.5, 2)"),
+    ("aspect_ratios", [], "aspect_ratios must be 1 to 16 positive numbers, got ()"),
+    ("scales", [-16, 33, 67, 134, 268], "scales must be 3 to 8 positive anchor sizes in pixels"),
+    ("scales", [16, 33], "scales must be 3 to 8 positive anchor sizes in pixels"),
+    ("num_prototypes", 0, "num_prototypes must be an integer in [1, 256], got 0"),
+    ("num_classes", 0, "num_classes must be an integer in [1, 5000], got 0"),
+    ("fpn_channels", 100000, "fpn_channels must be an integer in [1, 1024], got 100000"),
+])
+def test_manifest_fields_out_of_range_are_one_line_naming_the_manifest_and_field(tiny_pair, tmp_path, field, value,
+                                                                                  expected):
+    """Were a traceback (unknown backbone, math domain error), an OOM kill (input_size 100000), a silently broken
+    model (negative scales, aspect ratio 0), torch's zero-element warning before the error, or a line without the
+    manifest's name (input_size -5). Now the config checks its ranges before any layer is built."""
+    path = _copy_pair(tiny_pair, tmp_path, **{field: value})
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(WeightsError) as info:
+        warnings.simplefilter("always")
+        load_yolact(path)
+    assert [str(w.message) for w in caught] == []  # no library warning on the way
+    message = str(info.value)
+    assert message.startswith(f"{path.with_suffix('.json')}: its config is invalid (YolactConfig: {expected}"), message
+    assert message.endswith("); re-export the weights") and "\n" not in message
+
+
+def test_the_config_checks_its_ranges_for_the_python_api_too():
+    assert LIMITS["input_size"] == (32, 2048)  # the one place the bound lives (the train CLI reads it too)
+    with pytest.raises(ConfigError, match=r"YolactConfig: input_size must be an integer in \[32, 2048\], got 4096"):
+        TINY.with_input_size(4096)
+    with pytest.raises(ConfigError, match="YolactConfig: aspect_ratios must be"):
+        YolactConfig(aspect_ratios=(float("nan"),))
+    with pytest.raises(ConfigError, match="YolactConfig: square_anchors must be true or false, got 'yes'"):
+        YolactConfig(square_anchors="yes")
+    with pytest.raises(ConfigError, match=r"yolact: input_size must be an integer in \[32, 2048\], got 4096"):
+        rtseg.load("yolact", weights=DEMO, input_size=4096)
+    assert YolactConfig().with_input_size(32).input_size == 32 and TINY.with_input_size(2048).input_size == 2048
+
+
+def test_an_official_file_with_an_impossible_head_is_a_weights_error(tmp_path, tiny_pth):
+    state = torch.load(tiny_pth, weights_only=True)
+    state["prediction_layers.0.conf_layer.weight"] = torch.zeros(3, 32, 3, 3)  # one output per anchor: 0 classes
+    path = tmp_path / "zero.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"zero.pth: not a usable YOLACT checkpoint \(YolactConfig: num_classes "
+                                           r"must be an integer in \[1, 5000\], got 0\)"):
+        load_yolact(path)
+
+
+def test_weights_that_are_not_finite_are_refused_naming_how_many(tiny_pair, tiny_pth, tmp_path):
+    """Were loaded without a word: the model then finds nothing (or nonsense) in every frame."""
+    from safetensors.torch import load_file, save_file
+
+    from rtseg.weights import manifest_path, sha256_file
+
+    state = load_file(str(tiny_pair))
+    state["fpn.lat_layers.0.weight"].view(-1)[:2] = float("nan")
+    state["proto_net.0.bias"][0] = float("inf")
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path))
+    man = json.loads(manifest_path(tiny_pair).read_text())
+    manifest_path(path).write_text(json.dumps({**man, "sha256": sha256_file(path)}))
+    total = sum(t.numel() for t in state.values() if t.is_floating_point())
+    with pytest.raises(WeightsError) as info:
+        load_yolact(path)
+    assert str(info.value) == (f"{path}: 3 of its {total} weights are NaN or infinite (first in "
+                               "fpn.lat_layers.0.weight); the file is damaged or its training diverged: use an "
+                               "earlier checkpoint or re-export the weights")
+    official = torch.load(tiny_pth, weights_only=True)
+    official["backbone.bn1.running_var"][0] = float("-inf")
+    torch.save(official, tmp_path / "inf.pth")
+    with pytest.raises(WeightsError, match=r"inf.pth: 1 of its \d+ weights are NaN or infinite \(first in "
+                                           r"backbone.bn1.running_var\)"):
+        read_state_dict(tmp_path / "inf.pth")
+
+
+def test_a_legacy_pickle_file_is_our_line_only(tmp_path):
+    """torch warned 'Detected pickle protocol 4 in the checkpoint …' before our line."""
+    path = tmp_path / "plain.pickle.pth"
+    path.write_bytes(pickle.dumps({"a": [1, 2]}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(WeightsError) as info:
+        warnings.simplefilter("always")
+        read_state_dict(path)
+    assert [str(w.message) for w in caught] == []
+    assert str(info.value) == (f"{path}: not a PyTorch checkpoint (its contents do not unpickle to tensors); give an "
+                               "official YOLACT .pth or an rtseg .safetensors")
+
+
+def test_bad_manifests_and_pickles_are_one_line_in_the_cli(tiny_pair, tmp_path, capsys):
+    """In process, through the command line: exit 2 and exactly one line on stderr, no warning before it."""
+    from rtseg.cli import main
+
+    (tmp_path / "p.pth").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    bad_manifest = _copy_pair(tiny_pair, tmp_path, num_prototypes=0)
+    for weights, start in ((bad_manifest, f"{bad_manifest.with_suffix('.json')}: its config is invalid"),
+                           (tmp_path / "p.pth", f"{tmp_path / 'p.pth'}: not a PyTorch checkpoint")):
+        assert main(["--source", "synthetic", "--max-frames", "1", "--weights", str(weights)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"rtseg: error: {start}"), err

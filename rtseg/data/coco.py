@@ -5,8 +5,9 @@ contiguous 0-based class ids (``dataset.category_ids[class_id]`` maps back).
 Segmentations may be polygons, RLE or uncompressed RLE. Crowd annotations are
 left out unless ``include_crowd=True`` (then ``Sample.iscrowd`` marks them, for
 evaluation). Annotations without a mask (bbox only, empty segmentation, polygon
-parts of fewer than 3 points, zero area, wholly outside the image) are left out
-with one warning naming the first few. Malformed files and annotations raise
+parts of fewer than 3 points, zero area, wholly outside the image, points beyond
+:data:`~rtseg.data.dataset.FAR_PIXELS`) are left out with one warning naming the
+first few. Malformed files and annotations raise
 ``DatasetError`` naming the file and the annotation (``annotations[k]``, its
 index in the file, and its id); missing images are reported when the data set
 is opened.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from rtseg.data.dataset import Sample, masks_to_boxes, read_image, read_json, skipped_warning
+from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import DatasetError, RtsegWarning
 
 
@@ -91,6 +92,8 @@ def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[A
         xy = [np.array(p, np.float64).reshape(-1, 2) for p in parts]
         if not all(np.isfinite(p).all() for p in xy):
             raise DatasetError(f"{where}: polygon with NaN or infinity; fix or remove the annotation")
+        if max(np.abs(p).max() for p in xy) > FAR_PIXELS:
+            return parts, f"polygon with points beyond {FAR_PIXELS:.0e} pixels"
         if not any(_has_area(p) for p in xy):
             return parts, "polygon of zero area"
         lo, hi = np.min([p.min(axis=0) for p in xy], axis=0), np.max([p.max(axis=0) for p in xy], axis=0)

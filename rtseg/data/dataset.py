@@ -6,28 +6,27 @@ A data set is a ``Sequence[Sample]``-like object (``len(ds)``, ``ds[i]``) with a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from rtseg.errors import DatasetError
-from rtseg.imageio import imread
+from rtseg.errors import PERMISSION_DENIED, DatasetError
+from rtseg.imageio import ImageReadError, read_image_file
 from rtseg.types import _check
 
 WARN_SKIPPED = 5  # skipped annotations named in a warning; the rest are counted
+FAR_PIXELS = 1e6  # coordinates beyond this are no annotation (and overflow pycocotools' and OpenCV's rasterisers)
 
 
 def read_image(path: Path | str) -> np.ndarray:
     """(H, W, 3) uint8 BGR image from ``path`` (grey, alpha and 16-bit images are converted);
     ``DatasetError`` when it cannot be read."""
-    image = imread(path) if os.path.isfile(path) else None
-    if image is None:
-        why = "file not found" if not os.path.isfile(path) else "not a readable image"
-        raise DatasetError(f"{path}: {why}; fix or remove the file and its annotations")
-    return image
+    try:
+        return read_image_file(path)
+    except ImageReadError as exc:
+        raise DatasetError(f"{path}: {exc}; fix or remove the file and its annotations") from None
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -37,6 +36,8 @@ def read_json(path: Path, what: str) -> Any:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found") from None
+    except PermissionError:
+        raise DatasetError(f"{path}: {PERMISSION_DENIED}") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the {what} ({exc.strerror}); give the path of the {what}") from None
     except UnicodeDecodeError as exc:
@@ -46,6 +47,9 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc}); repair or remove the {what}") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read (arrays or objects within each other "
+                           f"thousands of levels deep); repair or remove the {what}") from None
 
 
 def skipped_warning(source: Path, what: str, reasons: Sequence[str]) -> str:

@@ -38,15 +38,14 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from rtseg.data.dataset import Sample, masks_to_boxes, read_image, read_json, skipped_warning
-from rtseg.errors import DatasetError, RtsegWarning
+from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
+from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SKIP_LABELS = {"__ignore__", "_background_"}
 _NUMBERED = re.compile(r"(.+?)[_\- ]?(\d+)")
 _NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2}  # points per shape type with an area
-_FAR = 1e6  # pixels; coordinates beyond this are no annotation (and overflow the rasteriser)
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -59,6 +58,8 @@ def read_label_names(path: str | os.PathLike) -> tuple[str, ...]:
     """Class names from a text file, one per line (blank, ``__ignore__``, ``_background_`` skipped)."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except PermissionError:
+        raise DatasetError(f"{path}: {PERMISSION_DENIED}") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read class names ({exc.strerror})") from None
     except UnicodeDecodeError:
@@ -256,8 +257,8 @@ def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
         return f"{where}: {kind} has no area"
     if len(points) < _NEED[kind] or (kind in ("circle", "mask") and len(points) != _NEED[kind]):
         return f"{where}: {kind} with {len(points)} points (need {_NEED[kind]})"
-    if np.abs(points).max() > _FAR:
-        return f"{where}: points beyond {_FAR:.0e} pixels"
+    if np.abs(points).max() > FAR_PIXELS:
+        return f"{where}: points beyond {FAR_PIXELS:.0e} pixels"
     mask = None
     if kind == "mask":
         try:

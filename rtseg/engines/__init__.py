@@ -16,7 +16,7 @@ def load(name: str = "yolact", weights: str | None = None, *, device: str = "cpu
     """Load a segmentation engine by name.
 
     ``rtseg.load("yolact", weights="yolact_base_54_800000.pth", device="cpu", score_threshold=0.15, top_k=15)``;
-    yolact options: input_size (default 550, 700 for im700 files, the manifest's for rtseg files),
+    yolact options: input_size (32 to 2048; default 550, 700 for im700 files, the manifest's for rtseg files),
     score_threshold, top_k, nms ("fast" | "cross_class" | "traditional"), backend
     ("eager" | "compile" | "tensorrt" | "onnx" | "auto").
     ``"slic"`` (no weights; n_segments, compactness, backend "skimage" | "torch", default torch on CUDA),

@@ -76,11 +76,13 @@ def check_real(engine: str, key: str, value: Any, *, low: float, high: float = m
     return float(value)
 
 
-def check_int(engine: str, key: str, value: Any, *, low: int) -> int:
-    """``value`` as an int when it is an integer (not a bool) >= low, else ConfigError
-    ``"<engine>: <key> must be an integer >= 1, got 1.5"``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ConfigError(f"{engine}: {key} must be an integer >= {low}, got {value!r}")
+def check_int(engine: str, key: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """``value`` as an int when it is an integer (not a bool) in [low, high] (high None: no upper bound), else
+    ConfigError ``"<engine>: <key> must be an integer >= 1, got 1.5"`` (``… in [32, 2048] …`` with ``high``)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{engine}: {key} must be an integer {expected}, got {value!r}")
     return int(value)
 
 

@@ -18,7 +18,7 @@ from rtseg.engines.backends import Backend, TorchBackend, make_backend
 from rtseg.engines.base import StagedEngine, host_tensor
 from rtseg.engines.options import check_int, check_real, check_weights_path, place_network, resolve_device
 from rtseg.errors import ConfigError
-from rtseg.models.yolact import MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
+from rtseg.models.yolact import LIMITS, MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
 from rtseg.ops.boxes import boxes_to_pixels, decode
 from rtseg.ops.device_overlay import blend, download
@@ -92,8 +92,6 @@ class YolactEngine(StagedEngine):
         top_k, nms_top_k, max_detections = (
             check_int("yolact", key, v, low=1) for key, v in (
                 ("top_k", top_k), ("nms_top_k", nms_top_k), ("max_detections", max_detections)))
-        if model.cfg.input_size < 32:
-            raise ConfigError(f"input_size must be at least 32 pixels, got {model.cfg.input_size}")
         self.cfg: YolactConfig = model.cfg
         #: COCO category id of each class when the weights were trained on a COCO file (their manifest says), for
         #: COCO results files; None otherwise.
@@ -141,7 +139,8 @@ class YolactEngine(StagedEngine):
 
         weights = check_weights_path("yolact", weights)
         if input_size is not None:
-            input_size = check_int("yolact", "input_size", input_size, low=32)
+            low, high = LIMITS["input_size"]
+            input_size = check_int("yolact", "input_size", input_size, low=low, high=high)
         loaded = load_yolact(weights, input_size=input_size)
         kwargs.setdefault("class_names", loaded.class_names)
         engine = cls(model=loaded.model, **kwargs)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from rtseg.cli import check_outputs_are_not_inputs, weights_paths
 from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
 from rtseg.engines import ENGINE_NAMES
@@ -63,27 +64,44 @@ AP_SCORE_THRESHOLD = 0.05
 """Default --score-threshold of yolact and msrcnn: low, as AP needs the whole precision-recall curve."""
 
 
-def open_dataset(spec: str) -> InstanceDataset:
-    """The data set named by a ``--data`` spec (see the module docstring)."""
+def _split_data(spec: str) -> tuple[str, tuple[str, ...]]:
+    """A ``--data`` spec as its kind and arguments: ``synthetic`` (split), ``coco`` (annotations, image folder) or
+    ``labelme`` (folder); ConfigError for a malformed one."""
     kind, _, rest = spec.partition(":")
     if kind == "synthetic":
-        from rtseg.data.synthetic import SyntheticDataset
-
-        return SyntheticDataset.split(rest or "test")
+        return kind, (rest or "test",)
     if kind == "coco":
         ann, _, image_dir = rest.partition(":")
         if not ann or not image_dir:
             raise ConfigError(f"--data {spec}: use coco:ANNOTATIONS.json:IMAGE_DIR")
-        from rtseg.data.coco import CocoDataset
-
-        return CocoDataset(ann, image_dir, include_crowd=True)
+        return kind, (ann, image_dir)
     if kind == "labelme":
         if not rest:
             raise ConfigError(f"--data {spec}: use labelme:FOLDER")
-        from rtseg.data.labelme import LabelmeDataset
-
-        return LabelmeDataset(rest)
+        return kind, (rest,)
     raise ConfigError(f"--data {spec}: unknown kind {kind!r}; use synthetic:test, coco:ANN.json:IMG_DIR or labelme:DIR")
+
+
+def open_dataset(spec: str) -> InstanceDataset:
+    """The data set named by a ``--data`` spec (see the module docstring)."""
+    kind, parts = _split_data(spec)
+    if kind == "synthetic":
+        from rtseg.data.synthetic import SyntheticDataset
+
+        return SyntheticDataset.split(*parts)
+    if kind == "coco":
+        from rtseg.data.coco import CocoDataset
+
+        return CocoDataset(*parts, include_crowd=True)
+    from rtseg.data.labelme import LabelmeDataset
+
+    return LabelmeDataset(*parts)
+
+
+def _data_paths(spec: str) -> tuple[str, ...]:
+    """The files and folders a ``--data`` spec reads (none for synthetic data)."""
+    kind, parts = _split_data(spec)
+    return () if kind == "synthetic" else parts
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -153,6 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     resize = None if args.resize is None else parse_size(args.resize)
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
+    check_outputs_are_not_inputs([("--json", args.json)],
+                                 [*weights_paths(args.weights, args.semantic), *_data_paths(args.data)])
     dataset = open_dataset(args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:

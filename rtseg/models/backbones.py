@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: The backbones :func:`build_backbone` builds.
+BACKBONES = ("resnet101", "resnet50", "resnet18", "darknet53")
+
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck (1x1 → 3x3 → 1x1, expansion 4), stride on the 3x3."""
@@ -151,4 +154,4 @@ def build_backbone(name: str) -> tuple[nn.Module, tuple[int, ...]]:
         return ResNetBackbone(block=BasicBlock, layers=(2, 2, 2, 2)), (1, 2, 3)
     if name == "darknet53":
         return DarkNetBackbone(), (2, 3, 4)
-    raise ValueError(f"unknown backbone {name!r}; expected resnet101, resnet50, resnet18 or darknet53")
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")

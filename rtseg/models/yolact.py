@@ -12,19 +12,31 @@ training-only semantic segmentation 1x1 conv on P3.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtseg.models.backbones import build_backbone
+from rtseg.errors import ConfigError
+from rtseg.models.backbones import BACKBONES, build_backbone
 
 #: Official per-channel BGR mean / std (0..255 scale) of the ResNet transform.
 MEANS_BGR = (103.94, 116.78, 123.68)
 STDS_BGR = (57.38, 57.12, 58.40)
 #: Anchor scales in pixels at the reference input size 550.
 BASE_SCALES = (24, 48, 96, 192, 384)
+#: Inclusive (low, high) of each integer field of :class:`YolactConfig`, the one place these limits live (the train
+#: CLI checks its options against them too). The highs keep a hand-edited manifest from exhausting memory while
+#: leaving room: 2048 px has 14x the pixels of the official 550 (400 to 700), LVIS has 1203 classes, the paper
+#: uses 256 channels and 32 prototypes.
+LIMITS: dict[str, tuple[int, int]] = {
+    "num_classes": (1, 5000), "input_size": (32, 2048), "fpn_channels": (1, 1024), "num_prototypes": (1, 256),
+}
+#: Inclusive (low, high) of the number of anchor scales (FPN levels; P3..P7 officially) and of aspect ratios.
+LEVELS = (3, 8)
+RATIOS = (1, 16)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,9 @@ class YolactConfig:
         int(s / 550 * input_size) for other sizes, as the im400/im700 configs do).
     aspect_ratios: anchor aspect ratios per location.
     square_anchors: official v1.0 quirk: anchors are square (h = w); keep True for its checkpoints.
+
+    Construction checks every field (ConfigError naming the first one out of range: :data:`LIMITS`,
+    :data:`LEVELS`, :data:`RATIOS`), so a bad manifest or argument fails before any layer is built.
     """
 
     backbone: str = "resnet101"
@@ -50,6 +65,11 @@ class YolactConfig:
     scales: tuple[int, ...] = BASE_SCALES
     aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
     square_anchors: bool = True
+
+    def __post_init__(self) -> None:
+        problem = _config_problem(self)
+        if problem is not None:
+            raise ConfigError(f"YolactConfig: {problem}")
 
     @property
     def num_anchors(self) -> int:
@@ -63,6 +83,36 @@ class YolactConfig:
     def with_input_size(self, size: int) -> "YolactConfig":
         """The same model at another input size, with anchor scales rescaled like the official configs."""
         return replace(self, input_size=size, scales=tuple(int(s / 550 * size) for s in BASE_SCALES))
+
+
+def _is_int(value: object) -> bool:
+    """An integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_positive(value: object) -> bool:
+    """A finite real number > 0 (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _config_problem(cfg: YolactConfig) -> str | None:
+    """The first field of ``cfg`` out of its range (:data:`LIMITS`, :data:`LEVELS`, :data:`RATIOS`) as
+    "<field> must be …, got …", None when every field is valid."""
+    if cfg.backbone not in BACKBONES:
+        return f"unknown backbone {cfg.backbone!r}; use one of {', '.join(BACKBONES)}"
+    for name, (low, high) in LIMITS.items():
+        value = getattr(cfg, name)
+        if not _is_int(value) or not low <= value <= high:
+            return f"{name} must be an integer in [{low}, {high}], got {value!r}"
+    for name, (low, high), valid, what in (
+            ("scales", LEVELS, lambda s: _is_int(s) and s > 0, "positive anchor sizes in pixels (one per FPN level)"),
+            ("aspect_ratios", RATIOS, _is_positive, "positive numbers")):
+        values = getattr(cfg, name)
+        if not isinstance(values, (tuple, list)) or not low <= len(values) <= high or not all(map(valid, values)):
+            return f"{name} must be {low} to {high} {what}, got {values!r}"
+    if not isinstance(cfg.square_anchors, bool):
+        return f"square_anchors must be true or false, got {cfg.square_anchors!r}"
+    return None
 
 
 #: The published v1.0 configurations.

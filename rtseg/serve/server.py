@@ -25,6 +25,7 @@ import errno
 import hmac
 import ipaddress
 import json
+import re
 import socket
 import sys
 import threading
@@ -33,16 +34,37 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 import numpy as np
 
-from rtseg.errors import SinkError
+from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Frame, Prediction
 
 _PAGE = Path(__file__).with_name("page.html")
 _BOUNDARY = "rtsegframe"
+#: ``[IPv6]:PORT`` (groups 1, 2) or ``HOST:PORT`` (groups 3, 4), the forms of ``--serve``.
+_ADDRESS = re.compile(r"\[([^\[\]\s]+)\]:(\d{1,5})|([^\[\]:\s]+):(\d{1,5})")
+
+
+def parse_address(spec: str) -> tuple[str, int]:
+    """(host, port) of ``--serve HOST:PORT`` or ``[IPv6]:PORT`` (port 0: any free one); ConfigError naming the
+    option otherwise (no port, a port above 65535, an unbracketed or malformed IPv6 address)."""
+    match = _ADDRESS.fullmatch(spec)
+    if match is not None:
+        v6, host, port = match.group(1), match.group(1) or match.group(3), int(match.group(2) or match.group(4))
+        if port <= 65535 and (v6 is None or _is_ipv6(v6)):
+            return host, port
+    raise ConfigError(f"--serve {spec}: use HOST:PORT or [IPv6]:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -266,7 +288,7 @@ class WebSink:
         machine's host name, which other machines can reach, instead of an address a browser cannot open."""
         host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        return f"http://{host}:{self.port}/" + (f"?token={quote(self.token, safe='')}" if self.token else "")
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         """Offer ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) to the viewers."""

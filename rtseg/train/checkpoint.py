@@ -5,14 +5,18 @@ stateful part (model, optimizer, scheduler, loss scaler …) under its name, tor
 CPU random state (dropout, samplers: a resumed run draws what the uninterrupted
 one would) and plain extra values. It is written to a temporary file and renamed, so a crash
 never leaves a half-written checkpoint; it is read with ``weights_only=True``.
+A trainer stopped by Ctrl-C or SIGTERM (:func:`sigterm_as_interrupt`) saves the steps done and says how to continue.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, TextIO, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
@@ -96,6 +100,26 @@ def check_lr(lr: float) -> float:
     return lr
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within it (or the function it decorates), SIGTERM (``kill``, a job scheduler's or ``docker stop``'s stop request)
+    raises KeyboardInterrupt in the main thread as Ctrl-C does, so a trainer saves its checkpoint and prints how to
+    continue (:func:`save_on_interrupt`) instead of dying at once with every step since the last checkpoint lost
+    (``exit_status`` then ends it with 130, no traceback). Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
     """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path.
 
@@ -118,9 +142,9 @@ def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], 
 
 def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful], resume_hint: str,
                       log: TextIO | None = None, **extra: Any) -> Path:
-    """After Ctrl-C: write the checkpoint of the ``step`` steps done (:func:`save_checkpoint`) and
-    print one line saying where it is and how to continue (``resume_hint``, e.g. ``--resume``) to
-    ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt."""
+    """After Ctrl-C (or SIGTERM, :func:`sigterm_as_interrupt`): write the checkpoint of the ``step`` steps done
+    (:func:`save_checkpoint`) and print one line saying where it is and how to continue (``resume_hint``, e.g.
+    ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt."""
     path = save_checkpoint(path, step=step, parts=parts, **extra)
     print(f"interrupted at step {step}: checkpoint {path}; continue with {resume_hint}",
           file=log if log is not None else sys.stderr, flush=True)
@@ -134,7 +158,7 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
 
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)``) before it
     updates the weights; its divergence error ends the run. checkpoint: written every ``ckpt_every``
-    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C the
+    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM) the
     steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on.
     describe: one progress line's text from the results of the last ``log_every`` steps that were not
     skipped, printed every ``log_every`` steps as ``step k/steps <text> (<seconds> s)`` plus the

@@ -13,26 +13,49 @@ them; otherwise everything starts from scratch (said in the log).
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import shlex
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
-from rtseg.models.yolact import Yolact, YolactConfig
+from rtseg.models.backbones import BACKBONES
+from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
 from rtseg.train.augment import AugmentConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, weights_out
+from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, sigterm_as_interrupt, weights_out
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
-from rtseg.weights import load_into, load_torch_file, load_yolact
+from rtseg.weights import load_into, load_torch_file, load_yolact, manifest_path
 
-BACKBONES = ("resnet18", "resnet50", "resnet101", "darknet53")
+
+_NUMBER_RANGES: tuple[tuple[str, float, float | None, str], ...] = (
+    # option, least, most (None: no limit), why the limit (said with it)
+    # the model's own limits (one training image at 2048 px takes gigabytes; 100000 px was killed for its memory)
+    ("--input-size", *LIMITS["input_size"], " pixels (YOLACT uses 550 or 700)"),
+    ("--fpn-channels", *LIMITS["fpn_channels"], " (the paper uses 256)"),
+    ("--num-prototypes", *LIMITS["num_prototypes"], " (the paper uses 32)"),
+    ("--iters", 1, 10**9, ""),
+    ("--batch-size", 1, 1024, " (the paper uses 8)"),
+    ("--warmup", 0, None, ""),
+    ("--expand-max", 1, 8, " (1 disables the expand; the paper uses 4)"),
+    ("--val-every", 0, None, ""),
+    ("--val-images", 1, None, ""),
+    ("--ckpt-every", 0, None, ""),
+    ("--train-images", 1, 10**9, ""),
+    ("--workers", 0, 256, ""),
+    ("--threads", 1, 1024, ""),
+    ("--seed", 0, None, ""),
+    ("--time-budget", 0.01, 525600, " minutes"),
+)
+"""The range of each numeric option but --lr (:func:`check_lr`); an option left unset (None) is not checked."""
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -60,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train for at most this many minutes: the schedule (warm-up, LR steps) is shortened to the "
                         "steps that fit; the final validation and export come on top")
     p.add_argument("--backbone", default="resnet18", choices=BACKBONES, help="backbone network")
-    p.add_argument("--input-size", type=int, default=320, help="square network input side in pixels")
+    p.add_argument("--input-size", type=int, default=320,
+                   help="square network input side in pixels, %d to %d" % LIMITS["input_size"])
     p.add_argument("--fpn-channels", type=int, default=64, help="FPN / head width (paper 256)")
     p.add_argument("--num-prototypes", type=int, default=16, help="prototype masks k (paper 32)")
     p.add_argument("--iters", type=int, required=True, help="optimizer steps")
@@ -73,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: only at the end)")
     p.add_argument("--val-images", type=int, default=100, help="validation images per validation")
     p.add_argument("--ckpt-every", type=int, default=500, metavar="N",
-                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C)")
+                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C or SIGTERM)")
     p.add_argument("--train-images", type=int, default=None, help="synthetic: number of training images (default 20000)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -86,23 +110,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_dataset(spec: str, *, split: str = "train", num_images: int | None = None,
-                 class_names: Sequence[str] | None = None) -> InstanceDataset:
-    """A data set from ``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER``
-    (``class_names``: the classes of a labelme folder, e.g. the training set's for a validation set)."""
-    from rtseg.data import CocoDataset, LabelmeDataset, SyntheticDataset
+class DataSpec(NamedTuple):
+    """A parsed ``--data`` / ``--val-data``: kind ``synthetic`` (no paths), ``coco`` (path: the annotation file,
+    images: their folder) or ``labelme`` (path: the folder of .json files and images)."""
 
+    kind: str
+    path: Path | None = None
+    images: Path | None = None
+
+
+def parse_data(spec: str, option: str = "--data") -> DataSpec:
+    """``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER`` as a :class:`DataSpec`; a ConfigError naming
+    ``option`` for any other form, or a labelme FOLDER that is a file."""
     kind, _, rest = spec.partition(":")
     if kind == "synthetic" and not rest:
-        return SyntheticDataset.split(split, num_images)
+        return DataSpec(kind)
     if kind == "coco":
         ann, sep, img_dir = rest.partition(":")
         if not sep or not ann or not img_dir:
-            raise ConfigError(f"--data {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR")
-        return CocoDataset(ann, img_dir)
+            raise ConfigError(f"{option} {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR")
+        return DataSpec(kind, Path(ann), Path(img_dir))
     if kind == "labelme" and rest:
-        return LabelmeDataset(rest, class_names=class_names)
-    raise ConfigError(f"--data {spec!r}: expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER")
+        if Path(rest).is_file():
+            raise ConfigError(f"{option} {spec!r}: {rest} is a file, not a folder; give the folder that holds the "
+                              "labelme .json files and their images (labelme:FOLDER)")
+        return DataSpec(kind, Path(rest))
+    raise ConfigError(f"{option} {spec!r}: expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER")
+
+
+def open_dataset(spec: str, *, option: str = "--data", split: str = "train", num_images: int | None = None,
+                 class_names: Sequence[str] | None = None) -> InstanceDataset:
+    """A data set from ``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER`` (:func:`parse_data`; a bad
+    form is a ConfigError naming ``option``); ``class_names``: the classes of a labelme folder, e.g. the training
+    set's for a validation set."""
+    from rtseg.data import CocoDataset, LabelmeDataset, SyntheticDataset
+
+    data = parse_data(spec, option)
+    if data.kind == "synthetic":
+        return SyntheticDataset.split(split, num_images)
+    if data.kind == "coco":
+        return CocoDataset(data.path, data.images)
+    return LabelmeDataset(data.path, class_names=class_names)
 
 
 def imagenet_backbone(model: Yolact) -> Path | None:
@@ -129,26 +177,74 @@ def imagenet_backbone(model: Yolact) -> Path | None:
 
 
 def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
+    """The steps of ``--lr-steps`` (increasing fractions of ``iters``, each strictly between 0 and 1)."""
     try:
         fractions = [float(f) for f in text.split(",") if f.strip()]
     except ValueError:
         raise ConfigError(f"--lr-steps {text!r}: expected comma-separated fractions such as 0.7,0.9") from None
     if any(not 0 < f < 1 for f in fractions):
         raise ConfigError(f"--lr-steps {text!r}: fractions must lie strictly between 0 and 1")
+    if any(a >= b for a, b in zip(fractions, fractions[1:])):
+        raise ConfigError(f"--lr-steps {text!r}: fractions must increase, e.g. 0.7,0.9")
     return tuple(int(f * iters) for f in fractions)
 
 
+def _check_range(option: str, value: float, low: float, high: float | None, why: str) -> None:
+    """ConfigError unless ``value`` is a finite number from ``low`` to ``high`` (None: no upper limit)."""
+    if not math.isfinite(value):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ConfigError(f"{option} {value}: must be a number {span}{why}")
+    if value < low:
+        raise ConfigError(f"{option} {value}: must be at least {low}{why}")
+    if high is not None and value > high:
+        raise ConfigError(f"{option} {value}: must be at most {high}{why}")
+
+
 def _check_options(args: argparse.Namespace) -> None:
-    """ConfigError for option values training cannot use (before any data is read)."""
+    """ConfigError for option values training cannot use (before any data is read or memory taken)."""
     check_lr(args.lr)
-    for name, value, low in (("--input-size", args.input_size, 32), ("--fpn-channels", args.fpn_channels, 1),
-                             ("--num-prototypes", args.num_prototypes, 1), ("--workers", args.workers, 0),
-                             ("--warmup", args.warmup, 0), ("--ckpt-every", args.ckpt_every, 0),
-                             ("--val-every", args.val_every, 0)):
-        if value < low:
-            raise ConfigError(f"{name} {value}: must be at least {low}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads {args.threads}: must be at least 1")
+    for option, low, high, why in _NUMBER_RANGES:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            _check_range(option, value, low, high, why)
+    if args.train_images is not None and args.data != "synthetic":
+        raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "
+                          "labelme set trains on all of its images, so leave the option out")
+    if args.resume and args.init:
+        raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file or folder (the same resolved path, or for existing ones a link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # (one is missing)
+        return False
+
+
+def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> None:
+    """ConfigError when a file training writes (the weights, their manifest, the checkpoint, or the ``.tmp`` file of
+    one) is a file it reads (the COCO annotations of --data / --val-data, --init, --resume; the checkpoint may be
+    the --resume file it continues), or the manifest would go among the .json files of a labelme folder it reads."""
+    writes = [(option, what, f) for option, what, path in
+              (("--out", "the weights", out), ("--out", "the manifest", manifest_path(out)),
+               ("--work-dir", "the checkpoint", work_dir / CHECKPOINT_NAME))
+              for f in (path, path.with_name(path.name + ".tmp"))]
+    reads = [(option, Path(path)) for option, path in (("--init", args.init), ("--resume", args.resume)) if path]
+    for option, spec in (("--data", args.data), ("--val-data", args.val_data)):
+        data = parse_data(spec, option) if spec else None
+        if data and data.kind == "labelme" and _same_file(manifest_path(out).parent, data.path):
+            raise ConfigError(f"--out {out}: its manifest {manifest_path(out).name} would go among the labelme files "
+                              f"of {option} {data.path} (and be read as one); write the weights to another folder")
+        if data and data.kind == "coco":
+            reads.append((option, data.path))
+    for option, path in reads:
+        for changed, what, written in writes:
+            if _same_file(path, written) and not (option == "--resume" and changed == "--work-dir"):
+                raise ConfigError(f"{changed} {out if changed == '--out' else work_dir}: {what} {written} would "
+                                  f"overwrite the {option} file {path}; choose another {changed}")
 
 
 def _check_outputs(out: Path, work_dir: Path) -> None:
@@ -173,12 +269,15 @@ def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
     return shlex.join(["rtseg", "train", *kept, "--resume", str(checkpoint)])
 
 
+@sigterm_as_interrupt()
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
-    """Train as the parsed options (from ``argv``) say; returns the final validation metrics."""
+    """Train as the parsed options (from ``argv``) say; returns the final validation metrics. Ctrl-C or SIGTERM
+    writes the checkpoint of the steps done and prints the command that continues the run."""
     out = weights_out(args.out)
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise ConfigError(f"--time-budget {args.time_budget}: give the minutes training may take, > 0")
     _check_options(args)
+    lr_steps = _lr_steps(args.lr_steps, args.iters)
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
+    _check_not_inputs(args, out, work_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = open_dataset(args.data, num_images=args.train_images)
@@ -189,27 +288,25 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
         raise DatasetError(f"--data {args.data}: no classes (no labelled shapes or categories); "
                            "annotate the images or give a data set with categories")
     val_spec = args.val_data or ("synthetic" if args.data == "synthetic" else None)
-    val_set = open_dataset(val_spec, split="val", class_names=train_set.class_names) if val_spec else None
+    val_set = (open_dataset(val_spec, option="--val-data", split="val", class_names=train_set.class_names)
+               if val_spec else None)
     if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
         raise ConfigError(f"--val-data {val_spec}: classes {', '.join(val_set.class_names)} differ from the "
                           f"training classes {', '.join(train_set.class_names)}; give a validation set of the same classes")
     if val_set is not None:  # read the validation images now, not after hours of training
         for i in range(min(len(val_set), args.val_images)):
             val_set[i]
-    work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
     _check_outputs(out, work_dir)
     cfg = YolactConfig(backbone=args.backbone, num_classes=len(train_set.class_names),
                        fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
     model = Yolact(cfg)
-    if args.resume and args.init:
-        raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
     if args.init:
         load_into(model, load_yolact(args.init, input_size=args.input_size).model.state_dict(), args.init)
         init: Path | None = Path(args.init)
     else:
         init = imagenet_backbone(model) if not args.resume else None
     config = TrainConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup,
-                         lr_steps=_lr_steps(args.lr_steps, args.iters), val_every=args.val_every,
+                         lr_steps=lr_steps, val_every=args.val_every,
                          val_images=args.val_images, ckpt_every=args.ckpt_every, num_workers=args.workers,
                          seed=args.seed, amp=args.amp, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                          augment=replace(AugmentConfig(), expand_max=args.expand_max))

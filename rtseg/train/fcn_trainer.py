@@ -28,7 +28,7 @@ from rtseg.errors import exit_status
 from rtseg.eval.runners import format_semantic
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
-from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps
+from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
 from rtseg.train.recipe import parse_recipe, recipe_parser
 
 
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     return exit_status("fcn_trainer", lambda: _main(argv))
 
 
+@sigterm_as_interrupt()
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 

@@ -28,7 +28,7 @@ from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.errors import exit_status
 from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps
+from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
 from rtseg.train.recipe import parse_recipe, recipe_parser
 
 
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     return exit_status("msrcnn_trainer", lambda: _main(argv))
 
 
+@sigterm_as_interrupt()
 def _main(argv: list[str] | None) -> None:
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 

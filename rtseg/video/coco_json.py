@@ -24,7 +24,9 @@ class CocoJsonSink:
     its first frame — removes it). :meth:`close` ends the list and
     renames the file to ``path``, so ``path`` only ever holds a complete file; :meth:`abort` (a failed
     run) ends the list and keeps it as ``<name>.partial.json``. A crash leaves that file without its
-    closing ``]``.
+    closing ``]``. A run that wrote no frame (failed, or stopped before its first one) leaves no file, as the video
+    and image outputs do, and an existing ``path`` as it was, as every output does: it has no result to record,
+    and ``[]`` (frames without detections) would replace an earlier run's results with a false one.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -33,6 +35,7 @@ class CocoJsonSink:
         self.partial = partial_path(self.path)
         self._file = os.fdopen(claim(self.partial, self.path, "JSON output"), "wb", buffering=0)
         self._opened = False  # "[" written
+        self._frames = 0  # frames written, with or without detections
         self.category_ids: Sequence[int] | None = None  # the engine's, when its weights name them
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
@@ -47,6 +50,7 @@ class CocoJsonSink:
         if entries:
             self._put(("," if self._opened else "[") + json.dumps(entries, separators=(",", ":"))[1:-1])
             self._opened = True
+        self._frames += 1
 
     def _put(self, text: str) -> None:
         """Append ``text``; a failed write is taken back (the file keeps whole entries only) and is a SinkError."""
@@ -64,8 +68,11 @@ class CocoJsonSink:
             self._file.close()
 
     def close(self) -> None:
-        """End the list and move the file to ``path`` (idempotent)."""
+        """End the list and move the file to ``path`` (idempotent); without a frame written, :meth:`discard`."""
         if self._file.closed:
+            return
+        if not self._frames:
+            self.discard()
             return
         self._end_list()
         try:
@@ -75,14 +82,18 @@ class CocoJsonSink:
                             f"the results are in {self.partial}") from None
 
     def discard(self) -> None:
-        """The run failed before its first frame: close and remove the partial file (``path`` stays as it was)."""
+        """No frame was written: remove the partial file, then close it (``path`` stays as it was)."""
         if not self._file.closed:
+            self.partial.unlink(missing_ok=True)  # while claimed: never another run's new one
             self._file.close()
-        self.partial.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """A failed run: end the list (best effort) and keep the entries written so far in ``<name>.partial.json``."""
+        """A failed run: end the list (best effort) and keep the entries written so far in ``<name>.partial.json``
+        (without a frame written, :meth:`discard`)."""
         if self._file.closed:
+            return
+        if not self._frames:
+            self.discard()
             return
         try:
             self._end_list()

@@ -17,7 +17,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from rtseg.errors import SinkError, first_line
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder
 from rtseg.video.push_worker import PushWorker, WorkerFailed, WorkerStalled
-from rtseg.video.sources import redact_url, scrub
+from rtseg.video.sources import redact_url, scrub, stream_url, url_scheme
 
 _FORMATS = {"rtsp": ("rtsp", {"rtsp_transport": "tcp"}), "rtmp": ("flv", {}), "rtmps": ("flv", {})}
 _BACKOFF = (0.25, 8.0)  # seconds before the first reconnection attempt, and at most between two (doubling)
@@ -70,9 +69,9 @@ class PushSink:
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
                  stall_timeout: float = 10.0, queue_size: int = 8, reconnect_timeout: float = 60.0) -> None:
-        self.url = url
         self._sender = _Sender(url, fps_hint=fps_hint, preset=preset, crf=crf, stall_timeout=stall_timeout,
                                queue_size=queue_size, reconnect_timeout=reconnect_timeout)
+        self.url = self._sender.url
         self._finalizer = weakref.finalize(self, self._sender.abandon)
 
     @property
@@ -125,11 +124,14 @@ class _Sender:
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
                  stall_timeout: float = 10.0, queue_size: int = 8, reconnect_timeout: float = 60.0) -> None:
-        self.url = url
         self._shown = redact_url(url)
-        scheme = urlsplit(url).scheme.lower()
+        scheme = url_scheme(url)
         if scheme not in _FORMATS:
             raise SinkError(f"push output {self._shown}: unsupported scheme {scheme!r}; use rtsp:// or rtmp://")
+        try:
+            self.url = stream_url(url)
+        except ValueError as exc:
+            raise SinkError(f"push output {self._shown}: {exc}") from None
         if os.name != "posix":  # the sender process gets its socket by descriptor passing (pass_fds)
             raise SinkError(f"push output {self._shown}: --push needs Linux or macOS; push from there, or record "
                             "with --output and push the file with ffmpeg")

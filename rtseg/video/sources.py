@@ -23,12 +23,12 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from rtseg.errors import ConfigError, SourceError
-from rtseg.imageio import imread
+from rtseg.errors import ConfigError, SourceError, first_line
+from rtseg.imageio import ImageReadError, read_image_file
 from rtseg.types import Frame
 
 if TYPE_CHECKING:
@@ -38,25 +38,56 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
 
 
+#: A URL's scheme and ``//`` (group 1), and its ``user:password`` before an ``@`` (group 2) when it has one.
+_AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(?:([^/?#]*)@)?")
+
+
+def url_scheme(spec: str) -> str:
+    """The scheme of ``spec`` in lower case (RFC 3986: schemes are case-insensitive) when it starts like a URL
+    (``scheme://``), else ``""``."""
+    match = _AUTHORITY.match(spec)
+    return match.group(1)[:-3].lower() if match else ""
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@`` (safe to print or log)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (safe to print or log; also when it does not parse)."""
+    match = _AUTHORITY.match(url)
+    if match is None or match.group(2) is None:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return f"{match.group(1)}***@{url[match.end():]}"
 
 
 def scrub(text: str, url: str) -> str:
     """Remove the credentials of ``url`` from ``text`` (e.g. an FFmpeg error message)."""
-    parts = urlsplit(url)
+    match = _AUTHORITY.match(url)
     text = text.replace(url, redact_url(url))
-    for secret in (parts.password, parts.username):
+    user, _, password = (match.group(2) or "").partition(":") if match else ("", "", "")
+    for secret in (password, user):
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def stream_url(url: str) -> str:
+    """``url`` with its scheme in lower case (FFmpeg's protocol names are case-sensitive), once it parses and names
+    a host and, if any, a port in 1..65535; else ValueError saying what is wrong and how to write it (without the
+    URL: callers name it, redacted)."""
+    form = "write it as scheme://host:port/path (an IPv6 host in brackets: [::1])"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse URL ({first_line(exc)}); {form}") from None
+    if not parts.hostname:
+        raise ValueError(f"the URL has no host; {form}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of 0..65535
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        given = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(f"invalid port {given!r}; give a port from 1 to 65535 (or none, for the scheme's default)")
+    scheme = url_scheme(url)
+    return scheme + url[len(scheme):]
 
 
 class Source:
@@ -125,9 +156,10 @@ class ImageSource(Source):
 
     The k-th image yielded has pts k / :data:`IMAGE_FPS` s, so a video written from a folder plays at
     that rate (not at the speed the images were read) and ``--realtime`` can pace a folder.
-    A file OpenCV cannot read is skipped with a warning (``on_event``; the first :attr:`WARN_SKIPPED`
-    files by name) and counted in ``notices``; a source none of whose files can be read raises
-    :class:`SourceError`.
+    A file that cannot be read (not an image OpenCV decodes, not readable by this user, a FIFO, a symbolic
+    link to nothing …) is skipped with a warning saying why (``on_event``; the first :attr:`WARN_SKIPPED`
+    files by name, the rest counted in one of ``notices``); a source none of whose files can be read raises
+    :class:`SourceError` (one line: a single image gives no warning before it).
     """
 
     WARN_SKIPPED = 5
@@ -138,25 +170,36 @@ class ImageSource(Source):
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         k = 0
-        skipped: list[Path] = []
+        skipped: list[tuple[Path, str]] = []  # (file, why)
         for path in self.paths:
             t0 = time.perf_counter()
-            image = imread(path)
-            if image is None:
-                skipped.append(path)
-                if len(skipped) <= self.WARN_SKIPPED:
-                    more = "; further ones are only counted" if len(skipped) == self.WARN_SKIPPED else ""
-                    self.on_event(f"skipped {path}: not a readable image file{more}")
+            try:
+                image = read_image_file(path)
+            except ImageReadError as exc:
+                skipped.append((path, str(exc)))
+                self._warn_skipped(skipped)
                 continue
             self.decode_seconds = time.perf_counter() - t0
             yield np.ascontiguousarray(image), k / IMAGE_FPS
             k += 1
         if skipped and k == 0:
-            raise SourceError(f"cannot read any image of {self.source_id} (e.g. {skipped[0]}); "
-                              "check that the files are images OpenCV can decode")
-        if skipped:
-            self.notices.append(f"skipped {len(skipped)} unreadable image(s) of {self.source_id}, "
-                                f"e.g. {skipped[0]}")
+            path, why = skipped[0]
+            if len(self.paths) == 1:
+                raise SourceError(f"cannot read image {path}: {why}")
+            raise SourceError(f"cannot read any image of {self.source_id} ({len(skipped)} skipped, e.g. {path}: "
+                              f"{why})")
+        if len(skipped) > self.WARN_SKIPPED:
+            self.notices.append(f"skipped {len(skipped)} unreadable image(s) of {self.source_id} in all; "
+                                f"the first {self.WARN_SKIPPED} were named as they were skipped")
+
+    def _warn_skipped(self, skipped: list[tuple[Path, str]]) -> None:
+        """Warn of the last of the ``skipped`` files, unless it is the source's only file (then the error says
+        it) or more than :attr:`WARN_SKIPPED` were skipped (then only counted)."""
+        if len(self.paths) == 1 or len(skipped) > self.WARN_SKIPPED:
+            return
+        path, why = skipped[-1]
+        more = "; further ones are only counted" if len(skipped) == self.WARN_SKIPPED else ""
+        self.on_event(f"skipped {path}: {why}{more}")
 
 
 class SyntheticSource(Source):
@@ -252,19 +295,19 @@ def _videos_hint(paths: list[Path]) -> str:
 def _images(spec: str, vid_stride: int) -> Source | None:
     """An ImageSource for a directory, glob or single image; None when ``spec`` is none of those."""
     path = Path(spec)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
+    if path.is_dir():  # every entry but a subfolder: an image name that is a FIFO or a broken link is warned of
+        files = sorted(p for p in path.iterdir() if not p.is_dir())
         paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if not paths:
             raise SourceError(f"no images in folder {spec} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
                               f"{_videos_hint(files)}")
     elif glob.has_magic(spec):
-        paths = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        paths = sorted(Path(p) for p in glob.glob(spec) if not Path(p).is_dir())
         if not paths:
             raise SourceError(f"no files match {spec!r}; check the pattern (quote it so the shell does not expand it)")
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in paths) and _videos_hint(paths):
             raise SourceError(f"{spec!r} matches no images{_videos_hint(paths)}")
-    elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+    elif path.suffix.lower() in IMAGE_SUFFIXES and path.exists():  # a FIFO too: refused, never waited on
         paths = [path]
     else:
         return None
@@ -314,11 +357,15 @@ def open_source(
         raise ConfigError(f"bad time range start={start} end={end}: need 0 <= start < end (seconds)")
     if not spec.strip():
         raise SourceError("--source is empty; give a camera index, URL, file, folder, glob or 'synthetic'")
-    scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
+    scheme = url_scheme(spec)
     if scheme in STREAM_SCHEMES:
         from rtseg.video.sources_av import FileSource
         from rtseg.video.sources_live import StreamSource
 
+        try:
+            spec = stream_url(spec)
+        except ValueError as exc:
+            raise SourceError(f"cannot open stream {redact_url(spec)}: {exc}") from None
         stream = StreamSource(spec, open_timeout=open_timeout, read_timeout=read_timeout,
                               reconnect_timeout=reconnect_timeout)
         if not stream.is_live:  # an HTTP file: read as a file (seeks, --start/--end/--vid-stride, damaged packets)

@@ -19,7 +19,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Discard
 from av.video.reformatter import VideoReformatter
 
-from rtseg.errors import ConfigError, SourceError, first_line
+from rtseg.errors import PERMISSION_DENIED, ConfigError, SourceError, first_line
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
@@ -96,6 +96,8 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None
         raise SourceError(f"video file {name} is empty (0 bytes); pass a complete file")
     try:
         container = av.open(path, timeout=timeouts)
+    except PermissionError:
+        raise SourceError(f"cannot read video file {name}: {PERMISSION_DENIED}") from None
     except AV_ERRORS as exc:
         raise SourceError(f"cannot read video file {name}: {scrub(error_reason(exc), path)}; it is not a video FFmpeg can "
                           f"decode, or damaged or incomplete (e.g. a recording cut off before its index was written)"

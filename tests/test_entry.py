@@ -1,0 +1,158 @@
+"""The command line's entry points at the edges of the process: Ctrl-C while the CLI still imports, standard
+streams that are full or closed, files this user may not read, image folders holding FIFOs or broken links.
+Everything runs as a user runs it, in a subprocess, with real signals and real files."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from servers.helpers import make_clip
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(REPO / "run.py")]
+SCRIPT = Path(sys.executable).with_name("rtseg")  # the console script pip installs beside the interpreter
+ENTRIES = {
+    "run.py": RUN,
+    "python -m rtseg": [sys.executable, "-m", "rtseg"],
+    "rtseg script": [str(SCRIPT)],
+}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("entry") / "clip.mp4", frames=6, width=64, height=48)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _shell(redirect: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """``cmd`` run with a shell redirection of its standard streams (``>&-``: stdout closed)."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *cmd], cwd=REPO, env=_env(), timeout=120,
+                          **kw)
+
+
+def _slic(clip: Path, *more: str) -> list[str]:
+    return RUN + ["--source", str(clip), "--engine", "slic", "--segments", "20", "--no-progress", *more]
+
+
+@pytest.mark.parametrize("entry,extra", [("run.py", []), ("python -m rtseg", []), ("rtseg script", []),
+                                         ("run.py", ["eval", "--help"]), ("rtseg script", ["train", "--help"])])
+def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130(entry, extra, tmp_path):
+    """SIGINT half a second in, while torch still imports (seconds): was a KeyboardInterrupt traceback and a
+    death by the signal, as the import ran before the wrapper that reports Ctrl-C."""
+    if entry == "rtseg script" and not SCRIPT.exists():
+        pytest.skip(f"no console script {SCRIPT} (pip install -e . installs it)")
+    proc = subprocess.Popen(ENTRIES[entry] + (extra or ["--source", "synthetic", "--output", str(tmp_path / "o.mp4")]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == ["rtseg: interrupted"], err
+
+
+def test_full_stdout_is_one_line_and_keeps_the_outputs(clip, tmp_path):
+    """stdout on /dev/full: the summary's write failed with an OSError traceback; now one line, exit 2, and
+    the JSON lines written before it are all there."""
+    out = tmp_path / "o.jsonl"
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(_slic(clip, "--json", str(out)), stdout=full, stderr=subprocess.PIPE, text=True,
+                           cwd=REPO, env=_env(), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "rtseg: error: standard output: write failed (No space left on device); the files written are kept; "
+        "check where standard output goes (a full disk, a closed pipe)"]
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_json_lines_to_a_closed_stdout_is_one_line(clip):
+    """``--json - >&-``: was AttributeError ('NoneType' object has no attribute 'fileno')."""
+    r = _shell(">&-", _slic(clip, "--json", "-"), stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rtseg: error: JSON Lines output -: write failed "
+                                                   "(Bad file descriptor)"), r.stderr
+
+
+def test_closed_stderr_does_not_stop_the_run(clip, tmp_path):
+    """``2>&-``: the run died (exit 1) on sys.stderr being None, before writing anything; now it writes every
+    output, and no line meant for stderr lands on stdout."""
+    out, video = tmp_path / "o.jsonl", tmp_path / "o.mp4"
+    r = _shell("2>&-", _slic(clip, "--json", str(out), "--output", str(video)), stdout=subprocess.PIPE, text=True)
+    assert r.returncode == 0
+    assert len(out.read_text().splitlines()) == 6 and video.stat().st_size > 0
+    assert r.stdout.startswith("frames 6") and "rtseg:" not in r.stdout, r.stdout
+
+
+def _unreadable_by_this_user(cmd: list[str]) -> list[str]:
+    """``cmd`` so that a file of mode 000 cannot be read: as is for a user, without root's permission
+    override (setpriv drops CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH) for root."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a file of mode 000 stays readable")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_a_file_this_user_may_not_read_says_permission_denied(kind, clip, tmp_path):
+    """Was reported as a damaged file: 'it is not a video FFmpeg can decode, or damaged …' / 'not a readable
+    image file' and 'check that the files are images OpenCV can decode'."""
+    source = tmp_path / ("v.mp4" if kind == "video" else "b.png")
+    if kind == "video":
+        shutil.copy(clip, source)
+    else:
+        cv2.imwrite(str(source), np.zeros((8, 8, 3), np.uint8))
+    source.chmod(0)
+    r = subprocess.run(_unreadable_by_this_user(_slic(source, "--json", str(tmp_path / "o.jsonl"))),
+                       capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    what = "video file" if kind == "video" else "image"
+    assert r.stderr.strip().splitlines() == [
+        f"rtseg: error: cannot read {what} {source}: permission denied; check the file's permissions"]
+
+
+def test_a_single_unreadable_image_is_one_line(tmp_path):
+    """Was two lines: a 'skipped …' warning, then 'cannot read any image of x.png (e.g. x.png)'."""
+    image = tmp_path / "garbage.png"
+    image.write_bytes(b"\x89PNG garbage" * 10)
+    r = subprocess.run(_slic(image, "--json", str(tmp_path / "o.jsonl")), capture_output=True, text=True,
+                       cwd=REPO, env=_env(), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"rtseg: error: cannot read image {image}: not a readable image file"]
+
+
+def test_fifo_and_broken_link_in_a_folder_are_warned_of_once_and_never_block(tmp_path):
+    """A FIFO and a symbolic link to nothing named like images were left out without a word; now each is one
+    warning (no second summary line about the same file), and the FIFO, which has no writer, is never waited
+    on. A FIFO given as the source is one line too."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.png", "d.png"):
+        cv2.imwrite(str(folder / name), np.full((48, 64, 3), 90, np.uint8))
+    (folder / "b.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(folder / "c.png")
+    out = tmp_path / "o.jsonl"
+    r = subprocess.run(_slic(folder, "--json", str(out)), capture_output=True, text=True, cwd=REPO, env=_env(),
+                       timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert [line for line in r.stderr.splitlines() if "b.png" in line or "c.png" in line] == [
+        f"rtseg: warning: skipped {folder / 'b.png'}: file not found (or a symbolic link to nothing)",
+        f"rtseg: warning: skipped {folder / 'c.png'}: not a regular file (a FIFO, socket, device or folder)"]
+    assert len(out.read_text().splitlines()) == 2
+    r = subprocess.run(_slic(folder / "c.png", "--json", str(out)), capture_output=True, text=True, cwd=REPO,
+                       env=_env(), timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"rtseg: error: cannot read image {folder / 'c.png'}: not a regular file (a FIFO, socket, device or folder)"]
