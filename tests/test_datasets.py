@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +16,7 @@ from rtseg.data.dataset import Sample, masks_to_boxes
 from rtseg.data.export import export_coco, export_labelme
 from rtseg.data.labelme import LabelmeDataset, split_label
 from rtseg.data.synthetic import CLASSES, SyntheticScene
-from rtseg.errors import DatasetError
+from rtseg.errors import ConfigError, DatasetError
 
 H, W = 60, 80
 
@@ -434,3 +436,21 @@ def test_coco_file_nested_too_deeply_is_one_line(tmp_path):
     with pytest.raises(DatasetError, match="deep.json: JSON nested too deeply") as info:
         CocoDataset(path, tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_data_specs_of_train_and_eval_parse_in_one_place(tmp_path):
+    """synthetic[:SPLIT] / coco:ANN:IMAGES / labelme:FOLDER, with the paths each reads (the commands check their
+    outputs against them); a malformed spec is one line naming the option."""
+    from rtseg.data.spec import DataSpec, parse_data
+
+    assert parse_data("synthetic") == DataSpec("synthetic") and parse_data("synthetic").paths == ()
+    assert parse_data("synthetic:val").split == "val"
+    assert parse_data("coco:a/b.json:imgs").paths == (Path("a/b.json"), Path("imgs"))
+    assert parse_data(f"labelme:{tmp_path}").paths == (tmp_path,)
+    (tmp_path / "one.json").write_text("{}")
+    for spec, message in (("coco:only.json", "use coco:ANNOTATIONS.json:IMAGE_DIR"), ("labelme:", "use labelme:FOLDER"),
+                          (f"labelme:{tmp_path / 'one.json'}", "is a file, not a folder"),
+                          ("voc:x", "unknown kind 'voc'; expected synthetic[:SPLIT]")):
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            parse_data(spec, "--val-data")
+        assert str(info.value).startswith(f"--val-data {spec!r}: ")

@@ -402,7 +402,7 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
     (["--fpn-channels", "100000"], "--fpn-channels 100000: must be at most 1024"),
     (["--iters", str(10**21)], f"--iters {10**21}: must be at most 1000000000"),
     (["--data", "labelme:any"], "--train-images 4: only --data synthetic makes its images"),
-    (["--val-data", "foo"], "--val-data 'foo': expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER"),
+    (["--val-data", "foo"], "--val-data 'foo': unknown kind 'foo'; expected synthetic[:SPLIT], coco:ANNOTATIONS.json:"),
     (["--val-data", "labelme:FILE"], "a.json is a file, not a folder; give the folder that holds the labelme .json"),
 ])
 def test_cli_refuses_numbers_out_of_range_and_bad_data_forms_before_training(args, message, tmp_path, capsys) -> None:

@@ -34,6 +34,7 @@ from typing import Sequence
 from rtseg.cli import check_outputs_are_not_inputs, weights_paths
 from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
+from rtseg.data.spec import parse_data
 from rtseg.engines import ENGINE_NAMES
 from rtseg.engines.base import Engine
 from rtseg.engines.choose import (
@@ -64,44 +65,21 @@ AP_SCORE_THRESHOLD = 0.05
 """Default --score-threshold of yolact and msrcnn: low, as AP needs the whole precision-recall curve."""
 
 
-def _split_data(spec: str) -> tuple[str, tuple[str, ...]]:
-    """A ``--data`` spec as its kind and arguments: ``synthetic`` (split), ``coco`` (annotations, image folder) or
-    ``labelme`` (folder); ConfigError for a malformed one."""
-    kind, _, rest = spec.partition(":")
-    if kind == "synthetic":
-        return kind, (rest or "test",)
-    if kind == "coco":
-        ann, _, image_dir = rest.partition(":")
-        if not ann or not image_dir:
-            raise ConfigError(f"--data {spec}: use coco:ANNOTATIONS.json:IMAGE_DIR")
-        return kind, (ann, image_dir)
-    if kind == "labelme":
-        if not rest:
-            raise ConfigError(f"--data {spec}: use labelme:FOLDER")
-        return kind, (rest,)
-    raise ConfigError(f"--data {spec}: unknown kind {kind!r}; use synthetic:test, coco:ANN.json:IMG_DIR or labelme:DIR")
-
-
 def open_dataset(spec: str) -> InstanceDataset:
-    """The data set named by a ``--data`` spec (see the module docstring)."""
-    kind, parts = _split_data(spec)
-    if kind == "synthetic":
+    """The data set named by a ``--data`` spec (:func:`~rtseg.data.spec.parse_data`; synthetic: the test split
+    unless the spec names one)."""
+    data = parse_data(spec)
+    if data.kind == "synthetic":
         from rtseg.data.synthetic import SyntheticDataset
 
-        return SyntheticDataset.split(*parts)
-    if kind == "coco":
+        return SyntheticDataset.split(data.split or "test")
+    if data.kind == "coco":
         from rtseg.data.coco import CocoDataset
 
-        return CocoDataset(*parts, include_crowd=True)
+        return CocoDataset(data.path, data.images, include_crowd=True)
     from rtseg.data.labelme import LabelmeDataset
 
-    return LabelmeDataset(*parts)
-
-
-def _data_paths(spec: str) -> tuple[str, ...]:
-    """The files and folders a ``--data`` spec reads (none for synthetic data)."""
-    kind, parts = _split_data(spec)
-    return () if kind == "synthetic" else parts
+    return LabelmeDataset(data.path)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -172,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
     check_outputs_are_not_inputs([("--json", args.json)],
-                                 [*weights_paths(args.weights, args.semantic), *_data_paths(args.data)])
+                                 [*weights_paths(args.weights, args.semantic), *parse_data(args.data).paths])
     dataset = open_dataset(args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:

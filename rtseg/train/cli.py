@@ -21,12 +21,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
 from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
+from rtseg.data.spec import FORMS, parse_data
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
 from rtseg.models.backbones import BACKBONES
 from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
@@ -71,7 +72,7 @@ class _DefaultsShown(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="rtseg train", description="Train a YOLACT model; writes safetensors + a JSON manifest.",
                 formatter_class=_DefaultsShown)
-    p.add_argument("--data", required=True, help="synthetic | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER")
+    p.add_argument("--data", required=True, help=FORMS)
     p.add_argument("--val-data", help="validation set, same forms (default: synthetic val split for synthetic, none otherwise)")
     p.add_argument("--out", required=True, help="output weights, a .safetensors path (manifest written beside it)")
     p.add_argument("--work-dir", help="checkpoints folder (default: <out without suffix>.train)")
@@ -110,44 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class DataSpec(NamedTuple):
-    """A parsed ``--data`` / ``--val-data``: kind ``synthetic`` (no paths), ``coco`` (path: the annotation file,
-    images: their folder) or ``labelme`` (path: the folder of .json files and images)."""
-
-    kind: str
-    path: Path | None = None
-    images: Path | None = None
-
-
-def parse_data(spec: str, option: str = "--data") -> DataSpec:
-    """``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER`` as a :class:`DataSpec`; a ConfigError naming
-    ``option`` for any other form, or a labelme FOLDER that is a file."""
-    kind, _, rest = spec.partition(":")
-    if kind == "synthetic" and not rest:
-        return DataSpec(kind)
-    if kind == "coco":
-        ann, sep, img_dir = rest.partition(":")
-        if not sep or not ann or not img_dir:
-            raise ConfigError(f"{option} {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR")
-        return DataSpec(kind, Path(ann), Path(img_dir))
-    if kind == "labelme" and rest:
-        if Path(rest).is_file():
-            raise ConfigError(f"{option} {spec!r}: {rest} is a file, not a folder; give the folder that holds the "
-                              "labelme .json files and their images (labelme:FOLDER)")
-        return DataSpec(kind, Path(rest))
-    raise ConfigError(f"{option} {spec!r}: expected synthetic, coco:ANNOTATIONS.json:IMAGE_DIR or labelme:FOLDER")
-
-
 def open_dataset(spec: str, *, option: str = "--data", split: str = "train", num_images: int | None = None,
                  class_names: Sequence[str] | None = None) -> InstanceDataset:
-    """A data set from ``synthetic`` | ``coco:ANN.json:IMG_DIR`` | ``labelme:FOLDER`` (:func:`parse_data`; a bad
-    form is a ConfigError naming ``option``); ``class_names``: the classes of a labelme folder, e.g. the training
-    set's for a validation set."""
+    """The data set of ``spec`` (:func:`~rtseg.data.spec.parse_data`; a bad form is a ConfigError naming
+    ``option``); ``split``: the synthetic split unless the spec names one; ``class_names``: the classes of a
+    labelme folder, e.g. the training set's for a validation set."""
     from rtseg.data import CocoDataset, LabelmeDataset, SyntheticDataset
 
     data = parse_data(spec, option)
     if data.kind == "synthetic":
-        return SyntheticDataset.split(split, num_images)
+        return SyntheticDataset.split(data.split or split, num_images)
     if data.kind == "coco":
         return CocoDataset(data.path, data.images)
     return LabelmeDataset(data.path, class_names=class_names)
@@ -207,7 +180,7 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None:
             _check_range(option, value, low, high, why)
-    if args.train_images is not None and args.data != "synthetic":
+    if args.train_images is not None and parse_data(args.data).kind != "synthetic":
         raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "
                           "labelme set trains on all of its images, so leave the option out")
     if args.resume and args.init:
@@ -287,7 +260,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     if not train_set.class_names:
         raise DatasetError(f"--data {args.data}: no classes (no labelled shapes or categories); "
                            "annotate the images or give a data set with categories")
-    val_spec = args.val_data or ("synthetic" if args.data == "synthetic" else None)
+    val_spec = args.val_data or ("synthetic" if parse_data(args.data).kind == "synthetic" else None)
     val_set = (open_dataset(val_spec, option="--val-data", split="val", class_names=train_set.class_names)
                if val_spec else None)
     if val_set is not None and tuple(val_set.class_names) != tuple(train_set.class_names):
