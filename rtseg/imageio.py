@@ -7,6 +7,7 @@ with surrogate escapes. Here Python reads and writes the bytes and OpenCV only d
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -22,25 +23,37 @@ class ImageReadError(Exception):
     check the file's permissions")."""
 
 
+class NotRegularFileError(OSError):
+    """A FIFO, socket, device or folder where a file is expected (refused unread: reading it could block)."""
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """All bytes of the file ``path``; never waits: a FIFO, socket, device or folder is refused unread with
+    :class:`NotRegularFileError`. Other failures raise the ``OSError`` of opening or reading it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once (and is refused below)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)")
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 BGR image of the file (grey, alpha and 16-bit images converted, EXIF orientation
     applied); :class:`ImageReadError` saying why when it cannot be read or decoded. Never waits: a FIFO, device
     or folder is refused without reading it. OpenCV's own warnings stay off stderr."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once (and is refused below)
+        data = read_regular_file(path)
     except PermissionError:
         raise ImageReadError(PERMISSION_DENIED) from None
     except FileNotFoundError:
         raise ImageReadError("file not found (or a symbolic link to nothing)") from None
+    except NotRegularFileError as exc:
+        raise ImageReadError(exc.strerror) from None
     except OSError as exc:
-        raise ImageReadError(f"cannot open it ({exc.strerror})") from None
-    with open(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageReadError("not a regular file (a FIFO, socket, device or folder)")
-        try:
-            data = file.read()
-        except OSError as exc:
-            raise ImageReadError(f"cannot read it ({exc.strerror})") from None
+        raise ImageReadError(f"cannot read it ({exc.strerror})") from None
     image = _decode(data) if data else None
     if image is None:
         raise ImageReadError("not a readable image file")

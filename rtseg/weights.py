@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Sequence, TypeVar
 import torch
 from torch import nn
 
-from rtseg.errors import ConfigError, WeightsError, first_line
+from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 
 T = TypeVar("T")
@@ -52,6 +52,8 @@ def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None
             # fails with our line): not the user's to act on
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(str(p), map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise _permission_denied(p) from None
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():
             raise WeightsError(
@@ -65,6 +67,11 @@ def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None
             raise WeightsError(f"{p}: truncated or corrupt checkpoint ({what}); {corrupt_advice or advice}") from None
         detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
         raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; {advice}") from None
+
+
+def _permission_denied(path: Path) -> WeightsError:
+    """The error for a file this user may not read (``path``: permission denied; what to do)."""
+    return WeightsError(f"{path}: {PERMISSION_DENIED}")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -92,7 +99,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         from safetensors.torch import load_file
 
         try:
+            open(p, "rb").close()  # safetensors says "No such file or directory" of a file it may not open
             state = load_file(str(p))
+        except PermissionError:
+            raise _permission_denied(p) from None
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
         return check_finite(state, p), {}
@@ -263,6 +273,8 @@ def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, 
         raise WeightsError(f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)")
     try:
         man = json.loads(mp.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise _permission_denied(mp) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)}); re-export the weights") from None
     found = man.get("format") if isinstance(man, dict) else None

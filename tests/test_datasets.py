@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import threading
 from pathlib import Path
 
 import cv2
@@ -454,3 +456,71 @@ def test_data_specs_of_train_and_eval_parse_in_one_place(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(message)) as info:
             parse_data(spec, "--val-data")
         assert str(info.value).startswith(f"--val-data {spec!r}: ")
+
+
+@pytest.mark.parametrize("shape, message", [
+    (_shape("cat", [1, 1, 20, 1, 20, 20]), "shape 0: points should be a list of [x, y] pairs, got a flat list of "
+                                           "numbers; write [[x1, y1], [x2, y2], ...]"),
+    (_shape(3, [[1, 1], [20, 1], [20, 20]]), "shape 0: label should be text, got 3; put the label in quotes"),
+    (_shape("cat", [[1, 1], [9, 9]], ["polygon"]), "shape 0: shape_type should be text (e.g. \"polygon\"), "
+                                                    "got ['polygon']"),
+    (dict(_shape("cat", [[i, i % 7] for i in range(60)], "mask"), mask="!!notbase64"),
+     "shape 0: mask shape without a readable base64 PNG in 'mask'; delete the shape or draw it again in labelme"),
+])
+def test_labelme_shape_malformed_by_hand_is_one_line_naming_it(tmp_path, shape, message):
+    """Were accepted (a flat point list read as pairs, an integer label as text), a traceback (a list as
+    shape_type), or the wrong reason (a mask with a broken 'mask' said 'mask with 60 points (need 2)')."""
+    _labelme(tmp_path, "bad", [shape])
+    with pytest.raises(DatasetError) as info:
+        LabelmeDataset(tmp_path, class_names=["cat", "3"])
+    assert str(info.value) == f"{tmp_path / 'bad.json'}: {message}"
+
+
+def test_labelme_class_file_that_is_a_folder_or_lists_a_name_twice_is_one_line(tmp_path):
+    """A folder label_names.txt was ignored (classes taken from the labels); a name listed twice shifted every
+    class index after it and surfaced only as 'not a known class (cat, dog, cat)'."""
+    _labelme(tmp_path, "a", [_shape("cat", [[1, 1], [9, 1], [9, 9]])])
+    names = tmp_path / "label_names.txt"
+    names.mkdir()
+    with pytest.raises(DatasetError) as info:
+        LabelmeDataset(tmp_path)
+    assert str(info.value) == (f"{names}: cannot read class names (not a regular file (a FIFO, socket, device or "
+                               "folder)); give a text file with one class name per line")
+    names.rmdir()
+    names.write_text("cat\ndog\n\ncat\n")
+    with pytest.raises(DatasetError) as info:
+        LabelmeDataset(tmp_path)
+    assert str(info.value) == f"{names}: class 'cat' is listed twice (lines 1 and 4); list each class once"
+
+
+def _error_without_blocking(fn, fifo: Path) -> str:
+    """The DatasetError line of ``fn()``; fails the test (after releasing the reader) when ``fn`` waits on ``fifo``."""
+    found: list[str] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except DatasetError as exc:
+            found.append(str(exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer that leaves at once: the reader sees EOF
+        pytest.fail(f"blocked reading the FIFO {fifo}")
+    assert found, "no DatasetError"
+    return found[0]
+
+
+@pytest.mark.parametrize("kind", ["coco", "labelme", "class file"])
+def test_json_or_class_file_that_is_a_fifo_is_refused_without_waiting(tmp_path, kind):
+    """A FIFO given as the COCO file, named like a labelme file or label_names.txt was opened for reading and
+    waited on for ever (no writer)."""
+    _labelme(tmp_path, "a", [_shape("cat", [[1, 1], [9, 1], [9, 9]])])
+    fifo = tmp_path / {"coco": "instances.json", "labelme": "b.json", "class file": "label_names.txt"}[kind]
+    os.mkfifo(fifo)
+    fn = (lambda: CocoDataset(fifo, tmp_path)) if kind == "coco" else (lambda: LabelmeDataset(tmp_path))
+    line = _error_without_blocking(fn, fifo)
+    what = {"coco": "the annotation file", "labelme": "the labelme file", "class file": "class names"}[kind]
+    assert line.startswith(f"{fifo}: cannot read {what} (not a regular file (a FIFO, socket, device or folder))")

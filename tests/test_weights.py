@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -336,3 +340,33 @@ def test_bad_manifests_and_pickles_are_one_line_in_the_cli(tiny_pair, tmp_path, 
         assert main(["--source", "synthetic", "--max-frames", "1", "--weights", str(weights)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"rtseg: error: {start}"), err
+
+
+def _as_user_without_override(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run Python ``code`` so that a file of mode 000 cannot be read: as is for a user; for root without its
+    permission override (setpriv drops CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH), as tests/test_entry.py does."""
+    cmd = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: a file of mode 000 stays readable")
+        cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("which", ["pth", "safetensors", "manifest"])
+def test_a_weights_file_this_user_may_not_read_says_permission_denied(tmp_path, tiny_pth, which):
+    """Was 'not a PyTorch checkpoint ([Errno 13] Permission denied …)', 'not a readable safetensors file (No such
+    file or directory …)' and, for the manifest, a PermissionError traceback."""
+    if which == "pth":
+        weights = locked = tmp_path / "tiny.pth"
+        shutil.copy(tiny_pth, weights)
+    else:
+        weights = save_yolact(tmp_path / "tiny.safetensors", Yolact(TINY), ["a", "b", "c"])
+        locked = weights if which == "safetensors" else weights.with_suffix(".json")
+    locked.chmod(0)
+    code = ("import sys\nfrom rtseg.errors import WeightsError\nfrom rtseg.weights import load_yolact\n"
+            "try:\n    load_yolact(sys.argv[1])\nexcept WeightsError as exc:\n    print(exc)\n")
+    r = _as_user_without_override(code, str(weights))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.splitlines() == [f"{locked}: permission denied; check the file's permissions"]

@@ -13,7 +13,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from rtseg.errors import PERMISSION_DENIED, DatasetError
-from rtseg.imageio import ImageReadError, read_image_file
+from rtseg.imageio import ImageReadError, read_image_file, read_regular_file
 from rtseg.types import _check
 
 WARN_SKIPPED = 5  # skipped annotations named in a warning; the rest are counted
@@ -31,9 +31,9 @@ def read_image(path: Path | str) -> np.ndarray:
 
 def read_json(path: Path, what: str) -> Any:
     """The JSON value in ``path`` (UTF-8, with or without a byte-order mark); ``DatasetError`` naming ``what``
-    the file should be when it cannot be read or parsed."""
+    the file should be when it cannot be read or parsed. Never waits: a FIFO or device is refused unread."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_regular_file(path).decode("utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found") from None
     except PermissionError:

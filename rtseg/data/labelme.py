@@ -10,8 +10,9 @@ each. Shape types: polygon, rectangle, circle, mask. Shapes labelled
 Shapes without an area (line, linestrip, point, polygons of fewer than 3 points
 or of zero area, empty rectangles and circles, shapes wholly outside the image,
 unlabelled shapes) are left out with one warning that names the first few;
-malformed files (invalid JSON, points that are not ``[x, y]`` pairs, NaN, an
-unreadable mask or image) raise ``DatasetError`` naming the file and shape.
+malformed files (invalid JSON, points that are not ``[x, y]`` pairs, NaN, a label
+that is not text, an unreadable mask or image) raise ``DatasetError`` naming the
+file and shape.
 
 The image of a JSON file is ``imagePath`` relative to the JSON's folder
 (Windows ``a\\b.jpg`` too); when that file is not there, the file of the same
@@ -21,7 +22,8 @@ the JSON (``a.json`` -> ``a.png``/``a.jpg`` ...) is used.
 Class names come from ``class_names`` (a list, or a path to a text file with one
 name per line), else from ``label_names.txt`` / ``labels.txt`` in the folder
 (labelme's ``__ignore__`` and ``_background_`` lines are skipped), else from
-the sorted set of labels found.
+the sorted set of labels found. A class file that is not a readable text file
+or lists a name twice raises ``DatasetError``.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import numpy as np
 
 from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
+from rtseg.imageio import read_regular_file
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -55,19 +58,27 @@ def split_label(label: str) -> tuple[str, str | None]:
 
 
 def read_label_names(path: str | os.PathLike) -> tuple[str, ...]:
-    """Class names from a text file, one per line (blank, ``__ignore__``, ``_background_`` skipped)."""
+    """Class names from a text file, one per line (blank, ``__ignore__``, ``_background_`` skipped);
+    ``DatasetError`` when it cannot be read, lists no name or lists a name twice."""
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        lines = read_regular_file(path).decode("utf-8-sig").splitlines()
     except PermissionError:
         raise DatasetError(f"{path}: {PERMISSION_DENIED}") from None
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read class names ({exc.strerror})") from None
+        raise DatasetError(f"{path}: cannot read class names ({exc.strerror}); "
+                           "give a text file with one class name per line") from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text; save the class list as UTF-8") from None
-    names = tuple(s for s in (line.strip() for line in lines) if s and s not in _SKIP_LABELS)
-    if not names:
+    listed = [(n, s) for n, s in enumerate((line.strip() for line in lines), 1) if s and s not in _SKIP_LABELS]
+    if not listed:
         raise DatasetError(f"{path}: no class names in the file; write one name per line")
-    return names
+    first: dict[str, int] = {}
+    for number, name in listed:
+        if name in first:
+            raise DatasetError(f"{path}: class {name!r} is listed twice (lines {first[name]} and {number}); "
+                               "list each class once")
+        first[name] = number
+    return tuple(first)
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class LabelmeDataset:
                                "left out (see the warning), so nothing to train or evaluate on; annotate objects "
                                "with polygons, rectangles, circles or masks")
         if class_names is None:
-            listed = [self.folder / n for n in LABEL_FILES if (self.folder / n).is_file()]
+            listed = [self.folder / n for n in LABEL_FILES if (self.folder / n).exists()]  # a folder is refused
             class_names = listed[0] if listed else None
         if isinstance(class_names, (str, os.PathLike)):
             class_names = read_label_names(class_names)
@@ -244,32 +255,22 @@ def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
         if key not in s:
             raise DatasetError(f"{where}: missing key {key!r}")
     kind = s.get("shape_type") or "polygon"
-    try:
-        points = np.asarray(s["points"], dtype=np.float64).reshape(-1, 2)
-    except (ValueError, TypeError):
-        raise DatasetError(f"{where}: points should be a list of [x, y] pairs") from None
-    if not np.isfinite(points).all():
-        raise DatasetError(f"{where}: points contain NaN or infinity")
-    label = "" if s["label"] is None else str(s["label"]).strip()
+    if not isinstance(kind, str):
+        raise DatasetError(f"{where}: shape_type should be text (e.g. \"polygon\"), got {kind!r}")
+    points = _points(s["points"], where)
+    if s["label"] is not None and not isinstance(s["label"], str):
+        raise DatasetError(f"{where}: label should be text, got {s['label']!r}; put the label in quotes")
+    label = (s["label"] or "").strip()
     if not label:
         return f"{where}: no label"
     if kind not in _NEED:
         return f"{where}: {kind} has no area"
+    mask = _mask(s, where) if kind == "mask" else None
     if len(points) < _NEED[kind] or (kind in ("circle", "mask") and len(points) != _NEED[kind]):
         return f"{where}: {kind} with {len(points)} points (need {_NEED[kind]})"
     if np.abs(points).max() > FAR_PIXELS:
         return f"{where}: points beyond {FAR_PIXELS:.0e} pixels"
-    mask = None
-    if kind == "mask":
-        try:
-            buf = np.frombuffer(base64.b64decode(s.get("mask") or b"", validate=True), np.uint8)
-        except (binascii.Error, ValueError, TypeError):
-            buf = np.zeros(0, np.uint8)
-        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
-        if decoded is None:
-            raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
-                               "delete the shape or draw it again in labelme")
-        mask = decoded > 0
+    if mask is not None:
         lo, hi = points[0], points[0] + (mask.shape[1] - 1, mask.shape[0] - 1)
         if not mask.any():
             return f"{where}: empty mask"
@@ -288,6 +289,36 @@ def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
         return f"{where}: {kind} outside the {width}x{height} image"
     gid = s.get("group_id")
     return _Shape(label, points, kind, None if gid is None else json.dumps(gid, sort_keys=True), mask, where)
+
+
+def _points(value: Any, where: str) -> np.ndarray:
+    """A shape's ``points`` as a (K, 2) float64 array of finite values; ``DatasetError`` for anything but a
+    list of [x, y] pairs (a flat list of numbers included)."""
+    try:
+        points = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        points = None
+    if points is None or (points.size and (points.ndim != 2 or points.shape[1] != 2)):
+        flat = points is not None and points.ndim == 1
+        raise DatasetError(f"{where}: points should be a list of [x, y] pairs" +
+                           (", got a flat list of numbers; write [[x1, y1], [x2, y2], ...]" if flat else ""))
+    if not np.isfinite(points).all():
+        raise DatasetError(f"{where}: points contain NaN or infinity")
+    return points.reshape(-1, 2)
+
+
+def _mask(s: dict, where: str) -> np.ndarray:
+    """The (h, w) bool patch of a ``mask`` shape, decoded from its base64 PNG ``mask``; ``DatasetError`` when
+    that is missing or unreadable."""
+    try:
+        buf = np.frombuffer(base64.b64decode(s.get("mask") or b"", validate=True), np.uint8)
+    except (binascii.Error, ValueError, TypeError):
+        buf = np.zeros(0, np.uint8)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    if decoded is None:
+        raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
+                           "delete the shape or draw it again in labelme")
+    return decoded > 0
 
 
 def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:
