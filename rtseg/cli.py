@@ -16,6 +16,7 @@ import contextlib
 import glob
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -30,7 +31,7 @@ from rtseg.engines.choose import (
     resolve_engine,
 )
 from rtseg.cliargs import Parser
-from rtseg.errors import ConfigError, RtsegError, WeightsError, exit_status
+from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
@@ -100,7 +101,9 @@ def build_parser() -> Parser:
     return p
 
 
-def _video_or_image_sink(path: str, fps: float | None, audio_from: str | None = None) -> Sink:
+def _video_or_image_sink(path: str, fps: float | None, frames: int | None, audio_from: str | None = None) -> Sink:
+    """The --output sink: a video file, or an image (one per frame with a ``{seq}`` pattern; else one file, which
+    keeps the last of ``frames`` (None: unknown or endless), said in a warning when that is more than one)."""
     from rtseg.video.sinks import ImageSink, Mp4Sink
 
     suffix = Path(path).suffix.lower()
@@ -109,7 +112,12 @@ def _video_or_image_sink(path: str, fps: float | None, audio_from: str | None = 
     if audio_from is not None:
         raise ConfigError(f"--audio needs a video --output (.mp4/.mov), not {path}")
     if suffix in IMAGE_SUFFIXES:
-        return ImageSink(path)
+        sink = ImageSink(path)
+        if not sink.per_frame and (frames is None or frames > 1):
+            warnings.warn(f"--output {path} is one image, so it keeps only the last frame of this source; to keep "
+                          "each, name one file per frame, e.g. --output 'out/{seq:05d}.png'", RtsegWarning,
+                          stacklevel=2)
+        return sink
     raise ConfigError(f"--output {path}: unknown type {suffix or '(none)'}; use .mp4 for video or .png/.jpg for images")
 
 
@@ -135,7 +143,8 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
         raise ConfigError("--audio copies a video file's sound into --output: give a file --source and --output x.mp4")
     if args.output:
         audio_from = args.source if args.audio else None
-        factories.append(lambda: _video_or_image_sink(args.output, source.fps, audio_from))
+        frames = min((n for n in (source.num_frames, args.max_frames) if n is not None), default=None)
+        factories.append(lambda: _video_or_image_sink(args.output, source.fps, frames, audio_from))
     if args.json:
         factories.append(lambda: _json_sink(args.json))
     if args.show:

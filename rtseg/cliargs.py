@@ -1,11 +1,16 @@
-"""The argument parser every rtseg command line uses: usage errors as one-line ConfigErrors."""
+"""The argument parser every rtseg command line uses: usage errors as one-line ConfigErrors; range checks of
+numeric options."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any, NoReturn, Sequence
 
 from rtseg.errors import ConfigError
+
+NumberRange = tuple[str, float, float | None, str]
+"""An option's range: its name, least value, most value (None: no limit), why the limit (said with it)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,3 +34,23 @@ class Parser(argparse.ArgumentParser):
                                                                           and not following.strip())):
                 self.error(f"{option} is empty (an unset shell variable?); give it a value")
         return super().parse_args(words, namespace)
+
+
+def check_range(option: str, value: float, low: float, high: float | None, why: str) -> None:
+    """ConfigError unless ``value`` is a finite number from ``low`` to ``high`` (None: no upper limit)."""
+    if not math.isfinite(value):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ConfigError(f"{option} {value}: must be a number {span}{why}")
+    if value < low:
+        raise ConfigError(f"{option} {value}: must be at least {low}{why}")
+    if high is not None and value > high:
+        raise ConfigError(f"{option} {value}: must be at most {high}{why}")
+
+
+def check_ranges(args: argparse.Namespace, ranges: Sequence[NumberRange]) -> None:
+    """:func:`check_range` of each option of ``ranges`` (every value of a multi-value one such as ``--size W H``);
+    an option left unset (None) is not checked."""
+    for option, low, high, why in ranges:
+        value = getattr(args, option[2:].replace("-", "_"))
+        for each in value if isinstance(value, (list, tuple)) else () if value is None else (value,):
+            check_range(option, each, low, high, why)

@@ -557,3 +557,34 @@ def test_a_run_that_writes_no_frame_leaves_existing_outputs_as_they_were(files, 
             assert main(["--source", str(source), "--weights", files["weights"], *options]) == status, outputs
             assert message in capsys.readouterr().err
             assert {p.name: p.read_bytes() for p in out.iterdir()} == old, (source, outputs)
+
+
+@pytest.mark.parametrize("source, output, extra, warned", [
+    ("mix", "o.png", [], True), ("mix/a.png", "o.png", [], False), ("mix", "o.png", ["--max-frames", "1"], False),
+    ("mix", "o_{seq:05d}.png", [], False)])
+def test_a_single_image_output_of_several_frames_warns_that_it_keeps_the_last(image_folder, tmp_path, capsys,
+                                                                               source, output, extra, warned):
+    """A multi-frame source (here a folder of two images) written to one --output image keeps only the last frame:
+    one warning line at the start says so and how to keep each; a single frame (an image, --max-frames 1) or a
+    {seq} pattern is not warned about (was: silent)."""
+    from rtseg.cli import main
+
+    output = tmp_path / output
+    assert main(["--source", str(tmp_path / source), "--engine", "slic", "--output", str(output), "--no-progress",
+                 *extra]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    expected = [f"rtseg: warning: --output {output} is one image, so it keeps only the last frame of this source; to "
+                "keep each, name one file per frame, e.g. --output 'out/{seq:05d}.png'"]
+    assert warnings == (expected if warned else []), warnings
+    assert len(list(tmp_path.glob("o*.png"))) == (2 if "{seq" in output.name else 1)
+
+
+def test_a_seq_format_that_is_not_a_plain_width_is_one_line(image_folder, tmp_path):
+    """--output 'o/{seq:-5d}.png' (or a space-padded {seq:5}) would name files with spaces or signs: one line, exit 2,
+    nothing written (was: ' 0000.png'-like names, silently)."""
+    out = tmp_path / "o"
+    out.mkdir()
+    for pattern in ("{seq:-5d}.png", "{seq:5}.png"):
+        r = _run(["--source", str(image_folder), "--engine", "slic", "--output", str(out / pattern)])
+        _assert_user_error(r, f"bad {{seq}} pattern ({pattern[:-4]}: only {{seq}}, {{seq:d}} or a zero-padded width")
+    assert list(out.iterdir()) == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -240,3 +241,45 @@ def test_training_checkpoint_as_weights_says_how_to_finish(tmp_path):
     with pytest.raises(WeightsError, match="is a training checkpoint of an unfinished run .* finish the run with "
                                            "--resume to export the .safetensors, or pass the .safetensors it wrote"):
         rtseg.load("fcn", str(ckpt))
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--steps", "-5"], ["--images", "0"], ["--images", "10000000"],
+                                 ["--size", "8", "32"], ["--size", "32", "100000"], ["--threads", "0"],
+                                 ["--width", "nan"], ["--width", "0"], ["--width", "2"]])
+def test_trainer_command_line_range_checks_every_number(tmp_path, capsys, bad):
+    """Each numeric option of `python -m rtseg.train.fcn_trainer` out of range is one line naming it, exit 2,
+    nothing written (was: --steps 0 / -5 wrote an untrained model, --images 0 and --threads 0 a traceback, a huge
+    --images or --size exhausted the memory, --width nan the config's error naming no option)."""
+    from rtseg.train.fcn_trainer import main
+
+    assert main(["--out", str(tmp_path / "f.safetensors"), *bad]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"fcn_trainer: error: {bad[0]} ") and "must be" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_saves_a_checkpoint_that_resume_continues(tmp_path):
+    """A real SIGTERM to a running `python -m rtseg.train.fcn_trainer`: as Ctrl-C, the steps done are saved and
+    the way to continue is printed, exit 130 without a traceback, no weights written."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "f.safetensors"
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "rtseg.train.fcn_trainer", "--out", str(out),
+                             "--steps", "1000000", "--images", "4", "--size", "32", "32", "--width", "0.01"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the first progress line: 50 steps done
+            if line.startswith("step 50/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    ckpt = tmp_path / "f.train" / "checkpoint.pth"
+    step = int(re.search(r"interrupted at step (\d+): checkpoint (.*); continue with --resume", stderr).group(1))
+    assert step >= 50 and torch.load(ckpt, weights_only=True)["step"] == step
+    assert stderr.strip().splitlines()[-1] == "fcn_trainer: interrupted" and not out.exists()

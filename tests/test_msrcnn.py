@@ -220,3 +220,17 @@ def test_training_checkpoint_as_weights_says_how_to_finish(tmp_path):
 def test_device_is_checked(tiny_weights):
     with pytest.raises(ConfigError, match="unknown device 'xpu'; use cpu, cuda or cuda:N"):  # was accepted
         rtseg.load("msrcnn", tiny_weights[0], device="xpu")
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--images", "-1"], ["--size", "32", "4000"], ["--size", "16", "32"],
+                                 ["--threads", "2000"], ["--lr", "nan"]])
+def test_trainer_command_line_range_checks_every_number(tmp_path, capsys, bad):
+    """Each numeric option of `python -m rtseg.train.msrcnn_trainer` out of range is one line naming it, exit 2,
+    nothing written (was: a traceback, an untrained model written, or the memory exhausted)."""
+    from rtseg.train.msrcnn_trainer import main
+
+    assert main(["--out", str(tmp_path / "m.safetensors"), *bad]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"msrcnn_trainer: error: {bad[0]} ") and "must be" in err, err
+    assert list(tmp_path.iterdir()) == []

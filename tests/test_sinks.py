@@ -286,14 +286,18 @@ def test_image_sink_errors(tmp_path):
     with pytest.raises(SinkError, match="does not exist"):  # a file where the folder should be
         ImageSink(blocker / "a.png")
     bad_patterns = {"a_{seq}_{foo}.png": "{seq} is the only placeholder", "a_{seq.real}.png": "only placeholder",
-                    "a_{seq:q}.png": "Unknown format code", "a_{seq.png": "expected '}'",
-                    "a_{seq:>9999999999d}.png": "field widths above 32", "a_{seq:0200d}.png": "above 32",
+                    "a_{seq:q}.png": "{seq:q}: only {seq}, {seq:d} or a zero-padded width",
+                    "a_{seq.png": "expected '}'",
+                    "a_{seq:>9999999999d}.png": "{seq:>9999999999d}: only", "a_{seq:0200d}.png": "above 32",
+                    "a_{seq:-5d}.png": "{seq:-5d}: only", "a_{seq:5}.png": "{seq:5}: only", "a_{seq:+d}.png": "only",
+                    "a_{seq: d}.png": "only", "a_{seq!r}.png": "{seq!r}: only", "a_{seq:_>5}.png": "only",
                     "a" * 246 + "_{seq}.png": "would be 261 bytes long"}  # at frame 10**9
     for name, match in bad_patterns.items():  # refused when the output opens, not at the first frame
         with pytest.raises(SinkError, match=re.escape(match)) as info:
             ImageSink(tmp_path / name)
         assert str(info.value).startswith(f"image output {tmp_path / name}: bad {{seq}} pattern")
     assert not ImageSink(tmp_path / "a_{foo}.png").per_frame  # no {seq: a literal name
+    assert all(ImageSink(tmp_path / name).per_frame for name in ("{seq}.png", "{seq:d}.png", "{seq:05d}.png"))
 
 
 def _one_detection(*, class_id: int, class_names: list[str]) -> Detections:

@@ -13,7 +13,6 @@ them; otherwise everything starts from scratch (said in the log).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import shlex
@@ -25,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from rtseg.cliargs import Parser
+from rtseg.cliargs import NumberRange, Parser, check_ranges
 from rtseg.data.dataset import InstanceDataset
 from rtseg.data.spec import FORMS, parse_data
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
@@ -37,7 +36,7 @@ from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_torch_file, load_yolact, manifest_path
 
 
-_NUMBER_RANGES: tuple[tuple[str, float, float | None, str], ...] = (
+_NUMBER_RANGES: tuple[NumberRange, ...] = (
     # option, least, most (None: no limit), why the limit (said with it)
     # the model's own limits (one training image at 2048 px takes gigabytes; 100000 px was killed for its memory)
     ("--input-size", *LIMITS["input_size"], " pixels (YOLACT uses 550 or 700)"),
@@ -162,24 +161,10 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
     return tuple(int(f * iters) for f in fractions)
 
 
-def _check_range(option: str, value: float, low: float, high: float | None, why: str) -> None:
-    """ConfigError unless ``value`` is a finite number from ``low`` to ``high`` (None: no upper limit)."""
-    if not math.isfinite(value):
-        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise ConfigError(f"{option} {value}: must be a number {span}{why}")
-    if value < low:
-        raise ConfigError(f"{option} {value}: must be at least {low}{why}")
-    if high is not None and value > high:
-        raise ConfigError(f"{option} {value}: must be at most {high}{why}")
-
-
 def _check_options(args: argparse.Namespace) -> None:
     """ConfigError for option values training cannot use (before any data is read or memory taken)."""
     check_lr(args.lr)
-    for option, low, high, why in _NUMBER_RANGES:
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            _check_range(option, value, low, high, why)
+    check_ranges(args, _NUMBER_RANGES)
     if args.train_images is not None and parse_data(args.data).kind != "synthetic":
         raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "
                           "labelme set trains on all of its images, so leave the option out")

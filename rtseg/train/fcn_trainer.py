@@ -110,7 +110,7 @@ def _main(argv: list[str] | None) -> None:
     ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"),
                     help="FCN variant: output stride 8, 16 or 32 (default: %(default)s)")
     ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")
-    args, checkpoint = parse_recipe(ap, argv)
+    args, checkpoint = parse_recipe(ap, argv, [("--width", 0.01, 1.0, " (1.0 is the paper's VGG16)")])
     w, h = args.size
     names = ["background", *CLASSES]
     engine = FcnEngine.from_config(FcnConfig(arch=args.arch, num_classes=len(names), width=args.width),

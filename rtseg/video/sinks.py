@@ -94,6 +94,23 @@ class ImageSink:
         """Nothing to release (each write is complete on its own)."""
 
 
+_SEQ_SPEC = re.compile(r"(?:0(\d*))?d?")
+"""The {seq} format specs allowed: none, ``d`` or a zero-padded width (``05d``); a width without the 0 pads with
+spaces."""
+
+
+def _check_seq_field(conversion: str | None, spec: str) -> None:
+    """ValueError unless a ``{seq…}`` field is a plain number of at most 32 digits (``{seq}``, ``{seq:d}``,
+    ``{seq:05d}``): a sign, fill, alignment, space-padded width or conversion would put spaces or signs in the
+    file names."""
+    plain = None if conversion else _SEQ_SPEC.fullmatch(spec)
+    if plain is None:
+        field = f"{{seq{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+        raise ValueError(f"{field}: only {{seq}}, {{seq:d}} or a zero-padded width make plain file names")
+    if plain.group(1) and int(plain.group(1)) > 32:
+        raise ValueError("field widths above 32 digits make no file name")
+
+
 def _is_seq_pattern(path: Path) -> bool:
     """Whether ``path`` names one file per frame (``{seq}`` / ``{seq:05d}`` placeholders, str.format syntax);
     SinkError for a pattern that cannot name a file for every frame. A name without ``{seq`` is taken as is."""
@@ -101,11 +118,11 @@ def _is_seq_pattern(path: Path) -> bool:
     if "{seq" not in text:
         return False
     try:
-        specs = [(name, spec) for _, name, spec, _ in string.Formatter().parse(text) if name is not None]
-        if any(name != "seq" for name, _ in specs):
+        fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
+        if any(name != "seq" for name, _, _ in fields):
             raise ValueError("{seq} is the only placeholder allowed")
-        if any(int(width) > 32 for _, spec in specs for width in re.findall(r"\d+", spec or "")):
-            raise ValueError("field widths above 32 digits make no file name")
+        for _, conversion, spec in fields:
+            _check_seq_field(conversion, spec or "")
         for seq in (0, 10**9):
             name = Path(text.format(seq=seq)).name
             if len(os.fsencode(name)) > 255:
