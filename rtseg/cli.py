@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import os
 import sys
 import warnings
@@ -234,22 +233,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
-    _check_outputs_are_not_inputs(args)
+    # outputs over what the run reads: the weights (the shipped demo model without --weights), --semantic, --calib
+    check_outputs_are_not_inputs(_outputs(args), [*weights_paths(args.weights, args.semantic),
+                                                  *([args.calib] if args.calib else [])])
 
 
-def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
-    """Refuse an ``--output`` / ``--json`` that would overwrite what the run reads (the source: a file, a folder, a
-    glob's matches; the weights; --semantic; the --calib folder): :func:`check_outputs_are_not_inputs`."""
-    inputs = [*_source_paths(args.source), *weights_paths(args.weights, args.semantic),
-              *([args.calib] if args.calib else [])]
-    check_outputs_are_not_inputs([("--output", args.output), ("--json", args.json)], inputs)
-
-
-def _source_paths(spec: str) -> list[str]:
-    """The path a file or folder ``--source`` names, or the paths a glob matches (as open_source reads them)."""
-    if glob.has_magic(spec) and not Path(spec).is_dir():
-        return glob.glob(spec)
-    return [spec]
+def _outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files a run writes, as ``(option, path)`` for :func:`check_outputs_are_not_inputs`."""
+    return [("--output", args.output), ("--json", args.json)]
 
 
 def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
@@ -336,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
                              realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
         stack.callback(source.close)
+        # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
+        check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
         source.on_event = lambda line: print(f"rtseg: warning: {line}", file=sys.stderr, flush=True)
         expected = [n for n in (source.num_frames, args.max_frames) if n is not None]
         short = bool(expected) and min(expected) <= 20  # too few frames to leave 5 untimed

@@ -467,7 +467,9 @@ SOURCE_CLASHES = {  # --source, --output, the error line (MIX: the image folder)
     "folder, one of its images": ("MIX", "MIX/a.png", "--output MIX/a.png would overwrite the input MIX/a.png"),
     "glob, one of its matches": ("MIX/*.png", "MIX/b.png", "--output MIX/b.png would overwrite the input MIX/b.png"),
     "folder, images per frame into it": ("MIX", "MIX/{seq:05d}.png", "--output MIX/{seq:05d}.png would write its "
-                                         "images into the input folder MIX, where they could overwrite inputs"),
+                                         "images beside the input MIX/a.png, where they could overwrite inputs"),
+    "folder read with a stride, an image it skips": ("MIX --vid-stride 2", "MIX/b.png",
+                                                     "--output MIX/b.png would overwrite the input MIX/b.png"),
     "glob, images per frame beside its matches": ("MIX/a*.png", "MIX/{seq}.png", "--output MIX/{seq}.png would "
                                                   "write its images beside the input MIX/a.png, where they could "
                                                   "overwrite inputs"),
@@ -482,10 +484,23 @@ def test_an_output_over_the_images_of_a_folder_or_glob_source_is_refused(case, f
 
     source, output, line = (s.replace("MIX", str(image_folder)) for s in SOURCE_CLASHES[case])
     before = _contents(image_folder)
-    assert main(["--source", source, "--weights", files["weights"], "--output", output, "--max-frames", "2"]) == 2
+    assert main(["--source", *source.split(), "--weights", files["weights"], "--output", output,
+                 "--max-frames", "2"]) == 2
     assert capsys.readouterr().err.splitlines() == [f"rtseg: error: {line}; choose another "
                                                     f"{'folder' if '{seq' in output else 'output path'}"]
     assert _contents(image_folder) == before
+
+
+def test_outputs_beside_a_folder_source_are_not_its_inputs(files, image_folder, capsys):
+    """A recording and results written into the source folder are not images it reads: a second run writes them
+    again (they were refused as "inputs" once they existed)."""
+    from rtseg.cli import main
+
+    outputs = ["--output", f"{image_folder}/run.mp4", "--json", f"{image_folder}/run.json"]
+    for _ in range(2):
+        assert main(["--source", str(image_folder), "--weights", files["weights"], *outputs]) == 0, \
+            capsys.readouterr().err
+    assert {"run.mp4", "run.json"} <= _contents(image_folder).keys()
 
 
 def test_images_per_frame_that_cannot_name_an_input_may_go_beside_a_glob_source(files, image_folder, capsys):

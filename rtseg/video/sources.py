@@ -165,7 +165,8 @@ class ImageSource(Source):
     WARN_SKIPPED = 5
 
     def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1) -> None:
-        self.paths = paths[::vid_stride]
+        self.files = paths  # every file the folder, glob or name gives (the command line keeps outputs off them)
+        self.paths = paths[::vid_stride]  # the ones read
         super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths))
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
