@@ -275,7 +275,8 @@ class _Sender:
             for packet in packets:
                 self._worker.send(packet, self._limit)
         except (WorkerFailed, WorkerStalled) as exc:
-            self._worker = PushWorker()  # the next connection's process starts during the back-off
+            if not self._abandoned:  # (an abandoned sink makes no next connection)
+                self._worker = PushWorker()  # the next connection's process starts during the back-off
             self._encoder = None  # the next connection starts with a key frame
             raise _Outage(self._outage_reason(exc)) from None
 
