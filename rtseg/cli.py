@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,11 +30,11 @@ from rtseg.engines.choose import (
 )
 from rtseg.cliargs import Parser
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status
+from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
 from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source
-from rtseg.weights import manifest_path
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
@@ -241,65 +240,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def _outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """The files a run writes, as ``(option, path)`` for :func:`check_outputs_are_not_inputs`."""
     return [("--output", args.output), ("--json", args.json)]
-
-
-def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
-    """The weights files of a run, each with its manifest: ``weights`` and ``semantic``; without ``weights`` the
-    shipped demo model (the default of yolact and panoptic, kept safe whatever the engine)."""
-    from rtseg.demo import DEMO_WEIGHTS
-
-    chosen = [str(DEMO_WEIGHTS) if weights is None else weights, *([semantic] if semantic else [])]
-    return [f for w in chosen for f in (w, str(manifest_path(w)))]
-
-
-def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
-                                 inputs: Sequence[str | os.PathLike[str]]) -> None:
-    """ConfigError (one line) when an output ``(option, path)`` would overwrite an input file or folder (``inputs``,
-    as given; missing ones are skipped): an existing output that is an input or lies inside an input folder, or a
-    ``{seq}`` pattern (one image per frame) that writes inside an input folder or beside an input file of its
-    type. The one check of every command that writes files."""
-    found = {Path(i).resolve(): str(i) for i in inputs if _exists(Path(i))}
-    for option, path in outputs:
-        if path is None:
-            continue
-        out = Path(path).resolve()
-        overwritten = _input_at(out, found) if _exists(out) else None
-        if overwritten is not None:
-            raise ConfigError(f"{option} {path} would overwrite the input {overwritten}; choose another output path")
-        where = _input_beside_pattern(out, found) if "{seq" in str(path) else None
-        if where is not None:
-            raise ConfigError(f"{option} {path} would write its images {where}, where they could overwrite "
-                              "inputs; choose another folder")
-
-
-def _exists(path: Path) -> bool:
-    """``path.exists()``, False for a name the system cannot look up (too long, ...)."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def _input_at(path: Path, inputs: dict[Path, str]) -> str | None:
-    """The input (as given) that is ``path``, or the name of ``path`` inside an input folder; None if neither."""
-    for resolved, given in inputs.items():
-        if path == resolved:
-            return given
-        if resolved.is_dir() and path.is_relative_to(resolved):
-            return str(Path(given) / path.relative_to(resolved))
-    return None
-
-
-def _input_beside_pattern(pattern: Path, inputs: dict[Path, str]) -> str | None:
-    """Where the files of a ``{seq}`` pattern could replace inputs: ``"into the input folder F"`` (their folder is
-    inside F) or ``"beside the input X"`` (an input file of their type in their folder); None if nowhere."""
-    folder = pattern.parent
-    for resolved, given in inputs.items():
-        if resolved.is_dir() and folder.is_relative_to(resolved):
-            return f"into the input folder {given}"
-        if resolved.parent == folder and resolved.suffix.lower() == pattern.suffix.lower():
-            return f"beside the input {given}"
-    return None
 
 
 def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:

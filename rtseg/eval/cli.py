@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from rtseg.cli import check_outputs_are_not_inputs, weights_paths
 from rtseg.cliargs import Parser
 from rtseg.data.dataset import InstanceDataset
 from rtseg.data.spec import parse_data
@@ -58,6 +57,7 @@ from rtseg.eval.runners import (
     format_superpixels,
     samples,
 )
+from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 
 __all__ = ["ENGINES", "class_mapping", "main", "open_dataset", "run"]
 ENGINES = ENGINE_NAMES
