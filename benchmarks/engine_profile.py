@@ -5,13 +5,15 @@ per network backend: wall ms (p50 over ``--iters`` calls, CUDA synchronised afte
 upload + preprocess, ``forward`` (network + detection step on the device; one CUDA graph with the
 compile backend), ``postprocess`` (the rows to the host, Detections), device blend + download of
 the finished frame, and the whole ``annotate(frame, engine(frame))`` call without intermediate
-synchronisation; then a torch.profiler table of that whole call (top ops by host time, with device
+synchronisation, and frames → detections with one frame in flight (``frame_one_in_flight``: as
+:meth:`YolactEngine.stream`, frame i + 1 uploaded and queued before frame i's rows are awaited); then a
+torch.profiler table of that whole call (top ops by host time, with device
 time) to say whether the host (launches, waits) or the device is the limit. Then the detection step
 alone (:meth:`YolactEngine.candidates`: decode, threshold, Fast NMS) eager with the CuPy keep kernel
 and with torch's; and model + post-processing at batch 1 from a preprocessed input: the compile
 engine's ``forward`` + ``postprocess`` (network and detection step as one CUDA graph: inductor's, and
-ours with ``capture=True``) against the network's graph followed by the eager detection step (CuPy NMS), with whether they give the same
-detections. Usage (CUDA required):
+ours with ``capture=True``; each also with one frame in flight) against the network's graph followed by the
+eager detection step (CuPy NMS), with whether they give the same detections. Usage (CUDA required):
 
     python -m benchmarks.engine_profile --out $OUT/engine_profile.json [--backends eager_fp16_cl compile_fp16]
 """
@@ -73,11 +75,36 @@ def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     return out
 
 
+def one_in_flight(engine: YolactEngine, submit: Callable[[], Any], iters: int, rounds: int = 5) -> dict[str, Any]:
+    """Throughput with one batch in flight (:meth:`YolactEngine.stream`'s order: batch i + 1 submitted before batch
+    i is collected): ``submit()`` → an :meth:`YolactEngine.dispatch`-ed batch; per round of ``iters`` batches the
+    wall ms per batch (device idle at both ends), summarised over ``rounds`` rounds after one warm-up round, and
+    ``fps`` from their mean."""
+    def round_ms() -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pending = submit()
+        for _ in range(iters - 1):
+            queued = submit()
+            engine.collect(pending)
+            pending = queued
+        engine.collect(pending)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1000.0 / iters
+
+    round_ms()
+    r: dict[str, Any] = summary([round_ms() for _ in range(rounds)])
+    r["fps"] = 1000.0 / r["mean_ms"]
+    return r
+
+
 def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
     """Model + post-processing at batch 1 from a preprocessed input (wall ms, device synchronised):
     ``forward`` + ``postprocess`` with the network and the detection step as one graph, inductor's CUDA graph
-    (compile_fp16) and ours (compile_fp16_captured), vs the network's graph followed by the eager detection
-    step (CuPy NMS); and how many detections of each one-graph variant match the latter's (:func:`matched`)."""
+    (compile_fp16) and ours (compile_fp16_captured), each also with one frame in flight (:func:`one_in_flight`:
+    frame i + 1's graph queued before frame i's rows are awaited), vs the network's graph followed by the eager
+    detection step (CuPy NMS); and how many detections of each one-graph variant match the latter's
+    (:func:`matched`)."""
     s = engine.cfg.input_size
     x = engine.preprocess([frame])
     out: dict[str, Any] = {"nms_eager": engine._fast_nms.__module__}
@@ -92,6 +119,8 @@ def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
                 out[fused] = wall_summary(lambda: engine.postprocess(engine.forward(x), [(s, s)])[0], iters=iters,
                                           warmup=10)
                 dets[fused] = engine.postprocess(engine.forward(x), [(s, s)])[0]
+                out[f"{run}_one_in_flight"] = one_in_flight(
+                    engine, lambda: engine.dispatch(engine.forward(x), [(s, s)]), iters)
                 if run == "compile_fp16":
                     def eager_head() -> Any:
                         return engine.postprocess(engine.detection_head(engine.network(x)), [(s, s)])[0]
@@ -163,6 +192,9 @@ def main() -> None:
             engine.backend = make_backend(engine.net, device="cuda", input_size=engine.cfg.input_size,
                                           config=engine.cfg, **BACKEND_RUNS[run])
             r = stage_times(engine, frame, args.iters)
+            r["frame_one_in_flight"] = one_in_flight(  # host frame → detections, as YolactEngine.stream runs it
+                engine, lambda: engine.dispatch(engine.forward(engine.preprocess([frame])), [frame.shape[:2]]),
+                args.iters)
             r["detections"] = len(engine(frame))
             doc["results"][run] = r
             print(run, " ".join(f"{k} {v['p50_ms']:.2f}" for k, v in r.items() if isinstance(v, dict)), "ms p50",

@@ -34,7 +34,8 @@
 # 6. benchmarks.engine_profile (per-stage wall, launches per call + torch.profiler table of one engine
 #    call, model + post at batch 1 one-graph vs network graph + eager detection step) when
 #    RTSEG_PROFILE_S > 0 (default 0; give it 240: it compiles five graphs of R-101, two of them again, which
-#    inductor's FX graph cache shortens), first with our own CUDA graphs (capture=True), then inductor's
+#    inductor's FX graph cache shortens; RTSEG_PROFILE_BACKENDS=compile_fp16_captured alone: about 170 s on an
+#    H100, run 12), first with our own CUDA graphs (capture=True), then inductor's
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out/device}"
@@ -182,7 +183,7 @@ T_PROF=$(( $(left) - 10 ))
 if [ "$PROF_S" -gt 0 ]; then
   echo "== engine_profile (limit ${T_PROF}s)"
   timeout --kill-after=5 "$T_PROF" "$PY" -m benchmarks.engine_profile --out "$WORK/engine_profile.json" \
-    --backends compile_fp16_captured compile_fp16 eager_fp16_cl > "$WORK/engine_profile.log" 2>&1
+    --backends ${RTSEG_PROFILE_BACKENDS:-compile_fp16_captured compile_fp16 eager_fp16_cl} > "$WORK/engine_profile.log" 2>&1
   echo "engine_profile exit code $?" >> "$WORK/engine_profile.log"
   head -n 3 "$WORK/engine_profile.log"
 fi

@@ -6,7 +6,7 @@ Outputs equal the official implementation's for the same weights and frame
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import Backend, TorchBackend, make_backend
-from rtseg.engines.base import StagedEngine, host_tensor
+from rtseg.engines.base import StagedEngine, frames_as_list, host_tensor
 from rtseg.engines.options import check_int, check_real, check_weights_path, place_network, resolve_device
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import LIMITS, MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
@@ -43,6 +43,19 @@ class Candidates(NamedTuple):
     rows: torch.Tensor
     coef: torch.Tensor
     proto: torch.Tensor
+
+
+class InFlight(NamedTuple):
+    """A batch :meth:`YolactEngine.dispatch` started post-processing: its :class:`Candidates` (device), the frame
+    sizes (H, W), each frame's (host frame, device copy) for the device overlay (or None), the rows of every frame
+    (ΣM, 6) float32 on the host (page-locked on CUDA, still arriving until ``done``), and the CUDA event recorded
+    after their copy (None off CUDA, where they are there already)."""
+
+    cands: list[Candidates]
+    sizes: list[tuple[int, int]]
+    resident: list[tuple[np.ndarray, torch.Tensor] | None]
+    host_rows: torch.Tensor
+    done: torch.cuda.Event | None
 
 
 class InferenceNet(nn.Module):
@@ -242,15 +255,60 @@ class YolactEngine(StagedEngine):
     def postprocess(self, cands: Sequence[Candidates], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """:meth:`forward`'s candidates + frame sizes (H, W) → one Detections per frame (masks lazy).
 
-        Waits for the device once per batch: the rows of every frame come to the host in one copy.
+        Waits for the device once per batch: the rows of every frame come to the host in one copy
+        (:meth:`dispatch`, then :meth:`collect`).
         """
+        return self.collect(self.dispatch(cands, sizes))
+
+    @torch.inference_mode()
+    def dispatch(self, cands: Sequence[Candidates], sizes: Sequence[tuple[int, int]]) -> "InFlight":
+        """Start :meth:`postprocess` without waiting: the rows of every frame start for the host (on CUDA a
+        non-blocking copy into page-locked memory, with an event after it), and the device copies of the frames
+        that :meth:`preprocess` kept for the device overlay go with them. :meth:`collect` finishes it, after
+        the next batch may have been preprocessed and queued (:meth:`stream`)."""
         resident = [r if tuple(r[1].shape[:2]) == tuple(size) else None for r, size in zip(self._resident, sizes)]
         if len(resident) != len(cands):
             resident = [None] * len(cands)
         rows = [c.rows for c in cands]
-        host = (rows[0] if len(rows) == 1 else torch.cat(rows)).cpu() if rows else torch.zeros(0, 6)
-        starts = np.cumsum([0] + [len(r) for r in rows])
-        return [self._detections(c, host[starts[b]:starts[b + 1]], sizes[b], resident[b]) for b, c in enumerate(cands)]
+        device_rows = (rows[0] if len(rows) == 1 else torch.cat(rows)) if rows else torch.zeros(0, 6)
+        done = None
+        if device_rows.is_cuda:
+            host = torch.empty(device_rows.shape, dtype=device_rows.dtype, pin_memory=True)
+            host.copy_(device_rows, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host = device_rows.cpu()
+        return InFlight(list(cands), list(sizes), resident, host, done)
+
+    @torch.inference_mode()
+    def collect(self, batch: "InFlight") -> list[Detections]:
+        """A :meth:`dispatch`-ed batch → one Detections per frame; waits only until its rows are on the host."""
+        if batch.done is not None:
+            batch.done.synchronize()
+        starts = np.cumsum([0] + [len(c.rows) for c in batch.cands])
+        return [self._detections(c, batch.host_rows[starts[b]:starts[b + 1]], batch.sizes[b], batch.resident[b])
+                for b, c in enumerate(batch.cands)]
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[Detections]:
+        """One Detections per frame of ``frames`` (each H×W×3 uint8 BGR), in order, with one frame in flight: frame
+        i + 1 is uploaded, preprocessed and queued on the device before frame i's rows are awaited, so on CUDA the
+        host's work for one frame overlaps the device's for the previous one. Each result is yielded once the next
+        frame has been taken from ``frames`` (for a live source that waits for its next frame: call the engine per
+        frame there). The same detections as one call per frame."""
+        pending: InFlight | None = None
+        for i, frame in enumerate(frames):
+            single, images = frames_as_list(frame)
+            if not single:
+                raise ConfigError(f"stream(): item {i} is a {type(frame).__name__}; give one H×W×3 uint8 BGR array "
+                                  "per frame")
+            image = images[0]
+            queued = self.dispatch(self.forward(self.preprocess([image])), [image.shape[:2]])
+            if pending is not None:
+                yield self.collect(pending)[0]
+            pending = queued
+        if pending is not None:
+            yield self.collect(pending)[0]
 
     def candidates(self, loc: torch.Tensor, conf: torch.Tensor,
                    nms: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, ...]:
