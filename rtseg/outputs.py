@@ -1,5 +1,6 @@
 """Outputs never overwrite inputs: the one check of the commands that write files (``rtseg`` / ``run.py``,
-``rtseg eval``), kept apart from the pipeline so that a command imports only this for it."""
+``rtseg eval``) and the one same-file rule (:func:`same_file`, hard links included) that ``rtseg train`` uses for
+its own, kept apart from the pipeline so that a command imports only this for it."""
 from __future__ import annotations
 
 import os
@@ -22,14 +23,16 @@ def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
 def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
                                  inputs: Sequence[str | os.PathLike[str]]) -> None:
     """ConfigError (one line) when an output ``(option, path)`` would overwrite an input file or folder (``inputs``,
-    as given; missing ones are skipped): an existing output that is an input or lies inside an input folder, or a
-    ``{seq}`` pattern (one image per frame) that writes inside an input folder or beside an input file of its
-    type. The one check of every command that writes files."""
-    found = {Path(i).resolve(): str(i) for i in inputs if _exists(Path(i))}
+    as given; missing ones are skipped): an existing output that is an input (:func:`same_file`: also a hard link to
+    it) or lies inside an input folder, or a ``{seq}`` pattern (one image per frame) that writes inside an input
+    folder or beside an input file of its type. The one check of every command that writes files; the files they
+    write through first need none (a ``.partial`` file is created exclusively, an image's ``.tmp`` is named by
+    process)."""
+    found = {_resolved(i): str(i) for i in inputs if _exists(Path(i))}
     for option, path in outputs:
         if path is None:
             continue
-        out = Path(path).resolve()
+        out = _resolved(path)
         overwritten = _input_at(out, found) if _exists(out) else None
         if overwritten is not None:
             raise ConfigError(f"{option} {path} would overwrite the input {overwritten}; choose another output path")
@@ -37,6 +40,21 @@ def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[
         if where is not None:
             raise ConfigError(f"{option} {path} would write its images {where}, where they could overwrite "
                               "inputs; choose another folder")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file or folder: the same resolved path (also when missing), or existing
+    names of one file (a hard link, a bind mount); False for a name the system cannot look up (too long, ...)."""
+    try:
+        return _resolved(a) == _resolved(b) or os.path.samefile(a, b)
+    except OSError:  # (one is missing, or cannot be looked up)
+        return False
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute, its symbolic links followed as far as they lead (``Path.resolve`` raises
+    RuntimeError at a loop of them)."""
+    return Path(os.path.realpath(path))
 
 
 def _exists(path: Path) -> bool:
@@ -48,9 +66,10 @@ def _exists(path: Path) -> bool:
 
 
 def _input_at(path: Path, inputs: dict[Path, str]) -> str | None:
-    """The input (as given) that is ``path``, or the name of ``path`` inside an input folder; None if neither."""
+    """The input (as given) that is ``path`` (:func:`same_file`), or the name of ``path`` inside an input folder (by
+    its resolved path); None if neither."""
     for resolved, given in inputs.items():
-        if path == resolved:
+        if same_file(path, resolved):
             return given
         if resolved.is_dir() and path.is_relative_to(resolved):
             return str(Path(given) / path.relative_to(resolved))

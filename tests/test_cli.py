@@ -546,6 +546,25 @@ def test_outputs_never_overwrite_the_shipped_demo_model(tmp_path):
         assert {p.name: p.read_bytes() for p in (copy / "engines").iterdir()} == demo
 
 
+def test_an_output_that_is_a_hard_link_to_an_input_is_refused(files, tmp_path, capsys):
+    """Was: the check compared paths only, so ``ln tiny.json out.jsonl`` then ``--json out.jsonl`` emptied the
+    weights' manifest and wrote the run's results into it (exit 0); a hard link to the weights or to the source got
+    through as well. Each is refused as the input itself is: one line, exit 2, every file as it was."""
+    from rtseg.cli import main
+
+    weights, photo = Path(files["weights"]), Path(files["photo"])
+    cases = [("--json", tmp_path / "results.jsonl", weights.with_suffix(".json")),  # written in place
+             ("--json", tmp_path / "results.json", weights), ("--output", tmp_path / "seen.jpg", photo)]
+    for _, link, given in cases:
+        os.link(given, link)
+    before = {p: p.read_bytes() for p in (*files["dir"].iterdir(), *tmp_path.iterdir())}
+    for option, link, given in cases:
+        assert main(["--source", str(photo), "--weights", str(weights), "--no-progress", option, str(link)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg: error: {option} {link} would overwrite the input {given}; choose another output path"]
+    assert {p: p.read_bytes() for p in (*files["dir"].iterdir(), *tmp_path.iterdir())} == before
+
+
 def test_a_run_that_writes_no_frame_leaves_existing_outputs_as_they_were(files, tmp_path, capsys, sigint_at_call):
     """An unreadable image, a folder of them, Ctrl-C before the first frame: the COCO results file became ``[]``
     (the README promises existing outputs are left as they were; .jsonl, .mp4 and .png outputs were). A run with no

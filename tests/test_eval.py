@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import cv2
@@ -232,6 +233,26 @@ def test_cli_json_never_overwrites_an_input(tiny_weights, tmp_path, capsys):
         assert main(["--weights", str(weights), "--data", data, "--json", str(output)]) == 2, output
         assert capsys.readouterr().err.splitlines() == [
             f"rtseg eval: error: --json {output} would overwrite the input {output}; choose another output path"]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_cli_json_never_overwrites_an_input_through_a_hard_link(tiny_weights, tmp_path, capsys):
+    """Was: ``--json`` naming a hard link to the weights, their manifest or the COCO annotation file wrote the
+    metrics into that input (exit 0: the check compared paths only). Refused as the input itself is."""
+    weights = tmp_path / "w.safetensors"
+    for source in (tiny_weights, tiny_weights.with_suffix(".json")):
+        weights.with_suffix(source.suffix).write_bytes(source.read_bytes())
+    ann = export_coco(SyntheticScene(34, num_frames=2, width=160, height=120), tmp_path / "coco", every=2)
+    links = tmp_path / "links"
+    links.mkdir()
+    cases = [(links / "a.json", weights), (links / "b.json", weights.with_suffix(".json")), (links / "c.json", ann)]
+    for link, given in cases:
+        os.link(given, link)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for link, given in cases:
+        assert main(["--weights", str(weights), "--data", f"coco:{ann}:{ann.parent}", "--json", str(link)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg eval: error: --json {link} would overwrite the input {given}; choose another output path"]
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 

@@ -430,6 +430,7 @@ def test_cli_refuses_an_out_or_work_dir_that_would_overwrite_what_it_reads(tmp_p
 
     ann = export_coco(SyntheticScene(5, width=96, height=64, num_frames=2), tmp_path / "coco")
     os.link(ann, tmp_path / "link.json")
+    os.link(ann, tmp_path / "n.safetensors.tmp")  # the file the weights of --out n.safetensors are written through
     labelme = tmp_path / "lm"
     labelme.mkdir()
     (labelme / "a.json").write_text("{}")
@@ -443,6 +444,8 @@ def test_cli_refuses_an_out_or_work_dir_that_would_overwrite_what_it_reads(tmp_p
         (["--data", coco, "--out", str(ann.with_suffix(".safetensors"))],
          f"the manifest {ann} would overwrite the --data file {ann}; choose another --out"),
         (["--data", coco, "--out", str(tmp_path / "link.safetensors")], "would overwrite the --data file"),
+        (["--data", coco, "--out", str(tmp_path / "n.safetensors")],
+         f"the weights {tmp_path / 'n.safetensors.tmp'} would overwrite the --data file {ann}; choose another --out"),
         (["--data", "synthetic", "--val-data", coco, "--out", str(ann.with_suffix(".safetensors"))],
          "would overwrite the --val-data file"),
         (["--data", "synthetic", "--init", str(init), "--out", str(init)],

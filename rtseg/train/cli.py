@@ -13,7 +13,6 @@ them; otherwise everything starts from scratch (said in the log).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import sys
@@ -30,6 +29,7 @@ from rtseg.data.spec import FORMS, parse_data
 from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
 from rtseg.models.backbones import BACKBONES
 from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
+from rtseg.outputs import same_file
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, sigterm_as_interrupt, weights_out
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
@@ -172,16 +172,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` name one file or folder (the same resolved path, or for existing ones a link)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # (one is missing)
-        return False
-
-
 def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> None:
     """ConfigError when a file training writes (the weights, their manifest, the checkpoint, or the ``.tmp`` file of
     one) is a file it reads (the COCO annotations of --data / --val-data, --init, --resume; the checkpoint may be
@@ -193,14 +183,14 @@ def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> No
     reads = [(option, Path(path)) for option, path in (("--init", args.init), ("--resume", args.resume)) if path]
     for option, spec in (("--data", args.data), ("--val-data", args.val_data)):
         data = parse_data(spec, option) if spec else None
-        if data and data.kind == "labelme" and _same_file(manifest_path(out).parent, data.path):
+        if data and data.kind == "labelme" and same_file(manifest_path(out).parent, data.path):
             raise ConfigError(f"--out {out}: its manifest {manifest_path(out).name} would go among the labelme files "
                               f"of {option} {data.path} (and be read as one); write the weights to another folder")
         if data and data.kind == "coco":
             reads.append((option, data.path))
     for option, path in reads:
         for changed, what, written in writes:
-            if _same_file(path, written) and not (option == "--resume" and changed == "--work-dir"):
+            if same_file(path, written) and not (option == "--resume" and changed == "--work-dir"):
                 raise ConfigError(f"{changed} {out if changed == '--out' else work_dir}: {what} {written} would "
                                   f"overwrite the {option} file {path}; choose another {changed}")
 
