@@ -28,7 +28,7 @@ from rtseg.engines.choose import (
     load_weights_engine,
     resolve_engine,
 )
-from rtseg.cliargs import Parser
+from rtseg.cliargs import Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.coco_json import CocoJsonSink
@@ -226,8 +226,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise WeightsError(f"--weights {args.weights} is a folder; give the weights file in it")
         if not Path(args.weights).is_file():
             raise WeightsError(f"--weights {args.weights}: file not found")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
+    check_ranges(args, [("--max-frames", 1, None, "")])
     if not args.reconnect_timeout >= 0:  # also NaN
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:

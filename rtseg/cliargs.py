@@ -8,6 +8,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from rtseg.errors import ConfigError
+from rtseg.ranges import number_problem
 
 NumberRange = tuple[str, float, float | None, str]
 """An option's range: its name, least value, most value (None: no limit), why the limit (said with it)."""
@@ -37,14 +38,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def check_range(option: str, value: float, low: float, high: float | None, why: str) -> None:
-    """ConfigError unless ``value`` is a finite number from ``low`` to ``high`` (None: no upper limit)."""
-    if not math.isfinite(value):
-        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise ConfigError(f"{option} {value}: must be a number {span}{why}")
-    if value < low:
-        raise ConfigError(f"{option} {value}: must be at least {low}{why}")
-    if high is not None and value > high:
-        raise ConfigError(f"{option} {value}: must be at most {high}{why}")
+    """ConfigError ``"--input-size 0: must be an integer in [32, 2048]<why>"`` unless ``value`` is a finite
+    number from ``low`` to ``high`` (None: no upper limit), said as an integer when argparse parsed it as one
+    (:func:`rtseg.ranges.number_problem` says what is expected)."""
+    problem = number_problem(value, low, math.inf if high is None else high, integer=isinstance(value, int))
+    if problem is not None:
+        raise ConfigError(f"{option} {value}: {problem}{why}")
 
 
 def check_ranges(args: argparse.Namespace, ranges: Sequence[NumberRange]) -> None:

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from rtseg.errors import ConfigError, WeightsError, make_folder
+from rtseg.cliargs import Parser, check_ranges
+from rtseg.errors import WeightsError, make_folder
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
@@ -37,8 +38,6 @@ class _EvalSink:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from rtseg.cliargs import Parser
-
     p = Parser(prog="rtseg demo", description="Segment a held-out synthetic clip with the shipped demo model.")
     p.add_argument("--weights", default=str(DEMO_WEIGHTS), help="demo checkpoint (default: %(default)s)")
     p.add_argument("--frames", type=int, default=120, help="clip length in frames (default: %(default)s)")
@@ -54,8 +53,7 @@ def run_demo(argv: Sequence[str]) -> int:
     if not weights.is_file():
         hint = DEMO_TRAIN_HINT if weights == DEMO_WEIGHTS else "pass the path of an existing weights file"
         raise WeightsError(f"demo weights {weights} not found; {hint}")
-    if args.frames < 2:
-        raise ConfigError(f"--frames must be >= 2, got {args.frames}")
+    check_ranges(args, [("--frames", 2, None, "")])
     out = make_folder("--out", args.out)
     import rtseg
     from rtseg.data.synthetic import CLASSES, TEST_SEED

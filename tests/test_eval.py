@@ -200,7 +200,7 @@ def test_cli_bad_paths_and_options_fail_before_evaluating(tiny_weights, tmp_path
         (["--data", "synthetic:test", "--json", str(tmp_path)], "not a file in an existing folder"),
         (["--data", "synthetic:test", "--json", str(tmp_path / "no" / "m.json")], "not a file in an existing folder"),
         (["--data", "synthetic:test", "--max-images", "abc"], "invalid int value"),
-        (["--data", "synthetic:test", "--max-images", "0"], "--max-images 0: must be at least 1"),
+        (["--data", "synthetic:test", "--max-images", "0"], "--max-images 0: must be an integer >= 1"),
         (["--data", f"labelme:{folder}"], "hold no (non-crowd) instances, so AP is undefined"),
     ]
     for args, message in cases:

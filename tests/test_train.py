@@ -376,10 +376,10 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
     cases = [
         (["--lr", "-0.01"], "--lr -0.01: the learning rate must be a number >= 0"),
         (["--lr", "nan"], "--lr nan"),
-        (["--input-size", "0"], "--input-size 0: must be at least 32"),
-        (["--fpn-channels", "0"], "--fpn-channels 0: must be at least 1"),
-        (["--workers", "-1"], "--workers -1: must be at least 0"),
-        (["--threads", "-1"], "--threads -1: must be at least 1"),
+        (["--input-size", "0"], "--input-size 0: must be an integer in [32, 2048] pixels"),
+        (["--fpn-channels", "0"], "--fpn-channels 0: must be an integer in [1, 1024]"),
+        (["--workers", "-1"], "--workers -1: must be an integer in [0, 256]"),
+        (["--threads", "-1"], "--threads -1: must be an integer in [1, 1024]"),
         (["--out", str(tmp_path / "folder.safetensors")], "is a folder; give a file path ending in .safetensors"),
         (["--out", str(tmp_path / "file" / "m.safetensors")], "is a file, not a folder"),
         (["--work-dir", str(tmp_path / "file")], "--work-dir"),
@@ -392,15 +392,15 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--expand-max", "nan"], "--expand-max nan: must be a number from 1 to 8 (1 disables the expand"),
-    (["--expand-max", "0.5"], "--expand-max 0.5: must be at least 1 (1 disables the expand"),
-    (["--seed", "-1"], "--seed -1: must be at least 0"),
-    (["--time-budget", "nan"], "--time-budget nan: must be a number from 0.01 to 525600 minutes"),
+    (["--expand-max", "nan"], "--expand-max nan: must be a number in [1, 8] (1 disables the expand"),
+    (["--expand-max", "0.5"], "--expand-max 0.5: must be a number in [1, 8] (1 disables the expand"),
+    (["--seed", "-1"], "--seed -1: must be an integer >= 0"),
+    (["--time-budget", "nan"], "--time-budget nan: must be a number in [0.01, 525600] minutes"),
     (["--lr-steps", "0.9,0.1"], "--lr-steps '0.9,0.1': fractions must increase, e.g. 0.7,0.9"),
-    (["--val-images", "0"], "--val-images 0: must be at least 1"),
-    (["--input-size", "100000"], "--input-size 100000: must be at most 2048 pixels"),  # was killed at ~20 GB
-    (["--fpn-channels", "100000"], "--fpn-channels 100000: must be at most 1024"),
-    (["--iters", str(10**21)], f"--iters {10**21}: must be at most 1000000000"),
+    (["--val-images", "0"], "--val-images 0: must be an integer >= 1"),
+    (["--input-size", "100000"], "--input-size 100000: must be an integer in [32, 2048] pixels"),  # was killed at ~20 GB
+    (["--fpn-channels", "100000"], "--fpn-channels 100000: must be an integer in [1, 1024]"),
+    (["--iters", str(10**21)], f"--iters {10**21}: must be an integer in [1, 1000000000]"),
     (["--data", "labelme:any"], "--train-images 4: only --data synthetic makes its images"),
     (["--val-data", "foo"], "--val-data 'foo': unknown kind 'foo'; expected synthetic[:SPLIT], coco:ANNOTATIONS.json:"),
     (["--val-data", "labelme:FILE"], "a.json is a file, not a folder; give the folder that holds the labelme .json"),

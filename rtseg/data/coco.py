@@ -24,6 +24,7 @@ from pycocotools import mask as mask_utils
 
 from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import DatasetError, RtsegWarning
+from rtseg.ranges import number_problem
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -35,10 +36,6 @@ def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> A
     if not isinstance(value, kind) or isinstance(value, bool):
         raise DatasetError(f"{where}: {key!r} should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
     return value
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
 
 
 def _rle_string_counts(counts: bytes) -> list[int] | None:
@@ -107,7 +104,7 @@ def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[A
         raise DatasetError(f"{where}: RLE size {seg['size']} differs from the image's [height, width] "
                            f"{[height, width]}")
     counts = seg["counts"]
-    if isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+    if isinstance(counts, list) and not any(number_problem(c, 0, integer=True) is not None for c in counts):
         runs = counts
     elif isinstance(counts, (str, bytes)):
         runs = _rle_string_counts(counts.encode("latin-1") if isinstance(counts, str) else counts)
@@ -212,7 +209,8 @@ class CocoDataset:
             raise DatasetError(f"{where}: category_id {cid} is not in 'categories'; add the category or fix the id")
         if "bbox" in ann:
             bbox = ann["bbox"]
-            if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            if (not isinstance(bbox, list) or len(bbox) != 4
+                    or any(number_problem(v, integer=False) is not None for v in bbox)):
                 n = len(bbox) if isinstance(bbox, list) else type(bbox).__name__
                 raise DatasetError(f"{where}: bbox of {n} numbers (need [x, y, width, height])")
             if bbox[2] < 0 or bbox[3] < 0:

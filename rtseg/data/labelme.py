@@ -43,6 +43,7 @@ import numpy as np
 from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
 from rtseg.imageio import read_regular_file
+from rtseg.ranges import number_problem
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -165,7 +166,7 @@ class LabelmeDataset:
             if key not in data:
                 raise DatasetError(f"{path}: missing key {key!r}")
             value = data[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if number_problem(value, 1, integer=True) is not None:
                 raise DatasetError(f"{path}: {key} should be a positive whole number of pixels, got {value!r}")
             size.append(value)
         h, w = size

@@ -7,7 +7,6 @@ naming the engine, the option, what was given and what is expected.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from rtseg.errors import ConfigError, WeightsError
+from rtseg.ranges import number_problem
 
 DEVICE_TYPES = ("cpu", "cuda")
 #: Whether an engine on the CPU keeps its network's 4-D weights in channels_last (NHWC) memory: oneDNN then
@@ -65,25 +65,23 @@ def place_network(module: nn.Module, device: torch.device) -> nn.Module:
 def check_real(engine: str, key: str, value: Any, *, low: float, high: float = math.inf,
                open_low: bool = False) -> float:
     """``value`` as a float when it is a finite real number (not a bool) in [low, high] ((low, high]
-    with ``open_low``), else ConfigError ``"<engine>: <key> must be a number in [0, 1], got 'a'"``."""
-    number = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if not number or not ((low < value if open_low else low <= value) and value <= high):
-        if math.isinf(high):
-            expected = f"a finite number {'>' if open_low else '>='} {low:g}"
-        else:
-            expected = f"a number in {'(' if open_low else '['}{low:g}, {high:g}]"
-        raise ConfigError(f"{engine}: {key} must be {expected}, got {value!r}")
+    with ``open_low``), else ConfigError ``"<engine>: <key> must be a number in [0, 1], got 'a'"``
+    (:func:`rtseg.ranges.number_problem` says what is expected)."""
+    _refuse(engine, key, value, number_problem(value, low, high, integer=False, open_low=open_low))
     return float(value)
 
 
-def check_int(engine: str, key: str, value: Any, *, low: int, high: int | None = None) -> int:
-    """``value`` as an int when it is an integer (not a bool) in [low, high] (high None: no upper bound), else
+def check_int(engine: str, key: str, value: Any, *, low: int, high: float = math.inf) -> int:
+    """``value`` as an int when it is an integer (not a bool) in [low, high] (no upper bound by default), else
     ConfigError ``"<engine>: <key> must be an integer >= 1, got 1.5"`` (``… in [32, 2048] …`` with ``high``)."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
-            or (high is not None and value > high)):
-        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(f"{engine}: {key} must be an integer {expected}, got {value!r}")
+    _refuse(engine, key, value, number_problem(value, low, high, integer=True))
     return int(value)
+
+
+def _refuse(engine: str, key: str, value: Any, problem: str | None) -> None:
+    """ConfigError ``"<engine>: <key> <problem>, got <value>"`` when there is a ``problem``."""
+    if problem is not None:
+        raise ConfigError(f"{engine}: {key} {problem}, got {value!r}")
 
 
 def check_weights_path(engine: str, weights: Any) -> str:

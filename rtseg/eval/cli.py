@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from rtseg.cliargs import Parser
+from rtseg.cliargs import Parser, check_ranges
 from rtseg.data.dataset import InstanceDataset
 from rtseg.data.spec import parse_data
 from rtseg.engines import ENGINE_NAMES
@@ -141,8 +141,7 @@ def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, 
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    if args.max_images is not None and args.max_images < 1:
-        raise ConfigError(f"--max-images {args.max_images}: must be at least 1")
+    check_ranges(args, [("--max-images", 1, None, "")])
     engine_name = resolve_engine(args.weights, args.engine)
     check_engine_options(engine_name, weights=args.weights, semantic=args.semantic,
                          score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness)

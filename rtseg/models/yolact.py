@@ -12,7 +12,6 @@ training-only semantic segmentation 1x1 conv on P3.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from rtseg.errors import ConfigError
 from rtseg.models.backbones import BACKBONES, build_backbone
+from rtseg.ranges import number_problem
 
 #: Official per-channel BGR mean / std (0..255 scale) of the ResNet transform.
 MEANS_BGR = (103.94, 116.78, 123.68)
@@ -85,16 +85,6 @@ class YolactConfig:
         return replace(self, input_size=size, scales=tuple(int(s / 550 * size) for s in BASE_SCALES))
 
 
-def _is_int(value: object) -> bool:
-    """An integer, not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_positive(value: object) -> bool:
-    """A finite real number > 0 (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
 def _config_problem(cfg: YolactConfig) -> str | None:
     """The first field of ``cfg`` out of its range (:data:`LIMITS`, :data:`LEVELS`, :data:`RATIOS`) as
     "<field> must be …, got …", None when every field is valid."""
@@ -102,14 +92,16 @@ def _config_problem(cfg: YolactConfig) -> str | None:
         return f"unknown backbone {cfg.backbone!r}; use one of {', '.join(BACKBONES)}"
     for name, (low, high) in LIMITS.items():
         value = getattr(cfg, name)
-        if not _is_int(value) or not low <= value <= high:
-            return f"{name} must be an integer in [{low}, {high}], got {value!r}"
-    for name, (low, high), valid, what in (
-            ("scales", LEVELS, lambda s: _is_int(s) and s > 0, "positive anchor sizes in pixels (one per FPN level)"),
-            ("aspect_ratios", RATIOS, _is_positive, "positive numbers")):
+        problem = number_problem(value, low, high, integer=True)
+        if problem is not None:
+            return f"{name} {problem}, got {value!r}"
+    for name, (fewest, most), integer, what in (
+            ("scales", LEVELS, True, "positive anchor sizes in pixels (one per FPN level)"),
+            ("aspect_ratios", RATIOS, False, "positive numbers")):
         values = getattr(cfg, name)
-        if not isinstance(values, (tuple, list)) or not low <= len(values) <= high or not all(map(valid, values)):
-            return f"{name} must be {low} to {high} {what}, got {values!r}"
+        if (not isinstance(values, (tuple, list)) or not fewest <= len(values) <= most
+                or any(number_problem(v, 0, integer=integer, open_low=True) is not None for v in values)):
+            return f"{name} must be {fewest} to {most} {what}, got {values!r}"
     if not isinstance(cfg.square_anchors, bool):
         return f"square_anchors must be true or false, got {cfg.square_anchors!r}"
     return None
