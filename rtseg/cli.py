@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import sys
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ from rtseg.engines.choose import (
     load_weights_engine,
     resolve_engine,
 )
-from rtseg.cliargs import Parser, check_ranges
+from rtseg.cliargs import SUBCOMMANDS, Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.coco_json import CocoJsonSink
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
     from rtseg.video.sinks import Sink
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
-SUBCOMMANDS = ("train", "eval", "demo")
-
-
 def build_parser() -> Parser:
     p = Parser(prog="rtseg", description="Real-time video segmentation: source -> engine -> outputs. "
                 "Run without arguments for the demo; 'train', 'eval' and 'demo' are subcommands.")
@@ -299,21 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit code (0 ok, 2 user error, 130 second Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
-        return _subcommand(argv[0], argv[1:])
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     if not argv:
         from rtseg.demo import run_demo
 
         return exit_status("rtseg", lambda: run_demo([]))
     return exit_status("rtseg", lambda: run(build_parser().parse_args(argv)))
-
-
-def _subcommand(name: str, argv: list[str]) -> int:
-    if name == "train":
-        from rtseg.train.cli import main as sub
-    elif name == "eval":
-        from rtseg.eval.cli import main as sub
-    else:
-        from rtseg.demo import run_demo
-
-        return exit_status("rtseg demo", lambda: run_demo(argv))
-    return sub(argv)

@@ -10,6 +10,10 @@ from typing import Any, NoReturn, Sequence
 from rtseg.errors import ConfigError
 from rtseg.ranges import number_problem
 
+SUBCOMMANDS = {"train": "rtseg.train.cli", "eval": "rtseg.eval.cli", "demo": "rtseg.demo"}
+"""``rtseg``'s subcommands and the module each runs from (its ``main(argv) -> exit code``); here, importable
+without torch, so that the entry point names the command before it imports anything heavy."""
+
 NumberRange = tuple[str, float, float | None, str]
 """An option's range: its name, least value, most value (None: no limit), why the limit (said with it)."""
 

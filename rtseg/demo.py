@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from rtseg.cliargs import Parser, check_ranges
-from rtseg.errors import WeightsError, make_folder
+from rtseg.errors import WeightsError, exit_status, make_folder
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--out", default="out", help="output folder (default: %(default)s)")
     return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """``rtseg demo``: :func:`run_demo` with its errors as one line (exit code)."""
+    return exit_status("rtseg demo", lambda: run_demo(argv))
 
 
 def run_demo(argv: Sequence[str]) -> int:

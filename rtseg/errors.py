@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 class RtsegError(Exception):
@@ -46,6 +48,35 @@ PERMISSION_DENIED = "permission denied; check the file's permissions"
 
 class RtsegWarning(UserWarning):
     """Something a user should know that does not stop the work (one line: what, where, what was done)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM within ``sigterm_raises(Terminated)``: :func:`exit_status` ends the command with one line and 143
+    (128 + SIGTERM, as a shell reports a process SIGTERM ended), not a death by the signal without a word. For a
+    command's start-up (its imports), before it writes anything a SIGTERM could cut short.
+
+    Not a KeyboardInterrupt, so that nothing that saves work on Ctrl-C takes it for one (where SIGTERM is to act
+    as Ctrl-C, ``rtseg.train.checkpoint.sigterm_as_interrupt`` raises KeyboardInterrupt instead)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises(exc_type: Callable[[str], BaseException]) -> Iterator[None]:
+    """Within it (or the function it decorates), SIGTERM (``kill``, a job scheduler's or ``docker stop``'s stop
+    request) raises ``exc_type("SIGTERM")`` in the main thread, as Ctrl-C raises KeyboardInterrupt, instead of
+    ending the process at once; the handler before it is back afterwards. Outside the main thread it changes
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_it(signum: int, _frame: object) -> None:
+        raise exc_type(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, raise_it)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_folder(option: str, folder: str | Path) -> Path:
@@ -82,8 +113,9 @@ def missing_package(exc: ModuleNotFoundError) -> str | None:
 def exit_status(prog: str, fn: Callable[[], Any]) -> int:
     """Run ``fn``: its return value when that is an int, else 0; 2 after printing ``prog: error: <line>`` for an
     RtsegError (a stdout that cannot be written too, see :func:`guard_standard_streams`) or a missing third-party
-    package, 130 after ``prog: interrupted`` on Ctrl-C (no traceback). Meanwhile an :class:`RtsegWarning`
-    prints as ``prog: warning: <line>`` (not as Python's ``file:line: UserWarning`` with a source line)."""
+    package, 130 after ``prog: interrupted`` on Ctrl-C, 143 after ``prog: terminated`` on :class:`Terminated`
+    (no traceback). Meanwhile an :class:`RtsegWarning` prints as ``prog: warning: <line>`` (not as Python's
+    ``file:line: UserWarning`` with a source line)."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
@@ -109,6 +141,9 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 130
+        except Terminated:
+            print(f"{prog}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 

@@ -1,5 +1,5 @@
-"""The command line's entry points at the edges of the process: Ctrl-C while the CLI still imports, standard
-streams that are full or closed, files this user may not read, image folders holding FIFOs or broken links.
+"""The command line's entry points at the edges of the process: Ctrl-C or SIGTERM while the CLI still imports,
+standard streams that are full or closed, files this user may not read, image folders holding FIFOs or broken links.
 Everything runs as a user runs it, in a subprocess, with real signals and real files."""
 from __future__ import annotations
 
@@ -46,20 +46,79 @@ def _slic(clip: Path, *more: str) -> list[str]:
     return RUN + ["--source", str(clip), "--engine", "slic", "--segments", "20", "--no-progress", *more]
 
 
-@pytest.mark.parametrize("entry,extra", [("run.py", []), ("python -m rtseg", []), ("rtseg script", []),
-                                         ("run.py", ["eval", "--help"]), ("rtseg script", ["train", "--help"])])
-def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130(entry, extra, tmp_path):
-    """SIGINT half a second in, while torch still imports (seconds): was a KeyboardInterrupt traceback and a
-    death by the signal, as the import ran before the wrapper that reports Ctrl-C."""
+_HOLD_TORCH = '''"""Test hook (sitecustomize): the first import of torch creates the file $RTSEG_TEST_IMPORTING and
+waits there, so that a test signals the command line while it still imports."""
+import os
+import sys
+import time
+
+
+class _HoldTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            open(os.environ["RTSEG_TEST_IMPORTING"], "w").close()
+            time.sleep(30)
+        return None
+
+
+sys.meta_path.insert(0, _HoldTorch())
+'''
+
+
+def _signal_while_importing_torch(cmd: list[str], signum: int, folder: Path) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in the empty folder ``folder``/run and send it ``signum`` once it imports torch (held there by a
+    sitecustomize in ``folder``/hook: the moment is known, not guessed with a sleep)."""
+    hook, run = folder / "hook", folder / "run"
+    hook.mkdir()
+    run.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOLD_TORCH)
+    importing = hook / "importing"
+    env = {**_env(), "RTSEG_TEST_IMPORTING": str(importing),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=run, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not importing.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert importing.exists(), f"{cmd} did not get to importing torch (exit {proc.poll()})"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("signum,said,code", [(signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
+                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("entry,args,prog", [
+    ("run.py", ["--source", "synthetic", "--output", "o.mp4"], "rtseg"), ("python -m rtseg", [], "rtseg"),
+    ("rtseg script", ["--source", "synthetic", "--json", "o.jsonl"], "rtseg"),
+    ("run.py", ["eval", "--help"], "rtseg eval"), ("python -m rtseg", ["eval", "--engine", "slic"], "rtseg eval"),
+    ("rtseg script", ["train", "--help"], "rtseg train"),
+    ("python -m rtseg", ["train", "--out", "m.safetensors"], "rtseg train"), ("run.py", ["demo"], "rtseg demo")])
+def test_a_signal_while_the_cli_imports_is_one_line_naming_the_command(entry, args, prog, signum, said, code, tmp_path):
+    """Ctrl-C or SIGTERM while torch still imports (seconds), before the command writes anything. Ctrl-C was a
+    KeyboardInterrupt traceback and a death by the signal, as the import ran before the wrapper that reports it;
+    then 'rtseg: interrupted' for the subcommands too. SIGTERM ended the process (-15) without a word, even
+    `rtseg train`'s, which acts as Ctrl-C once training runs (tests/test_train.py)."""
     if entry == "rtseg script" and not SCRIPT.exists():
         pytest.skip(f"no console script {SCRIPT} (pip install -e . installs it)")
-    proc = subprocess.Popen(ENTRIES[entry] + (extra or ["--source", "synthetic", "--output", str(tmp_path / "o.mp4")]),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (proc.returncode, err)
-    assert err.strip().splitlines() == ["rtseg: interrupted"], err
+    r = _signal_while_importing_torch(ENTRIES[entry] + args, signum, tmp_path)
+    assert r.returncode == code and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"{prog}: {said}"], r.stderr
+    assert r.stdout == "" and not any((tmp_path / "run").iterdir())
+
+
+def test_each_subcommand_runs_from_a_module_with_a_main():
+    """rtseg.cliargs.SUBCOMMANDS, the one table the entry point (naming the command before heavy imports) and the
+    CLI (dispatching) read: each module has ``main(argv)``."""
+    import importlib
+
+    from rtseg.cliargs import SUBCOMMANDS
+
+    assert set(SUBCOMMANDS) == {"train", "eval", "demo"}
+    assert all(callable(importlib.import_module(module).main) for module in SUBCOMMANDS.values())
 
 
 def test_full_stdout_is_one_line_and_keeps_the_outputs(clip, tmp_path):

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
-from rtseg.errors import ConfigError, WeightsError
+from rtseg.errors import ConfigError, WeightsError, sigterm_raises
 from rtseg.weights import load_into, load_torch_file
 
 T = TypeVar("T")
@@ -106,18 +104,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     raises KeyboardInterrupt in the main thread as Ctrl-C does, so a trainer saves its checkpoint and prints how to
     continue (:func:`save_on_interrupt`) instead of dying at once with every step since the last checkpoint lost
     (``exit_status`` then ends it with 130, no traceback). Outside the main thread it changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    with sigterm_raises(KeyboardInterrupt):
         yield
-        return
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
