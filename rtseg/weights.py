@@ -6,6 +6,7 @@ checkpoints) raises :class:`WeightsError` with one line saying what and what to 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import numbers
 import pickle
@@ -20,11 +21,14 @@ import torch
 from torch import nn
 
 from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line
+from rtseg.imageio import NotRegularFileError, read_regular_file
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 
 T = TypeVar("T")
 
 MANIFEST_FORMAT = "rtseg-yolact/1"
+WEIGHTS_ADVICE = "give an official YOLACT .pth or an rtseg .safetensors"
+"""What to do about a weights file :func:`read_checkpoint` cannot use."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -41,19 +45,36 @@ def manifest_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def read_user_file(path: Path, advice: str, *, missing: str | None = None) -> bytes:
+    """All bytes of the file ``path`` a user gave, read without ever waiting (:func:`rtseg.imageio.read_regular_file`);
+    else a WeightsError line naming it: ``missing`` (default ``path: not found; advice``) when there is no such
+    file, permission denied, a folder or a FIFO, socket or device (refused unread: reading one could block
+    forever) or another failure to read it, with ``advice``."""
+    try:
+        return read_regular_file(path)
+    except FileNotFoundError:
+        raise WeightsError(missing or f"{path}: not found; {advice}") from None
+    except PermissionError:
+        raise _permission_denied(path) from None
+    except NotRegularFileError:
+        what = "is a folder" if path.is_dir() else "is not a regular file (a FIFO, socket or device), so it was not read"
+        raise WeightsError(f"{path} {what}; {advice}") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read it ({e.strerror}); {advice}") from None
+
+
 def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None = None,
                     map_location: torch.device | str = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` of a file a user gave or left behind; every failure is a
-    WeightsError line naming the file: cut short (empty, truncated zip) → ``corrupt_advice`` (default
-    ``advice``), foreign bytes → ``advice``, pickled code → refused."""
+    """``torch.load(..., weights_only=True)`` of a file a user gave or left behind (read by :func:`read_user_file`:
+    a FIFO or device is refused unread); every failure is a WeightsError line naming the file: cut short (empty,
+    truncated zip) → ``corrupt_advice`` (default ``advice``), foreign bytes → ``advice``, pickled code → refused."""
     p = Path(path)
+    data = read_user_file(p, advice)
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol other than 2 (the file then loads or
             # fails with our line): not the user's to act on
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(str(p), map_location=map_location, weights_only=True)
-    except PermissionError:
-        raise _permission_denied(p) from None
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():
             raise WeightsError(
@@ -63,7 +84,7 @@ def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None
     except Exception as e:  # noqa: BLE001 - any parse failure of a user file is a user error
         msg = first_line(e)
         if "zip" in msg.lower() or isinstance(e, EOFError):
-            what = "an empty file" if p.is_file() and p.stat().st_size == 0 else msg.split(". ")[0][:120]
+            what = "an empty file" if not data else msg.split(". ")[0][:120]
             raise WeightsError(f"{p}: truncated or corrupt checkpoint ({what}); {corrupt_advice or advice}") from None
         detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
         raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; {advice}") from None
@@ -75,58 +96,61 @@ def _permission_denied(path: Path) -> WeightsError:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .pth or .safetensors checkpoint (:func:`read_checkpoint` without its extras)."""
+    """Tensors of a .pth or rtseg YOLACT .safetensors checkpoint (:func:`read_checkpoint` without its extras)."""
     return read_checkpoint(path)[0]
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors of a checkpoint and the plain values saved beside them; WeightsError on any problem.
 
-    .pth files are loaded with ``weights_only=True``. An rtseg training checkpoint (a dict whose
-    ``model`` is the state dict) gives its model's tensors and the extras it was written with
-    (``step``, ``config``, ``class_names``); other files give ``{}`` as extras. Weights that are not all
-    finite (NaN or infinity: a damaged file or a diverged run) are refused (:func:`check_finite`).
+    A .safetensors file is rtseg weights: its manifest (of format ``fmt``) is the extras, and the file's
+    sha256 is checked against it (:func:`read_manifest`) before the tensors are parsed, so that a damaged
+    file is reported as such. Other files are .pth files, loaded with ``weights_only=True``
+    (:func:`load_torch_file`): an rtseg training checkpoint (a dict whose ``model`` is the state dict) gives
+    its model's tensors and the extras it was written with (``step``, ``config``, ``class_names``); other
+    files give ``{}`` as extras. Either is read without ever waiting: a FIFO or device is refused unread.
+    Weights that are not all finite (NaN or infinity: a damaged file or a diverged run) are refused
+    (:func:`check_finite`).
     """
     p = Path(path)
-    if p.is_dir():
-        raise WeightsError(f"{p} is a folder; give the path to a YOLACT .pth or rtseg .safetensors file in it")
-    if not p.is_file():
-        raise WeightsError(f"weights file not found: {p} (give the path to a YOLACT .pth or rtseg .safetensors file)")
     if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
         raise WeightsError(f"{p} is the manifest; pass the weights beside it: {p.with_suffix('.safetensors')}")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
+        data = read_user_file(p, WEIGHTS_ADVICE)
+        manifest = read_manifest(p, hashlib.sha256(data).hexdigest(), fmt)
         try:
-            open(p, "rb").close()  # safetensors says "No such file or directory" of a file it may not open
-            state = load_file(str(p))
-        except PermissionError:
-            raise _permission_denied(p) from None
-        except (SafetensorError, OSError, ValueError) as e:
+            state = dict(sorted(load(data).items()))  # by name, as safe_open gives them (load's order varies)
+        except (SafetensorError, ValueError) as e:
             raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
-        return check_finite(state, p), {}
-    obj = load_torch_file(p, advice="give an official YOLACT .pth or an rtseg .safetensors",
-                          corrupt_advice="download it again")
+        return check_finite(state, p), manifest
+    obj = load_torch_file(p, advice=WEIGHTS_ADVICE, corrupt_advice="download it again")
     extras: dict[str, Any] = {}
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # rtseg training checkpoint
         extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); give an official YOLACT "
-                           ".pth or an rtseg .safetensors")
+        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); {WEIGHTS_ADVICE}")
     return check_finite(obj, p), extras
+
+
+def non_finite_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """How many NaN or infinite values each floating-point tensor of ``state`` that holds any has, in ``state``'s
+    order. Cheap: one sum per tensor (a NaN or infinity makes it non-finite; only such tensors, or sums that
+    overflowed, are counted element by element)."""
+    floats = {k: t for k, t in state.items() if t.is_floating_point()}
+    suspect = [k for k, t in floats.items() if not torch.isfinite(t.sum())]
+    return {k: n for k in suspect if (n := int(floats[k].numel() - torch.isfinite(floats[k]).sum()))}
 
 
 def check_finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """``state`` when all its floating-point values are finite, else WeightsError naming ``path``, how many are not
-    and the first tensor holding one. Cheap: one sum per tensor (a NaN or infinity makes it non-finite; only such
-    tensors, or sums that overflowed, are counted element by element)."""
-    floats = {k: t for k, t in state.items() if t.is_floating_point()}
-    suspect = [k for k, t in floats.items() if not torch.isfinite(t.sum())]
-    bad = {k: n for k in suspect if (n := int(floats[k].numel() - torch.isfinite(floats[k]).sum()))}
+    and the first tensor holding one (:func:`non_finite_counts`)."""
+    bad = non_finite_counts(state)
     if bad:
-        total = sum(t.numel() for t in floats.values())
+        total = sum(t.numel() for t in state.values() if t.is_floating_point())
         raise WeightsError(f"{path}: {sum(bad.values())} of its {total} weights are NaN or infinite (first in "
                            f"{next(iter(bad))}); the file is damaged or its training diverged: use an earlier "
                            f"checkpoint or re-export the weights")
@@ -224,10 +248,11 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> LoadedYol
     state, extras = read_checkpoint(p)
     names: list[str] | None = None
     category_ids: tuple[int, ...] | None = None
-    if p.suffix == ".safetensors" or "config" in extras:  # rtseg weights, or an rtseg training checkpoint
-        saved, source = (read_manifest(p), manifest_path(p)) if p.suffix == ".safetensors" else (extras, p)
-        cfg, names = manifest_config(saved, YolactConfig, source=source)
-        category_ids = _category_ids(saved)
+    if p.suffix == ".safetensors" or "config" in extras:  # rtseg weights (extras: the manifest), or an rtseg
+        # training checkpoint
+        source = manifest_path(p) if p.suffix == ".safetensors" else p
+        cfg, names = manifest_config(extras, YolactConfig, source=source)
+        category_ids = _category_ids(extras)
         if input_size is not None and input_size != cfg.input_size:
             cfg = cfg.with_input_size(input_size)
     else:
@@ -266,15 +291,15 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, Any]:
-    """The manifest beside rtseg weights: valid JSON, of format ``fmt``, with the weights file's sha256."""
+def read_manifest(weights: Path, digest: str, fmt: str = MANIFEST_FORMAT) -> dict[str, Any]:
+    """The manifest beside rtseg weights whose bytes have the sha256 ``digest``: a file (read by
+    :func:`read_user_file`) of valid JSON, of format ``fmt``, holding that sha256."""
     mp = manifest_path(weights)
-    if not mp.is_file():
-        raise WeightsError(f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as .safetensors + .json)")
+    text = read_user_file(mp, "re-export the weights",
+                          missing=f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as "
+                                  ".safetensors + .json)")
     try:
-        man = json.loads(mp.read_text(encoding="utf-8"))
-    except PermissionError:
-        raise _permission_denied(mp) from None
+        man = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)}); re-export the weights") from None
     found = man.get("format") if isinstance(man, dict) else None
@@ -283,7 +308,6 @@ def read_manifest(weights: str | Path, fmt: str = MANIFEST_FORMAT) -> dict[str, 
                            "load it with the engine it was trained for")
     if "sha256" not in man:
         raise WeightsError(f"{mp}: the manifest has no sha256 of the weights; re-export them")
-    digest = sha256_file(weights)
     if man["sha256"] != digest:
         raise WeightsError(f"{weights}: sha256 {digest[:12]}… does not match its manifest; the file is corrupt or was replaced")
     return man
@@ -317,34 +341,64 @@ def manifest_config(saved: dict[str, Any], config_type: type[T], *, source: str 
 
 def load_model(path: str | Path, fmt: str, config_type: type[T]) -> tuple[dict[str, torch.Tensor], T, list[str]]:
     """(state dict, config, class names) of rtseg weights (FCN, MS R-CNN) whose manifest has format ``fmt``
-    and a matching sha256; WeightsError for a training checkpoint, a missing or foreign manifest, or a
-    manifest whose config does not build a ``config_type`` or whose class names do not fit it."""
+    and a matching sha256; WeightsError for a training checkpoint or other .pth file, a missing or foreign
+    manifest, or a manifest whose config does not build a ``config_type`` or whose class names do not fit it."""
     from rtseg.engines.options import check_weights_path
 
     engine = fmt.split("/")[0].removeprefix("rtseg-")
     p = Path(check_weights_path(engine, path))
-    state, extras = read_checkpoint(p)
-    if "step" in extras and "config" not in extras:
-        raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
-                           f"finish the run with --resume to export the .safetensors, or pass the .safetensors it wrote")
-    cfg, names = manifest_config(read_manifest(p, fmt), config_type, source=manifest_path(p))
+    state, extras = read_checkpoint(p, fmt)
+    if p.suffix != ".safetensors":
+        if "step" in extras and "config" not in extras:
+            raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
+                               f"finish the run with --resume to export the .safetensors, or pass the .safetensors "
+                               f"it wrote")
+        raise WeightsError(f"{p}: not rtseg {engine} weights (those are a .safetensors file with a .json manifest "
+                           f"beside it); give the .safetensors an rtseg {engine} training run wrote")
+    cfg, names = manifest_config(extras, config_type, source=manifest_path(p))
     return state, cfg, names
 
 
+def exportable_state(model: nn.Module, path: Path, *, half: bool = False) -> dict[str, torch.Tensor]:
+    """``model``'s state on the CPU (its floating-point tensors as float16 when ``half``), or WeightsError saying
+    why ``path`` is not written: a NaN or infinite weight (a diverged run), or one too large for float16."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = non_finite_counts(state)
+    if bad:
+        key = next(iter(bad))
+        raise WeightsError(f"{path} not written: the model has {sum(bad.values())} NaN or infinite weights (first in "
+                           f"{key}), its training diverged; train again with a lower learning rate or export an "
+                           f"earlier checkpoint")
+    if not half:
+        return state
+    halved = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    overflow = non_finite_counts(halved)  # finite before, so each infinity is a value beyond float16's range
+    if overflow:
+        key = next(iter(overflow))
+        value = state[key].flatten()[state[key].abs().argmax()].item()
+        raise WeightsError(f"{path} not written: {key} holds {value:.6g}, which overflows "
+                           f"float16 (largest {torch.finfo(torch.float16).max:.0f}); export in float32 (without "
+                           f"half / --half)")
+    return halved
+
+
 def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, Any], class_names: Sequence[str],
-               meta: dict[str, Any] | None = None) -> Path:
+               meta: dict[str, Any] | None = None, *, half: bool = False) -> Path:
     """Write ``model``'s state as safetensors plus a JSON manifest {format, config, class_names, sha256, meta}.
 
-    Atomic: both are written to ``.tmp`` files first and renamed once complete, so an interrupted
-    export leaves the previous pair as it was (and no partial files beside it).
+    half: store its floating-point tensors as float16 (half the file; loading casts them back to float32).
+    A model with a NaN or infinite weight, or (``half``) one beyond float16's range, is a WeightsError before
+    anything is written (:func:`exportable_state`). Atomic: both files are written to ``.tmp`` files first and
+    renamed once complete, so an interrupted export leaves the previous pair as it was (and no partial files
+    beside it).
     """
     from safetensors.torch import save
 
     p = Path(path)
     if p.suffix != ".safetensors":
         raise WeightsError(f"{p}: rtseg weights must end in .safetensors")
+    state = exportable_state(model, p, half=half)
     p.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp, man_tmp = p.with_name(p.name + ".tmp"), manifest_path(p).with_name(manifest_path(p).name + ".tmp")
     try:
         tmp.write_bytes(save(state))  # (save_file would create it readable by its owner only)
@@ -360,8 +414,10 @@ def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, A
     return p
 
 
-def save_yolact(path: str | Path, model: Yolact, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as safetensors plus a JSON manifest (config, classes, sha256, ``meta``; :func:`save_model`)."""
+def save_yolact(path: str | Path, model: Yolact, class_names: Sequence[str], meta: dict[str, Any] | None = None, *,
+                half: bool = False) -> Path:
+    """Write ``model`` as safetensors plus a JSON manifest (config, classes, sha256, ``meta``; float16 tensors when
+    ``half``; :func:`save_model`)."""
     if len(class_names) != model.cfg.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} classes")
-    return save_model(path, model, MANIFEST_FORMAT, asdict(model.cfg), class_names, meta)
+    return save_model(path, model, MANIFEST_FORMAT, asdict(model.cfg), class_names, meta, half=half)
