@@ -222,8 +222,11 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.weights is not None and not args.weights.startswith(TORCHVISION):
         if Path(args.weights).is_dir():
             raise WeightsError(f"--weights {args.weights} is a folder; give the weights file in it")
-        if not Path(args.weights).is_file():
+        if not Path(args.weights).exists():
             raise WeightsError(f"--weights {args.weights}: file not found")
+        if not Path(args.weights).is_file():
+            raise WeightsError(f"--weights {args.weights} is not a regular file (a FIFO, socket or device); "
+                               "give the weights file")
     check_ranges(args, [("--max-frames", 1, None, "")])
     if not args.reconnect_timeout >= 0:  # also NaN
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")

@@ -176,3 +176,20 @@ def test_a_float16_yolact_export_loads_back(tmp_path):
         got = loaded.model.state_dict()[key]
         assert got.dtype == value.dtype and torch.equal(got, value.half().to(value.dtype) if value.is_floating_point()
                                                          else value)
+
+
+def test_the_cli_refuses_weights_or_a_manifest_that_is_a_fifo(tiny_pair, tmp_path):
+    """``rtseg --weights`` a FIFO, or weights whose manifest is one: one line, exit 2, nothing read (the engine choice
+    read the manifest with read_text and waited forever for a writer; a FIFO as --weights was 'file not found')."""
+    fifo = tmp_path / "f.safetensors"
+    os.mkfifo(fifo)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(tiny_pair.read_bytes())
+    os.mkfifo(weights.with_suffix(".json"))
+    for given, said in ((fifo, f"--weights {fifo} is not a regular file (a FIFO, socket or device); give the weights "
+                               "file"),
+                        (weights, f"{weights.with_suffix('.json')} is not a regular file (a FIFO, socket or device), "
+                                  "so it was not read; re-export the weights")):
+        run = subprocess.run([sys.executable, "-m", "rtseg", "--source", "synthetic", "--max-frames", "1",
+                              "--weights", str(given)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == 2 and run.stderr.splitlines() == [f"rtseg: error: {said}"], run.stderr

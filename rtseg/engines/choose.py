@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.errors import ConfigError, WeightsError
+from rtseg.imageio import read_regular_file
 from rtseg.weights import MANIFEST_FORMAT, manifest_path
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def resolve_engine(weights: str | None, engine: str | None) -> str:
             raise ConfigError(f"--engine {engine}: {weights} is an fcn; use --engine fcn or leave --engine out")
         return "fcn"
     try:
-        fmt = json.loads(manifest_path(weights).read_text(encoding="utf-8")).get("format")
+        fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8")).get("format")
     except (OSError, ValueError, AttributeError):
         fmt = None
     found = engine_formats().get(fmt) if Path(weights).suffix == ".safetensors" else None

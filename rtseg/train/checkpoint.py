@@ -186,7 +186,7 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
     A missing, unreadable or foreign file is a WeightsError.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():  # (a folder, FIFO or device: load_torch_file refuses it unread)
         raise WeightsError(f"checkpoint {p} not found; give the checkpoint.pth an earlier run wrote")
     state = load_torch_file(p, map_location=device, advice="give a checkpoint.pth an rtseg training run wrote",
                             corrupt_advice="resume from another checkpoint.pth or train afresh without --resume")

@@ -9,7 +9,6 @@ the batched form of what inference uses), so training and deployment cannot drif
 """
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -351,8 +350,7 @@ class Trainer:
             info["category_ids"] = [int(c) for c in category_ids]
         if self.history:
             info["validation"] = self.history[-1]
-        model = copy.deepcopy(self.model).half() if half else self.model
-        return save_yolact(path, model, self.class_names, meta=info)
+        return save_yolact(path, self.model, self.class_names, meta=info, half=half)
 
 
 class _BudgetTimer:
