@@ -61,6 +61,29 @@ def wall_summary(fn: Callable[[], Any], *, iters: int, warmup: int) -> dict[str,
     return r
 
 
+def one_in_flight(engine: Any, submit: Callable[[], Any], iters: int, rounds: int = 5) -> dict[str, Any]:
+    """Throughput with one batch in flight (``YolactEngine.stream``'s order: batch i + 1 submitted before batch
+    i is collected): ``submit()`` → an ``YolactEngine.dispatch``-ed batch; per round of ``iters`` batches the
+    wall ms per batch (device idle at both ends), summarised over ``rounds`` rounds after one warm-up round, and
+    ``fps`` from their mean."""
+    def round_ms() -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pending = submit()
+        for _ in range(iters - 1):
+            queued = submit()
+            engine.collect(pending)
+            pending = queued
+        engine.collect(pending)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1000.0 / iters
+
+    round_ms()
+    r: dict[str, Any] = summary([round_ms() for _ in range(rounds)])
+    r["fps"] = 1000.0 / r["mean_ms"]
+    return r
+
+
 def summary(ms: list[float]) -> dict[str, float]:
     """p50/p95/p99/mean in milliseconds."""
     a = np.asarray(ms)

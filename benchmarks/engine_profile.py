@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import busy_model, machine, summary, time_it, wall_summary
+from benchmarks.common import busy_model, machine, one_in_flight, summary, time_it, wall_summary
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.engines.backends import make_backend
 from rtseg.engines.yolact import YolactEngine
@@ -73,29 +73,6 @@ def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
         out["eager_torch_nms"] = summary(time_it(lambda: engine.candidates(loc, conf, nms=fast_nms), iters=iters,
                                                  warmup=10))
     return out
-
-
-def one_in_flight(engine: YolactEngine, submit: Callable[[], Any], iters: int, rounds: int = 5) -> dict[str, Any]:
-    """Throughput with one batch in flight (:meth:`YolactEngine.stream`'s order: batch i + 1 submitted before batch
-    i is collected): ``submit()`` → an :meth:`YolactEngine.dispatch`-ed batch; per round of ``iters`` batches the
-    wall ms per batch (device idle at both ends), summarised over ``rounds`` rounds after one warm-up round, and
-    ``fps`` from their mean."""
-    def round_ms() -> float:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        pending = submit()
-        for _ in range(iters - 1):
-            queued = submit()
-            engine.collect(pending)
-            pending = queued
-        engine.collect(pending)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1000.0 / iters
-
-    round_ms()
-    r: dict[str, Any] = summary([round_ms() for _ in range(rounds)])
-    r["fps"] = 1000.0 / r["mean_ms"]
-    return r
 
 
 def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:

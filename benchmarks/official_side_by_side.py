@@ -17,7 +17,8 @@ frame, warm-up discarded, the finished annotated frame on the host at the end of
 
 And issue 5's "model + post-processing" (``model_post``): from each side's preprocessed input already
 on the device to the detections' classes, scores and boxes on the host (official: ``net`` +
-``postprocess`` at the input size; rtseg: ``engine.forward`` + ``engine.postprocess``).
+``postprocess`` at the input size; rtseg: ``engine.forward`` + ``engine.postprocess``, and on CUDA also with one
+frame in flight, as ``YolactEngine.stream`` runs frames: frame i + 1 queued before frame i's rows are awaited).
 
 The detection counts of both sides (fp32, TF32 off) are recorded and must agree. On a CPU
 (``--device cpu``) only the official network + postprocess run (its drawing code needs CUDA):
@@ -37,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import machine, wall_summary
+from benchmarks.common import machine, one_in_flight, wall_summary
 from rtseg.engines.backends import make_backend
 from rtseg.ops.overlay import annotate
 
@@ -142,6 +143,11 @@ def main() -> None:
             doc["model_post"][f"rtseg_{run}"] = wall_summary(
                 lambda: engine.postprocess(engine.forward(x), [(size, size)])[0], iters=args.iters, warmup=10)
             print(run, "model+post", json.dumps(doc["model_post"][f"rtseg_{run}"]), flush=True)
+            if device.type == "cuda":  # the same with one frame in flight (YolactEngine.stream's order)
+                doc["model_post"][f"rtseg_{run}_one_in_flight"] = one_in_flight(
+                    engine, lambda: engine.dispatch(engine.forward(x), [(size, size)]), args.iters)
+                print(run, "model+post, one in flight", json.dumps(doc["model_post"][f"rtseg_{run}_one_in_flight"]),
+                      flush=True)
     doc["detections_score_0"] = counts
     for part, key in (("results", "speedup_vs_official"), ("model_post", "model_post_speedup_vs_official")):
         base = doc[part]["official"]["mean_ms"]
