@@ -1,0 +1,56 @@
+"""What every command-line entry point does before its command runs: ``rtseg`` (:mod:`rtseg.__main__`) and
+``python -m rtseg.train.fcn_trainer`` / ``python -m rtseg.train.msrcnn_trainer``.
+
+Such an entry module imports nothing heavy at its top (no torch; ``rtseg.errors`` and this module only), and its
+``main`` hands :func:`run_command` the name the command reports under and the function that does the work, by
+name: the seconds of imports (torch) then run where a Ctrl-C, a SIGTERM or a missing package is one line naming
+the command, not a traceback or a death by the signal without a word.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Callable, Sequence
+
+from rtseg.errors import Terminated, exit_status, sigterm_raises
+
+
+def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = ()) -> int:
+    """The exit status of calling ``target`` (``"package.module:function"``) with ``args``, through
+    :func:`rtseg.errors.exit_status` under the name ``prog``.
+
+    The target's module, then each module of ``preload`` (what the call would import later), is imported first
+    with SIGTERM raising :class:`rtseg.errors.Terminated`: a Ctrl-C meanwhile is ``prog: interrupted`` and 130, a
+    SIGTERM ``prog: terminated`` and 143, a missing package ``prog: error: …`` and 2. The call then runs with
+    SIGTERM's handler as it was before (the video pipeline and the trainers install their own while they run). A
+    SystemExit from it (``--help``, argparse) flushes stdout first, so that text a stdout cannot take is reported
+    (see :func:`rtseg.errors.guard_standard_streams`), not lost at exit.
+    """
+    module, _, name = target.partition(":")
+
+    def call() -> Any:
+        with sigterm_raises(Terminated):
+            fn = getattr(importlib.import_module(module), name)
+            for more in preload:
+                importlib.import_module(more)
+        try:
+            return fn(*args)
+        except SystemExit:
+            sys.stdout.flush()
+            raise
+
+    return exit_status(prog, call)
+
+
+def lazy_names(owner: str, module: str, names: Sequence[str]) -> Callable[[str], Any]:
+    """A ``__getattr__`` (PEP 562) for the module named ``owner`` that loads ``names`` from ``module`` at their
+    first use, so that a light entry module still offers what its heavy implementation defines
+    (``from rtseg.train.fcn_trainer import train_fcn``) without importing it at its top."""
+    offered = frozenset(names)
+
+    def __getattr__(name: str) -> Any:
+        if name not in offered:
+            raise AttributeError(f"module {owner!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)
+
+    return __getattr__
