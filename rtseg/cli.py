@@ -227,7 +227,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if not Path(args.weights).is_file():
             raise WeightsError(f"--weights {args.weights} is not a regular file (a FIFO, socket or device); "
                                "give the weights file")
-    check_ranges(args, [("--max-frames", 1, None, "")])
+    check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, "")])
     if not args.reconnect_timeout >= 0:  # also NaN
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:

@@ -8,15 +8,18 @@ shows the value given, so every such message reads alike:
   ``yolact: score_threshold must be a number in [0, 1], got 'a'``
 * command line (:func:`rtseg.cliargs.check_range`):
   ``--input-size 0: must be an integer in [32, 2048] pixels (YOLACT uses 550 or 700)``
-* model config (:class:`rtseg.models.yolact.YolactConfig`):
+* model config, or any other argument of the Python API (:func:`check_number`):
   ``YolactConfig: input_size must be an integer in [32, 2048], got 100000``
 
-A leaf module (standard library only), so models, engines, command lines and data readers can all use it.
+Light (the standard library and :mod:`rtseg.errors` only), so models, engines, command lines, data readers and
+drawing can all use it.
 """
 from __future__ import annotations
 
 import math
 import numbers
+
+from rtseg.errors import ConfigError
 
 
 def number_problem(value: object, low: float = -math.inf, high: float = math.inf, *, integer: bool,
@@ -34,6 +37,16 @@ def number_problem(value: object, low: float = -math.inf, high: float = math.inf
             and (low < value if open_low else low <= value) and value <= high):
         return None
     return f"must be {_expected(low, high, integer=integer, open_low=open_low)}"
+
+
+def check_number(what: str, value: object, low: float = -math.inf, high: float = math.inf, *, integer: bool,
+                 open_low: bool = False) -> None:
+    """ConfigError ``"<what> must be an integer >= 1, got 1.5"`` unless ``value`` passes :func:`number_problem`
+    with these bounds. ``what`` names the value where the user gave it: ``"annotate: alpha"``,
+    ``"YolactConfig: input_size"``, ``"yolact: top_k"``."""
+    problem = number_problem(value, low, high, integer=integer, open_low=open_low)
+    if problem is not None:
+        raise ConfigError(f"{what} {problem}, got {value!r}")
 
 
 def _expected(low: float, high: float, *, integer: bool, open_low: bool) -> str:

@@ -294,6 +294,35 @@ def test_export_command_writes_all_formats(tmp_path, capsys):
                                            "(see python -m rtseg.data.export --help)\n")
 
 
+@pytest.mark.parametrize("export", [export_coco, export_labelme])
+@pytest.mark.parametrize("every", [0, -3, True, 2.5, 2.0, float("nan"), "2"])
+def test_export_every_that_is_no_integer_from_1_is_one_line_and_writes_nothing(export, every, tmp_path):
+    """Was "export: every must be >= 1" after the output folder was made (0), a TypeError traceback (2.5, 2.0,
+    NaN, "2") or accepted (True)."""
+    scene = SyntheticScene(7, num_frames=4, width=64, height=64)
+    with pytest.raises(ConfigError, match=rf"^{export.__name__}: every must be an integer >= 1, got "
+                                          rf"{re.escape(repr(every))}$"):
+        export(scene, tmp_path / "out", every=every)
+    assert not (tmp_path / "out").exists()
+    assert len(json.loads(export_coco(scene, tmp_path / "np", every=np.int64(2)).read_text())["images"]) == 2
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--every", "0", "--every 0: must be an integer >= 1"),
+    ("--width", "16", "--width 16: must be an integer >= 32 pixels"),
+    ("--height", "-1", "--height -1: must be an integer >= 32 pixels"),
+    ("--frames", "0", "--frames 0: must be an integer >= 1"),
+    ("--seed", "-1", "--seed -1: must be an integer >= 0"),
+])
+def test_export_command_refuses_options_out_of_range_naming_them(option, value, message, tmp_path, capsys):
+    """Were the Python API's lines ("SyntheticScene: need width, height >= 32 …", "export: every must be …")."""
+    from rtseg.data.export import main
+
+    assert main(["--out", str(tmp_path / "out"), "--frames", "4", option, value]) == 2
+    assert capsys.readouterr().err == f"export: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_labelme_ignore_shapes_and_windows_image_path(tmp_path):
     (tmp_path / "img").mkdir()
     img = _image(3)

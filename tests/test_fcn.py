@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -173,6 +174,31 @@ def test_torchvision_fcn_without_download_and_errors():
         FcnConfig(arch="fcn4s")
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    *[("num_classes", v, "an integer >= 2") for v in (1, 0, -3, True, 3.0, 2.5, math.nan, "3", None)],
+    *[("width", v, "a number in (0, 1]") for v in (0, 0.0, -0.5, 1.5, math.nan, math.inf, True, "0.5", None)],
+])
+def test_config_field_out_of_range_is_one_line_naming_it(field, value, expected):
+    """Was one line naming both fields for either ("need num_classes >= 2 and 0 < width <= 1; got …"), a
+    TypeError traceback ("3", None), or accepted (a True width; 3.0, 2.5 or NaN classes)."""
+    with pytest.raises(ConfigError, match=rf"^FcnConfig: {field} must be {re.escape(expected)}, got "
+                                          rf"{re.escape(repr(value))}$"):
+        FcnConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_config_learn_upsampling_must_be_a_bool(value):
+    """Was a TypeError traceback from requires_grad_ when the model was built."""
+    with pytest.raises(ConfigError, match=rf"^FcnConfig: learn_upsampling must be true or false, got "
+                                          rf"{re.escape(repr(value))}$"):
+        FcnConfig(learn_upsampling=value)
+
+
+def test_config_takes_numpy_numbers():
+    cfg = FcnConfig(arch="fcn32s", num_classes=np.int64(3), width=np.float32(0.0625))
+    assert FCN(cfg).score_fr.out_channels == 3 and FcnConfig(width=1).width == 1
+
+
 @pytest.mark.gpu
 def test_fcn_engine_on_cuda_matches_cpu():
     torch.manual_seed(0)
@@ -202,6 +228,12 @@ def tiny_weights(tmp_path):
     ({"config": {"arch": "fcn32s", "num_classes": "3", "width": 0.0625}}, "num_classes must be int, got '3'"),
     ({"config": {"arch": "fcn32s", "num_classes": 3, "width": True}}, "width must be float, got True"),
     ({"config": {"arch": "fcn4s", "num_classes": 3, "width": 0.0625}}, "unknown arch 'fcn4s'"),
+    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 0.0}},
+     re.escape("FcnConfig: width must be a number in (0, 1], got 0.0")),
+    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 1.5}},
+     re.escape("FcnConfig: width must be a number in (0, 1], got 1.5")),
+    ({"config": {"arch": "fcn32s", "num_classes": 1, "width": 0.0625}},
+     "FcnConfig: num_classes must be an integer >= 2, got 1"),
 ])
 def test_invalid_manifest_config_is_one_weights_error(tiny_weights, change, detail):
     """Was a TypeError / KeyError traceback from FcnConfig(**config)."""

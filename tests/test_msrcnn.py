@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,7 +142,11 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.mark.parametrize("change, detail", [
     ({"anchor_sizes": 7}, "anchor_sizes must be a list, got 7"),
-    ({"anchor_sizes": [8, 16]}, "5 anchor sizes"),
+    ({"anchor_sizes": [8, 16]}, re.escape("anchor_sizes must be 5 positive integers (anchor sides in pixels, one "
+                                          "per FPN level), got (8, 16)")),
+    ({"anchor_sizes": [8, 16, 32, 64, 0]}, "anchor_sizes must be 5 positive integers"),
+    ({"min_size": 0}, "MsrcnnConfig: min_size must be an integer >= 1, got 0"),
+    ({"box_score_thresh": 1.5}, re.escape("MsrcnnConfig: box_score_thresh must be a number in [0, 1], got 1.5")),
     ({"min_size": 64.5}, "min_size must be int, got 64.5"),
     ({"mask_head": "light"}, r"unknown key\(s\) mask_head"),
 ])
@@ -152,6 +159,41 @@ def test_invalid_manifest_config_is_one_weights_error(tiny_weights, change, deta
     with pytest.raises(WeightsError, match=rf"bad\.json: its config is invalid \(.*{detail}.*\); re-export") as e:
         MsrcnnEngine.from_weights(str(bad))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    *[(f, v, "an integer >= 1") for f in ("num_classes", "min_size", "max_size", "detections_per_img",
+                                          "rois_per_image", "proposals_per_image")
+      for v in (0, -1, True, 2.5, 64.0, math.nan, "64", None)],
+    *[("box_score_thresh", v, "a number in [0, 1]") for v in (-0.1, 1.5, math.nan, math.inf, True, "0.5", None)],
+])
+def test_config_field_out_of_range_is_one_line_naming_it(field, value, expected):
+    """Only num_classes < 1 was refused (in one line with the anchor sizes; "64" and None were TypeError
+    tracebacks); every other value was accepted, to fail in torchvision or to keep nothing (a NaN threshold)."""
+    with pytest.raises(ConfigError, match=rf"^MsrcnnConfig: {field} must be {re.escape(expected)}, got "
+                                          rf"{re.escape(repr(value))}$"):
+        MsrcnnConfig(**{field: value})
+
+
+@pytest.mark.parametrize("sizes", [(8, 16, 32, 64), (8, 16, 32, 64, 128, 256), (8, 16, 32, 64, 0),
+                                   (8, 16, 32, 64, 128.5), (8, 16, 32, 64, True), 7, None])
+def test_config_anchor_sizes_must_be_five_positive_integers(sizes):
+    """Only their number was checked (7 and None were TypeError tracebacks); 0, 128.5 and True were accepted."""
+    with pytest.raises(ConfigError, match=rf"^MsrcnnConfig: anchor_sizes must be 5 positive integers \(anchor sides "
+                                          rf"in pixels, one per FPN level\), got {re.escape(repr(sizes))}$"):
+        MsrcnnConfig(anchor_sizes=sizes)
+
+
+def test_config_takes_numpy_numbers():
+    cfg = replace(TINY, num_classes=np.int64(len(CLASSES)), min_size=np.int64(64),
+                  box_score_thresh=np.float64(TINY.box_score_thresh),
+                  anchor_sizes=tuple(np.int64(s) for s in TINY.anchor_sizes))
+    torch.manual_seed(0)
+    engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES), score_threshold=0.0)
+    torch.manual_seed(0)
+    plain = MsrcnnEngine.from_config(TINY, class_names=list(CLASSES), score_threshold=0.0)
+    img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), np.uint8)
+    np.testing.assert_allclose(engine(img).boxes, plain(img).boxes)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -1,9 +1,15 @@
 """Overlay drawing: mask blending, stable colours, boxes, labels, HUD, other prediction kinds."""
 from __future__ import annotations
 
+import math
+import re
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
+import rtseg
+from rtseg.errors import ConfigError
 from rtseg.ops.overlay import annotate, boundaries, colors_for
 from rtseg.types import Detections, Panoptic, SemanticMap, Superpixels
 
@@ -207,3 +213,20 @@ def test_all_background_semantic_map_draws_without_error():
     img = np.full((24, 32, 3), 90, np.uint8)
     out = annotate(img, SemanticMap(labels=np.zeros((24, 32), np.int64), class_names=["bg", "a"]))
     assert out.shape == img.shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("alpha", [True, False, math.nan, math.inf, -0.1, 1.5, "0.5", None])
+def test_alpha_that_is_no_number_in_0_1_is_one_config_error(alpha):
+    """Was accepted (a bool, as 1 or 0), a ValueError (NaN, out of range) or a TypeError ("0.5", None)."""
+    with pytest.raises(ConfigError, match=rf"^annotate: alpha must be a number in \[0, 1\], got "
+                                          rf"{re.escape(repr(alpha))}$"):
+        rtseg.annotate(_image(), _dets([[10, 10, 70, 70]], [0], [0.9]), alpha=alpha)
+
+
+def test_alpha_takes_any_real_number_in_0_1():
+    """numpy scalars and fractions blend as the equal float does (a Fraction was an OpenCV error)."""
+    img, dets = _image(), _dets([[10, 10, 70, 70]], [0], [0.9])
+    half = rtseg.annotate(img, dets, alpha=0.5)
+    for alpha in (np.float32(0.5), np.float64(0.5), Fraction(1, 2)):
+        assert np.array_equal(rtseg.annotate(img, dets, alpha=alpha), half)
+    assert np.array_equal(rtseg.annotate(img, dets, alpha=np.int64(0)), rtseg.annotate(img, dets, alpha=0.0))

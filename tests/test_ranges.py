@@ -1,4 +1,4 @@
-"""rtseg.ranges.number_problem: the one range check behind engine options, command-line options, model configs
+"""rtseg.ranges.number_problem (and check_number, its ConfigError): the one range check behind engine options, command-line options, model configs
 and data files (their own messages are tested with them: test_api_inputs, test_train, test_weights, ...)."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rtseg.ranges import number_problem
+from rtseg.errors import ConfigError
+from rtseg.ranges import check_number, number_problem
 
 
 @pytest.mark.parametrize("value", [0, 3, 10, np.int64(3), np.int32(10), np.uint8(5)])
@@ -74,3 +75,24 @@ def test_unbounded_integers_are_finite_however_large() -> None:
     assert number_problem(10**400, 0, integer=True) is None
     assert number_problem(10**400, integer=False) is None
     assert number_problem(10**400, 0, 10**9, integer=False) == "must be a number in [0, 1000000000]"
+
+
+@pytest.mark.parametrize("value, kw, expected", [
+    (0, {"integer": True}, "annotate: k must be an integer >= 1, got 0"),
+    (1.5, {"integer": True}, "annotate: k must be an integer >= 1, got 1.5"),
+    (True, {"integer": True}, "annotate: k must be an integer >= 1, got True"),
+    ("2", {"integer": True}, "annotate: k must be an integer >= 1, got '2'"),
+    (math.nan, {"integer": False}, "annotate: k must be a finite number >= 1, got nan"),
+    (1.0, {"integer": False, "open_low": True}, "annotate: k must be a finite number > 1, got 1.0"),
+])
+def test_check_number_is_one_config_error_line(value, kw, expected) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_number("annotate: k", value, 1, **kw)
+    assert str(info.value) == expected
+
+
+def test_check_number_passes_numbers_in_range() -> None:
+    for value in (1, np.int64(7), 10**400):
+        check_number("k", value, 1, integer=True)
+    for value in (1, 1.5, np.float32(2.0), Fraction(3, 2)):
+        check_number("k", value, 1, 2, integer=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from itertools import chain
@@ -75,7 +76,7 @@ def test_file_start_past_the_end_is_a_config_error(clip):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"vid_stride": 0}, "vid-stride"),
+    ({"vid_stride": 0}, "open_source: vid_stride must be an integer >= 1, got 0"),
     ({"start": 2.0, "end": 1.0}, "time range"),
     ({"start": -1.0}, "time range"),
     ({"start": float("nan")}, "time range"),  # was a ValueError traceback
@@ -84,6 +85,25 @@ def test_file_start_past_the_end_is_a_config_error(clip):
 def test_bad_ranges(clip, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         open_source(str(clip), **kwargs)
+
+
+@pytest.mark.parametrize("stride", [0, -2, 1.5, 2.0, True, float("nan"), "2"])
+def test_vid_stride_that_is_no_integer_from_1_is_one_line(clip, stride):
+    """Was accepted (True as 1) or a TypeError traceback (1.5, NaN, "2") from the Python API."""
+    for spec in (str(clip), "synthetic"):
+        with pytest.raises(ConfigError, match=rf"^open_source: vid_stride must be an integer >= 1, got "
+                                              rf"{re.escape(repr(stride))}$"):
+            open_source(spec, vid_stride=stride)
+    with open_source("synthetic", vid_stride=np.int64(3), synthetic={"width": 64, "height": 64,
+                                                                     "num_frames": 7}) as source:
+        assert len(list(source)) == 3
+
+
+@pytest.mark.parametrize("fps", [0, -30.0, float("nan"), float("inf"), True])
+def test_synthetic_fps_that_is_no_positive_number_is_one_line(fps):
+    """Was a ZeroDivisionError traceback (0) or a clip of negative or NaN rate."""
+    with pytest.raises(ConfigError, match=rf"^SyntheticSource: fps must be a finite number > 0, got {fps!r}$"):
+        open_source("synthetic", synthetic={"width": 64, "height": 64, "num_frames": 4, "fps": fps})
 
 
 def test_errors_are_one_line(tmp_path):

@@ -1,6 +1,9 @@
 """The synthetic video benchmark: determinism, visible masks, tracks, splits, MP4 export."""
 from __future__ import annotations
 
+import math
+import re
+
 import av
 import cv2
 import numpy as np
@@ -154,10 +157,58 @@ def test_samples_match_scene_frames():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ConfigError, match="width, height >= 32"):
+    with pytest.raises(ConfigError, match=r"^SyntheticScene: width must be an integer >= 32, got 10$"):
         SyntheticScene(0, width=10, height=10)
     with pytest.raises(IndexError, match="out of range"):
         SyntheticScene(0, num_frames=5, **SMALL).frame(5)
+
+
+BAD_INTEGERS = [True, 1.5, 64.0, math.nan, "64", None]
+"""Values no integer argument takes (besides those below its least): bools, floats (even whole), NaN, strings."""
+
+
+@pytest.mark.parametrize("name, least", [("seed", 0), ("width", 32), ("height", 32), ("num_frames", 1),
+                                         ("max_objects", 0), ("min_area", 0)])
+@pytest.mark.parametrize("value", ["least - 1", *BAD_INTEGERS])
+def test_scene_argument_that_is_no_integer_from_its_least_is_one_line(name, least, value):
+    """Were one line for all of them without naming the one at fault, a TypeError / ValueError / OpenCV traceback
+    (64.0, NaN, "64", None), or accepted (True; a 1.5 seed or num_frames; any min_area)."""
+    value = least - 1 if value == "least - 1" else value
+    args = {"seed": 0, "num_frames": 2, **SMALL, name: value}
+    with pytest.raises(ConfigError, match=rf"^SyntheticScene: {name} must be an integer >= {least}, got "
+                                          rf"{re.escape(repr(value))}$"):
+        SyntheticScene(**args)
+
+
+@pytest.mark.parametrize("name, least", [("seed", 0), ("num_images", 0), ("width", 32), ("height", 32),
+                                         ("images_per_scene", 1), ("frame_stride", 1), ("max_objects", 0)])
+@pytest.mark.parametrize("value", ["least - 1", *BAD_INTEGERS])
+def test_dataset_argument_that_is_no_integer_from_its_least_is_one_line(name, least, value):
+    """Were one line for three of them without the value, else accepted until the first image was read (then the
+    scene's line or a traceback: 1.5, NaN, None; True, "64" as a seed read on)."""
+    value = least - 1 if value == "least - 1" else value
+    args = {"seed": 1, "num_images": 2, **SMALL, name: value}
+    with pytest.raises(ConfigError, match=rf"^SyntheticDataset: {name} must be an integer >= {least}, got "
+                                          rf"{re.escape(repr(value))}$"):
+        SyntheticDataset(**args)
+
+
+@pytest.mark.parametrize("every", [0, -1, *BAD_INTEGERS])
+def test_scene_to_samples_every_that_is_no_integer_from_1_is_one_line(every):
+    """Were accepted (True, 1.5, NaN: an error at the first sample read) or a TypeError traceback ("64", None)."""
+    scene = SyntheticScene(4, num_frames=5, **SMALL)
+    with pytest.raises(ConfigError, match=rf"^scene_to_samples: every must be an integer >= 1, got "
+                                          rf"{re.escape(repr(every))}$"):
+        scene_to_samples(scene, every=every)
+
+
+def test_numpy_integers_are_taken_as_integers():
+    scene = SyntheticScene(np.int64(4), width=np.int32(160), height=np.int64(120), num_frames=np.uint16(25))
+    assert _same(scene.frame(20), SyntheticScene(4, num_frames=25, **SMALL).frame(20))
+    assert len(scene_to_samples(scene, every=np.int64(10))) == 3
+    data = SyntheticDataset(np.int64(1), np.int64(3), images_per_scene=np.int64(2), frame_stride=np.int64(4), **SMALL)
+    assert len(data) == 3 and np.array_equal(data[2].image, SyntheticDataset(1, 3, images_per_scene=2,
+                                                                              frame_stride=4, **SMALL)[2].image)
 
 
 def test_mp4_export_decodes_with_right_frame_count(tmp_path):

@@ -286,6 +286,14 @@ def test_a_diverging_run_stops_with_a_line_saying_to_lower_the_lr(tmp_path) -> N
     assert trainer.step < 50 and trainer.guard.skipped >= 3
 
 
+@pytest.mark.parametrize("limit", [0, -1, 1.5, 2.0, True, float("nan"), "20"])
+def test_max_nonfinite_that_is_no_integer_from_1_is_one_line(limit, tmp_path) -> None:
+    """Was accepted (a float, True, NaN: a run never stopped however long it diverged) or a bare "max_nonfinite 0"."""
+    with pytest.raises(ConfigError, match=rf"^max_nonfinite must be an integer >= 1, got {re.escape(repr(limit))}$"):
+        _trainer(_frames(1), 2, tmp_path, max_nonfinite=limit)
+    assert _trainer(_frames(1), 2, tmp_path, max_nonfinite=np.int64(2)).guard.limit == 2
+
+
 def test_unusable_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     from rtseg.train.checkpoint import load_checkpoint
     from rtseg.train.cli import main
@@ -374,8 +382,9 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
     (tmp_path / "folder.safetensors").mkdir()
     (tmp_path / "file").write_text("x")
     cases = [
-        (["--lr", "-0.01"], "--lr -0.01: the learning rate must be a number >= 0"),
-        (["--lr", "nan"], "--lr nan"),
+        (["--lr", "-0.01"], "--lr -0.01: must be a finite number >= 0 (the learning rate, e.g. 1e-3)"),
+        (["--lr", "nan"], "--lr nan: must be a finite number >= 0 (the learning rate, e.g. 1e-3)"),
+        (["--lr", "inf"], "--lr inf: must be a finite number >= 0 (the learning rate, e.g. 1e-3)"),
         (["--input-size", "0"], "--input-size 0: must be an integer in [32, 2048] pixels"),
         (["--fpn-channels", "0"], "--fpn-channels 0: must be an integer in [1, 1024]"),
         (["--workers", "-1"], "--workers -1: must be an integer in [0, 256]"),

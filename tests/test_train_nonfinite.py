@@ -58,7 +58,7 @@ def test_guard_counts_in_a_row_and_stops_at_the_limit() -> None:
     with pytest.raises(ConfigError, match=r"not finite for 3 steps in a row \(to step 7\); lower --lr \(now 0.5\) .*"
                                           r"--resume a checkpoint from before step 4\)$"):
         guard.admit(math.nan, step=7)
-    with pytest.raises(ConfigError, match="max_nonfinite 0"):
+    with pytest.raises(ConfigError, match=r"^max_nonfinite must be an integer >= 1, got 0$"):
         NonFiniteGuard(lr=1.0, limit=0)
 
 
@@ -160,5 +160,5 @@ def test_cli_of_a_diverging_run_is_one_line(module, tmp_path) -> None:
 def test_cli_refuses_a_learning_rate_that_is_not_a_number_from_0(module, lr, tmp_path, capsys) -> None:
     assert module.main(["--out", str(tmp_path / "m.safetensors"), "--lr", lr]) == 2
     prog = module.__name__.rsplit(".", 1)[1]
-    assert capsys.readouterr().err.strip() == (f"{prog}: error: --lr {float(lr)}: the learning rate must be a number "
-                                               ">= 0, e.g. --lr 1e-3")
+    assert capsys.readouterr().err.strip() == (f"{prog}: error: --lr {float(lr)}: must be a finite number >= 0 "
+                                               "(the learning rate, e.g. 1e-3)")

@@ -21,15 +21,16 @@ import cv2
 import numpy as np
 
 from rtseg.data.dataset import masks_to_boxes
-from rtseg.data.synthetic import CLASSES, SyntheticScene
+from rtseg.data.synthetic import CLASSES, LEAST, SyntheticScene, check_least
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imwrite
 from rtseg.ops.rle import encode_rle
 
 
-def _frames(scene: SyntheticScene, every: int) -> range:
-    if every < 1:
-        raise ConfigError(f"export: every must be >= 1, got {every}")
+def _frames(scene: SyntheticScene, every: int, owner: str) -> range:
+    """Frames 0, every, 2 * every … of ``scene``; ConfigError ``"<owner>: every must be an integer >= 1, got 0"``
+    for an ``every`` that is no such integer."""
+    check_least(owner, every=every)
     return range(0, len(scene), every)
 
 
@@ -66,9 +67,10 @@ def export_mp4(scene: SyntheticScene, path: str | os.PathLike, *, crf: int = 18)
 def export_coco(scene: SyntheticScene, out_dir: str | os.PathLike, *, every: int = 1,
                 annotation_name: str = "annotations.json") -> Path:
     """Write frames 0, every, ... as PNG and their instances as COCO JSON; returns the JSON path."""
+    frames = _frames(scene, every, "export_coco")  # before anything is written
     out = _out_dir(out_dir)
     images, annotations = [], []
-    for i in _frames(scene, every):
+    for i in frames:
         image, instances = scene.frame(i)
         name = f"frame_{i:06d}.png"
         _write_image(out / name, image)
@@ -132,9 +134,10 @@ def _join_hole(outline: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 def export_labelme(scene: SyntheticScene, out_dir: str | os.PathLike, *, every: int = 1) -> Path:
     """Write frames 0, every, ... as PNG + labelme JSON, and ``label_names.txt``; returns the folder."""
+    frames = _frames(scene, every, "export_labelme")  # before anything is written
     out = _out_dir(out_dir)
     (out / "label_names.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
-    for i in _frames(scene, every):
+    for i in frames:
         image, instances = scene.frame(i)
         name = f"frame_{i:06d}.png"
         _write_image(out / name, image)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> None:
-    from rtseg.cliargs import Parser
+    from rtseg.cliargs import Parser, check_ranges
 
     p = Parser(prog="python -m rtseg.data.export", description="Export a synthetic scene.")
     p.add_argument("--seed", type=int, default=3, help="scene seed (default 3 = the test split seed)")
@@ -171,6 +174,9 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--every", type=int, default=10, help="annotate every N-th frame (COCO, labelme)")
     p.add_argument("--formats", default="mp4,coco,labelme", help="comma-separated subset of mp4,coco,labelme")
     args = p.parse_args(argv)
+    check_ranges(args, [("--seed", LEAST["seed"], None, ""), ("--frames", LEAST["num_frames"], None, ""),
+                        ("--width", LEAST["width"], None, " pixels"), ("--height", LEAST["height"], None, " pixels"),
+                        ("--every", LEAST["every"], None, "")])
     scene = SyntheticScene(args.seed, width=args.width, height=args.height, num_frames=args.frames)
     formats = set(args.formats.split(","))
     if formats - {"mp4", "coco", "labelme"}:

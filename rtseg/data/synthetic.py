@@ -22,6 +22,7 @@ import numpy as np
 from rtseg.data.dataset import Sample
 from rtseg.data.textures import background, object_texture
 from rtseg.errors import ConfigError
+from rtseg.ranges import check_number
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
 TRAIN_SEED = 1
@@ -29,8 +30,19 @@ VAL_SEED = 2
 TEST_SEED = 3
 SPLITS: dict[str, tuple[int, int]] = {"train": (TRAIN_SEED, 20000), "val": (VAL_SEED, 200), "test": (TEST_SEED, 300)}
 """Split name -> (seed, default number of images) for ``SyntheticDataset``."""
+LEAST: dict[str, int] = {"seed": 0, "width": 32, "height": 32, "num_frames": 1, "max_objects": 0, "min_area": 0,
+                         "num_images": 0, "images_per_scene": 1, "frame_stride": 1, "every": 1}
+"""Least value of each integer argument of :class:`SyntheticScene`, :class:`SyntheticDataset` and
+:func:`scene_to_samples` (none has an upper limit); the export command line checks its options against them too."""
 
 _TEXTURE_SIZE = 96
+
+
+def check_least(owner: str, **values: object) -> None:
+    """ConfigError ``"<owner>: width must be an integer >= 32, got 16"`` for the first of ``values`` (argument name
+    → value) that is not an integer from its least value (:data:`LEAST`) up."""
+    for name, value in values.items():
+        check_number(f"{owner}: {name}", value, LEAST[name], integer=True)
 
 
 def _regular(n: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarray:
@@ -117,11 +129,8 @@ class SyntheticScene:
 
     def __init__(self, seed: int, *, width: int = 640, height: int = 480, num_frames: int = 300,
                  max_objects: int = 6, min_area: int = 30) -> None:
-        if width < 32 or height < 32 or num_frames < 1 or max_objects < 0 or seed < 0:
-            raise ConfigError(
-                f"SyntheticScene: need width, height >= 32, num_frames >= 1, max_objects >= 0, seed >= 0; "
-                f"got {width}x{height}, {num_frames} frames, {max_objects} objects, seed {seed}"
-            )
+        check_least("SyntheticScene", seed=seed, width=width, height=height, num_frames=num_frames,
+                    max_objects=max_objects, min_area=min_area)
         self.seed, self.width, self.height = int(seed), width, height
         self.num_frames, self.max_objects, self.min_area = num_frames, max_objects, min_area
         rng = np.random.default_rng([self.seed, 0])
@@ -249,8 +258,7 @@ class SceneSamples:
     """Every ``every``-th frame of a scene as a lazy still-image data set of ``Sample``."""
 
     def __init__(self, scene: SyntheticScene, *, every: int = 1) -> None:
-        if every < 1:
-            raise ConfigError(f"scene_to_samples: every must be >= 1, got {every}")
+        check_least("scene_to_samples", every=every)
         self.scene, self.every = scene, every
         self.class_names = CLASSES
 
@@ -284,8 +292,8 @@ class SyntheticDataset:
 
     def __init__(self, seed: int, num_images: int, *, width: int = 640, height: int = 480,
                  images_per_scene: int = 8, frame_stride: int = 20, max_objects: int = 6) -> None:
-        if num_images < 0 or images_per_scene < 1 or frame_stride < 1:
-            raise ConfigError("SyntheticDataset: need num_images >= 0, images_per_scene >= 1, frame_stride >= 1")
+        check_least("SyntheticDataset", seed=seed, num_images=num_images, width=width, height=height,
+                    images_per_scene=images_per_scene, frame_stride=frame_stride, max_objects=max_objects)
         self.seed, self.num_images = seed, num_images
         self.images_per_scene, self.frame_stride = images_per_scene, frame_stride
         self._scene_args = dict(width=width, height=height, max_objects=max_objects,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rtseg.errors import ConfigError, WeightsError
-from rtseg.ranges import number_problem
+from rtseg.ranges import check_number
 
 DEVICE_TYPES = ("cpu", "cuda")
 #: Whether an engine on the CPU keeps its network's 4-D weights in channels_last (NHWC) memory: oneDNN then
@@ -66,22 +66,16 @@ def check_real(engine: str, key: str, value: Any, *, low: float, high: float = m
                open_low: bool = False) -> float:
     """``value`` as a float when it is a finite real number (not a bool) in [low, high] ((low, high]
     with ``open_low``), else ConfigError ``"<engine>: <key> must be a number in [0, 1], got 'a'"``
-    (:func:`rtseg.ranges.number_problem` says what is expected)."""
-    _refuse(engine, key, value, number_problem(value, low, high, integer=False, open_low=open_low))
+    (:func:`rtseg.ranges.check_number`)."""
+    check_number(f"{engine}: {key}", value, low, high, integer=False, open_low=open_low)
     return float(value)
 
 
 def check_int(engine: str, key: str, value: Any, *, low: int, high: float = math.inf) -> int:
     """``value`` as an int when it is an integer (not a bool) in [low, high] (no upper bound by default), else
     ConfigError ``"<engine>: <key> must be an integer >= 1, got 1.5"`` (``… in [32, 2048] …`` with ``high``)."""
-    _refuse(engine, key, value, number_problem(value, low, high, integer=True))
+    check_number(f"{engine}: {key}", value, low, high, integer=True)
     return int(value)
-
-
-def _refuse(engine: str, key: str, value: Any, problem: str | None) -> None:
-    """ConfigError ``"<engine>: <key> <problem>, got <value>"`` when there is a ``problem``."""
-    if problem is not None:
-        raise ConfigError(f"{engine}: {key} {problem}, got {value!r}")
 
 
 def check_weights_path(engine: str, weights: Any) -> str:

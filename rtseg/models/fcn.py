@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from rtseg.errors import ConfigError
+from rtseg.ranges import check_number
 
 ARCHS = ("fcn8s", "fcn16s", "fcn32s")
 TORCHVISION_ARCHS = ("fcn_resnet50", "fcn_resnet101")
@@ -46,10 +47,13 @@ class FcnConfig:
     learn_upsampling: bool = False
 
     def __post_init__(self) -> None:
+        """ConfigError naming the first field out of range, before any layer is built."""
         if self.arch not in ARCHS:
             raise ConfigError(f"FcnConfig: unknown arch {self.arch!r}; use one of {', '.join(ARCHS)}")
-        if self.num_classes < 2 or not 0 < self.width <= 1.0:
-            raise ConfigError(f"FcnConfig: need num_classes >= 2 and 0 < width <= 1; got {self.num_classes}, {self.width}")
+        check_number("FcnConfig: num_classes", self.num_classes, 2, integer=True)
+        check_number("FcnConfig: width", self.width, 0, 1, integer=False, open_low=True)
+        if not isinstance(self.learn_upsampling, bool):
+            raise ConfigError(f"FcnConfig: learn_upsampling must be true or false, got {self.learn_upsampling!r}")
 
 
 def bilinear_kernel(channels: int, size: int) -> torch.Tensor:

@@ -28,8 +28,14 @@ from torch import nn
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
 
 from rtseg.errors import ConfigError
+from rtseg.ranges import check_number, number_problem
 
 BACKBONES = ("resnet50", "resnet18")
+#: Least value of each integer field of :class:`MsrcnnConfig` (none has an upper limit).
+LEAST: dict[str, int] = {"num_classes": 1, "min_size": 1, "max_size": 1, "detections_per_img": 1,
+                         "rois_per_image": 1, "proposals_per_image": 1}
+#: The number of FPN levels, so of anchor sizes (P2..P5 and the pool level, as torchvision builds them).
+LEVELS = 5
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,17 @@ class MsrcnnConfig:
     proposals_per_image: int = 1000
 
     def __post_init__(self) -> None:
+        """ConfigError naming the first field out of range (:data:`LEAST`), before any layer is built."""
         if self.backbone not in BACKBONES:
             raise ConfigError(f"MsrcnnConfig: unknown backbone {self.backbone!r}; use one of {', '.join(BACKBONES)}")
-        if self.num_classes < 1 or len(self.anchor_sizes) != 5:
-            raise ConfigError(f"MsrcnnConfig: need num_classes >= 1 and 5 anchor sizes; "
-                              f"got {self.num_classes}, {self.anchor_sizes}")
+        for name, least in LEAST.items():
+            check_number(f"MsrcnnConfig: {name}", getattr(self, name), least, integer=True)
+        check_number("MsrcnnConfig: box_score_thresh", self.box_score_thresh, 0, 1, integer=False)
+        sizes = self.anchor_sizes
+        if (not isinstance(sizes, (tuple, list)) or len(sizes) != LEVELS
+                or any(number_problem(s, 0, integer=True, open_low=True) is not None for s in sizes)):
+            raise ConfigError(f"MsrcnnConfig: anchor_sizes must be {LEVELS} positive integers (anchor sides in "
+                              f"pixels, one per FPN level), got {sizes!r}")
 
 
 class MaskIoUHead(nn.Module):
@@ -101,7 +113,7 @@ def build_maskrcnn(cfg: MsrcnnConfig) -> nn.Module:
     kw = {"min_size": cfg.min_size, "max_size": cfg.max_size, "box_score_thresh": cfg.box_score_thresh,
           "box_detections_per_img": cfg.detections_per_img, "box_batch_size_per_image": cfg.rois_per_image,
           "rpn_post_nms_top_n_train": cfg.proposals_per_image, "rpn_post_nms_top_n_test": cfg.proposals_per_image,
-          "rpn_anchor_generator": AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)}
+          "rpn_anchor_generator": AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * LEVELS)}
     if cfg.backbone == "resnet50":
         coco = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
         if cfg.num_classes == 90 and torch_cache_file(coco.url):

@@ -20,7 +20,7 @@ from torch import nn
 
 from rtseg.errors import ConfigError
 from rtseg.models.backbones import BACKBONES, build_backbone
-from rtseg.ranges import number_problem
+from rtseg.ranges import check_number, number_problem
 
 #: Official per-channel BGR mean / std (0..255 scale) of the ResNet transform.
 MEANS_BGR = (103.94, 116.78, 123.68)
@@ -67,9 +67,7 @@ class YolactConfig:
     square_anchors: bool = True
 
     def __post_init__(self) -> None:
-        problem = _config_problem(self)
-        if problem is not None:
-            raise ConfigError(f"YolactConfig: {problem}")
+        _check_config(self)
 
     @property
     def num_anchors(self) -> int:
@@ -85,26 +83,22 @@ class YolactConfig:
         return replace(self, input_size=size, scales=tuple(int(s / 550 * size) for s in BASE_SCALES))
 
 
-def _config_problem(cfg: YolactConfig) -> str | None:
-    """The first field of ``cfg`` out of its range (:data:`LIMITS`, :data:`LEVELS`, :data:`RATIOS`) as
-    "<field> must be …, got …", None when every field is valid."""
+def _check_config(cfg: YolactConfig) -> None:
+    """ConfigError ``"YolactConfig: <field> must be …, got …"`` for the first field of ``cfg`` out of its range
+    (:data:`LIMITS`, :data:`LEVELS`, :data:`RATIOS`)."""
     if cfg.backbone not in BACKBONES:
-        return f"unknown backbone {cfg.backbone!r}; use one of {', '.join(BACKBONES)}"
+        raise ConfigError(f"YolactConfig: unknown backbone {cfg.backbone!r}; use one of {', '.join(BACKBONES)}")
     for name, (low, high) in LIMITS.items():
-        value = getattr(cfg, name)
-        problem = number_problem(value, low, high, integer=True)
-        if problem is not None:
-            return f"{name} {problem}, got {value!r}"
+        check_number(f"YolactConfig: {name}", getattr(cfg, name), low, high, integer=True)
     for name, (fewest, most), integer, what in (
             ("scales", LEVELS, True, "positive anchor sizes in pixels (one per FPN level)"),
             ("aspect_ratios", RATIOS, False, "positive numbers")):
         values = getattr(cfg, name)
         if (not isinstance(values, (tuple, list)) or not fewest <= len(values) <= most
                 or any(number_problem(v, 0, integer=integer, open_low=True) is not None for v in values)):
-            return f"{name} must be {fewest} to {most} {what}, got {values!r}"
+            raise ConfigError(f"YolactConfig: {name} must be {fewest} to {most} {what}, got {values!r}")
     if not isinstance(cfg.square_anchors, bool):
-        return f"square_anchors must be true or false, got {cfg.square_anchors!r}"
-    return None
+        raise ConfigError(f"YolactConfig: square_anchors must be true or false, got {cfg.square_anchors!r}")
 
 
 #: The published v1.0 configurations.

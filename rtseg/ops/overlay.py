@@ -17,6 +17,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
+from rtseg.ranges import check_number
 from rtseg.types import Detections, Panoptic, Prediction, SemanticMap, Superpixels
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -56,14 +57,14 @@ def annotate(
         (segment boundaries) or Panoptic (colour per segment plus boundaries).
     hud: optional text items drawn top-left, e.g. ``{"FPS": 29.7, "latency ms": 41.2}``
         (floats shown with one decimal).
-    alpha: opacity of mask colours in [0, 1].
+    alpha: opacity of mask colours, a number in [0, 1] (else ConfigError).
     Returns a new (H, W, 3) uint8 BGR image.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
         raise ValueError(f"annotate: expected an (H, W, 3) uint8 BGR numpy image, got {got}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"annotate: alpha must be in [0, 1], got {alpha}")
+    check_number("annotate: alpha", alpha, 0, 1, integer=False)
+    alpha = float(alpha)  # OpenCV takes no other real number (a Fraction)
     size = image.shape[:2]
     if isinstance(prediction, Detections):
         _check_size("Detections.image_size", prediction.image_size, size)

@@ -18,13 +18,18 @@ from typing import Any, Callable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
+from rtseg.cliargs import NumberRange
 from rtseg.errors import ConfigError, WeightsError, sigterm_raises
+from rtseg.ranges import check_number
 from rtseg.weights import load_into, load_torch_file
 
 T = TypeVar("T")
 
 CHECKPOINT_NAME = "checkpoint.pth"
 """File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``)."""
+
+LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
+"""The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
 
 
 class Stateful(Protocol):
@@ -57,8 +62,7 @@ class NonFiniteGuard:
     """
 
     def __init__(self, *, lr: float, limit: int = 20) -> None:
-        if limit < 1:
-            raise ConfigError(f"max_nonfinite {limit}: must be at least 1 (steps with a non-finite loss in a row)")
+        check_number("max_nonfinite", limit, 1, integer=True)
         self.lr, self.limit = lr, limit
         self.in_a_row = 0  # consecutive skipped steps up to the last one admitted
         self.skipped = 0  # skipped steps in all
@@ -89,13 +93,6 @@ def _finite(module: torch.nn.Module) -> bool:
     """Whether every floating-point parameter and buffer of ``module`` is finite (one host synchronisation)."""
     flags = [torch.isfinite(t).all() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
-
-
-def check_lr(lr: float) -> float:
-    """``lr`` (the ``--lr`` option) when it is a finite number >= 0; else a ConfigError (before any training)."""
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ConfigError(f"--lr {lr}: the learning rate must be a number >= 0, e.g. --lr 1e-3")
-    return lr
 
 
 @contextlib.contextmanager

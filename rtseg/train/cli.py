@@ -31,13 +31,14 @@ from rtseg.models.backbones import BACKBONES
 from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
 from rtseg.outputs import same_file
 from rtseg.train.augment import AugmentConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, sigterm_as_interrupt, weights_out
+from rtseg.train.checkpoint import CHECKPOINT_NAME, LR_RANGE, sigterm_as_interrupt, weights_out
 from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
 from rtseg.weights import load_into, load_torch_file, load_yolact, manifest_path
 
 
 _NUMBER_RANGES: tuple[NumberRange, ...] = (
     # option, least, most (None: no limit), why the limit (said with it)
+    LR_RANGE,
     # the model's own limits (one training image at 2048 px takes gigabytes; 100000 px was killed for its memory)
     ("--input-size", *LIMITS["input_size"], " pixels (YOLACT uses 550 or 700)"),
     ("--fpn-channels", *LIMITS["fpn_channels"], " (the paper uses 256)"),
@@ -55,7 +56,7 @@ _NUMBER_RANGES: tuple[NumberRange, ...] = (
     ("--seed", 0, None, ""),
     ("--time-budget", 0.01, 525600, " minutes"),
 )
-"""The range of each numeric option but --lr (:func:`check_lr`); an option left unset (None) is not checked."""
+"""The range of each numeric option; an option left unset (None) is not checked."""
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -163,7 +164,6 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
 
 def _check_options(args: argparse.Namespace) -> None:
     """ConfigError for option values training cannot use (before any data is read or memory taken)."""
-    check_lr(args.lr)
     check_ranges(args, _NUMBER_RANGES)
     if args.train_images is not None and parse_data(args.data).kind != "synthetic":
         raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "

@@ -8,15 +8,16 @@ from typing import Sequence
 import torch
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
-from rtseg.train.checkpoint import CHECKPOINT_NAME, check_lr, weights_out
+from rtseg.train.checkpoint import CHECKPOINT_NAME, LR_RANGE, weights_out
 
 RECIPE_RANGES: tuple[NumberRange, ...] = (
+    LR_RANGE,
     ("--steps", 1, 10**9, ""),
     ("--images", 1, 10**5, " (the training images are held in memory)"),
     ("--size", 32, 2048, " pixels (a synthetic frame is at least 32 px a side)"),
     ("--threads", 1, 1024, ""),
 )
-"""The range of each numeric option every recipe has, but --lr (:func:`check_lr`)."""
+"""The range of each numeric option every recipe has."""
 
 
 def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,
@@ -38,12 +39,11 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
 
 def parse_recipe(ap: Parser, argv: Sequence[str] | None,
                  ranges: Sequence[NumberRange] = ()) -> tuple[argparse.Namespace, Path]:
-    """Parse and check (``--out`` a .safetensors path, ``--lr``, :data:`RECIPE_RANGES` and the model's own
+    """Parse and check (``--out`` a .safetensors path, :data:`RECIPE_RANGES` and the model's own
     ``ranges``) before anything trains; set the torch threads and seed. Returns the options and the checkpoint
     path (``<out without .safetensors>.train/checkpoint.pth``)."""
     args = ap.parse_args(argv)
     weights_out(args.out)
-    check_lr(args.lr)
     check_ranges(args, (*RECIPE_RANGES, *ranges))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -29,6 +29,7 @@ import numpy as np
 
 from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.imageio import ImageReadError, read_image_file
+from rtseg.ranges import check_number
 from rtseg.types import Frame
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class SyntheticSource(Source):
                  fps: float = 30.0, vid_stride: int = 1, keep_truth: bool = False) -> None:
         from rtseg.data.synthetic import SyntheticScene
 
+        check_number("SyntheticSource: fps", fps, 0, integer=False, open_low=True)
         self.scene = SyntheticScene(seed, width=width, height=height, num_frames=num_frames)
         self.indices = range(0, len(self.scene), vid_stride)
         super().__init__(source_id=f"synthetic:{seed}", fps=fps / vid_stride, num_frames=len(self.indices))
@@ -352,8 +354,7 @@ def open_source(
     reconnect_timeout: seconds a dropped stream may stay down before the source gives up.
     synthetic: keyword arguments for :class:`SyntheticSource` (width, height, num_frames, fps).
     """
-    if vid_stride < 1:
-        raise ConfigError(f"--vid-stride must be >= 1, got {vid_stride}")
+    check_number("open_source: vid_stride", vid_stride, 1, integer=True)
     if not start >= 0 or (end is not None and not end > start):  # written so that NaN fails too
         raise ConfigError(f"bad time range start={start} end={end}: need 0 <= start < end (seconds)")
     if not spec.strip():
