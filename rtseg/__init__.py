@@ -12,9 +12,7 @@ that the command line can answer Ctrl-C while they load (see :mod:`rtseg.__main_
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from rtseg.entry import lazy_attributes
 from rtseg.errors import ConfigError, DatasetError, RtsegError, SinkError, SourceError, WeightsError
 
 _LAZY = {
@@ -28,7 +26,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'rtseg' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from rtseg.errors import Terminated, exit_status, sigterm_raises
 
@@ -42,15 +42,15 @@ def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = ())
     return exit_status(prog, call)
 
 
-def lazy_names(owner: str, module: str, names: Sequence[str]) -> Callable[[str], Any]:
-    """A ``__getattr__`` (PEP 562) for the module named ``owner`` that loads ``names`` from ``module`` at their
-    first use, so that a light entry module still offers what its heavy implementation defines
-    (``from rtseg.train.fcn_trainer import train_fcn``) without importing it at its top."""
-    offered = frozenset(names)
+def lazy_attributes(owner: str, where: Mapping[str, str]) -> Callable[[str], Any]:
+    """A ``__getattr__`` (PEP 562) for the module named ``owner`` that loads each name of ``where`` from its module
+    (``{name: module}``) at its first use, so that a light module (:mod:`rtseg`, :mod:`rtseg.data`, an entry module
+    over its heavy implementation) still offers those names without importing them at its top."""
+    offered = dict(where)
 
     def __getattr__(name: str) -> Any:
         if name not in offered:
             raise AttributeError(f"module {owner!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(offered[name]), name)
 
     return __getattr__

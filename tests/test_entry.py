@@ -26,6 +26,7 @@ ENTRIES = {
     "rtseg script": [str(SCRIPT)],
     "python -m rtseg.train.fcn_trainer": [sys.executable, "-m", "rtseg.train.fcn_trainer"],
     "python -m rtseg.train.msrcnn_trainer": [sys.executable, "-m", "rtseg.train.msrcnn_trainer"],
+    "python -m rtseg.data.export": [sys.executable, "-m", "rtseg.data.export"],
 }
 
 
@@ -100,13 +101,15 @@ def _signal_while_importing_torch(cmd: list[str], signum: int, folder: Path) -> 
     ("rtseg script", ["train", "--help"], "rtseg train"),
     ("python -m rtseg", ["train", "--out", "m.safetensors"], "rtseg train"), ("run.py", ["demo"], "rtseg demo"),
     ("python -m rtseg.train.fcn_trainer", ["--out", "f.safetensors"], "fcn_trainer"),
-    ("python -m rtseg.train.msrcnn_trainer", ["--out", "m.safetensors"], "msrcnn_trainer")])
+    ("python -m rtseg.train.msrcnn_trainer", ["--out", "m.safetensors"], "msrcnn_trainer"),
+    ("python -m rtseg.data.export", ["--out", "synthetic"], "export")])
 def test_a_signal_while_the_cli_imports_is_one_line_naming_the_command(entry, args, prog, signum, said, code, tmp_path):
     """Ctrl-C or SIGTERM while torch still imports (seconds), before the command writes anything. Ctrl-C was a
     KeyboardInterrupt traceback and a death by the signal, as the import ran before the wrapper that reports it;
     then 'rtseg: interrupted' for the subcommands too. SIGTERM ended the process (-15) without a word, even
     `rtseg train`'s, which acts as Ctrl-C once training runs (tests/test_train.py). The FCN / MS R-CNN trainers
-    imported torch at the top of the module `python -m` runs, before their wrapper: the same traceback / -15."""
+    imported torch at the top of the module `python -m` runs, before their wrapper: the same traceback / -15; so
+    did the synthetic export (and the package rtseg.data it is in imported every data set)."""
     if entry == "rtseg script" and not SCRIPT.exists():
         pytest.skip(f"no console script {SCRIPT} (pip install -e . installs it)")
     r = _signal_while_importing_torch(ENTRIES[entry] + args, signum, tmp_path)

@@ -32,7 +32,7 @@ def result_category_ids(class_names: Sequence[str], category_ids: Sequence[int] 
 
     ``category_ids`` when given (one per class: the ids of the COCO file the model was trained on, from its
     manifest); else COCO's own (non-contiguous, 1..90) ids for the official 80 COCO classes; else 1..N in
-    order, the ids rtseg's COCO export (:mod:`rtseg.data.export`) gives its categories.
+    order, the ids rtseg's COCO export (:mod:`rtseg.data.exporters`) gives its categories.
     """
     if category_ids is not None and len(category_ids) == len(class_names):
         return tuple(int(c) for c in category_ids)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 
-from rtseg.entry import lazy_names, run_command
+from rtseg.entry import lazy_attributes, run_command
 
-__getattr__ = lazy_names(__name__, "rtseg.train.fcn", ("FcnTrainConfig", "train_fcn", "evaluate_fcn"))
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(("FcnTrainConfig", "train_fcn", "evaluate_fcn"),
+                                                     "rtseg.train.fcn"))
 
 
 def main(argv: list[str] | None = None) -> int:

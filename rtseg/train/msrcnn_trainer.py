@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import sys
 
-from rtseg.entry import lazy_names, run_command
+from rtseg.entry import lazy_attributes, run_command
 
-__getattr__ = lazy_names(__name__, "rtseg.train.msrcnn",
-                         ("MsrcnnTrainConfig", "train_msrcnn", "to_target", "mask_quality"))
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(("MsrcnnTrainConfig", "train_msrcnn", "to_target", "mask_quality"),
+                                                     "rtseg.train.msrcnn"))
 
 
 def main(argv: list[str] | None = None) -> int:
