@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
-from rtseg.errors import Terminated, exit_status, sigterm_raises
+from rtseg.errors import Terminated, exit_status, guard_standard_streams, sigterm_raises
 
 
 def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = ()) -> int:
@@ -40,6 +40,14 @@ def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = ())
             raise
 
     return exit_status(prog, call)
+
+
+def run_as_script(main: Callable[[], int]) -> NoReturn:
+    """``if __name__ == "__main__"`` of an entry module: the standard streams prepared for a command-line run
+    (:func:`rtseg.errors.guard_standard_streams`: a full or closed stdout is one line and exit 2), then exit with
+    ``main()``'s status."""
+    guard_standard_streams()
+    sys.exit(main())
 
 
 def lazy_attributes(owner: str, where: Mapping[str, str]) -> Callable[[str], Any]:

@@ -143,6 +143,20 @@ def test_full_stdout_is_one_line_and_keeps_the_outputs(clip, tmp_path):
     assert len(out.read_text().splitlines()) == 6
 
 
+@pytest.mark.parametrize("entry,prog", [("python -m rtseg.train.fcn_trainer", "fcn_trainer"),
+                                        ("python -m rtseg.train.msrcnn_trainer", "msrcnn_trainer"),
+                                        ("python -m rtseg.data.export", "export")])
+def test_help_to_a_full_stdout_is_one_line(entry, prog):
+    """The light entry modules' --help on /dev/full: argparse's write failed unseen and the exit was 0."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(ENTRIES[entry] + ["--help"], stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env=_env(), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        f"{prog}: error: standard output: write failed (No space left on device); the files written are kept; "
+        "check where standard output goes (a full disk, a closed pipe)"]
+
+
 def test_json_lines_to_a_closed_stdout_is_one_line(clip):
     """``--json - >&-``: was AttributeError ('NoneType' object has no attribute 'fileno')."""
     r = _shell(">&-", _slic(clip, "--json", "-"), stderr=subprocess.PIPE, text=True)

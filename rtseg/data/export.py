@@ -8,9 +8,7 @@ their first use).
 """
 from __future__ import annotations
 
-import sys
-
-from rtseg.entry import lazy_attributes, run_command
+from rtseg.entry import lazy_attributes, run_as_script, run_command
 
 __getattr__ = lazy_attributes(__name__, dict.fromkeys(("export_mp4", "export_coco", "export_labelme",
                                                        "mask_to_polygons"), "rtseg.data.exporters"))
@@ -23,4 +21,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

@@ -12,9 +12,7 @@ those seconds is one line (:func:`rtseg.entry.run_command`). :class:`FcnTrainCon
 """
 from __future__ import annotations
 
-import sys
-
-from rtseg.entry import lazy_attributes, run_command
+from rtseg.entry import lazy_attributes, run_as_script, run_command
 
 __getattr__ = lazy_attributes(__name__, dict.fromkeys(("FcnTrainConfig", "train_fcn", "evaluate_fcn"),
                                                      "rtseg.train.fcn"))
@@ -27,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

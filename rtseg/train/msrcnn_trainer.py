@@ -13,9 +13,7 @@ at their first use).
 """
 from __future__ import annotations
 
-import sys
-
-from rtseg.entry import lazy_attributes, run_command
+from rtseg.entry import lazy_attributes, run_as_script, run_command
 
 __getattr__ = lazy_attributes(__name__, dict.fromkeys(("MsrcnnTrainConfig", "train_msrcnn", "to_target", "mask_quality"),
                                                      "rtseg.train.msrcnn"))
@@ -28,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)
