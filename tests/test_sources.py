@@ -1,11 +1,16 @@
 """Sources: real PyAV files, real image files, the synthetic clip, pacing, errors, camera."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import re
+import threading
 import time
-from pathlib import Path
 from itertools import chain
+from pathlib import Path
+from typing import Iterator
 
 import av
 import cv2
@@ -21,6 +26,19 @@ from servers.helpers import clip_colour, make_clip
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=30, fps=10)
+
+
+@contextlib.contextmanager
+def serving(folder: Path) -> Iterator[int]:
+    """A real HTTP file server on loopback serving ``folder`` while the block runs; yields its port."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _colour(frame) -> np.ndarray:
@@ -216,19 +234,8 @@ def test_malformed_stream_url_is_one_line_in_the_cli(capsys):
 
 def test_url_schemes_are_case_insensitive(clip):
     """RFC 3986: 'HTTP://' is 'http://' (was FFmpeg's 'Protocol not found')."""
-    import functools
-    import http.server
-    import threading
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with open_source(f"HTTP://127.0.0.1:{server.server_address[1]}/{clip.name}", open_timeout=5) as source:
-            assert len(list(source)) == 30
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(clip.parent) as port, open_source(f"HTTP://127.0.0.1:{port}/{clip.name}", open_timeout=5) as source:
+        assert len(list(source)) == 30
 
 
 def _write_images(folder, n):
@@ -427,31 +434,21 @@ def test_camera_read_loop_with_a_mock_capture():
 
 def test_http_file_is_read_like_a_file(clip):
     """A real HTTP server on loopback serving the clip: every frame, then the end (no reconnect loop)."""
-    import functools
-    import http.server
-    import threading
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with open_source(f"http://127.0.0.1:{server.server_address[1]}/{clip.name}", open_timeout=5) as source:
+    with serving(clip.parent) as port:
+        with open_source(f"http://127.0.0.1:{port}/{clip.name}", open_timeout=5) as source:
             assert not source.is_live and source.fps == pytest.approx(10.0)
             frames = list(source)
         assert len(frames) == 30 and source.reconnects == 0
         assert all(np.abs(_colour(f) - clip_colour(i)).max() < 6 for i, f in enumerate(frames))
         with pytest.raises(SourceError, match="404"):
-            open_source(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4", open_timeout=5)
+            open_source(f"http://127.0.0.1:{port}/missing.mp4", open_timeout=5)
         # --start / --end / --vid-stride hold for an HTTP file as for a local one (were ignored)
-        url = f"http://user:secret@127.0.0.1:{server.server_address[1]}/{clip.name}"
+        url = f"http://user:secret@127.0.0.1:{port}/{clip.name}"
         with open_source(url, open_timeout=5, start=1.0, end=2.0, vid_stride=2) as source:
             assert "secret" not in source.source_id
             cut = list(source)
         assert [round(f.pts, 2) for f in cut] == [1.0, 1.2, 1.4, 1.6, 1.8]
         assert all(np.abs(_colour(f) - clip_colour(10 + 2 * i)).max() < 6 for i, f in enumerate(cut))
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --- odd but valid files: orientation, stream choice, missing timestamps, imprecise seeking, damage ---
@@ -599,23 +596,12 @@ def test_empty_file_is_named_as_empty(tmp_path):
 def test_http_file_without_duration_is_read_once(tmp_path):
     """A real loopback server with an MPEG-TS file (no duration in its header): was taken for a live
     stream whose end triggered a reconnection that replayed the file, forever."""
-    import functools
-    import http.server
-    import threading
-
     images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(10)]
     _encode(tmp_path / "clip.ts", images, fmt="mpegts", codec="mpeg2video", fps=10, gop=5)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with open_source(f"http://127.0.0.1:{server.server_address[1]}/clip.ts", open_timeout=5) as source:
-            assert not source.is_live
-            frames = list(source)
-        assert len(frames) == 10 and source.reconnects == 0
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(tmp_path) as port, open_source(f"http://127.0.0.1:{port}/clip.ts", open_timeout=5) as source:
+        assert not source.is_live
+        frames = list(source)
+    assert len(frames) == 10 and source.reconnects == 0
 
 
 def test_concatenated_mpeg_ts_is_timed_on_across_the_jump_back(tmp_path):
@@ -641,9 +627,7 @@ def test_concatenated_mpeg_ts_is_timed_on_across_the_jump_back(tmp_path):
 def test_live_stream_whose_clock_restarts_keeps_a_continuous_timeline(tmp_path):
     """A live HTTP MPEG-TS stream (real loopback server, no length: read as live) whose timestamps start again
     mid-connection, as a restarted encoder's do: the frames after the jump were all stamped with one time."""
-    import http.server
     import itertools
-    import threading
 
     first = _encode(tmp_path / "a.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)],
                     fmt="mpegts", fps=10)
