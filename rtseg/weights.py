@@ -64,12 +64,13 @@ def read_user_file(path: Path, advice: str, *, missing: str | None = None) -> by
 
 
 def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None = None,
-                    map_location: torch.device | str = "cpu") -> Any:
+                    missing: str | None = None, map_location: torch.device | str = "cpu") -> Any:
     """``torch.load(..., weights_only=True)`` of a file a user gave or left behind (read by :func:`read_user_file`:
-    a FIFO or device is refused unread); every failure is a WeightsError line naming the file: cut short (empty,
-    truncated zip) → ``corrupt_advice`` (default ``advice``), foreign bytes → ``advice``, pickled code → refused."""
+    a FIFO or device is refused unread; ``missing`` as there); every failure is a WeightsError line naming the
+    file: cut short (empty, truncated zip) → ``corrupt_advice`` (default ``advice``), foreign bytes → ``advice``,
+    pickled code → refused."""
     p = Path(path)
-    data = read_user_file(p, advice)
+    data = read_user_file(p, advice, missing=missing)
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol other than 2 (the file then loads or
             # fails with our line): not the user's to act on

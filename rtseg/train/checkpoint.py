@@ -183,10 +183,9 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
     A missing, unreadable or foreign file is a WeightsError.
     """
     p = Path(path)
-    if not p.exists():  # (a folder, FIFO or device: load_torch_file refuses it unread)
-        raise WeightsError(f"checkpoint {p} not found; give the checkpoint.pth an earlier run wrote")
     state = load_torch_file(p, map_location=device, advice="give a checkpoint.pth an rtseg training run wrote",
-                            corrupt_advice="resume from another checkpoint.pth or train afresh without --resume")
+                            corrupt_advice="resume from another checkpoint.pth or train afresh without --resume",
+                            missing=f"checkpoint {p} not found; give the checkpoint.pth an earlier run wrote")
     missing = [name for name in ("step", *parts) if not isinstance(state, dict) or name not in state]
     if missing:
         raise WeightsError(f"checkpoint {p} lacks {', '.join(missing)}: not a checkpoint of this trainer (YOLACT runs "
