@@ -30,7 +30,7 @@ from rtseg.engines.choose import (
     resolve_engine,
 )
 from rtseg.cliargs import SUBCOMMANDS, Parser, check_ranges
-from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status
+from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status, one_line
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
@@ -227,7 +227,8 @@ def _check_args(args: argparse.Namespace) -> None:
         if not Path(args.weights).is_file():
             raise WeightsError(f"--weights {args.weights} is not a regular file (a FIFO, socket or device); "
                                "give the weights file")
-    check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, "")])
+    check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, ""),
+                        ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds")])
     if not args.reconnect_timeout >= 0:  # also NaN
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(source.close)
         # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
         check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
-        source.on_event = lambda line: print(f"rtseg: warning: {line}", file=sys.stderr, flush=True)
+        source.on_event = lambda line: print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
         expected = [n for n in (source.num_frames, args.max_frames) if n is not None]
         short = bool(expected) and min(expected) <= 20  # too few frames to leave 5 untimed
         metrics = Metrics(warmup_frames=0 if short else 5)
@@ -290,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
             raise _with_kept_recordings(exc, sinks, metrics.frames) from None
     print(metrics.summary(), file=sys.stderr if args.json == "-" else sys.stdout)  # stdout: the JSON lines
     for notice in source.notices:
-        print(f"rtseg: warning: {notice}", file=sys.stderr)
+        print(f"rtseg: warning: {one_line(notice)}", file=sys.stderr)
     if pipeline.interrupted:
         print(f"rtseg: stopped by signal after {metrics.frames} frames; outputs are closed", file=sys.stderr)
     return 0

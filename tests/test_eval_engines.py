@@ -226,9 +226,28 @@ def test_wrong_engine_for_the_weights_is_one_line(fcn_weights, msrcnn_weights, c
     assert re.search(message, _one_line(capsys.readouterr().err))
 
 
+@pytest.mark.parametrize("text, line", [
+    ("20x10", "--resize 20: must be an integer >= 32 pixels (the width of 20x10)"),
+    ("160x0", "--resize 0: must be an integer >= 32 pixels (the height of 160x0)"),
+    ("160X31", "--resize 31: must be an integer >= 32 pixels (the height of 160X31)"),
+    ("160", "--resize 160: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),
+    ("160x-120", "--resize 160x-120: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),
+    ("1.5x120", "--resize 1.5x120: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),
+    ("\u00b2x120", "--resize \u00b2x120: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),  # was a traceback
+])
+def test_resize_out_of_range_reads_like_every_numeric_option(text, line):
+    """A side under 32 pixels is said as rtseg.cliargs.check_range says it (was one hand-made line for all)."""
+    from rtseg.eval.cli import parse_size
+
+    with pytest.raises(ConfigError) as info:
+        parse_size(text)
+    assert str(info.value) == line
+    assert parse_size("160x120") == (160, 120) and parse_size("32X0032") == (32, 32)
+
+
 def test_cli_user_errors_for_fcn(fcn_weights, tmp_path, capsys):
     assert main(["--weights", str(fcn_weights), "--resize", "20x10", "--max-images", "1"]) == 2
-    assert "--resize 20x10: use WIDTHxHEIGHT" in _one_line(capsys.readouterr().err)
+    assert "--resize 20: must be an integer >= 32 pixels (the width of 20x10)" in _one_line(capsys.readouterr().err)
     other = save_fcn(tmp_path / "other.safetensors", FCN(FcnConfig(num_classes=3, width=0.0625)),
                      ["background", "circle", "dog"])
     assert main(["--weights", str(other), "--max-images", "1"]) == 2

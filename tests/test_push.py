@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from rtseg.errors import SinkError
+from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Frame
 from rtseg.video.sink_push import PushSink
 from servers.helpers import FFMPEG, free_port, push_receiver, wait_listening
@@ -108,6 +109,14 @@ def test_push_errors():
         sink.close()
     sink.close()
     assert events == [] and time.monotonic() - t0 < 1.0  # a first connection refused is not retried
+
+
+@pytest.mark.parametrize("crf", [-1, 52, 18.0, False, float("nan")])
+def test_push_crf_that_is_no_libx264_crf_is_one_line_before_connecting(crf):
+    """Was taken, and handed to libx264 (which encodes at -1 or 52 without a word) only at the first frame."""
+    with pytest.raises(ConfigError, match=rf"^PushSink: crf must be an integer in \[0, 51\], got "
+                                          rf"{re.escape(repr(crf))}$"):
+        PushSink(f"rtmp://127.0.0.1:{free_port()}/live/x", crf=crf)
 
 
 def test_push_errors_hide_credentials():

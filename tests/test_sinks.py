@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rtseg.errors import SinkError
+from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Detections, Frame
 from rtseg.video.sinks import ImageSink, JsonlSink, Mp4Sink, WindowSink
 from rtseg.video.h264 import H264Encoder
@@ -104,6 +104,19 @@ def test_h264_encoder_holds_back_at_most_frame_threads_minus_one_frames(frame_th
     out += len(encoder.flush())
     assert out == 12
     assert (max(held) == 0) if frame_threads == 0 else (0 < max(held) <= frame_threads - 1)
+
+
+@pytest.mark.parametrize("crf", [-1, 52, 100, 23.5, True, float("inf"), "23"])
+def test_h264_crf_that_is_no_libx264_crf_is_one_line_before_a_file_is_made(crf, tmp_path):
+    """Was passed to libx264, which encodes at -1 or 100 without a word."""
+    shown = re.escape(repr(crf))
+    with pytest.raises(ConfigError, match=rf"^H264Encoder: crf must be an integer in \[0, 51\], got {shown}$"):
+        H264Encoder(None, fps_hint=25, crf=crf)
+    with pytest.raises(ConfigError, match=rf"^Mp4Sink: crf must be an integer in \[0, 51\], got {shown}$"):
+        Mp4Sink(tmp_path / "x.mp4", fps_hint=25, crf=crf)
+    assert list(tmp_path.iterdir()) == []
+    for good in (0, 51, np.int64(30)):
+        assert len(H264Encoder(None, fps_hint=25, crf=good).encode(_frame(0, 0.0).image, 0.0)) == 1
 
 
 def test_h264_slice_threads_reach_x264_and_keep_zerolatency(tmp_path):

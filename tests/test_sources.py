@@ -95,14 +95,42 @@ def test_file_start_past_the_end_is_a_config_error(clip):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"vid_stride": 0}, "open_source: vid_stride must be an integer >= 1, got 0"),
-    ({"start": 2.0, "end": 1.0}, "time range"),
-    ({"start": -1.0}, "time range"),
-    ({"start": float("nan")}, "time range"),  # was a ValueError traceback
-    ({"end": float("nan")}, "time range"),
+    ({"start": 2.0, "end": 1.0}, r"open_source: end must be after start \(2.0 seconds\), got 1.0"),
+    ({"start": 1.5, "end": 1.5}, r"open_source: end must be after start \(1.5 seconds\), got 1.5"),
+    ({"start": -1.0}, r"open_source: start must be a finite number >= 0, got -1.0"),
+    ({"start": float("nan")}, "open_source: start must be a finite number >= 0, got nan"),  # was a traceback
+    ({"end": float("nan")}, "open_source: end must be a finite number > 0, got nan"),
 ])
 def test_bad_ranges(clip, kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=rf"^{match}$"):
         open_source(str(clip), **kwargs)
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("start", True, ">= 0"), ("start", float("inf"), ">= 0"), ("start", -0.5, ">= 0"), ("start", "1", ">= 0"),
+    ("start", np.float64("nan"), ">= 0"), ("end", True, "> 0"), ("end", float("inf"), "> 0"), ("end", 0, "> 0"),
+    ("end", -2.0, "> 0"), ("end", np.bool_(True), "> 0"),
+])
+def test_start_and_end_that_are_no_finite_seconds_are_one_line(clip, name, value, expected):
+    """Was accepted (True as 1 second, an infinite end as no end) or a TypeError traceback ("1")."""
+    for spec in (str(clip), "synthetic"):
+        with pytest.raises(ConfigError, match=rf"^open_source: {name} must be a finite number {expected}, got "
+                                              rf"{re.escape(repr(value))}$"):
+            open_source(spec, **{name: value})
+
+
+def test_start_and_end_of_numpy_and_integer_seconds_still_cut(clip):
+    with open_source(str(clip), start=np.float32(1.0), end=2) as source:
+        assert 9 <= len(list(source)) <= 11
+
+
+@pytest.mark.parametrize("fps", [0, -25.0, float("nan"), float("inf"), True, "30"])
+def test_paced_fps_that_is_no_positive_number_is_one_line(fps):
+    """Was accepted (0 and False as "the inner rate", True as 1 fps, -25 or NaN as a broken clock)."""
+    inner = SyntheticSource(seed=1, width=64, height=48, num_frames=2, fps=40.0)
+    with pytest.raises(ConfigError, match=rf"^Paced: fps must be a finite number > 0, got {re.escape(repr(fps))}$"):
+        Paced(inner, fps=fps)
+    assert Paced(inner, fps=np.float32(20.0)).fps == 20.0 and Paced(inner, fps=15).fps == 15
 
 
 @pytest.mark.parametrize("stride", [0, -2, 1.5, 2.0, True, float("nan"), "2"])
@@ -366,9 +394,10 @@ def test_realtime_paces_a_folder_at_its_nominal_rate_and_needs_a_rate(tmp_path):
     assert paced.is_live and paced.fps == 25.0
     assert 1 <= len(list(paced)) <= 3
     unknown = ImageSource(sorted(tmp_path.glob("*.png")), source_id="x")
-    unknown.fps = None
-    with pytest.raises(ConfigError, match="frame rate is unknown"):
-        Paced(unknown)
+    for rate in (None, 0, float("nan"), float("inf")):  # NaN and inf were accepted as a rate
+        unknown.fps = rate
+        with pytest.raises(ConfigError, match="frame rate is unknown"):
+            Paced(unknown)
 
 
 def test_request_stop_ends_iteration():

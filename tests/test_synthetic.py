@@ -229,6 +229,16 @@ def test_mp4_export_decodes_with_right_frame_count(tmp_path):
         assert psnr(frames[k], scene.frame(k)[0]) > psnr(frames[k], scene.frame((k + 5) % 24)[0]) + 3
 
 
+@pytest.mark.parametrize("crf", [-1, 52, 100, 23.0, True, float("nan"), "18"])
+def test_mp4_export_crf_that_is_no_libx264_crf_is_one_line(crf, tmp_path):
+    """Was encoded without a word (libx264 takes -1 or 100), or a file of another quality than asked."""
+    with pytest.raises(ConfigError, match=rf"^export_mp4: crf must be an integer in \[0, 51\], got "
+                                          rf"{re.escape(repr(crf))}$"):
+        export_mp4(SyntheticScene(9, num_frames=2, **SMALL), tmp_path / "out" / "clip.mp4", crf=crf)
+    assert list(tmp_path.iterdir()) == []  # refused before the folder is made
+    assert export_mp4(SyntheticScene(9, num_frames=2, **SMALL), tmp_path / "ok.mp4", crf=np.int64(51)).is_file()
+
+
 def test_mask_to_polygons_keeps_holes():
     ring = np.zeros((80, 80), np.uint8)
     cv2.circle(ring, (40, 40), 30, 1, -1)

@@ -406,6 +406,8 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
     (["--seed", "-1"], "--seed -1: must be an integer >= 0"),
     (["--time-budget", "nan"], "--time-budget nan: must be a number in [0.01, 525600] minutes"),
     (["--lr-steps", "0.9,0.1"], "--lr-steps '0.9,0.1': fractions must increase, e.g. 0.7,0.9"),
+    (["--lr-steps", "0.7,nan"], "--lr-steps nan: must be a number in (0, 1) (fractions of --iters, e.g. 0.7,0.9)"),
+    (["--lr-steps", "0.7,1"], "--lr-steps 1.0: must be a number in (0, 1) (fractions of --iters"),
     (["--val-images", "0"], "--val-images 0: must be an integer >= 1"),
     (["--input-size", "100000"], "--input-size 100000: must be an integer in [32, 2048] pixels"),  # was killed at ~20 GB
     (["--fpn-channels", "100000"], "--fpn-channels 100000: must be an integer in [1, 1024]"),
@@ -592,6 +594,60 @@ def test_resume_takes_the_new_learning_rate(tmp_path) -> None:
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
     resumed.train_step(*_batch(data))
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * resumed.config.lr_factor(13))
+
+
+@pytest.mark.parametrize("text, bad", [("0.7,nan", "nan"), ("inf", "inf"), ("0,0.5", "0.0"), ("0.5,1", "1.0"),
+                                       ("-0.2", "-0.2"), ("1e400", "inf"), ("0.5,1.5", "1.5")])
+def test_lr_steps_that_are_no_fractions_between_0_and_1_are_one_line(text, bad) -> None:
+    """Each fraction goes through rtseg.ranges.number_problem (NaN, inf, 0 and 1 refused) and is named alone."""
+    from rtseg.train.cli import _lr_steps
+
+    with pytest.raises(ConfigError, match=rf"^--lr-steps {re.escape(bad)}: must be a number in \(0, 1\) "
+                                          r"\(fractions of --iters, e.g. 0.7,0.9\)$"):
+        _lr_steps(text, 1000)
+    with pytest.raises(ConfigError, match=r"^--lr-steps '0.9,0.9': fractions must increase, e.g. 0.7,0.9$"):
+        _lr_steps("0.9,0.9", 1000)
+    assert _lr_steps(" 0.7, 0.9 ", 1000) == (700, 900) and _lr_steps("0.5", 3) == (1,)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("iters", 0, "an integer in [1, 1000000000]"), ("iters", True, "an integer in [1, 1000000000]"),
+    ("iters", 1.5, "an integer in [1, 1000000000]"), ("iters", 10**10, "an integer in [1, 1000000000]"),
+    ("batch_size", 0, "an integer in [1, 1024]"), ("batch_size", np.bool_(True), "an integer in [1, 1024]"),
+    ("batch_size", "8", "an integer in [1, 1024]"), ("warmup_iters", -1, "an integer >= 0"),
+    ("val_every", 2.0, "an integer >= 0"), ("val_images", 0, "an integer >= 1"), ("ckpt_every", -5, "an integer >= 0"),
+    ("log_every", 0, "an integer >= 1"), ("num_workers", 300, "an integer in [0, 256]"), ("seed", -1, "an integer >= 0"),
+    ("lr", float("nan"), "a finite number >= 0"), ("lr", -1e-3, "a finite number >= 0"),
+    ("lr", float("inf"), "a finite number >= 0"), ("momentum", 1.5, "a number in [0, 1]"),
+    ("weight_decay", -1.0, "a finite number >= 0"), ("warmup_init", float("nan"), "a finite number >= 0"),
+    ("gamma", 10.0, "a number in [0, 1]"), ("gamma", True, "a number in [0, 1]"),
+    ("time_budget_s", 0.0, "a finite number > 0"), ("time_budget_s", float("nan"), "a finite number > 0"),
+    ("time_budget_s", True, "a finite number > 0"),
+])
+def test_train_config_numbers_out_of_range_are_one_line(field, value, expected) -> None:
+    """Was accepted (True as 1 step, NaN / inf learning rates, negative decays, a budget of NaN seconds), a ZeroDivision
+    or TypeError in the middle of a run (log_every 0, val_every 2.0), or a bare "need iters >= 1" line."""
+    with pytest.raises(ConfigError, match=rf"^TrainConfig: {field} must be {re.escape(expected)}, "
+                                          rf"got {re.escape(repr(value))}$"):
+        TrainConfig(**{"iters": 10, field: value})
+
+
+@pytest.mark.parametrize("steps", [(1.5,), (-1,), (True,), "70", (700, float("nan"))])
+def test_train_config_lr_steps_that_are_no_step_numbers_are_one_line(steps) -> None:
+    with pytest.raises(ConfigError, match=r"^TrainConfig: lr_steps must be integers >= 0 \(the steps at which the LR "
+                                          rf"decays\), got {re.escape(repr(steps))}$"):
+        TrainConfig(iters=1000, lr_steps=steps)
+
+
+def test_train_config_takes_numpy_numbers_and_its_limits_are_the_cli_ones() -> None:
+    from rtseg.train.cli import _NUMBER_RANGES
+    from rtseg.train.trainer import INT_LIMITS
+
+    c = TrainConfig(iters=np.int64(10), batch_size=np.int32(2), lr=np.float32(0.01), lr_steps=[np.int64(7)],
+                    gamma=1, momentum=0, time_budget_s=np.float64(5.0), warmup_iters=0)
+    assert c.iters == 10 and c.shortened(5).lr_steps == (3,)
+    ranges = {option: (low, high) for option, low, high, _ in _NUMBER_RANGES}
+    assert ranges["--iters"] == INT_LIMITS["iters"] == (1, 10**9) and ranges["--batch-size"] == (1, 1024)
 
 
 def test_shortened_schedule_keeps_the_fractions() -> None:

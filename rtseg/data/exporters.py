@@ -26,6 +26,7 @@ from rtseg.data.synthetic import CLASSES, LEAST, SyntheticScene, check_least
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imwrite
 from rtseg.ops.rle import encode_rle
+from rtseg.video.h264 import check_crf
 
 
 def _frames(scene: SyntheticScene, every: int, owner: str) -> range:
@@ -50,7 +51,9 @@ def _write_image(path: Path, image: np.ndarray) -> None:
 
 
 def export_mp4(scene: SyntheticScene, path: str | os.PathLike, *, crf: int = 18) -> Path:
-    """Encode every frame of ``scene`` to ``path`` (H.264 MP4, ``scene.fps`` frames per second)."""
+    """Encode every frame of ``scene`` to ``path`` (H.264 MP4, ``scene.fps`` frames per second) at libx264's
+    ``crf`` (0 lossless .. 51 worst)."""
+    check_crf("export_mp4", crf)
     path = Path(path)
     if scene.width % 2 or scene.height % 2:
         raise ConfigError(f"export_mp4: H.264 yuv420p needs even width and height, got {scene.width}x{scene.height}")

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from rtseg.cliargs import Parser, check_ranges
+from rtseg.cliargs import Parser, check_range, check_ranges
 from rtseg.data.dataset import InstanceDataset
 from rtseg.data.spec import parse_data
 from rtseg.engines import ENGINE_NAMES
@@ -83,11 +83,14 @@ def open_dataset(spec: str) -> InstanceDataset:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> (W, H), each at least 32 pixels."""
+    """``"WxH"`` -> (W, H), each at least 32 pixels (:func:`rtseg.cliargs.check_range`)."""
     w, sep, h = text.lower().partition("x")
-    if not (sep and w.isdigit() and h.isdigit() and int(w) >= 32 and int(h) >= 32):
+    if not (sep and all(side.isascii() and side.isdigit() for side in (w, h))):
         raise ConfigError(f"--resize {text}: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120")
-    return int(w), int(h)
+    size = int(w), int(h)
+    for side, value in zip(("width", "height"), size):
+        check_range("--resize", value, 32, None, f" pixels (the {side} of {text})")
+    return size
 
 
 def _parser() -> argparse.ArgumentParser:

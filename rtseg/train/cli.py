@@ -30,9 +30,10 @@ from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, m
 from rtseg.models.backbones import BACKBONES
 from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
 from rtseg.outputs import same_file
+from rtseg.ranges import number_problem
 from rtseg.train.augment import AugmentConfig
 from rtseg.train.checkpoint import CHECKPOINT_NAME, LR_RANGE, sigterm_as_interrupt, weights_out
-from rtseg.train.trainer import AMP_MODES, TrainConfig, Trainer
+from rtseg.train.trainer import AMP_MODES, INT_LIMITS, TrainConfig, Trainer
 from rtseg.weights import load_into, load_torch_file, load_yolact, manifest_path
 
 
@@ -43,17 +44,18 @@ _NUMBER_RANGES: tuple[NumberRange, ...] = (
     ("--input-size", *LIMITS["input_size"], " pixels (YOLACT uses 550 or 700)"),
     ("--fpn-channels", *LIMITS["fpn_channels"], " (the paper uses 256)"),
     ("--num-prototypes", *LIMITS["num_prototypes"], " (the paper uses 32)"),
-    ("--iters", 1, 10**9, ""),
-    ("--batch-size", 1, 1024, " (the paper uses 8)"),
-    ("--warmup", 0, None, ""),
+    # TrainConfig's own limits
+    ("--iters", *INT_LIMITS["iters"], ""),
+    ("--batch-size", *INT_LIMITS["batch_size"], " (the paper uses 8)"),
+    ("--warmup", *INT_LIMITS["warmup_iters"], ""),
     ("--expand-max", 1, 8, " (1 disables the expand; the paper uses 4)"),
-    ("--val-every", 0, None, ""),
-    ("--val-images", 1, None, ""),
-    ("--ckpt-every", 0, None, ""),
+    ("--val-every", *INT_LIMITS["val_every"], ""),
+    ("--val-images", *INT_LIMITS["val_images"], ""),
+    ("--ckpt-every", *INT_LIMITS["ckpt_every"], ""),
     ("--train-images", 1, 10**9, ""),
-    ("--workers", 0, 256, ""),
+    ("--workers", *INT_LIMITS["num_workers"], ""),
     ("--threads", 1, 1024, ""),
-    ("--seed", 0, None, ""),
+    ("--seed", *INT_LIMITS["seed"], ""),
     ("--time-budget", 0.01, 525600, " minutes"),
 )
 """The range of each numeric option; an option left unset (None) is not checked."""
@@ -155,8 +157,9 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
         fractions = [float(f) for f in text.split(",") if f.strip()]
     except ValueError:
         raise ConfigError(f"--lr-steps {text!r}: expected comma-separated fractions such as 0.7,0.9") from None
-    if any(not 0 < f < 1 for f in fractions):
-        raise ConfigError(f"--lr-steps {text!r}: fractions must lie strictly between 0 and 1")
+    for f in fractions:  # number_problem has no open upper bound: 1 (a decay after the last step) is refused here
+        if number_problem(f, 0, 1, integer=False, open_low=True) is not None or f == 1:
+            raise ConfigError(f"--lr-steps {f}: must be a number in (0, 1) (fractions of --iters, e.g. 0.7,0.9)")
     if any(a >= b for a, b in zip(fractions, fractions[1:])):
         raise ConfigError(f"--lr-steps {text!r}: fractions must increase, e.g. 0.7,0.9")
     return tuple(int(f * iters) for f in fractions)

@@ -25,6 +25,7 @@ from rtseg.engines.yolact import YolactEngine
 from rtseg.errors import ConfigError, RtsegError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
+from rtseg.ranges import check_number, number_problem
 from rtseg.train.augment import AugmentConfig, augment
 from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, load_checkpoint, save_checkpoint,
                                    save_on_interrupt)
@@ -32,6 +33,16 @@ from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
 AMP_MODES = ("auto", "bf16", "off")
+INT_LIMITS: dict[str, tuple[int, float]] = {
+    "iters": (1, 10**9), "batch_size": (1, 1024), "warmup_iters": (0, math.inf), "val_every": (0, math.inf),
+    "val_images": (1, math.inf), "ckpt_every": (0, math.inf), "log_every": (1, math.inf), "num_workers": (0, 256),
+    "seed": (0, math.inf)}
+"""Least and most value (inf: no limit) of each integer field of :class:`TrainConfig`; ``rtseg train`` checks the
+options that set them against these too."""
+REAL_LIMITS: dict[str, tuple[float, float]] = {
+    "lr": (0, math.inf), "momentum": (0, 1), "weight_decay": (0, math.inf), "warmup_init": (0, math.inf),
+    "gamma": (0, 1)}
+"""Least and most value (inf: no limit) of each real-number field of :class:`TrainConfig`."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,20 @@ class TrainConfig:
     max_nonfinite: int = 20
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first numeric field out of range (:data:`INT_LIMITS`, :data:`REAL_LIMITS`),
+        before any data is read (``max_nonfinite``: :class:`~rtseg.train.checkpoint.NonFiniteGuard`)."""
+        for name, (low, high) in INT_LIMITS.items():
+            check_number(f"TrainConfig: {name}", getattr(self, name), low, high, integer=True)
+        for name, (low, high) in REAL_LIMITS.items():
+            check_number(f"TrainConfig: {name}", getattr(self, name), low, high, integer=False)
+        steps = self.lr_steps
+        if not isinstance(steps, (tuple, list)) or any(number_problem(s, 0, integer=True) is not None for s in steps):
+            raise ConfigError(f"TrainConfig: lr_steps must be integers >= 0 (the steps at which the LR decays), "
+                              f"got {steps!r}")
+        if self.time_budget_s is not None:
+            check_number("TrainConfig: time_budget_s", self.time_budget_s, 0, integer=False, open_low=True)
 
     def lr_factor(self, step: int) -> float:
         """LR at ``step`` divided by ``lr``: linear warm-up, then ``gamma`` per passed LR step."""
@@ -164,8 +189,6 @@ class Trainer:
     def __init__(self, *, model: Yolact, train_set: InstanceDataset, val_set: InstanceDataset | None,
                  config: TrainConfig, work_dir: str | Path, device: str = "cpu", log: TextIO | None = None,
                  resume_hint: str | None = None) -> None:
-        if config.iters < 1 or config.batch_size < 1:
-            raise ConfigError(f"need iters >= 1 and batch size >= 1, got {config.iters} and {config.batch_size}")
         if len(train_set.class_names) != model.cfg.num_classes:
             raise ConfigError(f"data set has {len(train_set.class_names)} classes, model {model.cfg.num_classes}")
         self.config, self.train_set, self.val_set = config, train_set, val_set

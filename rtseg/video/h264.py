@@ -15,8 +15,16 @@ import cv2
 import numpy as np
 from av.video.frame import PictureType
 
+from rtseg.ranges import check_number
+
 TIME_BASE = Fraction(1, 90_000)
 """Encoder/stream time base: 90 kHz ticks, the MPEG/RTP convention."""
+
+
+def check_crf(owner: str, crf: int) -> None:
+    """ConfigError ``"<owner>: crf must be an integer in [0, 51], got 100"`` unless ``crf`` is a libx264 constant
+    rate factor (0 lossless .. 51 worst; libx264 itself takes any number without a word)."""
+    check_number(f"{owner}: crf", crf, 0, 51, integer=True)
 
 
 def bgr_to_i420(image: np.ndarray) -> np.ndarray:
@@ -74,6 +82,7 @@ class H264Encoder:
         slice_threads: int = 0,
     ) -> None:
         self.check_threads(frame_threads, slice_threads)
+        check_crf("H264Encoder", crf)
         self._container = container
         self._fps = float(fps_hint) if fps_hint and fps_hint > 0 else 30.0
         self._options = {"preset": preset, "crf": str(crf)}

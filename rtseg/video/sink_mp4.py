@@ -26,7 +26,7 @@ import numpy as np
 
 from rtseg.errors import SinkError
 from rtseg.types import Frame, Prediction
-from rtseg.video.h264 import H264Encoder
+from rtseg.video.h264 import H264Encoder, check_crf
 from rtseg.video.outfiles import claim, partial_path, require_writable_folder
 
 _FRAGMENTED = {
@@ -147,6 +147,7 @@ class Mp4Sink:
         slice_threads: int = 0,
     ) -> None:
         H264Encoder.check_threads(frame_threads, slice_threads)
+        check_crf("Mp4Sink", crf)  # before any file is made
         self.path = Path(path)
         self.partial = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         require_writable_folder(self.path, "MP4 output")

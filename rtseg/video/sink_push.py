@@ -22,7 +22,7 @@ import numpy as np
 
 from rtseg.errors import SinkError, first_line
 from rtseg.types import Frame, Prediction
-from rtseg.video.h264 import H264Encoder
+from rtseg.video.h264 import H264Encoder, check_crf
 from rtseg.video.push_worker import PushWorker, WorkerFailed, WorkerStalled
 from rtseg.video.sources import redact_url, scrub, stream_url, url_scheme
 
@@ -69,6 +69,7 @@ class PushSink:
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
                  stall_timeout: float = 10.0, queue_size: int = 8, reconnect_timeout: float = 60.0) -> None:
+        check_crf("PushSink", crf)  # here: the encoder is only made at the first frame of a connection
         self._sender = _Sender(url, fps_hint=fps_hint, preset=preset, crf=crf, stall_timeout=stall_timeout,
                                queue_size=queue_size, reconnect_timeout=reconnect_timeout)
         self.url = self._sender.url

@@ -29,7 +29,7 @@ import numpy as np
 
 from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.imageio import ImageReadError, read_image_file
-from rtseg.ranges import check_number
+from rtseg.ranges import check_number, number_problem
 from rtseg.types import Frame
 
 if TYPE_CHECKING:
@@ -250,8 +250,11 @@ class Paced(Source):
     is_live = True
 
     def __init__(self, inner: Source, *, fps: float | None = None) -> None:
-        rate = fps or inner.fps
-        if not rate or rate <= 0:
+        """fps: the replay rate (a finite number > 0); None: ``inner.fps``, which must then be known."""
+        if fps is not None:
+            check_number("Paced: fps", fps, 0, integer=False, open_low=True)
+        rate = inner.fps if fps is None else fps
+        if number_problem(rate, 0, integer=False, open_low=True) is not None:
             raise ConfigError(f"cannot replay {inner.source_id} in real time: its frame rate is unknown; pass a rate")
         super().__init__(source_id=inner.source_id, fps=rate, num_frames=inner.num_frames)
         self.inner = inner
@@ -355,8 +358,11 @@ def open_source(
     synthetic: keyword arguments for :class:`SyntheticSource` (width, height, num_frames, fps).
     """
     check_number("open_source: vid_stride", vid_stride, 1, integer=True)
-    if not start >= 0 or (end is not None and not end > start):  # written so that NaN fails too
-        raise ConfigError(f"bad time range start={start} end={end}: need 0 <= start < end (seconds)")
+    check_number("open_source: start", start, 0, integer=False)
+    if end is not None:
+        check_number("open_source: end", end, 0, integer=False, open_low=True)
+        if not end > start:
+            raise ConfigError(f"open_source: end must be after start ({start!r} seconds), got {end!r}")
     if not spec.strip():
         raise SourceError("--source is empty; give a camera index, URL, file, folder, glob or 'synthetic'")
     scheme = url_scheme(spec)
