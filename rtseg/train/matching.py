@@ -13,10 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rtseg.ops.boxes import box_iou, point_form
-
-#: SSD variances for the centre offset and the log size ratio.
-VARIANCES: tuple[float, float] = (0.1, 0.2)
+from rtseg.ops.boxes import VARIANCES, box_iou, center_size, point_form
 
 #: ``conf_t`` value of a neutral prior (neither positive nor background).
 NEUTRAL = -1
@@ -50,10 +47,9 @@ def encode(matched: Tensor, priors: Tensor) -> Tensor:
         (..., A, 4) float offsets ``((cx - pcx) / (0.1 pw), (cy - pcy) / (0.1 ph),
         log(w / pw) / 0.2, log(h / ph) / 0.2)``.
     """
-    centre = (matched[..., :2] + matched[..., 2:]) / 2 - priors[:, :2]
-    centre = centre / (VARIANCES[0] * priors[:, 2:])
-    size = (matched[..., 2:] - matched[..., :2]) / priors[:, 2:]
-    size = torch.log(size.clamp(min=1e-6)) / VARIANCES[1]
+    form = center_size(matched)
+    centre = (form[..., :2] - priors[:, :2]) / (VARIANCES[0] * priors[:, 2:])
+    size = torch.log((form[..., 2:] / priors[:, 2:]).clamp(min=1e-6)) / VARIANCES[1]
     return torch.cat([centre, size], dim=-1)
 
 
