@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import sys
@@ -96,6 +97,33 @@ def make_folder(option: str, folder: str | Path) -> Path:
     return folder
 
 
+_ESCAPES = str.maketrans({
+    **{c: repr(c)[1:-1] for c in map(chr, (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)) if c != "\t"},
+    **{chr(0xDC00 + b): f"\\x{b:02x}" for b in range(0x80, 0x100)},  # a non-UTF-8 byte of a file name (os.fsdecode)
+})
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and other control characters written as Python escapes (``\\n``,
+    ``\\x1b`` …), and the bytes of a file name that are not UTF-8 as ``\\xe9`` (not as the lone surrogates
+    Python decodes them to), so that a message naming a file called ``a<newline>b.png`` (or one holding a terminal
+    escape sequence) still prints as one line."""
+    return text.translate(_ESCAPES)
+
+
+def json_problem(exc: ValueError | RecursionError) -> str:
+    """Why ``json.loads`` failed, as a phrase for a one-line error: ``not valid JSON (<the decoder's message, with
+    line and column>)``, or the text is not UTF-8, nested too deeply or holds a number too long for Python."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read (arrays or objects within each other thousands of levels deep)"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 (byte {exc.start} is {exc.object[exc.start]:#04x})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc})"
+    # json.loads raises a plain ValueError only for an integer beyond Python's digit limit
+    return f"not readable JSON: a number has more than {sys.get_int_max_str_digits()} digits"
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (at most ``limit`` characters), or its type name."""
     lines = str(exc).strip().splitlines()
@@ -115,13 +143,13 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
     RtsegError (a stdout that cannot be written too, see :func:`guard_standard_streams`) or a missing third-party
     package, 130 after ``prog: interrupted`` on Ctrl-C, 143 after ``prog: terminated`` on :class:`Terminated`
     (no traceback). Meanwhile an :class:`RtsegWarning` prints as ``prog: warning: <line>`` (not as Python's
-    ``file:line: UserWarning`` with a source line)."""
+    ``file:line: UserWarning`` with a source line). Both lines go through :func:`one_line`."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
         def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
             if issubclass(category, RtsegWarning):
-                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+                print(f"{prog}: warning: {one_line(str(message))}", file=sys.stderr, flush=True)
             else:
                 shown(message, category, *args, **kwargs)
 
@@ -130,7 +158,7 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
             code = fn()
             sys.stdout.flush()  # a stdout that cannot take the last lines fails here (SinkError), not at exit
         except RtsegError as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
             return 2
         except ModuleNotFoundError as exc:
             line = missing_package(exc)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Sequence, TypeVar
 import torch
 from torch import nn
 
-from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line
+from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line, json_problem
 from rtseg.imageio import NotRegularFileError, read_regular_file
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 
@@ -301,8 +301,8 @@ def read_manifest(weights: Path, digest: str, fmt: str = MANIFEST_FORMAT) -> dic
                                   ".safetensors + .json)")
     try:
         man = json.loads(text.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{mp}: manifest is not valid JSON ({first_line(e)}); re-export the weights") from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and json.JSONDecodeError too
+        raise WeightsError(f"{mp}: manifest is {json_problem(e)}; re-export the weights") from None
     found = man.get("format") if isinstance(man, dict) else None
     if found != fmt:
         raise WeightsError(f"{weights}: manifest format is {found!r}, expected {fmt!r}; "

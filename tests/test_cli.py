@@ -627,3 +627,24 @@ def test_a_seq_format_that_is_not_a_plain_width_is_one_line(image_folder, tmp_pa
         r = _run(["--source", str(image_folder), "--engine", "slic", "--output", str(out / pattern)])
         _assert_user_error(r, f"bad {{seq}} pattern ({pattern[:-4]}: only {{seq}}, {{seq:d}} or a zero-padded width")
     assert list(out.iterdir()) == []
+
+
+def test_file_names_with_a_newline_or_non_utf8_bytes_stay_one_line(tmp_path, capsys):
+    """A warning or error naming a file called 'b<newline>c.png' was two lines on stderr (the second one without
+    'rtseg:'), and a Latin-1 name showed as 'd\\udce9.png': now control characters and non-UTF-8 bytes of names
+    are written as escapes (b\\nc.png, d\\xe9.png)."""
+    from rtseg.cli import main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((48, 64, 3), 90, np.uint8))
+    (folder / "b\nc.png").write_bytes(b"not a png")
+    (folder / os.fsdecode(b"d\xe9.png")).write_bytes(b"not a png")
+    assert main(["--source", str(folder), "--engine", "slic", "--json", str(tmp_path / "o.jsonl"),
+                 "--no-progress"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(" ")][:2]
+    assert warnings == [f"rtseg: warning: skipped {folder}/b\\nc.png: not a readable image file",
+                        f"rtseg: warning: skipped {folder}/d\\xe9.png: not a readable image file"], warnings
+    assert main(["--source", str(folder / "b\nc.png"), "--engine", "slic", "--json", str(tmp_path / "p.jsonl")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rtseg: error: cannot read image {folder}/b\\nc.png: not a readable image file"]

@@ -113,6 +113,9 @@ def test_coco_without_usable_annotations_is_refused_at_open(tmp_path):
     ({"segmentation": {"size": [H, W], "counts": [10, 5]}}, "RLE covers 15 pixels"),
     ({"segmentation": {"size": 5, "counts": [10, 5]}}, "RLE size 5 differs"),
     ({"segmentation": [[1, 1, 5, 1, float("nan"), 5]]}, "polygon with NaN"),
+    ({"segmentation": [[1, 1, 5, 1, 10**400, 5]]}, "polygon with NaN, infinity or a number beyond float range"),
+    ({"bbox": [1, 1, 10**400, 4]}, "bbox with a value that is no number within"),  # was an OverflowError traceback
+    ({"bbox": [1, 1, 1e308, 4]}, "bbox with a value that is no number within"),  # was an infinite target box
 ])
 def test_malformed_coco_annotation_names_file_and_problem(tmp_path, change, message):
     ann = {"id": 5, "image_id": 10, "category_id": 7, "bbox": [1, 1, 4, 4], "segmentation": [[1, 1, 5, 1, 5, 5]]}
@@ -469,6 +472,42 @@ def test_coco_file_nested_too_deeply_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("where, change, message", [
+    ("images", {"height": 0}, "images[0]: height should be a positive whole number of pixels, got 0"),
+    ("images", {"width": -80}, "images[0]: width should be a positive whole number of pixels, got -80"),
+    ("images", {"file_name": " "}, "images[0]: empty file_name; give the image file's name relative to the image"),
+    ("categories", {"name": ""}, "categories[0] (id 12): empty name; give every category a name"),
+])
+def test_coco_image_without_a_size_or_name_and_unnamed_category_are_one_line(tmp_path, where, change, message):
+    """A height of 0 or below was taken for the image's size ("polygon outside the 80x0 image", then "no
+    annotations with a mask"); an empty file_name was "1 of 2 images ... are missing (e.g. )"; a category without
+    a name became a class named "" ("the weights do not know data-set classes ; ...")."""
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data[where][0].update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as info:
+        CocoDataset(path, images)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_json_with_a_number_too_long_for_python_and_a_folder_named_json_are_handled(tmp_path):
+    """A number of more than 4300 digits raised ValueError (a traceback) from the JSON parser; a labelme folder's
+    subfolder named x.json was read as a labelme file ("cannot read the labelme file (not a regular file ...)"):
+    it is passed over, as an image folder's subfolders are."""
+    path = tmp_path / "long.json"
+    path.write_text('{"images": [{"id": 1' + "0" * 5000 + "}]}")
+    with pytest.raises(DatasetError) as info:
+        CocoDataset(path, tmp_path)
+    assert str(info.value) == (f"{path}: not readable JSON: a number has more than 4300 digits; repair or remove "
+                               "the annotation file")
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    _labelme(folder, "a", [_shape("cat", [[5, 5], [30, 5], [30, 30]])])
+    (folder / "x.json").mkdir()
+    assert [p.name for p in LabelmeDataset(folder).files] == ["a.json"]
+
+
 def test_data_specs_of_train_and_eval_parse_in_one_place(tmp_path):
     """synthetic[:SPLIT] / coco:ANN:IMAGES / labelme:FOLDER, with the paths each reads (the commands check their
     outputs against them); a malformed spec is one line naming the option."""
@@ -495,10 +534,12 @@ def test_data_specs_of_train_and_eval_parse_in_one_place(tmp_path):
                                                     "got ['polygon']"),
     (dict(_shape("cat", [[i, i % 7] for i in range(60)], "mask"), mask="!!notbase64"),
      "shape 0: mask shape without a readable base64 PNG in 'mask'; delete the shape or draw it again in labelme"),
+    (_shape("cat", [[10**400, 1], [20, 1], [20, 20]]),
+     "shape 0: points contain NaN, infinity or a number beyond float range; fix or delete the shape"),
 ])
 def test_labelme_shape_malformed_by_hand_is_one_line_naming_it(tmp_path, shape, message):
     """Were accepted (a flat point list read as pairs, an integer label as text), a traceback (a list as
-    shape_type), or the wrong reason (a mask with a broken 'mask' said 'mask with 60 points (need 2)')."""
+    shape_type, an integer beyond float range), or the wrong reason (a mask with a broken 'mask' said 'mask with 60 points (need 2)')."""
     _labelme(tmp_path, "bad", [shape])
     with pytest.raises(DatasetError) as info:
         LabelmeDataset(tmp_path, class_names=["cat", "3"])

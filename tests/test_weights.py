@@ -335,8 +335,16 @@ def test_bad_manifests_and_pickles_are_one_line_in_the_cli(tiny_pair, tmp_path, 
 
     (tmp_path / "p.pth").write_bytes(pickle.dumps({"a": 1}, protocol=4))
     bad_manifest = _copy_pair(tiny_pair, tmp_path, num_prototypes=0)
+    # manifests nested 100 000 deep or holding a 5001-digit number were a traceback (RecursionError, ValueError)
+    deep, long = tmp_path / "deep.safetensors", tmp_path / "long.safetensors"
+    for path, text in ((deep, "[" * 100_000 + "]" * 100_000), (long, '{"format": 1' + "0" * 5000 + "}")):
+        path.write_bytes(tiny_pair.read_bytes())
+        path.with_suffix(".json").write_text(text)
     for weights, start in ((bad_manifest, f"{bad_manifest.with_suffix('.json')}: its config is invalid"),
-                           (tmp_path / "p.pth", f"{tmp_path / 'p.pth'}: not a PyTorch checkpoint")):
+                           (tmp_path / "p.pth", f"{tmp_path / 'p.pth'}: not a PyTorch checkpoint"),
+                           (deep, f"{deep.with_suffix('.json')}: manifest is JSON nested too deeply to read"),
+                           (long, f"{long.with_suffix('.json')}: manifest is not readable JSON: a number has more "
+                                  "than 4300 digits; re-export the weights")):
         assert main(["--source", "synthetic", "--max-frames", "1", "--weights", str(weights)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"rtseg: error: {start}"), err

@@ -86,9 +86,13 @@ def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[A
         parts = [p for p in seg if len(p) >= 6]
         if not parts:
             return parts, f"polygon with {max(len(p) for p in seg) // 2} points (need at least 3)"
-        xy = [np.array(p, np.float64).reshape(-1, 2) for p in parts]
+        try:
+            xy = [np.array(p, np.float64).reshape(-1, 2) for p in parts]
+        except OverflowError:  # an integer beyond float's range
+            xy = [np.full((1, 2), np.inf)]
         if not all(np.isfinite(p).all() for p in xy):
-            raise DatasetError(f"{where}: polygon with NaN or infinity; fix or remove the annotation")
+            raise DatasetError(f"{where}: polygon with NaN, infinity or a number beyond float range; "
+                               "fix or remove the annotation")
         if max(np.abs(p).max() for p in xy) > FAR_PIXELS:
             return parts, f"polygon with points beyond {FAR_PIXELS:.0e} pixels"
         if not any(_has_area(p) for p in xy):
@@ -151,7 +155,8 @@ class CocoDataset:
         cats = _require(data, "categories", list, where)
         for k, c in enumerate(cats):
             _require(c, "id", int, f"{where}: categories[{k}]")
-            _require(c, "name", str, f"{where}: categories[{k}]")
+            if not _require(c, "name", str, f"{where}: categories[{k}]").strip():
+                raise DatasetError(f"{where}: categories[{k}] (id {c['id']}): empty name; give every category a name")
         cats = sorted(cats, key=lambda c: c["id"])
         self.category_ids = tuple(int(c["id"]) for c in cats)
         self.class_names = tuple(c["name"] for c in cats)
@@ -165,7 +170,11 @@ class CocoDataset:
         for k, img in enumerate(_require(data, "images", list, where)):
             w = f"{where}: images[{k}]"
             iid = _require(img, "id", int, w)
-            _require(img, "file_name", str, w), _require(img, "height", int, w), _require(img, "width", int, w)
+            if not _require(img, "file_name", str, w).strip():
+                raise DatasetError(f"{w}: empty file_name; give the image file's name relative to the image folder")
+            for key in ("height", "width"):
+                if number_problem(_require(img, key, int, w), 1, integer=True) is not None:
+                    raise DatasetError(f"{w}: {key} should be a positive whole number of pixels, got {img[key]!r}")
             if iid in self._images:
                 raise DatasetError(f"{w}: id {iid} is also the id of {self._images[iid]['file_name']}; "
                                    "give every image its own id")
@@ -209,10 +218,12 @@ class CocoDataset:
             raise DatasetError(f"{where}: category_id {cid} is not in 'categories'; add the category or fix the id")
         if "bbox" in ann:
             bbox = ann["bbox"]
-            if (not isinstance(bbox, list) or len(bbox) != 4
-                    or any(number_problem(v, integer=False) is not None for v in bbox)):
+            if not isinstance(bbox, list) or len(bbox) != 4:
                 n = len(bbox) if isinstance(bbox, list) else type(bbox).__name__
                 raise DatasetError(f"{where}: bbox of {n} numbers (need [x, y, width, height])")
+            if any(number_problem(v, -FAR_PIXELS, FAR_PIXELS, integer=False) is not None for v in bbox):
+                raise DatasetError(f"{where}: bbox with a value that is no number within ±{FAR_PIXELS:.0e} pixels "
+                                   "(NaN, infinity or far off); fix or remove the bbox")
             if bbox[2] < 0 or bbox[3] < 0:
                 raise DatasetError(f"{where}: bbox with negative width or height {bbox}")
         if ann.get("iscrowd", 0) not in (0, 1):

@@ -12,7 +12,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from rtseg.errors import PERMISSION_DENIED, DatasetError
+from rtseg.errors import PERMISSION_DENIED, DatasetError, json_problem
 from rtseg.imageio import ImageReadError, read_image_file, read_regular_file
 from rtseg.types import _check
 
@@ -33,7 +33,7 @@ def read_json(path: Path, what: str) -> Any:
     """The JSON value in ``path`` (UTF-8, with or without a byte-order mark); ``DatasetError`` naming ``what``
     the file should be when it cannot be read or parsed. Never waits: a FIFO or device is refused unread."""
     try:
-        text = read_regular_file(path).decode("utf-8-sig")
+        return json.loads(read_regular_file(path).decode("utf-8-sig"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found") from None
     except PermissionError:
@@ -41,15 +41,9 @@ def read_json(path: Path, what: str) -> Any:
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the {what} ({exc.strerror}); give the path of the {what}") from None
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 (byte {exc.start} is {exc.object[exc.start]:#04x}); "
-                           "save the file as UTF-8") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc}); repair or remove the {what}") from None
-    except RecursionError:
-        raise DatasetError(f"{path}: JSON nested too deeply to read (arrays or objects within each other "
-                           f"thousands of levels deep); repair or remove the {what}") from None
+        raise DatasetError(f"{path}: {json_problem(exc)}; save the file as UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise DatasetError(f"{path}: {json_problem(exc)}; repair or remove the {what}") from None
 
 
 def skipped_warning(source: Path, what: str, reasons: Sequence[str]) -> str:

@@ -111,7 +111,7 @@ class LabelmeDataset:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DatasetError(f"{self.folder}: labelme folder not found")
-        self.files = tuple(sorted(self.folder.glob("*.json")))
+        self.files = tuple(sorted(p for p in self.folder.glob("*.json") if not p.is_dir()))  # as image folders
         if not self.files:
             raise DatasetError(f"{self.folder}: no labelme *.json files in the folder; give the folder that holds "
                                "them (labelme saves one .json beside each image)")
@@ -297,6 +297,8 @@ def _points(value: Any, where: str) -> np.ndarray:
     list of [x, y] pairs (a flat list of numbers included)."""
     try:
         points = np.asarray(value, dtype=np.float64)
+    except OverflowError:  # an integer beyond float's range
+        points = np.full((1, 2), np.inf)
     except (ValueError, TypeError):
         points = None
     if points is None or (points.size and (points.ndim != 2 or points.shape[1] != 2)):
@@ -304,7 +306,8 @@ def _points(value: Any, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: points should be a list of [x, y] pairs" +
                            (", got a flat list of numbers; write [[x1, y1], [x2, y2], ...]" if flat else ""))
     if not np.isfinite(points).all():
-        raise DatasetError(f"{where}: points contain NaN or infinity")
+        raise DatasetError(f"{where}: points contain NaN, infinity or a number beyond float range; "
+                           "fix or delete the shape")
     return points.reshape(-1, 2)
 
 

@@ -48,7 +48,7 @@ def resolve_engine(weights: str | None, engine: str | None) -> str:
         return "fcn"
     try:
         fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, RecursionError, AttributeError):  # read_manifest says what is wrong
         fmt = None
     found = engine_formats().get(fmt) if Path(weights).suffix == ".safetensors" else None
     if engine is not None and found is not None and engine != found:
