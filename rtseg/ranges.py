@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Mapping
 
 from rtseg.errors import ConfigError
 
@@ -47,6 +48,14 @@ def check_number(what: str, value: object, low: float = -math.inf, high: float =
     problem = number_problem(value, low, high, integer=integer, open_low=open_low)
     if problem is not None:
         raise ConfigError(f"{what} {problem}, got {value!r}")
+
+
+def check_fields(config: object, limits: Mapping[str, tuple[float, float]], *, integer: bool) -> None:
+    """:func:`check_number` of each field of ``config`` (a config dataclass) that ``limits`` names, with its
+    (least, most) values (inf: no limit): ConfigError ``"TrainConfig: iters must be an integer in [1, 1000000000],
+    got 0"`` for the first one out of range."""
+    for name, (low, high) in limits.items():
+        check_number(f"{type(config).__name__}: {name}", getattr(config, name), low, high, integer=integer)
 
 
 def _expected(low: float, high: float, *, integer: bool, open_low: bool) -> str:

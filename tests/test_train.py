@@ -632,6 +632,26 @@ def test_train_config_numbers_out_of_range_are_one_line(field, value, expected) 
         TrainConfig(**{"iters": 10, field: value})
 
 
+@pytest.mark.parametrize("config, field, value, expected", [
+    ("FcnTrainConfig", "steps", 0, "an integer in [1, 1000000000]"),
+    ("FcnTrainConfig", "log_every", 0, "an integer >= 1"), ("FcnTrainConfig", "batch_size", True, "an integer in [1, 1024]"),
+    ("FcnTrainConfig", "lr", float("nan"), "a finite number >= 0"),
+    ("MsrcnnTrainConfig", "warmup", -1, "an integer >= 0"), ("MsrcnnTrainConfig", "ckpt_every", 2.5, "an integer >= 0"),
+    ("MsrcnnTrainConfig", "momentum", 1.5, "a number in [0, 1]"),
+    ("MsrcnnTrainConfig", "weight_decay", float("-inf"), "a finite number >= 0"),
+])
+def test_recipe_train_configs_check_their_numbers_like_train_config(config, field, value, expected) -> None:
+    """The FCN / MS R-CNN train configs of the Python API took them all (log_every 0 was a ZeroDivisionError at the
+    first logged step, NaN learning rates trained on)."""
+    from rtseg.train.fcn import FcnTrainConfig
+    from rtseg.train.msrcnn import MsrcnnTrainConfig
+
+    cls = {"FcnTrainConfig": FcnTrainConfig, "MsrcnnTrainConfig": MsrcnnTrainConfig}[config]
+    with pytest.raises(ConfigError, match=rf"^{config}: {field} must be {re.escape(expected)}, got {re.escape(repr(value))}$"):
+        cls(**{field: value})
+    assert cls().steps == 300  # the defaults pass
+
+
 @pytest.mark.parametrize("steps", [(1.5,), (-1,), (True,), "70", (700, float("nan"))])
 def test_train_config_lr_steps_that_are_no_step_numbers_are_one_line(steps) -> None:
     with pytest.raises(ConfigError, match=r"^TrainConfig: lr_steps must be integers >= 0 \(the steps at which the LR "

@@ -109,16 +109,22 @@ def test_a_diverged_fcn_run_stops_and_its_checkpoints_stay_finite(tmp_path) -> N
 
 
 def test_no_checkpoint_is_written_with_non_finite_weights(tmp_path) -> None:
-    """lr inf (the CLIs refuse it; the library takes it): Adam's first step makes the weights NaN / inf while
-    its loss was finite. The checkpoint due after it is refused, and one already there stays as it was."""
+    """A layer whose bias turns NaN once its output is computed (the loss stays finite): the weights are NaN after
+    the first step. The checkpoint due after it is refused, and one already there stays as it was."""
     data, ckpt = _fcn_data(), tmp_path / "ckpt.pth"
     train_fcn(_fcn(), data, FcnTrainConfig(steps=1, batch_size=2), log=False, checkpoint=ckpt)
     before = ckpt.read_bytes()
     engine = _fcn()
+    layer = next(m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None)
+
+    def poison(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        with torch.no_grad():
+            module.bias.fill_(math.nan)
+
+    layer.register_forward_hook(poison)
     with pytest.raises(ConfigError, match=rf"training diverged: the weights are not finite at step 1, so checkpoint "
                                           rf"{ckpt} was not written .*lower --lr"):
-        train_fcn(engine, data, FcnTrainConfig(steps=3, batch_size=2, lr=math.inf, ckpt_every=1), log=False,
-                  checkpoint=ckpt)
+        train_fcn(engine, data, FcnTrainConfig(steps=3, batch_size=2, ckpt_every=1), log=False, checkpoint=ckpt)
     assert not _finite(engine.model.state_dict()) and ckpt.read_bytes() == before
     with pytest.raises(ConfigError, match="weights are not finite at step 7"):  # the Ctrl-C save goes through it too
         save_checkpoint(ckpt, step=7, parts={"model": engine.model})

@@ -12,6 +12,7 @@ this module (torch) is imported.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from rtseg.engines.fcn import FcnEngine, save_fcn
 from rtseg.eval.runners import format_semantic
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
+from rtseg.ranges import check_fields
 from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
-from rtseg.train.recipe import parse_recipe, recipe_parser
+from rtseg.train.recipe import RECIPE_LIMITS, parse_recipe, recipe_parser
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,12 @@ class FcnTrainConfig:
     log_every: int = 50
     ckpt_every: int = 100
     max_nonfinite: int = 20
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first numeric field out of range, before anything trains (``max_nonfinite``:
+        :class:`~rtseg.train.checkpoint.NonFiniteGuard`)."""
+        check_fields(self, RECIPE_LIMITS, integer=True)
+        check_fields(self, {"lr": (0, math.inf), "weight_decay": (0, math.inf)}, integer=False)
 
 
 def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = FcnTrainConfig(),

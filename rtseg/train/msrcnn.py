@@ -15,6 +15,7 @@ here is what it runs once this module (torch) is imported.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.msrcnn import MsrcnnEngine, save_msrcnn
 from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
+from rtseg.ranges import check_fields
 from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
-from rtseg.train.recipe import parse_recipe, recipe_parser
+from rtseg.train.recipe import RECIPE_LIMITS, parse_recipe, recipe_parser
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class MsrcnnTrainConfig:
     log_every: int = 25
     ckpt_every: int = 100
     max_nonfinite: int = 20
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first numeric field out of range, before anything trains (``max_nonfinite``:
+        :class:`~rtseg.train.checkpoint.NonFiniteGuard`)."""
+        check_fields(self, {**RECIPE_LIMITS, "warmup": (0, math.inf)}, integer=True)
+        check_fields(self, {"lr": (0, math.inf), "momentum": (0, 1), "weight_decay": (0, math.inf)}, integer=False)
 
 
 def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -10,9 +11,14 @@ import torch
 from rtseg.cliargs import NumberRange, Parser, check_ranges
 from rtseg.train.checkpoint import CHECKPOINT_NAME, LR_RANGE, weights_out
 
+RECIPE_LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 10**9), "batch_size": (1, 1024), "seed": (0, math.inf), "log_every": (1, math.inf),
+    "ckpt_every": (0, math.inf)}
+"""Least and most value (inf: no limit) of each integer field every recipe's train config has
+(:class:`~rtseg.train.fcn.FcnTrainConfig`, :class:`~rtseg.train.msrcnn.MsrcnnTrainConfig`)."""
 RECIPE_RANGES: tuple[NumberRange, ...] = (
     LR_RANGE,
-    ("--steps", 1, 10**9, ""),
+    ("--steps", *RECIPE_LIMITS["steps"], ""),
     ("--images", 1, 10**5, " (the training images are held in memory)"),
     ("--size", 32, 2048, " pixels (a synthetic frame is at least 32 px a side)"),
     ("--threads", 1, 1024, ""),

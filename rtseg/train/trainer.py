@@ -25,7 +25,7 @@ from rtseg.engines.yolact import YolactEngine
 from rtseg.errors import ConfigError, RtsegError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
-from rtseg.ranges import check_number, number_problem
+from rtseg.ranges import check_fields, check_number, number_problem
 from rtseg.train.augment import AugmentConfig, augment
 from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, load_checkpoint, save_checkpoint,
                                    save_on_interrupt)
@@ -87,10 +87,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """ConfigError naming the first numeric field out of range (:data:`INT_LIMITS`, :data:`REAL_LIMITS`),
         before any data is read (``max_nonfinite``: :class:`~rtseg.train.checkpoint.NonFiniteGuard`)."""
-        for name, (low, high) in INT_LIMITS.items():
-            check_number(f"TrainConfig: {name}", getattr(self, name), low, high, integer=True)
-        for name, (low, high) in REAL_LIMITS.items():
-            check_number(f"TrainConfig: {name}", getattr(self, name), low, high, integer=False)
+        check_fields(self, INT_LIMITS, integer=True)
+        check_fields(self, REAL_LIMITS, integer=False)
         steps = self.lr_steps
         if not isinstance(steps, (tuple, list)) or any(number_problem(s, 0, integer=True) is not None for s in steps):
             raise ConfigError(f"TrainConfig: lr_steps must be integers >= 0 (the steps at which the LR decays), "
