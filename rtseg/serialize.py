@@ -106,8 +106,9 @@ def prediction_record(prediction: Prediction) -> dict:
 def frame_record(frame: Frame, prediction: Prediction) -> dict:
     """One JSON Lines record: frame identity and timing plus the prediction.
 
-    Keys: seq, pts (seconds or None), capture_time (monotonic seconds), source_id,
-    width, height, then the keys of :func:`prediction_record` (kind, detections ...).
+    Keys: seq, pts (seconds or None), capture_time (monotonic seconds), source_id, file (the image file, for
+    frames read from images only), width, height, then the keys of :func:`prediction_record` (kind,
+    detections ...).
     """
     h, w = int(frame.image.shape[0]), int(frame.image.shape[1])
     return {
@@ -115,6 +116,7 @@ def frame_record(frame: Frame, prediction: Prediction) -> dict:
         "pts": None if frame.pts is None else float(frame.pts),
         "capture_time": float(frame.capture_time),
         "source_id": frame.source_id,
+        **({} if frame.file is None else {"file": frame.file}),
         "width": w,
         "height": h,
         **prediction_record(prediction),

@@ -32,6 +32,8 @@ class Frame:
     seq: 0-based sequence number within the source (counts decoded frames, including dropped ones).
     pts: presentation timestamp in seconds from the source's start (None when unknown).
     capture_time: ``time.monotonic()`` when the frame left the decoder, seconds.
+    file: the image file it was read from (image folders, globs and single images); None for video files,
+    streams and cameras.
     """
 
     image: np.ndarray
@@ -39,6 +41,7 @@ class Frame:
     seq: int = 0
     pts: float | None = None
     capture_time: float = 0.0
+    file: str | None = None
 
     def __post_init__(self) -> None:
         _check("Frame.image", self.image, (None, None, 3), np.uint8)

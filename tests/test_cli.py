@@ -87,17 +87,22 @@ def test_user_errors_are_one_line_exit_2(files, case):
 
 
 def test_bad_image_mid_folder_is_skipped_with_a_warning(files, tmp_path):
+    """The frames after it keep their files' names in the JSON Lines output (seq alone no longer tells which)."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for name in ("a.png", "b.png", "d.png"):
         cv2.imwrite(str(folder / name), np.full((48, 64, 3), 90, np.uint8))
     (folder / "c.png").write_bytes(b"not a png")
-    out = tmp_path / "o.mp4"
-    r = _run(["--source", str(folder), "--weights", files["weights"], "--output", str(out), "--no-progress"])
+    out, lines = tmp_path / "o.mp4", tmp_path / "o.jsonl"
+    r = _run(["--source", str(folder), "--weights", files["weights"], "--output", str(out), "--json", str(lines),
+              "--no-progress"])
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert f"rtseg: warning: skipped {folder / 'c.png'}: not a readable image file" in r.stderr
     with av.open(str(out)) as c:
         assert len(list(c.decode(video=0))) == 3
+    records = [json.loads(line) for line in lines.read_text().splitlines()]  # each names its image: seq skips none
+    assert [(r["seq"], r["file"]) for r in records] == [(0, str(folder / "a.png")), (1, str(folder / "b.png")),
+                                                        (2, str(folder / "d.png"))]
 
 
 @pytest.mark.skipif(rtsp_server_available() is not None, reason=str(rtsp_server_available()))

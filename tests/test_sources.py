@@ -392,7 +392,12 @@ def test_realtime_paces_a_folder_at_its_nominal_rate_and_needs_a_rate(tmp_path):
     _write_images(tmp_path, 3)
     paced = open_source(str(tmp_path), realtime=True)
     assert paced.is_live and paced.fps == 25.0
-    assert 1 <= len(list(paced)) <= 3
+    frames = list(paced)
+    assert 1 <= len(frames) <= 3
+    names = sorted(str(p) for p in tmp_path.glob("*.png"))
+    files = [f.file for f in frames]
+    assert set(files) <= set(names) and files == sorted(files)
+    assert [f.file for f in open_source(str(tmp_path))] == names  # each frame names its image, paced or not
     unknown = ImageSource(sorted(tmp_path.glob("*.png")), source_id="x")
     for rate in (None, 0, float("nan"), float("inf")):  # NaN and inf were accepted as a rate
         unknown.fps = rate

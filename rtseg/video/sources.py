@@ -95,8 +95,8 @@ class Source:
     """Base of every source: an iterator of frames with ``is_live``, ``fps`` and ``close()``.
 
     Subclasses implement :meth:`_frames` (yield ``(image, pts)`` pairs, after setting
-    ``decode_seconds`` to the work spent on that frame, waits for data excluded) and
-    may override :meth:`close`. ``seq`` counts every frame the source yields.
+    ``decode_seconds`` to the work spent on that frame, waits for data excluded, and ``_file`` to the image file
+    it was read from, if any) and may override :meth:`close`. ``seq`` counts every frame the source yields.
     ``notices`` collects one-line remarks for the user (e.g. a file that ended early), shown at
     the end; ``on_event`` (a callable taking one line, default: nothing) is told at once what a
     live source goes through (a stream lost, reconnecting, back). ``request_stop()`` may be called
@@ -111,6 +111,7 @@ class Source:
         self.num_frames = num_frames  # expected number of frames, when known (progress bar)
         self.reconnects = 0
         self.decode_seconds = 0.0
+        self._file: str | None = None  # Frame.file of the next frame yielded
         self.notices: list[str] = []
         self.on_event: Callable[[str], None] = lambda line: None
         self._stop = threading.Event()
@@ -121,7 +122,8 @@ class Source:
 
     def _generate(self) -> Iterator[Frame]:
         for seq, (image, pts) in enumerate(self._frames()):
-            yield Frame(image=image, source_id=self.source_id, seq=seq, pts=pts, capture_time=time.monotonic())
+            yield Frame(image=image, source_id=self.source_id, seq=seq, pts=pts, capture_time=time.monotonic(),
+                        file=self._file)
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -182,6 +184,7 @@ class ImageSource(Source):
                 self._warn_skipped(skipped)
                 continue
             self.decode_seconds = time.perf_counter() - t0
+            self._file = str(path)
             yield np.ascontiguousarray(image), k / IMAGE_FPS
             k += 1
         if skipped and k == 0:
@@ -263,7 +266,7 @@ class Paced(Source):
         period = 1.0 / self.fps
         t0 = time.monotonic()
         for i, frame in enumerate(self.inner):
-            self.decode_seconds = self.inner.decode_seconds
+            self.decode_seconds, self._file = self.inner.decode_seconds, frame.file
             delay = t0 + i * period - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
