@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Sequence, TypeVar
 import torch
 from torch import nn
 
-from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line, json_problem
+from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line, json_problem, one_line
 from rtseg.imageio import NotRegularFileError, read_regular_file
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 
@@ -205,8 +205,10 @@ def infer_config(state: dict[str, torch.Tensor], *, input_size: int, source: str
     return cfg.with_input_size(input_size)
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly load ``state`` into ``model``; WeightsError naming missing / unexpected / mis-shaped keys."""
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+              advice: str = "they were made for another model; give weights of this one") -> None:
+    """Strictly load ``state`` into ``model``; WeightsError naming missing / unexpected / mis-shaped keys, then
+    ``advice`` (what to do)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -224,7 +226,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     if shaped:
         problems.append(f"mis-shaped {few(shaped)}")
     if problems:
-        raise WeightsError(f"{source}: does not match the expected architecture: " + "; ".join(problems))
+        raise WeightsError(f"{source}: does not match the expected architecture: " + "; ".join(problems) +
+                           f"; {advice}")
     model.load_state_dict(state)
 
 
@@ -333,6 +336,10 @@ def manifest_config(saved: dict[str, Any], config_type: type[T], *, source: str 
     names = saved.get("class_names")
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise WeightsError(f"{source}: its class_names must be a list of strings; re-export the weights")
+    bad = next((n for n in names if not n.strip() or one_line(n) != n or names.count(n) > 1), None)
+    if bad is not None:  # outputs name classes by these: an empty, multi-line or twice-given name is ambiguous
+        raise WeightsError(f"{source}: its class_names must be distinct, non-empty names of one line each, got "
+                           f"{bad!r}; re-export the weights")
     num_classes = getattr(cfg, "num_classes")
     if len(names) != num_classes:
         raise WeightsError(f"{source}: {len(names)} class names for a model with {num_classes} classes "

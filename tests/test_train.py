@@ -742,7 +742,8 @@ def test_cli_init_starts_from_given_weights(tmp_path, capsys) -> None:
     assert main([*common, "--iters", "1", "--time-budget", "0", "--out", str(second)]) == 2
     other_width = [*common, "--fpn-channels", "8"]  # the last value wins
     assert main([*other_width, "--iters", "1", "--init", str(first), "--out", str(second)]) == 2
-    assert "does not match the expected architecture" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not match the expected architecture" in err and "give --init weights of the same --backbone" in err
 
 
 # -- batched loss vs the per-image reference ------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 import rtseg
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.yolact import LIMITS, PRESETS, Yolact, YolactConfig
-from rtseg.weights import infer_config, load_yolact, read_state_dict, save_yolact
+from rtseg.weights import infer_config, load_into, load_yolact, read_state_dict, save_yolact
 
 TINY = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32, num_prototypes=8)
 DEMO = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
@@ -378,3 +378,23 @@ def test_a_weights_file_this_user_may_not_read_says_permission_denied(tmp_path, 
     r = _as_user_without_override(code, str(weights))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.splitlines() == [f"{locked}: permission denied; check the file's permissions"]
+
+
+@pytest.mark.parametrize("names", [["a", "a", "c"], ["a", " ", "c"], ["a", "b\nc", "d"]])
+def test_manifest_class_names_that_are_ambiguous_are_one_line(tmp_path, names):
+    """Outputs name detections by these names: a name given twice, an empty one or one of two lines loaded before."""
+    path = save_yolact(tmp_path / "m.safetensors", Yolact(TINY), ["a", "b", "c"])
+    manifest = path.with_suffix(".json")
+    saved = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**saved, "class_names": names}))
+    with pytest.raises(WeightsError, match=r"m\.json: its class_names must be distinct, non-empty names of one line "
+                                           r"each, got .*; re-export the weights$"):
+        load_yolact(str(path))
+
+
+def test_weights_of_another_architecture_say_what_to_give(tmp_path):
+    path = save_yolact(tmp_path / "m.safetensors", Yolact(TINY), ["a", "b", "c"])
+    other = Yolact(YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=16, num_prototypes=8))
+    with pytest.raises(WeightsError, match=r"does not match the expected architecture: mis-shaped .*; they were made "
+                                           r"for another model; give weights of this one$"):
+        load_into(other, load_yolact(str(path)).model.state_dict(), str(path))

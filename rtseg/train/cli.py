@@ -252,7 +252,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
                        fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
     model = Yolact(cfg)
     if args.init:
-        load_into(model, load_yolact(args.init, input_size=args.input_size).model.state_dict(), args.init)
+        load_into(model, load_yolact(args.init, input_size=args.input_size).model.state_dict(), args.init,
+                  advice="give --init weights of the same --backbone, --fpn-channels and --num-prototypes as this run")
         init: Path | None = Path(args.init)
     else:
         init = imagenet_backbone(model) if not args.resume else None
