@@ -216,6 +216,7 @@ def test_labelme_without_class_list_uses_sorted_labels(tmp_path):
 @pytest.mark.parametrize("shapes, extra, message", [
     ([_shape("cat", [[1, 1], [5, 5], [3]])], {}, "points should be a list of"),
     ([_shape("cat", [[1, 1], [float("nan"), 5], [3, 3]])], {}, "shape 0: points contain NaN"),
+    ([_shape("cat", [[1, 1], [True, 5], [3, 3]])], {}, "shape 0: points contain true or false instead of numbers"),
     ([_shape("cat", [[1, 1], [9, 9]], "mask")], {}, "shape 0: mask shape without a readable base64 PNG"),
     ([], {"imageHeight": "60"}, "imageHeight should be a positive whole number of pixels, got '60'"),
     (None, {}, "'shapes' should be a list"),

@@ -294,7 +294,11 @@ def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
 
 def _points(value: Any, where: str) -> np.ndarray:
     """A shape's ``points`` as a (K, 2) float64 array of finite values; ``DatasetError`` for anything but a
-    list of [x, y] pairs (a flat list of numbers included)."""
+    list of [x, y] pairs (a flat list of numbers included) or one holding true / false (numpy reads them as 1 / 0;
+    the COCO reader refuses them too)."""
+    if isinstance(value, list) and any(isinstance(v, bool) for pair in value
+                                       for v in (pair if isinstance(pair, list) else [pair])):
+        raise DatasetError(f"{where}: points contain true or false instead of numbers; fix or delete the shape")
     try:
         points = np.asarray(value, dtype=np.float64)
     except OverflowError:  # an integer beyond float's range
