@@ -75,10 +75,12 @@ def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     return out
 
 
-def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
+def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int,
+                     frozen: bool = False) -> dict[str, Any]:
     """Model + post-processing at batch 1 from a preprocessed input (wall ms, device synchronised):
     ``forward`` + ``postprocess`` with the network and the detection step as one graph, inductor's CUDA graph
-    (compile_fp16) and ours (compile_fp16_captured), each also with one frame in flight (:func:`one_in_flight`:
+    (compile_fp16) and ours (compile_fp16_captured; with ``frozen`` also compile_fp16_captured_frozen,
+    inductor's freezing), each also with one frame in flight (:func:`one_in_flight`:
     frame i + 1's graph queued before frame i's rows are awaited), vs the network's graph followed by the eager
     detection step (CuPy NMS); and how many detections of each one-graph variant match the latter's
     (:func:`matched`)."""
@@ -88,7 +90,7 @@ def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dic
     dets: dict[str, Any] = {}
     ref = None
     with torch.inference_mode():
-        for run in ("compile_fp16", "compile_fp16_captured"):
+        for run in ("compile_fp16", "compile_fp16_captured", *(["compile_fp16_captured_frozen"] if frozen else [])):
             try:
                 engine.backend = make_backend(engine.net, device="cuda", input_size=s, config=engine.cfg,
                                               **BACKEND_RUNS[run])
@@ -187,7 +189,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the stage numbers above are kept
         doc["candidates"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     try:
-        doc["model_post_batch1"] = model_post_times(engine, frame, args.iters)
+        doc["model_post_batch1"] = model_post_times(engine, frame, args.iters,
+                                                    frozen="compile_fp16_captured_frozen" in args.backends)
     except Exception as exc:  # noqa: BLE001 - the numbers above are kept
         doc["model_post_batch1"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

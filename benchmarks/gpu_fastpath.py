@@ -40,11 +40,14 @@ BACKEND_RUNS: dict[str, dict[str, Any]] = {
     # last: compiled once per batch size (minutes); inductor's CUDA graphs, then ours (compile's CUDA default)
     "compile_fp16": {"name": "compile", "capture": False},
     "compile_fp16_captured": {"name": "compile", "capture": True},
-    # opt-in (--runs): inductor's max-autotune takes minutes per input shape
+    # opt-in (--runs): inductor's freezing (batch norms folded into the convolutions), and max-autotune, which
+    # takes minutes per input shape
+    "compile_fp16_captured_frozen": {"name": "compile", "capture": True, "freeze": True},
     "compile_fp16_captured_autotune": {"name": "compile", "capture": True, "autotune": True},
 }
 #: The runs measured when --runs is not given.
-DEFAULT_RUNS = [run for run in BACKEND_RUNS if run != "compile_fp16_captured_autotune"]
+DEFAULT_RUNS = [run for run in BACKEND_RUNS if run not in ("compile_fp16_captured_frozen",
+                                                           "compile_fp16_captured_autotune")]
 
 
 def skip_reason(name: str) -> str | None:

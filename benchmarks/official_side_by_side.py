@@ -51,6 +51,7 @@ from yolact_random_weights import random_yolact_state, template_of  # noqa: E402
 #: rtseg backend runs: name → make_backend keywords (the fast one first: a run cut short still has it).
 RTSEG_RUNS: dict[str, dict[str, Any]] = {
     "compile_fp16": {"name": "compile"},
+    "compile_fp16_frozen": {"name": "compile", "freeze": True},  # inductor's freezing: BN folded into the convs
     "eager_fp32": {"name": "eager"},
     "eager_fp16_cl": {"name": "eager", "half": True, "channels_last": True},
 }

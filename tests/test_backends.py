@@ -140,9 +140,11 @@ def test_compile_backend_on_cpu_logs_no_cuda_warning() -> None:
 @pytest.mark.skipif(os.environ.get("RTSEG_TEST_COMPILE") != "1",
                     reason="torch.compile of the tiny YOLACT takes ~100 s on the 2-core CPU (inductor C++ codegen); "
                            "set RTSEG_TEST_COMPILE=1 to run it")
-def test_compile_on_cpu_equals_eager(engine: YolactEngine) -> None:
+@pytest.mark.parametrize("freeze", [False, True], ids=["plain", "frozen"])
+def test_compile_on_cpu_equals_eager(engine: YolactEngine, freeze: bool) -> None:
+    """Also with inductor's freezing (batch norms folded into the convolutions: the weights are graph constants)."""
     x = torch.randn(2, 3, 128, 128)
-    b = make_backend(engine.net, name="compile", device="cpu", input_size=128)
+    b = make_backend(engine.net, name="compile", device="cpu", input_size=128, freeze=freeze)
     with torch.inference_mode():
         ref, out = engine.net(x), b(x)
     assert b.name == "compile" and _max_diff(ref, out) < 1e-4
@@ -354,9 +356,21 @@ def test_compile_modes_capture_by_default_on_cuda_and_autotune_on_request(engine
     cpu = make_backend(engine.net, name="compile", device="cpu", input_size=128, autotune=True)  # compiles lazily
     assert cpu.compile_options["mode"] == "max-autotune-no-cudagraphs" and not cpu.captured and not cpu.cuda_graphs
     assert make_backend(engine.net, name="compile", device="cpu", input_size=128).compile_options["mode"] is None
+    options = backends.compile_options
+    assert options(on_cuda=True, capture=True, autotune=False, freeze=False) == {"mode": None, "dynamic": False}
+    assert options(on_cuda=True, capture=True, autotune=False, freeze=True) == {"options": {"freezing": True},
+                                                                                 "dynamic": False}
+    frozen = options(on_cuda=True, capture=False, autotune=True, freeze=True)["options"]  # the mode's options too
+    assert frozen["freezing"] and frozen["triton.cudagraphs"] and frozen["max_autotune"]
+    inductor_graphs = backends.TorchBackend(name="compile", module=engine.net, half=False, channels_last=False,
+                                            compile_options=options(on_cuda=True, capture=False, autotune=False,
+                                                                    freeze=True))
+    assert inductor_graphs.cuda_graphs and not inductor_graphs.captured  # outputs copied out of the graph's pool
     for name in ("eager", "onnx"):
-        with pytest.raises(ConfigError, match="autotune=True tunes torch.compile's kernels"):
+        with pytest.raises(ConfigError, match="autotune=True sets torch.compile's options"):
             make_backend(engine.net, name=name, device="cpu", input_size=128, autotune=True)
+        with pytest.raises(ConfigError, match="freeze=True sets torch.compile's options"):
+            make_backend(engine.net, name=name, device="cpu", input_size=128, freeze=True)
 
 
 # -- GPU -----------------------------------------------------------------------------------
@@ -395,11 +409,12 @@ def test_gpu_compile_reduce_overhead(cuda_engine: YolactEngine) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["eager", "compile"])
+@pytest.mark.parametrize("name, freeze", [("eager", False), ("compile", False), ("compile", True)],
+                         ids=["eager", "compile", "compile_frozen"])
 def test_gpu_captured_graphs_equal_the_module_and_survive_the_next_replay(cuda_engine: YolactEngine,
-                                                                          name: str) -> None:
+                                                                          name: str, freeze: bool) -> None:
     b = make_backend(cuda_engine.net, name=name, device="cuda", input_size=128, half=True, channels_last=True,
-                     capture=True)
+                     capture=True, freeze=freeze)
     assert b.captured and not b.cuda_graphs
     x1, x2 = torch.randn(2, 3, 128, 128, device="cuda"), torch.randn(2, 3, 128, 128, device="cuda")
     with torch.inference_mode():

@@ -172,7 +172,9 @@ class TorchBackend:
         self.half = half
         self.channels_last = channels_last
         self.compile_options = dict(compile_options) if compile_options is not None else None
-        self.cuda_graphs = self.compile_options is not None and self.compile_options.get("mode") in CUDA_GRAPH_MODES
+        self.cuda_graphs = self.compile_options is not None and (
+            self.compile_options.get("mode") in CUDA_GRAPH_MODES
+            or self.compile_options.get("options", {}).get("triton.cudagraphs", False))
         if capture and self.cuda_graphs:
             raise ValueError("TorchBackend: capture=True with a CUDA-graph compile mode would capture twice")
         self.captured = capture
@@ -311,10 +313,21 @@ def _compile_mode(*, on_cuda: bool, capture: bool, autotune: bool) -> str | None
     return "max-autotune-no-cudagraphs" if autotune else None
 
 
+def compile_options(*, on_cuda: bool, capture: bool, autotune: bool, freeze: bool) -> dict[str, Any]:
+    """``torch.compile``'s keyword arguments: the mode of :func:`_compile_mode`, static shapes; with ``freeze``
+    that mode's inductor options plus ``freezing`` (torch.compile takes a mode or options, not both)."""
+    mode = _compile_mode(on_cuda=on_cuda, capture=capture, autotune=autotune)
+    if not freeze:
+        return {"mode": mode, "dynamic": False}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**list_mode_options(mode or "default"), "freezing": True}, "dynamic": False}
+
+
 def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input_size: int, config: Any = None,
                  half: bool | None = None, channels_last: bool | None = None, cache_dir: Path | None = None,
                  precision: str = "fp16", calibration_dir: str | None = None, max_batch: int = MAX_BATCH,
-                 capture: bool | None = None, autotune: bool = False) -> Backend:
+                 capture: bool | None = None, autotune: bool = False, freeze: bool = False) -> Backend:
     """Wrap ``net`` (an eval-mode :class:`InferenceNet`) in backend ``name``.
 
     device: where inputs arrive and outputs are returned. input_size: S of the (B, 3, S, S) input.
@@ -327,6 +340,10 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     compile on CUDA, where it was measured faster, off otherwise; evidence at :data:`CUDA_CAPTURE`).
     autotune: compile only: inductor's ``max-autotune`` (benchmarks kernel choices while compiling: minutes
     more per input shape; with ``capture`` its ``max-autotune-no-cudagraphs`` mode, as our graphs replay).
+    freeze: compile only: inductor's ``freezing`` (the weights become constants of the graph: batch norms folded
+    into the convolutions before them, constant subgraphs precomputed; the graph keeps its own copy of the
+    weights, so later changes to the module's parameters are not seen). Off by default until measured on a GPU
+    (``benchmarks/engine_profile.py --backends compile_fp16_captured_frozen``).
     The returned callable has a ``name`` attribute with the resolved backend.
     """
     device = torch.device(device)
@@ -341,18 +358,19 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     if capture and not (on_cuda and concrete in ("eager", "compile")):
         raise ConfigError(f"capture=True records CUDA graphs of the eager or compile backend on a CUDA device, "
                           f"not of {concrete!r} on {device}")
-    if autotune and concrete != "compile":
-        raise ConfigError(f"autotune=True tunes torch.compile's kernels; the {concrete!r} backend does not compile")
+    if (autotune or freeze) and concrete != "compile":
+        raise ConfigError(f"{'autotune' if autotune else 'freeze'}=True sets torch.compile's options; the "
+                          f"{concrete!r} backend does not compile")
     if concrete == "eager":
         return TorchBackend(name="eager", module=_module_on(net, device, half, channels_last), half=half,
                             channels_last=channels_last, capture=capture)
     if concrete == "compile":
         if not on_cuda:
             _import_cpp_toolchain_quietly()
-        mode = _compile_mode(on_cuda=on_cuda, capture=capture, autotune=autotune)
         return TorchBackend(name="compile", module=_module_on(net, device, half, channels_last), half=half,
-                            channels_last=channels_last, compile_options={"mode": mode, "dynamic": False},
-                            capture=capture)
+                            channels_last=channels_last, capture=capture,
+                            compile_options=compile_options(on_cuda=on_cuda, capture=capture, autotune=autotune,
+                                                            freeze=freeze))
     if concrete == "onnx":
         from rtseg.engines.onnx_export import OnnxBackend
 
