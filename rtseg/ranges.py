@@ -33,6 +33,10 @@ def number_problem(value: object, low: float = -math.inf, high: float = math.inf
     numpy scalars count like Python numbers (``np.int64(3)`` is an integer, ``np.float32(0.5)`` a real number);
     bools (Python or numpy) and numeric strings do not. Integers are finite however large.
     """
+    kind = type(value)  # the common case first, without the number ABCs (a COCO file checks millions of numbers)
+    if ((kind is int or (kind is float and not integer and math.isfinite(value)))
+            and (low < value if open_low else low <= value) and value <= high):
+        return None
     if (not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
             and (isinstance(value, numbers.Integral) or math.isfinite(value))
             and (low < value if open_low else low <= value) and value <= high):

@@ -595,3 +595,18 @@ def test_json_or_class_file_that_is_a_fifo_is_refused_without_waiting(tmp_path, 
     line = _error_without_blocking(fn, fifo)
     what = {"coco": "the annotation file", "labelme": "the labelme file", "class file": "class names"}[kind]
     assert line.startswith(f"{fifo}: cannot read {what} (not a regular file (a FIFO, socket, device or folder))")
+
+
+def test_polygon_parts_are_checked_together() -> None:
+    """All parts' points are checked as one array: a part of zero area or outside the image is fine while another
+    part has area inside it; a short part is dropped; a bool is no number."""
+    from rtseg.data.coco import check_segmentation
+
+    line, square, outside = [1, 1, 2, 2, 3, 3], [10, 10, 20, 10, 20, 20, 10, 20], [200, 200, 210, 200, 210, 210]
+    assert check_segmentation([line, square], 60, 80, "a") == ([line, square], None)
+    assert check_segmentation([line, [4, 4, 5, 5, 6, 6]], 60, 80, "a")[1] == "polygon of zero area"
+    assert check_segmentation([outside, square], 60, 80, "a")[1] is None
+    assert check_segmentation([outside], 60, 80, "a")[1] == "polygon outside the 80x60 image"
+    assert check_segmentation([[1, 2], square], 60, 80, "a") == ([square], None)
+    with pytest.raises(DatasetError, match="a: a polygon must be a list of numbers"):
+        check_segmentation([[1, 1, True, 2, 3, 3]], 60, 80, "a")

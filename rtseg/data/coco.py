@@ -61,6 +61,9 @@ def _rle_string_counts(counts: bytes) -> list[int] | None:
     return runs
 
 
+_JSON_NUMBERS = frozenset((int, float))
+
+
 def _has_area(xy: np.ndarray) -> bool:
     """Whether the (K, 2) polygon ``xy`` is more than a line (not all its points on one line)."""
     d = xy[1:] - xy[0]
@@ -77,8 +80,8 @@ def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[A
     if seg is None or seg == [] or (isinstance(seg, list) and all(p == [] for p in seg)):
         return seg, "no segmentation (bbox only)"
     if isinstance(seg, list):
-        for poly in seg:
-            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+        for poly in seg:  # JSON numbers are int or float (a bool is neither: its type is bool)
+            if not isinstance(poly, list) or not _JSON_NUMBERS.issuperset(map(type, poly)):
                 raise DatasetError(f"{where}: a polygon must be a list of numbers [x1, y1, x2, y2, ...]")
             if len(poly) % 2:
                 raise DatasetError(f"{where}: polygon with an odd count of numbers ({len(poly)}); "
@@ -86,18 +89,19 @@ def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[A
         parts = [p for p in seg if len(p) >= 6]
         if not parts:
             return parts, f"polygon with {max(len(p) for p in seg) // 2} points (need at least 3)"
-        try:
-            xy = [np.array(p, np.float64).reshape(-1, 2) for p in parts]
+        try:  # every part's points in one (K, 2) array: one check each for all of them
+            xy = np.array(parts[0] if len(parts) == 1 else [v for p in parts for v in p], np.float64).reshape(-1, 2)
         except OverflowError:  # an integer beyond float's range
-            xy = [np.full((1, 2), np.inf)]
-        if not all(np.isfinite(p).all() for p in xy):
+            xy = np.full((1, 2), np.inf)
+        if not np.isfinite(xy).all():
             raise DatasetError(f"{where}: polygon with NaN, infinity or a number beyond float range; "
                                "fix or remove the annotation")
-        if max(np.abs(p).max() for p in xy) > FAR_PIXELS:
+        if np.abs(xy).max() > FAR_PIXELS:
             return parts, f"polygon with points beyond {FAR_PIXELS:.0e} pixels"
-        if not any(_has_area(p) for p in xy):
+        ends = np.cumsum([len(p) // 2 for p in parts])
+        if not any(_has_area(xy[end - len(p) // 2:end]) for p, end in zip(parts, ends)):
             return parts, "polygon of zero area"
-        lo, hi = np.min([p.min(axis=0) for p in xy], axis=0), np.max([p.max(axis=0) for p in xy], axis=0)
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
         if hi[0] < 0 or hi[1] < 0 or lo[0] > width or lo[1] > height:
             return parts, f"polygon outside the {width}x{height} image"
         return parts, None
