@@ -5,7 +5,9 @@ stateful part (model, optimizer, scheduler, loss scaler …) under its name, tor
 CPU random state (dropout, samplers: a resumed run draws what the uninterrupted
 one would) and plain extra values. It is written to a temporary file and renamed, so a crash
 never leaves a half-written checkpoint; it is read with ``weights_only=True``.
-A trainer stopped by Ctrl-C or SIGTERM (:func:`sigterm_as_interrupt`) saves the steps done and says how to continue.
+A trainer stopped by Ctrl-C or SIGTERM (:func:`sigterm_as_interrupt`) saves the steps done and says how to continue;
+so does one stopped by an :class:`~rtseg.errors.RtsegError` of its data (e.g. a corrupt image first read at step N,
+:func:`save_on_error`), unless the run diverged (:class:`DivergedError`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterator, Protocol, TextIO, TypeVar
 import torch
 
 from rtseg.cliargs import NumberRange
-from rtseg.errors import ConfigError, WeightsError, sigterm_raises
+from rtseg.errors import ConfigError, RtsegError, WeightsError, sigterm_raises
 from rtseg.ranges import check_number
 from rtseg.weights import load_into, load_torch_file
 
@@ -30,6 +32,11 @@ CHECKPOINT_NAME = "checkpoint.pth"
 
 LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
 """The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
+
+
+class DivergedError(ConfigError):
+    """Training diverged (:class:`NonFiniteGuard`'s limit of non-finite losses, or non-finite weights refused by
+    :func:`save_checkpoint`): the run ends with this line and nothing more is saved (:func:`save_on_error`)."""
 
 
 class Stateful(Protocol):
@@ -57,7 +64,8 @@ class NonFiniteGuard:
     """Decides per step whether its loss may update the weights, and stops a run that diverged.
 
     A step whose loss is not finite (NaN, ±inf) is skipped (no backward, no optimizer step) and counted;
-    ``limit`` such steps in a row are a ConfigError saying to lower the LR (``lr`` is named in it).
+    ``limit`` such steps in a row are a :class:`DivergedError` (a ConfigError) saying to lower the LR (``lr`` is
+    named in it).
     Shared by the YOLACT trainer and :func:`run_steps` (FCN, MS R-CNN).
     """
 
@@ -78,7 +86,7 @@ class NonFiniteGuard:
         if self.in_a_row >= self.limit:
             good = step - self.in_a_row  # the last step with a finite loss (its update may be what diverged)
             resume = f" (or --resume a checkpoint from before step {good})" if good > 1 else ""
-            raise ConfigError(
+            raise DivergedError(
                 f"training diverged: the loss was not finite for {self.in_a_row} steps in a row (to step {step}); "
                 f"lower --lr (now {self.lr:g}) or check the data, then train again{resume}")
         return False
@@ -108,14 +116,15 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
     """Write ``step``, every part's state and ``extra`` to ``path`` atomically; returns the path.
 
-    A ``model`` part (an nn.Module) with a non-finite weight is never written: that is a ConfigError
-    (training diverged), and the file already at ``path``, if any, stays as it was.
+    A ``model`` part (an nn.Module) with a non-finite weight is never written: that is a :class:`DivergedError`
+    (a ConfigError), and the file already at ``path``, if any, stays as it was.
     """
     p = Path(path)
     model = parts.get("model")
     if isinstance(model, torch.nn.Module) and not _finite(model):
-        raise ConfigError(f"training diverged: the weights are not finite at step {step}, so checkpoint {p} was not "
-                          "written (one there is from an earlier step); lower --lr or check the data, then train again")
+        raise DivergedError(f"training diverged: the weights are not finite at step {step}, so checkpoint {p} was "
+                            "not written (one there is from an earlier step); lower --lr or check the data, then train "
+                            "again")
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "torch_rng": torch.get_rng_state(),
              **{name: part.state_dict() for name, part in parts.items()}, **extra}
@@ -131,9 +140,62 @@ def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful]
     (:func:`save_checkpoint`) and print one line saying where it is and how to continue (``resume_hint``, e.g.
     ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt."""
     path = save_checkpoint(path, step=step, parts=parts, **extra)
-    print(f"interrupted at step {step}: checkpoint {path}; continue with {resume_hint}",
-          file=log if log is not None else sys.stderr, flush=True)
+    print(f"interrupted {_saved_at(step, path, resume_hint)}", file=log if log is not None else sys.stderr, flush=True)
     return path
+
+
+def _saved_at(step: int, path: Path, resume_hint: str) -> str:
+    """``at step N: checkpoint PATH; continue with HINT``: where a stopped run's steps are and how to go on."""
+    return f"at step {step}: checkpoint {path}; continue with {resume_hint}"
+
+
+def save_on_error(exc: RtsegError, path: str | Path | None, *, step: int, saved: int, parts: dict[str, Stateful],
+                  resume_hint: str, **extra: Any) -> RtsegError:
+    """After an RtsegError stopped a run with ``step`` steps done (one of its data, e.g. the DatasetError of a
+    corrupt image first read in step ``step + 1``): the error to raise instead, the steps done saved as on Ctrl-C.
+
+    The checkpoint of the ``step`` steps is written to ``path`` (:func:`save_checkpoint`, as :func:`save_on_interrupt`
+    writes it) and the returned error, of ``exc``'s type, is ``exc``'s line followed by ``; stopped at step N:
+    checkpoint PATH; continue with HINT`` (``resume_hint``). Weights that are not finite are not written: then a
+    DivergedError with ``exc``'s line and that one's.
+
+    Nothing is written, and ``exc`` itself is returned, when it is a :class:`DivergedError` (the run diverged),
+    ``path`` is None or no step was done since the checkpoint of step ``saved`` (the last one written, or the run's
+    start); a DataLoader worker's error is cleaned of the worker's traceback first (:func:`_worker_error`: a new
+    error of its type, with its own line)."""
+    exc = _worker_error(exc)
+    if path is None or isinstance(exc, DivergedError) or step <= saved:
+        return exc
+    cause = str(exc).rstrip().rstrip(";.")
+    try:
+        path = save_checkpoint(path, step=step, parts=parts, **extra)
+    except DivergedError as refused:
+        return DivergedError(f"{cause}; {refused}")
+    return _same_type(exc, f"{cause}; stopped {_saved_at(step, path, resume_hint)}")
+
+
+def _same_type(exc: RtsegError, message: str) -> RtsegError:
+    """A new error of ``exc``'s type with ``message`` (an RtsegError if that type takes other arguments)."""
+    try:
+        return type(exc)(message)
+    except Exception:
+        return RtsegError(message)
+
+
+def _worker_error(exc: RtsegError) -> RtsegError:
+    """``exc`` with its own line when a DataLoader worker wrapped it in the worker's traceback (torch re-raises it in
+    the main process as ``Caught X in DataLoader worker process N.`` + the traceback, whose end is ``module.X: <the
+    message>``, a message of several lines included)."""
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return exc
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    at = text.rfind(f"\n{name}: ")
+    if at >= 0:
+        return _same_type(exc, text[at + len(name) + 3:].strip())
+    last = text.splitlines()[-1]  # "<type>: <the line>"
+    return _same_type(exc, last.split(": ", 1)[1] if ": " in last else last)
 
 
 def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[str, Stateful],
@@ -144,7 +206,9 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)``) before it
     updates the weights; its divergence error ends the run. checkpoint: written every ``ckpt_every``
     steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM) the
-    steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on.
+    steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on, and so they are
+    when a step raises an RtsegError other than a divergence, e.g. a DatasetError of its data
+    (:func:`save_on_error`: the error raised then says where they are and how to continue).
     describe: one progress line's text from the results of the last ``log_every`` steps that were not
     skipped, printed every ``log_every`` steps as ``step k/steps <text> (<seconds> s)`` plus the
     guard's count of skipped steps; None prints nothing.
@@ -152,6 +216,8 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     results: list[T] = []
     recent: list[T] = []  # results of the steps since the last progress line that updated the weights
     t0 = time.perf_counter()
+    saved = first  # the step of the last checkpoint (or the run's start)
+    hint = "--resume (and the same --out)"
     try:
         for k in range(first, steps):
             results.append(step(k))
@@ -164,11 +230,16 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
                 recent = []
             if checkpoint and checkpoint_due(k + 1, ckpt_every, steps):
                 save_checkpoint(checkpoint, step=k + 1, parts=parts)
+                saved = k + 1
     except KeyboardInterrupt:
         if checkpoint:
-            save_on_interrupt(checkpoint, step=first + len(results), parts=parts,
-                              resume_hint="--resume (and the same --out)")
+            save_on_interrupt(checkpoint, step=first + len(results), parts=parts, resume_hint=hint)
         raise
+    except RtsegError as exc:
+        error = save_on_error(exc, checkpoint, step=first + len(results), saved=saved, parts=parts, resume_hint=hint)
+        if error is exc:
+            raise
+        raise error from exc
     return results
 
 

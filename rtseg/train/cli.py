@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: only at the end)")
     p.add_argument("--val-images", type=int, default=100, help="validation images per validation")
     p.add_argument("--ckpt-every", type=int, default=500, metavar="N",
-                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C or SIGTERM)")
+                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C, SIGTERM or an "
+                        "error of the data such as a corrupt image)")
     p.add_argument("--train-images", type=int, default=None, help="synthetic: number of training images (default 20000)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -223,7 +224,8 @@ def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
 @sigterm_as_interrupt()
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     """Train as the parsed options (from ``argv``) say; returns the final validation metrics. Ctrl-C or SIGTERM
-    writes the checkpoint of the steps done and prints the command that continues the run."""
+    writes the checkpoint of the steps done and prints the command that continues the run; an error of the data
+    mid-run (e.g. a corrupt image) writes it too, and its one line adds where it is and that command."""
     out = weights_out(args.out)
     _check_options(args)
     lr_steps = _lr_steps(args.lr_steps, args.iters)

@@ -70,8 +70,10 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     """Train ``engine.model`` in place; returns the loss terms of every step run (a step whose total loss is not
     finite is skipped; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
 
-    checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
-    continues from it (its step, weights, optimizer and warm-up state).
+    checkpoint: file written every ``cfg.ckpt_every`` steps and at the end, and with the steps done when a step's
+    images cannot be read (the DatasetError then says where it is and how to continue, see
+    :func:`~rtseg.train.checkpoint.run_steps`); with ``resume`` the run continues from it (its step, weights,
+    optimizer and warm-up state).
     """
     model = engine.model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -28,7 +28,7 @@ from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
 from rtseg.train.augment import AugmentConfig, augment
 from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, load_checkpoint, save_checkpoint,
-                                   save_on_interrupt)
+                                   save_on_error, save_on_interrupt)
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
@@ -180,8 +180,8 @@ class Trainer:
     model: the network (its ``cfg`` fixes input size and classes).
     train_set / val_set: data sets of :class:`Sample`; ``val_set`` may be None (no validation).
     work_dir: where ``checkpoint.pth`` goes. log: where progress lines go (stdout by default).
-    resume_hint: how to continue after Ctrl-C, printed with the checkpoint's path (default ``--resume PATH``;
-    the command line passes the whole command).
+    resume_hint: how to continue after Ctrl-C or an error of the data, said with the checkpoint's path (default
+    ``--resume PATH``; the command line passes the whole command).
     """
 
     def __init__(self, *, model: Yolact, train_set: InstanceDataset, val_set: InstanceDataset | None,
@@ -289,9 +289,17 @@ class Trainer:
             self.model.train()
 
     def fit(self) -> dict[str, float]:
-        """Train from the current step to ``iters``; returns the final validation metrics (or {})."""
+        """Train from the current step to ``iters``; returns the final validation metrics (or {}).
+
+        Ctrl-C (or SIGTERM) saves the checkpoint of the steps done, prints where it is and how to continue
+        (:attr:`resume_hint`), and the KeyboardInterrupt goes on. An RtsegError that stops the run (e.g. a
+        DatasetError of an image first read now, in this process or a DataLoader worker) saves them as well when any
+        were done since the last checkpoint, and is raised as one line that adds where they are and how to continue
+        (:func:`~rtseg.train.checkpoint.save_on_error`); a divergence (ConfigError to lower the LR) saves nothing.
+        """
         c = self.config
         start, t0 = self.step, time.perf_counter()
+        saved = start  # the step of the last checkpoint written (or the run's start)
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
@@ -307,15 +315,21 @@ class Trainer:
                     self._progress(running, start, t0)
                 if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < self.config.iters:
                     self.save_checkpoint()
+                    saved = self.step
                 if c.val_every and self.step % c.val_every == 0 and self.step < self.config.iters:
                     self._report_validation()
-        except RtsegError as exc:  # from a DataLoader worker the message carries the worker's traceback
-            raise _worker_error(exc) from None
         except KeyboardInterrupt:
             path = self.work_dir / CHECKPOINT_NAME
             save_on_interrupt(path, step=self.step, parts=self._parts(), resume_hint=self.resume_hint or f"--resume {path}",
                               log=self.log, **self._checkpoint_extras())
             raise
+        except RtsegError as exc:  # from a DataLoader worker the message carries the worker's traceback (cleaned)
+            path = self.work_dir / CHECKPOINT_NAME
+            error = save_on_error(exc, path, step=self.step, saved=saved, parts=self._parts(),
+                                  resume_hint=self.resume_hint or f"--resume {path}", **self._checkpoint_extras())
+            if error is exc:
+                raise
+            raise error from exc
         self.save_checkpoint()
         return self._report_validation()
 
@@ -396,15 +410,6 @@ class _BudgetTimer:
         per_step = (now - self.mark[1]) / max(step - self.mark[0], 1)
         left = self.budget - (now - self.t0)
         return step + int(left / per_step) if per_step > 0 else None
-
-
-def _worker_error(exc: RtsegError) -> RtsegError:
-    """``exc`` with its own one line when a DataLoader worker wrapped it in the worker's traceback."""
-    text = str(exc).strip()
-    if "Original Traceback" not in text:
-        return exc
-    last = text.splitlines()[-1]  # "rtseg.errors.DatasetError: <the line>"
-    return type(exc)(last.split(": ", 1)[1] if ": " in last else last)
 
 
 def _hms(seconds: float) -> str:
