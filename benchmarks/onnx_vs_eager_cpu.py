@@ -1,4 +1,5 @@
-"""Network-only CPU latency: eager torch vs ONNX Runtime (CPUExecutionProvider), batch 1.
+"""Network-only CPU latency: eager torch vs ONNX Runtime (CPUExecutionProvider), batch 1; and torch.compile with
+inductor's freezing (``freeze=True``: batch norms folded, oneDNN weights prepacked), which needs a C++ compiler.
 
 Eager runs the network as a CPU engine holds it (4-D weights channels_last, CPU_CHANNELS_LAST).
 The evidence behind ``backend="auto"`` on a CPU (rtseg.engines.backends.CPU_AUTO). Random
@@ -38,12 +39,20 @@ def run(cfg: YolactConfig, iters: int, cache: Path) -> dict:
     t = time.perf_counter()
     onnx = make_backend(net, name="onnx", device="cpu", input_size=cfg.input_size, config=cfg, cache_dir=cache)
     export_s = time.perf_counter() - t
+    frozen = make_backend(net, name="compile", device="cpu", input_size=cfg.input_size, freeze=True)
     with torch.inference_mode():
+        t = time.perf_counter()
+        frozen(x)  # compiles
+        compile_s = time.perf_counter() - t
         e = summary(time_it(lambda: eager(x), iters=iters))
         o = summary(time_it(lambda: onnx(x), iters=iters))
-        diff = max(float((a - b).abs().max()) for a, b in zip(eager(x), onnx(x)))
+        f = summary(time_it(lambda: frozen(x), iters=iters))
+        ref = eager(x)
+        diff = max(float((a - b).abs().max()) for a, b in zip(ref, onnx(x)))
+        diff_frozen = max(float((a - b).abs().max()) for a, b in zip(ref, frozen(x)))
     return {"eager": e, "onnx_runtime": o, "speedup_p50": e["p50_ms"] / o["p50_ms"], "export_s": export_s,
-            "max_abs_diff": diff}
+            "max_abs_diff": diff, "compile_frozen": f, "compile_frozen_speedup_p50": e["p50_ms"] / f["p50_ms"],
+            "compile_frozen_first_call_s": compile_s, "compile_frozen_max_abs_diff": diff_frozen}
 
 
 def main() -> None:
@@ -56,7 +65,9 @@ def main() -> None:
         results = {name: run(cfg, args.iters, Path(cache)) for name, cfg in CONFIGS.items()}
     for name, r in results.items():
         print(f"{name}: eager p50 {r['eager']['p50_ms']:.1f} ms, ORT p50 {r['onnx_runtime']['p50_ms']:.1f} ms, "
-              f"speedup {r['speedup_p50']:.2f}x, max |diff| {r['max_abs_diff']:.1e}")
+              f"speedup {r['speedup_p50']:.2f}x, max |diff| {r['max_abs_diff']:.1e}; compile frozen p50 "
+              f"{r['compile_frozen']['p50_ms']:.1f} ms ({r['compile_frozen_speedup_p50']:.2f}x, first call "
+              f"{r['compile_frozen_first_call_s']:.0f} s, max |diff| {r['compile_frozen_max_abs_diff']:.1e})")
     load = os.getloadavg()  # the dev machine is shared: a high load slows eager torch most (OpenMP spinning)
     print(write_result("onnx_vs_eager_cpu", {"batch": 1, "threads": args.threads, "onnxruntime": ort.__version__,
                                              "load_avg_1_5_15": load, "results": results}))

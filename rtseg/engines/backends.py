@@ -43,9 +43,10 @@ from rtseg.errors import ConfigError
 BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
 #: What ``auto`` picks on a CPU (eager when onnx/onnxscript/onnxruntime are missing). Evidence:
 #: benchmarks/onnx_vs_eager_cpu.py (results/onnx_vs_eager_cpu.json), batch 1, network only, p50, on a 2-vCPU
-#: Intel VM with eager channels_last as the engines run it: R-50 @ 550 eager 752 ms vs ORT 590 ms (1.27x);
-#: resnet18 @ 320 demo-like config eager 85.9 ms vs ORT 56.6 ms (1.52x) (NCHW eager on a 2-core EPYC: 1.57x /
-#: 1.75x). Outputs equal within 2e-7.
+#: Intel VM with eager channels_last as the engines run it: R-50 @ 550 eager 787 ms vs ORT 490 ms (1.61x);
+#: resnet18 @ 320 demo-like config eager 49.9 ms vs ORT 31.0 ms (1.61x). Outputs equal within 2e-7. compile with
+#: ``freeze=True`` in the same run: 444 ms (beats ORT on R-50) but 43.2 ms on the demo-like net (ORT is 1.39x
+#: faster), after a first call of 17-30 s and only with a C++ compiler installed: not ``auto``'s choice.
 CPU_AUTO = "onnx"
 #: Whether ``compile`` on CUDA replays CUDA graphs of our own (``capture=True``) by default rather than
 #: inductor's ``reduce-overhead`` ones. Evidence: benchmarks/engine_profile.py on an H200
