@@ -303,7 +303,7 @@ def read_manifest(weights: Path, digest: str, fmt: str = MANIFEST_FORMAT) -> dic
                           missing=f"{weights}: manifest {mp.name} not found beside it (rtseg weights come as "
                                   ".safetensors + .json)")
     try:
-        man = json.loads(text.decode("utf-8"))
+        man = json.loads(text.decode("utf-8-sig"))  # a hand-edited manifest may start with a BOM
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and json.JSONDecodeError too
         raise WeightsError(f"{mp}: manifest is {json_problem(e)}; re-export the weights") from None
     found = man.get("format") if isinstance(man, dict) else None

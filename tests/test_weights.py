@@ -398,3 +398,13 @@ def test_weights_of_another_architecture_say_what_to_give(tmp_path):
     with pytest.raises(WeightsError, match=r"does not match the expected architecture: mis-shaped .*; they were made "
                                            r"for another model; give weights of this one$"):
         load_into(other, load_yolact(str(path)).model.state_dict(), str(path))
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_loads(tmp_path):
+    """An editor that saves UTF-8 with a BOM: read like the data sets' JSON (it was 'not valid JSON')."""
+    from rtseg.engines.choose import resolve_engine
+
+    path = save_yolact(tmp_path / "m.safetensors", Yolact(TINY), ["a", "b", "c"])
+    manifest = path.with_suffix(".json")
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert load_yolact(str(path)).class_names == ["a", "b", "c"] and resolve_engine(str(path), None) == "yolact"

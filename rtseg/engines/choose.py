@@ -47,7 +47,7 @@ def resolve_engine(weights: str | None, engine: str | None) -> str:
             raise ConfigError(f"--engine {engine}: {weights} is an fcn; use --engine fcn or leave --engine out")
         return "fcn"
     try:
-        fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8")).get("format")
+        fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig")).get("format")
     except (OSError, ValueError, RecursionError, AttributeError):  # read_manifest says what is wrong
         fmt = None
     found = engine_formats().get(fmt) if Path(weights).suffix == ".safetensors" else None
