@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.backends import BACKENDS
 from rtseg.engines.choose import (
-    TORCHVISION,
     check_engine_options,
+    check_weights_file,
     default_weights,
     load_panoptic_engine,
     load_weights_engine,
     resolve_engine,
 )
 from rtseg.cliargs import SUBCOMMANDS, Parser, check_ranges
-from rtseg.errors import ConfigError, RtsegError, RtsegWarning, WeightsError, exit_status, one_line
+from rtseg.errors import ConfigError, RtsegError, RtsegWarning, exit_status, one_line
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
@@ -219,14 +219,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """Cheap checks first, so that a typo is reported before anything slow happens."""
     if args.source is None:
         raise ConfigError("--source is required (run without arguments for the demo)")
-    if args.weights is not None and not args.weights.startswith(TORCHVISION):
-        if Path(args.weights).is_dir():
-            raise WeightsError(f"--weights {args.weights} is a folder; give the weights file in it")
-        if not Path(args.weights).exists():
-            raise WeightsError(f"--weights {args.weights}: file not found")
-        if not Path(args.weights).is_file():
-            raise WeightsError(f"--weights {args.weights} is not a regular file (a FIFO, socket or device); "
-                               "give the weights file")
+    check_weights_file("--weights", args.weights, torchvision=True)
+    check_weights_file("--semantic", args.semantic)
     check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, ""),
                         ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds")])
     if not args.reconnect_timeout >= 0:  # also NaN

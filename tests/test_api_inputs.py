@@ -150,6 +150,19 @@ def test_every_engine_checks_its_device(fcn_weights) -> None:
     assert rtseg.load("fcn", fcn_weights, device="cpu:0").device == "cpu:0"
 
 
+def test_class_names_must_be_a_list_of_strings(fcn_weights) -> None:
+    """One string was split into characters: "square" named the demo model's six classes s, q, u, a, r, e; a
+    number was a TypeError traceback."""
+    for name, weights, given in [("yolact", DEMO, "square"), ("fcn", fcn_weights, "cat"), ("fcn", fcn_weights, 3),
+                                 ("yolact", DEMO, [1, 2, 3, 4, 5, 6])]:
+        with pytest.raises(ConfigError, match=f"^{name}: class_names must be a list of class names \\(strings\\), "
+                                              f"got {type(given).__name__} "):
+            rtseg.load(name, weights, class_names=given)
+    with pytest.raises(ConfigError, match="^yolact: 2 class names for a model with 6 classes$"):
+        rtseg.load("yolact", DEMO, class_names=("a", "b"))
+    assert rtseg.load("fcn", fcn_weights, class_names=(n for n in ("bg", "x", "y"))).class_names == ("bg", "x", "y")
+
+
 def test_load_with_wrong_typed_arguments_is_one_line() -> None:
     """Each was a TypeError traceback."""
     for name in ("yolact", "fcn", "msrcnn"):

@@ -345,6 +345,9 @@ ENGINE_OPTION_ERRORS = {
     "int8 without calib": (["--backend", "tensorrt", "--precision", "int8"], "needs --calib DIR"),
     "int8 empty calib": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}"], "holds no"),
     "weights folder": (["--weights", "{dir}"], "is a folder"),
+    "semantic folder": (["--engine", "panoptic", "--semantic", "{dir}"], "is a folder; give the weights file in it"),
+    "semantic from torchvision": (["--engine", "panoptic", "--semantic", "torchvision:fcn_resnet50"],
+                                  "--semantic torchvision:fcn_resnet50: file not found"),  # --weights only
     "json over the manifest": (["--weights", "{weights}", "--json", "{manifest}"], "would overwrite the input"),
     "output over the source": (["--weights", "{weights}", "--output", "{clip}"], "would overwrite the input"),
     "images per frame into the calib folder": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}",

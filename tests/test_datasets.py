@@ -520,6 +520,7 @@ def test_data_specs_of_train_and_eval_parse_in_one_place(tmp_path):
     assert parse_data(f"labelme:{tmp_path}").paths == (tmp_path,)
     (tmp_path / "one.json").write_text("{}")
     for spec, message in (("coco:only.json", "use coco:ANNOTATIONS.json:IMAGE_DIR"), ("labelme:", "use labelme:FOLDER"),
+                          ("synthetic:", "use synthetic or synthetic:SPLIT"),  # was the default split, unnoticed
                           (f"labelme:{tmp_path / 'one.json'}", "is a file, not a folder"),
                           ("voc:x", "unknown kind 'voc'; expected synthetic[:SPLIT]")):
         with pytest.raises(ConfigError, match=re.escape(message)) as info:

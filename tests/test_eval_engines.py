@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -332,6 +333,24 @@ def test_cli_slic_reports_superpixel_metrics(tmp_path, capsys):
     assert 10 <= m["num_segments"] <= 80
 
 
+def test_cli_slic_on_images_without_instances_is_refused(tmp_path, capsys):
+    """Nothing to recall: was boundary recall 100 %, UE 0 %, ASA 100 % and exit 0 (a perfect score of nothing)."""
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((48, 64, 3), 90, np.uint8))
+    (folder / "a.json").write_text(json.dumps({"shapes": [], "imagePath": "a.png", "imageHeight": 48,
+                                               "imageWidth": 64}))
+    assert main(["--engine", "slic", "--segments", "20", "--data", f"labelme:{folder}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"rtseg eval: error: --data labelme:{folder}: the 1 images hold no (non-crowd) instances, so "
+                   "boundary recall is undefined (and undersegmentation error and ASA trivially perfect); evaluate "
+                   "on annotated images")
+    empty = Sample.from_masks(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), np.zeros(0, np.int64))
+    import rtseg
+
+    assert np.isnan(evaluate_superpixel_engine(rtseg.load("slic", n_segments=4), [empty])["boundary_recall"])
+
+
 def test_superpixel_runner_more_segments_follow_more_boundaries():
     import rtseg
 
@@ -354,8 +373,12 @@ def test_superpixel_runner_more_segments_follow_more_boundaries():
     (["--engine", "slic", "--score-threshold", "0.5"], "--score-threshold applies to yolact, msrcnn and panoptic only"),
     (["--engine", "slic", "--segments", "0"], "slic: n_segments must be"),
     (["--engine", "msrcnn"], "--engine msrcnn needs --weights PATH"),
+    # a folder of weights is no input folder: was "--json … would overwrite the input {dir}/m.json"
+    (["--weights", "{dir}", "--json", "{dir}/m.json"], "--weights {dir} is a folder; give the weights file in it"),
+    (["--engine", "panoptic", "--semantic", "{dir}", "--json", "{dir}/m.json"], "--semantic {dir} is a folder"),
 ])
 def test_cli_engine_option_errors_are_one_line(fcn_weights, tmp_path, capsys, args, message):
-    names = {"fcn": fcn_weights, "missing": tmp_path / "none.safetensors"}
+    names = {"fcn": fcn_weights, "missing": tmp_path / "none.safetensors", "dir": tmp_path}
+    (tmp_path / "m.json").write_text("{}")
     assert main([*[a.format(**names) for a in args], "--max-images", "1"]) == 2
     assert message.format(**names) in _one_line(capsys.readouterr().err)

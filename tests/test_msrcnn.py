@@ -202,6 +202,9 @@ def test_config_takes_numpy_numbers():
     ({"score_threshold": float("nan")}, "score_threshold must be a number in \\[0, 1\\], got nan"),
     ({"top_k": 1.5}, "top_k must be an integer >= 1, got 1.5"),  # was: loads, then crashes on the first frame
     ({"top_k": True}, "top_k must be an integer >= 1, got True"),  # was: accepted as 1
+    # was accepted: six classes named c, i, r, c, l, e
+    ({"class_names": "circle"}, "class_names must be a list of class names \\(strings\\), got str 'circle'"),
+    ({"class_names": ["a"]}, "1 class names for a model with 6 classes"),
 ])
 def test_bad_options_are_config_errors(tiny_weights, options, message):
     with pytest.raises(ConfigError, match=f"msrcnn: {message}"):

@@ -181,6 +181,8 @@ def test_errors_are_one_line(tmp_path):
         "ftp://user:pw@host/x.mp4": "unsupported URL scheme 'ftp'",
         str(tmp_path / "*.png"): "no files match",
         "synthetic:abc": "bad synthetic source",
+        "synthetic:": "bad synthetic source",  # was the default seed: an unset variable went unnoticed
+        "synthetic:\u00b2": "bad synthetic source",  # a digit to str.isdigit, not to int(): was a ValueError traceback
         "": "--source is empty",
         "  ": "--source is empty",
     }

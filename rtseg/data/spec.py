@@ -27,10 +27,13 @@ class DataSpec(NamedTuple):
 
 
 def parse_data(spec: str, option: str = "--data") -> DataSpec:
-    """``spec`` as a :class:`DataSpec`; a ConfigError naming ``option`` for any other form, or a labelme FOLDER
-    that is a file. (A synthetic split name is checked when the data set is made.)"""
+    """``spec`` as a :class:`DataSpec`; a ConfigError naming ``option`` for any other form (an empty part after
+    a colon included), or a labelme FOLDER that is a file. (A synthetic split name is checked when the data set is
+    made.)"""
     kind, sep, rest = spec.partition(":")
     if kind == "synthetic":
+        if sep and not rest:  # "synthetic:$SPLIT" with SPLIT unset: was the command's default split, unnoticed
+            raise ConfigError(f"{option} {spec!r}: use synthetic or synthetic:SPLIT (train, val or test)")
         return DataSpec(kind, split=rest if sep else None)
     if kind == "coco":
         ann, sep, images = rest.partition(":")

@@ -68,12 +68,28 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
     if name == "panoptic" and semantic is None:
         raise ConfigError("--engine panoptic needs --semantic FCN_WEIGHTS (the stuff classes) besides the instance "
                           "--weights (yolact or msrcnn; default: the demo model)")
-    if semantic is not None and not Path(semantic).is_file():
-        raise WeightsError(f"--semantic {semantic}: file not found")
+    check_weights_file("--semantic", semantic)
     if score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
         raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
     if (segments is not None or compactness is not None) and name != "slic":
         raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
+
+
+def check_weights_file(option: str, path: str | None, *, torchvision: bool = False) -> None:
+    """WeightsError (one line naming ``option``) unless ``path`` is a regular file: a folder, a missing file and a
+    FIFO, socket or device are each said as such. ``None`` (not given) passes, and so does ``torchvision:ARCH``
+    where ``torchvision`` (``--weights``: :func:`torchvision_fcn_engine` checks it).
+
+    For ``--weights`` and ``--semantic`` before anything else reads them (a folder given as weights is no input
+    folder that an output could overwrite)."""
+    if path is None or (torchvision and path.startswith(TORCHVISION)):
+        return
+    if Path(path).is_dir():
+        raise WeightsError(f"{option} {path} is a folder; give the weights file in it")
+    if not Path(path).exists():
+        raise WeightsError(f"{option} {path}: file not found")
+    if not Path(path).is_file():
+        raise WeightsError(f"{option} {path} is not a regular file (a FIFO, socket or device); give the weights file")
 
 
 def default_weights(weights: str | None, name: str) -> str | None:

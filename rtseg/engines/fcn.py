@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rtseg.engines.base import frames_as_list
-from rtseg.engines.options import check_int, place_network, resolve_device
+from rtseg.engines.options import check_class_names, check_int, place_network, resolve_device
 from rtseg.errors import ConfigError, RtsegWarning, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
@@ -50,12 +50,11 @@ class FcnEngine:
         if max_side is not None:
             max_side = check_int("fcn", "max_side", max_side, low=1)
         classes = model.cfg.num_classes if isinstance(model, FCN) else getattr(model, "num_classes", None)
-        if classes is not None and len(class_names) != classes:
-            raise ConfigError(f"fcn: {len(class_names)} class names for a model with {classes} classes")
+        class_names = check_class_names("fcn", class_names, classes)
         self._device = resolve_device(device)
         self.device = str(self._device)
         self.model = place_network(model, self._device)
-        self.class_names = tuple(class_names)
+        self.class_names = class_names
         self.max_side, self.pretrained = max_side, pretrained
         self._mean = torch.tensor(MEAN_RGB, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(STD_RGB, device=self._device).view(1, 3, 1, 1)

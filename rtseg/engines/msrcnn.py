@@ -22,8 +22,8 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from rtseg.engines.base import StagedEngine
-from rtseg.engines.options import check_int, check_real, place_network, resolve_device
-from rtseg.errors import ConfigError, WeightsError
+from rtseg.engines.options import check_class_names, check_int, check_real, place_network, resolve_device
+from rtseg.errors import WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections
 from rtseg.weights import load_into, load_model, save_model
@@ -61,10 +61,8 @@ class MsrcnnEngine(StagedEngine):
             model.rcnn.transform = _UnpastedTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
                                                       size_divisible=t.size_divisible, fixed_size=t.fixed_size)
         self.model = place_network(model, self._device)
-        names = list(class_names) if class_names is not None else [f"class{i}" for i in range(model.cfg.num_classes)]
-        if len(names) != model.cfg.num_classes:
-            raise ConfigError(f"msrcnn: {len(names)} class names for a model with {model.cfg.num_classes} classes")
-        self.class_names = tuple(names)
+        names = class_names if class_names is not None else [f"class{i}" for i in range(model.cfg.num_classes)]
+        self.class_names = check_class_names("msrcnn", names, model.cfg.num_classes)
         self.score_threshold, self.top_k = score_threshold, top_k
 
     @classmethod

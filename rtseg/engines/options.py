@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -76,6 +76,20 @@ def check_int(engine: str, key: str, value: Any, *, low: int, high: float = math
     ConfigError ``"<engine>: <key> must be an integer >= 1, got 1.5"`` (``… in [32, 2048] …`` with ``high``)."""
     check_number(f"{engine}: {key}", value, low, high, integer=True)
     return int(value)
+
+
+def check_class_names(engine: str, names: Any, count: int | None) -> tuple[str, ...]:
+    """``names`` (an engine's ``class_names=``) as a tuple of strings, one per class of a model with ``count``
+    classes (None: any number), else ConfigError naming ``engine``: ``"msrcnn: class_names must be a list of class
+    names (strings), got str 'square'"`` (one string is no list of names: ``"cat"`` became the classes c, a, t) or
+    ``"msrcnn: 1 class names for a model with 6 classes"``."""
+    listed = None if isinstance(names, (str, bytes)) or not isinstance(names, Iterable) else list(names)
+    if listed is None or not all(isinstance(name, str) for name in listed):
+        raise ConfigError(f"{engine}: class_names must be a list of class names (strings), "
+                          f"got {type(names).__name__} {names!r}"[:200])
+    if count is not None and len(listed) != count:
+        raise ConfigError(f"{engine}: {len(listed)} class names for a model with {count} classes")
+    return tuple(listed)
 
 
 def check_weights_path(engine: str, weights: Any) -> str:

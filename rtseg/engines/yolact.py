@@ -16,7 +16,7 @@ from torch import nn
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import Backend, TorchBackend, make_backend
 from rtseg.engines.base import StagedEngine, frames_as_list, host_tensor
-from rtseg.engines.options import check_int, check_real, check_weights_path, place_network, resolve_device
+from rtseg.engines.options import check_class_names, check_int, check_real, check_weights_path, place_network, resolve_device
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import LIMITS, MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
@@ -113,10 +113,8 @@ class YolactEngine(StagedEngine):
         if self._dev.type == "cuda":  # one input size: cuDNN's autotuner picks each conv's fastest kernel once
             torch.backends.cudnn.benchmark = True  # (as the official eval.py does)
         self.device = str(device)
-        names = list(class_names) if class_names is not None else _default_names(self.cfg.num_classes)
-        if len(names) != self.cfg.num_classes:
-            raise ConfigError(f"{len(names)} class names given for a model with {self.cfg.num_classes} classes")
-        self.class_names: list[str] = names
+        names = class_names if class_names is not None else _default_names(self.cfg.num_classes)
+        self.class_names: list[str] = list(check_class_names("yolact", names, self.cfg.num_classes))
         self.net = place_network(InferenceNet(model), self._dev)
         if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
             raise ConfigError(f"precision={precision!r} / calibration frames apply to the tensorrt backend only "

@@ -38,6 +38,7 @@ from rtseg.engines import ENGINE_NAMES
 from rtseg.engines.base import Engine
 from rtseg.engines.choose import (
     check_engine_options,
+    check_weights_file,
     default_weights,
     load_panoptic_engine,
     load_weights_engine,
@@ -145,6 +146,7 @@ def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_ranges(args, [("--max-images", 1, None, "")])
+    check_weights_file("--weights", args.weights, torchvision=True)
     engine_name = resolve_engine(args.weights, args.engine)
     check_engine_options(engine_name, weights=args.weights, semantic=args.semantic,
                          score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness)
@@ -168,12 +170,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         table = format_panoptic(metrics)
     elif engine_name == "slic":
         metrics = evaluate_superpixel_engine(engine, data)
+        if math.isnan(metrics["boundary_recall"]):
+            raise _no_instances(args.data, n, "boundary recall is undefined (and undersegmentation error and ASA "
+                                              "trivially perfect)")
         table = format_superpixels(metrics)
     else:
         metrics = evaluate_instances(engine, data, dataset.class_names, mask_scoring=engine_name == "msrcnn")
         if math.isnan(metrics["mask_AP"]) and math.isnan(metrics["box_AP"]):
-            raise DatasetError(f"--data {args.data}: the {n} images hold no (non-crowd) instances, so AP is "
-                               "undefined; evaluate on annotated images")
+            raise _no_instances(args.data, n, "AP is undefined")
         table = format_table(metrics) + ("\n\n" + format_scoring_table(metrics) if engine_name == "msrcnn" else "")
     seconds = time.perf_counter() - start
     size = f" at {resize[0]}x{resize[1]}" if resize else ""
@@ -188,6 +192,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         except OSError as exc:
             raise SinkError(f"--json {args.json}: cannot write ({exc.strerror}); choose another path") from None
     return metrics
+
+
+def _no_instances(data: str, n: int, consequence: str) -> DatasetError:
+    """The error of ``--data`` whose ``n`` evaluated images hold no (non-crowd) instances: ``consequence`` says
+    which metrics that leaves undefined."""
+    return DatasetError(f"--data {data}: the {n} images hold no (non-crowd) instances, so {consequence}; evaluate "
+                        "on annotated images")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ between the engine and the data set.
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
@@ -196,10 +197,18 @@ SUPERPIXEL_METRICS = ("boundary_recall", "undersegmentation_error", "asa", "num_
 
 def evaluate_superpixel_engine(engine: Engine, data: Iterable[Sample]) -> dict[str, float]:
     """Mean boundary recall, undersegmentation error, ASA and segments per image of a superpixel engine
-    (its ``Superpixels.labels``) against each sample's instance segmentation (background = one segment)."""
-    per_image = [superpixel_metrics(engine(sample.image).labels, masks_to_segmentation(sample.masks))
-                 for sample in data]
-    return {k: float(np.mean([m[k] for m in per_image])) for k in SUPERPIXEL_METRICS}
+    (its ``Superpixels.labels``) against each sample's instance segmentation (background = one segment).
+
+    Boundary recall is NaN (undefined, not 100 %) when no image has a ground-truth boundary (no instances)."""
+    per_image, any_boundary = [], False
+    for sample in data:
+        truth = masks_to_segmentation(sample.masks)
+        any_boundary = any_boundary or truth.min() != truth.max()
+        per_image.append(superpixel_metrics(engine(sample.image).labels, truth))
+    metrics = {k: float(np.mean([m[k] for m in per_image])) for k in SUPERPIXEL_METRICS}
+    if not any_boundary:
+        metrics["boundary_recall"] = math.nan
+    return metrics
 
 
 def format_superpixels(metrics: dict[str, float]) -> str:

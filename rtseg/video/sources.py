@@ -284,8 +284,8 @@ def _is_camera(spec: str) -> bool:
 def _synthetic(spec: str, vid_stride: int, options: dict) -> Source:
     from rtseg.data.synthetic import TEST_SEED
 
-    _, _, seed = spec.partition(":")
-    if seed and not seed.isdigit():
+    _, colon, seed = spec.partition(":")
+    if colon and not (seed.isascii() and seed.isdigit()):  # also "synthetic:" (an unset variable?) and "²"
         raise SourceError(f"bad synthetic source {spec!r}: write 'synthetic' or 'synthetic:SEED' with an integer seed")
     return SyntheticSource(seed=int(seed) if seed else TEST_SEED, vid_stride=vid_stride, **options)
 
