@@ -161,6 +161,9 @@ def test_class_names_must_be_a_list_of_strings(fcn_weights) -> None:
     with pytest.raises(ConfigError, match="^yolact: 2 class names for a model with 6 classes$"):
         rtseg.load("yolact", DEMO, class_names=("a", "b"))
     assert rtseg.load("fcn", fcn_weights, class_names=(n for n in ("bg", "x", "y"))).class_names == ("bg", "x", "y")
+    # None is "not given": the weights' own names (it gave class0, class1 …)
+    assert rtseg.load("yolact", DEMO, class_names=None).class_names == rtseg.load("yolact", DEMO).class_names
+    assert rtseg.load("fcn", fcn_weights, class_names=None).class_names == rtseg.load("fcn", fcn_weights).class_names
 
 
 def test_load_with_wrong_typed_arguments_is_one_line() -> None:

@@ -79,7 +79,8 @@ class FcnEngine:
                                   f"num_classes comes from the weights' manifest: drop num_classes=")
             model = FCN(cfg)
             load_into(model, state, str(weights))
-            kwargs.setdefault("class_names", names)
+            if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
+                kwargs["class_names"] = names
             return cls(model=model, **kwargs)
         if arch in TORCHVISION_ARCHS:
             num_classes = 21 if num_classes is None else check_int("fcn", "num_classes", num_classes, low=2)
@@ -88,7 +89,8 @@ class FcnEngine:
                 warnings.warn(f"fcn: torchvision's pretrained {arch} file is not in the torch cache (nothing is "
                               "downloaded): this engine has RANDOM weights, for training only", RtsegWarning, stacklevel=3)
             names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
-            kwargs.setdefault("class_names", names)
+            if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
+                kwargs["class_names"] = names
             return cls(model=_OutOnly(model, num_classes), pretrained=pretrained, **kwargs)
         raise WeightsError(f"fcn: arch {arch or 'fcn8s'} needs weights=PATH (train one with rtseg.train.fcn_trainer) "
                            f"or pick arch= one of {', '.join(TORCHVISION_ARCHS)}; known archs: {', '.join(ARCHS)}")

@@ -78,7 +78,8 @@ class MsrcnnEngine(StagedEngine):
         state, cfg, names = load_model(weights, MSRCNN_FORMAT, MsrcnnConfig)
         model = MaskScoringRCNN(cfg)
         load_into(model, state, str(weights))
-        kwargs.setdefault("class_names", names)
+        if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
+            kwargs["class_names"] = names
         return cls(model=model, **kwargs)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:

@@ -153,7 +153,8 @@ class YolactEngine(StagedEngine):
             low, high = LIMITS["input_size"]
             input_size = check_int("yolact", "input_size", input_size, low=low, high=high)
         loaded = load_yolact(weights, input_size=input_size)
-        kwargs.setdefault("class_names", loaded.class_names)
+        if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
+            kwargs["class_names"] = loaded.class_names
         engine = cls(model=loaded.model, **kwargs)
         engine.category_ids = loaded.category_ids
         return engine
