@@ -14,6 +14,11 @@ import torch
 #: (``WindowSink`` refuses then; tests/test_window.py needs it to open).
 OPENCV_VERSION = cv2.__version__
 
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a suite started in the background (`cmd &`, nohup):
+    # an ignored signal stays ignored in every child, so the commands the tests Ctrl-C would not see it; a handled
+    # one is reset to the default when a child starts, so they get Ctrl-C as from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 #: Intra-op threads each test starts with (the CI and development machines have 2 cores).
 TEST_TORCH_THREADS = min(2, os.cpu_count() or 1)
 
