@@ -42,7 +42,7 @@ import numpy as np
 
 from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
-from rtseg.imageio import read_regular_file
+from rtseg.imageio import ImageReadError, decode_image, read_regular_file
 from rtseg.ranges import number_problem
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
@@ -192,14 +192,12 @@ class LabelmeDataset:
         if record.image is not None:
             return read_image(record.image)
         try:  # imageData is read again here, not kept: labelme embeds every image in its JSON by default
-            image = cv2.imdecode(np.frombuffer(base64.b64decode(read_json(path, "labelme file")["imageData"],
-                                                                validate=True), np.uint8), cv2.IMREAD_COLOR)
+            return decode_image(base64.b64decode(read_json(path, "labelme file")["imageData"], validate=True))
+        except ImageReadError as exc:
+            why = f"imageData: {exc}"
         except (binascii.Error, ValueError):
-            image = None
-        if image is None:
-            raise DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
-                               "put the image beside the JSON file")
-        return image
+            why = "imageData is not a base64 image"
+        raise DatasetError(f"{path}: {why} and no image file was found; put the image beside the JSON file")
 
     def __getitem__(self, index: int) -> Sample:
         path, record = self.files[index], self._records[index]
@@ -319,14 +317,10 @@ def _mask(s: dict, where: str) -> np.ndarray:
     """The (h, w) bool patch of a ``mask`` shape, decoded from its base64 PNG ``mask``; ``DatasetError`` when
     that is missing or unreadable."""
     try:
-        buf = np.frombuffer(base64.b64decode(s.get("mask") or b"", validate=True), np.uint8)
-    except (binascii.Error, ValueError, TypeError):
-        buf = np.zeros(0, np.uint8)
-    decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
-    if decoded is None:
+        return decode_image(base64.b64decode(s.get("mask") or b"", validate=True), cv2.IMREAD_GRAYSCALE) > 0
+    except (ImageReadError, binascii.Error, ValueError, TypeError):
         raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
-                           "delete the shape or draw it again in labelme")
-    return decoded > 0
+                           "delete the shape or draw it again in labelme") from None
 
 
 def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:

@@ -1,0 +1,85 @@
+"""Image files over rtseg's pixel limit are refused from their header, before OpenCV decodes them."""
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.data.labelme import LabelmeDataset
+from rtseg.errors import DatasetError
+from rtseg.imageio import MAX_IMAGE_PIXELS, ImageReadError, decode_image, read_image_file
+from rtseg.video.sources import open_source
+
+BIG = (12_000, 12_000)  # 144 M pixels, over the limit
+BIG_LINE = f"12000 x 12000 pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; scale it down first"
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _black_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grey PNG of ``width`` x ``height`` black pixels (a few kB for 144 M pixels)."""
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(row * height, 9))
+            + _chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def big_png() -> bytes:
+    data = _black_png(*BIG)
+    assert len(data) < 100_000
+    return data
+
+
+def test_the_big_png_is_a_real_image_opencv_decodes(big_png):
+    """Without the limit the file decodes: the refusal below is rtseg's, not a broken file's."""
+    image = cv2.imdecode(np.frombuffer(big_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == BIG[::-1] and not image.any()
+
+
+def test_an_image_over_the_limit_is_refused_before_decoding(big_png, tmp_path):
+    with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
+        decode_image(big_png)
+    (tmp_path / "bomb.png").write_bytes(big_png)
+    with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
+        read_image_file(tmp_path / "bomb.png")
+
+
+def test_an_image_at_the_limit_decodes():
+    small = decode_image(_black_png(64, 48))
+    assert small.shape == (48, 64, 3) and small.dtype == np.uint8
+    assert 2**13 * 2**14 == MAX_IMAGE_PIXELS  # the widest a header may say and still be read
+    assert decode_image(_black_png(2**13, 2**14), cv2.IMREAD_GRAYSCALE).shape == (2**14, 2**13)
+
+
+def test_pillow_s_own_bomb_limit_is_our_refusal_too():
+    """Over twice Pillow's limit its header reader raises instead of telling the size: the same refusal."""
+    with pytest.raises(ImageReadError, match=f"^over the {MAX_IMAGE_PIXELS:,} pixels rtseg reads; scale it down"):
+        decode_image(_black_png(20_000, 10_000))
+
+
+def test_a_folder_source_skips_the_big_image_naming_it(big_png, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((8, 8, 3), 7, np.uint8))
+    (tmp_path / "b.png").write_bytes(big_png)
+    source = open_source(str(tmp_path))
+    events: list[str] = []
+    source.on_event = events.append
+    assert [f.image[0, 0, 0] for f in source] == [7]
+    assert events == [f"skipped {tmp_path / 'b.png'}: {BIG_LINE}"]
+
+
+def test_a_labelme_image_embedded_over_the_limit_is_one_line(big_png, tmp_path):
+    record = {"version": "5.5.0", "imagePath": "gone.png", "imageHeight": BIG[1], "imageWidth": BIG[0],
+              "shapes": [{"label": "cat", "points": [[1, 1], [9, 1], [9, 9]], "shape_type": "polygon",
+                          "group_id": None, "flags": {}}],
+              "imageData": base64.b64encode(big_png).decode()}
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    with pytest.raises(DatasetError, match=f"a.json: imageData: {BIG_LINE} and no image file was found"):
+        LabelmeDataset(tmp_path, class_names=["cat"])[0]
