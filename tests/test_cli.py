@@ -346,6 +346,8 @@ ENGINE_OPTION_ERRORS = {
     "int8 empty calib": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}"], "holds no"),
     "weights folder": (["--weights", "{dir}"], "is a folder"),
     "semantic folder": (["--engine", "panoptic", "--semantic", "{dir}"], "is a folder; give the weights file in it"),
+    "semantic from yolact": (["--engine", "panoptic", "--semantic", "{weights}"],
+                             "weights (manifest format 'rtseg-yolact/1'); give the weights of an fcn"),
     "semantic from torchvision": (["--engine", "panoptic", "--semantic", "torchvision:fcn_resnet50"],
                                   "--semantic torchvision:fcn_resnet50: file not found"),  # --weights only
     "json over the manifest": (["--weights", "{weights}", "--json", "{manifest}"], "would overwrite the input"),

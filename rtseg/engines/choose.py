@@ -46,15 +46,22 @@ def resolve_engine(weights: str | None, engine: str | None) -> str:
         if engine not in (None, "fcn"):
             raise ConfigError(f"--engine {engine}: {weights} is an fcn; use --engine fcn or leave --engine out")
         return "fcn"
-    try:
-        fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig")).get("format")
-    except (OSError, ValueError, RecursionError, AttributeError):  # read_manifest says what is wrong
-        fmt = None
-    found = engine_formats().get(fmt) if Path(weights).suffix == ".safetensors" else None
+    fmt, found = manifest_engine(weights)
     if engine is not None and found is not None and engine != found:
         raise ConfigError(f"--engine {engine}: {weights} holds {found} weights (manifest format {fmt!r}); "
                           f"use --engine {found} or leave --engine out")
     return engine or found or "yolact"
+
+
+def manifest_engine(weights: str) -> tuple[str | None, str | None]:
+    """(manifest ``format``, engine it names) of the rtseg ``.safetensors`` file ``weights``; the engine is None
+    for other files and for a manifest that is missing, unreadable or names no engine (the engine's loader says
+    what is wrong with it)."""
+    try:
+        fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig")).get("format")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None, None
+    return fmt, engine_formats().get(fmt) if Path(weights).suffix == ".safetensors" else None
 
 
 def check_engine_options(name: str, *, weights: str | None = None, semantic: str | None = None,
@@ -69,6 +76,10 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
         raise ConfigError("--engine panoptic needs --semantic FCN_WEIGHTS (the stuff classes) besides the instance "
                           "--weights (yolact or msrcnn; default: the demo model)")
     check_weights_file("--semantic", semantic)
+    fmt, stuff = manifest_engine(semantic) if semantic is not None else (None, None)
+    if stuff not in (None, "fcn"):
+        raise ConfigError(f"--semantic {semantic} holds {stuff} weights (manifest format {fmt!r}); give the weights "
+                          "of an fcn (the stuff classes)")
     if score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
         raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
     if (segments is not None or compactness is not None) and name != "slic":
