@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import cv2
@@ -148,8 +149,11 @@ def test_evaluator_checks_inputs(samples):
 
 def test_class_mapping_by_name():
     assert class_mapping(["a", "b", "c"], ["c", "a"]).tolist() == [1, -1, 0]
-    with pytest.raises(ConfigError, match="do not know data-set classes zebra"):
+    with pytest.raises(ConfigError, match="do not know data-set classes 'zebra' \\(theirs: 'a'\\)"):
         class_mapping(["a"], ["a", "zebra"])
+    line = "classes 'a, b', 'c\\n' (theirs: 'x0', 'x1', 'x2', 'x3', 'x4' … (7 in all))"  # one name each, one line
+    with pytest.raises(ConfigError, match=re.escape(line)):
+        class_mapping([f"x{i}" for i in range(7)], ["x0", "a, b", "c\n"])
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +267,7 @@ def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):
     (folder / "a.json").write_text(json.dumps({"shapes": [{"label": "zebra1", "points": [[1, 1], [9, 1], [9, 9]]}],
                                                "imagePath": "a.png", "imageHeight": 20, "imageWidth": 20}))
     assert main(["--weights", str(tiny_weights), "--data", f"labelme:{folder}"]) == 2
-    assert "do not know data-set classes zebra" in capsys.readouterr().err
+    assert "do not know data-set classes 'zebra'" in capsys.readouterr().err
     assert main(["--weights", str(tmp_path / "none.safetensors"), "--data", "synthetic:test"]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -138,9 +138,9 @@ def test_crowd_regions_are_ignored_in_semantic_targets():
 
 
 def test_target_lut_rejects_unknown_classes():
-    with pytest.raises(ConfigError, match="do not know data-set classes background"):
+    with pytest.raises(ConfigError, match="do not know data-set classes 'background'"):
         target_lut(["a", "b"], ["a", "b"])
-    with pytest.raises(ConfigError, match="do not know data-set classes zebra"):
+    with pytest.raises(ConfigError, match="do not know data-set classes 'zebra'"):
         target_lut(["background", "a"], ["a", "zebra"])
 
 
@@ -252,7 +252,7 @@ def test_cli_user_errors_for_fcn(fcn_weights, tmp_path, capsys):
     other = save_fcn(tmp_path / "other.safetensors", FCN(FcnConfig(num_classes=3, width=0.0625)),
                      ["background", "circle", "dog"])
     assert main(["--weights", str(other), "--max-images", "1"]) == 2
-    assert "do not know data-set classes square, triangle" in _one_line(capsys.readouterr().err)
+    assert "do not know data-set classes 'square', 'triangle'" in _one_line(capsys.readouterr().err)
 
 
 @pytest.fixture(scope="module")

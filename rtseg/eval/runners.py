@@ -36,11 +36,19 @@ def class_mapping(engine_names: Sequence[str], data_names: Sequence[str]) -> np.
     ``ConfigError`` when a data-set class is unknown to the engine (its AP could only be 0).
     """
     index = {n: i for i, n in enumerate(data_names)}
-    missing = [n for n in data_names if n not in set(engine_names)]
+    known = set(engine_names)
+    missing = [n for n in data_names if n not in known]
     if missing:
-        raise ConfigError(f"the weights do not know data-set classes {', '.join(missing[:5])}"
-                          f"{' …' if len(missing) > 5 else ''}; evaluate weights trained on these classes")
+        raise ConfigError(f"the weights do not know data-set classes {quoted(missing)} (theirs: {quoted(engine_names)})"
+                          "; evaluate weights trained on these classes")
     return np.array([index.get(n, -1) for n in engine_names], np.int64)
+
+
+def quoted(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` quoted (``repr``: a comma, space or line break inside a name stays
+    visible), then `` … (N in all)`` when there are more."""
+    more = f" … ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(map(repr, names[:limit])) + more
 
 
 def remap(dets: Detections, mapping: np.ndarray, data_names: Sequence[str]) -> Detections:
