@@ -658,6 +658,13 @@ def test_concatenated_mpeg_ts_is_timed_on_across_the_jump_back(tmp_path):
                               "frames were timed on across each jump"]
     with open_source(str(joined), end=2.5) as source:  # --end counts on the continuous timeline
         assert len(list(source)) == 25
+    with open_source(str(joined), start=2.5) as source:  # --start too: was refused as past the header's 2 s
+        frames = list(source)  # (a seek by timestamp would land in the first part, whose clock says 0.5 s)
+    assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(25, 40)])
+    assert [f.image.shape[:2] for f in frames] == [(24, 48)] * 15
+    assert np.abs(_colour(frames[0]) - clip_colour(25)).max() < 8
+    with pytest.raises(ConfigError, match=r"start 4\.5 s is past the end of .*ab\.ts \(4\.00 s long\)"):
+        open_source(str(joined), start=4.5)
 
 
 def test_live_stream_whose_clock_restarts_keeps_a_continuous_timeline(tmp_path):

@@ -126,15 +126,18 @@ class FileSource(Source):
                  timeouts: tuple[float, float] | None = None) -> None:
         self._container, self._stream = _open_file(path, timeouts)
         name = redact_url(path)  # in messages: an HTTP file's URL without its credentials
+        rate = stream_rate(self._stream)
+        self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         length = self._container.duration / 1e6 if self._container.duration else None
+        self._jumps_before_start = False  # then start is reached by decoding from the beginning, not by a seek
+        if start > 0 and self._container.format.flags & TS_DISCONT:
+            length, self._jumps_before_start = self._scan_to(start)
         if start > 0 and length is not None and start >= length:
             self._container.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
                               f"choose an earlier start")
         self._open, self._name = (path, timeouts), name
         self._stride, self._start, self._end = vid_stride, start, end
-        rate = stream_rate(self._stream)
-        self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
         self._reformatter = VideoReformatter()  # decoded frames → BGR, one swscale context for the whole file
         self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
@@ -149,6 +152,28 @@ class FileSource(Source):
             return None
         stop = min(duration, self._end) if self._end is not None else duration
         return max(0, int(round((stop - self._start) * float(rate))) + self._stride - 1) // self._stride
+
+    def _scan_to(self, start: float) -> tuple[float | None, bool]:
+        """Where ``start`` (s, on the continuous timeline of :meth:`_timed`) lies in a file whose timestamps may
+        jump (MPEG-TS: ``cat a.ts b.ts``, where a seek by timestamp lands in the wrong part, and the header's
+        duration is that of one part): the packets' decode times up to ``start`` are read through a
+        :class:`Timeline`, without decoding. Returns (the file's continuous length in s when it ends before
+        ``start``, else None; whether its timestamps jump before ``start``). Leaves the demuxer where it stopped
+        (:meth:`_from_start` seeks or reopens)."""
+        timeline, last = Timeline(jumps_ahead=True), -self._period
+        try:
+            for packet in self._container.demux(self._stream):
+                own = self._time(packet.dts)  # decode order: times rise but at a jump (pts go back at B-frames)
+                if own is None:
+                    continue
+                delay = self._time(packet.pts) - own if packet.pts is not None else 0.0  # pts - dts: B-frames
+                t = timeline.place(own, self._period) + delay  # the frame's time on the continuous timeline
+                if t >= start:
+                    return None, timeline.jumps > 0
+                last = max(last, t)
+        except AV_ERRORS:  # unreadable further on: decoding from the beginning reports it in one line
+            return None, True
+        return last + self._period, timeline.jumps > 0
 
     def _time(self, ticks: int | None) -> float | None:
         """Seconds from the stream's start of a pts in stream ticks (None stays None)."""
@@ -190,7 +215,7 @@ class FileSource(Source):
         ends in a reopen that decodes from the beginning.
         """
         back = 0.0
-        while self._start > 0 and self._start - back > 0:
+        while self._start > 0 and self._start - back > 0 and not self._jumps_before_start:
             target = self._start - back
             try:
                 self._container.seek((self._stream.start_time or 0) + int(target / self._stream.time_base),
