@@ -13,7 +13,9 @@ shared by all viewers; a slow viewer simply skips frames.
 
 Security: binds 127.0.0.1 by default. Any other address needs a token, which
 every request must carry as ``?token=...`` or an ``X-Rtseg-Token`` /
-``Authorization: Bearer`` header.
+``Authorization: Bearer`` header. At most :data:`MAX_CONNECTIONS` connections are served at once (each
+has a thread); one more is answered 503 and closed, so that a flood of connections (with or without the
+token) cannot exhaust the process's threads or memory while it records.
 
 The server and its threads reference what they serve (:class:`_Server`), never the
 :class:`WebSink` facade, so a sink dropped without ``close()`` can be collected, and its
@@ -21,6 +23,7 @@ finalizer (which also runs at interpreter exit) stops the server and frees the p
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import ipaddress
@@ -42,6 +45,11 @@ import numpy as np
 from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Frame, Prediction
 
+MAX_CONNECTIONS = 64
+"""Connections served at once (viewers' streams and requests); more are refused with 503 until some end."""
+_BUSY_TEXT = b"too many viewers; try again later\n"
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+         b"Retry-After: 5\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT))
 _PAGE = Path(__file__).with_name("page.html")
 _BOUNDARY = "rtsegframe"
 #: ``[IPv6]:PORT`` (groups 1, 2) or ``HOST:PORT`` (groups 3, 4), the forms of ``--serve``.
@@ -122,6 +130,28 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = MAX_CONNECTIONS  # listen backlog (socketserver's 5 dropped a burst's SYNs: 1 s retries)
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        """A thread for the connection while fewer than :data:`MAX_CONNECTIONS` are served, else 503 and close
+        (on the accepting thread: the short reply fits the socket's send buffer, so it never waits)."""
+        if self._slots.acquire(blocking=False):
+            try:
+                super().process_request(request, client_address)
+            except BaseException:  # no thread started (the caller closes the connection)
+                self._slots.release()
+                raise
+            return
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(_BUSY)
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         """A viewer that disconnects mid-reply is normal: no traceback over the pipeline's console."""
@@ -133,6 +163,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], token: str | None, stats_fn: Callable[[], dict],
                  latest: _LatestFrame) -> None:
         self.token, self.stats_fn, self.latest = token, stats_fn, latest
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
