@@ -70,6 +70,40 @@ def test_connectivity_splits_and_merges():
     assert out[0, 0] == out[1, 0] and out[6, 6] != out[5, 5]
 
 
+def test_connectivity_keeps_the_largest_fragment_of_a_shattered_label():
+    lab = torch.from_numpy(np.indices((6, 6)).sum(0) % 2)  # a checkerboard: 18 one-pixel fragments per label
+    out = enforce_connectivity(lab, min_size=3)  # was: 36 segments, every fragment kept as none reached 3 pixels
+    assert torch.equal(torch.unique(out), torch.arange(2)) and len(torch.unique(connected_components(out))) == 2
+    assert out[0, 0] != out[0, 1]  # each label's first fragment in raster order seeded a segment
+
+
+def test_connected_components_match_scipy():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for shape, k in [((1, 9), 2), ((9, 1), 3), ((23, 31), 3), ((40, 40), 2)]:
+        lab = rng.integers(0, k, shape)
+        ours = connected_components(torch.from_numpy(lab)).numpy()
+        for v in range(k):
+            ref, n = ndimage.label(lab == v)  # 4-connectivity
+            for i in range(1, n + 1):
+                inside = ref == i  # one id over the whole component, its smallest flat index, used nowhere else
+                assert (ours[inside] == np.flatnonzero(inside)[0]).all()
+                assert not (ours[~inside] == np.flatnonzero(inside)[0]).any()
+
+
+@pytest.mark.parametrize("size, asked", [((120, 160), 200), ((240, 320), 50)])
+def test_torch_slic_on_noise_gives_about_as_many_segments_as_asked(size, asked):
+    """Noise shatters every cluster into fragments far below the minimum size (S*S/4). They were all grown over by
+    the few that reached it (160x120: 1 segment for 200 asked) or, if none did, all kept (320x240: 52,710 for 50)."""
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8))
+    labels = slic_torch(img, n_segments=asked)
+    k = int(labels.max()) + 1
+    assert torch.equal(torch.unique(labels), torch.arange(k))
+    assert len(torch.unique(connected_components(labels))) == k  # one 4-connected component per segment
+    assert asked / 2 < k < asked * 2
+
+
 def test_lab_matches_skimage():
     from skimage.color import rgb2lab
 

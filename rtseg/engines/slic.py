@@ -7,8 +7,11 @@ Two backends behind one engine:
   GPU. Every pixel compares itself with the cluster centres seeded in the 3x3
   grid cells around its own cell (the 2S x 2S search window of the paper), so an
   iteration is a handful of dense tensor ops instead of a loop over centres.
-  Connectivity is enforced afterwards with tensor ops too (connected-component
-  labelling by min-propagation, then small fragments absorbed by neighbours).
+  Connectivity is enforced afterwards with tensor ops too (connected components
+  of horizontal runs by min-propagation, then small fragments absorbed by their
+  neighbours, ring by ring; every cluster of at least the minimum size keeps its
+  largest fragment, so texture or noise that shatters clusters into small pieces
+  still gives about as many segments as asked).
 
 Both give ``Superpixels`` with ids 0..K-1; ``tests/test_slic.py`` checks that
 their boundary recall, undersegmentation error and achievable segmentation
@@ -21,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rtseg.engines.base import frames_as_list, host_tensor
 from rtseg.engines.options import check_int, check_real, resolve_device
@@ -49,6 +51,28 @@ def bgr_to_lab(image: torch.Tensor) -> torch.Tensor:
 
 
 # -- torch SLIC ----------------------------------------------------------------------------
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+"""The 3x3 grid cells a pixel searches around its own, in the order that breaks ties (the first wins)."""
+
+
+def _cells(n: int, cells: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Split an axis of ``n`` pixels into ``cells`` runs of consecutive pixels (lengths differ by at most one),
+    laid out padded: every cell gets ``size`` slots, the length of the longest cell.
+
+    Returns (cell, slot, source, size): (n,) int64 cell of each pixel, (n,) int64 slot of each pixel
+    (``cell * size + offset in its cell``), (cells * size,) int64 pixel shown in each slot (a padding slot
+    repeats its cell's last pixel), and ``size``.
+    """
+    cell = (torch.arange(n, device=device, dtype=torch.float32) * cells / n).long().clamp_max(cells - 1)
+    length = torch.bincount(cell, minlength=cells)
+    size = int(length.max())
+    first = length.cumsum(0) - length
+    slot = cell * size + torch.arange(n, device=device) - first[cell]
+    offset = torch.arange(size, device=device)
+    source = (first[:, None] + torch.minimum(offset[None], length[:, None] - 1)).reshape(-1)
+    return cell, slot, source, size
+
+
 def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float = 10.0, iterations: int = 10,
                min_size_factor: float = 0.25) -> torch.Tensor:
     """SLIC superpixels with tensor ops only (CPU or GPU).
@@ -57,97 +81,141 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     n_segments: approximate number of superpixels; the grid step is S = sqrt(H*W / n_segments).
     compactness: m of the paper; distance = d_lab^2 + (m / S)^2 * d_xy^2.
     iterations: assignment/update rounds (10 as in the paper).
-    min_size_factor: fragments smaller than this fraction of S*S are merged into a neighbour.
+    min_size_factor: fragments smaller than this fraction of S*S are merged into a neighbour (see
+        :func:`enforce_connectivity`).
     Returns (H, W) int64 labels 0..K-1 on the image's device, every segment 4-connected.
+
+    The assignment works on the frame laid out by grid cell, (gh, bh, gw, bw) with every cell padded to bh x bw
+    pixels, so that the centre a pixel compares itself with for one of the 3x3 cell offsets is a broadcast slice
+    of the (5, gh + 2, gw + 2) grid of centres, whose border of +inf stands for "no such cell". The spatial terms
+    of the distance are computed per row and per column and broadcast.
     """
     h, w = image.shape[:2]
     dev = image.device
     step = max(math.sqrt(h * w / max(n_segments, 1)), 1.0)
     gh, gw = max(round(h / step), 1), max(round(w / step), 1)
+    cell_y, slot_y, source_y, bh = _cells(h, gh, dev)
+    cell_x, slot_x, source_x, bw = _cells(w, gw, dev)
     lab = bgr_to_lab(image)  # (3, H, W)
-    ys = torch.arange(h, device=dev, dtype=torch.float32)
-    xs = torch.arange(w, device=dev, dtype=torch.float32)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    feats = torch.cat([lab, yy[None], xx[None]]).reshape(5, -1)  # (5, N)
     # spatial axes scaled by m / S so that the SLIC distance is a plain squared Euclidean one
-    feats = feats * torch.tensor([1.0, 1.0, 1.0, compactness / step, compactness / step], device=dev)[:, None]
-    # seed centres at grid-cell centres; each pixel belongs to one cell
-    cell_y = (yy * gh / h).long().clamp_max(gh - 1).reshape(-1)
-    cell_x = (xx * gw / w).long().clamp_max(gw - 1).reshape(-1)
+    scale = torch.tensor(compactness / step, device=dev)
+    ys = torch.arange(h, device=dev, dtype=torch.float32).mul_(scale)
+    xs = torch.arange(w, device=dev, dtype=torch.float32).mul_(scale)
+    feats = torch.cat([lab, ys[None, :, None].expand(1, h, w), xs[None, None, :].expand(1, h, w)]).reshape(5, -1)
+    # the five channels in the cell layout: colour (gh, bh, gw, bw), y (gh, bh, 1, 1), x (1, 1, gw, bw)
+    colour = lab.index_select(1, source_y).index_select(2, source_x).view(3, gh, bh, gw, bw)
+    channels = [*colour, ys[source_y].view(gh, bh, 1, 1), xs[source_x].view(1, 1, gw, bw)]
+    terms = [torch.empty(torch.broadcast_shapes(c.shape, (gh, 1, gw, 1)), device=dev) for c in channels]
+    # seed centres at grid-cell centres
     cy = ((torch.arange(gh, device=dev) + 0.5) * h / gh).long().clamp_max(h - 1)
     cx = ((torch.arange(gw, device=dev) + 0.5) * w / gw).long().clamp_max(w - 1)
     centres = feats[:, (cy[:, None] * w + cx[None, :]).reshape(-1)]  # (5, K)
     k = gh * gw
-    # candidate centres of each pixel: those seeded in the 3x3 cells around its own cell
-    cands = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            ny, nx = cell_y + dy, cell_x + dx
-            ok = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
-            cands.append((ny.clamp(0, gh - 1) * gw + nx.clamp(0, gw - 1), ok))
-    ones = torch.ones(h * w, device=dev)
-    inf = torch.tensor(float("inf"), device=dev)
+    own = (cell_y[:, None] * gw + cell_x[None, :]).reshape(-1)  # (N,) id of the centre seeded in a pixel's cell
+    shift = torch.tensor([dy * gw + dx for dy, dx in _OFFSETS], device=dev)  # offset number -> centre id shift
+    grid = torch.full((5, gh + 2, gw + 2), float("inf"), device=dev)
+    dist, best = torch.empty(2, gh, bh, gw, bw, device=dev)
+    closer = torch.empty_like(dist, dtype=torch.bool)
+    nearest = torch.empty_like(dist, dtype=torch.uint8)  # offset number of the nearest centre so far
     for _ in range(iterations):
-        best = torch.full((h * w,), float("inf"), device=dev)
-        assign = cands[4][0]
-        for idx, ok in cands:  # running arg-min over the 9 candidates keeps memory at O(N)
-            dist = torch.where(ok, (feats - centres[:, idx]).square_().sum(0), inf)
-            closer = dist < best
-            best = torch.where(closer, dist, best)
-            assign = torch.where(closer, idx, assign)
+        grid[:, 1:-1, 1:-1] = centres.view(5, gh, gw)
+        for i, (dy, dx) in enumerate(_OFFSETS):
+            centre = grid[:, 1 + dy:1 + dy + gh, 1 + dx:1 + dx + gw, None][:, :, None]  # (5, gh, 1, gw, 1)
+            for c, term, ctr in zip(channels, terms, centre):
+                torch.sub(c, ctr, out=term).square_()
+            torch.add(terms[0], terms[1], out=dist)  # (((L + a) + b) + y) + x: as a sum over the 5 channels rounds
+            for term in terms[2:]:
+                dist.add_(term)
+            if i == 0:
+                best.copy_(dist)
+                nearest.zero_()
+            else:  # the last offset to improve on the running minimum is the first nearest one
+                torch.lt(dist, best, out=closer)
+                torch.maximum(nearest, closer.view(torch.uint8).mul(i), out=nearest)
+                torch.minimum(best, dist, out=best)
+        picked = nearest.view(gh * bh, gw * bw).index_select(0, slot_y).index_select(1, slot_x).reshape(-1)
+        assign = own + shift.index_select(0, picked.long())
         sums = torch.zeros(5, k, device=dev).index_add_(1, assign, feats)
-        count = torch.zeros(k, device=dev).index_add_(0, assign, ones)
+        count = torch.bincount(assign, minlength=k).to(sums.dtype)
         centres = torch.where(count[None] > 0, sums / count.clamp_min(1)[None], centres)
     labels = assign.reshape(h, w)
     return enforce_connectivity(labels, min_size=max(int(min_size_factor * step * step), 1))
 
 
-def _neighbour_views(t: torch.Tensor, fill: int | bool) -> list[torch.Tensor]:
-    """The 4-neighbours of every pixel of (H, W) ``t`` (up, down, left, right; ``t``'s dtype), padded with ``fill``."""
-    p = F.pad(t[None, None], (1, 1, 1, 1), value=fill)[0, 0]
-    return [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
-
-
 def connected_components(labels: torch.Tensor) -> torch.Tensor:
-    """(H, W) int64 -> (H, W) int64 id of the 4-connected component of equal labels (min flat index).
+    """(H, W) int64 -> (H, W) int64 id of the 4-connected component of equal labels (its smallest flat index).
 
-    Min-propagation with pointer jumping: converges in O(log diameter) jumps on
-    typical superpixels. Indices are int32 (exact up to 2^31 pixels; float32 was exact only up to 2^24).
+    Works on runs (maximal horizontal stretches of one label): runs of equal labels that touch vertically are
+    linked, and every run takes the smallest run number of its component by min-propagation over the links with
+    pointer jumping. Runs are numbered in raster order, so the first pixel of a component's first run is its
+    smallest flat index.
     """
     h, w = labels.shape
-    comp = torch.arange(h * w, device=labels.device, dtype=torch.int32).reshape(h, w)
-    same = [v == labels for v in _neighbour_views(labels, -1)]
+    dev = labels.device
+    starts = torch.ones(h, w, dtype=torch.bool, device=dev)
+    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    starts = starts.reshape(-1)
+    run = starts.cumsum(0) - 1  # (N,) run number of every pixel
+    first = starts.nonzero()[:, 0]  # (R,) flat index of every run's first pixel
+    # two runs that overlap vertically are linked where the overlap begins: at the start of one of them
+    linked = (labels[1:] == labels[:-1]).reshape(-1) & (starts[w:] | starts[:-w])
+    above = linked.nonzero()[:, 0]
+    a, b = run.index_select(0, above), run.index_select(0, above + w)
+    parent = torch.arange(len(first), device=dev)
     while True:
-        best = comp
-        for v, s in zip(_neighbour_views(comp, h * w), same):
-            best = torch.minimum(best, torch.where(s, v, best))
-        flat = best.reshape(-1)
-        jumped = flat[flat]
-        jumped = jumped[jumped].reshape(h, w)  # pointer jumping: follow the parent's parent
-        if torch.equal(jumped, comp):
-            return comp.long()
-        comp = jumped
+        low = parent.scatter_reduce(0, a, parent.index_select(0, b), "amin")
+        low = low.scatter_reduce_(0, b, parent.index_select(0, a), "amin")
+        low = low.index_select(0, low)  # pointer jumping: follow the parent's parent
+        if torch.equal(low, parent):
+            return first.index_select(0, parent).index_select(0, run).reshape(h, w)
+        parent = low
+
+
+def _neighbours(idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(4, M) int64 flat indices of the up, down, left and right neighbours of the (M,) int64 flat pixel indices
+    ``idx`` of an H x W frame; the pixel itself where that neighbour is off the frame."""
+    y, x = idx // w, idx % w
+    inside = torch.stack([y > 0, y < h - 1, x > 0, x < w - 1])
+    return torch.where(inside, torch.stack([idx - w, idx + w, idx - 1, idx + 1]), idx)
 
 
 def enforce_connectivity(labels: torch.Tensor, *, min_size: int) -> torch.Tensor:
-    """Split disconnected segments, merge fragments below ``min_size`` pixels into a neighbour, relabel 0..K-1.
+    """Split segments into their 4-connected fragments, merge fragments into a neighbour, relabel 0..K-1.
 
+    Kept: every fragment of at least ``min_size`` pixels, and the largest fragment (the first in raster order on
+    a tie) of every label of at least ``min_size`` pixels in all, so that a label shattered into small pieces
+    (SLIC on noise or fine texture) still gives a segment; when no label is that large, the largest label's
+    largest fragment. The other fragments are absorbed by the kept ones, which grow into them one pixel ring per
+    round: a pixel joins its first neighbour (up, down, left, right) that was kept or joined in an earlier round.
     labels: (H, W) int64. Returns (H, W) int64 with every segment 4-connected.
     """
-    comp = connected_components(labels)
-    sizes = torch.bincount(comp.reshape(-1), minlength=comp.numel())
-    small = sizes[comp] < min_size
-    if small.all():  # nothing big enough to absorb fragments: keep components as they are
-        small = torch.zeros_like(small)
-    while small.any():  # grow big segments into adjacent small pixels, one ring per round
-        grown = comp.clone()
-        taken = ~small
-        for v, ok in zip(_neighbour_views(comp, -1), _neighbour_views(~small, False)):
-            pick = small & ~taken & ok
-            grown = torch.where(pick, v, grown)
-            taken = taken | pick
-        comp, small = grown, small & ~taken
-    return torch.unique(comp, return_inverse=True)[1].reshape(labels.shape)
+    h, w = labels.shape
+    comp = connected_components(labels).reshape(-1)
+    sizes = torch.bincount(comp, minlength=comp.numel())  # pixels per component id (a flat index)
+    ids = sizes.nonzero()[:, 0]  # ascending: raster order of the components' first pixels
+    # the label of each component (its id is one of its pixels), as 0..L-1
+    owner = torch.unique(labels.reshape(-1).index_select(0, ids), return_inverse=True)[1]
+    size = sizes.index_select(0, ids)
+    total = torch.zeros(int(owner.max()) + 1, dtype=size.dtype, device=size.device).index_add_(0, owner, size)
+    # the largest fragment of each label: the highest size * #fragments - rank (the rank breaks ties)
+    key = size * len(ids) - torch.arange(len(ids), device=ids.device)
+    largest = torch.full_like(total, -1).scatter_reduce_(0, owner, key, "amax")
+    enough = total >= min(min_size, int(total.max()))
+    keep = (size >= min_size) | ((key == largest.index_select(0, owner)) & enough.index_select(0, owner))
+    kept = torch.zeros_like(sizes, dtype=torch.bool).index_fill_(0, ids[keep], True)
+    done = kept.index_select(0, comp)  # (N,) pixel belongs to a kept fragment (or has joined one)
+    rest = (~done).nonzero()[:, 0]
+    ok = done.index_select(0, _neighbours(rest, h, w).reshape(-1)).view(4, -1)
+    front = rest[ok[0] | ok[1] | ok[2] | ok[3]]  # pixels with a kept neighbour: the first ring
+    while front.numel():
+        near = _neighbours(front, h, w)
+        ok = done.index_select(0, near.reshape(-1)).view(near.shape)
+        source = torch.where(ok[0], near[0], torch.where(ok[1], near[1], torch.where(ok[2], near[2], near[3])))
+        comp.index_copy_(0, front, comp.index_select(0, source))
+        done.index_fill_(0, front, True)
+        near = near.reshape(-1)
+        front = torch.unique(near[~done.index_select(0, near)])  # the next ring
+    return (kept.cumsum(0) - 1).index_select(0, comp).view(h, w)
 
 
 # -- engine --------------------------------------------------------------------------------

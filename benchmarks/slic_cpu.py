@@ -1,0 +1,111 @@
+"""CPU time and quality of the torch SLIC (``rtseg.engines.slic.slic_torch``) against its version at a git
+revision (default 0151cf4: the per-pixel gather of candidate centres, connected components by pixel
+min-propagation, fragment growth over the whole frame per ring), in one process on the same frames.
+
+Frames: the synthetic test clip (``TEST_SEED``) at each ``--sizes``; n_segments 200, compactness 10, 10
+iterations. Times are wall-clock milliseconds per frame, the two versions alternated frame by frame for
+``--rounds`` rounds after one warm-up frame each; ``speedup`` is the baseline's p50 over the current p50.
+Quality (rtseg.eval.superpixels, mean over the frames): boundary recall, undersegmentation error, ASA, number
+of segments. Noise: number of segments (and seconds) on a uniform random 640x480 frame with 50 segments asked.
+The 1-, 5- and 15-minute load averages are recorded before and after. Usage:
+
+    python -m benchmarks.slic_cpu [--sizes 640x480 160x120] [--frames 6] [--rounds 3] [--threads 1] [--baseline REV]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmarks.common import summary, write_result
+from rtseg.data.synthetic import TEST_SEED, SyntheticScene
+from rtseg.engines import slic
+from rtseg.eval.superpixels import instances_to_segmentation, superpixel_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = "rtseg/engines/slic.py"
+
+Slic = Callable[..., torch.Tensor]
+
+
+def baseline(rev: str) -> ModuleType:
+    """``rtseg/engines/slic.py`` as it was at git revision ``rev``, imported as a module of its own."""
+    text = subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
+    module = ModuleType(f"slic_at_{rev}")
+    exec(compile(text, f"{rev}:{SOURCE}", "exec"), module.__dict__)
+    return module
+
+
+def compare(versions: dict[str, Slic], size: tuple[int, int], frames: int, rounds: int) -> dict[str, Any]:
+    """Per version: ms per frame (alternated frame by frame) and mean superpixel metrics; ``speedup``."""
+    w, h = size
+    scene = SyntheticScene(TEST_SEED, width=w, height=h, num_frames=frames)
+    clip = [scene.frame(i) for i in range(frames)]
+    images = [torch.from_numpy(img) for img, _ in clip]
+    truths = [instances_to_segmentation(inst, (h, w)) for _, inst in clip]
+    for fn in versions.values():
+        fn(images[0], n_segments=200)
+    times: dict[str, list[float]] = {name: [] for name in versions}
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in versions}
+    for r in range(rounds):
+        for img in images:
+            for name, fn in versions.items():
+                t = time.perf_counter()
+                out = fn(img, n_segments=200)
+                times[name].append((time.perf_counter() - t) * 1e3)
+                if r == 0:
+                    labels[name].append(out.numpy())
+    out: dict[str, Any] = {}
+    for name in versions:
+        ms = [superpixel_metrics(sp, gt) for sp, gt in zip(labels[name], truths)]
+        out[name] = {"timing": summary(times[name]), **{k: float(np.mean([m[k] for m in ms])) for k in ms[0]}}
+    out["speedup"] = out["baseline"]["timing"]["p50_ms"] / out["current"]["timing"]["p50_ms"]
+    return out
+
+
+def on_noise(versions: dict[str, Slic]) -> dict[str, Any]:
+    """Segments and seconds of each version on a uniform random 640x480 frame, 50 segments asked."""
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    out = {}
+    for name, fn in versions.items():
+        t = time.perf_counter()
+        labels = fn(img, n_segments=50)
+        out[name] = {"segments": len(torch.unique(labels)), "s": time.perf_counter() - t}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["640x480", "160x120"], help="frame sizes, WxH")
+    ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--baseline", default="0151cf4", help="git revision of the version to compare with")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    versions = {"baseline": baseline(args.baseline).slic_torch, "current": slic.slic_torch}
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {}
+    for spec in args.sizes:
+        w, h = (int(v) for v in spec.split("x"))
+        r = results[spec] = compare(versions, (w, h), args.frames, args.rounds)
+        print(spec, {name: (round(r[name]["timing"]["p50_ms"], 1), round(r[name]["boundary_recall"], 4),
+                            round(r[name]["asa"], 4), r[name]["num_segments"]) for name in versions},
+              f"x{r['speedup']:.2f}", flush=True)
+    results["noise_640x480_50_segments"] = noise = on_noise(versions)
+    print("noise", noise)
+    print(write_result("slic_cpu", {"baseline": args.baseline, "frames": args.frames, "rounds": args.rounds,
+                                    "n_segments": 200, "results": results, "load_average_1_5_15_before": load_before,
+                                    "load_average_1_5_15_after": os.getloadavg()}))
+
+
+if __name__ == "__main__":
+    main()
