@@ -107,7 +107,7 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
-        except Image.DecompressionBombError as exc:  # over 2 x Pillow's MAX_IMAGE_PIXELS, above ours
+        except Image.DecompressionBombError:  # over 2 x Pillow's MAX_IMAGE_PIXELS, above ours
             raise ImageReadError(f"over the {MAX_IMAGE_PIXELS:,} pixels rtseg reads; scale it down first") from None
         except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on damaged headers; OpenCV decides
             return None
