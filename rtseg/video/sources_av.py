@@ -129,9 +129,11 @@ class FileSource(Source):
         rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         length = self._container.duration / 1e6 if self._container.duration else None
-        self._jumps_before_start = False  # then start is reached by decoding from the beginning, not by a seek
-        if start > 0 and self._container.format.flags & TS_DISCONT:
-            length, self._jumps_before_start = self._scan_to(start)
+        self._key: tuple[int, float] | None = None  # (byte position, timeline offset in s) of the key frame to
+        self._scanned = self._header_trusted = False  # start from, when _scan_to found one
+        if start > 0 and timeouts is None and self._container.format.flags & TS_DISCONT:
+            length = self._scan_to(start)
+            self._scanned = True
         if start > 0 and length is not None and start >= length:
             self._container.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
@@ -146,34 +148,40 @@ class FileSource(Source):
                          num_frames=self._estimate_frames(rate))
 
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
-        """Expected number of frames yielded (for progress), None when unknown."""
+        """Expected number of frames yielded (for progress), None when unknown (no rate or duration, or
+        :meth:`_scan_to` saw the timestamps jump: the header's duration is then one part's)."""
         duration = self._container.duration / 1e6 if self._container.duration else None
-        if not rate or duration is None:
+        if not rate or duration is None or (self._scanned and not self._header_trusted):
             return None
         stop = min(duration, self._end) if self._end is not None else duration
         return max(0, int(round((stop - self._start) * float(rate))) + self._stride - 1) // self._stride
 
-    def _scan_to(self, start: float) -> tuple[float | None, bool]:
-        """Where ``start`` (s, on the continuous timeline of :meth:`_timed`) lies in a file whose timestamps may
-        jump (MPEG-TS: ``cat a.ts b.ts``, where a seek by timestamp lands in the wrong part, and the header's
-        duration is that of one part): the packets' decode times up to ``start`` are read through a
-        :class:`Timeline`, without decoding. Returns (the file's continuous length in s when it ends before
-        ``start``, else None; whether its timestamps jump before ``start``). Leaves the demuxer where it stopped
-        (:meth:`_from_start` seeks or reopens)."""
+    def _scan_to(self, start: float) -> float | None:
+        """Read the packets' times up to ``start`` (s, on the continuous timeline of :meth:`_timed`) without
+        decoding, in a local file whose timestamps may jump (MPEG-TS: ``cat a.ts b.ts``, where a seek by timestamp
+        lands in whichever part has that time, and whose header's duration is one part's). Sets ``_key`` to the
+        byte position of the last key frame at or before ``start`` and the shift of the timeline there (the start
+        is reached by a byte seek, then), and ``_header_trusted`` when no jump was seen. Returns the file's
+        continuous length in s when it ends before ``start``, else None. Leaves the demuxer where it stopped."""
         timeline, last = Timeline(jumps_ahead=True), -self._period
         try:
             for packet in self._container.demux(self._stream):
                 own = self._time(packet.dts)  # decode order: times rise but at a jump (pts go back at B-frames)
                 if own is None:
                     continue
-                delay = self._time(packet.pts) - own if packet.pts is not None else 0.0  # pts - dts: B-frames
-                t = timeline.place(own, self._period) + delay  # the frame's time on the continuous timeline
-                if t >= start:
-                    return None, timeline.jumps > 0
+                placed = timeline.place(own, self._period)
+                t = placed + (self._time(packet.pts) - own if packet.pts is not None else 0.0)  # pts - dts: B-frames
+                if placed > start:  # every frame shown at or before start has been seen
+                    break
+                if packet.is_keyframe and t <= start and packet.pos is not None and packet.pos >= 0:
+                    self._key = (packet.pos, placed - own)
                 last = max(last, t)
+            else:
+                return last + self._period
         except AV_ERRORS:  # unreadable further on: decoding from the beginning reports it in one line
-            return None, True
-        return last + self._period, timeline.jumps > 0
+            self._key = None
+        self._header_trusted = timeline.jumps == 0
+        return None
 
     def _time(self, ticks: int | None) -> float | None:
         """Seconds from the stream's start of a pts in stream ticks (None stays None)."""
@@ -195,12 +203,13 @@ class FileSource(Source):
             self._decoded_frames += len(frames)
             yield from frames
 
-    def _timed(self, frames: Iterator[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, float]]:
+    def _timed(self, frames: Iterator[av.VideoFrame], offset: float = 0.0) -> Iterator[tuple[av.VideoFrame, float]]:
         """``(frame, t)``: t from the frame's pts, continuous across timestamp discontinuities
-        (:class:`rtseg.video.timeline.Timeline`), else the previous t plus the frame's duration (or 1 / fps)."""
+        (:class:`rtseg.video.timeline.Timeline`, shifted by ``offset`` s from the start: the jumps before a
+        byte seek), else the previous t plus the frame's duration (or 1 / fps)."""
         t: float | None = None
         step = self._period
-        self._timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
+        self._timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT), offset=offset)
         for frame in frames:
             own = self._time(frame.pts)
             t = self._timeline.place(own, step) if own is not None else (t + step if t is not None else 0.0)
@@ -210,12 +219,20 @@ class FileSource(Source):
     def _from_start(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """Timed frames from the last key frame at or before ``start``.
 
-        Some containers seek imprecisely (MPEG-TS lands past its key frames) or not at all (raw H.264):
-        the seek goes 1, 2, 4 ... s further back until the first frame is not after ``start``, and
-        ends in a reopen that decodes from the beginning.
+        A file :meth:`_scan_to` read is entered at that key frame's byte position (else decoded from the
+        beginning). Others are sought by timestamp; some containers seek imprecisely (MPEG-TS lands past its key
+        frames) or not at all (raw H.264): the seek goes 1, 2, 4 ... s further back until the first frame is not
+        after ``start``, and ends in a reopen that decodes from the beginning.
         """
+        if self._key is not None:
+            pos, offset = self._key
+            try:
+                self._container.seek(pos, unsupported_byte_offset=True)
+                return self._timed(self._decoded(), offset)
+            except AV_ERRORS:
+                pass
         back = 0.0
-        while self._start > 0 and self._start - back > 0 and not self._jumps_before_start:
+        while self._start > 0 and self._start - back > 0 and not self._scanned:
             target = self._start - back
             try:
                 self._container.seek((self._stream.start_time or 0) + int(target / self._stream.time_base),

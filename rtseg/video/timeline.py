@@ -23,13 +23,14 @@ class Timeline:
 
     jumps_ahead: whether jumps ahead count too (formats with discontinuities, ``flags & TS_DISCONT``); a jump
     back always counts (frames leave the decoder in presentation order, so one means the clock restarted).
-    ``jumps`` counts the discontinuities bridged.
+    offset: seconds added to every time before the first jump (the shift of the jumps before where reading
+    starts, when that is not the stream's beginning). ``jumps`` counts the discontinuities bridged.
     """
 
-    def __init__(self, *, jumps_ahead: bool) -> None:
+    def __init__(self, *, jumps_ahead: bool, offset: float = 0.0) -> None:
         self.jumps_ahead = jumps_ahead
         self.jumps = 0
-        self._offset = 0.0
+        self._offset = offset
         self._last: float | None = None
 
     def place(self, t: float, period: float) -> float:
