@@ -5,8 +5,8 @@ that are not valid UTF-8 — Latin-1 names from Windows, zip archives or cameras
 with surrogate escapes. Here Python reads and writes the bytes and OpenCV only decodes / encodes them
 (``imdecode`` applies the EXIF orientation as ``imread`` does).
 
-Images over :data:`MAX_IMAGE_PIXELS` are refused from their header, before decoding: a small PNG can say
-65535 x 65535, which OpenCV (its own cap is 2^30 pixels) would decode into 12 GB before the pipeline's
+Images over :data:`MAX_IMAGE_PIXELS` are refused from their header, before decoding: a PNG of a few kB can
+say 32767 x 32767, which OpenCV (its own cap is 2^30 pixels) would decode into 3 GB before the pipeline's
 float copies; a 10000 x 10000 PNG already took 2.8 GB and 25 s through ``rtseg``.
 """
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
+import struct
 import warnings
 from pathlib import Path
 
@@ -30,7 +32,11 @@ MAX_IMAGE_PIXELS = 2**27
 
 class ImageReadError(Exception):
     """An image file that cannot be read or decoded; the message says why (one phrase, e.g. "permission denied;
-    check the file's permissions")."""
+    check the file's permissions"). ``too_large``: refused for its size (:data:`MAX_IMAGE_PIXELS`)."""
+
+    def __init__(self, why: str, *, too_large: bool = False) -> None:
+        super().__init__(why)
+        self.too_large = too_large
 
 
 class NotRegularFileError(OSError):
@@ -83,13 +89,14 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
         raise ImageReadError("not a readable image file (it is empty)")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        width, height = size
-        raise ImageReadError(f"{width} x {height} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "
-                             "scale it down first")
+        raise ImageReadError(f"{size[0]} x {size[1]} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "
+                             "scale it down first", too_large=True)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:  # e.g. a header over OpenCV's own size cap in a format read here by no one else
+        image = None
     finally:
         cv2.utils.logging.setLogLevel(level)
     if image is None:
@@ -97,9 +104,40 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return image
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+#: Radiance HDR's resolution line (after the header's blank line), PFM's and PAM's sizes: formats OpenCV
+#: decodes and Pillow does not know.
+_HDR_SIZE = re.compile(rb"\n\n([-+])([XY]) +(\d+) +([-+])([XY]) +(\d+)")
+_PFM_SIZE = re.compile(rb"P[Ff]\s+(\d+)\s+(\d+)")
+_PAM_SIZE = (re.compile(rb"\sWIDTH\s+(\d+)"), re.compile(rb"\sHEIGHT\s+(\d+)"))
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) in pixels from the header of the image in ``data`` (Pillow reads only the header), None
-    for a format Pillow does not know (OpenCV may still decode it, under its own 2^30-pixel cap)."""
+    """(width, height) in pixels from the header of the image in ``data``, None when it cannot be told (OpenCV
+    may still decode it, under its own 2^30-pixel cap). PNG and BMP are read here (Pillow refuses some that
+    OpenCV decodes: a chunk with a bad checksum, an unusual BMP header), Radiance HDR, PFM and PAM too (Pillow
+    does not know them); other formats through Pillow, which reads only the header."""
+    if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack_from(">II", data, 16)
+    if data.startswith(b"BM") and len(data) >= 26:
+        (info,) = struct.unpack_from("<I", data, 14)  # the info header's size: 12 for OS/2's, 16-bit sizes
+        width, height = struct.unpack_from("<HH" if info == 12 else "<ii", data, 18)
+        return abs(width), abs(height)
+    head = data[:1 << 16]
+    if head.startswith(b"#?") and (hdr := _HDR_SIZE.search(head)):
+        first, second = int(hdr.group(3)), int(hdr.group(6))
+        return (second, first) if hdr.group(2) == b"Y" else (first, second)
+    if pfm := _PFM_SIZE.match(head):
+        return int(pfm.group(1)), int(pfm.group(2))
+    if head.startswith(b"P7") and all(m.search(head) for m in _PAM_SIZE):
+        return int(_PAM_SIZE[0].search(head).group(1)), int(_PAM_SIZE[1].search(head).group(1))
+    return _pillow_size(data)
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the image in ``data`` as Pillow reads it from the header, None when Pillow does not
+    know the format or refuses the header. (``catch_warnings`` is process-wide: another thread's warnings are
+    shown or not by its own filters, and at worst one of Pillow's size warnings passes.)"""
     from PIL import Image  # ~0.06 s, only when an image file is read
 
     with warnings.catch_warnings():
@@ -107,8 +145,11 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
-        except Image.DecompressionBombError:  # over 2 x Pillow's MAX_IMAGE_PIXELS, above ours
-            raise ImageReadError(f"over the {MAX_IMAGE_PIXELS:,} pixels rtseg reads; scale it down first") from None
+        except Image.DecompressionBombError as exc:  # over 2 x Pillow's MAX_IMAGE_PIXELS, above ours
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit of ..."
+            size = f"{int(pixels.group(1)):,} pixels, over the" if pixels else "over the"
+            raise ImageReadError(f"{size} {MAX_IMAGE_PIXELS:,} rtseg reads; scale it down first",
+                                 too_large=True) from None
         except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on damaged headers; OpenCV decides
             return None
 

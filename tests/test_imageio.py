@@ -59,10 +59,18 @@ def test_an_image_at_the_limit_decodes():
     assert decode_image(_black_png(2**13, 2**14), cv2.IMREAD_GRAYSCALE).shape == (2**14, 2**13)
 
 
+def _gif_header(width: int, height: int) -> bytes:
+    """A GIF's screen and first image descriptor of ``width`` x ``height`` (Pillow sizes it; no pixels)."""
+    return (b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b"\x2c"
+            + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x4c\x01\x00\x3b")
+
+
 def test_pillow_s_own_bomb_limit_is_our_refusal_too():
     """Over twice Pillow's limit its header reader raises instead of telling the size: the same refusal."""
-    with pytest.raises(ImageReadError, match=f"^over the {MAX_IMAGE_PIXELS:,} pixels rtseg reads; scale it down"):
-        decode_image(_black_png(20_000, 10_000))
+    with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
+        decode_image(_gif_header(*BIG))  # between our limit and Pillow's: Pillow tells the size
+    with pytest.raises(ImageReadError, match=f"^200,000,000 pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "):
+        decode_image(_gif_header(20_000, 10_000))
 
 
 def test_a_folder_source_skips_the_big_image_naming_it(big_png, tmp_path):
@@ -81,5 +89,58 @@ def test_a_labelme_image_embedded_over_the_limit_is_one_line(big_png, tmp_path):
                           "group_id": None, "flags": {}}],
               "imageData": base64.b64encode(big_png).decode()}
     (tmp_path / "a.json").write_text(json.dumps(record))
-    with pytest.raises(DatasetError, match=f"a.json: imageData: {BIG_LINE} and no image file was found"):
+    with pytest.raises(DatasetError, match=f"a.json: the image in imageData \\(no image file beside it\\) is {BIG_LINE}$"):
         LabelmeDataset(tmp_path, class_names=["cat"])[0]
+    record["imageData"] = 123  # was a TypeError's traceback
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    with pytest.raises(DatasetError, match="a.json: imageData is not a base64 image and no image file was found"):
+        LabelmeDataset(tmp_path, class_names=["cat"])[0]
+
+
+def test_a_labelme_mask_shape_over_the_limit_says_its_size(big_png, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((10, 10, 3), np.uint8))
+    shape = {"label": "cat", "points": [[1, 1], [9, 9]], "shape_type": "mask", "group_id": None, "flags": {},
+             "mask": base64.b64encode(big_png).decode()}
+    (tmp_path / "a.json").write_text(json.dumps({"version": "5.5.0", "imagePath": "a.png", "imageHeight": 10,
+                                                 "imageWidth": 10, "shapes": [shape], "imageData": None}))
+    with pytest.raises(DatasetError, match=f"shape 0: the PNG of this mask shape is {BIG_LINE}$"):
+        LabelmeDataset(tmp_path, class_names=["cat"])
+
+
+def _with_bad_text_chunk(png: bytes) -> bytes:
+    """``png`` with a tEXt chunk of a wrong checksum after IHDR: libpng (OpenCV) only warns, Pillow refuses it."""
+    bad = struct.pack(">I", 4) + b"tEXta\0bc" + b"\0\0\0\0"
+    return png[:33] + bad + png[33:]
+
+
+HEADERS = {  # formats whose size Pillow cannot tell, each claiming 12000 x 12000
+    "png with a bad chunk checksum": lambda big: _with_bad_text_chunk(big),
+    "bmp, 48-byte info header": lambda big: (b"BM" + struct.pack("<IHHI", 0, 0, 0, 62) + struct.pack("<Iii", 48, *BIG)
+                                             + struct.pack("<HH", 1, 24) + bytes(36)),
+    "radiance hdr": lambda big: b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n" + bytes(64),
+    "pfm": lambda big: b"PF\n12000 12000\n-1.0\n" + bytes(64),
+    "pam": lambda big: b"P7\nWIDTH 12000\nHEIGHT 12000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + bytes(64),
+}
+
+
+@pytest.mark.parametrize("kind", list(HEADERS))
+def test_headers_pillow_cannot_read_are_read_here(kind, big_png):
+    """OpenCV decoded these (an 8.5 MB HDR of 16384 x 8200 took 2 GB), since only Pillow's header reader was asked."""
+    data = HEADERS[kind](big_png)
+    with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
+        decode_image(data)
+
+
+def test_the_bad_checksum_png_is_one_opencv_decodes():
+    """The PNG case above is a real one: small, OpenCV reads it whole."""
+    image = decode_image(_with_bad_text_chunk(_black_png(64, 48)))
+    assert image.shape == (48, 64, 3) and not image.any()
+
+
+def test_an_opencv_error_while_decoding_is_an_unreadable_image(monkeypatch):
+    """A header over OpenCV's own 2^30-pixel cap in a format no one here sizes: cv2.error's traceback ended the run."""
+    from rtseg import imageio
+
+    monkeypatch.setattr(imageio, "_header_size", lambda data: None)
+    with pytest.raises(ImageReadError, match="^not a readable image file$"):
+        decode_image(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 40000 +X 30000\n" + bytes(64))

@@ -194,10 +194,12 @@ class LabelmeDataset:
         try:  # imageData is read again here, not kept: labelme embeds every image in its JSON by default
             return decode_image(base64.b64decode(read_json(path, "labelme file")["imageData"], validate=True))
         except ImageReadError as exc:
-            why = f"imageData: {exc}"
-        except (binascii.Error, ValueError):
-            why = "imageData is not a base64 image"
-        raise DatasetError(f"{path}: {why} and no image file was found; put the image beside the JSON file")
+            if exc.too_large:
+                raise DatasetError(f"{path}: the image in imageData (no image file beside it) is {exc}") from None
+        except (binascii.Error, ValueError, TypeError):
+            pass
+        raise DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
+                           "put the image beside the JSON file")
 
     def __getitem__(self, index: int) -> Sample:
         path, record = self.files[index], self._records[index]
@@ -318,9 +320,13 @@ def _mask(s: dict, where: str) -> np.ndarray:
     that is missing or unreadable."""
     try:
         return decode_image(base64.b64decode(s.get("mask") or b"", validate=True), cv2.IMREAD_GRAYSCALE) > 0
-    except (ImageReadError, binascii.Error, ValueError, TypeError):
-        raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
-                           "delete the shape or draw it again in labelme") from None
+    except ImageReadError as exc:
+        if exc.too_large:
+            raise DatasetError(f"{where}: the PNG of this mask shape is {exc}") from None
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
+                       "delete the shape or draw it again in labelme")
 
 
 def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:
