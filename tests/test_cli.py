@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -374,6 +375,24 @@ def test_engine_options_that_do_not_apply_are_refused_before_anything_loads(case
     assert len(err) == 1 and err[0].startswith("rtseg: error: ") and match in err[0], err
     assert {p: p.stat().st_mtime_ns for p in files["dir"].iterdir()} == before  # no input overwritten
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
+
+
+@pytest.mark.parametrize("option", ["--weights", "--semantic"])
+@pytest.mark.parametrize("fmt", [["rtseg-fcn/1"], {"a": 1}])
+def test_a_manifest_format_that_is_no_string_is_one_line(option, fmt, files, fcn_weights, tmp_path, capsys):
+    """A list or object as the manifest's format was a TypeError's traceback (unhashable) when --engine was
+    inferred from it; now the loader's line says what the format is and what was expected."""
+    from rtseg.cli import main
+
+    odd = tmp_path / "odd.safetensors"
+    shutil.copy(files["weights"], odd)
+    manifest = json.loads(Path(files["weights"]).with_suffix(".json").read_text())
+    odd.with_suffix(".json").write_text(json.dumps({**manifest, "format": fmt}))
+    args = ["--weights", str(odd)] if option == "--weights" else [
+        "--engine", "panoptic", "--weights", files["weights"], "--semantic", str(odd)]
+    assert main(["--source", files["clip"], "--max-frames", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rtseg: error: ") and f"manifest format is {fmt!r}, expected" in err[0]
 
 
 @pytest.mark.parametrize("command, args, option", [

@@ -61,7 +61,8 @@ def manifest_engine(weights: str) -> tuple[str | None, str | None]:
         fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig")).get("format")
     except (OSError, ValueError, RecursionError, AttributeError):
         return None, None
-    return fmt, engine_formats().get(fmt) if Path(weights).suffix == ".safetensors" else None
+    known = isinstance(fmt, str) and Path(weights).suffix == ".safetensors"  # a list or object names no engine
+    return fmt, engine_formats().get(fmt) if known else None
 
 
 def check_engine_options(name: str, *, weights: str | None = None, semantic: str | None = None,
