@@ -30,6 +30,7 @@ LIMIT = 8  # MAX_CONNECTIONS for these tests (64 by default): the same code, few
 @pytest.fixture(autouse=True)
 def small_limit(monkeypatch):
     monkeypatch.setattr(server, "MAX_CONNECTIONS", LIMIT)
+    monkeypatch.setattr(server, "MAX_PER_CLIENT", LIMIT)
 
 
 def test_connections_over_the_limit_get_503_and_the_others_keep_streaming():
@@ -114,3 +115,23 @@ def sink_threads() -> int:
     """Threads of web servers in this process (the serving loop is named rtseg-web; connection threads are
     socketserver's, named after their function)."""
     return sum(t.name == "rtseg-web" or "process_request_thread" in t.name for t in threading.enumerate())
+
+
+def test_one_client_cannot_take_every_place(monkeypatch):
+    """Connections that trickle a byte now and then stay under the idle timeout: from one address they took all
+    the places, and a viewer with the token got 503 for as long as they lasted (review). Now one address has at
+    most MAX_PER_CLIENT of them; another address (127.0.0.2, also loopback) is still served."""
+    monkeypatch.setattr(server, "MAX_PER_CLIENT", 3)
+    sink = WebSink("127.0.0.1", 0)
+    slow = [socket.create_connection(("127.0.0.1", sink.port), timeout=10) for _ in range(3)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /stats.json HTTP/1.1\r\n")  # half a request: its thread waits for the rest
+        assert _busy_reply(sink.port).startswith(b"HTTP/1.1 503 ")  # a 4th from the same address
+        with socket.create_connection(("127.0.0.1", sink.port), timeout=10, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /stats.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert other.recv(15) == b"HTTP/1.1 200 OK"
+    finally:
+        for s in slow:
+            s.close()
+        sink.close()

@@ -14,8 +14,9 @@ shared by all viewers; a slow viewer simply skips frames.
 Security: binds 127.0.0.1 by default. Any other address needs a token, which
 every request must carry as ``?token=...`` or an ``X-Rtseg-Token`` /
 ``Authorization: Bearer`` header. At most :data:`MAX_CONNECTIONS` connections are served at once (each
-has a thread); one more is answered 503 and closed, so that a flood of connections (with or without the
-token) cannot exhaust the process's threads or memory while it records.
+has a thread), at most :data:`MAX_PER_CLIENT` of them from one address; one more is answered 503 and
+closed, so that a flood of connections (with or without the token) cannot exhaust the process's threads or
+memory while it records, nor one client (a slow sender holds its connections) take every viewer's place.
 
 The server and its threads reference what they serve (:class:`_Server`), never the
 :class:`WebSink` facade, so a sink dropped without ``close()`` can be collected, and its
@@ -47,6 +48,8 @@ from rtseg.types import Frame, Prediction
 
 MAX_CONNECTIONS = 64
 """Connections served at once (viewers' streams and requests); more are refused with 503 until some end."""
+MAX_PER_CLIENT = 16
+"""Connections served at once from one client address (a browser opens at most 6 to one server)."""
 _BUSY_TEXT = b"too many viewers; try again later\n"
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
          b"Retry-After: 5\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT))
@@ -133,13 +136,20 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = MAX_CONNECTIONS  # listen backlog (socketserver's 5 dropped a burst's SYNs: 1 s retries)
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
-        """A thread for the connection while fewer than :data:`MAX_CONNECTIONS` are served, else 503 and close
-        (on the accepting thread: the short reply fits the socket's send buffer, so it never waits)."""
-        if self._slots.acquire(blocking=False):
+        """A thread for the connection while the limits leave room (:data:`MAX_CONNECTIONS`,
+        :data:`MAX_PER_CLIENT`), else 503 and close on the accepting thread (the short reply fits the socket's
+        send buffer, so it never waits)."""
+        host = client_address[0]
+        with self._count_lock:
+            room = self._served < MAX_CONNECTIONS and self._per_client.get(host, 0) < MAX_PER_CLIENT
+            if room:
+                self._served += 1
+                self._per_client[host] = self._per_client.get(host, 0) + 1
+        if room:
             try:
                 super().process_request(request, client_address)
             except BaseException:  # no thread started (the caller closes the connection)
-                self._slots.release()
+                self._done(host)
                 raise
             return
         with contextlib.suppress(OSError):
@@ -151,7 +161,15 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._done(client_address[0])
+
+    def _done(self, host: str) -> None:
+        """A connection from ``host`` is no longer served."""
+        with self._count_lock:
+            self._served -= 1
+            self._per_client[host] -= 1
+            if not self._per_client[host]:
+                del self._per_client[host]
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         """A viewer that disconnects mid-reply is normal: no traceback over the pipeline's console."""
@@ -163,7 +181,9 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], token: str | None, stats_fn: Callable[[], dict],
                  latest: _LatestFrame) -> None:
         self.token, self.stats_fn, self.latest = token, stats_fn, latest
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._count_lock = threading.Lock()
+        self._served = 0  # connections served now: in all, and per client address
+        self._per_client: dict[str, int] = {}
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
