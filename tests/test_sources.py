@@ -89,8 +89,16 @@ def test_truncated_file_ends_with_a_notice(clip, tmp_path):
 def test_file_start_past_the_end_is_a_config_error(clip):
     with pytest.raises(ConfigError, match=r"start 10 s is past the end of .*clip.*\(3\.00 s long\); choose an earlier start"):
         open_source(str(clip), start=10.0)
-    with open_source(str(clip), start=2.95) as source:  # inside the last frame's time: that frame
-        assert len(list(source)) <= 1
+    with open_source(str(clip), start=2.85) as source:  # a frame at or after start: the last one, at 2.9 s
+        assert [f.pts for f in source] == pytest.approx([2.9])
+    with open_source(str(clip), start=2.95) as source:  # within the header's 3 s, past the last frame: was a run of
+        with pytest.raises(ConfigError, match=r"start 2\.95 s is past the last frame of .*clip.* \(at 2\.900 s\); "
+                                              "choose an earlier start"):  # no frames that ended as if all was well
+            list(source)
+    with open_source(str(clip), start=1.01, end=1.05) as source:
+        with pytest.raises(ConfigError, match=r"no frame of .*clip.* from start 1\.01 s to end 1\.05 s \(one at "
+                                              r"1\.100 s\); widen the range"):
+            list(source)
 
 
 @pytest.mark.parametrize("kwargs, match", [

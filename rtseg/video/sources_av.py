@@ -252,12 +252,17 @@ class FileSource(Source):
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         kept = 0
         t: float | None = None
+        last: float | None = None  # time of the last frame before start
         t0 = time.perf_counter()
         try:
             for frame, t in self._from_start():
                 if t < self._start - 1e-6:
+                    last = t
                     continue
                 if self._end is not None and t >= self._end:
+                    if not kept:
+                        raise ConfigError(f"no frame of {self._name} from start {self._start:g} s to end {self._end:g} s "
+                                          f"(one at {t:.3f} s); widen the range")
                     break
                 kept += 1
                 if (kept - 1) % self._stride == 0:
@@ -273,6 +278,10 @@ class FileSource(Source):
             raise SourceError(f"reading {self._name} failed{where}: {scrub(error_reason(exc), self._open[0])}; "
                               f"{hint}") from None
         self._report_damage()
+        if not kept and self._start > 0 and not self._stop.is_set():  # the header's duration was longer
+            at = f" (at {last:.3f} s)" if last is not None else ""
+            raise ConfigError(f"start {self._start:g} s is past the last frame of {self._name}{at}; "
+                              "choose an earlier start")
         if self._timeline.jumps:
             self.notices.append(f"the timestamps of {self._name} jumped {self._timeline.jumps} time(s) (spliced or "
                                 "concatenated video): frames were timed on across each jump")
