@@ -1,9 +1,18 @@
 """Opening a COCO annotation file: ``rtseg.data.coco.CocoDataset`` (parses and checks every image and annotation,
-so that a malformed one is one line naming it) against pycocotools' ``COCO()`` (parses and indexes, checks
-nothing), on a generated file of polygon instances whose images all exist (empty files: nothing is decoded).
-Writes benchmarks/results/coco_open.json. Usage:
+so that a malformed one is one line naming it) against the same class at a git revision (default 2eb6344: each
+annotation checked alone, numpy calls on its own small arrays), pycocotools' ``COCO()`` (parses and indexes, checks
+nothing) and the JSON parse alone (``rtseg.data.dataset.read_json``, the floor of all three), on a generated file of
+polygon instances whose images all exist (empty files: nothing is decoded).
 
-    python -m benchmarks.coco_open [--images 5000] [--per-image 7] [--iters 3]
+All four run in one process on the same file, alternated round by round (the order rotated each round) after one
+warm-up each, the result of each call freed inside its time (as when a data set is dropped). Times are
+milliseconds of one open, wall-clock (``wall_ms``) and this process's CPU time (``cpu_ms``, steadier on a busy
+machine). ``speedup`` is the baseline's wall p50 over the current one; ``current_over_pycocotools`` the current wall
+p50 over pycocotools'; ``current_checks_ms`` the current wall p50 less the JSON parse's; ``cpu_*`` the same ratios of
+CPU p50s. The 1-, 5- and 15-minute load averages are recorded before and after. Writes
+benchmarks/results/coco_open.json. Usage:
+
+    python -m benchmarks.coco_open [--images 5000] [--per-image 7] [--rounds 7] [--baseline REV]
 """
 from __future__ import annotations
 
@@ -13,13 +22,21 @@ import io
 import json
 import os
 import random
+import subprocess
 import tempfile
+import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
 
 from pycocotools.coco import COCO
 
-from benchmarks.common import summary, time_it, write_result
+from benchmarks.common import summary, write_result
 from rtseg.data.coco import CocoDataset
+from rtseg.data.dataset import read_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = "rtseg/data/coco.py"
 
 
 def write_coco(folder: Path, images: int, per_image: int, seed: int = 0) -> Path:
@@ -41,12 +58,40 @@ def write_coco(folder: Path, images: int, per_image: int, seed: int = 0) -> Path
     return path
 
 
+def baseline(rev: str) -> ModuleType:
+    """``rtseg/data/coco.py`` as it was at git revision ``rev``, imported as a module of its own."""
+    text = subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
+    module = ModuleType(f"coco_at_{rev}")
+    exec(compile(text, f"{rev}:{SOURCE}", "exec"), module.__dict__)
+    return module
+
+
+def alternated(versions: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Per version, ``wall`` and ``cpu`` (this process's CPU time) milliseconds of each call, one call of each
+    version per round (the order rotated), after one warm-up each."""
+    for fn in versions.values():
+        fn()
+    names = list(versions)
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            versions[name]()
+            times[name]["cpu"].append((time.process_time() - cpu) * 1e3)
+            times[name]["wall"].append((time.perf_counter() - wall) * 1e3)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--per-image", type=int, default=7)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--baseline", default="2eb6344", help="git revision of rtseg/data/coco.py to compare with")
     args = ap.parse_args()
+    old = baseline(args.baseline)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         ann = write_coco(Path(tmp), args.images, args.per_image)
 
@@ -54,14 +99,27 @@ def main() -> None:
             with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints its progress
                 COCO(str(ann))
 
-        rtseg_ms = summary(time_it(lambda: CocoDataset(ann, tmp), iters=args.iters, warmup=1))
-        coco_ms = summary(time_it(pycocotools_open, iters=args.iters, warmup=1))
+        times = alternated({"current": lambda: CocoDataset(ann, tmp), "baseline": lambda: old.CocoDataset(ann, tmp),
+                            "pycocotools": pycocotools_open, "json_parse": lambda: read_json(ann, "annotations")},
+                           args.rounds)
         size_mb = ann.stat().st_size / 1e6
+    ms = {name: summary(t["wall"]) for name, t in times.items()}
+    cpu_ms = {name: summary(t["cpu"]) for name, t in times.items()}
+    p50 = {name: s["p50_ms"] for name, s in ms.items()}
+    cpu50 = {name: s["p50_ms"] for name, s in cpu_ms.items()}
     result = {"images": args.images, "annotations": args.images * args.per_image, "file_mb": size_mb,
-              "rtseg_CocoDataset": rtseg_ms, "pycocotools_COCO": coco_ms,
-              "rtseg_over_pycocotools_p50": rtseg_ms["p50_ms"] / coco_ms["p50_ms"], "load_avg_1_5_15": os.getloadavg()}
-    print(f"{args.images} images, {args.images * args.per_image} polygons ({size_mb:.0f} MB): rtseg "
-          f"{rtseg_ms['p50_ms'] / 1000:.2f} s, pycocotools {coco_ms['p50_ms'] / 1000:.2f} s (p50)")
+              "rounds": args.rounds, "baseline_revision": args.baseline, "wall_ms": ms, "cpu_ms": cpu_ms,
+              "speedup": p50["baseline"] / p50["current"],
+              "current_over_pycocotools": p50["current"] / p50["pycocotools"],
+              "baseline_over_pycocotools": p50["baseline"] / p50["pycocotools"],
+              "current_checks_ms": p50["current"] - p50["json_parse"],
+              "cpu_speedup": cpu50["baseline"] / cpu50["current"],
+              "cpu_current_over_pycocotools": cpu50["current"] / cpu50["pycocotools"],
+              "load_avg_1_5_15_before": load_before, "load_avg_1_5_15_after": os.getloadavg()}
+    print(f"{args.images} images, {args.images * args.per_image} polygons ({size_mb:.0f} MB), p50 wall (CPU): "
+          + ", ".join(f"{name} {p50[name] / 1000:.2f} s ({cpu50[name] / 1000:.2f} s)" for name in p50)
+          + f"; {result['speedup']:.2f}x faster than {args.baseline}, {result['current_over_pycocotools']:.2f}x "
+          f"pycocotools (CPU: {result['cpu_speedup']:.2f}x, {result['cpu_current_over_pycocotools']:.2f}x)")
     print(write_result("coco_open", result))
 
 

@@ -10,12 +10,15 @@ parts of fewer than 3 points, zero area, wholly outside the image, points beyond
 first few. Malformed files and annotations raise
 ``DatasetError`` naming the file and the annotation (``annotations[k]``, its
 index in the file, and its id); missing images are reported when the data set
-is opened.
+is opened. All annotations are checked at once where they are plainly well-formed
+polygons (numpy over all their coordinates), each alone otherwise, with the
+same outcome.
 """
 from __future__ import annotations
 
 import os
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +65,43 @@ def _rle_string_counts(counts: bytes) -> list[int] | None:
 
 
 _JSON_NUMBERS = frozenset((int, float))
+_NO_BBOX = [0, 0, 0, 0]  # an annotation without a bbox has nothing to check there
+
+# What polygon_problems finds in an annotation's polygon parts, the first that applies in this order.
+POLYGON_FINE, POLYGON_NOT_FINITE, POLYGON_FAR, POLYGON_FLAT, POLYGON_OUTSIDE = range(5)
 
 
-def _has_area(xy: np.ndarray) -> bool:
-    """Whether the (K, 2) polygon ``xy`` is more than a line (not all its points on one line)."""
-    d = xy[1:] - xy[0]
-    far = d[np.argmax(np.abs(d).sum(axis=1))]
-    return bool(np.any(d[:, 0] * far[1] != d[:, 1] * far[0]))
+def polygon_problems(values: np.ndarray, part_points: np.ndarray, ann_parts: np.ndarray,
+                     heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """The first problem of each annotation's polygon parts, for many annotations at once.
+
+    values: (2N,) float64 pixel coordinates x1, y1, x2, y2, ... of every part of every annotation, one after
+        another. part_points: (P,) int, the points of each part (>= 3 each, N in all). ann_parts: (A,) int, the
+        parts of each annotation (>= 1 each, P in all). heights, widths: (A,) int, the size in pixels of each
+        annotation's image.
+    Returns (A,) int: POLYGON_NOT_FINITE (a NaN or infinity), POLYGON_FAR (a coordinate beyond ±FAR_PIXELS),
+    POLYGON_FLAT (no part is more than a line: the cross product of every point's offset from the part's first
+    point with the offset of the point farthest from it (L1, the first such) is 0), POLYGON_OUTSIDE (all points
+    beyond one edge of the image) or POLYGON_FINE.
+    """
+    part_start = part_points.cumsum() - part_points  # (P,) index of each part's first point
+    ann_part_start = ann_parts.cumsum() - ann_parts  # (A,) index of each annotation's first part
+    ann_start = part_start[ann_part_start]  # (A,) index of each annotation's first point
+    x, y = np.ascontiguousarray(values[0::2]), np.ascontiguousarray(values[1::2])  # (N,) each
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN, infinity, 1e300: POLYGON_NOT_FINITE or _FAR first
+        reach = np.maximum.reduceat(np.abs(values), 2 * ann_start)  # (A,) NaN where a coordinate is NaN
+        dx, dy = x - np.repeat(x[part_start], part_points), y - np.repeat(y[part_start], part_points)  # (N,)
+        dist = np.abs(dx) + np.abs(dy)  # from the part's first point
+        farthest = np.where(dist == np.repeat(np.maximum.reduceat(dist, part_start), part_points),
+                            np.arange(len(dist)), len(dist) - 1)  # len - 1: a part with NaN (NOT_FINITE) has none
+        far = np.minimum.reduceat(farthest, part_start)  # (P,) index of each part's farthest point (the first)
+        bent = dx * np.repeat(dy[far], part_points) != dy * np.repeat(dx[far], part_points)  # (N,) off that line
+        has_area = np.logical_or.reduceat(np.logical_or.reduceat(bent, part_start), ann_part_start)
+    outside = ((np.maximum.reduceat(x, ann_start) < 0) | (np.maximum.reduceat(y, ann_start) < 0)
+               | (np.minimum.reduceat(x, ann_start) > widths) | (np.minimum.reduceat(y, ann_start) > heights))
+    return np.where(~np.isfinite(reach), POLYGON_NOT_FINITE,
+                    np.where(reach > FAR_PIXELS, POLYGON_FAR,
+                             np.where(~has_area, POLYGON_FLAT, np.where(outside, POLYGON_OUTSIDE, POLYGON_FINE))))
 
 
 def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[Any, str | None]:
@@ -89,22 +122,19 @@ def check_segmentation(seg: Any, height: int, width: int, where: str) -> tuple[A
         parts = [p for p in seg if len(p) >= 6]
         if not parts:
             return parts, f"polygon with {max(len(p) for p in seg) // 2} points (need at least 3)"
-        try:  # every part's points in one (K, 2) array: one check each for all of them
-            xy = np.array(parts[0] if len(parts) == 1 else [v for p in parts for v in p], np.float64).reshape(-1, 2)
+        flat = [v for p in parts for v in p]
+        try:
+            values = np.array(flat, np.float64)
         except OverflowError:  # an integer beyond float's range
-            xy = np.full((1, 2), np.inf)
-        if not np.abs(xy).max() <= FAR_PIXELS:  # NaN and infinity too (one reduction where all is well)
-            if not np.isfinite(xy).all():
-                raise DatasetError(f"{where}: polygon with NaN, infinity or a number beyond float range; "
-                                   "fix or remove the annotation")
-            return parts, f"polygon with points beyond {FAR_PIXELS:.0e} pixels"
-        ends = np.cumsum([len(p) // 2 for p in parts])
-        if not any(_has_area(xy[end - len(p) // 2:end]) for p, end in zip(parts, ends)):
-            return parts, "polygon of zero area"
-        lo, hi = xy.min(axis=0), xy.max(axis=0)
-        if hi[0] < 0 or hi[1] < 0 or lo[0] > width or lo[1] > height:
-            return parts, f"polygon outside the {width}x{height} image"
-        return parts, None
+            values = np.full(len(flat), np.inf)
+        problem = polygon_problems(values, np.array([len(p) // 2 for p in parts]), np.array([len(parts)]),
+                                   np.array([height]), np.array([width]))[0]
+        if problem == POLYGON_NOT_FINITE:
+            raise DatasetError(f"{where}: polygon with NaN, infinity or a number beyond float range; "
+                               "fix or remove the annotation")
+        return parts, {POLYGON_FINE: None, POLYGON_FAR: f"polygon with points beyond {FAR_PIXELS:.0e} pixels",
+                       POLYGON_FLAT: "polygon of zero area",
+                       POLYGON_OUTSIDE: f"polygon outside the {width}x{height} image"}[problem]
     if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
         raise DatasetError(f"{where}: segmentation should be a list of polygons "
                            "or an RLE dict with 'size' and 'counts'")
@@ -188,8 +218,9 @@ class CocoDataset:
         self.image_ids = tuple(self._images)
         self._anns: dict[int, list[dict]] = {iid: [] for iid in self._images}
         skipped: list[str] = []
-        for k, ann in enumerate(_require(data, "annotations", list, where)):
-            why = self._check_annotation(ann, f"{where}: annotations[{k}]", cat_to_class)
+        anns = _require(data, "annotations", list, where)
+        for k, (ann, plain) in enumerate(zip(anns, self._plain_annotations(anns, cat_to_class).tolist())):
+            why = None if plain else self._check_annotation(ann, f"{where}: annotations[{k}]", cat_to_class)
             if why:
                 skipped.append(f"annotations[{k}] (id {ann.get('id', '?')}): {why}")
             else:
@@ -209,6 +240,57 @@ class CocoDataset:
     def _image_path(self, info: dict) -> Path:
         """The image file of the ``images`` entry ``info`` (Windows ``a\\b.jpg`` file names too)."""
         return self.image_dir / info["file_name"].replace("\\", "/")
+
+    def _plain_annotations(self, anns: list, cat_to_class: dict[int, int]) -> np.ndarray:
+        """(len(anns),) bool: True where the annotation certainly passes :meth:`_check_annotation` with a mask and
+        its segmentation as it is, False where that has to check it (a problem, RLE, a polygon part of fewer than
+        3 points...).
+
+        True is: a dict with an int image_id and category_id that are listed, iscrowd 0 or 1 (or none), a bbox
+        (or none) of 4 numbers within ±FAR_PIXELS and width and height >= 0, a segmentation of polygon parts of
+        >= 3 points each, and no :func:`polygon_problems`. All annotations' numbers are checked at once; where one
+        of them is no JSON number (a bool, string...) or an integer beyond float's range, that annotation is
+        malformed, and all are left to :meth:`_check_annotation`, which names the first malformed one.
+        """
+        plain = np.zeros(len(anns), bool)
+        images = self._images
+        rows: list[int] = []  # the annotations that are well-formed but for their numbers
+        iids: list[int] = []  # (len(rows),) their image ids
+        boxes: list[list] = []  # (len(rows),) their bbox, _NO_BBOX where they have none
+        parts: list[list] = []  # all their polygon parts, one after another
+        ann_parts: list[int] = []  # (len(rows),) parts of each
+        for k, ann in enumerate(anns):
+            if type(ann) is not dict:
+                continue
+            iid, cid, seg, bbox = (ann.get("image_id"), ann.get("category_id"), ann.get("segmentation"),
+                                   ann.get("bbox", _NO_BBOX))
+            if not (type(iid) is int and iid in images and type(cid) is int and cid in cat_to_class
+                    and ann.get("iscrowd", 0) in (0, 1) and type(seg) is list and seg and type(bbox) is list
+                    and len(bbox) == 4):
+                continue
+            for p in seg:
+                if not (type(p) is list and len(p) >= 6 and not len(p) % 2):
+                    break
+            else:
+                rows.append(k)
+                iids.append(iid)
+                boxes.append(bbox)
+                parts.extend(seg)
+                ann_parts.append(len(seg))
+        if not rows or not _JSON_NUMBERS.issuperset(map(type, chain(chain.from_iterable(boxes),
+                                                                   chain.from_iterable(parts)))):
+            return plain
+        try:
+            values = np.fromiter(chain.from_iterable(parts), np.float64)
+            box = np.fromiter(chain.from_iterable(boxes), np.float64).reshape(-1, 4)  # x, y, width, height
+        except OverflowError:
+            return plain
+        problems = polygon_problems(values, np.array([len(p) // 2 for p in parts]), np.array(ann_parts),
+                                    np.array([images[i]["height"] for i in iids]),
+                                    np.array([images[i]["width"] for i in iids]))
+        plain[rows] = ((np.abs(box) <= FAR_PIXELS).all(axis=1) & (box[:, 2:] >= 0).all(axis=1)
+                       & (problems == POLYGON_FINE))
+        return plain
 
     def _check_annotation(self, ann: Any, where: str, cat_to_class: dict[int, int]) -> str | None:
         """Why ``ann`` has no mask (None when it has one); ``DatasetError`` when it is malformed."""
