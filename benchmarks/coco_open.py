@@ -22,20 +22,17 @@ import io
 import json
 import os
 import random
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 from pycocotools.coco import COCO
 
-from benchmarks.common import summary, write_result
+from benchmarks.common import module_at, summary, write_result
 from rtseg.data.coco import CocoDataset
 from rtseg.data.dataset import read_json
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "rtseg/data/coco.py"
 
 
@@ -56,15 +53,6 @@ def write_coco(folder: Path, images: int, per_image: int, seed: int = 0) -> Path
     path.write_text(json.dumps({"images": imgs, "annotations": anns,
                                 "categories": [{"id": c, "name": f"c{c}"} for c in range(1, 81)]}))
     return path
-
-
-def baseline(rev: str) -> ModuleType:
-    """``rtseg/data/coco.py`` as it was at git revision ``rev``, imported as a module of its own."""
-    text = subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
-                          text=True).stdout
-    module = ModuleType(f"coco_at_{rev}")
-    exec(compile(text, f"{rev}:{SOURCE}", "exec"), module.__dict__)
-    return module
 
 
 def alternated(versions: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, list[float]]]:
@@ -90,7 +78,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--baseline", default="2eb6344", help="git revision of rtseg/data/coco.py to compare with")
     args = ap.parse_args()
-    old = baseline(args.baseline)
+    old = module_at(args.baseline, SOURCE)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         ann = write_coco(Path(tmp), args.images, args.per_image)

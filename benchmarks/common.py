@@ -5,8 +5,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -109,3 +111,14 @@ def busy_model(preset: str) -> "Yolact":
     with torch.no_grad():
         model.prediction_layers[0].conf_layer.bias.normal_(0, 3)
     return model
+
+
+def module_at(rev: str, source: str) -> ModuleType:
+    """The repository's file ``source`` (e.g. ``rtseg/data/coco.py``) as it was at git revision ``rev``, imported
+    as a module of its own: a baseline to time beside the current code in one process (needs git and the
+    repository's history)."""
+    text = subprocess.run(["git", "show", f"{rev}:{source}"], cwd=Path(__file__).resolve().parent.parent,
+                          check=True, capture_output=True, text=True).stdout
+    module = ModuleType(f"{Path(source).stem}_at_{rev}")
+    exec(compile(text, f"{rev}:{source}", "exec"), module.__dict__)
+    return module

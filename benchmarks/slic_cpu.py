@@ -15,33 +15,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from benchmarks.common import summary, write_result
+from benchmarks.common import module_at, summary, write_result
 from rtseg.data.synthetic import TEST_SEED, SyntheticScene
 from rtseg.engines import slic
 from rtseg.eval.superpixels import instances_to_segmentation, superpixel_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "rtseg/engines/slic.py"
 
 Slic = Callable[..., torch.Tensor]
-
-
-def baseline(rev: str) -> ModuleType:
-    """``rtseg/engines/slic.py`` as it was at git revision ``rev``, imported as a module of its own."""
-    text = subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
-                          text=True).stdout
-    module = ModuleType(f"slic_at_{rev}")
-    exec(compile(text, f"{rev}:{SOURCE}", "exec"), module.__dict__)
-    return module
 
 
 def compare(versions: dict[str, Slic], size: tuple[int, int], frames: int, rounds: int) -> dict[str, Any]:
@@ -91,7 +78,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="0151cf4", help="git revision of the version to compare with")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    versions = {"baseline": baseline(args.baseline).slic_torch, "current": slic.slic_torch}
+    versions = {"baseline": module_at(args.baseline, SOURCE).slic_torch, "current": slic.slic_torch}
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     for spec in args.sizes:
