@@ -191,15 +191,13 @@ class LabelmeDataset:
         path, record = self.files[index], self._records[index]
         if record.image is not None:
             return read_image(record.image)
-        try:  # imageData is read again here, not kept: labelme embeds every image in its JSON by default
-            return decode_image(base64.b64decode(read_json(path, "labelme file")["imageData"], validate=True))
-        except ImageReadError as exc:
-            if exc.too_large:
-                raise DatasetError(f"{path}: the image in imageData (no image file beside it) is {exc}") from None
-        except (binascii.Error, ValueError, TypeError):
-            pass
-        raise DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
-                           "put the image beside the JSON file")
+        # imageData is read again here, not kept: labelme embeds every image in its JSON by default
+        image = _base64_image(read_json(path, "labelme file")["imageData"], cv2.IMREAD_COLOR,
+                              f"{path}: the image in imageData (no image file beside it)")
+        if image is None:
+            raise DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
+                               "put the image beside the JSON file")
+        return image
 
     def __getitem__(self, index: int) -> Sample:
         path, record = self.files[index], self._records[index]
@@ -318,15 +316,24 @@ def _points(value: Any, where: str) -> np.ndarray:
 def _mask(s: dict, where: str) -> np.ndarray:
     """The (h, w) bool patch of a ``mask`` shape, decoded from its base64 PNG ``mask``; ``DatasetError`` when
     that is missing or unreadable."""
+    mask = _base64_image(s.get("mask") or b"", cv2.IMREAD_GRAYSCALE, f"{where}: the PNG of this mask shape")
+    if mask is None:
+        raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
+                           "delete the shape or draw it again in labelme")
+    return mask > 0
+
+
+def _base64_image(value: Any, flags: int, what: str) -> np.ndarray | None:
+    """The image encoded in the base64 text ``value`` (``decode_image`` with ``flags``), None when it is none;
+    ``DatasetError`` "``what`` is W x H pixels, over ..." for one over :data:`rtseg.imageio.MAX_IMAGE_PIXELS`."""
     try:
-        return decode_image(base64.b64decode(s.get("mask") or b"", validate=True), cv2.IMREAD_GRAYSCALE) > 0
+        return decode_image(base64.b64decode(value, validate=True), flags)
     except ImageReadError as exc:
         if exc.too_large:
-            raise DatasetError(f"{where}: the PNG of this mask shape is {exc}") from None
+            raise DatasetError(f"{what} is {exc}") from None
     except (binascii.Error, ValueError, TypeError):
         pass
-    raise DatasetError(f"{where}: mask shape without a readable base64 PNG in 'mask'; "
-                       "delete the shape or draw it again in labelme")
+    return None
 
 
 def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:
