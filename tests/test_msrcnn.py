@@ -58,38 +58,60 @@ def test_true_mask_iou_matches_same_class_only():
     assert (wrong < 1.0).all()
 
 
-def _tiny_engine() -> MsrcnnEngine:
+def _tiny_engine(**options) -> MsrcnnEngine:
     torch.manual_seed(0)
-    return MsrcnnEngine.from_config(TINY, class_names=list(CLASSES))
+    return MsrcnnEngine.from_config(TINY, class_names=list(CLASSES), **options)
 
 
-def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
-    data = SyntheticDataset.split("train", 2, width=80, height=64, max_objects=3)
-    cfg = MsrcnnTrainConfig(steps=4, batch_size=2, lr=0.01, warmup=3)
-    engine = _tiny_engine
-    whole = engine()
-    whole_hist = train_msrcnn(whole, data, cfg, log=False)
-    interrupted = engine()
-    train_msrcnn(interrupted, data, MsrcnnTrainConfig(**{**cfg.__dict__, "steps": 2}), log=False,
-                 checkpoint=tmp_path / "ckpt.pth")
+def _train_data() -> SyntheticDataset:
+    return SyntheticDataset.split("train", 2, width=80, height=64, max_objects=3)
+
+
+#: The training run the tests below compare against or start from: 4 steps whose warm-up (3 steps) is still under
+#: way at step 2, so a resume that lost the warm-up state would show.
+TRAIN_CFG = MsrcnnTrainConfig(steps=4, batch_size=2, lr=0.01, warmup=3)
+
+
+@pytest.fixture(scope="module")
+def whole_run():
+    """(engine, loss terms of every step) of the uninterrupted 4-step run, trained once for the module (the
+    engine's score threshold 0.0 only matters at inference). Tests read it and run inference; none trains it."""
+    data = _train_data()
+    engine = _tiny_engine(score_threshold=0.0)
+    return engine, train_msrcnn(engine, data, TRAIN_CFG, log=False)
+
+
+@pytest.fixture(scope="module")
+def partial_checkpoint(tmp_path_factory):
+    """The checkpoint of the same run stopped after 2 of its 4 steps (an unfinished run), written once for the
+    module; copy it before resuming from it (a resumed run writes its checkpoint back)."""
+    data, ckpt = _train_data(), tmp_path_factory.mktemp("ms") / "ms.train" / "checkpoint.pth"
+    train_msrcnn(_tiny_engine(), data, replace(TRAIN_CFG, steps=2), log=False, checkpoint=ckpt)
+    return ckpt
+
+
+def test_resumed_training_equals_the_uninterrupted_run(tmp_path, whole_run, partial_checkpoint):
+    data, cfg, ckpt = _train_data(), TRAIN_CFG, tmp_path / "ckpt.pth"
+    whole, whole_hist = whole_run
+    ckpt.write_bytes(partial_checkpoint.read_bytes())  # 2 of the 4 steps, with checkpoint=
     torch.manual_seed(123)  # the checkpoint's random state (RPN / RoI sampling) must win
-    resumed = engine()
-    hist = train_msrcnn(resumed, data, cfg, log=False, checkpoint=tmp_path / "ckpt.pth", resume=True)
+    resumed = _tiny_engine()
+    hist = train_msrcnn(resumed, data, cfg, log=False, checkpoint=ckpt, resume=True)
     assert len(hist) == 2
     for h, w in zip(hist, whole_hist[2:]):
         assert h == pytest.approx(w, rel=1e-4)
     for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
     with pytest.raises(ConfigError, match="resume=True needs checkpoint="):  # was: silently from step 0
-        train_msrcnn(engine(), data, cfg, resume=True)
+        train_msrcnn(_tiny_engine(), data, cfg, resume=True)
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigint_at_call):
-    """A real SIGINT during step 3 of 4: the two steps done (weights, optimizer, warm-up) are saved and the
-    resumed run's last step equals the uninterrupted run's."""
-    data = SyntheticDataset.split("train", 2, width=80, height=64, max_objects=3)
-    cfg, ckpt = MsrcnnTrainConfig(steps=3, batch_size=2, lr=0.01, warmup=3), tmp_path / "ckpt.pth"
-    whole_hist = train_msrcnn(_tiny_engine(), data, cfg, log=False)
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigint_at_call, whole_run):
+    """A real SIGINT during step 3 of 3: the two steps done (weights, optimizer, warm-up) are saved and the
+    resumed run's last step equals the uninterrupted run's (the same steps; the module's run goes on to a 4th)."""
+    data, ckpt = _train_data(), tmp_path / "ckpt.pth"
+    cfg = replace(TRAIN_CFG, steps=3)
+    whole_hist = whole_run[1]
     interrupted = _tiny_engine()
     sigint_at_call(interrupted, "preprocess", 3)
     with pytest.raises(KeyboardInterrupt):
@@ -99,11 +121,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigin
     assert len(hist) == 1 and hist[0] == pytest.approx(whole_hist[2], rel=1e-4)
 
 
-def test_training_step_reduces_losses_and_engine_roundtrip(tmp_path):
-    torch.manual_seed(0)
-    data = SyntheticDataset.split("train", 2, width=80, height=64, max_objects=3)
-    engine = MsrcnnEngine.from_config(TINY, class_names=list(CLASSES), score_threshold=0.0)
-    hist = train_msrcnn(engine, data, MsrcnnTrainConfig(steps=4, batch_size=2, lr=0.01, warmup=1), log=False)
+def test_training_step_reduces_losses_and_engine_roundtrip(tmp_path, whole_run):
+    data = _train_data()
+    engine, hist = whole_run  # trained from seed 0 with score_threshold=0.0
     assert set(hist[0]) >= {"loss_classifier", "loss_mask", "loss_maskiou", "loss_objectness"}
     assert all(np.isfinite(v) for h in hist for v in h.values())
     total = [sum(h.values()) for h in hist]
@@ -253,13 +273,10 @@ def test_score_threshold_and_top_k_reach_past_the_trained_limits():
     assert (few.scores > 0.99).all()
 
 
-def test_training_checkpoint_as_weights_says_how_to_finish(tmp_path):
-    data = SyntheticDataset.split("train", 1, width=64, height=64, max_objects=1)
-    ckpt = tmp_path / "ms.train" / "checkpoint.pth"
-    train_msrcnn(_tiny_engine(), data, MsrcnnTrainConfig(steps=1, batch_size=1, warmup=1), log=False, checkpoint=ckpt)
+def test_training_checkpoint_as_weights_says_how_to_finish(partial_checkpoint):
     with pytest.raises(WeightsError, match="is a training checkpoint of an unfinished run .* finish the run with "
                                            "--resume to export the .safetensors"):
-        rtseg.load("msrcnn", str(ckpt))
+        rtseg.load("msrcnn", str(partial_checkpoint))
 
 
 def test_device_is_checked(tiny_weights):

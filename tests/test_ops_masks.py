@@ -78,7 +78,8 @@ def _check_against_full_frame(proto: torch.Tensor, coef: torch.Tensor, boxes: to
     up = F.interpolate(mask_probabilities(proto, coef, boxes)[None], size, mode="bilinear", align_corners=False)[0]
     assert got.dtype == torch.bool and got.shape == (len(coef), *size)
     differ = got != (up > threshold)
-    assert not differ[(up - threshold).abs() > NEAR].any(), (size, threshold, int(differ.sum()))
+    # (indexed by the few differing pixels, not by the millions far from the threshold: the same check, 6x faster)
+    assert not ((up - threshold)[differ].abs() > NEAR).any(), (size, threshold, int(differ.sum()))
     assert int(differ.sum()) <= 2  # (the near pixels are rare: a handful in millions)
 
 
