@@ -52,6 +52,9 @@ class StreamSource(Source):
     #: Reloads of a live HLS playlist without a new segment before FFmpeg ends it: one after a target duration,
     #: then every half target duration (FFmpeg's default, 1000, waits for ever).
     _HLS_HOLD = 3
+    #: Microseconds FFmpeg's probe of an RTMP stream may read (its default 5 s is spent in full on a video-only
+    #: stream: FFmpeg's RTMP client announces audio too); the video's parameters come with its first packets.
+    _RTMP_PROBE_US = 1_000_000
     #: Seconds an HLS frame may fall behind the clock its timestamps set before that clock restarts.
     _LATE = 1.0
     #: How many frames of a live HLS stream are remembered to skip a replay after reconnecting
@@ -98,6 +101,8 @@ class StreamSource(Source):
             options["rw_timeout"] = read_us
         if scheme.startswith("http"):  # a live HLS playlist that gains no segment in ~2 target durations has ended
             options["m3u8_hold_counters"] = str(self._HLS_HOLD)
+        if scheme.startswith("rtmp"):
+            options["analyzeduration"] = str(self._RTMP_PROBE_US)
         return options
 
     def _connect(self) -> av.container.InputContainer:
