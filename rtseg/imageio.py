@@ -89,8 +89,7 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
         raise ImageReadError("not a readable image file (it is empty)")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise ImageReadError(f"{size[0]} x {size[1]} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "
-                             "scale it down first", too_large=True)
+        raise _too_large(f"{size[0]} x {size[1]} pixels, over the")
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
@@ -129,9 +128,16 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         return (second, first) if hdr.group(2) == b"Y" else (first, second)
     if pfm := _PFM_SIZE.match(head):
         return int(pfm.group(1)), int(pfm.group(2))
-    if head.startswith(b"P7") and all(m.search(head) for m in _PAM_SIZE):
-        return int(_PAM_SIZE[0].search(head).group(1)), int(_PAM_SIZE[1].search(head).group(1))
+    if head.startswith(b"P7"):
+        width, height = (m.search(head) for m in _PAM_SIZE)
+        if width and height:
+            return int(width.group(1)), int(height.group(1))
     return _pillow_size(data)
+
+
+def _too_large(size: str) -> ImageReadError:
+    """The refusal of an image over :data:`MAX_IMAGE_PIXELS`; ``size`` opens its line ("W x H pixels, over the")."""
+    return ImageReadError(f"{size} {MAX_IMAGE_PIXELS:,} rtseg reads; scale it down first", too_large=True)
 
 
 def _pillow_size(data: bytes) -> tuple[int, int] | None:
@@ -147,9 +153,7 @@ def _pillow_size(data: bytes) -> tuple[int, int] | None:
                 return image.size
         except Image.DecompressionBombError as exc:  # over 2 x Pillow's MAX_IMAGE_PIXELS, above ours
             pixels = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit of ..."
-            size = f"{int(pixels.group(1)):,} pixels, over the" if pixels else "over the"
-            raise ImageReadError(f"{size} {MAX_IMAGE_PIXELS:,} rtseg reads; scale it down first",
-                                 too_large=True) from None
+            raise _too_large(f"{int(pixels.group(1)):,} pixels, over the" if pixels else "over the") from None
         except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on damaged headers; OpenCV decides
             return None
 

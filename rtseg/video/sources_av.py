@@ -129,8 +129,10 @@ class FileSource(Source):
         rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         length = self._container.duration / 1e6 if self._container.duration else None
-        self._key: tuple[int, float] | None = None  # (byte position, timeline offset in s) of the key frame to
-        self._scanned = self._header_trusted = False  # start from, when _scan_to found one
+        # set by _scan_to: (byte position, timeline offset in s) of the key frame to start from; whether it ran
+        # (then start is never sought by timestamp) and saw the timestamps jump (the header's duration is one part's)
+        self._key: tuple[int, float] | None = None
+        self._scanned = self._scan_jumped = False
         if start > 0 and timeouts is None and self._container.format.flags & TS_DISCONT:
             length = self._scan_to(start)
             self._scanned = True
@@ -151,7 +153,7 @@ class FileSource(Source):
         """Expected number of frames yielded (for progress), None when unknown (no rate or duration, or
         :meth:`_scan_to` saw the timestamps jump: the header's duration is then one part's)."""
         duration = self._container.duration / 1e6 if self._container.duration else None
-        if not rate or duration is None or (self._scanned and not self._header_trusted):
+        if not rate or duration is None or self._scan_jumped:
             return None
         stop = min(duration, self._end) if self._end is not None else duration
         return max(0, int(round((stop - self._start) * float(rate))) + self._stride - 1) // self._stride
@@ -161,7 +163,7 @@ class FileSource(Source):
         decoding, in a local file whose timestamps may jump (MPEG-TS: ``cat a.ts b.ts``, where a seek by timestamp
         lands in whichever part has that time, and whose header's duration is one part's). Sets ``_key`` to the
         byte position of the last key frame at or before ``start`` and the shift of the timeline there (the start
-        is reached by a byte seek, then), and ``_header_trusted`` when no jump was seen. Returns the file's
+        is reached by a byte seek, then), and ``_scan_jumped`` when a jump was seen. Returns the file's
         continuous length in s when it ends before ``start``, else None. Leaves the demuxer where it stopped."""
         timeline, last = Timeline(jumps_ahead=True), -self._period
         try:
@@ -180,7 +182,7 @@ class FileSource(Source):
                 return last + self._period
         except AV_ERRORS:  # unreadable further on: decoding from the beginning reports it in one line
             self._key = None
-        self._header_trusted = timeline.jumps == 0
+        self._scan_jumped = timeline.jumps > 0
         return None
 
     def _time(self, ticks: int | None) -> float | None:
