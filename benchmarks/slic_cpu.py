@@ -7,7 +7,9 @@ iterations. Times are wall-clock milliseconds per frame, the two versions altern
 ``--rounds`` rounds after one warm-up frame each; ``speedup`` is the baseline's p50 over the current p50.
 Quality (rtseg.eval.superpixels, mean over the frames): boundary recall, undersegmentation error, ASA, number
 of segments. Noise: number of segments (and seconds) on a uniform random 640x480 frame with 50 segments asked.
-The 1-, 5- and 15-minute load averages are recorded before and after. Usage:
+Thin: the same on uniform random frames thinner than the grid step (``THIN``) with 100 segments asked, p50 of
+``--rounds`` runs, the versions alternated. The 1-, 5- and 15-minute load averages are recorded before and after.
+Usage:
 
     python -m benchmarks.slic_cpu [--sizes 640x480 160x120] [--frames 6] [--rounds 3] [--threads 1] [--baseline REV]
 """
@@ -29,6 +31,9 @@ from rtseg.eval.superpixels import instances_to_segmentation, superpixel_metrics
 SOURCE = "rtseg/engines/slic.py"
 
 Slic = Callable[..., torch.Tensor]
+
+THIN = [(2, 20000), (20000, 2), (1, 5000), (3, 3000)]
+"""H x W of the thin frames: grid step S = sqrt(H*W / 100) from 7 to 20 pixels, wider than the short side."""
 
 
 def compare(versions: dict[str, Slic], size: tuple[int, int], frames: int, rounds: int) -> dict[str, Any]:
@@ -69,6 +74,24 @@ def on_noise(versions: dict[str, Slic]) -> dict[str, Any]:
     return out
 
 
+def on_thin(versions: dict[str, Slic], rounds: int) -> dict[str, Any]:
+    """Per ``THIN`` frame (uniform random), per version: segments and seconds (p50 of ``rounds`` runs, alternated),
+    100 segments asked."""
+    out: dict[str, Any] = {}
+    for h, w in THIN:
+        img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+        seconds: dict[str, list[float]] = {name: [] for name in versions}
+        segments = {}
+        for _ in range(rounds):
+            for name, fn in versions.items():
+                t = time.perf_counter()
+                labels = fn(img, n_segments=100)
+                seconds[name].append(time.perf_counter() - t)
+                segments[name] = len(torch.unique(labels))
+        out[f"{h}x{w}"] = {name: {"segments": segments[name], "s": float(np.median(seconds[name]))} for name in versions}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["640x480", "160x120"], help="frame sizes, WxH")
@@ -89,6 +112,8 @@ def main() -> None:
               f"x{r['speedup']:.2f}", flush=True)
     results["noise_640x480_50_segments"] = noise = on_noise(versions)
     print("noise", noise)
+    results["thin_100_segments"] = thin = on_thin(versions, args.rounds)
+    print("thin", thin)
     print(write_result("slic_cpu", {"baseline": args.baseline, "frames": args.frames, "rounds": args.rounds,
                                     "n_segments": 200, "results": results, "load_average_1_5_15_before": load_before,
                                     "load_average_1_5_15_after": os.getloadavg()}))

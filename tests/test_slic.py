@@ -29,6 +29,20 @@ def frames() -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    """A 640x480 synthetic frame, the content of the thin strips below."""
+    return SyntheticScene(3, width=640, height=480, num_frames=1).frame(0)[0]
+
+
+def _strip(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """An h x w strip of ``image``'s content: bands of h rows side by side, cut to w (transposed when h > w)."""
+    if h > w:
+        return np.ascontiguousarray(_strip(image, w, h).transpose(1, 0, 2))
+    bands = [image[i * h:(i + 1) * h] for i in range(-(-w // image.shape[1]))]
+    return np.ascontiguousarray(np.concatenate(bands, axis=1)[:, :w])
+
+
 def _mean_metrics(engine, frames) -> dict[str, float]:
     ms = [superpixel_metrics(engine(img).labels, gt) for img, gt in frames]
     return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
@@ -92,16 +106,72 @@ def test_connected_components_match_scipy():
                 assert not (ours[~inside] == np.flatnonzero(inside)[0]).any()
 
 
-@pytest.mark.parametrize("size, asked", [((120, 160), 200), ((240, 320), 50)])
+@pytest.mark.parametrize("size, asked", [((120, 160), 200), ((240, 320), 50), ((2, 20000), 100), ((20000, 2), 100),
+                                         ((1, 5000), 100), ((3, 3000), 100)])
 def test_torch_slic_on_noise_gives_about_as_many_segments_as_asked(size, asked):
     """Noise shatters every cluster into fragments far below the minimum size (S*S/4). They were all grown over by
-    the few that reached it (160x120: 1 segment for 200 asked) or, if none did, all kept (320x240: 52,710 for 50)."""
+    the few that reached it (160x120: 1 segment for 200 asked) or, if none did, all kept (320x240: 52,710 for 50).
+    Frames thinner than S had S-wide cells of under S*S/4 pixels: 1 segment for 100 asked at 2x20000 and 20000x2
+    (after seconds of growth), 24 at 1x5000, 257 at 3x3000. (skimage gives 1 on all four.)"""
     img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8))
     labels = slic_torch(img, n_segments=asked)
     k = int(labels.max()) + 1
     assert torch.equal(torch.unique(labels), torch.arange(k))
     assert len(torch.unique(connected_components(labels))) == k  # one 4-connected component per segment
     assert asked / 2 < k < asked * 2
+
+
+@pytest.mark.parametrize("size, asked", [((2, 20000), 100), ((20000, 2), 100), ((1, 5000), 100), ((3, 3000), 100),
+                                         ((8, 4000), 100), ((5, 7), 10), ((5, 7), 100)])
+def test_torch_slic_on_thin_frames_gives_about_as_many_segments_as_skimage(scene, size, asked):
+    """A frame thinner than S is one grid cell across, as in skimage (was: 1 segment at 2x20000 and 20000x2, 2 at
+    1x5000, 315 at 3x3000, 223 at 8x4000, where skimage gives 70, 70, 95, 97 and 99; ours now 96, 96, 100, 100, 99)."""
+    img = _strip(scene, *size)
+    labels = slic_torch(torch.from_numpy(img), n_segments=asked)
+    k = int(labels.max()) + 1
+    assert labels.shape == size and torch.equal(torch.unique(labels), torch.arange(k))
+    assert len(torch.unique(connected_components(labels))) == k
+    ref = len(np.unique(rtseg.load("slic", n_segments=asked)(img).labels))
+    assert 0.7 * ref <= k <= 1.5 * ref
+
+
+def _ring_growth(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """enforce_connectivity's rule, plainly: scipy's fragments, the kept ones, then one ring of growth per round."""
+    from scipy import ndimage
+
+    h, w = labels.shape
+    frag = np.zeros_like(labels)  # fragment id: the flat index of its first pixel
+    for v in np.unique(labels):
+        parts, n = ndimage.label(labels == v)
+        for i in range(1, n + 1):
+            frag[parts == i] = np.flatnonzero(parts == i)[0]
+    ids, size = np.unique(frag, return_counts=True)
+    owner = labels.reshape(-1)[ids]
+    totals = {v: size[owner == v].sum() for v in np.unique(owner)}
+    keep = size >= min_size
+    for v, total in totals.items():
+        if total >= min(min_size, max(totals.values())):
+            mine = np.flatnonzero(owner == v)
+            keep[mine[np.argmax(size[mine])]] = True  # the first of the largest
+    out = np.where(np.isin(frag, ids[keep]), frag, -1)
+    while (out < 0).any():
+        padded = np.pad(out, 1, constant_values=-1)
+        grown = out.copy()
+        for dy, dx in [(0, 1), (0, -1), (1, 0), (-1, 0)]:  # right, left, down, up: the last written (up) wins
+            near = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            grown = np.where((out < 0) & (near >= 0), near, grown)
+        out = grown
+    return np.unique(out, return_inverse=True)[1].reshape(h, w)
+
+
+@pytest.mark.parametrize("shape, k, min_size", [((2, 400), 6, 40), ((400, 2), 6, 40), ((1, 300), 3, 10 ** 6),
+                                                ((3, 200), 2, 5), ((40, 50), 3, 12), ((30, 30), 6, 10 ** 6)])
+def test_connectivity_grows_kept_fragments_ring_by_ring(shape, k, min_size):
+    """Fragments are absorbed as if the kept ones grew a ring per round (computed from city-block distances and
+    pointer jumping: 400 rounds at 1x300 with one kept fragment)."""
+    labels = np.random.default_rng(sum(shape) + k).integers(0, k, shape)
+    ours = enforce_connectivity(torch.from_numpy(labels), min_size=min_size).numpy()
+    np.testing.assert_array_equal(ours, _ring_growth(labels, min_size))
 
 
 def test_lab_matches_skimage():

@@ -9,7 +9,8 @@ Two backends behind one engine:
   iteration is a handful of dense tensor ops instead of a loop over centres.
   Connectivity is enforced afterwards with tensor ops too (connected components
   of horizontal runs by min-propagation, then small fragments absorbed by their
-  neighbours, ring by ring; every cluster of at least the minimum size keeps its
+  neighbours as if these grew ring by ring, computed from city-block distances
+  and pointer jumping; every cluster of at least the minimum size keeps its
   largest fragment, so texture or noise that shatters clusters into small pieces
   still gives about as many segments as asked).
 
@@ -73,13 +74,30 @@ def _cells(n: int, cells: int, device: torch.device) -> tuple[torch.Tensor, torc
     return cell, slot, source, size
 
 
+def _grid(h: int, w: int, n_segments: int) -> tuple[int, int, float, float]:
+    """The grid of seeds for an H x W frame: (cells along y, cells along x, S, spacing).
+
+    S = sqrt(H*W / n_segments) (at least 1) is the side of a square of the mean segment area. On a frame at least
+    S across, the grid has round(H / S) x round(W / S) cells and ``spacing`` (the seeds' spacing, the scale of the
+    spatial distance) is S. A frame thinner than S gets, as in scikit-image's ``slic``, one cell across and
+    ``n_segments`` along, S^2 pixels each, and ``spacing`` is their length. (S-wide cells would hold under S^2
+    pixels: under S^2 / 4, the default minimum segment size, on frames under S/4 across, which became one segment.)
+    """
+    step = max(math.sqrt(h * w / max(n_segments, 1)), 1.0)
+    if min(h, w) >= step:
+        return max(round(h / step), 1), max(round(w / step), 1), step, step
+    spacing = max(h, w) / n_segments
+    return (1, n_segments, step, spacing) if h < w else (n_segments, 1, step, spacing)
+
+
 def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float = 10.0, iterations: int = 10,
                min_size_factor: float = 0.25) -> torch.Tensor:
     """SLIC superpixels with tensor ops only (CPU or GPU).
 
     image: (H, W, 3) uint8 BGR tensor on any device.
-    n_segments: approximate number of superpixels; the grid step is S = sqrt(H*W / n_segments).
-    compactness: m of the paper; distance = d_lab^2 + (m / S)^2 * d_xy^2.
+    n_segments: approximate number of superpixels; the grid step is S = sqrt(H*W / n_segments) (see :func:`_grid`
+        for frames thinner than S).
+    compactness: m of the paper; distance = d_lab^2 + (m / spacing)^2 * d_xy^2, spacing = S (see :func:`_grid`).
     iterations: assignment/update rounds (10 as in the paper).
     min_size_factor: fragments smaller than this fraction of S*S are merged into a neighbour (see
         :func:`enforce_connectivity`).
@@ -92,13 +110,12 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     """
     h, w = image.shape[:2]
     dev = image.device
-    step = max(math.sqrt(h * w / max(n_segments, 1)), 1.0)
-    gh, gw = max(round(h / step), 1), max(round(w / step), 1)
+    gh, gw, step, spacing = _grid(h, w, n_segments)
     cell_y, slot_y, source_y, bh = _cells(h, gh, dev)
     cell_x, slot_x, source_x, bw = _cells(w, gw, dev)
     lab = bgr_to_lab(image)  # (3, H, W)
     # spatial axes scaled by m / S so that the SLIC distance is a plain squared Euclidean one
-    scale = torch.tensor(compactness / step, device=dev)
+    scale = torch.tensor(compactness / spacing, device=dev)
     ys = torch.arange(h, device=dev, dtype=torch.float32).mul_(scale)
     xs = torch.arange(w, device=dev, dtype=torch.float32).mul_(scale)
     feats = torch.cat([lab, ys[None, :, None].expand(1, h, w), xs[None, None, :].expand(1, h, w)]).reshape(5, -1)
@@ -179,14 +196,58 @@ def _neighbours(idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.where(inside, torch.stack([idx - w, idx + w, idx - 1, idx + 1]), idx)
 
 
+def _line_steps(line: torch.Tensor, pos: torch.Tensor, length: int, steps: torch.Tensor, far: int) -> torch.Tensor:
+    """One pass of a city-block distance transform along lines (rows or columns), over the unreached pixels only.
+
+    line, pos: (M,) int64 line and position on it (0..length-1) of the unreached pixels, sorted by line, then
+    position. steps: (M,) int64 steps from each pixel to a reached one found so far, 1..``far`` (``far``: more
+    than any distance in the frame). Returns (M,) int64 the fewest steps via a pixel q of the same line:
+    min(steps[q] + |pos - pos[q]|), 1 beside a reached pixel.
+
+    A pixel beside a reached one on its line starts at 1; then prefix minima of steps[q] -/+ pos[q] forwards and
+    backwards. A line is offset below the lines before it (forwards) or after it (backwards) by more than its
+    values' spread, so that only its own pixels count; within a line, a pixel beyond a reached one never wins
+    over the pixel beside it (1 step from the reached one, one step nearer).
+    """
+    after = torch.ones_like(pos, dtype=torch.bool)  # the pixel starts a run of unreached pixels on its line
+    after[1:] = (line[1:] != line[:-1]) | (pos[1:] != pos[:-1] + 1)
+    beside = (after & (pos > 0)) | (after.roll(-1) & (pos < length - 1))
+    steps = steps.masked_fill(beside, 1)
+    base = pos + line * (far + length)
+    fwd = torch.cummin(steps - base, 0).values + base
+    bwd = torch.cummin((steps + base).flip(0), 0).values.flip(0) - base
+    return torch.minimum(fwd, bwd)
+
+
+def _steps_to(reached: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """Fewest 4-connected steps from each pixel to a reached one (the city-block distance transform).
+
+    reached: (H, W) bool, at least one True. rest: (M,) int64 flat indices of the False pixels, ascending.
+    Returns (H*W,) int64 steps, 0 on the reached pixels. The distance is separable: steps along the row, then the
+    fewest of those plus the steps along the column (:func:`_line_steps`, in raster, then column-major order).
+    """
+    h, w = reached.shape
+    far = h + w
+    steps = torch.zeros(h * w, dtype=torch.int64, device=rest.device)
+    y = rest // w
+    x = rest - y * w
+    steps.index_copy_(0, rest, _line_steps(y, x, w, torch.full_like(x, far), far))
+    x, y = (~reached).T.nonzero().unbind(1)
+    flat = y * w + x
+    return steps.index_copy_(0, flat, _line_steps(x, y, h, steps.index_select(0, flat), far))
+
+
 def enforce_connectivity(labels: torch.Tensor, *, min_size: int) -> torch.Tensor:
     """Split segments into their 4-connected fragments, merge fragments into a neighbour, relabel 0..K-1.
 
     Kept: every fragment of at least ``min_size`` pixels, and the largest fragment (the first in raster order on
     a tie) of every label of at least ``min_size`` pixels in all, so that a label shattered into small pieces
     (SLIC on noise or fine texture) still gives a segment; when no label is that large, the largest label's
-    largest fragment. The other fragments are absorbed by the kept ones, which grow into them one pixel ring per
-    round: a pixel joins its first neighbour (up, down, left, right) that was kept or joined in an earlier round.
+    largest fragment. The other fragments are absorbed by the kept ones as if these grew one pixel ring per round,
+    a pixel joining its first neighbour (up, down, left, right) that was kept or joined in an earlier round. A
+    pixel's round is its city-block distance to the nearest kept pixel (:func:`_steps_to`), so it joins the
+    kept fragment at the end of the path through its first neighbour one step closer, found by pointer jumping:
+    log2(rounds) gathers instead of a gather per ring (a thin frame or noise needs hundreds or thousands of rings).
     labels: (H, W) int64. Returns (H, W) int64 with every segment 4-connected.
     """
     h, w = labels.shape
@@ -203,18 +264,19 @@ def enforce_connectivity(labels: torch.Tensor, *, min_size: int) -> torch.Tensor
     enough = total >= min(min_size, int(total.max()))
     keep = (size >= min_size) | ((key == largest.index_select(0, owner)) & enough.index_select(0, owner))
     kept = torch.zeros_like(sizes, dtype=torch.bool).index_fill_(0, ids[keep], True)
-    done = kept.index_select(0, comp)  # (N,) pixel belongs to a kept fragment (or has joined one)
+    done = kept.index_select(0, comp)  # (N,) pixel belongs to a kept fragment
     rest = (~done).nonzero()[:, 0]
-    ok = done.index_select(0, _neighbours(rest, h, w).reshape(-1)).view(4, -1)
-    front = rest[ok[0] | ok[1] | ok[2] | ok[3]]  # pixels with a kept neighbour: the first ring
-    while front.numel():
-        near = _neighbours(front, h, w)
-        ok = done.index_select(0, near.reshape(-1)).view(near.shape)
-        source = torch.where(ok[0], near[0], torch.where(ok[1], near[1], torch.where(ok[2], near[2], near[3])))
-        comp.index_copy_(0, front, comp.index_select(0, source))
-        done.index_fill_(0, front, True)
-        near = near.reshape(-1)
-        front = torch.unique(near[~done.index_select(0, near)])  # the next ring
+    steps = _steps_to(done.view(h, w), rest)
+    near = _neighbours(rest, h, w)
+    closer = steps.index_select(0, near.reshape(-1)).view(near.shape) < steps.index_select(0, rest)
+    toward = torch.where(closer[0], near[0], torch.where(closer[1], near[1], torch.where(closer[2], near[2], near[3])))
+    # pointer jumping in place: comp of a pixel not yet resolved is ~(the pixel it points at), a negative number;
+    # every round, each such pixel takes over the value of the one it points at: its component id, or its pointer
+    # (so it points twice as far): after r rounds, the pixels up to 2^r - 1 steps from a kept one are resolved
+    comp.index_copy_(0, rest, ~toward)
+    for _ in range(int(steps.max()).bit_length()):
+        at = comp.index_select(0, rest)
+        comp.index_copy_(0, rest, comp.index_select(0, torch.where(at < 0, ~at, rest)))
     return (kept.cumsum(0) - 1).index_select(0, comp).view(h, w)
 
 
