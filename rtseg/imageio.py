@@ -17,7 +17,6 @@ import os
 import re
 import stat
 import struct
-import warnings
 from pathlib import Path
 
 import cv2
@@ -89,7 +88,8 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
         raise ImageReadError("not a readable image file (it is empty)")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise _too_large(f"{size[0]} x {size[1]} pixels, over the")
+        raise ImageReadError(f"{size[0]} x {size[1]} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; scale it "
+                             "down first", too_large=True)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
@@ -115,13 +115,19 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) in pixels from the header of the image in ``data``, None when it cannot be told (OpenCV
     may still decode it, under its own 2^30-pixel cap). PNG and BMP are read here (Pillow refuses some that
     OpenCV decodes: a chunk with a bad checksum, an unusual BMP header), Radiance HDR, PFM and PAM too (Pillow
-    does not know them); other formats through Pillow, which reads only the header."""
+    does not know them), GIF and WebP too (Pillow's readers of those check the size against its own limit, and
+    its WebP reader allocates the whole canvas); the other formats OpenCV decodes through Pillow's header readers
+    (:func:`_pillow_size`)."""
     if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack_from(">II", data, 16)
     if data.startswith(b"BM") and len(data) >= 26:
         (info,) = struct.unpack_from("<I", data, 14)  # the info header's size: 12 for OS/2's, 16-bit sizes
         width, height = struct.unpack_from("<HH" if info == 12 else "<ii", data, 18)
         return abs(width), abs(height)
+    if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 13:
+        return _gif_size(data)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return _webp_size(data)
     head = data[:1 << 16]
     if head.startswith(b"#?") and (hdr := _HDR_SIZE.search(head)):
         first, second = int(hdr.group(3)), int(hdr.group(6))
@@ -135,27 +141,63 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     return _pillow_size(data)
 
 
-def _too_large(size: str) -> ImageReadError:
-    """The refusal of an image over :data:`MAX_IMAGE_PIXELS`; ``size`` opens its line ("W x H pixels, over the")."""
-    return ImageReadError(f"{size} {MAX_IMAGE_PIXELS:,} rtseg reads; scale it down first", too_large=True)
+def _gif_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the GIF in ``data``: its logical screen, grown to the first image's extent where that
+    reaches further (as Pillow and browsers grow it)."""
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the global colour table
+    while pos < len(data) and data[pos] == 0x21:  # an extension: its label, then sub-blocks up to an empty one
+        pos += 2
+        while pos < len(data) and data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    if data[pos:pos + 1] == b"," and len(data) >= pos + 9:  # the first image descriptor: left, top, width, height
+        left, top, w, h = struct.unpack_from("<HHHH", data, pos + 1)
+        width, height = max(width, left + w), max(height, top + h)
+    return width, height
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the WebP in ``data`` from its first chunk (lossy VP8, lossless VP8L or extended VP8X's
+    canvas), None when the chunk is none of those or cut short."""
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a" and len(data) >= 30:
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20:21] == b"\x2f" and len(data) >= 25:
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+#: Pillow's names of the other formats OpenCV decodes (PPM: PBM, PGM and PPM). Their header readers run no size
+#: check of Pillow's own; ``Image.open`` does, as do its readers of GIF, WebP and formats OpenCV does not decode.
+_PILLOW_FORMATS = ("JPEG", "TIFF", "JPEG2000", "PPM", "SUN", "AVIF")
 
 
 def _pillow_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of the image in ``data`` as Pillow reads it from the header, None when Pillow does not
-    know the format or refuses the header. (``catch_warnings`` is process-wide: another thread's warnings are
-    shown or not by its own filters, and at worst one of Pillow's size warnings passes.)"""
-    from PIL import Image  # ~0.06 s, only when an image file is read
+    """(width, height) of the image in ``data`` as Pillow's reader of its format reads it from the header, None when
+    it is none of :data:`_PILLOW_FORMATS` (or this Pillow lacks that reader) or the reader refuses the header.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return image.size
-        except Image.DecompressionBombError as exc:  # over 2 x Pillow's MAX_IMAGE_PIXELS, above ours
-            pixels = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit of ..."
-            raise _too_large(f"{int(pixels.group(1)):,} pixels, over the" if pixels else "over the") from None
-        except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on damaged headers; OpenCV decides
-            return None
+    The reader is called directly, not through ``Image.open``, whose check against Pillow's ``MAX_IMAGE_PIXELS``
+    warns (DecompressionBombWarning) over it and raises over twice it: silencing that takes the process-wide
+    warning filters (``warnings.catch_warnings``, not thread-safe: it drops the filters other threads set
+    meanwhile); and a user's own lower setting of Pillow's limit made rtseg refuse images under its own."""
+    from PIL import Image  # ~0.02 s, and ~0.07 s to register Pillow's readers: only when an image file is read
+
+    Image.init()
+    for name in _PILLOW_FORMATS:
+        factory, accept = Image.OPEN.get(name, (None, None))
+        known = factory is not None and (accept is None or accept(data[:16]))
+        if known and not isinstance(known, str):  # a str: the format's, but its library is missing
+            try:
+                with factory(io.BytesIO(data), "") as image:
+                    return image.size
+            except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on damaged headers; OpenCV decides
+                return None
+    return None
 
 
 def imwrite(path: str | os.PathLike, image: np.ndarray) -> bool:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import threading
+import warnings
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, features
 
 from rtseg.data.labelme import LabelmeDataset
 from rtseg.errors import DatasetError
@@ -65,12 +68,60 @@ def _gif_header(width: int, height: int) -> bytes:
             + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x4c\x01\x00\x3b")
 
 
-def test_pillow_s_own_bomb_limit_is_our_refusal_too():
-    """Over twice Pillow's limit its header reader raises instead of telling the size: the same refusal."""
-    with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
-        decode_image(_gif_header(*BIG))  # between our limit and Pillow's: Pillow tells the size
-    with pytest.raises(ImageReadError, match=f"^200,000,000 pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "):
-        decode_image(_gif_header(20_000, 10_000))
+def _jpeg_header(width: int, height: int) -> bytes:
+    """A baseline JPEG's start and frame header of ``width`` x ``height`` (Pillow sizes it; no pixels)."""
+    frame = struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([k, 0x11, 0]) for k in (1, 2, 3))
+    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", 2 + len(frame)) + frame + b"\xff\xd9"
+
+
+def test_pillow_s_own_limit_neither_refuses_nor_passes_an_image_here(monkeypatch):
+    """Pillow's ``MAX_IMAGE_PIXELS`` is the user's (process-wide) setting: an image is refused by rtseg's limit alone.
+    ``Image.open`` raised over twice Pillow's limit, which a user's lower setting made a refusal of small images."""
+    small = cv2.imencode(".jpg", np.full((48, 64, 3), 7, np.uint8))[1]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_image(small.tobytes()).shape == (48, 64, 3)  # was "3,072 pixels, over the 134,217,728 rtseg reads"
+    for limit in (1000, None, Image.MAX_IMAGE_PIXELS):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
+            decode_image(_jpeg_header(*BIG))
+    with pytest.raises(ImageReadError, match=f"^20000 x 10000 pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "):
+        decode_image(_jpeg_header(20_000, 10_000))  # was "200,000,000 pixels": Pillow's message, its size unsaid
+
+
+def test_pillow_s_size_warning_neither_reaches_the_user_nor_touches_the_warning_filters():
+    """An image under rtseg's limit and over Pillow's (89 M pixels) passes silently. The warning was silenced with
+    ``warnings.catch_warnings``, which swaps the process-wide filters: the warnings a user's "default" filter shows
+    once per place were shown again after each image read (the filters' change resets that memory), and a filter
+    another thread set during a read was dropped at its end."""
+    def warn() -> None:
+        warnings.warn("the user's own warning", UserWarning)
+
+    header = _jpeg_header(10_000, 10_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Pillow's warning, had it passed, would be caught too
+        warn()
+        with pytest.raises(ImageReadError, match="^not a readable image file$"):  # sized, then OpenCV finds no pixels
+            decode_image(header)
+        warn()
+    assert [str(w.message) for w in caught] == ["the user's own warning"]
+
+
+def test_a_filter_another_thread_sets_during_a_read_is_kept(monkeypatch):
+    """Pillow's JPEG reader registered anew, to set a filter from another thread while rtseg reads the header."""
+    Image.init()
+    factory, accept = Image.OPEN["JPEG"]
+
+    def set_filter_elsewhere(fp, filename):
+        thread = threading.Thread(target=warnings.filterwarnings, args=("ignore", "set by another thread"))
+        thread.start()
+        thread.join()
+        return factory(fp, filename)
+
+    small = cv2.imencode(".jpg", np.full((48, 64, 3), 7, np.uint8))[1]
+    with warnings.catch_warnings():
+        monkeypatch.setitem(Image.OPEN, "JPEG", (set_filter_elsewhere, accept))
+        assert decode_image(small.tobytes()).shape == (48, 64, 3)
+        assert any(f[1] and f[1].pattern == "set by another thread" for f in warnings.filters)
 
 
 def test_a_folder_source_skips_the_big_image_naming_it(big_png, tmp_path):
@@ -113,22 +164,54 @@ def _with_bad_text_chunk(png: bytes) -> bytes:
     return png[:33] + bad + png[33:]
 
 
-HEADERS = {  # formats whose size Pillow cannot tell, each claiming 12000 x 12000
+def _webp(chunk: bytes, body: bytes) -> bytes:
+    """A WebP file whose first chunk is ``chunk`` with ``body`` (only the size fields need be right)."""
+    return b"RIFF" + struct.pack("<I", 12 + len(body)) + b"WEBP" + chunk + struct.pack("<I", len(body)) + body
+
+
+HEADERS = {  # formats whose size is read here (Pillow cannot tell it, or checks it against its own limit)
     "png with a bad chunk checksum": lambda big: _with_bad_text_chunk(big),
     "bmp, 48-byte info header": lambda big: (b"BM" + struct.pack("<IHHI", 0, 0, 0, 62) + struct.pack("<Iii", 48, *BIG)
                                              + struct.pack("<HH", 1, 24) + bytes(36)),
     "radiance hdr": lambda big: b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n" + bytes(64),
     "pfm": lambda big: b"PF\n12000 12000\n-1.0\n" + bytes(64),
     "pam": lambda big: b"P7\nWIDTH 12000\nHEIGHT 12000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + bytes(64),
+    "gif": lambda big: _gif_header(*BIG),
+    "gif whose first image reaches past its screen": lambda big: (  # a comment extension before it
+        b"GIF89a" + struct.pack("<HHBBB", 16, 16, 0, 0, 0) + b"\x21\xfe\x03abc\x00" + b"\x2c"
+        + struct.pack("<HHHHB", 11_990, 11_990, 10, 10, 0) + b"\x02\x02\x4c\x01\x00\x3b"),
+    "webp lossy": lambda big: _webp(b"VP8 ", bytes(3) + b"\x9d\x01\x2a" + struct.pack("<HH", *BIG) + bytes(16)),
+    "webp lossless": lambda big: _webp(b"VP8L", b"\x2f" + struct.pack("<I", (BIG[0] - 1) | (BIG[1] - 1) << 14)
+                                       + bytes(16)),
+    "webp extended": lambda big: _webp(b"VP8X", bytes(4) + (BIG[0] - 1).to_bytes(3, "little")
+                                       + (BIG[1] - 1).to_bytes(3, "little")),
 }
 
 
 @pytest.mark.parametrize("kind", list(HEADERS))
-def test_headers_pillow_cannot_read_are_read_here(kind, big_png):
-    """OpenCV decoded these (an 8.5 MB HDR of 16384 x 8200 took 2 GB), since only Pillow's header reader was asked."""
+def test_headers_read_here_are_refused_over_the_limit(kind, big_png):
+    """OpenCV decoded those Pillow cannot size (an 8.5 MB HDR of 16384 x 8200 took 2 GB), since only Pillow's header
+    reader was asked; Pillow's WebP reader refused a WebP's bare header (it decodes the frame's start)."""
     data = HEADERS[kind](big_png)
     with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
         decode_image(data)
+
+
+@pytest.mark.parametrize("suffix, channels, params", [
+    (".gif", 3, []), (".webp", 3, []), (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 50]),
+    (".webp", 4, [cv2.IMWRITE_WEBP_QUALITY, 50]), (".jpg", 3, []), (".tif", 3, []), (".jp2", 3, []), (".ppm", 3, []),
+    (".pgm", 1, []), (".pbm", 1, []), (".ras", 3, []),
+    pytest.param(".avif", 3, [], marks=pytest.mark.skipif(not features.check("avif"), reason="Pillow without AVIF")),
+])
+def test_every_format_opencv_writes_is_sized_exactly(suffix, channels, params):
+    """The header readers (here and Pillow's) against OpenCV's own files: lossless, lossy and (with alpha) extended
+    WebP among them; the sizes odd, so that no width is taken for a height."""
+    from rtseg.imageio import _header_size
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, channels), np.uint8)
+    ok, data = cv2.imencode(suffix, image, params)
+    assert ok and _header_size(data.tobytes()) == (53, 37)
+    assert decode_image(data.tobytes()).shape == (37, 53, 3)
 
 
 def test_the_bad_checksum_png_is_one_opencv_decodes():
