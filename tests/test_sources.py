@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+from fractions import Fraction
 from itertools import chain
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,7 @@ import pytest
 
 from rtseg.errors import ConfigError, SourceError
 from rtseg.video.sources import ImageSource, Paced, SyntheticSource, open_source, redact_url, scrub
+from rtseg.video import sources_av
 from rtseg.video.sources_cam import CameraSource
 from servers.helpers import clip_colour, make_clip
 
@@ -511,16 +513,18 @@ def _corners(image: np.ndarray) -> list[tuple[int, ...]]:
     return [tuple(int(v > 127) * 255 for v in image[y, x]) for y in (h // 4, 3 * h // 4) for x in (w // 4, 3 * w // 4)]
 
 
-def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True):
-    """Encode (H, W, 3) BGR ``images`` with PyAV; ``pts=False`` leaves the frames without timestamps."""
+def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True, first=0):
+    """Encode (H, W, 3) BGR ``images`` with PyAV; ``pts=False`` leaves the frames without timestamps; ``first``: the
+    first frame's timestamp, in frames (a clock that does not start at 0)."""
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = images[0].shape[:2]
         stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
         if gop:
             stream.options = {"g": str(gop)}
-        for image in images:
+        for k, image in enumerate(images, first):
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
             for packet in stream.encode(frame):
                 if not pts:
                     packet.pts = packet.dts = None
@@ -695,12 +699,82 @@ def test_start_in_any_part_of_a_concatenated_mpeg_ts_lands_there(three_parts, st
     start and the file entered at the right key frame's byte position."""
     with open_source(str(three_parts), start=start, end=start + 0.35) as source:
         frames = list(source)
-        # past a jump the header's duration (one part's) is known to be wrong: no progress total from it
-        assert source.num_frames == (None if start >= 2 else 4)
+        assert source.num_frames == 4  # counted from the packets (was None past a jump: the header's is one part's)
     first = round(start * 10)
     assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(first, first + 4)])
     assert all(np.abs(_colour(f) - clip_colour(first + k)).max() < 8 for k, f in enumerate(frames))
     assert {f.image.shape[:2] for f in frames} == {(24, 48) if 20 <= first < 40 else (16, 32)}
+
+
+@pytest.mark.parametrize("kwargs, frames", [({}, 60), ({"start": 0.5}, 55), ({"vid_stride": 4}, 15),
+                                            ({"start": 2.5, "end": 4.05}, 16)])
+def test_progress_total_of_a_concatenated_mpeg_ts_counts_every_part(three_parts, kwargs, frames):
+    """FFmpeg's duration of a joined MPEG-TS spans its first timestamp to its last: one part's 2 s, so the progress
+    total was 20 of 60 frames (15 of 55 from 0.5 s). The packets' times are read to the end (or to ``end``)."""
+    with open_source(str(three_parts), **kwargs) as source:
+        assert source.num_frames == frames
+        assert len(list(source)) == frames
+
+
+@pytest.mark.parametrize("start, frames, first", [(0.0, 20, 0), (3.5, None, 35)])
+def test_a_joined_mpeg_ts_over_the_whole_scan_size_is_read_only_to_its_start(three_parts, monkeypatch, start, frames,
+                                                                              first):
+    """A file over SCAN_WHOLE_BYTES (a 9-GB recording would be read for tens of seconds before its first frame) is
+    scanned only up to --start: the progress total is then the header's (20 frames: one part's 2 s) or, with the
+    timestamps seen jumping before the start, unknown; the start still lands in its part."""
+    monkeypatch.setattr(sources_av, "SCAN_WHOLE_BYTES", three_parts.stat().st_size - 1)
+    with open_source(str(three_parts), start=start) as source:
+        assert source.num_frames == frames
+        got = [f.pts for f in source]
+    assert got == pytest.approx([i / 10 for i in range(first, 60)])
+
+
+def test_progress_total_of_mpeg_ts_parts_whose_clocks_lie_far_apart(tmp_path):
+    """The second part's clock a minute on (a recorder's two sessions, joined): FFmpeg's duration spans the gap,
+    a progress total of 620 frames for 40."""
+    parts = [_encode(tmp_path / f"{k}.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)],
+                     fmt="mpegts", fps=10, first=first) for k, first in enumerate([0, 600])]
+    joined = tmp_path / "ab.ts"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+    with open_source(str(joined)) as source:
+        assert source.num_frames == 40
+        assert [f.pts for f in source] == pytest.approx([i / 10 for i in range(40)])
+
+
+def _drop_video_packets(joined: Path, first: Path, middle: Path, out: Path) -> Path:
+    """``joined`` (``first`` + ``middle`` + ...) with every other 188-byte MPEG-TS packet of the video lost in the
+    ``middle`` part, as a bad transfer or reception loses them."""
+    with av.open(str(joined)) as container:
+        pid = container.streams.video[0].id
+    data, begin = joined.read_bytes(), first.stat().st_size
+    stop = begin + middle.stat().st_size
+    kept = [data[i:i + 188] for i in range(0, len(data), 188)
+            if not (begin <= i < stop and ((data[i + 1] & 0x1F) << 8 | data[i + 2]) == pid and i // 188 % 2 == 0)]
+    out.write_bytes(b"".join(kept))
+    return out
+
+
+def test_a_start_where_playback_of_a_damaged_joined_mpeg_ts_reaches_is_not_refused(three_parts, tmp_path):
+    """Frames decoded without their references come out of order, and the timeline bridges such a step back as a
+    jump: playback ends later than the packets' times (6.0 s). A start in between was refused as past the end.
+    Where the demuxer flagged more damaged packets than the joins explain, only decoding tells: it decodes from the
+    beginning, as a whole run does, and refuses a start past the last frame once there."""
+    folder = three_parts.parent
+    damaged = _drop_video_packets(three_parts, folder / "0.ts", folder / "1.ts", tmp_path / "damaged.ts")
+    with open_source(str(damaged)) as source:
+        whole = list(source)
+    last = whole[-1].pts
+    assert last > 6.2  # as this damage decodes (6.7 s with FFmpeg 8)
+    start = last - 0.15
+    with open_source(str(damaged), start=start) as source:  # was "past the end of ... (6.00 s long)"
+        late = list(source)
+    tail = [f for f in whole if f.pts >= start]
+    assert [f.pts for f in late] == [f.pts for f in tail] and len(late) == 2
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(late, tail))
+    with open_source(str(damaged), start=last + 0.05) as source:
+        with pytest.raises(ConfigError, match=rf"^start {last + 0.05:g} s is past the last frame of .*damaged\.ts "
+                                              rf"\(at {last:.3f} s\); choose an earlier start$"):
+            list(source)
 
 
 def test_live_stream_whose_clock_restarts_keeps_a_continuous_timeline(tmp_path):

@@ -24,6 +24,10 @@ from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
 AV_ERRORS = (av.FFmpegError, OSError, EOFError)
+#: A local MPEG-TS / -PS file up to this size is read whole at open (packet times only, ~1.5-5 ms per MB) for its
+#: length and frame count; a larger one only up to ``--start`` (or to ``--end``): its progress total is then the
+#: header's estimate (one part's in a joined file), or unknown where the timestamps jumped before the start.
+SCAN_WHOLE_BYTES = 1 << 30
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -117,7 +121,10 @@ class FileSource(Source):
     pts: seconds from the start of the file's video stream; a frame stored without one (raw
     H.264, some AVIs) follows the previous frame by its duration (or 1 / fps). ``fps`` is the rate
     after the stride. Never drops: the consumer sets the pace. ``start`` is reached by a seek when
-    the container allows one that lands at or before it (else by decoding from the beginning).
+    the container allows one that lands at or before it (else by decoding from the beginning). A local file of a
+    format whose timestamps may jump (MPEG-TS and -PS, ...) has its packets' times read at open, without decoding
+    (:meth:`_scan`: its length, the number of frames and the key frame to start from; over
+    :data:`SCAN_WHOLE_BYTES`, only up to the start).
     A packet the decoder rejects (damaged data) is skipped as FFmpeg skips it, with a warning
     (``on_event``) and a notice; a file no frame of which decodes raises SourceError.
     """
@@ -128,62 +135,84 @@ class FileSource(Source):
         name = redact_url(path)  # in messages: an HTTP file's URL without its credentials
         rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
-        length = self._container.duration / 1e6 if self._container.duration else None
-        # set by _scan_to: (byte position, timeline offset in s) of the key frame to start from; whether it ran
-        # (then start is never sought by timestamp) and saw the timestamps jump (the header's duration is one part's)
+        self._stride, self._start, self._end = vid_stride, start, end
+        # a local file whose timestamps may jump is scanned (then start is never sought by timestamp); _scan sets
+        # _key: (byte position, timeline offset in s) of the key frame to start from
         self._key: tuple[int, float] | None = None
-        self._scanned = self._scan_jumped = False
-        if start > 0 and timeouts is None and self._container.format.flags & TS_DISCONT:
-            length = self._scan_to(start)
-            self._scanned = True
+        self._scanned = timeouts is None and os.path.isfile(path) and bool(self._container.format.flags & TS_DISCONT)
+        if self._scanned:
+            whole = end is not None or os.path.getsize(path) <= SCAN_WHOLE_BYTES
+            length, frames = self._scan(rate, until=None if whole else start)
+        else:
+            length = self._container.duration / 1e6 if self._container.duration else None
+            frames = self._estimate_frames(rate)
         if start > 0 and length is not None and start >= length:
             self._container.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
                               f"choose an earlier start")
         self._open, self._name = (path, timeouts), name
-        self._stride, self._start, self._end = vid_stride, start, end
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
         self._reformatter = VideoReformatter()  # decoded frames → BGR, one swscale context for the whole file
         self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
         self._decoded_frames = 0
-        super().__init__(source_id=name, fps=float(rate) / vid_stride if rate else None,
-                         num_frames=self._estimate_frames(rate))
+        super().__init__(source_id=name, fps=float(rate) / vid_stride if rate else None, num_frames=frames)
 
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
-        """Expected number of frames yielded (for progress), None when unknown (no rate or duration, or
-        :meth:`_scan_to` saw the timestamps jump: the header's duration is then one part's)."""
+        """Expected number of frames yielded (for progress) from the rate and the duration FFmpeg reports, None
+        when either is unknown."""
         duration = self._container.duration / 1e6 if self._container.duration else None
-        if not rate or duration is None or self._scan_jumped:
+        if not rate or duration is None:
             return None
         stop = min(duration, self._end) if self._end is not None else duration
-        return max(0, int(round((stop - self._start) * float(rate))) + self._stride - 1) // self._stride
+        return self._strided(max(0, int(round((stop - self._start) * float(rate)))))
 
-    def _scan_to(self, start: float) -> float | None:
-        """Read the packets' times up to ``start`` (s, on the continuous timeline of :meth:`_timed`) without
-        decoding, in a local file whose timestamps may jump (MPEG-TS: ``cat a.ts b.ts``, where a seek by timestamp
-        lands in whichever part has that time, and whose header's duration is one part's). Sets ``_key`` to the
-        byte position of the last key frame at or before ``start`` and the shift of the timeline there (the start
-        is reached by a byte seek, then), and ``_scan_jumped`` when a jump was seen. Returns the file's
-        continuous length in s when it ends before ``start``, else None. Leaves the demuxer where it stopped."""
-        timeline, last = Timeline(jumps_ahead=True), -self._period
+    def _scan(self, rate: Fraction | None, until: float | None) -> tuple[float | None, int | None]:
+        """Read the packets' times without decoding, to ``end`` or the end of the file, in a local file whose
+        timestamps may jump (MPEG-TS: ``cat a.ts b.ts``, where a seek by timestamp lands in whichever part has that
+        time, and where FFmpeg's duration spans the first timestamp to the last: one part's, or the parts' clocks'
+        distance). Times are placed on the continuous timeline of :meth:`_timed`. Sets ``_key`` to the byte
+        position of the last key frame at or before a ``start`` > 0 and the timeline's shift there (the start is
+        reached by a byte seek, then). Leaves the demuxer where it stopped.
+
+        Returns the file's continuous length in s (None when the scan stopped at ``end``) and the number of frames
+        yielded from ``start`` to ``end``. Where the demuxer flagged more damaged packets than one per jump (each
+        join costs one), the decoder may put frames later than their packets' times (frames out of order after
+        lost data make jumps of their own): the length is then None, and a ``start`` past the packets' times is
+        reached by decoding from the beginning (frames None: none counted). Both None when the file is unreadable
+        further on (decoding from the beginning reports it in one line). ``until`` (s; a file over
+        :data:`SCAN_WHOLE_BYTES` without ``end``): the scan stops past it, the length is None and the count
+        :meth:`_estimate_frames` (``rate``), or None when the timestamps jumped before it."""
+        timeline, last, kept, damaged = Timeline(jumps_ahead=True), -self._period, 0, 0
         try:
             for packet in self._container.demux(self._stream):
+                damaged += packet.is_corrupt
                 own = self._time(packet.dts)  # decode order: times rise but at a jump (pts go back at B-frames)
                 if own is None:
                     continue
                 placed = timeline.place(own, self._period)
+                if self._end is not None and placed >= self._end:  # pts >= dts: every frame before end seen
+                    return None, self._strided(kept)
+                if until is not None and placed > until:  # every frame shown at or before `until` seen
+                    return None, None if timeline.jumps else self._estimate_frames(rate)
                 t = placed + (self._time(packet.pts) - own if packet.pts is not None else 0.0)  # pts - dts: B-frames
-                if placed > start:  # every frame shown at or before start has been seen
-                    break
-                if packet.is_keyframe and t <= start and packet.pos is not None and packet.pos >= 0:
+                entry = packet.is_keyframe and packet.pos is not None and packet.pos >= 0
+                if self._start > 0 and entry and t <= self._start:  # (no start: decoded from the beginning)
                     self._key = (packet.pos, placed - own)
+                kept += t >= self._start - 1e-6 and (self._end is None or t < self._end)
                 last = max(last, t)
-            else:
-                return last + self._period
-        except AV_ERRORS:  # unreadable further on: decoding from the beginning reports it in one line
+        except AV_ERRORS:
             self._key = None
-        self._scan_jumped = timeline.jumps > 0
-        return None
+            return None, None
+        length = last + self._period
+        if damaged <= timeline.jumps:
+            return length, self._strided(kept)
+        if self._start >= length:
+            self._key = None
+        return None, self._strided(kept) if kept else None
+
+    def _strided(self, frames: int) -> int:
+        """How many of ``frames`` consecutive frames are yielded, every ``vid_stride``-th from the first."""
+        return (frames + self._stride - 1) // self._stride
 
     def _time(self, ticks: int | None) -> float | None:
         """Seconds from the stream's start of a pts in stream ticks (None stays None)."""
@@ -221,7 +250,7 @@ class FileSource(Source):
     def _from_start(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """Timed frames from the last key frame at or before ``start``.
 
-        A file :meth:`_scan_to` read is entered at that key frame's byte position (else decoded from the
+        A file :meth:`_scan` read is entered at that key frame's byte position (else decoded from the
         beginning). Others are sought by timestamp; some containers seek imprecisely (MPEG-TS lands past its key
         frames) or not at all (raw H.264): the seek goes 1, 2, 4 ... s further back until the first frame is not
         after ``start``, and ends in a reopen that decodes from the beginning.
@@ -246,7 +275,7 @@ class FileSource(Source):
             if first is not None and first[0].pts is not None and first[1] <= self._start + 1e-6:
                 return chain([first], frames)
             back = 2 * back if back else 1.0
-        if self._start > 0:  # back to the very beginning: a fresh demuxer and decoder
+        if self._start > 0 or self._scanned:  # back to the very beginning: a fresh demuxer and decoder
             self._container.close()
             self._container, self._stream = _open_file(*self._open)
         return self._timed(self._decoded())
@@ -280,7 +309,7 @@ class FileSource(Source):
             raise SourceError(f"reading {self._name} failed{where}: {scrub(error_reason(exc), self._open[0])}; "
                               f"{hint}") from None
         self._report_damage()
-        if not kept and self._start > 0 and not self._stop.is_set():  # the header's duration was longer
+        if not kept and self._start > 0 and not self._stop.is_set():  # the duration told was longer, or none was
             at = f" (at {last:.3f} s)" if last is not None else ""
             raise ConfigError(f"start {self._start:g} s is past the last frame of {self._name}{at}; "
                               "choose an earlier start")
