@@ -216,8 +216,8 @@ def test_a_diverged_recipe_run_saves_no_checkpoint_of_its_steps(tmp_path) -> Non
     data = SyntheticDataset.split("train", 4, width=40, height=32, max_objects=3)
     ckpt = tmp_path / "ckpt.pth"
     cfg = FcnTrainConfig(steps=50, batch_size=2, lr=1e30, ckpt_every=0, max_nonfinite=4)
-    with pytest.raises(DivergedError, match=r"^training diverged: the loss was not finite for 4 steps in a row "
-                                            r"\(to step 5\); lower --lr \(now 1e\+30\) or check the data, then train "
+    with pytest.raises(DivergedError, match=r"^training diverged: the loss or its gradients were not finite for 4 steps "
+                                            r"in a row \(to step 5\); lower --lr \(now 1e\+30\) or check the data, then train "
                                             r"again$"):
         train_fcn(engine, data, cfg, log=False, checkpoint=ckpt)
     assert not ckpt.exists()

@@ -23,8 +23,8 @@ from rtseg.train.fcn_trainer import FcnTrainConfig, train_fcn
 from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn
 
 NAMES = ["background", *CLASSES]
-DIVERGED = (r"training diverged: the loss was not finite for {n} steps in a row \(to step {step}\); "
-            r"lower --lr \(now 1e\+30\) or check the data, then train again")
+DIVERGED = (r"training diverged: the loss or its gradients were not finite for {n} steps in a row "
+            r"\(to step {step}\); lower --lr \(now 1e\+30\) or check the data, then train again")
 
 
 def _fcn() -> FcnEngine:
@@ -52,14 +52,53 @@ def test_guard_counts_in_a_row_and_stops_at_the_limit() -> None:
     guard = NonFiniteGuard(lr=0.5, limit=3)
     assert guard.admit(1.0, step=1) and guard.note() == ""
     assert not guard.admit(math.nan, step=2) and not guard.admit(math.inf, step=3)
-    assert guard.admit(2.0, step=4) and guard.in_a_row == 0  # a finite loss breaks the row
+    assert guard.admit(2.0, step=4) and guard.in_a_row == 2  # a finite loss goes on to its gradients' check
+    assert guard.admit_gradients(None, step=4) and guard.in_a_row == 0  # an update breaks the row
     assert not guard.admit(-math.inf, step=5) and not guard.admit(math.nan, step=6)
-    assert guard.note() == " (4 steps skipped: loss not finite)"
+    assert guard.note() == " (4 steps skipped: not finite)"
     with pytest.raises(ConfigError, match=r"not finite for 3 steps in a row \(to step 7\); lower --lr \(now 0.5\) .*"
                                           r"--resume a checkpoint from before step 4\)$"):
         guard.admit(math.nan, step=7)
     with pytest.raises(ConfigError, match=r"^max_nonfinite must be an integer >= 1, got 0$"):
         NonFiniteGuard(lr=1.0, limit=0)
+
+
+def test_a_non_finite_gradient_skips_the_step_and_counts_in_the_row() -> None:
+    """A finite loss whose gradients are not finite (as oneDNN's bfloat16 convolution backward gave now and then
+    at 1×1 feature maps) is a skipped step like a non-finite loss: counted in the same row, same limit."""
+    guard = NonFiniteGuard(lr=0.5, limit=3)
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.tensor([1.0, math.nan, 0.0])
+    assert guard.admit(1.0, step=1) and not guard.admit_gradients([w], step=1)
+    assert not guard.admit(math.inf, step=2) and guard.in_a_row == 2
+    assert guard.note() == " (2 steps skipped: not finite)"
+    w.grad = torch.tensor([1.0, 2.0, 3.0])
+    assert guard.admit_gradients([w, torch.nn.Parameter(torch.ones(1))], step=3) and guard.in_a_row == 0  # no grad: ok
+    w.grad = torch.tensor([math.inf, 0.0, 0.0])
+    assert not guard.admit_gradients([w], step=4) and not guard.admit(math.nan, step=5)
+    with pytest.raises(ConfigError, match=r"the loss or its gradients were not finite for 3 steps in a row "
+                                          r"\(to step 6\).* before step 3\)$"):
+        guard.admit_gradients([w], step=6)
+
+
+def test_an_fcn_step_with_a_nan_gradient_updates_nothing(tmp_path) -> None:
+    """Step 2's gradient of one weight is NaN while its loss is finite (a hook on the real backward pass makes it so:
+    the oneDNN fault that does this is not reproducible on demand): Adam steps 2 of 3 times and the weights stay
+    finite. Before, the NaN reached every weight at step 2's update."""
+    data, engine = _fcn_data(), _fcn()
+    weight = next(engine.model.parameters())
+    calls = [0]
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return grad * math.nan if calls[0] == 2 else grad
+
+    weight.register_hook(poison)
+    ckpt = tmp_path / "ckpt.pth"
+    losses = train_fcn(engine, data, FcnTrainConfig(steps=3, batch_size=2, lr=3e-3), log=False, checkpoint=ckpt)
+    assert calls[0] == 3 and len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert torch.load(ckpt, weights_only=True)["optimizer"]["state"][0]["step"] == 2  # Adam skipped step 2
 
 
 def test_a_skipped_step_leaves_weights_and_optimizer_alone_and_training_goes_on(tmp_path, capsys, monkeypatch):
@@ -81,7 +120,7 @@ def test_a_skipped_step_leaves_weights_and_optimizer_alone_and_training_goes_on(
     losses = train_fcn(engine, data, cfg, checkpoint=ckpt)
     assert [math.isfinite(v) for v in losses] == [True, False, False, True, True, True]
     out = capsys.readouterr().out
-    assert "step 3/6 loss " in out and out.count("(2 steps skipped: loss not finite)") == 2
+    assert "step 3/6 loss " in out and out.count("(2 steps skipped: not finite)") == 2
     assert "nan" not in out  # a line averages the steps that were not skipped
     for k, v in weights[1].items():  # steps 2 and 3 left step 1's weights as they were; step 4 changed them
         torch.testing.assert_close(weights[3][k], v, rtol=0, atol=0, msg=k)
@@ -156,7 +195,8 @@ def test_cli_of_a_diverging_run_is_one_line(module, tmp_path) -> None:
     assert run.returncode == 2, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert "Traceback" not in run.stderr
-    assert lines[-1].startswith(f"{module}: error: training diverged: the loss was not finite for 20 steps in a row")
+    assert lines[-1].startswith(f"{module}: error: training diverged: the loss or its gradients were not finite for "
+                                "20 steps in a row")
     assert "lower --lr (now 1e+30)" in lines[-1]
     assert not (tmp_path / "m.safetensors").exists()
 

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, TextIO, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
@@ -61,40 +61,57 @@ def weights_out(out: str | Path) -> Path:
 
 
 class NonFiniteGuard:
-    """Decides per step whether its loss may update the weights, and stops a run that diverged.
+    """Decides per step whether it may update the weights, and stops a run that diverged.
 
-    A step whose loss is not finite (NaN, ±inf) is skipped (no backward, no optimizer step) and counted;
-    ``limit`` such steps in a row are a :class:`DivergedError` (a ConfigError) saying to lower the LR (``lr`` is
-    named in it).
+    A step is skipped (no optimizer step) and counted when its loss is not finite (NaN, ±inf: :meth:`admit`, before
+    the backward pass) or, with a finite loss, one of its gradients is not (:meth:`admit_gradients`, after it: e.g.
+    oneDNN's bfloat16 convolution backward on the CPU gives NaN weight gradients at 1×1 feature maps now and then,
+    which poisoned every weight of a 64-px model); ``limit`` such steps in a row are a :class:`DivergedError` (a
+    ConfigError) saying to lower the LR (``lr`` is named in it).
     Shared by the YOLACT trainer and :func:`run_steps` (FCN, MS R-CNN).
     """
 
     def __init__(self, *, lr: float, limit: int = 20) -> None:
         check_number("max_nonfinite", limit, 1, integer=True)
         self.lr, self.limit = lr, limit
-        self.in_a_row = 0  # consecutive skipped steps up to the last one admitted
+        self.in_a_row = 0  # consecutive skipped steps up to the last one that updated the weights
         self.skipped = 0  # skipped steps in all
 
     def admit(self, loss: float, *, step: int) -> bool:
-        """Whether the step that ends at step count ``step`` (1-based) may update the weights with ``loss``:
-        True when it is finite; else the step is counted as skipped, and the ``limit``-th in a row raises."""
+        """Whether the step that ends at step count ``step`` (1-based) may go on to its backward pass with ``loss``:
+        True when it is finite (then :meth:`admit_gradients` decides); else the step is skipped (:meth:`_skip`)."""
         if math.isfinite(loss):
-            self.in_a_row = 0
             return True
+        self._skip(step)
+        return False
+
+    def admit_gradients(self, parameters: Iterable[torch.Tensor] | None, *, step: int) -> bool:
+        """After the backward pass of step ``step``: whether the optimizer may step, i.e. every gradient of
+        ``parameters`` is finite (one host synchronisation; None: a gradient scaler checks them itself). True ends
+        the row of skipped steps; else the step is skipped (:meth:`_skip`)."""
+        if parameters is not None:
+            grads = [p.grad for p in parameters if p.grad is not None]
+            if grads and not math.isfinite(torch.nn.utils.get_total_norm(grads)):
+                self._skip(step)
+                return False
+        self.in_a_row = 0
+        return True
+
+    def _skip(self, step: int) -> None:
+        """Count step ``step`` as skipped; the ``limit``-th in a row raises :class:`DivergedError`."""
         self.in_a_row += 1
         self.skipped += 1
         if self.in_a_row >= self.limit:
-            good = step - self.in_a_row  # the last step with a finite loss (its update may be what diverged)
+            good = step - self.in_a_row  # the last step that updated the weights (its update may be what diverged)
             resume = f" (or --resume a checkpoint from before step {good})" if good > 1 else ""
             raise DivergedError(
-                f"training diverged: the loss was not finite for {self.in_a_row} steps in a row (to step {step}); "
-                f"lower --lr (now {self.lr:g}) or check the data, then train again{resume}")
-        return False
+                f"training diverged: the loss or its gradients were not finite for {self.in_a_row} steps in a row (to "
+                f"step {step}); lower --lr (now {self.lr:g}) or check the data, then train again{resume}")
 
     def note(self) -> str:
-        """Text a progress line ends with: `` (N steps skipped: loss not finite)``, or "" while none was."""
+        """Text a progress line ends with: `` (N steps skipped: not finite)``, or "" while none was."""
         n = self.skipped
-        return f" ({n} step{'s' if n > 1 else ''} skipped: loss not finite)" if n else ""
+        return f" ({n} step{'s' if n > 1 else ''} skipped: not finite)" if n else ""
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -203,8 +220,9 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
               describe: Callable[[list[T]], str] | None, guard: NonFiniteGuard) -> list[T]:
     """Run ``step(k)`` for k in [first, steps) and return what each returned (e.g. its losses).
 
-    guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)``) before it
-    updates the weights; its divergence error ends the run. checkpoint: written every ``ckpt_every``
+    guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)`` before its backward
+    pass, ``guard.admit_gradients(parameters, step=k + 1)`` after it) before it updates the weights; its divergence
+    error ends the run. checkpoint: written every ``ckpt_every``
     steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM) the
     steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on, and so they are
     when a step raises an RtsegError other than a divergence, e.g. a DatasetError of its data

@@ -34,7 +34,7 @@ from rtseg.train.recipe import RECIPE_LIMITS, parse_recipe, recipe_parser
 class FcnTrainConfig:
     """steps: optimizer steps; batch_size: images per step; lr: Adam learning rate; seed: sampling seed;
     ckpt_every: steps between checkpoints (when a checkpoint path is given); max_nonfinite: a step whose loss
-    is not finite is skipped (no update), this many in a row stop the run as diverged (ConfigError)."""
+    or a gradient is not finite is skipped (no update), this many in a row stop the run as diverged (ConfigError)."""
 
     steps: int = 300
     batch_size: int = 4
@@ -55,7 +55,7 @@ class FcnTrainConfig:
 def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = FcnTrainConfig(),
               *, log: bool = True, checkpoint: str | Path | None = None, resume: bool = False) -> list[float]:
     """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss of each step run
-    (NaN / inf for a skipped step; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
+    (NaN / inf where it was not finite; ``cfg.max_nonfinite`` skipped steps in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
     continues from it (its step, weights and optimizer state).
@@ -78,10 +78,11 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
         y = (targets[idx].flip(-1) if flip else targets[idx]).to(x.device)
         loss = F.cross_entropy(model(x), y)
         value = float(loss.detach())
-        if guard.admit(value, step=step + 1):  # a non-finite loss updates nothing
+        if guard.admit(value, step=step + 1):  # a non-finite loss or gradient updates nothing
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            if guard.admit_gradients(model.parameters(), step=step + 1):
+                opt.step()
         return value
 
     losses = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,

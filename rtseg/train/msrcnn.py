@@ -35,7 +35,7 @@ from rtseg.train.recipe import RECIPE_LIMITS, parse_recipe, recipe_parser
 class MsrcnnTrainConfig:
     """steps: optimizer steps; batch_size: images per step; lr: SGD lr after ``warmup`` linear steps;
     ckpt_every: steps between checkpoints (when a checkpoint path is given); max_nonfinite: a step whose loss
-    is not finite is skipped (no update), this many in a row stop the run as diverged (ConfigError)."""
+    or a gradient is not finite is skipped (no update), this many in a row stop the run as diverged (ConfigError)."""
 
     steps: int = 300
     batch_size: int = 2
@@ -67,8 +67,8 @@ def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
 def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainConfig = MsrcnnTrainConfig(),
                  *, log: bool = True, checkpoint: str | Path | None = None,
                  resume: bool = False) -> list[dict[str, float]]:
-    """Train ``engine.model`` in place; returns the loss terms of every step run (a step whose total loss is not
-    finite is skipped; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
+    """Train ``engine.model`` in place; returns the loss terms of every step run (a step whose total loss or a gradient
+    is not finite is skipped; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end, and with the steps done when a step's
     images cannot be read (the DatasetError then says where it is and how to continue, see
@@ -90,11 +90,12 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
         images = engine.preprocess([s.image for s in samples])
         losses = model(images, [to_target(s, images[0].device) for s in samples])
         total = sum(losses.values())
-        if guard.admit(float(total.detach()), step=step + 1):  # a non-finite loss updates nothing
+        if guard.admit(float(total.detach()), step=step + 1):  # a non-finite loss or gradient updates nothing
             opt.zero_grad(set_to_none=True)
             total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
+            if guard.admit_gradients(params, step=step + 1):
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                opt.step()
         sched.step()  # the warm-up counts steps, skipped ones too (as the YOLACT trainer's schedule does)
         return {k: float(v.detach()) for k, v in losses.items()}
 

@@ -59,7 +59,7 @@ class TrainConfig:
     amp: "auto" (float16 autocast with loss scaling on CUDA, float32 on the CPU), "bf16" (bfloat16
     autocast on any device, no scaling: fast on CPUs with AVX512-BF16 or AMX) or "off" (float32).
     The network runs under autocast; the loss is always computed in float32.
-    max_nonfinite: a step whose loss is not finite is skipped (no update); this many in a row stop the run
+    max_nonfinite: a step whose loss or a gradient is not finite is skipped (no update); this many in a row stop the run
     as diverged (ConfigError saying to lower the LR).
     """
 
@@ -257,11 +257,13 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets: TargetBatch) -> dict[str, float]:
         """One optimizer step on a collated batch; returns the loss terms as floats.
 
-        A non-finite total loss updates nothing (no backward, no scaler step; the LR schedule moves on) and
-        counts towards :attr:`guard`'s divergence limit (ConfigError when reached).
+        A non-finite total loss updates nothing (no backward, no scaler step; the LR schedule moves on), nor does a
+        non-finite gradient (no optimizer step; with the float16 scaler, its own check); either counts towards
+        :attr:`guard`'s divergence limit (ConfigError when reached).
 
         The batch goes to the device in one copy per tensor, and the loss values come back in
-        one transfer: the only host synchronisations of a step (besides the loss's one).
+        one transfer: the only host synchronisations of a step (besides the loss's one and, without the
+        scaler, the gradients' check).
         """
         x = self.engine.preprocess_batch(images)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -273,8 +275,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.guard.admit(values["total"], step=self.step + 1):  # raises after max_nonfinite skips in a row
             self.scaler.scale(losses["total"]).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            # the float16 scaler skips steps with inf / NaN gradients itself (and lowers its scale)
+            params = None if self.scaler.is_enabled() else self.model.parameters()
+            if self.guard.admit_gradients(params, step=self.step + 1):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return values
