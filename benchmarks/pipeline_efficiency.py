@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
 
@@ -41,6 +42,15 @@ from rtseg.video.sinks import JsonlSink, Mp4Sink  # noqa: E402
 from rtseg.video.sources import open_source  # noqa: E402
 
 FPS = 30
+
+
+def clip_source(clip: Path, decode_threads: int):
+    """The clip's FileSource; ``decode_threads`` > 0 sets FFmpeg's decoder thread count (an experiment's knob, set
+    on the source's stream before its first decode; 0: FFmpeg's own choice, as rtseg runs)."""
+    source = open_source(str(clip))
+    if decode_threads:
+        source._stream.thread_count = decode_threads
+    return source
 
 
 def make_clip(path: Path, frames: int, width: int, height: int) -> None:
@@ -78,12 +88,12 @@ class SequentialSinks:
             sink.close()
 
 
-def alone(clip: Path, engine: YolactEngine, folder: Path,
-          mp4: dict[str, int]) -> tuple[dict[str, float], dict[str, float], float]:
+def alone(clip: Path, engine: YolactEngine, folder: Path, mp4: dict[str, int],
+          decode_threads: int) -> tuple[dict[str, float], dict[str, float], float]:
     """Mean seconds per frame of each stage run by itself, one stage after the other (output: the
     pipeline's ``SinkWriter``, all sinks at once), and of each sink by itself; mean detections per frame."""
     t = time.perf_counter()
-    frames = list(open_source(str(clip)))
+    frames = list(clip_source(clip, decode_threads))
     decode = (time.perf_counter() - t) / len(frames)
     t = time.perf_counter()
     preds = [engine(f.image) for f in frames]
@@ -115,7 +125,7 @@ def alone(clip: Path, engine: YolactEngine, folder: Path,
 
 
 def run_pipeline(clip: Path, engine: YolactEngine, folder: Path, tag: str, *, sequential: bool,
-                 switch_ms: float | None, mp4: dict[str, int]) -> Metrics:
+                 switch_ms: float | None, mp4: dict[str, int], decode_threads: int) -> Metrics:
     """One pipeline run over the clip (sinks at once, or one after the other as a single sink), under
     the interpreter's thread switch interval ``switch_ms`` (None: Python's default, 5 ms)."""
     sinks = make_sinks(folder, tag, mp4)
@@ -123,7 +133,7 @@ def run_pipeline(clip: Path, engine: YolactEngine, folder: Path, tag: str, *, se
     default = sys.getswitchinterval()
     sys.setswitchinterval(default if switch_ms is None else switch_ms / 1e3)
     try:
-        Pipeline(source=open_source(str(clip)), engine=engine, sinks=[SequentialSinks(sinks)] if sequential else sinks,
+        Pipeline(source=clip_source(clip, decode_threads), engine=engine, sinks=[SequentialSinks(sinks)] if sequential else sinks,
                  metrics=metrics).run()
     finally:
         sys.setswitchinterval(default)
@@ -144,12 +154,18 @@ def main() -> int:
                     help="Mp4Sink(frame_threads=N) everywhere in this run (0: x264 zerolatency, the default)")
     ap.add_argument("--mp4-slice-threads", type=int, default=0,
                     help="Mp4Sink(slice_threads=N): x264 zerolatency with N sliced threads (0: one per core)")
+    ap.add_argument("--decode-threads", type=int, default=0,
+                    help="FFmpeg decoder threads everywhere in this run (0: FFmpeg's choice, one per core)")
+    ap.add_argument("--cv2-threads", type=int, default=-1,
+                    help="cv2.setNumThreads(N) for this run (-1: OpenCV's default, one per core)")
     ap.add_argument("--compare-sinks", action="store_true",
                     help="also run with the sinks written one after the other (the output stage before SinkWriter)")
     ap.add_argument("--switch-ms", type=float, nargs="+", default=[],
                     help="also run under these interpreter thread switch intervals (ms; Python's default is 5)")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
+    if args.cv2_threads >= 0:
+        cv2.setNumThreads(args.cv2_threads)
     if args.device == "cpu":
         torch.set_num_threads(1)  # leave the second core to the other stages
     torch.manual_seed(0)
@@ -163,12 +179,13 @@ def main() -> int:
         clip = folder / "clip.mp4"
         make_clip(clip, args.frames, width, height)
         mp4 = {"frame_threads": args.mp4_frame_threads, "slice_threads": args.mp4_slice_threads}
-        stages, per_sink, detections = alone(clip, engine, folder, mp4)
-        metrics = run_pipeline(clip, engine, folder, "pipe", sequential=False, switch_ms=None, mp4=mp4)
+        stages, per_sink, detections = alone(clip, engine, folder, mp4, args.decode_threads)
+        metrics = run_pipeline(clip, engine, folder, "pipe", sequential=False, switch_ms=None, mp4=mp4,
+                               decode_threads=args.decode_threads)
         variants = [(f"sinks {'one after the other' if seq else 'at once'}, switch interval "
                      f"{'default' if ms is None else f'{ms:g} ms'}",
                      run_pipeline(clip, engine, folder, f"pipe{i}", sequential=seq, switch_ms=ms,
-                                  mp4=mp4).snapshot())
+                                  mp4=mp4, decode_threads=args.decode_threads).snapshot())
                     for i, (seq, ms) in enumerate([(True, None)] * args.compare_sinks
                                                   + [(False, ms) for ms in args.switch_ms])]
     snap = metrics.snapshot()
@@ -183,6 +200,7 @@ def main() -> int:
                   f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
         "sinks": f"Mp4Sink (libx264 veryfast, frame_threads {args.mp4_frame_threads}, slice_threads "
                  f"{args.mp4_slice_threads}) + JsonlSink (RLE masks)",
+        "threads": {"decode": args.decode_threads or "FFmpeg's", "cv2": cv2.getNumThreads()},
         "stage_alone_ms": {k: 1e3 * v for k, v in stages.items()},
         "sink_alone_ms": {k: 1e3 * v for k, v in per_sink.items()}, "detections_per_frame": detections,
         "slowest_stage": slowest, "slowest_stage_fps": slowest_fps,
