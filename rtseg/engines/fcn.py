@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from rtseg.engines.base import frames_as_list
-from rtseg.engines.options import check_class_names, check_int, place_network, resolve_device
+from rtseg.engines.options import (
+    OptionChecks,
+    check_class_names,
+    check_int,
+    check_options,
+    given_class_names,
+    place_network,
+    resolve_device,
+)
 from rtseg.errors import ConfigError, RtsegWarning, WeightsError
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
@@ -28,6 +36,15 @@ STD_RGB = (0.229, 0.224, 0.225)
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
+
+
+def _check_max_side(value: Any) -> int | None:
+    """``max_side=`` as an int >= 1, or None (frames keep their size)."""
+    return None if value is None else check_int("fcn", "max_side", value, low=1)
+
+
+#: The checks of :class:`FcnEngine`'s options besides its model and class names (:func:`check_options`).
+_OPTION_CHECKS: OptionChecks = {"max_side": _check_max_side, "device": resolve_device}
 
 
 def save_fcn(path: str | Path, model: FCN, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> Path:
@@ -47,15 +64,14 @@ class FcnEngine:
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], device: str = "cpu",
                  max_side: int | None = None, pretrained: bool = False) -> None:
-        if max_side is not None:
-            max_side = check_int("fcn", "max_side", max_side, low=1)
+        checked = check_options(_OPTION_CHECKS, {"max_side": max_side, "device": device})
         classes = model.cfg.num_classes if isinstance(model, FCN) else getattr(model, "num_classes", None)
-        class_names = check_class_names("fcn", class_names, classes)
-        self._device = resolve_device(device)
+        self.class_names = check_class_names("fcn", class_names, classes)
+        self._device: torch.device = checked["device"]
         self.device = str(self._device)
         self.model = place_network(model, self._device)
-        self.class_names = class_names
-        self.max_side, self.pretrained = max_side, pretrained
+        self.max_side: int | None = checked["max_side"]
+        self.pretrained = pretrained
         self._mean = torch.tensor(MEAN_RGB, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(STD_RGB, device=self._device).view(1, 3, 1, 1)
 
@@ -69,7 +85,9 @@ class FcnEngine:
     def from_weights(cls, weights: str | None, *, arch: str | None = None, num_classes: int | None = None,
                      **kwargs) -> "FcnEngine":
         """Our safetensors FCN (``weights=PATH``) or a torchvision FCN-ResNet (``arch="fcn_resnet50"``,
-        ``num_classes`` default 21). With weights, arch and num_classes come from the manifest."""
+        ``num_classes`` default 21). With weights, arch and num_classes come from the manifest. ``kwargs`` as the
+        constructor's, checked before the weights are read (``class_names``: before the network is built)."""
+        kwargs = check_options(_OPTION_CHECKS, kwargs)
         if weights is not None:
             state, cfg, names = load_model(weights, FCN_FORMAT, FcnConfig)
             if arch is not None and arch != cfg.arch:
@@ -77,20 +95,18 @@ class FcnEngine:
             if num_classes is not None and num_classes != cfg.num_classes:
                 raise ConfigError(f"fcn: num_classes={num_classes!r} but {weights} has {cfg.num_classes} classes; "
                                   f"num_classes comes from the weights' manifest: drop num_classes=")
+            kwargs["class_names"] = given_class_names("fcn", kwargs.get("class_names"), names, cfg.num_classes)
             model = FCN(cfg)
             load_into(model, state, str(weights))
-            if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
-                kwargs["class_names"] = names
             return cls(model=model, **kwargs)
         if arch in TORCHVISION_ARCHS:
             num_classes = 21 if num_classes is None else check_int("fcn", "num_classes", num_classes, low=2)
+            names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
+            kwargs["class_names"] = given_class_names("fcn", kwargs.get("class_names"), names, num_classes)
             model, pretrained = torchvision_fcn(arch, num_classes)
             if not pretrained:
                 warnings.warn(f"fcn: torchvision's pretrained {arch} file is not in the torch cache (nothing is "
                               "downloaded): this engine has RANDOM weights, for training only", RtsegWarning, stacklevel=3)
-            names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
-            if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
-                kwargs["class_names"] = names
             return cls(model=_OutOnly(model, num_classes), pretrained=pretrained, **kwargs)
         raise WeightsError(f"fcn: arch {arch or 'fcn8s'} needs weights=PATH (train one with rtseg.train.fcn_trainer) "
                            f"or pick arch= one of {', '.join(TORCHVISION_ARCHS)}; known archs: {', '.join(ARCHS)}")

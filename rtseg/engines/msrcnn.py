@@ -13,6 +13,7 @@ at once or a few at a time took ~8 s on 2 CPU cores, the windows ~0.16 s: benchm
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,13 +23,28 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from rtseg.engines.base import StagedEngine
-from rtseg.engines.options import check_class_names, check_int, check_real, place_network, resolve_device
+from rtseg.engines.options import (
+    OptionChecks,
+    check_class_names,
+    check_int,
+    check_options,
+    check_real,
+    given_class_names,
+    place_network,
+    resolve_device,
+)
 from rtseg.errors import WeightsError
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections
 from rtseg.weights import load_into, load_model, save_model
 
 MSRCNN_FORMAT = "rtseg-msrcnn/1"
+#: The checks of :class:`MsrcnnEngine`'s options besides its model and class names (:func:`check_options`).
+_OPTION_CHECKS: OptionChecks = {
+    "score_threshold": partial(check_real, "msrcnn", "score_threshold", low=0.0, high=1.0),
+    "top_k": partial(check_int, "msrcnn", "top_k", low=1),
+    "device": resolve_device,
+}
 
 
 def save_msrcnn(path: str | Path, model: MaskScoringRCNN, class_names: Sequence[str],
@@ -52,9 +68,8 @@ class MsrcnnEngine(StagedEngine):
 
     def __init__(self, *, model: MaskScoringRCNN, class_names: Sequence[str] | None = None, device: str = "cpu",
                  score_threshold: float = 0.05, top_k: int = 100) -> None:
-        score_threshold = check_real("msrcnn", "score_threshold", score_threshold, low=0.0, high=1.0)
-        top_k = check_int("msrcnn", "top_k", top_k, low=1)
-        self._device = resolve_device(device)
+        checked = check_options(_OPTION_CHECKS, {"score_threshold": score_threshold, "top_k": top_k, "device": device})
+        self._device: torch.device = checked["device"]
         self.device = str(self._device)
         t = model.rcnn.transform
         if not isinstance(t, _UnpastedTransform):  # keep masks unpasted (see module doc)
@@ -63,7 +78,8 @@ class MsrcnnEngine(StagedEngine):
         self.model = place_network(model, self._device)
         names = class_names if class_names is not None else [f"class{i}" for i in range(model.cfg.num_classes)]
         self.class_names = check_class_names("msrcnn", names, model.cfg.num_classes)
-        self.score_threshold, self.top_k = score_threshold, top_k
+        self.score_threshold: float = checked["score_threshold"]
+        self.top_k: int = checked["top_k"]
 
     @classmethod
     def from_config(cls, cfg: MsrcnnConfig, **kwargs) -> "MsrcnnEngine":
@@ -72,14 +88,15 @@ class MsrcnnEngine(StagedEngine):
 
     @classmethod
     def from_weights(cls, weights: str | None, **kwargs) -> "MsrcnnEngine":
-        """Load rtseg MS R-CNN safetensors + manifest."""
+        """Load rtseg MS R-CNN safetensors + manifest; ``kwargs`` as the constructor's, checked before the weights
+        are read (``class_names``: before the network is built)."""
         if weights is None:
             raise WeightsError("msrcnn needs weights=PATH (an rtseg .safetensors from rtseg.train.msrcnn_trainer)")
+        kwargs = check_options(_OPTION_CHECKS, kwargs)
         state, cfg, names = load_model(weights, MSRCNN_FORMAT, MsrcnnConfig)
+        kwargs["class_names"] = given_class_names("msrcnn", kwargs.get("class_names"), names, cfg.num_classes)
         model = MaskScoringRCNN(cfg)
         load_into(model, state, str(weights))
-        if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
-            kwargs["class_names"] = names
         return cls(model=model, **kwargs)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:

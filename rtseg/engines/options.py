@@ -2,13 +2,16 @@
 of its network on the device (:func:`place_network`).
 
 Each check raises :class:`ConfigError` (or :class:`WeightsError` for a weights path) with one line
-naming the engine, the option, what was given and what is expected.
+naming the engine, the option, what was given and what is expected. An engine names its checks once
+(:data:`OptionChecks`) and runs them in its constructor and, on the options given, at the top of its
+``from_weights`` (:func:`check_options`): a bad option is refused before any weights are read or any network
+is built (seconds for a ResNet-50 MS R-CNN), and before whatever those would fail with.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +25,9 @@ DEVICE_TYPES = ("cpu", "cuda")
 #: outputs differ by float rounding only. Evidence: benchmarks/cpu_channels_last.py
 #: (results/cpu_channels_last.json): whole frames of each engine with and without it.
 CPU_CHANNELS_LAST = True
+OptionChecks = Mapping[str, Callable[[Any], Any]]
+"""An engine's checks of its options by name: each takes the value given and returns it checked (a float, an
+int, a ``torch.device`` …) or raises ConfigError (:func:`check_options`)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -90,6 +96,19 @@ def check_class_names(engine: str, names: Any, count: int | None) -> tuple[str, 
     if count is not None and len(listed) != count:
         raise ConfigError(f"{engine}: {len(listed)} class names for a model with {count} classes")
     return tuple(listed)
+
+
+def check_options(checks: OptionChecks, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the value of each one that ``checks`` names checked (in the order of ``options``: the
+    first bad one is the ConfigError); the others unchanged."""
+    return {key: checks[key](value) if key in checks else value for key, value in options.items()}
+
+
+def given_class_names(engine: str, given: Any, default: Sequence[str], count: int | None) -> Sequence[str]:
+    """The class names of an engine loaded from weights: ``given`` (its ``class_names=``; None: not given)
+    checked against the ``count`` classes the weights' manifest says (:func:`check_class_names`), before the
+    network is built, else ``default``, the names the weights carry."""
+    return default if given is None else check_class_names(engine, given, count)
 
 
 def check_weights_path(engine: str, weights: Any) -> str:

@@ -1,0 +1,88 @@
+"""A bad engine option is refused in one line before any weights are read or any network is built.
+
+``rtseg.load("msrcnn", weights, top_k=0)`` read the weights and built the network (seconds for a ResNet-50 MS
+R-CNN) before its constructor checked the options; a bad weights file then hid the bad option behind its own error.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import rtseg
+from rtseg.data.synthetic import CLASSES
+from rtseg.engines.fcn import save_fcn
+from rtseg.engines.msrcnn import save_msrcnn
+from rtseg.errors import ConfigError
+from rtseg.models.fcn import FCN, FcnConfig
+from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
+
+BAD_DEVICE = ({"device": "xpu"}, "unknown device 'xpu'; use cpu, cuda or cuda:N")
+MSRCNN_CASES = [
+    ({"score_threshold": "a"}, "msrcnn: score_threshold must be a number in [0, 1], got 'a'"),
+    ({"score_threshold": None}, "msrcnn: score_threshold must be a number in [0, 1], got None"),
+    ({"score_threshold": float("nan")}, "msrcnn: score_threshold must be a number in [0, 1], got nan"),
+    ({"top_k": 1.5}, "msrcnn: top_k must be an integer >= 1, got 1.5"),  # was: loads, then crashes on the first frame
+    ({"top_k": True}, "msrcnn: top_k must be an integer >= 1, got True"),  # was: accepted as 1
+    # was accepted: six classes named c, i, r, c, l, e
+    ({"class_names": "circle"}, "msrcnn: class_names must be a list of class names (strings), got str 'circle'"),
+    ({"class_names": ["a"]}, "msrcnn: 1 class names for a model with 6 classes"),
+    BAD_DEVICE,  # was accepted
+]
+FCN_CASES = [
+    ({"max_side": 0}, "fcn: max_side must be an integer >= 1, got 0"),
+    ({"max_side": 1.5}, "fcn: max_side must be an integer >= 1, got 1.5"),
+    ({"class_names": ["bg"]}, "fcn: 1 class names for a model with 3 classes"),
+    BAD_DEVICE,
+]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, str]:
+    """Engine name -> tiny rtseg weights: an MS R-CNN of the synthetic classes, a 3-class FCN-32s."""
+    folder = tmp_path_factory.mktemp("weights")
+    ms = MaskScoringRCNN(MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=64, max_size=80))
+    fcn = FCN(FcnConfig(arch="fcn32s", num_classes=3, width=0.0625))
+    return {"msrcnn": str(save_msrcnn(folder / "ms.safetensors", ms, list(CLASSES))),
+            "fcn": str(save_fcn(folder / "fcn.safetensors", fcn, ["background", "a", "b"]))}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """From here on, building any torch module (a network) fails the test instead."""
+    def built(module: torch.nn.Module, *args, **kwargs) -> None:
+        raise AssertionError(f"{type(module).__name__} built before the options were checked")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", built)
+
+
+def _refused(message: str, name: str, weights: str | None, **options) -> None:
+    """``rtseg.load(name, weights, **options)`` raises exactly the one-line ConfigError ``message``."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        rtseg.load(name, weights, **options)
+
+
+@pytest.mark.parametrize("options, message", MSRCNN_CASES)
+def test_msrcnn_refuses_a_bad_option_before_building_its_network(weights, no_network, options, message):
+    _refused(message, "msrcnn", weights["msrcnn"], **options)
+
+
+@pytest.mark.parametrize("options, message", FCN_CASES)
+def test_fcn_refuses_a_bad_option_before_building_its_network(weights, no_network, options, message):
+    _refused(message, "fcn", weights["fcn"], **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    *[(o, m.replace("3 classes", "4 classes")) for o, m in FCN_CASES],
+    ({"class_names": "abcd"}, "fcn: class_names must be a list of class names (strings), got str 'abcd'"),
+])
+def test_torchvision_fcn_refuses_a_bad_option_before_building_it(no_network, options, message):
+    """Was: the network built, and its random-weights warning given, before the refusal."""
+    _refused(message, "fcn", None, arch="fcn_resnet50", num_classes=4, **options)
+
+
+@pytest.mark.parametrize("name", ["msrcnn", "fcn"])
+def test_a_bad_option_is_reported_before_a_missing_weights_file(tmp_path, name):
+    """Was the weights' error ('file not found'): fixing it only led to the option's."""
+    _refused(BAD_DEVICE[1], name, str(tmp_path / "missing.safetensors"), **BAD_DEVICE[0])
