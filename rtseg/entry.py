@@ -15,9 +15,14 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence
 from rtseg.errors import Terminated, exit_status, guard_standard_streams, sigterm_raises
 
 
-def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = ()) -> int:
+def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = (),
+                parse: Callable[[], Any] | None = None) -> int:
     """The exit status of calling ``target`` (``"package.module:function"``) with ``args``, through
     :func:`rtseg.errors.exit_status` under the name ``prog``.
+
+    ``parse`` (light: it imports nothing heavy), when given, runs before anything is imported and its result is
+    the call's one argument instead of ``args``: ``--help`` and a bad option answer at once, not after the seconds
+    of importing torch.
 
     The target's module, then each module of ``preload`` (what the call would import later), is imported first
     with SIGTERM raising :class:`rtseg.errors.Terminated`: a Ctrl-C meanwhile is ``prog: interrupted`` and 130, a
@@ -29,12 +34,13 @@ def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = ())
     module, _, name = target.partition(":")
 
     def call() -> Any:
-        with sigterm_raises(Terminated):
-            fn = getattr(importlib.import_module(module), name)
-            for more in preload:
-                importlib.import_module(more)
         try:
-            return fn(*args)
+            given = args if parse is None else (parse(),)
+            with sigterm_raises(Terminated):
+                fn = getattr(importlib.import_module(module), name)
+                for more in preload:
+                    importlib.import_module(more)
+            return fn(*given)
         except SystemExit:
             sys.stdout.flush()
             raise

@@ -157,6 +157,26 @@ def test_help_to_a_full_stdout_is_one_line(entry, prog):
         "check where standard output goes (a full disk, a closed pipe)"]
 
 
+@pytest.mark.parametrize("entry,prog", [("python -m rtseg.train.fcn_trainer", "fcn_trainer"),
+                                        ("python -m rtseg.train.msrcnn_trainer", "msrcnn_trainer")])
+@pytest.mark.parametrize("args,code,said", [
+    (["--help"], 0, ""),
+    (["--out", "m.pth"], 2, "error: --out m.pth: must end in .safetensors"),
+    (["--out", "m.safetensors", "--steps", "0"], 2, "error: --steps 0: must be an integer in [1, 1000000000]"),
+    (["--out", "m.safetensors", "--bogus"], 2, "error: unrecognized arguments: --bogus")])
+def test_trainer_help_and_bad_options_answer_before_torch_is_imported(entry, prog, args, code, said, tmp_path):
+    """The trainers parsed their options only once their module had imported torch (seconds): ``--help`` took
+    4-5 s. Now torch is never imported for them (``-X importtime`` lists every module imported)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", *ENTRIES[entry][1:], *args], capture_output=True,
+                       text=True, cwd=tmp_path, env=_env(), timeout=120)
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    said_lines = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+    assert "rtseg.train.recipe" in imported and "torch" not in imported, sorted(imported)
+    assert r.returncode == code and len(said_lines) == (code != 0), (r.returncode, said_lines)
+    assert all(line.startswith(f"{prog}: {said}") for line in said_lines), said_lines
+    assert ("usage:" in r.stdout) == (code == 0) and not any(tmp_path.iterdir())
+
+
 def test_json_lines_to_a_closed_stdout_is_one_line(clip):
     """``--json - >&-``: was AttributeError ('NoneType' object has no attribute 'fileno')."""
     r = _shell(">&-", _slic(clip, "--json", "-"), stderr=subprocess.PIPE, text=True)

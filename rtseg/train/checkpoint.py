@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
-from rtseg.cliargs import NumberRange
 from rtseg.errors import ConfigError, RtsegError, WeightsError, sigterm_raises
 from rtseg.ranges import check_number
 from rtseg.weights import load_into, load_torch_file
@@ -29,9 +28,6 @@ T = TypeVar("T")
 
 CHECKPOINT_NAME = "checkpoint.pth"
 """File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``)."""
-
-LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
-"""The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
 
 
 class DivergedError(ConfigError):
@@ -49,15 +45,6 @@ def checkpoint_due(done: int, every: int, total: int) -> bool:
     """Whether a run that has finished ``done`` of ``total`` steps writes a checkpoint now (every
     ``every`` steps, 0 = only at the end, and always after the last step)."""
     return done == total or (every > 0 and done % every == 0)
-
-
-def weights_out(out: str | Path) -> Path:
-    """``out`` as the path a trainer writes its weights to; ConfigError (before any training) unless it ends in
-    ``.safetensors`` (the manifest goes beside it)."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"--out {out}: must end in .safetensors (the .json manifest is written beside it)")
-    return out
 
 
 class NonFiniteGuard:

@@ -12,6 +12,7 @@ this module (torch) is imported.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
 from rtseg.ranges import check_fields
 from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
-from rtseg.train.recipe import RECIPE_LIMITS, parse_recipe, recipe_parser
+from rtseg.train.fcn_trainer import LR
+from rtseg.train.recipe import RECIPE_LIMITS, start_recipe
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class FcnTrainConfig:
 
     steps: int = 300
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = LR
     weight_decay: float = 5e-4
     seed: int = 0
     log_every: int = 50
@@ -102,18 +104,14 @@ def evaluate_fcn(engine: FcnEngine, data: InstanceDataset) -> dict[str, float]:
 
 
 @sigterm_as_interrupt()
-def run(argv: list[str] | None) -> None:
-    """``python -m rtseg.train.fcn_trainer`` with the arguments ``argv`` (None: ``sys.argv[1:]``): train, validate,
-    write the weights; a SIGTERM acts as Ctrl-C (the steps done are saved, see :func:`train_fcn`). Run it through
-    :func:`rtseg.train.fcn_trainer.main`, which reports errors and interruptions."""
+def run(args: argparse.Namespace) -> None:
+    """``python -m rtseg.train.fcn_trainer`` with its options, parsed and checked
+    (:func:`rtseg.train.fcn_trainer.parse`): train, validate, write the weights; a SIGTERM acts as Ctrl-C (the steps
+    done are saved, see :func:`train_fcn`). Run it through :func:`rtseg.train.fcn_trainer.main`, which reports
+    errors and interruptions."""
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = recipe_parser("python -m rtseg.train.fcn_trainer",
-                       "Train a small FCN on the synthetic benchmark (CPU-friendly).", lr=FcnTrainConfig.lr, lr_help="Adam learning rate", images=160, size=(128, 96))
-    ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"),
-                    help="FCN variant: output stride 8, 16 or 32 (default: %(default)s)")
-    ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")
-    args, checkpoint = parse_recipe(ap, argv, [("--width", 0.01, 1.0, " (1.0 is the paper's VGG16)")])
+    checkpoint = start_recipe(args)
     w, h = args.size
     names = ["background", *CLASSES]
     engine = FcnEngine.from_config(FcnConfig(arch=args.arch, num_classes=len(names), width=args.width),

@@ -15,6 +15,7 @@ here is what it runs once this module (torch) is imported.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from rtseg.eval.mask_scoring import MaskScoringEvaluator, format_scoring_table
 from rtseg.models.msrcnn import MsrcnnConfig
 from rtseg.ranges import check_fields
 from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
-from rtseg.train.recipe import RECIPE_LIMITS, parse_recipe, recipe_parser
+from rtseg.train.msrcnn_trainer import LR
+from rtseg.train.recipe import RECIPE_LIMITS, start_recipe
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class MsrcnnTrainConfig:
 
     steps: int = 300
     batch_size: int = 2
-    lr: float = 0.01
+    lr: float = LR
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup: int = 50
@@ -120,19 +122,14 @@ def mask_quality(engine: MsrcnnEngine, data: InstanceDataset) -> dict[str, float
 
 
 @sigterm_as_interrupt()
-def run(argv: list[str] | None) -> None:
-    """``python -m rtseg.train.msrcnn_trainer`` with the arguments ``argv`` (None: ``sys.argv[1:]``): train,
-    check the mask scores, write the weights; a SIGTERM acts as Ctrl-C (the steps done are saved, see
-    :func:`train_msrcnn`). Run it through :func:`rtseg.train.msrcnn_trainer.main`, which reports errors and
-    interruptions."""
+def run(args: argparse.Namespace) -> None:
+    """``python -m rtseg.train.msrcnn_trainer`` with its options, parsed and checked
+    (:func:`rtseg.train.msrcnn_trainer.parse`): train, check the mask scores, write the weights; a SIGTERM acts as
+    Ctrl-C (the steps done are saved, see :func:`train_msrcnn`). Run it through
+    :func:`rtseg.train.msrcnn_trainer.main`, which reports errors and interruptions."""
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 
-    ap = recipe_parser("python -m rtseg.train.msrcnn_trainer",
-                       "Train a small Mask Scoring R-CNN on the synthetic benchmark (CPU).",
-                       lr=MsrcnnTrainConfig.lr, lr_help="SGD learning rate after warm-up", images=200, size=(160, 120))
-    ap.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50"),
-                    help="ResNet backbone of the FPN (default: %(default)s)")
-    args, checkpoint = parse_recipe(ap, argv)
+    checkpoint = start_recipe(args)
     w, h = args.size
     cfg = MsrcnnConfig(num_classes=len(CLASSES), backbone=args.backbone, min_size=min(w, h), max_size=max(w, h),
                        anchor_sizes=(8, 16, 32, 64, 128), rois_per_image=64, proposals_per_image=200)

@@ -1,4 +1,10 @@
-"""The command line shared by the small synthetic-benchmark trainers (FCN-8s, Mask Scoring R-CNN)."""
+"""The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
+(FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`), ``--lr``'s range and ``--out``'s check
+(:data:`LR_RANGE`, :func:`weights_out`; ``rtseg train`` too).
+
+Light (no torch at its top): the entry modules parse and check their arguments with it before they import their
+trainer, so that ``--help`` and a bad option answer at once (:func:`rtseg.entry.run_command`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +12,11 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from rtseg.cliargs import NumberRange, Parser, check_ranges
-from rtseg.train.checkpoint import CHECKPOINT_NAME, LR_RANGE, weights_out
+from rtseg.errors import ConfigError
 
+LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
+"""The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
 RECIPE_LIMITS: dict[str, tuple[float, float]] = {
     "steps": (1, 10**9), "batch_size": (1, 1024), "seed": (0, math.inf), "log_every": (1, math.inf),
     "ckpt_every": (0, math.inf)}
@@ -24,6 +30,15 @@ RECIPE_RANGES: tuple[NumberRange, ...] = (
     ("--threads", 1, 1024, ""),
 )
 """The range of each numeric option every recipe has."""
+
+
+def weights_out(out: str | Path) -> Path:
+    """``out`` as the path a trainer writes its weights to; ConfigError (before any training) unless it ends in
+    ``.safetensors`` (the manifest goes beside it)."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out}: must end in .safetensors (the .json manifest is written beside it)")
+    return out
 
 
 def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,
@@ -43,14 +58,22 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
     return ap
 
 
-def parse_recipe(ap: Parser, argv: Sequence[str] | None,
-                 ranges: Sequence[NumberRange] = ()) -> tuple[argparse.Namespace, Path]:
-    """Parse and check (``--out`` a .safetensors path, :data:`RECIPE_RANGES` and the model's own
-    ``ranges``) before anything trains; set the torch threads and seed. Returns the options and the checkpoint
-    path (``<out without .safetensors>.train/checkpoint.pth``)."""
+def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[NumberRange] = ()) -> argparse.Namespace:
+    """The options of ``argv`` (None: ``sys.argv[1:]``), checked before anything trains: ``--out`` a .safetensors
+    path, :data:`RECIPE_RANGES` and the model's own ``ranges``."""
     args = ap.parse_args(argv)
     weights_out(args.out)
     check_ranges(args, (*RECIPE_RANGES, *ranges))
+    return args
+
+
+def start_recipe(args: argparse.Namespace) -> Path:
+    """Set the torch threads (``--threads``) and seed of a recipe's run; returns its checkpoint path
+    (``<out without .safetensors>.train/checkpoint.pth``). Imports torch."""
+    import torch
+
+    from rtseg.train.checkpoint import CHECKPOINT_NAME
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return args, Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
+    return Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
