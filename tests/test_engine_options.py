@@ -6,6 +6,7 @@ R-CNN) before its constructor checked the options; a bad weights file then hid t
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from rtseg.errors import ConfigError
 from rtseg.models.fcn import FCN, FcnConfig
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 
+DEMO = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
 BAD_DEVICE = ({"device": "xpu"}, "unknown device 'xpu'; use cpu, cuda or cuda:N")
 MSRCNN_CASES = [
     ({"score_threshold": "a"}, "msrcnn: score_threshold must be a number in [0, 1], got 'a'"),
@@ -34,6 +36,23 @@ FCN_CASES = [
     ({"max_side": 0}, "fcn: max_side must be an integer >= 1, got 0"),
     ({"max_side": 1.5}, "fcn: max_side must be an integer >= 1, got 1.5"),
     ({"class_names": ["bg"]}, "fcn: 1 class names for a model with 3 classes"),
+    BAD_DEVICE,
+]
+
+YOLACT_CASES = [
+    ({"nms": "soft"}, "unknown NMS 'soft'; choose one of fast, cross_class, traditional"),
+    ({"score_threshold": "0.3"}, "yolact: score_threshold must be a number in [0, 1], got '0.3'"),
+    ({"iou_threshold": 2.0}, "yolact: iou_threshold must be a number in [0, 1], got 2.0"),
+    ({"conf_threshold": float("nan")}, "yolact: conf_threshold must be a number in [0, 1], got nan"),
+    ({"top_k": 0}, "yolact: top_k must be an integer >= 1, got 0"),  # was refused after ~1 s of loading the demo
+    ({"nms_top_k": 2.5}, "yolact: nms_top_k must be an integer >= 1, got 2.5"),
+    ({"max_detections": True}, "yolact: max_detections must be an integer >= 1, got True"),
+    ({"class_names": "square"}, "yolact: class_names must be a list of class names (strings), got str 'square'"),
+    ({"precision": "int8"}, "precision='int8' / calibration frames apply to the tensorrt backend only (got backend "
+                            "'eager'); add backend='tensorrt' (--backend tensorrt)"),
+    ({"backend": "tensorrtx"}, "unknown backend 'tensorrtx'; choose one of eager, compile, tensorrt, onnx, auto"),
+    ({"backend": "tensorrt"}, "backend 'tensorrt' is not available: needs a CUDA device (device='cuda', --device "
+                              "cuda); or use backend='eager' (--backend eager)"),
     BAD_DEVICE,
 ]
 
@@ -73,6 +92,19 @@ def test_fcn_refuses_a_bad_option_before_building_its_network(weights, no_networ
     _refused(message, "fcn", weights["fcn"], **options)
 
 
+@pytest.mark.parametrize("options, message", YOLACT_CASES)
+def test_yolact_refuses_a_bad_option_before_building_its_network(no_network, options, message):
+    _refused(message, "yolact", DEMO, **options)
+
+
+def test_yolact_options_checked_early_reach_the_engine():
+    """The checked values go on to the constructor: a generator of class names (read by the early check) too."""
+    engine = rtseg.load("yolact", DEMO, device="cpu:0", nms="traditional", top_k=5,
+                        class_names=(f"c{i}" for i in range(6)))
+    assert (engine.device, engine.nms, engine.top_k) == ("cpu:0", "traditional", 5)
+    assert engine.class_names == [f"c{i}" for i in range(6)]
+
+
 @pytest.mark.parametrize("options, message", [
     *[(o, m.replace("3 classes", "4 classes")) for o, m in FCN_CASES],
     ({"class_names": "abcd"}, "fcn: class_names must be a list of class names (strings), got str 'abcd'"),
@@ -82,7 +114,7 @@ def test_torchvision_fcn_refuses_a_bad_option_before_building_it(no_network, opt
     _refused(message, "fcn", None, arch="fcn_resnet50", num_classes=4, **options)
 
 
-@pytest.mark.parametrize("name", ["msrcnn", "fcn"])
+@pytest.mark.parametrize("name", ["msrcnn", "fcn", "yolact"])
 def test_a_bad_option_is_reported_before_a_missing_weights_file(tmp_path, name):
     """Was the weights' error ('file not found'): fixing it only led to the option's."""
     _refused(BAD_DEVICE[1], name, str(tmp_path / "missing.safetensors"), **BAD_DEVICE[0])

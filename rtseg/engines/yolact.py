@@ -6,7 +6,8 @@ Outputs equal the official implementation's for the same weights and frame
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+import inspect
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -14,9 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
-from rtseg.engines.backends import Backend, TorchBackend, make_backend
+from rtseg.engines.backends import Backend, TorchBackend, make_backend, resolve
 from rtseg.engines.base import StagedEngine, frames_as_list, host_tensor
-from rtseg.engines.options import check_class_names, check_int, check_real, check_weights_path, place_network, resolve_device
+from rtseg.engines.options import (
+    OptionChecks,
+    check_class_names,
+    check_int,
+    check_options,
+    check_real,
+    check_weights_path,
+    place_network,
+    resolve_device,
+)
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import LIMITS, MEANS_BGR, STDS_BGR, Yolact, YolactConfig, make_priors
 from rtseg.ops import cupy_ops
@@ -30,6 +40,41 @@ from rtseg.types import Detections
 #: Masks materialised per chunk when a consumer asks for full-resolution masks (bounds memory).
 MASK_CHUNK = 8
 NMS_KINDS = ("fast", "cross_class", "traditional")
+
+
+def _check_nms(nms: Any) -> str:
+    """``nms=`` when it is one of :data:`NMS_KINDS`, else ConfigError."""
+    if nms not in NMS_KINDS:
+        raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
+    return nms
+
+
+#: The checks of :class:`YolactEngine`'s options besides its model, class names and backend (:func:`check_options`;
+#: the backend with its precision and device: :func:`_check_backend`).
+_OPTION_CHECKS: OptionChecks = {
+    "nms": _check_nms,
+    **{key: functools.partial(check_real, "yolact", key, low=0.0, high=1.0)
+       for key in ("score_threshold", "iou_threshold", "conf_threshold")},
+    **{key: functools.partial(check_int, "yolact", key, low=1) for key in ("top_k", "nms_top_k", "max_detections")},
+    "device": resolve_device,
+}
+
+
+def _check_backend(backend: str, precision: str, calibration_dir: str | None, device: torch.device) -> None:
+    """ConfigError when a precision other than fp16 or calibration frames are given for a backend other than
+    tensorrt, or when ``backend`` is unknown or not available on ``device`` (:func:`rtseg.engines.backends.resolve`)."""
+    if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
+        raise ConfigError(f"precision={precision!r} / calibration frames apply to the tensorrt backend only "
+                          f"(got backend {backend!r}); add backend='tensorrt' (--backend tensorrt)")
+    resolve(backend, device)
+
+
+def _checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of :class:`YolactEngine`'s constructor but its model (``options``, defaults included) checked:
+    those :data:`_OPTION_CHECKS` names, in the order of ``options``, then the backend (:func:`_check_backend`)."""
+    checked = check_options(_OPTION_CHECKS, options)
+    _check_backend(checked["backend"], checked["precision"], checked["calibration_dir"], checked["device"])
+    return checked
 
 
 class Candidates(NamedTuple):
@@ -96,37 +141,29 @@ class YolactEngine(StagedEngine):
                  conf_threshold: float = 0.05, nms_top_k: int = 200, max_detections: int = 100,
                  backend: str = "eager", precision: str = "fp16", calibration_dir: str | None = None,
                  device_overlay: bool | None = None) -> None:
-        if nms not in NMS_KINDS:
-            raise ConfigError(f"unknown NMS {nms!r}; choose one of {', '.join(NMS_KINDS)}")
-        score_threshold, iou_threshold, conf_threshold = (
-            check_real("yolact", key, v, low=0.0, high=1.0) for key, v in (
-                ("score_threshold", score_threshold), ("iou_threshold", iou_threshold),
-                ("conf_threshold", conf_threshold)))
-        top_k, nms_top_k, max_detections = (
-            check_int("yolact", key, v, low=1) for key, v in (
-                ("top_k", top_k), ("nms_top_k", nms_top_k), ("max_detections", max_detections)))
+        checked = _checked_options({
+            "nms": nms, "score_threshold": score_threshold, "iou_threshold": iou_threshold,
+            "conf_threshold": conf_threshold, "top_k": top_k, "nms_top_k": nms_top_k, "max_detections": max_detections,
+            "device": device, "backend": backend, "precision": precision, "calibration_dir": calibration_dir})
         self.cfg: YolactConfig = model.cfg
         #: COCO category id of each class when the weights were trained on a COCO file (their manifest says), for
         #: COCO results files; None otherwise.
         self.category_ids: tuple[int, ...] | None = None
-        self._dev = resolve_device(device)
+        self._dev: torch.device = checked["device"]
         if self._dev.type == "cuda":  # one input size: cuDNN's autotuner picks each conv's fastest kernel once
             torch.backends.cudnn.benchmark = True  # (as the official eval.py does)
-        self.device = str(device)
+        self.device = str(self._dev)
         names = class_names if class_names is not None else _default_names(self.cfg.num_classes)
         self.class_names: list[str] = list(check_class_names("yolact", names, self.cfg.num_classes))
         self.net = place_network(InferenceNet(model), self._dev)
-        if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
-            raise ConfigError(f"precision={precision!r} / calibration frames apply to the tensorrt backend only "
-                              f"(got backend {backend!r}); add backend='tensorrt' (--backend tensorrt)")
         self.priors = make_priors(self.cfg, self._dev)
-        self.score_threshold = score_threshold
-        self.top_k = top_k
-        self.nms = nms
-        self.iou_threshold = iou_threshold
-        self.conf_threshold = conf_threshold
-        self.nms_top_k = nms_top_k
-        self.max_detections = max_detections
+        self.score_threshold: float = checked["score_threshold"]
+        self.top_k: int = checked["top_k"]
+        self.nms: str = checked["nms"]
+        self.iou_threshold: float = checked["iou_threshold"]
+        self.conf_threshold: float = checked["conf_threshold"]
+        self.nms_top_k: int = checked["nms_top_k"]
+        self.max_detections: int = checked["max_detections"]
         scale = torch.tensor(STDS_BGR) if self.cfg.normalize == "meanstd" else torch.full((3,), 255.0)
         mean = torch.tensor(MEANS_BGR) if self.cfg.normalize == "meanstd" else torch.zeros(3)
         self._mean = mean.view(1, 3, 1, 1).to(self._dev)
@@ -145,13 +182,21 @@ class YolactEngine(StagedEngine):
 
     @classmethod
     def from_weights(cls, weights: str, *, input_size: int | None = None, **kwargs) -> "YolactEngine":
-        """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`)."""
+        """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`);
+        ``kwargs`` as the constructor's, checked before the weights are read (``class_names``: whether they are a
+        list of strings; their number, once the weights say how many classes there are)."""
         from rtseg.weights import load_yolact
 
         weights = check_weights_path("yolact", weights)
         if input_size is not None:
             low, high = LIMITS["input_size"]
             input_size = check_int("yolact", "input_size", input_size, low=low, high=high)
+        given = inspect.signature(cls).bind_partial(**kwargs)
+        given.apply_defaults()  # the backend's check needs the precision and device the constructor would take
+        checked = _checked_options(given.arguments)
+        kwargs = {key: checked[key] for key in kwargs}
+        if kwargs.get("class_names") is not None:  # a generator is read once: the tuple goes on
+            kwargs["class_names"] = check_class_names("yolact", kwargs["class_names"], None)
         loaded = load_yolact(weights, input_size=input_size)
         if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
             kwargs["class_names"] = loaded.class_names
