@@ -1,11 +1,13 @@
 """Push sink against a real receiving server on loopback (Debian's ffmpeg binary as RTMP/RTSP listener)."""
 from __future__ import annotations
 
+import errno
 import gc
 import inspect
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -223,20 +225,20 @@ def test_push_reconnects_after_the_server_restarts(tmp_path, scheme):
         first.wait(10)
         t_lost = time.monotonic()
         i = _feed_until(sink, i, lambda: len(events) >= 1, 10)  # writes go on (frames dropped), no error
-        lost_at = i
+        lost_at, sent_before = i, sink.sent  # (over 20 when frames queued at the kill still reached the first)
         second = push_receiver(scheme, url, tmp_path / f"second.{ext}", copyts=True)  # back, on the same port
         wait_listening(port)
         i = _feed_until(sink, i, lambda: len(events) >= 2, 15)
         back_at = i
-        i = _feed_until(sink, i, lambda: sink.sent >= 20 + 30, 10)
-        sink.close()
+        i = _feed_until(sink, i, lambda: sink.sent >= sent_before + 30, 10)
+        sink.close()  # the end of the stream: the receiver finishes its file and exits
         assert time.monotonic() - t_lost < 25
-        time.sleep(0.3)
+        _, err = second.communicate(timeout=15)
     finally:
         first.kill()
-        if second is not None:
-            second.send_signal(signal.SIGTERM)  # ffmpeg finishes its output file on SIGTERM
-            _, err = second.communicate(timeout=15)
+        if second is not None and second.poll() is None:  # the test failed before the stream ended
+            second.kill()
+            second.wait(10)
     assert len(events) == 2, events
     assert events[0].startswith(f"push output {url} lost (") and "reconnecting for up to 20s" in events[0], events
     assert events[1].startswith(f"push output {url} back after ") and "(reconnection 1;" in events[1], events
@@ -261,6 +263,30 @@ def test_push_reconnects_after_the_server_restarts(tmp_path, scheme):
         k = ref_index + round((f.time - frames[1].time) * 25)
         img = f.to_ndarray(format="bgr24")
         assert img[:, (k * 2) % 128].mean() > img.mean() + 100, k
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_wait_listening_counts_a_receiver_whose_one_client_came_first(tmp_path, scheme):
+    """ffmpeg -listen closes its listening socket once its one client is accepted: wait_listening waited its whole
+    timeout for a restarted receiver that the reconnecting sink had reached before it looked (under load,
+    test_push_reconnects_after_the_server_restarts failed so). A receiver that is gone is still not up."""
+    port = free_port()
+    url = f"{scheme}://127.0.0.1:{port}/live/cam"
+    server = push_receiver(scheme, url, tmp_path / ("got.flv" if scheme == "rtmp" else "got.mkv"))
+    try:
+        wait_listening(port)
+        sink = PushSink(url, fps_hint=25)
+        _feed_until(sink, 0, lambda: sink.sent >= 1, 10)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED  # nothing listens any more
+        wait_listening(port, timeout=2.0)
+        sink.close()
+    finally:
+        server.kill()
+        server.wait(10)
+    with pytest.raises(TimeoutError, match=f"nothing listens on port {port}"):
+        wait_listening(port, timeout=0.5)
 
 
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
@@ -362,7 +388,7 @@ def test_push_sink_dropped_unclosed_ends_its_thread_and_child(tmp_path):
         (thread,) = set(threading.enumerate()) - threads
         (worker,) = _push_workers(os.getpid()) - workers
         collected = weakref.ref(sink)
-        del sink
+        sink = None  # the only reference dropped
         gc.collect()
         deadline = time.monotonic() + 5.0
         while (thread.is_alive() or _alive(worker)) and time.monotonic() < deadline:

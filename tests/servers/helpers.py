@@ -5,7 +5,7 @@
 - ``make_clip(path, ...)``: an H.264 MP4 written with PyAV whose frame ``i`` is a known colour.
 - ``ListSink``: a real sink that keeps what it was given.
 - ``RtspServer``: gst-rtsp-server on loopback in a subprocess (system python3 with ``gi``).
-- ``push_receiver(...)``: Debian's ffmpeg as a one-client RTMP/RTSP listener; ``wait_listening(port)``.
+- ``push_receiver(...)``: Debian's ffmpeg as a one-client RTMP/RTSP listener; ``wait_listening(port)``: until it is up.
 """
 from __future__ import annotations
 
@@ -119,16 +119,18 @@ def free_port() -> int:
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
-    """Wait until something listens on ``port`` without connecting (ffmpeg -listen takes one client only)."""
+    """Wait until a server is up on ``port``, without connecting (ffmpeg -listen takes one client only): something
+    listens there, or has accepted a connection there (ffmpeg -listen closes its listening socket once its one
+    client came, which a reconnecting sink can be before this looks)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             for row in Path(table).read_text().splitlines()[1:]:
-                cols = row.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # 0A = LISTEN
+                cols = row.split()  # entry, local address:port (hex), remote address:port, state, …
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                     return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
+    raise TimeoutError(f"nothing listens on port {port}, nor is connected there")
 
 
 def push_receiver(scheme: str, url: str, out: Path, *, copyts: bool = False) -> subprocess.Popen:
