@@ -121,6 +121,14 @@ def test_torch_slic_on_noise_gives_about_as_many_segments_as_asked(size, asked):
     assert asked / 2 < k < asked * 2
 
 
+@pytest.mark.parametrize("size", [(10, 20), (20, 10), (1, 50)])
+def test_torch_slic_asked_for_no_segments_gives_one(size):
+    """n_segments 0 through the function (rtseg.load refuses it) is taken as 1, as on square frames: the grid of a
+    frame thinner than its step divided by it (ZeroDivisionError)."""
+    labels = slic_torch(torch.zeros(*size, 3, dtype=torch.uint8), n_segments=0)
+    assert labels.shape == size and int(labels.max()) == 0
+
+
 @pytest.mark.parametrize("size, asked", [((2, 20000), 100), ((20000, 2), 100), ((1, 5000), 100), ((3, 3000), 100),
                                          ((8, 4000), 100), ((5, 7), 10), ((5, 7), 100)])
 def test_torch_slic_on_thin_frames_gives_about_as_many_segments_as_skimage(scene, size, asked):

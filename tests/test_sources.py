@@ -729,6 +729,35 @@ def test_a_joined_mpeg_ts_over_the_whole_scan_size_is_read_only_to_its_start(thr
     assert got == pytest.approx([i / 10 for i in range(first, 60)])
 
 
+def test_a_joined_mpeg_ts_from_a_pipe_with_a_start_plays_from_there(three_parts, tmp_path):
+    """A FIFO can be neither sought nor reopened: the source reads on and drops the frames before the start. (It
+    reopened the FIFO after the seek failed, and waited for a second writer for ever.)"""
+    fifo = tmp_path / "in.ts"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(three_parts.read_bytes()), daemon=True)
+    writer.start()
+    got: list = []
+
+    def read() -> None:
+        with open_source(str(fifo), start=1.0) as source:
+            got.extend(f.pts for f in source)
+
+    reader = threading.Thread(target=read, daemon=True)  # (a hang must fail the test, not the suite)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "the source hung on the pipe"
+    assert got == pytest.approx([i / 10 for i in range(10, 60)])
+
+
+@pytest.mark.parametrize("start, end", [(2.5, 2.6), (0.3, 4.2), (2.0, 2.1)])
+def test_progress_total_of_a_joined_mpeg_ts_range_is_what_plays(three_parts, start, end):
+    """Entered by a byte seek, the timeline's offset carries float noise (2.5999999999999996): the frame at ``end``
+    was yielded beyond the total (3 frames for a total of 2); the end is exclusive, within that noise."""
+    with open_source(str(three_parts), start=start, end=end) as source:
+        frames = [f.pts for f in source]
+        assert source.num_frames == len(frames) == round((end - start) * 10)
+
+
 def test_progress_total_of_mpeg_ts_parts_whose_clocks_lie_far_apart(tmp_path):
     """The second part's clock a minute on (a recorder's two sessions, joined): FFmpeg's duration spans the gap,
     a progress total of 620 frames for 40."""

@@ -83,11 +83,12 @@ def _grid(h: int, w: int, n_segments: int) -> tuple[int, int, float, float]:
     ``n_segments`` along, S^2 pixels each, and ``spacing`` is their length. (S-wide cells would hold under S^2
     pixels: under S^2 / 4, the default minimum segment size, on frames under S/4 across, which became one segment.)
     """
-    step = max(math.sqrt(h * w / max(n_segments, 1)), 1.0)
+    n = max(n_segments, 1)
+    step = max(math.sqrt(h * w / n), 1.0)
     if min(h, w) >= step:
         return max(round(h / step), 1), max(round(w / step), 1), step, step
-    spacing = max(h, w) / n_segments
-    return (1, n_segments, step, spacing) if h < w else (n_segments, 1, step, spacing)
+    spacing = max(h, w) / n
+    return (1, n, step, spacing) if h < w else (n, 1, step, spacing)
 
 
 def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float = 10.0, iterations: int = 10,

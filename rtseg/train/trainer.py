@@ -59,7 +59,8 @@ class TrainConfig:
     amp: "auto" (float16 autocast with loss scaling on CUDA, float32 on the CPU), "bf16" (bfloat16
     autocast on any device, no scaling: fast on CPUs with AVX512-BF16 or AMX) or "off" (float32).
     The network runs under autocast; the loss is always computed in float32.
-    max_nonfinite: a step whose loss or a gradient is not finite is skipped (no update); this many in a row stop the run
+    max_nonfinite: a step whose loss or a gradient is not finite is skipped (no update; gradients of float16 steps:
+    the loss scaler's own skips, not counted); this many in a row stop the run
     as diverged (ConfigError saying to lower the LR).
     """
 
@@ -258,8 +259,9 @@ class Trainer:
         """One optimizer step on a collated batch; returns the loss terms as floats.
 
         A non-finite total loss updates nothing (no backward, no scaler step; the LR schedule moves on), nor does a
-        non-finite gradient (no optimizer step; with the float16 scaler, its own check); either counts towards
-        :attr:`guard`'s divergence limit (ConfigError when reached).
+        non-finite gradient (no optimizer step); either counts towards :attr:`guard`'s divergence limit (ConfigError
+        when reached). With the float16 scaler, gradients are the scaler's to check: it skips such steps (and lowers
+        its scale) without their counting.
 
         The batch goes to the device in one copy per tensor, and the loss values come back in
         one transfer: the only host synchronisations of a step (besides the loss's one and, without the

@@ -24,8 +24,8 @@ from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
 AV_ERRORS = (av.FFmpegError, OSError, EOFError)
-#: A local MPEG-TS / -PS file up to this size is read whole at open (packet times only, ~1.5-5 ms per MB) for its
-#: length and frame count; a larger one only up to ``--start`` (or to ``--end``): its progress total is then the
+#: A local MPEG-TS / -PS file up to this size is read at open (packet times only, ~1-5 ms per MB) to ``--end`` or
+#: its end, for its length and frame count; a larger one only up to ``--start``: its progress total is then the
 #: header's estimate (one part's in a joined file), or unknown where the timestamps jumped before the start.
 SCAN_WHOLE_BYTES = 1 << 30
 
@@ -139,9 +139,10 @@ class FileSource(Source):
         # a local file whose timestamps may jump is scanned (then start is never sought by timestamp); _scan sets
         # _key: (byte position, timeline offset in s) of the key frame to start from
         self._key: tuple[int, float] | None = None
-        self._scanned = timeouts is None and os.path.isfile(path) and bool(self._container.format.flags & TS_DISCONT)
+        self._seekable = timeouts is not None or os.path.isfile(path)  # (not a pipe: it can be sought or reopened)
+        self._scanned = timeouts is None and self._seekable and bool(self._container.format.flags & TS_DISCONT)
         if self._scanned:
-            whole = end is not None or os.path.getsize(path) <= SCAN_WHOLE_BYTES
+            whole = os.path.getsize(path) <= SCAN_WHOLE_BYTES
             length, frames = self._scan(rate, until=None if whole else start)
         else:
             length = self._container.duration / 1e6 if self._container.duration else None
@@ -198,7 +199,7 @@ class FileSource(Source):
                 entry = packet.is_keyframe and packet.pos is not None and packet.pos >= 0
                 if self._start > 0 and entry and t <= self._start:  # (no start: decoded from the beginning)
                     self._key = (packet.pos, placed - own)
-                kept += t >= self._start - 1e-6 and (self._end is None or t < self._end)
+                kept += t >= self._start - 1e-6 and (self._end is None or t < self._end - 1e-6)
                 last = max(last, t)
         except AV_ERRORS:
             self._key = None
@@ -253,8 +254,11 @@ class FileSource(Source):
         A file :meth:`_scan` read is entered at that key frame's byte position (else decoded from the
         beginning). Others are sought by timestamp; some containers seek imprecisely (MPEG-TS lands past its key
         frames) or not at all (raw H.264): the seek goes 1, 2, 4 ... s further back until the first frame is not
-        after ``start``, and ends in a reopen that decodes from the beginning.
+        after ``start``, and ends in a reopen that decodes from the beginning. A pipe (a FIFO) is read on from
+        where the demuxer is (it can be neither sought nor reopened; :meth:`_frames` drops what precedes ``start``).
         """
+        if not self._seekable:
+            return self._timed(self._decoded())
         if self._key is not None:
             pos, offset = self._key
             try:
@@ -290,7 +294,7 @@ class FileSource(Source):
                 if t < self._start - 1e-6:
                     last = t
                     continue
-                if self._end is not None and t >= self._end:
+                if self._end is not None and t >= self._end - 1e-6:  # (a byte seek's timeline offset: float noise)
                     if not kept:
                         raise ConfigError(f"no frame of {self._name} from start {self._start:g} s to end {self._end:g} s "
                                           f"(one at {t:.3f} s); widen the range")
