@@ -18,7 +18,7 @@ from rtseg.errors import ConfigError
 from rtseg.models.fcn import FcnConfig
 from rtseg.models.msrcnn import MsrcnnConfig
 from rtseg.train import fcn_trainer, msrcnn_trainer
-from rtseg.train.checkpoint import NonFiniteGuard, save_checkpoint
+from rtseg.train.checkpoint import NonFiniteGuard, gradient_norm, save_checkpoint
 from rtseg.train.fcn_trainer import FcnTrainConfig, train_fcn
 from rtseg.train.msrcnn_trainer import MsrcnnTrainConfig, train_msrcnn
 
@@ -69,16 +69,17 @@ def test_a_non_finite_gradient_skips_the_step_and_counts_in_the_row() -> None:
     guard = NonFiniteGuard(lr=0.5, limit=3)
     w = torch.nn.Parameter(torch.ones(3))
     w.grad = torch.tensor([1.0, math.nan, 0.0])
-    assert guard.admit(1.0, step=1) and not guard.admit_gradients([w], step=1)
+    assert guard.admit(1.0, step=1) and not guard.admit_gradients(gradient_norm([w]), step=1)
     assert not guard.admit(math.inf, step=2) and guard.in_a_row == 2
     assert guard.note() == " (2 steps skipped: not finite)"
     w.grad = torch.tensor([1.0, 2.0, 3.0])
-    assert guard.admit_gradients([w, torch.nn.Parameter(torch.ones(1))], step=3) and guard.in_a_row == 0  # no grad: ok
+    no_grad = torch.nn.Parameter(torch.ones(1))  # left out of the norm
+    assert guard.admit_gradients(gradient_norm([w, no_grad]), step=3) and guard.in_a_row == 0
     w.grad = torch.tensor([math.inf, 0.0, 0.0])
-    assert not guard.admit_gradients([w], step=4) and not guard.admit(math.nan, step=5)
+    assert not guard.admit_gradients(gradient_norm([w]), step=4) and not guard.admit(math.nan, step=5)
     with pytest.raises(ConfigError, match=r"the loss or its gradients were not finite for 3 steps in a row "
                                           r"\(to step 6\).* before step 3\)$"):
-        guard.admit_gradients([w], step=6)
+        guard.admit_gradients(gradient_norm([w]), step=6)
 
 
 def test_an_fcn_step_with_a_nan_gradient_updates_nothing(tmp_path) -> None:

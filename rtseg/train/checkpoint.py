@@ -72,15 +72,14 @@ class NonFiniteGuard:
         self._skip(step)
         return False
 
-    def admit_gradients(self, parameters: Iterable[torch.Tensor] | None, *, step: int) -> bool:
-        """After the backward pass of step ``step``: whether the optimizer may step, i.e. every gradient of
-        ``parameters`` is finite (one host synchronisation; None: a gradient scaler checks them itself). True ends
-        the row of skipped steps; else the step is skipped (:meth:`_skip`)."""
-        if parameters is not None:
-            grads = [p.grad for p in parameters if p.grad is not None]
-            if grads and not math.isfinite(torch.nn.utils.get_total_norm(grads)):
-                self._skip(step)
-                return False
+    def admit_gradients(self, norm: torch.Tensor | float | None, *, step: int) -> bool:
+        """After the backward pass of step ``step``: whether the optimizer may step, i.e. the gradients' total
+        ``norm`` (:func:`gradient_norm`, or what ``clip_grad_norm_`` returned; one host synchronisation) is finite
+        (None: a gradient scaler checks them itself). True ends the row of skipped steps; else the step is skipped
+        (:meth:`_skip`)."""
+        if norm is not None and not math.isfinite(norm):
+            self._skip(step)
+            return False
         self.in_a_row = 0
         return True
 
@@ -99,6 +98,13 @@ class NonFiniteGuard:
         """Text a progress line ends with: `` (N steps skipped: not finite)``, or "" while none was."""
         n = self.skipped
         return f" ({n} step{'s' if n > 1 else ''} skipped: not finite)" if n else ""
+
+
+def gradient_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The total (2-)norm of the gradients of ``parameters`` (those without one left out; 0 when none has one), as
+    ``clip_grad_norm_`` computes it: a 0-d float32 tensor on their device (:meth:`NonFiniteGuard.admit_gradients`)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -208,7 +214,7 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     """Run ``step(k)`` for k in [first, steps) and return what each returned (e.g. its losses).
 
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)`` before its backward
-    pass, ``guard.admit_gradients(parameters, step=k + 1)`` after it) before it updates the weights; its divergence
+    pass, ``guard.admit_gradients(norm, step=k + 1)`` after it) before it updates the weights; its divergence
     error ends the run. checkpoint: written every ``ckpt_every``
     steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM) the
     steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on, and so they are

@@ -27,7 +27,7 @@ from rtseg.eval.runners import format_semantic
 from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.models.fcn import FcnConfig
 from rtseg.ranges import check_fields
-from rtseg.train.checkpoint import NonFiniteGuard, resume_step, run_steps, sigterm_as_interrupt
+from rtseg.train.checkpoint import NonFiniteGuard, gradient_norm, resume_step, run_steps, sigterm_as_interrupt
 from rtseg.train.fcn_trainer import LR
 from rtseg.train.recipe import RECIPE_LIMITS, start_recipe
 
@@ -83,7 +83,7 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
         if guard.admit(value, step=step + 1):  # a non-finite loss or gradient updates nothing
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if guard.admit_gradients(model.parameters(), step=step + 1):
+            if guard.admit_gradients(gradient_norm(model.parameters()), step=step + 1):
                 opt.step()
         return value
 

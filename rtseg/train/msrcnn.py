@@ -95,9 +95,8 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
         if guard.admit(float(total.detach()), step=step + 1):  # a non-finite loss or gradient updates nothing
             opt.zero_grad(set_to_none=True)
             total.backward()
-            if guard.admit_gradients(params, step=step + 1):
-                torch.nn.utils.clip_grad_norm_(params, 10.0)
-                opt.step()
+            if guard.admit_gradients(torch.nn.utils.clip_grad_norm_(params, 10.0), step=step + 1):
+                opt.step()  # (clipped by a non-finite norm the gradients are NaN: the step is skipped then)
         sched.step()  # the warm-up counts steps, skipped ones too (as the YOLACT trainer's schedule does)
         return {k: float(v.detach()) for k, v in losses.items()}
 

@@ -27,8 +27,8 @@ from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
 from rtseg.train.augment import AugmentConfig, augment
-from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, load_checkpoint, save_checkpoint,
-                                   save_on_error, save_on_interrupt)
+from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, gradient_norm, load_checkpoint,
+                                   save_checkpoint, save_on_error, save_on_interrupt)
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.weights import save_yolact
 
@@ -278,8 +278,8 @@ class Trainer:
         if self.guard.admit(values["total"], step=self.step + 1):  # raises after max_nonfinite skips in a row
             self.scaler.scale(losses["total"]).backward()
             # the float16 scaler skips steps with inf / NaN gradients itself (and lowers its scale)
-            params = None if self.scaler.is_enabled() else self.model.parameters()
-            if self.guard.admit_gradients(params, step=self.step + 1):
+            norm = None if self.scaler.is_enabled() else gradient_norm(self.model.parameters())
+            if self.guard.admit_gradients(norm, step=self.step + 1):
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
         self.scheduler.step()
