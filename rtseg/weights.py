@@ -101,8 +101,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[0]
 
 
-def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors of a checkpoint and the plain values saved beside them; WeightsError on any problem.
+def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT,
+                    advice: str = WEIGHTS_ADVICE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of a checkpoint and the plain values saved beside them; WeightsError on any problem (ending in
+    ``advice`` where the file is missing or not weights at all).
 
     A .safetensors file is rtseg weights: its manifest (of format ``fmt``) is the extras, and the file's
     sha256 is checked against it (:func:`read_manifest`) before the tensors are parsed, so that a damaged
@@ -120,20 +122,20 @@ def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT) -> tuple[dict[
         from safetensors import SafetensorError
         from safetensors.torch import load
 
-        data = read_user_file(p, WEIGHTS_ADVICE)
+        data = read_user_file(p, advice)
         manifest = read_manifest(p, hashlib.sha256(data).hexdigest(), fmt)
         try:
             state = dict(sorted(load(data).items()))  # by name, as safe_open gives them (load's order varies)
         except (SafetensorError, ValueError) as e:
             raise WeightsError(f"{p}: not a readable safetensors file ({first_line(e)}); re-export or re-download it") from None
         return check_finite(state, p), manifest
-    obj = load_torch_file(p, advice=WEIGHTS_ADVICE, corrupt_advice="download it again")
+    obj = load_torch_file(p, advice=advice, corrupt_advice="download it again")
     extras: dict[str, Any] = {}
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # rtseg training checkpoint
         extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); {WEIGHTS_ADVICE}")
+        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); {advice}")
     return check_finite(obj, p), extras
 
 
@@ -355,14 +357,15 @@ def load_model(path: str | Path, fmt: str, config_type: type[T]) -> tuple[dict[s
 
     engine = fmt.split("/")[0].removeprefix("rtseg-")
     p = Path(check_weights_path(engine, path))
-    state, extras = read_checkpoint(p, fmt)
+    advice = f"give the .safetensors an rtseg {engine} training run wrote"
+    state, extras = read_checkpoint(p, fmt, advice)
     if p.suffix != ".safetensors":
         if "step" in extras and "config" not in extras:
             raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
                                f"finish the run with --resume to export the .safetensors, or pass the .safetensors "
                                f"it wrote")
         raise WeightsError(f"{p}: not rtseg {engine} weights (those are a .safetensors file with a .json manifest "
-                           f"beside it); give the .safetensors an rtseg {engine} training run wrote")
+                           f"beside it); {advice}")
     cfg, names = manifest_config(extras, config_type, source=manifest_path(p))
     return state, cfg, names
 

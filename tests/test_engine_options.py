@@ -15,7 +15,7 @@ import rtseg
 from rtseg.data.synthetic import CLASSES
 from rtseg.engines.fcn import save_fcn
 from rtseg.engines.msrcnn import save_msrcnn
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import FCN, FcnConfig
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 
@@ -118,3 +118,13 @@ def test_torchvision_fcn_refuses_a_bad_option_before_building_it(no_network, opt
 def test_a_bad_option_is_reported_before_a_missing_weights_file(tmp_path, name):
     """Was the weights' error ('file not found'): fixing it only led to the option's."""
     _refused(BAD_DEVICE[1], name, str(tmp_path / "missing.safetensors"), **BAD_DEVICE[0])
+
+
+@pytest.mark.parametrize("name", ["fcn", "msrcnn"])
+def test_a_missing_weights_file_of_fcn_or_msrcnn_asks_for_their_own_weights(tmp_path, name):
+    """Was "…: not found; give an official YOLACT .pth or an rtseg .safetensors" (YOLACT's advice)."""
+    path = tmp_path / "missing.safetensors"
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(path))}: not found; give the \.safetensors an rtseg "
+                                           rf"{name} training run wrote$"):
+        rtseg.load(name, str(path))
+
