@@ -140,9 +140,10 @@ class FileSource(Source):
         # _key: (byte position, timeline offset in s) of the key frame to start from
         self._key: tuple[int, float] | None = None
         self._seekable = timeouts is not None or os.path.isfile(path)  # (not a pipe: it can be sought or reopened)
-        self._scanned = timeouts is None and self._seekable and bool(self._container.format.flags & TS_DISCONT)
+        jumpy = timeouts is None and self._seekable and bool(self._container.format.flags & TS_DISCONT)
+        whole = jumpy and os.path.getsize(path) <= SCAN_WHOLE_BYTES
+        self._scanned = whole or (jumpy and start > 0)  # (a large file without a start: nothing to scan for)
         if self._scanned:
-            whole = os.path.getsize(path) <= SCAN_WHOLE_BYTES
             length, frames = self._scan(rate, until=None if whole else start)
         else:
             length = self._container.duration / 1e6 if self._container.duration else None
@@ -180,8 +181,8 @@ class FileSource(Source):
         join costs one), the decoder may put frames later than their packets' times (frames out of order after
         lost data make jumps of their own): the length is then None, and a ``start`` past the packets' times is
         reached by decoding from the beginning (frames None: none counted). Both None when the file is unreadable
-        further on (decoding from the beginning reports it in one line). ``until`` (s; a file over
-        :data:`SCAN_WHOLE_BYTES` without ``end``): the scan stops past it, the length is None and the count
+        further on (decoding from the beginning reports it in one line). ``until`` (s, the start of a file over
+        :data:`SCAN_WHOLE_BYTES`): the scan stops past it, the length is None and the count
         :meth:`_estimate_frames` (``rate``), or None when the timestamps jumped before it."""
         timeline, last, kept, damaged = Timeline(jumps_ahead=True), -self._period, 0, 0
         try:
