@@ -30,7 +30,8 @@
 # 5. benchmarks.pipeline_efficiency on a 1080p file of RTSEG_PIPELINE_FRAMES frames (default 300; was 150 up to
 #    run 10, i.e. 1.5 s of pipeline at 100 FPS: ratios 0.80-0.86 in three identical runs), R-101 compiled, when PyAV imports
 #    (RTSEG_PIPELINE_S, default 120; RTSEG_PIPELINE_ARGS adds options, e.g. --score-threshold 0 --compare-sinks;
-#    RTSEG_PIPELINE_ARGS_B: a second run with these options, e.g. --mp4-frame-threads 8)
+#    RTSEG_PIPELINE_ARGS_B / _C: a second / third run with these options, e.g. --mp4-frame-threads 8; set but
+#    empty: a run with the defaults, e.g. RTSEG_PIPELINE_ARGS="--decode-threads 4" RTSEG_PIPELINE_ARGS_B="")
 # 6. benchmarks.engine_profile (per-stage wall, launches per call + torch.profiler table of one engine
 #    call, model + post at batch 1 one-graph vs network graph + eager detection step) when
 #    RTSEG_PROFILE_S > 0 (default 0; give it 240: it compiles five graphs of R-101, two of them again, which
@@ -162,12 +163,13 @@ if [ "$SIDE_S" -gt 0 ]; then
   tail -n 12 "$WORK/side_by_side.log"
   pack
 fi
-# One pipeline run with RTSEG_PIPELINE_ARGS, and a second one with RTSEG_PIPELINE_ARGS_B when that is set
-# (e.g. "--mp4-frame-threads 8"; its files end in _b); the second compile is shortened by inductor's cache.
-for RUN in a b; do
+# One pipeline run with RTSEG_PIPELINE_ARGS, then one with RTSEG_PIPELINE_ARGS_B and one with _C when they are
+# set, even empty (their files end in _b, _c); later compiles are shortened by inductor's cache.
+for RUN in a b c; do
   if [ "$RUN" = a ]; then ARGS="${RTSEG_PIPELINE_ARGS:-}"; SUFFIX=""; else
-    [ -n "${RTSEG_PIPELINE_ARGS_B:-}" ] || break
-    ARGS="$RTSEG_PIPELINE_ARGS_B"; SUFFIX="_b"
+    VAR="RTSEG_PIPELINE_ARGS_${RUN^^}"
+    [ -n "${!VAR+set}" ] || break
+    ARGS="${!VAR}"; SUFFIX="_$RUN"
   fi
   T_PIPE=$(( $(left) - 15 - PROF_S ))
   [ "$T_PIPE" -gt 30 ] || PIPE_S=0
