@@ -24,6 +24,8 @@
 #    (join: cat yolact_demo.safetensors.part-* > engines/yolact_demo.safetensors)
 # 3. benchmarks.train_step: one training step of the demo architecture without data loading
 #    (RTSEG_TRAIN_STEP_S, default 90; 0 skips it)
+#    benchmarks.host_copy_cost: CPU time of staging a 1080p frame, torch's copy vs numpy's (~10 s;
+#    RTSEG_HOST_COPY=0 skips it)
 #    benchmarks.gpu_fastpath: model latency per backend/batch, NMS / masks / overlay, whole engine per
 #    1080p frame (RTSEG_BENCH_ARGS adds options, e.g. --presets yolact_base; RTSEG_FASTPATH=0 skips it)
 # 4. benchmarks.official_side_by_side when .official/eval.py exists (RTSEG_SIDE_BY_SIDE_S, default 150)
@@ -132,6 +134,16 @@ if [ "$TRAIN_STEP_S" -gt 0 ]; then
   echo "train_step exit code $?" >> "$WORK/train_step.log"
   cp benchmarks/results/train_step_gpu.json "$WORK/" 2>/dev/null
   tail -n 4 "$WORK/train_step.log"
+  pack
+fi
+
+# CPU time of staging a 1080p frame for upload, torch's copy vs numpy's (~10 s; RTSEG_HOST_COPY=0 skips it).
+if [ "${RTSEG_HOST_COPY:-1}" != 0 ] && [ "$(left)" -gt 60 ]; then
+  echo "== host_copy_cost"
+  timeout --kill-after=5 30 "$PY" -m benchmarks.host_copy_cost > "$WORK/host_copy_cost.log" 2>&1
+  echo "host_copy_cost exit code $?" >> "$WORK/host_copy_cost.log"
+  cp benchmarks/results/host_copy_cost_gpu.json "$WORK/" 2>/dev/null
+  tail -n 4 "$WORK/host_copy_cost.log"
   pack
 fi
 

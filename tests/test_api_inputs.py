@@ -126,6 +126,22 @@ def test_cuda_index_beyond_the_devices_is_refused(monkeypatch) -> None:
 
 
 @pytest.mark.gpu
+def test_odd_frames_go_up_to_the_gpu_as_they_are(engine, frame) -> None:
+    """The CUDA upload (numpy copy into page-locked memory, non-blocking copy up): read-only, non-contiguous
+    and 1-pixel frames reach the device unchanged, also when many uploads are queued before any is read."""
+    cuda = rtseg.load("yolact", weights=DEMO, device="cuda")
+    ro = frame.copy()
+    ro.setflags(write=False)
+    frames = [ro, frame[:, ::-1], frame[::2, ::3], np.full((1, 1, 3), 7, np.uint8)] * 4
+    uploads = [cuda._upload(f) for f in frames]
+    for f, up in zip(frames, uploads):
+        assert up.is_cuda and np.array_equal(up.cpu().numpy(), f)
+    got = cuda.preprocess([frame, frame[:, ::-1]]).cpu()
+    want = engine.preprocess([frame, frame[:, ::-1]])
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.gpu
 def test_cuda_index_beyond_the_devices_is_refused_on_a_gpu() -> None:
     n = torch.cuda.device_count()
     with pytest.raises(ConfigError, match=f"cuda:{n} requested but this machine has {n} CUDA device"):

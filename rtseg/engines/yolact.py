@@ -243,11 +243,16 @@ class YolactEngine(StagedEngine):
 
         The page-locked copy comes from torch's caching host allocator, which reuses a block only after the
         copies queued from it have finished (and keeps a bounded set of size classes, whatever the frame sizes).
+        The frame is copied into it by numpy on this thread: torch's own copy (``pin_memory()``) splits a 1080p
+        frame over its OpenMP pool, whose idle workers then spin for milliseconds each, every frame, taking the
+        cores the decoder and encoder threads need (``benchmarks/host_copy_cost.py``).
         """
         host = host_tensor(img)
         if self._dev.type != "cuda":
             return host.to(self._dev)
-        return host.pin_memory().to(self._dev, non_blocking=True)
+        staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        np.copyto(staging.numpy(), host.numpy())
+        return staging.to(self._dev, non_blocking=True)
 
     @property
     def backend(self) -> Backend:
