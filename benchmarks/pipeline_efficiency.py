@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, write_result  # noqa: E402
 from rtseg.data.synthetic import SyntheticScene  # noqa: E402
+from rtseg.engines.base import host_tensor  # noqa: E402
 from rtseg.engines.yolact import YolactEngine  # noqa: E402
 from rtseg.models.yolact import PRESETS, YolactConfig  # noqa: E402
 from rtseg.ops.overlay import annotate  # noqa: E402
@@ -44,6 +45,14 @@ from rtseg.video.sources import open_source  # noqa: E402
 FPS = 30
 
 
+def count(text: str) -> int:
+    """An option's thread count (argparse type): an int >= 0; a negative one is refused in argparse's error line."""
+    value = int(text)  # not a number: argparse's "invalid count value: 'x'"
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
 def clip_source(clip: Path, decode_threads: int):
     """The clip's FileSource; ``decode_threads`` > 0 sets FFmpeg's decoder thread count (an experiment's knob, set
     on the source's stream before its first decode; 0: FFmpeg's own choice, as rtseg runs)."""
@@ -51,6 +60,12 @@ def clip_source(clip: Path, decode_threads: int):
     if decode_threads:
         source._stream.thread_count = decode_threads
     return source
+
+
+def stage_with_torch(engine: YolactEngine) -> None:
+    """An A/B knob: ``engine`` copies each frame into page-locked memory with torch's ``pin_memory()`` (the upload
+    up to run 13, split over torch's OpenMP pool) instead of numpy's one-thread copy."""
+    engine._upload = lambda img: host_tensor(img).pin_memory().to(engine.device, non_blocking=True)
 
 
 def make_clip(path: Path, frames: int, width: int, height: int) -> None:
@@ -154,25 +169,35 @@ def main() -> int:
                     help="Mp4Sink(frame_threads=N) everywhere in this run (0: x264 zerolatency, the default)")
     ap.add_argument("--mp4-slice-threads", type=int, default=0,
                     help="Mp4Sink(slice_threads=N): x264 zerolatency with N sliced threads (0: one per core)")
-    ap.add_argument("--decode-threads", type=int, default=0,
+    ap.add_argument("--decode-threads", type=count, default=0,
                     help="FFmpeg decoder threads everywhere in this run (0: FFmpeg's choice, one per core)")
-    ap.add_argument("--cv2-threads", type=int, default=-1,
-                    help="cv2.setNumThreads(N) for this run (-1: OpenCV's default, one per core)")
+    ap.add_argument("--cv2-threads", type=count, default=None,
+                    help="cv2.setNumThreads(N) for this run (0: no threads of OpenCV's; default: OpenCV's, one per "
+                         "core)")
+    ap.add_argument("--torch-threads", type=count, default=0,
+                    help="torch.set_num_threads(N) for this run (0: torch's default, one per core; 1 on the CPU)")
+    ap.add_argument("--stage-with-torch", action="store_true",
+                    help="CUDA: copy frames into page-locked memory with torch's pin_memory() (the upload up to "
+                         "run 13) instead of numpy's copy")
     ap.add_argument("--compare-sinks", action="store_true",
                     help="also run with the sinks written one after the other (the output stage before SinkWriter)")
     ap.add_argument("--switch-ms", type=float, nargs="+", default=[],
                     help="also run under these interpreter thread switch intervals (ms; Python's default is 5)")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    if args.cv2_threads >= 0:
+    if args.stage_with_torch and not args.device.startswith("cuda"):
+        ap.error("--stage-with-torch compares page-locked uploads: give --device cuda")
+    if args.cv2_threads is not None:
         cv2.setNumThreads(args.cv2_threads)
-    if args.device == "cpu":
-        torch.set_num_threads(1)  # leave the second core to the other stages
+    if args.torch_threads or args.device == "cpu":
+        torch.set_num_threads(args.torch_threads or 1)  # CPU: leave the second core to the other stages
     torch.manual_seed(0)
     cfg = (PRESETS[args.preset] if args.preset else
            YolactConfig(backbone="resnet18", num_classes=6, input_size=256, fpn_channels=64, num_prototypes=16))
     engine = YolactEngine.from_config(cfg, score_threshold=args.score_threshold, top_k=10, device=args.device,
                                       backend=args.backend)
+    if args.stage_with_torch:
+        stage_with_torch(engine)
     engine.warmup()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -200,7 +225,9 @@ def main() -> int:
                   f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
         "sinks": f"Mp4Sink (libx264 veryfast, frame_threads {args.mp4_frame_threads}, slice_threads "
                  f"{args.mp4_slice_threads}) + JsonlSink (RLE masks)",
-        "threads": {"decode": args.decode_threads or "FFmpeg's", "cv2": cv2.getNumThreads()},
+        "threads": {"decode": args.decode_threads or "FFmpeg's", "cv2": cv2.getNumThreads(),
+                    "torch": torch.get_num_threads()},
+        "upload_staging": "torch pin_memory()" if args.stage_with_torch else "numpy copy",
         "stage_alone_ms": {k: 1e3 * v for k, v in stages.items()},
         "sink_alone_ms": {k: 1e3 * v for k, v in per_sink.items()}, "detections_per_frame": detections,
         "slowest_stage": slowest, "slowest_stage_fps": slowest_fps,

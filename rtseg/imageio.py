@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -116,8 +117,9 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     may still decode it, under its own 2^30-pixel cap). PNG and BMP are read here (Pillow refuses some that
     OpenCV decodes: a chunk with a bad checksum, an unusual BMP header), Radiance HDR, PFM and PAM too (Pillow
     does not know them), GIF and WebP too (Pillow's readers of those check the size against its own limit, and
-    its WebP reader allocates the whole canvas); the other formats OpenCV decodes through Pillow's header readers
-    (:func:`_pillow_size`)."""
+    its WebP reader allocates the whole canvas), TIFF, JPEG and AVIF too (Pillow's readers of those parse the
+    EXIF / TIFF directories whole and print "Corrupt EXIF data" warnings on stderr for a damaged or cut one);
+    the other formats OpenCV decodes through Pillow's header readers (:func:`_pillow_size`)."""
     if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack_from(">II", data, 16)
     if data.startswith(b"BM") and len(data) >= 26:
@@ -128,6 +130,12 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         return _gif_size(data)
     if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
         return _webp_size(data)
+    if data.startswith(_TIFF):
+        return _tiff_size(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_size(data)
+    if data[4:8] == b"ftyp" and data[8:12] in _AVIF_BRANDS:
+        return _avif_size(data)
     head = data[:1 << 16]
     if head.startswith(b"#?") and (hdr := _HDR_SIZE.search(head)):
         first, second = int(hdr.group(3)), int(hdr.group(6))
@@ -172,9 +180,99 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_TIFF = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # little / big-endian TIFF, then BigTIFF
+#: The field layout of a TIFF's image file directory (IFD), classic then BigTIFF: the IFD's offset (at byte 4 or 8),
+#: its entry count, one entry (tag, type, count, value or offset).
+_TIFF_LAYOUT = {False: ("I", 4, "H", "HHI4s"), True: ("Q", 8, "Q", "HHQ8s")}
+#: The TIFF field types a width or height may have: SHORT, LONG, LONG8 (BigTIFF).
+_TIFF_INTS = {3: "H", 4: "I", 16: "Q"}
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the TIFF (or BigTIFF) in ``data``: the ImageWidth and ImageLength fields of its first
+    directory (the page OpenCV decodes), None when the directory is cut short or lacks them."""
+    order = "<" if data.startswith(b"II") else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
+    offset_type, offset_at, count_type, entry_type = _TIFF_LAYOUT[big]
+    entry = struct.Struct(order + entry_type)
+    try:
+        (ifd,) = struct.unpack_from(order + offset_type, data, offset_at)
+        (count,) = struct.unpack_from(order + count_type, data, ifd)
+        if count > 0xFFFF:  # libtiff's own check: not a directory
+            return None
+        first = ifd + struct.calcsize(count_type)
+        fields = {}
+        for pos in range(first, first + count * entry.size, entry.size):
+            tag, kind, _, value = entry.unpack_from(data, pos)
+            if tag in (256, 257) and kind in _TIFF_INTS:
+                fields[tag] = struct.unpack_from(order + _TIFF_INTS[kind], value)[0]
+            if len(fields) == 2:
+                return fields[256], fields[257]
+    except struct.error:  # cut short
+        return None
+    return None
+
+
+#: JPEG's start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC), whose segment holds the image's size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the JPEG in ``data`` from its frame header, found by skipping the segments before it
+    (EXIF and thumbnails among them) by their lengths; None when it is cut short or a scan comes first."""
+    pos = 2
+    while (pos := data.find(b"\xff", pos)) >= 0 and pos + 9 <= len(data):  # skips junk, as libjpeg does
+        marker = data[pos + 1]
+        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:  # no length: junk, TEM, a fill byte, RSTn
+            pos += 1 if marker == 0xFF else 2
+        elif marker in _JPEG_SOF:  # length, precision, height, width
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        elif marker in (0xD9, 0xDA):  # the end, or a scan before any frame header
+            return None
+        else:
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return None
+
+
+#: The major brands of an AVIF file's ``ftyp`` box (those Pillow's AVIF reader accepts).
+_AVIF_BRANDS = (b"avif", b"avis", b"mif1", b"msf1")
+
+
+def _avif_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the AVIF in ``data``: the largest image spatial extent (``ispe``) among its item
+    properties (``meta/iprp/ipco``): the primary image's, a grid's canvas; its tiles' and alpha plane's are no
+    larger. None when it has none (an image sequence without a still image) or they are cut short."""
+    box = (0, len(data))
+    for kind, skip in ((b"meta", 4), (b"iprp", 0), (b"ipco", 0)):  # meta is a full box: version and flags first
+        box = next(((start + skip, end) for name, start, end in _boxes(data, *box) if name == kind), None)
+        if box is None:
+            return None
+    sizes = [struct.unpack_from(">II", data, start + 4) for name, start, end in _boxes(data, *box)
+             if name == b"ispe" and end - start >= 12]  # version and flags, width, height
+    return max(sizes, key=lambda size: size[0] * size[1], default=None)
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, body start, body end) of each ISO base media (MP4, AVIF) box in ``data[start:end]``, up to one cut
+    short or of an impossible size."""
+    while start + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, start)
+        head = 8
+        if size == 1 and start + 16 <= end:  # a 64-bit size follows the type
+            (size,), head = struct.unpack_from(">Q", data, start + 8), 16
+        elif size == 0:  # up to the end
+            size = end - start
+        if size < head or start + size > end:
+            return
+        yield kind, start + head, start + size
+        start += size
+
+
 #: Pillow's names of the other formats OpenCV decodes (PPM: PBM, PGM and PPM). Their header readers run no size
 #: check of Pillow's own; ``Image.open`` does, as do its readers of GIF, WebP and formats OpenCV does not decode.
-_PILLOW_FORMATS = ("JPEG", "TIFF", "JPEG2000", "PPM", "SUN", "AVIF")
+#: Nor do they warn (its TIFF, JPEG and AVIF readers do, on a damaged EXIF / TIFF directory).
+_PILLOW_FORMATS = ("JPEG2000", "PPM", "SUN")
 
 
 def _pillow_size(data: bytes) -> tuple[int, int] | None:

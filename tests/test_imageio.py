@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import struct
 import threading
@@ -69,23 +70,30 @@ def _gif_header(width: int, height: int) -> bytes:
 
 
 def _jpeg_header(width: int, height: int) -> bytes:
-    """A baseline JPEG's start and frame header of ``width`` x ``height`` (Pillow sizes it; no pixels)."""
+    """A baseline JPEG's start, an EXIF segment and frame header of ``width`` x ``height`` (no pixels)."""
     frame = struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([k, 0x11, 0]) for k in (1, 2, 3))
-    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", 2 + len(frame)) + frame + b"\xff\xd9"
+    exif = b"Exif\0\0II*\0" + struct.pack("<IH", 8, 0) + b"\xff\xc0"  # a frame marker's bytes inside it
+    return (b"\xff\xd8" + b"\xff\xe1" + struct.pack(">H", 2 + len(exif)) + exif
+            + b"\xff\xc0" + struct.pack(">H", 2 + len(frame)) + frame + b"\xff\xd9")
+
+
+def _ppm_header(width: int, height: int) -> bytes:
+    """A binary PPM's header of ``width`` x ``height`` (Pillow sizes it; no pixels)."""
+    return f"P6\n{width} {height}\n255\n".encode()
 
 
 def test_pillow_s_own_limit_neither_refuses_nor_passes_an_image_here(monkeypatch):
     """Pillow's ``MAX_IMAGE_PIXELS`` is the user's (process-wide) setting: an image is refused by rtseg's limit alone.
     ``Image.open`` raised over twice Pillow's limit, which a user's lower setting made a refusal of small images."""
-    small = cv2.imencode(".jpg", np.full((48, 64, 3), 7, np.uint8))[1]
+    small = cv2.imencode(".ppm", np.full((48, 64, 3), 7, np.uint8))[1]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert decode_image(small.tobytes()).shape == (48, 64, 3)  # was "3,072 pixels, over the 134,217,728 rtseg reads"
     for limit in (1000, None, Image.MAX_IMAGE_PIXELS):
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
         with pytest.raises(ImageReadError, match=f"^{BIG_LINE}$"):
-            decode_image(_jpeg_header(*BIG))
+            decode_image(_ppm_header(*BIG))
     with pytest.raises(ImageReadError, match=f"^20000 x 10000 pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "):
-        decode_image(_jpeg_header(20_000, 10_000))  # was "200,000,000 pixels": Pillow's message, its size unsaid
+        decode_image(_ppm_header(20_000, 10_000))  # was "200,000,000 pixels": Pillow's message, its size unsaid
 
 
 def test_pillow_s_size_warning_neither_reaches_the_user_nor_touches_the_warning_filters():
@@ -96,7 +104,7 @@ def test_pillow_s_size_warning_neither_reaches_the_user_nor_touches_the_warning_
     def warn() -> None:
         warnings.warn("the user's own warning", UserWarning)
 
-    header = _jpeg_header(10_000, 10_000)
+    header = _ppm_header(10_000, 10_000)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # Pillow's warning, had it passed, would be caught too
         warn()
@@ -107,9 +115,9 @@ def test_pillow_s_size_warning_neither_reaches_the_user_nor_touches_the_warning_
 
 
 def test_a_filter_another_thread_sets_during_a_read_is_kept(monkeypatch):
-    """Pillow's JPEG reader registered anew, to set a filter from another thread while rtseg reads the header."""
+    """Pillow's PPM reader registered anew, to set a filter from another thread while rtseg reads the header."""
     Image.init()
-    factory, accept = Image.OPEN["JPEG"]
+    factory, accept = Image.OPEN["PPM"]
 
     def set_filter_elsewhere(fp, filename):
         thread = threading.Thread(target=warnings.filterwarnings, args=("ignore", "set by another thread"))
@@ -117,9 +125,9 @@ def test_a_filter_another_thread_sets_during_a_read_is_kept(monkeypatch):
         thread.join()
         return factory(fp, filename)
 
-    small = cv2.imencode(".jpg", np.full((48, 64, 3), 7, np.uint8))[1]
+    small = cv2.imencode(".ppm", np.full((48, 64, 3), 7, np.uint8))[1]
     with warnings.catch_warnings():
-        monkeypatch.setitem(Image.OPEN, "JPEG", (set_filter_elsewhere, accept))
+        monkeypatch.setitem(Image.OPEN, "PPM", (set_filter_elsewhere, accept))
         assert decode_image(small.tobytes()).shape == (48, 64, 3)
         assert any(f[1] and f[1].pattern == "set by another thread" for f in warnings.filters)
 
@@ -169,7 +177,31 @@ def _webp(chunk: bytes, body: bytes) -> bytes:
     return b"RIFF" + struct.pack("<I", 12 + len(body)) + b"WEBP" + chunk + struct.pack("<I", len(body)) + body
 
 
-HEADERS = {  # formats whose size is read here (Pillow cannot tell it, or checks it against its own limit)
+def _box(kind: bytes, body: bytes) -> bytes:
+    """An ISO base media (MP4, AVIF) box."""
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def _avif_header(width: int, height: int) -> bytes:
+    """An AVIF's file type and item properties: a 1 x 1 thumbnail's extent, then ``width`` x ``height`` (no pixels)."""
+    ipco = b"".join(_box(b"ispe", bytes(4) + struct.pack(">II", *size)) for size in ((1, 1), (width, height)))
+    return (_box(b"ftyp", b"avif" + bytes(4) + b"avifmif1")
+            + _box(b"meta", bytes(4) + _box(b"hdlr", bytes(25)) + _box(b"iprp", _box(b"ipco", ipco))))
+
+
+def _tiff_header(order: str, big: bool, width: int, height: int) -> bytes:
+    """A TIFF's (BigTIFF's) header and first directory: a NewSubfileType field, then the width as a SHORT (LONG8),
+    the height as a LONG; ``order`` "<" or ">" (no pixels)."""
+    fields = ((254, 4, 0), (256, 16 if big else 3, width), (257, 4, height))
+    entries = b"".join(struct.pack(order + ("HHQ" if big else "HHI"), tag, kind, 1)
+                       + struct.pack(order + {3: "H", 4: "I", 16: "Q"}[kind], value).ljust(8 if big else 4, b"\0")
+                       for tag, kind, value in fields)
+    magic = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
+    head = struct.pack(order + "HHQQ", 8, 0, 16, len(fields)) if big else struct.pack(order + "IH", 8, len(fields))
+    return magic + head + entries
+
+
+HEADERS = {  # formats whose size is read here (Pillow cannot tell it, checks it against its own limit, or warns)
     "png with a bad chunk checksum": lambda big: _with_bad_text_chunk(big),
     "bmp, 48-byte info header": lambda big: (b"BM" + struct.pack("<IHHI", 0, 0, 0, 62) + struct.pack("<Iii", 48, *BIG)
                                              + struct.pack("<HH", 1, 24) + bytes(36)),
@@ -185,6 +217,12 @@ HEADERS = {  # formats whose size is read here (Pillow cannot tell it, or checks
                                        + bytes(16)),
     "webp extended": lambda big: _webp(b"VP8X", bytes(4) + (BIG[0] - 1).to_bytes(3, "little")
                                        + (BIG[1] - 1).to_bytes(3, "little")),
+    "jpeg after an exif segment": lambda big: _jpeg_header(*BIG),
+    "tiff little-endian": lambda big: _tiff_header("<", False, *BIG),
+    "tiff big-endian": lambda big: _tiff_header(">", False, *BIG),
+    "bigtiff little-endian": lambda big: _tiff_header("<", True, *BIG),
+    "bigtiff big-endian": lambda big: _tiff_header(">", True, *BIG),
+    "avif": lambda big: _avif_header(*BIG),
 }
 
 
@@ -227,3 +265,82 @@ def test_an_opencv_error_while_decoding_is_an_unreadable_image(monkeypatch):
     monkeypatch.setattr(imageio, "_header_size", lambda data: None)
     with pytest.raises(ImageReadError, match="^not a readable image file$"):
         decode_image(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 40000 +X 30000\n" + bytes(64))
+
+
+def _pillow_image(format: str, **params) -> bytes:
+    """A 53 x 37 RGB image as Pillow writes it in ``format``, with EXIF: a camera maker (text held outside the
+    directory), an orientation that leaves the image as it is."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Camera maker", 1
+    out = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8)
+    Image.fromarray(pixels).save(out, format, exif=exif, **params)
+    return out.getvalue()
+
+
+def _damaged_tiffs(data: bytes) -> dict[str, bytes]:
+    """``data`` (a TIFF) cut at 10 points (in the header, its directory, the field data after it, the pixels), and
+    with its directory damaged: its offset, entry count, or the offset of the camera maker's text past the end."""
+    order = "<" if data.startswith(b"II") else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
+    offset, count, entry = ("Q", "Q", 20) if big else ("I", "H", 12)
+    (ifd,) = struct.unpack_from(order + offset, data, 8 if big else 4)
+    first = ifd + struct.calcsize(count)
+    (n,) = struct.unpack_from(order + count, data, ifd)
+    make = next(first + k * entry for k in range(n) if struct.unpack_from(order + "H", data, first + k * entry)[0] == 271)
+    past_end = struct.pack(order + offset, len(data) + 1000)
+    cuts = (4, 7, ifd + 1, first + 2 * entry + 3, first + n * entry + 10, len(data) // 3, len(data) // 2,
+            len(data) - 100, len(data) - 10, len(data) - 1)
+    return {**{f"cut at {cut}": data[:cut] for cut in cuts},
+            "directory past the end": data[:8 if big else 4] + past_end + data[16 if big else 8:],
+            "entry count 0xFFFF": data[:ifd] + struct.pack(order + count, 0xFFFF) + data[first:],
+            "camera maker's text past the end": data[:make + entry - len(past_end)] + past_end + data[make + entry:]}
+
+
+TIFFS = {"uncompressed (directory first)": {}, "lzw (directory last)": {"compression": "tiff_lzw"},
+         "bigtiff": {"big_tiff": True}}
+
+
+@pytest.mark.parametrize("kind", list(TIFFS))
+def test_a_cut_or_damaged_tiff_is_the_image_or_one_line_and_no_warning(kind, tmp_path):
+    """Pillow's TIFF reader, which sized TIFFs, printed "Corrupt EXIF data", "Truncated File Read" or "Possibly corrupt
+    EXIF data" warnings on stderr for a cut or damaged directory, beside rtseg's line (or a good image)."""
+    data = _pillow_image("TIFF", **TIFFS[kind])
+    assert decode_image(data).shape == (37, 53, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, bad in _damaged_tiffs(data).items():
+            try:
+                assert decode_image(bad).shape == (37, 53, 3), name
+            except ImageReadError as exc:
+                assert str(exc) == "not a readable image file", name
+        (tmp_path / "a.tif").write_bytes(data[:60])
+        with pytest.raises(ImageReadError, match="^not a readable image file$"):
+            read_image_file(tmp_path / "a.tif")
+    assert [str(w.message) for w in caught] == []
+
+
+def _exif_past_the_end(data: bytes, label: bytes) -> bytes:
+    """``data`` with the first directory's offset in the TIFF structure (EXIF, an MPO's index) after ``label``
+    pointed past the end of it."""
+    little, big = data.find(label + b"II*\0"), data.find(label + b"MM\0*")
+    assert max(little, big) >= 0
+    at = max(little, big) + len(label)
+    order = "<" if little >= 0 else ">"
+    return data[:at + 4] + struct.pack(order + "I", 0xFF00) + data[at + 8:]
+
+
+@pytest.mark.parametrize("name, data", [
+    ("jpeg's exif", lambda: _exif_past_the_end(_pillow_image("JPEG"), b"Exif\0\0")),
+    ("mpo's index", lambda: _exif_past_the_end(
+        _pillow_image("MPO", save_all=True, append_images=[Image.new("RGB", (53, 37))]), b"MPF\0")),
+    pytest.param("avif's exif", lambda: _exif_past_the_end(_pillow_image("AVIF"), b"Exif\0\0"),
+                 marks=pytest.mark.skipif(not features.check("avif"), reason="Pillow without AVIF")),
+])
+def test_a_damaged_exif_in_a_jpeg_or_avif_is_read_without_a_warning(name, data):
+    """The image decodes (OpenCV passes over the EXIF it cannot read); Pillow's JPEG and AVIF readers, which sized
+    them, parsed the EXIF (an MPO's index) and printed "Corrupt EXIF data" warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_image(data()).shape == (37, 53, 3)
+    assert [str(w.message) for w in caught] == []

@@ -729,6 +729,22 @@ def test_a_joined_mpeg_ts_over_the_whole_scan_size_is_read_only_to_its_start(thr
     assert got == pytest.approx([i / 10 for i in range(first, 60)])
 
 
+def test_a_long_scan_of_an_mpeg_ts_says_so_once_before_the_first_frame(three_parts, clip, monkeypatch, capsys):
+    """Reading a large file's packet times (1 GB: seconds) printed nothing before the first frame. Here every scan is
+    long (SCAN_NOTICE_S = 0: the line comes at the first packet); a file that is not scanned says nothing."""
+    monkeypatch.setattr(sources_av, "SCAN_NOTICE_S", 0.0)
+    size = three_parts.stat().st_size / 1e6
+    with open_source(str(three_parts), start=2.5) as source:
+        said = capsys.readouterr().err
+        assert len(list(source)) == 35
+    assert said == (f"rtseg: reading the packet times of {three_parts} ({size:,.0f} MB) before decoding it (its "
+                    "timestamps may jump: spliced or joined video)\n")
+    assert capsys.readouterr().err == ""
+    with open_source(str(clip)) as source:  # an MP4: no timestamp jumps, no scan
+        assert len(list(source)) == 30
+    assert capsys.readouterr().err == ""
+
+
 def test_a_joined_mpeg_ts_from_a_pipe_with_a_start_plays_from_there(three_parts, tmp_path):
     """A FIFO can be neither sought nor reopened: the source reads on and drops the frames before the start. (It
     reopened the FIFO after the seek failed, and waited for a second writer for ever.)"""

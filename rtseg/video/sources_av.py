@@ -7,6 +7,7 @@ with timestamps even where the file stores none.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from fractions import Fraction
 from itertools import chain
@@ -28,6 +29,10 @@ AV_ERRORS = (av.FFmpegError, OSError, EOFError)
 #: its end, for its length and frame count; a larger one only up to ``--start``: its progress total is then the
 #: header's estimate (one part's in a joined file), or unknown where the timestamps jumped before the start.
 SCAN_WHOLE_BYTES = 1 << 30
+#: A scan that has taken this long (s) says so, once, on stderr: up to a 1-GB file's ~1-5 s went by without a word
+#: before the first frame. A time, not a file size: the scan's speed per MB varies fivefold (and more on a cold or
+#: network disk), and a scan to ``--start`` reads an unknown part of the file.
+SCAN_NOTICE_S = 1.0
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -133,6 +138,7 @@ class FileSource(Source):
                  timeouts: tuple[float, float] | None = None) -> None:
         self._container, self._stream = _open_file(path, timeouts)
         name = redact_url(path)  # in messages: an HTTP file's URL without its credentials
+        self._open, self._name = (path, timeouts), name
         rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
         self._stride, self._start, self._end = vid_stride, start, end
@@ -152,7 +158,6 @@ class FileSource(Source):
             self._container.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
                               f"choose an earlier start")
-        self._open, self._name = (path, timeouts), name
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
         self._reformatter = VideoReformatter()  # decoded frames → BGR, one swscale context for the whole file
         self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
@@ -186,7 +191,7 @@ class FileSource(Source):
         :meth:`_estimate_frames` (``rate``), or None when the timestamps jumped before it."""
         timeline, last, kept, damaged = Timeline(jumps_ahead=True), -self._period, 0, 0
         try:
-            for packet in self._container.demux(self._stream):
+            for packet in self._said_when_slow(self._container.demux(self._stream)):
                 damaged += packet.is_corrupt
                 own = self._time(packet.dts)  # decode order: times rise but at a jump (pts go back at B-frames)
                 if own is None:
@@ -211,6 +216,18 @@ class FileSource(Source):
         if self._start >= length:
             self._key = None
         return None, self._strided(kept) if kept else None
+
+    def _said_when_slow(self, packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
+        """``packets``; once reading them has taken :data:`SCAN_NOTICE_S`, one line on stderr says what the wait for
+        the first frame is."""
+        deadline: float | None = time.monotonic() + SCAN_NOTICE_S
+        for packet in packets:
+            if deadline is not None and time.monotonic() >= deadline:
+                size = os.path.getsize(self._open[0])
+                print(f"rtseg: reading the packet times of {self._name} ({size / 1e6:,.0f} MB) before decoding it "
+                      "(its timestamps may jump: spliced or joined video)", file=sys.stderr, flush=True)
+                deadline = None
+            yield packet
 
     def _strided(self, frames: int) -> int:
         """How many of ``frames`` consecutive frames are yielded, every ``vid_stride``-th from the first."""
