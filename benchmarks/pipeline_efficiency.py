@@ -165,9 +165,9 @@ def main() -> int:
     ap.add_argument("--result", default="pipeline_efficiency", help="results/<name>.json")
     ap.add_argument("--score-threshold", type=float, default=0.3,
                     help="detections kept (random weights score low: 0.3 leaves next to none, 0 keeps top_k)")
-    ap.add_argument("--mp4-frame-threads", type=int, default=0,
+    ap.add_argument("--mp4-frame-threads", type=count, default=0,
                     help="Mp4Sink(frame_threads=N) everywhere in this run (0: x264 zerolatency, the default)")
-    ap.add_argument("--mp4-slice-threads", type=int, default=0,
+    ap.add_argument("--mp4-slice-threads", type=count, default=0,
                     help="Mp4Sink(slice_threads=N): x264 zerolatency with N sliced threads (0: one per core)")
     ap.add_argument("--decode-threads", type=count, default=0,
                     help="FFmpeg decoder threads everywhere in this run (0: FFmpeg's choice, one per core)")
@@ -185,6 +185,8 @@ def main() -> int:
                     help="also run under these interpreter thread switch intervals (ms; Python's default is 5)")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
+    if args.mp4_frame_threads and args.mp4_slice_threads:
+        ap.error("give --mp4-frame-threads or --mp4-slice-threads, not both")
     if args.stage_with_torch and not args.device.startswith("cuda"):
         ap.error("--stage-with-torch compares page-locked uploads: give --device cuda")
     if args.cv2_threads is not None:

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow  # two interpreters that import torch: ~7 s each on 2 cores
-@pytest.mark.parametrize("option", ["--decode-threads", "--cv2-threads"])
+@pytest.mark.parametrize("option", ["--decode-threads", "--cv2-threads", "--mp4-slice-threads"])
 def test_a_negative_thread_count_is_one_argparse_line_before_any_work(option, tmp_path):
     """Both were taken unchecked: a negative decoder thread count went to FFmpeg, a negative OpenCV one was
     OpenCV's default unsaid; the benchmark ran (a result written) either way."""
