@@ -45,6 +45,19 @@ def manifest_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def peek_manifest(weights: str | Path) -> dict[str, Any] | None:
+    """The manifest beside the rtseg ``.safetensors`` file ``weights`` as read, nothing in it checked (the loader
+    checks it against the weights: :func:`read_manifest`), for checks of options before the weights are read;
+    None for other files and where no manifest reads as a JSON object (the loader says what is wrong)."""
+    if Path(weights).suffix != ".safetensors":
+        return None
+    try:
+        manifest = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and json.JSONDecodeError too
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def read_user_file(path: Path, advice: str, *, missing: str | None = None) -> bytes:
     """All bytes of the file ``path`` a user gave, read without ever waiting (:func:`rtseg.imageio.read_regular_file`);
     else a WeightsError line naming it: ``missing`` (default ``path: not found; advice``) when there is no such
@@ -233,19 +246,32 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
     model.load_state_dict(state)
 
 
+class YolactWeights(NamedTuple):
+    """What :func:`read_yolact` read, before any network is built: the tensors (official files: without the keys
+    the official loader drops), the config they fit (:attr:`YolactConfig.num_classes`: how many classes they
+    detect), their class names (None when the checkpoint does not name them: official COCO files), the COCO
+    category ids of those classes (rtseg weights trained on a COCO file carry them in the manifest's
+    ``meta.category_ids``; else None) and the file they came from."""
+    state: dict[str, torch.Tensor]
+    config: YolactConfig
+    class_names: list[str] | None
+    category_ids: tuple[int, ...] | None
+    source: Path
+
+
 class LoadedYolact(NamedTuple):
-    """What :func:`load_yolact` read: the model (eval mode), its config, its class names (None when the
-    checkpoint does not name them: official COCO files) and the COCO category ids of those classes (rtseg
-    weights trained on a COCO file carry them in the manifest's ``meta.category_ids``; else None)."""
+    """What :func:`load_yolact` read: the model (eval mode), its config, its class names and category ids (as
+    :class:`YolactWeights`'s)."""
     model: Yolact
     config: YolactConfig
     class_names: list[str] | None
     category_ids: tuple[int, ...] | None
 
 
-def load_yolact(path: str | Path, *, input_size: int | None = None) -> LoadedYolact:
-    """Build and load a YOLACT from an official .pth, an rtseg safetensors file or an rtseg
-    training ``checkpoint.pth`` (its saved config and class names, like a manifest's).
+def read_yolact(path: str | Path, *, input_size: int | None = None) -> YolactWeights:
+    """The tensors and config of an official .pth, an rtseg safetensors file or an rtseg training
+    ``checkpoint.pth`` (its saved config and class names, like a manifest's), without building the network
+    (:func:`build_yolact` does): an engine checks its options against the config first.
 
     input_size: None → the saved size (rtseg files), 700 for official files whose name
     contains "im700", else 550.
@@ -265,9 +291,20 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> LoadedYol
         state = _clean_official(state)
         size = input_size or (700 if "im700" in p.name else 550)
         cfg = infer_config(state, input_size=size, source=str(p))
-    model = Yolact(cfg)
-    load_into(model, state, str(p))
-    return LoadedYolact(model.eval(), cfg, names, category_ids)
+    return YolactWeights(state, cfg, names, category_ids, p)
+
+
+def build_yolact(weights: YolactWeights) -> LoadedYolact:
+    """The network of what :func:`read_yolact` read, its tensors loaded (:func:`load_into`), in eval mode."""
+    model = Yolact(weights.config)
+    load_into(model, weights.state, str(weights.source))
+    return LoadedYolact(model.eval(), weights.config, weights.class_names, weights.category_ids)
+
+
+def load_yolact(path: str | Path, *, input_size: int | None = None) -> LoadedYolact:
+    """Build and load a YOLACT from an official .pth, an rtseg safetensors file or an rtseg
+    training ``checkpoint.pth`` (:func:`read_yolact`, then :func:`build_yolact`; ``input_size`` as there)."""
+    return build_yolact(read_yolact(path, input_size=input_size))
 
 
 def config_from_dict(saved: Any, config_type: type[T]) -> T:

@@ -18,6 +18,7 @@ from rtseg.engines.msrcnn import save_msrcnn
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import FCN, FcnConfig
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
+from rtseg.models.yolact import Yolact, YolactConfig
 
 DEMO = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
 BAD_DEVICE = ({"device": "xpu"}, "unknown device 'xpu'; use cpu, cuda or cuda:N")
@@ -48,6 +49,8 @@ YOLACT_CASES = [
     ({"nms_top_k": 2.5}, "yolact: nms_top_k must be an integer >= 1, got 2.5"),
     ({"max_detections": True}, "yolact: max_detections must be an integer >= 1, got True"),
     ({"class_names": "square"}, "yolact: class_names must be a list of class names (strings), got str 'square'"),
+    # was refused only once the weights had been loaded into a built network
+    ({"class_names": ["a"]}, "yolact: 1 class names for a model with 6 classes"),
     ({"precision": "int8"}, "precision='int8' / calibration frames apply to the tensorrt backend only (got backend "
                             "'eager'); add backend='tensorrt' (--backend tensorrt)"),
     ({"backend": "tensorrtx"}, "unknown backend 'tensorrtx'; choose one of eager, compile, tensorrt, onnx, auto"),
@@ -56,15 +59,34 @@ YOLACT_CASES = [
     BAD_DEVICE,
 ]
 
+#: Bad options of ``rtseg.load("panoptic", instances=("msrcnn", PATH), semantic=FCN_PATH, ...)`` (the FCN's classes:
+#: background, a, b). Each was refused only once both engines had loaded (the bad engines: once one had).
+PANOPTIC_CASES = [
+    ({"score_threshold": 2}, "panoptic: score_threshold must be a number in [0, 1], got 2"),
+    ({"overlap_threshold": "a"}, "panoptic: overlap_threshold must be a number in [0, 1], got 'a'"),
+    ({"stuff_min_area": -1}, "panoptic: stuff_min_area must be an integer >= 0, got -1"),
+    ({"stuff_classes": 5}, "panoptic: stuff_classes must be a class name or a list of class names, got 5"),
+    ({"stuff_classes": "c"}, "panoptic: stuff classes ['c'] are not semantic classes; choose from "
+                             "['background', 'a', 'b']"),  # against the classes the FCN's manifest lists
+    ({"semantic": 3}, "panoptic: semantic= must be an FCN engine or an FCN weights path, got int"),
+    ({"instances": 3}, "panoptic: instances= must be an engine producing Detections (yolact, msrcnn) or a "
+                       "(name, weights) pair such as (\"yolact\", PATH), got int"),
+]
+
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, str]:
-    """Engine name -> tiny rtseg weights: an MS R-CNN of the synthetic classes, a 3-class FCN-32s."""
+    """Engine name -> tiny weights: an MS R-CNN of the synthetic classes, a 3-class FCN-32s (rtseg files), a
+    3-class YOLACT in the official .pth layout (a bare state dict: no class names, no config)."""
     folder = tmp_path_factory.mktemp("weights")
     ms = MaskScoringRCNN(MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=64, max_size=80))
     fcn = FCN(FcnConfig(arch="fcn32s", num_classes=3, width=0.0625))
+    yolact = Yolact(YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32,
+                                 num_prototypes=8))
+    torch.save(yolact.state_dict(), folder / "yolact.pth")
     return {"msrcnn": str(save_msrcnn(folder / "ms.safetensors", ms, list(CLASSES))),
-            "fcn": str(save_fcn(folder / "fcn.safetensors", fcn, ["background", "a", "b"]))}
+            "fcn": str(save_fcn(folder / "fcn.safetensors", fcn, ["background", "a", "b"])),
+            "yolact.pth": str(folder / "yolact.pth")}
 
 
 @pytest.fixture
@@ -95,6 +117,17 @@ def test_fcn_refuses_a_bad_option_before_building_its_network(weights, no_networ
 @pytest.mark.parametrize("options, message", YOLACT_CASES)
 def test_yolact_refuses_a_bad_option_before_building_its_network(no_network, options, message):
     _refused(message, "yolact", DEMO, **options)
+
+
+def test_yolact_pth_refuses_class_names_of_another_count_before_building_its_network(weights, no_network):
+    """An official .pth names no classes: their number is its classification layer's (read from the state dict,
+    no network built). Was refused only once the weights had been loaded into a built network."""
+    _refused("yolact: 2 class names for a model with 3 classes", "yolact", weights["yolact.pth"], class_names=["a", "b"])
+
+
+def test_yolact_pth_takes_class_names_of_its_count(weights):
+    engine = rtseg.load("yolact", weights["yolact.pth"], class_names=["a", "b", "c"])
+    assert engine.class_names == ["a", "b", "c"] and engine.cfg.num_classes == 3
 
 
 def test_yolact_options_checked_early_reach_the_engine():
@@ -128,3 +161,45 @@ def test_a_missing_weights_file_of_fcn_or_msrcnn_asks_for_their_own_weights(tmp_
                                            rf"{name} training run wrote$"):
         rtseg.load(name, str(path))
 
+
+
+@pytest.mark.parametrize("options, message", PANOPTIC_CASES)
+def test_panoptic_refuses_a_bad_option_before_loading_either_engine(weights, no_network, options, message):
+    given = {"instances": ("msrcnn", weights["msrcnn"]), "semantic": weights["fcn"], **options}
+    _refused(message, "panoptic", None, **given)
+
+
+@pytest.fixture(scope="module")
+def fcn_engine(weights):
+    """The FCN engine of ``weights["fcn"]`` (module scope: built before :func:`no_network` applies)."""
+    return rtseg.load("fcn", weights["fcn"])
+
+
+def test_panoptic_checks_stuff_classes_against_an_fcn_engine_before_loading_the_instances(weights, fcn_engine,
+                                                                                           no_network):
+    _refused("panoptic: stuff classes ['c'] are not semantic classes; choose from ['background', 'a', 'b']",
+             "panoptic", None, instances=("msrcnn", weights["msrcnn"]), semantic=fcn_engine, stuff_classes=["c"])
+
+
+def test_panoptic_options_checked_early_reach_the_engine(weights):
+    engine = rtseg.load("panoptic", instances=("msrcnn", weights["msrcnn"]), semantic=weights["fcn"],
+                        stuff_classes="a", score_threshold=0, stuff_min_area=1)
+    assert (engine.stuff_categories, engine.score_threshold, engine.stuff_min_area) == ([1], 0.0, 1)
+
+
+def test_panoptic_stuff_classes_are_not_checked_against_a_manifest_of_another_engine(weights):
+    """MS R-CNN weights given as semantic=: the FCN loader's error, not a list of MS R-CNN classes to choose from."""
+    with pytest.raises(WeightsError, match=r"manifest format is 'rtseg-msrcnn/1', expected 'rtseg-fcn/1'"):
+        rtseg.load("panoptic", instances=("msrcnn", weights["msrcnn"]), semantic=weights["msrcnn"],
+                   stuff_classes=["zzz"])
+
+
+def test_cli_panoptic_refuses_a_bad_score_threshold_before_loading_either_engine(weights, no_network, tmp_path,
+                                                                                    capsys):
+    """``rtseg --engine panoptic --score-threshold 2``: was refused after both engines had loaded (seconds)."""
+    from rtseg.cli import main
+
+    assert main(["--engine", "panoptic", "--weights", weights["msrcnn"], "--semantic", weights["fcn"],
+                 "--score-threshold", "2", "--source", "synthetic", "--json", str(tmp_path / "o.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "rtseg: error: panoptic: score_threshold must be a number in [0, 1], got 2.0"

@@ -913,3 +913,27 @@ def test_every_trainer_refuses_a_weights_path_without_safetensors_before_trainin
     assert main([*data, "--out", str(tmp_path / "x.txt")]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("trainer", ["fcn_trainer", "msrcnn_trainer"])
+@pytest.mark.parametrize("there, said", [(None, "not found"), ("folder", "is a folder")])
+def test_recipe_trainers_refuse_resume_without_a_checkpoint_before_importing_torch(trainer, there, said, tmp_path):
+    """``--resume`` with no checkpoint file where the run of ``--out`` keeps it: was refused only after torch was
+    imported and the data and the model were made (8-12 s); now one line before torch is imported (``-X importtime``
+    lists every module imported), exit 2, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    if there == "folder":
+        (tmp_path / "m.train" / "checkpoint.pth").mkdir(parents=True)
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", f"rtseg.train.{trainer}", "--out", "m.safetensors",
+                          "--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    said_lines = [line for line in run.stderr.splitlines() if not line.startswith("import time:")]
+    assert "torch" not in imported and run.returncode == 2, (run.returncode, said_lines)
+    assert said_lines == [f"{trainer}: error: --resume: checkpoint m.train/checkpoint.pth {said}; a run with --out "
+                          "m.safetensors keeps its checkpoint there: give the --out of the run to continue, or drop "
+                          "--resume to train afresh"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["checkpoint.pth", "m.train"] if there else [])

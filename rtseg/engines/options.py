@@ -104,10 +104,12 @@ def check_options(checks: OptionChecks, options: Mapping[str, Any]) -> dict[str,
     return {key: checks[key](value) if key in checks else value for key, value in options.items()}
 
 
-def given_class_names(engine: str, given: Any, default: Sequence[str], count: int | None) -> Sequence[str]:
+def given_class_names(engine: str, given: Any, default: Sequence[str] | None,
+                      count: int | None) -> Sequence[str] | None:
     """The class names of an engine loaded from weights: ``given`` (its ``class_names=``; None: not given)
-    checked against the ``count`` classes the weights' manifest says (:func:`check_class_names`), before the
-    network is built, else ``default``, the names the weights carry."""
+    checked against the ``count`` classes the weights say (their manifest; an official YOLACT .pth: its
+    classification layer) (:func:`check_class_names`), before the network is built, else ``default``, the names
+    the weights carry (None where they carry none: the engine's own default then)."""
     return default if given is None else check_class_names(engine, given, count)
 
 

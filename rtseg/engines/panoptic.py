@@ -11,6 +11,7 @@ with id = R + 256 G + 256² B and one JSON with ``segments_info`` per frame.
 """
 from __future__ import annotations
 
+import functools
 import json
 import reprlib
 from os import PathLike
@@ -21,12 +22,13 @@ import numpy as np
 
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.engines.base import Engine, frames_as_list
-from rtseg.engines.fcn import FcnEngine
-from rtseg.engines.options import check_int, check_real, resolve_device
+from rtseg.engines.fcn import FCN_FORMAT, FcnEngine
+from rtseg.engines.options import OptionChecks, check_int, check_options, check_real, resolve_device
 from rtseg.engines.slic import SlicEngine
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imread, imwrite
 from rtseg.types import Detections, Panoptic, SemanticMap
+from rtseg.weights import peek_manifest
 
 
 def fuse_panoptic(dets: Detections, semantic: SemanticMap, *, thing_category: np.ndarray,
@@ -147,6 +149,76 @@ def read_panoptic(json_path: str | Path) -> list[Panoptic]:
 
 
 # -- engine --------------------------------------------------------------------------------
+def _check_instances(instances: Any) -> None:
+    """ConfigError unless ``instances`` is an engine producing Detections (not FCN, SLIC or panoptic)."""
+    if isinstance(instances, (FcnEngine, SlicEngine, PanopticEngine)) or not isinstance(instances, Engine):
+        raise ConfigError(f"panoptic: instances= must be an engine producing Detections (yolact, msrcnn) or a "
+                          f"(name, weights) pair such as (\"yolact\", PATH), got {type(instances).__name__}")
+
+
+def _check_given_engines(instances: Any, semantic: Any) -> None:
+    """ConfigError unless ``instances`` is an engine producing Detections or a (name, weights) pair of one
+    (:data:`rtseg.engines.INSTANCE_ENGINES`), and ``semantic`` an FCN engine or a path (of FCN weights): what
+    :meth:`PanopticEngine.from_weights` takes, checked before it loads either."""
+    if isinstance(instances, (tuple, list)):
+        name, path = (instances[0], instances[1]) if len(instances) == 2 else (None, None)
+        if name not in INSTANCE_ENGINES or not isinstance(path, (str, PathLike)):
+            raise ConfigError(f"panoptic: instances={reprlib.repr(instances)} is not a (name, weights) pair with "
+                              f"name one of {', '.join(INSTANCE_ENGINES)} and a weights path")
+    elif isinstance(instances, (str, PathLike)):
+        raise ConfigError(f"panoptic: instances= must be an engine or a (name, weights) pair such as "
+                          f"(\"yolact\", PATH), got {type(instances).__name__}")
+    else:
+        _check_instances(instances)
+    if not isinstance(semantic, (str, PathLike)):
+        _check_semantic(semantic)
+
+
+def _check_semantic(semantic: Any) -> None:
+    """ConfigError unless ``semantic`` is an :class:`FcnEngine`."""
+    if not isinstance(semantic, FcnEngine):
+        raise ConfigError(f"panoptic: semantic= must be an FCN engine or an FCN weights path, "
+                          f"got {type(semantic).__name__}")
+
+
+def _names(stuff_classes: Any) -> list[str]:
+    """Stuff class names: one str is one name; else a sequence of str (ConfigError otherwise)."""
+    if isinstance(stuff_classes, str):
+        return [stuff_classes]
+    if isinstance(stuff_classes, Sequence) and all(isinstance(n, str) for n in stuff_classes):
+        return list(stuff_classes)
+    raise ConfigError(f"panoptic: stuff_classes must be a class name or a list of class names, got {stuff_classes!r}"[:200])
+
+
+def _stuff_categories(stuff: list[str], sem_names: list[str]) -> list[int]:
+    """The semantic label of each stuff class name; ConfigError naming those that are not in ``sem_names``."""
+    unknown = [n for n in stuff if n not in sem_names]
+    if unknown:
+        raise ConfigError(f"panoptic: stuff classes {unknown[:5]} are not semantic classes; choose from {sem_names}")
+    return [sem_names.index(n) for n in stuff]
+
+
+def _semantic_names(semantic: FcnEngine | str | PathLike) -> list[str] | None:
+    """The class names of ``semantic``: an FCN engine's, or those the manifest of the FCN weights at that path
+    lists, before the weights are read (None where there is no FCN manifest listing names: the FCN's loader then
+    says what is wrong with it)."""
+    if isinstance(semantic, FcnEngine):
+        return list(semantic.class_names)
+    manifest = peek_manifest(semantic) or {}
+    names = manifest.get("class_names")
+    listed = manifest.get("format") == FCN_FORMAT and isinstance(names, list) and all(isinstance(n, str) for n in names)
+    return names if listed else None
+
+
+#: The checks of :class:`PanopticEngine`'s options besides its engines (:func:`check_options`).
+_OPTION_CHECKS: OptionChecks = {
+    **{key: functools.partial(check_real, "panoptic", key, low=0.0, high=1.0)
+       for key in ("overlap_threshold", "score_threshold")},
+    "stuff_min_area": functools.partial(check_int, "panoptic", "stuff_min_area", low=0),
+    "stuff_classes": lambda stuff: None if stuff is None else _names(stuff),
+}
+
+
 class PanopticEngine:
     """Instance engine + semantic engine → ``Panoptic`` (see :class:`rtseg.engines.base.Engine`).
 
@@ -160,24 +232,20 @@ class PanopticEngine:
 
     def __init__(self, *, instances: Engine, semantic: FcnEngine, stuff_classes: Sequence[str] | str | None = None,
                  overlap_threshold: float = 0.5, stuff_min_area: int = 64, score_threshold: float = 0.3) -> None:
-        if isinstance(instances, (FcnEngine, SlicEngine, PanopticEngine)) or not isinstance(instances, Engine):
-            raise ConfigError(f"panoptic: instances= must be an engine producing Detections (yolact, msrcnn) or a "
-                              f"(name, weights) pair such as (\"yolact\", PATH), got {type(instances).__name__}")
-        if not isinstance(semantic, FcnEngine):
-            raise ConfigError(f"panoptic: semantic= must be an FCN engine or an FCN weights path, "
-                              f"got {type(semantic).__name__}")
-        self.overlap_threshold = check_real("panoptic", "overlap_threshold", overlap_threshold, low=0.0, high=1.0)
-        self.score_threshold = check_real("panoptic", "score_threshold", score_threshold, low=0.0, high=1.0)
-        self.stuff_min_area = check_int("panoptic", "stuff_min_area", stuff_min_area, low=0)
+        _check_instances(instances)
+        _check_semantic(semantic)
+        checked = check_options(_OPTION_CHECKS, {
+            "overlap_threshold": overlap_threshold, "score_threshold": score_threshold,
+            "stuff_min_area": stuff_min_area, "stuff_classes": stuff_classes})
+        self.overlap_threshold: float = checked["overlap_threshold"]
+        self.score_threshold: float = checked["score_threshold"]
+        self.stuff_min_area: int = checked["stuff_min_area"]
         sem_names = list(semantic.class_names)
         names = sem_names + [n for n in dict.fromkeys(instances.class_names) if n not in sem_names]
         self.thing_category = np.array([names.index(n) for n in instances.class_names], np.int64)
-        stuff = [n for n in sem_names if n not in instances.class_names] if stuff_classes is None else \
-            _names(stuff_classes)
-        unknown = [n for n in stuff if n not in sem_names]
-        if unknown:
-            raise ConfigError(f"panoptic: stuff classes {unknown[:5]} are not semantic classes; choose from {sem_names}")
-        self.stuff_categories = [sem_names.index(n) for n in stuff]
+        stuff = checked["stuff_classes"]
+        self.stuff_categories = _stuff_categories([n for n in sem_names if n not in instances.class_names]
+                                                  if stuff is None else stuff, sem_names)
         self.instances, self.semantic = instances, semantic
         self.class_names = tuple(names)
         self.device = semantic.device
@@ -185,7 +253,9 @@ class PanopticEngine:
     @classmethod
     def from_weights(cls, weights: str | None = None, *, device: str = "cpu", instances: Any = None,
                      semantic: Any = None, **options: Any) -> "PanopticEngine":
-        """``rtseg.load("panoptic", instances=engine_or_(name, weights), semantic=engine_or_weights)``."""
+        """``rtseg.load("panoptic", instances=engine_or_(name, weights), semantic=engine_or_weights)``; every
+        option (the constructor's) is checked before either engine loads (``stuff_classes`` against the classes
+        of ``semantic``: an FCN weights path's are those its manifest lists)."""
         from rtseg.engines import load
 
         resolve_device(device)
@@ -194,15 +264,13 @@ class PanopticEngine:
         if instances is None or semantic is None:
             raise ConfigError("panoptic needs instances= (an engine or (name, weights)) and semantic= "
                               "(an FCN engine or FCN weights path)")
+        _check_given_engines(instances, semantic)
+        options = check_options(_OPTION_CHECKS, options)
+        known = _semantic_names(semantic) if options.get("stuff_classes") is not None else None
+        if known is not None:
+            _stuff_categories(options["stuff_classes"], known)
         if isinstance(instances, (tuple, list)):
-            name, path = (instances[0], instances[1]) if len(instances) == 2 else (None, None)
-            if name not in INSTANCE_ENGINES or not isinstance(path, (str, PathLike)):
-                raise ConfigError(f"panoptic: instances={reprlib.repr(instances)} is not a (name, weights) pair with "
-                                  f"name one of {', '.join(INSTANCE_ENGINES)} and a weights path")
-            instances = load(name, path, device=device)
-        elif isinstance(instances, (str, PathLike)):
-            raise ConfigError(f"panoptic: instances= must be an engine or a (name, weights) pair such as "
-                              f"(\"yolact\", PATH), got {type(instances).__name__}")
+            instances = load(instances[0], instances[1], device=device)
         if isinstance(semantic, (str, PathLike)):
             semantic = load("fcn", semantic, device=device)
         return cls(instances=instances, semantic=semantic, **options)
@@ -228,12 +296,3 @@ class PanopticEngine:
         """Warm up both engines."""
         self.instances.warmup()
         self.semantic.warmup()
-
-
-def _names(stuff_classes: Any) -> list[str]:
-    """Stuff class names: one str is one name; else a sequence of str (ConfigError otherwise)."""
-    if isinstance(stuff_classes, str):
-        return [stuff_classes]
-    if isinstance(stuff_classes, Sequence) and all(isinstance(n, str) for n in stuff_classes):
-        return list(stuff_classes)
-    raise ConfigError(f"panoptic: stuff_classes must be a class name or a list of class names, got {stuff_classes!r}"[:200])

@@ -24,6 +24,7 @@ from rtseg.engines.options import (
     check_options,
     check_real,
     check_weights_path,
+    given_class_names,
     place_network,
     resolve_device,
 )
@@ -184,8 +185,9 @@ class YolactEngine(StagedEngine):
     def from_weights(cls, weights: str, *, input_size: int | None = None, **kwargs) -> "YolactEngine":
         """Load an official .pth or an rtseg .safetensors checkpoint (see :func:`rtseg.weights.load_yolact`);
         ``kwargs`` as the constructor's, checked before the weights are read (``class_names``: whether they are a
-        list of strings; their number, once the weights say how many classes there are)."""
-        from rtseg.weights import load_yolact
+        list of strings; their number once the weights say how many classes there are, before the network is
+        built)."""
+        from rtseg.weights import build_yolact, read_yolact
 
         weights = check_weights_path("yolact", weights)
         if input_size is not None:
@@ -197,11 +199,11 @@ class YolactEngine(StagedEngine):
         kwargs = {key: checked[key] for key in kwargs}
         if kwargs.get("class_names") is not None:  # a generator is read once: the tuple goes on
             kwargs["class_names"] = check_class_names("yolact", kwargs["class_names"], None)
-        loaded = load_yolact(weights, input_size=input_size)
-        if kwargs.get("class_names") is None:  # None, as not given: the names the weights carry
-            kwargs["class_names"] = loaded.class_names
-        engine = cls(model=loaded.model, **kwargs)
-        engine.category_ids = loaded.category_ids
+        read = read_yolact(weights, input_size=input_size)
+        kwargs["class_names"] = given_class_names("yolact", kwargs.get("class_names"), read.class_names,
+                                                  read.config.num_classes)
+        engine = cls(model=build_yolact(read).model, **kwargs)
+        engine.category_ids = read.category_ids
         return engine
 
     # -- stages -------------------------------------------------------------------------

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
-from rtseg.errors import ConfigError
+from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError
 
 LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
 """The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
@@ -30,6 +32,9 @@ RECIPE_RANGES: tuple[NumberRange, ...] = (
     ("--threads", 1, 1024, ""),
 )
 """The range of each numeric option every recipe has."""
+CHECKPOINT_NAME = "checkpoint.pth"
+"""File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``); light, for the checks
+before torch is imported (the same name as :data:`rtseg.train.checkpoint.CHECKPOINT_NAME`)."""
 
 
 def weights_out(out: str | Path) -> Path:
@@ -39,6 +44,36 @@ def weights_out(out: str | Path) -> Path:
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: must end in .safetensors (the .json manifest is written beside it)")
     return out
+
+
+def recipe_checkpoint(out: str | Path) -> Path:
+    """Where a recipe's run writing the weights ``out`` keeps its checkpoint (``--resume`` continues from it):
+    ``<out without .safetensors>.train/checkpoint.pth``."""
+    return Path(out).with_suffix(".train") / CHECKPOINT_NAME
+
+
+def check_input_file(name: str, path: str | Path, advice: str) -> None:
+    """WeightsError unless ``path`` is a regular file this process may read, in one line starting with ``name``
+    (e.g. ``"--init w.pth"``) and, where the file could be another, ending in ``advice`` (what to give instead):
+    not found, permission denied, a folder, a FIFO, socket or device. Light (no torch) and quick: the file is
+    opened, never read, and never waited for (a FIFO opens at once, non-blocking), so that a trainer refuses a
+    file it would read only after seconds of importing torch and preparing data and model."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise WeightsError(f"{name} not found; {advice}") from None
+    except PermissionError:
+        raise WeightsError(f"{name}: {PERMISSION_DENIED}") from None
+    except OSError as e:
+        raise WeightsError(f"{name}: cannot read it ({e.strerror}); {advice}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise WeightsError(f"{name} is a folder; {advice}")
+    if not stat.S_ISREG(mode):
+        raise WeightsError(f"{name} is not a regular file (a FIFO, socket or device); {advice}")
 
 
 def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,
@@ -60,20 +95,23 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
 
 def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[NumberRange] = ()) -> argparse.Namespace:
     """The options of ``argv`` (None: ``sys.argv[1:]``), checked before anything trains: ``--out`` a .safetensors
-    path, :data:`RECIPE_RANGES` and the model's own ``ranges``."""
+    path, :data:`RECIPE_RANGES` and the model's own ``ranges``, and with ``--resume`` the checkpoint it continues
+    from a file that can be read (:func:`check_input_file`)."""
     args = ap.parse_args(argv)
     weights_out(args.out)
     check_ranges(args, (*RECIPE_RANGES, *ranges))
+    if args.resume:
+        check_input_file(f"--resume: checkpoint {recipe_checkpoint(args.out)}", recipe_checkpoint(args.out),
+                         f"a run with --out {args.out} keeps its checkpoint there: give the --out of the run to "
+                         "continue, or drop --resume to train afresh")
     return args
 
 
 def start_recipe(args: argparse.Namespace) -> Path:
     """Set the torch threads (``--threads``) and seed of a recipe's run; returns its checkpoint path
-    (``<out without .safetensors>.train/checkpoint.pth``). Imports torch."""
+    (:func:`recipe_checkpoint`). Imports torch."""
     import torch
-
-    from rtseg.train.checkpoint import CHECKPOINT_NAME
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return Path(args.out).with_suffix(".train") / CHECKPOINT_NAME
+    return recipe_checkpoint(args.out)
