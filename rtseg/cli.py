@@ -8,6 +8,9 @@
 
 A user error (bad option, missing file, unreachable host, port in use ...) prints
 one line ``rtseg: error: ...`` on stderr and exits with 2; no traceback.
+
+No torch at this module's top: ``--help`` and a bad option answer at once, without the seconds of importing it;
+:func:`run` imports it when it needs it.
 """
 from __future__ import annotations
 
@@ -19,8 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from rtseg.engines import ENGINE_NAMES, INSTANCE_ENGINES
-from rtseg.engines.backends import BACKENDS
+from rtseg.engines import BACKENDS, ENGINE_NAMES, INSTANCE_ENGINES
 from rtseg.engines.choose import (
     check_engine_options,
     check_weights_file,
@@ -30,11 +32,9 @@ from rtseg.engines.choose import (
     resolve_engine,
 )
 from rtseg.cliargs import SUBCOMMANDS, Parser, check_ranges
-from rtseg.errors import ConfigError, RtsegError, RtsegWarning, exit_status, one_line
+from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
-from rtseg.video.coco_json import CocoJsonSink
 from rtseg.video.metrics import Metrics
-from rtseg.video.pipeline import Pipeline
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ def _video_or_image_sink(path: str, fps: float | None, frames: int | None, audio
 
 
 def _json_sink(path: str) -> Sink:
+    from rtseg.video.coco_json import CocoJsonSink
     from rtseg.video.sinks import JsonlSink
 
     suffix = Path(path).suffix.lower()
@@ -254,10 +255,15 @@ def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> Rt
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment ``args.source`` into the requested outputs; print the metrics summary."""
-    _check_args(args)
-    name = engine_name(args)
-    _check_engine_options(args, name)
+    """Segment ``args.source`` into the requested outputs; print the metrics summary.
+
+    The checks that import torch (the weights' manifests: :mod:`rtseg.weights`) and the import of the pipeline
+    (once the source is open) run before any output opens, with SIGTERM raising :class:`rtseg.errors.Terminated`:
+    a SIGTERM during those seconds is one line and 143, as it was while the entry point imported this module."""
+    with sigterm_raises(Terminated):
+        _check_args(args)
+        name = engine_name(args)
+        _check_engine_options(args, name)
     with contextlib.ExitStack() as stack:
         source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
                              realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
@@ -265,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
         # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
         check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
         source.on_event = lambda line: print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
+        with sigterm_raises(Terminated):
+            from rtseg.video.coco_json import CocoJsonSink
+            from rtseg.video.pipeline import Pipeline
         expected = [n for n in (source.num_frames, args.max_frames) if n is not None]
         short = bool(expected) and min(expected) <= 20  # too few frames to leave 5 untimed
         metrics = Metrics(warmup_frames=0 if short else 5)

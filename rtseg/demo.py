@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from rtseg.cliargs import Parser, check_ranges
-from rtseg.errors import WeightsError, exit_status, make_folder
+from rtseg.errors import Terminated, WeightsError, exit_status, make_folder, sigterm_raises
 from rtseg.types import Frame, Prediction
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
@@ -52,22 +52,25 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run_demo(argv: Sequence[str]) -> int:
-    """Run the demo; returns the exit code (RtsegError for the caller to print)."""
+    """Run the demo; returns the exit code (RtsegError for the caller to print).
+
+    Torch is imported once the options are checked, before the output folder is made: a SIGTERM during those
+    seconds is one line and 143 (:class:`rtseg.errors.Terminated`)."""
     args = _parser().parse_args(list(argv))
     weights = Path(args.weights)
     if not weights.is_file():
         hint = DEMO_TRAIN_HINT if weights == DEMO_WEIGHTS else "pass the path of an existing weights file"
         raise WeightsError(f"demo weights {weights} not found; {hint}")
     check_ranges(args, [("--frames", 2, None, "")])
+    with sigterm_raises(Terminated):
+        import rtseg
+        from rtseg.data.synthetic import CLASSES, TEST_SEED
+        from rtseg.eval.coco import CocoEvaluator, format_table
+        from rtseg.video.metrics import Metrics
+        from rtseg.video.pipeline import Pipeline
+        from rtseg.video.sinks import JsonlSink, Mp4Sink
+        from rtseg.video.sources import SyntheticSource
     out = make_folder("--out", args.out)
-    import rtseg
-    from rtseg.data.synthetic import CLASSES, TEST_SEED
-    from rtseg.eval.coco import CocoEvaluator, format_table
-    from rtseg.video.metrics import Metrics
-    from rtseg.video.pipeline import Pipeline
-    from rtseg.video.sinks import JsonlSink, Mp4Sink
-    from rtseg.video.sources import SyntheticSource
-
     engine = rtseg.load("yolact", weights=str(weights), device=args.device)
     if list(engine.class_names) != list(CLASSES):
         raise WeightsError(f"{weights} was not trained on the synthetic classes {', '.join(CLASSES)}; "

@@ -1,6 +1,6 @@
 """Outputs never overwrite inputs: the one check of the commands that write files (``rtseg`` / ``run.py``,
 ``rtseg eval``) and the one same-file rule (:func:`same_file`, hard links included) that ``rtseg train`` uses for
-its own, kept apart from the pipeline so that a command imports only this for it."""
+its own, kept apart from the pipeline so that a command imports only this for it (no torch at its top)."""
 from __future__ import annotations
 
 import os
@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 from rtseg.errors import ConfigError
-from rtseg.weights import manifest_path
 
 
 def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
     """The weights files of a run, each with its manifest: ``weights`` and ``semantic``; without ``weights`` the
     shipped demo model (the default of yolact and panoptic, kept safe whatever the engine)."""
     from rtseg.demo import DEMO_WEIGHTS
+    from rtseg.weights import manifest_path
 
     chosen = [str(DEMO_WEIGHTS) if weights is None else weights, *([semantic] if semantic else [])]
     return [f for w in chosen for f in (w, str(manifest_path(w)))]

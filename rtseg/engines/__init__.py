@@ -1,15 +1,23 @@
-"""Runnable segmenters and :func:`load`."""
+"""Runnable segmenters and :func:`load`.
+
+Light (no torch at its top): the command lines offer :data:`ENGINE_NAMES` and :data:`BACKENDS` in their ``--help``
+without importing torch; each engine is imported by :func:`load` when it is loaded.
+"""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from rtseg.engines.base import Engine
 from rtseg.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from rtseg.engines.base import Engine
 
 ENGINE_NAMES = ("yolact", "fcn", "msrcnn", "panoptic", "slic")
 INSTANCE_ENGINES = ("yolact", "msrcnn")
 """The engines whose predictions are instance ``Detections`` (panoptic's things, COCO results files)."""
+BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
+"""The network backends of YOLACT (:mod:`rtseg.engines.backends`, which resolves and builds them)."""
 
 
 def load(name: str = "yolact", weights: str | None = None, *, device: str = "cpu", **options: Any) -> Engine:

@@ -38,9 +38,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from rtseg.engines import BACKENDS
 from rtseg.errors import ConfigError
 
-BACKENDS = ("eager", "compile", "tensorrt", "onnx", "auto")
 #: What ``auto`` picks on a CPU (eager when onnx/onnxscript/onnxruntime are missing). Evidence:
 #: benchmarks/onnx_vs_eager_cpu.py (results/onnx_vs_eager_cpu.json), batch 1, network only, p50, on a 2-vCPU
 #: Intel VM with eager channels_last as the engines run it: R-50 @ 550 eager 787 ms vs ORT 490 ms (1.61x);

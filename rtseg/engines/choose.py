@@ -4,6 +4,9 @@ rtseg weights name their engine in the manifest's ``format``; a ``.pth`` is YOLA
 or an rtseg training checkpoint); ``torchvision:fcn_resnet50|fcn_resnet101`` is torchvision's
 pretrained FCN-ResNet, taken from the torch cache (never downloaded). Without ``--weights``,
 yolact (and panoptic's instances) use the shipped demo model; slic takes none.
+
+No torch at its top: the command lines check their options with it before a run imports torch (reading a
+manifest imports it).
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ from typing import TYPE_CHECKING
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.imageio import read_regular_file
-from rtseg.weights import MANIFEST_FORMAT, manifest_path
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
@@ -29,6 +31,7 @@ def engine_formats() -> dict[str, str]:
     """Manifest ``format`` of rtseg weights -> engine name (imported on use: the engines load torchvision)."""
     from rtseg.engines.fcn import FCN_FORMAT
     from rtseg.engines.msrcnn import MSRCNN_FORMAT
+    from rtseg.weights import MANIFEST_FORMAT
 
     return {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
 
@@ -57,6 +60,8 @@ def manifest_engine(weights: str) -> tuple[str | None, str | None]:
     """(manifest ``format``, engine it names) of the rtseg ``.safetensors`` file ``weights``; the engine is None
     for other files and for a manifest that is missing, unreadable or names no engine (the engine's loader says
     what is wrong with it)."""
+    from rtseg.weights import manifest_path
+
     try:
         fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig")).get("format")
     except (OSError, ValueError, RecursionError, AttributeError):

@@ -26,9 +26,6 @@ from rtseg.weights import load_into, load_torch_file
 
 T = TypeVar("T")
 
-CHECKPOINT_NAME = "checkpoint.pth"
-"""File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``)."""
-
 
 class DivergedError(ConfigError):
     """Training diverged (:class:`NonFiniteGuard`'s limit of non-finite losses, or non-finite weights refused by

@@ -32,8 +32,8 @@ from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
 from rtseg.outputs import same_file
 from rtseg.ranges import number_problem
 from rtseg.train.augment import AugmentConfig
-from rtseg.train.checkpoint import CHECKPOINT_NAME, sigterm_as_interrupt
-from rtseg.train.recipe import LR_RANGE, weights_out
+from rtseg.train.checkpoint import sigterm_as_interrupt
+from rtseg.train.recipe import CHECKPOINT_NAME, LR_RANGE, weights_out
 from rtseg.train.trainer import AMP_MODES, INT_LIMITS, TrainConfig, Trainer
 from rtseg.weights import load_into, load_torch_file, load_yolact, manifest_path
 

@@ -33,8 +33,8 @@ RECIPE_RANGES: tuple[NumberRange, ...] = (
 )
 """The range of each numeric option every recipe has."""
 CHECKPOINT_NAME = "checkpoint.pth"
-"""File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``); light, for the checks
-before torch is imported (the same name as :data:`rtseg.train.checkpoint.CHECKPOINT_NAME`)."""
+"""File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``), every trainer's
+(defined here, without torch, for the checks before torch is imported)."""
 
 
 def weights_out(out: str | Path) -> Path:

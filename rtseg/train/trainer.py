@@ -27,9 +27,10 @@ from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
 from rtseg.train.augment import AugmentConfig, augment
-from rtseg.train.checkpoint import (CHECKPOINT_NAME, NonFiniteGuard, gradient_norm, load_checkpoint,
-                                   save_checkpoint, save_on_error, save_on_interrupt)
+from rtseg.train.checkpoint import (NonFiniteGuard, gradient_norm, load_checkpoint, save_checkpoint, save_on_error,
+                                   save_on_interrupt)
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
+from rtseg.train.recipe import CHECKPOINT_NAME
 from rtseg.weights import save_yolact
 
 AMP_MODES = ("auto", "bf16", "off")
