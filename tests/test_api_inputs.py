@@ -41,6 +41,31 @@ def test_bad_frames_are_one_line_config_errors(engine, bad, message) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("wrap, message", [
+    (torch.from_numpy, r"got a torch.uint8 tensor of shape \(240, 320, 3\); pass a numpy array instead, "
+                       r"e.g. tensor.cpu\(\).numpy\(\)"),
+    (lambda f: torch.from_numpy(np.stack([f, f])), r"got a torch.uint8 tensor of shape \(2, 240, 320, 3\)"),
+    (np.ndarray.tolist, r"got nested lists of numbers; pass a numpy array instead, e.g. np.asarray\(frame"),
+])
+def test_a_tensor_or_nested_lists_is_named_as_such_not_as_a_bad_batch(engine, frame, wrap, message) -> None:
+    """Were "frame 0 of the batch: ... got Tensor" / "got list": one H×W×3 frame read as a batch of its rows."""
+    with pytest.raises(ConfigError, match=r"^expected an H×W×3 uint8 BGR numpy array or a sequence of them, "
+                                          + message) as err:
+        engine(wrap(frame))
+    assert "of the batch" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(240, 320, 3, dtype=torch.uint8), r"got a torch.uint8 tensor of shape \(240, 320, 3\); pass a numpy"),
+    (np.zeros((24, 32, 3), np.uint8).tolist(), "got nested lists of numbers; pass a numpy array"),
+    (np.zeros((24, 32, 3), np.float32), r"got float32 \(24, 32, 3\)"),
+    ("frame.png", "got str"),
+])
+def test_a_bad_item_of_a_real_batch_is_named_by_its_index(engine, frame, bad, message) -> None:
+    with pytest.raises(ConfigError, match=r"^frame 1 of the batch: expected an H×W×3 uint8 BGR array, " + message):
+        engine([frame, bad])
+
+
 def test_odd_but_valid_frames_just_work(engine, frame) -> None:
     ro = frame.copy()
     ro.setflags(write=False)
@@ -52,6 +77,8 @@ def test_odd_but_valid_frames_just_work(engine, frame) -> None:
     flipped = engine(frame[:, ::-1])  # a non-contiguous view
     assert np.array_equal(flipped.boxes, engine(np.ascontiguousarray(frame[:, ::-1])).boxes)
     assert len(engine(np.zeros((1, 1, 3), np.uint8)).boxes) >= 0
+    assert [len(d) for d in engine((frame,))] == [len(ref)]  # a tuple of frames is a batch
+    assert len(engine(iter([frame, frame]))) == 2  # and so is any other iterable of frames
 
 
 @pytest.mark.parametrize("options, message", [

@@ -174,7 +174,27 @@ def _shape(label, points, shape_type="polygon", group_id=None):
 def test_split_label():
     assert split_label("person12") == ("person", "12")
     assert split_label("traffic_light_2") == ("traffic_light", "2")
-    assert split_label("car") == ("car", None)
+    assert split_label("person-3") == ("person", "3") and split_label("person 4") == ("person", "4")
+    assert split_label("a1b2") == ("a1b", "2") and split_label("car") == ("car", None)
+
+
+@pytest.mark.parametrize("label", ["10", "7", "12_3", "1-2", "٣٤"])
+def test_a_label_of_digits_alone_is_a_class_not_a_numbered_instance(label):
+    """Was ``"10"`` -> ``("1", "0")``: digit labels were silently folded into the class of their first digit."""
+    assert split_label(label) == (label, None)
+
+
+def test_labelme_digit_labels_are_classes_of_their_own(tmp_path):
+    tri = [[1, 1], [9, 1], [9, 9]]
+    _labelme(tmp_path, "a", [_shape(label, tri) for label in ("20", "10", "11", "12", "10")])
+    ds = LabelmeDataset(tmp_path)
+    assert ds.class_names == ("10", "11", "12", "20")  # was ("1", "2"): four classes made two
+    assert ds[0].class_ids.tolist() == [3, 0, 1, 2, 0]  # the two "10" shapes stay two instances
+    (tmp_path / "label_names.txt").write_text("10\n11\n12\n20\n")
+    _labelme(tmp_path, "b", [_shape("123", tri)])
+    with pytest.raises(DatasetError, match=r"b.json: shape 0: label '123' is not a known class \(10, 11, 12, 20\); "
+                                           r"add '123' to the class list"):  # was "add '1'"
+        LabelmeDataset(tmp_path)
 
 
 def test_labelme_instances_numbering_groups_and_shape_types(tmp_path):

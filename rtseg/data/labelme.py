@@ -1,9 +1,10 @@
 """labelme folders (one ``*.json`` per image, image file beside it) as instance data sets.
 
 Instances: ``person1`` and ``person2`` are two instances of class ``person``
-(trailing digits, optionally after ``_``/``-``/space, are stripped); shapes with
-the same label and number, or the same label and ``group_id``, are merged into
-one instance (an object split by an occluder); other shapes are one instance
+(trailing digits, optionally after ``_``/``-``/space, are stripped where a name
+not made of digits alone precedes them; ``10`` and ``11`` are two classes); shapes
+with the same label and number, or the same label and ``group_id``, are merged
+into one instance (an object split by an occluder); other shapes are one instance
 each. Shape types: polygon, rectangle, circle, mask. Shapes labelled
 ``__ignore__`` or ``_background_`` (labelme conventions) are not instances.
 
@@ -53,9 +54,10 @@ _NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2}  # points per sha
 
 
 def split_label(label: str) -> tuple[str, str | None]:
-    """``"person2"`` -> ``("person", "2")``; ``"car"`` -> ``("car", None)``."""
+    """``"person2"`` -> ``("person", "2")``; ``"car"`` -> ``("car", None)``; ``"10"`` -> ``("10", None)``
+    (a class named by digits alone is no numbered instance: ``10``, ``11`` are two classes, not class ``1``)."""
     m = _NUMBERED.fullmatch(label)
-    return (m.group(1), m.group(2)) if m else (label, None)
+    return (m.group(1), m.group(2)) if m and not m.group(1).isdecimal() else (label, None)
 
 
 def read_label_names(path: str | os.PathLike) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """What every runnable segmenter offers the pipeline, CLI and API."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Iterable, Protocol, Sequence, overload, runtime_checkable
 
@@ -39,17 +40,34 @@ def frames_as_list(frames: np.ndarray | Sequence[np.ndarray]) -> tuple[bool, lis
     Raises ConfigError naming the bad frame. Shared by every engine.
     """
     single = isinstance(frames, np.ndarray)
-    if not single and (isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable)):
-        raise ConfigError(f"expected an H×W×3 uint8 BGR numpy array or a sequence of them, got {type(frames).__name__}")
+    whole = None if single else _not_an_array(frames)  # a tensor or nested lists: a frame (or a batch) as a whole
+    if whole or (not single and (isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable))):
+        raise ConfigError(f"expected an H×W×3 uint8 BGR numpy array or a sequence of them, "
+                          f"got {whole or type(frames).__name__}")
     images = [frames] if single else list(frames)
     for i, img in enumerate(images):
         which = "frame" if single else f"frame {i} of the batch"
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            got = (f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray)
+                   else _not_an_array(img) or type(img).__name__)
             raise ConfigError(f"{which}: expected an H×W×3 uint8 BGR array, got {got}")
         if img.size == 0:
             raise ConfigError(f"{which}: empty image {img.shape}; skip frames with no pixels")
     return single, images
+
+
+def _not_an_array(value: object) -> str | None:
+    """What to say of a frame given as a torch tensor or as nested lists of numbers (``frame.tolist()``, depth >= 2)
+    instead of a numpy array, with the conversion to use; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return (f"a {value.dtype} tensor of shape {tuple(value.shape)}; pass a numpy array instead, "
+                "e.g. tensor.cpu().numpy()")
+    leaf, depth = value, 0
+    while isinstance(leaf, (list, tuple)) and leaf:
+        leaf, depth = leaf[0], depth + 1
+    if depth >= 2 and isinstance(leaf, numbers.Number):
+        return "nested lists of numbers; pass a numpy array instead, e.g. np.asarray(frame, dtype=np.uint8)"
+    return None
 
 
 def host_tensor(img: np.ndarray) -> torch.Tensor:
