@@ -637,6 +637,52 @@ def test_full_disk_keeps_the_recording_up_to_the_failure_and_no_half_image(tmp_p
     assert pts[-1] >= failed_at / 25 - 1.0, f"kept up to {pts[-1]:.2f}s of {failed_at / 25:.2f}s"
 
 
+_FULL_AT_CLOSE_RECORDER = textwrap.dedent(
+    """
+    import resource, signal, sys, numpy as np
+    from rtseg.errors import SinkError
+    from rtseg.types import Frame
+    from rtseg.video.sinks import Mp4Sink
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG (a full disk)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+    rng = np.random.default_rng(0)
+    sink = Mp4Sink(sys.argv[1], fps_hint=25)
+    try:
+        for i in range(int(sys.argv[3])):
+            img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+            sink.write(Frame(img, seq=i, pts=i / 25), None, img)
+    except SinkError as exc:
+        print("write:", exc)
+    try:
+        sink.close()  # close, not abort: a caller that goes on after a failed write
+    except SinkError as exc:
+        print("close:", exc)
+    """
+)
+
+
+@pytest.mark.parametrize("frames, limit, failed_write", [(4, 20_000, False), (200, 150_000, True)])
+def test_full_disk_at_close_is_an_error_and_leaves_the_existing_output_alone(tmp_path, frames, limit, failed_write):
+    """A full disk while the last fragment is written (at close: 4 frames, all in the first fragment), or
+    after a write has already failed: FFmpeg's fragmented MP4 trailer reports success after a failed write, so
+    close() used to finalise the cut-off ``.partial`` file over the existing output (exit 0, an unplayable
+    MP4). Now close raises, the recording stays ``.partial`` and the existing output is untouched."""
+    script, out = tmp_path / "rec.py", tmp_path / "out.mp4"
+    script.write_text(_FULL_AT_CLOSE_RECORDER)
+    out.write_bytes(b"an earlier recording")
+    r = subprocess.run([sys.executable, str(script), str(out), str(limit), str(frames)], capture_output=True,
+                       text=True, timeout=120)
+    partial = tmp_path / "out.partial.mp4"
+    lines = r.stdout.splitlines()
+    assert lines[-1] == (f"close: MP4 output {out}: writing the end of the recording failed (File too large); free "
+                         f"space or choose another path (what was written before is kept in {partial})"), \
+        r.stdout + r.stderr
+    assert len(lines) == 1 + failed_write and lines[0].startswith("write:" if failed_write else "close:")
+    assert out.read_bytes() == b"an earlier recording"
+    assert partial.stat().st_size == limit  # everything up to the failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.partial.mp4", "rec.py"]  # no tmp file
+
+
 @pytest.mark.parametrize("stall_timeout, interrupt_after, took", [(1.0, None, (1.0, 5.0)), (30.0, 2.0, (2.0, 6.0))])
 def test_jsonl_reader_that_stalls_ends_the_run_instead_of_blocking_it(tmp_path, stall_timeout, interrupt_after, took):
     """`rtseg ... --json - | reader` whose reader stops reading: was a run that neither Ctrl-C nor SIGTERM could

@@ -64,10 +64,63 @@ def append_whole(file: io.RawIOBase, data: bytes) -> None:
     (a full disk) is taken back by truncating to where it began, then its OSError goes on."""
     start = file.tell()
     try:
-        view = memoryview(data)
-        while view:
-            view = view[file.write(view):]
+        _write_all(file, data)
     except OSError:
         with contextlib.suppress(OSError):
             file.truncate(start)
         raise
+
+
+def _write_all(file: io.RawIOBase, data: bytes) -> None:
+    """Write all of ``data`` to the unbuffered ``file`` (whose ``write`` may take less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view):]
+
+
+class CheckedFile(io.RawIOBase):
+    """An unbuffered, seekable binary file on descriptor ``fd`` (taken over) for a library that writes through
+    Python file objects (PyAV's custom I/O), which keeps the first failed write (a full disk: ENOSPC, EFBIG).
+
+    Each ``write`` writes all it is given or raises OSError (PyAV raises that again from the call that wrote).
+    A library need not pass such an error on: the trailer of FFmpeg's fragmented MP4 muxer reports success after
+    a failed write (FFmpeg 8.1), so ``close()`` of a PyAV container, opened by name, returns normally with the end
+    of the file missing. :meth:`close_checked` raises the kept error.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        try:
+            _write_all(self._file, data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            super().close()
+
+    def close_checked(self) -> None:
+        """Close the file; OSError when a write failed (the first one) or closing fails."""
+        self.close()
+        if self.error is not None:
+            raise self.error

@@ -8,10 +8,14 @@ within about a second of the end. On a clean :meth:`Mp4Sink.close` the
 fragments are remuxed (no re-encode) into a regular MP4 with the index at the
 front (``+faststart``) under a temporary name, which is then atomically
 renamed to the final path. So the final name only ever holds a complete file,
-and an interrupted recording is recognisable by its ``.partial`` name. When the
-remuxed copy cannot be written (no room for a second copy on a nearly full disk),
-the finished fragmented recording itself, complete and playable, is renamed to
-the final path instead. While a sink records, it holds an exclusive ``flock`` on
+and an interrupted recording is recognisable by its ``.partial`` name. Every
+write of the ``.partial`` file is checked (:class:`~rtseg.video.outfiles.CheckedFile`:
+FFmpeg does not report a failed write of the last fragment): a full disk is a
+:class:`SinkError` from ``write`` or ``close``, the recording stays ``.partial``
+(up to the failure) and the final path as it was. When the remuxed copy cannot
+be written (no room for a second copy on a nearly full disk), the finished
+fragmented recording itself, complete and playable, is renamed to the final path
+instead. While a sink records, it holds an exclusive ``flock`` on
 its ``.partial`` file, so a second run aimed at the same output is refused.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from rtseg.errors import SinkError
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder, check_crf
-from rtseg.video.outfiles import claim, partial_path, require_writable_folder
+from rtseg.video.outfiles import CheckedFile, claim, partial_path, require_writable_folder
 
 _FRAGMENTED = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
@@ -152,12 +156,14 @@ class Mp4Sink:
         self.partial = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         require_writable_folder(self.path, "MP4 output")
         self._lock = claim(self.partial, self.path, "MP4 output")
+        self._file = CheckedFile(os.dup(self._lock))  # the claimed file; a write that fails is kept
         try:
             self._audio = _AudioPassThrough(audio_from) if audio_from else None
-            self._container = av.open(str(self.partial), "w", format="mp4", options=dict(_FRAGMENTED))
+            self._container = av.open(self._file, "w", format="mp4", options=dict(_FRAGMENTED))
         except (av.error.FFmpegError, OSError, SinkError) as exc:
             if getattr(self, "_audio", None) is not None:
                 self._audio.close()
+            self._file.close()
             self.partial.unlink(missing_ok=True)
             os.close(self._lock)
             if isinstance(exc, SinkError):
@@ -184,7 +190,7 @@ class Mp4Sink:
 
     def _finish_partial(self) -> bool:
         """Flush and close the fragmented recording; True when it holds at least one frame.
-        SinkError when the last packets cannot be written (the file keeps what was written before)."""
+        SinkError when a write failed, now or earlier (the file keeps what was written before)."""
         self._closed = True
         started = self._encoder.started
         try:
@@ -195,11 +201,15 @@ class Mp4Sink:
                 else:
                     self._audio.close()
             self._container.close()
+            self._file.close_checked()
         except (av.error.FFmpegError, OSError) as exc:
             with contextlib.suppress(av.error.FFmpegError, OSError):
                 self._container.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             raise SinkError(f"MP4 output {self.path}: writing the end of the recording failed ({_reason(exc)}); "
-                            f"what was written before is in {self.partial}") from None
+                            f"free space or choose another path (what was written before is kept in "
+                            f"{self.partial})") from None
         if not started:  # no frame arrived: leave no file behind
             self.partial.unlink(missing_ok=True)
         return started
@@ -233,7 +243,7 @@ class Mp4Sink:
         except (av.error.FFmpegError, OSError) as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            try:  # no room for the remuxed copy: the finished fragmented file is complete and playable
+            try:  # no room for the remuxed copy: the finished fragmented file (its writes checked) is complete
                 os.replace(self.partial, self.path)
                 return
             except OSError:
