@@ -12,11 +12,11 @@ from rtseg.errors import guard_standard_streams
 def main() -> int:
     """Run the command line on ``sys.argv``; the process exit code.
 
-    The command's module is imported by :func:`rtseg.entry.run_command`: for ``rtseg train`` and ``rtseg eval``
-    that takes seconds (torch), and a Ctrl-C, a SIGTERM or a missing package meanwhile is one line too, named as
-    the command (``rtseg train: interrupted``, 130; ``rtseg train: terminated``, 143), not a traceback or a death
-    by the signal without a word. ``rtseg`` itself and ``rtseg demo`` import torch only once their options are
-    checked, a signal meanwhile said in the same line (:func:`rtseg.cli.run`, :func:`rtseg.demo.run_demo`).
+    The command's module is imported by :func:`rtseg.entry.run_command`, a Ctrl-C, a SIGTERM or a missing package
+    meanwhile one line named as the command (``rtseg train: interrupted``, 130; ``rtseg train: terminated``, 143),
+    not a traceback or a death by the signal without a word. Every command imports torch (seconds) only once its
+    options are checked, a signal meanwhile said in the same line (:func:`rtseg.cli.run`,
+    :func:`rtseg.demo.run_demo`, :func:`rtseg.eval.cli.run`, :func:`rtseg.train.cli.main`).
     """
     guard_standard_streams()
     prog, module = command(sys.argv[1:])

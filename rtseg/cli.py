@@ -257,9 +257,10 @@ def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> Rt
 def run(args: argparse.Namespace) -> int:
     """Segment ``args.source`` into the requested outputs; print the metrics summary.
 
-    The checks that import torch (the weights' manifests: :mod:`rtseg.weights`) and the import of the pipeline
-    (once the source is open) run before any output opens, with SIGTERM raising :class:`rtseg.errors.Terminated`:
-    a SIGTERM during those seconds is one line and 143, as it was while the entry point imported this module."""
+    The checks of the options (torch-free, the weights' manifests read by :mod:`rtseg.manifest`; ``--calib``'s
+    imports torch) and the import of the pipeline (torch, once the source is open) run before any output opens, with
+    SIGTERM raising :class:`rtseg.errors.Terminated`: a SIGTERM during those seconds is one line and 143, as it was
+    while the entry point imported this module."""
     with sigterm_raises(Terminated):
         _check_args(args)
         name = engine_name(args)

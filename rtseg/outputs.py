@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 from rtseg.errors import ConfigError
+from rtseg.manifest import manifest_path
 
 
 def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
     """The weights files of a run, each with its manifest: ``weights`` and ``semantic``; without ``weights`` the
     shipped demo model (the default of yolact and panoptic, kept safe whatever the engine)."""
     from rtseg.demo import DEMO_WEIGHTS
-    from rtseg.weights import manifest_path
 
     chosen = [str(DEMO_WEIGHTS) if weights is None else weights, *([semantic] if semantic else [])]
     return [f for w in chosen for f in (w, str(manifest_path(w)))]

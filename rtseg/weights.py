@@ -22,13 +22,11 @@ from torch import nn
 
 from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line, json_problem, one_line
 from rtseg.imageio import NotRegularFileError, read_regular_file
+from rtseg.manifest import MANIFEST_FORMAT, WEIGHTS_ADVICE, manifest_path
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 
 T = TypeVar("T")
 
-MANIFEST_FORMAT = "rtseg-yolact/1"
-WEIGHTS_ADVICE = "give an official YOLACT .pth or an rtseg .safetensors"
-"""What to do about a weights file :func:`read_checkpoint` cannot use."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -38,24 +36,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def manifest_path(weights: str | Path) -> Path:
-    """The JSON manifest beside a safetensors file (``x.safetensors`` → ``x.json``)."""
-    return Path(weights).with_suffix(".json")
-
-
-def peek_manifest(weights: str | Path) -> dict[str, Any] | None:
-    """The manifest beside the rtseg ``.safetensors`` file ``weights`` as read, nothing in it checked (the loader
-    checks it against the weights: :func:`read_manifest`), for checks of options before the weights are read;
-    None for other files and where no manifest reads as a JSON object (the loader says what is wrong)."""
-    if Path(weights).suffix != ".safetensors":
-        return None
-    try:
-        manifest = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig"))
-    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and json.JSONDecodeError too
-        return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def read_user_file(path: Path, advice: str, *, missing: str | None = None) -> bytes:

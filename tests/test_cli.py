@@ -426,6 +426,29 @@ def test_an_empty_option_value_is_one_line_in_every_command(command, args, optio
                    f"(see {command} --help)"], err
 
 
+@pytest.mark.parametrize("option, given, said", [
+    ("--resume", "{text}", "{text}: not a PyTorch checkpoint"),
+    ("--init", "{text}", "{text}: not a PyTorch checkpoint"),
+    ("--init", "{weights}", "{weights}: does not match the expected architecture"),
+])
+def test_a_train_start_refused_for_its_resume_or_init_file_writes_nothing(files, option, given, said, tmp_path, capsys):
+    """A --resume / --init file that is there but no checkpoint of the run, or weights of another architecture, is
+    refused once it is read (after the data set and the model are made): the folders of --out and the checkpoint
+    (<out without suffix>.train/) were made before it, and left behind empty; now they are made once every input is
+    read. (A missing or unreadable file is refused before torch is imported: tests/test_cli_startup.py.)"""
+    from rtseg.cli import main
+
+    (tmp_path / "text.pth").write_text("hello")
+    names = {"text": tmp_path / "text.pth", "weights": files["weights"]}
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["train", "--data", "synthetic", "--train-images", "4", "--input-size", "64", "--fpn-channels", "16",
+                 "--num-prototypes", "4", "--iters", "1", "--workers", "0", "--val-images", "1",
+                 option, given.format(**names), "--out", str(tmp_path / "out" / "m.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rtseg train: error: {said.format(**names)}"), err
+    assert sorted(tmp_path.rglob("*")) == before, "nothing may be written"
+
+
 @pytest.mark.parametrize("package, args", [("cv2", ["--help"]), ("av", ["--source", "{clip}"])])
 def test_a_missing_dependency_is_one_line(files, package, args):
     """OpenCV missing (imported at start-up) or PyAV missing (imported when the video opens): one line, exit 2."""

@@ -97,9 +97,11 @@ def _signal_while_importing_torch(cmd: list[str], signum: int, folder: Path) -> 
 @pytest.mark.parametrize("entry,args,prog", [
     ("run.py", ["--source", "synthetic", "--output", "o.mp4"], "rtseg"), ("python -m rtseg", [], "rtseg"),
     ("rtseg script", ["--source", "synthetic", "--json", "o.jsonl"], "rtseg"),
-    ("run.py", ["eval", "--help"], "rtseg eval"), ("python -m rtseg", ["eval", "--engine", "slic"], "rtseg eval"),
-    ("rtseg script", ["train", "--help"], "rtseg train"),
-    ("python -m rtseg", ["train", "--out", "m.safetensors"], "rtseg train"), ("run.py", ["demo"], "rtseg demo"),
+    ("run.py", ["eval", "--engine", "slic", "--max-images", "1", "--json", "m.json"], "rtseg eval"),
+    ("python -m rtseg", ["eval", "--engine", "slic"], "rtseg eval"),
+    ("rtseg script", ["train", "--data", "synthetic", "--iters", "1", "--out", "m.safetensors"], "rtseg train"),
+    ("python -m rtseg", ["train", "--data", "synthetic", "--iters", "2", "--out", "out/m.safetensors", "--work-dir",
+                         "w"], "rtseg train"), ("run.py", ["demo"], "rtseg demo"),
     ("python -m rtseg.train.fcn_trainer", ["--out", "f.safetensors"], "fcn_trainer"),
     ("python -m rtseg.train.msrcnn_trainer", ["--out", "m.safetensors"], "msrcnn_trainer"),
     ("python -m rtseg.data.export", ["--out", "synthetic"], "export")])
@@ -109,7 +111,9 @@ def test_a_signal_while_the_cli_imports_is_one_line_naming_the_command(entry, ar
     then 'rtseg: interrupted' for the subcommands too. SIGTERM ended the process (-15) without a word, even
     `rtseg train`'s, which acts as Ctrl-C once training runs (tests/test_train.py). The FCN / MS R-CNN trainers
     imported torch at the top of the module `python -m` runs, before their wrapper: the same traceback / -15; so
-    did the synthetic export (and the package rtseg.data it is in imported every data set)."""
+    did the synthetic export (and the package rtseg.data it is in imported every data set). Each command here gets
+    to torch with options that pass their checks (``--help`` and an option mistake answer before torch is imported:
+    tests/test_cli_startup.py)."""
     if entry == "rtseg script" and not SCRIPT.exists():
         pytest.skip(f"no console script {SCRIPT} (pip install -e . installs it)")
     r = _signal_while_importing_torch(ENTRIES[entry] + args, signum, tmp_path)

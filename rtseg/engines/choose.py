@@ -5,12 +5,11 @@ or an rtseg training checkpoint); ``torchvision:fcn_resnet50|fcn_resnet101`` is 
 pretrained FCN-ResNet, taken from the torch cache (never downloaded). Without ``--weights``,
 yolact (and panoptic's instances) use the shipped demo model; slic takes none.
 
-No torch at its top: the command lines check their options with it before a run imports torch (reading a
-manifest imports it).
+No torch at its top, nor when it reads a manifest (:mod:`rtseg.manifest`): the command lines check their
+options with it before a run imports torch.
 """
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -18,22 +17,13 @@ from typing import TYPE_CHECKING
 
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.errors import ConfigError, WeightsError
-from rtseg.imageio import read_regular_file
+from rtseg.manifest import ENGINE_FORMATS, peek_manifest
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
 
 TORCHVISION = "torchvision:"
 """``--weights`` prefix naming a torchvision FCN-ResNet instead of a file."""
-
-
-def engine_formats() -> dict[str, str]:
-    """Manifest ``format`` of rtseg weights -> engine name (imported on use: the engines load torchvision)."""
-    from rtseg.engines.fcn import FCN_FORMAT
-    from rtseg.engines.msrcnn import MSRCNN_FORMAT
-    from rtseg.weights import MANIFEST_FORMAT
-
-    return {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
 
 
 def resolve_engine(weights: str | None, engine: str | None) -> str:
@@ -58,16 +48,10 @@ def resolve_engine(weights: str | None, engine: str | None) -> str:
 
 def manifest_engine(weights: str) -> tuple[str | None, str | None]:
     """(manifest ``format``, engine it names) of the rtseg ``.safetensors`` file ``weights``; the engine is None
-    for other files and for a manifest that is missing, unreadable or names no engine (the engine's loader says
-    what is wrong with it)."""
-    from rtseg.weights import manifest_path
-
-    try:
-        fmt = json.loads(read_regular_file(manifest_path(weights)).decode("utf-8-sig")).get("format")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return None, None
-    known = isinstance(fmt, str) and Path(weights).suffix == ".safetensors"  # a list or object names no engine
-    return fmt, engine_formats().get(fmt) if known else None
+    for other files and for a manifest that is missing, unreadable or names no engine (the manifest as
+    :func:`rtseg.manifest.peek_manifest` reads it; the engine's loader says what is wrong with it)."""
+    fmt = (peek_manifest(weights) or {}).get("format")
+    return fmt, ENGINE_FORMATS.get(fmt) if isinstance(fmt, str) else None  # a list or object names no engine
 
 
 def check_engine_options(name: str, *, weights: str | None = None, semantic: str | None = None,

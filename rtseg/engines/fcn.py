@@ -25,11 +25,11 @@ from rtseg.engines.options import (
     resolve_device,
 )
 from rtseg.errors import ConfigError, RtsegWarning, WeightsError
+from rtseg.manifest import FCN_FORMAT
 from rtseg.models.fcn import ARCHS, FCN, TORCHVISION_ARCHS, FcnConfig, torchvision_fcn
 from rtseg.types import SemanticMap
 from rtseg.weights import load_into, load_model, save_model
 
-FCN_FORMAT = "rtseg-fcn/1"
 MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
 #: The 21 PASCAL VOC labels of torchvision's pretrained FCN-ResNets.

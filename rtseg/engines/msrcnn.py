@@ -34,11 +34,11 @@ from rtseg.engines.options import (
     resolve_device,
 )
 from rtseg.errors import WeightsError
+from rtseg.manifest import MSRCNN_FORMAT
 from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
 from rtseg.types import Detections
 from rtseg.weights import load_into, load_model, save_model
 
-MSRCNN_FORMAT = "rtseg-msrcnn/1"
 #: The checks of :class:`MsrcnnEngine`'s options besides its model and class names (:func:`check_options`).
 _OPTION_CHECKS: OptionChecks = {
     "score_threshold": partial(check_real, "msrcnn", "score_threshold", low=0.0, high=1.0),

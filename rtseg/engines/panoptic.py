@@ -28,7 +28,7 @@ from rtseg.engines.slic import SlicEngine
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imread, imwrite
 from rtseg.types import Detections, Panoptic, SemanticMap
-from rtseg.weights import peek_manifest
+from rtseg.manifest import peek_manifest
 
 
 def fuse_panoptic(dets: Detections, semantic: SemanticMap, *, thing_category: np.ndarray,

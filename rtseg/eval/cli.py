@@ -20,6 +20,9 @@ without ``--weights``, yolact and panoptic use the shipped demo model.
 ``--data`` is ``synthetic:{train|val|test}``, ``coco:ANNOTATIONS.json:IMAGE_DIR`` or
 ``labelme:FOLDER``. Classes of the weights and the data set are matched by name
 (for the official COCO checkpoints the 80 names equal the COCO category names).
+
+No torch at its top: ``--help`` and a bad option answer at once; :func:`run` imports the evaluation (torch) once
+the options are checked.
 """
 from __future__ import annotations
 
@@ -29,13 +32,11 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rtseg.cliargs import Parser, check_range, check_ranges
-from rtseg.data.dataset import InstanceDataset
 from rtseg.data.spec import parse_data
 from rtseg.engines import ENGINE_NAMES
-from rtseg.engines.base import Engine
 from rtseg.engines.choose import (
     check_engine_options,
     check_weights_file,
@@ -44,23 +45,16 @@ from rtseg.engines.choose import (
     load_weights_engine,
     resolve_engine,
 )
-from rtseg.errors import ConfigError, DatasetError, SinkError, exit_status
-from rtseg.eval.coco import format_table
-from rtseg.eval.mask_scoring import format_scoring_table
-from rtseg.eval.runners import (
-    class_mapping,
-    evaluate_instances,
-    evaluate_panoptic_engine,
-    evaluate_semantic_engine,
-    evaluate_superpixel_engine,
-    format_panoptic,
-    format_semantic,
-    format_superpixels,
-    samples,
-)
+from rtseg.entry import lazy_attributes
+from rtseg.errors import ConfigError, DatasetError, SinkError, Terminated, exit_status, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 
-__all__ = ["ENGINES", "class_mapping", "main", "open_dataset", "run"]
+if TYPE_CHECKING:
+    from rtseg.data.dataset import InstanceDataset
+    from rtseg.engines.base import Engine
+
+__all__ = ["ENGINES", "main", "open_dataset", "run"]
+__getattr__ = lazy_attributes(__name__, {"class_mapping": "rtseg.eval.runners"})  # also importable from here
 ENGINES = ENGINE_NAMES
 AP_SCORE_THRESHOLD = 0.05
 """Default --score-threshold of yolact and msrcnn: low, as AP needs the whole precision-recall curve."""
@@ -144,7 +138,9 @@ def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, 
     return engine, {"weights": weights, "score_threshold": threshold}
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
+def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
+    """The engine to evaluate and the ``--resize`` size (W, H; None: as the images are), once every option is
+    checked (a ConfigError, WeightsError or SinkError line otherwise), before anything slow happens."""
     check_ranges(args, [("--max-images", 1, None, "")])
     check_weights_file("--weights", args.weights, torchvision=True)
     engine_name = resolve_engine(args.weights, args.engine)
@@ -155,6 +151,29 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
     check_outputs_are_not_inputs([("--json", args.json)],
                                  [*weights_paths(args.weights, args.semantic), *parse_data(args.data).paths])
+    return engine_name, resize
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Evaluate as the options say and print the metrics (in %); returns them.
+
+    The checks of the options and the import of the evaluation (torch: seconds) run with SIGTERM raising
+    :class:`rtseg.errors.Terminated`: a SIGTERM during them is one line and 143, as it was while the entry point
+    imported this module."""
+    with sigterm_raises(Terminated):
+        engine_name, resize = _check_args(args)
+        from rtseg.eval.coco import format_table
+        from rtseg.eval.mask_scoring import format_scoring_table
+        from rtseg.eval.runners import (
+            evaluate_instances,
+            evaluate_panoptic_engine,
+            evaluate_semantic_engine,
+            evaluate_superpixel_engine,
+            format_panoptic,
+            format_semantic,
+            format_superpixels,
+            samples,
+        )
     dataset = open_dataset(args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:

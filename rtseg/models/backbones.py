@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: The backbones :func:`build_backbone` builds.
-BACKBONES = ("resnet101", "resnet50", "resnet18", "darknet53")
+from rtseg.models.yolact_limits import BACKBONES
 
 
 class Bottleneck(nn.Module):

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.errors import ConfigError
-from rtseg.models.backbones import BACKBONES, build_backbone
+from rtseg.models.backbones import build_backbone
+from rtseg.models.yolact_limits import BACKBONES, LIMITS
 from rtseg.ranges import check_number, number_problem
 
 #: Official per-channel BGR mean / std (0..255 scale) of the ResNet transform.
@@ -27,13 +28,6 @@ MEANS_BGR = (103.94, 116.78, 123.68)
 STDS_BGR = (57.38, 57.12, 58.40)
 #: Anchor scales in pixels at the reference input size 550.
 BASE_SCALES = (24, 48, 96, 192, 384)
-#: Inclusive (low, high) of each integer field of :class:`YolactConfig`, the one place these limits live (the train
-#: CLI checks its options against them too). The highs keep a hand-edited manifest from exhausting memory while
-#: leaving room: 2048 px has 14x the pixels of the official 550 (400 to 700), LVIS has 1203 classes, the paper
-#: uses 256 channels and 32 prototypes.
-LIMITS: dict[str, tuple[int, int]] = {
-    "num_classes": (1, 5000), "input_size": (32, 2048), "fpn_channels": (1, 1024), "num_prototypes": (1, 256),
-}
 #: Inclusive (low, high) of the number of anchor scales (FPN levels; P3..P7 officially) and of aspect ratios.
 LEVELS = (3, 8)
 RATIOS = (1, 16)

@@ -9,6 +9,10 @@ Checkpoints go to ``--work-dir`` (default: ``<out without suffix>.train/``).
 When torchvision ImageNet weights for the backbone are in the torch hub cache
 (``torch.hub.get_dir()/checkpoints/resnet18-*.pth``), the backbone starts from
 them; otherwise everything starts from scratch (said in the log).
+
+Light (no torch at its top): :func:`main` parses and checks the options first (:func:`parse`: ``--help``, a bad
+option and a missing ``--resume`` / ``--init`` file answer at once), then imports the trainer where a Ctrl-C or a
+SIGTERM during those seconds is one line (:func:`rtseg.entry.run_command`).
 """
 from __future__ import annotations
 
@@ -19,24 +23,21 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
-from rtseg.data.dataset import InstanceDataset
 from rtseg.data.spec import FORMS, parse_data
-from rtseg.errors import ConfigError, DatasetError, WeightsError, exit_status, make_folder
-from rtseg.models.backbones import BACKBONES
-from rtseg.models.yolact import LIMITS, Yolact, YolactConfig
+from rtseg.entry import run_command
+from rtseg.errors import ConfigError, DatasetError, WeightsError, make_folder, sigterm_raises
+from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
+from rtseg.models.yolact_limits import BACKBONES, LIMITS
 from rtseg.outputs import same_file
 from rtseg.ranges import number_problem
-from rtseg.train.augment import AugmentConfig
-from rtseg.train.checkpoint import sigterm_as_interrupt
-from rtseg.train.recipe import CHECKPOINT_NAME, LR_RANGE, weights_out
-from rtseg.train.trainer import AMP_MODES, INT_LIMITS, TrainConfig, Trainer
-from rtseg.weights import load_into, load_torch_file, load_yolact, manifest_path
+from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_input_file, weights_out
 
+if TYPE_CHECKING:
+    from rtseg.data.dataset import InstanceDataset
+    from rtseg.models.yolact import Yolact
 
 _NUMBER_RANGES: tuple[NumberRange, ...] = (
     # option, least, most (None: no limit), why the limit (said with it)
@@ -132,6 +133,10 @@ def open_dataset(spec: str, *, option: str = "--data", split: str = "train", num
 
 def imagenet_backbone(model: Yolact) -> Path | None:
     """Load torchvision ImageNet weights of the backbone from the torch hub cache, if there; returns the file."""
+    import torch
+
+    from rtseg.weights import load_torch_file
+
     name = model.cfg.backbone
     if not name.startswith("resnet"):
         return None
@@ -167,14 +172,39 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
     return tuple(int(f * iters) for f in fractions)
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The options of ``argv``, checked before torch is imported and anything is read or written: numbers and forms
+    (:func:`_check_options`; ``--out`` a .safetensors path, --resume / --init files that can be read) and outputs
+    that would overwrite inputs (:func:`_check_not_inputs`)."""
+    args = build_parser().parse_args(argv)
+    out, work_dir = _paths(args)
+    _check_options(args)
+    _check_not_inputs(args, out, work_dir)
+    return args
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The weights the run writes (``--out``, a ConfigError unless a .safetensors path: :func:`weights_out`) and the
+    folder of its checkpoint (``--work-dir``, default ``<out without suffix>.train``)."""
+    out = weights_out(args.out)
+    return out, Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
+
+
 def _check_options(args: argparse.Namespace) -> None:
-    """ConfigError for option values training cannot use (before any data is read or memory taken)."""
+    """ConfigError for option values training cannot use, WeightsError for a --resume / --init file that cannot be
+    read (:func:`rtseg.train.recipe.check_input_file`), before any data is read or memory taken."""
     check_ranges(args, _NUMBER_RANGES)
     if args.train_images is not None and parse_data(args.data).kind != "synthetic":
         raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "
                           "labelme set trains on all of its images, so leave the option out")
     if args.resume and args.init:
         raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
+    _lr_steps(args.lr_steps, args.iters)
+    if args.resume:
+        check_input_file(f"--resume {args.resume}", args.resume, "give the checkpoint.pth an earlier run wrote (in "
+                         "its --work-dir, default <its --out without suffix>.train)")
+    if args.init:
+        check_input_file(f"--init {args.init}", args.init, WEIGHTS_ADVICE)
 
 
 def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> None:
@@ -222,16 +252,28 @@ def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
     return shlex.join(["rtseg", "train", *kept, "--resume", str(checkpoint)])
 
 
-@sigterm_as_interrupt()
+def train(command: tuple[argparse.Namespace, Sequence[str]]) -> dict[str, float]:
+    """:func:`run` of ``(args, argv)``: the options :func:`parse` checked and the words they came from (the one
+    argument :func:`rtseg.entry.run_command` passes from :func:`main`)."""
+    return run(*command)
+
+
+@sigterm_raises(KeyboardInterrupt)  # rtseg.train.checkpoint.sigterm_as_interrupt, whose module imports torch
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
-    """Train as the parsed options (from ``argv``) say; returns the final validation metrics. Ctrl-C or SIGTERM
-    writes the checkpoint of the steps done and prints the command that continues the run; an error of the data
-    mid-run (e.g. a corrupt image) writes it too, and its one line adds where it is and that command."""
-    out = weights_out(args.out)
-    _check_options(args)
+    """Train as the options :func:`parse` checked (from ``argv``) say; returns the final validation metrics. Ctrl-C
+    or SIGTERM writes the checkpoint of the steps done and prints the command that continues the run; an error of
+    the data mid-run (e.g. a corrupt image) writes it too, and its one line adds where it is and that command.
+    The output folders are made once the data, --init and --resume are read: a start refused for one of them
+    leaves nothing behind."""
+    import torch
+
+    from rtseg.models.yolact import Yolact, YolactConfig
+    from rtseg.train.augment import AugmentConfig
+    from rtseg.train.trainer import TrainConfig, Trainer
+    from rtseg.weights import load_into, load_yolact
+
+    out, work_dir = _paths(args)
     lr_steps = _lr_steps(args.lr_steps, args.iters)
-    work_dir = Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
-    _check_not_inputs(args, out, work_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = open_dataset(args.data, num_images=args.train_images)
@@ -250,7 +292,6 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     if val_set is not None:  # read the validation images now, not after hours of training
         for i in range(min(len(val_set), args.val_images)):
             val_set[i]
-    _check_outputs(out, work_dir)
     cfg = YolactConfig(backbone=args.backbone, num_classes=len(train_set.class_names),
                        fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
     model = Yolact(cfg)
@@ -267,11 +308,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
                          augment=replace(AugmentConfig(), expand_max=args.expand_max))
     trainer = Trainer(model=model, train_set=train_set, val_set=val_set, config=config, work_dir=work_dir,
                       device=args.device, resume_hint=resume_command(argv, work_dir / CHECKPOINT_NAME) if argv else None)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+    _check_outputs(out, work_dir)  # once every input is read: a start refused for one of them writes nothing
     if args.amp == "bf16" and trainer.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("this CPU has no native bfloat16 (AVX512-BF16 / AMX): --amp bf16 will be slower than off",
               flush=True)
     if args.resume:
-        trainer.load_checkpoint(args.resume)
         print(f"resumed from {args.resume} at step {trainer.step}", flush=True)
     else:
         print(f"initialised from {init}" if init else
@@ -288,6 +331,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtseg train``; returns the exit status (2 on a user error)."""
+    """Entry point of ``rtseg train``; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C
+    or on a SIGTERM once training runs (the steps done are saved), 143 on a SIGTERM while the trainer still imports."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return exit_status("rtseg train", lambda: run(build_parser().parse_args(args), args))
+    return run_command("rtseg train", "rtseg.train.cli:train", parse=lambda: (parse(args), args),
+                       preload=("rtseg.train.trainer",))

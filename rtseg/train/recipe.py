@@ -1,6 +1,7 @@
 """The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
 (FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`), ``--lr``'s range and ``--out``'s check
-(:data:`LR_RANGE`, :func:`weights_out`; ``rtseg train`` too).
+(:data:`LR_RANGE`, :func:`weights_out`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
+(:data:`AMP_MODES`, :data:`INT_LIMITS`).
 
 Light (no torch at its top): the entry modules parse and check their arguments with it before they import their
 trainer, so that ``--help`` and a bad option answer at once (:func:`rtseg.entry.run_command`).
@@ -32,6 +33,14 @@ RECIPE_RANGES: tuple[NumberRange, ...] = (
     ("--threads", 1, 1024, ""),
 )
 """The range of each numeric option every recipe has."""
+AMP_MODES = ("auto", "bf16", "off")
+"""The mixed-precision modes of ``rtseg train --amp`` (:class:`~rtseg.train.trainer.TrainConfig`'s ``amp``)."""
+INT_LIMITS: dict[str, tuple[int, float]] = {
+    "iters": (1, 10**9), "batch_size": (1, 1024), "warmup_iters": (0, math.inf), "val_every": (0, math.inf),
+    "val_images": (1, math.inf), "ckpt_every": (0, math.inf), "log_every": (1, math.inf), "num_workers": (0, 256),
+    "seed": (0, math.inf)}
+"""Least and most value (inf: no limit) of each integer field of :class:`~rtseg.train.trainer.TrainConfig` (the
+YOLACT trainer's); ``rtseg train`` checks the options that set them against these too."""
 CHECKPOINT_NAME = "checkpoint.pth"
 """File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``), every trainer's
 (defined here, without torch, for the checks before torch is imported)."""

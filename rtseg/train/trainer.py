@@ -30,16 +30,9 @@ from rtseg.train.augment import AugmentConfig, augment
 from rtseg.train.checkpoint import (NonFiniteGuard, gradient_norm, load_checkpoint, save_checkpoint, save_on_error,
                                    save_on_interrupt)
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
-from rtseg.train.recipe import CHECKPOINT_NAME
+from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS
 from rtseg.weights import save_yolact
 
-AMP_MODES = ("auto", "bf16", "off")
-INT_LIMITS: dict[str, tuple[int, float]] = {
-    "iters": (1, 10**9), "batch_size": (1, 1024), "warmup_iters": (0, math.inf), "val_every": (0, math.inf),
-    "val_images": (1, math.inf), "ckpt_every": (0, math.inf), "log_every": (1, math.inf), "num_workers": (0, 256),
-    "seed": (0, math.inf)}
-"""Least and most value (inf: no limit) of each integer field of :class:`TrainConfig`; ``rtseg train`` checks the
-options that set them against these too."""
 REAL_LIMITS: dict[str, tuple[float, float]] = {
     "lr": (0, math.inf), "momentum": (0, 1), "weight_decay": (0, math.inf), "warmup_init": (0, math.inf),
     "gamma": (0, 1)}
