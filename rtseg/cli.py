@@ -31,7 +31,7 @@ from rtseg.engines.choose import (
     load_weights_engine,
     resolve_engine,
 )
-from rtseg.cliargs import SUBCOMMANDS, Parser, check_ranges
+from rtseg.cliargs import SUBCOMMANDS, Once, Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.metrics import Metrics
@@ -80,17 +80,19 @@ def build_parser() -> Parser:
                      help="TensorRT precision (default fp16); int8 needs --calib")
     eng.add_argument("--calib", metavar="DIR", help="folder of frames for TensorRT INT8 calibration")
     out = p.add_argument_group("outputs")
-    out.add_argument("--output", metavar="PATH", help="annotated video (.mp4/.mov) or image (.png/.jpg; "
+    out.add_argument("--output", action=Once, metavar="PATH", help="annotated video (.mp4/.mov) or image (.png/.jpg; "
                      "'{seq:05d}' in the name writes one image per frame)")
     out.add_argument("--audio", action="store_true", help="copy the source file's audio track into the --output "
                      "video (kept in sync; transcoded to AAC when MP4 cannot hold it)")
-    out.add_argument("--json", metavar="PATH", help="detections: .jsonl (one line per frame; '-' for stdout) "
+    out.add_argument("--json", action=Once, metavar="PATH",
+                     help="detections: .jsonl (one line per frame; '-' for stdout) "
                      "or .json (COCO results list with RLE masks, written frame by frame to X.partial.json, "
                      "renamed at the end)")
     out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc stops)")
-    out.add_argument("--serve", metavar="HOST:PORT", help="live web page, e.g. 127.0.0.1:8080")
+    out.add_argument("--serve", action=Once, metavar="HOST:PORT", help="live web page, e.g. 127.0.0.1:8080")
     out.add_argument("--serve-token", metavar="T", help="secret required by the web page (needed off loopback)")
-    out.add_argument("--push", metavar="URL", help="publish the annotated video to rtsp:// or rtmp:// (reconnects after an outage: "
+    out.add_argument("--push", action=Once, metavar="URL",
+                     help="publish the annotated video to rtsp:// or rtmp:// (reconnects after an outage: "
                      "see --reconnect-timeout)")
     out.add_argument("--no-hud", action="store_true", help="do not draw FPS / latency / drops on the frames")
     out.add_argument("--no-progress", action="store_true", help="no progress bar for file sources")
@@ -224,6 +226,9 @@ def _check_args(args: argparse.Namespace) -> None:
     check_weights_file("--semantic", args.semantic)
     check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, ""),
                         ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds")])
+    if args.end is not None and not args.end > args.start:
+        raise ConfigError(f"--end {args.end:g}: must be after --start ({args.start:g} seconds); give a later --end "
+                          "or an earlier --start")
     if not args.reconnect_timeout >= 0:  # also NaN
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
@@ -239,19 +244,25 @@ def _outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
 
 
 def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> RtsegError:
-    """``exc`` with its line extended by the files a failed run kept: finished outputs, and the
-    ``.partial`` file of an output whose own write failed (not when no frame was written, nor a file
-    the line already names)."""
-    kept = []
+    """``exc`` with its line extended by the files a failed run kept and how many frames each holds: finished
+    outputs, and the ``.partial`` file of an output whose own write failed (not one without a frame, nor a file
+    the line already names). A sink's count is its ``frames_written`` where it keeps one, else ``frames`` (the
+    frames the run wrote to all sinks): the sinks write each frame concurrently, so another sink may hold the frame
+    at which one failed (``the 45 frames ... in a.jsonl`` of 46 lines)."""
+    kept: list[tuple[str, int]] = []
     for s in sinks:
         for f in (getattr(s, "partial", None), getattr(s, "path", None)):
             if isinstance(f, Path) and f.exists():
-                kept.append(str(f))
+                kept.append((str(f), getattr(s, "frames_written", frames)))
                 break
-    kept = [f for f in kept if f not in str(exc)]
-    if not kept or frames == 0:
+    kept = [(f, n) for f, n in kept if f not in str(exc) and n > 0]
+    if not kept:
         return exc
-    return type(exc)(f"{exc}; the {frames} frames written before it are kept in {', '.join(kept)}")
+    if len({n for _, n in kept}) == 1:
+        return type(exc)(f"{exc}; the {kept[0][1]} frames written before it are kept in "
+                         f"{', '.join(f for f, _ in kept)}")
+    return type(exc)(f"{exc}; the frames written before it are kept in "
+                     f"{', '.join(f'{f} ({n} frames)' for f, n in kept)}")
 
 
 def run(args: argparse.Namespace) -> int:

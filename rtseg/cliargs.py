@@ -28,6 +28,7 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        self.given_once: set[str] = set()  # the dests of the :class:`Once` options given so far
         words = list(sys.argv[1:] if args is None else args)
         takes_value = {s for a in self._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
         for word, following in zip(words, words[1:] + [None]):
@@ -39,6 +40,20 @@ class Parser(argparse.ArgumentParser):
                                                                           and not following.strip())):
                 self.error(f"{option} is empty (an unset shell variable?); give it a value")
         return super().parse_args(words, namespace)
+
+
+class Once(argparse.Action):
+    """``action=Once``: an option of one value (an output path, an address) that may be given once. argparse keeps
+    the last of a repeated option, so ``--json a.json --json a.jsonl`` would write only a.jsonl; with a
+    :class:`Parser` the second one is a usage error instead: ``--json given twice (a.json, a.jsonl); give it once``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        given = getattr(parser, "given_once", set())
+        if self.dest in given:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)}, {values}); give it once")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
 
 
 def check_range(option: str, value: float, low: float, high: float | None, why: str) -> None:

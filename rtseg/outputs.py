@@ -1,5 +1,6 @@
 """Outputs never overwrite inputs: the one check of the commands that write files (``rtseg`` / ``run.py``,
-``rtseg eval``) and the one same-file rule (:func:`same_file`, hard links included) that ``rtseg train`` uses for
+``rtseg eval``), the one check of a JSON file written into a labelme folder read (``rtseg train``, ``rtseg eval``)
+and the one same-file rule (:func:`same_file`, hard links included) that ``rtseg train`` uses for
 its own, kept apart from the pipeline so that a command imports only this for it (no torch at its top)."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from rtseg.data.spec import parse_data
 from rtseg.errors import ConfigError
 from rtseg.manifest import manifest_path
 
@@ -40,6 +42,22 @@ def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[
         if where is not None:
             raise ConfigError(f"{option} {path} would write its images {where}, where they could overwrite "
                               "inputs; choose another folder")
+
+
+def check_not_among_labelme_files(written: str | os.PathLike[str], what: str,
+                                  data: Sequence[tuple[str, str | None]], advice: str) -> None:
+    """ConfigError when the file ``written`` (``what`` names it in the line) is a ``*.json`` file in the folder of a
+    labelme data set it reads (``data``: ``(option, --data spec or None)``), where this run or the next would read
+    it as an annotation: ``"<what> would go among the labelme files of <option> <folder> (and be read as one);
+    <advice>"``. The one check of the commands that write a JSON file beside what they read (``rtseg train``'s
+    manifest, ``rtseg eval --json``)."""
+    if not Path(written).name.endswith(".json"):  # (the labelme reader's *.json)
+        return
+    for option, spec in data:
+        parsed = parse_data(spec, option) if spec else None
+        if parsed and parsed.kind == "labelme" and same_file(Path(written).parent, parsed.path):
+            raise ConfigError(f"{what} would go among the labelme files of {option} {parsed.path} (and be read as "
+                              f"one); {advice}")
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Sequence, TypeVar
 import torch
 from torch import nn
 
-from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError, first_line, json_problem, one_line
+from rtseg.errors import PERMISSION_DENIED, ConfigError, SinkError, WeightsError, first_line, json_problem, one_line
 from rtseg.imageio import NotRegularFileError, read_regular_file
 from rtseg.manifest import MANIFEST_FORMAT, WEIGHTS_ADVICE, manifest_path
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
@@ -417,8 +417,8 @@ def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, A
     half: store its floating-point tensors as float16 (half the file; loading casts them back to float32).
     A model with a NaN or infinite weight, or (``half``) one beyond float16's range, is a WeightsError before
     anything is written (:func:`exportable_state`). Atomic: both files are written to ``.tmp`` files first and
-    renamed once complete, so an interrupted export leaves the previous pair as it was (and no partial files
-    beside it).
+    renamed once complete, so an interrupted or failed export leaves the previous pair as it was (and no partial
+    files beside it); a failed write (a full disk) is a SinkError naming the file.
     """
     from safetensors.torch import save
 
@@ -433,9 +433,11 @@ def save_model(path: str | Path, model: nn.Module, fmt: str, config: dict[str, A
         manifest = {"format": fmt, "config": config, "class_names": list(class_names), "sha256": sha256_file(tmp),
                     **({"meta": meta} if meta else {})}
         man_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         man_tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise SinkError(f"{p}: write failed ({exc.strerror or exc}); free space or choose another path") from None
         raise
     tmp.replace(p)
     man_tmp.replace(manifest_path(p))

@@ -72,6 +72,16 @@ BAD = {
     "bad serve": (["--source", "{clip}", "--weights", "{weights}", "--serve", "localhost"], "use HOST:PORT"),
     "bad push": (["--source", "{clip}", "--weights", "{weights}", "--push", "ftp://bob:hunter2@h/x"],
                  "unsupported scheme"),
+    "end before start": (["--source", "{clip}", "--weights", "{weights}", "--start", "0.1", "--end", "0.05"],
+                         "--end 0.05: must be after --start (0.1 seconds)"),
+    "json twice": (["--source", "{clip}", "--weights", "{weights}", "--json", "{dir}/o.json", "--json",
+                    "{dir}/o.jsonl"], "--json given twice ({dir}/o.json, {dir}/o.jsonl); give it once"),
+    "output twice": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.mp4", "--output",
+                      "{dir}/o2.mp4"], "--output given twice ({dir}/o.mp4, {dir}/o2.mp4); give it once"),
+    "serve twice": (["--source", "{clip}", "--serve", "127.0.0.1:1", "--serve=127.0.0.1:2"],
+                    "--serve given twice (127.0.0.1:1, 127.0.0.1:2); give it once"),
+    "push twice": (["--source", "{clip}", "--push", "rtsp://h/a", "--push", "rtsp://h/b"],
+                   "--push given twice (rtsp://h/a, rtsp://h/b); give it once"),
     "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "not found; pass the path of an existing weights"),
     "demo out is a file": (["demo", "--out", "{clip}"], "is a file, not a folder"),
     "demo out under a file": (["demo", "--out", "{clip}/out"], "cannot create the folder"),
@@ -86,7 +96,7 @@ SUBPROCESS_CASES = {"unknown option", "garbage file", "unwritable", "demo out is
 @pytest.mark.parametrize("case", list(BAD))
 def test_user_errors_are_one_line_exit_2(files, case, capsys):
     args, match = BAD[case]
-    args = [a.format(**files) for a in args]
+    args, match = [a.format(**files) for a in args], match.format(**files)
     if case in SUBPROCESS_CASES:
         r = _run(args)
     else:
@@ -713,3 +723,58 @@ def test_file_names_with_a_newline_or_non_utf8_bytes_stay_one_line(tmp_path, cap
     assert main(["--source", str(folder / "b\nc.png"), "--engine", "slic", "--json", str(tmp_path / "p.jsonl")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"rtseg: error: cannot read image {folder}/b\\nc.png: not a readable image file"]
+
+
+def test_a_run_that_fails_before_its_first_frame_creates_no_json_lines_file(files, tmp_path, capsys):
+    """A start past the last frame, a folder of unreadable images: the error came from the pipeline, after the
+    outputs opened, and a new empty .jsonl was left behind (an existing one stayed, and stays, as it was)."""
+    from rtseg.cli import main
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.png", "b.png"):
+        (junk / name).write_bytes(b"not a png")
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"seq": 0}\n')
+    for source, extra, said in ((files["clip"], ["--start", "1.19"], "past the last frame"),
+                                (junk, [], "cannot read any image")):
+        for out in (tmp_path / "new.jsonl", old):
+            assert main(["--source", str(source), "--weights", files["weights"], *extra, "--json", str(out)]) == 2
+            assert said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk", "old.jsonl"]
+    assert old.read_text() == '{"seq": 0}\n'
+
+
+def test_json_lines_to_a_closed_stdout_says_so_before_the_run(files):
+    """``--json -`` with stdout closed (``>&-``) or opened for reading: was "write failed (Bad file descriptor); free
+    space or choose another path" at the first frame."""
+    for redirect in (">&-", "1</dev/null"):
+        r = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *RUN, "--source", files["clip"], "--weights",
+                            files["weights"], "--json", "-"], capture_output=True, text=True, timeout=120, cwd=REPO)
+        _assert_user_error(r, "JSON Lines output stdout: standard output is closed or not open for writing; run "
+                              "with stdout open (e.g. > dets.jsonl or | a reader) or give --json a file")
+
+
+def test_the_frames_kept_are_counted_per_output_when_they_differ(tmp_path):
+    """The sinks take each frame concurrently, so a JSON Lines file may hold the frame at which the MP4 failed: the
+    line said "the 45 frames written before it are kept in a2.jsonl" of 46 lines."""
+    from rtseg.cli import _with_kept_recordings
+    from rtseg.errors import SinkError
+    from rtseg.types import Detections, Frame
+    from rtseg.video.coco_json import CocoJsonSink
+    from rtseg.video.sinks import JsonlSink
+
+    lines, results = JsonlSink(tmp_path / "a.jsonl"), CocoJsonSink(tmp_path / "a.json")
+    image = np.zeros((8, 8, 3), np.uint8)
+    empty = Detections.empty((8, 8), class_names=("thing",))
+    for seq in range(3):
+        for sink in (lines, results)[: 2 if seq < 2 else 1]:
+            sink.write(Frame(image=image, seq=seq, pts=seq / 10, capture_time=0.0, source_id="t"), empty, image)
+    lines.close()
+    results.abort()
+    failed = SinkError(f"MP4 output {tmp_path / 'a.partial.mp4'}: write failed")
+    assert str(_with_kept_recordings(failed, [lines, results], 2)) == (
+        f"{failed}; the frames written before it are kept in {tmp_path / 'a.jsonl'} (3 frames), "
+        f"{tmp_path / 'a.partial.json'} (2 frames)")
+    assert str(_with_kept_recordings(failed, [results], 2)) == (
+        f"{failed}; the 2 frames written before it are kept in {tmp_path / 'a.partial.json'}")

@@ -47,8 +47,9 @@ CASES = {
                             "eval --help)"),
     "eval out of range": (["eval", "--max-images", "0"], 2, "rtseg eval: error: --max-images 0: must be an integer "
                           ">= 1"),
-    "eval bad size": (["eval", "--resize", "10x10"], 2, "rtseg eval: error: --resize 10: must be an integer >= 32 "
-                      "pixels (the width of 10x10)"),
+    "eval bad size": (["eval", "--resize", "10x10"], 2, "rtseg eval: error: --resize 10: must be an integer in [32, "
+                      "11585] pixels (the width of 10x10; at most 11585 a side keeps an image within the 134,217,728 "
+                      "pixels rtseg reads)"),
     "eval missing weights": (["eval", "--weights", "none.pth"], 2, "rtseg eval: error: --weights none.pth: file not "
                              "found"),
     # rtseg.train.cli imported torch and the trainer at its top (for BACKBONES, LIMITS, AMP_MODES, INT_LIMITS)

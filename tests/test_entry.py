@@ -182,12 +182,13 @@ def test_trainer_help_and_bad_options_answer_before_torch_is_imported(entry, pro
 
 
 def test_json_lines_to_a_closed_stdout_is_one_line(clip):
-    """``--json - >&-``: was AttributeError ('NoneType' object has no attribute 'fileno')."""
+    """``--json - >&-``: was AttributeError ('NoneType' object has no attribute 'fileno'), then a write error
+    advising to free space."""
     r = _shell(">&-", _slic(clip, "--json", "-"), stderr=subprocess.PIPE, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rtseg: error: JSON Lines output -: write failed "
-                                                   "(Bad file descriptor)"), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("rtseg: error: JSON Lines output stdout: standard output is "
+                                                   "closed or not open for writing;"), r.stderr
 
 
 def test_closed_stderr_does_not_stop_the_run(clip, tmp_path):

@@ -323,3 +323,70 @@ def test_official_coco_class_order_maps_to_coco_category_names():
     names = tuple(c["name"] for c in sorted(cats, key=lambda c: c["id"]))
     assert class_mapping(COCO_CLASSES, names)[[0, 11, 79]].tolist() == [0, 1, 2]
     assert (class_mapping(COCO_CLASSES, names) >= 0).sum() == 3
+
+
+_FILE_LIMIT_RUN = (
+    "import resource, runpy, signal, sys; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # past the limit, write() fails with EFBIG (a full disk)
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY)); "
+    "sys.argv = ['rtseg', *sys.argv[2:]]; "
+    "runpy.run_module('rtseg', run_name='__main__')"
+)
+
+
+def test_cli_json_that_cannot_be_written_leaves_the_earlier_file_whole(tiny_weights, tmp_path):
+    """--json is written beside its path and renamed: a failed write (a file size limit of 200 bytes standing in for
+    a full disk) used to leave the earlier metrics file cut at 200 bytes, or a new one empty."""
+    import subprocess
+    import sys
+
+    earlier = tmp_path / "m.json"
+    earlier.write_text(json.dumps({"metrics": {"mask_AP": 0.5}, "note": "x" * 300}))
+    before = earlier.read_bytes()
+    for out in (earlier, tmp_path / "new.json"):
+        r = subprocess.run([sys.executable, "-c", _FILE_LIMIT_RUN, "200", "eval", "--weights", str(tiny_weights),
+                            "--data", "synthetic:test", "--max-images", "1", "--json", str(out)],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"rtseg eval: error: --json {out}: cannot write (File too large); choose another path"), r.stderr
+    assert earlier.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_cli_resize_beyond_what_rtseg_reads_is_refused_before_evaluating(tiny_weights, capsys):
+    """--resize 100000x100000 asked OpenCV for 30 GB after the model loaded (a cv2.error traceback)."""
+    for size, side in (("100000x100000", "100000"), ("64x11586", "11586")):
+        assert main(["--weights", str(tiny_weights), "--resize", size]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg eval: error: --resize {side}: must be an integer in [32, 11585] pixels (the "
+            f"{'width' if side == '100000' else 'height'} of {size}; at most 11585 a side keeps an image within the "
+            "134,217,728 pixels rtseg reads)"]
+
+
+def test_cli_json_among_the_files_of_the_labelme_folder_read_is_refused(tiny_weights, tmp_path, capsys):
+    """--json lm/metrics.json with --data labelme:lm succeeded, and every later eval of lm then failed (the metrics
+    read as an annotation without 'shapes'). Refused as train refuses its manifest there; beside it is fine."""
+    labelme = tmp_path / "lm"
+    labelme.mkdir()
+    cv2.imwrite(str(labelme / "a.png"), np.zeros((40, 40, 3), np.uint8))
+    shape = {"label": CLASSES[0], "points": [[1, 1], [30, 1], [30, 30]]}
+    (labelme / "a.json").write_text(json.dumps({"shapes": [shape], "imagePath": "a.png", "imageHeight": 40,
+                                                "imageWidth": 40}))
+    for out in (labelme / "metrics.json", tmp_path / "lm" / ".." / "lm" / "m.json"):
+        assert main(["--weights", str(tiny_weights), "--data", f"labelme:{labelme}", "--json", str(out)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg eval: error: --json {out} would go among the labelme files of --data {labelme} (and be read as "
+            "one); write the metrics to another folder"]
+    assert sorted(p.name for p in labelme.iterdir()) == ["a.json", "a.png"]
+    beside = tmp_path / "m.json"
+    assert main(["--weights", str(tiny_weights), "--data", f"labelme:{labelme}", "--json", str(beside)]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 1
+
+
+def test_cli_json_given_twice_is_refused(tiny_weights, tmp_path, capsys):
+    """Was: only the last one written."""
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["--weights", str(tiny_weights), "--json", str(first), f"--json={second}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rtseg eval: error: --json given twice ({first}, {second}); give it once (see rtseg eval --help)"]

@@ -708,3 +708,20 @@ def test_jsonl_reader_that_stalls_ends_the_run_instead_of_blocking_it(tmp_path, 
         for i in range(100_000):  # ~150 B lines: the pipe's 64 KiB fill after a few hundred
             sink.write(_frame(i, i / 10), empty, None)
     assert took[0] <= time.monotonic() - t0 < took[1]
+
+
+def test_jsonl_closed_without_a_frame_leaves_no_new_file_and_an_old_one_as_it_was(tmp_path):
+    """A run that failed before its first frame (in the pipeline, e.g. a start past the last frame) left a new
+    empty .jsonl behind; only a failure before the pipeline (``discard``) removed it."""
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    old.write_text('{"seq": 0}\n')
+    for path in (new, old):
+        sink = JsonlSink(path)
+        sink.close()
+        sink.close()  # idempotent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.jsonl"] and old.read_text() == '{"seq": 0}\n'
+    sink = JsonlSink(new)
+    for i in range(2):
+        sink.write(_frame(i, i / 10), Detections.empty((120, 160), ["a"]), _frame(i, i / 10).image)
+    sink.close()
+    assert sink.frames_written == 2 and len(new.read_text().splitlines()) == 2

@@ -937,3 +937,18 @@ def test_recipe_trainers_refuse_resume_without_a_checkpoint_before_importing_tor
                           "m.safetensors keeps its checkpoint there: give the --out of the run to continue, or drop "
                           "--resume to train afresh"]
     assert sorted(p.name for p in tmp_path.rglob("*")) == (["checkpoint.pth", "m.train"] if there else [])
+
+
+@pytest.mark.parametrize("option", ["--out", "--work-dir"])
+def test_cli_output_path_given_twice_is_refused(option, tmp_path, capsys) -> None:
+    """Was: the last one kept, the first silently dropped."""
+    from rtseg.train.cli import main
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    out = [] if option == "--out" else ["--out", str(tmp_path / "m.safetensors")]
+    args = ["--data", "synthetic", "--iters", "1", *out]
+    assert main([*args, option, f"{first}.safetensors", option, f"{second}.safetensors"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rtseg train: error: {option} given twice ({first}.safetensors, {second}.safetensors); give it once "
+        "(see rtseg train --help)"]
+    assert list(tmp_path.iterdir()) == []

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from rtseg.cliargs import Parser, check_range, check_ranges
+from rtseg.cliargs import Once, Parser, check_range, check_ranges
 from rtseg.data.spec import parse_data
 from rtseg.engines import ENGINE_NAMES
 from rtseg.engines.choose import (
@@ -47,7 +47,9 @@ from rtseg.engines.choose import (
 )
 from rtseg.entry import lazy_attributes
 from rtseg.errors import ConfigError, DatasetError, SinkError, Terminated, exit_status, sigterm_raises
-from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
+from rtseg.imageio import MAX_IMAGE_PIXELS
+from rtseg.outputs import check_not_among_labelme_files, check_outputs_are_not_inputs, weights_paths
+from rtseg.video.outfiles import replace_whole
 
 if TYPE_CHECKING:
     from rtseg.data.dataset import InstanceDataset
@@ -77,14 +79,22 @@ def open_dataset(spec: str) -> InstanceDataset:
     return LabelmeDataset(data.path)
 
 
+RESIZE_MAX_SIDE = math.isqrt(MAX_IMAGE_PIXELS)
+"""The largest --resize width and height (11585): a WxH within it stays within the pixels rtseg reads of an image
+(:data:`rtseg.imageio.MAX_IMAGE_PIXELS`, 2**27), so no resized image (and its masks) is larger than an image rtseg
+would read; 100000x100000 asked OpenCV for 30 GB and failed after the model loaded."""
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> (W, H), each at least 32 pixels (:func:`rtseg.cliargs.check_range`)."""
+    """``"WxH"`` -> (W, H), each from 32 to :data:`RESIZE_MAX_SIDE` pixels (:func:`rtseg.cliargs.check_range`)."""
     w, sep, h = text.lower().partition("x")
     if not (sep and all(side.isascii() and side.isdigit() for side in (w, h))):
-        raise ConfigError(f"--resize {text}: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120")
+        raise ConfigError(f"--resize {text}: use WIDTHxHEIGHT, each from 32 to {RESIZE_MAX_SIDE}, "
+                          "e.g. --resize 160x120")
     size = int(w), int(h)
     for side, value in zip(("width", "height"), size):
-        check_range("--resize", value, 32, None, f" pixels (the {side} of {text})")
+        check_range("--resize", value, 32, RESIZE_MAX_SIDE, f" pixels (the {side} of {text}; at most "
+                    f"{RESIZE_MAX_SIDE} a side keeps an image within the {MAX_IMAGE_PIXELS:,} pixels rtseg reads)")
     return size
 
 
@@ -116,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=None,
                    help=f"yolact/msrcnn: drop detections scoring at or below this (default {AP_SCORE_THRESHOLD}); "
                         "panoptic: instances pasted (default 0.3)")
-    p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--json", type=Path, action=Once, default=None, help="also write the metrics to this JSON file")
     return p
 
 
@@ -151,6 +161,9 @@ def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
     check_outputs_are_not_inputs([("--json", args.json)],
                                  [*weights_paths(args.weights, args.semantic), *parse_data(args.data).paths])
+    if args.json is not None:
+        check_not_among_labelme_files(args.json, f"--json {args.json}", [("--data", args.data)],
+                                      "write the metrics to another folder")
     return engine_name, resize
 
 
@@ -207,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         record = {"engine": engine_name, **settings, "data": args.data, "images": n, "resize": args.resize,
                   "device": args.device, "metrics": metrics}
         try:
-            args.json.write_text(json.dumps(record, indent=2), encoding="utf-8")
+            replace_whole(args.json, json.dumps(record, indent=2).encode())  # an earlier file stays if this fails
         except OSError as exc:
             raise SinkError(f"--json {args.json}: cannot write ({exc.strerror}); choose another path") from None
     return metrics

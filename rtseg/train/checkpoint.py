@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
-from rtseg.errors import ConfigError, RtsegError, WeightsError, sigterm_raises
+from rtseg.errors import ConfigError, RtsegError, SinkError, WeightsError, sigterm_raises
 from rtseg.ranges import check_number
+from rtseg.video.outfiles import CheckedFile
 from rtseg.weights import load_into, load_torch_file
 
 T = TypeVar("T")
@@ -30,6 +32,11 @@ T = TypeVar("T")
 class DivergedError(ConfigError):
     """Training diverged (:class:`NonFiniteGuard`'s limit of non-finite losses, or non-finite weights refused by
     :func:`save_checkpoint`): the run ends with this line and nothing more is saved (:func:`save_on_error`)."""
+
+
+class CheckpointNotWritten(SinkError):
+    """A checkpoint could not be written (a full disk, a file size limit): the run ends with this line (where the
+    checkpoint before it is, if any) and tries to write nothing more (:func:`save_on_error`)."""
 
 
 class Stateful(Protocol):
@@ -135,10 +142,31 @@ def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], 
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "torch_rng": torch.get_rng_state(),
              **{name: part.state_dict() for name, part in parts.items()}, **extra}
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(p)
+    _write_atomically(state, p)
     return p
+
+
+def _write_atomically(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` ``state`` to ``<path>.tmp``, then rename it to ``path``. A failed write (a full disk) removes
+    the ``.tmp`` file and is a :class:`CheckpointNotWritten` naming the reason and the checkpoint kept at ``path``
+    (or that there is none); torch reports such a write as a RuntimeError without its reason (``unexpected pos``),
+    so the file goes through :class:`~rtseg.video.outfiles.CheckedFile`, which keeps the OSError."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        file = CheckedFile(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        try:
+            torch.save(state, file)
+        finally:
+            file.close_checked()  # the OSError of a failed write, in place of torch's RuntimeError
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        kept = (f"the last checkpoint written is kept in {path}" if path.is_file() else
+                "no earlier checkpoint of this run is kept")
+        raise CheckpointNotWritten(f"checkpoint {path}: write failed ({exc.strerror or exc}); free space or write "
+                                   f"the checkpoints to another folder; {kept}") from None
 
 
 def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful], resume_hint: str,
@@ -164,20 +192,20 @@ def save_on_error(exc: RtsegError, path: str | Path | None, *, step: int, saved:
     The checkpoint of the ``step`` steps is written to ``path`` (:func:`save_checkpoint`, as :func:`save_on_interrupt`
     writes it) and the returned error, of ``exc``'s type, is ``exc``'s line followed by ``; stopped at step N:
     checkpoint PATH; continue with HINT`` (``resume_hint``). Weights that are not finite are not written: then a
-    DivergedError with ``exc``'s line and that one's.
+    DivergedError with ``exc``'s line and that one's (a checkpoint the disk cannot hold: a CheckpointNotWritten).
 
-    Nothing is written, and ``exc`` itself is returned, when it is a :class:`DivergedError` (the run diverged),
-    ``path`` is None or no step was done since the checkpoint of step ``saved`` (the last one written, or the run's
-    start); a DataLoader worker's error is cleaned of the worker's traceback first (:func:`_worker_error`: a new
-    error of its type, with its own line)."""
+    Nothing is written, and ``exc`` itself is returned, when it is a :class:`DivergedError` (the run diverged) or a
+    :class:`CheckpointNotWritten` (the disk is full), ``path`` is None or no step was done since the checkpoint of
+    step ``saved`` (the last one written, or the run's start); a DataLoader worker's error is cleaned of the
+    worker's traceback first (:func:`_worker_error`: a new error of its type, with its own line)."""
     exc = _worker_error(exc)
-    if path is None or isinstance(exc, DivergedError) or step <= saved:
+    if path is None or isinstance(exc, (DivergedError, CheckpointNotWritten)) or step <= saved:
         return exc
     cause = str(exc).rstrip().rstrip(";.")
     try:
         path = save_checkpoint(path, step=step, parts=parts, **extra)
-    except DivergedError as refused:
-        return DivergedError(f"{cause}; {refused}")
+    except (DivergedError, CheckpointNotWritten) as refused:
+        return type(refused)(f"{cause}; {refused}")
     return _same_type(exc, f"{cause}; stopped {_saved_at(step, path, resume_hint)}")
 
 

@@ -25,13 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from rtseg.cliargs import NumberRange, Parser, check_ranges
+from rtseg.cliargs import NumberRange, Once, Parser, check_ranges
 from rtseg.data.spec import FORMS, parse_data
 from rtseg.entry import run_command
-from rtseg.errors import ConfigError, DatasetError, WeightsError, make_folder, sigterm_raises
+from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, make_folder, sigterm_raises
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.models.yolact_limits import BACKBONES, LIMITS
-from rtseg.outputs import same_file
+from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
 from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_input_file, weights_out
 
@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=_DefaultsShown)
     p.add_argument("--data", required=True, help=FORMS)
     p.add_argument("--val-data", help="validation set, same forms (default: synthetic val split for synthetic, none otherwise)")
-    p.add_argument("--out", required=True, help="output weights, a .safetensors path (manifest written beside it)")
-    p.add_argument("--work-dir", help="checkpoints folder (default: <out without suffix>.train)")
+    p.add_argument("--out", required=True, action=Once,
+                   help="output weights, a .safetensors path (manifest written beside it)")
+    p.add_argument("--work-dir", action=Once, help="checkpoints folder (default: <out without suffix>.train)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth written by an earlier run")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="start from these weights (.safetensors or official .pth of the same architecture) "
@@ -216,11 +217,11 @@ def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> No
                ("--work-dir", "the checkpoint", work_dir / CHECKPOINT_NAME))
               for f in (path, path.with_name(path.name + ".tmp"))]
     reads = [(option, Path(path)) for option, path in (("--init", args.init), ("--resume", args.resume)) if path]
-    for option, spec in (("--data", args.data), ("--val-data", args.val_data)):
+    data_specs = (("--data", args.data), ("--val-data", args.val_data))
+    check_not_among_labelme_files(manifest_path(out), f"--out {out}: its manifest {manifest_path(out).name}",
+                                  data_specs, "write the weights to another folder")
+    for option, spec in data_specs:
         data = parse_data(spec, option) if spec else None
-        if data and data.kind == "labelme" and same_file(manifest_path(out).parent, data.path):
-            raise ConfigError(f"--out {out}: its manifest {manifest_path(out).name} would go among the labelme files "
-                              f"of {option} {data.path} (and be read as one); write the weights to another folder")
         if data and data.kind == "coco":
             reads.append((option, data.path))
     for option, path in reads:
@@ -325,7 +326,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     minutes = (time.perf_counter() - t0) / 60
     meta = {"data": args.data, "train_minutes": round(minutes, 1), "device": args.device,
             "initialised_from": str(init.name) if init else None}
-    trainer.export(out, meta=meta, half=args.half)
+    try:
+        trainer.export(out, meta=meta, half=args.half)
+    except SinkError as exc:  # a full disk: the trained model is in the checkpoint just written
+        checkpoint = work_dir / CHECKPOINT_NAME
+        raise SinkError(f"--out {exc}; the model trained to step {trainer.step} is in {checkpoint} (usable as "
+                        f"--weights); export it with {trainer.resume_hint or f'--resume {checkpoint}'} once there is "
+                        "room") from None
     print(f"wrote {out} ({minutes:.1f} min of training)", flush=True)
     return metrics
 

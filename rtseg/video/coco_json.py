@@ -35,7 +35,7 @@ class CocoJsonSink:
         self.partial = partial_path(self.path)
         self._file = os.fdopen(claim(self.partial, self.path, "JSON output"), "wb", buffering=0)
         self._opened = False  # "[" written
-        self._frames = 0  # frames written, with or without detections
+        self.frames_written = 0  # frames written, with or without detections
         self.category_ids: Sequence[int] | None = None  # the engine's, when its weights name them
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
@@ -50,7 +50,7 @@ class CocoJsonSink:
         if entries:
             self._put(("," if self._opened else "[") + json.dumps(entries, separators=(",", ":"))[1:-1])
             self._opened = True
-        self._frames += 1
+        self.frames_written += 1
 
     def _put(self, text: str) -> None:
         """Append ``text``; a failed write is taken back (the file keeps whole entries only) and is a SinkError."""
@@ -71,7 +71,7 @@ class CocoJsonSink:
         """End the list and move the file to ``path`` (idempotent); without a frame written, :meth:`discard`."""
         if self._file.closed:
             return
-        if not self._frames:
+        if not self.frames_written:
             self.discard()
             return
         self._end_list()
@@ -92,7 +92,7 @@ class CocoJsonSink:
         (without a frame written, :meth:`discard`)."""
         if self._file.closed:
             return
-        if not self._frames:
+        if not self.frames_written:
             self.discard()
             return
         try:

@@ -30,6 +30,20 @@ def require_writable_folder(path: Path, what: str) -> None:
         raise SinkError(f"{what} {path}: folder {folder} is not writable; choose another path")
 
 
+def replace_whole(path: Path, data: bytes) -> None:
+    """Make ``path`` hold ``data``: written to a temporary file beside it (named by process: two runs never share
+    one), then renamed over it, so that a reader never sees part of it and a failed write (a full disk) leaves an
+    existing ``path`` as it was; the temporary file is removed then, and the OSError goes on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a half-written file must not keep filling the disk
+        raise
+
+
 def claim(partial: Path, path: Path, what: str) -> int:
     """Create ``partial`` (which must not exist) for writing and return its descriptor, holding an exclusive
     ``flock`` until it is closed.

@@ -38,7 +38,7 @@ from rtseg.errors import SinkError
 from rtseg.serialize import frame_record
 from rtseg.serve.server import WebSink
 from rtseg.types import Frame, Prediction
-from rtseg.video.outfiles import append_whole, require_writable_folder
+from rtseg.video.outfiles import append_whole, replace_whole, require_writable_folder
 from rtseg.video.sink_mp4 import Mp4Sink
 from rtseg.video.sink_push import PushSink
 
@@ -80,13 +80,9 @@ class ImageSink:
         ok, data = cv2.imencode(target.suffix.lower(), annotated)
         if not ok:
             raise SinkError(f"image output {target}: OpenCV cannot encode {target.suffix} images")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # per process: two runs never share one
         try:
-            tmp.write_bytes(data.tobytes())
-            os.replace(tmp, target)
+            replace_whole(target, data.tobytes())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)  # a half-written image must not keep filling the disk
             raise SinkError(f"image output {target}: write failed ({exc.strerror}); "
                             "free space or choose another path (the images before it are kept)") from None
 
@@ -141,7 +137,8 @@ class JsonlSink:
     overwriting it. On stdout or a FIFO, a reader that goes away (``rtseg ... --json - | head -3``)
     ends the run gracefully (:attr:`stop_requested`); a reader that stays but takes no data for
     ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for ever.
-    :meth:`discard` (a run that failed before its first frame) leaves an existing file as it was.
+    A run that wrote no line (it failed or stopped before its first frame) leaves no new file, and an existing
+    file as it was (:meth:`close`). :attr:`frames_written` counts the lines written.
     """
 
     STDOUT = "-"
@@ -152,6 +149,7 @@ class JsonlSink:
         self._stall_timeout = stall_timeout
         self._created = False  # the file did not exist before this sink
         if str(path) == self.STDOUT:
+            _require_writable_stdout()
             self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         else:
             require_writable_folder(self.path, "JSON Lines output")
@@ -160,6 +158,7 @@ class JsonlSink:
         # a regular file (partial lines are taken back), not a pipe, FIFO or device (/dev/null: no truncate)
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         self._emptied = not self._regular  # a file's old contents go at the first frame, not at opening
+        self.frames_written = 0
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         if self.stop_requested:
@@ -173,6 +172,7 @@ class JsonlSink:
                 append_whole(self._file, line)  # a partial line is taken back: the file stays valid JSON Lines
             else:
                 self._write_to_pipe(line)
+            self.frames_written += 1
         except BrokenPipeError:  # the reading end of a pipe (stdout, a FIFO) is closed: nobody wants more lines
             self.stop_requested = True
         except OSError as exc:
@@ -205,15 +205,25 @@ class JsonlSink:
         return "stdout" if str(self.path) == self.STDOUT else str(self.path)
 
     def close(self) -> None:
+        """Close the output (idempotent); a file this sink created is removed when no frame was written."""
+        if self._created and not self.frames_written and not self._file.closed:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # while held (flock): never another run's new file
         with contextlib.suppress(BrokenPipeError):
             self._file.close()
 
-    def discard(self) -> None:
-        """The run failed before its first frame: close, and remove the file if this sink created it."""
-        self.close()
-        if self._created and not self._emptied:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+
+def _require_writable_stdout() -> None:
+    """SinkError unless standard output is open for writing: a closed one (``>&-``, which
+    :func:`rtseg.errors.guard_standard_streams` points at /dev/null read-only) or one opened for reading (``1<file``)
+    fails at the first line with EBADF, which is no matter of disk space."""
+    try:
+        writable = fcntl.fcntl(sys.stdout.fileno(), fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+    except (OSError, ValueError):  # (no descriptor at all)
+        writable = False
+    if not writable:
+        raise SinkError("JSON Lines output stdout: standard output is closed or not open for writing; run with "
+                        "stdout open (e.g. > dets.jsonl or | a reader) or give --json a file")
 
 
 _PIPE_CHUNK = 4096  # bytes; at most one page per write, which a pipe that select() reports writable takes at once
