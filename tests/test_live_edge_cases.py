@@ -6,6 +6,7 @@ frame yielded twice shows as a repeated index.
 """
 from __future__ import annotations
 
+import http.server
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rtseg.errors import SourceError
 from rtseg.video.sources import open_source
 from rtseg.video.sources_live import StreamSource
 from servers.helpers import clip_colour, free_port, make_clip
-from servers.http_live import LiveHlsServer, LiveHttpServer, live_ts, redirect_loop, silent, status
+from servers.http_live import Handler, LiveHlsServer, LiveHttpServer, live_ts, redirect_loop, silent, status
 
 FPS = 10
 
@@ -134,6 +135,45 @@ def test_frames_the_decoder_holds_come_out_before_the_outage(tmp_path, end):
     assert np.diff([f.pts for f in frames]) == pytest.approx([1 / FPS] * 19)
     assert events[0].startswith(f"stream {server.url()} lost ("), events
     assert frame.pts - frames[-1].pts > (1.0 if end == "stall" else 1 / FPS)  # frame: the reconnection's first
+
+
+#: Frames of the HTTP files below (16 s): the first half is more than FFmpeg's probe reads (5 s), so that the server
+#: stops sending while the file is read, not while it is opened.
+HTTP_FILE_FRAMES = 160
+
+
+def _half_of(body: bytes, *, then: str) -> Handler:
+    """An HTTP file (200 with a Content-Length: read like a file, not a live stream) of which the server sends the
+    first half, then ``then``: "stall" (the connection held open, silent, 30 s) or "close" (it hangs up)."""
+    def handle(request: http.server.BaseHTTPRequestHandler, k: int) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", "video/mp2t")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body[:len(body) // 2])
+        request.wfile.flush()
+        if then == "stall":
+            time.sleep(30)
+    return handle
+
+
+@pytest.mark.parametrize("then, why", [
+    ("stall", "the server sent no data for 1s (it or the network stalled); check the server"),
+    ("close", "Input/output error (the connection dropped, or the file is damaged); check the server")])
+def test_an_http_file_the_server_stops_sending_says_what_happened(tmp_path, then, why):
+    """An MPEG-TS file whose server stops half-way: was 'failed at 1.760s: Immediate exit requested; over HTTP, an
+    MP4 whose index is at its end needs a server that supports byte ranges …', PyAV's words for its read timeout
+    and advice for another format. Now what happened, and where to go on from (--start)."""
+    body = _encode(tmp_path / "f.ts", 0, HTTP_FILE_FRAMES, (48, 64)).read_bytes()
+    frames = []
+    with LiveHttpServer(_half_of(body, then=then)) as server, pytest.raises(SourceError) as info:
+        with open_source(server.url("/f.ts"), open_timeout=5, read_timeout=1) as source:
+            assert not source.is_live
+            frames.extend(source)
+    last = f"{frames[-1].pts:.3f}"
+    assert str(info.value) == (f"reading {server.url('/f.ts')} failed at {last}s: {why}, then go on from there with "
+                               f"--start {last}")
+    assert [_index(f.image, HTTP_FILE_FRAMES) for f in frames] == list(range(len(frames)))
 
 
 # --- live HLS: a wait for the next segment, a new size mid-connection, then a playlist that stops growing ---

@@ -7,7 +7,7 @@
 ``rtsp://``, ``rtmp://``, ``http(s)``  network stream (PyAV), live, reconnects
 ``dir/``, ``*.png`` (glob), ``a.jpg``  still images, sorted by name
 ``synthetic`` / ``synthetic:SEED``     procedurally drawn clip (``rtseg.data.synthetic``)
-anything else                          a video file FFmpeg can read (PyAV)
+anything else                          a video file FFmpeg can read (PyAV), or a pipe / FIFO carrying one
 =====================================  ==========================================
 
 Every source is an iterator and a context manager, reports ``is_live`` and
@@ -263,6 +263,7 @@ class Paced(Source):
         self.inner = inner
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        self.inner.on_event = self.on_event  # what ``inner`` goes through (damaged data, a stalled pipe) is told too
         period = 1.0 / self.fps
         t0 = time.monotonic()
         for i, frame in enumerate(self.inner):
@@ -271,6 +272,11 @@ class Paced(Source):
             if delay > 0 and self._stop.wait(delay):
                 return
             yield frame.image, i * period
+
+    def request_stop(self) -> None:
+        """Ask this source and ``inner`` (which may be waiting for data, e.g. from a pipe) to end."""
+        super().request_stop()
+        self.inner.request_stop()
 
     def close(self) -> None:
         super().close()
@@ -356,8 +362,10 @@ def open_source(
         frames and drop by latency instead).
     start, end: seconds into a video file (``end`` exclusive; None = to the end).
     realtime: replay a file, folder or synthetic clip as a live source at its frame rate.
-    open_timeout, read_timeout: seconds before a network stream counts as unreachable / stalled.
-    reconnect_timeout: seconds a dropped stream may stay down before the source gives up.
+    open_timeout, read_timeout: seconds before a network stream counts as unreachable / stalled (a pipe or FIFO
+        as stalled: a warning).
+    reconnect_timeout: seconds a dropped stream may stay down before the source gives up (a pipe or FIFO: stay
+        without data, at least ``read_timeout``).
     synthetic: keyword arguments for :class:`SyntheticSource` (width, height, num_frames, fps).
     """
     check_number("open_source: vid_stride", vid_stride, 1, integer=True)
@@ -417,5 +425,6 @@ def open_source(
             if not os.path.exists(spec):
                 raise SourceError(f"source not found: {spec} "
                                   f"(expected a video file, image, folder, glob, URL or camera index)")
-            source = FileSource(spec, vid_stride=vid_stride, start=start, end=end)
+            source = FileSource(spec, vid_stride=vid_stride, start=start, end=end,
+                                pipe_timeouts=(read_timeout, reconnect_timeout))
     return Paced(source) if realtime else source

@@ -21,6 +21,7 @@ from av.stream import Discard
 from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import PERMISSION_DENIED, ConfigError, SourceError, first_line
+from rtseg.video.pipe_reader import PipeReader, Signalled
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
@@ -96,18 +97,22 @@ def displayed(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray
     return np.ascontiguousarray(np.flip(image, axis=flips) if flips else image)
 
 
-def _open_file(path: str, timeouts: tuple[float, float] | None = None
+def _open_file(path: str, timeouts: tuple[float, float] | None = None, pipe: PipeReader | None = None
                ) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open a video file (or an HTTP file: ``timeouts`` = (open, read) seconds) and pick its video stream;
-    SourceError (one line, credentials removed) when that is impossible."""
+    """Open a video file (an HTTP file: ``timeouts`` = (open, read) seconds; a pipe or FIFO: through ``pipe``) and
+    pick its video stream; SourceError (one line, credentials removed) when that is impossible."""
     name = redact_url(path)
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise SourceError(f"video file {name} is empty (0 bytes); pass a complete file")
     try:
-        container = av.open(path, timeout=timeouts)
+        container = av.open(path if pipe is None else pipe, timeout=timeouts)
+    except Signalled as exc:
+        raise exc.args[0] from None
     except PermissionError:
         raise SourceError(f"cannot read video file {name}: {PERMISSION_DENIED}") from None
     except AV_ERRORS as exc:
+        if pipe is not None and pipe.failure is not None:
+            raise pipe.failure from None
         raise SourceError(f"cannot read video file {name}: {scrub(error_reason(exc), path)}; it is not a video FFmpeg can "
                           f"decode, or damaged or incomplete (e.g. a recording cut off before its index was written)"
                           ) from None
@@ -132,12 +137,26 @@ class FileSource(Source):
     :data:`SCAN_WHOLE_BYTES`, only up to the start).
     A packet the decoder rejects (damaged data) is skipped as FFmpeg skips it, with a warning
     (``on_event``) and a notice; a file no frame of which decodes raises SourceError.
+    A pipe or FIFO is read through a :class:`PipeReader`: a stop request ends a wait for its data, and a writer
+    that stalls is warned of after ``pipe_timeouts[0]`` s and ends the source (SourceError) after
+    ``pipe_timeouts[1]`` s (at least the first) without data, as a live stream that stays lost does.
     """
 
     def __init__(self, path: str, *, vid_stride: int = 1, start: float = 0.0, end: float | None = None,
-                 timeouts: tuple[float, float] | None = None) -> None:
-        self._container, self._stream = _open_file(path, timeouts)
+                 timeouts: tuple[float, float] | None = None, pipe_timeouts: tuple[float, float] = (5.0, 60.0)
+                 ) -> None:
         name = redact_url(path)  # in messages: an HTTP file's URL without its credentials
+        super().__init__(source_id=name)
+        self._seekable = timeouts is not None or os.path.isfile(path)  # (not a pipe: it can be sought or reopened)
+        self._pipe = None if self._seekable else PipeReader(
+            path, stop=self._stop, warn_s=pipe_timeouts[0], limit_s=pipe_timeouts[1],
+            on_event=lambda line: self.on_event(line))
+        try:
+            self._container, self._stream = _open_file(path, timeouts, self._pipe)
+        except BaseException:
+            if self._pipe is not None:
+                self._pipe.close()
+            raise
         self._open, self._name = (path, timeouts), name
         rate = stream_rate(self._stream)
         self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
@@ -145,7 +164,6 @@ class FileSource(Source):
         # a local file whose timestamps may jump is scanned (then start is never sought by timestamp); _scan sets
         # _key: (byte position, timeline offset in s) of the key frame to start from
         self._key: tuple[int, float] | None = None
-        self._seekable = timeouts is not None or os.path.isfile(path)  # (not a pipe: it can be sought or reopened)
         jumpy = timeouts is None and self._seekable and bool(self._container.format.flags & TS_DISCONT)
         whole = jumpy and os.path.getsize(path) <= SCAN_WHOLE_BYTES
         self._scanned = whole or (jumpy and start > 0)  # (a large file without a start: nothing to scan for)
@@ -155,14 +173,14 @@ class FileSource(Source):
             length = self._container.duration / 1e6 if self._container.duration else None
             frames = self._estimate_frames(rate)
         if start > 0 and length is not None and start >= length:
-            self._container.close()
+            self.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
                               f"choose an earlier start")
         self._damage: list[float | None] = []  # media time (s) of every damaged packet skipped
         self._reformatter = VideoReformatter()  # decoded frames → BGR, one swscale context for the whole file
         self._timeline = Timeline(jumps_ahead=False)  # of the frames read so far (see _timed)
         self._decoded_frames = 0
-        super().__init__(source_id=name, fps=float(rate) / vid_stride if rate else None, num_frames=frames)
+        self.fps, self.num_frames = float(rate) / vid_stride if rate else None, frames
 
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
         """Expected number of frames yielded (for progress) from the rate and the duration FFmpeg reports, None
@@ -323,13 +341,13 @@ class FileSource(Source):
                     self.decode_seconds = time.perf_counter() - t0
                     yield image, t
                     t0 = time.perf_counter()
+        except Signalled as exc:
+            raise exc.args[0] from None
         except AV_ERRORS as exc:
             where = f" at {t:.3f}s" if t is not None else ""
-            over_http = self._open[1] is not None
-            hint = ("over HTTP, an MP4 whose index is at its end needs a server that supports byte ranges (or the "
-                    "file remuxed with ffmpeg -movflags +faststart)") if over_http else "the file may be damaged"
-            raise SourceError(f"reading {self._name} failed{where}: {scrub(error_reason(exc), self._open[0])}; "
-                              f"{hint}") from None
+            raise SourceError(f"reading {self._name} failed{where}: {self._read_failure(exc, t)}") from None
+        if self._pipe is not None and self._pipe.failure is not None:
+            raise self._pipe.failure
         self._report_damage()
         if not kept and self._start > 0 and not self._stop.is_set():  # the duration told was longer, or none was
             at = f" (at {last:.3f} s)" if last is not None else ""
@@ -340,6 +358,21 @@ class FileSource(Source):
                                 "concatenated video): frames were timed on across each jump")
         else:
             self._check_complete(t)
+
+    def _read_failure(self, exc: BaseException, t: float | None) -> str:
+        """Why reading failed after the frame at ``t`` s (None: before any) and what to do, as one clause
+        (credentials removed)."""
+        path, timeouts = self._open
+        reason = scrub(error_reason(exc), path)
+        if timeouts is None:
+            return f"{reason}; the file may be damaged"
+        then = f", then go on from there with --start {t:.3f}" if t is not None else ", then run again"
+        if isinstance(exc, (av.error.ExitError, TimeoutError)):  # PyAV's read timeout / the protocol's
+            return f"the server sent no data for {timeouts[1]:g}s (it or the network stalled); check the server{then}"
+        if "mp4" in self._container.format.name.split(","):
+            return (f"{reason}; over HTTP, an MP4 whose index is at its end needs a server that supports byte ranges "
+                    "(or the file remuxed with ffmpeg -movflags +faststart)")
+        return f"{reason} (the connection dropped, or the file is damaged); check the server{then}"
 
     def _report_damage(self) -> None:
         """Notice of the damaged packets skipped; SourceError when they were all there was."""
@@ -369,3 +402,5 @@ class FileSource(Source):
     def close(self) -> None:
         super().close()
         self._container.close()
+        if self._pipe is not None:
+            self._pipe.close()
