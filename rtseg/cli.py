@@ -53,8 +53,8 @@ def build_parser() -> Parser:
     src.add_argument("--end", type=float, default=None, metavar="S", help="stop at S seconds (video files)")
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames were written")
     src.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
-                     help="streams and --push: seconds a lost stream or push server may stay down before the "
-                          "run ends (default 60; 0: end at the first loss)")
+                     help="streams, pipes and --push: seconds a lost stream, a silent pipe or a push server may "
+                          "stay down before the run ends (default 60; 0: end at the first loss; a pipe: after 5 s)")
     src.add_argument("--realtime", action="store_true", help="replay a file/folder/synthetic source at its "
                      "frame rate as a live source (frames are dropped when the engine is slower)")
     eng = p.add_argument_group("engine")
@@ -269,16 +269,17 @@ def run(args: argparse.Namespace) -> int:
     """Segment ``args.source`` into the requested outputs; print the metrics summary.
 
     The checks of the options (torch-free, the weights' manifests read by :mod:`rtseg.manifest`; ``--calib``'s
-    imports torch) and the import of the pipeline (torch, once the source is open) run before any output opens, with
-    SIGTERM raising :class:`rtseg.errors.Terminated`: a SIGTERM during those seconds is one line and 143, as it was
-    while the entry point imported this module."""
+    imports torch), the opening of the source (which may wait for a server or a FIFO's writer) and the import of the
+    pipeline (torch) run before any output opens, with SIGTERM raising :class:`rtseg.errors.Terminated`: a SIGTERM
+    during those seconds is one line and 143, as it was while the entry point imported this module."""
     with sigterm_raises(Terminated):
         _check_args(args)
         name = engine_name(args)
         _check_engine_options(args, name)
     with contextlib.ExitStack() as stack:
-        source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
-                             realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
+        with sigterm_raises(Terminated):  # opening may wait: a stream's server, a FIFO's first writer
+            source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
+                                 realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
         stack.callback(source.close)
         # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
         check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])

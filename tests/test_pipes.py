@@ -270,3 +270,22 @@ def test_a_run_whose_pipe_stays_stalled_ends_with_one_line_and_keeps_its_outputs
         f"allow longer pauses with --reconnect-timeout; the {FRAMES} frames written before it are kept in {out}.mp4, "
         f"{out}.jsonl"], stderr
     assert _lines(tmp_path / "o.jsonl") == FRAMES and _mp4_frames(tmp_path / "o.mp4") == FRAMES
+
+
+def test_sigterm_while_the_source_waits_for_its_first_writer_is_one_line(tmp_path):
+    """A FIFO nobody writes to yet: the run waits in its open. SIGTERM there ended the process without a word (-15:
+    the source was opened outside the command line's SIGTERM guard); now one line and 143, nothing written."""
+    fifo, out = tmp_path / "in.ts", tmp_path / "o"
+    os.mkfifo(fifo)
+    proc = _rtseg(str(fifo), out)
+    try:
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{proc.pid}/wchan").read_text() != "wait_for_partner":  # the FIFO's open waits for a writer
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=20)[1].decode()
+    finally:
+        proc.kill()
+    assert (proc.returncode, stderr.splitlines()) == (143, ["rtseg: terminated"]), (proc.returncode, stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ts"]
