@@ -227,14 +227,18 @@ def test_wrong_engine_for_the_weights_is_one_line(fcn_weights, msrcnn_weights, c
     assert re.search(message, _one_line(capsys.readouterr().err))
 
 
+_SIDE = "at most 11585 a side keeps an image within the 134,217,728 pixels rtseg reads"
+
+
 @pytest.mark.parametrize("text, line", [
-    ("20x10", "--resize 20: must be an integer >= 32 pixels (the width of 20x10)"),
-    ("160x0", "--resize 0: must be an integer >= 32 pixels (the height of 160x0)"),
-    ("160X31", "--resize 31: must be an integer >= 32 pixels (the height of 160X31)"),
-    ("160", "--resize 160: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),
-    ("160x-120", "--resize 160x-120: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),
-    ("1.5x120", "--resize 1.5x120: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),
-    ("\u00b2x120", "--resize \u00b2x120: use WIDTHxHEIGHT, each at least 32, e.g. --resize 160x120"),  # was a traceback
+    ("20x10", f"--resize 20: must be an integer in [32, 11585] pixels (the width of 20x10; {_SIDE})"),
+    ("160x0", f"--resize 0: must be an integer in [32, 11585] pixels (the height of 160x0; {_SIDE})"),
+    ("160X31", f"--resize 31: must be an integer in [32, 11585] pixels (the height of 160X31; {_SIDE})"),
+    ("160x11586", f"--resize 11586: must be an integer in [32, 11585] pixels (the height of 160x11586; {_SIDE})"),
+    ("160", "--resize 160: use WIDTHxHEIGHT, each from 32 to 11585, e.g. --resize 160x120"),
+    ("160x-120", "--resize 160x-120: use WIDTHxHEIGHT, each from 32 to 11585, e.g. --resize 160x120"),
+    ("1.5x120", "--resize 1.5x120: use WIDTHxHEIGHT, each from 32 to 11585, e.g. --resize 160x120"),
+    ("\u00b2x120", "--resize \u00b2x120: use WIDTHxHEIGHT, each from 32 to 11585, e.g. --resize 160x120"),  # was a traceback
 ])
 def test_resize_out_of_range_reads_like_every_numeric_option(text, line):
     """A side under 32 pixels is said as rtseg.cliargs.check_range says it (was one hand-made line for all)."""
@@ -248,7 +252,8 @@ def test_resize_out_of_range_reads_like_every_numeric_option(text, line):
 
 def test_cli_user_errors_for_fcn(fcn_weights, tmp_path, capsys):
     assert main(["--weights", str(fcn_weights), "--resize", "20x10", "--max-images", "1"]) == 2
-    assert "--resize 20: must be an integer >= 32 pixels (the width of 20x10)" in _one_line(capsys.readouterr().err)
+    assert f"--resize 20: must be an integer in [32, 11585] pixels (the width of 20x10; {_SIDE})" in \
+        _one_line(capsys.readouterr().err)
     other = save_fcn(tmp_path / "other.safetensors", FCN(FcnConfig(num_classes=3, width=0.0625)),
                      ["background", "circle", "dog"])
     assert main(["--weights", str(other), "--max-images", "1"]) == 2
