@@ -184,13 +184,15 @@ _TIFF = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # little / big-endian TIFF, th
 #: The field layout of a TIFF's image file directory (IFD), classic then BigTIFF: the IFD's offset (at byte 4 or 8),
 #: its entry count, one entry (tag, type, count, value or offset).
 _TIFF_LAYOUT = {False: ("I", 4, "H", "HHI4s"), True: ("Q", 8, "Q", "HHQ8s")}
-#: The TIFF field types a width or height may have: SHORT, LONG, LONG8 (BigTIFF).
-_TIFF_INTS = {3: "H", 4: "I", 16: "Q"}
+#: The TIFF field types of a width or height libtiff (OpenCV's TIFF reader) takes: BYTE, SHORT, LONG, SBYTE, SSHORT,
+#: SLONG, LONG8, SLONG8.
+_TIFF_INTS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of the TIFF (or BigTIFF) in ``data``: the ImageWidth and ImageLength fields of its first
-    directory (the page OpenCV decodes), None when the directory is cut short or lacks them."""
+    directory (the page OpenCV decodes; the first of a repeated field, as libtiff), None when the directory is cut
+    short, lies beyond the file or lacks them, or a size is not positive."""
     order = "<" if data.startswith(b"II") else ">"
     big = data[2:4] in (b"+\0", b"\0+")
     offset_type, offset_at, count_type, entry_type = _TIFF_LAYOUT[big]
@@ -201,14 +203,17 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
         if count > 0xFFFF:  # libtiff's own check: not a directory
             return None
         first = ifd + struct.calcsize(count_type)
-        fields = {}
+        fields: dict[int, int] = {}
         for pos in range(first, first + count * entry.size, entry.size):
             tag, kind, _, value = entry.unpack_from(data, pos)
-            if tag in (256, 257) and kind in _TIFF_INTS:
-                fields[tag] = struct.unpack_from(order + _TIFF_INTS[kind], value)[0]
+            if tag in (256, 257) and tag not in fields and kind in _TIFF_INTS:
+                number = struct.Struct(order + _TIFF_INTS[kind])
+                fields[tag] = (number.unpack_from(value) if number.size <= len(value) else  # else at an offset:
+                               number.unpack_from(data, struct.unpack_from(order + offset_type, value)[0]))[0]
             if len(fields) == 2:
-                return fields[256], fields[257]
-    except struct.error:  # cut short
+                width, height = fields[256], fields[257]
+                return (width, height) if width > 0 and height > 0 else None
+    except (struct.error, OverflowError):  # cut short, or an offset beyond any file
         return None
     return None
 

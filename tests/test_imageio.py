@@ -201,6 +201,14 @@ def _tiff_header(order: str, big: bool, width: int, height: int) -> bytes:
     return magic + head + entries
 
 
+def _tiff_fields(order: str, *fields: tuple[int, int, str, int]) -> bytes:
+    """A classic TIFF's header and first directory of ``fields`` (tag, type, struct format, value), no pixels."""
+    entries = b"".join(struct.pack(order + "HHI", tag, kind, 1) + struct.pack(order + fmt, value).ljust(4, b"\0")
+                       for tag, kind, fmt, value in fields)
+    magic = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 42)
+    return magic + struct.pack(order + "IH", 8, len(fields)) + entries
+
+
 HEADERS = {  # formats whose size is read here (Pillow cannot tell it, checks it against its own limit, or warns)
     "png with a bad chunk checksum": lambda big: _with_bad_text_chunk(big),
     "bmp, 48-byte info header": lambda big: (b"BM" + struct.pack("<IHHI", 0, 0, 0, 62) + struct.pack("<Iii", 48, *BIG)
@@ -222,6 +230,10 @@ HEADERS = {  # formats whose size is read here (Pillow cannot tell it, checks it
     "tiff big-endian": lambda big: _tiff_header(">", False, *BIG),
     "bigtiff little-endian": lambda big: _tiff_header("<", True, *BIG),
     "bigtiff big-endian": lambda big: _tiff_header(">", True, *BIG),
+    # libtiff takes signed sizes too, and the first of a repeated field (the second said 10 wide: let through)
+    "tiff of signed sizes": lambda big: _tiff_fields("<", (256, 8, "h", 12_000), (257, 9, "i", 12_000)),
+    "tiff repeating its width": lambda big: _tiff_fields(">", (256, 4, "I", 12_000), (256, 3, "H", 10),
+                                                         (257, 4, "I", 12_000)),
     "avif": lambda big: _avif_header(*BIG),
 }
 
@@ -344,3 +356,13 @@ def test_a_damaged_exif_in_a_jpeg_or_avif_is_read_without_a_warning(name, data):
         warnings.simplefilter("always")
         assert decode_image(data()).shape == (37, 53, 3)
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("offset", [2**31, 2**63, 2**64 - 1])
+def test_a_bigtiff_whose_directory_lies_beyond_any_file_is_unreadable_not_a_crash(offset, tmp_path):
+    """The directory's offset past what a C size can hold was an OverflowError traceback (the decode stage's
+    error in a run)."""
+    path = tmp_path / "far.tif"
+    path.write_bytes(b"II+\0\x08\0\0\0" + struct.pack("<Q", offset) + bytes(16))
+    with pytest.raises(ImageReadError, match="not a readable image file"):
+        read_image_file(path)
