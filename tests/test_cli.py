@@ -778,3 +778,21 @@ def test_the_frames_kept_are_counted_per_output_when_they_differ(tmp_path):
         f"{tmp_path / 'a.partial.json'} (2 frames)")
     assert str(_with_kept_recordings(failed, [results], 2)) == (
         f"{failed}; the 2 frames written before it are kept in {tmp_path / 'a.partial.json'}")
+
+
+def test_the_frames_kept_in_an_mp4_are_its_own_count(tmp_path):
+    """An MP4 kept by a run whose JSON output failed was said to hold the frames every output took (28 of its 29)."""
+    from rtseg.cli import _with_kept_recordings
+    from rtseg.errors import SinkError
+    from rtseg.types import Detections, Frame
+    from rtseg.video.sinks import Mp4Sink
+
+    video = Mp4Sink(tmp_path / "m.mp4", fps_hint=10)
+    image = np.zeros((16, 16, 3), np.uint8)
+    empty = Detections.empty((16, 16), class_names=("thing",))
+    for seq in range(3):
+        video.write(Frame(image=image, seq=seq, pts=seq / 10, capture_time=0.0, source_id="t"), empty, image)
+    video.abort()
+    failed = SinkError(f"JSON Lines output {tmp_path / 'd.jsonl'}: write failed")
+    assert str(_with_kept_recordings(failed, [video], 2)) == (
+        f"{failed}; the 3 frames written before it are kept in {tmp_path / 'm.partial.mp4'}")

@@ -172,6 +172,7 @@ class Mp4Sink:
         self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf,
                                     frame_threads=frame_threads, slice_threads=slice_threads)
         self._closed = False
+        self.frames_written = 0  # frames the encoder took (the count a failed run's message gives)
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         """Encode ``annotated`` ((H, W, 3) uint8 BGR) at the frame's timestamp."""
@@ -182,6 +183,7 @@ class Mp4Sink:
                 if self._audio is not None:
                     self._audio.add_to(self._container, t)
             self._encoder.encode(annotated, t)
+            self.frames_written += 1
             if self._audio is not None:
                 self._audio.pump(self._container, self._encoder.last_time)
         except (av.error.FFmpegError, OSError) as exc:
