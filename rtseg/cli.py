@@ -269,9 +269,10 @@ def run(args: argparse.Namespace) -> int:
     """Segment ``args.source`` into the requested outputs; print the metrics summary.
 
     The checks of the options (torch-free, the weights' manifests read by :mod:`rtseg.manifest`; ``--calib``'s
-    imports torch), the opening of the source (which may wait for a server or a FIFO's writer) and the import of the
-    pipeline (torch) run before any output opens, with SIGTERM raising :class:`rtseg.errors.Terminated`: a SIGTERM
-    during those seconds is one line and 143, as it was while the entry point imported this module."""
+    imports torch), the opening of the source (which may wait for a server or a FIFO's writer), the import of the
+    pipeline (torch) and the loading of the engine run with SIGTERM raising :class:`rtseg.errors.Terminated`: a
+    SIGTERM during those seconds is one line and 143 (the outputs opened by then are closed, nothing in them), as it
+    was while the entry point imported this module; the pipeline handles it from its start."""
     with sigterm_raises(Terminated):
         _check_args(args)
         name = engine_name(args)
@@ -284,22 +285,24 @@ def run(args: argparse.Namespace) -> int:
         # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
         check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
         source.on_event = lambda line: print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
-        with sigterm_raises(Terminated):
+        with sigterm_raises(Terminated):  # until the pipeline runs (its own handler): the outputs close unwritten
             from rtseg.video.coco_json import CocoJsonSink
             from rtseg.video.pipeline import Pipeline
-        expected = [n for n in (source.num_frames, args.max_frames) if n is not None]
-        short = bool(expected) and min(expected) <= 20  # too few frames to leave 5 untimed
-        metrics = Metrics(warmup_frames=0 if short else 5)
-        sinks = open_sinks(args, source, metrics, stack)
-        engine = _load_engine(args, name)
-        for sink in sinks:  # COCO results use the category ids the weights were trained with, when they name them
-            if isinstance(sink, CocoJsonSink):
-                sink.category_ids = getattr(engine, "category_ids", None)
-        if args.backend == "auto":
-            print(f"rtseg: --backend auto chose {engine.backend.name}", file=sys.stderr)
-        pipeline = Pipeline(source=source, engine=engine, sinks=sinks, metrics=metrics, max_frames=args.max_frames,
-                            progress=not (source.is_live or args.no_progress) and sys.stderr.isatty(),
-                            show_hud=not args.no_hud)
+
+            expected = [n for n in (source.num_frames, args.max_frames) if n is not None]
+            short = bool(expected) and min(expected) <= 20  # too few frames to leave 5 untimed
+            metrics = Metrics(warmup_frames=0 if short else 5)
+            sinks = open_sinks(args, source, metrics, stack)
+            engine = _load_engine(args, name)
+            for sink in sinks:  # COCO results use the category ids the weights were trained with, if they name them
+                if isinstance(sink, CocoJsonSink):
+                    sink.category_ids = getattr(engine, "category_ids", None)
+            if args.backend == "auto":
+                print(f"rtseg: --backend auto chose {engine.backend.name}", file=sys.stderr)
+            pipeline = Pipeline(source=source, engine=engine, sinks=sinks, metrics=metrics,
+                                max_frames=args.max_frames,
+                                progress=not (source.is_live or args.no_progress) and sys.stderr.isatty(),
+                                show_hud=not args.no_hud)
         stack.pop_all()  # the pipeline closes the source and the sinks from here on
         try:
             pipeline.run()

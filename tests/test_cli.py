@@ -796,3 +796,17 @@ def test_the_frames_kept_in_an_mp4_are_its_own_count(tmp_path):
     failed = SinkError(f"JSON Lines output {tmp_path / 'd.jsonl'}: write failed")
     assert str(_with_kept_recordings(failed, [video], 2)) == (
         f"{failed}; the 3 frames written before it are kept in {tmp_path / 'm.partial.mp4'}")
+
+
+def test_sigterm_while_the_engine_loads_is_one_line_and_leaves_no_file(tmp_path):
+    """SIGTERM after the outputs opened, while the engine loaded, ended the process without a word (-15), leaving
+    an empty o.partial.mp4 that made the next run aimed at it refuse to start."""
+    code = ("import os, signal, sys\nimport rtseg.cli as cli\nload = cli._load_engine\n"
+            "def terminated_while_loading(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n    return load(*args, **kwargs)\n"
+            "cli._load_engine = terminated_while_loading\nsys.exit(cli.main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "--source", "synthetic", "--engine", "slic", "--max-frames", "3",
+                        "--output", str(tmp_path / "o.mp4"), "--json", str(tmp_path / "o.jsonl")],
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr.splitlines()) == (143, ["rtseg: terminated"]), (r.returncode, r.stderr)
+    assert list(tmp_path.iterdir()) == []
