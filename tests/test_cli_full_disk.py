@@ -6,23 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from servers.helpers import FILE_LIMIT_RUN
+
 REPO = Path(__file__).resolve().parents[1]
-
-_LIMITED_RUN = (
-    "import resource, runpy, signal, sys; "
-    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # past the limit, write() fails with EFBIG (a full disk)
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY)); "
-    "sys.argv = ['rtseg', *sys.argv[2:]]; "
-    "runpy.run_module('rtseg', run_name='__main__')"
-)
-
 
 def test_a_recording_the_disk_cannot_hold_is_one_line_exit_2_and_the_existing_output_stays(tmp_path: Path) -> None:
     """4 frames: the whole recording is one fragment, written when the output closes. That failed write used
     to end with exit 0, no word, and the cut-off file (unplayable) renamed over the existing out.mp4."""
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an earlier recording")
-    r = subprocess.run([sys.executable, "-c", _LIMITED_RUN, "20000", "--source", "synthetic", "--max-frames", "4",
+    r = subprocess.run([sys.executable, "-c", FILE_LIMIT_RUN, "20000", "--source", "synthetic", "--max-frames", "4",
                         "--no-progress", "--output", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     errors = [line for line in r.stderr.splitlines() if "error" in line]
@@ -41,7 +34,7 @@ _TRAIN = ["train", "--data", "synthetic", "--train-images", "4", "--input-size",
 
 def _limited(limit: int, *args: str) -> subprocess.CompletedProcess:
     """``rtseg *args`` in a subprocess whose files may grow to ``limit`` bytes (past it a write fails: EFBIG)."""
-    return subprocess.run([sys.executable, "-c", _LIMITED_RUN, str(limit), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", FILE_LIMIT_RUN, str(limit), *args], capture_output=True, text=True,
                           timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

@@ -19,6 +19,7 @@ from rtseg.eval.cli import class_mapping, main
 from rtseg.eval.coco import METRICS, CocoEvaluator, evaluate
 from rtseg.errors import ConfigError
 from rtseg.types import Detections
+from servers.helpers import FILE_LIMIT_RUN
 
 
 def _perfect(sample: Sample, scores=None, masks=None, class_ids=None) -> Detections:
@@ -325,15 +326,6 @@ def test_official_coco_class_order_maps_to_coco_category_names():
     assert (class_mapping(COCO_CLASSES, names) >= 0).sum() == 3
 
 
-_FILE_LIMIT_RUN = (
-    "import resource, runpy, signal, sys; "
-    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # past the limit, write() fails with EFBIG (a full disk)
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY)); "
-    "sys.argv = ['rtseg', *sys.argv[2:]]; "
-    "runpy.run_module('rtseg', run_name='__main__')"
-)
-
-
 def test_cli_json_that_cannot_be_written_leaves_the_earlier_file_whole(tiny_weights, tmp_path):
     """--json is written beside its path and renamed: a failed write (a file size limit of 200 bytes standing in for
     a full disk) used to leave the earlier metrics file cut at 200 bytes, or a new one empty."""
@@ -344,7 +336,7 @@ def test_cli_json_that_cannot_be_written_leaves_the_earlier_file_whole(tiny_weig
     earlier.write_text(json.dumps({"metrics": {"mask_AP": 0.5}, "note": "x" * 300}))
     before = earlier.read_bytes()
     for out in (earlier, tmp_path / "new.json"):
-        r = subprocess.run([sys.executable, "-c", _FILE_LIMIT_RUN, "200", "eval", "--weights", str(tiny_weights),
+        r = subprocess.run([sys.executable, "-c", FILE_LIMIT_RUN, "200", "eval", "--weights", str(tiny_weights),
                             "--data", "synthetic:test", "--max-images", "1", "--json", str(out)],
                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

@@ -6,6 +6,7 @@
 - ``ListSink``: a real sink that keeps what it was given.
 - ``RtspServer``: gst-rtsp-server on loopback in a subprocess (system python3 with ``gi``).
 - ``push_receiver(...)``: Debian's ffmpeg as a one-client RTMP/RTSP listener; ``wait_listening(port)``: until it is up.
+- ``FILE_LIMIT_RUN``: ``python -c FILE_LIMIT_RUN LIMIT ARGS...`` runs ``rtseg ARGS`` with files limited to LIMIT bytes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 FFMPEG = shutil.which("ffmpeg")
 TINY_CLASSES = ["a", "b", "c"]
+FILE_LIMIT_RUN = (
+    "import resource, runpy, signal, sys; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # past the limit, write() fails with EFBIG (a full disk)
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY)); "
+    "sys.argv = ['rtseg', *sys.argv[2:]]; "
+    "runpy.run_module('rtseg', run_name='__main__')"
+)
+"""``python -c FILE_LIMIT_RUN LIMIT ARGS...``: ``rtseg ARGS`` in a process whose files may grow to LIMIT bytes only
+(a full disk without mounting one: a write past it fails with EFBIG)."""
 
 
 def tiny_config():
