@@ -278,14 +278,15 @@ def run(args: argparse.Namespace) -> int:
         name = engine_name(args)
         _check_engine_options(args, name)
     with contextlib.ExitStack() as stack:
-        with sigterm_raises(Terminated):  # opening may wait: a stream's server, a FIFO's first writer
+        # until the pipeline runs (its own handler); opening may wait (a stream's server, a FIFO's first writer);
+        # outputs opened by then close unwritten
+        with sigterm_raises(Terminated):
             source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
                                  realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
-        stack.callback(source.close)
-        # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
-        check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
-        source.on_event = lambda line: print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
-        with sigterm_raises(Terminated):  # until the pipeline runs (its own handler): the outputs close unwritten
+            stack.callback(source.close)
+            # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
+            check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
+            source.on_event = lambda line: print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
             from rtseg.video.coco_json import CocoJsonSink
             from rtseg.video.pipeline import Pipeline
 

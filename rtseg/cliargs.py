@@ -28,7 +28,6 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        self.given_once: set[str] = set()  # the dests of the :class:`Once` options given so far
         words = list(sys.argv[1:] if args is None else args)
         takes_value = {s for a in self._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
         for word, following in zip(words, words[1:] + [None]):
@@ -44,15 +43,14 @@ class Parser(argparse.ArgumentParser):
 
 class Once(argparse.Action):
     """``action=Once``: an option of one value (an output path, an address) that may be given once. argparse keeps
-    the last of a repeated option, so ``--json a.json --json a.jsonl`` would write only a.jsonl; with a
-    :class:`Parser` the second one is a usage error instead: ``--json given twice (a.json, a.jsonl); give it once``."""
+    the last of a repeated option, so ``--json a.json --json a.jsonl`` would write only a.jsonl; here the second one
+    is a usage error instead: ``--json given twice (a.json, a.jsonl); give it once``. (Given once, the option holds
+    a value other than its default, which no command line can give: the defaults of these options are None.)"""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        given = getattr(parser, "given_once", set())
-        if self.dest in given:
+        if getattr(namespace, self.dest, self.default) is not self.default:
             parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)}, {values}); give it once")
-        given.add(self.dest)
         setattr(namespace, self.dest, values)
 
 

@@ -28,7 +28,6 @@ from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 T = TypeVar("T")
 
 
-
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

@@ -22,13 +22,13 @@ import numpy as np
 
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.engines.base import Engine, frames_as_list
-from rtseg.engines.fcn import FCN_FORMAT, FcnEngine
+from rtseg.engines.fcn import FcnEngine
 from rtseg.engines.options import OptionChecks, check_int, check_options, check_real, resolve_device
 from rtseg.engines.slic import SlicEngine
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imread, imwrite
+from rtseg.manifest import FCN_FORMAT, peek_manifest
 from rtseg.types import Detections, Panoptic, SemanticMap
-from rtseg.manifest import peek_manifest
 
 
 def fuse_panoptic(dets: Detections, semantic: SemanticMap, *, thing_category: np.ndarray,
