@@ -11,11 +11,9 @@ float copies; a 10000 x 10000 PNG already took 2.8 GB and 25 s through ``rtseg``
 """
 from __future__ import annotations
 
-import errno
 import io
 import os
 import re
-import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import cv2
 import numpy as np
 
 from rtseg.errors import PERMISSION_DENIED
+from rtseg.userfiles import NotRegularFileError, read_regular_file
 
 MAX_IMAGE_PIXELS = 2**27
 """Width x height above which an image file is refused unread (134 M pixels: a 100-megapixel camera's
@@ -39,27 +38,11 @@ class ImageReadError(Exception):
         self.too_large = too_large
 
 
-class NotRegularFileError(OSError):
-    """A FIFO, socket, device or folder where a file is expected (refused unread: reading it could block)."""
-
-
-def read_regular_file(path: str | os.PathLike) -> bytes:
-    """All bytes of the file ``path``; never waits: a FIFO, socket, device or folder is refused unread with
-    :class:`NotRegularFileError`. Other failures raise the ``OSError`` of opening or reading it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once (and is refused below)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)")
-        with open(fd, "rb", closefd=False) as file:
-            return file.read()
-    finally:
-        os.close(fd)
-
-
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 BGR image of the file (grey, alpha and 16-bit images converted, EXIF orientation
     applied); :class:`ImageReadError` saying why when it cannot be read or decoded. Never waits: a FIFO, device
-    or folder is refused without reading it. OpenCV's own warnings stay off stderr."""
+    or folder is refused without reading it (:func:`rtseg.userfiles.read_regular_file`). OpenCV's own log
+    messages stay off stderr, libjpeg's warnings do not (:func:`decode_image`)."""
     try:
         data = read_regular_file(path)
     except PermissionError:
@@ -84,7 +67,9 @@ def imread(path: str | os.PathLike) -> np.ndarray | None:
 def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """The image encoded in ``data``: (H, W, 3) uint8 BGR for ``cv2.IMREAD_COLOR``, (H, W) uint8 for
     ``cv2.IMREAD_GRAYSCALE``. :class:`ImageReadError` when OpenCV cannot decode it or its header says more than
-    :data:`MAX_IMAGE_PIXELS` (then nothing is decoded). OpenCV's own warnings stay off stderr."""
+    :data:`MAX_IMAGE_PIXELS` (then nothing is decoded). OpenCV's own log messages stay off stderr; libjpeg's
+    warnings on a damaged JPEG that still decodes ("Corrupt JPEG data: 5 extraneous bytes before marker 0xda") do
+    not: OpenCV prints them through libjpeg's default error manager, with no setting to silence them."""
     if not data:
         raise ImageReadError("not a readable image file (it is empty)")
     size = _header_size(data)
@@ -220,23 +205,31 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
 
 #: JPEG's start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC), whose segment holds the image's size.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: The bytes after an 0xFF that make no marker with a length (libjpeg passes them and looks on): 0xFF (a fill byte:
+#: the marker follows it), 0x00 (a stuffed zero: junk), TEM, RST0-RST7.
+_JPEG_NO_LENGTH = frozenset({0x00, 0x01, 0xFF, *range(0xD0, 0xD8)})
+#: The next 0xFF followed by none of them: a run of fill bytes, stuffed zeros, TEM or RST markers is passed in C (a
+#: Python step per marker took 0.25-0.75 s per MB of them).
+_JPEG_MARKER = re.compile(b"\xff[^" + re.escape(bytes(sorted(_JPEG_NO_LENGTH))) + b"]")
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of the JPEG in ``data`` from its frame header, found by skipping the segments before it
-    (EXIF and thumbnails among them) by their lengths; None when it is cut short or a scan comes first."""
+    (EXIF and thumbnails among them) by their lengths; None when it is cut short or a scan comes first. Junk and
+    runs of markers without a length are passed in C, a segment takes a Python step: a few MB/s through a run of
+    empty 4-byte segments, 50-100 MB/s through fill bytes or RST markers (benchmarks/jpeg_scan.py)."""
     pos = 2
-    while (pos := data.find(b"\xff", pos)) >= 0 and pos + 9 <= len(data):  # skips junk, as libjpeg does
+    while 0 <= (pos := data.find(b"\xff", pos)) <= len(data) - 9:  # past junk, as libjpeg
         marker = data[pos + 1]
-        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:  # no length: junk, TEM, a fill byte, RSTn
-            pos += 1 if marker == 0xFF else 2
+        if marker in _JPEG_NO_LENGTH:
+            pos = found.start() if (found := _JPEG_MARKER.search(data, pos)) else len(data)
         elif marker in _JPEG_SOF:  # length, precision, height, width
             height, width = struct.unpack_from(">HH", data, pos + 5)
             return width, height
         elif marker in (0xD9, 0xDA):  # the end, or a scan before any frame header
             return None
         else:
-            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]  # the length counts its own 2 bytes
     return None
 
 

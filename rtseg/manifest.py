@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtseg.imageio import read_regular_file
+from rtseg.userfiles import read_regular_file
 
 MANIFEST_FORMAT = "rtseg-yolact/1"
 """Manifest ``format`` of rtseg YOLACT weights (the default of :func:`rtseg.weights.read_checkpoint`)."""
@@ -35,7 +35,7 @@ def peek_manifest(weights: str | Path) -> dict[str, Any] | None:
     """The manifest beside the rtseg ``.safetensors`` file ``weights`` as read, nothing in it checked (the loader
     checks it against the weights: :func:`rtseg.weights.read_manifest`), for checks of options before the weights
     are read; None for other files and where no manifest reads as a JSON object (the loader says what is wrong).
-    Read without ever waiting (:func:`rtseg.imageio.read_regular_file`: a FIFO or device is not read)."""
+    Read without ever waiting (:func:`rtseg.userfiles.read_regular_file`: a FIFO or device is not read)."""
     if Path(weights).suffix != ".safetensors":
         return None
     try:

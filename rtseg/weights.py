@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from rtseg.errors import PERMISSION_DENIED, ConfigError, SinkError, WeightsError, first_line, json_problem, one_line
-from rtseg.imageio import NotRegularFileError, read_regular_file
 from rtseg.manifest import MANIFEST_FORMAT, WEIGHTS_ADVICE, manifest_path
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
+from rtseg.userfiles import NotRegularFileError, read_regular_file
 
 T = TypeVar("T")
 
@@ -38,18 +38,18 @@ def sha256_file(path: str | Path) -> str:
 
 
 def read_user_file(path: Path, advice: str, *, missing: str | None = None) -> bytes:
-    """All bytes of the file ``path`` a user gave, read without ever waiting (:func:`rtseg.imageio.read_regular_file`);
-    else a WeightsError line naming it: ``missing`` (default ``path: not found; advice``) when there is no such
-    file, permission denied, a folder or a FIFO, socket or device (refused unread: reading one could block
-    forever) or another failure to read it, with ``advice``."""
+    """All bytes of the file ``path`` a user gave, read without ever waiting
+    (:func:`rtseg.userfiles.read_regular_file`); else a WeightsError line naming it: ``missing`` (default ``path:
+    not found; advice``) when there is no such file, permission denied, a folder or a FIFO, socket or device
+    (refused unread: reading one could block forever) or another failure to read it, with ``advice``."""
     try:
         return read_regular_file(path)
     except FileNotFoundError:
         raise WeightsError(missing or f"{path}: not found; {advice}") from None
     except PermissionError:
         raise _permission_denied(path) from None
-    except NotRegularFileError:
-        what = "is a folder" if path.is_dir() else "is not a regular file (a FIFO, socket or device), so it was not read"
+    except NotRegularFileError as e:
+        what = "is a folder" if e.folder else "is not a regular file (a FIFO, socket or device), so it was not read"
         raise WeightsError(f"{path} {what}; {advice}") from None
     except OSError as e:
         raise WeightsError(f"{path}: cannot read it ({e.strerror}); {advice}") from None

@@ -37,6 +37,11 @@ CASES = {
                             "rtseg: error: --serve-token needs --serve HOST:PORT"),
     "missing weights": (["--source", "x.mp4", "--weights", "none.safetensors"], 2,
                         "rtseg: error: --weights none.safetensors: file not found"),
+    # rtseg.engines.trt (torch) held the check of the calibration folder
+    "missing calib": (["--source", "x.mp4", "--backend", "tensorrt", "--precision", "int8", "--calib", "nosuch"], 2,
+                      "rtseg: error: INT8 calibration folder 'nosuch' does not exist; pass a folder of frames"),
+    "calib without frames": (["--source", "x.mp4", "--backend", "tensorrt", "--precision", "int8", "--calib", "."], 2,
+                             "rtseg: error: INT8 calibration folder '.' holds no .jpg/.jpeg/.png/.bmp images"),
     "demo out of range": (["demo", "--frames", "1"], 2, "rtseg demo: error: --frames 1: must be an integer >= 2"),
     # read the manifest of the demo weights (rtseg.weights.manifest_path: torch) before the source was opened
     "missing source": (["--source", "nosuch.mp4"], 2, "rtseg: error: source not found: nosuch.mp4 (expected a video "
@@ -155,8 +160,9 @@ def test_the_options_offered_are_importable_without_torch():
     code = ("import sys; import rtseg.cli, rtseg.demo, rtseg.engines.choose, rtseg.outputs, rtseg.eval, "
             "rtseg.eval.cli, rtseg.train.cli; from rtseg.engines import BACKENDS, ENGINE_NAMES, INSTANCE_ENGINES; "
             "from rtseg.manifest import ENGINE_FORMATS, manifest_path, peek_manifest; "
-            "from rtseg.models.yolact_limits import BACKBONES, LIMITS; from rtseg.train.recipe import AMP_MODES, "
-            "INT_LIMITS; print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
+            "from rtseg.yolact_spec import BACKBONES, LIMITS; from rtseg.train.recipe import AMP_MODES, "
+            "INT_LIMITS; from rtseg.engines.calibration import calibration_files; "
+            "print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
 
@@ -167,13 +173,24 @@ def test_the_light_constants_are_the_ones_the_models_and_trainers_use():
     from rtseg import manifest
     from rtseg.engines.fcn import FCN_FORMAT
     from rtseg.engines.msrcnn import MSRCNN_FORMAT
-    from rtseg.models import backbones, yolact, yolact_limits
+    from rtseg import yolact_spec
+    from rtseg.models import backbones, yolact
     from rtseg.train import recipe, trainer
     from rtseg.weights import MANIFEST_FORMAT, WEIGHTS_ADVICE, manifest_path
 
     assert manifest.ENGINE_FORMATS == {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "msrcnn"}
     assert manifest_path is manifest.manifest_path
     assert WEIGHTS_ADVICE is manifest.WEIGHTS_ADVICE
-    assert backbones.BACKBONES is yolact.BACKBONES is yolact_limits.BACKBONES
-    assert yolact.LIMITS is yolact_limits.LIMITS
+    assert backbones.BACKBONES is yolact.BACKBONES is yolact_spec.BACKBONES
+    assert yolact.LIMITS is yolact_spec.LIMITS
     assert trainer.AMP_MODES is recipe.AMP_MODES and trainer.INT_LIMITS is recipe.INT_LIMITS
+
+
+def test_the_file_checks_before_torch_import_neither_numpy_nor_opencv():
+    """The modules that check a user's files and options before torch (the non-blocking open of
+    :mod:`rtseg.userfiles`, the manifests, the trainers' recipe, YOLACT's limits, the calibration folder) load
+    without numpy and OpenCV too: rtseg.manifest read its manifests through rtseg.imageio (numpy, cv2)."""
+    code = ("import sys; import rtseg.userfiles, rtseg.manifest, rtseg.train.recipe, rtseg.yolact_spec, "
+            "rtseg.engines.calibration; print(sorted({'numpy', 'cv2', 'torch'} & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)

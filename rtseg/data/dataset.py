@@ -14,8 +14,9 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from rtseg.errors import PERMISSION_DENIED, DatasetError, json_problem
-from rtseg.imageio import ImageReadError, read_image_file, read_regular_file
+from rtseg.imageio import ImageReadError, read_image_file
 from rtseg.types import _check
+from rtseg.userfiles import read_regular_file
 
 WARN_SKIPPED = 5  # skipped annotations named in a warning; the rest are counted
 FAR_PIXELS = 1e6  # coordinates beyond this are no annotation (and overflow pycocotools' and OpenCV's rasterisers)

@@ -43,8 +43,9 @@ import numpy as np
 
 from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
-from rtseg.imageio import ImageReadError, decode_image, read_regular_file
+from rtseg.imageio import ImageReadError, decode_image
 from rtseg.ranges import number_problem
+from rtseg.userfiles import read_regular_file
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

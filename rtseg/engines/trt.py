@@ -26,14 +26,13 @@ import torch
 from torch import nn
 
 from rtseg.engines.backends import Outputs, cached_artifact, in_chunks, weights_digest
+from rtseg.engines.calibration import calibration_files
 from rtseg.errors import ConfigError
 from rtseg.imageio import imread
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR
 
 PRECISIONS = ("fp16", "int8")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-#: Frames used for INT8 calibration (at most) and the calibration batch size.
-CALIBRATION_FRAMES = 64
+#: Frames per INT8 calibration batch (the frames: :func:`rtseg.engines.calibration.calibration_files`).
 CALIBRATION_BATCH = 8
 
 
@@ -42,17 +41,6 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "absent"
-
-
-def calibration_files(folder: str | Path) -> list[Path]:
-    """The (sorted, at most CALIBRATION_FRAMES) image files of a calibration folder; ConfigError if none."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(f"INT8 calibration folder {str(root)!r} does not exist; pass a folder of frames")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:CALIBRATION_FRAMES]
-    if not files:
-        raise ConfigError(f"INT8 calibration folder {str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-    return files
 
 
 def calibration_batches(files: list[Path], *, input_size: int, mean: tuple[float, ...], std: tuple[float, ...],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rtseg.models.yolact_limits import BACKBONES
+from rtseg.yolact_spec import BACKBONES
 
 
 class Bottleneck(nn.Module):

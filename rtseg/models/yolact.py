@@ -20,8 +20,8 @@ from torch import nn
 
 from rtseg.errors import ConfigError
 from rtseg.models.backbones import build_backbone
-from rtseg.models.yolact_limits import BACKBONES, LIMITS
 from rtseg.ranges import check_number, number_problem
+from rtseg.yolact_spec import BACKBONES, LIMITS
 
 #: Official per-channel BGR mean / std (0..255 scale) of the ResNet transform.
 MEANS_BGR = (103.94, 116.78, 123.68)

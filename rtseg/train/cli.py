@@ -30,10 +30,10 @@ from rtseg.data.spec import FORMS, parse_data
 from rtseg.entry import run_command
 from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, make_folder, sigterm_raises
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
-from rtseg.models.yolact_limits import BACKBONES, LIMITS
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
 from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_input_file, weights_out
+from rtseg.yolact_spec import BACKBONES, LIMITS
 
 if TYPE_CHECKING:
     from rtseg.data.dataset import InstanceDataset

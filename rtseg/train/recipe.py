@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
 from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError
+from rtseg.userfiles import NotRegularFileError, check_regular_file
 
 LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
 """The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
@@ -65,24 +64,19 @@ def check_input_file(name: str, path: str | Path, advice: str) -> None:
     """WeightsError unless ``path`` is a regular file this process may read, in one line starting with ``name``
     (e.g. ``"--init w.pth"``) and, where the file could be another, ending in ``advice`` (what to give instead):
     not found, permission denied, a folder, a FIFO, socket or device. Light (no torch) and quick: the file is
-    opened, never read, and never waited for (a FIFO opens at once, non-blocking), so that a trainer refuses a
-    file it would read only after seconds of importing torch and preparing data and model."""
+    opened, never read, and never waited for (:func:`rtseg.userfiles.check_regular_file`), so that a trainer
+    refuses a file it would read only after seconds of importing torch and preparing data and model."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        check_regular_file(path)
     except FileNotFoundError:
         raise WeightsError(f"{name} not found; {advice}") from None
     except PermissionError:
         raise WeightsError(f"{name}: {PERMISSION_DENIED}") from None
+    except NotRegularFileError as e:
+        what = "is a folder" if e.folder else "is not a regular file (a FIFO, socket or device)"
+        raise WeightsError(f"{name} {what}; {advice}") from None
     except OSError as e:
         raise WeightsError(f"{name}: cannot read it ({e.strerror}); {advice}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-    finally:
-        os.close(fd)
-    if stat.S_ISDIR(mode):
-        raise WeightsError(f"{name} is a folder; {advice}")
-    if not stat.S_ISREG(mode):
-        raise WeightsError(f"{name} is not a regular file (a FIFO, socket or device); {advice}")
 
 
 def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,

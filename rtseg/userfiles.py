@@ -1,0 +1,56 @@
+"""Files a user names, opened without ever waiting: a FIFO, socket, device or folder where a file is expected is
+refused unread (:class:`NotRegularFileError`), as reading one could block forever (a FIFO with no writer) or never
+end (``/dev/zero``).
+
+Light (no numpy, OpenCV or torch): the command lines' checks of their options use it before anything heavy is
+imported (:func:`rtseg.train.recipe.check_input_file`, :func:`rtseg.manifest.peek_manifest`); the image, data set
+and weights readers read through it too.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, socket, device or folder where a file is expected (refused unread: reading it could block).
+    ``errno`` is ``EISDIR`` for a folder (:attr:`folder`), ``EINVAL`` for the others."""
+
+    @property
+    def folder(self) -> bool:
+        """Whether the path refused is a folder (not a FIFO, socket or device)."""
+        return self.errno == errno.EISDIR
+
+
+def _open_regular(path: str | os.PathLike) -> int:
+    """A read-only file descriptor of the regular file ``path``, for the caller to close. Opened non-blocking (a
+    FIFO with no writer opens at once), then refused with :class:`NotRegularFileError` (closed) unless regular.
+    Other failures raise the ``OSError`` of opening it (``FileNotFoundError``, ``PermissionError`` …)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                                      "not a regular file (a FIFO, socket, device or folder)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """None when ``path`` is a regular file this process may open for reading, checked without reading a byte
+    and without ever waiting; else the error :func:`read_regular_file` would raise opening it."""
+    os.close(_open_regular(path))
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """All bytes of the file ``path``; never waits: a FIFO, socket, device or folder is refused unread with
+    :class:`NotRegularFileError`. Other failures raise the ``OSError`` of opening or reading it."""
+    fd = _open_regular(path)
+    try:
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
