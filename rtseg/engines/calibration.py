@@ -1,12 +1,14 @@
-"""The frames of a TensorRT INT8 calibration folder (:func:`calibration_files`), found without torch: ``rtseg``
-checks ``--calib`` with it before a run imports torch, and :mod:`rtseg.engines.trt` calibrates on the files it
-returns."""
+"""TensorRT's precisions and the frames of an INT8 calibration folder (:func:`calibration_files`), found without
+torch: ``rtseg`` checks ``--precision`` / ``--calib`` with them before a run imports torch, and
+:mod:`rtseg.engines.trt` calibrates on the files it returns."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from rtseg.errors import ConfigError
 
+PRECISIONS = ("fp16", "int8")
+"""TensorRT's precisions (``--precision``); int8 calibrates on the frames of :func:`calibration_files`."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 """File name endings (lower case) of the calibration frames a folder offers."""
 CALIBRATION_FRAMES = 64

@@ -26,12 +26,11 @@ import torch
 from torch import nn
 
 from rtseg.engines.backends import Outputs, cached_artifact, in_chunks, weights_digest
-from rtseg.engines.calibration import calibration_files
+from rtseg.engines.calibration import PRECISIONS, calibration_files
 from rtseg.errors import ConfigError
 from rtseg.imageio import imread
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR
 
-PRECISIONS = ("fp16", "int8")
 #: Frames per INT8 calibration batch (the frames: :func:`rtseg.engines.calibration.calibration_files`).
 CALIBRATION_BATCH = 8
 
