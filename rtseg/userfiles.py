@@ -3,7 +3,7 @@ refused unread (:class:`NotRegularFileError`), as reading one could block foreve
 end (``/dev/zero``).
 
 Light (no numpy, OpenCV or torch): the command lines' checks of their options use it before anything heavy is
-imported (:func:`rtseg.train.recipe.check_input_file`, :func:`rtseg.manifest.peek_manifest`); the image, data set
+imported (:func:`check_input_file`, :func:`rtseg.manifest.peek_manifest`); the image, data set
 and weights readers read through it too.
 """
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from pathlib import Path
+
+from rtseg.errors import PERMISSION_DENIED, WeightsError
 
 
 class NotRegularFileError(OSError):
@@ -54,3 +57,22 @@ def read_regular_file(path: str | os.PathLike) -> bytes:
             return file.read()
     finally:
         os.close(fd)
+
+
+def check_input_file(name: str, path: str | Path, advice: str) -> None:
+    """WeightsError unless ``path`` is a regular file this process may read, in one line starting with ``name``
+    (e.g. ``"--init w.pth"``) and, where the file could be another, ending in ``advice`` (what to give instead):
+    not found, permission denied, a folder, a FIFO, socket or device. Light (no torch) and quick: the file is
+    opened, never read, and never waited for (:func:`check_regular_file`), so that a trainer
+    refuses a file it would read only after seconds of importing torch and preparing data and model."""
+    try:
+        check_regular_file(path)
+    except FileNotFoundError:
+        raise WeightsError(f"{name} not found; {advice}") from None
+    except PermissionError:
+        raise WeightsError(f"{name}: {PERMISSION_DENIED}") from None
+    except NotRegularFileError as e:
+        what = "is a folder" if e.folder else "is not a regular file (a FIFO, socket or device)"
+        raise WeightsError(f"{name} {what}; {advice}") from None
+    except OSError as e:
+        raise WeightsError(f"{name}: cannot read it ({e.strerror}); {advice}") from None

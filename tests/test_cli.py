@@ -57,7 +57,7 @@ BAD = {
     "bad scheme": (["--source", "ftp://bob:hunter2@x/y", "--weights", "{weights}"], "unsupported URL scheme"),
     "unreachable": (["--source", "rtsp://bob:hunter2@127.0.0.1:9/x", "--weights", "{weights}"], "cannot open stream"),
     "camera absent": (["--source", "5", "--weights", "{weights}"], "camera 5 not present"),
-    "missing weights": (["--source", "{clip}", "--weights", "{dir}/none.safetensors"], "file not found"),
+    "missing weights": (["--source", "{clip}", "--weights", "{dir}/none.safetensors"], "none.safetensors not found; give the weights file"),
     "no weights, not yolact": (["--source", "{clip}", "--engine", "msrcnn"], "--engine msrcnn needs --weights"),
     "unwritable": (["--source", "{clip}", "--weights", "{weights}", "--output", "/nonexistent/dir/o.mp4"],
                    "does not exist"),
@@ -369,11 +369,11 @@ ENGINE_OPTION_ERRORS = {
     "int8 without calib": (["--backend", "tensorrt", "--precision", "int8"], "needs --calib DIR"),
     "int8 empty calib": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}"], "holds no"),
     "weights folder": (["--weights", "{dir}"], "is a folder"),
-    "semantic folder": (["--engine", "panoptic", "--semantic", "{dir}"], "is a folder; give the weights file in it"),
+    "semantic folder": (["--engine", "panoptic", "--semantic", "{dir}"], "is a folder; give the weights file"),
     "semantic from yolact": (["--engine", "panoptic", "--semantic", "{weights}"],
                              "weights (manifest format 'rtseg-yolact/1'); give the weights of an fcn"),
     "semantic from torchvision": (["--engine", "panoptic", "--semantic", "torchvision:fcn_resnet50"],
-                                  "--semantic torchvision:fcn_resnet50: file not found"),  # --weights only
+                                  "--semantic torchvision:fcn_resnet50 not found; give the weights file"),  # --weights only
     "json over the manifest": (["--weights", "{weights}", "--json", "{manifest}"], "would overwrite the input"),
     "output over the source": (["--weights", "{weights}", "--output", "{clip}"], "would overwrite the input"),
     "images per frame into the calib folder": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}",

@@ -36,7 +36,7 @@ CASES = {
     "token without serve": (["--source", "x.mp4", "--serve-token", "t"], 2,
                             "rtseg: error: --serve-token needs --serve HOST:PORT"),
     "missing weights": (["--source", "x.mp4", "--weights", "none.safetensors"], 2,
-                        "rtseg: error: --weights none.safetensors: file not found"),
+                        "rtseg: error: --weights none.safetensors not found; give the weights file"),
     # rtseg.engines.trt (torch) held the check of the calibration folder
     "missing calib": (["--source", "x.mp4", "--backend", "tensorrt", "--precision", "int8", "--calib", "nosuch"], 2,
                       "rtseg: error: INT8 calibration folder 'nosuch' does not exist; pass a folder of frames"),
@@ -55,8 +55,8 @@ CASES = {
     "eval bad size": (["eval", "--resize", "10x10"], 2, "rtseg eval: error: --resize 10: must be an integer in [32, "
                       "11585] pixels (the width of 10x10; at most 11585 a side keeps an image within the 134,217,728 "
                       "pixels rtseg reads)"),
-    "eval missing weights": (["eval", "--weights", "none.pth"], 2, "rtseg eval: error: --weights none.pth: file not "
-                             "found"),
+    "eval missing weights": (["eval", "--weights", "none.pth"], 2, "rtseg eval: error: --weights none.pth not found; "
+                             "give the weights file"),
     # rtseg.train.cli imported torch and the trainer at its top (for BACKBONES, LIMITS, AMP_MODES, INT_LIMITS)
     "train help": (["train", "--help"], 0, "usage: rtseg train [-h]"),
     "train required": (["train", "--out", "m.safetensors"], 2, "rtseg train: error: the following arguments are "

@@ -370,7 +370,7 @@ def test_superpixel_runner_more_segments_follow_more_boundaries():
     (["--engine", "slic", "--weights", "{fcn}"], "--engine slic takes no --weights (superpixels need no model); drop"),
     (["--weights", "{fcn}", "--semantic", "{fcn}"], "--semantic applies to --engine panoptic only"),
     (["--engine", "panoptic"], "--engine panoptic needs --semantic FCN_WEIGHTS"),
-    (["--engine", "panoptic", "--semantic", "{missing}"], "--semantic {missing}: file not found"),
+    (["--engine", "panoptic", "--semantic", "{missing}"], "--semantic {missing} not found; give the weights file"),
     (["--engine", "panoptic", "--weights", "{fcn}", "--semantic", "{fcn}"],
      "holds fcn weights; give the weights of an instance engine"),
     (["--segments", "50"], "--segments / --compactness apply to --engine slic only, not yolact"),
@@ -379,7 +379,7 @@ def test_superpixel_runner_more_segments_follow_more_boundaries():
     (["--engine", "slic", "--segments", "0"], "slic: n_segments must be"),
     (["--engine", "msrcnn"], "--engine msrcnn needs --weights PATH"),
     # a folder of weights is no input folder: was "--json … would overwrite the input {dir}/m.json"
-    (["--weights", "{dir}", "--json", "{dir}/m.json"], "--weights {dir} is a folder; give the weights file in it"),
+    (["--weights", "{dir}", "--json", "{dir}/m.json"], "--weights {dir} is a folder; give the weights file"),
     (["--engine", "panoptic", "--semantic", "{dir}", "--json", "{dir}/m.json"], "--semantic {dir} is a folder"),
 ])
 def test_cli_engine_option_errors_are_one_line(fcn_weights, tmp_path, capsys, args, message):

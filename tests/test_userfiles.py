@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtseg.errors import WeightsError
-from rtseg.train.recipe import check_input_file
+from rtseg.userfiles import check_input_file
 from rtseg.userfiles import NotRegularFileError, check_regular_file, read_regular_file
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.manifest import ENGINE_FORMATS, peek_manifest
+from rtseg.userfiles import check_input_file
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
@@ -77,20 +78,16 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
 
 
 def check_weights_file(option: str, path: str | None, *, torchvision: bool = False) -> None:
-    """WeightsError (one line naming ``option``) unless ``path`` is a regular file: a folder, a missing file and a
-    FIFO, socket or device are each said as such. ``None`` (not given) passes, and so does ``torchvision:ARCH``
+    """WeightsError (one line naming ``option`` and ``path``) unless ``path`` is a regular file this process may
+    read (:func:`rtseg.userfiles.check_input_file`: a missing file, a folder, a FIFO, socket or device, permission
+    denied, each said as such). ``None`` (not given) passes, and so does ``torchvision:ARCH``
     where ``torchvision`` (``--weights``: :func:`torchvision_fcn_engine` checks it).
 
     For ``--weights`` and ``--semantic`` before anything else reads them (a folder given as weights is no input
     folder that an output could overwrite)."""
     if path is None or (torchvision and path.startswith(TORCHVISION)):
         return
-    if Path(path).is_dir():
-        raise WeightsError(f"{option} {path} is a folder; give the weights file in it")
-    if not Path(path).exists():
-        raise WeightsError(f"{option} {path}: file not found")
-    if not Path(path).is_file():
-        raise WeightsError(f"{option} {path} is not a regular file (a FIFO, socket or device); give the weights file")
+    check_input_file(f"{option} {path}", path, "give the weights file")
 
 
 def default_weights(weights: str | None, name: str) -> str | None:

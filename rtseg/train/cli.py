@@ -32,7 +32,8 @@ from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, mak
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
-from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_input_file, weights_out
+from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, weights_out
+from rtseg.userfiles import check_input_file
 from rtseg.yolact_spec import BACKBONES, LIMITS
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _check_options(args: argparse.Namespace) -> None:
     """ConfigError for option values training cannot use, WeightsError for a --resume / --init file that cannot be
-    read (:func:`rtseg.train.recipe.check_input_file`), before any data is read or memory taken."""
+    read (:func:`rtseg.userfiles.check_input_file`), before any data is read or memory taken."""
     check_ranges(args, _NUMBER_RANGES)
     if args.train_images is not None and parse_data(args.data).kind != "synthetic":
         raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "

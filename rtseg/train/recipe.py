@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
-from rtseg.errors import PERMISSION_DENIED, ConfigError, WeightsError
-from rtseg.userfiles import NotRegularFileError, check_regular_file
+from rtseg.errors import ConfigError
+from rtseg.userfiles import check_input_file
 
 LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
 """The range of ``--lr`` in every trainer's command line (:func:`rtseg.cliargs.check_ranges`)."""
@@ -58,25 +58,6 @@ def recipe_checkpoint(out: str | Path) -> Path:
     """Where a recipe's run writing the weights ``out`` keeps its checkpoint (``--resume`` continues from it):
     ``<out without .safetensors>.train/checkpoint.pth``."""
     return Path(out).with_suffix(".train") / CHECKPOINT_NAME
-
-
-def check_input_file(name: str, path: str | Path, advice: str) -> None:
-    """WeightsError unless ``path`` is a regular file this process may read, in one line starting with ``name``
-    (e.g. ``"--init w.pth"``) and, where the file could be another, ending in ``advice`` (what to give instead):
-    not found, permission denied, a folder, a FIFO, socket or device. Light (no torch) and quick: the file is
-    opened, never read, and never waited for (:func:`rtseg.userfiles.check_regular_file`), so that a trainer
-    refuses a file it would read only after seconds of importing torch and preparing data and model."""
-    try:
-        check_regular_file(path)
-    except FileNotFoundError:
-        raise WeightsError(f"{name} not found; {advice}") from None
-    except PermissionError:
-        raise WeightsError(f"{name}: {PERMISSION_DENIED}") from None
-    except NotRegularFileError as e:
-        what = "is a folder" if e.folder else "is not a regular file (a FIFO, socket or device)"
-        raise WeightsError(f"{name} {what}; {advice}") from None
-    except OSError as e:
-        raise WeightsError(f"{name}: cannot read it ({e.strerror}); {advice}") from None
 
 
 def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,
