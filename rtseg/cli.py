@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from rtseg.engines import BACKENDS, ENGINE_NAMES, INSTANCE_ENGINES
+from rtseg.engines.calibration import PRECISIONS, calibration_files
 from rtseg.engines.choose import (
     check_engine_options,
     check_weights_file,
@@ -76,7 +77,7 @@ def build_parser() -> Parser:
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     eng.add_argument("--backend", default="eager", choices=BACKENDS,
                      help="YOLACT network backend: eager, compile, tensorrt, onnx or auto (default: eager)")
-    eng.add_argument("--precision", default=None, choices=("fp16", "int8"),
+    eng.add_argument("--precision", default=None, choices=PRECISIONS,
                      help="TensorRT precision (default fp16); int8 needs --calib")
     eng.add_argument("--calib", metavar="DIR", help="folder of frames for TensorRT INT8 calibration")
     out = p.add_argument_group("outputs")
@@ -132,6 +133,12 @@ def _json_sink(path: str) -> Sink:
                       "or - for JSON lines on stdout")
 
 
+def _warn(line: str) -> None:
+    """What the source or the push output goes through (a stalled pipe, a lost stream, reconnecting, back), at once
+    on stderr as ``rtseg: warning: …``."""
+    print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
+
+
 def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack: contextlib.ExitStack) -> list[Sink]:
     """Every output the options ask for, opened now so that a bad path or busy port fails early.
 
@@ -166,7 +173,7 @@ def open_sinks(args: argparse.Namespace, source: Source, metrics: Metrics, stack
 
         def push() -> Sink:
             sink = PushSink(args.push, fps_hint=source.fps, reconnect_timeout=args.reconnect_timeout)
-            sink.on_event = source.on_event  # outage lines like a lost source's ("rtseg: warning: …")
+            sink.on_event = _warn  # outage lines like a lost source's
             return sink
 
         factories.append(push)
@@ -210,8 +217,6 @@ def _check_engine_options(args: argparse.Namespace, name: str) -> None:
     if args.precision == "int8":
         if args.calib is None:
             raise ConfigError("--precision int8 needs --calib DIR, a folder of frames like the ones to segment")
-        from rtseg.engines.trt import calibration_files
-
         calibration_files(args.calib)
     if args.json and Path(args.json).suffix.lower() == ".json" and name not in INSTANCE_ENGINES:
         raise ConfigError(f"--json {args.json}: a COCO results file holds instance detections, which {name} does "
@@ -268,11 +273,11 @@ def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> Rt
 def run(args: argparse.Namespace) -> int:
     """Segment ``args.source`` into the requested outputs; print the metrics summary.
 
-    The checks of the options (torch-free, the weights' manifests read by :mod:`rtseg.manifest`; ``--calib``'s
-    imports torch), the opening of the source (which may wait for a server or a FIFO's writer), the import of the
-    pipeline (torch) and the loading of the engine run with SIGTERM raising :class:`rtseg.errors.Terminated`: a
-    SIGTERM during those seconds is one line and 143 (the outputs opened by then are closed, nothing in them), as it
-    was while the entry point imported this module; the pipeline handles it from its start."""
+    The checks of the options (torch-free, the weights' manifests read by :mod:`rtseg.manifest`), the opening of
+    the source (which may wait for a server or a FIFO's writer), the import of the pipeline (torch) and the
+    loading of the engine run with SIGTERM raising :class:`rtseg.errors.Terminated`: a SIGTERM during those seconds
+    is one line and 143 (the outputs opened by then are closed, nothing in them), as it was while the entry point
+    imported this module; the pipeline handles it from its start."""
     with sigterm_raises(Terminated):
         _check_args(args)
         name = engine_name(args)
@@ -282,11 +287,10 @@ def run(args: argparse.Namespace) -> int:
         # outputs opened by then close unwritten
         with sigterm_raises(Terminated):
             source = open_source(args.source, vid_stride=args.vid_stride, start=args.start, end=args.end,
-                                 realtime=args.realtime, reconnect_timeout=args.reconnect_timeout)
+                                 realtime=args.realtime, reconnect_timeout=args.reconnect_timeout, on_event=_warn)
             stack.callback(source.close)
             # ... and the source: a file, or every image of a folder or glob (--vid-stride or not; not its other files)
             check_outputs_are_not_inputs(_outputs(args), [str(p) for p in getattr(source, "files", [args.source])])
-            source.on_event = lambda line: print(f"rtseg: warning: {one_line(line)}", file=sys.stderr, flush=True)
             from rtseg.video.coco_json import CocoJsonSink
             from rtseg.video.pipeline import Pipeline
 

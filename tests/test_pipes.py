@@ -50,7 +50,8 @@ def _stalling_writer(fifo: Path, first: bytes, go_on: threading.Event, rest: byt
 
 class _Reading:
     """``open_source(fifo, **options)`` iterated in a daemon thread (a hang fails the test, not the suite): the
-    source, its frames, its events (``stalled`` is set at the first that says the pipe stalled) and its error."""
+    source, its frames, its events from its opening on (``stalled`` is set at the first that says the pipe stalled)
+    and its error."""
 
     def __init__(self, fifo: Path, **options: float | bool) -> None:
         self.source = None
@@ -63,8 +64,7 @@ class _Reading:
 
     def _read(self, fifo: Path, options: dict) -> None:
         try:
-            with open_source(str(fifo), **options) as self.source:
-                self.source.on_event = self._event
+            with open_source(str(fifo), **options, on_event=self._event) as self.source:
                 self.frames.extend(self.source)
         except BaseException as exc:
             self.error = exc
@@ -128,12 +128,16 @@ def test_a_writer_that_stays_stalled_ends_the_source_after_the_reconnect_timeout
     assert len(reading.frames) == FRAMES and _in_order(reading.frames)
 
 
-def test_a_writer_that_goes_on_after_a_stall_is_read_to_its_end(clip, tmp_path):
-    """The stall is said when it begins and when it ends; every frame comes out, once, in order."""
+@pytest.mark.parametrize("when", ["opening", "reading"])
+def test_a_writer_that_goes_on_after_a_stall_is_read_to_its_end(clip, tmp_path, when):
+    """The stall is said when it begins and when it ends, also when it began while the source was opened (after
+    two MPEG-TS packets, inside FFmpeg's probe of the format: nothing was said); every frame comes out, once, in
+    order."""
     fifo = tmp_path / "in.ts"
     os.mkfifo(fifo)
     go_on = threading.Event()
-    _stalling_writer(fifo, clip[:len(clip) * 2 // 3], go_on, clip[len(clip) * 2 // 3:])
+    split = 2 * 188 if when == "opening" else len(clip) * 2 // 3
+    _stalling_writer(fifo, clip[:split], go_on, clip[split:])
     reading = _Reading(fifo, read_timeout=0.2, reconnect_timeout=30)
     try:
         reading.stalled.wait(30)
@@ -145,6 +149,26 @@ def test_a_writer_that_goes_on_after_a_stall_is_read_to_its_end(clip, tmp_path):
         f"pipe {fifo} stalled (no data for 0.2s); waiting for its writer for up to 30s"), reading.events
     assert re.fullmatch(rf"pipe {re.escape(str(fifo))} back after \d+\.\ds", reading.events[1]), reading.events
     assert len(reading.frames) == FRAMES and _in_order(reading.frames)
+
+
+@pytest.mark.parametrize("sent", [0, 2])
+def test_a_writer_that_stalls_while_the_source_is_opened_is_warned_of(clip, tmp_path, sent):
+    """The writer opens the FIFO and sends nothing, or two MPEG-TS packets (188 bytes each), then stays silent: the
+    source is still being opened (FFmpeg probes the format). Only the final error came, after the reconnect timeout;
+    the warning after the read timeout was lost (the callback was set once the source had opened). Now both come."""
+    fifo = tmp_path / "in.ts"
+    os.mkfifo(fifo)
+    go_on = threading.Event()
+    _stalling_writer(fifo, clip[:sent * 188], go_on)
+    reading = _Reading(fifo, read_timeout=0.2, reconnect_timeout=1.0)
+    try:
+        assert reading.ended(30), "the source kept waiting for the stalled writer"
+    finally:
+        go_on.set()
+    assert reading.source is None and isinstance(reading.error, SourceError), reading.error
+    assert str(reading.error) == (f"pipe {fifo} sent no data for 1s: its writer stalled; check the program writing to "
+                                  "it, or allow longer pauses with --reconnect-timeout")
+    assert reading.events == [f"pipe {fifo} stalled (no data for 0.2s); waiting for its writer for up to 1s"]
 
 
 @pytest.mark.parametrize("when", ["opening", "reading"])
@@ -270,6 +294,27 @@ def test_a_run_whose_pipe_stays_stalled_ends_with_one_line_and_keeps_its_outputs
         f"allow longer pauses with --reconnect-timeout; the {FRAMES} frames written before it are kept in {out}.mp4, "
         f"{out}.jsonl"], stderr
     assert _lines(tmp_path / "o.jsonl") == FRAMES and _mp4_frames(tmp_path / "o.mp4") == FRAMES
+
+
+def test_a_run_whose_pipe_stalls_while_it_is_opened_warns_then_ends_with_one_line(tmp_path):
+    """The writer opens the FIFO and sends nothing: the run waits in the source's open. The warning after 5 s was
+    never printed (the command line set the source's callback once it had opened), only the error after
+    --reconnect-timeout; now the warning comes first, as when a pipe stalls later. Nothing is written."""
+    fifo, out = tmp_path / "in.ts", tmp_path / "o"
+    os.mkfifo(fifo)
+    go_on = threading.Event()
+    _stalling_writer(fifo, b"", go_on)
+    proc = _rtseg(str(fifo), out, "--reconnect-timeout", "6")
+    try:
+        stderr = proc.communicate(timeout=60)[1].decode()
+    finally:
+        proc.kill()
+        go_on.set()
+    assert (proc.returncode, stderr.splitlines()) == (2, [
+        f"rtseg: warning: pipe {fifo} stalled (no data for 5s); waiting for its writer for up to 6s",
+        f"rtseg: error: pipe {fifo} sent no data for 6s: its writer stalled; check the program writing to it, or "
+        "allow longer pauses with --reconnect-timeout"]), (proc.returncode, stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ts"]
 
 
 def test_sigterm_while_the_source_waits_for_its_first_writer_is_one_line(tmp_path):

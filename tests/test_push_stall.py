@@ -167,16 +167,17 @@ def _noise(i: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _relayed_sink(tmp_path):
-    """(relay, sink, events): a PushSink to an RTMP receiver through a :class:`_Relay`, its ``on_event`` lines
-    collected; the relay and the receiver end with the block."""
+def _relayed_sink(tmp_path, scheme: str = "rtmp", **options: float):
+    """(relay, sink, events): a PushSink (with ``options``) to a ``scheme`` receiver through a :class:`_Relay`, its
+    ``on_event`` lines collected; the relay and the receiver end with the block."""
     port = free_port()
-    receiver = push_receiver("rtmp", f"rtmp://127.0.0.1:{port}/live/cam", tmp_path / "got.flv")
+    receiver = push_receiver(scheme, f"{scheme}://127.0.0.1:{port}/live/cam",
+                             tmp_path / ("got.flv" if scheme == "rtmp" else "got.mkv"))
     relay = _Relay(port)
     events: list[str] = []
     try:
         wait_listening(port)
-        sink = PushSink(f"rtmp://127.0.0.1:{relay.port}/live/cam", fps_hint=25)
+        sink = PushSink(f"{scheme}://127.0.0.1:{relay.port}/live/cam", fps_hint=25, **options)
         sink.on_event = events.append
         yield relay, sink, events
     finally:
@@ -247,6 +248,29 @@ def test_push_reconnects_after_the_server_stops_reading(tmp_path, scheme):
     assert candidates, (x, reached[0], back_at)
     if scheme == "rtmp":  # FLV carries the sender's timestamps: they continue the run's clock
         assert round(frames[0].time * 25) in candidates, (frames[0].time, candidates)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_a_server_that_stops_reading_takes_only_a_few_more_frames(tmp_path, scheme):
+    """The server stops reading, keeping the connection: the kernel went on taking the stream into the connection's
+    send buffer, which Linux grows to 4 MB (~2.8 MB taken: 67 to 69 frames of this incompressible clip, 4 to 40 s
+    of an ordinary stream), before a write blocked and the stall timeout began: with the default stall timeout
+    (10 s) the outage was announced 17 to 29 s after the server stopped. Now the kernel holds at most
+    UNSENT_BYTES unsent: a frame or two more (11 to 13 s)."""
+    with _relayed_sink(tmp_path, scheme, stall_timeout=1.5) as (relay, sink, events):
+        i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10, image=_noise)
+        relay.freeze()
+        taken = sink.sent
+        feeding = threading.Thread(target=_feed_until, args=(sink, i, lambda: events, 60), kwargs={"image": _noise},
+                                   daemon=True)
+        feeding.start()  # (the writes block while the queue is full, until the stall is cut)
+        feeding.join(60)
+        taken = sink.sent - taken
+        sink.interrupt()
+        sink.close()
+    assert len(events) == 1 and "lost (the server stopped reading for 1.5s)" in events[0], events
+    assert taken <= 8, taken
 
 
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])

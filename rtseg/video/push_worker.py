@@ -17,6 +17,10 @@ with the first packet), ``k`` / ``p`` a key / other H.264 packet (Annex B, SPS/P
 pts/dts in 1/90000 s), ``e`` end the stream. Child → parent, one line each: ``ready`` (PyAV
 imported), ``ok`` (a packet handed to the server), ``closed`` (stream ended), ``error REASON`` (the
 child exits; REASON may name the URL).
+
+"Handed to the server" is "queued in the kernel": once connected, the child keeps at most
+:data:`UNSENT_BYTES` there unsent (:func:`_limit_unsent`), so that a server that stops reading blocks the
+next packet soon, not after the send buffer filled.
 """
 from __future__ import annotations
 
@@ -39,6 +43,11 @@ _HEADER = struct.Struct("<cIqq")  # kind, payload bytes, pts, dts (_NOPTS: none)
 _NOPTS = -(2**63)
 _TIME_BASE = Fraction(1, 90_000)  # rtseg.video.h264.TIME_BASE (not imported: the child must not import rtseg)
 _POLL = 0.05  # seconds between checks of the time limit while waiting on the child
+#: Bytes of the stream the kernel may hold unsent on the connection (TCP_NOTSENT_LOWAT; the data in flight, which
+#: a fast long link needs, is not limited by it). Without it the send buffer, which Linux grows to 4 MB, took
+#: ~2.8 MB before a write blocked when the server stopped reading: 4 to 40 s of a 0.6 to 5 Mbit/s stream before
+#: the stall timeout even began.
+UNSENT_BYTES = 64 * 1024
 
 
 class WorkerFailed(Exception):
@@ -165,12 +174,37 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
+def _limit_unsent(own: int) -> None:
+    """Set :data:`UNSENT_BYTES` as the unsent limit of the connection FFmpeg opened. FFmpeg has no option for it,
+    and PyAV passes no options to the connection anyway (it opens the output with ``avio_open``; the RTSP muxer's
+    TCP connection takes only its ``timeout``): the socket is found among the open descriptors, as any TCP socket
+    but the standard streams and ``own`` (the parent's socket pair), the only ones the child inherits. Where the
+    system has no such option (or no descriptor list), nothing changes."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    listing = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
+    if option is None or listing is None:
+        return
+    for name in os.listdir(listing):
+        if int(name) in (0, 1, 2, own):
+            continue
+        try:
+            conn = socket.socket(fileno=int(name))
+        except OSError:  # not a socket (or closed since the listing)
+            continue
+        try:
+            if conn.family in (socket.AF_INET, socket.AF_INET6) and conn.type == socket.SOCK_STREAM:
+                conn.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
+        finally:
+            conn.detach()  # FFmpeg's descriptor: never closed here
+
+
 def _child(fd: int) -> None:
     """The child's loop: answer the parent's messages until ``e`` or the parent is gone."""
     sock = socket.socket(fileno=fd)
     reader = sock.makefile("rb")
     sock.sendall(b"ready\n")
     container = stream = None
+    limited = False  # the connection's unsent limit set
     try:
         while True:
             header = reader.read(_HEADER.size)
@@ -195,6 +229,9 @@ def _child(fd: int) -> None:
                 packet.pts, packet.dts = (None if v == _NOPTS else v for v in (pts, dts))
                 packet.is_keyframe = kind == b"k"
                 container.mux(packet)
+                if not limited:  # PyAV connects at the first packet (RTMP and RTSP alike)
+                    _limit_unsent(fd)
+                    limited = True
                 sock.sendall(b"ok\n")
     except Exception as exc:  # noqa: BLE001 - every failure is one line to the parent (FFmpeg's, or a bug's)
         reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -99,13 +99,15 @@ class Source:
     it was read from, if any) and may override :meth:`close`. ``seq`` counts every frame the source yields.
     ``notices`` collects one-line remarks for the user (e.g. a file that ended early), shown at
     the end; ``on_event`` (a callable taking one line, default: nothing) is told at once what a
-    live source goes through (a stream lost, reconnecting, back). ``request_stop()`` may be called
+    live source goes through (a stream lost, reconnecting, back); given to the constructor, it is told from the
+    opening on (a pipe whose writer stalls while it is opened). ``request_stop()`` may be called
     from any thread: a waiting or reconnecting source then ends promptly.
     """
 
     is_live: bool = False
 
-    def __init__(self, *, source_id: str, fps: float | None = None, num_frames: int | None = None) -> None:
+    def __init__(self, *, source_id: str, fps: float | None = None, num_frames: int | None = None,
+                 on_event: Callable[[str], None] | None = None) -> None:
         self.source_id = source_id
         self.fps = fps
         self.num_frames = num_frames  # expected number of frames, when known (progress bar)
@@ -113,7 +115,7 @@ class Source:
         self.decode_seconds = 0.0
         self._file: str | None = None  # Frame.file of the next frame yielded
         self.notices: list[str] = []
-        self.on_event: Callable[[str], None] = lambda line: None
+        self.on_event: Callable[[str], None] = on_event or (lambda line: None)
         self._stop = threading.Event()
         self._iter: Iterator[Frame] | None = None
 
@@ -167,10 +169,11 @@ class ImageSource(Source):
 
     WARN_SKIPPED = 5
 
-    def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1) -> None:
+    def __init__(self, paths: list[Path], *, source_id: str, vid_stride: int = 1,
+                 on_event: Callable[[str], None] | None = None) -> None:
         self.files = paths  # every file the folder, glob or name gives (the command line keeps outputs off them)
         self.paths = paths[::vid_stride]  # the ones read
-        super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths))
+        super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths), on_event=on_event)
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         k = 0
@@ -247,7 +250,7 @@ class Paced(Source):
 
     Frames come out on schedule whether or not the consumer keeps up, exactly like
     a camera: a slow consumer loses frames instead of slowing the clock. Used for
-    ``--realtime`` and for latency benchmarks.
+    ``--realtime`` and for latency benchmarks. ``on_event`` starts as ``inner``'s, and is passed on to it.
     """
 
     is_live = True
@@ -259,7 +262,7 @@ class Paced(Source):
         rate = inner.fps if fps is None else fps
         if number_problem(rate, 0, integer=False, open_low=True) is not None:
             raise ConfigError(f"cannot replay {inner.source_id} in real time: its frame rate is unknown; pass a rate")
-        super().__init__(source_id=inner.source_id, fps=rate, num_frames=inner.num_frames)
+        super().__init__(source_id=inner.source_id, fps=rate, num_frames=inner.num_frames, on_event=inner.on_event)
         self.inner = inner
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
@@ -307,7 +310,7 @@ def _videos_hint(paths: list[Path]) -> str:
     return f"; found {len(videos)} video file(s): pass one video at a time as --source (e.g. {videos[0]})"
 
 
-def _images(spec: str, vid_stride: int) -> Source | None:
+def _images(spec: str, vid_stride: int, on_event: Callable[[str], None] | None) -> Source | None:
     """An ImageSource for a directory, glob or single image; None when ``spec`` is none of those."""
     path = Path(spec)
     if path.is_dir():  # every entry but a subfolder: an image name that is a FIFO or a broken link is warned of
@@ -326,7 +329,7 @@ def _images(spec: str, vid_stride: int) -> Source | None:
         paths = [path]
     else:
         return None
-    return ImageSource(paths, source_id=spec, vid_stride=vid_stride)
+    return ImageSource(paths, source_id=spec, vid_stride=vid_stride, on_event=on_event)
 
 
 def _live_refusal(what: str, vid_stride: int, start: float, end: float | None, realtime: bool) -> ConfigError | None:
@@ -355,6 +358,7 @@ def open_source(
     read_timeout: float = 5.0,
     reconnect_timeout: float = 60.0,
     synthetic: dict | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> Source:
     """Open the source named by ``spec`` (see the module docstring for the forms).
 
@@ -367,6 +371,9 @@ def open_source(
     reconnect_timeout: seconds a dropped stream may stay down before the source gives up (a pipe or FIFO: stay
         without data, at least ``read_timeout``).
     synthetic: keyword arguments for :class:`SyntheticSource` (width, height, num_frames, fps).
+    on_event: told what the source goes through (:attr:`Source.on_event`), from its opening on (a pipe or FIFO
+        whose writer stalls while it is opened): given to the constructors of the sources that report (cameras and
+        synthetic clips report nothing).
     """
     check_number("open_source: vid_stride", vid_stride, 1, integer=True)
     check_number("open_source: start", start, 0, integer=False)
@@ -386,11 +393,11 @@ def open_source(
         except ValueError as exc:
             raise SourceError(f"cannot open stream {redact_url(spec)}: {exc}") from None
         stream = StreamSource(spec, open_timeout=open_timeout, read_timeout=read_timeout,
-                              reconnect_timeout=reconnect_timeout)
+                              reconnect_timeout=reconnect_timeout, on_event=on_event)
         if not stream.is_live:  # an HTTP file: read as a file (seeks, --start/--end/--vid-stride, damaged packets)
             stream.close()
             source = FileSource(spec, vid_stride=vid_stride, start=start, end=end,
-                                timeouts=(open_timeout, read_timeout))
+                                timeouts=(open_timeout, read_timeout), on_event=on_event)
             return Paced(source) if realtime else source
         refusal = _live_refusal(f"{redact_url(spec)} is a live stream", vid_stride, start, end, realtime)
         if refusal is not None:
@@ -413,7 +420,7 @@ def open_source(
         _no_time_range(start, end, "a synthetic clip")
         source = _synthetic(spec, vid_stride, synthetic or {})
     else:
-        source = _images(spec, vid_stride)
+        source = _images(spec, vid_stride, on_event)
         if source is not None:
             _no_time_range(start, end, f"the images of {spec}")
         else:
@@ -426,5 +433,5 @@ def open_source(
                 raise SourceError(f"source not found: {spec} "
                                   f"(expected a video file, image, folder, glob, URL or camera index)")
             source = FileSource(spec, vid_stride=vid_stride, start=start, end=end,
-                                pipe_timeouts=(read_timeout, reconnect_timeout))
+                                pipe_timeouts=(read_timeout, reconnect_timeout), on_event=on_event)
     return Paced(source) if realtime else source

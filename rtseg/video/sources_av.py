@@ -11,7 +11,7 @@ import sys
 import time
 from fractions import Fraction
 from itertools import chain
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -138,15 +138,16 @@ class FileSource(Source):
     A packet the decoder rejects (damaged data) is skipped as FFmpeg skips it, with a warning
     (``on_event``) and a notice; a file no frame of which decodes raises SourceError.
     A pipe or FIFO is read through a :class:`PipeReader`: a stop request ends a wait for its data, and a writer
-    that stalls is warned of after ``pipe_timeouts[0]`` s and ends the source (SourceError) after
-    ``pipe_timeouts[1]`` s (at least the first) without data, as a live stream that stays lost does.
+    that stalls is warned of after ``pipe_timeouts[0]`` s (``on_event``; also while the file is opened, when given
+    to the constructor) and ends the source (SourceError) after ``pipe_timeouts[1]`` s (at least the first) without
+    data, as a live stream that stays lost does.
     """
 
     def __init__(self, path: str, *, vid_stride: int = 1, start: float = 0.0, end: float | None = None,
-                 timeouts: tuple[float, float] | None = None, pipe_timeouts: tuple[float, float] = (5.0, 60.0)
-                 ) -> None:
+                 timeouts: tuple[float, float] | None = None, pipe_timeouts: tuple[float, float] = (5.0, 60.0),
+                 on_event: Callable[[str], None] | None = None) -> None:
         name = redact_url(path)  # in messages: an HTTP file's URL without its credentials
-        super().__init__(source_id=name)
+        super().__init__(source_id=name, on_event=on_event)
         self._seekable = timeouts is not None or os.path.isfile(path)  # (not a pipe: it can be sought or reopened)
         self._pipe = None if self._seekable else PipeReader(
             path, stop=self._stop, warn_s=pipe_timeouts[0], limit_s=pipe_timeouts[1],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import time
 from collections import deque
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import av
@@ -62,8 +62,8 @@ class StreamSource(Source):
     _SHOWN = 4096
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
-                 reconnect_timeout: float = 60.0) -> None:
-        super().__init__(source_id=redact_url(url))
+                 reconnect_timeout: float = 60.0, on_event: Callable[[str], None] | None = None) -> None:
+        super().__init__(source_id=redact_url(url), on_event=on_event)
         self._url = url
         self._timeouts = (open_timeout, read_timeout)
         self._reconnect_timeout = reconnect_timeout
