@@ -1,5 +1,6 @@
 """A video read from a pipe or FIFO (``producer | rtseg --source /dev/stdin``, ``mkfifo``) whose writer stalls: a real
-FIFO or pipe fed by a real writer that sends part of an MPEG-TS clip, then nothing while it holds the pipe open.
+FIFO or pipe fed by a real writer that sends part of an MPEG-TS clip, then nothing while it holds the pipe open; or a
+FIFO no writer opens (for a while, or ever).
 
 FFmpeg's own read waited on such a pipe for ever: neither a stop request (Ctrl-C, SIGTERM) nor a second Ctrl-C ended
 the run, only SIGKILL (leaving ``X.partial.mp4``). The command-line tests signal a real ``python -m rtseg``.
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from rtseg.errors import SourceError
+from rtseg.video.pipe_reader import PipeReader
 from rtseg.video.sources import open_source
 from servers.helpers import clip_colour, make_clip
 
@@ -50,8 +52,8 @@ def _stalling_writer(fifo: Path, first: bytes, go_on: threading.Event, rest: byt
 
 class _Reading:
     """``open_source(fifo, **options)`` iterated in a daemon thread (a hang fails the test, not the suite): the
-    source, its frames, its events from its opening on (``stalled`` is set at the first that says the pipe stalled)
-    and its error."""
+    source, its frames, its events from its opening on (``stalled`` is set at the first that says the pipe sent no
+    data for the read timeout: stalled, or has no writer yet) and its error."""
 
     def __init__(self, fifo: Path, **options: float | bool) -> None:
         self.source = None
@@ -71,7 +73,7 @@ class _Reading:
 
     def _event(self, line: str) -> None:
         self.events.append(line)
-        if "stalled" in line:
+        if "(no data for" in line:
             self.stalled.set()
 
     def ended(self, timeout: float) -> bool:
@@ -123,7 +125,7 @@ def test_a_writer_that_stays_stalled_ends_the_source_after_the_reconnect_timeout
         go_on.set()
     assert isinstance(reading.error, SourceError), reading.error
     assert str(reading.error) == (f"pipe {fifo} sent no data for {limit}s: its writer stalled; check the program "
-                                  "writing to it, or allow longer pauses with --reconnect-timeout")
+                                  "writing to it, or allow longer waits with --reconnect-timeout")
     assert reading.events == [f"pipe {fifo} stalled (no data for 0.2s); waiting for its writer for up to 1s"] * warned
     assert len(reading.frames) == FRAMES and _in_order(reading.frames)
 
@@ -151,24 +153,90 @@ def test_a_writer_that_goes_on_after_a_stall_is_read_to_its_end(clip, tmp_path, 
     assert len(reading.frames) == FRAMES and _in_order(reading.frames)
 
 
-@pytest.mark.parametrize("sent", [0, 2])
-def test_a_writer_that_stalls_while_the_source_is_opened_is_warned_of(clip, tmp_path, sent):
+@pytest.mark.parametrize("sent, state, why", [
+    (None, "has no writer yet, or a silent one", "no program wrote to it, or its writer stalled"),
+    (0, "has no writer yet, or a silent one", "no program wrote to it, or its writer stalled"),
+    (2, "stalled", "its writer stalled")], ids=["no writer", "silent writer", "2 packets"])
+def test_a_writer_that_stalls_while_the_source_is_opened_is_warned_of(clip, tmp_path, sent, state, why):
     """The writer opens the FIFO and sends nothing, or two MPEG-TS packets (188 bytes each), then stays silent: the
     source is still being opened (FFmpeg probes the format). Only the final error came, after the reconnect timeout;
-    the warning after the read timeout was lost (the callback was set once the source had opened). Now both come."""
+    the warning after the read timeout was lost (the callback was set once the source had opened). Now both come.
+    No writer at all: the source waited for ever, without a word (in the FIFO's open); now the same rules."""
     fifo = tmp_path / "in.ts"
     os.mkfifo(fifo)
     go_on = threading.Event()
-    _stalling_writer(fifo, clip[:sent * 188], go_on)
+    if sent is not None:
+        _stalling_writer(fifo, clip[:sent * 188], go_on)
     reading = _Reading(fifo, read_timeout=0.2, reconnect_timeout=1.0)
     try:
         assert reading.ended(30), "the source kept waiting for the stalled writer"
     finally:
         go_on.set()
     assert reading.source is None and isinstance(reading.error, SourceError), reading.error
-    assert str(reading.error) == (f"pipe {fifo} sent no data for 1s: its writer stalled; check the program writing to "
-                                  "it, or allow longer pauses with --reconnect-timeout")
-    assert reading.events == [f"pipe {fifo} stalled (no data for 0.2s); waiting for its writer for up to 1s"]
+    assert str(reading.error) == (f"pipe {fifo} sent no data for 1s: {why}; check the program writing to it, or "
+                                  "allow longer waits with --reconnect-timeout")
+    assert reading.events == [f"pipe {fifo} {state} (no data for 0.2s); waiting for its writer for up to 1s"]
+
+
+def _writer_after(fifo: Path, data: bytes, start: threading.Event) -> None:
+    """A producer in a daemon thread: once ``start`` is set (or 60 s passed), opens ``fifo``, writes ``data`` and
+    closes it."""
+    def write() -> None:
+        start.wait(60)
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as pipe:
+            pipe.write(data)
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+def test_a_writer_that_comes_after_the_warning_is_read_to_its_end(clip, tmp_path):
+    """No writer for the read timeout: the source waited in the FIFO's open, without a word. Now it says so, and
+    says when the first data came; every frame comes out, once, in order."""
+    fifo = tmp_path / "in.ts"
+    os.mkfifo(fifo)
+    reading = _Reading(fifo, read_timeout=0.2, reconnect_timeout=30)
+    _writer_after(fifo, clip, reading.stalled)
+    assert reading.ended(30), "the source did not end with its writer"
+    assert reading.error is None, reading.error
+    assert len(reading.events) == 2 and reading.events[0] == (
+        f"pipe {fifo} has no writer yet, or a silent one (no data for 0.2s); waiting for its writer for up to 30s"
+    ), reading.events
+    assert re.fullmatch(rf"pipe {re.escape(str(fifo))} sent its first data after \d+\.\ds", reading.events[1]), \
+        reading.events
+    assert len(reading.frames) == FRAMES and _in_order(reading.frames)
+
+
+def test_a_writer_that_comes_after_the_warning_and_sends_nothing_is_an_empty_input(tmp_path):
+    """A writer that opens the FIFO and closes it without writing, after the source warned that none came: the
+    input is empty (as with such a writer at once), said at once, not after the reconnect timeout."""
+    fifo = tmp_path / "in.ts"
+    os.mkfifo(fifo)
+    reading = _Reading(fifo, read_timeout=0.2, reconnect_timeout=30)
+    _writer_after(fifo, b"", reading.stalled)
+    assert reading.ended(20), "the source did not end with its writer"
+    assert isinstance(reading.error, SourceError) and str(reading.error).startswith(
+        f"cannot read video file {fifo}: "), reading.error
+    assert reading.events == [
+        f"pipe {fifo} has no writer yet, or a silent one (no data for 0.2s); waiting for its writer for up to 30s"]
+
+
+def test_a_stop_request_ends_the_wait_for_a_first_writer(tmp_path):
+    """A FIFO no writer opened: the read waited in the FIFO's open, which a stop request could not end. Now the
+    read ends as at the input's end, without a failure, once ``stop`` is set."""
+    fifo = tmp_path / "in.ts"
+    os.mkfifo(fifo)
+    stop, warned, got = threading.Event(), threading.Event(), []
+    reader = PipeReader(str(fifo), stop=stop, warn_s=0.2, limit_s=60, on_event=lambda line: warned.set())
+    reading = threading.Thread(target=lambda: got.append(reader.read(4096)), daemon=True)
+    reading.start()
+    try:
+        assert warned.wait(30), "the read never warned that no data came"
+        stop.set()
+        reading.join(10)
+        assert not reading.is_alive(), "the read kept waiting for a writer"
+        assert got == [b""] and reader.failure is None and reader.read(4096) == b""
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize("when", ["opening", "reading"])
@@ -241,6 +309,15 @@ def _until_stalled(jsonl: Path, proc: subprocess.Popen) -> None:
     raise AssertionError(f"no frame was written, or the run ended (exit {proc.poll()})")
 
 
+def _open_files(pid: int) -> list[str]:
+    """The paths of the files process ``pid`` holds open."""
+    paths = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # (closed meanwhile)
+            paths.append(os.readlink(fd))
+    return paths
+
+
 def _mp4_frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
@@ -291,19 +368,22 @@ def test_a_run_whose_pipe_stays_stalled_ends_with_one_line_and_keeps_its_outputs
         go_on.set()
     assert proc.returncode == 2 and stderr.splitlines() == [
         f"rtseg: error: pipe {fifo} sent no data for 5s: its writer stalled; check the program writing to it, or "
-        f"allow longer pauses with --reconnect-timeout; the {FRAMES} frames written before it are kept in {out}.mp4, "
+        f"allow longer waits with --reconnect-timeout; the {FRAMES} frames written before it are kept in {out}.mp4, "
         f"{out}.jsonl"], stderr
     assert _lines(tmp_path / "o.jsonl") == FRAMES and _mp4_frames(tmp_path / "o.mp4") == FRAMES
 
 
-def test_a_run_whose_pipe_stalls_while_it_is_opened_warns_then_ends_with_one_line(tmp_path):
+@pytest.mark.parametrize("writer", [True, False], ids=["silent writer", "no writer"])
+def test_a_run_whose_pipe_stalls_while_it_is_opened_warns_then_ends_with_one_line(tmp_path, writer):
     """The writer opens the FIFO and sends nothing: the run waits in the source's open. The warning after 5 s was
     never printed (the command line set the source's callback once it had opened), only the error after
-    --reconnect-timeout; now the warning comes first, as when a pipe stalls later. Nothing is written."""
+    --reconnect-timeout; now the warning comes first, as when a pipe stalls later. No writer at all: the run
+    waited for ever, without a word; now the same lines. Nothing is written."""
     fifo, out = tmp_path / "in.ts", tmp_path / "o"
     os.mkfifo(fifo)
     go_on = threading.Event()
-    _stalling_writer(fifo, b"", go_on)
+    if writer:
+        _stalling_writer(fifo, b"", go_on)
     proc = _rtseg(str(fifo), out, "--reconnect-timeout", "6")
     try:
         stderr = proc.communicate(timeout=60)[1].decode()
@@ -311,21 +391,23 @@ def test_a_run_whose_pipe_stalls_while_it_is_opened_warns_then_ends_with_one_lin
         proc.kill()
         go_on.set()
     assert (proc.returncode, stderr.splitlines()) == (2, [
-        f"rtseg: warning: pipe {fifo} stalled (no data for 5s); waiting for its writer for up to 6s",
-        f"rtseg: error: pipe {fifo} sent no data for 6s: its writer stalled; check the program writing to it, or "
-        "allow longer pauses with --reconnect-timeout"]), (proc.returncode, stderr)
+        f"rtseg: warning: pipe {fifo} has no writer yet, or a silent one (no data for 5s); waiting for its writer "
+        "for up to 6s",
+        f"rtseg: error: pipe {fifo} sent no data for 6s: no program wrote to it, or its writer stalled; check the "
+        "program writing to it, or allow longer waits with --reconnect-timeout"]), (proc.returncode, stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ts"]
 
 
 def test_sigterm_while_the_source_waits_for_its_first_writer_is_one_line(tmp_path):
-    """A FIFO nobody writes to yet: the run waits in its open. SIGTERM there ended the process without a word (-15:
-    the source was opened outside the command line's SIGTERM guard); now one line and 143, nothing written."""
+    """A FIFO nobody writes to yet: the run waits in its source's open (for data, the FIFO open). SIGTERM there
+    ended the process without a word (-15: the source was opened outside the command line's SIGTERM guard); now
+    one line and 143, nothing written."""
     fifo, out = tmp_path / "in.ts", tmp_path / "o"
     os.mkfifo(fifo)
     proc = _rtseg(str(fifo), out)
     try:
         deadline = time.monotonic() + 60
-        while Path(f"/proc/{proc.pid}/wchan").read_text() != "wait_for_partner":  # the FIFO's open waits for a writer
+        while os.path.realpath(fifo) not in _open_files(proc.pid):  # open, the source waits for data
             assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)

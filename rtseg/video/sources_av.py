@@ -138,9 +138,9 @@ class FileSource(Source):
     A packet the decoder rejects (damaged data) is skipped as FFmpeg skips it, with a warning
     (``on_event``) and a notice; a file no frame of which decodes raises SourceError.
     A pipe or FIFO is read through a :class:`PipeReader`: a stop request ends a wait for its data, and a writer
-    that stalls is warned of after ``pipe_timeouts[0]`` s (``on_event``; also while the file is opened, when given
-    to the constructor) and ends the source (SourceError) after ``pipe_timeouts[1]`` s (at least the first) without
-    data, as a live stream that stays lost does.
+    that stalls (or a FIFO no writer opened yet) is warned of after ``pipe_timeouts[0]`` s (``on_event``; also
+    while the file is opened, when given to the constructor) and ends the source (SourceError) after
+    ``pipe_timeouts[1]`` s (at least the first) without data, as a live stream that stays lost does.
     """
 
     def __init__(self, path: str, *, vid_stride: int = 1, start: float = 0.0, end: float | None = None,
