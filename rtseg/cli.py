@@ -126,7 +126,7 @@ def _json_sink(path: str) -> Sink:
 
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl" or path == JsonlSink.STDOUT:
-        return JsonlSink(path)
+        return JsonlSink(path, on_event=_warn)
     if suffix == ".json":
         return CocoJsonSink(path)
     raise ConfigError(f"--json {path}: use a .jsonl (one record per frame) or .json (COCO results) file, "

@@ -354,6 +354,64 @@ def test_jsonl_sink_into_a_fifo_whose_reader_leaves_asks_to_stop(tmp_path):
 
 
 
+def _open_in_thread(fifo: Path, **kwargs) -> tuple[threading.Thread, list]:
+    """A thread opening ``JsonlSink(fifo, **kwargs)``; its result (the sink or the exception) lands in the list."""
+    result: list = []
+
+    def open_sink() -> None:
+        try:
+            result.append(JsonlSink(fifo, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            result.append(exc)
+
+    thread = threading.Thread(target=open_sink, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_jsonl_sink_into_a_fifo_nobody_reads_ends_with_one_line(tmp_path):
+    """`mkfifo d.jsonl; rtseg … --json d.jsonl` with no reader: the open for writing waited without end, before the run
+    began and without a word. Now the FIFO is waited for as long as a reader that takes no data (stall_timeout), then
+    one SinkError line."""
+    fifo = tmp_path / "d.jsonl"
+    os.mkfifo(fifo)
+    thread, result = _open_in_thread(fifo, stall_timeout=0.5)
+    thread.join(timeout=20)
+    if thread.is_alive():  # (the old open: let it go, then fail)
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        thread.join(timeout=5)
+        pytest.fail("the sink waited for a reader without end")
+    assert isinstance(result[0], SinkError), result
+    assert str(result[0]) == (f"JSON Lines output {fifo}: a FIFO no program opened for reading in 0.5s; start its "
+                              "reader first, or write to a file")
+
+
+def test_jsonl_sink_into_a_fifo_says_it_waits_and_writes_to_a_reader_that_comes_later(tmp_path, monkeypatch):
+    """A reader that comes after the warning gets the lines; the descriptor is blocking again (as stdout's)."""
+    import rtseg.video.sinks as sinks
+
+    monkeypatch.setattr(sinks, "READER_WARN_S", 0.2)
+    fifo = tmp_path / "d.jsonl"
+    os.mkfifo(fifo)
+    events: list[str] = []
+    thread, result = _open_in_thread(fifo, stall_timeout=30, on_event=events.append)
+    deadline = time.monotonic() + 20
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events == [f"JSON Lines output {fifo}: a FIFO no program reads yet; waiting for a reader for up to 30s"]
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    thread.join(timeout=20)
+    sink = result[0]
+    assert isinstance(sink, JsonlSink) and os.get_blocking(sink._file.fileno())
+    empty = Detections.empty((120, 160), ["a"])
+    sink.write(_frame(0, 0.0), empty, _frame(0, 0.0).image)
+    sink.close()
+    reader.join(timeout=10)
+    assert json.loads(got[0])["seq"] == 0 and sink.frames_written == 1
+
+
 _FILE_LIMIT = textwrap.dedent(
     """
     import json, resource, signal, sys, numpy as np

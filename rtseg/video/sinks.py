@@ -15,6 +15,7 @@ or a missing display fails before the pipeline starts, as a one-line
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -29,7 +30,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
@@ -136,14 +137,17 @@ class JsonlSink:
     ``flock`` while the sink is open, so a second run aimed at the same file is refused instead of
     overwriting it. On stdout or a FIFO, a reader that goes away (``rtseg ... --json - | head -3``)
     ends the run gracefully (:attr:`stop_requested`); a reader that stays but takes no data for
-    ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for ever.
+    ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for ever; a FIFO
+    that no program reads yet is waited for as long, at the sink's opening (said through ``on_event`` after
+    :data:`READER_WARN_S` s).
     A run that wrote no line (it failed or stopped before its first frame) leaves no new file, and an existing
     file as it was (:meth:`close`). :attr:`frames_written` counts the lines written.
     """
 
     STDOUT = "-"
 
-    def __init__(self, path: str | os.PathLike, *, stall_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike, *, stall_timeout: float = 30.0,
+                 on_event: Callable[[str], None] = lambda line: None) -> None:
         self.stop_requested = False
         self.path = Path(path)
         self._stall_timeout = stall_timeout
@@ -154,7 +158,7 @@ class JsonlSink:
         else:
             require_writable_folder(self.path, "JSON Lines output")
             self._created = not self.path.exists()
-            self._file = _open_exclusive(self.path)
+            self._file = _open_exclusive(self.path, reader_timeout=stall_timeout, on_event=on_event)
         # a regular file (partial lines are taken back), not a pipe, FIFO or device (/dev/null: no truncate)
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         self._emptied = not self._regular  # a file's old contents go at the first frame, not at opening
@@ -227,15 +231,34 @@ def _require_writable_stdout() -> None:
 
 
 _PIPE_CHUNK = 4096  # bytes; at most one page per write, which a pipe that select() reports writable takes at once
+READER_WARN_S = 5.0
+"""Seconds a JSON Lines FIFO output waits for a reader before it says so."""
+_READER_POLL_S = 0.05  # seconds between tries to open a FIFO without a reader
 
 
-def _open_exclusive(path: Path) -> io.FileIO:
+def _open_exclusive(path: Path, *, reader_timeout: float, on_event: Callable[[str], None]) -> io.FileIO:
     """Open ``path`` for writing (created if missing, not truncated), unbuffered, under an exclusive flock;
-    SinkError when it cannot be opened or another process holds it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise SinkError(f"JSON Lines output {path}: cannot open ({exc.strerror}); choose another path") from None
+    SinkError when it cannot be opened or another process holds it. A FIFO no program reads yet is waited for (an
+    open for writing waited without end, before the run began, without a word): said after
+    :data:`READER_WARN_S` s (``on_event``), a SinkError after ``reader_timeout`` s."""
+    since, warned = time.monotonic(), False
+    while True:
+        try:  # (non-blocking: a FIFO without a reader is ENXIO at once)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            break
+        except OSError as exc:
+            waited = time.monotonic() - since
+            if exc.errno != errno.ENXIO or not _is_fifo(path):
+                raise SinkError(f"JSON Lines output {path}: cannot open ({exc.strerror}); choose another path") from None
+            if waited >= reader_timeout:
+                raise SinkError(f"JSON Lines output {path}: a FIFO no program opened for reading in "
+                                f"{reader_timeout:g}s; start its reader first, or write to a file") from None
+            if not warned and waited >= READER_WARN_S:
+                on_event(f"JSON Lines output {path}: a FIFO no program reads yet; waiting for a reader for up to "
+                         f"{reader_timeout:g}s")
+                warned = True
+            time.sleep(_READER_POLL_S)
+    os.set_blocking(fd, True)
     if stat.S_ISREG(os.fstat(fd).st_mode):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -244,6 +267,13 @@ def _open_exclusive(path: Path) -> io.FileIO:
             raise SinkError(f"JSON Lines output {path}: another run is writing it right now; "
                             "choose another path") from None
     return io.FileIO(fd, "wb", closefd=True)
+
+
+def _is_fifo(path: Path) -> bool:
+    """Whether ``path`` is a named pipe (False when it cannot be looked up)."""
+    with contextlib.suppress(OSError):
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    return False
 
 
 def _gui_available() -> str | None:
