@@ -73,8 +73,10 @@ def run_demo(argv: Sequence[str]) -> int:
     out = make_folder("--out", args.out)
     engine = rtseg.load("yolact", weights=str(weights), device=args.device)
     if list(engine.class_names) != list(CLASSES):
-        raise WeightsError(f"{weights} was not trained on the synthetic classes {', '.join(CLASSES)}; "
-                           f"{DEMO_TRAIN_HINT}")
+        names = list(engine.class_names)
+        which = "the synthetic classes in another order" if sorted(names) == sorted(CLASSES) else ", ".join(names)
+        raise WeightsError(f"{weights} has the classes {which}; the demo scores the synthetic classes "
+                           f"{', '.join(CLASSES)} in this order: pass weights trained with rtseg train --data synthetic")
     source = SyntheticSource(seed=TEST_SEED, num_frames=args.frames, keep_truth=True)
     evaluator = CocoEvaluator(CLASSES)
     metrics = Metrics()

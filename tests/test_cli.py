@@ -268,6 +268,27 @@ def test_demo_runs_the_full_pipeline_and_reports_ap(tmp_path):
     assert len((tmp_path / "out" / "demo.jsonl").read_text().splitlines()) == 6
 
 
+@pytest.mark.parametrize("order", ["reversed", "other"])
+def test_demo_with_weights_of_other_classes_says_which(tmp_path, order):
+    """Weights given with --weights whose classes are not the synthetic ones in their order: the line said they were
+    not trained on the synthetic classes and pointed to the shipped demo model's checkout, whatever they held."""
+    import torch
+
+    from rtseg.data.synthetic import CLASSES
+    from rtseg.models.yolact import Yolact, YolactConfig
+    from rtseg.weights import save_yolact
+
+    names = list(CLASSES)[::-1] if order == "reversed" else ["cat", "dog"]
+    torch.manual_seed(0)
+    cfg = YolactConfig(backbone="resnet18", num_classes=len(names), input_size=128, fpn_channels=32, num_prototypes=8)
+    weights = save_yolact(tmp_path / "w.safetensors", Yolact(cfg), names)
+    r = _run(["demo", "--weights", str(weights), "--frames", "2", "--out", str(tmp_path / "out")])
+    which = "the synthetic classes in another order" if order == "reversed" else "cat, dog"
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"rtseg demo: error: {weights} has the classes {which}; the demo scores the synthetic classes "
+        f"{', '.join(CLASSES)} in this order: pass weights trained with rtseg train --data synthetic"], r.stderr
+
+
 def test_serve_shows_live_stats_with_token(files):
     """--serve wires the pipeline metrics into the web page's /stats.json (token required)."""
     import urllib.error
