@@ -1,10 +1,11 @@
-"""What every command-line entry point does before its command runs: ``rtseg`` (:mod:`rtseg.__main__`) and
+"""What every command-line entry point does around its command: ``rtseg`` (:mod:`rtseg.__main__`) and
 ``python -m rtseg.train.fcn_trainer`` / ``python -m rtseg.train.msrcnn_trainer``.
 
 Such an entry module imports nothing heavy at its top (no torch; ``rtseg.errors`` and this module only), and its
 ``main`` hands :func:`run_command` the name the command reports under and the function that does the work, by
-name: the seconds of imports (torch) then run where a Ctrl-C, a SIGTERM or a missing package is one line naming
-the command, not a traceback or a death by the signal without a word.
+name: the option checks, the seconds of imports (torch) and the command then run where a Ctrl-C, a SIGTERM or a
+missing package is one line naming the command, not a traceback or a death by the signal without a word, and
+the process's shutdown after it (over a second with torch loaded) ignores a late Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import importlib
 import sys
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
-from rtseg.errors import Terminated, exit_status, guard_standard_streams, sigterm_raises
+from rtseg.errors import (
+    Terminated,
+    command_line_run,
+    exit_status,
+    guard_standard_streams,
+    ignore_stop_signals,
+    sigterm_raises,
+)
 
 
 def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = (),
@@ -24,28 +32,36 @@ def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = (),
     the call's one argument instead of ``args``: ``--help`` and a bad option answer at once, not after the seconds
     of importing torch.
 
-    The target's module, then each module of ``preload`` (what the call would import later), is imported first
-    with SIGTERM raising :class:`rtseg.errors.Terminated`: a Ctrl-C meanwhile is ``prog: interrupted`` and 130, a
-    SIGTERM ``prog: terminated`` and 143, a missing package ``prog: error: …`` and 2. The call then runs with
-    SIGTERM's handler as it was before (the video pipeline and the trainers install their own while they run). A
-    SystemExit from it (``--help``, argparse) flushes stdout first, so that text a stdout cannot take is reported
-    (see :func:`rtseg.errors.guard_standard_streams`), not lost at exit.
+    The target's module, then each module of ``preload`` (what the call would import later), is imported first.
+    A Ctrl-C is ``prog: interrupted`` and 130, a missing package ``prog: error: …`` and 2; SIGTERM raises
+    :class:`rtseg.errors.Terminated` (``prog: terminated`` and 143) from the parsing of the options to the call's
+    end, except where the command handles it itself (the video pipeline stops gracefully, a trainer saves its
+    checkpoint) and hands this handler back after. A SystemExit from it (``--help``, argparse) flushes stdout first,
+    so that text a stdout cannot take is reported (see :func:`rtseg.errors.guard_standard_streams`), not lost at exit.
+
+    In a command-line run (:func:`rtseg.errors.command_line_run`) Ctrl-C and SIGTERM are ignored once the status
+    is known (:func:`rtseg.errors.ignore_stop_signals`): the command's work is done, and one arriving while the
+    interpreter shuts down (a second Ctrl-C, the first of which stopped a video run or training) ended the
+    process by the signal (exit -2 / -15 instead of the command's status) or printed a traceback.
     """
     module, _, name = target.partition(":")
 
     def call() -> Any:
         try:
-            given = args if parse is None else (parse(),)
             with sigterm_raises(Terminated):
+                given = args if parse is None else (parse(),)
                 fn = getattr(importlib.import_module(module), name)
                 for more in preload:
                     importlib.import_module(more)
-            return fn(*given)
+                return fn(*given)
         except SystemExit:
             sys.stdout.flush()
             raise
 
-    return exit_status(prog, call)
+    status = exit_status(prog, call)
+    if command_line_run():
+        ignore_stop_signals()
+    return status
 
 
 def run_as_script(main: Callable[[], int]) -> NoReturn:

@@ -53,8 +53,9 @@ class RtsegWarning(UserWarning):
 
 class Terminated(BaseException):
     """SIGTERM within ``sigterm_raises(Terminated)``: :func:`exit_status` ends the command with one line and 143
-    (128 + SIGTERM, as a shell reports a process SIGTERM ended), not a death by the signal without a word. For a
-    command's start-up (its imports), before it writes anything a SIGTERM could cut short.
+    (128 + SIGTERM, as a shell reports a process SIGTERM ended), not a death by the signal without a word. Raised
+    wherever a command does not handle SIGTERM itself (:func:`rtseg.entry.run_command`): its option checks and
+    imports, all of ``rtseg eval``, and the moments before and after a video run's or a training's own handler.
 
     Not a KeyboardInterrupt, so that nothing that saves work on Ctrl-C takes it for one (where SIGTERM is to act
     as Ctrl-C, ``rtseg.train.checkpoint.sigterm_as_interrupt`` raises KeyboardInterrupt instead)."""
@@ -78,6 +79,34 @@ def sigterm_raises(exc_type: Callable[[str], BaseException]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that ask a command to stop: Ctrl-C and SIGTERM."""
+
+
+def ignore_stop_signals() -> dict[int, Any]:
+    """Ignore Ctrl-C and SIGTERM (:data:`STOP_SIGNALS`) from now on; returns the handlers they had (none outside the
+    main thread, where this changes nothing).
+
+    Ignored (``SIG_IGN``), not handled by a Python function: Python keeps an ignored signal ignored to the end of the
+    process, whereas it puts back the default action of one it handles (ending the process by the signal, exit -2 /
+    -15) before it tears its modules down (over a second once torch is loaded)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+
+
+@contextlib.contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """Within it, Ctrl-C and SIGTERM are ignored (:func:`ignore_stop_signals`), so that neither cuts short the work
+    that a first one started (the checkpoint a Ctrl-C saves); their handlers are back afterwards."""
+    previous = ignore_stop_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def make_folder(option: str, folder: str | Path) -> Path:
@@ -202,14 +231,26 @@ class _StandardStream(io.TextIOWrapper):
                             "check where standard output goes (a full disk, a closed pipe)") from None
 
 
+_command_line_run = False  # set by guard_standard_streams
+
+
+def command_line_run() -> bool:
+    """Whether this process is a command-line run, one that ends with its command (:func:`guard_standard_streams`
+    prepared it), not a Python program that calls a command's ``main`` among other work (a test)."""
+    return _command_line_run
+
+
 def guard_standard_streams() -> None:
-    """Prepare stdin, stdout and stderr for a command-line run (call once, first thing).
+    """Prepare stdin, stdout and stderr for a command-line run (call once, first thing), and mark the process as one
+    (:func:`command_line_run`).
 
     A closed one gets /dev/null on its descriptor, so that no file opened later takes descriptor 0, 1 or 2 (and
     is written by ``print`` or inherited by FFmpeg as its stdin); a closed stdout's is opened read-only, so that
     writing to it fails as on a closed stdout. Then stdout and stderr become :class:`_StandardStream`: a write
     error on stdout is one line and exit 2 through :func:`exit_status`, one on stderr never stops the run.
     """
+    global _command_line_run
+    _command_line_run = True
     for fd, mode in ((0, os.O_RDONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
         try:
             os.fstat(fd)

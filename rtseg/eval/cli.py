@@ -168,25 +168,21 @@ def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    """Evaluate as the options say and print the metrics (in %); returns them.
-
-    The checks of the options and the import of the evaluation (torch: seconds) run with SIGTERM raising
-    :class:`rtseg.errors.Terminated`: a SIGTERM during them is one line and 143, as it was while the entry point
-    imported this module."""
-    with sigterm_raises(Terminated):
-        engine_name, resize = _check_args(args)
-        from rtseg.eval.coco import format_table
-        from rtseg.eval.mask_scoring import format_scoring_table
-        from rtseg.eval.runners import (
-            evaluate_instances,
-            evaluate_panoptic_engine,
-            evaluate_semantic_engine,
-            evaluate_superpixel_engine,
-            format_panoptic,
-            format_semantic,
-            format_superpixels,
-            samples,
-        )
+    """Evaluate as the options say and print the metrics (in %); returns them. The options are checked first
+    (:func:`_check_args`), then the evaluation (torch: seconds) is imported."""
+    engine_name, resize = _check_args(args)
+    from rtseg.eval.coco import format_table
+    from rtseg.eval.mask_scoring import format_scoring_table
+    from rtseg.eval.runners import (
+        evaluate_instances,
+        evaluate_panoptic_engine,
+        evaluate_semantic_engine,
+        evaluate_superpixel_engine,
+        format_panoptic,
+        format_semantic,
+        format_superpixels,
+        samples,
+    )
     dataset = open_dataset(args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:
@@ -234,8 +230,16 @@ def _no_instances(data: str, n: int, consequence: str) -> DatasetError:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtseg eval``; returns the exit status (0 ok, 2 on a user error, as every rtseg command)."""
-    return exit_status("rtseg eval", lambda: run(_parser().parse_args(argv)))
+    """Entry point of ``rtseg eval``; returns the exit status (0 ok, 2 on a user error, as every rtseg command).
+
+    SIGTERM raises :class:`rtseg.errors.Terminated` throughout (the options, the data set, the engine, the
+    evaluation): one line and 143, not a death without a word; nothing is left half-written, as the only file the
+    command writes, the ``--json`` metrics, is written whole at the end (:func:`rtseg.video.outfiles.replace_whole`)."""
+    def evaluate() -> dict[str, float]:
+        with sigterm_raises(Terminated):
+            return run(_parser().parse_args(argv))
+
+    return exit_status("rtseg eval", evaluate)
 
 
 if __name__ == "__main__":

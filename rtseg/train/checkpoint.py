@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
-from rtseg.errors import ConfigError, RtsegError, SinkError, WeightsError, sigterm_raises
+from rtseg.errors import ConfigError, RtsegError, SinkError, WeightsError, sigterm_raises, stop_signals_ignored
 from rtseg.ranges import check_number
 from rtseg.video.outfiles import CheckedFile
 from rtseg.weights import load_into, load_torch_file
@@ -173,8 +173,14 @@ def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful]
                       log: TextIO | None = None, **extra: Any) -> Path:
     """After Ctrl-C (or SIGTERM, :func:`sigterm_as_interrupt`): write the checkpoint of the ``step`` steps done
     (:func:`save_checkpoint`) and print one line saying where it is and how to continue (``resume_hint``, e.g.
-    ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt."""
-    path = save_checkpoint(path, step=step, parts=parts, **extra)
+    ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt.
+
+    Ctrl-C and SIGTERM are ignored while the checkpoint is written (:func:`rtseg.errors.stop_signals_ignored`): a
+    second one (a double Ctrl-C) cut the save short, so that the steps since the last checkpoint were lost and
+    nothing was said. (Not while the line is printed: a log that takes nothing, a stalled pipe, must not hold an
+    unstoppable process.)"""
+    with stop_signals_ignored():
+        path = save_checkpoint(path, step=step, parts=parts, **extra)
     print(f"interrupted {_saved_at(step, path, resume_hint)}", file=log if log is not None else sys.stderr, flush=True)
     return path
 

@@ -1,0 +1,132 @@
+"""Ctrl-C and SIGTERM at the moments the other signal tests do not reach: while a command checks its options, while
+`rtseg eval` reads its data, loads its engine, evaluates or writes its metrics, between the option checks and the
+trainer's own handler and after it, a second Ctrl-C while a trainer saves the checkpoint the first one asked for,
+and a second one while the interpreter shuts down after a run the first one stopped.
+
+Every run is a real `python -m ...` process (tests/signal_harness.py) and every signal is sent at a moment the
+process announces (a file it creates and waits beside), not after a guessed sleep."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import av
+import pytest
+import torch
+
+from servers.helpers import make_clip
+
+HARNESS = Path(__file__).with_name("signal_harness.py")
+TRAIN = ["train", "--data", "synthetic", "--train-images", "2", "--val-images", "1", "--input-size", "64",
+         "--fpn-channels", "16", "--num-prototypes", "4", "--batch-size", "1", "--workers", "0", "--threads", "1",
+         "--ckpt-every", "0"]
+"""A tiny `rtseg train` (add --iters and --out)."""
+
+
+def _run(folder: Path, command: Sequence[str], holds: Sequence[tuple[str, int | None]],
+         entry: str = "rtseg") -> subprocess.CompletedProcess:
+    """Run ``python -m entry command`` in ``folder`` through the harness with the moments ``holds`` (harness specs,
+    in the order the run meets them), sending each one's signal (None: none) once the process waits there."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RTSEG_TEST_DIR": str(folder),
+           "RTSEG_TEST_HOLD": ",".join(spec for spec, _ in holds)}
+    proc = subprocess.Popen([sys.executable, str(HARNESS), entry, *command], cwd=folder, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i, (spec, signum) in enumerate(holds):
+            held, deadline = folder / f"held{i}", time.monotonic() + 120
+            while not held.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not held.exists():
+                proc.kill()
+                pytest.fail(f"the run ended (exit {proc.wait()}) before {spec}: {proc.communicate()[1]}")
+            if signum is not None:
+                proc.send_signal(signum)
+            (folder / f"go{i}").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _files(folder: Path) -> list[str]:
+    """The files a run left in ``folder``, the harness's own marks left out."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(("held", "go")))
+
+
+@pytest.mark.parametrize("entry,command,prog", [
+    ("rtseg", ["eval", "--engine", "slic", "--json", "m.json"], "rtseg eval"),
+    ("rtseg", [*TRAIN, "--iters", "1", "--out", "m.safetensors"], "rtseg train"),
+    ("rtseg.train.fcn_trainer", ["--out", "f.safetensors"], "fcn_trainer")], ids=["eval", "train", "fcn_trainer"])
+def test_sigterm_while_the_options_are_read_is_one_line(entry, command, prog, tmp_path):
+    """SIGTERM while argparse reads the options (before torch is imported): the process ended without a word (-15):
+    the guard of the start-up covered the imports only."""
+    r = _run(tmp_path, command, [("argparse:ArgumentParser.parse_args", signal.SIGTERM)], entry)
+    assert (r.returncode, r.stderr.splitlines()) == (143, [f"{prog}: terminated"]), (r.returncode, r.stderr)
+    assert r.stdout == "" and _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("moment", ["rtseg.eval.cli:open_dataset", "rtseg.eval.cli:load_engine",
+                                    "rtseg.eval.runners:evaluate_superpixel_engine", "pathlib:Path.write_bytes:after"],
+                         ids=["data set", "engine", "evaluation", "metrics written"])
+def test_sigterm_during_eval_is_one_line_and_leaves_no_file(moment, tmp_path):
+    """SIGTERM while `rtseg eval` opens its data set, loads its engine, evaluates or writes the --json metrics (the
+    temporary file written, not yet renamed): the process ended without a word (-15), in the last case leaving
+    the temporary file. Now one line and 143, and no file (the metrics are written whole or not at all)."""
+    r = _run(tmp_path, ["eval", "--engine", "slic", "--segments", "20", "--max-images", "2", "--resize", "64x48",
+                        "--json", "m.json"], [(moment, signal.SIGTERM)])
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (143, ["rtseg eval: terminated"]), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and _files(tmp_path) == []
+    assert ("2 images, slic" in r.stdout) == moment.endswith(":after")  # printed before they are written
+
+
+@pytest.mark.parametrize("moment", ["rtseg.train.cli:run", "rtseg.train.cli:run:after"],
+                         ids=["before training", "after training"])
+def test_sigterm_around_the_trainers_own_handler_is_one_line(moment, tmp_path):
+    """SIGTERM once the trainer is imported but before training installs its handler (which saves the steps done),
+    and once training has written the weights and put the handler back: the process ended without a word (-15)."""
+    r = _run(tmp_path, [*TRAIN, "--iters", "1", "--out", "m.safetensors"], [(moment, signal.SIGTERM)])
+    assert r.returncode == 143 and r.stderr.splitlines()[-1:] == ["rtseg train: terminated"], (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    if moment.endswith(":after"):  # the trained weights stay
+        assert "wrote m.safetensors" in r.stdout and (tmp_path / "m.safetensors").is_file()
+    else:
+        assert r.stdout == "" and _files(tmp_path) == []
+
+
+def test_a_second_ctrl_c_while_the_checkpoint_is_saved_does_not_cut_it_short(tmp_path):
+    """Ctrl-C after step 1, a second one while the checkpoint of that step is written, a third while the interpreter
+    shuts down. The second raised KeyboardInterrupt in the middle of torch.save: the half-written file was removed,
+    so the step was lost and the line saying where the checkpoint is and how to continue never came; the third
+    ended the process by the signal (-2). Now the checkpoint is whole, said, and the status is the first Ctrl-C's."""
+    r = _run(tmp_path, [*TRAIN, "--iters", "5", "--out", "m.safetensors"],
+             [("rtseg.train.trainer:Trainer.train_step:after", signal.SIGINT), ("torch:save", signal.SIGINT),
+              ("exit", signal.SIGINT)])
+    assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    checkpoint = tmp_path / "m.train" / "checkpoint.pth"
+    assert f"interrupted at step 1: checkpoint {checkpoint.relative_to(tmp_path)}; continue with" in r.stdout
+    assert r.stderr.splitlines() == ["rtseg train: interrupted"]
+    assert torch.load(checkpoint, weights_only=True)["step"] == 1
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_second_signal_while_the_interpreter_shuts_down_after_a_stopped_run(second, tmp_path):
+    """Ctrl-C once the first frame is recorded stops the run gracefully (outputs complete, exit 0); a second signal
+    while Python tears its modules down (over a second after a run with torch) ended the process by it (-2, -15)
+    although every output was complete. Now it changes nothing."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=200)
+    r = _run(tmp_path, ["--source", "clip.mp4", "--engine", "slic", "--segments", "20", "--output", "o.mp4",
+                        "--json", "o.jsonl", "--no-progress"],
+             [("rtseg.video.sink_mp4:Mp4Sink.write:after", signal.SIGINT), ("exit", second)])
+    lines = (tmp_path / "o.jsonl").read_text().splitlines()
+    assert (r.returncode, r.stderr.splitlines()) == (
+        0, [f"rtseg: stopped by signal after {len(lines)} frames; outputs are closed"]), (r.returncode, r.stderr)
+    assert 1 <= len(lines) < 200 and f"frames {len(lines)} " in r.stdout
+    with av.open(str(tmp_path / "o.mp4")) as recording:
+        assert sum(1 for _ in recording.decode(video=0)) == len(lines)
+    assert _files(tmp_path) == sorted([clip.name, "o.jsonl", "o.mp4"])
