@@ -34,6 +34,11 @@ class Frame:
     capture_time: ``time.monotonic()`` when the frame left the decoder, seconds.
     file: the image file it was read from (image folders, globs and single images); None for video files,
     streams and cameras.
+    index: 0-based number of the frame in its video file, image list or synthetic clip, counting the frames that
+        ``--start`` and ``--vid-stride`` passed over (frame 0 of a file is its first frame, whatever the start); None
+        where the source has no such numbering (cameras, live streams). A COCO results file's ``image_id`` is
+        ``index + 1`` (``seq + 1`` where it is None): the ids of rtseg's COCO export of a clip (``--every 1``) or of
+        its image folder.
     """
 
     image: np.ndarray
@@ -42,6 +47,7 @@ class Frame:
     pts: float | None = None
     capture_time: float = 0.0
     file: str | None = None
+    index: int | None = None
 
     def __post_init__(self) -> None:
         _check("Frame.image", self.image, (None, None, 3), np.uint8)

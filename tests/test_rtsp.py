@@ -207,11 +207,12 @@ def test_gives_up_when_the_stream_stays_down(server):
     source.close()
 
 
-def _ffmpeg_rtmp_server(port: int) -> subprocess.Popen:
-    """FFmpeg as a one-client RTMP server (``-listen 1``) sending a live 30 FPS test pattern."""
+def _ffmpeg_rtmp_server(port: int, *, sar: str = "1") -> subprocess.Popen:
+    """FFmpeg as a one-client RTMP server (``-listen 1``) sending a live 30 FPS test pattern (pixels ``sar`` times
+    as wide as tall)."""
     return subprocess.Popen(
         ["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=30",
-         "-c:v", "libx264", "-tune", "zerolatency", "-g", "15", "-f", "flv", "-listen", "1",
+         "-vf", f"setsar={sar}", "-c:v", "libx264", "-tune", "zerolatency", "-g", "15", "-f", "flv", "-listen", "1",
          f"rtmp://127.0.0.1:{port}/live/test"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -241,3 +242,19 @@ def test_rtmp_stream_reconnects_after_the_server_restarts():
     assert all(f.image.shape == (120, 160, 3) and f.image.std() > 20 for f in frames)
     pts = [f.pts for f in frames]
     assert all(b > a for a, b in zip(pts, pts[1:]))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI missing (apt-get install ffmpeg)")
+def test_an_anamorphic_live_stream_comes_out_with_square_pixels():
+    """A stream whose pixels are twice as wide as tall (SAR 2:1 in the H.264 stream) comes as players show it,
+    320x120, as a file does (it came as stored, 160x120: shapes squashed for the model and the recording)."""
+    port = free_port()
+    server = _ffmpeg_rtmp_server(port, sar="2")
+    try:
+        wait_listening(port)
+        with open_source(f"rtmp://127.0.0.1:{port}/live/test", open_timeout=10, read_timeout=5) as source:
+            frames = [frame for frame, _ in zip(source, range(5))]
+    finally:
+        server.kill()
+        server.wait()
+    assert [f.image.shape for f in frames] == [(120, 320, 3)] * 5

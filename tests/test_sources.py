@@ -72,6 +72,26 @@ def test_file_vid_stride_start_end(clip):
     for f, i in zip(frames, (11, 15, 19, 23)):
         assert np.abs(_colour(f) - clip_colour(i)).max() < 6
     assert [f.seq for f in frames] == [0, 1, 2, 3]
+    assert [f.index for f in frames] == [11, 15, 19, 23]  # the frames' numbers in the file (sought: key frame 10)
+
+
+def test_frames_are_numbered_in_their_file_folder_or_clip_whatever_start_and_stride_pass_over(clip, tmp_path):
+    """``Frame.index`` (a COCO results file's image_id - 1): was only ``seq``, the count of frames yielded, so that
+    frame 2 of a run with --vid-stride 2 took the id of the file's frame 1."""
+    raw = _encode(tmp_path / "raw.h264", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)],
+                  fmt="h264")  # cannot seek: --start decodes from the beginning
+    _write_images(tmp_path, 5)
+    (tmp_path / "img_01.png").write_bytes(b"not a PNG")  # skipped, still counted
+    cases = [(open_source(str(clip), vid_stride=7), [0, 7, 14, 21, 28]),
+             (open_source(str(raw), start=1.25, vid_stride=3), [13, 16, 19]),
+             (open_source(str(tmp_path), vid_stride=2), [0, 2, 4]), (open_source(str(tmp_path)), [0, 2, 3, 4]),
+             (open_source("synthetic", vid_stride=3, synthetic={"width": 64, "height": 48, "num_frames": 7}),
+              [0, 3, 6]),
+             (open_source("synthetic", realtime=True, vid_stride=3,
+                          synthetic={"width": 64, "height": 48, "num_frames": 7}), [0, 3, 6])]  # paced: passed on
+    for source, numbers in cases:
+        with source:
+            assert [f.index for f in source] == numbers, source.source_id
 
 
 def test_truncated_file_ends_with_a_notice(clip, tmp_path):
@@ -86,6 +106,31 @@ def test_truncated_file_ends_with_a_notice(clip, tmp_path):
     assert len(source.notices) == 1 and "the 4.00 s its header announces; the file may be truncated" in source.notices[0]
     with open_source(str(whole)) as source:
         assert len(list(source)) == 40 and source.notices == []
+
+
+@pytest.mark.parametrize("fmt, codec", [("matroska", "libx264"), ("webm", "libvpx"), ("nut", "libx264"),
+                                        ("asf", "mpeg4"), ("mpegts", "mpeg2video"), ("mp4", "libx264")])
+def test_a_file_whose_clock_starts_late_is_neither_longer_nor_truncated(tmp_path, fmt, codec):
+    """Timestamps from 11.4 s (``ffmpeg -copyts``, a cut of a recording): Matroska / WebM, NUT and ASF give the end
+    time as their duration, which was taken for the length (``ended at 2.90 s of the 14.40 s its header announces;
+    the file may be truncated``, a progress total of 144 frames, a --start past the end let through); MPEG-TS and
+    MP4 give the length. A Matroska file cut short is still told."""
+    images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(30)]
+    path = _encode(tmp_path / f"late.{fmt}", images, fmt=fmt, codec=codec, first=114)
+    with open_source(str(path)) as source:
+        assert source.num_frames in (29, 30)  # (NUT's end is the last frame's time: 2.9 s)
+        frames = list(source)
+    assert len(frames) == 30 and frames[0].pts == 0.0 and source.notices == []
+    with pytest.raises(ConfigError, match=r"start 3\.5 s is past the end of .* \((2\.90|3\.00) s long\)"):
+        open_source(str(path), start=3.5)
+    if fmt == "matroska":
+        long = _encode(tmp_path / "long.mkv", images * 3, fmt=fmt, first=114)
+        cut = tmp_path / "cut.mkv"
+        cut.write_bytes(long.read_bytes()[:long.stat().st_size // 2])
+        with open_source(str(cut)) as source:
+            assert 20 < len(list(source)) < 80
+        assert len(source.notices) == 1 and "of the 9.00 s its header announces; the file may be truncated" in \
+            source.notices[0]
 
 
 def test_file_start_past_the_end_is_a_config_error(clip):
@@ -513,13 +558,16 @@ def _corners(image: np.ndarray) -> list[tuple[int, ...]]:
     return [tuple(int(v > 127) * 255 for v in image[y, x]) for y in (h // 4, 3 * h // 4) for x in (w // 4, 3 * w // 4)]
 
 
-def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True, first=0):
+def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True, first=0, sar=None):
     """Encode (H, W, 3) BGR ``images`` with PyAV; ``pts=False`` leaves the frames without timestamps; ``first``: the
-    first frame's timestamp, in frames (a clock that does not start at 0)."""
+    first frame's timestamp, in frames (a clock that does not start at 0); ``sar``: the pixels' width over their
+    height (anamorphic video), a Fraction."""
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = images[0].shape[:2]
         stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        if sar is not None:
+            stream.codec_context.sample_aspect_ratio = sar
         if gop:
             stream.options = {"g": str(gop)}
         for k, image in enumerate(images, first):
@@ -567,6 +615,48 @@ def test_plain_video_is_not_turned(tmp_path):
     image = _quadrants()
     frame = next(open_source(str(_encode(tmp_path / "plain.mp4", [image]))))
     assert _corners(frame.image) == _corners(image)
+
+
+def _disc(width: int, height: int) -> np.ndarray:
+    """(height, width, 3) BGR: black with a white disc of radius height / 3 in the middle (square pixels)."""
+    image = np.zeros((height, width, 3), np.uint8)
+    cv2.circle(image, (width // 2, height // 2), height // 3, (255, 255, 255), -1, cv2.LINE_AA)
+    return image
+
+
+def _extent(image: np.ndarray) -> tuple[int, int]:
+    """(width, height) in pixels of the bright part of ``image``."""
+    ys, xs = np.nonzero(image.max(axis=2) > 127)
+    return int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize("sar, fmt, matrix", [
+    (Fraction(2), "mp4", None),  # pixels twice as wide as tall: stored 48 wide, shown 96
+    (Fraction(1, 2), "mp4", None),  # half as wide: stored 192 wide, shown 96
+    (Fraction(16, 15), "matroska", None),  # DVD PAL's pixels (720x576 → 768x576)
+    (Fraction(2), "mp4", (0, 65536, 0, -65536, 0, 0)),  # and a quarter turn: squared, then turned (64 wide, 96 high)
+])
+def test_anamorphic_video_comes_out_with_square_pixels(tmp_path, sar, fmt, matrix):
+    """Was: frames as stored (a disc shown round by players came out as an ellipse to the model, the overlay, the
+    JSON coordinates and the output video, which had lost the aspect and played squeezed)."""
+    shown = _disc(96, 64)
+    stored = cv2.resize(shown, (round(96 / sar), 64), interpolation=cv2.INTER_AREA)
+    path = _encode(tmp_path / f"anamorphic.{fmt}", [stored] * 3, fmt=fmt, sar=sar)
+    if matrix is not None:
+        _set_tkhd_matrix(path, matrix)
+    frames = list(open_source(str(path)))
+    want = shown if matrix is None else np.rot90(shown, -1)
+    assert len(frames) == 3 and frames[0].image.shape == want.shape and frames[0].image.flags.c_contiguous
+    width, height = _extent(frames[0].image)
+    assert abs(width - height) <= 2, (width, height)  # a disc again (stored: 2:1 or 1:2)
+    assert np.abs(frames[0].image.astype(int) - want).mean() < 4
+
+
+def test_a_pixel_aspect_ratio_beyond_reason_is_ignored(tmp_path):
+    """16:1 (damaged metadata; H.264 can state up to 65535:1) would make frames 16 times wider: left as stored."""
+    stored = _disc(32, 16)
+    frames = list(open_source(str(_encode(tmp_path / "odd.mp4", [stored] * 2, sar=Fraction(16)))))
+    assert [f.image.shape for f in frames] == [stored.shape] * 2
 
 
 def test_cover_picture_is_not_taken_for_the_video(tmp_path):
@@ -702,6 +792,7 @@ def test_start_in_any_part_of_a_concatenated_mpeg_ts_lands_there(three_parts, st
         assert source.num_frames == 4  # counted from the packets (was None past a jump: the header's is one part's)
     first = round(start * 10)
     assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(first, first + 4)])
+    assert [f.index for f in frames] == list(range(first, first + 4))  # entered at a byte position: numbered on
     assert all(np.abs(_colour(f) - clip_colour(first + k)).max() < 8 for k, f in enumerate(frames))
     assert {f.image.shape[:2] for f in frames} == {(24, 48) if 20 <= first < 40 else (16, 32)}
 

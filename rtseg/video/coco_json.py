@@ -15,8 +15,14 @@ from rtseg.types import Detections, Frame, Prediction
 from rtseg.video.outfiles import append_whole, claim, partial_path, require_writable_folder
 
 
+def image_id(frame: Frame) -> int:
+    """COCO image id of ``frame``: :attr:`Frame.index <rtseg.types.Frame.index>` + 1, the same whatever ``--start``
+    and ``--vid-stride`` skipped (a live source's frames, which have no index: ``seq + 1``)."""
+    return (frame.seq if frame.index is None else frame.index) + 1
+
+
 class CocoJsonSink:
-    """Write COCO results entries (``image_id = frame.seq + 1``, ``category_id`` from
+    """Write COCO results entries (``image_id`` from :func:`image_id`, ``category_id`` from
     :func:`~rtseg.data.coco_names.result_category_ids`, RLE masks) as one JSON list.
 
     Entries go to ``<name>.partial.json`` frame by frame (nothing is held in memory, however long the
@@ -46,7 +52,7 @@ class CocoJsonSink:
         if len(prediction) and int(prediction.class_ids.max()) >= len(ids):
             raise SinkError(f"JSON output {self.path}: class id {int(prediction.class_ids.max())} but the engine "
                             f"names only {len(ids)} classes")
-        entries = detections_to_coco(prediction, frame.seq + 1, ids)
+        entries = detections_to_coco(prediction, image_id(frame), ids)
         if entries:
             self._put(("," if self._opened else "[") + json.dumps(entries, separators=(",", ":"))[1:-1])
             self._opened = True

@@ -7,6 +7,7 @@
 ``rtsp://``, ``rtmp://``, ``http(s)``  network stream (PyAV), live, reconnects
 ``dir/``, ``*.png`` (glob), ``a.jpg``  still images, sorted by name
 ``synthetic`` / ``synthetic:SEED``     procedurally drawn clip (``rtseg.data.synthetic``)
+``-``, ``/dev/stdin``                  the video piped to standard input (``producer | rtseg --source -``)
 anything else                          a video file FFmpeg can read (PyAV), or a pipe / FIFO carrying one
 =====================================  ==========================================
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
+STDIN = "/dev/stdin"
+"""What ``--source -`` reads (:func:`source_path`): the video piped to standard input."""
 
 
 #: A URL's scheme and ``//`` (group 1), and its ``user:password`` before an ``@`` (group 2) when it has one.
@@ -95,8 +98,9 @@ class Source:
     """Base of every source: an iterator of frames with ``is_live``, ``fps`` and ``close()``.
 
     Subclasses implement :meth:`_frames` (yield ``(image, pts)`` pairs, after setting
-    ``decode_seconds`` to the work spent on that frame, waits for data excluded, and ``_file`` to the image file
-    it was read from, if any) and may override :meth:`close`. ``seq`` counts every frame the source yields.
+    ``decode_seconds`` to the work spent on that frame, waits for data excluded, ``_file`` to the image file
+    it was read from, if any, and ``_index`` to its :attr:`Frame.index <rtseg.types.Frame.index>`, if it has one) and
+    may override :meth:`close`. ``seq`` counts every frame the source yields.
     ``notices`` collects one-line remarks for the user (e.g. a file that ended early), shown at
     the end; ``on_event`` (a callable taking one line, default: nothing) is told at once what a
     live source goes through (a stream lost, reconnecting, back); given to the constructor, it is told from the
@@ -114,6 +118,7 @@ class Source:
         self.reconnects = 0
         self.decode_seconds = 0.0
         self._file: str | None = None  # Frame.file of the next frame yielded
+        self._index: int | None = None  # Frame.index of the next frame yielded
         self.notices: list[str] = []
         self.on_event: Callable[[str], None] = on_event or (lambda line: None)
         self._stop = threading.Event()
@@ -125,7 +130,7 @@ class Source:
     def _generate(self) -> Iterator[Frame]:
         for seq, (image, pts) in enumerate(self._frames()):
             yield Frame(image=image, source_id=self.source_id, seq=seq, pts=pts, capture_time=time.monotonic(),
-                        file=self._file)
+                        file=self._file, index=self._index)
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -160,7 +165,8 @@ class ImageSource(Source):
     """Still images read with OpenCV, in the given order, every ``vid_stride``-th one.
 
     The k-th image yielded has pts k / :data:`IMAGE_FPS` s, so a video written from a folder plays at
-    that rate (not at the speed the images were read) and ``--realtime`` can pace a folder.
+    that rate (not at the speed the images were read) and ``--realtime`` can pace a folder; its index is its
+    position among all the files (those ``vid_stride`` passes over, and unreadable ones, counted).
     A file that cannot be read (not an image OpenCV decodes, not readable by this user, a FIFO, a symbolic
     link to nothing …) is skipped with a warning saying why (``on_event``; the first :attr:`WARN_SKIPPED`
     files by name, the rest counted in one of ``notices``); a source none of whose files can be read raises
@@ -173,12 +179,13 @@ class ImageSource(Source):
                  on_event: Callable[[str], None] | None = None) -> None:
         self.files = paths  # every file the folder, glob or name gives (the command line keeps outputs off them)
         self.paths = paths[::vid_stride]  # the ones read
+        self._stride = vid_stride
         super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths), on_event=on_event)
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         k = 0
         skipped: list[tuple[Path, str]] = []  # (file, why)
-        for path in self.paths:
+        for j, path in enumerate(self.paths):
             t0 = time.perf_counter()
             try:
                 image = read_image_file(path)
@@ -187,7 +194,7 @@ class ImageSource(Source):
                 self._warn_skipped(skipped)
                 continue
             self.decode_seconds = time.perf_counter() - t0
-            self._file = str(path)
+            self._file, self._index = str(path), j * self._stride
             yield np.ascontiguousarray(image), k / IMAGE_FPS
             k += 1
         if skipped and k == 0:
@@ -236,6 +243,7 @@ class SyntheticSource(Source):
             self.decode_seconds = time.perf_counter() - t0
             if self._truth is not None:
                 self._truth[seq] = instances
+            self._index = i
             yield image, i * self._period
 
     def truth(self, seq: int) -> list[Instance]:
@@ -270,7 +278,7 @@ class Paced(Source):
         period = 1.0 / self.fps
         t0 = time.monotonic()
         for i, frame in enumerate(self.inner):
-            self.decode_seconds, self._file = self.inner.decode_seconds, frame.file
+            self.decode_seconds, self._file, self._index = self.inner.decode_seconds, frame.file, frame.index
             delay = t0 + i * period - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
@@ -347,6 +355,19 @@ def _no_time_range(start: float, end: float | None, what: str) -> None:
         raise ConfigError(f"--start / --end cut video files, not {what}: use --max-frames (and --vid-stride) instead")
 
 
+def source_path(spec: str) -> str:
+    """``spec`` with ``-`` as :data:`STDIN` (as ``--json -`` is standard output): what a source string names."""
+    return STDIN if spec == "-" else spec
+
+
+def _check_stdin(spec: str) -> None:
+    """SourceError when ``spec`` is standard input and that is a terminal (nothing piped in), which would be
+    waited on for a video until the pipe timeouts ran out."""
+    if spec == STDIN and os.isatty(0):
+        raise SourceError(f"source {spec}: standard input is a terminal, not a video; pipe one in "
+                          "(producer | rtseg --source -) or give the file")
+
+
 def open_source(
     spec: str,
     *,
@@ -383,6 +404,7 @@ def open_source(
             raise ConfigError(f"open_source: end must be after start ({start!r} seconds), got {end!r}")
     if not spec.strip():
         raise SourceError("--source is empty; give a camera index, URL, file, folder, glob or 'synthetic'")
+    spec = source_path(spec)
     scheme = url_scheme(spec)
     if scheme in STREAM_SCHEMES:
         from rtseg.video.sources_av import FileSource
@@ -431,7 +453,9 @@ def open_source(
                                   f"links loop); point it at the video or pass the file itself")
             if not os.path.exists(spec):
                 raise SourceError(f"source not found: {spec} "
-                                  f"(expected a video file, image, folder, glob, URL or camera index)")
+                                  f"(expected a video file, image, folder, glob, URL, camera index or - for "
+                                  f"standard input)")
+            _check_stdin(spec)
             source = FileSource(spec, vid_stride=vid_stride, start=start, end=end,
                                 pipe_timeouts=(read_timeout, reconnect_timeout), on_event=on_event)
     return Paced(source) if realtime else source

@@ -1,6 +1,7 @@
 """PyAV (FFmpeg) video files, and the decoding helpers :mod:`rtseg.video.sources_live` shares.
 
-Frames come out as players show them: in the orientation of the stream's display matrix (phone
+Frames come out as players show them: with square pixels (an anamorphic video, whose pixels are wider or
+narrower than tall, resampled to its display width), in the orientation of the stream's display matrix (phone
 videos carry a rotation there), from the container's main video stream (not a cover picture),
 with timestamps even where the file stores none.
 """
@@ -34,6 +35,13 @@ SCAN_WHOLE_BYTES = 1 << 30
 #: before the first frame. A time, not a file size: the scan's speed per MB varies fivefold (and more on a cold or
 #: network disk), and a scan to ``--start`` reads an unknown part of the file.
 SCAN_NOTICE_S = 1.0
+#: Demuxers whose duration is the end time on the file's clock, not FFmpeg's usual length from the container's
+#: first timestamp (as FFmpeg writes and reads these formats): a file whose timestamps start at 11.4 s
+#: (``ffmpeg -copyts``) is 5 s long, not 16.4 s.
+DURATION_IS_END = frozenset({"matroska", "webm", "nut", "asf"})
+#: Pixel aspect ratios (width over height) beyond this, either way, are taken for damaged metadata and ignored
+#: (H.264 can state up to 65535:1, which would make frames 65535 times wider); real ones lie within 1:2 and 4:1.
+SAR_LIMIT = 8
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -72,14 +80,28 @@ def select_video_stream(container: av.container.InputContainer) -> av.video.stre
     return chosen
 
 
-def displayed(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
+def sample_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """Width over height of the pixels of ``stream``'s frames as players take it (FFmpeg's
+    ``av_guess_sample_aspect_ratio``: the container's, else the decoder's from the bitstream); None for square
+    pixels, none stated or one beyond :data:`SAR_LIMIT`."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar:  # (None or 0: unset)
+            return None if sar == 1 or not 1 / SAR_LIMIT <= sar <= SAR_LIMIT else sar
+    return None
+
+
+def displayed(frame: av.VideoFrame, reformatter: VideoReformatter, sar: Fraction | None = None) -> np.ndarray:
     """(H, W, 3) uint8 BGR image of ``frame`` as players show it, converted by ``reformatter`` (one per source:
     ``frame.to_ndarray`` made a new swscale context, with its threads, for every frame).
 
-    The display matrix (rotation of phone videos, mirroring) is applied the way FFmpeg's
-    autorotate does, rounded to quarter turns; a frame without one comes out as decoded.
+    Pixels ``sar`` times as wide as tall (:func:`sample_aspect`; None: square) are resampled to square ones,
+    round(width × sar) wide, the height kept (DVD PAL 720x576 at 16:15 → 768x576), in the conversion's swscale
+    pass (bilinear; 2-core VM, load 1-4: 720x576 → 768x576 1.2-1.5 ms, converting then ``cv2.resize`` 2.2-2.8 ms;
+    1440x1080 → 1920x1080 alike). Then the display matrix (rotation of phone videos, mirroring) is applied the way
+    FFmpeg's autorotate does, rounded to quarter turns; a frame without one comes out as decoded.
     """
-    image = reformatter.reformat(frame, format="bgr24").to_ndarray()
+    width = None if sar is None else max(1, round(frame.width * sar))
+    image = reformatter.reformat(frame, format="bgr24", width=width).to_ndarray()
     # Not frame.side_data: PyAV caches that container on the frame, a reference cycle that kept every decoded
     # frame, its buffers and its swscale threads alive until a garbage-collection pass (hundreds of threads).
     side = SideDataContainer(frame).get(SideDataType.DISPLAYMATRIX)
@@ -129,7 +151,8 @@ class FileSource(Source):
     """Frames of a video file, ``start`` to ``end`` seconds, every ``vid_stride``-th one.
 
     pts: seconds from the start of the file's video stream; a frame stored without one (raw
-    H.264, some AVIs) follows the previous frame by its duration (or 1 / fps). ``fps`` is the rate
+    H.264, some AVIs) follows the previous frame by its duration (or 1 / fps). index: the frame's number in the
+    file (:meth:`_numbered`), whatever ``start`` and ``vid_stride`` pass over. ``fps`` is the rate
     after the stride. Never drops: the consumer sets the pace. ``start`` is reached by a seek when
     the container allows one that lands at or before it (else by decoding from the beginning). A local file of a
     format whose timestamps may jump (MPEG-TS and -PS, ...) has its packets' times read at open, without decoding
@@ -171,8 +194,7 @@ class FileSource(Source):
         if self._scanned:
             length, frames = self._scan(rate, until=None if whole else start)
         else:
-            length = self._container.duration / 1e6 if self._container.duration else None
-            frames = self._estimate_frames(rate)
+            length, frames = self._announced_length(), self._estimate_frames(rate)
         if start > 0 and length is not None and start >= length:
             self.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
@@ -183,10 +205,26 @@ class FileSource(Source):
         self._decoded_frames = 0
         self.fps, self.num_frames = float(rate) / vid_stride if rate else None, frames
 
+    def _announced_length(self) -> float | None:
+        """Seconds from the video stream's first timestamp to the end its header announces (the stream's duration,
+        else the container's), None when it announces none. FFmpeg's durations are lengths from the stream's or
+        the container's first timestamp, except in the formats of :data:`DURATION_IS_END`: end times, on a clock
+        that need not start at 0."""
+        stream, container = self._stream, self._container
+        is_end = not DURATION_IS_END.isdisjoint(container.format.name.split(","))
+        begin = float((stream.start_time or 0) * stream.time_base)
+        if stream.duration:
+            end = float(stream.duration * stream.time_base) + (0.0 if is_end else begin)
+        elif container.duration:
+            end = (container.duration + (0 if is_end else container.start_time or 0)) / 1e6
+        else:
+            return None
+        return end - begin if end > begin else None
+
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
-        """Expected number of frames yielded (for progress) from the rate and the duration FFmpeg reports, None
-        when either is unknown."""
-        duration = self._container.duration / 1e6 if self._container.duration else None
+        """Expected number of frames yielded (for progress) from the rate and the duration the header announces
+        (:meth:`_announced_length`), None when either is unknown."""
+        duration = self._announced_length()
         if not rate or duration is None:
             return None
         stop = min(duration, self._end) if self._end is not None else duration
@@ -321,13 +359,23 @@ class FileSource(Source):
             self._container, self._stream = _open_file(*self._open)
         return self._timed(self._decoded())
 
+    def _numbered(self, timed: Iterator[tuple[av.VideoFrame, float]]) -> Iterator[tuple[int, av.VideoFrame, float]]:
+        """``(index, frame, t)`` for each of the ``timed`` frames: its number in the file (:attr:`Frame.index
+        <rtseg.types.Frame.index>`), counted on from that of the first, which is its time in frame periods (0 when
+        decoded from the beginning; after a seek, exact at a constant frame rate)."""
+        first: int | None = None
+        for n, (frame, t) in enumerate(timed):
+            if first is None:
+                first = max(0, round(t / self._period))
+            yield first + n, frame, t
+
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         kept = 0
         t: float | None = None
         last: float | None = None  # time of the last frame before start
         t0 = time.perf_counter()
         try:
-            for frame, t in self._from_start():
+            for index, frame, t in self._numbered(self._from_start()):
                 if t < self._start - 1e-6:
                     last = t
                     continue
@@ -338,8 +386,8 @@ class FileSource(Source):
                     break
                 kept += 1
                 if (kept - 1) % self._stride == 0:
-                    image = displayed(frame, self._reformatter)
-                    self.decode_seconds = time.perf_counter() - t0
+                    image = displayed(frame, self._reformatter, sample_aspect(self._stream))
+                    self.decode_seconds, self._index = time.perf_counter() - t0, index
                     yield image, t
                     t0 = time.perf_counter()
         except Signalled as exc:
@@ -388,10 +436,9 @@ class FileSource(Source):
                             "frames near them may show artefacts")
 
     def _check_complete(self, last: float | None) -> None:
-        """Add a notice when decoding ended over a second before the video duration the file announces."""
-        stream, container = self._stream, self._container
-        announced = (float(stream.duration * stream.time_base) if stream.duration else
-                     container.duration / 1e6 if container.duration else None)
+        """Add a notice when decoding ended over a second before the video duration the file announces
+        (:meth:`_announced_length`)."""
+        announced = self._announced_length()
         if announced is None or self._stop.is_set():
             return
         stop = min(announced, self._end) if self._end is not None else announced

@@ -17,7 +17,14 @@ from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import SourceError
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
-from rtseg.video.sources_av import AV_ERRORS, displayed, error_reason, select_video_stream, stream_rate
+from rtseg.video.sources_av import (
+    AV_ERRORS,
+    displayed,
+    error_reason,
+    sample_aspect,
+    select_video_stream,
+    stream_rate,
+)
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
 
@@ -213,7 +220,7 @@ class StreamSource(Source):
                 return
             t0 = time.perf_counter()
             for frame in stream.decode(packet):
-                image = displayed(frame, self._reformatter)
+                image = displayed(frame, self._reformatter, sample_aspect(stream))  # square pixels, as a file's
                 key = (frame.pts, hash(image[::8, ::8].tobytes())) if hls else None
                 if key in replayed:
                     continue
