@@ -36,7 +36,7 @@ from rtseg.cliargs import SUBCOMMANDS, Once, Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
 from rtseg.video.metrics import Metrics
-from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source
+from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source, source_path
 
 if TYPE_CHECKING:
     from rtseg.engines.base import Engine
@@ -47,8 +47,9 @@ def build_parser() -> Parser:
     p = Parser(prog="rtseg", description="Real-time video segmentation: source -> engine -> outputs. "
                 "Run without arguments for the demo; 'train', 'eval' and 'demo' are subcommands.")
     src = p.add_argument_group("source")
-    src.add_argument("--source", help="camera index or /dev/videoN, rtsp:// rtmp:// http(s):// URL, video file, "
-                     "image, folder, quoted glob, or 'synthetic[:SEED]'")
+    src.add_argument("--source", type=source_path, help="camera index or /dev/videoN, rtsp:// rtmp:// http(s):// "
+                     "URL, video file, image, folder, quoted glob, 'synthetic[:SEED]', or - for a video piped to "
+                     "standard input")
     src.add_argument("--vid-stride", type=int, default=1, metavar="K", help="keep every K-th frame (files, folders, synthetic; default 1)")
     src.add_argument("--start", type=float, default=0.0, metavar="S", help="start at S seconds (video files)")
     src.add_argument("--end", type=float, default=None, metavar="S", help="stop at S seconds (video files)")
@@ -238,9 +239,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
-    # outputs over what the run reads: the weights (the shipped demo model without --weights), --semantic, --calib
-    check_outputs_are_not_inputs(_outputs(args), [*weights_paths(args.weights, args.semantic),
-                                                  *([args.calib] if args.calib else [])])
+    # outputs over what the run reads: --weights, --semantic, --calib (read with --backend tensorrt --precision int8
+    # only, else refused by _check_engine_options); never the shipped demo model, whatever the run reads
+    calib = [args.calib] if args.calib and args.backend == "tensorrt" and args.precision == "int8" else []
+    check_outputs_are_not_inputs(_outputs(args), [*weights_paths(args.weights, args.semantic), *calib])
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
@@ -318,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtseg: warning: {one_line(notice)}", file=sys.stderr)
     if pipeline.interrupted:
         print(f"rtseg: stopped by signal after {metrics.frames} frames; outputs are closed", file=sys.stderr)
+    for reason in filter(None, (getattr(sink, "stop_reason", None) for sink in sinks)):
+        print(f"rtseg: {reason}: stopped after {metrics.frames} frames; outputs are closed", file=sys.stderr)
     return 0
 
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from rtseg.cliargs import Parser, check_ranges
 from rtseg.errors import Terminated, WeightsError, exit_status, make_folder, sigterm_raises
+from rtseg.outputs import DEMO_WEIGHTS  # (defined without numpy: the trainers' checks of --out use it)
 from rtseg.types import Frame, Prediction
 
-DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
 DEMO_TRAIN_HINT = ("the demo model ships with the source checkout (engines/yolact_demo.safetensors), not with "
                    "an installed package: run from a git clone, pass --weights PATH, or train it with the "
                    "commands in README.md, section 'The demo model'")

@@ -1,10 +1,12 @@
 """Outputs never overwrite inputs: the one check of the commands that write files (``rtseg`` / ``run.py``,
-``rtseg eval``), the one check of a JSON file written into a labelme folder read (``rtseg train``, ``rtseg eval``)
-and the one same-file rule (:func:`same_file`, hard links included) that ``rtseg train`` uses for
-its own, kept apart from the pipeline so that a command imports only this for it (no torch at its top)."""
+``rtseg eval``), the one check of a JSON file written into a labelme folder read (``rtseg train``, ``rtseg eval``),
+the one check that no command writes the shipped demo model (:data:`DEMO_WEIGHTS`, whatever it reads; the
+trainers too) and the one same-file rule (:func:`same_file`, hard links included) that ``rtseg train`` uses for
+its own, kept apart from the pipeline so that a command imports only this for it (neither torch nor numpy at its top)."""
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 from typing import Sequence
 
@@ -12,14 +14,28 @@ from rtseg.data.spec import parse_data
 from rtseg.errors import ConfigError
 from rtseg.manifest import manifest_path
 
+DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "engines" / "yolact_demo.safetensors"
+"""The shipped demo model (its manifest beside it): what ``python run.py`` runs, and ``rtseg`` / ``rtseg eval``
+without ``--weights``; never an output (:func:`check_not_the_demo_model`)."""
+
 
 def weights_paths(weights: str | None, semantic: str | None) -> list[str]:
-    """The weights files of a run, each with its manifest: ``weights`` and ``semantic``; without ``weights`` the
-    shipped demo model (the default of yolact and panoptic, kept safe whatever the engine)."""
-    from rtseg.demo import DEMO_WEIGHTS
+    """The weights files a run is given, each with its manifest: ``weights`` and ``semantic`` (the shipped demo
+    model, read without ``weights``, is never an output anyway: :func:`check_not_the_demo_model`)."""
+    return [f for w in (weights, semantic) if w for f in (w, str(manifest_path(w)))]
 
-    chosen = [str(DEMO_WEIGHTS) if weights is None else weights, *([semantic] if semantic else [])]
-    return [f for w in chosen for f in (w, str(manifest_path(w)))]
+
+def check_not_the_demo_model(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]]) -> None:
+    """ConfigError (one line) when an output ``(option, path)`` is the shipped demo model or its manifest
+    (:data:`DEMO_WEIGHTS`; :func:`same_file`: a link to one too), whatever the run reads: ``"<option> <path> would
+    overwrite the shipped demo model's manifest (python run.py runs it); choose another output path"``. ``option``
+    may name more than the option (``"--out m.safetensors: its manifest"``)."""
+    shipped = {DEMO_WEIGHTS: "the shipped demo model", manifest_path(DEMO_WEIGHTS): "the shipped demo model's manifest"}
+    for option, path in outputs:
+        what = next((what for file, what in shipped.items() if path is not None and same_file(path, file)), None)
+        if what is not None:
+            raise ConfigError(f"{option} {path} would overwrite {what} (python run.py runs it); choose another "
+                              "output path")
 
 
 def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
@@ -29,7 +45,8 @@ def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[
     it) or lies inside an input folder, or a ``{seq}`` pattern (one image per frame) that writes inside an input
     folder or beside an input file of its type. The one check of every command that writes files; the files they
     write through first need none (a ``.partial`` file is created exclusively, an image's ``.tmp`` is named by
-    process)."""
+    process). The shipped demo model is refused first, whatever ``inputs`` are (:func:`check_not_the_demo_model`)."""
+    check_not_the_demo_model(outputs)
     found = {_resolved(i): str(i) for i in inputs if _exists(Path(i))}
     for option, path in outputs:
         if path is None:
@@ -38,7 +55,7 @@ def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[
         overwritten = _input_at(out, found) if _exists(out) else None
         if overwritten is not None:
             raise ConfigError(f"{option} {path} would overwrite the input {overwritten}; choose another output path")
-        where = _input_beside_pattern(out, found) if "{seq" in str(path) else None
+        where = _input_beside_pattern(out, found) if _names_frames(path) else None
         if where is not None:
             raise ConfigError(f"{option} {path} would write its images {where}, where they could overwrite "
                               "inputs; choose another folder")
@@ -92,6 +109,15 @@ def _input_at(path: Path, inputs: dict[Path, str]) -> str | None:
         if resolved.is_dir() and path.is_relative_to(resolved):
             return str(Path(given) / path.relative_to(resolved))
     return None
+
+
+def _names_frames(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` has a ``{seq}`` field (str.format syntax: ``{{seq}}`` is literal text), naming one image per
+    frame; False for a name that str.format cannot parse (the image output refuses it with its own line)."""
+    try:
+        return any(name == "seq" for _, name, _, _ in string.Formatter().parse(str(path)))
+    except ValueError:
+        return False
 
 
 def _input_beside_pattern(pattern: Path, inputs: dict[Path, str]) -> str | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import shutil
 import socket
@@ -421,6 +422,23 @@ def test_engine_options_that_do_not_apply_are_refused_before_anything_loads(case
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
+@pytest.mark.parametrize("precision", [[], ["--precision", "int8"]])
+def test_calib_without_tensorrt_is_refused_as_such_not_as_an_input_overwritten(precision, tmp_path, capsys):
+    """Was: ``--calib DIR --json DIR/d.jsonl`` (an existing file; no --backend tensorrt) was told it "would
+    overwrite the input", every file of the calibration folder counting as one, though without TensorRT INT8 the
+    folder is never read; now the line says what is wrong with the options, and the file is as it was."""
+    from rtseg.cli import main
+
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "d.jsonl").write_text("kept\n")
+    args = ["--source", "x.mp4", *precision, "--calib", str(tmp_path / "frames"), "--json",
+            str(tmp_path / "frames" / "d.jsonl")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.splitlines() == ["rtseg: error: --precision / --calib apply to --backend tensorrt "
+                                                    "only"]
+    assert (tmp_path / "frames" / "d.jsonl").read_text() == "kept\n"
+
+
 @pytest.mark.parametrize("option", ["--weights", "--semantic"])
 @pytest.mark.parametrize("fmt", [["rtseg-fcn/1"], {"a": 1}])
 def test_a_manifest_format_that_is_no_string_is_one_line(option, fmt, files, fcn_weights, tmp_path, capsys):
@@ -538,7 +556,8 @@ def test_json_lines_on_stdout_and_a_reader_that_goes_away_ends_the_run(files, tm
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]  # nothing else on stdout
     assert [rec["seq"] for rec in records] == list(range(12)) and "end_to_end" in r.stderr
-    # `rtseg ... --json - | head -1`: once the reader has closed the pipe the run ends, exit 0, no traceback
+    # `rtseg ... --json - | head -1`: once the reader has closed the pipe the run ends, exit 0, no traceback, and
+    # one line says why (was: not a word, the MP4 a few frames of 300) and how many frames the outputs keep
     proc = subprocess.Popen(RUN + ["--source", "synthetic", "--json", "-", "--output", str(tmp_path / "o.mp4")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -546,8 +565,12 @@ def test_json_lines_on_stdout_and_a_reader_that_goes_away_ends_the_run(files, tm
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+    stopped = re.fullmatch(r"rtseg: the reader of JSON Lines output stdout went away after (\d+) lines: stopped "
+                           r"after (\d+) frames; outputs are closed", err.decode().splitlines()[-1])
+    assert stopped is not None, err.decode()
+    lines, frames = map(int, stopped.groups())
     with av.open(str(tmp_path / "o.mp4")) as c:  # the other outputs are finished
-        assert 1 <= len(list(c.decode(video=0))) < 300
+        assert 1 <= lines <= frames == len(list(c.decode(video=0))) < 300
 
 
 @pytest.fixture
@@ -642,8 +665,8 @@ def test_outputs_never_overwrite_the_shipped_demo_model(tmp_path):
                            env=env)
         prog = "rtseg eval" if args[0] == "eval" else "rtseg"
         assert r.returncode == 2 and r.stderr.splitlines() == [
-            f"{prog}: error: --json {args[-1]} would overwrite the input {copy / args[-1]}; choose another output "
-            "path"], r.stderr
+            f"{prog}: error: --json {args[-1]} would overwrite the shipped demo model's manifest (python run.py runs "
+            "it); choose another output path"], r.stderr
         assert {p.name: p.read_bytes() for p in (copy / "engines").iterdir()} == demo
 
 
@@ -831,3 +854,23 @@ def test_sigterm_while_the_engine_loads_is_one_line_and_leaves_no_file(tmp_path)
                        capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stderr.splitlines()) == (143, ["rtseg: terminated"]), (r.returncode, r.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_escaped_braces_are_no_seq_pattern_and_are_refused(files, image_folder, tmp_path, capsys):
+    """``--output 'a{{seq}}.png'`` (str.format's escaped braces: no {seq} field) wrote every frame to one file
+    named ``a{seq}.png``, exit 0, without the one-image warning; beside a folder source it was refused as
+    per-frame images that could overwrite its inputs. Now one line says what the braces are and how to write it."""
+    from rtseg.cli import main
+
+    def line(output: Path) -> str:
+        return (f"rtseg: error: image output {output}: bad {{seq}} pattern ({{{{ and }}}} are literal braces, so it "
+                "has no {seq} field); write e.g. out_{seq:05d}.png")
+
+    output = tmp_path / "a{{seq}}.png"
+    r = _run(["--source", files["clip"], "--weights", files["weights"], "--output", str(output), "--max-frames", "3"])
+    assert (r.returncode, r.stderr.splitlines()) == (2, [line(output)]), (r.returncode, r.stderr)
+    assert list(tmp_path.iterdir()) == [image_folder]  # (no a{seq}.png)
+    before = _contents(image_folder)
+    beside = image_folder / "a{{seq}}.png"
+    assert main(["--source", str(image_folder), "--weights", files["weights"], "--output", str(beside)]) == 2
+    assert capsys.readouterr().err.splitlines() == [line(beside)] and _contents(image_folder) == before

@@ -45,7 +45,7 @@ CASES = {
     "demo out of range": (["demo", "--frames", "1"], 2, "rtseg demo: error: --frames 1: must be an integer >= 2"),
     # read the manifest of the demo weights (rtseg.weights.manifest_path: torch) before the source was opened
     "missing source": (["--source", "nosuch.mp4"], 2, "rtseg: error: source not found: nosuch.mp4 (expected a video "
-                       "file, image, folder, glob, URL or camera index)"),
+                       "file, image, folder, glob, URL, camera index or - for standard input)"),
     # rtseg.eval imported its COCO evaluation (torch) at its top
     "eval help": (["eval", "--help"], 0, "usage: rtseg eval [-h]"),
     "eval unknown option": (["eval", "--bogus"], 2, "rtseg eval: error: unrecognized arguments: --bogus (see rtseg "
@@ -86,7 +86,7 @@ WEIGHTS_CASES = {
     # whose manifests name their engines: reading them imported torch, and torchvision for the engines' formats
     "source after the manifest": (["--source", "nosuch.mp4", "--weights", "fcn.safetensors"],
                                   "rtseg: error: source not found: nosuch.mp4 (expected a video file, image, folder, "
-                                  "glob, URL or camera index)"),
+                                  "glob, URL, camera index or - for standard input)"),
     "engine of other weights": (["--source", "x.mp4", "--engine", "yolact", "--weights", "fcn.safetensors"],
                                 "rtseg: error: --engine yolact: fcn.safetensors holds fcn weights (manifest format "
                                 "'rtseg-fcn/1'); use --engine fcn or leave --engine out"),

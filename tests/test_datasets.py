@@ -631,3 +631,46 @@ def test_polygon_parts_are_checked_together() -> None:
     assert check_segmentation([[1, 2], square], 60, 80, "a") == ([square], None)
     with pytest.raises(DatasetError, match="a: a polygon must be a list of numbers"):
         check_segmentation([[1, 1, True, 2, 3, 3]], 60, 80, "a")
+
+
+def test_a_coco_spec_whose_paths_hold_colons_splits_after_the_annotation_file(tmp_path):
+    """Was: ``coco:ANN:IMAGES`` was split at its first ':', so a path with a colon (a timestamped folder
+    ``2024-01-01T10:00/``) could not be given, and the error named a piece of it as the annotation file. Now the
+    split is after the existing file, else after the part ending ``.json``, else before the existing folder; a
+    spec still ambiguous is one line saying how to write it."""
+    from rtseg.data.spec import parse_data
+
+    folder = tmp_path / "2024-01-01T10:00"
+    ann = export_coco(SyntheticScene(34, num_frames=4, width=160, height=120), folder / "coco", every=2)
+    data = parse_data(f"coco:{ann}:{ann.parent}")
+    assert data.paths == (ann, ann.parent) and len(CocoDataset(*data.paths)) == 2  # read from there
+    assert parse_data(f"coco:{folder}/none.json:{folder}").paths == (folder / "none.json", folder)  # missing
+    plain = folder / "instances"  # an existing annotation file not named *.json
+    plain.write_text("{}")
+    assert parse_data(f"coco:{plain}:{folder}").paths == (plain, folder)
+    odd = tmp_path / "a.json:b.json"  # an existing file, whose name alone could be split after a.json
+    odd.write_text("{}")
+    assert parse_data(f"coco:{odd}:{folder}").paths == (odd, folder)
+    assert parse_data(f"coco:{tmp_path}/x:y/ann:{folder}").paths == (tmp_path / "x:y/ann", folder)  # a folder
+    for spec, could_be in ((f"coco:{tmp_path}/x:y/ann:{tmp_path}/none", f"{tmp_path}/x or {tmp_path}/x:y/ann"),
+                           (f"coco:{tmp_path}/n.json:m.json:{tmp_path}/none",
+                            f"{tmp_path}/n.json or {tmp_path}/n.json:m.json")):
+        with pytest.raises(ConfigError, match=re.escape(
+                f"--data {spec!r}: cannot tell which ':' ends the annotation file (it could be {could_be}); give "
+                "an existing ANNOTATIONS.json file, or paths without ':' (e.g. relative to the current folder)")):
+            parse_data(spec)
+
+
+@pytest.mark.parametrize("command", [["eval"], ["train", "--iters", "1", "--out", "OUT"]])
+def test_rtseg_eval_and_train_name_a_missing_annotation_file_in_a_folder_with_a_colon(tmp_path, command):
+    """Was: ``rtseg eval --data coco:/x/col:on/ann.json:/x/col:on`` said ``/x/col: annotation file not found``."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "2024-01-01T10:00"
+    folder.mkdir()
+    args = [a.replace("OUT", str(tmp_path / "m.safetensors")) for a in command]
+    r = subprocess.run([sys.executable, "-m", "rtseg", *args, "--data", f"coco:{folder}/ann.json:{folder}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"rtseg {command[0]}: error: {folder}/ann.json: annotation file not found"], r.stderr

@@ -52,3 +52,14 @@ def test_outputs_over_inputs_hard_links_included_and_inside_input_folders(tmp_pa
             check_outputs_are_not_inputs([("--json", tmp_path / name)], inputs)
     check_outputs_are_not_inputs([("--json", tmp_path / "other.json"), ("--output", tmp_path / "loop"),
                                   ("--output", None), ("--json", tmp_path / "missing.png")], inputs)
+
+
+def test_only_a_real_seq_field_writes_images_beside_the_inputs(tmp_path: Path) -> None:
+    """``a{{seq}}.png`` (escaped braces: no ``{seq}`` field, refused by the image output) was taken for a
+    one-image-per-frame pattern beside an input image of its folder, and refused for that; ``a{seq}.png`` is one."""
+    source = tmp_path / "x.png"
+    source.write_bytes(b"png")
+    check_outputs_are_not_inputs([("--output", tmp_path / "a{{seq}}.png")], [str(source)])
+    with pytest.raises(ConfigError, match=re.escape(f"--output {tmp_path / 'a{seq}.png'} would write its images "
+                                                    f"beside the input {source}")):
+        check_outputs_are_not_inputs([("--output", tmp_path / "a{seq}.png")], [str(source)])

@@ -416,3 +416,50 @@ def test_sigterm_while_the_source_waits_for_its_first_writer_is_one_line(tmp_pat
         proc.kill()
     assert (proc.returncode, stderr.splitlines()) == (143, ["rtseg: terminated"]), (proc.returncode, stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ts"]
+
+
+# --- standard input as "-" ---
+
+def test_source_dash_reads_the_video_piped_to_standard_input(clip, tmp_path):
+    """Was: ``producer | rtseg --source -`` said "source not found: -" (only /dev/stdin read it); ``-`` is standard
+    input now, as ``--json -`` is standard output: every frame of the piped clip reaches the outputs. A file
+    redirected to it (``< o.ts``) is an input as with /dev/stdin: an output over it is refused."""
+    proc = _rtseg("-", tmp_path / "o", stdin=subprocess.PIPE)
+    try:
+        stderr = proc.communicate(clip, timeout=120)[1].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert _lines(tmp_path / "o.jsonl") == FRAMES and _mp4_frames(tmp_path / "o.mp4") == FRAMES
+    redirected = tmp_path / "in.mp4"  # (MPEG-TS inside: FFmpeg reads what it finds)
+    redirected.write_bytes(clip)
+    with open(redirected, "rb") as stdin:
+        proc = _rtseg("-", tmp_path / "in", stdin=stdin.fileno())  # --output in.mp4: over its own input
+        stderr = proc.communicate(timeout=120)[1].decode()
+    assert (proc.returncode, stderr.splitlines()) == (2, [
+        f"rtseg: error: --output {redirected} would overwrite the input /dev/stdin; choose another output path"])
+    assert redirected.read_bytes() == clip
+
+
+@pytest.mark.parametrize("spec", ["-", "/dev/stdin"])
+def test_standard_input_that_is_a_terminal_is_refused_at_once(tmp_path, spec):
+    """``rtseg --source /dev/stdin`` typed at a terminal, nothing piped in, waited for a video until
+    --reconnect-timeout ran out (60 s by default), then blamed a stalled writer. Now one line at once, nothing
+    written."""
+    import pty
+
+    parent, terminal = pty.openpty()
+    try:
+        proc = _rtseg(spec, tmp_path / "o", "--reconnect-timeout", "3", stdin=terminal)
+        try:
+            stderr = proc.communicate(timeout=60)[1].decode()
+        finally:
+            proc.kill()
+    finally:
+        os.close(parent)
+        os.close(terminal)
+    assert (proc.returncode, stderr.splitlines()) == (2, [
+        "rtseg: error: source /dev/stdin: standard input is a terminal, not a video; pipe one in "
+        "(producer | rtseg --source -) or give the file"]), (proc.returncode, stderr)
+    assert list(tmp_path.iterdir()) == []
+

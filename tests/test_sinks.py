@@ -296,21 +296,25 @@ def test_image_sink_errors(tmp_path):
         ImageSink(tmp_path / "a.mp3")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(SinkError, match="does not exist"):  # a file where the folder should be
-        ImageSink(blocker / "a.png")
+    with pytest.raises(SinkError, match=f"{re.escape(str(blocker))} is a file, not a folder"):
+        ImageSink(blocker / "a.png")  # a file where the folder should be
     bad_patterns = {"a_{seq}_{foo}.png": "{seq} is the only placeholder", "a_{seq.real}.png": "only placeholder",
                     "a_{seq:q}.png": "{seq:q}: only {seq}, {seq:d} or a zero-padded width",
                     "a_{seq.png": "expected '}'",
                     "a_{seq:>9999999999d}.png": "{seq:>9999999999d}: only", "a_{seq:0200d}.png": "above 32",
                     "a_{seq:-5d}.png": "{seq:-5d}: only", "a_{seq:5}.png": "{seq:5}: only", "a_{seq:+d}.png": "only",
                     "a_{seq: d}.png": "only", "a_{seq!r}.png": "{seq!r}: only", "a_{seq:_>5}.png": "only",
-                    "a" * 246 + "_{seq}.png": "would be 261 bytes long"}  # at frame 10**9
+                    "a" * 246 + "_{seq}.png": "would be 261 bytes long",  # at frame 10**9
+                    # escaped braces: was every frame written to one file named a_{seq}.png, without a warning
+                    "a_{{seq}}.png": "({{ and }} are literal braces, so it has no {seq} field); write e.g. "
+                                     "out_{seq:05d}.png"}
     for name, match in bad_patterns.items():  # refused when the output opens, not at the first frame
         with pytest.raises(SinkError, match=re.escape(match)) as info:
             ImageSink(tmp_path / name)
         assert str(info.value).startswith(f"image output {tmp_path / name}: bad {{seq}} pattern")
     assert not ImageSink(tmp_path / "a_{foo}.png").per_frame  # no {seq: a literal name
-    assert all(ImageSink(tmp_path / name).per_frame for name in ("{seq}.png", "{seq:d}.png", "{seq:05d}.png"))
+    assert all(ImageSink(tmp_path / name).per_frame for name in ("{seq}.png", "{seq:d}.png", "{seq:05d}.png",
+                                                                 "{{{seq}}}.png"))  # (files named {0}.png ...)
 
 
 def _one_detection(*, class_id: int, class_names: list[str]) -> Detections:
@@ -611,6 +615,23 @@ def test_an_output_path_that_is_a_folder_is_refused_before_the_run(tmp_path):
                                                       f"{tmp_path / name / ('out' + Path(name).suffix)}")):
             make(tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.jsonl", "d.mp4", "d.png"]  # nothing created
+
+
+def test_an_output_inside_a_file_is_said_to_be_inside_a_file_not_a_missing_folder(tmp_path):
+    """Was: ``--output base.mp4/x.mp4`` with base.mp4 a file said "folder base.mp4 does not exist" (it does: as a
+    file); now the line says that it is a file, also when it lies further up (``base.mp4/sub/x.mp4``)."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    base = tmp_path / "base.mp4"
+    base.write_bytes(b"a recording")
+    for name, make in (("x.mp4", lambda p: Mp4Sink(p, fps_hint=25)), ("x.png", ImageSink), ("x.jsonl", JsonlSink),
+                       ("sub/x.json", CocoJsonSink)):
+        with pytest.raises(SinkError, match=re.escape(f"{base / name}: {base} is a file, not a folder; choose "
+                                                      "another path")):
+            make(base / name)
+    with pytest.raises(SinkError, match=re.escape(f"folder {tmp_path / 'none'} does not exist; create it")):
+        JsonlSink(tmp_path / "none" / "x.jsonl")  # a missing folder is still said to be missing
+    assert list(tmp_path.iterdir()) == [base] and base.read_bytes() == b"a recording"
 
 
 def test_two_runs_on_one_mp4_or_jsonl_the_second_is_refused(tmp_path):

@@ -397,3 +397,38 @@ def test_a_token_is_percent_encoded_in_the_printed_url_and_accepted_decoded():
             assert r.status == 200
     finally:
         sink.close()
+
+
+def test_head_is_answered_as_get_without_the_body():
+    """HEAD (link checkers, monitoring, ``curl -I``) was answered 501. Now each route answers GET's status and
+    headers, Content-Length of the body GET sends, and no body: the next request on the same kept-alive
+    connection is read cleanly (a body would be parsed as its reply); the stream answers its headers, no frames."""
+    import http.client
+
+    sink = WebSink("127.0.0.1", 0, token="s3cret", stats_fn=lambda: {"fps": 25.0, "drops": 1})
+    page = urllib.request.urlopen(sink.url, timeout=5).read()
+    connection = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=5)
+    try:
+        with _Feeder(sink):
+            answers = {}
+            for path in ("/?token=s3cret", "/stats.json?token=s3cret", "/frame.jpg?token=s3cret", "/nope?token=s3cret",
+                         "/stats.json"):
+                connection.request("HEAD", path)
+                reply = connection.getresponse()
+                answers[path] = (reply.status, reply.getheader("Content-Type"), reply.getheader("Content-Length"),
+                                 reply.read())
+            connection.request("GET", "/stats.json?token=s3cret")  # the same connection, still in step
+            assert connection.getresponse().read() == b'{"fps": 25.0, "drops": 1}'
+            connection.request("HEAD", "/stream.mjpg?token=s3cret")
+            stream = connection.getresponse()
+            assert (stream.status, stream.getheader("Content-Type"), stream.getheader("Connection"), stream.read()) \
+                == (200, "multipart/x-mixed-replace; boundary=rtsegframe", "close", b"")
+    finally:
+        connection.close()
+        sink.close()
+    status, kind, length, body = answers.pop("/frame.jpg?token=s3cret")
+    assert (status, kind, body) == (200, "image/jpeg", b"") and int(length) > 0
+    assert answers == {"/?token=s3cret": (200, "text/html; charset=utf-8", str(len(page)), b""),
+                       "/stats.json?token=s3cret": (200, "application/json", "25", b""),
+                       "/nope?token=s3cret": (404, "text/plain", str(len(b"not found\n")), b""),
+                       "/stats.json": (403, "text/plain", str(len(b"token required: add ?token=...\n")), b"")}

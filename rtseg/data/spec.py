@@ -2,6 +2,7 @@
 ``coco:ANNOTATIONS.json:IMAGE_DIR`` or ``labelme:FOLDER``, parsed in one place."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,15 +37,31 @@ def parse_data(spec: str, option: str = "--data") -> DataSpec:
             raise ConfigError(f"{option} {spec!r}: use synthetic or synthetic:SPLIT (train, val or test)")
         return DataSpec(kind, split=rest if sep else None)
     if kind == "coco":
-        ann, sep, images = rest.partition(":")
-        if not sep or not ann or not images:
-            raise ConfigError(f"{option} {spec!r}: use coco:ANNOTATIONS.json:IMAGE_DIR")
-        return DataSpec(kind, Path(ann), Path(images))
+        return DataSpec(kind, *_coco_paths(spec, rest, option))
     if kind == "labelme":
         if not rest:
             raise ConfigError(f"{option} {spec!r}: use labelme:FOLDER")
-        if Path(rest).is_file():
+        if os.path.isfile(rest):
             raise ConfigError(f"{option} {spec!r}: {rest} is a file, not a folder; give the folder that holds the "
                               "labelme .json files and their images (labelme:FOLDER)")
         return DataSpec(kind, Path(rest))
     raise ConfigError(f"{option} {spec!r}: unknown kind {kind!r}; expected {FORMS}")
+
+
+def _coco_paths(spec: str, rest: str, option: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of ``coco:ANNOTATIONS.json:IMAGE_DIR`` (``rest``: the text after
+    ``coco:``), whose paths may hold colons themselves (``2024-01-01T10:00/``). Of the colons that leave both
+    parts non-empty, those after an existing file are kept when there are any, then of these those after a name
+    ending ``.json`` when there are any, then those before an existing folder when there are any; a ConfigError
+    naming ``option`` unless one colon remains."""
+    splits = [(Path(rest[:i]), Path(rest[i + 1:])) for i in range(1, len(rest) - 1) if rest[i] == ":"]
+    if not splits:
+        raise ConfigError(f"{option} {spec!r}: use coco:ANNOTATIONS.json:IMAGE_DIR")
+    for likely in (lambda ann, _: os.path.isfile(ann), lambda ann, _: ann.name.lower().endswith(".json"),
+                   lambda _, images: os.path.isdir(images)):  # (os.path: False for a name too long to look up)
+        splits = [s for s in splits if likely(*s)] or splits
+    if len(splits) > 1:
+        raise ConfigError(f"{option} {spec!r}: cannot tell which ':' ends the annotation file (it could be "
+                          f"{' or '.join(str(ann) for ann, _ in splits)}); give an existing ANNOTATIONS.json file, "
+                          "or paths without ':' (e.g. relative to the current folder)")
+    return splits[0]

@@ -1,6 +1,6 @@
 """Live web view: an HTML page, the annotated MJPEG stream and JSON stats.
 
-Routes:
+Routes (GET; HEAD answers the same status and headers, without the body):
 - ``/``            the page (``page.html`` beside this module)
 - ``/stream.mjpg`` annotated frames, ``multipart/x-mixed-replace`` JPEGs
 - ``/stats.json``  whatever ``stats_fn()`` returns (FPS, per-stage latency, drops)
@@ -213,7 +213,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
+        """What GET answers, without the body: the status and headers (Content-Length of the body GET sends); the
+        stream's headers, without frames."""
+        self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         url = urlsplit(self.path)
@@ -252,6 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("Connection", "close")
         self.end_headers()
+        if self.command == "HEAD":
+            return
         seq = 0
         try:
             while not latest.closed:

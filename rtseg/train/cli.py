@@ -186,8 +186,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The weights the run writes (``--out``, a ConfigError unless a .safetensors path: :func:`weights_out`) and the
-    folder of its checkpoint (``--work-dir``, default ``<out without suffix>.train``)."""
+    """The weights the run writes (``--out``, a ConfigError unless a .safetensors path other than the shipped demo
+    model: :func:`weights_out`) and the folder of its checkpoint (``--work-dir``, default ``<out without
+    suffix>.train``)."""
     out = weights_out(args.out)
     return out, Path(args.work_dir) if args.work_dir else out.with_suffix(".train")
 
@@ -340,7 +341,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg train``; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C
-    or on a SIGTERM once training runs (the steps done are saved), 143 on a SIGTERM while the trainer still imports."""
+    or on a SIGTERM once training runs (the steps done are saved), 143 on a SIGTERM before that (while the options
+    are checked or the trainer imports) or after it (:func:`rtseg.entry.run_command`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     return run_command("rtseg train", "rtseg.train.cli:train", parse=lambda: (parse(args), args),
                        preload=("rtseg.train.trainer",))

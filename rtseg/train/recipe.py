@@ -15,6 +15,8 @@ from typing import Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
 from rtseg.errors import ConfigError
+from rtseg.manifest import manifest_path
+from rtseg.outputs import check_not_the_demo_model
 from rtseg.userfiles import check_input_file
 
 LR_RANGE: NumberRange = ("--lr", 0, None, " (the learning rate, e.g. 1e-3)")
@@ -47,10 +49,12 @@ CHECKPOINT_NAME = "checkpoint.pth"
 
 def weights_out(out: str | Path) -> Path:
     """``out`` as the path a trainer writes its weights to; ConfigError (before any training) unless it ends in
-    ``.safetensors`` (the manifest goes beside it)."""
+    ``.safetensors`` (the manifest goes beside it), or where it or its manifest is the shipped demo model's
+    (:func:`rtseg.outputs.check_not_the_demo_model`: train into another file, then copy both over it)."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: must end in .safetensors (the .json manifest is written beside it)")
+    check_not_the_demo_model([("--out", out), (f"--out {out}: its manifest", manifest_path(out))])
     return out
 
 
@@ -79,8 +83,9 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
 
 def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[NumberRange] = ()) -> argparse.Namespace:
     """The options of ``argv`` (None: ``sys.argv[1:]``), checked before anything trains: ``--out`` a .safetensors
-    path, :data:`RECIPE_RANGES` and the model's own ``ranges``, and with ``--resume`` the checkpoint it continues
-    from a file that can be read (:func:`check_input_file`)."""
+    path other than the shipped demo model (:func:`weights_out`), :data:`RECIPE_RANGES` and the model's own
+    ``ranges``, and with ``--resume`` the checkpoint it continues from a file that can be read
+    (:func:`check_input_file`)."""
     args = ap.parse_args(argv)
     weights_out(args.out)
     check_ranges(args, (*RECIPE_RANGES, *ranges))

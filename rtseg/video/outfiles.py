@@ -19,12 +19,16 @@ def partial_path(path: Path) -> Path:
 
 
 def require_writable_folder(path: Path, what: str) -> None:
-    """Raise SinkError unless ``path`` is not a folder and the folder that will hold it exists and is writable."""
+    """Raise SinkError unless ``path`` is not a folder and the folder that will hold it exists and is writable
+    (a file where a folder of it should be, ``base.mp4/x.mp4``, is said to be one)."""
     with contextlib.suppress(OSError):  # a name too long to stat is reported by whoever opens it
         if path.is_dir():
             raise SinkError(f"{what} {path}: is a folder; give a file name such as {path / ('out' + path.suffix)}")
     folder = path.parent
     if not folder.is_dir():
+        nearest = next(p for p in (folder, *folder.parents) if p.exists())  # ('.' or '/' at the latest)
+        if not nearest.is_dir():
+            raise SinkError(f"{what} {path}: {nearest} is a file, not a folder; choose another path")
         raise SinkError(f"{what} {path}: folder {folder} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK):
         raise SinkError(f"{what} {path}: folder {folder} is not writable; choose another path")

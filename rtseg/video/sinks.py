@@ -110,12 +110,16 @@ def _check_seq_field(conversion: str | None, spec: str) -> None:
 
 def _is_seq_pattern(path: Path) -> bool:
     """Whether ``path`` names one file per frame (``{seq}`` / ``{seq:05d}`` placeholders, str.format syntax);
-    SinkError for a pattern that cannot name a file for every frame. A name without ``{seq`` is taken as is."""
+    SinkError for a pattern that cannot name a file for every frame, or whose ``{seq`` is no field (``{{seq}}``,
+    escaped braces: str.format would write every frame to one file named ``{seq}``). A name without ``{seq`` is
+    taken as is."""
     text = str(path)
     if "{seq" not in text:
         return False
     try:
         fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
+        if not fields:
+            raise ValueError("{{ and }} are literal braces, so it has no {seq} field")
         if any(name != "seq" for name, _, _ in fields):
             raise ValueError("{seq} is the only placeholder allowed")
         for _, conversion, spec in fields:
@@ -136,10 +140,10 @@ class JsonlSink:
     (a failed write of a file takes its partial line back). A file is held under an exclusive
     ``flock`` while the sink is open, so a second run aimed at the same file is refused instead of
     overwriting it. On stdout or a FIFO, a reader that goes away (``rtseg ... --json - | head -3``)
-    ends the run gracefully (:attr:`stop_requested`); a reader that stays but takes no data for
-    ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for ever; a FIFO
-    that no program reads yet is waited for as long, at the sink's opening (said through ``on_event`` after
-    :data:`READER_WARN_S` s).
+    ends the run gracefully (:attr:`stop_requested`; :attr:`stop_reason` says why); a reader that stays but takes
+    no data for ``stall_timeout`` seconds ends it with a SinkError instead of blocking the run (and Ctrl-C) for
+    ever; a FIFO that no program reads yet is waited for as long, at the sink's opening (said through ``on_event``
+    after :data:`READER_WARN_S` s).
     A run that wrote no line (it failed or stopped before its first frame) leaves no new file, and an existing
     file as it was (:meth:`close`). :attr:`frames_written` counts the lines written.
     """
@@ -149,6 +153,7 @@ class JsonlSink:
     def __init__(self, path: str | os.PathLike, *, stall_timeout: float = 30.0,
                  on_event: Callable[[str], None] = lambda line: None) -> None:
         self.stop_requested = False
+        self.stop_reason: str | None = None  # why stop_requested was set, a phrase: "the reader of ... went away"
         self.path = Path(path)
         self._stall_timeout = stall_timeout
         self._created = False  # the file did not exist before this sink
@@ -179,6 +184,8 @@ class JsonlSink:
             self.frames_written += 1
         except BrokenPipeError:  # the reading end of a pipe (stdout, a FIFO) is closed: nobody wants more lines
             self.stop_requested = True
+            self.stop_reason = (f"the reader of JSON Lines output {self._name} went away after "
+                                f"{self.frames_written} lines")
         except OSError as exc:
             raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
                             f"free space or choose another path (the lines before it are kept)") from None
