@@ -293,6 +293,17 @@ def _rtseg(source: str, out: Path, *more: str, stdin: int | None = None) -> subp
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _stderr_at_end(proc: subprocess.Popen, go_on: threading.Event | None = None) -> str:
+    """What ``proc`` wrote to stderr by its end (within 60 s; killed after), then ``go_on`` set (a stalled writer
+    let go)."""
+    try:
+        return proc.communicate(timeout=60)[1].decode()
+    finally:
+        proc.kill()
+        if go_on is not None:
+            go_on.set()
+
+
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
@@ -361,11 +372,7 @@ def test_a_run_whose_pipe_stays_stalled_ends_with_one_line_and_keeps_its_outputs
     go_on = threading.Event()
     _stalling_writer(fifo, clip, go_on)
     proc = _rtseg(str(fifo), out, "--reconnect-timeout", "0")
-    try:
-        stderr = proc.communicate(timeout=60)[1].decode()
-    finally:
-        proc.kill()
-        go_on.set()
+    stderr = _stderr_at_end(proc, go_on)
     assert proc.returncode == 2 and stderr.splitlines() == [
         f"rtseg: error: pipe {fifo} sent no data for 5s: its writer stalled; check the program writing to it, or "
         f"allow longer waits with --reconnect-timeout; the {FRAMES} frames written before it are kept in {out}.mp4, "
@@ -385,11 +392,7 @@ def test_a_run_whose_pipe_stalls_while_it_is_opened_warns_then_ends_with_one_lin
     if writer:
         _stalling_writer(fifo, b"", go_on)
     proc = _rtseg(str(fifo), out, "--reconnect-timeout", "6")
-    try:
-        stderr = proc.communicate(timeout=60)[1].decode()
-    finally:
-        proc.kill()
-        go_on.set()
+    stderr = _stderr_at_end(proc, go_on)
     assert (proc.returncode, stderr.splitlines()) == (2, [
         f"rtseg: warning: pipe {fifo} has no writer yet, or a silent one (no data for 5s); waiting for its writer "
         "for up to 6s",
@@ -450,11 +453,7 @@ def test_standard_input_that_is_a_terminal_is_refused_at_once(tmp_path, spec):
 
     parent, terminal = pty.openpty()
     try:
-        proc = _rtseg(spec, tmp_path / "o", "--reconnect-timeout", "3", stdin=terminal)
-        try:
-            stderr = proc.communicate(timeout=60)[1].decode()
-        finally:
-            proc.kill()
+        stderr = _stderr_at_end(proc := _rtseg(spec, tmp_path / "o", "--reconnect-timeout", "3", stdin=terminal))
     finally:
         os.close(parent)
         os.close(terminal)
