@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     if pipeline.interrupted:
         print(f"rtseg: stopped by signal after {metrics.frames} frames; outputs are closed", file=sys.stderr)
     for reason in filter(None, (getattr(sink, "stop_reason", None) for sink in sinks)):
-        print(f"rtseg: {reason}: stopped after {metrics.frames} frames; outputs are closed", file=sys.stderr)
+        print(f"rtseg: {reason}: the run stopped after {metrics.frames} frames; outputs are closed", file=sys.stderr)
     return 0
 
 

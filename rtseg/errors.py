@@ -85,24 +85,29 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """The signals that ask a command to stop: Ctrl-C and SIGTERM."""
 
 
-def ignore_stop_signals() -> dict[int, Any]:
-    """Ignore Ctrl-C and SIGTERM (:data:`STOP_SIGNALS`) from now on; returns the handlers they had (none outside the
-    main thread, where this changes nothing).
+def ignore_stop_signals(previous: dict[int, Any] | None = None) -> None:
+    """Ignore Ctrl-C and SIGTERM (:data:`STOP_SIGNALS`) from now on, each handler they had put into ``previous`` as
+    it is replaced (a pending signal's handler, which ``signal.signal`` runs first, may raise between the two);
+    outside the main thread this changes nothing.
 
     Ignored (``SIG_IGN``), not handled by a Python function: Python keeps an ignored signal ignored to the end of the
     process, whereas it puts back the default action of one it handles (ending the process by the signal, exit -2 /
     -15) before it tears its modules down (over a second once torch is loaded)."""
     if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        return
+    for sig in STOP_SIGNALS:
+        handler = signal.signal(sig, signal.SIG_IGN)
+        if previous is not None:
+            previous[sig] = handler
 
 
 @contextlib.contextmanager
 def stop_signals_ignored() -> Iterator[None]:
     """Within it, Ctrl-C and SIGTERM are ignored (:func:`ignore_stop_signals`), so that neither cuts short the work
     that a first one started (the checkpoint a Ctrl-C saves); their handlers are back afterwards."""
-    previous = ignore_stop_signals()
+    previous: dict[int, Any] = {}
     try:
+        ignore_stop_signals(previous)
         yield
     finally:
         for sig, handler in previous.items():

@@ -661,6 +661,19 @@ def test_a_coco_spec_whose_paths_hold_colons_splits_after_the_annotation_file(tm
             parse_data(spec)
 
 
+def test_a_coco_spec_with_colons_beyond_reason_is_one_short_line():
+    """Every colon made a split of two paths (16000 colons: 1 GB and a line of hundreds of MB naming them all):
+    over MAX_COCO_COLONS is refused at once; an ambiguous spec names three candidates at most."""
+    from rtseg.data.spec import MAX_COCO_COLONS, parse_data
+
+    with pytest.raises(ConfigError) as caught:
+        parse_data("coco:" + "x:" * 16000 + "y")
+    assert str(caught.value) == (f"--data coco:…: 16000 ':' in its paths, more than {MAX_COCO_COLONS}; give paths "
+                                 "without ':' (e.g. relative to the current folder)")
+    with pytest.raises(ConfigError, match=re.escape("(it could be a or a:a or a:a:a or …); give")):
+        parse_data("coco:" + "a:" * 10 + "b")
+
+
 @pytest.mark.parametrize("command", [["eval"], ["train", "--iters", "1", "--out", "OUT"]])
 def test_rtseg_eval_and_train_name_a_missing_annotation_file_in_a_folder_with_a_colon(tmp_path, command):
     """Was: ``rtseg eval --data coco:/x/col:on/ann.json:/x/col:on`` said ``/x/col: annotation file not found``."""

@@ -284,11 +284,13 @@ def test_ctrl_c_while_the_source_waits_for_a_stalled_writer_is_a_keyboard_interr
 
 # --- the command line: a real `python -m rtseg` signalled while its pipe is stalled ---
 
-def _rtseg(source: str, out: Path, *more: str, stdin: int | None = None) -> subprocess.Popen:
+def _rtseg(source: str, out: Path, *more: str, stdin: int | None = None,
+           shell: str | None = None) -> subprocess.Popen:
     """``python -m rtseg`` (the fast SLIC engine) from ``source`` to ``out``.mp4 and ``out``.jsonl; the binary ``stdin``
-    (a pipe to it with subprocess.PIPE)."""
-    return subprocess.Popen([sys.executable, "-m", "rtseg", "--source", source, "--engine", "slic", "--segments", "20",
-                             "--no-progress", "--output", f"{out}.mp4", "--json", f"{out}.jsonl", *more],
+    (a pipe to it with subprocess.PIPE); run by ``sh -c shell`` (e.g. ``exec "$@" <&-``) when given."""
+    command = [sys.executable, "-m", "rtseg", "--source", source, "--engine", "slic", "--segments", "20",
+               "--no-progress", "--output", f"{out}.mp4", "--json", f"{out}.jsonl", *more]
+    return subprocess.Popen(["sh", "-c", shell, "sh", *command] if shell else command,
                             cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -462,3 +464,15 @@ def test_standard_input_that_is_a_terminal_is_refused_at_once(tmp_path, spec):
         "(producer | rtseg --source -) or give the file"]), (proc.returncode, stderr)
     assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("redirect", ["</dev/null", "<&-"], ids=["/dev/null", "closed"])
+def test_standard_input_that_is_empty_is_said_to_be(tmp_path, redirect):
+    """``rtseg --source - < /dev/null`` (or with standard input closed, which the command line fills with /dev/null):
+    FFmpeg's "invalid data … damaged or incomplete" blamed a file. Now one line saying standard input is empty."""
+    proc = _rtseg("-", tmp_path / "o", shell=f'exec "$@" {redirect}')
+    stderr = _stderr_at_end(proc)
+    assert (proc.returncode, stderr.splitlines()) == (2, [
+        "rtseg: error: source /dev/stdin: standard input is empty (closed, or /dev/null); pipe a video in "
+        "(producer | rtseg --source -) or give the file"]), (proc.returncode, stderr)
+    assert list(tmp_path.iterdir()) == []

@@ -130,3 +130,19 @@ def test_a_second_signal_while_the_interpreter_shuts_down_after_a_stopped_run(se
     with av.open(str(tmp_path / "o.mp4")) as recording:
         assert sum(1 for _ in recording.decode(video=0)) == len(lines)
     assert _files(tmp_path) == sorted([clip.name, "o.jsonl", "o.mp4"])
+
+
+@pytest.mark.parametrize("signum,status,said", [(signal.SIGINT, 130, "rtseg: interrupted"),
+                                                (signal.SIGTERM, 143, "rtseg: terminated")], ids=["Ctrl-C", "SIGTERM"])
+def test_a_signal_while_the_recording_is_finalised_leaves_it_whole_under_its_name(tmp_path, signum, status, said):
+    """A signal once the run's frames are done, while the MP4 is remuxed with its index first (seconds for a long
+    recording, when a user presses Ctrl-C): the remux's hidden temporary file was left behind and the recording
+    stayed o.partial.mp4. Now the finished fragmented recording becomes o.mp4, whole; the status is the signal's."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=20)
+    r = _run(tmp_path, ["--source", "clip.mp4", "--engine", "slic", "--segments", "20", "--output", "o.mp4",
+                        "--json", "o.jsonl", "--no-progress"], [("rtseg.video.sink_mp4:_remux_faststart:after", signum)])
+    assert (r.returncode, r.stderr.splitlines()) == (status, [said]), (r.returncode, r.stderr)
+    assert _files(tmp_path) == sorted([clip.name, "o.jsonl", "o.mp4"])
+    with av.open(str(tmp_path / "o.mp4")) as recording:
+        assert sum(1 for _ in recording.decode(video=0)) == 20
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 20

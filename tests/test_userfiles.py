@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtseg.errors import WeightsError
-from rtseg.userfiles import check_input_file
-from rtseg.userfiles import NotRegularFileError, check_regular_file, read_regular_file
+from rtseg.userfiles import NotRegularFileError, check_input_file, check_regular_file, read_regular_file
 
 
 def _open_fds() -> int:

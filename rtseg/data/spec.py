@@ -48,13 +48,21 @@ def parse_data(spec: str, option: str = "--data") -> DataSpec:
     raise ConfigError(f"{option} {spec!r}: unknown kind {kind!r}; expected {FORMS}")
 
 
+MAX_COCO_COLONS = 64
+"""Colons a ``coco:`` spec's paths may hold, at most (the one that ends the annotation file among them)."""
+
+
 def _coco_paths(spec: str, rest: str, option: str) -> tuple[Path, Path]:
     """(annotation file, image folder) of ``coco:ANNOTATIONS.json:IMAGE_DIR`` (``rest``: the text after
     ``coco:``), whose paths may hold colons themselves (``2024-01-01T10:00/``). Of the colons that leave both
     parts non-empty, those after an existing file are kept when there are any, then of these those after a name
     ending ``.json`` when there are any, then those before an existing folder when there are any; a ConfigError
-    naming ``option`` unless one colon remains."""
-    splits = [(Path(rest[:i]), Path(rest[i + 1:])) for i in range(1, len(rest) - 1) if rest[i] == ":"]
+    naming ``option`` unless one colon remains (or when there are over :data:`MAX_COCO_COLONS` to choose from)."""
+    colons = [i for i in range(1, len(rest) - 1) if rest[i] == ":"]
+    if len(colons) > MAX_COCO_COLONS:  # (each split is two paths: quadratic in the spec's length)
+        raise ConfigError(f"{option} coco:…: {len(colons)} ':' in its paths, more than {MAX_COCO_COLONS}; give "
+                          "paths without ':' (e.g. relative to the current folder)")
+    splits = [(Path(rest[:i]), Path(rest[i + 1:])) for i in colons]
     if not splits:
         raise ConfigError(f"{option} {spec!r}: use coco:ANNOTATIONS.json:IMAGE_DIR")
     for likely in (lambda ann, _: os.path.isfile(ann), lambda ann, _: ann.name.lower().endswith(".json"),
@@ -62,6 +70,7 @@ def _coco_paths(spec: str, rest: str, option: str) -> tuple[Path, Path]:
         splits = [s for s in splits if likely(*s)] or splits
     if len(splits) > 1:
         raise ConfigError(f"{option} {spec!r}: cannot tell which ':' ends the annotation file (it could be "
-                          f"{' or '.join(str(ann) for ann, _ in splits)}); give an existing ANNOTATIONS.json file, "
+                          f"{' or '.join(str(ann) for ann, _ in splits[:3])}{' or …' * (len(splits) > 3)}); give an "
+                          "existing ANNOTATIONS.json file, "
                           "or paths without ':' (e.g. relative to the current folder)")
     return splits[0]

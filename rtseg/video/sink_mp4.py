@@ -237,14 +237,20 @@ class Mp4Sink:
             os.close(self._lock)  # held until the final file is in place
 
     def _finalise(self) -> None:
-        """Remux the finished fragmented recording to the final path (faststart), or move it there as is."""
+        """Remux the finished fragmented recording to the final path (faststart), or move it there as is (no room
+        for the copy; or a Ctrl-C / SIGTERM during the remux, which goes on up after: it left the copy's hidden
+        temporary file and the output as ``.partial.mp4``)."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             _remux_faststart(self.partial, tmp)
             os.replace(tmp, self.path)
-        except (av.error.FFmpegError, OSError) as exc:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            if not isinstance(exc, (av.error.FFmpegError, OSError)):  # Ctrl-C / SIGTERM meanwhile (a long remux):
+                with contextlib.suppress(OSError):  # the finished fragmented recording is the output
+                    os.replace(self.partial, self.path)
+                raise
             try:  # no room for the remuxed copy: the finished fragmented file (its writes checked) is complete
                 os.replace(self.partial, self.path)
                 return

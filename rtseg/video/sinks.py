@@ -184,8 +184,8 @@ class JsonlSink:
             self.frames_written += 1
         except BrokenPipeError:  # the reading end of a pipe (stdout, a FIFO) is closed: nobody wants more lines
             self.stop_requested = True
-            self.stop_reason = (f"the reader of JSON Lines output {self._name} went away after "
-                                f"{self.frames_written} lines")
+            lines = f"{self.frames_written} line{'s' * (self.frames_written != 1)}"
+            self.stop_reason = f"the reader of JSON Lines output {self._name} went away after {lines}"
         except OSError as exc:
             raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
                             f"free space or choose another path (the lines before it are kept)") from None

@@ -17,9 +17,11 @@ cannot be opened or read.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -362,10 +364,17 @@ def source_path(spec: str) -> str:
 
 def _check_stdin(spec: str) -> None:
     """SourceError when ``spec`` is standard input and that is a terminal (nothing piped in), which would be
-    waited on for a video until the pipe timeouts ran out."""
-    if spec == STDIN and os.isatty(0):
+    waited on for a video until the pipe timeouts ran out, or /dev/null (closed: the command line puts /dev/null
+    there), which FFmpeg called invalid data."""
+    if spec != STDIN:
+        return
+    if os.isatty(0):
         raise SourceError(f"source {spec}: standard input is a terminal, not a video; pipe one in "
                           "(producer | rtseg --source -) or give the file")
+    with contextlib.suppress(OSError):
+        if os.fstat(0).st_rdev == os.stat(os.devnull).st_rdev and stat.S_ISCHR(os.fstat(0).st_mode):
+            raise SourceError(f"source {spec}: standard input is empty (closed, or {os.devnull}); pipe a video in "
+                              "(producer | rtseg --source -) or give the file")
 
 
 def open_source(
