@@ -281,6 +281,10 @@ def test_redaction():
     assert redact_url("rtsp://bob:pa55@[::1]:554/live") == "rtsp://***@[::1]:554/live"  # was ***@::1:554
     assert redact_url("rtsp://bob:pa55@[bad/live") == "rtsp://***@[bad/live"  # one that does not parse: no traceback
     assert scrub("pa55 at rtsp://bob:pa55@[bad", "rtsp://bob:pa55@[bad") == "*** at rtsp://***@[bad"
+    # a short user name or password inside other words is left there ("Conn***ction r***fus***d" before)
+    assert scrub("send failed (Connection refused) as e, on", "rtmp://e:on@h/a") == \
+        "send failed (Connection refused) as ***, ***"
+    assert scrub("u=bob;pw=pa55.", url) == "u=***;pw=***."
 
 
 FORM = "write it as scheme://host:port/path (an IPv6 host in brackets: [::1])"

@@ -468,6 +468,17 @@ def test_cli_refuses_numbers_out_of_range_and_bad_data_forms_before_training(arg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # refused before anything was written
 
 
+def test_cli_refuses_val_every_without_a_validation_set(tmp_path, capsys) -> None:
+    """--val-every N on COCO / labelme data without --val-data trained on and never validated, without a word."""
+    from rtseg.train.cli import main
+
+    assert main(["--data", "labelme:any", "--val-every", "3", "--iters", "6", "--workers", "0",
+                 "--out", str(tmp_path / "m.safetensors")]) == 2
+    _one_line_error(capsys, "--val-every 3: there is no validation set to check every 3 steps; give one with "
+                            "--val-data (only --data synthetic has its own)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_refuses_an_out_or_work_dir_that_would_overwrite_what_it_reads(tmp_path, capsys) -> None:
     """--out x.safetensors writes x.json (the manifest) and <work-dir>/checkpoint.pth: none may be a file the run reads
     (an annotation file, also through a hard link; --init; --resume unless it is the run's own checkpoint), nor may

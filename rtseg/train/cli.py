@@ -200,6 +200,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.train_images is not None and parse_data(args.data).kind != "synthetic":
         raise ConfigError(f"--train-images {args.train_images}: only --data synthetic makes its images; a COCO or "
                           "labelme set trains on all of its images, so leave the option out")
+    if args.val_every and args.val_data is None and parse_data(args.data).kind != "synthetic":
+        raise ConfigError(f"--val-every {args.val_every}: there is no validation set to check every "
+                          f"{args.val_every} steps; give one with --val-data (only --data synthetic has its own)")
     if args.resume and args.init:
         raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
     _lr_steps(args.lr_steps, args.iters)

@@ -64,13 +64,15 @@ def redact_url(url: str) -> str:
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove the credentials of ``url`` from ``text`` (e.g. an FFmpeg error message)."""
+    """Remove the credentials of ``url`` from ``text`` (e.g. an FFmpeg error message): the URL as given, then the
+    password and the user name where they stand as words of their own (a user ``e`` or a password ``on`` made
+    "Conn***ction r***fus***d" of every error line)."""
     match = _AUTHORITY.match(url)
     text = text.replace(url, redact_url(url))
     user, _, password = (match.group(2) or "").partition(":") if match else ("", "", "")
     for secret in (password, user):
         if secret:
-            text = text.replace(secret, "***")
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 
