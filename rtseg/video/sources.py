@@ -374,7 +374,8 @@ def _check_stdin(spec: str) -> None:
         raise SourceError(f"source {spec}: standard input is a terminal, not a video; pipe one in "
                           "(producer | rtseg --source -) or give the file")
     with contextlib.suppress(OSError):
-        if os.fstat(0).st_rdev == os.stat(os.devnull).st_rdev and stat.S_ISCHR(os.fstat(0).st_mode):
+        given = os.fstat(0)
+        if stat.S_ISCHR(given.st_mode) and given.st_rdev == os.stat(os.devnull).st_rdev:
             raise SourceError(f"source {spec}: standard input is empty (closed, or {os.devnull}); pipe a video in "
                               "(producer | rtseg --source -) or give the file")
 
