@@ -46,7 +46,7 @@ from rtseg.engines.choose import (
     resolve_engine,
 )
 from rtseg.entry import lazy_attributes
-from rtseg.errors import ConfigError, DatasetError, SinkError, exit_status
+from rtseg.errors import ConfigError, DatasetError, SinkError, Terminated, exit_status, sigterm_raises
 from rtseg.imageio import MAX_IMAGE_PIXELS
 from rtseg.outputs import check_not_among_labelme_files, check_outputs_are_not_inputs, weights_paths
 from rtseg.video.outfiles import replace_whole
@@ -232,11 +232,14 @@ def _no_instances(data: str, n: int, consequence: str) -> DatasetError:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg eval``; returns the exit status (0 ok, 2 on a user error, as every rtseg command).
 
-    Run by the command line, SIGTERM raises :class:`rtseg.errors.Terminated` throughout (the options, the data set,
-    the engine, the evaluation: :func:`rtseg.entry.run_command`'s guard): one line and 143, not a death without a
-    word; nothing is left half-written, as the only file the command writes, the ``--json`` metrics, is written
-    whole at the end (:func:`rtseg.video.outfiles.replace_whole`)."""
-    return exit_status("rtseg eval", lambda: run(_parser().parse_args(argv)))
+    SIGTERM raises :class:`rtseg.errors.Terminated` throughout (the options, the data set, the engine, the
+    evaluation): one line and 143, not a death without a word; nothing is left half-written, as the only file the
+    command writes, the ``--json`` metrics, is written whole at the end (:func:`rtseg.video.outfiles.replace_whole`)."""
+    def evaluate() -> dict[str, float]:
+        with sigterm_raises(Terminated):
+            return run(_parser().parse_args(argv))
+
+    return exit_status("rtseg eval", evaluate)
 
 
 if __name__ == "__main__":
