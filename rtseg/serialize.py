@@ -106,13 +106,16 @@ def prediction_record(prediction: Prediction) -> dict:
 def frame_record(frame: Frame, prediction: Prediction) -> dict:
     """One JSON Lines record: frame identity and timing plus the prediction.
 
-    Keys: seq, pts (seconds or None), capture_time (monotonic seconds), source_id, file (the image file, for
+    Keys: seq, index (the frame's 0-based number in its file, folder or clip, counting what ``--start`` and
+    ``--vid-stride`` passed over; None for cameras and live streams: :attr:`Frame.index`), pts (seconds or None),
+    capture_time (monotonic seconds), source_id, file (the image file, for
     frames read from images only), width, height, then the keys of :func:`prediction_record` (kind,
     detections ...).
     """
     h, w = int(frame.image.shape[0]), int(frame.image.shape[1])
     return {
         "seq": int(frame.seq),
+        "index": None if frame.index is None else int(frame.index),
         "pts": None if frame.pts is None else float(frame.pts),
         "capture_time": float(frame.capture_time),
         "source_id": frame.source_id,

@@ -217,6 +217,7 @@ def test_video_file_to_mp4_and_jsonl(files, tmp_path):
     assert len(decoded) == 6 and decoded[0].shape == (64, 96, 3)
     records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
     assert [rec["seq"] for rec in records] == list(range(6))
+    assert [rec["index"] for rec in records] == [0, 2, 4, 6, 8, 10]  # the frames' numbers in the file
     assert [rec["pts"] for rec in records] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 
 

@@ -92,10 +92,11 @@ def test_coco_eval_of_own_masks_is_perfect():
 
 def test_frame_record_detections():
     dets = _random_dets(track=True)
-    frame = Frame(np.zeros((H, W, 3), np.uint8), source_id="cam0", seq=5, pts=0.2, capture_time=12.5)
+    frame = Frame(np.zeros((H, W, 3), np.uint8), source_id="cam0", seq=5, pts=0.2, capture_time=12.5, index=10)
     rec = json.loads(json.dumps(frame_record(frame, dets)))
-    assert {k: rec[k] for k in ("seq", "pts", "capture_time", "source_id", "width", "height", "kind")} == {
-        "seq": 5, "pts": 0.2, "capture_time": 12.5, "source_id": "cam0", "width": W, "height": H, "kind": "detections"}
+    assert {k: rec[k] for k in ("seq", "index", "pts", "capture_time", "source_id", "width", "height", "kind")} == {
+        "seq": 5, "index": 10, "pts": 0.2, "capture_time": 12.5, "source_id": "cam0", "width": W, "height": H,
+        "kind": "detections"}
     assert [d["class_name"] for d in rec["detections"]] == dets.labels
     assert [d["track_id"] for d in rec["detections"]] == dets.track_ids.tolist()
     assert all("mask_score" in d for d in rec["detections"])
@@ -109,7 +110,7 @@ def test_frame_record_other_kinds():
     labels = np.zeros((H, W), np.int64)
     labels[:, 40:] = 2
     sem = json.loads(json.dumps(frame_record(frame, SemanticMap(labels=labels, class_names=["bg", "road", "car"]))))
-    assert sem["pts"] is None and sem["kind"] == "semantic"
+    assert sem["pts"] is None and sem["index"] is None and sem["kind"] == "semantic"
     assert [(c["class_name"], c["area"]) for c in sem["classes"]] == [("bg", H * 40), ("car", H * 40)]
     for c in sem["classes"]:
         seg = c["segmentation"]
