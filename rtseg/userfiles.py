@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Iterable, TypeVar
 
 from rtseg.errors import PERMISSION_DENIED, WeightsError
+
+T = TypeVar("T", str, Path)
+_DIGITS = re.compile(r"([0-9]+)")
 
 
 class NotRegularFileError(OSError):
@@ -76,3 +81,20 @@ def check_input_file(name: str, path: str | Path, advice: str) -> None:
         raise WeightsError(f"{name} {what}; {advice}") from None
     except OSError as e:
         raise WeightsError(f"{name}: cannot read it ({e.strerror}); {advice}") from None
+
+
+def in_name_order(paths: Iterable[T]) -> list[T]:
+    """``paths`` in the order a person numbers files: runs of digits compared as numbers (``img2.png`` before
+    ``img10.png``; zero-padded names keep their plain order), the rest as text (case-sensitive, as ``sorted``);
+    names equal that way (``a1`` / ``a01``) by their plain text. The order image folders and globs play in, and
+    labelme folders list their samples in."""
+    def number(digits: str) -> tuple[int, str]:  # compared as numbers are, without int()'s 4300-digit limit
+        significant = digits.lstrip("0")
+        return len(significant), significant
+
+    def key(path: T) -> tuple[tuple[str | tuple[int, str], ...], str]:
+        text = os.fspath(path)
+        parts = _DIGITS.split(text)  # text, digits, text, digits … text: the same type at each position
+        return tuple(number(p) if i % 2 else p for i, p in enumerate(parts)), text
+
+    return sorted(paths, key=key)

@@ -228,6 +228,13 @@ def test_labelme_class_list_from_file_and_unknown_label(tmp_path):
         LabelmeDataset(tmp_path)
 
 
+def test_labelme_samples_are_in_name_order_with_numbers_as_numbers(tmp_path):
+    """s2 before s10, as an image folder of the same names plays (plain sorting gave s1, s10, s2)."""
+    for name in ("s10", "s2", "s1"):
+        _labelme(tmp_path, name, [_shape("cat", [[1, 1], [9, 1], [9, 9]])])
+    assert [f.name for f in LabelmeDataset(tmp_path).files] == ["s1.json", "s2.json", "s10.json"]
+
+
 def test_labelme_without_class_list_uses_sorted_labels(tmp_path):
     _labelme(tmp_path, "a", [_shape("zebra1", [[1, 1], [9, 1], [9, 9]]), _shape("ant", [[1, 1], [9, 1], [9, 9]])])
     assert LabelmeDataset(tmp_path).class_names == ("ant", "zebra")

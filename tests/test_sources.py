@@ -348,6 +348,16 @@ def test_image_folder_glob_and_single(tmp_path):
     assert tuple(next(iter(single)).image[0, 0]) == clip_colour(4)
 
 
+def test_an_unpadded_image_folder_and_glob_play_in_number_order(tmp_path):
+    """frame1, frame2 … frame10, frame11 (plain sorting played frame1, frame10, frame11, frame2 …)."""
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / f"frame{i + 1}.png"), np.full((20, 30, 3), clip_colour(i), np.uint8))
+    for spec in (str(tmp_path), str(tmp_path / "frame*.png")):
+        frames = list(open_source(spec))
+        assert [Path(f.file).name for f in frames] == [f"frame{i + 1}.png" for i in range(12)]
+        assert [tuple(f.image[0, 0]) for f in frames] == [clip_colour(i) for i in range(12)]
+
+
 def test_time_range_and_file_options_are_refused_where_they_cannot_apply(tmp_path):
     """--start / --end on images or a synthetic clip, file-only options on a camera: one error each (were silently
     ignored). The camera is refused before it is opened (no webcam here)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rtseg.errors import WeightsError
-from rtseg.userfiles import NotRegularFileError, check_input_file, check_regular_file, read_regular_file
+from rtseg.userfiles import (NotRegularFileError, check_input_file, check_regular_file, in_name_order,
+                             read_regular_file)
 
 
 def _open_fds() -> int:
@@ -64,3 +65,14 @@ def test_check_input_file_says_what_the_path_is(fifo, tmp_path):
         assert str(info.value) == said
     (tmp_path / "empty.pth").write_bytes(b"")
     check_input_file("--init X", tmp_path / "empty.pth", "give a file")
+
+
+def test_names_are_ordered_with_their_numbers_as_numbers():
+    """img2 before img10 (plain sorting played an unpadded folder 1, 10, 11, 2 …); zero-padded and mixed widths,
+    numbers longer than int()'s 4300-digit limit, and paths given as str or Path."""
+    names = ["img10.png", "img2.png", "img1.png", "img02.png", "IMG3.png", "b/1.png", "a/10.png", "a/9.png",
+             "x" + "9" * 5000 + ".png", "x" + "1" + "0" * 5000 + ".png", "frame_0010.png", "frame_0002.png"]
+    assert in_name_order(names) == [
+        "IMG3.png", "a/9.png", "a/10.png", "b/1.png", "frame_0002.png", "frame_0010.png", "img1.png", "img02.png",
+        "img2.png", "img10.png", "x" + "9" * 5000 + ".png", "x" + "1" + "0" * 5000 + ".png"]
+    assert in_name_order([Path("s11.jpg"), Path("s3.jpg")]) == [Path("s3.jpg"), Path("s11.jpg")]

@@ -45,7 +45,7 @@ from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, r
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
 from rtseg.imageio import ImageReadError, decode_image
 from rtseg.ranges import number_problem
-from rtseg.userfiles import read_regular_file
+from rtseg.userfiles import in_name_order, read_regular_file
 
 LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -106,7 +106,8 @@ class _Record:
 class LabelmeDataset:
     """A folder of labelme JSON files as a data set of ``Sample``.
 
-    ``files[index]`` is the JSON file of sample ``index`` (sorted by name).
+    ``files[index]`` is the JSON file of sample ``index`` (in name order, numbers as numbers:
+    :func:`rtseg.userfiles.in_name_order`).
     """
 
     def __init__(self, folder: str | os.PathLike, *,
@@ -114,7 +115,7 @@ class LabelmeDataset:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DatasetError(f"{self.folder}: labelme folder not found")
-        self.files = tuple(sorted(p for p in self.folder.glob("*.json") if not p.is_dir()))  # as image folders
+        self.files = tuple(in_name_order(p for p in self.folder.glob("*.json") if not p.is_dir()))  # as image folders
         if not self.files:
             raise DatasetError(f"{self.folder}: no labelme *.json files in the folder; give the folder that holds "
                                "them (labelme saves one .json beside each image)")

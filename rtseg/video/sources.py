@@ -5,7 +5,7 @@
 =====================================  ==========================================
 ``0``, ``/dev/video0``                 webcam (OpenCV), live
 ``rtsp://``, ``rtmp://``, ``http(s)``  network stream (PyAV), live, reconnects
-``dir/``, ``*.png`` (glob), ``a.jpg``  still images, sorted by name
+``dir/``, ``*.png`` (glob), ``a.jpg``  still images, in name order (numbers as numbers: img2 before img10)
 ``synthetic`` / ``synthetic:SEED``     procedurally drawn clip (``rtseg.data.synthetic``)
 ``-``, ``/dev/stdin``                  the video piped to standard input (``producer | rtseg --source -``)
 anything else                          a video file FFmpeg can read (PyAV), or a pipe / FIFO carrying one
@@ -34,6 +34,7 @@ from rtseg.errors import ConfigError, SourceError, first_line
 from rtseg.imageio import ImageReadError, read_image_file
 from rtseg.ranges import check_number, number_problem
 from rtseg.types import Frame
+from rtseg.userfiles import in_name_order
 
 if TYPE_CHECKING:
     from rtseg.data.synthetic import Instance
@@ -326,13 +327,13 @@ def _images(spec: str, vid_stride: int, on_event: Callable[[str], None] | None) 
     """An ImageSource for a directory, glob or single image; None when ``spec`` is none of those."""
     path = Path(spec)
     if path.is_dir():  # every entry but a subfolder: an image name that is a FIFO or a broken link is warned of
-        files = sorted(p for p in path.iterdir() if not p.is_dir())
+        files = in_name_order(p for p in path.iterdir() if not p.is_dir())
         paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if not paths:
             raise SourceError(f"no images in folder {spec} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
                               f"{_videos_hint(files)}")
     elif glob.has_magic(spec):
-        paths = sorted(Path(p) for p in glob.glob(spec) if not Path(p).is_dir())
+        paths = in_name_order(Path(p) for p in glob.glob(spec) if not Path(p).is_dir())
         if not paths:
             raise SourceError(f"no files match {spec!r}; check the pattern (quote it so the shell does not expand it)")
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in paths) and _videos_hint(paths):
