@@ -133,6 +133,21 @@ def test_a_file_whose_clock_starts_late_is_neither_longer_nor_truncated(tmp_path
             source.notices[0]
 
 
+def test_a_start_within_the_frames_of_a_header_that_announces_too_little_is_let_through(tmp_path):
+    """An MP4 of variable frame rate with B-frames whose header says 1.8 s (FFmpeg's muxer) for frames up to 2.5 s:
+    --start 2 was refused as past the end; the packets past the header's end are read before refusing."""
+    times = [0, 100, 200, 300, 400, 500, 1000, 1500, 2000, 2500]
+    images = [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(len(times))]
+    path = _encode(tmp_path / "vfr.mp4", images, times=times)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert float(stream.duration * stream.time_base) == pytest.approx(1.8)  # (the header this test is about)
+    with open_source(str(path), start=2.0) as source:
+        assert [f.pts for f in source] == pytest.approx([2.0, 2.5])
+    with pytest.raises(ConfigError, match=r"start 2\.6 s is past the end of .*vfr\.mp4 \(2\.60 s long\)"):
+        open_source(str(path), start=2.6)
+
+
 def test_file_start_past_the_end_is_a_config_error(clip):
     with pytest.raises(ConfigError, match=r"start 10 s is past the end of .*clip.*\(3\.00 s long\); choose an earlier start"):
         open_source(str(clip), start=10.0)
@@ -572,10 +587,10 @@ def _corners(image: np.ndarray) -> list[tuple[int, ...]]:
     return [tuple(int(v > 127) * 255 for v in image[y, x]) for y in (h // 4, 3 * h // 4) for x in (w // 4, 3 * w // 4)]
 
 
-def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True, first=0, sar=None):
+def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=True, first=0, sar=None, times=None):
     """Encode (H, W, 3) BGR ``images`` with PyAV; ``pts=False`` leaves the frames without timestamps; ``first``: the
     first frame's timestamp, in frames (a clock that does not start at 0); ``sar``: the pixels' width over their
-    height (anamorphic video), a Fraction."""
+    height (anamorphic video), a Fraction; ``times``: each frame's timestamp in ms (variable frame rate)."""
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = images[0].shape[:2]
@@ -586,7 +601,7 @@ def _encode(path, images, *, fmt=None, codec="libx264", fps=10, gop=None, pts=Tr
             stream.options = {"g": str(gop)}
         for k, image in enumerate(images, first):
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts, frame.time_base = k, Fraction(1, fps)
+            frame.pts, frame.time_base = (k, Fraction(1, fps)) if times is None else (times[k - first], Fraction(1, 1000))
             for packet in stream.encode(frame):
                 if not pts:
                     packet.pts = packet.dts = None

@@ -195,6 +195,8 @@ class FileSource(Source):
             length, frames = self._scan(rate, until=None if whole else start)
         else:
             length, frames = self._announced_length(), self._estimate_frames(rate)
+            if start > 0 and length is not None and start >= length and timeouts is None and self._seekable:
+                length = max(length, self._packets_end(near=length) or 0.0)  # a header that says too little
         if start > 0 and length is not None and start >= length:
             self.close()
             raise ConfigError(f"start {start:g} s is past the end of {name} ({length:.2f} s long); "
@@ -220,6 +222,25 @@ class FileSource(Source):
         else:
             return None
         return end - begin if end > begin else None
+
+    def _packets_end(self, *, near: float) -> float | None:
+        """Seconds from the video stream's first timestamp to the end of its last packet (its time + duration),
+        read from the key frame at or before ``near`` s to the end of the file; None when that finds no timed
+        packet or the file cannot be read there. A muxer can announce less than the file holds (an MP4 of variable
+        frame rate with B-frames: FFmpeg's muxer wrote 1.8 s for frames up to 2.5 s). Leaves the demuxer where it
+        stopped (a start > 0, the only caller's case, is sought afterwards)."""
+        stream, end = self._stream, None
+        try:
+            self._container.seek((stream.start_time or 0) + int(max(0.0, near - 1.0) / stream.time_base),
+                                 stream=stream, backward=True)
+            for packet in self._container.demux(stream):
+                t = self._time(packet.pts)
+                if t is not None:
+                    duration = float(packet.duration * stream.time_base) if packet.duration else self._period
+                    end = max(end if end is not None else t, t + duration)
+        except AV_ERRORS:
+            return end
+        return end
 
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
         """Expected number of frames yielded (for progress) from the rate and the duration the header announces
