@@ -340,8 +340,9 @@ def test_export_every_that_is_no_integer_from_1_is_one_line_and_writes_nothing(e
 
 @pytest.mark.parametrize("option, value, message", [
     ("--every", "0", "--every 0: must be an integer >= 1"),
-    ("--width", "16", "--width 16: must be an integer >= 32 pixels"),
-    ("--height", "-1", "--height -1: must be an integer >= 32 pixels"),
+    ("--width", "16", "--width 16: must be an integer in [32, 4096] pixels"),
+    ("--height", "-1", "--height -1: must be an integer in [32, 4096] pixels"),
+    ("--width", "99999", "--width 99999: must be an integer in [32, 4096] pixels"),  # (was an OpenCV traceback)
     ("--frames", "0", "--frames 0: must be an integer >= 1"),
     ("--seed", "-1", "--seed -1: must be an integer >= 0"),
 ])

@@ -157,14 +157,22 @@ def test_samples_match_scene_frames():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ConfigError, match=r"^SyntheticScene: width must be an integer >= 32, got 10$"):
+    with pytest.raises(ConfigError, match=r"^SyntheticScene: width must be an integer in \[32, 4096\], got 10$"):
         SyntheticScene(0, width=10, height=10)
+    with pytest.raises(ConfigError, match=r"^SyntheticScene: height must be an integer in \[32, 4096\], got 99999$"):
+        SyntheticScene(0, height=99999)  # (was 50 GB of noise texture asked for, failing deep in OpenCV)
     with pytest.raises(IndexError, match="out of range"):
         SyntheticScene(0, num_frames=5, **SMALL).frame(5)
 
 
 BAD_INTEGERS = [True, 1.5, 64.0, math.nan, "64", None]
 """Values no integer argument takes (besides those below its least): bools, floats (even whole), NaN, strings."""
+
+
+def _allowed(name: str, least: int) -> str:
+    """The range an argument's error line gives, as a regular expression: ``>= 1`` or, for a frame side,
+    ``in \\[32, 4096\\]``."""
+    return rf"in \[{least}, 4096\]" if name in ("width", "height") else f">= {least}"
 
 
 @pytest.mark.parametrize("name, least", [("seed", 0), ("width", 32), ("height", 32), ("num_frames", 1),
@@ -175,7 +183,7 @@ def test_scene_argument_that_is_no_integer_from_its_least_is_one_line(name, leas
     (64.0, NaN, "64", None), or accepted (True; a 1.5 seed or num_frames; any min_area)."""
     value = least - 1 if value == "least - 1" else value
     args = {"seed": 0, "num_frames": 2, **SMALL, name: value}
-    with pytest.raises(ConfigError, match=rf"^SyntheticScene: {name} must be an integer >= {least}, got "
+    with pytest.raises(ConfigError, match=rf"^SyntheticScene: {name} must be an integer {_allowed(name, least)}, got "
                                           rf"{re.escape(repr(value))}$"):
         SyntheticScene(**args)
 
@@ -188,7 +196,7 @@ def test_dataset_argument_that_is_no_integer_from_its_least_is_one_line(name, le
     scene's line or a traceback: 1.5, NaN, None; True, "64" as a seed read on)."""
     value = least - 1 if value == "least - 1" else value
     args = {"seed": 1, "num_images": 2, **SMALL, name: value}
-    with pytest.raises(ConfigError, match=rf"^SyntheticDataset: {name} must be an integer >= {least}, got "
+    with pytest.raises(ConfigError, match=rf"^SyntheticDataset: {name} must be an integer {_allowed(name, least)}, got "
                                           rf"{re.escape(repr(value))}$"):
         SyntheticDataset(**args)
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from rtseg.data.dataset import masks_to_boxes
-from rtseg.data.synthetic import CLASSES, LEAST, SyntheticScene, check_least
+from rtseg.data.synthetic import CLASSES, LEAST, MOST, SyntheticScene, check_scene_args
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imwrite
 from rtseg.ops.rle import encode_rle
@@ -32,7 +32,7 @@ from rtseg.video.h264 import check_crf
 def _frames(scene: SyntheticScene, every: int, owner: str) -> range:
     """Frames 0, every, 2 * every … of ``scene``; ConfigError ``"<owner>: every must be an integer >= 1, got 0"``
     for an ``every`` that is no such integer."""
-    check_least(owner, every=every)
+    check_scene_args(owner, every=every)
     return range(0, len(scene), every)
 
 
@@ -172,7 +172,8 @@ def run(argv: list[str] | None) -> None:
     p.add_argument("--formats", default="mp4,coco,labelme", help="comma-separated subset of mp4,coco,labelme")
     args = p.parse_args(argv)
     check_ranges(args, [("--seed", LEAST["seed"], None, ""), ("--frames", LEAST["num_frames"], None, ""),
-                        ("--width", LEAST["width"], None, " pixels"), ("--height", LEAST["height"], None, " pixels"),
+                        ("--width", LEAST["width"], MOST["width"], " pixels"),
+                        ("--height", LEAST["height"], MOST["height"], " pixels"),
                         ("--every", LEAST["every"], None, "")])
     scene = SyntheticScene(args.seed, width=args.width, height=args.height, num_frames=args.frames)
     formats = set(args.formats.split(","))

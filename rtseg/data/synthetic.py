@@ -13,6 +13,7 @@ images from many short scenes of one seed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -33,16 +34,20 @@ SPLITS: dict[str, tuple[int, int]] = {"train": (TRAIN_SEED, 20000), "val": (VAL_
 LEAST: dict[str, int] = {"seed": 0, "width": 32, "height": 32, "num_frames": 1, "max_objects": 0, "min_area": 0,
                          "num_images": 0, "images_per_scene": 1, "frame_stride": 1, "every": 1}
 """Least value of each integer argument of :class:`SyntheticScene`, :class:`SyntheticDataset` and
-:func:`scene_to_samples` (none has an upper limit); the export command line checks its options against them too."""
+:func:`scene_to_samples`; the export command line checks its options against them too."""
+MOST: dict[str, int] = {"width": 4096, "height": 4096}
+"""Most value of those arguments that have one: a frame side in pixels (4096: DCI 4K; a 99999-pixel side asked for
+50 GB of noise texture and failed deep in OpenCV)."""
 
 _TEXTURE_SIZE = 96
 
 
-def check_least(owner: str, **values: object) -> None:
-    """ConfigError ``"<owner>: width must be an integer >= 32, got 16"`` for the first of ``values`` (argument name
-    → value) that is not an integer from its least value (:data:`LEAST`) up."""
+def check_scene_args(owner: str, **values: object) -> None:
+    """ConfigError ``"<owner>: width must be an integer in [32, 4096], got 16"`` for the first of ``values``
+    (argument name → value) that is not an integer from its least value (:data:`LEAST`) to its most (:data:`MOST`,
+    where it has one)."""
     for name, value in values.items():
-        check_number(f"{owner}: {name}", value, LEAST[name], integer=True)
+        check_number(f"{owner}: {name}", value, LEAST[name], MOST.get(name, math.inf), integer=True)
 
 
 def _regular(n: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarray:
@@ -129,7 +134,7 @@ class SyntheticScene:
 
     def __init__(self, seed: int, *, width: int = 640, height: int = 480, num_frames: int = 300,
                  max_objects: int = 6, min_area: int = 30) -> None:
-        check_least("SyntheticScene", seed=seed, width=width, height=height, num_frames=num_frames,
+        check_scene_args("SyntheticScene", seed=seed, width=width, height=height, num_frames=num_frames,
                     max_objects=max_objects, min_area=min_area)
         self.seed, self.width, self.height = int(seed), width, height
         self.num_frames, self.max_objects, self.min_area = num_frames, max_objects, min_area
@@ -258,7 +263,7 @@ class SceneSamples:
     """Every ``every``-th frame of a scene as a lazy still-image data set of ``Sample``."""
 
     def __init__(self, scene: SyntheticScene, *, every: int = 1) -> None:
-        check_least("scene_to_samples", every=every)
+        check_scene_args("scene_to_samples", every=every)
         self.scene, self.every = scene, every
         self.class_names = CLASSES
 
@@ -292,7 +297,7 @@ class SyntheticDataset:
 
     def __init__(self, seed: int, num_images: int, *, width: int = 640, height: int = 480,
                  images_per_scene: int = 8, frame_stride: int = 20, max_objects: int = 6) -> None:
-        check_least("SyntheticDataset", seed=seed, num_images=num_images, width=width, height=height,
+        check_scene_args("SyntheticDataset", seed=seed, num_images=num_images, width=width, height=height,
                     images_per_scene=images_per_scene, frame_stride=frame_stride, max_objects=max_objects)
         self.seed, self.num_images = seed, num_images
         self.images_per_scene, self.frame_stride = images_per_scene, frame_stride
