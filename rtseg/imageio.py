@@ -43,8 +43,14 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     applied); :class:`ImageReadError` saying why when it cannot be read or decoded. Never waits: a FIFO, device
     or folder is refused without reading it (:func:`rtseg.userfiles.read_regular_file`). OpenCV's own log
     messages stay off stderr, libjpeg's warnings do not (:func:`decode_image`)."""
+    return decode_image(read_image_bytes(path))
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of the image file ``path``, for :func:`decode_image`; :class:`ImageReadError` saying why when it
+    cannot be read (:func:`read_image_file`'s reasons)."""
     try:
-        data = read_regular_file(path)
+        return read_regular_file(path)
     except PermissionError:
         raise ImageReadError(PERMISSION_DENIED) from None
     except FileNotFoundError:
@@ -53,7 +59,21 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(exc.strerror) from None
     except OSError as exc:
         raise ImageReadError(f"cannot read it ({exc.strerror})") from None
-    return decode_image(data)
+
+
+def is_animated(data: bytes) -> bool:
+    """Whether the PNG or WebP image in ``data`` is animated: an APNG (an ``acTL`` chunk before the image data)
+    or an animated WebP (the animation flag of its ``VP8X`` header). Decoded as a still image, such a file gives
+    its first frame only. (GIFs are read by FFmpeg, as videos.)"""
+    if data.startswith(_PNG):
+        pos = len(_PNG)
+        while pos + 8 <= len(data):
+            length, kind = struct.unpack_from(">I4s", data, pos)
+            if kind in (b"acTL", b"IDAT"):
+                return kind == b"acTL"
+            pos += 12 + length  # length, type, data, CRC
+        return False
+    return data.startswith(b"RIFF") and data[8:16] == b"WEBPVP8X" and len(data) > 20 and bool(data[20] & 0x02)
 
 
 def imread(path: str | os.PathLike) -> np.ndarray | None:

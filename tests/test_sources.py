@@ -363,6 +363,45 @@ def test_image_folder_glob_and_single(tmp_path):
     assert tuple(next(iter(single)).image[0, 0]) == clip_colour(4)
 
 
+def _animation(path, durations_ms):
+    """An animated PNG or WebP (by ``path``'s suffix, OpenCV's encoder) of frames coloured clip_colour(0, 1 …)."""
+    animation = cv2.Animation()
+    animation.frames = [np.full((30, 40, 3), clip_colour(i), np.uint8) for i in range(len(durations_ms))]
+    animation.durations = list(durations_ms)
+    ok, data = cv2.imencodeanimation(path.suffix, animation)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def test_an_animated_png_alone_plays_every_frame_at_its_times(tmp_path):
+    """Was its first frame only, without a word (OpenCV reads an APNG as a still image); FFmpeg plays it."""
+    with open_source(str(_animation(tmp_path / "a.png", [100, 200, 100, 300]))) as source:
+        frames = list(source)
+    assert [f.pts for f in frames] == pytest.approx([0.0, 0.1, 0.3, 0.4])
+    assert [tuple(f.image[0, 0]) for f in frames] == [clip_colour(i) for i in range(4)]
+
+
+def test_an_animated_image_read_as_a_still_is_warned_of(tmp_path):
+    """An animated WebP (FFmpeg cannot decode those) and an APNG among other images give their first frame, now
+    with a warning saying so and what to do (was silent)."""
+    webp = _animation(tmp_path / "w.webp", [100, 100, 100])
+    events: list[str] = []
+    with open_source(str(webp), on_event=events.append) as source:
+        assert [tuple(f.image[0, 0]) for f in source] == [clip_colour(0)]
+    assert events == [f"{webp} is an animated image: only its first frame is read; convert it to a video or to one "
+                      f"image per frame to read them all"]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    apng = _animation(folder / "b.png", [100, 100])
+    cv2.imwrite(str(folder / "a.png"), np.zeros((30, 40, 3), np.uint8))
+    events.clear()
+    with open_source(str(folder), on_event=events.append) as source:
+        assert len(list(source)) == 2
+    assert events == [f"{apng} is an animated image: only its first frame is read; pass it alone as --source to "
+                      f"play it"]
+
+
 def test_an_unpadded_image_folder_and_glob_play_in_number_order(tmp_path):
     """frame1, frame2 … frame10, frame11 (plain sorting played frame1, frame10, frame11, frame2 …)."""
     for i in range(12):

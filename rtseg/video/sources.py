@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from rtseg.errors import ConfigError, SourceError, first_line
-from rtseg.imageio import ImageReadError, read_image_file
+from rtseg.imageio import ImageReadError, decode_image, is_animated, read_image_bytes
 from rtseg.ranges import check_number, number_problem
 from rtseg.types import Frame
 from rtseg.userfiles import in_name_order
@@ -190,14 +190,19 @@ class ImageSource(Source):
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         k = 0
         skipped: list[tuple[Path, str]] = []  # (file, why)
+        animated = 0
         for j, path in enumerate(self.paths):
             t0 = time.perf_counter()
             try:
-                image = read_image_file(path)
+                data = read_image_bytes(path)
+                image = decode_image(data)
             except ImageReadError as exc:
                 skipped.append((path, str(exc)))
                 self._warn_skipped(skipped)
                 continue
+            if is_animated(data):
+                animated += 1
+                self._warn_animated(path, animated)
             self.decode_seconds = time.perf_counter() - t0
             self._file, self._index = str(path), j * self._stride
             yield np.ascontiguousarray(image), k / IMAGE_FPS
@@ -211,6 +216,15 @@ class ImageSource(Source):
         if len(skipped) > self.WARN_SKIPPED:
             self.notices.append(f"skipped {len(skipped)} unreadable image(s) of {self.source_id} in all; "
                                 f"the first {self.WARN_SKIPPED} were named as they were skipped")
+
+    def _warn_animated(self, path: Path, count: int) -> None:
+        """Say that the animated image ``path`` (the ``count``-th of this source) gives its first frame only;
+        the first :attr:`WARN_SKIPPED` by name, then once that further ones are not named."""
+        if count <= self.WARN_SKIPPED:
+            hint = ("pass it alone as --source to play it" if path.suffix.lower() == ".png"  # (FFmpeg plays APNG)
+                    else "convert it to a video or to one image per frame to read them all")
+            more = "; further ones are not named" if count == self.WARN_SKIPPED else ""
+            self.on_event(f"{path} is an animated image: only its first frame is read; {hint}{more}")
 
     def _warn_skipped(self, skipped: list[tuple[Path, str]]) -> None:
         """Warn of the last of the ``skipped`` files, unless it is the source's only file (then the error says
@@ -323,6 +337,15 @@ def _videos_hint(paths: list[Path]) -> str:
     return f"; found {len(videos)} video file(s): pass one video at a time as --source (e.g. {videos[0]})"
 
 
+def _is_apng(path: Path) -> bool:
+    """Whether ``path`` is an animated PNG (FFmpeg plays those; OpenCV reads their first frame); False for
+    anything it cannot read (the image reader then says why)."""
+    try:
+        return path.suffix.lower() == ".png" and is_animated(read_image_bytes(path))
+    except ImageReadError:
+        return False
+
+
 def _images(spec: str, vid_stride: int, on_event: Callable[[str], None] | None) -> Source | None:
     """An ImageSource for a directory, glob or single image; None when ``spec`` is none of those."""
     path = Path(spec)
@@ -339,6 +362,8 @@ def _images(spec: str, vid_stride: int, on_event: Callable[[str], None] | None) 
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in paths) and _videos_hint(paths):
             raise SourceError(f"{spec!r} matches no images{_videos_hint(paths)}")
     elif path.suffix.lower() in IMAGE_SUFFIXES and path.exists():  # a FIFO too: refused, never waited on
+        if _is_apng(path):
+            return None  # an animated PNG alone: every frame, at its times, through FFmpeg as a video
         paths = [path]
     else:
         return None
