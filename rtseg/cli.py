@@ -34,7 +34,7 @@ from rtseg.engines.choose import (
 )
 from rtseg.cliargs import SUBCOMMANDS, Once, Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
-from rtseg.outputs import check_outputs_are_not_inputs, weights_paths
+from rtseg.outputs import check_outputs_are_not_inputs, names_frames, weights_paths
 from rtseg.video.metrics import Metrics
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source, source_path
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from rtseg.video.sinks import Sink
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
+
+
 def build_parser() -> Parser:
     p = Parser(prog="rtseg", description="Real-time video segmentation: source -> engine -> outputs. "
                 "Run without arguments for the demo; 'train', 'eval' and 'demo' are subcommands.")
@@ -106,19 +108,29 @@ def _video_or_image_sink(path: str, fps: float | None, frames: int | None, audio
     keeps the last of ``frames`` (None: unknown or endless), said in a warning when that is more than one)."""
     from rtseg.video.sinks import ImageSink, Mp4Sink
 
-    suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
+    if Path(path).suffix.lower() in VIDEO_SUFFIXES:
         return Mp4Sink(path, fps_hint=fps, audio_from=audio_from)
     if audio_from is not None:
         raise ConfigError(f"--audio needs a video --output (.mp4/.mov), not {path}")
-    if suffix in IMAGE_SUFFIXES:
-        sink = ImageSink(path)
-        if not sink.per_frame and (frames is None or frames > 1):
-            warnings.warn(f"--output {path} is one image, so it keeps only the last frame of this source; to keep "
-                          "each, name one file per frame, e.g. --output 'out/{seq:05d}.png'", RtsegWarning,
-                          stacklevel=2)
-        return sink
-    raise ConfigError(f"--output {path}: unknown type {suffix or '(none)'}; use .mp4 for video or .png/.jpg for images")
+    sink = ImageSink(path)  # (its type checked by _check_output_name)
+    if not sink.per_frame and (frames is None or frames > 1):
+        warnings.warn(f"--output {path} is one image, so it keeps only the last frame of this source; to keep "
+                      "each, name one file per frame, e.g. --output 'out/{seq:05d}.png'", RtsegWarning,
+                      stacklevel=2)
+    return sink
+
+
+def _check_output_name(path: str) -> None:
+    """ConfigError unless ``path`` names a video (:data:`VIDEO_SUFFIXES`, one file: no ``{seq}``) or an image
+    (:data:`IMAGE_SUFFIXES`)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES and names_frames(path):
+        raise ConfigError(f"--output {path}: {{seq}} names one image per frame, but a video is one file; drop "
+                          f"{{seq}} from the name, or write images (e.g. --output 'out/{{seq:05d}}.png')")
+    if suffix not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
+        raise ConfigError(f"--output {path}: unknown type {suffix or '(none)'}; use "
+                          f"{'/'.join(sorted(VIDEO_SUFFIXES))} for video or {'/'.join(sorted(IMAGE_SUFFIXES))} for "
+                          f"images")
 
 
 def _json_sink(path: str) -> Sink:
@@ -239,6 +251,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
+    if args.output is not None:
+        _check_output_name(args.output)
     # outputs over what the run reads: --weights, --semantic, --calib (read with --backend tensorrt --precision int8
     # only, else refused by _check_engine_options); never the shipped demo model, whatever the run reads
     calib = [args.calib] if args.calib and args.backend == "tensorrt" and args.precision == "int8" else []

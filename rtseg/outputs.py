@@ -55,7 +55,7 @@ def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[
         overwritten = _input_at(out, found) if _exists(out) else None
         if overwritten is not None:
             raise ConfigError(f"{option} {path} would overwrite the input {overwritten}; choose another output path")
-        where = _input_beside_pattern(out, found) if _names_frames(path) else None
+        where = _input_beside_pattern(out, found) if names_frames(path) else None
         if where is not None:
             raise ConfigError(f"{option} {path} would write its images {where}, where they could overwrite "
                               "inputs; choose another folder")
@@ -111,7 +111,7 @@ def _input_at(path: Path, inputs: dict[Path, str]) -> str | None:
     return None
 
 
-def _names_frames(path: str | os.PathLike[str]) -> bool:
+def names_frames(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` has a ``{seq}`` field (str.format syntax: ``{{seq}}`` is literal text), naming one image per
     frame; False for a name that str.format cannot parse (the image output refuses it with its own line)."""
     try:

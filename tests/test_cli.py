@@ -62,7 +62,11 @@ BAD = {
     "no weights, not yolact": (["--source", "{clip}", "--engine", "msrcnn"], "--engine msrcnn needs --weights"),
     "unwritable": (["--source", "{clip}", "--weights", "{weights}", "--output", "/nonexistent/dir/o.mp4"],
                    "does not exist"),
-    "bad output type": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.avi"], "unknown type"),
+    "bad output type": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.avi"],
+                        "unknown type .avi; use .m4v/.mov/.mp4 for video or .bmp/.jpeg/.jpg/.png/.tif/.tiff/.webp for "
+                        "images"),  # (named .mp4 and .png/.jpg only)
+    "video named per frame": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/{{seq:05d}}.mp4"],
+                              "{{seq}} names one image per frame, but a video is one file"),  # (wrote '{seq:05d}.mp4')
     "bad json type": (["--source", "{clip}", "--weights", "{weights}", "--json", "{dir}/o.txt"], ".jsonl"),
     "bad stride": (["--source", "{clip}", "--weights", "{weights}", "--vid-stride", "0"],
                    "--vid-stride 0: must be an integer >= 1"),
