@@ -107,7 +107,8 @@ def frame_record(frame: Frame, prediction: Prediction) -> dict:
     """One JSON Lines record: frame identity and timing plus the prediction.
 
     Keys: seq, index (the frame's 0-based number in its file, folder or clip, counting what ``--start`` and
-    ``--vid-stride`` passed over; None for cameras and live streams: :attr:`Frame.index`), pts (seconds or None),
+    ``--vid-stride`` passed over; None for cameras and live streams: :attr:`Frame.index`), pts (seconds to the µs,
+    or None),
     capture_time (monotonic seconds), source_id, file (the image file, for
     frames read from images only), width, height, then the keys of :func:`prediction_record` (kind,
     detections ...).
@@ -116,7 +117,7 @@ def frame_record(frame: Frame, prediction: Prediction) -> dict:
     return {
         "seq": int(frame.seq),
         "index": None if frame.index is None else int(frame.index),
-        "pts": None if frame.pts is None else float(frame.pts),
+        "pts": None if frame.pts is None else round(float(frame.pts), 6),  # µs: no float noise (3.040000000000002)
         "capture_time": float(frame.capture_time),
         "source_id": frame.source_id,
         **({} if frame.file is None else {"file": frame.file}),

@@ -92,10 +92,11 @@ def test_coco_eval_of_own_masks_is_perfect():
 
 def test_frame_record_detections():
     dets = _random_dets(track=True)
-    frame = Frame(np.zeros((H, W, 3), np.uint8), source_id="cam0", seq=5, pts=0.2, capture_time=12.5, index=10)
+    frame = Frame(np.zeros((H, W, 3), np.uint8), source_id="cam0", seq=5, pts=0.1 + 0.2, capture_time=12.5,
+                  index=10)  # (0.1 + 0.2 is 0.30000000000000004: pts are written to the µs)
     rec = json.loads(json.dumps(frame_record(frame, dets)))
     assert {k: rec[k] for k in ("seq", "index", "pts", "capture_time", "source_id", "width", "height", "kind")} == {
-        "seq": 5, "index": 10, "pts": 0.2, "capture_time": 12.5, "source_id": "cam0", "width": W, "height": H,
+        "seq": 5, "index": 10, "pts": 0.3, "capture_time": 12.5, "source_id": "cam0", "width": W, "height": H,
         "kind": "detections"}
     assert [d["class_name"] for d in rec["detections"]] == dets.labels
     assert [d["track_id"] for d in rec["detections"]] == dets.track_ids.tolist()
