@@ -27,11 +27,13 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.stream import Discard
 
 from rtseg.errors import SinkError
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder, check_crf
 from rtseg.video.outfiles import CheckedFile, claim, partial_path, require_writable_folder
+from rtseg.video.sources_av import select_video_stream
 
 _FRAGMENTED = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
@@ -45,12 +47,16 @@ _MP4_AUDIO = {"aac", "mp3", "alac", "opus", "flac", "ac3", "eac3"}
 class _AudioPassThrough:
     """Copy (or, for codecs MP4 cannot hold, transcode to AAC) a file's first audio track.
 
-    Packets are muxed in step with the video: :meth:`pump` writes everything up
-    to a given output time. Source times are shifted by ``t0`` (the source time
-    of the first video frame) so audio and video stay in sync.
+    Packets are muxed in step with the video: :meth:`pump` writes everything up to a given output time.
+    Output time 0 is the first video frame given to :meth:`add_to`; a packet is placed at its source time minus
+    that frame's, both on the container's clock (``Frame.pts`` counts from the start of the video stream the source
+    reads, :func:`~rtseg.video.sources_av.select_video_stream`: here that stream's start time is added back).
+    Packets that begin before the first frame are dropped. ADTS AAC (MPEG-TS) is copied through FFmpeg's
+    ``aac_adtstoasc`` filter (the form MP4 holds, with the AudioSpecificConfig its header needs).
     """
 
     def __init__(self, source: str) -> None:
+        self.source = source
         try:
             self._input = av.open(source)
         except (av.error.FFmpegError, OSError) as exc:
@@ -58,50 +64,59 @@ class _AudioPassThrough:
         if not self._input.streams.audio:
             self._input.close()
             raise SinkError(f"audio source {source}: has no audio track; drop --audio")
+        video = select_video_stream(self._input)  # (sets every other stream to be discarded)
+        self._video_start = float((video.start_time or 0) * video.time_base) if video is not None else 0.0
         self._in = self._input.streams.audio[0]
+        self._in.discard = Discard.default
         self._copy = self._in.codec_context.name in _MP4_AUDIO
         channels = self._in.codec_context.channels
         if not self._copy and channels not in _DEFAULT_LAYOUTS:
             self._input.close()
             raise SinkError(f"audio source {source}: {channels} channels cannot be converted to AAC; drop --audio")
         self._layout = _DEFAULT_LAYOUTS.get(channels, "")  # AAC refuses unordered layouts such as "1 channels"
+        adts = self._copy and self._in.codec_context.name == "aac" and not self._in.codec_context.extradata
+        self._adts = av.bitstream.BitStreamFilterContext("aac_adtstoasc", self._in) if adts else None
         self._out: av.stream.Stream | None = None
-        self._packets: Iterator[av.Packet] = self._input.demux(self._in)
+        self._packets: Iterator[av.Packet] = self._kept()
         self._pending: av.Packet | None = None
-        self._done = False
         self._offset = 0  # ticks of the input time base subtracted from source times
 
     def add_to(self, container: av.container.OutputContainer, t0: float) -> None:
-        """Add the output audio stream (before the container's header is written)."""
-        if self._copy:
-            self._out = container.add_stream_from_template(self._in)
-        else:
-            self._out = container.add_stream("aac", rate=self._in.codec_context.sample_rate)
+        """Add the output audio stream (before the container's header is written) for a first video frame at
+        ``t0`` s (its ``Frame.pts``: from the start of the source's video stream)."""
+        self._offset = int(round((self._video_start + t0) / float(self._in.time_base)))
+        if not self._copy:
+            self._out = container.add_stream("aac", rate=_aac_rate(self._in.codec_context.sample_rate))
             self._out.layout = self._layout
-        self._offset = int(round(t0 / float(self._in.time_base)))
+            return
+        self._out = container.add_stream_from_template(self._in)
+        if self._adts is not None:  # the header needs the AudioSpecificConfig the filter makes of the first packet
+            self._pending = next(self._packets, None)
+            if self._pending is not None and self._pending.has_sidedata("new_extradata"):
+                self._out.codec_context.extradata = bytes(self._pending.get_sidedata("new_extradata"))
 
-    def _next(self) -> av.Packet | None:
-        while not self._done:
-            packet = next(self._packets, None)
-            if packet is None:
-                self._done = True
-            elif packet.pts is not None and packet.size and packet.pts >= self._offset:
-                return packet
-        return None
+    def _kept(self) -> Iterator[av.Packet]:
+        """The source's audio packets that begin at or after the first video frame, in the form MP4 holds, their
+        times shifted to output times (ticks of the input time base)."""
+        for packet in self._input.demux(self._in):
+            if packet.pts is None or not packet.size or packet.pts < self._offset:
+                continue
+            for out in self._adts.filter(packet) if self._adts is not None else (packet,):
+                out.pts -= self._offset
+                if out.dts is not None:
+                    out.dts -= self._offset
+                yield out
 
     def pump(self, container: av.container.OutputContainer, until: float) -> None:
-        """Mux source audio whose output time is <= ``until`` seconds."""
+        """Mux the source audio that begins before output time ``until`` (s)."""
         tb = float(self._in.time_base)
         while True:
             if self._pending is None:
-                self._pending = self._next()
+                self._pending = next(self._packets, None)
             packet = self._pending
-            if packet is None or (packet.pts - self._offset) * tb > until:
+            if packet is None or packet.pts * tb >= until:
                 return
             self._pending = None
-            packet.pts -= self._offset
-            if packet.dts is not None:
-                packet.dts -= self._offset
             if self._copy:
                 packet.stream = self._out
                 container.mux(packet)
@@ -112,12 +127,11 @@ class _AudioPassThrough:
                         container.mux(out)
 
     def finish(self, container: av.container.OutputContainer, until: float) -> None:
-        """Mux the audio up to ``until`` seconds, drain the AAC encoder, close the source."""
+        """Mux the audio that begins before output time ``until`` (s), drain the AAC encoder."""
         self.pump(container, until)
         if not self._copy and self._out is not None:
             for out in self._out.encode(None):
                 container.mux(out)
-        self.close()
 
     def close(self) -> None:
         self._input.close()
@@ -129,8 +143,9 @@ class Mp4Sink:
     path: the final .mp4 file (its folder must exist and be writable).
     fps_hint: expected frame rate (rate control and keyframe spacing); the
         real timing comes from ``Frame.pts`` (``capture_time`` when pts is None).
-    audio_from: a media file whose first audio track is passed through
-        (shifted so that it stays in sync with the first video frame's pts).
+    audio_from: a media file whose first audio track is passed through, in sync with frames timed as
+        :class:`~rtseg.video.sources_av.FileSource` times that file's (``Frame.pts`` from the start of its video
+        stream), from the first frame written to the end of the last (its time plus the spacing of the last two).
     preset, crf: libx264 speed/quality settings.
     frame_threads: 0 (default): every frame is encoded and in the file's next fragment when ``write``
         returns. N > 0: x264 frame threads (:class:`~rtseg.video.h264.H264Encoder`), more frames per second
@@ -172,23 +187,47 @@ class Mp4Sink:
         self._encoder = H264Encoder(self._container, fps_hint=fps_hint, preset=preset, crf=crf,
                                     frame_threads=frame_threads, slice_threads=slice_threads)
         self._closed = False
+        self._step = 1.0 / float(self._encoder.rate)  # s between the last two frames: the last one's duration
         self.frames_written = 0  # frames the encoder took (the count a failed run's message gives)
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         """Encode ``annotated`` ((H, W, 3) uint8 BGR) at the frame's timestamp."""
         t = frame.pts if frame.pts is not None else frame.capture_time
-        try:
-            if not self._encoder.started:
-                self._encoder.open_stream(annotated.shape[1], annotated.shape[0])
-                if self._audio is not None:
-                    self._audio.add_to(self._container, t)
-            self._encoder.encode(annotated, t)
-            self.frames_written += 1
+        if not self._encoder.started:
+            self._encoder.open_stream(annotated.shape[1], annotated.shape[0])  # (adds the stream; no I/O)
             if self._audio is not None:
+                with self._reporting(*self._audio_failure):
+                    self._audio.add_to(self._container, t)
+        before = self._encoder.last_time
+        with self._reporting("encoding the video"):
+            self._encoder.encode(annotated, t)
+        if self.frames_written:
+            self._step = self._encoder.last_time - before
+        self.frames_written += 1
+        if self._audio is not None:
+            with self._reporting(*self._audio_failure):
                 self._audio.pump(self._container, self._encoder.last_time)
+
+    @contextlib.contextmanager
+    def _reporting(self, doing: str, hint: str = "", *, at_end: bool = False) -> Iterator[None]:
+        """Turn an FFmpeg or OS error raised while ``doing`` into a one-line SinkError. A write of the file that the
+        system refused (a full disk, a quota, a file size limit: the error :class:`CheckedFile` keeps) says to free
+        space; any other error says what failed, and ``hint`` what to do ("; drop --audio"). ``at_end``: while
+        finishing the recording (the message names the final path and where the recording is kept)."""
+        try:
+            yield
         except (av.error.FFmpegError, OSError) as exc:
-            raise SinkError(f"MP4 output {self.partial}: write failed ({_reason(exc)}); "
-                            "free space or choose another path (the frames before it are kept in that file)") from None
+            if self._file.error is not None:
+                doing = "writing the end of the recording" if at_end else "write"
+                exc, hint = self._file.error, "; free space or choose another path"
+            path, kept = (self.path, f"what was written before is kept in {self.partial}") if at_end else \
+                (self.partial, "the frames before it are kept in that file")
+            raise SinkError(f"MP4 output {path}: {doing} failed ({_reason(exc)}){hint} ({kept})") from None
+
+    @property
+    def _audio_failure(self) -> tuple[str, str]:
+        """(doing, hint) of :meth:`_reporting` for the audio pass-through."""
+        return f"passing the audio of {self._audio.source} through", "; drop --audio"
 
     def _finish_partial(self) -> bool:
         """Flush and close the fragmented recording; True when it holds at least one frame.
@@ -196,22 +235,23 @@ class Mp4Sink:
         self._closed = True
         started = self._encoder.started
         try:
-            self._encoder.flush()
-            if self._audio is not None:
-                if started:
-                    self._audio.finish(self._container, self._encoder.last_time)
-                else:
-                    self._audio.close()
-            self._container.close()
-            self._file.close_checked()
-        except (av.error.FFmpegError, OSError) as exc:
+            with self._reporting("encoding the last frames", at_end=True):
+                self._encoder.flush()
+            if self._audio is not None and started:  # up to the end of the last frame
+                with self._reporting(*self._audio_failure, at_end=True):
+                    self._audio.finish(self._container, self._encoder.last_time + self._step)
+            with self._reporting("writing the end of the recording", at_end=True):
+                self._container.close()
+                self._file.close_checked()
+        except SinkError:
             with contextlib.suppress(av.error.FFmpegError, OSError):
                 self._container.close()
             with contextlib.suppress(OSError):
                 self._file.close()
-            raise SinkError(f"MP4 output {self.path}: writing the end of the recording failed ({_reason(exc)}); "
-                            f"free space or choose another path (what was written before is kept in "
-                            f"{self.partial})") from None
+            raise
+        finally:
+            if self._audio is not None:
+                self._audio.close()
         if not started:  # no frame arrived: leave no file behind
             self.partial.unlink(missing_ok=True)
         return started
@@ -260,6 +300,12 @@ class Mp4Sink:
                 f"{self.partial} is gone (was its folder removed?)"
             raise SinkError(f"MP4 output {self.path}: finalising failed ({_reason(exc)}); {kept}") from None
         self.partial.unlink(missing_ok=True)
+
+
+def _aac_rate(rate: int) -> int:
+    """The sample rate (Hz) nearest ``rate`` that FFmpeg's AAC encoder takes (it refuses others, such as 192 kHz;
+    PyAV resamples the decoded audio to it)."""
+    return min(av.Codec("aac", "w").audio_rates, key=lambda r: abs(r - rate))
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,159 @@
+"""``--audio``: the source's sound in the MP4 recording, in sync with the annotated video.
+
+Inputs are made by the ffmpeg command line (MPEG-TS as it writes it: clocks starting at ~1.4 s, ADTS AAC), recorded
+by the real parts (:class:`FileSource` frames into :class:`Mp4Sink`), and the recording's audio decoded with PyAV.
+The sound is a 220 Hz tone with a 3 kHz marker from :data:`MARK_AT` s of the source's clock on: where the marker
+begins in the recording shows where the audio was placed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from rtseg.errors import SinkError
+from rtseg.video.sink_mp4 import Mp4Sink
+from rtseg.video.sources_av import FileSource
+from servers.helpers import tiny_weights
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (apt-get install ffmpeg)")
+
+REPO = Path(__file__).resolve().parents[1]
+#: Source time (s, from the start of the ffmpeg inputs) where the 3 kHz marker begins (it lasts 0.2 s).
+MARK_AT = 2.5
+MARK_HZ = 3000.0
+#: About one audio frame (AAC: 1024 samples at 48 kHz, 21 ms; MP2: 24 ms): audio is placed packet by packet.
+TOLERANCE_S = 0.025
+
+
+def _make(path: Path, *, audio_codec: str, seconds: float = 5.0, fps: int = 10, video_delay: float = 0.0) -> Path:
+    """A ``seconds`` long testsrc video at ``fps`` beside the marked tone (48 kHz mono, ``audio_codec``), the video
+    delayed by ``video_delay`` s on the file's clock (its first frame shows at the audio's ``video_delay`` s)."""
+    tone = f"0.5*sin(2*PI*220*t)+if(between(t,{MARK_AT},{MARK_AT + 0.2}),0.5*sin(2*PI*{MARK_HZ:g}*t),0)"
+    return _ffmpeg(path, "-itsoffset", f"{video_delay:g}", "-f", "lavfi", "-i",
+                   f"testsrc=size=96x64:rate={fps}:duration={seconds:g}",
+                   "-f", "lavfi", "-i", f"aevalsrc='{tone}':s=48000:d={seconds + video_delay:g}", "-c:a", audio_codec)
+
+
+def _ffmpeg(path: Path, *inputs_and_options: str) -> Path:
+    """``path`` made by the ffmpeg command line from ``inputs_and_options``, its video H.264 yuv420p."""
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs_and_options,
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    return path
+
+
+def _record(source: Path, out: Path, start: float = 0.0) -> None:
+    """Record every frame of ``source`` from ``start`` s (as ``--start``) with its audio, as the CLI does."""
+    frames = FileSource(str(source), start=start)
+    sink = Mp4Sink(out, fps_hint=frames.fps, audio_from=str(source))
+    try:
+        for frame in frames:
+            sink.write(frame, None, frame.image)
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        frames.close()
+    sink.close()
+
+
+def _audio(path: Path) -> tuple[float, np.ndarray, int]:
+    """(output time of the first decoded sample in s, the samples (N,) float mixed to mono, sample rate) of the
+    first audio track of ``path``."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+    samples = np.concatenate([f.to_ndarray().reshape(len(f.layout.channels), -1).mean(axis=0) for f in frames])
+    return float(frames[0].pts * frames[0].time_base), samples, frames[0].sample_rate
+
+
+def _marker_onset(path: Path) -> float:
+    """Output time (s) where the :data:`MARK_HZ` marker begins in ``path``'s audio: the first 5 ms window whose energy
+    at that frequency is over half the loudest window's."""
+    start, samples, rate = _audio(path)
+    width = rate // 200
+    windows = samples[: len(samples) // width * width].reshape(-1, width)
+    energy = np.abs(windows @ np.exp(-2j * np.pi * MARK_HZ * np.arange(width) / rate))
+    return start + int(np.argmax(energy > 0.5 * energy.max())) * width / rate
+
+
+def _ends(path: Path) -> tuple[float, float]:
+    """(end of the video track, end of the decoded audio) of ``path``, in s of output time."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        video_end = float((video.start_time + video.duration) * video.time_base)
+    start, samples, rate = _audio(path)
+    return video_end, start + len(samples) / rate
+
+
+@pytest.mark.parametrize("name,codec,delay,start,mark", [
+    ("late_video.mkv", "libopus", 1.0, 0.0, MARK_AT - 1.0),  # the video starts 1 s after the audio: output 0 is it
+    ("clip.ts", "mp2", 0.0, 0.0, MARK_AT),  # MPEG-TS: both clocks start at ~1.4 s, not 0
+    ("clip.ts", "mp2", 0.0, 1.0, MARK_AT - 1.0),  # --start 1: output 0 is source time 1 s, as ffmpeg -ss 1
+    ("clip.ts", "aac", 0.0, 1.0, MARK_AT - 1.0),  # ADTS AAC, copied into MP4 through aac_adtstoasc
+])
+def test_the_audio_is_placed_at_its_time_after_the_first_frame(tmp_path, name, codec, delay, start, mark):
+    """Output time 0 is the first recorded frame; a sound at source time s plays at s minus that frame's source time
+    (both on the file's clock), and the audio runs to the end of the last frame. The marker used to land where its
+    raw timestamp put it (2.49 s instead of 1.5 s in the MKV; TS: 0.58 s late with --start), the audio of a TS was
+    cut short, ADTS AAC stopped the recording ("write failed (Operation not permitted); free space ...")."""
+    source, out = _make(tmp_path / name, audio_codec=codec, video_delay=delay), tmp_path / "rec.mp4"
+    _record(source, out, start)
+    assert abs(_marker_onset(out) - mark) <= TOLERANCE_S, _marker_onset(out)
+    first, _, _ = _audio(out)
+    video_end, audio_end = _ends(out)
+    assert abs(first) <= TOLERANCE_S and abs(audio_end - video_end) <= TOLERANCE_S, (first, audio_end, video_end)
+
+
+def test_the_audio_runs_to_the_end_of_the_last_frame(tmp_path):
+    """At 1 fps the last frame lasts a second: its sound is kept (4 s of video had 3.02 s of audio: it stopped
+    where the last frame begins)."""
+    source, out = _make(tmp_path / "slow.mp4", audio_codec="aac", seconds=4.0, fps=1), tmp_path / "rec.mp4"
+    _record(source, out)
+    video_end, audio_end = _ends(out)
+    assert video_end == pytest.approx(4.0) and abs(audio_end - video_end) <= TOLERANCE_S, audio_end
+
+
+def test_audio_at_a_rate_aac_does_not_take_is_resampled(tmp_path):
+    """192 kHz PCM (MP4 cannot hold PCM: it is converted to AAC, whose encoder refuses 192 kHz) is recorded at
+    96 kHz (was "encoding the video failed (Invalid argument)")."""
+    source = _ffmpeg(tmp_path / "hi.mkv", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10:duration=1", "-f", "lavfi",
+                     "-i", "sine=duration=1:sample_rate=192000", "-c:a", "pcm_s16le")
+    out = tmp_path / "rec.mp4"
+    _record(source, out)
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.sample_rate == 96000
+    video_end, audio_end = _ends(out)
+    assert abs(audio_end - video_end) <= TOLERANCE_S, audio_end
+
+
+def test_ts_with_aac_is_recorded_with_its_sound(tmp_path):
+    """``rtseg --source clip.ts --output rec.mp4 --audio``, the ADTS AAC of an MPEG-TS file: exit 0 and the sound in
+    the recording (was exit 2: "write failed (Operation not permitted); free space or choose another path")."""
+    source, out = _make(tmp_path / "clip.ts", audio_codec="aac", seconds=3.0), tmp_path / "rec.mp4"
+    weights = tiny_weights(tmp_path / "tiny.safetensors")
+    r = subprocess.run([sys.executable, str(REPO / "run.py"), "--source", str(source), "--output", str(out),
+                        "--audio", "--no-progress", "--weights", str(weights)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert abs(_marker_onset(out) - MARK_AT) <= TOLERANCE_S
+
+
+def test_a_muxing_error_says_what_failed_not_to_free_space(tmp_path):
+    """Two MPEG-TS files joined (``cat a.ts b.ts``): the audio's timestamps go back at the join, which the MP4 muxer
+    refuses. That is no full disk: the message says the audio failed and to drop --audio (it said "write failed
+    (Operation not permitted); free space or choose another path")."""
+    part = _make(tmp_path / "part.ts", audio_codec="aac", seconds=2.0)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() * 2)
+    with pytest.raises(SinkError) as failure:
+        _record(joined, tmp_path / "rec.mp4")
+    assert str(failure.value).startswith(f"MP4 output {tmp_path / 'rec.partial.mp4'}: passing the audio of {joined} "
+                                         "through failed (")
+    assert str(failure.value).endswith("); drop --audio (the frames before it are kept in that file)")
