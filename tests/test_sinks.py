@@ -149,6 +149,19 @@ def test_mp4_odd_size_and_size_change(tmp_path):
     assert len(frames) == 5
 
 
+@pytest.mark.parametrize("h, w", [(32, 16386), (16386, 32)])
+def test_mp4_frames_larger_than_h264_takes_are_one_line_and_leave_no_file(tmp_path, h, w):
+    """Was "write failed (Generic error in an external library); free space …" (libx264 refuses a side over 16384)
+    and an empty .partial.mp4 left behind; a panorama hit it."""
+    sink = Mp4Sink(tmp_path / "wide.mp4", fps_hint=10)
+    frame = _frame(0, 0.0, h=h, w=w)
+    with pytest.raises(SinkError, match=rf"^MP4 output .*wide\.mp4: frames of {w}x{h} are larger than H\.264 takes "
+                                        r"\(at most 16384 pixels a side\); write images instead"):
+        sink.write(frame, None, frame.image)
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mp4_pts_none_uses_capture_time_and_no_frames_leaves_no_file(tmp_path):
     out = tmp_path / "cap.mp4"
     sink = Mp4Sink(out, fps_hint=None)

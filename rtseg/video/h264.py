@@ -19,6 +19,9 @@ from rtseg.ranges import check_number
 
 TIME_BASE = Fraction(1, 90_000)
 """Encoder/stream time base: 90 kHz ticks, the MPEG/RTP convention."""
+MAX_SIDE = 16384
+"""libx264's largest frame side, pixels (a larger frame fails in ``avcodec_open2`` with "Generic error in an
+external library")."""
 
 
 def check_crf(owner: str, crf: int) -> None:
@@ -132,7 +135,11 @@ class H264Encoder:
         return max(self._last_pts, 0) * float(TIME_BASE)
 
     def open_stream(self, width: int, height: int) -> None:
-        """Add the video stream for frames of ``width`` x ``height`` (called by the first :meth:`encode`)."""
+        """Add the video stream for frames of ``width`` x ``height`` (called by the first :meth:`encode`).
+        ValueError, with nothing added, for a side over :data:`MAX_SIDE`."""
+        if max(width, height) > MAX_SIDE:
+            raise ValueError(f"frames of {width}x{height} are larger than H.264 takes (at most {MAX_SIDE} pixels a "
+                             f"side)")
         if self._container is None:
             codec = av.CodecContext.create("libx264", "w")
             codec.framerate = self.rate

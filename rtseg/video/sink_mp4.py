@@ -194,7 +194,11 @@ class Mp4Sink:
         """Encode ``annotated`` ((H, W, 3) uint8 BGR) at the frame's timestamp."""
         t = frame.pts if frame.pts is not None else frame.capture_time
         if not self._encoder.started:
-            self._encoder.open_stream(annotated.shape[1], annotated.shape[0])  # (adds the stream; no I/O)
+            try:
+                self._encoder.open_stream(annotated.shape[1], annotated.shape[0])  # (adds the stream; no I/O)
+            except ValueError as exc:  # (nothing recorded: no file is left)
+                raise SinkError(f"MP4 output {self.path}: {exc}; write images instead (e.g. --output "
+                                f"'out/{{seq:05d}}.png') or give a smaller source") from None
             if self._audio is not None:
                 with self._reporting(*self._audio_failure):
                     self._audio.add_to(self._container, t)
