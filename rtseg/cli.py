@@ -251,12 +251,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
-    if args.output is not None:
-        _check_output_name(args.output)
     # outputs over what the run reads: --weights, --semantic, --calib (read with --backend tensorrt --precision int8
     # only, else refused by _check_engine_options); never the shipped demo model, whatever the run reads
     calib = [args.calib] if args.calib and args.backend == "tensorrt" and args.precision == "int8" else []
     check_outputs_are_not_inputs(_outputs(args), [*weights_paths(args.weights, args.semantic), *calib])
+    if args.output is not None:
+        _check_output_name(args.output)
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:

@@ -65,7 +65,7 @@ BAD = {
     "bad output type": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.avi"],
                         "unknown type .avi; use .m4v/.mov/.mp4 for video or .bmp/.jpeg/.jpg/.png/.tif/.tiff/.webp for "
                         "images"),  # (named .mp4 and .png/.jpg only)
-    "video named per frame": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/{{seq:05d}}.mp4"],
+    "video named per frame": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/v/{{seq:05d}}.mp4"],
                               "{{seq}} names one image per frame, but a video is one file"),  # (wrote '{seq:05d}.mp4')
     "bad json type": (["--source", "{clip}", "--weights", "{weights}", "--json", "{dir}/o.txt"], ".jsonl"),
     "bad stride": (["--source", "{clip}", "--weights", "{weights}", "--vid-stride", "0"],
