@@ -287,18 +287,25 @@ def load_yolact(path: str | Path, *, input_size: int | None = None) -> LoadedYol
 
 
 def config_from_dict(saved: Any, config_type: type[T]) -> T:
-    """A ``config_type`` dataclass from a manifest's JSON ``config`` object: every key a field, every
-    value of the field's type (JSON lists become tuples); missing fields take their defaults.
+    """A ``config_type`` dataclass from a manifest's JSON ``config`` object: every field a key (rtseg writes them
+    all; a default in a missing field's place would run another model without a word: a YOLACT manifest without
+    ``scales`` ran 550-pixel anchors at 384, boxes 43 % too large), every value of the field's type (JSON lists
+    become tuples).
 
     ValueError naming the first problem; ConfigError from the config's own checks.
     """
     if not isinstance(saved, dict):
         raise ValueError("no config object" if saved is None else f"config is a {type(saved).__name__}, not an object")
     hints = typing.get_type_hints(config_type)
-    unknown = sorted(set(saved) - {f.name for f in fields(config_type)})  # type: ignore[arg-type]
+    names = [f.name for f in fields(config_type)]  # type: ignore[arg-type]
+    unknown = sorted(set(saved) - set(names))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
-    return config_type(**{k: _typed(k, v, hints[k]) for k, v in saved.items()})
+    values = {k: _typed(k, v, hints[k]) for k, v in saved.items()}
+    missing = [name for name in names if name not in saved]
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(missing)}")
+    return config_type(**values)
 
 
 def _typed(key: str, value: Any, hint: Any) -> Any:

@@ -227,13 +227,15 @@ def tiny_weights(tmp_path):
     ({"config": None}, "no config object"),
     ({"config": {"arch": "fcn32s", "num_classes": "3", "width": 0.0625}}, "num_classes must be int, got '3'"),
     ({"config": {"arch": "fcn32s", "num_classes": 3, "width": True}}, "width must be float, got True"),
-    ({"config": {"arch": "fcn4s", "num_classes": 3, "width": 0.0625}}, "unknown arch 'fcn4s'"),
-    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 0.0}},
+    ({"config": {"arch": "fcn4s", "num_classes": 3, "width": 0.0625, "learn_upsampling": False}},
+     "unknown arch 'fcn4s'"),
+    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 0.0, "learn_upsampling": False}},
      re.escape("FcnConfig: width must be a number in (0, 1], got 0.0")),
-    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 1.5}},
+    ({"config": {"arch": "fcn32s", "num_classes": 3, "width": 1.5, "learn_upsampling": False}},
      re.escape("FcnConfig: width must be a number in (0, 1], got 1.5")),
-    ({"config": {"arch": "fcn32s", "num_classes": 1, "width": 0.0625}},
+    ({"config": {"arch": "fcn32s", "num_classes": 1, "width": 0.0625, "learn_upsampling": False}},
      "FcnConfig: num_classes must be an integer >= 2, got 1"),
+    ({"config": {"arch": "fcn32s", "num_classes": 3}}, r"missing key\(s\) width, learn_upsampling"),
 ])
 def test_invalid_manifest_config_is_one_weights_error(tiny_weights, change, detail):
     """Was a TypeError / KeyError traceback from FcnConfig(**config)."""

@@ -267,6 +267,21 @@ def test_manifest_fields_out_of_range_are_one_line_naming_the_manifest_and_field
     assert message.endswith("); re-export the weights") and "\n" not in message
 
 
+@pytest.mark.parametrize("missing", [("scales",), ("input_size",), ("scales", "square_anchors")])
+def test_a_manifest_config_without_a_field_is_refused_naming_it(tiny_pair, tmp_path, missing):
+    """Missing fields took their defaults: without ``scales`` the model ran 550-pixel anchors at its own input size
+    (boxes 43 % too large on the demo model), without ``input_size`` at 550 — other detections, exit 0."""
+    path = _copy_pair(tiny_pair, tmp_path)
+    man = json.loads(path.with_suffix(".json").read_text())
+    for field in missing:
+        del man["config"][field]
+    path.with_suffix(".json").write_text(json.dumps(man))
+    with pytest.raises(WeightsError) as info:
+        load_yolact(path)
+    assert str(info.value) == (f"{path.with_suffix('.json')}: its config is invalid (missing key(s) "
+                               f"{', '.join(missing)}); re-export the weights")
+
+
 def test_the_config_checks_its_ranges_for_the_python_api_too():
     assert LIMITS["input_size"] == (32, 2048)  # the one place the bound lives (the train CLI reads it too)
     with pytest.raises(ConfigError, match=r"YolactConfig: input_size must be an integer in \[32, 2048\], got 4096"):
