@@ -263,7 +263,7 @@ def read_yolact(path: str | Path, *, input_size: int | None = None) -> YolactWei
         # training checkpoint
         source = manifest_path(p) if p.suffix == ".safetensors" else p
         cfg, names = manifest_config(extras, YolactConfig, source=source)
-        category_ids = _category_ids(extras)
+        category_ids = _category_ids(extras, len(names), source=source)
         if input_size is not None and input_size != cfg.input_size:
             cfg = cfg.with_input_size(input_size)
     else:
@@ -342,12 +342,19 @@ def read_manifest(weights: Path, digest: str, fmt: str = MANIFEST_FORMAT) -> dic
     return man
 
 
-def _category_ids(saved: dict[str, Any]) -> tuple[int, ...] | None:
-    """A manifest's ``meta.category_ids`` (one COCO category id per class) when it holds a list of ints, else None."""
+def _category_ids(saved: dict[str, Any], classes: int, *, source: str | Path) -> tuple[int, ...] | None:
+    """A manifest's ``meta.category_ids``: one distinct COCO category id (int) per class of the ``classes``; None
+    when it gives none. WeightsError naming ``source`` for any other value (a list of another length was ignored,
+    repeated ids put several classes under one id in COCO results)."""
     meta = saved.get("meta")
-    ids = meta.get("category_ids") if isinstance(meta, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if not isinstance(meta, dict) or meta.get("category_ids") is None:
         return None
+    ids = meta["category_ids"]
+    if (not isinstance(ids, list) or len(ids) != classes or len(set(ids)) != len(ids)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        shown = repr(ids) if len(repr(ids)) <= 80 else repr(ids)[:77] + "..."
+        raise WeightsError(f"{source}: its meta.category_ids must be {classes} distinct integers, one per class, "
+                           f"got {shown}; re-export the weights")
     return tuple(ids)
 
 

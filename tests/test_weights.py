@@ -17,7 +17,7 @@ import torch
 import rtseg
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.yolact import LIMITS, PRESETS, Yolact, YolactConfig
-from rtseg.weights import infer_config, load_into, load_yolact, read_state_dict, save_yolact
+from rtseg.weights import infer_config, load_into, load_yolact, read_state_dict, read_yolact, save_yolact
 
 TINY = YolactConfig(backbone="resnet18", num_classes=3, input_size=128, fpn_channels=32, num_prototypes=8)
 DEMO = str(Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors")
@@ -280,6 +280,24 @@ def test_a_manifest_config_without_a_field_is_refused_naming_it(tiny_pair, tmp_p
         load_yolact(path)
     assert str(info.value) == (f"{path.with_suffix('.json')}: its config is invalid (missing key(s) "
                                f"{', '.join(missing)}); re-export the weights")
+
+
+@pytest.mark.parametrize("ids, error", [([10, 20, 30], None), (None, None), ([10, 20], True), ([10, 10, 30], True),
+                                        (["10", 20, 30], True), ([1.0, 2, 3], True), ([True, 2, 3], True), (7, True)])
+def test_manifest_category_ids_are_one_distinct_integer_per_class(tiny_pair, tmp_path, ids, error):
+    """A list of another length was ignored without a word; repeated ids were taken (every class of a model came
+    out as category_id 1 in COCO results); now one line. Three distinct ints, or none, load."""
+    path = _copy_pair(tiny_pair, tmp_path)
+    man = json.loads(path.with_suffix(".json").read_text())
+    man["meta"] = {**man.get("meta", {}), "category_ids": ids}
+    path.with_suffix(".json").write_text(json.dumps(man))
+    if error is None:
+        assert read_yolact(path).category_ids == (None if ids is None else tuple(ids))
+        return
+    with pytest.raises(WeightsError) as info:
+        read_yolact(path)
+    assert str(info.value).startswith(f"{path.with_suffix('.json')}: its meta.category_ids must be 3 distinct "
+                                      f"integers, one per class, got {ids!r}; re-export the weights")
 
 
 def test_the_config_checks_its_ranges_for_the_python_api_too():
