@@ -331,13 +331,19 @@ def read_manifest(weights: Path, digest: str, fmt: str = MANIFEST_FORMAT) -> dic
         man = json.loads(text.decode("utf-8-sig"))  # a hand-edited manifest may start with a BOM
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and json.JSONDecodeError too
         raise WeightsError(f"{mp}: manifest is {json_problem(e)}; re-export the weights") from None
-    found = man.get("format") if isinstance(man, dict) else None
+    if not isinstance(man, dict):
+        raise WeightsError(f"{mp}: manifest is a JSON {type(man).__name__}, not an object; re-export the weights")
+    found = man.get("format")
+    if found is None:
+        raise WeightsError(f"{mp}: the manifest has no format (expected {fmt!r}); re-export the weights")
     if found != fmt:
+        family = isinstance(found, str) and found.split("/")[0] == fmt.split("/")[0]
         raise WeightsError(f"{weights}: manifest format is {found!r}, expected {fmt!r}; "
-                           "load it with the engine it was trained for")
+                           + ("another version of rtseg wrote it: use that version, or re-export the weights with "
+                              "this one" if family else "load it with the engine it was trained for"))
     if "sha256" not in man:
         raise WeightsError(f"{mp}: the manifest has no sha256 of the weights; re-export them")
-    if man["sha256"] != digest:
+    if not isinstance(man["sha256"], str) or man["sha256"].lower() != digest:  # (hex digits in either case)
         raise WeightsError(f"{weights}: sha256 {digest[:12]}… does not match its manifest; the file is corrupt or was replaced")
     return man
 

@@ -140,6 +140,9 @@ def test_safetensors_round_trip_and_manifest_checks(tmp_path):
     seg = rtseg.load("yolact", weights=str(path), score_threshold=0.0)
     assert seg.class_names == ["a", "b", "c"]
     man = json.loads(path.with_suffix(".json").read_text())
+    man["sha256"] = man["sha256"].upper()  # (was "does not match": the file is corrupt or was replaced)
+    path.with_suffix(".json").write_text(json.dumps(man))
+    assert load_yolact(path)[2] == ["a", "b", "c"]
     man["sha256"] = "0" * 64
     path.with_suffix(".json").write_text(json.dumps(man))
     with pytest.raises(WeightsError, match="does not match its manifest"):
@@ -150,7 +153,20 @@ def test_safetensors_round_trip_and_manifest_checks(tmp_path):
         load_yolact(path)
     man["format"] = "rtseg-fcn/1"
     path.with_suffix(".json").write_text(json.dumps(man))
-    with pytest.raises(WeightsError, match="manifest format is 'rtseg-fcn/1', expected 'rtseg-yolact/1'"):
+    with pytest.raises(WeightsError, match="manifest format is 'rtseg-fcn/1', expected 'rtseg-yolact/1'; load it "
+                                           "with the engine it was trained for"):
+        load_yolact(path)
+    man["format"] = "rtseg-yolact/2"  # (was told to load it with another engine)
+    path.with_suffix(".json").write_text(json.dumps(man))
+    with pytest.raises(WeightsError, match="manifest format is 'rtseg-yolact/2', expected 'rtseg-yolact/1'; another "
+                                           "version of rtseg wrote it"):
+        load_yolact(path)
+    del man["format"]  # (was "manifest format is None")
+    path.with_suffix(".json").write_text(json.dumps(man))
+    with pytest.raises(WeightsError, match=r"the manifest has no format \(expected 'rtseg-yolact/1'\)"):
+        load_yolact(path)
+    path.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(WeightsError, match="manifest is a JSON list, not an object; re-export the weights"):
         load_yolact(path)
     path.with_suffix(".json").unlink()
     with pytest.raises(WeightsError, match="manifest"):
