@@ -18,6 +18,7 @@ from rtseg.cliargs import Parser, check_ranges
 from rtseg.errors import Terminated, WeightsError, exit_status, make_folder, sigterm_raises
 from rtseg.outputs import DEMO_WEIGHTS  # (defined without numpy: the trainers' checks of --out use it)
 from rtseg.types import Frame, Prediction
+from rtseg.userfiles import check_input_file
 
 DEMO_TRAIN_HINT = ("the demo model ships with the source checkout (engines/yolact_demo.safetensors), not with "
                    "an installed package: run from a git clone, pass --weights PATH, or train it with the "
@@ -58,9 +59,9 @@ def run_demo(argv: Sequence[str]) -> int:
     seconds is one line and 143 (:class:`rtseg.errors.Terminated`)."""
     args = _parser().parse_args(list(argv))
     weights = Path(args.weights)
-    if not weights.is_file():
-        hint = DEMO_TRAIN_HINT if weights == DEMO_WEIGHTS else "pass the path of an existing weights file"
-        raise WeightsError(f"demo weights {weights} not found; {hint}")
+    if weights == DEMO_WEIGHTS and not weights.exists():
+        raise WeightsError(f"demo weights {weights} not found; {DEMO_TRAIN_HINT}")
+    check_input_file(f"demo weights {weights}", weights, "pass the path of an existing weights file")
     check_ranges(args, [("--frames", 2, None, "")])
     with sigterm_raises(Terminated):
         import rtseg

@@ -88,6 +88,7 @@ BAD = {
     "push twice": (["--source", "{clip}", "--push", "rtsp://h/a", "--push", "rtsp://h/b"],
                    "--push given twice (rtsp://h/a, rtsp://h/b); give it once"),
     "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "not found; pass the path of an existing weights"),
+    "demo weights a folder": (["demo", "--weights", "{dir}"], "is a folder; pass the path of an existing weights"),
     "demo out is a file": (["demo", "--out", "{clip}"], "is a file, not a folder"),
     "demo out under a file": (["demo", "--out", "{clip}/out"], "cannot create the folder"),
 }
