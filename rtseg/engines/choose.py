@@ -10,6 +10,7 @@ options with it before a run imports torch.
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -87,6 +88,9 @@ def check_weights_file(option: str, path: str | None, *, torchvision: bool = Fal
     folder that an output could overwrite)."""
     if path is None or (torchvision and path.startswith(TORCHVISION)):
         return
+    if path.startswith(TORCHVISION) and not os.path.exists(path):
+        raise WeightsError(f"{option} {path}: torchvision's models are taken by --weights (--engine fcn) only; give "
+                           f"rtseg FCN weights here")
     check_input_file(f"{option} {path}", path, "give the weights file")
 
 
