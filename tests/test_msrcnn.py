@@ -121,6 +121,39 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, capsys, sigin
     assert len(hist) == 1 and hist[0] == pytest.approx(whole_hist[2], rel=1e-4)
 
 
+def test_resume_checks_the_recipe_and_the_steps(tmp_path, capsys, partial_checkpoint):
+    """``msrcnn_trainer --resume`` (the FCN trainer's whole command: tests/test_resume_recipe.py): a checkpoint without
+    a recipe (an older rtseg's, as partial_checkpoint) resumes at the run's LR (was: the checkpoint's) times the
+    warm-up's factor, and the checkpoint the run writes holds its recipe; then a resume with other --images / --size
+    is refused naming both values (was: trained on, on other images at the new size), and one with --steps below the
+    checkpoint's step too (was: wrote the 3-step model as a 2-step one)."""
+    from rtseg.train.msrcnn_trainer import main, parse
+
+    out = tmp_path / "m.safetensors"
+    ckpt = out.with_suffix(".train") / "checkpoint.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(partial_checkpoint.read_bytes())  # 2 steps
+    recipe = parse(["--out", str(out), "--images", "2", "--size", "80", "64"]).recipe
+    longer = replace(TRAIN_CFG, steps=3, lr=0.02, warmup=8)  # after step 3: 0.02 * 4/8 (was: the old base, 0.01)
+    hist = train_msrcnn(_tiny_engine(), _train_data(), longer, log=False, checkpoint=ckpt, resume=True, recipe=recipe)
+    state = torch.load(ckpt, weights_only=True)
+    assert len(hist) == 1 and state["step"] == 3 and state["scheduler"]["base_lrs"] == [0.02]
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [pytest.approx(0.01)]
+    assert state["recipe"] == recipe == {"--images": 2, "--size": [80, 64], "--backbone": "resnet18"}
+    written = ckpt.read_bytes()
+    with pytest.raises(ConfigError, match=f"^checkpoint {re.escape(str(ckpt))} is at step 3, past --steps 2; give "
+                                          "--steps 3 or more to continue it$"):
+        train_msrcnn(_tiny_engine(), _train_data(), replace(TRAIN_CFG, steps=2), log=False, checkpoint=ckpt,
+                     resume=True, recipe=recipe)
+    capsys.readouterr()
+    assert main(["--out", str(out), "--images", "3", "--size", "80", "48", "--resume"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"msrcnn_trainer: error: checkpoint {ckpt} was written by a run with other data or options (--images 2 in the "
+        "checkpoint, 3 now; --size [80, 64] in the checkpoint, [80, 48] now); resume with that run's data and options "
+        "(the checkpoint's values) or train afresh without --resume"]
+    assert ckpt.read_bytes() == written and sorted(tmp_path.rglob("*")) == [ckpt.parent, ckpt]
+
+
 def test_training_step_reduces_losses_and_engine_roundtrip(tmp_path, whole_run):
     data = _train_data()
     engine, hist = whole_run  # trained from seed 0 with score_threshold=0.0

@@ -241,7 +241,8 @@ def _worker_error(exc: RtsegError) -> RtsegError:
 
 def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[str, Stateful],
               checkpoint: str | Path | None, ckpt_every: int, log_every: int,
-              describe: Callable[[list[T]], str] | None, guard: NonFiniteGuard) -> list[T]:
+              describe: Callable[[list[T]], str] | None, guard: NonFiniteGuard,
+              recipe: dict[str, Any] | None = None) -> list[T]:
     """Run ``step(k)`` for k in [first, steps) and return what each returned (e.g. its losses).
 
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)`` before its backward
@@ -254,7 +255,10 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     describe: one progress line's text from the results of the last ``log_every`` steps that were not
     skipped, printed every ``log_every`` steps as ``step k/steps <text> (<seconds> s)`` plus the
     guard's count of skipped steps; None prints nothing.
+    recipe: the options that fix the run (``{"--size": [W, H], …}``, :func:`rtseg.train.recipe.parse_recipe`),
+    stored in every checkpoint written, for :func:`resume_step` to check a resumed run against.
     """
+    extra = _recipe_extra(recipe)
     results: list[T] = []
     recent: list[T] = []  # results of the steps since the last progress line that updated the weights
     t0 = time.perf_counter()
@@ -271,14 +275,15 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
                     print(f"step {k + 1}/{steps} {text}{guard.note()} ({time.perf_counter() - t0:.0f} s)", flush=True)
                 recent = []
             if checkpoint and checkpoint_due(k + 1, ckpt_every, steps):
-                save_checkpoint(checkpoint, step=k + 1, parts=parts)
+                save_checkpoint(checkpoint, step=k + 1, parts=parts, **extra)
                 saved = k + 1
     except KeyboardInterrupt:
         if checkpoint:
-            save_on_interrupt(checkpoint, step=first + len(results), parts=parts, resume_hint=hint)
+            save_on_interrupt(checkpoint, step=first + len(results), parts=parts, resume_hint=hint, **extra)
         raise
     except RtsegError as exc:
-        error = save_on_error(exc, checkpoint, step=first + len(results), saved=saved, parts=parts, resume_hint=hint)
+        error = save_on_error(exc, checkpoint, step=first + len(results), saved=saved, parts=parts, resume_hint=hint,
+                              **extra)
         if error is exc:
             raise
         raise error from exc
@@ -309,7 +314,7 @@ def load_checkpoint(path: str | Path, *, parts: dict[str, Stateful], device: tor
     if differences:
         raise WeightsError(f"checkpoint {p} was written by a run with other data or options ({'; '.join(differences[:4])}"
                            f"{'; …' if len(differences) > 4 else ''}); resume with that run's data and options "
-                           "(printed when it stopped) or train afresh without --resume")
+                           "(the checkpoint's values) or train afresh without --resume")
     for name, part in parts.items():
         if name == "model" and isinstance(part, torch.nn.Module):
             load_into(part, state[name], str(p))
@@ -338,11 +343,49 @@ def _plain(value: Any) -> Any:
 
 
 def resume_step(checkpoint: str | Path | None, resume: bool, *, parts: dict[str, Stateful],
-                device: torch.device | str = "cpu") -> int:
+                device: torch.device | str = "cpu", steps: int | None = None, lr: float | None = None,
+                recipe: dict[str, Any] | None = None) -> int:
     """The step a run starts at: 0, or with ``resume`` the step of ``checkpoint`` after restoring
-    ``parts`` from it (:func:`load_checkpoint`). ``resume`` without a checkpoint is a ConfigError."""
+    ``parts`` from it (:func:`load_checkpoint`). ``resume`` without a checkpoint is a ConfigError.
+
+    recipe: the run's options that fix the model and its data (as :func:`run_steps` stores them): a checkpoint that
+    stored other values is a WeightsError naming each option with both values, before anything loads (one of an
+    older rtseg, which stored none, resumes unchecked, as ``rtseg train`` resumes one without its config).
+    steps: the run's total steps (``--steps``): a checkpoint past it is a ConfigError (:func:`check_not_past`).
+    lr: the run's learning rate, which replaces the checkpoint's (:func:`take_lr`; the ``optimizer`` part's state
+    holds the rate it was written with).
+    """
     if not resume:
         return 0
     if checkpoint is None:
         raise ConfigError("resume=True needs checkpoint=: the checkpoint.pth of the run to continue")
-    return int(load_checkpoint(checkpoint, parts=parts, device=device)["step"])
+    step = int(load_checkpoint(checkpoint, parts=parts, device=device, expect=_recipe_extra(recipe))["step"])
+    if steps is not None:
+        check_not_past(checkpoint, step, steps, "--steps")
+    if lr is not None:
+        take_lr(parts["optimizer"], parts.get("scheduler"), lr)
+    return step
+
+
+def take_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR | None, lr: float) -> None:
+    """Make ``lr`` the learning rate of a restored ``optimizer`` in place of the checkpoint's, as ``rtseg train``
+    takes a new ``--lr`` on resume: each group's rate is ``lr``, or with a ``scheduler`` (e.g. a warm-up) ``lr``
+    times its factor at its step, and ``lr`` its base rate from then on."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr if scheduler is None else lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        if scheduler is not None:
+            group["initial_lr"] = scheduler.base_lrs[i] = lr
+
+
+def check_not_past(checkpoint: str | Path, step: int, total: int, option: str) -> None:
+    """ConfigError when ``checkpoint``, at ``step``, is past the ``total`` steps a run resuming it is given (by
+    ``option``, e.g. ``--steps``): it would train nothing and write the weights of ``step`` steps as those of
+    ``total``."""
+    if step > total:
+        raise ConfigError(f"checkpoint {checkpoint} is at step {step}, past {option} {total}; give {option} {step} or "
+                          "more to continue it")
+
+
+def _recipe_extra(recipe: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint extra that holds a run's ``recipe`` (:func:`run_steps`, :func:`resume_step`): none for None."""
+    return {} if recipe is None else {"recipe": recipe}

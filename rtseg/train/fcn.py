@@ -16,6 +16,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,12 +56,15 @@ class FcnTrainConfig:
 
 
 def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = FcnTrainConfig(),
-              *, log: bool = True, checkpoint: str | Path | None = None, resume: bool = False) -> list[float]:
+              *, log: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
+              recipe: dict[str, Any] | None = None) -> list[float]:
     """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss of each step run
     (NaN / inf where it was not finite; ``cfg.max_nonfinite`` skipped steps in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
-    continues from it (its step, weights and optimizer state).
+    continues from it (its step, weights and optimizer state, at the rate ``cfg.lr``). recipe: the command's options
+    that fix the model and its data, stored in each checkpoint; a resumed one that stored others, or one past
+    ``cfg.steps``, is refused (:func:`~rtseg.train.checkpoint.resume_step`).
     """
     images = np.stack([data[i].image for i in range(len(data))])
     targets = torch.from_numpy(np.stack([semantic_target(data[i]) for i in range(len(data))]))
@@ -68,7 +72,8 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     parts = {"model": model, "optimizer": opt}
-    first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
+    first = resume_step(checkpoint, resume, parts=parts, device=engine.device, steps=cfg.steps, lr=cfg.lr,
+                        recipe=recipe)
     guard = NonFiniteGuard(lr=cfg.lr, limit=cfg.max_nonfinite)
 
     def one_step(step: int) -> float:
@@ -89,7 +94,8 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
 
     losses = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
                        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                       describe=(lambda recent: f"loss {np.mean(recent):.4f}") if log else None, guard=guard)
+                       describe=(lambda recent: f"loss {np.mean(recent):.4f}") if log else None, guard=guard,
+                       recipe=recipe)
     model.eval()
     return losses
 
@@ -118,7 +124,8 @@ def run(args: argparse.Namespace) -> None:
                                    class_names=names)
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     val = SyntheticDataset.split("val", 24, width=w, height=h)
-    train_fcn(engine, train, FcnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint, resume=args.resume)
+    train_fcn(engine, train, FcnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint, resume=args.resume,
+              recipe=args.recipe)
     metrics = evaluate_fcn(engine, val)
     print("validation (synthetic:val, 24 images, %):\n" + format_semantic(metrics))
     save_fcn(args.out, engine.model, names, meta={"steps": args.steps, "train_images": args.images,

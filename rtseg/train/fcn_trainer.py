@@ -4,7 +4,9 @@
 trains on the synthetic benchmark's train split; it writes a checkpoint every
 ``ckpt_every`` steps to ``<out without suffix>.train/checkpoint.pth``, and
 ``--resume`` continues from there (batches are drawn per step from ``(seed, step)``,
-so a resumed run trains on exactly the batches the uninterrupted one would).
+so a resumed run trains on exactly the batches the uninterrupted one would). The checkpoint stores the run's
+recipe (--images, --size, --arch, --width: :func:`rtseg.train.recipe.recipe_of`): a resume with other values is
+refused naming them; more --steps, another --lr or --threads are taken.
 
 This module is light (no torch at its top): :func:`main` parses and checks the options first (``--help`` and a bad
 option answer at once), then imports the trainer where a Ctrl-C or a SIGTERM during those seconds is one line

@@ -19,6 +19,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,21 +69,24 @@ def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
 
 def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainConfig = MsrcnnTrainConfig(),
                  *, log: bool = True, checkpoint: str | Path | None = None,
-                 resume: bool = False) -> list[dict[str, float]]:
+                 resume: bool = False, recipe: dict[str, Any] | None = None) -> list[dict[str, float]]:
     """Train ``engine.model`` in place; returns the loss terms of every step run (a step whose total loss or a gradient
     is not finite is skipped; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end, and with the steps done when a step's
     images cannot be read (the DatasetError then says where it is and how to continue, see
     :func:`~rtseg.train.checkpoint.run_steps`); with ``resume`` the run continues from it (its step, weights,
-    optimizer and warm-up state).
+    optimizer and warm-up state, at the rate ``cfg.lr``). recipe: the command's options that fix the model and its
+    data, stored in each checkpoint; a resumed one that stored others, or one past ``cfg.steps``, is refused
+    (:func:`~rtseg.train.checkpoint.resume_step`).
     """
     model = engine.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     parts = {"model": model, "optimizer": opt, "scheduler": sched}
-    first = resume_step(checkpoint, resume, parts=parts, device=engine.device)
+    first = resume_step(checkpoint, resume, parts=parts, device=engine.device, steps=cfg.steps, lr=cfg.lr,
+                        recipe=recipe)
     guard = NonFiniteGuard(lr=cfg.lr, limit=cfg.max_nonfinite)
 
     def one_step(step: int) -> dict[str, float]:
@@ -105,7 +109,7 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
 
     history = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
                         ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, describe=describe if log else None,
-                        guard=guard)
+                        guard=guard, recipe=recipe)
     model.eval()
     return history
 
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES))
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint,
-                 resume=args.resume)
+                 resume=args.resume, recipe=args.recipe)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
     print("validation (synthetic:val, 40 images):\n" + format_scoring_table(quality))
     save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,

@@ -4,7 +4,9 @@ its mask scores (:mod:`rtseg.train.msrcnn`).
 ``python -m rtseg.train.msrcnn_trainer --out engines/msrcnn_synthetic.safetensors``
 trains a ResNet-18-FPN model on tiny synthetic images (CPU, minutes); it writes a
 checkpoint every ``ckpt_every`` steps to ``<out without suffix>.train/checkpoint.pth``,
-and ``--resume`` continues from there (batches drawn per step from ``(seed, step)``).
+and ``--resume`` continues from there (batches drawn per step from ``(seed, step)``). The checkpoint stores the
+run's recipe (--images, --size, --backbone: :func:`rtseg.train.recipe.recipe_of`): a resume with other values is
+refused naming them; more --steps, another --lr or --threads are taken.
 
 This module is light (no torch at its top): :func:`main` parses and checks the options first (``--help`` and a bad
 option answer at once), then imports the trainer where a Ctrl-C or a SIGTERM during those seconds is one line

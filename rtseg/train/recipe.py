@@ -1,5 +1,6 @@
 """The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
-(FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`), ``--lr``'s range and ``--out``'s check
+(FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`) and the recipe a run's checkpoints store
+(:func:`recipe_of`, :data:`MAY_CHANGE_ON_RESUME`), ``--lr``'s range and ``--out``'s check
 (:data:`LR_RANGE`, :func:`weights_out`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
 (:data:`AMP_MODES`, :data:`INT_LIMITS`).
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
 from rtseg.errors import ConfigError
@@ -42,6 +43,13 @@ INT_LIMITS: dict[str, tuple[int, float]] = {
     "seed": (0, math.inf)}
 """Least and most value (inf: no limit) of each integer field of :class:`~rtseg.train.trainer.TrainConfig` (the
 YOLACT trainer's); ``rtseg train`` checks the options that set them against these too."""
+MAY_CHANGE_ON_RESUME = ("--out", "--steps", "--lr", "--threads", "--resume")
+"""The options of a recipe's command line a resumed run may give other values of, as ``rtseg train`` may resume
+with another --iters, --lr, --workers, --threads or output path: ``--out`` (where the checkpoint is), more ``--steps``
+(fewer than the checkpoint's step are refused), ``--lr`` (it takes effect:
+:func:`rtseg.train.checkpoint.take_lr`), ``--threads`` (the speed). Every other option fixes the model or its data:
+they are the run's recipe (:func:`recipe_of`), stored in its checkpoints, and a resumed run that gives other values
+is refused (:func:`rtseg.train.checkpoint.resume_step`)."""
 CHECKPOINT_NAME = "checkpoint.pth"
 """File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``), every trainer's
 (defined here, without torch, for the checks before torch is imported)."""
@@ -77,7 +85,8 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
                     help="training frame width and height in pixels (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--resume", action="store_true",
-                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run")
+                    help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run, with its "
+                         "options (more --steps, another --lr or --threads may be given)")
     return ap
 
 
@@ -85,7 +94,7 @@ def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[Number
     """The options of ``argv`` (None: ``sys.argv[1:]``), checked before anything trains: ``--out`` a .safetensors
     path other than the shipped demo model (:func:`weights_out`), :data:`RECIPE_RANGES` and the model's own
     ``ranges``, and with ``--resume`` the checkpoint it continues from a file that can be read
-    (:func:`check_input_file`)."""
+    (:func:`check_input_file`). Besides the options, the namespace holds ``recipe``: :func:`recipe_of` them."""
     args = ap.parse_args(argv)
     weights_out(args.out)
     check_ranges(args, (*RECIPE_RANGES, *ranges))
@@ -93,7 +102,21 @@ def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[Number
         check_input_file(f"--resume: checkpoint {recipe_checkpoint(args.out)}", recipe_checkpoint(args.out),
                          f"a run with --out {args.out} keeps its checkpoint there: give the --out of the run to "
                          "continue, or drop --resume to train afresh")
+    args.recipe = recipe_of(ap, args)
     return args
+
+
+def recipe_of(ap: Parser, args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe of the run ``args`` (parsed by ``ap``) asks for: ``{option: value}`` of every option but
+    :data:`MAY_CHANGE_ON_RESUME` (and ``--help``), e.g. ``{"--images": 160, "--size": [128, 96], "--arch": "fcn8s",
+    "--width": 0.125}``; plain values (lists for ``--size W H``, given or its default), which a
+    checkpoint stores and compares (:func:`rtseg.train.checkpoint.resume_step`)."""
+    recipe: dict[str, Any] = {}
+    for action in ap._actions:
+        value = getattr(args, action.dest, argparse.SUPPRESS)  # --help: not in the namespace
+        if value is not argparse.SUPPRESS and not set(action.option_strings) & set(MAY_CHANGE_ON_RESUME):
+            recipe[max(action.option_strings, key=len)] = list(value) if isinstance(value, tuple) else value
+    return recipe
 
 
 def start_recipe(args: argparse.Namespace) -> Path:
