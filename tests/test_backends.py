@@ -137,6 +137,49 @@ def test_compile_backend_on_cpu_logs_no_cuda_warning() -> None:
     assert "No CUDA runtime" not in proc.stderr, proc.stderr
 
 
+#: An inductor setting under which no C++ compiler runs (as ``CXX=/nonexistent/g++`` sets it).
+NO_COMPILER = {"cpp.cxx": (None, "/nonexistent/g++")}
+NO_COMPILER_LINE = ("backend 'compile' is not available: on the CPU it needs a C++ compiler and none runs here (tried "
+                    "'/nonexistent/g++'); install one (e.g. apt install g++) or set CXX to one; or use backend='eager' "
+                    "(--backend eager)")
+
+
+def test_compile_on_the_cpu_without_a_cpp_compiler_is_one_line_before_anything_runs(engine: YolactEngine) -> None:
+    """Was inductor's 118-line traceback at the engine's warm-up (InvalidCxxCompiler), after the outputs opened;
+    now refused where the backend is chosen (also when the engine's options are checked). auto never picks compile
+    on the CPU, so it is not affected."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(NO_COMPILER):
+        with pytest.raises(ConfigError) as err:
+            make_backend(engine.net, name="compile", device="cpu", input_size=128)
+        assert str(err.value) == NO_COMPILER_LINE
+        with pytest.raises(ConfigError, match="backend 'compile' is not available: on the CPU it needs a C"):
+            YolactEngine.from_config(TINY, backend="compile")
+        assert resolve("auto", CPU) in ("onnx", "eager")
+
+
+def test_compiling_without_a_cpp_compiler_is_the_same_line_at_the_first_call() -> None:
+    """The backstop: a compiler that stopped working after the backend was made (the first call compiles)."""
+    import torch._inductor.config
+
+    class Two(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.conv(x), self.conv(x).relu()
+
+    b = backends.TorchBackend(name="compile", module=Two().eval(), half=False, channels_last=False,
+                              compile_options={"dynamic": False})
+    torch._dynamo.reset()  # a fresh compilation, not one cached from an earlier test
+    with torch._inductor.config.patch({**NO_COMPILER, "fx_graph_cache": False}):
+        with pytest.raises(ConfigError) as err:
+            b(torch.randn(1, 3, 8, 8))
+    assert str(err.value) == NO_COMPILER_LINE
+
+
 @pytest.mark.skipif(os.environ.get("RTSEG_TEST_COMPILE") != "1",
                     reason="torch.compile of the tiny YOLACT takes ~100 s on the 2-core CPU (inductor C++ codegen); "
                            "set RTSEG_TEST_COMPILE=1 to run it")

@@ -15,23 +15,30 @@ device; pre- and post-processing stay in the engine.
   (:mod:`rtseg.engines.onnx_export`).
 - ``tensorrt``: torch-tensorrt, fp16 or INT8 (:mod:`rtseg.engines.trt`).
 - ``auto``: tensorrt when importable on CUDA, else compile on CUDA, else ONNX Runtime
-  on the CPU (measured faster than eager; evidence at :data:`CPU_AUTO`).
+  on the CPU (measured faster than eager; evidence at :data:`CPU_AUTO`). When the
+  exported backend it picked cannot be made (a broken install, an engine cache that
+  cannot be written) it runs compile on CUDA / eager on the CPU instead, with an
+  :class:`~rtseg.errors.RtsegWarning` saying why.
 
 Exported/compiled artefacts are cached under ``engines/cache/`` keyed by a digest
-of the weights plus everything else that changes the artefact; see
-:func:`cached_artifact`. A stale, foreign or unreadable entry is rebuilt.
+of the weights plus everything else that changes the artefact (:func:`artifact_key`,
+:data:`EXPORT_FORMAT`); see :func:`cached_artifact`. A stale, foreign or unreadable
+entry is rebuilt.
 """
 from __future__ import annotations
 
 import copy
 import errno
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
 import secrets
+import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
@@ -39,7 +46,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from rtseg.engines import BACKENDS
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, RtsegWarning, first_line
 
 #: What ``auto`` picks on a CPU (eager when onnx/onnxscript/onnxruntime are missing). Evidence:
 #: benchmarks/onnx_vs_eager_cpu.py (results/onnx_vs_eager_cpu.json), batch 1, network only, p50, on a 2-vCPU
@@ -59,16 +66,32 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 MAX_BATCH = 16
 #: Environment variable that overrides the cache folder.
 CACHE_ENV = "RTSEG_ENGINE_CACHE"
+#: Version of the exported network, part of every cache key (:func:`artifact_key`). Bump it with any change to
+#: rtseg's code that changes what the exported / compiled network computes (rtseg.models, InferenceNet, the export
+#: settings), so that engines cached by the older code are rebuilt: the rtseg version in the key changes only with
+#: a release, not with an edit in a checkout.
+EXPORT_FORMAT = 1
+#: errno values of a write the disk cannot take (a full disk, a quota, a file size limit).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 Backend = Callable[[torch.Tensor], Outputs]
 T = TypeVar("T")
 
 
+class BackendUnavailable(ConfigError):
+    """A backend that cannot run here. ``reason``: what is wrong and what to do (one line); the message adds the
+    eager backend as the other way out. ``auto`` runs its fallback on it (:func:`make_backend`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; or use backend='eager' (--backend eager)")
+        self.reason = reason
+
+
 def default_cache_dir() -> Path:
     """``$RTSEG_ENGINE_CACHE``, else ``<project>/engines/cache`` (git-ignored) in a source checkout the user
     may write to, else ``$XDG_CACHE_HOME/rtseg/engines`` (``~/.cache/rtseg/engines``): an installed package or
-    a read-only checkout. ConfigError when none of these can be named (no home folder)."""
+    a read-only checkout. :class:`BackendUnavailable` when none of these can be named (no home folder)."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
@@ -83,8 +106,8 @@ def default_cache_dir() -> Path:
     try:
         home = Path.home()
     except (RuntimeError, KeyError):  # no HOME and no passwd entry (an arbitrary container uid)
-        raise ConfigError(f"engine cache: no home folder to keep it in; set {CACHE_ENV} (or XDG_CACHE_HOME) to a "
-                          "writable folder") from None
+        raise BackendUnavailable(f"engine cache: no home folder to keep it in; set {CACHE_ENV} (or XDG_CACHE_HOME) "
+                                 "to a writable folder") from None
     return home / ".cache" / "rtseg" / "engines"
 
 
@@ -99,6 +122,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def _file_digest(path: Path) -> str:
+    """sha256 of the file's bytes, hex (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -106,19 +130,58 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def package_version(dist: str) -> str:
+    """The installed version of distribution ``dist`` (``importlib.metadata``), or ``"absent"``."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def artifact_key(kind: str, net: nn.Module, config: Any, **extra: Any) -> dict[str, Any]:
+    """The cache key of a ``kind`` artefact of ``net``: its weights digest, ``repr(config)``, :data:`EXPORT_FORMAT`,
+    the rtseg and torch versions, and ``extra`` (what else the artefact depends on: shapes, exporter versions …)."""
+    return {"kind": kind, "weights": weights_digest(net), "config": repr(config), "format": EXPORT_FORMAT,
+            "rtseg": package_version("rtseg"), "torch": torch.__version__, **extra}
+
+
+def import_installed(backend: str, module: str) -> ModuleType:
+    """Import ``module``, which backend ``backend`` needs and :func:`available` found installed;
+    :class:`BackendUnavailable` (the import's own error in its line) when the installed package cannot be imported
+    (e.g. a missing shared library)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        dist = importlib.metadata.packages_distributions().get(module, [module])[0]  # onnxruntime-gpu, torch-tensorrt
+        raise BackendUnavailable(f"backend {backend!r}: {module} is installed but cannot be imported "
+                                 f"({first_line(exc)}); reinstall it (pip install --force-reinstall {dist})") from None
+
+
+def entry_path(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str, Any]) -> Path:
+    """The cache entry of ``key``: ``<cache_dir>/<prefix>-<hash(key)>.<suffix>`` (its sidecar: that name +
+    ``.json``). ``key``: JSON-able values, others by their ``str``."""
+    name = hashlib.sha256(json.dumps(_normalised(key), sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"{prefix}-{name}.{suffix}"
+
+
+def _normalised(key: Mapping[str, Any]) -> dict[str, Any]:
+    """``key`` as it reads back from JSON (tuples as lists, other objects as their ``str``)."""
+    return json.loads(json.dumps(dict(key), sort_keys=True, default=str))
+
+
 def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str, Any],
                     build: Callable[[Path], None], load: Callable[[Path], T]) -> T:
     """Load a cached artefact for ``key``, or build, record and load it.
 
-    The entry is ``<prefix>-<hash(key)>.<suffix>`` plus a ``.json`` sidecar holding the full key
-    and the artefact's sha256. It is trusted only when the sidecar parses, its key equals
-    ``key`` and the file's digest matches; ``load`` raising on it also counts as stale. Anything
-    else is rebuilt (``build(path)`` writes the artefact) and the sidecar rewritten atomically.
+    The entry is :func:`entry_path` plus a ``.json`` sidecar holding the full key and the artefact's sha256. It
+    is trusted only when the sidecar parses, its key equals ``key`` and the file's digest matches; ``load``
+    raising on it also counts as stale. Anything else is rebuilt (``build(path)`` writes the artefact) and put in
+    place with its sidecar (:func:`_store`). :class:`BackendUnavailable` (one line) when the cache cannot take the
+    entry: a folder it cannot write, a full disk, a name taken by a folder; no temporary file is left then.
     """
-    key = json.loads(json.dumps(dict(key), sort_keys=True, default=str))
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"{prefix}-{name}.{suffix}"
-    meta = path.with_suffix(path.suffix + ".json")
+    key = _normalised(key)
+    path = entry_path(cache_dir, prefix, suffix, key)
+    meta = path.with_name(path.name + ".json")
     try:
         recorded = json.loads(meta.read_text(encoding="utf-8"))
         if recorded.get("key") == key and recorded.get("sha256") == _file_digest(path):
@@ -130,18 +193,37 @@ def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str,
         if not os.access(path.parent, os.W_OK):
             raise PermissionError(errno.EACCES, "permission denied")
     except OSError as exc:
-        raise ConfigError(f"engine cache {cache_dir}: cannot write there ({exc.strerror}); "
-                          f"set {CACHE_ENV} to a writable folder") from None
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # build creates it (umask applies)
+        raise BackendUnavailable(f"engine cache {cache_dir}: cannot write there ({exc.strerror}); "
+                                 f"set {CACHE_ENV} to a writable folder") from None
+    try:
+        _store(path, meta, key, build)
+    except OSError as exc:
+        raise _not_stored(cache_dir, path, exc) from None
+    return load(path)
+
+
+def _store(path: Path, meta: Path, key: dict[str, Any], build: Callable[[Path], None]) -> None:
+    """``build`` the artefact into a temporary file beside ``path`` (build creates it: the umask applies), write
+    the sidecar ``meta`` (key and sha256) into another, then rename both into place. The temporary files (named by
+    process and a random token: two builds never share one) are removed whatever happens."""
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp, meta_tmp = (p.with_name(f"{p.name}.{token}.tmp") for p in (path, meta))
     try:
         build(tmp)
+        meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(tmp)}, indent=1), encoding="utf-8")
         os.replace(tmp, path)
+        os.replace(meta_tmp, meta)
     finally:
         tmp.unlink(missing_ok=True)
-    meta_tmp = meta.with_name(f"{meta.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # two builds never share it
-    meta_tmp.write_text(json.dumps({"key": key, "sha256": _file_digest(path)}, indent=1), encoding="utf-8")
-    os.replace(meta_tmp, meta)
-    return load(path)
+        meta_tmp.unlink(missing_ok=True)
+
+
+def _not_stored(cache_dir: Path, path: Path, exc: OSError) -> BackendUnavailable:
+    """The line for an entry (``path``) the cache could not take: the file, why, and what to do."""
+    name = Path(exc.filename2).name if exc.filename2 else path.name  # a refused rename: the name taken
+    fix = "free space or " if exc.errno in DISK_FULL else f"remove {name} or " if exc.filename2 else ""
+    return BackendUnavailable(f"engine cache {cache_dir}: cannot write {name} ({exc.strerror or exc}); {fix}set "
+                              f"{CACHE_ENV} to another folder")
 
 
 def _module_on(net: nn.Module, device: torch.device, half: bool, channels_last: bool) -> nn.Module:
@@ -204,7 +286,7 @@ class TorchBackend:
                 x = x.contiguous(memory_format=torch.channels_last)
             return head(tuple(t.float() for t in self.module(x)))  # type: ignore[arg-type]
 
-        fn = step if self.compile_options is None else torch.compile(step, **self.compile_options)
+        fn = step if self.compile_options is None else _compiler_checked(torch.compile(step, **self.compile_options))
         if self.captured:
             return CapturedGraphs(fn)
         if not self.cuda_graphs:
@@ -271,6 +353,40 @@ def _import_cpp_toolchain_quietly() -> None:
         logger.setLevel(level)
 
 
+def _cpp_compiler_missing() -> str | None:
+    """None when inductor finds a working C++ compiler (what it makes of a graph on the CPU is C++), else the
+    reason (one line). The search runs ``<compiler> --version`` once per setting (inductor caches it)."""
+    from torch._inductor import config
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+        tried = " or ".join(repr(c) for c in cxx if c)
+        return (f"on the CPU it needs a C++ compiler and none runs here (tried {tried}); install one (e.g. "
+                "apt install g++) or set CXX to one")
+    return None
+
+
+def _compiler_checked(fn: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
+    """``fn`` (a ``torch.compile``'d function) whose compilation failing for want of a C++ compiler is the one line
+    of :func:`resolve` (:class:`BackendUnavailable`), not inductor's traceback: the backstop of :func:`available`'s
+    check (a compiler that stopped working since, a setting it did not see)."""
+    def run(x: torch.Tensor) -> T:
+        try:
+            return fn(x)
+        except RuntimeError as exc:  # inductor's InductorError (a BackendCompilerFailed) holds its own error
+            from torch._inductor.exc import InvalidCxxCompiler
+
+            if not isinstance(getattr(exc, "inner_exception", None), InvalidCxxCompiler):
+                raise
+            raise _unavailable("compile", _cpp_compiler_missing() or first_line(exc.inner_exception)) from None
+
+    return run
+
+
 def in_chunks(run: Callable[[torch.Tensor], Outputs], x: torch.Tensor, max_batch: int) -> Outputs:
     """``run`` over ``x`` in slices of at most ``max_batch`` (graphs built for a batch range), outputs concatenated."""
     if x.shape[0] <= max_batch:
@@ -280,7 +396,11 @@ def in_chunks(run: Callable[[torch.Tensor], Outputs], x: torch.Tensor, max_batch
 
 
 def available(name: str, device: torch.device) -> str | None:
-    """None when backend ``name`` can run on ``device`` here, else the reason (one line)."""
+    """None when backend ``name`` can run on ``device`` here, else the reason (one line). Packages are looked for,
+    not imported (an installed one that fails to import is :func:`import_installed`'s error); compile on the CPU
+    looks for inductor's C++ compiler."""
+    if name == "compile" and device.type == "cpu":
+        return _cpp_compiler_missing()
     if name == "tensorrt":
         if device.type != "cuda":
             return "needs a CUDA device (device='cuda', --device cuda)"
@@ -293,8 +413,14 @@ def available(name: str, device: torch.device) -> str | None:
     return None
 
 
+def _unavailable(name: str, reason: str) -> BackendUnavailable:
+    """The error of backend ``name`` not running here for ``reason`` (:func:`available`'s line)."""
+    return BackendUnavailable(f"backend {name!r} is not available: {reason}")
+
+
 def resolve(name: str, device: torch.device) -> str:
-    """The concrete backend for ``name`` on ``device`` (``auto`` resolved); ConfigError when impossible."""
+    """The concrete backend for ``name`` on ``device`` (``auto`` resolved; it never picks compile on the CPU);
+    ConfigError when ``name`` is unknown, :class:`BackendUnavailable` when it cannot run here."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
@@ -303,7 +429,7 @@ def resolve(name: str, device: torch.device) -> str:
         return CPU_AUTO if available(CPU_AUTO, device) is None else "eager"
     reason = available(name, device)
     if reason is not None:
-        raise ConfigError(f"backend {name!r} is not available: {reason}; or use backend='eager' (--backend eager)")
+        raise _unavailable(name, reason)
     return name
 
 
@@ -345,8 +471,11 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     into the convolutions before them, constant subgraphs precomputed; the graph keeps its own copy of the
     weights, so later changes to the module's parameters are not seen). Off by default until measured on a GPU
     (``benchmarks/engine_profile.py --backends compile_fp16_captured_frozen``).
-    The returned callable has a ``name`` attribute with the resolved backend.
+    The returned callable has a ``name`` attribute with the resolved backend. ``auto`` runs compile on CUDA /
+    eager on the CPU, with an :class:`~rtseg.errors.RtsegWarning` saying why, when the exported backend it picked
+    cannot be made (:class:`BackendUnavailable`: a package that fails to import, a cache it cannot write).
     """
+    asked = {"half": half, "channels_last": channels_last, "capture": capture}
     device = torch.device(device)
     concrete = resolve(name, device)
     on_cuda = device.type == "cuda"
@@ -354,7 +483,6 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
     half = fast_default if half is None else half
     channels_last = fast_default if channels_last is None else channels_last
     capture = (fast_default and CUDA_CAPTURE) if capture is None else capture
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     net = net.eval()
     if capture and not (on_cuda and concrete in ("eager", "compile")):
         raise ConfigError(f"capture=True records CUDA graphs of the eager or compile backend on a CUDA device, "
@@ -372,7 +500,25 @@ def make_backend(net: nn.Module, *, name: str, device: torch.device | str, input
                             channels_last=channels_last, capture=capture,
                             compile_options=compile_options(on_cuda=on_cuda, capture=capture, autotune=autotune,
                                                             freeze=freeze))
-    if concrete == "onnx":
+    try:
+        return _exported(net, name=concrete, device=device, input_size=input_size, config=config,
+                         cache_dir=cache_dir, precision=precision, calibration_dir=calibration_dir,
+                         max_batch=max_batch)
+    except BackendUnavailable as exc:
+        if name != "auto":
+            raise
+        fallback = "compile" if on_cuda else "eager"
+        warnings.warn(f"backend auto: {concrete} cannot be used ({exc.reason}); running {fallback} instead",
+                      RtsegWarning, stacklevel=2)
+        return make_backend(net, name=fallback, device=device, input_size=input_size, config=config, **asked)
+
+
+def _exported(net: nn.Module, *, name: str, device: torch.device, input_size: int, config: Any,
+              cache_dir: Path | None, precision: str, calibration_dir: str | None, max_batch: int) -> Backend:
+    """The onnx or tensorrt backend (``name``) of ``net``, its artefact cached in ``cache_dir`` (default:
+    :func:`default_cache_dir`); arguments as :func:`make_backend`'s."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == "onnx":
         from rtseg.engines.onnx_export import OnnxBackend
 
         return OnnxBackend.create(net, device=device, input_size=input_size, config=config, cache_dir=cache,

@@ -1,8 +1,10 @@
 """TensorRT's precisions and the frames of an INT8 calibration folder (:func:`calibration_files`), found without
 torch: ``rtseg`` checks ``--precision`` / ``--calib`` with them before a run imports torch, and
-:mod:`rtseg.engines.trt` calibrates on the files it returns."""
+:mod:`rtseg.engines.trt` calibrates on the files it returns and keys its engine on their bytes
+(:func:`calibration_digest`)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from rtseg.errors import ConfigError
@@ -19,8 +21,25 @@ def calibration_files(folder: str | Path) -> list[Path]:
     """The (sorted, at most :data:`CALIBRATION_FRAMES`) image files of a calibration folder; ConfigError if none."""
     root = Path(folder)
     if not root.is_dir():
-        raise ConfigError(f"INT8 calibration folder {str(root)!r} does not exist; pass a folder of frames")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise ConfigError(f"INT8 calibration folder {str(root)!r} {what}; pass a folder of frames")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:CALIBRATION_FRAMES]
     if not files:
         raise ConfigError(f"INT8 calibration folder {str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
     return files
+
+
+def calibration_digest(files: list[Path]) -> str:
+    """sha256 (hex) over the calibration frames' names and bytes, in order: what an INT8 engine is keyed on, so that
+    other frames under the same names (and sizes) give another engine. Reads every file (at most
+    :data:`CALIBRATION_FRAMES`); ConfigError naming the first that cannot be read."""
+    h = hashlib.sha256()
+    for p in files:
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"INT8 calibration frame {str(p)!r}: cannot read it ({exc.strerror}); check the "
+                              "file or leave it out of the folder") from None
+        h.update(f"{p.name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg.engines.backends import Outputs, cached_artifact, in_chunks, weights_digest
+from rtseg.engines.backends import Outputs, artifact_key, cached_artifact, import_installed, in_chunks, package_version
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("loc", "conf", "coef", "proto")
@@ -27,13 +27,15 @@ PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 
 def export_onnx(net: nn.Module, path: Path | str, *, input_size: int, max_batch: int = 16,
                 opset: int = OPSET) -> Path:
-    """Export ``net`` (eval mode, float32, CPU copy made here) to ``path`` and check it with ``onnx.checker``.
+    """Export ``net`` (float32; put in eval mode here) to ``path`` and check it with ``onnx.checker``.
 
-    The graph has one input ``image`` (batch, 3, S, S) with batch in 1..max_batch and the
-    outputs :data:`OUTPUT_NAMES`; weights are stored inside the file.
+    The export traces ``net`` on the device its parameters are on (no copy is made). The graph has one input
+    ``image`` (batch, 3, S, S) with batch in 1..max_batch and the outputs :data:`OUTPUT_NAMES`; weights are stored
+    inside the file. :class:`~rtseg.engines.backends.BackendUnavailable` when onnx or onnxscript (the exporter's)
+    is installed but cannot be imported.
     """
-    import onnx
-
+    onnx = import_installed("onnx", "onnx")
+    import_installed("onnx", "onnxscript")  # torch.onnx.export's, imported here for the one-line error
     net = net.eval()
     device = next(net.parameters()).device
     example = torch.zeros(2, 3, input_size, input_size, device=device)
@@ -72,14 +74,18 @@ class OnnxBackend:
     @classmethod
     def create(cls, net: nn.Module, *, device: torch.device, input_size: int, config: Any, cache_dir: Path,
                max_batch: int = 16, opset: int = OPSET) -> "OnnxBackend":
-        """Export (or reuse the cached export of) ``net`` and open a session on it."""
-        import onnxruntime as ort
+        """Export (or reuse the cached export of) ``net`` and open a session on it.
 
-        key = {"kind": "onnx", "weights": weights_digest(net), "config": repr(config), "input_size": input_size,
-               "max_batch": max_batch, "opset": opset, "torch": torch.__version__}
+        The cache key (:func:`~rtseg.engines.backends.artifact_key`) adds the input size, batch range, opset and the
+        onnx / onnxscript versions (the exporter's translation). :class:`~rtseg.engines.backends.BackendUnavailable`
+        when onnxruntime (or, to export, onnx / onnxscript) cannot be imported or the cache cannot be written.
+        """
+        ort = import_installed("onnx", "onnxruntime")
+        key = artifact_key("onnx", net, config, input_size=input_size, max_batch=max_batch, opset=opset,
+                           onnx=package_version("onnx"), onnxscript=package_version("onnxscript"))
         providers = providers_for(device, ort.get_available_providers())
 
-        def load(path: Path) -> tuple[ort.InferenceSession, Path]:
+        def load(path: Path) -> tuple[Any, Path]:
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             return ort.InferenceSession(str(path), sess_options=opts, providers=providers), path

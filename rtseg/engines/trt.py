@@ -9,15 +9,14 @@ over frames from a folder, then export under ``export_torch_mode()``), the repla
 torch-tensorrt docs give for the removed TorchScript calibrators.
 
 Engines are keyed by weights digest, architecture, precision, input shape range, GPU name,
-calibration set and the torch / torch-tensorrt / TensorRT versions (see
-:func:`rtseg.engines.backends.cached_artifact`).
+calibration frames (their bytes), the network's export format, and the rtseg / torch /
+torch-tensorrt / TensorRT / ModelOpt versions (see :func:`rtseg.engines.backends.artifact_key`
+and :func:`rtseg.engines.backends.cached_artifact`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import importlib.metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,26 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg.engines.backends import Outputs, cached_artifact, in_chunks, weights_digest
-from rtseg.engines.calibration import PRECISIONS, calibration_files
+from rtseg.engines.backends import Outputs, artifact_key, cached_artifact, import_installed, in_chunks, package_version
+from rtseg.engines.calibration import PRECISIONS, calibration_digest, calibration_files
 from rtseg.errors import ConfigError
-from rtseg.imageio import imread
+from rtseg.imageio import ImageReadError, read_image_file
 from rtseg.models.yolact import MEANS_BGR, STDS_BGR
 
 #: Frames per INT8 calibration batch (the frames: :func:`rtseg.engines.calibration.calibration_files`).
 CALIBRATION_BATCH = 8
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def calibration_batches(files: list[Path], *, input_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                         device: torch.device) -> Iterator[torch.Tensor]:
-    """Normalised (b, 3, S, S) float32 RGB batches from BGR image files (the engine's preprocessing).
+    """Normalised (b, 3, S, S) float32 RGB batches from BGR image files (the engine's preprocessing); a file that
+    cannot be read or decoded is skipped, ConfigError (one line, after the last batch) when none can.
 
     mean / std: per-channel BGR on the 0..255 scale.
     """
@@ -52,14 +45,21 @@ def calibration_batches(files: list[Path], *, input_size: int, mean: tuple[float
 
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    failed: list[tuple[Path, ImageReadError]] = []
     for i in range(0, len(files), CALIBRATION_BATCH):
-        imgs = [imread(p) for p in files[i:i + CALIBRATION_BATCH]]
-        imgs = [cv2.resize(im, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
-                for im in imgs if im is not None]
-        if not imgs:
-            continue
-        x = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float()
-        yield ((x - m) / s)[:, [2, 1, 0]].contiguous()
+        imgs = []
+        for p in files[i:i + CALIBRATION_BATCH]:
+            try:
+                imgs.append(cv2.resize(read_image_file(p), (input_size, input_size), interpolation=cv2.INTER_LINEAR))
+            except ImageReadError as exc:
+                failed.append((p, exc))
+        if imgs:
+            x = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float()
+            yield ((x - m) / s)[:, [2, 1, 0]].contiguous()
+    if files and len(failed) == len(files):
+        first, why = failed[0]
+        raise ConfigError(f"INT8 calibration: none of the {len(files)} frames of {str(first.parent)!r} can be read "
+                          f"(e.g. {first.name}: {why}); pass a folder of readable images")
 
 
 class TensorRTBackend:
@@ -80,8 +80,7 @@ class TensorRTBackend:
 
         config: the YolactConfig (its ``normalize`` picks the calibration frames' normalisation).
         """
-        import torch_tensorrt
-
+        torch_tensorrt = import_installed("tensorrt", "torch_tensorrt")
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         files: list[Path] = []
@@ -91,11 +90,10 @@ class TensorRTBackend:
             files = calibration_files(calibration_dir)
         s = input_size
         shapes = {"min": (1, 3, s, s), "opt": (min(4, max_batch), 3, s, s), "max": (max_batch, 3, s, s)}
-        calib = hashlib.sha256("\n".join(f"{p.name}:{p.stat().st_size}" for p in files).encode()).hexdigest()
-        key = {"kind": "tensorrt", "weights": weights_digest(net), "config": repr(config), "precision": precision,
-               "shapes": shapes, "gpu": torch.cuda.get_device_name(device), "calibration": calib,
-               "torch": torch.__version__, "torch_tensorrt": _version("torch-tensorrt"),
-               "tensorrt": _version("tensorrt")}
+        key = artifact_key("tensorrt", net, config, precision=precision, shapes=shapes,
+                           gpu=torch.cuda.get_device_name(device), calibration=calibration_digest(files),
+                           torch_tensorrt=package_version("torch-tensorrt"), tensorrt=package_version("tensorrt"),
+                           modelopt=package_version("nvidia-modelopt") if precision == "int8" else None)
         unit = getattr(config, "normalize", "meanstd") == "unit"
         mean, std = ((0.0,) * 3, (255.0,) * 3) if unit else (MEANS_BGR, STDS_BGR)
         half_input = precision == "fp16"
