@@ -215,9 +215,10 @@ def test_invalid_manifest_config_is_one_weights_error(tiny_weights, change, deta
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    *[(f, v, "an integer >= 1") for f in ("num_classes", "min_size", "max_size", "detections_per_img",
-                                          "rois_per_image", "proposals_per_image")
-      for v in (0, -1, True, 2.5, 64.0, math.nan, "64", None)],
+    *[(f, v, f"an integer in [1, {most}]") for f, most in (("num_classes", 5000), ("min_size", 4096),
+                                                             ("max_size", 4096), ("detections_per_img", 10000),
+                                                             ("rois_per_image", 10000), ("proposals_per_image", 100000))
+      for v in (0, -1, True, 2.5, 64.0, math.nan, "64", None, most + 1)],  # (most + 1: min_size 100000 took 28 GiB)
     *[("box_score_thresh", v, "a number in [0, 1]") for v in (-0.1, 1.5, math.nan, math.inf, True, "0.5", None)],
 ])
 def test_config_field_out_of_range_is_one_line_naming_it(field, value, expected):

@@ -31,9 +31,11 @@ from rtseg.errors import ConfigError
 from rtseg.ranges import check_number, number_problem
 
 BACKBONES = ("resnet50", "resnet18")
-#: Least value of each integer field of :class:`MsrcnnConfig` (none has an upper limit).
-LEAST: dict[str, int] = {"num_classes": 1, "min_size": 1, "max_size": 1, "detections_per_img": 1,
-                         "rois_per_image": 1, "proposals_per_image": 1}
+#: Least and most value of each integer field of :class:`MsrcnnConfig`: the most keep a hand-edited manifest from
+#: exhausting memory (min_size 100000 asked numpy for 28 GiB in warm-up, a traceback), as YOLACT's LIMITS do.
+LIMITS: dict[str, tuple[int, int]] = {"num_classes": (1, 5000), "min_size": (1, 4096), "max_size": (1, 4096),
+                                      "detections_per_img": (1, 10000), "rois_per_image": (1, 10000),
+                                      "proposals_per_image": (1, 100000)}
 #: The number of FPN levels, so of anchor sizes (P2..P5 and the pool level, as torchvision builds them).
 LEVELS = 5
 
@@ -61,11 +63,11 @@ class MsrcnnConfig:
     proposals_per_image: int = 1000
 
     def __post_init__(self) -> None:
-        """ConfigError naming the first field out of range (:data:`LEAST`), before any layer is built."""
+        """ConfigError naming the first field out of range (:data:`LIMITS`), before any layer is built."""
         if self.backbone not in BACKBONES:
             raise ConfigError(f"MsrcnnConfig: unknown backbone {self.backbone!r}; use one of {', '.join(BACKBONES)}")
-        for name, least in LEAST.items():
-            check_number(f"MsrcnnConfig: {name}", getattr(self, name), least, integer=True)
+        for name, (least, most) in LIMITS.items():
+            check_number(f"MsrcnnConfig: {name}", getattr(self, name), least, most, integer=True)
         check_number("MsrcnnConfig: box_score_thresh", self.box_score_thresh, 0, 1, integer=False)
         sizes = self.anchor_sizes
         if (not isinstance(sizes, (tuple, list)) or len(sizes) != LEVELS
