@@ -356,8 +356,8 @@ def _category_ids(saved: dict[str, Any], classes: int, *, source: str | Path) ->
     if not isinstance(meta, dict) or meta.get("category_ids") is None:
         return None
     ids = meta["category_ids"]
-    if (not isinstance(ids, list) or len(ids) != classes or len(set(ids)) != len(ids)
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+    if (not isinstance(ids, list) or len(ids) != classes
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids)):
         shown = repr(ids) if len(repr(ids)) <= 80 else repr(ids)[:77] + "..."
         raise WeightsError(f"{source}: its meta.category_ids must be {classes} distinct integers, one per class, "
                            f"got {shown}; re-export the weights")

@@ -299,7 +299,8 @@ def test_a_manifest_config_without_a_field_is_refused_naming_it(tiny_pair, tmp_p
 
 
 @pytest.mark.parametrize("ids, error", [([10, 20, 30], None), (None, None), ([10, 20], True), ([10, 10, 30], True),
-                                        (["10", 20, 30], True), ([1.0, 2, 3], True), ([True, 2, 3], True), (7, True)])
+                                        (["10", 20, 30], True), ([1.0, 2, 3], True), ([True, 2, 3], True), (7, True),
+                                        ([[1], [2], [3]], True), ([{}, {}, {}], True)])  # (unhashable: no TypeError)
 def test_manifest_category_ids_are_one_distinct_integer_per_class(tiny_pair, tmp_path, ids, error):
     """A list of another length was ignored without a word; repeated ids were taken (every class of a model came
     out as category_id 1 in COCO results); now one line. Three distinct ints, or none, load."""

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 from rtseg.errors import ConfigError
+from rtseg.userfiles import in_name_order
 
 PRECISIONS = ("fp16", "int8")
 """TensorRT's precisions (``--precision``); int8 calibrates on the frames of :func:`calibration_files`."""
@@ -18,12 +19,13 @@ CALIBRATION_FRAMES = 64
 
 
 def calibration_files(folder: str | Path) -> list[Path]:
-    """The (sorted, at most :data:`CALIBRATION_FRAMES`) image files of a calibration folder; ConfigError if none."""
+    """The first :data:`CALIBRATION_FRAMES` image files of a calibration folder, in the order an image folder plays
+    (:func:`~rtseg.userfiles.in_name_order`); ConfigError if none."""
     root = Path(folder)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise ConfigError(f"INT8 calibration folder {str(root)!r} {what}; pass a folder of frames")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:CALIBRATION_FRAMES]
+    files = in_name_order(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:CALIBRATION_FRAMES]
     if not files:
         raise ConfigError(f"INT8 calibration folder {str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
     return files

@@ -75,7 +75,12 @@ class _AudioPassThrough:
             raise SinkError(f"audio source {source}: {channels} channels cannot be converted to AAC; drop --audio")
         self._layout = _DEFAULT_LAYOUTS.get(channels, "")  # AAC refuses unordered layouts such as "1 channels"
         adts = self._copy and self._in.codec_context.name == "aac" and not self._in.codec_context.extradata
-        self._adts = av.bitstream.BitStreamFilterContext("aac_adtstoasc", self._in) if adts else None
+        try:
+            self._adts = av.bitstream.BitStreamFilterContext("aac_adtstoasc", self._in) if adts else None
+        except av.error.FFmpegError as exc:
+            self._input.close()
+            raise SinkError(f"audio source {source}: its AAC audio cannot be prepared for MP4 ({_reason(exc)}); "
+                            "drop --audio") from None
         self._out: av.stream.Stream | None = None
         self._packets: Iterator[av.Packet] = self._kept()
         self._pending: av.Packet | None = None

@@ -42,6 +42,7 @@ from rtseg.types import Frame, Prediction
 from rtseg.video.outfiles import append_whole, replace_whole, require_writable_folder
 from rtseg.video.sink_mp4 import Mp4Sink
 from rtseg.video.sink_push import PushSink
+from rtseg.video.sources import IMAGE_SUFFIXES
 
 __all__ = ["Sink", "ImageSink", "JsonlSink", "WindowSink", "Mp4Sink", "PushSink", "WebSink"]
 
@@ -52,9 +53,6 @@ class Sink(Protocol):
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
-
-
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class ImageSink:
@@ -68,10 +66,10 @@ class ImageSink:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if self.path.suffix.lower() not in _IMAGE_EXTS:
+        if self.path.suffix.lower() not in IMAGE_SUFFIXES:
             raise SinkError(
                 f"image output {self.path}: unknown image type {self.path.suffix!r}; use one of "
-                + ", ".join(sorted(_IMAGE_EXTS))
+                + ", ".join(sorted(IMAGE_SUFFIXES))
             )
         require_writable_folder(self.path, "image output")
         self.per_frame = _is_seq_pattern(self.path)
