@@ -1,12 +1,14 @@
 """Ctrl-C and SIGTERM at the moments the other signal tests do not reach: while a command checks its options, while
 `rtseg eval` reads its data, loads its engine, evaluates or writes its metrics, between the option checks and the
 trainer's own handler and after it, a second Ctrl-C while a trainer saves the checkpoint the first one asked for,
-and a second one while the interpreter shuts down after a run the first one stopped.
+a second one while the interpreter shuts down after a run the first one stopped, and a SIGTERM to the process group
+of a training run with DataLoader workers.
 
 Every run is a real `python -m ...` process (tests/signal_harness.py) and every signal is sent at a moment the
 process announces (a file it creates and waits beside), not after a guessed sleep."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,13 +31,16 @@ TRAIN = ["train", "--data", "synthetic", "--train-images", "2", "--val-images", 
 
 
 def _run(folder: Path, command: Sequence[str], holds: Sequence[tuple[str, int | None]],
-         entry: str = "rtseg") -> subprocess.CompletedProcess:
+         entry: str = "rtseg", group: bool = False, release: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m entry command`` in ``folder`` through the harness with the moments ``holds`` (harness specs,
-    in the order the run meets them), sending each one's signal (None: none) once the process waits there."""
+    in the order the run meets them), sending each one's signal (None: none) once a process waits there: to the
+    process, or with ``group`` to its process group (its own, with its children: ``kill -- -PGID``, ``timeout``,
+    and then no process of the group may outlive the run). ``release`` False leaves the processes at the last
+    moment there (a hung DataLoader worker)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RTSEG_TEST_DIR": str(folder),
            "RTSEG_TEST_HOLD": ",".join(spec for spec, _ in holds)}
     proc = subprocess.Popen([sys.executable, str(HARNESS), entry, *command], cwd=folder, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=group)
     try:
         for i, (spec, signum) in enumerate(holds):
             held, deadline = folder / f"held{i}", time.monotonic() + 120
@@ -44,13 +49,30 @@ def _run(folder: Path, command: Sequence[str], holds: Sequence[tuple[str, int | 
             if not held.exists():
                 proc.kill()
                 pytest.fail(f"the run ended (exit {proc.wait()}) before {spec}: {proc.communicate()[1]}")
-            if signum is not None:
+            if signum is not None and group:
+                os.killpg(proc.pid, signum)
+            elif signum is not None:
                 proc.send_signal(signum)
-            (folder / f"go{i}").touch()
+            if release or i < len(holds) - 1:
+                (folder / f"go{i}").touch()
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+        left = _group(proc.pid) if group else []
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the run left running: {left}"
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes (/proc) of the process group ``pgid``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):  # (ended meanwhile)
+            if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                found.append(int(entry))
+    return found
 
 
 def _files(folder: Path) -> list[str]:
@@ -112,6 +134,42 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_saved_does_not_cut_it_short(tmp
     assert r.stderr.splitlines() == ["rtseg train: interrupted"]
     assert torch.load(checkpoint, weights_only=True)["step"] == 1
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def _train(workers: int) -> list[str]:
+    """The tiny `rtseg train` (:data:`TRAIN`) with ``workers`` DataLoader workers."""
+    i = TRAIN.index("--workers") + 1
+    return [*TRAIN[:i], str(workers), *TRAIN[i + 1:]]
+
+
+@pytest.mark.parametrize("moment", ["torch.utils.data._utils.worker:_worker_loop",
+                                    "torch.utils.data.dataloader:_MultiProcessingDataLoaderIter._reset",
+                                    "multiprocessing.connection:answer_challenge"],
+                         ids=["workers starting", "starting workers", "receiving a batch"])
+def test_a_sigterm_to_the_process_group_with_loader_workers_saves_the_checkpoint(moment, tmp_path):
+    """SIGTERM to the whole process group (``timeout``, ``kill -- -PGID``, systemd) of `rtseg train --workers 2`
+    while a worker starts (before torch's handlers), while the training process starts them, or while it receives
+    a batch (it fetches each tensor's shared memory from a thread of the worker). The workers ended by the SIGTERM
+    (torch's handler; a worker still starting by a KeyboardInterrupt traceback), so that the training process
+    raised ``DataLoader worker … is killed by signal`` or ``exited unexpectedly`` (tracebacks, exit 1, often no
+    checkpoint); a KeyboardInterrupt while it started them left a half-made loader that could not end them, and
+    one mid-batch made the worker's thread print a ConnectionResetError traceback. Now the training process alone
+    stops: it saves the checkpoint, says how to continue and ends the workers: one line, 130, no process left."""
+    r = _run(tmp_path, [*_train(2), "--iters", "5", "--out", "m.safetensors"], [(moment, signal.SIGTERM)], group=True)
+    assert (r.returncode, r.stderr.splitlines()) == (130, ["rtseg train: interrupted"]), (r.returncode, r.stderr)
+    assert "interrupted at step 0: checkpoint " in r.stdout
+    assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 0
+
+
+def test_a_sigterm_to_the_group_with_a_hung_loader_worker_still_ends_the_run(tmp_path):
+    """SIGTERM to the process group while the DataLoader worker hangs on an item: the worker drops the group's
+    SIGTERM, and when it does not end at the training process's request (torch waits 5 s) torch's ``terminate()``,
+    the training process's own SIGTERM, ends it. The checkpoint of step 0 is saved and the run ends: one line, 130,
+    no process left (a worker that ignored every SIGTERM would keep the run waiting for it for ever)."""
+    r = _run(tmp_path, [*_train(1), "--iters", "5", "--out", "m.safetensors"],
+             [("rtseg.train.trainer:AugmentedSamples.__getitem__", signal.SIGTERM)], group=True, release=False)
+    assert (r.returncode, r.stderr.splitlines()) == (130, ["rtseg train: interrupted"]), (r.returncode, r.stderr)
+    assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 0
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])

@@ -9,11 +9,18 @@ the batched form of what inference uses), so training and deployment cannot drif
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TextIO
 
 import numpy as np
@@ -22,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.yolact import YolactEngine
-from rtseg.errors import ConfigError, RtsegError
+from rtseg.errors import STOP_SIGNALS, ConfigError, RtsegError
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
@@ -241,13 +248,18 @@ class Trainer:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
 
     # -- training -----------------------------------------------------------------------------
-    def _loader(self) -> DataLoader:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, TargetBatch]]:
+        """The collated batches (:func:`collate`) from the current step to ``iters``, read by ``num_workers``
+        DataLoader workers, which start now and leave stop requests to the training process
+        (:func:`_workers_started`)."""
         c = self.config
         data = AugmentedSamples(self.train_set, size=self.model.cfg.input_size, config=c.augment, seed=c.seed,
                                 start=self.step * c.batch_size, stop=c.iters * c.batch_size)
-        return DataLoader(data, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
-                          collate_fn=collate, drop_last=True, persistent_workers=False,
-                          pin_memory=self.device.type == "cuda")
+        loader = DataLoader(data, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
+                            collate_fn=collate, drop_last=True, persistent_workers=False,
+                            pin_memory=self.device.type == "cuda",
+                            worker_init_fn=functools.partial(_leave_stop_requests_to, os.getpid()))
+        return _workers_started(loader)
 
     def train_step(self, images: torch.Tensor, targets: TargetBatch) -> dict[str, float]:
         """One optimizer step on a collated batch; returns the loss terms as floats.
@@ -292,11 +304,13 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train from the current step to ``iters``; returns the final validation metrics (or {}).
 
-        Ctrl-C (or SIGTERM) saves the checkpoint of the steps done, prints where it is and how to continue
-        (:attr:`resume_hint`), and the KeyboardInterrupt goes on. An RtsegError that stops the run (e.g. a
-        DatasetError of an image first read now, in this process or a DataLoader worker) saves them as well when any
-        were done since the last checkpoint, and is raised as one line that adds where they are and how to continue
-        (:func:`~rtseg.train.checkpoint.save_on_error`); a divergence (ConfigError to lower the LR) saves nothing.
+        Ctrl-C (or SIGTERM), to this process or to its whole process group with the DataLoader workers, saves the
+        checkpoint of the steps done, prints where it is and how to continue (:attr:`resume_hint`), and the
+        KeyboardInterrupt goes on (the workers leave it to this process: :func:`_workers_started`). An RtsegError
+        that stops the run (e.g. a DatasetError of an image first read now, in this process or a DataLoader worker)
+        saves them as well when any were done since the last checkpoint, and is raised as one line that adds where
+        they are and how to continue (:func:`~rtseg.train.checkpoint.save_on_error`); a divergence (ConfigError to
+        lower the LR) saves nothing.
         """
         c = self.config
         start, t0 = self.step, time.perf_counter()
@@ -305,7 +319,7 @@ class Trainer:
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
         try:
-            for images, targets in self._loader():
+            for images, targets in self._batches():
                 if self.step >= self.config.iters:
                     break
                 losses = self.train_step(images, targets)
@@ -387,6 +401,75 @@ class Trainer:
         if self.history:
             info["validation"] = self.history[-1]
         return save_yolact(path, self.model, self.class_names, meta=info, half=half)
+
+
+def _workers_started(loader: DataLoader) -> Iterator[tuple[torch.Tensor, TargetBatch]]:
+    """``iter(loader)``, which starts its worker processes, with Ctrl-C and SIGTERM held off meanwhile
+    (:func:`_stop_signals_held`; one arriving then is acted on once the iterator is whole).
+
+    A stop request sent to the process group (``timeout``, ``kill -- -PGID``, systemd, a terminal's Ctrl-C) reaches
+    the workers too: torch's handler ended a worker by the SIGTERM, so that the training process, saving the steps
+    done, raised ``DataLoader worker … is killed by signal`` (a traceback, exit 1, no checkpoint). So the workers
+    leave stop requests to the training process (:func:`_leave_stop_requests_to`), which ends them when
+    it deletes the iterator; they start with the signals blocked, so that none reaches a worker before its
+    ``worker_init_fn``. And a KeyboardInterrupt inside ``iter`` left a half-made iterator that could not end its
+    workers (``Exception ignored in … __del__``, a worker left behind)."""
+    with _stop_signals_held():
+        return iter(loader)
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Within it, Ctrl-C and SIGTERM wait: blocked in this thread (and so in the processes it starts) and, in the
+    main thread, noted by a handler that does nothing else (Python runs its handlers in the main thread whichever
+    thread took the signal: torch has native threads that do not block it). Afterwards the mask and the handlers
+    are back, and the first signal noted is raised again."""
+    noted: list[int] = []
+    handlers: dict[int, Any] = {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:  # (signal.signal runs a pending handler first, which may raise)
+                handlers[sig] = signal.signal(sig, lambda signum, _frame: noted.append(signum))
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        with contextlib.ExitStack() as stack:  # every handler back, even if a pending one raises meanwhile
+            for sig, handler in handlers.items():
+                stack.callback(signal.signal, sig, handler)
+        if noted:
+            signal.raise_signal(noted[0])
+
+
+def _leave_stop_requests_to(trainer: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` (with the training process's id ``trainer`` bound), in a worker started with
+    Ctrl-C and SIGTERM blocked (:func:`_workers_started`; torch installed its own SIGTERM handler before): ignore
+    Ctrl-C from now on (one sent since the start is discarded), leave SIGTERM blocked for a thread that waits for
+    it (:func:`_end_at_sigterm_from`), and report no error of the training process's going away mid-batch
+    (:func:`_unless_the_trainer_went_away`). ``worker_id`` is unused."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_end_at_sigterm_from, args=(trainer,), daemon=True).start()
+    sys.excepthook = functools.partial(_unless_the_trainer_went_away, sys.excepthook)
+
+
+def _end_at_sigterm_from(trainer: int) -> None:
+    """Take this worker's SIGTERMs (blocked in all its threads) and end it, as torch's handler would, at the first
+    one the process ``trainer`` sent: torch's ``terminate()`` of a worker that did not end when asked (one busy on
+    an item for seconds, or hung). Anyone else's, sent to the whole process group, is dropped."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+        pass
+    os._exit(0)
+
+
+def _unless_the_trainer_went_away(report: Callable[..., None], kind: type[BaseException], error: BaseException,
+                                  trace: TracebackType | None) -> None:
+    """A worker's ``sys.excepthook``: ``report`` (the hook before) the error, unless the training process went away
+    (EOFError, ConnectionError) while the thread that hands it a batch's shared memory served it (its file
+    descriptors, over a socket: :mod:`multiprocessing.resource_sharer`, which reports by this hook). Stopped mid-batch
+    by Ctrl-C or SIGTERM, the training process says so itself; the thread printed a ConnectionResetError traceback."""
+    if not issubclass(kind, (EOFError, ConnectionError)):
+        report(kind, error, trace)
 
 
 class _BudgetTimer:
