@@ -87,9 +87,6 @@ BAD = {
                     "--serve given twice (127.0.0.1:1, 127.0.0.1:2); give it once"),
     "push twice": (["--source", "{clip}", "--push", "rtsp://h/a", "--push", "rtsp://h/b"],
                    "--push given twice (rtsp://h/a, rtsp://h/b); give it once"),
-    "torchvision semantic": (["--source", "{clip}", "--engine", "panoptic", "--semantic", "torchvision:fcn_resnet50"],
-                             "--semantic torchvision:fcn_resnet50: torchvision's models are taken by --weights "
-                             "(--engine fcn) only"),  # (was "not found; give the weights file")
     "demo weights": (["demo", "--weights", "{dir}/none.safetensors"], "not found; pass the path of an existing weights"),
     "demo weights a folder": (["demo", "--weights", "{dir}"], "is a folder; pass the path of an existing weights"),
     "demo out is a file": (["demo", "--out", "{clip}"], "is a file, not a folder"),
@@ -404,7 +401,8 @@ ENGINE_OPTION_ERRORS = {
     "semantic from yolact": (["--engine", "panoptic", "--semantic", "{weights}"],
                              "weights (manifest format 'rtseg-yolact/1'); give the weights of an fcn"),
     "semantic from torchvision": (["--engine", "panoptic", "--semantic", "torchvision:fcn_resnet50"],
-                                  "--semantic torchvision:fcn_resnet50 not found; give the weights file"),  # --weights only
+                                  "--semantic torchvision:fcn_resnet50: torchvision's models are taken by --weights "
+                                  "(--engine fcn) only"),  # (was "not found; give the weights file")
     "json over the manifest": (["--weights", "{weights}", "--json", "{manifest}"], "would overwrite the input"),
     "output over the source": (["--weights", "{weights}", "--output", "{clip}"], "would overwrite the input"),
     "images per frame into the calib folder": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}",

@@ -198,7 +198,7 @@ def tiny_weights(tmp_path_factory):
     ({"anchor_sizes": [8, 16]}, re.escape("anchor_sizes must be 5 positive integers (anchor sides in pixels, one "
                                           "per FPN level), got (8, 16)")),
     ({"anchor_sizes": [8, 16, 32, 64, 0]}, "anchor_sizes must be 5 positive integers"),
-    ({"min_size": 0}, "MsrcnnConfig: min_size must be an integer >= 1, got 0"),
+    ({"min_size": 0}, re.escape("MsrcnnConfig: min_size must be an integer in [1, 4096], got 0")),
     ({"box_score_thresh": 1.5}, re.escape("MsrcnnConfig: box_score_thresh must be a number in [0, 1], got 1.5")),
     ({"min_size": 64.5}, "min_size must be int, got 64.5"),
     ({"mask_head": "light"}, r"unknown key\(s\) mask_head"),
