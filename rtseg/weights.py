@@ -127,8 +127,20 @@ def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT,
         extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}); {advice}")
+        inner = _wrapped_state_dict(obj)
+        where = f"; its tensors are under its {inner!r} key: save that alone (torch.save(ckpt[{inner!r}], path))" \
+            if inner is not None else f"; {advice}"
+        raise WeightsError(f"{p}: not a state dict of tensors (found {type(obj).__name__}){where}")
     return check_finite(obj, p), extras
+
+
+def _wrapped_state_dict(obj: Any) -> str | None:
+    """The key of a training script's checkpoint dict (``{"state_dict": …, "epoch": 3}``) whose value is a state
+    dict of tensors, for the error's hint; None when there is none."""
+    if not isinstance(obj, dict):
+        return None
+    return next((k for k, v in obj.items() if isinstance(k, str) and isinstance(v, dict) and v
+                 and all(isinstance(t, torch.Tensor) for t in v.values())), None)
 
 
 def non_finite_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -153,7 +165,10 @@ def check_finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
 
 
 def _clean_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop keys the official loader drops: old ``backbone.layerN`` names, surplus FPN downsample layers."""
+    """Drop keys the official loader drops: old ``backbone.layerN`` names, surplus FPN downsample layers; and
+    the ``module.`` prefix every key of a model saved from ``nn.DataParallel`` carries."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     out = {}
     for k, v in state.items():
         if k.startswith("backbone.layer") and not k.startswith("backbone.layers"):

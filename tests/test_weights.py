@@ -58,6 +58,24 @@ def test_official_legacy_keys_are_dropped_like_the_official_loader(tmp_path, tin
     assert cfg.backbone == "resnet18" and cfg.num_classes == 3
 
 
+def test_a_model_saved_from_data_parallel_loads_and_a_wrapped_state_dict_is_pointed_to(tmp_path, tiny_pth):
+    """Every key 'module.'-prefixed (``nn.DataParallel``'s state dict) was "not a YOLACT checkpoint (missing …)";
+    a training script's ``{"state_dict": …, "epoch": 3}`` was "not a state dict of tensors (found dict)" without
+    saying where the tensors are."""
+    state = torch.load(tiny_pth, weights_only=True)
+    parallel = tmp_path / "parallel.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, parallel)
+    model, cfg, _, _ = load_yolact(parallel, input_size=128)
+    assert cfg.backbone == "resnet18" and cfg.num_classes == 3
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": state, "epoch": 3}, wrapped)
+    with pytest.raises(WeightsError) as info:
+        read_state_dict(wrapped)
+    assert str(info.value) == (f"{wrapped}: not a state dict of tensors (found dict); its tensors are under its "
+                               f"'state_dict' key: save that alone (torch.save(ckpt['state_dict'], path))")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         rtseg.load("yolact", weights=str(tmp_path / "nope.pth"))
