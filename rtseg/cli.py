@@ -35,6 +35,7 @@ from rtseg.engines.choose import (
 from rtseg.cliargs import SUBCOMMANDS, Once, Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, names_frames, weights_paths
+from rtseg.userfiles import check_input_file
 from rtseg.video.metrics import Metrics
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source, source_path
 
@@ -69,6 +70,9 @@ def build_parser() -> Parser:
                      "(yolact/msrcnn) weights (default for yolact and panoptic: the shipped demo model, "
                      "engines/yolact_demo.safetensors, 6 synthetic shape classes)")
     eng.add_argument("--semantic", metavar="FCN_WEIGHTS", help="panoptic: the FCN weights of the stuff classes")
+    eng.add_argument("--class-names", metavar="FILE",
+                     help="yolact / msrcnn / fcn: the model's class names, one per line (weights that carry none: an "
+                          "official YOLACT .pth of other than COCO's 80 classes is named class0, class1 …)")
     eng.add_argument("--score-threshold", type=float, default=None, metavar="T",
                      help="drop detections scoring at or below T (default: yolact 0.15, msrcnn 0.05, panoptic 0.3)")
     eng.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -210,6 +214,10 @@ def _load_engine(args: argparse.Namespace, name: str) -> Engine:
         options["backend"] = args.backend
     if args.precision is not None or args.calib is not None:
         options.update(precision=args.precision or "fp16", calibration_dir=args.calib)
+    if args.class_names is not None:
+        from rtseg.data.labelme import read_label_names
+
+        options["class_names"] = read_label_names(args.class_names)  # (their number checked against the weights)
     if name == "panoptic":
         return load_panoptic_engine(default_weights(args.weights, name), args.semantic, device=args.device, **options)
     return load_weights_engine(name, default_weights(args.weights, name), device=args.device, **options)
@@ -221,6 +229,8 @@ def _check_engine_options(args: argparse.Namespace, name: str) -> None:
                          segments=args.segments, compactness=args.compactness)
     if args.top_k is not None and name not in INSTANCE_ENGINES:
         raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
+    if args.class_names is not None and name in ("panoptic", "slic"):
+        raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {name}")
     if args.backend != "eager" and name != "yolact":
         raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
     if (args.precision is not None or args.calib is not None) and args.backend != "tensorrt":
@@ -242,6 +252,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--source is required (run without arguments for the demo)")
     check_weights_file("--weights", args.weights, torchvision=True)
     check_weights_file("--semantic", args.semantic)
+    if args.class_names is not None:
+        check_input_file(f"--class-names {args.class_names}", args.class_names,
+                         "give a text file with one class name per line")
     check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, ""),
                         ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds")])
     if args.end is not None and not args.end > args.start:
@@ -254,7 +267,8 @@ def _check_args(args: argparse.Namespace) -> None:
     # outputs over what the run reads: --weights, --semantic, --calib (read with --backend tensorrt --precision int8
     # only, else refused by _check_engine_options); never the shipped demo model, whatever the run reads
     calib = [args.calib] if args.calib and args.backend == "tensorrt" and args.precision == "int8" else []
-    check_outputs_are_not_inputs(_outputs(args), [*weights_paths(args.weights, args.semantic), *calib])
+    names = [args.class_names] if args.class_names is not None else []
+    check_outputs_are_not_inputs(_outputs(args), [*weights_paths(args.weights, args.semantic), *calib, *names])
     if args.output is not None:
         _check_output_name(args.output)
 

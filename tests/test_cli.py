@@ -211,6 +211,33 @@ def test_yolact_without_weights_runs_the_demo_model(files, tmp_path):
     assert len(records) == 2 and labels and labels <= {"circle", "square", "triangle", "star", "ring", "cross"}
 
 
+def test_class_names_name_the_classes_of_an_official_pth_that_carries_none(files, tmp_path, capsys):
+    """An official-layout .pth of 3 classes was named class0, class1, class2 with no way to name them on the command
+    line; --class-names FILE (one per line) names them, a file of another count is one line."""
+    import torch
+
+    from rtseg.cli import main
+    from rtseg.models.yolact import Yolact
+    from servers.helpers import tiny_config
+
+    torch.manual_seed(0)
+    pth = tmp_path / "custom.pth"
+    torch.save(Yolact(tiny_config()).state_dict(), pth)
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\nbird\n")
+    out = tmp_path / "o.jsonl"
+    args = ["--source", files["photo"], "--weights", str(pth), "--score-threshold", "0", "--json", str(out)]
+    assert main([*args, "--class-names", str(names)]) == 0
+    found = {d["class_name"] for line in out.read_text().splitlines() for d in json.loads(line)["detections"]}
+    assert found and found <= {"cat", "dog", "bird"}
+    names.write_text("cat\ndog\n")
+    capsys.readouterr()
+    assert main([*args, "--class-names", str(names)]) == 2
+    assert capsys.readouterr().err == "rtseg: error: yolact: 2 class names for a model with 3 classes\n"
+    assert main(["--source", files["photo"], "--engine", "slic", "--class-names", str(names)]) == 2
+    assert "--class-names applies to the yolact, msrcnn and fcn engines, not slic" in capsys.readouterr().err
+
+
 def test_video_file_to_mp4_and_jsonl(files, tmp_path):
     out_mp4, out_jsonl = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     r = _run(["--source", files["clip"], "--weights", files["weights"], "--output", str(out_mp4),
