@@ -182,6 +182,26 @@ def test_cli_runs_end_to_end_on_synthetic_and_coco(tiny_weights, tmp_path, capsy
     assert "2 images" in capsys.readouterr().out
 
 
+def test_cli_class_names_match_an_official_pth_to_the_data_set(tmp_path, capsys):
+    """An official-layout .pth of the synthetic classes carries no names (class0 … class5), so no data-set class
+    matched and rtseg eval refused it; --class-names FILE names them."""
+    from rtseg.models.yolact import Yolact, YolactConfig
+
+    torch.manual_seed(0)
+    cfg = YolactConfig(backbone="resnet18", num_classes=len(CLASSES), input_size=128, fpn_channels=32, num_prototypes=8)
+    pth = tmp_path / "custom.pth"
+    torch.save(Yolact(cfg).state_dict(), pth)
+    args = ["--weights", str(pth), "--data", "synthetic:test", "--max-images", "1"]
+    assert main(args) == 2
+    assert "square" in capsys.readouterr().err  # (a data-set class the engine does not know)
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+    assert main([*args, "--class-names", str(names)]) == 0
+    assert "synthetic:test: 1 images" in capsys.readouterr().out
+    assert main(["--engine", "slic", "--data", "synthetic:test", "--class-names", str(names)]) == 2
+    assert "--class-names applies to the yolact, msrcnn and fcn engines, not slic" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("data, message", [
     ("labelme:/nonexistent/folder", "labelme folder not found"),
     ("coco:only.json", "use coco:ANNOTATIONS.json:IMAGE_DIR"),

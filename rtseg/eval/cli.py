@@ -49,6 +49,7 @@ from rtseg.entry import lazy_attributes
 from rtseg.errors import ConfigError, DatasetError, SinkError, Terminated, exit_status, sigterm_raises
 from rtseg.imageio import MAX_IMAGE_PIXELS
 from rtseg.outputs import check_not_among_labelme_files, check_outputs_are_not_inputs, weights_paths
+from rtseg.userfiles import check_input_file
 from rtseg.video.outfiles import replace_whole
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="engine to evaluate (default: read from the manifest's 'format' of rtseg weights, "
                         "e.g. rtseg-fcn/1 -> fcn; yolact for .pth files)")
     p.add_argument("--semantic", metavar="FCN_WEIGHTS", help="panoptic: the FCN weights of the stuff classes")
+    p.add_argument("--class-names", metavar="FILE",
+                   help="yolact / msrcnn / fcn: the model's class names, one per line, matched to the data set's by "
+                        "name (weights that carry none: an official YOLACT .pth of other than COCO's 80 classes)")
     p.add_argument("--segments", type=int, default=None, metavar="N",
                    help="slic: about how many superpixels per image (default 200)")
     p.add_argument("--compactness", type=float, default=None, metavar="C",
@@ -141,10 +145,13 @@ def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, 
         options = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
         engine = load_panoptic_engine(weights, args.semantic, device=args.device, **options)
         return engine, {"weights": weights, "semantic": args.semantic, "score_threshold": engine.score_threshold}
+    from rtseg.data.labelme import read_label_names
+
+    named = {} if args.class_names is None else {"class_names": read_label_names(args.class_names)}
     if name == "fcn":
-        return load_weights_engine(name, weights, device=args.device), {"weights": weights}
+        return load_weights_engine(name, weights, device=args.device, **named), {"weights": weights}
     threshold = AP_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
-    engine = load_weights_engine(name, weights, device=args.device, score_threshold=threshold, top_k=100)
+    engine = load_weights_engine(name, weights, device=args.device, score_threshold=threshold, top_k=100, **named)
     return engine, {"weights": weights, "score_threshold": threshold}
 
 
@@ -153,14 +160,20 @@ def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
     checked (a ConfigError, WeightsError or SinkError line otherwise), before anything slow happens."""
     check_ranges(args, [("--max-images", 1, None, "")])
     check_weights_file("--weights", args.weights, torchvision=True)
+    if args.class_names is not None:
+        check_input_file(f"--class-names {args.class_names}", args.class_names,
+                         "give a text file with one class name per line")
     engine_name = resolve_engine(args.weights, args.engine)
+    if args.class_names is not None and engine_name in ("panoptic", "slic"):
+        raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {engine_name}")
     check_engine_options(engine_name, weights=args.weights, semantic=args.semantic,
                          score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness)
     resize = None if args.resize is None else parse_size(args.resize)
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
     check_outputs_are_not_inputs([("--json", args.json)],
-                                 [*weights_paths(args.weights, args.semantic), *parse_data(args.data).paths])
+                                 [*weights_paths(args.weights, args.semantic), *parse_data(args.data).paths,
+                                  *([args.class_names] if args.class_names is not None else [])])
     if args.json is not None:
         check_not_among_labelme_files(args.json, f"--json {args.json}", [("--data", args.data)],
                                       "write the metrics to another folder")
