@@ -35,7 +35,6 @@ from rtseg.engines.choose import (
 from rtseg.cliargs import SUBCOMMANDS, Once, Parser, check_ranges
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, names_frames, weights_paths
-from rtseg.userfiles import check_input_file
 from rtseg.video.metrics import Metrics
 from rtseg.video.sources import IMAGE_SUFFIXES, Source, open_source, source_path
 
@@ -226,11 +225,9 @@ def _load_engine(args: argparse.Namespace, name: str) -> Engine:
 def _check_engine_options(args: argparse.Namespace, name: str) -> None:
     """Options that do not apply to engine ``name`` (or to each other) are refused before anything loads."""
     check_engine_options(name, weights=args.weights, semantic=args.semantic, score_threshold=args.score_threshold,
-                         segments=args.segments, compactness=args.compactness)
+                         segments=args.segments, compactness=args.compactness, class_names=args.class_names)
     if args.top_k is not None and name not in INSTANCE_ENGINES:
         raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
-    if args.class_names is not None and name in ("panoptic", "slic"):
-        raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {name}")
     if args.backend != "eager" and name != "yolact":
         raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
     if (args.precision is not None or args.calib is not None) and args.backend != "tensorrt":
@@ -252,9 +249,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--source is required (run without arguments for the demo)")
     check_weights_file("--weights", args.weights, torchvision=True)
     check_weights_file("--semantic", args.semantic)
-    if args.class_names is not None:
-        check_input_file(f"--class-names {args.class_names}", args.class_names,
-                         "give a text file with one class name per line")
     check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, ""),
                         ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds")])
     if args.end is not None and not args.end > args.start:

@@ -58,8 +58,9 @@ def manifest_engine(weights: str) -> tuple[str | None, str | None]:
 
 def check_engine_options(name: str, *, weights: str | None = None, semantic: str | None = None,
                          score_threshold: float | None = None, segments: int | None = None,
-                         compactness: float | None = None) -> None:
-    """Refuse, in one line each, the options (``None``: not given) that do not apply to engine ``name``."""
+                         compactness: float | None = None, class_names: str | None = None) -> None:
+    """Refuse, in one line each, the options (``None``: not given) that do not apply to engine ``name``, and a
+    ``class_names`` file (``--class-names``) that cannot be read (:func:`rtseg.userfiles.check_input_file`)."""
     if name == "slic" and weights is not None:
         raise ConfigError(f"--engine slic takes no --weights (superpixels need no model); drop --weights {weights}")
     if semantic is not None and name != "panoptic":
@@ -76,6 +77,10 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
         raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
     if (segments is not None or compactness is not None) and name != "slic":
         raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
+    if class_names is not None:
+        if name in ("panoptic", "slic"):
+            raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {name}")
+        check_input_file(f"--class-names {class_names}", class_names, "give a text file with one class name per line")
 
 
 def check_weights_file(option: str, path: str | None, *, torchvision: bool = False) -> None:

@@ -49,7 +49,6 @@ from rtseg.entry import lazy_attributes
 from rtseg.errors import ConfigError, DatasetError, SinkError, Terminated, exit_status, sigterm_raises
 from rtseg.imageio import MAX_IMAGE_PIXELS
 from rtseg.outputs import check_not_among_labelme_files, check_outputs_are_not_inputs, weights_paths
-from rtseg.userfiles import check_input_file
 from rtseg.video.outfiles import replace_whole
 
 if TYPE_CHECKING:
@@ -160,14 +159,10 @@ def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
     checked (a ConfigError, WeightsError or SinkError line otherwise), before anything slow happens."""
     check_ranges(args, [("--max-images", 1, None, "")])
     check_weights_file("--weights", args.weights, torchvision=True)
-    if args.class_names is not None:
-        check_input_file(f"--class-names {args.class_names}", args.class_names,
-                         "give a text file with one class name per line")
     engine_name = resolve_engine(args.weights, args.engine)
-    if args.class_names is not None and engine_name in ("panoptic", "slic"):
-        raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {engine_name}")
     check_engine_options(engine_name, weights=args.weights, semantic=args.semantic,
-                         score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness)
+                         score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness,
+                         class_names=args.class_names)
     resize = None if args.resize is None else parse_size(args.resize)
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
