@@ -34,8 +34,8 @@ from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
 from rtseg.train.augment import AugmentConfig, augment
-from rtseg.train.checkpoint import (NonFiniteGuard, gradient_norm, load_checkpoint, save_checkpoint, save_on_error,
-                                   save_on_interrupt)
+from rtseg.train.checkpoint import (NonFiniteGuard, check_not_past, gradient_norm, load_checkpoint, save_checkpoint,
+                                   save_on_error, save_on_interrupt, take_lr)
 from rtseg.train.losses import LossConfig, Target, TargetBatch, yolact_loss
 from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS
 from rtseg.weights import save_yolact
@@ -235,14 +235,9 @@ class Trainer:
         parts = self._parts()
         del parts["scheduler"]  # rebuilt from this trainer's config below
         self.step = int(load_checkpoint(path, parts=parts, device=self.device, expect=self._checkpoint_extras())["step"])
-        if self.step > self.config.iters:
-            raise ConfigError(f"checkpoint {path} is at step {self.step}, past --iters {self.config.iters}; "
-                              f"give --iters {self.step} or more to continue it")
-        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        check_not_past(path, self.step, self.config.iters, "--iters")
         self.scheduler.last_epoch = self.step
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.config.lr
-            group["lr"] = self.config.lr * self.config.lr_factor(self.step)
+        take_lr(self.optimizer, self.scheduler, self.config.lr)
 
     def _parts(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
