@@ -229,18 +229,23 @@ class FileSource(Source):
         packet or the file cannot be read there. A muxer can announce less than the file holds (an MP4 of variable
         frame rate with B-frames: FFmpeg's muxer wrote 1.8 s for frames up to 2.5 s). Leaves the demuxer where it
         stopped (a start > 0, the only caller's case, is sought afterwards)."""
-        stream, end = self._stream, None
+        end = None
         try:
-            self._container.seek((stream.start_time or 0) + int(max(0.0, near - 1.0) / stream.time_base),
-                                 stream=stream, backward=True)
-            for packet in self._container.demux(stream):
+            self._seek_key_before(max(0.0, near - 1.0))
+            for packet in self._container.demux(self._stream):
                 t = self._time(packet.pts)
                 if t is not None:
-                    duration = float(packet.duration * stream.time_base) if packet.duration else self._period
-                    end = max(end if end is not None else t, t + duration)
+                    duration = float(packet.duration * self._stream.time_base) if packet.duration else self._period
+                    end = t + duration if end is None else max(end, t + duration)
         except AV_ERRORS:
             return end
         return end
+
+    def _seek_key_before(self, t: float) -> None:
+        """Seek the demuxer to the key frame at or before ``t`` s from the video stream's first timestamp (as
+        precisely as the container seeks); FFmpeg's error when it cannot."""
+        stream = self._stream
+        self._container.seek((stream.start_time or 0) + int(t / stream.time_base), stream=stream, backward=True)
 
     def _estimate_frames(self, rate: Fraction | None) -> int | None:
         """Expected number of frames yielded (for progress) from the rate and the duration the header announces
@@ -366,8 +371,7 @@ class FileSource(Source):
         while self._start > 0 and self._start - back > 0 and not self._scanned:
             target = self._start - back
             try:
-                self._container.seek((self._stream.start_time or 0) + int(target / self._stream.time_base),
-                                     stream=self._stream, backward=True)
+                self._seek_key_before(target)
             except AV_ERRORS:
                 break
             frames = self._timed(self._decoded())
