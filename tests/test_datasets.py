@@ -695,3 +695,114 @@ def test_rtseg_eval_and_train_name_a_missing_annotation_file_in_a_folder_with_a_
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"rtseg {command[0]}: error: {folder}/ann.json: annotation file not found"], r.stderr
+
+
+def test_coco_windows_file_name_is_read_as_a_path_unless_a_file_of_that_name_exists(tmp_path):
+    """``sub\\a.png`` is ``sub/a.png``, but a file named ``sub\\a.png`` (a Linux name may hold a backslash) wins:
+    was always read as ``sub/a.png`` (the literal file 'missing', or the other file's picture used)."""
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][0]["file_name"] = "sub\\a.png"
+    path.write_text(json.dumps(data))
+    (images / "a.png").rename(images / "sub\\a.png")
+    assert np.array_equal(CocoDataset(path, images)[0].image, _image(0))
+    (images / "sub").mkdir()
+    cv2.imwrite(str(images / "sub" / "a.png"), _image(5))
+    assert np.array_equal(CocoDataset(path, images)[0].image, _image(0))
+    (images / "sub\\a.png").unlink()
+    assert np.array_equal(CocoDataset(path, images)[0].image, _image(5))
+
+
+@pytest.mark.parametrize("second", ["a.png", "./a.png", "sub/../a.png", "sub\\..\\a.png"])
+def test_coco_two_images_naming_one_file_are_one_line(tmp_path, second):
+    """Was: both opened, one picture yielded twice, each time with part of its annotations (the other part's
+    objects taught, or scored, as background)."""
+    path, images = _coco(tmp_path)
+    (images / "sub").mkdir()
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = second
+    path.write_text(json.dumps(data))
+    names = "a.png" if second == "a.png" else f"a.png and {second}"
+    with pytest.raises(DatasetError) as err:
+        CocoDataset(path, images, include_crowd=True)  # as rtseg eval opens it
+    assert str(err.value) == (f"{path}: images[0] (id 10) and images[1] (id 20) name one file ({names}); "
+                              "list the image once, under one id, and give all its annotations that id")
+
+
+def test_image_names_too_long_to_look_up_are_missing_images_not_a_traceback(tmp_path):
+    """Was: OSError 'File name too long' from pathlib's is_file."""
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = "b" * 300 + ".png"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"1 of 2 images listed in instances.json are missing \(e.g. bbbb"):
+        CocoDataset(path, images)
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    _labelme(folder, "a", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], image=False, imagePath="a" * 300 + ".png")
+    with pytest.raises(DatasetError, match=r"1 of 1 images named by the JSON files are missing \(e.g. .*/aaaa"):
+        LabelmeDataset(folder)
+
+
+def test_labelme_image_path_with_a_backslash_that_names_a_file_as_written_uses_that_file(tmp_path):
+    """Was: always read as a Windows path, ``sub/x.png`` (missing, or another picture)."""
+    _labelme(tmp_path, "x", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], image=False, imagePath="sub\\x.png")
+    cv2.imwrite(str(tmp_path / "sub\\x.png"), _image(3))
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "x.png"), _image(4))
+    assert np.array_equal(LabelmeDataset(tmp_path)[0].image, _image(3))
+
+
+def test_labelme_two_json_files_of_one_image_are_one_line(tmp_path):
+    """Was: the picture yielded twice, each time with part of its shapes; also when the two name it another way
+    (``../lm/a.png``, an absolute path, Windows separators) or one finds it beside itself."""
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    tri = [_shape("cat", [[1, 1], [9, 1], [9, 9]])]
+    _labelme(folder, "a", tri)
+    for second in ["a.png", "../lm/a.png", "..\\lm\\a.png", str(folder / "a.png"), "C:\\Users\\bob\\a.png"]:
+        _labelme(folder, "b", tri, image=False, imagePath=second)
+        with pytest.raises(DatasetError) as err:
+            LabelmeDataset(folder)
+        assert str(err.value).startswith(f"{folder}: a.json and b.json both annotate the image {folder}/"), second
+        assert str(err.value).endswith("; keep one JSON file per image (copy the shapes of one into the other and "
+                                       "delete it)")
+    (folder / "a.png").unlink()
+    _labelme(folder, "a", tri, image=False, image_data=True)
+    _labelme(folder, "b", tri, image=False, image_data=True, imagePath="a.png")
+    assert len(LabelmeDataset(folder)) == 2  # two embedded images: no file of one picture
+
+
+def test_labelme_image_data_that_is_no_base64_is_refused_when_opened_and_an_image_beside_is_used(tmp_path):
+    """Was: a folder whose only image of a JSON was broken imageData opened, and failed at that sample (hours into
+    a training); and broken imageData hid the image named like the JSON (``x.json`` -> ``x.png``)."""
+    cat = [_shape("cat", [[1, 1], [9, 1], [9, 9]])]
+    _labelme(tmp_path, "a", cat)
+    for junk in ["!!!notbase64", 5, ["AAAA"]]:
+        _labelme(tmp_path, "b", cat, image=False, imageData=junk)
+        with pytest.raises(DatasetError) as err:
+            LabelmeDataset(tmp_path)
+        assert str(err.value) == (f"{tmp_path / 'b.json'}: imageData is not a base64 image and no image file was "
+                                  "found; put the image beside the JSON file")
+    _labelme(tmp_path, "b", cat, imagePath="stale.png", imageData="!!!notbase64")
+    with pytest.warns(UserWarning, match=r"b.json: stale.png -> b.png"):
+        ds = LabelmeDataset(tmp_path)
+    assert np.array_equal(ds[1].image, _image(1))
+
+
+@pytest.mark.parametrize("command", [["eval"], ["train", "--iters", "1", "--out", "OUT"]])
+def test_rtseg_eval_and_train_refuse_two_coco_images_of_one_file_in_one_line(tmp_path, command):
+    """Was: both commands went on, the picture read twice with part of its annotations each time."""
+    import subprocess
+    import sys
+
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = "a.png"
+    path.write_text(json.dumps(data))
+    args = [a.replace("OUT", str(tmp_path / "m.safetensors")) for a in command]
+    r = subprocess.run([sys.executable, "-m", "rtseg", *args, "--data", f"coco:{path}:{images}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"rtseg {command[0]}: error: {path}: images[0] (id 10) and images[1] (id 20) name one file (a.png); list the "
+        "image once, under one id, and give all its annotations that id"], r.stderr

@@ -54,7 +54,7 @@ def _yolact_bad_image(ann: Path, seed: int = 0) -> Path:
 
 def _image_file(data: CocoDataset, index: int) -> Path:
     """The file of image ``index`` of ``data``."""
-    return data._image_path(data._images[data.image_ids[index]])
+    return data._files[data.image_ids[index]]
 
 
 def _trainer(ann: Path, work_dir: Path, *, iters: int = 5, workers: int = 0) -> Trainer:

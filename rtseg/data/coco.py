@@ -10,9 +10,13 @@ parts of fewer than 3 points, zero area, wholly outside the image, points beyond
 first few. Malformed files and annotations raise
 ``DatasetError`` naming the file and the annotation (``annotations[k]``, its
 index in the file, and its id); missing images are reported when the data set
-is opened. All annotations are checked at once where they are plainly well-formed
-polygons (numpy over all their coordinates), each alone otherwise, with the
-same outcome.
+is opened. An image's ``file_name`` is relative to the image folder; a Windows
+name (``images\\a.jpg``) is read with its backslashes as separators when no file
+of that literal name exists (:func:`~rtseg.data.dataset.named_file`). Two images
+that name one file are refused (their annotations would be split between two
+samples of one picture, each missing the other's objects). All annotations are
+checked at once where they are plainly well-formed polygons (numpy over all their
+coordinates), each alone otherwise, with the same outcome.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
+from rtseg.data.dataset import (FAR_PIXELS, Sample, first_named_twice, masks_to_boxes, named_file, read_image,
+                                read_json, skipped_warning)
 from rtseg.errors import DatasetError, RtsegWarning
 from rtseg.ranges import number_problem
 
@@ -215,6 +220,14 @@ class CocoDataset:
             self._images[iid] = img
         if not self._images:
             raise DatasetError(f"{where}: no images listed, so nothing to train or evaluate on")
+        self._files = {iid: named_file(self.image_dir, img["file_name"]) for iid, img in self._images.items()}
+        twice = first_named_twice(list(self._files.values()))
+        if twice:
+            (i, first), (j, second) = ((k, list(self._images.values())[k]) for k in twice)
+            names = dict.fromkeys((first["file_name"], second["file_name"]))  # one name, or the two naming the file
+            raise DatasetError(f"{where}: images[{i}] (id {first['id']}) and images[{j}] (id {second['id']}) name one "
+                               f"file ({' and '.join(names)}); list the image once, under one id, and give all its "
+                               "annotations that id")
         self.image_ids = tuple(self._images)
         self._anns: dict[int, list[dict]] = {iid: [] for iid in self._images}
         skipped: list[str] = []
@@ -231,15 +244,11 @@ class CocoDataset:
         if not any(self.include_crowd or not a.get("iscrowd", 0) for v in self._anns.values() for a in v):
             raise DatasetError(f"{self.path}: no {'' if include_crowd else 'non-crowd '}annotations with a mask, so "
                                "nothing to train or evaluate on; give an annotated instances_*.json")
-        missing = [img["file_name"] for img in self._images.values() if not self._image_path(img).is_file()]
+        missing = [img["file_name"] for iid, img in self._images.items() if not os.path.isfile(self._files[iid])]
         if missing:
             raise DatasetError(f"{self.image_dir}: {len(missing)} of {len(self._images)} images listed in "
                                f"{self.path.name} are missing (e.g. {', '.join(missing[:3])}); "
                                "give the image folder the file names are relative to")
-
-    def _image_path(self, info: dict) -> Path:
-        """The image file of the ``images`` entry ``info`` (Windows ``a\\b.jpg`` file names too)."""
-        return self.image_dir / info["file_name"].replace("\\", "/")
 
     def _plain_annotations(self, anns: list, cat_to_class: dict[int, int]) -> np.ndarray:
         """(len(anns),) bool: True where the annotation certainly passes :meth:`_check_annotation` with a mask and
@@ -325,10 +334,10 @@ class CocoDataset:
     def __getitem__(self, index: int) -> Sample:
         iid = self.image_ids[index]
         info = self._images[iid]
-        image = read_image(self._image_path(info))
+        image = read_image(self._files[iid])
         h, w = info["height"], info["width"]
         if image.shape[:2] != (h, w):
-            raise DatasetError(f"{self._image_path(info)}: image is {image.shape[1]}x{image.shape[0]} "
+            raise DatasetError(f"{self._files[iid]}: image is {image.shape[1]}x{image.shape[0]} "
                                f"but {self.path.name} says {w}x{h}; fix its width/height or use the annotated image")
         anns = [a for a in self._anns[iid] if self.include_crowd or not a.get("iscrowd", 0)]
         masks = np.zeros((len(anns), h, w), bool)

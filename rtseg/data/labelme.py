@@ -15,10 +15,16 @@ malformed files (invalid JSON, points that are not ``[x, y]`` pairs, NaN, a labe
 that is not text, an unreadable mask or image) raise ``DatasetError`` naming the
 file and shape.
 
-The image of a JSON file is ``imagePath`` relative to the JSON's folder
-(Windows ``a\\b.jpg`` too); when that file is not there, the file of the same
-name beside the JSON, then the embedded ``imageData``, then an image named like
-the JSON (``a.json`` -> ``a.png``/``a.jpg`` ...) is used.
+The image of a JSON file is ``imagePath`` relative to the JSON's folder (it may
+lie outside it, ``../images/a.jpg``; a Windows ``..\\images\\a.jpg`` is read with
+its backslashes as separators when no file of that literal name exists:
+:func:`~rtseg.data.dataset.named_file`); when that file is not there, the file of
+the same name beside the JSON, then the embedded ``imageData`` (base64 text),
+then an image named like the JSON (``a.json`` -> ``a.png``/``a.jpg`` ...) is
+used. A missing image, and ``imageData`` that is no base64 text where no image
+file is found, raise ``DatasetError`` when the folder is opened; so do two JSON
+files whose image is one file (two samples of one picture, each with part of its
+objects).
 
 Class names come from ``class_names`` (a list, or a path to a text file with one
 name per line), else from ``label_names.txt`` / ``labels.txt`` in the folder
@@ -41,7 +47,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from rtseg.data.dataset import FAR_PIXELS, Sample, masks_to_boxes, read_image, read_json, skipped_warning
+from rtseg.data.dataset import (FAR_PIXELS, Sample, first_named_twice, masks_to_boxes, named_file, read_image,
+                                read_json, skipped_warning)
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
 from rtseg.imageio import ImageReadError, decode_image
 from rtseg.ranges import number_problem
@@ -122,11 +129,17 @@ class LabelmeDataset:
         skipped: list[str] = []
         moved: list[str] = []
         self._records = [self._parse(f, skipped, moved) for f in self.files]
-        missing = [str(r.image) for r in self._records if r.image is not None and not r.image.is_file()]
+        missing = [str(r.image) for r in self._records if r.image is not None and not os.path.isfile(r.image)]
         if missing:
             raise DatasetError(f"{self.folder}: {len(missing)} of {len(self.files)} images named by the JSON files "
                                f"are missing (e.g. {', '.join(missing[:3])}), with no image of that name beside the JSON "
                                "nor imageData; add the images or remove their JSON files")
+        with_file = [(f, r.image) for f, r in zip(self.files, self._records) if r.image is not None]
+        twice = first_named_twice([image for _, image in with_file])
+        if twice:
+            (first, image), (second, _) = (with_file[k] for k in twice)
+            raise DatasetError(f"{self.folder}: {first.name} and {second.name} both annotate the image {image}; "
+                               "keep one JSON file per image (copy the shapes of one into the other and delete it)")
         if moved:
             warnings.warn(f"{self.folder}: {len(moved)} JSON files name an image that is not there; used the image "
                           f"beside the JSON instead (e.g. {'; '.join(moved[:3])})", RtsegWarning, stacklevel=2)
@@ -199,8 +212,7 @@ class LabelmeDataset:
         image = _base64_image(read_json(path, "labelme file")["imageData"], cv2.IMREAD_COLOR,
                               f"{path}: the image in imageData (no image file beside it)")
         if image is None:
-            raise DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
-                               "put the image beside the JSON file")
+            raise _no_image_data(path)
         return image
 
     def __getitem__(self, index: int) -> Sample:
@@ -231,22 +243,31 @@ class LabelmeDataset:
 
 def _find_image(path: Path, data: dict, moved: list[str]) -> Path | None:
     """The image file of the labelme file ``path`` (see the module docstring), None for its imageData,
-    or the (missing) file ``imagePath`` names."""
+    or the (missing) file ``imagePath`` names; ``DatasetError`` when no file is found and imageData is there but
+    no base64 text."""
     named = data.get("imagePath")
-    named = str(named).replace("\\", "/") if isinstance(named, str) and named.strip() else None
-    if named and (path.parent / named).is_file():
-        return path.parent / named
-    candidates = [path.parent / named.rsplit("/", 1)[-1]] if named else []
-    if not data.get("imageData"):
-        candidates += [path.with_suffix(s) for s in IMAGE_SUFFIXES]
-    for candidate in candidates:
-        if candidate.is_file():
-            if named:
-                moved.append(f"{path.name}: {named} -> {candidate.name}")
-            return candidate
+    image = named_file(path.parent, named) if isinstance(named, str) and named.strip() else None
+    if image is not None and os.path.isfile(image):  # (os.path: False for a name too long to look up)
+        return image
+    found = path.parent / image.name if image is not None else None
+    if found is None or not os.path.isfile(found):
+        if _base64_bytes(data.get("imageData")) is not None:
+            return None
+        found = next((p for p in (path.with_suffix(s) for s in IMAGE_SUFFIXES) if os.path.isfile(p)), None)
+    if found is not None:
+        if image is not None:
+            shown = named.replace("\\", "/")
+            moved.append(f"{path.name}: {shown} -> {found.name}")
+        return found
     if data.get("imageData"):
-        return None
-    return path.parent / named if named else path.with_suffix(".png")
+        raise _no_image_data(path)
+    return image if image is not None else path.with_suffix(".png")
+
+
+def _no_image_data(path: Path) -> DatasetError:
+    """The error of the labelme file ``path`` whose imageData is no image and whose image file is not found."""
+    return DatasetError(f"{path}: imageData is not a base64 image and no image file was found; "
+                        "put the image beside the JSON file")
 
 
 def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
@@ -327,16 +348,24 @@ def _mask(s: dict, where: str) -> np.ndarray:
     return mask > 0
 
 
+def _base64_bytes(value: Any) -> bytes | None:
+    """The bytes of the base64 text ``value`` (labelme's imageData, a mask shape's PNG), None when it is none
+    (another JSON value, characters outside base64's alphabet, a wrong length) or empty."""
+    try:
+        return base64.b64decode(value, validate=True) or None
+    except (binascii.Error, ValueError, TypeError):
+        return None
+
+
 def _base64_image(value: Any, flags: int, what: str) -> np.ndarray | None:
     """The image encoded in the base64 text ``value`` (``decode_image`` with ``flags``), None when it is none;
     ``DatasetError`` "``what`` is W x H pixels, over ..." for one over :data:`rtseg.imageio.MAX_IMAGE_PIXELS`."""
+    data = _base64_bytes(value)
     try:
-        return decode_image(base64.b64decode(value, validate=True), flags)
+        return None if data is None else decode_image(data, flags)
     except ImageReadError as exc:
         if exc.too_large:
             raise DatasetError(f"{what} is {exc}") from None
-    except (binascii.Error, ValueError, TypeError):
-        pass
     return None
 
 
