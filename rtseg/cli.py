@@ -90,7 +90,8 @@ def build_parser() -> Parser:
     out.add_argument("--output", action=Once, metavar="PATH", help="annotated video (.mp4/.mov) or image (.png/.jpg; "
                      "'{seq:05d}' in the name writes one image per frame)")
     out.add_argument("--audio", action="store_true", help="copy the source file's audio track into the --output "
-                     "video (kept in sync; transcoded to AAC when MP4 cannot hold it)")
+                     "video (kept in sync; transcoded to AAC when MP4 cannot hold it or it starts after the first "
+                     "frame)")
     out.add_argument("--json", action=Once, metavar="PATH",
                      help="detections: .jsonl (one line per frame; '-' for stdout) "
                      "or .json (COCO results list with RLE masks, written frame by frame to X.partial.json, "
@@ -229,7 +230,10 @@ def _check_engine_options(args: argparse.Namespace, name: str) -> None:
     if args.top_k is not None and name not in INSTANCE_ENGINES:
         raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
     if args.backend != "eager" and name != "yolact":
-        raise ConfigError(f"--backend {args.backend} applies to the yolact engine only")
+        instances = resolve_engine(default_weights(args.weights, name), None) if name == "panoptic" else None
+        if instances != "yolact":
+            raise ConfigError(f"--backend {args.backend} applies to the yolact engine and to panoptic with yolact "
+                              f"--weights only{f' (--weights holds {instances} weights)' if instances else ''}")
     if (args.precision is not None or args.calib is not None) and args.backend != "tensorrt":
         raise ConfigError("--precision / --calib apply to --backend tensorrt only")
     if args.calib is not None and args.precision != "int8":

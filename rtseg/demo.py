@@ -8,6 +8,7 @@ the clip's COCO mask/box AP against its exact ground truth.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -55,14 +56,17 @@ def main(argv: Sequence[str]) -> int:
 def run_demo(argv: Sequence[str]) -> int:
     """Run the demo; returns the exit code (RtsegError for the caller to print).
 
-    Torch is imported once the options are checked, before the output folder is made: a SIGTERM during those
-    seconds is one line and 143 (:class:`rtseg.errors.Terminated`)."""
+    Torch is imported once the options are checked (an ``--out`` that is a file among them): a SIGTERM during those
+    seconds is one line and 143 (:class:`rtseg.errors.Terminated`). The output folder is made once the model has
+    loaded, so that weights that fail to load leave no empty folder behind."""
     args = _parser().parse_args(list(argv))
     weights = Path(args.weights)
     if weights == DEMO_WEIGHTS and not weights.exists():
         raise WeightsError(f"demo weights {weights} not found; {DEMO_TRAIN_HINT}")
     check_input_file(f"demo weights {weights}", weights, "pass the path of an existing weights file")
     check_ranges(args, [("--frames", 2, None, "")])
+    if os.path.lexists(args.out):  # a file there is refused now (make_folder's line); a folder is taken as it is
+        make_folder("--out", args.out)
     with sigterm_raises(Terminated):
         import rtseg
         from rtseg.data.synthetic import CLASSES, TEST_SEED
@@ -71,13 +75,13 @@ def run_demo(argv: Sequence[str]) -> int:
         from rtseg.video.pipeline import Pipeline
         from rtseg.video.sinks import JsonlSink, Mp4Sink
         from rtseg.video.sources import SyntheticSource
-    out = make_folder("--out", args.out)
     engine = rtseg.load("yolact", weights=str(weights), device=args.device)
     if list(engine.class_names) != list(CLASSES):
         names = list(engine.class_names)
         which = "the synthetic classes in another order" if sorted(names) == sorted(CLASSES) else ", ".join(names)
         raise WeightsError(f"{weights} has the classes {which}; the demo scores the synthetic classes "
                            f"{', '.join(CLASSES)} in this order: pass weights trained with rtseg train --data synthetic")
+    out = make_folder("--out", args.out)
     source = SyntheticSource(seed=TEST_SEED, num_frames=args.frames, keep_truth=True)
     evaluator = CocoEvaluator(CLASSES)
     metrics = Metrics()

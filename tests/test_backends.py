@@ -256,6 +256,11 @@ def test_compiled_forward_is_one_graph_of_network_and_detection_step() -> None:
 
 
 # -- the cache -----------------------------------------------------------------------------
+def _cached(*args, **kwargs):
+    """:func:`cached_artifact` of a test artefact (what its build says on stderr: "building it")."""
+    return cached_artifact(*args, building="building it", **kwargs)
+
+
 class _Counter:
     def __init__(self, text: str) -> None:
         self.text, self.builds = text, 0
@@ -268,25 +273,25 @@ class _Counter:
 def test_cache_hit_miss_and_stale_entries(tmp_path) -> None:
     key = {"weights": "abc", "opset": 18}
     art = _Counter("artefact-1")
-    assert cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
-    assert cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
+    assert _cached(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
+    assert _cached(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
     assert art.builds == 1
     (path,) = tmp_path.glob("m-*.txt")
     meta = path.with_suffix(".txt.json")
 
     # a foreign file put in its place (digest mismatch) is rebuilt, not trusted
     path.write_text("foreign")
-    assert cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
+    assert _cached(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text()) == "artefact-1"
     assert art.builds == 2
     # a sidecar recording another key (e.g. copied from another model) is rebuilt
     doc = json.loads(meta.read_text())
     doc["key"]["weights"] = "zzz"
     meta.write_text(json.dumps(doc))
-    cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text())
+    _cached(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text())
     assert art.builds == 3
     # an unreadable sidecar is rebuilt
     meta.write_text("{not json")
-    cached_artifact(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text())
+    _cached(tmp_path, "m", "txt", key, art.build, lambda p: p.read_text())
     assert art.builds == 4
     # a file the loader rejects is rebuilt
     calls = []
@@ -297,10 +302,10 @@ def test_cache_hit_miss_and_stale_entries(tmp_path) -> None:
             raise ValueError("corrupt")
         return p.read_text()
 
-    assert cached_artifact(tmp_path, "m", "txt", key, art.build, picky) == "artefact-1"
+    assert _cached(tmp_path, "m", "txt", key, art.build, picky) == "artefact-1"
     assert art.builds == 5
     # a different key is a different entry; the old one stays
-    cached_artifact(tmp_path, "m", "txt", {**key, "opset": 17}, art.build, lambda p: p.read_text())
+    _cached(tmp_path, "m", "txt", {**key, "opset": 17}, art.build, lambda p: p.read_text())
     assert art.builds == 6 and len(list(tmp_path.glob("m-*.txt"))) == 2
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -311,7 +316,7 @@ def test_cache_build_failure_leaves_no_entry(tmp_path) -> None:
         raise RuntimeError("export failed")
 
     with pytest.raises(RuntimeError, match="export failed"):
-        cached_artifact(tmp_path, "m", "txt", {"k": 1}, broken, lambda p: p.read_text())
+        _cached(tmp_path, "m", "txt", {"k": 1}, broken, lambda p: p.read_text())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -323,10 +328,10 @@ def test_unwritable_cache_is_one_line_and_entries_follow_the_umask(tmp_path) -> 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match=f"engine cache {blocker / 'cache'}: cannot write there .*RTSEG_ENGINE_CACHE"):
-        cached_artifact(blocker / "cache", "m", "txt", {"k": 1}, _Counter("a").build, lambda p: p.read_text())
+        _cached(blocker / "cache", "m", "txt", {"k": 1}, _Counter("a").build, lambda p: p.read_text())
     umask = os.umask(0o022)
     try:
-        cached_artifact(tmp_path / "c", "m", "txt", {"k": 1}, _Counter("a").build, lambda p: p.read_text())
+        _cached(tmp_path / "c", "m", "txt", {"k": 1}, _Counter("a").build, lambda p: p.read_text())
     finally:
         os.umask(umask)
     (entry,) = (tmp_path / "c").glob("m-*.txt")

@@ -154,6 +154,28 @@ def test_options_checked_against_a_weights_manifest_answer_before_torch_is_impor
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "nothing may be written"
 
 
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_demo_out_that_is_a_file_is_refused_before_torch_is_imported(entry, tmp_path):
+    """Was refused once torch had loaded (still before the weights)."""
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    r, said_lines = _run_light(entry, ["demo", "--out", "clip.mp4"], tmp_path)
+    assert r.returncode == 2 and said_lines == [f"rtseg demo: error: --out clip.mp4 ({tmp_path / 'clip.mp4'}): is a "
+                                                "file, not a folder; choose another path"], said_lines
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+def test_demo_makes_no_out_folder_when_its_weights_fail_to_load(tmp_path):
+    """The --out folder was made before the weights loaded: weights that failed left it behind, empty."""
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    r = subprocess.run([sys.executable, "-m", "rtseg", "demo", "--weights", "bad.safetensors", "--out", "out"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ,
+                                                                                      "OMP_NUM_THREADS": "1"})
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("rtseg demo: error: "), r.stderr
+    assert "bad.safetensors" in lines[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.safetensors"]
+
+
 def test_the_options_offered_are_importable_without_torch():
     """The names the command line offers (engines, backends) and the modules it checks options with load without
     torch."""

@@ -71,6 +71,11 @@ PANOPTIC_CASES = [
     ({"semantic": 3}, "panoptic: semantic= must be an FCN engine or an FCN weights path, got int"),
     ({"instances": 3}, "panoptic: instances= must be an engine producing Detections (yolact, msrcnn) or a "
                        "(name, weights) pair such as (\"yolact\", PATH), got int"),
+    # the backend options are YOLACT's (were: unknown options, for YOLACT instances too)
+    ({"backend": "onnx"}, "panoptic: backend='onnx' is for yolact instances only; msrcnn runs eager: leave it out or "
+                          "give yolact weights"),
+    ({"precision": "int8"}, "panoptic: precision='int8' is for yolact instances only; msrcnn runs eager: leave it out "
+                            "or give yolact weights"),
 ]
 
 
@@ -181,6 +186,27 @@ def test_panoptic_checks_stuff_classes_against_an_fcn_engine_before_loading_the_
              "panoptic", None, instances=("msrcnn", weights["msrcnn"]), semantic=fcn_engine, stuff_classes=["c"])
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"backend": "tensorrt"}, "backend 'tensorrt' is not available: needs a CUDA device (device='cuda', --device "
+                              "cuda); or use backend='eager' (--backend eager)"),
+    ({"backend": "fast"}, "unknown backend 'fast'; choose one of eager, compile, tensorrt, onnx, auto"),
+    ({"precision": "int8"}, "precision='int8' / calibration frames apply to the tensorrt backend only (got backend "
+                            "'eager'); add backend='tensorrt' (--backend tensorrt)"),
+])
+def test_panoptic_checks_the_backend_of_yolact_instances_before_loading_either_engine(weights, no_network, options,
+                                                                                      message):
+    _refused(message, "panoptic", None, instances=("yolact", weights["yolact.pth"]), semantic=weights["fcn"],
+             **options)
+
+
+def test_panoptic_refuses_a_backend_for_instances_given_as_an_engine(weights, fcn_engine):
+    """An engine object was loaded with its own backend: the option would be silently ignored."""
+    instances = rtseg.load("yolact", weights["yolact.pth"])
+    _refused("panoptic: backend='onnx' is for instances=(\"yolact\", PATH) only; an instances engine given as an "
+             "object runs the backend it was loaded with", "panoptic", None, instances=instances, semantic=fcn_engine,
+             backend="onnx")
+
+
 def test_panoptic_options_checked_early_reach_the_engine(weights):
     engine = rtseg.load("panoptic", instances=("msrcnn", weights["msrcnn"]), semantic=weights["fcn"],
                         stuff_classes="a", score_threshold=0, stuff_min_area=1)
@@ -203,3 +229,15 @@ def test_cli_panoptic_refuses_a_bad_score_threshold_before_loading_either_engine
                  "--score-threshold", "2", "--source", "synthetic", "--json", str(tmp_path / "o.jsonl")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "rtseg: error: panoptic: score_threshold must be a number in [0, 1], got 2.0"
+
+
+def test_cli_panoptic_takes_a_backend_for_yolact_instances_only(weights, no_network, tmp_path, capsys):
+    """``rtseg --engine panoptic --backend onnx``: was refused for every panoptic run ("applies to the yolact engine
+    only") though its instances may be YOLACT; with MS R-CNN instances it is refused before either engine loads."""
+    from rtseg.cli import main
+
+    assert main(["--engine", "panoptic", "--weights", weights["msrcnn"], "--semantic", weights["fcn"],
+                 "--backend", "onnx", "--source", "synthetic", "--json", str(tmp_path / "o.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "rtseg: error: --backend onnx applies to the yolact engine and to panoptic with yolact --weights only "
+        "(--weights holds msrcnn weights)")

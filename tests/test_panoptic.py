@@ -201,6 +201,33 @@ def test_load_by_paths_with_msrcnn(tmp_path):
         rtseg.load("panoptic", "x.pth", instances=eng.instances, semantic=eng.semantic)
 
 
+def test_yolact_instances_run_on_the_backend_given(tmp_path, monkeypatch):
+    """``rtseg.load("panoptic", instances=("yolact", PATH), ..., backend="onnx")`` was refused (unknown option): the
+    YOLACT part now loads on that backend (the FCN runs eager, as always) and gives the eager engine's panoptic
+    segmentation; other instances refuse it before loading (tests/test_engine_options.py)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from rtseg.engines.fcn import save_fcn
+    from rtseg.models.yolact import Yolact
+    from rtseg.weights import save_yolact
+
+    monkeypatch.setenv("RTSEG_ENGINE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    cfg = YolactConfig(backbone="resnet18", num_classes=6, input_size=64, fpn_channels=16, num_prototypes=4)
+    yp = str(save_yolact(tmp_path / "yolact.safetensors", Yolact(cfg), list(CLASSES)))
+    fcn = FcnEngine.from_config(FcnConfig(arch="fcn32s", num_classes=7, width=0.0625), class_names=NAMES)
+    fp = str(save_fcn(tmp_path / "fcn.safetensors", fcn.model, NAMES))
+    options = {"instances": ("yolact", yp), "semantic": fp, "score_threshold": 0.0, "stuff_min_area": 1}
+    onnx, eager = rtseg.load("panoptic", backend="onnx", **options), rtseg.load("panoptic", **options)
+    assert (onnx.backend.name, eager.backend.name) == ("onnx", "eager")
+    assert list((tmp_path / "cache").glob("yolact-*.onnx"))
+    img = SyntheticScene(3, width=80, height=64, num_frames=1).frame(0)[0]
+    got, want = onnx(img), eager(img)
+    assert sum(s["isthing"] for s in want.segments) > 0
+    assert [s["category_id"] for s in got.segments] == [s["category_id"] for s in want.segments]
+    assert (got.ids == want.ids).mean() > 0.999
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """(yolact, fcn) engines with matching classes, random weights."""

@@ -23,23 +23,28 @@ device; pre- and post-processing stay in the engine.
 Exported/compiled artefacts are cached under ``engines/cache/`` keyed by a digest
 of the weights plus everything else that changes the artefact (:func:`artifact_key`,
 :data:`EXPORT_FORMAT`); see :func:`cached_artifact`. A stale, foreign or unreadable
-entry is rebuilt.
+entry is rebuilt; a build says so on stderr first (it takes seconds to minutes); storing an
+entry removes the entries of the same artefact that older code built (:func:`superseded`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import os
+import re
 import secrets
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, BinaryIO, Callable, Collection, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -71,6 +76,11 @@ CACHE_ENV = "RTSEG_ENGINE_CACHE"
 #: settings), so that engines cached by the older code are rebuilt: the rtseg version in the key changes only with
 #: a release, not with an edit in a checkout.
 EXPORT_FORMAT = 1
+#: The fields of :func:`artifact_key`'s keys that say which code built the artefact, not what it is: an entry
+#: older in them than a new one of the same artefact is removed when the new one is stored (:func:`superseded`).
+KEY_VERSIONS = ("format", "rtseg", "torch")
+#: A version :func:`superseded` can order: numbers and dots, an optional local label (``2.14.1+cu130``).
+_RELEASE = re.compile(r"(\d+(?:\.\d+)*)(\+[0-9A-Za-z.]+)?")
 #: errno values of a write the disk cannot take (a full disk, a quota, a file size limit).
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -140,7 +150,8 @@ def package_version(dist: str) -> str:
 
 def artifact_key(kind: str, net: nn.Module, config: Any, **extra: Any) -> dict[str, Any]:
     """The cache key of a ``kind`` artefact of ``net``: its weights digest, ``repr(config)``, :data:`EXPORT_FORMAT`,
-    the rtseg and torch versions, and ``extra`` (what else the artefact depends on: shapes, exporter versions …)."""
+    the rtseg and torch versions (the fields :data:`KEY_VERSIONS`), and ``extra`` (what else the artefact depends
+    on: shapes, exporter versions …)."""
     return {"kind": kind, "weights": weights_digest(net), "config": repr(config), "format": EXPORT_FORMAT,
             "rtseg": package_version("rtseg"), "torch": torch.__version__, **extra}
 
@@ -170,14 +181,20 @@ def _normalised(key: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str, Any],
-                    build: Callable[[Path], None], load: Callable[[Path], T]) -> T:
+                    build: Callable[[Path], None], load: Callable[[Path], T], *, building: str,
+                    versions: Collection[str] = KEY_VERSIONS) -> T:
     """Load a cached artefact for ``key``, or build, record and load it.
 
     The entry is :func:`entry_path` plus a ``.json`` sidecar holding the full key and the artefact's sha256. It
     is trusted only when the sidecar parses, its key equals ``key`` and the file's digest matches; ``load``
     raising on it also counts as stale. Anything else is rebuilt (``build(path)`` writes the artefact) and put in
-    place with its sidecar (:func:`_store`). :class:`BackendUnavailable` (one line) when the cache cannot take the
-    entry: a folder it cannot write, a full disk, a name taken by a folder; no temporary file is left then.
+    place with its sidecar (:func:`_store`), after one line on stderr: ``rtseg: <building> (once: ...)``, naming
+    the entry (``building``: what the build does, e.g. ``exporting the network to ONNX for 3x550x550 inputs``);
+    a cache hit says nothing. :class:`BackendUnavailable` (one line) when the cache cannot take the entry: a folder
+    it cannot write, a full disk, a name taken by a folder; no temporary file is left then.
+
+    Once the new entry is in place, the entries it supersedes are removed (:func:`superseded`; ``versions``: the
+    fields of ``key`` that say which code built the artefact).
     """
     key = _normalised(key)
     path = entry_path(cache_dir, prefix, suffix, key)
@@ -195,11 +212,27 @@ def cached_artifact(cache_dir: Path, prefix: str, suffix: str, key: Mapping[str,
     except OSError as exc:
         raise BackendUnavailable(f"engine cache {cache_dir}: cannot write there ({exc.strerror}); "
                                  f"set {CACHE_ENV} to a writable folder") from None
+    print(f"rtseg: {building} (once: it is cached for later runs as {path})", file=sys.stderr, flush=True)
     try:
         _store(path, meta, key, build)
     except OSError as exc:
         raise _not_stored(cache_dir, path, exc) from None
+    _remove_superseded(path, f"{prefix}-*.{suffix}.json", key, versions)
     return load(path)
+
+
+def built_in_memory(save: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
+    """A ``build`` for :func:`cached_artifact` from ``save``, which writes the artefact into a file object: it saves
+    into memory, then writes the bytes to the path with Python's own file I/O, so that a write the disk cannot take
+    is the OSError :func:`cached_artifact` reports in one line, not the RuntimeError of torch's zip writer
+    (``torch.save``, ``torch.export.save``: "PytorchStreamWriter failed writing file …"). Costs the artefact's size
+    in memory once more while it is written."""
+    def build(path: Path) -> None:
+        buffer = io.BytesIO()
+        save(buffer)
+        path.write_bytes(buffer.getbuffer())
+
+    return build
 
 
 def _store(path: Path, meta: Path, key: dict[str, Any], build: Callable[[Path], None]) -> None:
@@ -216,6 +249,63 @@ def _store(path: Path, meta: Path, key: dict[str, Any], build: Callable[[Path], 
     finally:
         tmp.unlink(missing_ok=True)
         meta_tmp.unlink(missing_ok=True)
+
+
+def _remove_superseded(path: Path, sidecars: str, key: dict[str, Any], versions: Collection[str]) -> None:
+    """Remove the entries beside ``path`` (their sidecars: the glob ``sidecars``) whose recorded key ``key``
+    supersedes (:func:`superseded`): the artefact first, then its sidecar (a sidecar left alone is found again
+    next time; an artefact without one never would be). Best effort: a sidecar that cannot be read, or a file that
+    cannot be removed, is left as it is."""
+    with contextlib.suppress(OSError):
+        for meta in path.parent.glob(sidecars):
+            entry = meta.with_name(meta.name.removesuffix(".json"))
+            try:
+                old = json.loads(meta.read_text(encoding="utf-8")).get("key")
+            except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object: not ours to judge
+                continue
+            if entry != path and superseded(old, key, versions):
+                with contextlib.suppress(OSError):
+                    entry.unlink(missing_ok=True)
+                    meta.unlink(missing_ok=True)
+
+
+def superseded(old: Any, new: Mapping[str, Any], versions: Collection[str]) -> bool:
+    """Whether a cache entry of key ``old`` is superseded by one of key ``new``, so that storing ``new`` removes it.
+
+    The rule: ``old`` is the same artefact (the same fields, equal in every field but ``versions``: same weights,
+    architecture, backend, precision, shapes, device, calibration frames, opset …) built by older code: in every
+    field of ``versions`` (rtseg, torch and exporter versions, :data:`EXPORT_FORMAT`) it is older than or equal to
+    ``new``, and older in at least one. Anything that cannot be ordered keeps the entry: a field that is newer in
+    ``old`` (a newer installation sharing the cache folder still uses it), versions ordered differently (one
+    newer, another older), a version that is not plain numbers (``2.5.0rc1``, ``absent``: a package missing from
+    one installation), local labels that differ (``+cpu`` and ``+cu130``: builds installed side by side), and keys
+    of another layout. So an upgrade clears its predecessors' entries once it builds its own; an older installation
+    sharing the folder builds its entry again once and then keeps it (it never removes the newer one, and the newer
+    one removes entries only when it stores one), so two installations never take turns rebuilding.
+    """
+    if not isinstance(old, dict) or old.keys() != new.keys():
+        return False
+    if any(old[field] != new[field] for field in new if field not in versions):
+        return False
+    order = [_version_order(old[field], new[field]) for field in versions if field in new]
+    return None not in order and max(order, default=0) <= 0 and min(order, default=0) < 0
+
+
+def _version_order(a: Any, b: Any) -> int | None:
+    """-1, 0 or 1 as version ``a`` is older than, equal to or newer than ``b`` (ints: :data:`EXPORT_FORMAT`;
+    strings: dotted numbers with an optional local label, compared only when the labels are equal); None when they
+    cannot be ordered (see :func:`superseded`)."""
+    if a == b:
+        return 0
+    if type(a) is int and type(b) is int:
+        return (a > b) - (a < b)
+    ma, mb = (_RELEASE.fullmatch(v) if isinstance(v, str) else None for v in (a, b))
+    if ma is None or mb is None or ma[2] != mb[2]:
+        return None
+    ra, rb = ([int(n) for n in m[1].split(".")] for m in (ma, mb))
+    width = max(len(ra), len(rb))
+    ra, rb = ra + [0] * (width - len(ra)), rb + [0] * (width - len(rb))
+    return (ra > rb) - (ra < rb)
 
 
 def _not_stored(cache_dir: Path, path: Path, exc: OSError) -> BackendUnavailable:

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg.engines.backends import Outputs, artifact_key, cached_artifact, import_installed, in_chunks, package_version
+from rtseg.engines.backends import (
+    KEY_VERSIONS,
+    Outputs,
+    artifact_key,
+    cached_artifact,
+    import_installed,
+    in_chunks,
+    package_version,
+)
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("loc", "conf", "coef", "proto")
@@ -81,8 +89,8 @@ class OnnxBackend:
         when onnxruntime (or, to export, onnx / onnxscript) cannot be imported or the cache cannot be written.
         """
         ort = import_installed("onnx", "onnxruntime")
-        key = artifact_key("onnx", net, config, input_size=input_size, max_batch=max_batch, opset=opset,
-                           onnx=package_version("onnx"), onnxscript=package_version("onnxscript"))
+        exporter = {"onnx": package_version("onnx"), "onnxscript": package_version("onnxscript")}
+        key = artifact_key("onnx", net, config, input_size=input_size, max_batch=max_batch, opset=opset, **exporter)
         providers = providers_for(device, ort.get_available_providers())
 
         def load(path: Path) -> tuple[Any, Path]:
@@ -93,7 +101,9 @@ class OnnxBackend:
         def build(path: Path) -> None:
             export_onnx(net, path, input_size=input_size, max_batch=max_batch, opset=opset)
 
-        session, path = cached_artifact(cache_dir, "yolact", "onnx", key, build=build, load=load)
+        building = f"exporting the network to ONNX for 3x{input_size}x{input_size} inputs, batch 1-{max_batch}"
+        session, path = cached_artifact(cache_dir, "yolact", "onnx", key, build=build, load=load, building=building,
+                                        versions=(*KEY_VERSIONS, *exporter))
         return cls(session=session, device=device, path=path, max_batch=max_batch)
 
     def __call__(self, x: torch.Tensor) -> Outputs:

@@ -16,15 +16,17 @@ import json
 import reprlib
 from os import PathLike
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.engines.base import Engine, frames_as_list
 from rtseg.engines.fcn import FcnEngine
 from rtseg.engines.options import OptionChecks, check_int, check_options, check_real, resolve_device
 from rtseg.engines.slic import SlicEngine
+from rtseg.engines.yolact import check_backend
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imread, imwrite
 from rtseg.manifest import FCN_FORMAT, peek_manifest
@@ -174,6 +176,28 @@ def _check_given_engines(instances: Any, semantic: Any) -> None:
         _check_semantic(semantic)
 
 
+#: YOLACT's backend options as :meth:`PanopticEngine.from_weights` takes them, and their defaults.
+_BACKEND_DEFAULTS = {"backend": "eager", "precision": "fp16", "calibration_dir": None}
+
+
+def _check_instance_backend(instances: Any, given: Mapping[str, Any], device: torch.device) -> None:
+    """ConfigError unless the backend options ``given`` (:data:`_BACKEND_DEFAULTS`' names: YOLACT's) apply to
+    ``instances``: a ``("yolact", PATH)`` pair takes any YOLACT takes (checked as YOLACT checks them, before either
+    engine loads: :func:`rtseg.engines.yolact.check_backend`); other instances only the defaults (eager): MS R-CNN
+    has no other backend, and an engine given as an object was made with its own."""
+    changed = [f"{name}={value!r}" for name, value in given.items() if value != _BACKEND_DEFAULTS[name]]
+    if not changed:
+        return
+    if isinstance(instances, (tuple, list)) and instances[0] == "yolact":
+        check_backend(device=device, **given)
+        return
+    if isinstance(instances, (tuple, list)):
+        raise ConfigError(f"panoptic: {changed[0]} is for yolact instances only; {instances[0]} runs eager: leave it "
+                          f"out or give yolact weights")
+    raise ConfigError(f"panoptic: {changed[0]} is for instances=(\"yolact\", PATH) only; an instances engine given "
+                      f"as an object runs the backend it was loaded with")
+
+
 def _check_semantic(semantic: Any) -> None:
     """ConfigError unless ``semantic`` is an :class:`FcnEngine`."""
     if not isinstance(semantic, FcnEngine):
@@ -250,27 +274,42 @@ class PanopticEngine:
         self.class_names = tuple(names)
         self.device = semantic.device
 
+    @property
+    def backend(self) -> Any:
+        """The network backend of the instance engine (``.name``: eager, onnx …; see
+        :mod:`rtseg.engines.backends`); None for one without (MS R-CNN). The semantic engine (FCN) runs eager."""
+        return getattr(self.instances, "backend", None)
+
     @classmethod
     def from_weights(cls, weights: str | None = None, *, device: str = "cpu", instances: Any = None,
-                     semantic: Any = None, **options: Any) -> "PanopticEngine":
+                     semantic: Any = None, backend: str = "eager", precision: str = "fp16",
+                     calibration_dir: str | None = None, **options: Any) -> "PanopticEngine":
         """``rtseg.load("panoptic", instances=engine_or_(name, weights), semantic=engine_or_weights)``; every
         option (the constructor's) is checked before either engine loads (``stuff_classes`` against the classes
-        of ``semantic``: an FCN weights path's are those its manifest lists)."""
+        of ``semantic``: an FCN weights path's are those its manifest lists).
+
+        backend, precision, calibration_dir: those of YOLACT instances given as ``("yolact", PATH)``, which load
+        with them (:class:`~rtseg.engines.yolact.YolactEngine`): the instance network, the bulk of the work, runs
+        exported or compiled. The FCN runs eager (its engine has no other backend). Other instances take the
+        defaults only (:func:`_check_instance_backend`)."""
         from rtseg.engines import load
 
-        resolve_device(device)
+        dev = resolve_device(device)
         if weights is not None:
             raise ConfigError("panoptic takes no weights=: pass instances=(\"yolact\", PATH) and semantic=FCN_PATH")
         if instances is None or semantic is None:
             raise ConfigError("panoptic needs instances= (an engine or (name, weights)) and semantic= "
                               "(an FCN engine or FCN weights path)")
         _check_given_engines(instances, semantic)
+        backend_options = {"backend": backend, "precision": precision, "calibration_dir": calibration_dir}
+        _check_instance_backend(instances, backend_options, dev)
         options = check_options(_OPTION_CHECKS, options)
         known = _semantic_names(semantic) if options.get("stuff_classes") is not None else None
         if known is not None:
             _stuff_categories(options["stuff_classes"], known)
         if isinstance(instances, (tuple, list)):
-            instances = load(instances[0], instances[1], device=device)
+            yolact = instances[0] == "yolact"
+            instances = load(instances[0], instances[1], device=device, **(backend_options if yolact else {}))
         if isinstance(semantic, (str, PathLike)):
             semantic = load("fcn", semantic, device=device)
         return cls(instances=instances, semantic=semantic, **options)

@@ -3,7 +3,8 @@
 Written against torch-tensorrt's documented dynamo path: ``torch.export.export`` with a
 dynamic batch ``Dim``, ``torch_tensorrt.dynamo.compile(program, inputs=[torch_tensorrt.Input(
 min_shape, opt_shape, max_shape, dtype)], enabled_precisions=...)``, ``torch_tensorrt.save``
-as an ExportedProgram and ``torch_tensorrt.load(path).module()``. INT8 uses post-training
+as an ExportedProgram (into memory, then written by the engine cache: a full disk is its one line, see
+:func:`rtseg.engines.backends.built_in_memory`) and ``torch_tensorrt.load(path).module()``. INT8 uses post-training
 quantisation with NVIDIA ModelOpt (``mtq.quantize(model, mtq.INT8_DEFAULT_CFG, forward_loop)``
 over frames from a folder, then export under ``export_torch_mode()``), the replacement the
 torch-tensorrt docs give for the removed TorchScript calibrators.
@@ -18,13 +19,22 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from rtseg.engines.backends import Outputs, artifact_key, cached_artifact, import_installed, in_chunks, package_version
+from rtseg.engines.backends import (
+    KEY_VERSIONS,
+    Outputs,
+    artifact_key,
+    built_in_memory,
+    cached_artifact,
+    import_installed,
+    in_chunks,
+    package_version,
+)
 from rtseg.engines.calibration import PRECISIONS, calibration_digest, calibration_files
 from rtseg.errors import ConfigError
 from rtseg.imageio import ImageReadError, read_image_file
@@ -90,16 +100,16 @@ class TensorRTBackend:
             files = calibration_files(calibration_dir)
         s = input_size
         shapes = {"min": (1, 3, s, s), "opt": (min(4, max_batch), 3, s, s), "max": (max_batch, 3, s, s)}
+        builder = {"torch_tensorrt": package_version("torch-tensorrt"), "tensorrt": package_version("tensorrt"),
+                   "modelopt": package_version("nvidia-modelopt") if precision == "int8" else None}
         key = artifact_key("tensorrt", net, config, precision=precision, shapes=shapes,
-                           gpu=torch.cuda.get_device_name(device), calibration=calibration_digest(files),
-                           torch_tensorrt=package_version("torch-tensorrt"), tensorrt=package_version("tensorrt"),
-                           modelopt=package_version("nvidia-modelopt") if precision == "int8" else None)
+                           gpu=torch.cuda.get_device_name(device), calibration=calibration_digest(files), **builder)
         unit = getattr(config, "normalize", "meanstd") == "unit"
         mean, std = ((0.0,) * 3, (255.0,) * 3) if unit else (MEANS_BGR, STDS_BGR)
         half_input = precision == "fp16"
         dtype = torch.half if half_input else torch.float32
 
-        def build(path: Path) -> None:
+        def build(f: BinaryIO) -> None:
             module = copy.deepcopy(net).eval().to(device)
             example = torch.zeros(shapes["opt"], device=device, dtype=dtype)
             quant_ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
@@ -123,13 +133,17 @@ class TensorRTBackend:
             with torch.no_grad(), quant_ctx:
                 program = torch.export.export(module, (example,), dynamic_shapes=dynamic, strict=False)
                 compiled = torch_tensorrt.dynamo.compile(program, inputs=[spec], enabled_precisions=enabled)
-                torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example],
+                torch_tensorrt.save(compiled, f, output_format="exported_program", arg_inputs=[example],
                                     dynamic_shapes=dynamic)
 
         def load(path: Path) -> tuple[Any, Path]:
             return torch_tensorrt.load(str(path)).module(), path
 
-        module, path = cached_artifact(cache_dir, "yolact", "ep", key, build=build, load=load)
+        building = (f"building a TensorRT {precision} engine of the network for 3x{s}x{s} inputs, batch 1-{max_batch}, "
+                    f"on {key['gpu']}")
+        # saved through memory: torch's zip writer reports a full disk as a RuntimeError (built_in_memory)
+        module, path = cached_artifact(cache_dir, "yolact", "ep", key, build=built_in_memory(build), load=load,
+                                       building=building, versions=(*KEY_VERSIONS, *builder))
         return cls(module=module, half_input=half_input, path=path, max_batch=max_batch)
 
     def __call__(self, x: torch.Tensor) -> Outputs:

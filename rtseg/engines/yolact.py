@@ -51,7 +51,7 @@ def _check_nms(nms: Any) -> str:
 
 
 #: The checks of :class:`YolactEngine`'s options besides its model, class names and backend (:func:`check_options`;
-#: the backend with its precision and device: :func:`_check_backend`).
+#: the backend with its precision and device: :func:`check_backend`).
 _OPTION_CHECKS: OptionChecks = {
     "nms": _check_nms,
     **{key: functools.partial(check_real, "yolact", key, low=0.0, high=1.0)
@@ -61,7 +61,7 @@ _OPTION_CHECKS: OptionChecks = {
 }
 
 
-def _check_backend(backend: str, precision: str, calibration_dir: str | None, device: torch.device) -> None:
+def check_backend(backend: str, precision: str, calibration_dir: str | None, device: torch.device) -> None:
     """ConfigError when a precision other than fp16 or calibration frames are given for a backend other than
     tensorrt, or when ``backend`` is unknown or not available on ``device`` (:func:`rtseg.engines.backends.resolve`)."""
     if (precision != "fp16" or calibration_dir is not None) and backend != "tensorrt":
@@ -72,9 +72,9 @@ def _check_backend(backend: str, precision: str, calibration_dir: str | None, de
 
 def _checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Every option of :class:`YolactEngine`'s constructor but its model (``options``, defaults included) checked:
-    those :data:`_OPTION_CHECKS` names, in the order of ``options``, then the backend (:func:`_check_backend`)."""
+    those :data:`_OPTION_CHECKS` names, in the order of ``options``, then the backend (:func:`check_backend`)."""
     checked = check_options(_OPTION_CHECKS, options)
-    _check_backend(checked["backend"], checked["precision"], checked["calibration_dir"], checked["device"])
+    check_backend(checked["backend"], checked["precision"], checked["calibration_dir"], checked["device"])
     return checked
 
 
