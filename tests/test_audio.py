@@ -32,13 +32,17 @@ MARK_HZ = 3000.0
 TOLERANCE_S = 0.025
 
 
-def _make(path: Path, *, audio_codec: str, seconds: float = 5.0, fps: int = 10, video_delay: float = 0.0) -> Path:
+def _make(path: Path, *, audio_codec: str, seconds: float = 5.0, fps: int = 10, video_delay: float = 0.0,
+          audio_delay: float = 0.0) -> Path:
     """A ``seconds`` long testsrc video at ``fps`` beside the marked tone (48 kHz mono, ``audio_codec``), the video
-    delayed by ``video_delay`` s on the file's clock (its first frame shows at the audio's ``video_delay`` s)."""
+    delayed by ``video_delay`` s on the file's clock (its first frame shows at the audio's ``video_delay`` s), or the
+    audio by ``audio_delay`` s (its marker then plays at :data:`MARK_AT` + ``audio_delay`` s of the file's clock); both
+    end together."""
     tone = f"0.5*sin(2*PI*220*t)+if(between(t,{MARK_AT},{MARK_AT + 0.2}),0.5*sin(2*PI*{MARK_HZ:g}*t),0)"
     return _ffmpeg(path, "-itsoffset", f"{video_delay:g}", "-f", "lavfi", "-i",
-                   f"testsrc=size=96x64:rate={fps}:duration={seconds:g}",
-                   "-f", "lavfi", "-i", f"aevalsrc='{tone}':s=48000:d={seconds + video_delay:g}", "-c:a", audio_codec)
+                   f"testsrc=size=96x64:rate={fps}:duration={seconds:g}", "-itsoffset", f"{audio_delay:g}",
+                   "-f", "lavfi", "-i", f"aevalsrc='{tone}':s=48000:d={seconds + video_delay - audio_delay:g}",
+                   "-c:a", audio_codec)
 
 
 def _ffmpeg(path: Path, *inputs_and_options: str) -> Path:
@@ -72,14 +76,20 @@ def _audio(path: Path) -> tuple[float, np.ndarray, int]:
     return float(frames[0].pts * frames[0].time_base), samples, frames[0].sample_rate
 
 
-def _marker_onset(path: Path) -> float:
-    """Output time (s) where the :data:`MARK_HZ` marker begins in ``path``'s audio: the first 5 ms window whose energy
-    at that frequency is over half the loudest window's."""
+def _marker_onsets(path: Path) -> list[float]:
+    """Output times (s) where a :data:`MARK_HZ` marker begins in ``path``'s audio: each 5 ms window whose energy at
+    that frequency is over half the loudest window's, after one that is not (or first)."""
     start, samples, rate = _audio(path)
     width = rate // 200
     windows = samples[: len(samples) // width * width].reshape(-1, width)
     energy = np.abs(windows @ np.exp(-2j * np.pi * MARK_HZ * np.arange(width) / rate))
-    return start + int(np.argmax(energy > 0.5 * energy.max())) * width / rate
+    loud = np.concatenate([[False], energy > 0.5 * energy.max()])
+    return [start + int(i) * width / rate for i in np.flatnonzero(loud[1:] & ~loud[:-1])]
+
+
+def _marker_onset(path: Path) -> float:
+    """Output time (s) where the first :data:`MARK_HZ` marker begins in ``path``'s audio (:func:`_marker_onsets`)."""
+    return _marker_onsets(path)[0]
 
 
 def _ends(path: Path) -> tuple[float, float]:
@@ -96,13 +106,22 @@ def _ends(path: Path) -> tuple[float, float]:
     ("clip.ts", "mp2", 0.0, 0.0, MARK_AT),  # MPEG-TS: both clocks start at ~1.4 s, not 0
     ("clip.ts", "mp2", 0.0, 1.0, MARK_AT - 1.0),  # --start 1: output 0 is source time 1 s, as ffmpeg -ss 1
     ("clip.ts", "aac", 0.0, 1.0, MARK_AT - 1.0),  # ADTS AAC, copied into MP4 through aac_adtstoasc
+    ("clip.mkv", "libopus", 0.0, 1.5, MARK_AT - 1.5),  # a format sought to --start (copied)
+    ("clip.mp4", "aac", 0.0, 1.5, MARK_AT - 1.5),
+    ("late_audio.mkv", "libopus", -1.0, 0.0, MARK_AT + 1.0),  # the audio starts 1 s after the video
+    ("late_audio.ts", "aac", -1.0, 0.0, MARK_AT + 1.0),
+    ("late_audio.ts", "mp2", -1.0, 0.0, MARK_AT + 1.0),  # (transcoded for its codec too)
+    ("late_audio.mkv", "libopus", -1.0, 0.5, MARK_AT + 0.5),  # ... after --start 0.5 too
 ])
 def test_the_audio_is_placed_at_its_time_after_the_first_frame(tmp_path, name, codec, delay, start, mark):
     """Output time 0 is the first recorded frame; a sound at source time s plays at s minus that frame's source time
-    (both on the file's clock), and the audio runs to the end of the last frame. The marker used to land where its
-    raw timestamp put it (2.49 s instead of 1.5 s in the MKV; TS: 0.58 s late with --start), the audio of a TS was
-    cut short, ADTS AAC stopped the recording ("write failed (Operation not permitted); free space ...")."""
-    source, out = _make(tmp_path / name, audio_codec=codec, video_delay=delay), tmp_path / "rec.mp4"
+    (both on the file's clock), and the audio runs to the end of the last frame. ``delay`` < 0: the audio starts
+    that much after the video. The marker used to land where its raw timestamp put it (2.49 s instead of 1.5 s in
+    the MKV; TS: 0.58 s late with --start), the audio of a TS was cut short, ADTS AAC stopped the recording ("write
+    failed (Operation not permitted); free space ..."), audio that starts late played from output time 0 (its
+    marker 1 s early: the fragmented MP4 keeps no edit list)."""
+    source = _make(tmp_path / name, audio_codec=codec, video_delay=max(delay, 0.0), audio_delay=max(-delay, 0.0))
+    out = tmp_path / "rec.mp4"
     _record(source, out, start)
     assert abs(_marker_onset(out) - mark) <= TOLERANCE_S, _marker_onset(out)
     first, _, _ = _audio(out)
@@ -145,13 +164,58 @@ def test_ts_with_aac_is_recorded_with_its_sound(tmp_path):
     assert abs(_marker_onset(out) - MARK_AT) <= TOLERANCE_S
 
 
-def test_a_muxing_error_says_what_failed_not_to_free_space(tmp_path):
-    """Two MPEG-TS files joined (``cat a.ts b.ts``): the audio's timestamps go back at the join, which the MP4 muxer
-    refuses. That is no full disk: the message says the audio failed and to drop --audio (it said "write failed
-    (Operation not permitted); free space or choose another path")."""
-    part = _make(tmp_path / "part.ts", audio_codec="aac", seconds=2.0)
+@pytest.mark.parametrize("codec", ["aac", "mp2"])  # copied (ADTS AAC), transcoded
+def test_joined_ts_parts_keep_their_sound_with_their_frames(tmp_path, codec):
+    """Three MPEG-TS files joined (``cat a.ts b.ts c.ts``, each 3 s, its clock from ~1.4 s): the frames are timed on
+    across each join, and so is the sound, by the same shift, so each part's marker plays with its own frames, from
+    the beginning and from --start 4 (in the second part), within one audio frame however many joins (was a muxing
+    failure: "passing the audio of joined.ts through failed (Invalid argument); drop --audio")."""
+    part = _make(tmp_path / "part.ts", audio_codec=codec, seconds=3.0)
     joined = tmp_path / "joined.ts"
-    joined.write_bytes(part.read_bytes() * 2)
+    joined.write_bytes(part.read_bytes() * 3)
+    for start, marks in ((0.0, [MARK_AT, MARK_AT + 3.0, MARK_AT + 6.0]), (4.0, [MARK_AT - 1.0, MARK_AT + 2.0])):
+        out = tmp_path / f"rec{start:g}.mp4"
+        _record(joined, out, start)
+        onsets = _marker_onsets(out)
+        assert len(onsets) == len(marks) and np.abs(np.subtract(onsets, marks)).max() <= TOLERANCE_S, (start, onsets)
+        video_end, audio_end = _ends(out)
+        assert video_end == pytest.approx(9.0 - start) and abs(audio_end - video_end) <= TOLERANCE_S, audio_end
+
+
+def test_audio_from_a_start_far_into_the_file_is_sought_to_it(tmp_path):
+    """--start 117 of a 120 s MKV: the audio is read from near 117 s (was demuxed from the beginning, the whole 23 MB
+    file read to drop what lies before the start). Counted in bytes this process read (Linux's rchar; opening the
+    file twice, for the frames and the audio, reads about 1 MB each)."""
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("needs /proc/self/io (Linux)")
+    source = _ffmpeg(tmp_path / "long.mkv", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=1:duration=120",
+                     "-f", "lavfi", "-i", "sine=duration=120:sample_rate=48000", "-ac", "2", "-c:a", "pcm_s16le",
+                     "-g", "1")
+    out = tmp_path / "rec.mp4"
+
+    def read() -> int:
+        return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
+
+    before = read()
+    _record(source, out, start=117.0)
+    assert read() - before < source.stat().st_size / 3, (read() - before, source.stat().st_size)
+    video_end, audio_end = _ends(out)
+    assert video_end == pytest.approx(3.0) and abs(audio_end - video_end) <= TOLERANCE_S, audio_end
+
+
+def test_a_muxing_error_says_what_failed_not_to_free_space(tmp_path):
+    """A file whose sound goes back 55 ms at its second part (part b = part a 1.95 s later on the clock, appended: less
+    than a timestamp discontinuity, the video runs on), which the MP4 muxer refuses. That is no full disk: the
+    message says the audio failed and to drop --audio (it said "write failed (Operation not permitted); free space
+    or choose another path")."""
+    part = _make(tmp_path / "a.ts", audio_codec="aac", seconds=2.0)
+    later = tmp_path / "b.ts"
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-copyts", "-i", str(part),
+                    "-c", "copy", "-muxdelay", "0", "-muxpreload", "0", "-output_ts_offset", "1.95", str(later)],
+                   check=True, timeout=60)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() + later.read_bytes())
     with pytest.raises(SinkError) as failure:
         _record(joined, tmp_path / "rec.mp4")
     assert str(failure.value).startswith(f"MP4 output {tmp_path / 'rec.partial.mp4'}: passing the audio of {joined} "

@@ -12,7 +12,7 @@ import sys
 import time
 from fractions import Fraction
 from itertools import chain
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import av
 import numpy as np
@@ -47,6 +47,13 @@ SAR_LIMIT = 8
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
     """Frames per second of ``stream`` as FFmpeg reports or guesses it; None when unknown."""
     return stream.average_rate or stream.guessed_rate
+
+
+def frame_period(stream: av.video.stream.VideoStream) -> float:
+    """Seconds between frames of ``stream`` at its rate (:func:`stream_rate`; unknown: :data:`IMAGE_FPS`'s): where a
+    frame without a timestamp or duration lands, and the step across a timestamp discontinuity."""
+    rate = stream_rate(stream)
+    return 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
 
 
 def error_reason(exc: BaseException) -> str:
@@ -147,6 +154,24 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None, pipe: Pip
     return container, stream
 
 
+def video_shifts(path: str) -> Generator[float, None, None]:
+    """The shift (s) :class:`FileSource`'s timeline adds to the frames of the local file ``path`` after each
+    discontinuity of its video stream's timestamps (the parts of MPEG-TS files joined: ``cat a.ts b.ts``), in order,
+    read lazily from the packets' times without decoding (as :meth:`FileSource._scan` places them). For a file read
+    from its beginning; the file is closed when the iterator is."""
+    container, stream = _open_file(path)
+    try:
+        timeline, period = Timeline(jumps_ahead=bool(container.format.flags & TS_DISCONT)), frame_period(stream)
+        for packet in container.demux(stream):
+            if packet.dts is not None:
+                jumps = timeline.jumps
+                timeline.place(float((packet.dts - (stream.start_time or 0)) * stream.time_base), period)
+                if timeline.jumps > jumps:
+                    yield timeline.offset
+    finally:
+        container.close()
+
+
 class FileSource(Source):
     """Frames of a video file, ``start`` to ``end`` seconds, every ``vid_stride``-th one.
 
@@ -183,7 +208,7 @@ class FileSource(Source):
             raise
         self._open, self._name = (path, timeouts), name
         rate = stream_rate(self._stream)
-        self._period = 1.0 / float(rate) if rate else 1.0 / IMAGE_FPS
+        self._period = frame_period(self._stream)
         self._stride, self._start, self._end = vid_stride, start, end
         # a local file whose timestamps may jump is scanned (then start is never sought by timestamp); _scan sets
         # _key: (byte position, timeline offset in s) of the key frame to start from

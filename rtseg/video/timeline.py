@@ -33,6 +33,11 @@ class Timeline:
         self._offset = offset
         self._last: float | None = None
 
+    @property
+    def offset(self) -> float:
+        """Seconds added to the times now: ``offset`` given, plus the shifts of the discontinuities so far."""
+        return self._offset
+
     def place(self, t: float, period: float) -> float:
         """The time of a frame stamped ``t`` (s): ``t`` plus the shift of the discontinuities so far; a frame
         past a new one lands ``period`` (s, the frame's expected spacing) after the previous frame."""
