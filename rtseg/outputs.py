@@ -61,6 +61,28 @@ def check_outputs_are_not_inputs(outputs: Sequence[tuple[str, str | os.PathLike[
                               "inputs; choose another folder")
 
 
+def check_not_an_image_of(option: str, path: str | os.PathLike[str] | None, images: Sequence[Path],
+                          data: str) -> None:
+    """ConfigError (one line) when the existing file ``path`` (``option``'s) is one of ``images``, the image files
+    of the data set ``data`` (its ``image_files``: they may lie outside the folders the options name, reached through
+    ``../images/a.png`` or an absolute path, where :func:`check_outputs_are_not_inputs` does not look). Compared by
+    device and inode (links count); a missing output overwrites nothing, so nothing is looked up then."""
+    if path is None:
+        return
+    try:
+        out = os.stat(path)
+    except (OSError, ValueError):  # missing, or a name that cannot be looked up
+        return
+    for image in images:
+        try:
+            st = os.stat(image)
+        except (OSError, ValueError):
+            continue
+        if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+            raise ConfigError(f"{option} {path} would overwrite the image {os.path.normpath(image)} of --data "
+                              f"{data}; choose another output path")
+
+
 def check_not_among_labelme_files(written: str | os.PathLike[str], what: str,
                                   data: Sequence[tuple[str, str | None]], advice: str) -> None:
     """ConfigError when the file ``written`` (``what`` names it in the line) is a ``*.json`` file in the folder of a

@@ -396,6 +396,40 @@ def test_cli_json_among_the_files_of_the_labelme_folder_read_is_refused(tiny_wei
     assert json.loads((tmp_path / "m.json").read_text())["images"] == 1
 
 
+def test_cli_json_never_overwrites_an_image_the_data_set_reads_from_outside_its_folders(tiny_weights, tmp_path,
+                                                                                         capsys):
+    """Was: a labelme imagePath ``../im/a.png`` or a COCO file_name ``../im/b.png`` lies outside the folders the
+    options name, so ``--json im/a.png`` replaced that image with the metrics (exit 0). Refused once the data set is
+    open (its ``image_files``), through a hard link too; the image is kept."""
+    images = tmp_path / "im"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(images / name), np.full((40, 40, 3), 90, np.uint8))
+    os.link(images / "a.png", tmp_path / "link.png")
+    shape = {"label": CLASSES[0], "points": [[1, 1], [30, 1], [30, 30]]}
+    labelme = tmp_path / "lm"
+    labelme.mkdir()
+    (labelme / "a.json").write_text(json.dumps({"shapes": [shape], "imagePath": "../im/a.png", "imageHeight": 40,
+                                                "imageWidth": 40}))
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    (coco / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "../im/b.png", "width": 40, "height": 40}],
+        "categories": [{"id": 1, "name": CLASSES[0]}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 400.0,
+                         "bbox": [1, 1, 29, 29], "segmentation": [[1, 1, 30, 1, 30, 30]]}]}))
+    before = {p: p.read_bytes() for p in images.iterdir()}
+    cases = [(f"labelme:{labelme}", images / "a.png", images / "a.png"),
+             (f"labelme:{labelme}", tmp_path / "link.png", images / "a.png"),
+             (f"coco:{coco / 'ann.json'}:{coco}", images / "b.png", images / "b.png")]
+    for data, output, image in cases:
+        assert main(["--weights", str(tiny_weights), "--data", data, "--json", str(output)]) == 2, output
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg eval: error: --json {output} would overwrite the image {image} of --data {data}; choose another "
+            "output path"]
+    assert {p: p.read_bytes() for p in images.iterdir()} == before
+
+
 def test_cli_json_given_twice_is_refused(tiny_weights, tmp_path, capsys):
     """Was: only the last one written."""
     first, second = tmp_path / "a.json", tmp_path / "b.json"

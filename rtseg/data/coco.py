@@ -229,6 +229,7 @@ class CocoDataset:
                                f"file ({' and '.join(names)}); list the image once, under one id, and give all its "
                                "annotations that id")
         self.image_ids = tuple(self._images)
+        self.image_files = tuple(self._files.values())
         self._anns: dict[int, list[dict]] = {iid: [] for iid in self._images}
         skipped: list[str] = []
         anns = _require(data, "annotations", list, where)

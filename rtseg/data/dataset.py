@@ -169,6 +169,9 @@ class InstanceDataset(Protocol):
     """What the trainer and evaluator need from a data set."""
 
     class_names: Sequence[str]
+    #: The image files the samples are read from (none for generated ones), which may lie outside the folder the
+    #: data set was given as (``../images/a.png``): what a command must not write over.
+    image_files: Sequence[Path]
 
     def __len__(self) -> int: ...
 

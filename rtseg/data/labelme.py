@@ -129,6 +129,7 @@ class LabelmeDataset:
         skipped: list[str] = []
         moved: list[str] = []
         self._records = [self._parse(f, skipped, moved) for f in self.files]
+        self.image_files = tuple(r.image for r in self._records if r.image is not None)  # (imageData: none)
         missing = [str(r.image) for r in self._records if r.image is not None and not os.path.isfile(r.image)]
         if missing:
             raise DatasetError(f"{self.folder}: {len(missing)} of {len(self.files)} images named by the JSON files "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import cv2
@@ -266,6 +267,7 @@ class SceneSamples:
         check_scene_args("scene_to_samples", every=every)
         self.scene, self.every = scene, every
         self.class_names = CLASSES
+        self.image_files: tuple[Path, ...] = ()  # (drawn, not read)
 
     def __len__(self) -> int:
         return (len(self.scene) + self.every - 1) // self.every
@@ -294,6 +296,7 @@ class SyntheticDataset:
     """
 
     class_names = CLASSES
+    image_files: tuple[Path, ...] = ()  # (drawn, not read)
 
     def __init__(self, seed: int, num_images: int, *, width: int = 640, height: int = 480,
                  images_per_scene: int = 8, frame_stride: int = 20, max_objects: int = 6) -> None:

@@ -48,7 +48,12 @@ from rtseg.engines.choose import (
 from rtseg.entry import lazy_attributes
 from rtseg.errors import ConfigError, DatasetError, SinkError, Terminated, exit_status, sigterm_raises
 from rtseg.imageio import MAX_IMAGE_PIXELS
-from rtseg.outputs import check_not_among_labelme_files, check_outputs_are_not_inputs, weights_paths
+from rtseg.outputs import (
+    check_not_among_labelme_files,
+    check_not_an_image_of,
+    check_outputs_are_not_inputs,
+    weights_paths,
+)
 from rtseg.video.outfiles import replace_whole
 
 if TYPE_CHECKING:
@@ -192,6 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         samples,
     )
     dataset = open_dataset(args.data)
+    check_not_an_image_of("--json", args.json, dataset.image_files, args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:
         raise ConfigError(f"--data {args.data}: no images to evaluate")
