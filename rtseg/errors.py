@@ -58,7 +58,8 @@ class Terminated(BaseException):
     imports, all of ``rtseg eval``, and the moments before and after a video run's or a training's own handler.
 
     Not a KeyboardInterrupt, so that nothing that saves work on Ctrl-C takes it for one (where SIGTERM is to act
-    as Ctrl-C, ``rtseg.train.checkpoint.sigterm_as_interrupt`` raises KeyboardInterrupt instead)."""
+    as Ctrl-C, ``rtseg.train.checkpoint.sigterm_as_interrupt`` raises a KeyboardInterrupt that it turns into this
+    on the way out, once the steps done are saved)."""
 
 
 @contextlib.contextmanager

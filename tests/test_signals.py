@@ -1,8 +1,8 @@
 """Ctrl-C and SIGTERM at the moments the other signal tests do not reach: while a command checks its options, while
 `rtseg eval` reads its data, loads its engine, evaluates or writes its metrics, between the option checks and the
-trainer's own handler and after it, a second Ctrl-C while a trainer saves the checkpoint the first one asked for,
-a second one while the interpreter shuts down after a run the first one stopped, and a SIGTERM to the process group
-of a training run with DataLoader workers.
+trainer's own handler and after it, during a training step of each trainer, a second Ctrl-C while a trainer saves
+the checkpoint the first one asked for, a second one while the interpreter shuts down after a run the first one
+stopped, and a SIGTERM to the process group of a training run with DataLoader workers.
 
 Every run is a real `python -m ...` process (tests/signal_harness.py) and every signal is sent at a moment the
 process announces (a file it creates and waits beside), not after a guessed sleep."""
@@ -136,6 +136,34 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_saved_does_not_cut_it_short(tmp
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.parametrize("entry,command,moment,log,signum", [
+    ("rtseg", [*TRAIN, "--iters", "5", "--out", "m.safetensors"],
+     "rtseg.engines.yolact:YolactEngine.preprocess_batch:after", "stdout", signal.SIGTERM),
+    ("rtseg.train.fcn_trainer", ["--out", "m.safetensors", "--steps", "5", "--images", "2", "--size", "32", "32",
+                                 "--width", "0.01"], "rtseg.engines.fcn:FcnEngine.preprocess:after", "stderr",
+     signal.SIGTERM),
+    ("rtseg.train.msrcnn_trainer", ["--out", "m.safetensors", "--steps", "5", "--images", "2", "--size", "64", "48"],
+     "rtseg.engines.msrcnn:MsrcnnEngine.preprocess:after", "stderr", signal.SIGTERM),
+    ("rtseg.train.fcn_trainer", ["--out", "m.safetensors", "--steps", "5", "--images", "2", "--size", "32", "32",
+                                 "--width", "0.01"], "rtseg.engines.fcn:FcnEngine.preprocess:after", "stderr",
+     signal.SIGINT)], ids=["rtseg train", "fcn_trainer", "msrcnn_trainer", "fcn_trainer Ctrl-C"])
+def test_a_stop_signal_during_training_saves_the_checkpoint_and_ends_with_its_status(entry, command, moment, log,
+                                                                                     signum, tmp_path):
+    """SIGTERM during the first training step of each trainer: the steps done are saved and the way to continue said,
+    as on Ctrl-C, but the run ended as Ctrl-C does (``interrupted``, 130) where a SIGTERM is 143 (128 + 15, as a shell
+    reports it and as rtseg reports a SIGTERM at any other moment). Now ``terminated`` and 143; Ctrl-C stays
+    ``interrupted`` and 130."""
+    said, status = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    r = _run(tmp_path, command, [(moment, signum)], entry)
+    prog = "rtseg train" if entry == "rtseg" else entry.rsplit(".", 1)[1]
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (status, [f"{prog}: {said}"]), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    checkpoint = Path("m.train", "checkpoint.pth")
+    assert f"{said} at step 0: checkpoint {checkpoint}; continue with " in getattr(r, log)
+    assert torch.load(tmp_path / checkpoint, weights_only=True)["step"] == 0
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def _train(workers: int) -> list[str]:
     """The tiny `rtseg train` (:data:`TRAIN`) with ``workers`` DataLoader workers."""
     i = TRAIN.index("--workers") + 1
@@ -154,21 +182,23 @@ def test_a_sigterm_to_the_process_group_with_loader_workers_saves_the_checkpoint
     raised ``DataLoader worker … is killed by signal`` or ``exited unexpectedly`` (tracebacks, exit 1, often no
     checkpoint); a KeyboardInterrupt while it started them left a half-made loader that could not end them, and
     one mid-batch made the worker's thread print a ConnectionResetError traceback. Now the training process alone
-    stops: it saves the checkpoint, says how to continue and ends the workers: one line, 130, no process left."""
+    stops: it saves the checkpoint, says how to continue and ends the workers: one line, 143 (was 130, Ctrl-C's),
+    no process left."""
     r = _run(tmp_path, [*_train(2), "--iters", "5", "--out", "m.safetensors"], [(moment, signal.SIGTERM)], group=True)
-    assert (r.returncode, r.stderr.splitlines()) == (130, ["rtseg train: interrupted"]), (r.returncode, r.stderr)
-    assert "interrupted at step 0: checkpoint " in r.stdout
+    assert (r.returncode, r.stderr.splitlines()) == (143, ["rtseg train: terminated"]), (r.returncode, r.stderr)
+    assert "terminated at step 0: checkpoint " in r.stdout
     assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 0
 
 
 def test_a_sigterm_to_the_group_with_a_hung_loader_worker_still_ends_the_run(tmp_path):
     """SIGTERM to the process group while the DataLoader worker hangs on an item: the worker drops the group's
     SIGTERM, and when it does not end at the training process's request (torch waits 5 s) torch's ``terminate()``,
-    the training process's own SIGTERM, ends it. The checkpoint of step 0 is saved and the run ends: one line, 130,
-    no process left (a worker that ignored every SIGTERM would keep the run waiting for it for ever)."""
+    the training process's own SIGTERM, ends it. The checkpoint of step 0 is saved and the run ends: one line, 143
+    (was 130, Ctrl-C's), no process left (a worker that ignored every SIGTERM would keep the run waiting for it for
+    ever)."""
     r = _run(tmp_path, [*_train(1), "--iters", "5", "--out", "m.safetensors"],
              [("rtseg.train.trainer:AugmentedSamples.__getitem__", signal.SIGTERM)], group=True, release=False)
-    assert (r.returncode, r.stderr.splitlines()) == (130, ["rtseg train: interrupted"]), (r.returncode, r.stderr)
+    assert (r.returncode, r.stderr.splitlines()) == (143, ["rtseg train: terminated"]), (r.returncode, r.stderr)
     assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 0
 
 
@@ -204,3 +234,21 @@ def test_a_signal_while_the_recording_is_finalised_leaves_it_whole_under_its_nam
     with av.open(str(tmp_path / "o.mp4")) as recording:
         assert sum(1 for _ in recording.decode(video=0)) == 20
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 20
+
+
+@pytest.mark.parametrize("second,status,said", [(signal.SIGINT, 130, "rtseg: interrupted"),
+                                                (signal.SIGTERM, 143, "rtseg: terminated")], ids=["Ctrl-C", "SIGTERM"])
+def test_a_second_signal_while_a_stopped_run_drains_ends_it_with_that_signals_status(second, status, said, tmp_path):
+    """Ctrl-C stops a run gracefully; a second signal while the frames in flight are still written aborts it. A
+    second SIGTERM ended it as Ctrl-C does (``interrupted``, 130); now as a SIGTERM (``terminated``, 143, as every
+    other SIGTERM rtseg handles). The frames recorded stay, in the playable fragmented file (an aborted run does not
+    finalise it)."""
+    make_clip(tmp_path / "clip.mp4", frames=200)
+    r = _run(tmp_path, ["--source", "clip.mp4", "--engine", "slic", "--segments", "20", "--output", "o.mp4",
+                        "--json", "o.jsonl", "--no-progress"],
+             [("rtseg.video.sink_mp4:Mp4Sink.write:after", signal.SIGINT),
+              ("rtseg.video.sinks:JsonlSink.write", second)])  # (the sinks take each frame in turn)
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (status, [said]), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    with av.open(str(tmp_path / "o.partial.mp4")) as recording:
+        assert sum(1 for _ in recording.decode(video=0)) >= 1

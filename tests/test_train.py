@@ -1,12 +1,18 @@
 """YOLACT training: matching, encoding, OHEM, augmentations, a real tiny training run, resume, CLI."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import math
+import multiprocessing
+import os
 import re
+import signal
 from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -484,8 +490,6 @@ def test_cli_refuses_an_out_or_work_dir_that_would_overwrite_what_it_reads(tmp_p
     (an annotation file, also through a hard link; --init; --resume unless it is the run's own checkpoint), nor may
     the manifest go into a labelme folder it reads. Each is refused before training, the input left as it was (a COCO
     annotation file x.json was replaced by the manifest of --out x.safetensors)."""
-    import os
-
     from rtseg.data.export import export_coco
     from rtseg.train.cli import main
 
@@ -528,10 +532,10 @@ def test_cli_refuses_an_out_or_work_dir_that_would_overwrite_what_it_reads(tmp_p
 
 def test_sigterm_saves_a_checkpoint_and_prints_the_command_that_continues(tmp_path) -> None:
     """A real SIGTERM to a real `rtseg train` process (kill, a job scheduler's stop) mid-run: as Ctrl-C, the steps done
-    are saved and the command that continues them is printed, exit 130 without a traceback (was: killed at once,
-    exit -15, every step since the last checkpoint lost, nothing said)."""
+    are saved and the command that continues them is printed, without a traceback (was: killed at once, exit -15,
+    every step since the last checkpoint lost, nothing said); said as ``terminated`` and exit 143 (was ``interrupted``
+    and 130, Ctrl-C's)."""
     import shlex
-    import signal
     import subprocess
     import sys
 
@@ -549,10 +553,10 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_command_that_continues(tmp_pa
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "rtseg train: interrupted", stderr
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "rtseg train: terminated", stderr
     ckpt = tmp_path / "m.train" / "checkpoint.pth"
-    step, command = re.search(r"interrupted at step (\d+): checkpoint .*; continue with (.*)", stdout).groups()
+    step, command = re.search(r"terminated at step (\d+): checkpoint .*; continue with (.*)", stdout).groups()
     assert shlex.split(command) == ["rtseg", "train", *args, "--resume", str(ckpt)]
     assert int(step) >= 10 and torch.load(ckpt, weights_only=True)["step"] == int(step)
     assert not out.exists()
@@ -629,6 +633,74 @@ def test_cli_ctrl_c_prints_the_command_that_continues_the_run(tmp_path, capsys, 
     from rtseg.train.cli import resume_command  # an earlier --resume is replaced, in either spelling
     assert resume_command(["--iters", "9", "--resume", "a.pth", "--resume=b.pth"], ckpt) == \
         shlex.join(["rtseg", "train", "--iters", "9", "--resume", str(ckpt)])
+
+
+@pytest.fixture
+def start_method() -> Iterator[Callable[[str], None]]:
+    """``use(method)``: make ``method`` multiprocessing's default start method for the test (Python's is put back)."""
+    previous = multiprocessing.get_start_method(allow_none=True)
+    yield lambda method: multiprocessing.set_start_method(method, force=True)
+    multiprocessing.set_start_method(previous, force=True)
+
+
+def _loader_workers(trainer: Trainer) -> list[tuple[bool, set[int]]]:
+    """Start the DataLoader workers of ``trainer`` (``Trainer._batches``) and take one batch; for each child process
+    (/proc) this one then has that it had not before, the workers if they were forked from it: whether it runs this
+    process's command line (a worker forked from this process, not a server's ``python -c …``) and the stop signals
+    its main thread blocks (SigBlk), taken once it has sent a batch, i.e. after its ``worker_init_fn``."""
+    before = _children()
+    batches = trainer._batches()
+    next(batches)
+    own = Path("/proc/self/cmdline").read_bytes()
+    found = []
+    for pid in _children() - before:
+        with contextlib.suppress(OSError):  # (ended meanwhile)
+            mask = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1), 16)
+            found.append((Path(f"/proc/{pid}/cmdline").read_bytes() == own,
+                          {sig for sig in (signal.SIGINT, signal.SIGTERM) if mask >> (sig - 1) & 1}))
+    del batches  # ends the workers
+    return found
+
+
+def _children() -> set[int]:
+    """The processes (/proc) whose parent is this one, zombies left out."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):  # (ended meanwhile)
+            state, parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if int(parent) == os.getpid() and state != "Z":
+                found.add(int(entry))
+    return found
+
+
+def test_loader_workers_are_forked_whatever_the_default_start_method(tmp_path, start_method) -> None:
+    """With forkserver the default start method (Python 3.14's on Linux), the DataLoader workers were forked from a
+    server process, not from the training process: they did not start with Ctrl-C and SIGTERM blocked (the guard
+    against a stop request that reaches a worker before its ``worker_init_fn``, :func:`_workers_started`). Now they
+    are forked from the training process (an explicit ``fork`` context), and after their start Ctrl-C is no longer
+    blocked while SIGTERM stays blocked for the thread that waits for it."""
+    start_method("forkserver")
+    trainer = _trainer(_frames(2, size=64), 2, tmp_path, model=TINY_64)
+    trainer.config = replace(trainer.config, num_workers=1)
+    assert _loader_workers(trainer) == [(True, {signal.SIGTERM})]
+
+
+@pytest.mark.parametrize("absent", [("sigwaitinfo",), ("sigwaitinfo", "pthread_sigmask")], ids=["macOS", "Windows"])
+def test_loader_workers_without_sigwaitinfo_leave_sigterm_to_torch(absent, tmp_path, monkeypatch,
+                                                                   start_method) -> None:
+    """A platform whose ``signal`` module lacks ``sigwaitinfo`` (macOS) or ``pthread_sigmask`` too (Windows),
+    simulated by deleting the attributes from the ``signal`` module here (monkeypatch; a forked worker inherits the
+    deletion, hence the ``fork`` start method; the training process's platform checks see it too): without
+    ``pthread_sigmask`` starting the workers raised AttributeError in the training process; without ``sigwaitinfo``
+    each worker's thread that waits for SIGTERM died of an AttributeError and SIGTERM stayed blocked in the worker for
+    good (torch's ``terminate()`` could not end a hung one). Now the batches come and the worker blocks neither
+    signal: SIGTERM is left to torch's own handler."""
+    for name in absent:
+        monkeypatch.delattr(signal, name)
+    start_method("fork")
+    trainer = _trainer(_frames(2, size=64), 2, tmp_path, model=TINY_64)
+    trainer.config = replace(trainer.config, num_workers=1)
+    assert _loader_workers(trainer) == [(True, set())]
 
 
 def test_resume_takes_the_new_learning_rate(tmp_path) -> None:
@@ -799,8 +871,6 @@ def test_cli_init_starts_from_given_weights(tmp_path, capsys) -> None:
 # -- batched loss vs the per-image reference ------------------------------------------------------
 def _reference() -> tuple[dict, list[Target], dict[str, torch.Tensor]]:
     """Stored outputs, targets and per-image results (``tests/fixtures/make_loss_reference.py``)."""
-    from pathlib import Path
-
     ref = np.load(Path(__file__).parent / "data" / "yolact_loss_reference.npz")
     outputs = {k[4:]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("out_")}
     targets = []
@@ -932,7 +1002,6 @@ def test_recipe_trainers_refuse_resume_without_a_checkpoint_before_importing_tor
     """``--resume`` with no checkpoint file where the run of ``--out`` keeps it: was refused only after torch was
     imported and the data and the model were made (8-12 s); now one line before torch is imported (``-X importtime``
     lists every module imported), exit 2, nothing written."""
-    import os
     import subprocess
     import sys
 

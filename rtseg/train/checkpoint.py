@@ -5,9 +5,10 @@ stateful part (model, optimizer, scheduler, loss scaler …) under its name, tor
 CPU random state (dropout, samplers: a resumed run draws what the uninterrupted
 one would) and plain extra values. It is written to a temporary file and renamed, so a crash
 never leaves a half-written checkpoint; it is read with ``weights_only=True``.
-A trainer stopped by Ctrl-C or SIGTERM (:func:`sigterm_as_interrupt`) saves the steps done and says how to continue;
-so does one stopped by an :class:`~rtseg.errors.RtsegError` of its data (e.g. a corrupt image first read at step N,
-:func:`save_on_error`), unless the run diverged (:class:`DivergedError`).
+A trainer stopped by Ctrl-C or SIGTERM (:func:`sigterm_as_interrupt`) saves the steps done and says how to continue
+(then ends with 130 or 143, :func:`rtseg.errors.exit_status`); so does one stopped by an
+:class:`~rtseg.errors.RtsegError` of its data (e.g. a corrupt image first read at step N, :func:`save_on_error`), unless
+the run diverged (:class:`DivergedError`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
-from rtseg.errors import ConfigError, RtsegError, SinkError, WeightsError, sigterm_raises, stop_signals_ignored
+from rtseg.errors import (ConfigError, RtsegError, SinkError, Terminated, WeightsError, sigterm_raises,
+                          stop_signals_ignored)
 from rtseg.ranges import check_number
 from rtseg.video.outfiles import CheckedFile
 from rtseg.weights import load_into, load_torch_file
@@ -117,14 +119,25 @@ def _finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+class TerminatedInterrupt(KeyboardInterrupt):
+    """SIGTERM within :func:`sigterm_as_interrupt`: a KeyboardInterrupt, so that a trainer saves its checkpoint on it
+    as on Ctrl-C (its ``except KeyboardInterrupt``), but said as ``terminated`` (:func:`save_on_interrupt`) and
+    leaving :func:`sigterm_as_interrupt` as :class:`rtseg.errors.Terminated` (exit status 143, not Ctrl-C's 130)."""
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within it (or the function it decorates), SIGTERM (``kill``, a job scheduler's or ``docker stop``'s stop request)
-    raises KeyboardInterrupt in the main thread as Ctrl-C does, so a trainer saves its checkpoint and prints how to
-    continue (:func:`save_on_interrupt`) instead of dying at once with every step since the last checkpoint lost
-    (``exit_status`` then ends it with 130, no traceback). Outside the main thread it changes nothing."""
-    with sigterm_raises(KeyboardInterrupt):
-        yield
+    raises :class:`TerminatedInterrupt`, a KeyboardInterrupt, in the main thread as Ctrl-C raises one, so a trainer
+    saves its checkpoint and prints how to continue (:func:`save_on_interrupt`) instead of dying at once with every
+    step since the last checkpoint lost. It leaves as :class:`rtseg.errors.Terminated`, which ``exit_status`` ends with
+    ``terminated`` and 143 (128 + SIGTERM, as the rest of rtseg and a shell report a SIGTERM; Ctrl-C stays
+    ``interrupted`` and 130), no traceback. Outside the main thread it changes nothing."""
+    try:
+        with sigterm_raises(TerminatedInterrupt):
+            yield
+    except TerminatedInterrupt as exc:
+        raise Terminated(str(exc)).with_traceback(exc.__traceback__) from None
 
 
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
@@ -170,10 +183,11 @@ def _write_atomically(state: dict[str, Any], path: Path) -> None:
 
 
 def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful], resume_hint: str,
-                      log: TextIO | None = None, **extra: Any) -> Path:
-    """After Ctrl-C (or SIGTERM, :func:`sigterm_as_interrupt`): write the checkpoint of the ``step`` steps done
-    (:func:`save_checkpoint`) and print one line saying where it is and how to continue (``resume_hint``, e.g.
-    ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises the KeyboardInterrupt.
+                      stop: KeyboardInterrupt, log: TextIO | None = None, **extra: Any) -> Path:
+    """After Ctrl-C (or SIGTERM, :func:`sigterm_as_interrupt`), the KeyboardInterrupt ``stop``: write the checkpoint of
+    the ``step`` steps done (:func:`save_checkpoint`) and print one line, ``interrupted at step N: …`` (``terminated``
+    for SIGTERM's :class:`TerminatedInterrupt`), saying where it is and how to continue (``resume_hint``, e.g.
+    ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises ``stop``.
 
     Ctrl-C and SIGTERM are ignored while the checkpoint is written (:func:`rtseg.errors.stop_signals_ignored`): a
     second one (a double Ctrl-C) cut the save short, so that the steps since the last checkpoint were lost and
@@ -181,7 +195,8 @@ def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful]
     unstoppable process.)"""
     with stop_signals_ignored():
         path = save_checkpoint(path, step=step, parts=parts, **extra)
-    print(f"interrupted {_saved_at(step, path, resume_hint)}", file=log if log is not None else sys.stderr, flush=True)
+    said = "terminated" if isinstance(stop, TerminatedInterrupt) else "interrupted"
+    print(f"{said} {_saved_at(step, path, resume_hint)}", file=log if log is not None else sys.stderr, flush=True)
     return path
 
 
@@ -248,8 +263,9 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)`` before its backward
     pass, ``guard.admit_gradients(norm, step=k + 1)`` after it) before it updates the weights; its divergence
     error ends the run. checkpoint: written every ``ckpt_every``
-    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM) the
-    steps done so far are saved (:func:`save_on_interrupt`) before the KeyboardInterrupt goes on, and so they are
+    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM:
+    :func:`sigterm_as_interrupt`) the steps done so far are saved (:func:`save_on_interrupt`) before the
+    KeyboardInterrupt goes on, and so they are
     when a step raises an RtsegError other than a divergence, e.g. a DatasetError of its data
     (:func:`save_on_error`: the error raised then says where they are and how to continue).
     describe: one progress line's text from the results of the last ``log_every`` steps that were not
@@ -277,9 +293,9 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
             if checkpoint and checkpoint_due(k + 1, ckpt_every, steps):
                 save_checkpoint(checkpoint, step=k + 1, parts=parts, **extra)
                 saved = k + 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if checkpoint:
-            save_on_interrupt(checkpoint, step=first + len(results), parts=parts, resume_hint=hint, **extra)
+            save_on_interrupt(checkpoint, step=first + len(results), parts=parts, resume_hint=hint, stop=stop, **extra)
         raise
     except RtsegError as exc:
         error = save_on_error(exc, checkpoint, step=first + len(results), saved=saved, parts=parts, resume_hint=hint,

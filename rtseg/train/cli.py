@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 from rtseg.cliargs import NumberRange, Once, Parser, check_ranges
 from rtseg.data.spec import FORMS, parse_data
 from rtseg.entry import run_command
-from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, make_folder, sigterm_raises
+from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, make_folder
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
@@ -264,13 +264,21 @@ def train(command: tuple[argparse.Namespace, Sequence[str]]) -> dict[str, float]
     return run(*command)
 
 
-@sigterm_raises(KeyboardInterrupt)  # rtseg.train.checkpoint.sigterm_as_interrupt, whose module imports torch
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
     """Train as the options :func:`parse` checked (from ``argv``) say; returns the final validation metrics. Ctrl-C
-    or SIGTERM writes the checkpoint of the steps done and prints the command that continues the run; an error of
-    the data mid-run (e.g. a corrupt image) writes it too, and its one line adds where it is and that command.
-    The output folders are made once the data, --init and --resume are read: a start refused for one of them
-    leaves nothing behind."""
+    or SIGTERM writes the checkpoint of the steps done and prints the command that continues the run, then goes on
+    as a KeyboardInterrupt or :class:`rtseg.errors.Terminated` (130 or 143 from :func:`main`:
+    :func:`rtseg.train.checkpoint.sigterm_as_interrupt`); an error of the data mid-run (e.g. a corrupt image) writes
+    it too, and its one line adds where it is and that command. The output folders are made once the data, --init
+    and --resume are read: a start refused for one of them leaves nothing behind."""
+    from rtseg.train.checkpoint import sigterm_as_interrupt  # (torch: loaded by then through main's preload)
+
+    with sigterm_as_interrupt():
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
+    """:func:`run` within its handling of SIGTERM."""
     import torch
 
     from rtseg.models.yolact import Yolact, YolactConfig
@@ -344,8 +352,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg train``; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C
-    or on a SIGTERM once training runs (the steps done are saved), 143 on a SIGTERM before that (while the options
-    are checked or the trainer imports) or after it (:func:`rtseg.entry.run_command`)."""
+    and 143 on a SIGTERM (``rtseg train: interrupted`` / ``terminated``): once training runs the steps done are saved
+    first (:func:`run`), before that (while the options are checked or the trainer imports) and after it nothing is
+    (:func:`rtseg.entry.run_command`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     return run_command("rtseg train", "rtseg.train.cli:train", parse=lambda: (parse(args), args),
                        preload=("rtseg.train.trainer",))

@@ -112,8 +112,8 @@ def evaluate_fcn(engine: FcnEngine, data: InstanceDataset) -> dict[str, float]:
 @sigterm_as_interrupt()
 def run(args: argparse.Namespace) -> None:
     """``python -m rtseg.train.fcn_trainer`` with its options, parsed and checked
-    (:func:`rtseg.train.fcn_trainer.parse`): train, validate, write the weights; a SIGTERM acts as Ctrl-C (the steps
-    done are saved, see :func:`train_fcn`). Run it through :func:`rtseg.train.fcn_trainer.main`, which reports
+    (:func:`rtseg.train.fcn_trainer.parse`): train, validate, write the weights; a SIGTERM stops it as Ctrl-C does
+    (the steps done are saved, see :func:`train_fcn`; then ``terminated`` and 143, not 130). Run it through :func:`rtseg.train.fcn_trainer.main`, which reports
     errors and interruptions."""
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 

@@ -127,8 +127,8 @@ def mask_quality(engine: MsrcnnEngine, data: InstanceDataset) -> dict[str, float
 @sigterm_as_interrupt()
 def run(args: argparse.Namespace) -> None:
     """``python -m rtseg.train.msrcnn_trainer`` with its options, parsed and checked
-    (:func:`rtseg.train.msrcnn_trainer.parse`): train, check the mask scores, write the weights; a SIGTERM acts as
-    Ctrl-C (the steps done are saved, see :func:`train_msrcnn`). Run it through
+    (:func:`rtseg.train.msrcnn_trainer.parse`): train, check the mask scores, write the weights; a SIGTERM stops it
+    as Ctrl-C does (the steps done are saved, see :func:`train_msrcnn`; then ``terminated`` and 143, not 130). Run it through
     :func:`rtseg.train.msrcnn_trainer.main`, which reports errors and interruptions."""
     from rtseg.data.synthetic import CLASSES, SyntheticDataset
 

@@ -39,8 +39,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C or on a SIGTERM
-    once training runs (the steps done are saved), 143 on a SIGTERM while the trainer still imports."""
+    """Entry point; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C and 143 on a
+    SIGTERM (once training runs the steps done are saved first: :func:`rtseg.train.checkpoint.sigterm_as_interrupt`;
+    not while the trainer still imports)."""
     return run_command("msrcnn_trainer", "rtseg.train.msrcnn:run", parse=lambda: parse(argv))
 
 

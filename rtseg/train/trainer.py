@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -245,14 +246,15 @@ class Trainer:
     # -- training -----------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, TargetBatch]]:
         """The collated batches (:func:`collate`) from the current step to ``iters``, read by ``num_workers``
-        DataLoader workers, which start now and leave stop requests to the training process
-        (:func:`_workers_started`)."""
+        DataLoader workers, which start now (by :func:`_worker_start_method`) and leave stop requests to the training
+        process (:func:`_workers_started`)."""
         c = self.config
         data = AugmentedSamples(self.train_set, size=self.model.cfg.input_size, config=c.augment, seed=c.seed,
                                 start=self.step * c.batch_size, stop=c.iters * c.batch_size)
         loader = DataLoader(data, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
                             collate_fn=collate, drop_last=True, persistent_workers=False,
                             pin_memory=self.device.type == "cuda",
+                            multiprocessing_context=_worker_start_method() if c.num_workers else None,
                             worker_init_fn=functools.partial(_leave_stop_requests_to, os.getpid()))
         return _workers_started(loader)
 
@@ -299,9 +301,10 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train from the current step to ``iters``; returns the final validation metrics (or {}).
 
-        Ctrl-C (or SIGTERM), to this process or to its whole process group with the DataLoader workers, saves the
-        checkpoint of the steps done, prints where it is and how to continue (:attr:`resume_hint`), and the
-        KeyboardInterrupt goes on (the workers leave it to this process: :func:`_workers_started`). An RtsegError
+        Ctrl-C (or SIGTERM, within :func:`~rtseg.train.checkpoint.sigterm_as_interrupt`), to this process or to its
+        whole process group with the DataLoader workers, saves the checkpoint of the steps done, prints where it is
+        and how to continue (:attr:`resume_hint`; ``interrupted …`` or ``terminated …``), and the KeyboardInterrupt
+        goes on (the workers leave it to this process: :func:`_workers_started`). An RtsegError
         that stops the run (e.g. a DatasetError of an image first read now, in this process or a DataLoader worker)
         saves them as well when any were done since the last checkpoint, and is raised as one line that adds where
         they are and how to continue (:func:`~rtseg.train.checkpoint.save_on_error`); a divergence (ConfigError to
@@ -328,10 +331,10 @@ class Trainer:
                     saved = self.step
                 if c.val_every and self.step % c.val_every == 0 and self.step < self.config.iters:
                     self._report_validation()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             path = self.work_dir / CHECKPOINT_NAME
             save_on_interrupt(path, step=self.step, parts=self._parts(), resume_hint=self.resume_hint or f"--resume {path}",
-                              log=self.log, **self._checkpoint_extras())
+                              stop=stop, log=self.log, **self._checkpoint_extras())
             raise
         except RtsegError as exc:  # from a DataLoader worker the message carries the worker's traceback (cleaned)
             path = self.work_dir / CHECKPOINT_NAME
@@ -407,10 +410,26 @@ def _workers_started(loader: DataLoader) -> Iterator[tuple[torch.Tensor, TargetB
     done, raised ``DataLoader worker … is killed by signal`` (a traceback, exit 1, no checkpoint). So the workers
     leave stop requests to the training process (:func:`_leave_stop_requests_to`), which ends them when
     it deletes the iterator; they start with the signals blocked, so that none reaches a worker before its
-    ``worker_init_fn``. And a KeyboardInterrupt inside ``iter`` left a half-made iterator that could not end its
-    workers (``Exception ignored in … __del__``, a worker left behind)."""
+    ``worker_init_fn`` (forked workers: :func:`_worker_start_method`). And a KeyboardInterrupt inside ``iter`` left a
+    half-made iterator that could not end its workers (``Exception ignored in … __del__``, a worker left behind).
+
+    Where ``signal`` lacks ``sigwaitinfo`` (macOS) or ``pthread_sigmask`` too (Windows) this degrades to what torch
+    does itself: see :func:`_stop_signals_held` and :func:`_leave_stop_requests_to`."""
     with _stop_signals_held():
         return iter(loader)
+
+
+def _worker_start_method() -> multiprocessing.context.BaseContext | None:
+    """The start method of the DataLoader workers: ``fork``, so that they start with the signal mask of the thread
+    that starts them (:func:`_workers_started`) whatever the default method (Python 3.14 makes it ``forkserver`` on
+    Linux: workers forked from a server process started earlier, with its own mask). None (torch's default, the
+    platform's) where the platform has no ``fork`` (Windows) or ``signal`` no ``sigwaitinfo`` (macOS, where Python
+    lists ``fork`` but starts by ``spawn``, forking being unsafe with its system libraries): there a worker cannot
+    wait for SIGTERM and unblocks it at its start (:func:`_leave_stop_requests_to`), so the mask it starts with
+    matters only until then, and ``spawn`` (fork and exec) keeps it anyway."""
+    if hasattr(signal, "sigwaitinfo") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return None
 
 
 @contextlib.contextmanager
@@ -418,17 +437,19 @@ def _stop_signals_held() -> Iterator[None]:
     """Within it, Ctrl-C and SIGTERM wait: blocked in this thread (and so in the processes it starts) and, in the
     main thread, noted by a handler that does nothing else (Python runs its handlers in the main thread whichever
     thread took the signal: torch has native threads that do not block it). Afterwards the mask and the handlers
-    are back, and the first signal noted is raised again."""
+    are back, and the first signal noted is raised again. Where ``signal`` has no ``pthread_sigmask`` (Windows) only
+    the handlers do this (nothing is blocked; a worker started there has its own signal state anyway)."""
     noted: list[int] = []
     handlers: dict[int, Any] = {}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
     try:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:  # (signal.signal runs a pending handler first, which may raise)
                 handlers[sig] = signal.signal(sig, lambda signum, _frame: noted.append(signum))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with contextlib.ExitStack() as stack:  # every handler back, even if a pending one raises meanwhile
             for sig, handler in handlers.items():
                 stack.callback(signal.signal, sig, handler)
@@ -441,10 +462,18 @@ def _leave_stop_requests_to(trainer: int, worker_id: int) -> None:
     Ctrl-C and SIGTERM blocked (:func:`_workers_started`; torch installed its own SIGTERM handler before): ignore
     Ctrl-C from now on (one sent since the start is discarded), leave SIGTERM blocked for a thread that waits for
     it (:func:`_end_at_sigterm_from`), and report no error of the training process's going away mid-batch
-    (:func:`_unless_the_trainer_went_away`). ``worker_id`` is unused."""
+    (:func:`_unless_the_trainer_went_away`). ``worker_id`` is unused.
+
+    Where ``signal`` has no ``sigwaitinfo`` (macOS), which alone tells who sent a SIGTERM, SIGTERM is unblocked
+    instead and left to torch's handler: a SIGTERM to the process group then ends the worker as torch ends it (the
+    training process may report that end rather than save its checkpoint). Without ``pthread_sigmask`` (Windows)
+    nothing was blocked and nothing is unblocked."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    threading.Thread(target=_end_at_sigterm_from, args=(trainer,), daemon=True).start()
+    waits = hasattr(signal, "sigwaitinfo")
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT} if waits else set(STOP_SIGNALS))
+    if waits:
+        threading.Thread(target=_end_at_sigterm_from, args=(trainer,), daemon=True).start()
     sys.excepthook = functools.partial(_unless_the_trainer_went_away, sys.excepthook)
 
 

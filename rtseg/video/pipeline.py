@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 import numpy as np
 
 from rtseg.engines.base import Engine
-from rtseg.errors import RtsegError
+from rtseg.errors import RtsegError, Terminated
 from rtseg.types import Frame, Prediction
 from rtseg.video.fanout import SinkWriter
 from rtseg.video.metrics import Metrics, Progress
@@ -185,7 +185,8 @@ class Pipeline:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.interrupted:
-            self._record("signal", None, KeyboardInterrupt(f"second {signal.Signals(signum).name}"))
+            second = Terminated if signum == signal.SIGTERM else KeyboardInterrupt  # (143 / 130: exit_status)
+            self._record("signal", None, second(f"second {signal.Signals(signum).name}"))
             self._abort.set()
         self.interrupted = True
         self.stop()
@@ -347,7 +348,7 @@ class Pipeline:
                 self._progress.close()
         if self._error is not None:
             stage, seq, exc = self._error
-            if isinstance(exc, (RtsegError, KeyboardInterrupt)):
+            if isinstance(exc, (RtsegError, KeyboardInterrupt, Terminated)):
                 raise exc
             where = f" on frame {seq}" if seq is not None else ""
             raise PipelineError(f"{stage} stage failed{where} of {self.source.source_id}: "
