@@ -39,6 +39,10 @@ class Frame:
         where the source has no such numbering (cameras, live streams). A COCO results file's ``image_id`` is
         ``index + 1`` (``seq + 1`` where it is None): the ids of rtseg's COCO export of a clip (``--every 1``) or of
         its image folder.
+    duration: seconds the frame is shown, as the source times it: a video file's frame duration as its decoder gives
+        it (else 1 / fps), an image folder's or a synthetic clip's frame period; a frame standing for those that
+        ``--vid-stride`` passes over after it lasts until the last of them ends (at most until ``--end``). A recording
+        shows its last frame that long; None where unknown (cameras, live streams).
     """
 
     image: np.ndarray
@@ -48,6 +52,7 @@ class Frame:
     capture_time: float = 0.0
     file: str | None = None
     index: int | None = None
+    duration: float | None = None
 
     def __post_init__(self) -> None:
         _check("Frame.image", self.image, (None, None, 3), np.uint8)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -136,6 +137,21 @@ def test_the_audio_runs_to_the_end_of_the_last_frame(tmp_path):
     _record(source, out)
     video_end, audio_end = _ends(out)
     assert video_end == pytest.approx(4.0) and abs(audio_end - video_end) <= TOLERANCE_S, audio_end
+
+
+def test_the_audio_runs_to_the_end_of_a_last_frame_that_lasts_longer_than_the_spacing_before_it(tmp_path):
+    """The last frame's ``Frame.duration`` (a GIF's or a variable-rate file's last frame may last far longer than the
+    frames before it) is where the video and the audio end (both ended 0.1 s after it: the spacing of the last
+    two, 1 / fps)."""
+    source, out = _make(tmp_path / "clip.mkv", audio_codec="libopus", seconds=3.0), tmp_path / "rec.mp4"
+    with FileSource(str(source), end=1.0) as frames:
+        kept = list(frames)
+    sink = Mp4Sink(out, fps_hint=frames.fps, audio_from=str(source))
+    for frame in kept[:-1] + [replace(kept[-1], duration=1.5)]:
+        sink.write(frame, None, frame.image)
+    sink.close()
+    video_end, audio_end = _ends(out)
+    assert video_end == pytest.approx(0.9 + 1.5) and abs(audio_end - video_end) <= TOLERANCE_S, (video_end, audio_end)
 
 
 def test_audio_at_a_rate_aac_does_not_take_is_resampled(tmp_path):

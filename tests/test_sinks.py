@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Detections, Frame
 from rtseg.video.sinks import ImageSink, JsonlSink, Mp4Sink, WindowSink
 from rtseg.video.h264 import H264Encoder
+from rtseg.video.sources_av import FileSource
+from servers.helpers import tiny_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _frame(i: int, t: float | None, h: int = 120, w: int = 160) -> Frame:
@@ -173,6 +178,81 @@ def test_mp4_pts_none_uses_capture_time_and_no_frames_leaves_no_file(tmp_path):
     empty = Mp4Sink(tmp_path / "none.mp4", fps_hint=25)
     empty.close()
     assert list(tmp_path.glob("none*")) == []
+
+
+def _last_frame(path: Path) -> tuple[float, float]:
+    """(duration of the last video packet, end of the video stream) of ``path``, in s."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        last = [p for p in c.demux(stream) if p.dts is not None][-1]
+        return float(last.duration * last.time_base), float((stream.start_time + stream.duration) * stream.time_base)
+
+
+@pytest.mark.parametrize("frame_threads", [0, 4])
+@pytest.mark.parametrize("duration, shown", [(1.5, 1.5), (None, 1 / 25)])
+def test_mp4_last_frame_lasts_its_duration_else_one_over_fps_hint(tmp_path, frame_threads, duration, shown):
+    """``Frame.duration`` of the last frame written is how long the finished MP4 shows it (was 1 / fps_hint, as still
+    where it is None: a live source's); also the last frame x264's frame threads held until the end."""
+    out = tmp_path / "rec.mp4"
+    sink = Mp4Sink(out, fps_hint=25, frame_threads=frame_threads)
+    for i, t in enumerate([0.0, 0.04, 0.3]):
+        f = replace(_frame(i, t), duration=duration if i == 2 else 0.04)
+        sink.write(f, None, f.image)
+    sink.close()
+    assert _last_frame(out) == pytest.approx((shown, 0.3 + shown), abs=1e-4)
+
+
+def _vfr_video(path: Path, times_ms: list[int], last_ms: int) -> Path:
+    """An H.264 video of frames at ``times_ms`` (ms) whose last frame lasts ``last_ms`` ms (its packet's duration;
+    MP4 without B-frames: there the last packet's duration is the last sample's, however the frames are ordered)."""
+    ms = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10, options={"bf": "0"} if path.suffix == ".mp4" else {})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = ms
+        packets = []
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = t, ms
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        max(packets, key=lambda p: p.pts).duration = round(Fraction(last_ms, 1000) / packets[0].time_base)
+        for packet in packets:
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("name", ["vfr.mkv", "vfr.mp4"])
+def test_a_recording_shows_the_last_frame_of_a_variable_rate_file_as_long_as_the_file(tmp_path, name):
+    """The file's last frame lasts 0.9 s after frames 40 and 100 ms apart: so does the recording's (was 1 / fps_hint,
+    the file's average rate)."""
+    source = _vfr_video(tmp_path / name, [0, 40, 80, 120, 160, 200, 300], 900)
+    out = tmp_path / "rec.mp4"
+    with FileSource(str(source)) as frames:
+        sink = Mp4Sink(out, fps_hint=frames.fps)
+        for frame in frames:
+            sink.write(frame, None, frame.image)
+    sink.close()
+    assert _last_frame(out) == pytest.approx((0.9, 1.2), abs=1e-3)
+
+
+def test_rtseg_records_a_gif_with_its_last_frame_shown_for_its_delay(tmp_path):
+    """``rtseg --source x.gif --output o.mp4`` of a GIF whose delays are 100/100/100/700 ms: the recording shows its
+    last frame for 0.7 s (was 0.25 s: 1 / the GIF's average rate of 4 fps)."""
+    animation = cv2.Animation()
+    animation.frames = [np.full((48, 64, 3), 60 * i, np.uint8) for i in range(4)]
+    animation.durations = [100, 100, 100, 700]
+    ok, data = cv2.imencodeanimation(".gif", animation)
+    assert ok
+    gif, out = tmp_path / "x.gif", tmp_path / "o.mp4"
+    gif.write_bytes(data.tobytes())
+    weights = tiny_weights(tmp_path / "tiny.safetensors")
+    r = subprocess.run([sys.executable, str(REPO / "run.py"), "--source", str(gif), "--output", str(out),
+                        "--no-progress", "--weights", str(weights)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert np.allclose(_decode_video(out)[1], [0.0, 0.1, 0.2, 0.3], atol=1e-3)
+    assert _last_frame(out) == pytest.approx((0.7, 1.0), abs=1e-3)
 
 
 @pytest.mark.parametrize("frame_threads", [0, 4])

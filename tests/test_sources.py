@@ -382,6 +382,28 @@ def test_an_animated_png_alone_plays_every_frame_at_its_times(tmp_path):
     assert [tuple(f.image[0, 0]) for f in frames] == [clip_colour(i) for i in range(4)]
 
 
+def test_frames_say_how_long_they_are_shown_as_their_source_times_them(tmp_path):
+    """``Frame.duration`` (was not carried: a recording gave the last frame 1 / fps, 0.25 s for this GIF of average
+    rate 4 fps): a GIF's own delays, its last one too; with --vid-stride a frame lasts until the last of the frames it
+    stands for ends, at most until --end; an image folder's and a synthetic clip's frame period (a clip's last frame
+    with a stride: its own)."""
+    gif = _animation(tmp_path / "a.gif", [100, 100, 100, 700])
+    with open_source(str(gif)) as source:
+        frames = list(source)
+    assert [f.pts for f in frames] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert [f.duration for f in frames] == pytest.approx([0.1, 0.1, 0.1, 0.7])
+    with open_source(str(gif), vid_stride=3) as source:
+        assert [f.duration for f in source] == pytest.approx([0.3, 0.7])
+    with open_source(str(gif), vid_stride=2, end=0.5) as source:
+        assert [f.duration for f in source] == pytest.approx([0.2, 0.3])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _write_images(folder, 3)
+    assert [f.duration for f in open_source(str(folder), vid_stride=2)] == [1 / 25, 1 / 25]
+    clip = open_source("synthetic", vid_stride=2, synthetic={"width": 64, "height": 48, "num_frames": 7, "fps": 10.0})
+    assert [f.duration for f in clip] == pytest.approx([0.2, 0.2, 0.2, 0.1])
+
+
 def test_an_animated_image_read_as_a_still_is_warned_of(tmp_path):
     """An animated WebP (FFmpeg cannot decode those) and an APNG among other images give their first frame, now
     with a warning saying so and what to do (was silent)."""
@@ -505,6 +527,7 @@ def test_paced_source_is_live_and_keeps_the_clock():
     assert len(frames) == 12
     assert elapsed >= 11 / 40 - 0.01
     assert [f.pts for f in frames] == pytest.approx([i / 40 for i in range(12)])
+    assert {f.duration for f in frames} == {1 / 40}  # replayed at its rate: each frame lasts a period
     # a consumer that falls behind does not slow the clock: frames are due at fixed times
     source = Paced(SyntheticSource(seed=1, width=64, height=48, num_frames=8, fps=40.0))
     t0 = time.monotonic()

@@ -104,8 +104,9 @@ class Source:
 
     Subclasses implement :meth:`_frames` (yield ``(image, pts)`` pairs, after setting
     ``decode_seconds`` to the work spent on that frame, waits for data excluded, ``_file`` to the image file
-    it was read from, if any, and ``_index`` to its :attr:`Frame.index <rtseg.types.Frame.index>`, if it has one) and
-    may override :meth:`close`. ``seq`` counts every frame the source yields.
+    it was read from, if any, ``_index`` to its :attr:`Frame.index <rtseg.types.Frame.index>`, if it has one, and
+    ``_duration`` to its :attr:`Frame.duration <rtseg.types.Frame.duration>`, if known) and may override
+    :meth:`close`. ``seq`` counts every frame the source yields.
     ``notices`` collects one-line remarks for the user (e.g. a file that ended early), shown at
     the end; ``on_event`` (a callable taking one line, default: nothing) is told at once what a
     live source goes through (a stream lost, reconnecting, back); given to the constructor, it is told from the
@@ -124,6 +125,7 @@ class Source:
         self.decode_seconds = 0.0
         self._file: str | None = None  # Frame.file of the next frame yielded
         self._index: int | None = None  # Frame.index of the next frame yielded
+        self._duration: float | None = None  # Frame.duration of the next frame yielded
         self.notices: list[str] = []
         self.on_event: Callable[[str], None] = on_event or (lambda line: None)
         self._stop = threading.Event()
@@ -135,7 +137,7 @@ class Source:
     def _generate(self) -> Iterator[Frame]:
         for seq, (image, pts) in enumerate(self._frames()):
             yield Frame(image=image, source_id=self.source_id, seq=seq, pts=pts, capture_time=time.monotonic(),
-                        file=self._file, index=self._index)
+                        file=self._file, index=self._index, duration=self._duration)
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -169,10 +171,10 @@ IMAGE_FPS = 25.0
 class ImageSource(Source):
     """Still images read with OpenCV, in the given order, every ``vid_stride``-th one.
 
-    The k-th image yielded has pts k / :data:`IMAGE_FPS` s, so a video written from a folder plays at
-    that rate (not at the speed the images were read) and ``--realtime`` can pace a folder; its index is its
-    position among all the files (those ``vid_stride`` passes over, and unreadable ones, counted).
-    A file that cannot be read (not an image OpenCV decodes, not readable by this user, a FIFO, a symbolic
+    The k-th image yielded has pts k / :data:`IMAGE_FPS` s and is shown for 1 / :data:`IMAGE_FPS` s, so a video
+    written from a folder plays at that rate (not at the speed the images were read) and ``--realtime`` can pace a
+    folder; its index is its position among all the files (those ``vid_stride`` passes over, and unreadable ones,
+    counted). A file that cannot be read (not an image OpenCV decodes, not readable by this user, a FIFO, a symbolic
     link to nothing …) is skipped with a warning saying why (``on_event``; the first :attr:`WARN_SKIPPED`
     files by name, the rest counted in one of ``notices``); a source none of whose files can be read raises
     :class:`SourceError` (one line: a single image gives no warning before it).
@@ -186,6 +188,7 @@ class ImageSource(Source):
         self.paths = paths[::vid_stride]  # the ones read
         self._stride = vid_stride
         super().__init__(source_id=source_id, fps=IMAGE_FPS, num_frames=len(self.paths), on_event=on_event)
+        self._duration = 1.0 / IMAGE_FPS
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         k = 0
@@ -262,7 +265,7 @@ class SyntheticSource(Source):
             self.decode_seconds = time.perf_counter() - t0
             if self._truth is not None:
                 self._truth[seq] = instances
-            self._index = i
+            self._index, self._duration = i, (min(i + self.indices.step, len(self.scene)) - i) * self._period
             yield image, i * self._period
 
     def truth(self, seq: int) -> list[Instance]:
@@ -294,7 +297,7 @@ class Paced(Source):
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         self.inner.on_event = self.on_event  # what ``inner`` goes through (damaged data, a stalled pipe) is told too
-        period = 1.0 / self.fps
+        period = self._duration = 1.0 / self.fps
         t0 = time.monotonic()
         for i, frame in enumerate(self.inner):
             self.decode_seconds, self._file, self._index = self.inner.decode_seconds, frame.file, frame.index

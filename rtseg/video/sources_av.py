@@ -177,8 +177,10 @@ class FileSource(Source):
 
     pts: seconds from the start of the file's video stream; a frame stored without one (raw
     H.264, some AVIs) follows the previous frame by its duration (or 1 / fps). index: the frame's number in the
-    file (:meth:`_numbered`), whatever ``start`` and ``vid_stride`` pass over. ``fps`` is the rate
-    after the stride. Never drops: the consumer sets the pace. ``start`` is reached by a seek when
+    file (:meth:`_numbered`), whatever ``start`` and ``vid_stride`` pass over. duration: until the end of the last
+    frame it stands for (itself and the ``vid_stride`` - 1 after it, as far as ``end``), from the decoder's frame
+    durations (or 1 / fps): a frame is yielded once those after it that ``vid_stride`` passes over are decoded.
+    ``fps`` is the rate after the stride. Never drops: the consumer sets the pace. ``start`` is reached by a seek when
     the container allows one that lands at or before it (else by decoding from the beginning). A local file of a
     format whose timestamps may jump (MPEG-TS and -PS, ...) has its packets' times read at open, without decoding
     (:meth:`_scan`: its length, the number of frames and the key frame to start from; over
@@ -371,8 +373,12 @@ class FileSource(Source):
         for frame in frames:
             own = self._time(frame.pts)
             t = self._timeline.place(own, step) if own is not None else (t + step if t is not None else 0.0)
-            step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else self._period
+            step = self._shown(frame)
             yield frame, t
+
+    def _shown(self, frame: av.VideoFrame) -> float:
+        """Seconds ``frame`` is shown: its duration as decoded, else 1 / fps (:func:`frame_period`)."""
+        return float(frame.duration * frame.time_base) if frame.duration and frame.time_base else self._period
 
     def _from_start(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """Timed frames from the last key frame at or before ``start``.
@@ -423,6 +429,8 @@ class FileSource(Source):
         kept = 0
         t: float | None = None
         last: float | None = None  # time of the last frame before start
+        held: tuple[np.ndarray, float, int] | None = None  # (image, t, index) of the frame yielded next
+        until = 0.0  # where the last frame read ends (s): the frame held is shown until then
         t0 = time.perf_counter()
         try:
             for index, frame, t in self._numbered(self._from_start()):
@@ -436,13 +444,18 @@ class FileSource(Source):
                     break
                 kept += 1
                 if (kept - 1) % self._stride == 0:
-                    image = displayed(frame, self._reformatter, sample_aspect(self._stream))
-                    self.decode_seconds, self._index = time.perf_counter() - t0, index
-                    yield image, t
-                    t0 = time.perf_counter()
+                    held = displayed(frame, self._reformatter, sample_aspect(self._stream)), t, index
+                until = t + self._shown(frame)
+                if kept % self._stride == 0:  # the frames it stands for are read
+                    yield self._release(held, until, t0)
+                    held, t0 = None, time.perf_counter()
+            if held is not None:  # (the file or the range ended within its stride)
+                yield self._release(held, until, t0)
         except Signalled as exc:
             raise exc.args[0] from None
         except AV_ERRORS as exc:
+            if held is not None:  # (read before the failure, as it would have been without a stride)
+                yield self._release(held, until, t0)
             where = f" at {t:.3f}s" if t is not None else ""
             raise SourceError(f"reading {self._name} failed{where}: {self._read_failure(exc, t)}") from None
         if self._pipe is not None and self._pipe.failure is not None:
@@ -457,6 +470,14 @@ class FileSource(Source):
                                 "concatenated video): frames were timed on across each jump")
         else:
             self._check_complete(t)
+
+    def _release(self, held: tuple[np.ndarray, float, int], until: float, t0: float) -> tuple[np.ndarray, float]:
+        """``(image, t)`` of the frame ``held`` (``(image, t, index)``), its index and its duration, up to ``until``
+        s (at most to ``end``), set for :class:`Frame`; ``t0``: :func:`time.perf_counter` when its decoding began."""
+        image, t, index = held
+        end = min(until, self._end) if self._end is not None else until
+        self.decode_seconds, self._index, self._duration = time.perf_counter() - t0, index, end - t if end > t else None
+        return image, t
 
     def _read_failure(self, exc: BaseException, t: float | None) -> str:
         """Why reading failed after the frame at ``t`` s (None: before any) and what to do, as one clause
