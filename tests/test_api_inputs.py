@@ -116,7 +116,7 @@ def test_annotate_survives_degenerate_boxes(frame) -> None:
         assert out.shape == frame.shape and out.dtype == np.uint8
     with pytest.raises(ValueError, match="must be finite"):
         _dets([[np.nan, 0, 10, 10]])
-    with pytest.raises(TypeError, match="hud must be a mapping"):
+    with pytest.raises(ConfigError, match="hud must be a mapping"):
         rtseg.annotate(frame, _dets([[1, 1, 5, 5]]), hud=["FPS", 3])
     assert rtseg.annotate(np.zeros((0, 0, 3), np.uint8), _dets([], size=(0, 0)), hud={"FPS": 1.0}).shape == (0, 0, 3)
 
@@ -217,3 +217,19 @@ def test_load_with_wrong_typed_arguments_is_one_line() -> None:
     with pytest.raises(ConfigError, match="yolact: input_size must be an integer in \\[32, 2048\\], got 'a'"):
         rtseg.load("yolact", DEMO, input_size="a")
     assert rtseg.load("yolact", Path(DEMO)).cfg.input_size >= 32  # a pathlib.Path is a path
+
+
+def test_annotate_and_stream_misuse_are_one_line_config_errors(engine, frame) -> None:
+    """Was: annotate raised ValueError / TypeError for a grey image or None as the prediction (while its alpha and
+    the engines raise ConfigError, the one-line RtsegError a caller catches), and ``stream(frame)`` of one frame
+    iterated its rows: "frame: expected an H×W×3 uint8 BGR array, got uint8 (W, 3)"."""
+    dets = engine(frame)
+    cases = [((frame[:, :, 0], dets), r"^annotate: expected an \(H, W, 3\) uint8 BGR numpy image, got ndarray"),
+             ((frame, None), r"^annotate: expected Detections, SemanticMap, Superpixels or Panoptic \(an engine's "
+                             r"result\), got NoneType$")]
+    for args, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            rtseg.annotate(*args)
+    with pytest.raises(ConfigError, match=r"^stream\(\) takes an iterable of frames, got one array uint8 "
+                                          r"\(\d+, \d+, 3\); call the engine for a single frame: engine\(frame\)$"):
+        next(engine.stream(frame))

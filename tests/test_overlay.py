@@ -133,7 +133,7 @@ def test_mask_outside_box_not_painted_and_lazy_masks_used():
 
 def test_size_mismatch_is_one_line_error():
     dets = Detections.empty((H + 1, W), NAMES)
-    with pytest.raises(ValueError, match=r"image_size is \(121, 160\) but the image is \(120, 160\)"):
+    with pytest.raises(ConfigError, match=r"image_size is \(121, 160\) but the image is \(120, 160\)"):
         annotate(_image(), dets)
 
 

@@ -347,6 +347,9 @@ class YolactEngine(StagedEngine):
         host's work for one frame overlaps the device's for the previous one. Each result is yielded once the next
         frame has been taken from ``frames`` (for a live source that waits for its next frame: call the engine per
         frame there). The same detections as one call per frame."""
+        if isinstance(frames, np.ndarray):  # (iterating one frame gives its rows: "got uint8 (W, 3)")
+            raise ConfigError(f"stream() takes an iterable of frames, got one array {frames.dtype} {frames.shape}; "
+                              "call the engine for a single frame: engine(frame)")
         pending: InFlight | None = None
         for i, frame in enumerate(frames):
             single, images = frames_as_list(frame)

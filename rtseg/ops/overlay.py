@@ -17,6 +17,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
+from rtseg.errors import ConfigError
 from rtseg.ranges import check_number
 from rtseg.types import Detections, Panoptic, Prediction, SemanticMap, Superpixels
 
@@ -57,12 +58,12 @@ def annotate(
         (segment boundaries) or Panoptic (colour per segment plus boundaries).
     hud: optional text items drawn top-left, e.g. ``{"FPS": 29.7, "latency ms": 41.2}``
         (floats shown with one decimal).
-    alpha: opacity of mask colours, a number in [0, 1] (else ConfigError).
-    Returns a new (H, W, 3) uint8 BGR image.
+    alpha: opacity of mask colours, a number in [0, 1].
+    Returns a new (H, W, 3) uint8 BGR image. A wrong argument is a ConfigError (one line), as the engines' are.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
-        raise ValueError(f"annotate: expected an (H, W, 3) uint8 BGR numpy image, got {got}")
+        raise ConfigError(f"annotate: expected an (H, W, 3) uint8 BGR numpy image, got {got}")
     check_number("annotate: alpha", alpha, 0, 1, integer=False)
     alpha = float(alpha)  # OpenCV takes no other real number (a Fraction)
     size = image.shape[:2]
@@ -82,9 +83,10 @@ def annotate(
         _check_size("Panoptic.ids", prediction.ids.shape, size)
         out = _draw_panoptic(image, prediction, alpha)
     else:
-        raise TypeError(f"annotate: unsupported prediction type {type(prediction).__name__}")
+        raise ConfigError(f"annotate: expected Detections, SemanticMap, Superpixels or Panoptic (an engine's "
+                          f"result), got {type(prediction).__name__}")
     if hud is not None and not isinstance(hud, Mapping):
-        raise TypeError(f"annotate: hud must be a mapping such as {{'FPS': 29.7}}, got {type(hud).__name__}")
+        raise ConfigError(f"annotate: hud must be a mapping such as {{'FPS': 29.7}}, got {type(hud).__name__}")
     if hud and out.size:
         _draw_hud(out, hud)
     return out
@@ -100,7 +102,7 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
 
 def _check_size(name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
     if tuple(got) != tuple(want):
-        raise ValueError(f"annotate: {name} is {tuple(got)} but the image is {tuple(want)} (H, W)")
+        raise ConfigError(f"annotate: {name} is {tuple(got)} but the image is {tuple(want)} (H, W)")
 
 
 def _blend_owner(image: np.ndarray, owner: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
