@@ -13,7 +13,7 @@ import weakref
 import numpy as np
 import pytest
 
-from rtseg.errors import SinkError, SourceError
+from rtseg.errors import ConfigError, SinkError, SourceError
 from rtseg.types import Detections, Frame
 from rtseg.video.fanout import SinkWriter
 from rtseg.video.metrics import Metrics, Progress
@@ -164,7 +164,14 @@ def test_warmup_failure_closes_source_and_sinks(engine):
 def test_stop_finishes_frames_in_flight_and_closes_sinks(engine):
     sink = ListSink(keep_images=False)
     pipeline = Pipeline(source=_live(10_000), engine=engine, sinks=[sink])
-    threading.Timer(1.0, pipeline.stop).start()
+
+    def stop_once_frames_flow() -> None:  # (a timer stopped it before a slow warm-up on a loaded machine: 0 frames)
+        deadline = time.monotonic() + 15
+        while len(sink) <= 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pipeline.stop()
+
+    threading.Thread(target=stop_once_frames_flow, daemon=True).start()
     metrics, error = _run_within(pipeline, 20)
     assert error is None and sink.closed and not sink.aborted
     assert len(sink) > 3 and metrics.frames == len(sink)
@@ -263,6 +270,54 @@ def test_sinks_take_each_frame_at_once_each_on_a_thread_of_its_own(engine):
     for sink in sinks:
         assert [f.seq for f in sink.frames] == list(range(12)) and sink.closed and len(sink.threads) == 1
     assert len(set.union(*(s.threads for s in sinks))) == 3
+
+
+class _Opening(ListSink):
+    """A sink whose first write opens its connection (as the push sink's does); notes how many frames the
+    ``others`` held when it was handed each frame."""
+
+    opens_on_first_write = True
+
+    def __init__(self, others: list[ListSink], **options) -> None:
+        super().__init__(**options)
+        self.others, self.others_held = others, []
+
+    def write(self, frame, prediction, annotated) -> None:
+        self.others_held.append(sum(len(s) for s in self.others))
+        super().write(frame, prediction, annotated)
+
+
+def test_a_sink_that_cannot_open_on_its_first_frame_ends_the_run_before_the_others_get_one(engine):
+    """A push refused at its first connection: the other outputs had the first frames already (written at the
+    same time), so their recordings replaced earlier ones with a stub. Now the first frame goes to the sink that
+    opens on it first, and to the others only once it took it."""
+    others = [ListSink(), ListSink()]
+    opening = _Opening(others, fail_at=0, exc=SinkError("push output rtmp://h/a: send failed (Connection refused)"))
+    source = open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 12})
+    _, error = _run_within(Pipeline(source=source, engine=engine, sinks=[*others, opening]), 60)
+    assert isinstance(error, SinkError) and "Connection refused" in str(error)
+    assert [len(s) for s in others] == [0, 0] and all(s.closed and not s.aborted for s in others)
+    assert opening.aborted and opening.others_held == [0]
+
+    others = [ListSink()]
+    opening = _Opening(others)
+    source = open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 12})
+    _, error = _run_within(Pipeline(source=source, engine=engine, sinks=[*others, opening]), 60)
+    assert error is None and opening.others_held[0] == 0  # (later frames: at the same time)
+    assert [f.seq for f in others[0].frames] == [f.seq for f in opening.frames] == list(range(12))
+
+
+def test_a_pipeline_runs_once(engine):
+    """A second run() waited for ever (its channels were closed by the first run): now one line at once."""
+    sink = ListSink()
+    pipeline = Pipeline(source=open_source("synthetic", synthetic={"width": 64, "height": 48, "num_frames": 5}),
+                        engine=engine, sinks=[sink])
+    assert _run_within(pipeline, 60)[1] is None
+    _, error = _run_within(pipeline, 10)
+    assert isinstance(error, ConfigError) and str(error) == (
+        "Pipeline.run: this Pipeline has run already (its source and sinks are closed); make a new Pipeline, with a "
+        "new source and sinks, for each run")
+    assert len(sink) == 5 and sink.closed
 
 
 def test_sink_writer_dropped_unclosed_ends_its_threads():

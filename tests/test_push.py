@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import av
 import numpy as np
@@ -20,8 +21,13 @@ import pytest
 
 from rtseg.errors import ConfigError, SinkError
 from rtseg.types import Frame
+from rtseg.video.pipeline import Pipeline
 from rtseg.video.sink_push import PushSink
-from servers.helpers import FFMPEG, free_port, push_receiver, wait_listening
+from rtseg.video.sinks import JsonlSink, Mp4Sink
+from rtseg.video.sources import Paced, SyntheticSource
+from servers.helpers import FFMPEG, free_port, make_clip, push_receiver, tiny_engine, wait_listening
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _bar(i: int) -> np.ndarray:
@@ -108,11 +114,72 @@ def test_push_errors():
     sink.on_event = events.append
     img = np.zeros((32, 32, 3), np.uint8)
     t0 = time.monotonic()
-    with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):  # raised by a later call
+    with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):  # by the first write: it connects
         sink.write(Frame(img, pts=0.0), None, img)
+    took = time.monotonic() - t0
+    with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):
         sink.close()
-    sink.close()
-    assert events == [] and time.monotonic() - t0 < 1.0  # a first connection refused is not retried
+    sink.close()  # (once)
+    assert events == [] and took < 1.0  # a first connection refused is not retried
+
+
+def test_a_push_refused_at_its_first_connection_leaves_earlier_outputs_as_they_were(tmp_path):
+    """A wrong or dead --push URL is a start-up error, as a busy --serve port is: one line, exit 2, and the
+    recordings of an earlier run are as they were. (The other outputs had recorded meanwhile: a.jsonl was emptied
+    and the MP4's stub renamed over a.mp4, "...; the 3 frames written before it are kept in a.mp4, a.jsonl".)"""
+    clip = make_clip(tmp_path / "clip.mp4", frames=30, width=96, height=64)
+    earlier = {"a.mp4": b"an earlier recording", "a.jsonl": b'{"seq":0}\n'}
+    for name, data in earlier.items():
+        (tmp_path / name).write_bytes(data)
+    url = f"rtmp://127.0.0.1:{free_port()}/live/cam"  # nobody listens there
+    r = subprocess.run([sys.executable, str(REPO / "run.py"), "--source", str(clip), "--engine", "slic", "--output",
+                        str(tmp_path / "a.mp4"), "--json", str(tmp_path / "a.jsonl"), "--push", url, "--no-progress"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (r.returncode, r.stderr) == (2, f"rtseg: error: push output {url}: send failed (Connection refused); is "
+                                           "the server running and accepting this path?\n"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.mp4", "clip.mp4"]
+    assert {name: (tmp_path / name).read_bytes() for name in earlier} == earlier
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+def test_a_push_lost_for_good_mid_run_keeps_what_was_recorded(tmp_path):
+    """The other side of the rule above: a push that carried frames and is then lost for good (no reconnecting)
+    ends the run with its line, and the recordings are finished with every frame written before, as after any
+    output's failure mid-run."""
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
+    outcome: dict = {}
+    try:
+        wait_listening(port)
+        push = PushSink(url, fps_hint=30, reconnect_timeout=0)
+        sinks = [Mp4Sink(tmp_path / "a.mp4", fps_hint=30), JsonlSink(tmp_path / "a.jsonl"), push]
+        source = Paced(SyntheticSource(seed=1, width=96, height=64, num_frames=900, fps=30))
+        pipeline = Pipeline(source=source, engine=tiny_engine(), sinks=sinks)
+
+        def run() -> None:
+            try:
+                pipeline.run()
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while push.sent < 10:
+            assert time.monotonic() < deadline and runner.is_alive(), ("no frames pushed", outcome)
+            time.sleep(0.05)
+    finally:
+        server.kill()
+        server.wait(10)
+    runner.join(60)
+    assert not runner.is_alive(), "the run did not end"
+    assert isinstance(outcome.get("error"), SinkError), outcome
+    assert str(outcome["error"]).startswith(f"push output {url}: send failed ("), outcome
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        recorded = sum(1 for _ in c.decode(video=0))
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert recorded == len(lines) >= 10 and not (tmp_path / "a.partial.mp4").exists(), (recorded, len(lines))
 
 
 @pytest.mark.parametrize("crf", [-1, 52, 18.0, False, float("nan")])
@@ -152,8 +219,8 @@ def test_push_url_scheme_is_case_insensitive():
     img = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):
         sink.write(Frame(img, pts=0.0), None, img)
+    with pytest.raises(SinkError, match=r"send failed \(Connection refused\)"):
         sink.close()
-    sink.close()
 
 
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")

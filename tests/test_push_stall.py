@@ -11,6 +11,7 @@ the sender's writes block after little data.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import sys
@@ -84,12 +85,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from servers.helpers import FFMPEG, free_port, push_receiver, wait_listening
+from servers.helpers import FFMPEG, free_port, make_clip, push_receiver, tiny_engine, wait_listening
 from test_push import _bar, _feed_until
 
 from rtseg.errors import SinkError
 from rtseg.types import Frame
+from rtseg.video.pipeline import Pipeline
 from rtseg.video.sink_push import PushSink
+from rtseg.video.sinks import JsonlSink, Mp4Sink
+from rtseg.video.sources import open_source
 
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 #: "At once" after a stop request: far below the default stall_timeout (10 s) that a stop must not wait for,
@@ -285,17 +289,44 @@ def test_push_first_connection_to_a_server_that_never_answers_fails(scheme):
         sink = PushSink(url, stall_timeout=1.0)
         ticker = _Ticker()
         t0 = time.monotonic()
-        with pytest.raises(SinkError) as e:
+        with pytest.raises(SinkError) as e:  # by the first write, which waits for the first connection
             img = _bar(0)
             sink.write(Frame(img, pts=0.0), None, img)
-            sink.close()
         took, longest_gap = time.monotonic() - t0, ticker.stop()
+        with pytest.raises(SinkError):
+            sink.close()
         held = relay.held()
     finally:
         relay.close()
     assert str(e.value) == (f"push output {scheme}://***@127.0.0.1:{relay.port}/live/cam: send failed (no answer "
                             "from the server for 1s); is the server running and accepting this path?")
     assert 1.0 <= took < 3.0 and longest_gap < 0.5 and held == 1, (took, longest_gap, held)
+
+
+def test_a_first_connection_that_never_answers_ends_the_run_and_leaves_earlier_outputs_as_they_were(tmp_path):
+    """The push's first connection hangs (a server that accepts and never answers): the run ends with the push's
+    line after stall_timeout, before any other output got a frame, so the recordings of an earlier run are as they
+    were. (The other outputs recorded on meanwhile, as far as the push's queue let them, and their stubs replaced
+    a.mp4 and a.jsonl.)"""
+    clip = make_clip(tmp_path / "clip.mp4", frames=30, width=96, height=64)
+    earlier = {"a.mp4": b"an earlier recording", "a.jsonl": b'{"seq":0}\n'}
+    for name, data in earlier.items():
+        (tmp_path / name).write_bytes(data)
+    relay = _Relay(None)
+    relay.hold(True)
+    url = f"rtmp://127.0.0.1:{relay.port}/live/cam"
+    try:
+        sinks = [Mp4Sink(tmp_path / "a.mp4", fps_hint=10), JsonlSink(tmp_path / "a.jsonl"),
+                 PushSink(url, stall_timeout=1.0)]
+        pipeline = Pipeline(source=open_source(str(clip)), engine=tiny_engine(), sinks=sinks)
+        with pytest.raises(SinkError) as e:
+            pipeline.run()
+    finally:
+        relay.close()
+    assert str(e.value) == (f"push output {url}: send failed (no answer from the server for 1s); is the server "
+                            "running and accepting this path?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.mp4", "clip.mp4"]
+    assert {name: (tmp_path / name).read_bytes() for name in earlier} == earlier
 
 
 @needs_ffmpeg
@@ -336,13 +367,23 @@ def test_stop_request_during_a_stall_ends_at_once(tmp_path):
 @pytest.mark.parametrize("first", [True, False], ids=["first-connection", "reconnection"])
 def test_stop_request_during_a_hung_connection_attempt_ends_at_once(tmp_path, first):
     """Ctrl-C while a connection attempt hangs on a server that never answers (stall_timeout 10 s, not reached):
-    interrupt() cuts it; close() returns at once (STOP_BOUND_S). A first connection never made is the run's error;
-    a reconnection cut short is not (the outage was announced)."""
+    interrupt() cuts it; close() returns at once (STOP_BOUND_S). A first connection never made is the run's error
+    (raised by the first write, which waits for that connection, on a thread here); a reconnection cut short is
+    not (the outage was announced)."""
     with _relayed_sink(tmp_path) as (relay, sink, events):
         if first:
             relay.hold(True)
-            img = _bar(0)
-            sink.write(Frame(img, pts=0.0), None, img)
+            failed: list[BaseException] = []
+
+            def write_first() -> None:
+                img = _bar(0)
+                try:
+                    sink.write(Frame(img, pts=0.0), None, img)
+                except BaseException as exc:
+                    failed.append(exc)
+
+            writer = threading.Thread(target=write_first, daemon=True)
+            writer.start()
         else:
             i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10, image=_noise)
             relay.hold(True)
@@ -356,8 +397,12 @@ def test_stop_request_during_a_hung_connection_attempt_ends_at_once(tmp_path, fi
         t0 = time.monotonic()
         sink.interrupt()
         if first:
-            with pytest.raises(SinkError, match=r"send failed \(no answer from the server for \d\.\ds\)"):
+            writer.join(STOP_BOUND_S + 5)
+            assert not writer.is_alive() and len(failed) == 1 and isinstance(failed[0], SinkError), failed
+            assert re.fullmatch(r".*: send failed \(no answer from the server for \d\.\ds\); .*", str(failed[0]))
+            with pytest.raises(SinkError) as again:
                 sink.close()
+            assert str(again.value) == str(failed[0])
         else:
             sink.close()
         t_end = time.monotonic() - t0

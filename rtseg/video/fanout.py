@@ -6,6 +6,11 @@ returns when all of them have the frame. Each sink still gets the frames in orde
 time, and a frame costs the output stage its slowest sink instead of the sum of all (an MP4
 encode and a JSON Lines record with mask RLEs overlap: the encoder and the device RLE do not
 hold the GIL).
+
+A sink whose first ``write`` opens what it writes to (``opens_on_first_write = True``: the push sink,
+whose connection needs the first frame's size) gets the first frame before the others, which get it
+only once that write succeeded: when it fails (a wrong or dead push URL), no other sink has had a frame,
+so their files are left as they were (an earlier recording is not replaced by a stub).
 """
 from __future__ import annotations
 
@@ -78,6 +83,7 @@ class SinkWriter:
         self.sinks = list(sinks)
         self._abort = abort
         self._threads = [_SinkThread(f"rtseg-sink-{i}", thread_context) for i in range(1, len(self.sinks))]
+        self._first = True  # the next frame is the first
         self._finalizer = weakref.finalize(self, _close_all, self._threads)
 
     @property
@@ -86,24 +92,34 @@ class SinkWriter:
         return any(t.busy for t in self._threads)
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
-        """Write one frame to every sink; returns when all have it.
+        """Write one frame to every sink; returns when all have it. The first frame goes to the sinks that
+        open on it first, and to the others once those have it (see the module doc).
 
         Raises the error of the first sink (in ``sinks`` order) that failed, tagged with that sink as
         ``exc._rtseg_sink``; RuntimeError when ``abort`` was set while a sink was still writing.
         """
-        if not self.sinks:
-            return
-        futures = [t.submit(lambda s=sink: s.write(frame, prediction, annotated))
-                   for t, sink in zip(self._threads, self.sinks[1:])]
+        everyone = range(len(self.sinks))
+        if self._first:
+            self._first = False
+            opening = [i for i in everyone if getattr(self.sinks[i], "opens_on_first_write", False)]
+            self._write_to(opening, frame, prediction, annotated)
+            everyone = [i for i in everyone if i not in opening]
+        self._write_to(everyone, frame, prediction, annotated)
+
+    def _write_to(self, which: Sequence[int], frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
+        """Write one frame to the sinks at the indices ``which`` (ascending) at once: :meth:`write`."""
+        futures = {i: self._threads[i - 1].submit(lambda s=self.sinks[i]: s.write(frame, prediction, annotated))
+                   for i in which if i > 0}
         errors: list[tuple[Sink, BaseException]] = []
-        try:
-            self.sinks[0].write(frame, prediction, annotated)
-        except BaseException as exc:
-            errors.append((self.sinks[0], exc))
-        for sink, future in zip(self.sinks[1:], futures):
-            exc = self._outcome(sink, future)
+        if which and which[0] == 0:
+            try:
+                self.sinks[0].write(frame, prediction, annotated)
+            except BaseException as exc:
+                errors.append((self.sinks[0], exc))
+        for i, future in futures.items():
+            exc = self._outcome(self.sinks[i], future)
             if exc is not None:
-                errors.append((sink, exc))
+                errors.append((self.sinks[i], exc))
         if errors:
             sink, exc = errors[0]
             exc._rtseg_sink = sink  # type: ignore[attr-defined]  # the one sink to abort

@@ -22,6 +22,8 @@ and ``close()``; a sink may also offer ``abort()`` (called instead of ``close()`
 after a failed run, so that it leaves its output recognisably unfinished) and set
 ``stop_requested = True`` (e.g. its window was closed) to end the run gracefully, and ``interrupt()``
 (called on a stop request: a sink blocked on a slow reader gives up soon instead of holding the run).
+A sink whose first ``write`` makes its connection (``opens_on_first_write``: the push sink) gets the first frame
+before the other sinks, so a push that cannot connect ends the run before they wrote anything (the fanout module).
 A sink that reconnects after outages (the push sink) counts them in ``reconnects``; the metrics add
 them up as push reconnects, beside the source's.
 """
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 import numpy as np
 
 from rtseg.engines.base import Engine
-from rtseg.errors import RtsegError, Terminated
+from rtseg.errors import ConfigError, RtsegError, Terminated
 from rtseg.types import Frame, Prediction
 from rtseg.video.fanout import SinkWriter
 from rtseg.video.metrics import Metrics, Progress
@@ -163,6 +165,7 @@ class Pipeline:
         self._writer: SinkWriter | None = None
         self._split = all(callable(getattr(engine, m, None)) for m in ("preprocess", "forward", "postprocess"))
         self._cuda = str(getattr(engine, "device", "")).startswith("cuda")
+        self._run_once = threading.Lock()  # taken by the first run() and never given back
         self.interrupted = False
 
     # -- control -----------------------------------------------------------------
@@ -323,7 +326,11 @@ class Pipeline:
 
         Raises the first stage error: an RtsegError as itself, anything else as
         PipelineError with the original as ``__cause__``. Sinks are closed in every case.
+        A Pipeline runs once (its run closed its source, sinks and channels): a second call is a ConfigError at once.
         """
+        if not self._run_once.acquire(blocking=False):
+            raise ConfigError("Pipeline.run: this Pipeline has run already (its source and sinks are closed); "
+                              "make a new Pipeline, with a new source and sinks, for each run")
         threads = [
             self._stage("decode", self._decode, None, self._decoded),
             self._stage("inference", self._inference_body(), self._decoded, self._inferred),

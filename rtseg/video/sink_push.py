@@ -40,16 +40,19 @@ class PushSink:
     """Publish frames to ``url`` (``rtsp://host:port/path`` or ``rtmp://host/app/key``).
 
     The constructor checks the URL and starts the network process; the connection is made with the
-    first frame (announcing the stream needs its size and codec headers), so an unreachable server
-    raises :class:`SinkError` from a following :meth:`write` or from :meth:`close`. (A probing
-    connection beforehand would use up single-client listeners such as ``ffmpeg -listen 1``.)
+    first frame (announcing the stream needs its size and codec headers), and the first :meth:`write`
+    returns only once the server has taken that frame: a server that refuses it raises :class:`SinkError`
+    there at once, one that never answers after ``stall_timeout``. (A probing connection beforehand would
+    use up single-client listeners such as ``ffmpeg -listen 1``.) :attr:`opens_on_first_write` tells the
+    pipeline's output stage to hand the other outputs the first frame only after that, so a wrong or dead
+    URL ends the run before any of them wrote a frame: an earlier recording stays as it was.
 
     Frames are encoded on the sink's own thread and sent through a child process that holds the
     connection (:class:`~rtseg.video.push_worker.PushWorker`): FFmpeg's network calls can neither be
     timed out nor interrupted (PyAV even connects holding the GIL), so a server that accepts but never
     answers, or stops reading without closing (a pulled cable), would otherwise freeze the pipeline,
-    Ctrl-C and SIGTERM. ``write`` queues the frame (waiting while ``queue_size`` frames are queued:
-    nothing is dropped while connected). A packet the server has not taken after ``stall_timeout``
+    Ctrl-C and SIGTERM. After the first, ``write`` queues the frame (waiting while ``queue_size`` frames are
+    queued: nothing is dropped while connected). A packet the server has not taken after ``stall_timeout``
     seconds kills the child: the connection is lost like a closed one.
 
     A connection that fails or hangs after it has carried frames (server restarted, network blip,
@@ -66,6 +69,9 @@ class PushSink:
     A sink dropped without :meth:`close`, or still open at interpreter exit, is ended by a finalizer: what
     is queued is dropped, the stream cut and the child process ended (waiting at most 2 s for the thread).
     """
+
+    opens_on_first_write = True
+    """The first :meth:`write` makes the connection (:class:`rtseg.video.fanout.SinkWriter` writes it first)."""
 
     def __init__(self, url: str, *, fps_hint: float | None = None, preset: str = "veryfast", crf: int = 23,
                  stall_timeout: float = 10.0, queue_size: int = 8, reconnect_timeout: float = 60.0) -> None:
@@ -101,7 +107,8 @@ class PushSink:
         return self._sender.reconnects
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
-        """Queue ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) for sending at the frame's timestamp."""
+        """Queue ``annotated`` ((H, W, 3) uint8 BGR, not modified afterwards) for sending at the frame's timestamp;
+        until the first connection has carried a frame, wait for that (SinkError when it failed)."""
         self._sender.write(frame, annotated)
 
     def interrupt(self) -> None:
@@ -171,6 +178,10 @@ class _Sender:
                 self._pending.clear()
             self._pending.append((annotated, t))
             self._cond.notify_all()
+            while self.sent == 0 and self._thread.is_alive():  # the first connection is not made yet: a failure
+                self._raise_if_failed()  # to make it is this write's
+                self._cond.wait(0.1)
+            self._raise_if_failed()
 
     def interrupt(self) -> None:
         """:meth:`PushSink.interrupt`."""
@@ -249,6 +260,7 @@ class _Sender:
                 continue
             with self._cond:
                 self.sent += 1
+                self._cond.notify_all()  # (a first write waits for it)
         if self._encoder is not None:
             try:
                 for packet in self._encoder.flush():
