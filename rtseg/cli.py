@@ -226,11 +226,10 @@ def _load_engine(args: argparse.Namespace, name: str) -> Engine:
 def _check_engine_options(args: argparse.Namespace, name: str) -> None:
     """Options that do not apply to engine ``name`` (or to each other) are refused before anything loads."""
     check_engine_options(name, weights=args.weights, semantic=args.semantic, score_threshold=args.score_threshold,
-                         segments=args.segments, compactness=args.compactness, class_names=args.class_names)
-    if args.top_k is not None and name not in INSTANCE_ENGINES:
-        raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
+                         top_k=args.top_k, segments=args.segments, compactness=args.compactness,
+                         class_names=args.class_names)
     if args.backend != "eager" and name != "yolact":
-        instances = resolve_engine(default_weights(args.weights, name), None) if name == "panoptic" else None
+        instances = resolve_engine(args.weights, None) if name == "panoptic" else None  # (None: the yolact demo)
         if instances != "yolact":
             raise ConfigError(f"--backend {args.backend} applies to the yolact engine and to panoptic with yolact "
                               f"--weights only{f' (--weights holds {instances} weights)' if instances else ''}")

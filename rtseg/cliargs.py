@@ -54,11 +54,13 @@ class Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def check_range(option: str, value: float, low: float, high: float | None, why: str) -> None:
+def check_range(option: str, value: float, low: float, high: float | None, why: str, *,
+                open_low: bool = False) -> None:
     """ConfigError ``"--input-size 0: must be an integer in [32, 2048]<why>"`` unless ``value`` is a finite
-    number from ``low`` to ``high`` (None: no upper limit), said as an integer when argparse parsed it as one
-    (:func:`rtseg.ranges.number_problem` says what is expected)."""
-    problem = number_problem(value, low, math.inf if high is None else high, integer=isinstance(value, int))
+    number from ``low`` (above it with ``open_low``) to ``high`` (None: no upper limit), said as an integer when
+    argparse parsed it as one (:func:`rtseg.ranges.number_problem` says what is expected)."""
+    problem = number_problem(value, low, math.inf if high is None else high, integer=isinstance(value, int),
+                             open_low=open_low)
     if problem is not None:
         raise ConfigError(f"{option} {value}: {problem}{why}")
 

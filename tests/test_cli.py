@@ -411,7 +411,7 @@ ENGINE_OPTION_ERRORS = {
                                 "--score-threshold applies to yolact, msrcnn and panoptic only, not fcn"),
     "top-k for slic": (["--engine", "slic", "--top-k", "3"], "--top-k applies to yolact and msrcnn only, not slic"),
     "segments for yolact": (["--segments", "50"], "--segments / --compactness apply to --engine slic only, not yolact"),
-    "bad segment count": (["--engine", "slic", "--segments", "0"], "slic: n_segments must be"),
+    "bad segment count": (["--engine", "slic", "--segments", "0"], "--segments 0: must be an integer >= 1"),
     "COCO json for fcn": (["--weights", "{fcn}", "--json", "{dir}/o.json"], "use a .jsonl file"),
     "COCO json for slic": (["--engine", "slic", "--json", "{dir}/o.json"], "which slic does not make"),
     "backend for fcn": (["--weights", "{fcn}", "--backend", "onnx"],
@@ -909,3 +909,27 @@ def test_escaped_braces_are_no_seq_pattern_and_are_refused(files, image_folder, 
     beside = image_folder / "a{{seq}}.png"
     assert main(["--source", str(image_folder), "--weights", files["weights"], "--output", str(beside)]) == 2
     assert capsys.readouterr().err.splitlines() == [line(beside)] and _contents(image_folder) == before
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--source", "synthetic", "--top-k", "0"], "rtseg: error: --top-k 0: must be an integer >= 1"),
+    (["eval", "--engine", "slic", "--compactness", "nan"], "rtseg eval: error: --compactness nan: must be a finite "
+                                                           "number > 0")])
+def test_engine_option_values_are_refused_before_torch_is_imported(argv, line):
+    """Was refused by the engine, once torch had been imported and the engine began loading (4 s): 'rtseg: error:
+    yolact: top_k must be an integer >= 1, got 0'; now as --vid-stride 0 is, naming the option."""
+    code = ("import sys; from rtseg.cli import main; code = main(sys.argv[1:]); "
+            "print(code, sorted({'torch', 'torchvision'} & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.stdout.splitlines() == ["2 []"] and r.stderr.splitlines() == [line], (r.stdout, r.stderr)
+
+
+def test_the_demo_model_notice_is_not_printed_by_the_option_checks(fcn_weights, capsys):
+    """``--engine panoptic --backend onnx`` without --weights: the check of the backend printed 'rtseg: no
+    --weights: using the demo model …', and the engine's loading printed it again."""
+    from rtseg.cli import main
+
+    assert main(["--source", "synthetic", "--engine", "panoptic", "--semantic", fcn_weights, "--backend", "onnx",
+                 "--precision", "fp16"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "rtseg: error: --precision / --calib apply to --backend tensorrt only"]

@@ -355,6 +355,19 @@ def test_export_command_refuses_options_out_of_range_naming_them(option, value, 
     assert not (tmp_path / "out").exists()
 
 
+def test_export_command_refuses_an_odd_clip_size_naming_the_options(tmp_path, capsys):
+    """Was "export_mp4: H.264 yuv420p needs even width and height, got 161x121", the Python API's line."""
+    from rtseg.data.export import main
+
+    assert main(["--out", str(tmp_path / "out"), "--frames", "2", "--width", "161", "--height", "121"]) == 2
+    assert capsys.readouterr().err == ("export: error: --width 161 --height 121: the clip (H.264 yuv420p) needs an "
+                                       "even width and height; give even values, or --formats coco,labelme for no "
+                                       "clip\n")
+    assert not (tmp_path / "out").exists()
+    assert main(["--out", str(tmp_path / "out"), "--frames", "2", "--width", "161", "--height", "121", "--every", "1",
+                 "--formats", "coco"]) == 0
+
+
 def test_labelme_ignore_shapes_and_windows_image_path(tmp_path):
     (tmp_path / "img").mkdir()
     img = _image(3)

@@ -228,7 +228,7 @@ def test_cli_panoptic_refuses_a_bad_score_threshold_before_loading_either_engine
     assert main(["--engine", "panoptic", "--weights", weights["msrcnn"], "--semantic", weights["fcn"],
                  "--score-threshold", "2", "--source", "synthetic", "--json", str(tmp_path / "o.jsonl")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "rtseg: error: panoptic: score_threshold must be a number in [0, 1], got 2.0"
+        "rtseg: error: --score-threshold 2.0: must be a number in [0, 1]"
 
 
 def test_cli_panoptic_takes_a_backend_for_yolact_instances_only(weights, no_network, tmp_path, capsys):
@@ -241,3 +241,69 @@ def test_cli_panoptic_takes_a_backend_for_yolact_instances_only(weights, no_netw
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "rtseg: error: --backend onnx applies to the yolact engine and to panoptic with yolact --weights only "
         "(--weights holds msrcnn weights)")
+
+
+#: Option values out of the engines' range, refused by ``rtseg`` / ``rtseg eval`` with the option's name. Each was
+#: refused only after torch had been imported and the engine began loading (4 s), with the engine parameter's name:
+#: "yolact: top_k must be an integer >= 1, got 0".
+CLI_VALUE_CASES = [
+    ("rtseg", ["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
+    ("rtseg", ["--score-threshold", "nan"], "--score-threshold nan: must be a number in [0, 1]"),
+    ("rtseg", ["--score-threshold", "1.5"], "--score-threshold 1.5: must be a number in [0, 1]"),
+    ("rtseg", ["--engine", "slic", "--segments", "0"], "--segments 0: must be an integer >= 1"),
+    ("rtseg", ["--engine", "slic", "--compactness", "0"], "--compactness 0.0: must be a finite number > 0"),
+    ("rtseg", ["--engine", "slic", "--compactness", "inf"], "--compactness inf: must be a finite number > 0"),
+    ("rtseg eval", ["--score-threshold", "-0.5"], "--score-threshold -0.5: must be a number in [0, 1]"),
+    ("rtseg eval", ["--engine", "slic", "--segments", "-3"], "--segments -3: must be an integer >= 1"),
+    ("rtseg eval", ["--engine", "slic", "--compactness", "nan"], "--compactness nan: must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("command, args, message", CLI_VALUE_CASES)
+def test_cli_option_values_out_of_the_engines_range_are_refused_before_loading(no_network, tmp_path, capsys,
+                                                                               command, args, message):
+    from rtseg.cli import main
+
+    argv = ["eval", *args] if command == "rtseg eval" else ["--source", "synthetic", *args]
+    assert main([*argv, "--json", str(tmp_path / ("m.json" if command == "rtseg eval" else "o.jsonl"))]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"{command}: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _engine_accepts(engine: str, key: str, value: object) -> bool:
+    """Whether engine ``engine`` takes ``value`` for its option ``key`` (its own check of it)."""
+    try:
+        if engine == "slic":
+            rtseg.load("slic", **{key: value})
+        else:
+            module = {"yolact": "rtseg.engines.yolact", "msrcnn": "rtseg.engines.msrcnn",
+                      "panoptic": "rtseg.engines.panoptic"}[engine]
+            __import__(module, fromlist=["_OPTION_CHECKS"])._OPTION_CHECKS[key](value)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("key, engines", [("score_threshold", ("yolact", "msrcnn", "panoptic")),
+                                          ("top_k", ("yolact", "msrcnn")), ("n_segments", ("slic",)),
+                                          ("compactness", ("slic",))])
+def test_the_command_lines_refuse_the_option_values_the_engines_refuse(key, engines):
+    """The limits the command lines check before torch loads (OPTION_LIMITS) are the engines' own: each value
+    probed is taken by both or refused by both."""
+    from rtseg.cliargs import check_range
+    from rtseg.engines.choose import OPTION_LIMITS
+
+    option, low, high, open_low = OPTION_LIMITS[key]
+    if isinstance(low, int):  # (argparse gives an integer option ints)
+        probes = [low - 1, low, low + 1, 10**9] + ([high, high + 1] if high is not None else [])
+    else:
+        probes = [-1.0, low - 1e-9, low, low + 1e-9, 0.5, 1e9, float("nan"), float("inf"), float("-inf")] + (
+            [high, high + 1e-9] if high is not None else [])
+    for value in probes:
+        try:
+            check_range(option, value, low, high, "", open_low=open_low)
+            cli = True
+        except ConfigError:
+            cli = False
+        for engine in engines:
+            assert _engine_accepts(engine, key, value) == cli, (engine, key, value)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -222,8 +224,9 @@ def test_cli_bad_paths_and_options_fail_before_evaluating(tiny_weights, tmp_path
     (folder / "a.json").write_text(json.dumps({"shapes": [], "imagePath": "a.png", "imageHeight": 20, "imageWidth": 20}))
     cases = [
         (["--data", f"coco:{tmp_path}:{tmp_path}"], "cannot read the annotation file"),
-        (["--data", "synthetic:test", "--json", str(tmp_path)], "not a file in an existing folder"),
-        (["--data", "synthetic:test", "--json", str(tmp_path / "no" / "m.json")], "not a file in an existing folder"),
+        (["--data", "synthetic:test", "--json", str(tmp_path)], f"--json {tmp_path}: is a folder; give a file name"),
+        (["--data", "synthetic:test", "--json", str(tmp_path / "no" / "m.json")],
+         f"folder {tmp_path / 'no'} does not exist; create it or choose another path"),
         (["--data", "synthetic:test", "--max-images", "abc"], "invalid int value"),
         (["--data", "synthetic:test", "--max-images", "0"], "--max-images 0: must be an integer >= 1"),
         (["--data", f"labelme:{folder}"], "hold no (non-crowd) instances, so AP is undefined"),
@@ -436,3 +439,98 @@ def test_cli_json_given_twice_is_refused(tiny_weights, tmp_path, capsys):
     assert main(["--weights", str(tiny_weights), "--json", str(first), f"--json={second}"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"rtseg eval: error: --json given twice ({first}, {second}); give it once (see rtseg eval --help)"]
+
+
+SLIC_ONE_IMAGE = ["--engine", "slic", "--data", "synthetic:test", "--max-images", "1"]
+
+
+def test_cli_json_dash_prints_the_metrics_on_stdout_and_the_table_on_stderr(tmp_path, monkeypatch, capsys):
+    """``--json -`` as ``rtseg --json -``: was a file named '-' written in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*SLIC_ONE_IMAGE, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert record["engine"] == "slic" and record["images"] == 1 and "boundary_recall" in record["metrics"]
+    assert "synthetic:test: 1 images, slic" in err and "boundary_recall" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_json_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    """Was: the rename replaced the link with a regular file, its target left stale."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "m.json").write_text("stale")
+    link, dangling = tmp_path / "m.json", tmp_path / "new.json"
+    link.symlink_to(real / "m.json")
+    dangling.symlink_to(real / "new.json")  # its target is made
+    for out in (link, dangling):
+        assert main([*SLIC_ONE_IMAGE, "--json", str(out)]) == 0
+        assert out.is_symlink() and json.loads(out.read_text())["images"] == 1
+    assert sorted(p.name for p in real.iterdir()) == ["m.json", "new.json"]
+
+
+def test_cli_json_that_is_a_fifo_a_device_or_a_descriptor_is_refused_before_evaluating(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Was: evaluated, then replaced the FIFO, the device node or (as root) the link /dev/stdout of the whole
+    machine with a regular file holding the metrics. Refused in one line before the data set is opened."""
+    import rtseg.eval.cli
+
+    def opened(spec):
+        raise AssertionError(f"--data {spec} opened before --json was checked")
+
+    monkeypatch.setattr(rtseg.eval.cli, "open_dataset", opened)
+    fifo, to_stdout, to_fd, loop = (tmp_path / name for name in ("f.json", "o.json", "fd.json", "loop.json"))
+    os.mkfifo(fifo)
+    to_stdout.symlink_to("/dev/stdout")
+    to_fd.symlink_to("/proc/self/fd/1")
+    loop.symlink_to(loop)
+    cases = [(fifo, "is a FIFO, not a regular file (the output is written whole, by replacing the file)"),
+             (to_stdout, "names an open descriptor, not a file"), (to_fd, "names an open descriptor, not a file"),
+             (loop, "a symbolic link that loops")]
+    node = tmp_path / "null.json"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        cases.append((node, "is a character device, not a regular file (the output is written whole, by replacing "
+                            "the file)"))
+    except OSError:
+        pass  # (this user cannot make a device node here)
+    for path, problem in cases:
+        assert main([*SLIC_ONE_IMAGE, "--json", str(path)]) == 2, path
+        assert capsys.readouterr().err.splitlines() == [
+            f"rtseg eval: error: --json {path}: {problem}; give --json - for the metrics on standard output, or a "
+            "file path"]
+    assert fifo.is_fifo() and to_stdout.is_symlink() and to_fd.is_symlink()
+    assert not node.exists() or node.is_char_device()
+
+
+def test_cli_json_in_a_folder_this_user_cannot_write_is_refused_before_evaluating(tmp_path):
+    """Was noticed only when the metrics were written, after the whole evaluation (hours on COCO): 'cannot write
+    (Permission denied)'. Now refused up front, as rtseg refuses its outputs; through a link too."""
+    import shutil
+    import subprocess
+    import sys
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    link = tmp_path / "m.json"
+    link.symlink_to(locked / "m.json")
+    cmd = [sys.executable, "-m", "rtseg", "eval", *SLIC_ONE_IMAGE]
+    if os.geteuid() == 0:  # root writes anywhere: without its permission override (as tests/test_entry.py does)
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: every folder is writable")
+        cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    for out, named in ((locked / "m.json", f"{locked / 'm.json'}"), (link, f"{link} -> {locked / 'm.json'}")):
+        r = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and r.stderr.splitlines() == [
+            f"rtseg eval: error: --json {named}: folder {locked} is not writable; choose another path"], r.stderr
+    assert list(locked.iterdir()) == []
+
+
+def test_cli_demo_model_notice_names_rtseg_eval(tmp_path, capsys):
+    """Was 'rtseg: no --weights: …' though rtseg eval ran."""
+    assert main(["--data", "synthetic:test", "--max-images", "1"]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "no --weights" in line]
+    assert len(notices) == 1 and notices[0].startswith("rtseg eval: no --weights: using the demo model "), notices

@@ -376,7 +376,7 @@ def test_superpixel_runner_more_segments_follow_more_boundaries():
     (["--segments", "50"], "--segments / --compactness apply to --engine slic only, not yolact"),
     (["--weights", "{fcn}", "--compactness", "5"], "--segments / --compactness apply to --engine slic only, not fcn"),
     (["--engine", "slic", "--score-threshold", "0.5"], "--score-threshold applies to yolact, msrcnn and panoptic only"),
-    (["--engine", "slic", "--segments", "0"], "slic: n_segments must be"),
+    (["--engine", "slic", "--segments", "0"], "--segments 0: must be an integer >= 1"),
     (["--engine", "msrcnn"], "--engine msrcnn needs --weights PATH"),
     # a folder of weights is no input folder: was "--json … would overwrite the input {dir}/m.json"
     (["--weights", "{dir}", "--json", "{dir}/m.json"], "--weights {dir} is a folder; give the weights file"),

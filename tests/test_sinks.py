@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -897,3 +898,97 @@ def test_jsonl_closed_without_a_frame_leaves_no_new_file_and_an_old_one_as_it_wa
         sink.write(_frame(i, i / 10), Detections.empty((120, 160), ["a"]), _frame(i, i / 10).image)
     sink.close()
     assert sink.frames_written == 2 and len(new.read_text().splitlines()) == 2
+
+
+# --- outputs written whole through symbolic links; FIFOs, devices and descriptors refused ---------------------
+
+
+def test_image_and_coco_json_outputs_write_through_a_symbolic_link(tmp_path):
+    """Was: the rename of the finished file replaced the link itself with a regular file and left its target
+    stale; now the link stays and its target (created when missing) gets the output."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.png").write_bytes(b"stale")
+    (real / "res.json").write_text("stale")
+    links = {name: tmp_path / name for name in ("a.png", "res.json", "new.png", "f_001.png")}
+    links["a.png"].symlink_to(real / "a.png")
+    links["res.json"].symlink_to(real / "res.json")
+    links["new.png"].symlink_to(real / "new.png")  # dangling: its target is made
+    links["f_001.png"].symlink_to(real / "f_001.png")  # one frame's file of a {seq} pattern
+    f = _frame(1, 0.0)
+    for sink in (ImageSink(links["a.png"]), ImageSink(links["new.png"]), ImageSink(tmp_path / "f_{seq:03d}.png")):
+        sink.write(f, None, f.image)
+        sink.close()
+    coco = CocoJsonSink(links["res.json"])
+    coco.write(f, _one_detection(class_id=0, class_names=["a"]), f.image)
+    coco.close()
+    assert all(link.is_symlink() for link in links.values())
+    for name in ("a.png", "new.png", "f_001.png"):
+        assert cv2.imread(str(real / name)).shape == f.image.shape, name
+    assert [e["image_id"] for e in json.loads((real / "res.json").read_text())] == [2]
+    assert sorted(p.name for p in real.iterdir()) == ["a.png", "f_001.png", "new.png", "res.json"]  # no .partial
+
+
+def test_image_and_coco_json_outputs_refuse_a_fifo_a_device_or_a_descriptor_before_the_run(tmp_path):
+    """Was: the rename at the first frame (image) or at the end (COCO results) replaced a FIFO, a device node or
+    the link /dev/stdout (for every program of the machine, as root) with a regular file."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    fifo_png, fifo_json = tmp_path / "f.png", tmp_path / "f.json"
+    os.mkfifo(fifo_png)
+    os.mkfifo(fifo_json)
+    stdout_png, stdout_json, loop = tmp_path / "o.png", tmp_path / "o.json", tmp_path / "loop.png"
+    stdout_png.symlink_to("/proc/self/fd/1")
+    stdout_json.symlink_to("/dev/stdout")
+    loop.symlink_to(loop)
+    cases = [(ImageSink, fifo_png, "image output", "is a FIFO, not a regular file"),
+             (CocoJsonSink, fifo_json, "JSON output", "is a FIFO, not a regular file"),
+             (ImageSink, stdout_png, "image output", "names an open descriptor, not a file"),
+             (CocoJsonSink, stdout_json, "JSON output", "names an open descriptor, not a file"),
+             (ImageSink, loop, "image output", "a symbolic link that loops")]
+    for make, path, what, problem in cases:
+        with pytest.raises(SinkError, match=f"^{re.escape(f'{what} {path}: {problem}')}"):
+            make(path)
+    assert all(p.is_fifo() for p in (fifo_png, fifo_json)) and stdout_png.is_symlink() and stdout_json.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "f.png", "loop.png", "o.json", "o.png"]
+
+
+def test_image_and_coco_json_outputs_refuse_a_device_node(tmp_path):
+    """``--output null.png`` naming a character device (1, 3: /dev/null's): refused, the node left as it was."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    for name, make in (("null.png", ImageSink), ("null.json", CocoJsonSink)):
+        node = tmp_path / name
+        try:
+            os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except OSError:
+            pytest.skip("this user cannot make a device node here")
+        with pytest.raises(SinkError, match=re.escape(f"{node}: is a character device, not a regular file")):
+            make(node)
+        assert node.is_char_device()
+
+
+def test_mp4_output_writes_through_a_symbolic_link_and_refuses_a_fifo(tmp_path):
+    """Was: the final rename of the finished recording replaced a link ``out.mp4 -> real/out.mp4`` with a regular
+    file (its target left stale), and a FIFO named out.mp4 with a file; now the link stays and its target gets the
+    recording, and a FIFO is refused before anything is written (as the image and COCO outputs do)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "out.mp4").write_bytes(b"stale")
+    link = tmp_path / "out.mp4"
+    link.symlink_to(real / "out.mp4")
+    sink = Mp4Sink(link, fps_hint=10)
+    for i in range(3):
+        f = _frame(i, i / 10)
+        sink.write(f, None, f.image)
+    sink.close()
+    assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == ["out.mp4"]
+    with av.open(str(real / "out.mp4")) as recording:
+        assert sum(1 for _ in recording.decode(video=0)) == 3
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(SinkError, match=r"^MP4 output .*fifo\.mp4: is a FIFO, not a regular file"):
+        Mp4Sink(fifo, fps_hint=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.mp4", "out.mp4", "real"]

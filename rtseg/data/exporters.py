@@ -179,6 +179,9 @@ def run(argv: list[str] | None) -> None:
     formats = set(args.formats.split(","))
     if formats - {"mp4", "coco", "labelme"}:
         raise ConfigError(f"--formats {args.formats}: choose from mp4, coco, labelme")
+    if "mp4" in formats and (args.width % 2 or args.height % 2):
+        raise ConfigError(f"--width {args.width} --height {args.height}: the clip (H.264 yuv420p) needs an even width "
+                          "and height; give even values, or --formats coco,labelme for no clip")
     if "mp4" in formats:
         print(export_mp4(scene, args.out / "clip.mp4"))
     if "coco" in formats:

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rtseg.cliargs import check_range
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.manifest import ENGINE_FORMATS, peek_manifest
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
 
 TORCHVISION = "torchvision:"
 """``--weights`` prefix naming a torchvision FCN-ResNet instead of a file."""
+OPTION_LIMITS: dict[str, tuple[str, float, float | None, bool]] = {
+    "score_threshold": ("--score-threshold", 0.0, 1.0, False),
+    "top_k": ("--top-k", 1, None, False),
+    "n_segments": ("--segments", 1, None, False),
+    "compactness": ("--compactness", 0.0, None, True),
+}
+"""The engine options the command lines offer, by the engines' parameter names: (the option, least value, most
+value (None: no limit), whether the least is excluded). The engines refuse the same values (their ``check_real``
+/ ``check_int`` option checks: yolact, msrcnn and panoptic's score_threshold, yolact and msrcnn's top_k, slic's
+n_segments and compactness; tests/test_engine_options.py holds them to these), which :func:`check_engine_options`
+refuses before torch is imported."""
 
 
 def resolve_engine(weights: str | None, engine: str | None) -> str:
@@ -57,9 +69,10 @@ def manifest_engine(weights: str) -> tuple[str | None, str | None]:
 
 
 def check_engine_options(name: str, *, weights: str | None = None, semantic: str | None = None,
-                         score_threshold: float | None = None, segments: int | None = None,
+                         score_threshold: float | None = None, top_k: int | None = None, segments: int | None = None,
                          compactness: float | None = None, class_names: str | None = None) -> None:
-    """Refuse, in one line each, the options (``None``: not given) that do not apply to engine ``name``, and a
+    """Refuse, in one line each, the options (``None``: not given) that do not apply to engine ``name``, values
+    out of the engines' range (:data:`OPTION_LIMITS`: ``"--top-k 0: must be an integer >= 1"``, NaN too), and a
     ``class_names`` file (``--class-names``) that cannot be read (:func:`rtseg.userfiles.check_input_file`)."""
     if name == "slic" and weights is not None:
         raise ConfigError(f"--engine slic takes no --weights (superpixels need no model); drop --weights {weights}")
@@ -75,8 +88,15 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
                           "of an fcn (the stuff classes)")
     if score_threshold is not None and name not in (*INSTANCE_ENGINES, "panoptic"):
         raise ConfigError(f"--score-threshold applies to yolact, msrcnn and panoptic only, not {name}")
+    if top_k is not None and name not in INSTANCE_ENGINES:
+        raise ConfigError(f"--top-k applies to {' and '.join(INSTANCE_ENGINES)} only, not {name}")
     if (segments is not None or compactness is not None) and name != "slic":
         raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
+    given = {"score_threshold": score_threshold, "top_k": top_k, "n_segments": segments, "compactness": compactness}
+    for key, value in given.items():
+        option, low, high, open_low = OPTION_LIMITS[key]
+        if value is not None:
+            check_range(option, value, low, high, "", open_low=open_low)
     if class_names is not None:
         if name in ("panoptic", "slic"):
             raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {name}")
@@ -99,8 +119,9 @@ def check_weights_file(option: str, path: str | None, *, torchvision: bool = Fal
     check_input_file(f"{option} {path}", path, "give the weights file")
 
 
-def default_weights(weights: str | None, name: str) -> str | None:
-    """``weights``, or for yolact (and panoptic's instances) without them the shipped demo model (said on stderr);
+def default_weights(weights: str | None, name: str, command: str = "rtseg") -> str | None:
+    """``weights``, or for yolact (and panoptic's instances) without them the shipped demo model (said on stderr
+    as ``<command>: no --weights: …``, ``command`` being the command line that runs: ``rtseg``, ``rtseg eval``);
     ``ConfigError`` for fcn and msrcnn without weights."""
     if weights is not None or name == "slic":
         return weights
@@ -111,7 +132,7 @@ def default_weights(weights: str | None, name: str) -> str | None:
     if not DEMO_WEIGHTS.is_file():
         raise WeightsError(f"no --weights and no demo model at {DEMO_WEIGHTS}: pass --weights PATH "
                            f"(official YOLACT .pth or rtseg .safetensors) or {DEMO_TRAIN_HINT}")
-    print(f"rtseg: no --weights: using the demo model {DEMO_WEIGHTS.name} (synthetic shapes; "
+    print(f"{command}: no --weights: using the demo model {DEMO_WEIGHTS.name} (synthetic shapes; "
           "pass --weights for your own model)", file=sys.stderr)
     return str(DEMO_WEIGHTS)
 

@@ -21,6 +21,11 @@ without ``--weights``, yolact and panoptic use the shipped demo model.
 ``labelme:FOLDER``. Classes of the weights and the data set are matched by name
 (for the official COCO checkpoints the 80 names equal the COCO category names).
 
+``--json PATH`` writes the metrics whole at the end, renamed over PATH (a symbolic link: over its target, the link
+kept); ``--json -`` prints them on stdout, the table then on stderr. A FIFO, a device or a descriptor's name
+(``/dev/stdout``, ``/proc/self/fd/N``) is refused before the evaluation, as is a folder that cannot be written:
+a rename would replace the device node with a file, and cannot write into a descriptor; use ``-`` (and a pipe).
+
 No torch at its top: ``--help`` and a bad option answer at once; :func:`run` imports the evaluation (torch) once
 the options are checked.
 """
@@ -54,7 +59,7 @@ from rtseg.outputs import (
     check_outputs_are_not_inputs,
     weights_paths,
 )
-from rtseg.video.outfiles import replace_whole
+from rtseg.video.outfiles import output_target, replace_whole
 
 if TYPE_CHECKING:
     from rtseg.data.dataset import InstanceDataset
@@ -65,6 +70,8 @@ __getattr__ = lazy_attributes(__name__, {"class_mapping": "rtseg.eval.runners"})
 ENGINES = ENGINE_NAMES
 AP_SCORE_THRESHOLD = 0.05
 """Default --score-threshold of yolact and msrcnn: low, as AP needs the whole precision-recall curve."""
+STDOUT = "-"
+"""``--json -``: the metrics JSON on standard output (the table on stderr), as ``rtseg --json -`` writes its lines."""
 
 
 def open_dataset(spec: str) -> InstanceDataset:
@@ -134,13 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=None,
                    help=f"yolact/msrcnn: drop detections scoring at or below this (default {AP_SCORE_THRESHOLD}); "
                         "panoptic: instances pasted (default 0.3)")
-    p.add_argument("--json", type=Path, action=Once, default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--json", action=Once, default=None, metavar="PATH",
+                   help="also write the metrics to this JSON file (a link: to its target), or to standard output for "
+                        "- (the table then goes to stderr); written whole at the end, so a FIFO or device is refused")
     return p
 
 
 def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, object]]:
     """The engine to evaluate and the settings the JSON record names (weights, thresholds, SLIC parameters)."""
-    weights = default_weights(args.weights, name)
+    weights = default_weights(args.weights, name, command="rtseg eval")
     if name == "slic":
         options = {k: v for k, v in (("n_segments", args.segments), ("compactness", args.compactness)) if v is not None}
         engine = load_weights_engine(name, None, device=args.device, **options)
@@ -159,9 +168,11 @@ def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, 
     return engine, {"weights": weights, "score_threshold": threshold}
 
 
-def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
-    """The engine to evaluate and the ``--resize`` size (W, H; None: as the images are), once every option is
-    checked (a ConfigError, WeightsError or SinkError line otherwise), before anything slow happens."""
+def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None, Path | None]:
+    """The engine to evaluate, the ``--resize`` size (W, H; None: as the images are) and the file the ``--json``
+    metrics replace (:func:`rtseg.video.outfiles.output_target`: a link's target; None: no file, also for ``-``),
+    once every option is checked (a ConfigError, WeightsError or SinkError line otherwise), before anything slow
+    happens: a --json that cannot be written is refused now, not after hours of evaluation."""
     check_ranges(args, [("--max-images", 1, None, "")])
     check_weights_file("--weights", args.weights, torchvision=True)
     engine_name = resolve_engine(args.weights, args.engine)
@@ -169,21 +180,21 @@ def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None]:
                          score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness,
                          class_names=args.class_names)
     resize = None if args.resize is None else parse_size(args.resize)
-    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
-        raise SinkError(f"--json {args.json}: not a file in an existing folder; choose another path")
-    check_outputs_are_not_inputs([("--json", args.json)],
+    target = None if args.json in (None, STDOUT) else output_target(
+        Path(args.json), "--json", "give --json - for the metrics on standard output, or a file path")
+    check_outputs_are_not_inputs([("--json", None if target is None else args.json)],
                                  [*weights_paths(args.weights, args.semantic), *parse_data(args.data).paths,
                                   *([args.class_names] if args.class_names is not None else [])])
-    if args.json is not None:
-        check_not_among_labelme_files(args.json, f"--json {args.json}", [("--data", args.data)],
+    if target is not None:
+        check_not_among_labelme_files(target, f"--json {args.json}", [("--data", args.data)],
                                       "write the metrics to another folder")
-    return engine_name, resize
+    return engine_name, resize, target
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Evaluate as the options say and print the metrics (in %); returns them. The options are checked first
     (:func:`_check_args`), then the evaluation (torch: seconds) is imported."""
-    engine_name, resize = _check_args(args)
+    engine_name, resize, target = _check_args(args)
     from rtseg.eval.coco import format_table
     from rtseg.eval.mask_scoring import format_scoring_table
     from rtseg.eval.runners import (
@@ -197,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         samples,
     )
     dataset = open_dataset(args.data)
-    check_not_an_image_of("--json", args.json, dataset.image_files, args.data)
+    check_not_an_image_of("--json", None if target is None else args.json, dataset.image_files, args.data)
     n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     if n < 1:
         raise ConfigError(f"--data {args.data}: no images to evaluate")
@@ -223,14 +234,19 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         table = format_table(metrics) + ("\n\n" + format_scoring_table(metrics) if engine_name == "msrcnn" else "")
     seconds = time.perf_counter() - start
     size = f" at {resize[0]}x{resize[1]}" if resize else ""
+    report = sys.stderr if args.json == STDOUT else sys.stdout  # stdout: the JSON alone
     print(f"{args.data}{size}: {n} images, {engine_name}, {seconds:.1f} s "
-          f"({n / seconds:.1f} images/s incl. loading and metric bookkeeping); values in %")
-    print(table)
+          f"({n / seconds:.1f} images/s incl. loading and metric bookkeeping); values in %", file=report)
+    print(table, file=report)
     if args.json is not None:
         record = {"engine": engine_name, **settings, "data": args.data, "images": n, "resize": args.resize,
                   "device": args.device, "metrics": metrics}
+        text = json.dumps(record, indent=2)
+        if target is None:
+            print(text)
+            return metrics
         try:
-            replace_whole(args.json, json.dumps(record, indent=2).encode())  # an earlier file stays if this fails
+            replace_whole(target, text.encode())  # an earlier file stays if this fails
         except OSError as exc:
             raise SinkError(f"--json {args.json}: cannot write ({exc.strerror}); choose another path") from None
     return metrics

@@ -12,7 +12,7 @@ from rtseg.data.coco_names import result_category_ids
 from rtseg.errors import SinkError
 from rtseg.serialize import detections_to_coco
 from rtseg.types import Detections, Frame, Prediction
-from rtseg.video.outfiles import append_whole, claim, partial_path, require_writable_folder
+from rtseg.video.outfiles import append_whole, claim, output_target, partial_path
 
 
 def image_id(frame: Frame) -> int:
@@ -33,11 +33,13 @@ class CocoJsonSink:
     closing ``]``. A run that wrote no frame (failed, or stopped before its first one) leaves no file, as the video
     and image outputs do, and an existing ``path`` as it was, as every output does: it has no result to record,
     and ``[]`` (frames without detections) would replace an earlier run's results with a false one.
+    A symbolic link ``path`` is written through: the partial file is made beside its target, which the rename
+    replaces (:func:`~rtseg.video.outfiles.output_target`).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        require_writable_folder(self.path, "JSON output")
+        self.path = output_target(Path(path), "JSON output", "to stream the detections write JSON Lines (--json - "
+                                  "or a .jsonl path), else choose a file path")
         self.partial = partial_path(self.path)
         self._file = os.fdopen(claim(self.partial, self.path, "JSON output"), "wb", buffering=0)
         self._opened = False  # "[" written

@@ -8,6 +8,8 @@ import contextlib
 import fcntl
 import io
 import os
+import re
+import stat
 from pathlib import Path
 
 from rtseg.errors import SinkError
@@ -32,6 +34,49 @@ def require_writable_folder(path: Path, what: str) -> None:
         raise SinkError(f"{what} {path}: folder {folder} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK):
         raise SinkError(f"{what} {path}: folder {folder} is not writable; choose another path")
+
+
+_DESCRIPTOR_LINK = re.compile(r"/proc/.+/fd/[0-9]+")
+"""An open descriptor's link (``/dev/stdout`` leads to /proc/self/fd/1, ``/dev/fd/3`` to /proc/self/fd/3)."""
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def output_target(path: Path, what: str, advice: str = "choose a file path") -> Path:
+    """The file that an output written whole (renamed over its name: :func:`replace_whole`, a ``.partial`` file's
+    final rename) replaces: ``path``, or where the symbolic link ``path`` leads (links are written through: the link
+    stays and its target gets the new contents; a missing target is created). Checked before anything is written,
+    a SinkError ``"<what> <path>: …; <advice>"`` when the link loops or names an open descriptor (``/dev/stdout``,
+    ``/proc/self/fd/N``: a rename cannot write into a descriptor), or when what it names exists and is not a regular
+    file (a FIFO, device or socket, which the rename would replace with a file for the whole machine), and the
+    SinkError of :func:`require_writable_folder` of the file."""
+    if _names_a_descriptor(path):
+        raise SinkError(f"{what} {path}: names an open descriptor, not a file; {advice}")
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    if os.path.islink(target):  # (realpath stops at a loop)
+        raise SinkError(f"{what} {path}: a symbolic link that loops; {advice}")
+    require_writable_folder(target, what if target is path else f"{what} {path} ->")
+    with contextlib.suppress(OSError):  # (missing: created)
+        mode = os.stat(target).st_mode
+        kind = next((kind for test, kind in _NOT_REGULAR if test(mode)), None)
+        if kind is not None:
+            raise SinkError(f"{what} {path}: is {kind}, not a regular file (the output is written whole, by "
+                            f"replacing the file); {advice}")
+    return target
+
+
+def _names_a_descriptor(path: Path) -> bool:
+    """Whether ``path``, or a symbolic link on its way, is an open descriptor's link (:data:`_DESCRIPTOR_LINK`),
+    followed link by link (at most 40, as the system does)."""
+    name = os.path.abspath(path)
+    for _ in range(40):
+        name = os.path.join(os.path.realpath(os.path.dirname(name)), os.path.basename(name))
+        if _DESCRIPTOR_LINK.fullmatch(name):
+            return True
+        if not os.path.islink(name):
+            return False
+        name = os.path.join(os.path.dirname(name), os.readlink(name))
+    return False
 
 
 def replace_whole(path: Path, data: bytes) -> None:

@@ -34,7 +34,7 @@ from rtseg.errors import SinkError
 from rtseg.types import Frame, Prediction
 from rtseg.video.audio_copy import AudioPassThrough
 from rtseg.video.h264 import H264Encoder, check_crf
-from rtseg.video.outfiles import CheckedFile, claim, partial_path, require_writable_folder
+from rtseg.video.outfiles import CheckedFile, claim, output_target, partial_path
 
 _FRAGMENTED = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
@@ -75,9 +75,8 @@ class Mp4Sink:
     ) -> None:
         H264Encoder.check_threads(frame_threads, slice_threads)
         check_crf("Mp4Sink", crf)  # before any file is made
-        self.path = Path(path)
+        self.path = output_target(Path(path), "MP4 output")  # (a link written through; a FIFO, device refused)
         self.partial = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
-        require_writable_folder(self.path, "MP4 output")
         self._lock = claim(self.partial, self.path, "MP4 output")
         self._file = CheckedFile(os.dup(self._lock))  # the claimed file; a write that fails is kept
         try:

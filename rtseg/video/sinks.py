@@ -39,7 +39,7 @@ from rtseg.errors import SinkError
 from rtseg.serialize import frame_record
 from rtseg.serve.server import WebSink
 from rtseg.types import Frame, Prediction
-from rtseg.video.outfiles import append_whole, replace_whole, require_writable_folder
+from rtseg.video.outfiles import append_whole, output_target, replace_whole, require_writable_folder
 from rtseg.video.sink_mp4 import Mp4Sink
 from rtseg.video.sink_push import PushSink
 from rtseg.video.sources import IMAGE_SUFFIXES
@@ -61,7 +61,8 @@ class ImageSink:
     Meant for a single-image source; with several frames the file holds the
     last one. A ``{seq}`` placeholder in the name (``out_{seq:05d}.png``)
     writes one file per frame instead. Files are written under a temporary
-    name and renamed, so a reader never sees half an image.
+    name and renamed, so a reader never sees half an image; a symbolic link is
+    written through (:func:`~rtseg.video.outfiles.output_target`).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -71,11 +72,15 @@ class ImageSink:
                 f"image output {self.path}: unknown image type {self.path.suffix!r}; use one of "
                 + ", ".join(sorted(IMAGE_SUFFIXES))
             )
-        require_writable_folder(self.path, "image output")
         self.per_frame = _is_seq_pattern(self.path)
+        if self.per_frame:
+            require_writable_folder(self.path, "image output")
+        else:
+            self.path = output_target(self.path, "image output")  # a link: its target is replaced
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
-        target = Path(str(self.path).format(seq=frame.seq)) if self.per_frame else self.path
+        target = (output_target(Path(str(self.path).format(seq=frame.seq)), "image output") if self.per_frame
+                  else self.path)
         ok, data = cv2.imencode(target.suffix.lower(), annotated)
         if not ok:
             raise SinkError(f"image output {target}: OpenCV cannot encode {target.suffix} images")
