@@ -22,14 +22,13 @@ import io
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from pycocotools.coco import COCO
-
-from benchmarks.common import module_at, summary, write_result
+from benchmarks.common import check_revision, checked, module_at, run_checked, summary, write_result
 from rtseg.data.coco import CocoDataset
 from rtseg.data.dataset import read_json
 
@@ -71,13 +70,22 @@ def alternated(versions: dict[str, Callable[[], Any]], rounds: int) -> dict[str,
     return times
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--per-image", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--baseline", default="2eb6344", help="git revision of rtseg/data/coco.py to compare with")
-    args = ap.parse_args()
+    args = checked(ap, ap.parse_args(argv), [("--images", 1, None, ""), ("--per-image", 1, None, ""),
+                                             ("--rounds", 1, None, "")])
+    check_revision(ap, args.baseline, SOURCE)
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    from pycocotools.coco import COCO  # a missing package: one line (run_checked)
+
     old = module_at(args.baseline, SOURCE)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,5 +119,9 @@ def main() -> None:
     print(write_result("coco_open", result))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

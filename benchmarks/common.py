@@ -1,27 +1,129 @@
-"""Shared helpers for benchmark scripts: machine description, percentiles, JSON output."""
+"""Shared helpers for benchmark scripts: their option checks, machine description, percentiles, JSON output.
+
+Light (no torch at its top): a script parses and checks its options with :func:`checked` and the argparse types
+here before it imports torch, so that ``--help`` and a bad option answer at once (argparse's usage, then one line
+``prog: error: …``, exit 2; nothing measured, no result written); :func:`run_checked` then runs it, a user error
+found only on the way (weights that do not load, a missing package) one such line too.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
+
+from rtseg.cliargs import NumberRange, check_ranges
+from rtseg.data.synthetic import LEAST, MOST
+from rtseg.errors import ConfigError, RtsegError, exit_status
+from rtseg.userfiles import check_input_file
 
 if TYPE_CHECKING:
     from rtseg.models.yolact import Yolact
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+PRESET_NAMES = ("yolact_base", "yolact_resnet50", "yolact_darknet53", "yolact_im700")
+"""The keys of :data:`rtseg.models.yolact.PRESETS` (which imports torch), offered as ``choices`` of the scripts'
+preset options (tests/test_benchmark_args.py keeps them equal)."""
+
+THREADS: NumberRange = ("--threads", 1, 1024, "")
+"""The range of the CPU benchmarks' ``--threads`` (torch's intra-op threads; as ``rtseg train --threads``)."""
+
+
+def checked(ap: argparse.ArgumentParser, args: argparse.Namespace,
+            ranges: Sequence[NumberRange]) -> argparse.Namespace:
+    """``args`` when every option of ``ranges`` (name, least, most or None, why the limit) is within its range
+    (:func:`rtseg.cliargs.check_ranges`, every value of a multi-value option); otherwise ``ap.error`` for the first
+    one out of it: the usage, then ``prog: error: --frames 0: must be an integer >= 1``, exit 2."""
+    try:
+        check_ranges(args, ranges)
+    except ConfigError as exc:
+        ap.error(str(exc))
+    return args
+
+
+def frame_size(order: str) -> Callable[[str], tuple[int, int]]:
+    """An argparse type: ``"640x480"`` → ``(640, 480)``, the two sides in ``order`` (``"WxH"`` or ``"HxW"``), each
+    an integer from 32 to 4096 pixels (a synthetic frame's limits, :data:`rtseg.data.synthetic.LEAST` /
+    :data:`~rtseg.data.synthetic.MOST`); anything else is argparse's error line (``argument --size: 'abc': give
+    WxH, …``)."""
+    low, high = LEAST["width"], MOST["width"]
+    example = "640x480" if order == "WxH" else "1080x1920"
+
+    def parse(text: str) -> tuple[int, int]:
+        first, sep, second = text.lower().partition("x")
+        if sep and all(s.isascii() and s.isdigit() and low <= int(s) <= high for s in (first, second)):
+            return int(first), int(second)
+        raise argparse.ArgumentTypeError(f"{text!r}: give {order}, each side an integer in [{low}, {high}] pixels "
+                                         f"(e.g. {example})")
+
+    return parse
+
+
+def device_spec(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has that device is said in one line
+    where the script makes it)."""
+    if re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda or cuda:N")
+
+
+def input_file(text: str) -> Path:
+    """An argparse type: a regular file this process may read (:func:`rtseg.userfiles.check_input_file`: checked
+    without reading it), such as a weights file."""
+    try:
+        check_input_file(text, text, "give an existing file")
+    except RtsegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: where to write a results file: not a folder, in a folder that exists (found now, not
+    after the minutes of measuring)."""
+    path = Path(text)
+    if not text.strip() or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is {'a folder' if text.strip() else 'empty'}; give a file path")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: there is no folder {path.parent}; make it or give another path")
+    return path
+
+
+def check_revision(ap: argparse.ArgumentParser, rev: str, source: str) -> None:
+    """``ap.error`` (usage and one line, exit 2) unless this repository's git history has the file ``source`` at
+    the revision ``rev`` (``--baseline``: what :func:`module_at` reads)."""
+    try:
+        found = subprocess.run(["git", "cat-file", "-e", f"{rev}:{source}"], cwd=ROOT, capture_output=True).returncode
+    except OSError as exc:
+        ap.error(f"--baseline {rev}: git does not run here ({exc.strerror}); the baseline is read from this "
+                 "repository's history")
+    if found != 0:
+        ap.error(f"--baseline {rev}: this repository's git history has no {source} at that revision; give a commit "
+                 "that has it")
+
+
+def run_checked(file: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], Any]) -> int:
+    """The exit status of ``run(args)`` (a script's work, its options checked) under the script's file name
+    (:func:`rtseg.errors.exit_status`): its own when it returns an int, else 0; 2 after one line
+    ``prog: error: …`` for an rtseg error found on the way (weights that do not load, a CUDA device this machine
+    lacks) or a missing package, 130 after ``prog: interrupted`` on Ctrl-C."""
+    return exit_status(Path(file).name, lambda: run(args))
 
 
 def machine() -> dict[str, Any]:
     """CPU / GPU model, core count and library versions of this machine."""
+    import torch
+
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -42,6 +144,8 @@ def machine() -> dict[str, Any]:
 
 def time_it(fn: Callable[[], Any], *, iters: int, warmup: int = 2) -> list[float]:
     """Wall-clock milliseconds of ``iters`` calls after ``warmup`` discarded calls (CUDA synchronised)."""
+    import torch
+
     for _ in range(warmup):
         fn()
     out = []
@@ -68,6 +172,8 @@ def one_in_flight(engine: Any, submit: Callable[[], Any], iters: int, rounds: in
     i is collected): ``submit()`` → an ``YolactEngine.dispatch``-ed batch; per round of ``iters`` batches the
     wall ms per batch (device idle at both ends), summarised over ``rounds`` rounds after one warm-up round, and
     ``fps`` from their mean."""
+    import torch
+
     def round_ms() -> float:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -104,6 +210,8 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 
 def busy_model(preset: str) -> "Yolact":
     """A random YOLACT whose class scores spread out, so that NMS and mask assembly have real work."""
+    import torch
+
     from rtseg.models.yolact import PRESETS, Yolact
 
     torch.manual_seed(0)
@@ -117,8 +225,8 @@ def module_at(rev: str, source: str) -> ModuleType:
     """The repository's file ``source`` (e.g. ``rtseg/data/coco.py``) as it was at git revision ``rev``, imported
     as a module of its own: a baseline to time beside the current code in one process (needs git and the
     repository's history)."""
-    text = subprocess.run(["git", "show", f"{rev}:{source}"], cwd=Path(__file__).resolve().parent.parent,
-                          check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(["git", "show", f"{rev}:{source}"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
     module = ModuleType(f"{Path(source).stem}_at_{rev}")
     exec(compile(text, f"{rev}:{source}", "exec"), module.__dict__)
     return module

@@ -11,29 +11,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from benchmarks.common import summary, write_result
+from benchmarks.common import THREADS, checked, run_checked, summary, write_result
 from rtseg.data.synthetic import CLASSES, TEST_SEED, SyntheticScene
-from rtseg.demo import DEMO_WEIGHTS
 from rtseg.engines import load
-from rtseg.engines.fcn import FcnEngine
-from rtseg.engines.msrcnn import MsrcnnEngine
-from rtseg.engines.yolact import YolactEngine
-from rtseg.models.fcn import FcnConfig
-from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.models.yolact import YolactConfig
+from rtseg.outputs import DEMO_WEIGHTS
 from rtseg.types import SemanticMap
 
+if TYPE_CHECKING:
+    import torch
+
 NAMES = ["background", *CLASSES]
+ENGINES = ("demo", "yolact_r50", "fcn", "msrcnn")
+"""The engines compared (``--engines``)."""
 
 
 def _build(name: str) -> Any:
-    """A fresh engine ``name`` on the CPU (random weights seeded alike, except the shipped demo model)."""
+    """A fresh engine ``name`` (one of :data:`ENGINES`) on the CPU (random weights seeded alike, except the shipped
+    demo model)."""
+    import torch
+
+    from rtseg.engines.fcn import FcnEngine
+    from rtseg.engines.msrcnn import MsrcnnEngine
+    from rtseg.engines.yolact import YolactEngine
+    from rtseg.models.fcn import FcnConfig
+    from rtseg.models.msrcnn import MsrcnnConfig
+    from rtseg.models.yolact import YolactConfig
+
     torch.manual_seed(0)
     if name == "demo":
         return load("yolact", str(DEMO_WEIGHTS), score_threshold=0.15)
@@ -42,13 +52,13 @@ def _build(name: str) -> Any:
                                         class_names=list(CLASSES), score_threshold=0.05)
     if name == "fcn":
         return FcnEngine.from_config(FcnConfig(num_classes=len(NAMES), width=0.5), class_names=NAMES)
-    if name == "msrcnn":
-        return MsrcnnEngine.from_config(MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=480,
-                                                     max_size=640), class_names=list(CLASSES))
-    raise SystemExit(f"unknown engine {name!r}")
+    return MsrcnnEngine.from_config(MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=480,
+                                                 max_size=640), class_names=list(CLASSES))
 
 
 def _network(engine: Any) -> torch.nn.Module:
+    from rtseg.engines.yolact import YolactEngine
+
     return engine.net if isinstance(engine, YolactEngine) else engine.model
 
 
@@ -59,6 +69,8 @@ def _read(engine: Any, frame: np.ndarray) -> np.ndarray:
 
 
 def compare(name: str, frames: list[np.ndarray]) -> dict[str, Any]:
+    import torch
+
     nhwc, nchw = _build(name), _build(name)
     _network(nchw).to(memory_format=torch.contiguous_format)
     assert next(p for p in _network(nhwc).parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
@@ -83,12 +95,19 @@ def compare(name: str, frames: list[np.ndarray]) -> dict[str, Any]:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engines", nargs="+", default=["demo", "yolact_r50", "fcn", "msrcnn"])
-    args = ap.parse_args()
+    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    return checked(ap, ap.parse_args(argv), [("--frames", 1, None, ""), THREADS])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
     torch.set_num_threads(args.threads)
     scene = SyntheticScene(TEST_SEED, width=640, height=480, num_frames=args.frames)
     frames = [scene.frame(i)[0] for i in range(args.frames)]
@@ -101,5 +120,9 @@ def main() -> None:
                                              "load_avg_1_5_15": os.getloadavg(), "results": results}))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,24 +15,31 @@ import hashlib
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rtseg  # noqa: E402
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import checked, input_file, run_checked, write_result  # noqa: E402
 from rtseg.data.synthetic import SyntheticDataset  # noqa: E402
-from rtseg.eval.coco import CocoEvaluator  # noqa: E402
-from rtseg.eval.runners import class_mapping, remap, samples  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, default=DEMO)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=input_file, default=str(DEMO))
     ap.add_argument("--images", type=int, default=300, help="first N test images (default: all 300)")
     ap.add_argument("--score-threshold", type=float, default=0.05, help="as rtseg eval (default 0.05)")
     ap.add_argument("--name", default="demo_accuracy", help="results file name (default demo_accuracy)")
-    args = ap.parse_args(argv)
+    return checked(ap, ap.parse_args(argv), [("--images", 1, None, ""), ("--score-threshold", 0, 1, "")])
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The metrics written (weights that do not load: WeightsError, one line)."""
+    from rtseg.eval.coco import CocoEvaluator
+    from rtseg.eval.runners import class_mapping, remap, samples
+
     engine = rtseg.load("yolact", weights=str(args.weights), score_threshold=args.score_threshold, top_k=100)
     data = SyntheticDataset.split("test")
     names = data.class_names
@@ -57,5 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

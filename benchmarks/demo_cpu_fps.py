@@ -13,21 +13,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rtseg  # noqa: E402
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import THREADS, checked, input_file, run_checked, write_result  # noqa: E402
 from rtseg.errors import ConfigError  # noqa: E402
 from rtseg.types import Frame, Prediction  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402
-from rtseg.video.pipeline import Pipeline  # noqa: E402
 from rtseg.video.sources import open_source  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors"
 TARGET_FPS = 10.0
+WARMUP = 5
+"""Frames of each run not timed (``Metrics(warmup_frames=...)``)."""
 
 
 class NullSink:
@@ -45,12 +46,14 @@ class NullSink:
 
 def run_backend(weights: Path, backend: str, frames: int) -> dict:
     """Pipeline figures of one backend, or {"skipped": reason}."""
+    from rtseg.video.pipeline import Pipeline
+
     try:
         engine = rtseg.load("yolact", weights=str(weights), device="cpu", backend=backend)
     except ConfigError as e:
         return {"skipped": str(e)}
     engine.warmup()
-    metrics = Metrics(warmup_frames=5)
+    metrics = Metrics(warmup_frames=WARMUP)
     source = open_source("synthetic:3", synthetic={"width": 640, "height": 480, "num_frames": frames})
     Pipeline(source=source, engine=engine, sinks=[NullSink()], metrics=metrics).run()
     snap = metrics.snapshot()
@@ -58,12 +61,19 @@ def run_backend(weights: Path, backend: str, frames: int) -> dict:
             "input_size": engine.cfg.input_size}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--weights", type=Path, default=DEMO)
-    args = ap.parse_args()
+    ap.add_argument("--weights", type=input_file, default=str(DEMO))
+    return checked(ap, ap.parse_args(argv), [
+        ("--frames", WARMUP + 2, None, f" (the first {WARMUP} are not timed; the FPS needs 2 more)"), THREADS])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
     torch.set_num_threads(args.threads)
     results = {b: run_backend(args.weights, b, args.frames) for b in ("eager", "onnx")}
     for name, r in results.items():
@@ -79,7 +89,10 @@ def main() -> int:
         "note": "the 2 cores are shared with other jobs while this runs; numbers are lower bounds",
     })
     print(path)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import av
 import numpy as np
 
-from benchmarks.common import summary, write_result
+from benchmarks.common import checked, run_checked, summary, write_result
 from rtseg.data.synthetic import SyntheticScene
 from rtseg.video.h264 import bgr_to_i420
 
@@ -68,10 +70,14 @@ def psnr(data: bytes, frames: list[np.ndarray]) -> float:
     return float(10 * np.log10(255.0 ** 2 / mse))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=60)
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [("--frames", WARMUP + 1, None, f" (the first {WARMUP} are not timed)")])
+
+
+def run(args: argparse.Namespace) -> None:
     results = {}
     for w, h in ((640, 480), (1920, 1080)):
         scene = SyntheticScene(5, width=w, height=h, num_frames=args.frames)
@@ -91,5 +97,9 @@ def main() -> None:
                                         "load_average_1_5_15": os.getloadavg()}))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,23 +21,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from benchmarks.common import busy_model, machine, one_in_flight, summary, time_it, wall_summary
+from benchmarks.common import (
+    PRESET_NAMES,
+    busy_model,
+    checked,
+    frame_size,
+    machine,
+    one_in_flight,
+    output_file,
+    run_checked,
+    summary,
+    time_it,
+    wall_summary,
+)
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
-from rtseg.engines.backends import make_backend
-from rtseg.engines.yolact import YolactEngine
-from rtseg.ops.nms import fast_nms
 from rtseg.ops.overlay import annotate
+
+if TYPE_CHECKING:
+    from rtseg.engines.yolact import YolactEngine
 
 
 def synced_ms(fn: Callable[[], Any]) -> tuple[Any, float]:
     """(fn's result, wall ms until the device is idle again)."""
+    import torch
+
     t0 = time.perf_counter()
     out = fn()
     torch.cuda.synchronize()
@@ -64,6 +78,10 @@ def stage_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str
 def candidates_times(engine: YolactEngine, frame: np.ndarray, iters: int) -> dict[str, Any]:
     """Wall ms (device synchronised, ``time_it``) of the eager detection step on one frame's network
     outputs, with the engine's Fast NMS keep decision (CuPy kernel when installed) and with torch's."""
+    import torch
+
+    from rtseg.ops.nms import fast_nms
+
     with torch.inference_mode():
         loc, conf, _, _ = engine.network(engine.preprocess([frame]))
     loc, conf = loc[0], conf[0]
@@ -84,6 +102,10 @@ def model_post_times(engine: YolactEngine, frame: np.ndarray, iters: int,
     frame i + 1's graph queued before frame i's rows are awaited), vs the network's graph followed by the eager
     detection step (CuPy NMS); and how many detections of each one-graph variant match the latter's
     (:func:`matched`)."""
+    import torch
+
+    from rtseg.engines.backends import make_backend
+
     s = engine.cfg.input_size
     x = engine.preprocess([frame])
     out: dict[str, Any] = {"nms_eager": engine._fast_nms.__module__}
@@ -134,6 +156,7 @@ LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cu
 def profile_whole_call(engine: YolactEngine, frame: np.ndarray, iters: int, rows: int) -> tuple[str, dict[str, Any]]:
     """torch.profiler over ``iters`` whole calls: the key-averages table (top ``rows`` by host time)
     and, per call, the launches / copies / waits of :data:`LAUNCH_CALLS` plus host and device ms."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -148,23 +171,33 @@ def profile_whole_call(engine: YolactEngine, frame: np.ndarray, iters: int, rows
     return table, per_call
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="yolact_base")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="yolact_base", choices=PRESET_NAMES)
     ap.add_argument("--backends", nargs="+", default=["compile_fp16_captured", "compile_fp16", "eager_fp16_cl"],
                     choices=list(BACKEND_RUNS))
-    ap.add_argument("--frame", default="1080x1920", help="HxW of the host frame")
+    ap.add_argument("--frame", type=frame_size("HxW"), default="1080x1920", help="HxW of the host frame")
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--profile-iters", type=int, default=20)
-    ap.add_argument("--out", type=Path, required=True, help="JSON path; the profiler tables go next to it (.txt)")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=output_file, required=True,
+                    help="JSON path; the profiler tables go next to it (.txt)")
+    return checked(ap, ap.parse_args(argv), [("--iters", 1, None, ""), ("--profile-iters", 1, None, "")])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.engines.backends import make_backend
+    from rtseg.engines.yolact import YolactEngine
+
     if not torch.cuda.is_available():
         raise SystemExit("engine_profile: CUDA is not available here")
-    h, w = (int(v) for v in args.frame.split("x"))
+    h, w = args.frame
     frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     engine = YolactEngine(model=busy_model(args.preset), device="cuda", score_threshold=0.0)
     doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions(),
-                           "preset": args.preset, "frame": args.frame, "iters": args.iters, "results": {}}
+                           "preset": args.preset, "frame": f"{h}x{w}", "iters": args.iters, "results": {}}
     tables = []
     for run in args.backends:
         try:
@@ -199,5 +232,9 @@ def main() -> None:
     print("\n".join(tables))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

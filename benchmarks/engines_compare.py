@@ -8,34 +8,26 @@ PQ / SQ / RQ (panoptic), boundary recall / UE / ASA (SLIC).
 
 Weights: ``--fcn`` and ``--msrcnn`` take rtseg safetensors trained by
 ``rtseg.train.fcn_trainer`` / ``rtseg.train.msrcnn_trainer``; ``--yolact`` an
-rtseg or official YOLACT file. A missing file is replaced by a random network
-(timings stay meaningful, quality is then ~0 and flagged "untrained").
+rtseg or official YOLACT file. An engine whose option is not given is a random
+network (timings stay meaningful, quality is then ~0 and flagged "untrained");
+a file given that is not there is refused.
 
     python -m benchmarks.engines_compare --fcn F.safetensors --msrcnn M.safetensors [--frames 30]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from benchmarks.common import summary, write_result
-from rtseg.data.synthetic import CLASSES, TEST_SEED, SyntheticScene
+from benchmarks.common import THREADS, checked, input_file, run_checked, summary, write_result
+from rtseg.data.synthetic import CLASSES, LEAST, MOST, TEST_SEED, SyntheticScene
 from rtseg.engines import load
-from rtseg.engines.fcn import FcnEngine
-from rtseg.engines.msrcnn import MsrcnnEngine, rescored
-from rtseg.engines.panoptic import PanopticEngine
-from rtseg.engines.yolact import YolactEngine
-from rtseg.eval.coco import evaluate
-from rtseg.eval.panoptic import PanopticEvaluator, panoptic_from_instances
-from rtseg.eval.semantic import SemanticEvaluator, semantic_target
 from rtseg.eval.superpixels import instances_to_segmentation, superpixel_metrics
-from rtseg.models.fcn import FcnConfig
-from rtseg.models.msrcnn import MsrcnnConfig
-from rtseg.models.yolact import YolactConfig
 
 NAMES = ["background", *CLASSES]
 
@@ -78,15 +70,34 @@ def _timing(times: dict[str, list[float]], stamps: list[float]) -> dict[str, Any
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fcn", default=None)
-    ap.add_argument("--msrcnn", default=None)
-    ap.add_argument("--yolact", default=None)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fcn", type=input_file, default=None)
+    ap.add_argument("--msrcnn", type=input_file, default=None)
+    ap.add_argument("--yolact", type=input_file, default=None)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [("--frames", 2, None, " (the FPS needs 2)"),
+                                             ("--size", LEAST["width"], MOST["width"], " pixels"), THREADS])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.engines.fcn import FcnEngine
+    from rtseg.engines.msrcnn import MsrcnnEngine, rescored
+    from rtseg.engines.panoptic import PanopticEngine
+    from rtseg.engines.yolact import YolactEngine
+    from rtseg.eval.coco import evaluate
+    from rtseg.eval.panoptic import PanopticEvaluator, panoptic_from_instances
+    from rtseg.eval.semantic import SemanticEvaluator, semantic_target
+    from rtseg.models.fcn import FcnConfig
+    from rtseg.models.msrcnn import MsrcnnConfig
+    from rtseg.models.yolact import YolactConfig
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     w, h = args.size
@@ -97,17 +108,17 @@ def main() -> None:
     trained: dict[str, bool] = {}
 
     if args.yolact:
-        yolact = load("yolact", args.yolact, score_threshold=0.05)
+        yolact = load("yolact", str(args.yolact), score_threshold=0.05)
     else:
         yolact = YolactEngine.from_config(YolactConfig(backbone="resnet18", num_classes=len(CLASSES), input_size=160,
                                                        fpn_channels=64, num_prototypes=16),
                                           class_names=list(CLASSES), score_threshold=0.05)
     trained["yolact"] = bool(args.yolact)
-    msrcnn = (load("msrcnn", args.msrcnn, score_threshold=0.05) if args.msrcnn else MsrcnnEngine.from_config(
+    msrcnn = (load("msrcnn", str(args.msrcnn), score_threshold=0.05) if args.msrcnn else MsrcnnEngine.from_config(
         MsrcnnConfig(num_classes=len(CLASSES), backbone="resnet18", min_size=h, max_size=w,
                      anchor_sizes=(8, 16, 32, 64, 128), proposals_per_image=200), class_names=list(CLASSES)))
     trained["msrcnn"] = bool(args.msrcnn)
-    fcn = load("fcn", args.fcn) if args.fcn else FcnEngine.from_config(
+    fcn = load("fcn", str(args.fcn)) if args.fcn else FcnEngine.from_config(
         FcnConfig(num_classes=len(NAMES), width=0.125), class_names=NAMES)
     trained["fcn"] = bool(args.fcn)
     results: dict[str, Any] = {"clip": {"seed": TEST_SEED, "size_wh": [w, h], "frames": args.frames},
@@ -154,5 +165,9 @@ def main() -> None:
     print(write_result("engines_compare", results))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

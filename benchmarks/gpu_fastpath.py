@@ -16,20 +16,27 @@ import argparse
 import importlib.metadata
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
+from benchmarks.common import (
+    PRESET_NAMES,
+    RESULTS,
+    busy_model,
+    checked,
+    frame_size,
+    machine,
+    output_file,
+    run_checked,
+    summary,
+    wall_summary,
+)
 
-from benchmarks.common import busy_model, RESULTS, machine, summary, wall_summary
-from rtseg.engines.backends import available, make_backend
-from rtseg.engines.yolact import YolactEngine
-from rtseg.ops.boxes import decode
-from rtseg.ops.masks import assemble_masks
-from rtseg.ops.nms import fast_nms
-from rtseg.ops.rle import encode_rle, encode_rle_device
+if TYPE_CHECKING:
+    from rtseg.engines.yolact import YolactEngine
 
 #: name → make_backend keywords
 BACKEND_RUNS: dict[str, dict[str, Any]] = {
@@ -52,6 +59,10 @@ DEFAULT_RUNS = [run for run in BACKEND_RUNS if run not in ("compile_fp16_capture
 
 def skip_reason(name: str) -> str | None:
     """Why a backend is not measured here (None: measure it)."""
+    import torch
+
+    from rtseg.engines.backends import available
+
     reason = available(name, torch.device("cuda"))
     if reason is None and name == "onnx":
         import onnxruntime as ort
@@ -63,6 +74,8 @@ def skip_reason(name: str) -> str | None:
 
 def cuda_times(fn: Callable[[], Any], *, iters: int, warmup: int) -> list[float]:
     """Per-call milliseconds by CUDA events, after ``warmup`` discarded calls."""
+    import torch
+
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -77,6 +90,8 @@ def cuda_times(fn: Callable[[], Any], *, iters: int, warmup: int) -> list[float]
 
 
 def versions() -> dict[str, str]:
+    import torch
+
     out = {}
     for dist in ("torch", "torchvision", "cupy-cuda12x", "cupy-cuda13x", "cupy", "onnxruntime", "onnxruntime-gpu",
                  "torch-tensorrt", "tensorrt", "numpy"):
@@ -96,6 +111,10 @@ def versions() -> dict[str, str]:
 def bench_model(engine: YolactEngine, runs: list[str], batches: list[int], iters: int, deadline: float, cache: Path,
                 out: dict[str, Any], save: Callable[[], None]) -> None:
     """Fill ``out[run]`` per backend run, calling ``save()`` after each measurement."""
+    import torch
+
+    from rtseg.engines.backends import make_backend
+
     s = engine.cfg.input_size
     for run in runs:
         kw = BACKEND_RUNS[run]
@@ -132,9 +151,14 @@ def bench_model(engine: YolactEngine, runs: list[str], batches: list[int], iters
 
 def bench_post(engine: YolactEngine, iters: int, frame_size: tuple[int, int]) -> dict:
     """NMS, mask assembly and overlay on one busy frame (batch 1)."""
+    import torch
     import torchvision
 
     from rtseg.ops import cupy_ops
+    from rtseg.ops.boxes import decode
+    from rtseg.ops.masks import assemble_masks
+    from rtseg.ops.nms import fast_nms
+    from rtseg.ops.rle import encode_rle, encode_rle_device
 
     s = engine.cfg.input_size
     x = torch.randn(1, 3, s, s, device="cuda")
@@ -196,6 +220,7 @@ def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str
     """Wall ms per host frame, per network backend: ``engine(frame)`` (upload, preprocess, network,
     NMS, boxes/scores to the host; masks lazy) and ``annotate(frame, engine(frame))`` (the finished
     frame on the host; masks blended on the device when the engine keeps the frame there)."""
+    from rtseg.engines.backends import make_backend
     from rtseg.ops.overlay import annotate
 
     out: dict[str, Any] = {"device_overlay": engine.device_overlay, "nms": engine._fast_nms.__module__}
@@ -215,26 +240,33 @@ def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--presets", nargs="+", default=["yolact_resnet50", "yolact_base"])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__)
+    ap.add_argument("--presets", nargs="+", choices=PRESET_NAMES, default=["yolact_resnet50", "yolact_base"])
     ap.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(BACKEND_RUNS), help="backend runs")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new configurations after this")
-    ap.add_argument("--frame", default="1080x1920", help="HxW of the frame for masks / overlay")
-    ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/gpu_fastpath.json)")
-    args = ap.parse_args()
+    ap.add_argument("--frame", type=frame_size("HxW"), default="1080x1920",
+                    help="HxW of the frame for masks / overlay")
+    ap.add_argument("--out", type=output_file, default=RESULTS / "gpu_fastpath.json",
+                    help="JSON path (default benchmarks/results/gpu_fastpath.json)")
+    return checked(ap, ap.parse_args(argv), [("--batches", 1, 1024, ""), ("--iters", 200, None, " (for a p99)"),
+                                             ("--budget-s", 1, None, "")])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.engines.yolact import YolactEngine
+
     if not torch.cuda.is_available():
         raise SystemExit("gpu_fastpath: CUDA is not available here")
-    if args.iters < 200:
-        raise SystemExit("gpu_fastpath: use at least 200 iterations")
     deadline = time.monotonic() + args.budget_s
-    frame_size = tuple(int(v) for v in args.frame.split("x"))
     doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions(),
-                           "iters": args.iters, "frame": args.frame, "results": {}}
-    out_path = args.out or RESULTS / "gpu_fastpath.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+                           "iters": args.iters, "frame": "x".join(map(str, args.frame)), "results": {}}
+    out_path = args.out
 
     def save() -> None:  # after every measurement, so a killed run keeps what it measured
         out_path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -248,7 +280,7 @@ def main() -> None:
             entry: dict[str, Any] = {"model": {}}
             doc["results"][preset] = entry
             try:
-                entry["post"] = bench_post(engine, args.iters, frame_size)
+                entry["post"] = bench_post(engine, args.iters, args.frame)
             except Exception as exc:  # noqa: BLE001 - keep the model numbers even if CuPy is broken
                 entry["post"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             save()
@@ -259,5 +291,10 @@ def main() -> None:
     save()
     print(out_path)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

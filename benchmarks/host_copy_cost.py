@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from benchmarks.common import summary, write_result
+from benchmarks.common import checked, run_checked, summary, write_result
 
 
 def process_cpu_s() -> float:
@@ -49,13 +50,17 @@ def paced(copy: Callable[[], None], iters: int, gap_s: float) -> tuple[list[floa
     return walls, process_cpu_s() - cpu0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--gap-ms", type=float, default=10.0)
-    args = ap.parse_args()
-    if args.iters < 1 or args.gap_ms < 0:
-        ap.error("--iters must be >= 1 and --gap-ms >= 0")
+    return checked(ap, ap.parse_args(argv), [("--iters", 1, None, ""), ("--gap-ms", 0, None, "")])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
     gap = args.gap_ms / 1e3
     frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     src = torch.from_numpy(frame)
@@ -83,5 +88,9 @@ def main() -> None:
     print(f"-> {path}")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

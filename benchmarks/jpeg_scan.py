@@ -20,12 +20,14 @@ import argparse
 import os
 import random
 import struct
+import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import cv2
 
-from benchmarks.common import module_at, summary, write_result
+from benchmarks.common import check_revision, checked, module_at, run_checked, summary, write_result
 from rtseg.data.synthetic import SyntheticScene
 from rtseg.imageio import _jpeg_size, decode_image
 
@@ -92,12 +94,21 @@ def compare(data: bytes, head: int, baseline: Callable[[bytes], Any], rounds: in
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is run (argparse's usage and one error line, exit 2): a run too short
+    to time the scan (``--mb 0``) is refused, not written over the results."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=1.0, help="MB of each crafted run")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", default="193a479", help=f"git revision of {SOURCE} to compare with")
-    args = ap.parse_args()
+    args = checked(ap, ap.parse_args(argv), [
+        ("--mb", 0.01, 256, " (less times the call, not the scan; the five runs are held in memory)"),
+        ("--rounds", 1, None, "")])
+    check_revision(ap, args.baseline, SOURCE)
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
     baseline = module_at(args.baseline, SOURCE)._jpeg_size
     load_before = os.getloadavg()
     result: dict[str, Any] = {"mb": args.mb, "rounds": args.rounds, "baseline_revision": args.baseline,
@@ -118,5 +129,9 @@ def main() -> None:
     print(write_result("jpeg_scan_cpu", result))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

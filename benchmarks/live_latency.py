@@ -28,17 +28,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import checked, run_checked, write_result  # noqa: E402
 from rtseg.data.synthetic import CLASSES  # noqa: E402
+from rtseg.errors import ConfigError  # noqa: E402
 from rtseg.types import Detections, Frame  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402
-from rtseg.video.pipeline import Pipeline  # noqa: E402
-from rtseg.video.sinks import JsonlSink  # noqa: E402
 from rtseg.video.sources import Paced, SyntheticSource  # noqa: E402
+
+if TYPE_CHECKING:
+    from rtseg.video.sinks import JsonlSink
 
 FPS = 30.0
 
@@ -75,13 +78,27 @@ class LatencySink:
         self.inner.close()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=10_000)
     ap.add_argument("--engine-ms", type=float, default=45.0)
     ap.add_argument("--engine", choices=("simulated", "yolact"), default="simulated")
-    ap.add_argument("--warmup", type=int, default=30)
-    args = ap.parse_args()
+    ap.add_argument("--warmup", type=int, default=30, help="frames written first, not counted")
+    args = checked(ap, ap.parse_args(argv), [("--frames", 1, None, ""), ("--engine-ms", 0, None, ""),
+                                             ("--warmup", 0, None, "")])
+    if args.frames <= args.warmup:
+        ap.error(f"--frames {args.frames}: must be more than --warmup {args.warmup} (the first --warmup frames "
+                 "written are not counted)")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark: 0 when it passes, 1 when not; ConfigError when no frame after the warm-up was written
+    (then nothing is written to the results)."""
+    from rtseg.video.pipeline import Pipeline
+    from rtseg.video.sinks import JsonlSink
+
     if args.engine == "yolact":
         import torch
 
@@ -107,6 +124,9 @@ def main() -> int:
         wall = time.monotonic() - t0
     snap = metrics.snapshot()
     lat = np.asarray(sink.latency[args.warmup:]) * 1e3
+    if not len(lat) or "inference" not in snap["latency_ms"]:
+        raise ConfigError(f"{snap['frames']} frames written ({snap['dropped']} dropped), none after the --warmup "
+                          f"{args.warmup}: nothing to measure; give more --frames or a smaller --engine-ms")
     engine_p99 = snap["latency_ms"]["inference"]["p99"]
     bound = 1e3 / FPS + engine_p99 + 10.0
     window = 1000 if len(lat) >= 3000 else max(1, len(lat) // 3)
@@ -137,6 +157,10 @@ def main() -> int:
           f"median first/last window {p50s[0]:.1f}/{p50s[-1]:.1f} ms; "
           f"{snap['dropped']} of {args.frames} dropped -> {'PASS' if ok else 'FAIL'} ({path})")
     return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
 
 
 if __name__ == "__main__":

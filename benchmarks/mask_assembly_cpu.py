@@ -14,30 +14,39 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from benchmarks.common import busy_model, write_result
-from rtseg.engines.yolact import MASK_CHUNK, YolactEngine
-from rtseg.ops.masks import assemble_masks, mask_probabilities
+from benchmarks.common import busy_model, checked, run_checked, write_result
+
+if TYPE_CHECKING:
+    import torch
 
 SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 
-Load = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Load = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
 
 
 def full_frame(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The previous ``assemble_masks``: crop(sigmoid(proto @ coef.T)) upsampled over the whole frame, > 0.5."""
+    import torch.nn.functional as F
+
+    from rtseg.ops.masks import mask_probabilities
+
     soft = mask_probabilities(proto, coef, boxes)
     return F.interpolate(soft[None], size, mode="bilinear", align_corners=False)[0] > 0.5
 
 
 def busy_load() -> Load:
     """(proto (138, 138, 32), coef (100, 32), boxes (100, 4)) of the busy yolact_resnet50 on a random 640x480 frame."""
+    import torch
+
+    from rtseg.engines.yolact import YolactEngine
+
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     eng = YolactEngine(model=busy_model("yolact_resnet50"), score_threshold=0.0, top_k=100)
     with torch.inference_mode():
@@ -48,6 +57,9 @@ def busy_load() -> Load:
 def synthetic_load(*, smooth: bool, seed: int = 0) -> Load:
     """Smooth prototypes (6x6 noise upsampled) with boxes of 5-60% of the frame side, or per-cell noise with every
     box the whole frame."""
+    import torch
+    import torch.nn.functional as F
+
     g = torch.Generator().manual_seed(seed)
     coef = torch.randn(100, 32, generator=g) * 0.5
     if not smooth:
@@ -59,12 +71,16 @@ def synthetic_load(*, smooth: bool, seed: int = 0) -> Load:
 
 
 def chunked(fn: Callable[..., torch.Tensor], load: Load, size: tuple[int, int]) -> list[torch.Tensor]:
+    from rtseg.engines.yolact import MASK_CHUNK
+
     proto, coef, boxes = load
     return [fn(proto, coef[i:i + MASK_CHUNK], boxes[i:i + MASK_CHUNK], size) for i in range(0, len(coef), MASK_CHUNK)]
 
 
 def compare(load: Load, size: tuple[int, int], iters: int) -> dict:
     """Median ms for all masks, old and new alternated ``iters`` times after a warm-up, and their ratio."""
+    from rtseg.ops.masks import assemble_masks
+
     old, new = (lambda: chunked(full_frame, load, size)), (lambda: chunked(assemble_masks, load, size))
     differing = sum(int((a != b).sum()) for a, b in zip(old(), new()))
     times: dict[str, list[float]] = {"full_frame": [], "footprints": []}
@@ -79,10 +95,18 @@ def compare(load: Load, size: tuple[int, int], iters: int) -> dict:
             "pixels": len(load[1]) * size[0] * size[1]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__)
     ap.add_argument("--iters", type=int, default=15)
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [("--iters", 1, None, "")])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.engines.yolact import MASK_CHUNK
+
     loads = {"busy_model_100": busy_load(), "smooth_5-60pct_boxes": synthetic_load(smooth=True),
              "worst_noise_full_frame_boxes": synthetic_load(smooth=False)}
     results = {}
@@ -97,5 +121,9 @@ def main() -> None:
                                              "load_average_1_5_15": os.getloadavg()}))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

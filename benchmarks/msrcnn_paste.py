@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-from torchvision.models.detection.transform import paste_masks_in_image
 
-from benchmarks.common import write_result
-from rtseg.engines.msrcnn import paste_masks
+from benchmarks.common import THREADS, checked, run_checked, write_result
+
+if TYPE_CHECKING:
+    import torch
 
 
 def before(probs: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], budget: int = 1 << 25) -> np.ndarray:
     """The engine's paste before this change: full-frame float maps, a few at a time."""
+    from torchvision.models.detection.transform import paste_masks_in_image
+
     h, w = size
     out = np.zeros((len(probs), h, w), bool)
     step = max(budget // (h * w), 1)
@@ -35,6 +40,8 @@ def before(probs: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], budg
 
 def detections(n: int, size: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 1, 28, 28) float32 probabilities and (n, 4) float32 xyxy boxes inside an (H, W) frame."""
+    import torch
+
     h, w = size
     g = torch.Generator().manual_seed(seed)
     side = (torch.rand(n, 2, generator=g) * 0.38 + 0.02) * torch.tensor([w, h])
@@ -44,13 +51,30 @@ def detections(n: int, size: tuple[int, int], seed: int = 0) -> tuple[torch.Tens
     return torch.rand(n, 1, 28, 28, generator=g), boxes
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def thread_counts(text: str) -> list[int]:
+    """An argparse type: ``"1,2"`` → ``[1, 2]`` (each checked against :data:`THREADS` with the other options)."""
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers separated by commas, e.g. 1,2") from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", default="1,2", help="torch intra-op thread counts to run, comma-separated")
-    args = ap.parse_args()
+    ap.add_argument("--threads", type=thread_counts, default="1,2",
+                    help="torch intra-op thread counts to run, comma-separated")
+    return checked(ap, ap.parse_args(argv), [("--repeats", 1, None, ""), THREADS])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.engines.msrcnn import paste_masks
+
     load_before, results = os.getloadavg()[0], {}
-    for threads, size in [(int(t), s) for t in args.threads.split(",") for s in [(3000, 4000), (1080, 1920)]]:
+    for threads, size in [(t, s) for t in args.threads for s in [(3000, 4000), (1080, 1920)]]:
         torch.set_num_threads(threads)
         probs, boxes = detections(100, size)
         assert np.array_equal(before(probs, boxes, size), paste_masks(probs, boxes, size))
@@ -73,5 +97,9 @@ def main() -> None:
     print(path)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,20 +33,28 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from benchmarks.common import machine, one_in_flight, wall_summary
-from rtseg.engines.backends import make_backend
+from benchmarks.common import (
+    checked,
+    device_spec,
+    frame_size,
+    machine,
+    one_in_flight,
+    output_file,
+    run_checked,
+    wall_summary,
+)
 from rtseg.ops.overlay import annotate
 
+if TYPE_CHECKING:
+    import torch
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the fixtures' modules (they import torch: imported where used)
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-from make_yolact_reference import import_official, patched, synthetic_frame  # noqa: E402
-from yolact_random_weights import random_yolact_state, template_of  # noqa: E402
 
 #: rtseg backend runs: name → make_backend keywords (the fast one first: a run cut short still has it).
 RTSEG_RUNS: dict[str, dict[str, Any]] = {
@@ -59,6 +67,9 @@ RTSEG_RUNS: dict[str, dict[str, Any]] = {
 
 def make_transform(off: dict[str, Any], device: torch.device) -> Any:
     """The official FastBaseTransform (its constructor calls ``.cuda()``: a no-op on a CPU run)."""
+    import torch
+    from make_yolact_reference import patched
+
     if device.type == "cuda":
         return off["FastBaseTransform"]()
     with patched(torch.Tensor, "cuda", lambda self, *a, **k: self):
@@ -67,6 +78,8 @@ def make_transform(off: dict[str, Any], device: torch.device) -> Any:
 
 def official_side(off: dict[str, Any], weights: Path, device: torch.device) -> tuple[Any, Callable[[np.ndarray], Any]]:
     """The official net on ``device`` and its per-frame call (annotated numpy image; CPU: postprocess only)."""
+    import torch
+
     off["set_cfg"]("yolact_base_config")
     off["cfg"].mask_proto_debug = False  # set by eval.py's main, read by postprocess
     if device.type == "cuda":
@@ -90,19 +103,32 @@ def official_side(off: dict[str, Any], weights: Path, device: torch.device) -> t
     return net, call
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--official", type=Path, required=True, help="checkout of github.com/dbolya/yolact")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--frame", default="1080x1920", help="HxW")
+    ap.add_argument("--device", type=device_spec, default="cuda")
+    ap.add_argument("--frame", type=frame_size("HxW"), default="1080x1920", help="HxW")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--head-gain", type=float, default=1.0, help="random heads' gain (more = more detections)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON results (default: print only)")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=output_file, default=None, help="JSON results (default: print only)")
+    args = checked(ap, ap.parse_args(argv), [("--iters", 1, None, ""), ("--head-gain", 0, None, "")])
+    if not (args.official / "yolact.py").is_file():
+        ap.error(f"--official {args.official}: no yolact.py there; give a checkout of github.com/dbolya/yolact")
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from make_yolact_reference import import_official, synthetic_frame
+    from yolact_random_weights import random_yolact_state, template_of
+
+    from rtseg.engines.backends import make_backend
+
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = device.type == "cuda"  # for both sides: the official eval.py and rtseg set it
-    h, w = (int(v) for v in args.frame.split("x"))
+    h, w = args.frame
     img = synthetic_frame(h, w, 3)
     off = import_official(args.official.resolve())
     if device.type == "cuda":
@@ -110,7 +136,7 @@ def main() -> None:
 
         official_eval.parse_args(["--top_k", "100", "--score_threshold", "0.15"])
         off["eval"] = official_eval
-    doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frame": args.frame,
+    doc: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frame": f"{h}x{w}",
                            "iters": args.iters, "head_gain": args.head_gain, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "yolact_base_random.pth"
@@ -165,6 +191,8 @@ def official_model_post(off: dict[str, Any], net: Any, x: torch.Tensor, size: in
     """The official model + post-processing from its preprocessed input ``x`` (1, 3, S, S): ``net`` (Detect with
     Fast NMS), then ``postprocess`` at the input size; classes, scores and boxes on the host (its masks stay
     on the device, as rtseg's do until asked for)."""
+    import torch
+
     with torch.no_grad():
         out = off["postprocess"](net(x), size, size, crop_masks=True, score_threshold=0.15)
         return [t.cpu() for t in out[:3]]
@@ -172,6 +200,8 @@ def official_model_post(off: dict[str, Any], net: Any, x: torch.Tensor, size: in
 
 def official_counts(off: dict[str, Any], net: Any, img: np.ndarray, device: torch.device) -> int:
     """Detections the official pipeline keeps at score threshold 0 (Fast NMS output, top 100)."""
+    import torch
+
     transform = make_transform(off, device)
     with torch.no_grad():
         frame = torch.from_numpy(img).to(device).float()
@@ -181,5 +211,9 @@ def official_counts(off: dict[str, Any], net: Any, img: np.ndarray, device: torc
     return min(100, int(t[1].shape[0]))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

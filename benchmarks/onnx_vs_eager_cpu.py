@@ -11,27 +11,37 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
-import onnxruntime as ort
-import torch
+from benchmarks.common import THREADS, checked, run_checked, summary, time_it, write_result
 
-from benchmarks.common import summary, time_it, write_result
-from rtseg.engines.backends import make_backend
-from rtseg.engines.options import place_network
-from rtseg.engines.yolact import InferenceNet
-from rtseg.models.yolact import Yolact, YolactConfig
-
-CONFIGS = {
-    "resnet50_550": YolactConfig(backbone="resnet50"),
-    "demo_resnet18_320": YolactConfig(backbone="resnet18", num_classes=6, input_size=320, fpn_channels=64,
-                                      num_prototypes=16),
-}
+if TYPE_CHECKING:
+    from rtseg.models.yolact import YolactConfig
 
 
-def run(cfg: YolactConfig, iters: int, cache: Path) -> dict:
+def configs() -> dict[str, YolactConfig]:
+    """The networks timed, by name."""
+    from rtseg.models.yolact import YolactConfig
+
+    return {
+        "resnet50_550": YolactConfig(backbone="resnet50"),
+        "demo_resnet18_320": YolactConfig(backbone="resnet18", num_classes=6, input_size=320, fpn_channels=64,
+                                          num_prototypes=16),
+    }
+
+
+def measure(cfg: YolactConfig, iters: int, cache: Path) -> dict:
+    import torch
+
+    from rtseg.engines.backends import make_backend
+    from rtseg.engines.options import place_network
+    from rtseg.engines.yolact import InferenceNet
+    from rtseg.models.yolact import Yolact
+
     torch.manual_seed(0)
     net = place_network(InferenceNet(Yolact(cfg)), torch.device("cpu"))  # as the engine runs it (channels_last)
     x = torch.randn(1, 3, cfg.input_size, cfg.input_size)
@@ -55,14 +65,21 @@ def run(cfg: YolactConfig, iters: int, cache: Path) -> dict:
             "compile_frozen_first_call_s": compile_s, "compile_frozen_max_abs_diff": diff_frozen}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [("--iters", 1, None, ""), THREADS])
+
+
+def run(args: argparse.Namespace) -> None:
+    import onnxruntime as ort  # a missing package: one line (run_checked)
+    import torch
+
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as cache:
-        results = {name: run(cfg, args.iters, Path(cache)) for name, cfg in CONFIGS.items()}
+        results = {name: measure(cfg, args.iters, Path(cache)) for name, cfg in configs().items()}
     for name, r in results.items():
         print(f"{name}: eager p50 {r['eager']['p50_ms']:.1f} ms, ORT p50 {r['onnx_runtime']['p50_ms']:.1f} ms, "
               f"speedup {r['speedup_p50']:.2f}x, max |diff| {r['max_abs_diff']:.1e}; compile frozen p50 "
@@ -73,5 +90,9 @@ def main() -> None:
                                              "load_avg_1_5_15": load, "results": results}))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

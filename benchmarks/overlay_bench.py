@@ -14,14 +14,18 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from rtseg.ops.overlay import annotate, colors_for
-from rtseg.types import Detections
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, checked, output_file, run_checked  # noqa: E402
+from rtseg.ops.overlay import annotate, colors_for  # noqa: E402
+from rtseg.types import Detections  # noqa: E402
 
 H, W = 1080, 1920
 
@@ -78,11 +82,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is run (argparse's usage and one error line, exit 2)."""
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", default="benchmarks/results/overlay_cpu.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=output_file, default=RESULTS / "overlay_cpu.json")
+    return checked(parser, parser.parse_args(argv), [("--repeats", 1, None, "")])
+
+
+def run(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()[0]
     image = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
     results = {}
@@ -111,5 +119,9 @@ def main() -> None:
     print("wrote", args.out)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

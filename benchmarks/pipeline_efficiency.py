@@ -22,35 +22,36 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import av
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PRESET_NAMES,
+    checked,
+    device_spec,
+    frame_size,
+    machine,
+    run_checked,
+    write_result,
+)
 from rtseg.data.synthetic import SyntheticScene  # noqa: E402
-from rtseg.engines.base import host_tensor  # noqa: E402
-from rtseg.engines.yolact import YolactEngine  # noqa: E402
-from rtseg.models.yolact import PRESETS, YolactConfig  # noqa: E402
+from rtseg.engines import BACKENDS  # noqa: E402
 from rtseg.ops.overlay import annotate  # noqa: E402
 from rtseg.types import Frame, Prediction  # noqa: E402
 from rtseg.video.fanout import SinkWriter  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402
-from rtseg.video.pipeline import Pipeline  # noqa: E402
-from rtseg.video.sinks import JsonlSink, Mp4Sink  # noqa: E402
 from rtseg.video.sources import open_source  # noqa: E402
 
+if TYPE_CHECKING:
+    from rtseg.engines.yolact import YolactEngine
+
 FPS = 30
-
-
-def count(text: str) -> int:
-    """An option's thread count (argparse type): an int >= 0; a negative one is refused in argparse's error line."""
-    value = int(text)  # not a number: argparse's "invalid count value: 'x'"
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
-    return value
+WARMUP = 5
+"""Frames of each pipeline run not timed (``Metrics(warmup_frames=...)``)."""
 
 
 def clip_source(clip: Path, decode_threads: int):
@@ -65,6 +66,8 @@ def clip_source(clip: Path, decode_threads: int):
 def stage_with_torch(engine: YolactEngine) -> None:
     """An A/B knob: ``engine`` copies each frame into page-locked memory with torch's ``pin_memory()`` (the upload
     up to run 13, split over torch's OpenMP pool) instead of numpy's one-thread copy."""
+    from rtseg.engines.base import host_tensor
+
     engine._upload = lambda img: host_tensor(img).pin_memory().to(engine.device, non_blocking=True)
 
 
@@ -83,6 +86,8 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> None:
 
 def make_sinks(folder: Path, tag: str, mp4: dict[str, int]) -> list:
     """The MP4 (``mp4``: Mp4Sink's x264 thread options) and JSON Lines sinks of one run."""
+    from rtseg.video.sinks import JsonlSink, Mp4Sink
+
     return [Mp4Sink(folder / f"{tag}.mp4", fps_hint=FPS, **mp4),
             JsonlSink(folder / f"{tag}.jsonl")]
 
@@ -143,8 +148,10 @@ def run_pipeline(clip: Path, engine: YolactEngine, folder: Path, tag: str, *, se
                  switch_ms: float | None, mp4: dict[str, int], decode_threads: int) -> Metrics:
     """One pipeline run over the clip (sinks at once, or one after the other as a single sink), under
     the interpreter's thread switch interval ``switch_ms`` (None: Python's default, 5 ms)."""
+    from rtseg.video.pipeline import Pipeline
+
     sinks = make_sinks(folder, tag, mp4)
-    metrics = Metrics(warmup_frames=5)
+    metrics = Metrics(warmup_frames=WARMUP)
     default = sys.getswitchinterval()
     sys.setswitchinterval(default if switch_ms is None else switch_ms / 1e3)
     try:
@@ -155,26 +162,28 @@ def run_pipeline(clip: Path, engine: YolactEngine, folder: Path, tag: str, *, se
     return metrics
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=150)
-    ap.add_argument("--size", default="640x480", help="WxH of the clip")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default=None, help="a YOLACT preset (e.g. yolact_base); default: ResNet-18 at 256")
-    ap.add_argument("--backend", default="eager")
+    ap.add_argument("--size", type=frame_size("WxH"), default="640x480", help="WxH of the clip")
+    ap.add_argument("--device", type=device_spec, default="cpu")
+    ap.add_argument("--preset", default=None, choices=PRESET_NAMES,
+                    help="a YOLACT preset (e.g. yolact_base); default: ResNet-18 at 256")
+    ap.add_argument("--backend", default="eager", choices=BACKENDS)
     ap.add_argument("--result", default="pipeline_efficiency", help="results/<name>.json")
     ap.add_argument("--score-threshold", type=float, default=0.3,
                     help="detections kept (random weights score low: 0.3 leaves next to none, 0 keeps top_k)")
-    ap.add_argument("--mp4-frame-threads", type=count, default=0,
+    ap.add_argument("--mp4-frame-threads", type=int, default=0,
                     help="Mp4Sink(frame_threads=N) everywhere in this run (0: x264 zerolatency, the default)")
-    ap.add_argument("--mp4-slice-threads", type=count, default=0,
+    ap.add_argument("--mp4-slice-threads", type=int, default=0,
                     help="Mp4Sink(slice_threads=N): x264 zerolatency with N sliced threads (0: one per core)")
-    ap.add_argument("--decode-threads", type=count, default=0,
+    ap.add_argument("--decode-threads", type=int, default=0,
                     help="FFmpeg decoder threads everywhere in this run (0: FFmpeg's choice, one per core)")
-    ap.add_argument("--cv2-threads", type=count, default=None,
+    ap.add_argument("--cv2-threads", type=int, default=None,
                     help="cv2.setNumThreads(N) for this run (0: no threads of OpenCV's; default: OpenCV's, one per "
                          "core)")
-    ap.add_argument("--torch-threads", type=count, default=0,
+    ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch.set_num_threads(N) for this run (0: torch's default, one per core; 1 on the CPU)")
     ap.add_argument("--stage-with-torch", action="store_true",
                     help="CUDA: copy frames into page-locked memory with torch's pin_memory() (the upload up to "
@@ -183,12 +192,29 @@ def main() -> int:
                     help="also run with the sinks written one after the other (the output stage before SinkWriter)")
     ap.add_argument("--switch-ms", type=float, nargs="+", default=[],
                     help="also run under these interpreter thread switch intervals (ms; Python's default is 5)")
-    args = ap.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    args = checked(ap, ap.parse_args(argv), [
+        ("--frames", WARMUP + 2, None, f" (the first {WARMUP} are not timed; the FPS needs 2 more)"),
+        ("--score-threshold", 0, 1, ""), ("--switch-ms", 0.001, None, " (the interpreter counts microseconds)"),
+        *((option, 0, 1024, "") for option in ("--mp4-frame-threads", "--mp4-slice-threads", "--decode-threads",
+                                                "--cv2-threads", "--torch-threads"))])
+    if any(side % 2 for side in args.size):
+        ap.error(f"--size {args.size[0]}x{args.size[1]}: libx264 encodes 4:2:0 frames of even sides only; give e.g. "
+                 "640x480")
     if args.mp4_frame_threads and args.mp4_slice_threads:
         ap.error("give --mp4-frame-threads or --mp4-slice-threads, not both")
     if args.stage_with_torch and not args.device.startswith("cuda"):
         ap.error("--stage-with-torch compares page-locked uploads: give --device cuda")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark: 0 when the pipeline reaches the target ratio, 1 when not."""
+    import torch
+
+    from rtseg.engines.yolact import YolactEngine
+    from rtseg.models.yolact import PRESETS, YolactConfig
+
+    width, height = args.size
     if args.cv2_threads is not None:
         cv2.setNumThreads(args.cv2_threads)
     if args.torch_threads or args.device == "cpu":
@@ -221,7 +247,7 @@ def main() -> int:
     ratio = snap["fps"] / slowest_fps
     result = {
         "what": "threaded pipeline FPS vs slowest stage alone (file source, no drops)",
-        "frame": args.size, "frames": args.frames, "av": av.__version__,
+        "frame": f"{width}x{height}", "frames": args.frames, "av": av.__version__,
         "engine": f"YOLACT {cfg.backbone}, input {cfg.input_size}, random weights, "
                   f"score>{args.score_threshold:g}, top_k 10, "
                   f"device {args.device}, backend {args.backend}, device overlay {engine.device_overlay}",
@@ -250,6 +276,10 @@ def main() -> int:
           f"ratio {ratio:.3f} (target >= 0.9) -> {path}")
     print(machine())
     return 0 if ratio >= 0.9 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from benchmarks.common import module_at, summary, write_result
+from benchmarks.common import (
+    THREADS,
+    check_revision,
+    checked,
+    frame_size,
+    module_at,
+    run_checked,
+    summary,
+    write_result,
+)
 from rtseg.data.synthetic import TEST_SEED, SyntheticScene
-from rtseg.engines import slic
 from rtseg.eval.superpixels import instances_to_segmentation, superpixel_metrics
+
+if TYPE_CHECKING:
+    import torch
 
 SOURCE = "rtseg/engines/slic.py"
 
-Slic = Callable[..., torch.Tensor]
+Slic = Callable[..., "torch.Tensor"]
 
 THIN = [(2, 20000), (20000, 2), (1, 5000), (3, 3000)]
 """H x W of the thin frames: grid step S = sqrt(H*W / 100) from 7 to 20 pixels, wider than the short side."""
@@ -38,6 +50,8 @@ THIN = [(2, 20000), (20000, 2), (1, 5000), (3, 3000)]
 
 def compare(versions: dict[str, Slic], size: tuple[int, int], frames: int, rounds: int) -> dict[str, Any]:
     """Per version: ms per frame (alternated frame by frame) and mean superpixel metrics; ``speedup``."""
+    import torch
+
     w, h = size
     scene = SyntheticScene(TEST_SEED, width=w, height=h, num_frames=frames)
     clip = [scene.frame(i) for i in range(frames)]
@@ -65,6 +79,8 @@ def compare(versions: dict[str, Slic], size: tuple[int, int], frames: int, round
 
 def on_noise(versions: dict[str, Slic]) -> dict[str, Any]:
     """Segments and seconds of each version on a uniform random 640x480 frame, 50 segments asked."""
+    import torch
+
     img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
     out = {}
     for name, fn in versions.items():
@@ -77,6 +93,8 @@ def on_noise(versions: dict[str, Slic]) -> dict[str, Any]:
 def on_thin(versions: dict[str, Slic], rounds: int) -> dict[str, Any]:
     """Per ``THIN`` frame (uniform random), per version: segments and seconds (p50 of ``rounds`` runs, alternated),
     100 segments asked."""
+    import torch
+
     out: dict[str, Any] = {}
     for h, w in THIN:
         img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -92,20 +110,32 @@ def on_thin(versions: dict[str, Slic], rounds: int) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", default=["640x480", "160x120"], help="frame sizes, WxH")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", type=frame_size("WxH"), default=[(640, 480), (160, 120)],
+                    help="frame sizes, WxH")
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baseline", default="0151cf4", help="git revision of the version to compare with")
-    args = ap.parse_args()
+    args = checked(ap, ap.parse_args(argv), [("--frames", 1, None, ""), ("--rounds", 1, None, ""), THREADS])
+    check_revision(ap, args.baseline, SOURCE)
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.engines import slic
+
     torch.set_num_threads(args.threads)
     versions = {"baseline": module_at(args.baseline, SOURCE).slic_torch, "current": slic.slic_torch}
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
-    for spec in args.sizes:
-        w, h = (int(v) for v in spec.split("x"))
+    for w, h in args.sizes:
+        spec = f"{w}x{h}"
         r = results[spec] = compare(versions, (w, h), args.frames, args.rounds)
         print(spec, {name: (round(r[name]["timing"]["p50_ms"], 1), round(r[name]["boundary_recall"], 4),
                             round(r[name]["asa"], 4), r[name]["num_segments"]) for name in versions},
@@ -119,5 +149,9 @@ def main() -> None:
                                     "load_average_1_5_15_after": os.getloadavg()}))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,12 +31,12 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import av
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import checked, run_checked, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -276,13 +276,18 @@ def soak(minutes: float, outages: bool, work: Path) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is started (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=35.0)
     ap.add_argument("--outages", action="store_true", help="kill the push receiver 3x and the RTSP server 1x")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (MP4, JSONL, CLI log)")
     ap.add_argument("--name", default="soak", help="results/<NAME>.json (a short trial: another name)")
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [
+        ("--minutes", 1, None, f" (a sample every {SAMPLE_S:g} s; the RSS slopes need several)")])
+
+
+def run(args: argparse.Namespace) -> int:
     if (why := rtsp_server_available()) is not None:
         print(f"soak: {why}", file=sys.stderr)
         return 2
@@ -302,6 +307,10 @@ def main() -> int:
             f.unlink()
         work.rmdir()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
 
 
 if __name__ == "__main__":

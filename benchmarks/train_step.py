@@ -14,28 +14,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
-import torch
-
-from benchmarks.common import wall_summary, write_result
+from benchmarks.common import checked, device_spec, run_checked, wall_summary, write_result
 from rtseg.data.synthetic import SyntheticDataset
-from rtseg.models.yolact import Yolact, YolactConfig
-from rtseg.train.augment import AugmentConfig
-from rtseg.train.losses import yolact_loss
-from rtseg.train.trainer import AugmentedSamples, TrainConfig, Trainer, collate
+from rtseg.train.recipe import INT_LIMITS
 
 MANIFEST = Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.json"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
+    ap.add_argument("--device", type=device_spec, default=None,
+                    help="cpu, cuda or cuda:N (default: cuda when there is one)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--result", default="train_step", help="name of the JSON under benchmarks/results/")
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [("--batch-size", *INT_LIMITS["batch_size"], ""),
+                                             ("--iters", *INT_LIMITS["iters"], "")])
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rtseg.models.yolact import Yolact, YolactConfig
+    from rtseg.train.augment import AugmentConfig
+    from rtseg.train.losses import yolact_loss
+    from rtseg.train.trainer import AugmentedSamples, TrainConfig, Trainer, collate
 
     cfg = YolactConfig(**{k: tuple(v) if isinstance(v, list) else v
                           for k, v in json.loads(MANIFEST.read_text())["config"].items()})
@@ -45,7 +54,8 @@ def main() -> None:
     images, targets = collate([samples[i] for i in range(args.batch_size)])
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as work:
-        trainer = Trainer(model=Yolact(cfg), train_set=train, val_set=None, device=args.device, work_dir=work,
+        trainer = Trainer(model=Yolact(cfg), train_set=train, val_set=None, work_dir=work,
+                          device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                           config=TrainConfig(iters=10 ** 6, batch_size=args.batch_size, lr=1e-3, warmup_iters=1))
         dev = trainer.device
         x, t = trainer.engine.preprocess_batch(images), targets.to(dev)
@@ -76,5 +86,9 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

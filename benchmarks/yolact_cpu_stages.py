@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from benchmarks.common import busy_model, summary, time_it, write_result
-from rtseg.engines.yolact import YolactEngine
+from benchmarks.common import PRESET_NAMES, busy_model, checked, run_checked, summary, time_it, write_result
 
 
-def run(preset: str, iters: int, frame: np.ndarray) -> dict:
+def measure(preset: str, iters: int, frame: np.ndarray) -> dict:
+    from rtseg.engines.yolact import YolactEngine
+
     eng = YolactEngine(model=busy_model(preset), score_threshold=0.0, top_k=100)
     x = eng.preprocess([frame])
     raw = eng.network(x)
@@ -34,18 +38,26 @@ def run(preset: str, iters: int, frame: np.ndarray) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--presets", nargs="+", default=["yolact_resnet50", "yolact_base"])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__)
+    ap.add_argument("--presets", nargs="+", choices=PRESET_NAMES, default=["yolact_resnet50", "yolact_base"])
     ap.add_argument("--iters", type=int, default=10)
-    args = ap.parse_args()
+    return checked(ap, ap.parse_args(argv), [("--iters", 1, None, "")])
+
+
+def run(args: argparse.Namespace) -> None:
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    results = {p: run(p, args.iters, frame) for p in args.presets}
+    results = {p: measure(p, args.iters, frame) for p in args.presets}
     for p, r in results.items():
         print(p, {k: round(v["p50_ms"], 1) for k, v in r.items() if isinstance(v, dict)}, "dets", r["detections"])
     print(write_result("yolact_cpu_stages", {"frame": "640x480", "input_size": 550, "results": results,
                                              "load_average_1_5_15": os.getloadavg()}))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_checked(__file__, parse_args(argv), run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
