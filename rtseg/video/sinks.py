@@ -190,7 +190,7 @@ class JsonlSink:
             lines = f"{self.frames_written} line{'s' * (self.frames_written != 1)}"
             self.stop_reason = f"the reader of JSON Lines output {self._name} went away after {lines}"
         except OSError as exc:
-            raise SinkError(f"JSON Lines output {self.path}: write failed ({exc.strerror}); "
+            raise SinkError(f"JSON Lines output {self._name}: write failed ({exc.strerror}); "
                             f"free space or choose another path (the lines before it are kept)") from None
 
     def _write_to_pipe(self, line: bytes) -> None:
