@@ -147,6 +147,17 @@ def test_full_stdout_is_one_line_and_keeps_the_outputs(clip, tmp_path):
     assert len(out.read_text().splitlines()) == 6
 
 
+def test_json_lines_to_a_full_stdout_names_stdout(clip):
+    """``--json -`` with stdout on /dev/full: the line said "JSON Lines output -: write failed", where every other
+    line of that output says stdout."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(_slic(clip, "--json", "-"), stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env=_env(), timeout=120)
+    assert (r.returncode, r.stderr.strip().splitlines()) == (2, [
+        "rtseg: error: JSON Lines output stdout: write failed (No space left on device); free space or choose another "
+        "path (the lines before it are kept)"]), r.stderr
+
+
 @pytest.mark.parametrize("entry,prog", [("python -m rtseg.train.fcn_trainer", "fcn_trainer"),
                                         ("python -m rtseg.train.msrcnn_trainer", "msrcnn_trainer"),
                                         ("python -m rtseg.data.export", "export")])
