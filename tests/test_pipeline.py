@@ -107,8 +107,10 @@ def test_live_source_drops_oldest_and_keeps_latency_bounded(engine):
     infer = np.array(metrics._stages["inference"])
     bound = 1 / 30 + infer.max() + 0.1  # one frame interval + engine time + slack for a loaded CI machine
     assert e2e.max() < bound, (e2e.max(), bound)
-    third = len(e2e) // 3
-    assert e2e[-third:].mean() < e2e[:third].mean() + 0.05, "latency must not grow over the run"
+    # a frame left queued behind another adds a whole engine time (>= 80 ms) to every later frame's latency; half
+    # of one is the slack (medians: a loaded machine's one-off stalls moved the means by 53 ms, and failed it)
+    third, slack = len(e2e) // 3, max(0.05, 0.5 * float(np.median(infer)))
+    assert np.median(e2e[-third:]) < np.median(e2e[:third]) + slack, "latency must not grow over the run"
 
 
 def test_engine_error_stops_everything_and_keeps_its_cause(engine):
