@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-PRESET_NAMES = ("yolact_base", "yolact_resnet50", "yolact_darknet53", "yolact_im700")
-"""The keys of :data:`rtseg.models.yolact.PRESETS` (which imports torch), offered as ``choices`` of the scripts'
-preset options (tests/test_benchmark_args.py keeps them equal)."""
 
 THREADS: NumberRange = ("--threads", 1, 1024, "")
 """The range of the CPU benchmarks' ``--threads`` (torch's intra-op threads; as ``rtseg train --threads``)."""

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from benchmarks.common import (
-    PRESET_NAMES,
     busy_model,
     checked,
     frame_size,
@@ -43,6 +42,7 @@ from benchmarks.common import (
 )
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
 from rtseg.ops.overlay import annotate
+from rtseg.yolact_spec import PRESET_NAMES
 
 if TYPE_CHECKING:
     from rtseg.engines.yolact import YolactEngine

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from benchmarks.common import (
-    PRESET_NAMES,
     RESULTS,
     busy_model,
     checked,
@@ -34,6 +33,7 @@ from benchmarks.common import (
     summary,
     wall_summary,
 )
+from rtseg.yolact_spec import PRESET_NAMES
 
 if TYPE_CHECKING:
     from rtseg.engines.yolact import YolactEngine

@@ -30,7 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    PRESET_NAMES,
     checked,
     device_spec,
     frame_size,
@@ -45,6 +44,7 @@ from rtseg.types import Frame, Prediction  # noqa: E402
 from rtseg.video.fanout import SinkWriter  # noqa: E402
 from rtseg.video.metrics import Metrics  # noqa: E402
 from rtseg.video.sources import open_source  # noqa: E402
+from rtseg.yolact_spec import PRESET_NAMES  # noqa: E402
 
 if TYPE_CHECKING:
     from rtseg.engines.yolact import YolactEngine

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.common import PRESET_NAMES, busy_model, checked, run_checked, summary, time_it, write_result
+from benchmarks.common import busy_model, checked, run_checked, summary, time_it, write_result
+from rtseg.yolact_spec import PRESET_NAMES
 
 
 def measure(preset: str, iters: int, frame: np.ndarray) -> dict:

@@ -3,6 +3,9 @@ them (:mod:`rtseg.models.backbones`, :mod:`rtseg.models.yolact`), and ``rtseg tr
 with them before it imports torch (``--help`` and a bad option answer at once)."""
 from __future__ import annotations
 
+#: The names of :data:`rtseg.models.yolact.PRESETS`, the published configurations (offered by the benchmarks'
+#: options before torch is imported; tests/test_benchmark_args.py holds them equal).
+PRESET_NAMES = ("yolact_base", "yolact_resnet50", "yolact_darknet53", "yolact_im700")
 #: The backbones :func:`rtseg.models.backbones.build_backbone` builds.
 BACKBONES = ("resnet101", "resnet50", "resnet18", "darknet53")
 #: Inclusive (low, high) of each integer field of :class:`~rtseg.models.yolact.YolactConfig`, the one place these

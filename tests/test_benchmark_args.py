@@ -188,8 +188,8 @@ def test_every_script_has_its_bad_options_checked_here():
 
 
 def test_the_preset_names_offered_are_the_models_presets():
-    from benchmarks.common import PRESET_NAMES
     from rtseg.models.yolact import PRESETS
+    from rtseg.yolact_spec import PRESET_NAMES
 
     assert PRESET_NAMES == tuple(PRESETS)
 

@@ -27,10 +27,10 @@ import rtseg
 from rtseg.engines.base import Engine
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 from rtseg.types import Detections
+from rtseg.yolact_spec import PRESET_NAMES  # (each has stored outputs in tests/data)
 from yolact_random_weights import random_yolact_state, template_of
 
 DATA = Path(__file__).parent / "data"
-PRESET_NAMES = ("yolact_base", "yolact_resnet50", "yolact_darknet53", "yolact_im700")
 FRAME_NAMES = ("f0", "f1")
 SCORE_TOL = 1e-3
 BOX_TOL = 1.5
