@@ -992,3 +992,17 @@ def test_mp4_output_writes_through_a_symbolic_link_and_refuses_a_fifo(tmp_path):
     with pytest.raises(SinkError, match=r"^MP4 output .*fifo\.mp4: is a FIFO, not a regular file"):
         Mp4Sink(fifo, fps_hint=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.mp4", "out.mp4", "real"]
+
+
+def test_image_output_through_a_link_is_encoded_as_the_name_given_says(tmp_path):
+    """A link ``latest.png -> snapshot`` (no suffix) or ``b.png -> real.jpg``: the encoder was chosen by the
+    target's suffix, an OpenCV traceback for none, JPEG bytes for a .png asked for; now the type of the name given."""
+    (tmp_path / "latest.png").symlink_to(tmp_path / "snapshot")
+    (tmp_path / "b.png").symlink_to(tmp_path / "real.jpg")
+    f = _frame(1, 0.0)
+    for link in ("latest.png", "b.png"):
+        sink = ImageSink(tmp_path / link)
+        sink.write(f, None, f.image)
+        sink.close()
+    for target in ("snapshot", "real.jpg"):
+        assert (tmp_path / target).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", target

@@ -10,7 +10,9 @@ hold the GIL).
 A sink whose first ``write`` opens what it writes to (``opens_on_first_write = True``: the push sink,
 whose connection needs the first frame's size) gets the first frame before the others, which get it
 only once that write succeeded: when it fails (a wrong or dead push URL), no other sink has had a frame,
-so their files are left as they were (an earlier recording is not replaced by a stub).
+so their files are left as they were (an earlier recording is not replaced by a stub). Not for a live
+source (``first_alone=False``): it keeps its clock, so the others would lose the frames it drops while the
+connection is made (0.3 s on loopback, more over a network); there all sinks get the first frame at once.
 """
 from __future__ import annotations
 
@@ -73,17 +75,19 @@ class SinkWriter:
 
     abort: set by the owner to stop waiting for a sink that does not return.
     thread_context: entered once by each sink thread around all its writes (e.g. a CUDA stream of its own).
+    first_alone: the first frame goes to the sinks that open on it before the others (False: a live source).
 
     A writer dropped without :meth:`close` ends its threads the same way (a finalizer): an idle thread
     would otherwise wait for ever, holding its last job (that sink, frame and image).
     """
 
     def __init__(self, sinks: Sequence[Sink], *, abort: threading.Event,
-                 thread_context: Callable[[], ContextManager[object]] = contextlib.nullcontext) -> None:
+                 thread_context: Callable[[], ContextManager[object]] = contextlib.nullcontext,
+                 first_alone: bool = True) -> None:
         self.sinks = list(sinks)
         self._abort = abort
         self._threads = [_SinkThread(f"rtseg-sink-{i}", thread_context) for i in range(1, len(self.sinks))]
-        self._first = True  # the next frame is the first
+        self._first = first_alone  # the next frame is the first, for the sinks that open on it alone
         self._finalizer = weakref.finalize(self, _close_all, self._threads)
 
     @property
@@ -96,7 +100,8 @@ class SinkWriter:
         open on it first, and to the others once those have it (see the module doc).
 
         Raises the error of the first sink (in ``sinks`` order) that failed, tagged with that sink as
-        ``exc._rtseg_sink``; RuntimeError when ``abort`` was set while a sink was still writing.
+        ``exc._rtseg_sink``; RuntimeError when ``abort`` was set while a sink of a thread of its own was still
+        writing (the first sink writes on the calling thread: its own stop grace bounds it).
         """
         everyone = range(len(self.sinks))
         if self._first:

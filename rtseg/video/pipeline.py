@@ -296,7 +296,8 @@ class Pipeline:
         item.annotated = self.annotator(item.frame.image, item.prediction, hud=hud)
 
     def _output(self) -> None:
-        self._writer = SinkWriter(self.sinks, abort=self._abort, thread_context=lambda: self._device_stream("output"))
+        self._writer = SinkWriter(self.sinks, abort=self._abort, thread_context=lambda: self._device_stream("output"),
+                                  first_alone=not self.source.is_live)
         try:
             self._write_all(self._writer)
         finally:

@@ -72,6 +72,7 @@ class ImageSink:
                 f"image output {self.path}: unknown image type {self.path.suffix!r}; use one of "
                 + ", ".join(sorted(IMAGE_SUFFIXES))
             )
+        self._suffix = self.path.suffix.lower()  # the type asked for (a link's target may be named otherwise)
         self.per_frame = _is_seq_pattern(self.path)
         if self.per_frame:
             require_writable_folder(self.path, "image output")
@@ -81,9 +82,9 @@ class ImageSink:
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         target = (output_target(Path(str(self.path).format(seq=frame.seq)), "image output") if self.per_frame
                   else self.path)
-        ok, data = cv2.imencode(target.suffix.lower(), annotated)
+        ok, data = cv2.imencode(self._suffix, annotated)
         if not ok:
-            raise SinkError(f"image output {target}: OpenCV cannot encode {target.suffix} images")
+            raise SinkError(f"image output {target}: OpenCV cannot encode {self._suffix} images")
         try:
             replace_whole(target, data.tobytes())
         except OSError as exc:
