@@ -228,6 +228,22 @@ def test_fast_nms_candidates_trace_as_one_graph_and_match_eager(engine: YolactEn
 
 
 
+def test_a_compile_says_so_once_per_input_shape(capsys) -> None:
+    """The first call of a compile backend compiles (a minute or more for a YOLACT on a CPU) with nothing on the
+    screen: now one line on stderr first, for each new input shape only."""
+    b = backends.TorchBackend(name="compile", module=torch.nn.Conv2d(3, 3, 1).eval(), half=False,
+                              channels_last=False, compile_options={"backend": "eager", "dynamic": False})
+    torch._dynamo.reset()
+    lines = []
+    for shape in [(1, 3, 8, 8), (1, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]:
+        b(torch.randn(shape))
+        lines.append(capsys.readouterr().err)
+    assert lines == ["rtseg: compiling the network with torch.compile for 1x3x8x8 inputs on cpu (once per input "
+                     "shape: seconds on a GPU, minutes on a CPU)\n", "",
+                     "rtseg: compiling the network with torch.compile for 2x3x8x8 inputs on cpu (once per input "
+                     "shape: seconds on a GPU, minutes on a CPU)\n", ""]
+
+
 def test_compiled_forward_is_one_graph_of_network_and_detection_step() -> None:
     """With a compiling torch backend, ``forward`` (network + Fast NMS detection step + gathers of
     the rows' boxes and coefficients) is traced as ONE graph of static shapes (fullgraph=True fails

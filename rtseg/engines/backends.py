@@ -463,8 +463,17 @@ def _cpp_compiler_missing() -> str | None:
 def _compiler_checked(fn: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
     """``fn`` (a ``torch.compile``'d function) whose compilation failing for want of a C++ compiler is the one line
     of :func:`resolve` (:class:`BackendUnavailable`), not inductor's traceback: the backstop of :func:`available`'s
-    check (a compiler that stopped working since, a setting it did not see)."""
+    check (a compiler that stopped working since, a setting it did not see). The first call for each input shape
+    (where torch.compile compiles: seconds on a GPU, minutes on a CPU, with nothing to see) says so on stderr first,
+    as an engine-cache build does (:func:`cached_artifact`); inductor's own cache may make it quick."""
+    shapes: set[tuple[tuple[int, ...], torch.dtype, torch.device]] = set()
+
     def run(x: torch.Tensor) -> T:
+        if (key := (tuple(x.shape), x.dtype, x.device)) not in shapes:
+            shapes.add(key)
+            print(f"rtseg: compiling the network with torch.compile for {'x'.join(map(str, x.shape))} inputs on "
+                  f"{x.device} (once per input shape: seconds on a GPU, minutes on a CPU)", file=sys.stderr,
+                  flush=True)
         try:
             return fn(x)
         except RuntimeError as exc:  # inductor's InductorError (a BackendCompilerFailed) holds its own error
