@@ -105,7 +105,9 @@ def test_live_source_drops_oldest_and_keeps_latency_bounded(engine):
     assert seqs == sorted(seqs) and seqs[-1] == 89  # order kept, the newest frame always gets through
     e2e = np.array([t - f.capture_time for f, t in zip(sink.frames, sink.write_times)])[3:]
     infer = np.array(metrics._stages["inference"])
-    bound = 1 / 30 + infer.max() + 0.1  # one frame interval + engine time + slack for a loaded CI machine
+    # one frame interval + each stage's longest time (a loaded machine stalls annotate / output too: 388 ms against
+    # the engine-only bound of 355 ms) + slack
+    bound = 1 / 30 + sum(max(metrics._stages[s]) for s in ("decode", "inference", "annotate", "output")) + 0.1
     assert e2e.max() < bound, (e2e.max(), bound)
     # a frame left queued behind another adds a whole engine time (>= 80 ms) to every later frame's latency; half
     # of one is the slack (medians: a loaded machine's one-off stalls moved the means by 53 ms, and failed it)
@@ -339,6 +341,10 @@ def test_a_pipeline_runs_once(engine):
         "Pipeline.run: this Pipeline has run already (its source and sinks are closed); make a new Pipeline, with a "
         "new source and sinks, for each run")
     assert len(sink) == 5 and sink.closed
+    # its source given to a new Pipeline: ended at once with 0 frames and no word; now refused where it is made
+    with pytest.raises(ConfigError, match=r"^Pipeline: the source is closed \(a run closes its source and sinks\); "
+                                          r"open the source again for a new Pipeline$"):
+        Pipeline(source=pipeline.source, engine=engine, sinks=[ListSink()])
 
 
 def test_sink_writer_dropped_unclosed_ends_its_threads():

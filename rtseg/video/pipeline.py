@@ -150,6 +150,9 @@ class Pipeline:
                  annotator: Callable[..., np.ndarray] = _default_annotator, metrics: Metrics | None = None,
                  max_frames: int | None = None, queue_size: int | None = None, progress: bool = False,
                  show_hud: bool = True, join_timeout: float = 30.0) -> None:
+        if getattr(source, "closed", False):  # (an earlier run closed it: this one would end at once, 0 frames)
+            raise ConfigError("Pipeline: the source is closed (a run closes its source and sinks); open the source "
+                              "again for a new Pipeline")
         self.source, self.engine, self.sinks, self.annotator = source, engine, list(sinks), annotator
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_frames, self.show_hud, self.join_timeout = max_frames, show_hud, join_timeout

@@ -129,6 +129,7 @@ class Source:
         self.notices: list[str] = []
         self.on_event: Callable[[str], None] = on_event or (lambda line: None)
         self._stop = threading.Event()
+        self.closed = False  # closed (:meth:`close`): it yields nothing more
         self._iter: Iterator[Frame] | None = None
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
@@ -154,7 +155,8 @@ class Source:
         self._stop.set()
 
     def close(self) -> None:
-        """Release the device, stream or file (idempotent)."""
+        """Release the device, stream or file (idempotent); :attr:`closed` from then on."""
+        self.closed = True
         self._stop.set()
 
     def __enter__(self) -> "Source":
