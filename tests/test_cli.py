@@ -933,3 +933,20 @@ def test_the_demo_model_notice_is_not_printed_by_the_option_checks(fcn_weights, 
                  "--precision", "fp16"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "rtseg: error: --precision / --calib apply to --backend tensorrt only"]
+
+
+@pytest.mark.parametrize("name", ["{index}.png", "{}.png", "o_{foo}.png", "{seq[0]}.png", "{seq}_{0}.png"])
+def test_an_output_name_with_a_field_other_than_seq_is_refused_like_seq_index(image_folder, tmp_path, capsys, name):
+    """--output 'o/{index}.png', '{}' or '{foo}' were taken literally (one image file keeping the last frame, and
+    the warning that says so) while '{seq[0]}' was refused: now each is the same one line, nothing written."""
+    from rtseg.cli import main
+
+    out = tmp_path / "o"
+    out.mkdir()
+    assert main(["--source", str(image_folder), "--engine", "slic", "--output", str(out / name), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"rtseg: error: image output {out / name}: bad {{seq}} pattern ({{seq}} is the "
+                                       "only placeholder allowed); write e.g. out_{seq:05d}.png\n")
+    assert list(out.iterdir()) == []
+    assert main(["--source", str(image_folder / "a.png"), "--engine", "slic", "--output", str(out / "{{a}}.png"),
+                 "--no-progress"]) == 0  # no field: a literal name
+    assert [p.name for p in out.iterdir()] == ["{{a}}.png"]

@@ -819,3 +819,40 @@ def test_rtseg_eval_and_train_refuse_two_coco_images_of_one_file_in_one_line(tmp
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"rtseg {command[0]}: error: {path}: images[0] (id 10) and images[1] (id 20) name one file (a.png); list the "
         "image once, under one id, and give all its annotations that id"], r.stderr
+
+
+def test_export_command_refuses_an_out_holding_an_earlier_export_and_writes_nothing(tmp_path, capsys):
+    """Was a labelme/ (and coco/) mixing the new frame_000000.* with the stale frame_000003.* of another scene,
+    which rtseg train / eval then read alike."""
+    from rtseg.data.export import main
+
+    small = ["--frames", "6", "--width", "96", "--height", "64"]
+    assert main(["--out", str(tmp_path), "--seed", "5", "--every", "3", *small]) == 0
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert main(["--out", str(tmp_path), "--seed", "6", "--every", "6", *small]) == 2
+    assert capsys.readouterr().err == (
+        f"export: error: --out {tmp_path}: {tmp_path / 'clip.mp4'}, {tmp_path / 'coco'}, {tmp_path / 'labelme'} "
+        "already exist (an earlier export? its files would mix with this one's); choose an empty folder or remove "
+        "them first\n")
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    assert len(LabelmeDataset(tmp_path / "labelme")) == 2
+    (tmp_path / "new" / "coco").mkdir(parents=True)  # an empty format folder is taken
+    (tmp_path / "new" / "labelme").mkdir()
+    (tmp_path / "new" / "labelme" / "mine.txt").write_text("x")  # a folder holding anything is not
+    assert main(["--out", str(tmp_path / "new"), "--formats", "coco,labelme", *small]) == 2
+    assert capsys.readouterr().err.endswith(f": {tmp_path / 'new' / 'labelme'} already exists (an earlier export? "
+                                            "its files would mix with this one's); choose an empty folder or remove "
+                                            "it first\n")
+    assert main(["--out", str(tmp_path / "new"), "--formats", "coco", *small]) == 0  # labelme/ is not written
+    assert len(CocoDataset(tmp_path / "new" / "coco" / "annotations.json", tmp_path / "new" / "coco")) == 1
+    assert (tmp_path / "new" / "labelme" / "mine.txt").read_text() == "x"
+
+
+def test_export_command_help_shows_every_default(capsys):
+    from rtseg.data.export import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert re.search(r"--every EVERY\s+annotate every N-th frame \(COCO, labelme; default:\s+10\)",
+                     capsys.readouterr().out)

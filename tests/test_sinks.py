@@ -406,7 +406,9 @@ def test_image_sink_errors(tmp_path):
         with pytest.raises(SinkError, match=re.escape(match)) as info:
             ImageSink(tmp_path / name)
         assert str(info.value).startswith(f"image output {tmp_path / name}: bad {{seq}} pattern")
-    assert not ImageSink(tmp_path / "a_{foo}.png").per_frame  # no {seq: a literal name
+    with pytest.raises(SinkError, match=re.escape("{seq} is the only placeholder")):  # was a literal name
+        ImageSink(tmp_path / "a_{foo}.png")
+    assert not ImageSink(tmp_path / "a_{{foo}}.png").per_frame  # no field: a literal name
     assert all(ImageSink(tmp_path / name).per_frame for name in ("{seq}.png", "{seq:d}.png", "{seq:05d}.png",
                                                                  "{{{seq}}}.png"))  # (files named {0}.png ...)
 

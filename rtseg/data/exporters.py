@@ -9,7 +9,8 @@
   their outline by a zero-width cut) + ``label_names.txt``.
 
 Command line (:func:`run`, through the light entry :mod:`rtseg.data.export`): ``python -m rtseg.data.export
---seed 3 --out out/synthetic`` writes all three.
+--seed 3 --out out/synthetic`` writes all three; it refuses an ``--out`` that already holds any of them (an
+earlier export's frames would mix with the new ones) and deletes nothing.
 """
 from __future__ import annotations
 
@@ -43,6 +44,27 @@ def _out_dir(path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise SinkError(f"{out}: cannot create the output folder ({exc.strerror}); choose another path") from None
     return out
+
+
+def _check_out_is_free(out: Path, formats: set[str]) -> None:
+    """ConfigError, in one line before anything is written, where ``out`` already holds what the chosen ``formats``
+    write (``clip.mp4``; ``coco/`` or ``labelme/`` other than an empty folder): their frames would mix with an
+    earlier export's (another scene's, read alike by ``rtseg train`` / ``rtseg eval``). Nothing is deleted: the
+    files there may be the user's."""
+    taken = []
+    for fmt, name in (("mp4", "clip.mp4"), ("coco", "coco"), ("labelme", "labelme")):
+        target = out / name
+        if fmt in formats and (target.is_symlink() or target.exists()):
+            try:
+                empty = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
+            except OSError:
+                empty = False
+            if not empty:
+                taken.append(str(target))
+    if taken:
+        raise ConfigError(f"--out {out}: {', '.join(taken)} already exist{'s' if len(taken) == 1 else ''} (an earlier "
+                          f"export? its files would mix with this one's); choose an empty folder or remove "
+                          f"{'it' if len(taken) == 1 else 'them'} first")
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
@@ -164,11 +186,11 @@ def run(argv: list[str] | None) -> None:
 
     p = Parser(prog="python -m rtseg.data.export", description="Export a synthetic scene.")
     p.add_argument("--seed", type=int, default=3, help="scene seed (default 3 = the test split seed)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one without an earlier export in it)")
     p.add_argument("--frames", type=int, default=300, help="frames in the clip (default: %(default)s)")
     p.add_argument("--width", type=int, default=640, help="frame width in pixels (default: %(default)s)")
     p.add_argument("--height", type=int, default=480, help="frame height in pixels (default: %(default)s)")
-    p.add_argument("--every", type=int, default=10, help="annotate every N-th frame (COCO, labelme)")
+    p.add_argument("--every", type=int, default=10, help="annotate every N-th frame (COCO, labelme; default: %(default)s)")
     p.add_argument("--formats", default="mp4,coco,labelme", help="comma-separated subset of mp4,coco,labelme")
     args = p.parse_args(argv)
     check_ranges(args, [("--seed", LEAST["seed"], None, ""), ("--frames", LEAST["num_frames"], None, ""),
@@ -182,6 +204,7 @@ def run(argv: list[str] | None) -> None:
     if "mp4" in formats and (args.width % 2 or args.height % 2):
         raise ConfigError(f"--width {args.width} --height {args.height}: the clip (H.264 yuv420p) needs an even width "
                           "and height; give even values, or --formats coco,labelme for no clip")
+    _check_out_is_free(args.out, formats)
     if "mp4" in formats:
         print(export_mp4(scene, args.out / "clip.mp4"))
     if "coco" in formats:

@@ -112,13 +112,23 @@ def _check_seq_field(conversion: str | None, spec: str) -> None:
         raise ValueError("field widths above 32 digits make no file name")
 
 
+def _has_format_field(text: str) -> bool:
+    """Whether ``text`` has a str.format replacement field (any name, ``{}`` too); False where str.format cannot
+    parse it (a lone brace)."""
+    try:
+        return any(name is not None for _, name, _, _ in string.Formatter().parse(text))
+    except ValueError:
+        return False
+
+
 def _is_seq_pattern(path: Path) -> bool:
     """Whether ``path`` names one file per frame (``{seq}`` / ``{seq:05d}`` placeholders, str.format syntax);
-    SinkError for a pattern that cannot name a file for every frame, or whose ``{seq`` is no field (``{{seq}}``,
-    escaped braces: str.format would write every frame to one file named ``{seq}``). A name without ``{seq`` is
-    taken as is."""
+    SinkError for a pattern that cannot name a file for every frame, for a str.format field other than ``{seq}``
+    (``{index}``, ``{}``, ``{seq[0]}``: "{seq} is the only placeholder allowed"), or where its ``{seq`` is no field
+    (``{{seq}}``, escaped braces: str.format would write every frame to one file named ``{seq}``). A name with
+    neither a field nor ``{seq`` (``{{a}}``, a lone ``{``) is taken as is."""
     text = str(path)
-    if "{seq" not in text:
+    if "{seq" not in text and not _has_format_field(text):
         return False
     try:
         fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
