@@ -102,7 +102,8 @@ def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT,
     sha256 is checked against it (:func:`read_manifest`) before the tensors are parsed, so that a damaged
     file is reported as such. Other files are .pth files, loaded with ``weights_only=True``
     (:func:`load_torch_file`): an rtseg training checkpoint (a dict whose ``model`` is the state dict) gives
-    its model's tensors and the extras it was written with (``step``, ``config``, ``class_names``); other
+    its model's tensors and the extras it was written with (``step``, ``config``, ``class_names``, and a YOLACT
+    run's trained on a COCO file ``meta.category_ids``, as in a manifest; older checkpoints lack it); other
     files give ``{}`` as extras. Either is read without ever waiting: a FIFO or device is refused unread.
     Weights that are not all finite (NaN or infinity: a damaged file or a diverged run) are refused
     (:func:`check_finite`).
@@ -124,7 +125,7 @@ def read_checkpoint(path: str | Path, fmt: str = MANIFEST_FORMAT,
     obj = load_torch_file(p, advice=advice, corrupt_advice="download it again")
     extras: dict[str, Any] = {}
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # rtseg training checkpoint
-        extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names")}
+        extras = {k: v for k, v in obj.items() if k in ("step", "config", "class_names", "meta")}
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = _wrapped_state_dict(obj)
@@ -264,8 +265,8 @@ class LoadedYolact(NamedTuple):
 
 def read_yolact(path: str | Path, *, input_size: int | None = None) -> YolactWeights:
     """The tensors and config of an official .pth, an rtseg safetensors file or an rtseg training
-    ``checkpoint.pth`` (its saved config and class names, like a manifest's), without building the network
-    (:func:`build_yolact` does): an engine checks its options against the config first.
+    ``checkpoint.pth`` (its saved config, class names and category ids, like a manifest's), without building the
+    network (:func:`build_yolact` does): an engine checks its options against the config first.
 
     input_size: None → the saved size (rtseg files), 700 for official files whose name
     contains "im700", else 550.

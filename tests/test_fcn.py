@@ -293,27 +293,64 @@ def test_trainer_command_line_range_checks_every_number(tmp_path, capsys, bad):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigterm_saves_a_checkpoint_that_resume_continues(tmp_path):
-    """A real SIGTERM to a running `python -m rtseg.train.fcn_trainer`: as Ctrl-C, the steps done are saved and
-    the way to continue is printed, without a traceback, no weights written; ``terminated`` and exit 143 (128 + 15)."""
+def _train_until_terminated(command: list[str]) -> tuple[int, list[str], str]:
+    """Run the trainer ``command``, SIGTERM it at its first progress line; (exit status, stdout lines, stderr)."""
     import signal
     import subprocess
-    import sys
 
-    out = tmp_path / "f.safetensors"
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "rtseg.train.fcn_trainer", "--out", str(out),
-                             "--steps", "1000000", "--images", "4", "--size", "32", "32", "--width", "0.01"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
     try:
         for line in proc.stdout:  # the first progress line: 50 steps done
-            if line.startswith("step 50/"):
+            lines.append(line)
+            if line.startswith("step "):
                 break
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+    return proc.returncode, lines, stderr
+
+
+def test_sigterm_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
+    """A real SIGTERM to a running `python -m rtseg.train.fcn_trainer`: as Ctrl-C, the steps done are saved and
+    the way to continue is printed, without a traceback, no weights written; ``terminated`` and exit 143 (128 + 15).
+    The command printed is the run's own with --resume (was: ``--resume (and the same --out)``, which refused the
+    run's --images 4 or trained to the default --steps): run, it continues from the checkpoint's step."""
+    import shlex
+    import sys
+
+    out = tmp_path / "f.safetensors"
+    status, _, stderr = _train_until_terminated(
+        [sys.executable, "-u", "-m", "rtseg.train.fcn_trainer", "--out", str(out), "--steps", "1000000",
+         "--images", "4", "--size", "32", "32", "--width", "0.01"])
+    assert status == 143 and "Traceback" not in stderr, stderr
     ckpt = tmp_path / "f.train" / "checkpoint.pth"
-    step = int(re.search(r"terminated at step (\d+): checkpoint (.*); continue with --resume", stderr).group(1))
+    found = re.search(r"terminated at step (\d+): checkpoint (.*); continue with (.*)", stderr)
+    step = int(found.group(1))
     assert step >= 50 and torch.load(ckpt, weights_only=True)["step"] == step
     assert stderr.strip().splitlines()[-1] == "fcn_trainer: terminated" and not out.exists()
+    words = shlex.split(found.group(3))
+    assert words[:3] == ["python", "-m", "rtseg.train.fcn_trainer"] and words[-1] == "--resume", words
+    status, lines, stderr = _train_until_terminated([sys.executable, "-u", *words[1:]])
+    assert status == 143 and "Traceback" not in stderr, stderr
+    done = int(re.match(r"step (\d+)/1000000 ", lines[-1]).group(1))  # the run's --steps, from its step
+    assert done > step and done % 50 == 0
+    again = re.search(r"terminated at step (\d+): checkpoint .*; continue with (.*)", stderr)
+    assert int(again.group(1)) >= done and again.group(2) == found.group(3)  # --resume once, not twice
+
+
+def test_an_out_whose_folders_cannot_be_made_is_refused_before_training(tmp_path, capsys):
+    """--out under a file, or where its checkpoint folder cannot be made: one line, exit 2, before training (was: a
+    NotADirectoryError / FileNotFoundError traceback at the first checkpoint, after training started)."""
+    from rtseg.train.fcn_trainer import main
+
+    (tmp_path / "file").write_text("x")
+    for out, said in ((tmp_path / "file" / "f.safetensors", "is a file, not a folder"),
+                      (tmp_path / "file" / "sub" / "f.safetensors", "cannot create the folder"),
+                      ("/proc/x.safetensors", "its checkpoint folder /proc/x.train: cannot create the folder")):
+        assert main(["--out", str(out), "--steps", "1", "--images", "1", "--size", "32", "32",
+                     "--width", "0.01"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("fcn_trainer: error: --out ") and said in err, err

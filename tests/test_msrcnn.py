@@ -310,3 +310,19 @@ def test_trainer_command_line_range_checks_every_number(tmp_path, capsys, bad):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"msrcnn_trainer: error: {bad[0]} ") and "must be" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trainer_says_its_whole_command_to_continue_and_checks_out_first(tmp_path, capsys):
+    """The continue-with line is the run's own command with --resume (once), not ``--resume (and the same --out)``,
+    which refused a run of other --images or trained to the default --steps; an --out whose checkpoint folder cannot
+    be made is one line before training (was: a FileNotFoundError traceback at the first checkpoint)."""
+    from rtseg.train.msrcnn_trainer import main, parse
+
+    args = parse(["--out", "m 1.safetensors", "--images", "4", "--steps=9"])
+    assert args.resume_hint == "python -m rtseg.train.msrcnn_trainer --out 'm 1.safetensors' --images 4 --steps=9 " \
+                               "--resume"
+    assert main(["--out", "/proc/x.safetensors", "--steps", "1", "--images", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("msrcnn_trainer: error: --out /proc/x.safetensors: its checkpoint folder /proc/x.train: "
+                          "cannot create the folder"), err

@@ -868,6 +868,30 @@ def test_cli_init_starts_from_given_weights(tmp_path, capsys) -> None:
     assert "does not match the expected architecture" in err and "give --init weights of the same --backbone" in err
 
 
+def test_cli_init_of_other_classes_fine_tunes_all_but_the_class_layers(tmp_path, capsys) -> None:
+    """--init weights of 3 classes for --data of 6 (the standard fine-tuning case): every tensor but the class-sized
+    ones (the confidences, the semantic head) loads, and one line names those left at their initialisation (was: a
+    refusal blaming --backbone, --fpn-channels or --num-prototypes)."""
+    from safetensors.torch import load_file
+
+    from rtseg.train.cli import main
+    from rtseg.weights import save_yolact
+
+    init = tmp_path / "three.safetensors"
+    save_yolact(init, Yolact(replace(TINY_64, fpn_channels=16, num_prototypes=4, num_classes=3)), ["a", "b", "c"])
+    out = tmp_path / "six.safetensors"
+    assert main(["--data", "synthetic", "--train-images", "2", "--input-size", "64", "--fpn-channels", "16",
+                 "--num-prototypes", "4", "--batch-size", "2", "--workers", "0", "--val-images", "1", "--iters", "1",
+                 "--lr", "0", "--warmup", "0", "--init", str(init), "--out", str(out)]) == 0
+    fresh = ["prediction_layers.0.conf_layer.weight", "prediction_layers.0.conf_layer.bias", "semantic_seg_conv.weight",
+             "semantic_seg_conv.bias"]
+    assert f"--init {init}: 3 classes in the weights, 6 in --data: {', '.join(fresh)} start from their " \
+           "initialisation (learnt anew)\n" in capsys.readouterr().out
+    a, b = load_file(str(init)), load_file(str(out))
+    assert sorted(k for k in a if a[k].shape != b[k].shape) == sorted(fresh)
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in fresh and "running" not in k and "num_batches" not in k)
+
+
 # -- batched loss vs the per-image reference ------------------------------------------------------
 def _reference() -> tuple[dict, list[Target], dict[str, torch.Tensor]]:
     """Stored outputs, targets and per-image results (``tests/fixtures/make_loss_reference.py``)."""
@@ -955,8 +979,9 @@ def test_batched_loss_on_cuda_equals_per_image_reference() -> None:
 
 def test_a_model_trained_on_a_coco_file_writes_its_category_ids_in_coco_results(tmp_path, capsys) -> None:
     """Trained on a COCO file whose category ids are 10, 20, … (not 1..N), the weights' manifest keeps them and
-    `run.py --json x.json` writes them, so the results can be scored against that file. (The command line runs in
+    `run.py --json x.json` writes them, so the results can be scored against that file; so does its checkpoint. (The command line runs in
     this process: its exit codes and one-line errors as a process are tests/test_cli.py's and tests/test_entry.py's.)"""
+    import rtseg
     from rtseg.cli import main as run_main
     from rtseg.data.export import export_coco
     from rtseg.train.cli import main
@@ -973,6 +998,9 @@ def test_a_model_trained_on_a_coco_file_writes_its_category_ids_in_coco_results(
                  "--num-prototypes", "4", "--iters", "1", "--batch-size", "2", "--workers", "0",
                  "--out", str(out)]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["category_ids"] == [10, 20, 30, 40, 50, 60]
+    # its training checkpoint as weights gives the same ids (was: 1..6, the checkpoint lacked them)
+    assert rtseg.load("yolact", weights=str(tmp_path / "m.train" / "checkpoint.pth")).category_ids == \
+        (10, 20, 30, 40, 50, 60)
     results = tmp_path / "res.json"
     capsys.readouterr()
     rc = run_main(["--source", str(ann.parent / "frame_000000.png"), "--weights", str(out), "--score-threshold", "0",

@@ -257,7 +257,7 @@ def _worker_error(exc: RtsegError) -> RtsegError:
 def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[str, Stateful],
               checkpoint: str | Path | None, ckpt_every: int, log_every: int,
               describe: Callable[[list[T]], str] | None, guard: NonFiniteGuard,
-              recipe: dict[str, Any] | None = None) -> list[T]:
+              recipe: dict[str, Any] | None = None, resume_hint: str | None = None) -> list[T]:
     """Run ``step(k)`` for k in [first, steps) and return what each returned (e.g. its losses).
 
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)`` before its backward
@@ -273,13 +273,15 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     guard's count of skipped steps; None prints nothing.
     recipe: the options that fix the run (``{"--size": [W, H], …}``, :func:`rtseg.train.recipe.parse_recipe`),
     stored in every checkpoint written, for :func:`resume_step` to check a resumed run against.
+    resume_hint: how to continue, said when the steps are saved on Ctrl-C or an error (a command line's: the
+    whole command, :func:`rtseg.train.recipe.continue_command`); None: ``--resume (and the same --out)``.
     """
     extra = _recipe_extra(recipe)
     results: list[T] = []
     recent: list[T] = []  # results of the steps since the last progress line that updated the weights
     t0 = time.perf_counter()
     saved = first  # the step of the last checkpoint (or the run's start)
-    hint = "--resume (and the same --out)"
+    hint = resume_hint or "--resume (and the same --out)"
     try:
         for k in range(first, steps):
             results.append(step(k))

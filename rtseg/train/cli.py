@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shlex
 import sys
 import time
 from dataclasses import replace
@@ -28,11 +27,12 @@ from typing import TYPE_CHECKING, Sequence
 from rtseg.cliargs import NumberRange, Once, Parser, check_ranges
 from rtseg.data.spec import FORMS, parse_data
 from rtseg.entry import run_command
-from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError, make_folder
+from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
-from rtseg.train.recipe import AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, weights_out
+from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_outputs, continue_command,
+                                weights_out)
 from rtseg.userfiles import check_input_file
 from rtseg.yolact_spec import BACKBONES, LIMITS
 
@@ -236,26 +236,31 @@ def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> No
                                   f"overwrite the {option} file {path}; choose another {changed}")
 
 
-def _check_outputs(out: Path, work_dir: Path) -> None:
-    """Create the output folders now and refuse paths that could only fail after training."""
-    if out.is_dir():
-        raise ConfigError(f"--out {out}: is a folder; give a file path ending in .safetensors")
-    make_folder("--out", out.parent)
-    make_folder("--work-dir", work_dir)
+CLASS_SIZED = ("conf_layer", "semantic_seg_conv")
+"""The layers of a YOLACT whose shape is its number of classes (each prediction head's confidences, the semantic
+segmentation head): weights of other classes than a run's leave them at their initialisation (:func:`init_weights`)."""
+
+
+def init_weights(model: Yolact, path: str) -> str | None:
+    """Load the ``--init`` weights ``path`` into ``model`` (at its input size). Weights of other classes than the
+    model's (fine-tuning to other classes) load but for the tensors of the :data:`CLASS_SIZED` layers, which stay at
+    their initialisation: returns the line that says so (else None). WeightsError when any other tensor does not fit
+    (another --backbone, --fpn-channels or --num-prototypes)."""
+    from rtseg.weights import load_into, load_yolact
+
+    read = load_yolact(path, input_size=model.cfg.input_size)
+    own = model.state_dict()
+    theirs, ours = read.config.num_classes, model.cfg.num_classes
+    fresh = [] if theirs == ours else [k for k in own if k.rsplit(".", 2)[-2] in CLASS_SIZED]
+    load_into(model, {**read.model.state_dict(), **{k: own[k] for k in fresh}}, path,
+              advice="give --init weights of the same --backbone, --fpn-channels and --num-prototypes as this run")
+    return (f"--init {path}: {theirs} classes in the weights, {ours} in --data: {', '.join(fresh)} start from their "
+            "initialisation (learnt anew)") if fresh else None
 
 
 def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
     """The ``rtseg train`` command that continues the run of ``argv`` from ``checkpoint`` (shell-quoted)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith("--resume="):
-            skip = False
-            continue
-        if arg == "--resume":
-            skip = True
-            continue
-        kept.append(arg)
-    return shlex.join(["rtseg", "train", *kept, "--resume", str(checkpoint)])
+    return continue_command("rtseg train", argv, ["--resume", str(checkpoint)])
 
 
 def train(command: tuple[argparse.Namespace, Sequence[str]]) -> dict[str, float]:
@@ -284,7 +289,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
     from rtseg.models.yolact import Yolact, YolactConfig
     from rtseg.train.augment import AugmentConfig
     from rtseg.train.trainer import TrainConfig, Trainer
-    from rtseg.weights import load_into, load_yolact
 
     out, work_dir = _paths(args)
     lr_steps = _lr_steps(args.lr_steps, args.iters)
@@ -309,9 +313,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
     cfg = YolactConfig(backbone=args.backbone, num_classes=len(train_set.class_names),
                        fpn_channels=args.fpn_channels, num_prototypes=args.num_prototypes).with_input_size(args.input_size)
     model = Yolact(cfg)
+    fresh: str | None = None  # what --init left at its initialisation
     if args.init:
-        load_into(model, load_yolact(args.init, input_size=args.input_size).model.state_dict(), args.init,
-                  advice="give --init weights of the same --backbone, --fpn-channels and --num-prototypes as this run")
+        fresh = init_weights(model, args.init)
         init: Path | None = Path(args.init)
     else:
         init = imagenet_backbone(model) if not args.resume else None
@@ -324,7 +328,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
                       device=args.device, resume_hint=resume_command(argv, work_dir / CHECKPOINT_NAME) if argv else None)
     if args.resume:
         trainer.load_checkpoint(args.resume)
-    _check_outputs(out, work_dir)  # once every input is read: a start refused for one of them writes nothing
+    check_outputs(out, work_dir)  # once every input is read: a start refused for one of them writes nothing
     if args.amp == "bf16" and trainer.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("this CPU has no native bfloat16 (AVX512-BF16 / AMX): --amp bf16 will be slower than off",
               flush=True)
@@ -333,6 +337,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
     else:
         print(f"initialised from {init}" if init else
               "no ImageNet weights in the torch hub cache: training from scratch", flush=True)
+        if fresh:
+            print(fresh, flush=True)
     print(f"training {cfg} on {len(train_set)} images for {config.iters} steps of {config.batch_size}", flush=True)
     t0 = time.perf_counter()
     metrics = trainer.fit()

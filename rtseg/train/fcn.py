@@ -57,14 +57,15 @@ class FcnTrainConfig:
 
 def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = FcnTrainConfig(),
               *, log: bool = True, checkpoint: str | Path | None = None, resume: bool = False,
-              recipe: dict[str, Any] | None = None) -> list[float]:
+              recipe: dict[str, Any] | None = None, resume_hint: str | None = None) -> list[float]:
     """Train ``engine.model`` in place on ``data`` (images of one size); returns the loss of each step run
     (NaN / inf where it was not finite; ``cfg.max_nonfinite`` skipped steps in a row are a ConfigError).
 
     checkpoint: file written every ``cfg.ckpt_every`` steps and at the end; with ``resume`` the run
     continues from it (its step, weights and optimizer state, at the rate ``cfg.lr``). recipe: the command's options
     that fix the model and its data, stored in each checkpoint; a resumed one that stored others, or one past
-    ``cfg.steps``, is refused (:func:`~rtseg.train.checkpoint.resume_step`).
+    ``cfg.steps``, is refused (:func:`~rtseg.train.checkpoint.resume_step`). resume_hint: how to continue, said when
+    the steps are saved on Ctrl-C or an error (:func:`~rtseg.train.checkpoint.run_steps`).
     """
     images = np.stack([data[i].image for i in range(len(data))])
     targets = torch.from_numpy(np.stack([semantic_target(data[i]) for i in range(len(data))]))
@@ -95,7 +96,7 @@ def train_fcn(engine: FcnEngine, data: InstanceDataset, cfg: FcnTrainConfig = Fc
     losses = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
                        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                        describe=(lambda recent: f"loss {np.mean(recent):.4f}") if log else None, guard=guard,
-                       recipe=recipe)
+                       recipe=recipe, resume_hint=resume_hint)
     model.eval()
     return losses
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> None:
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     val = SyntheticDataset.split("val", 24, width=w, height=h)
     train_fcn(engine, train, FcnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint, resume=args.resume,
-              recipe=args.recipe)
+              recipe=args.recipe, resume_hint=args.resume_hint)
     metrics = evaluate_fcn(engine, val)
     print("validation (synthetic:val, 24 images, %):\n" + format_semantic(metrics))
     save_fcn(args.out, engine.model, names, meta={"steps": args.steps, "train_images": args.images,

@@ -69,7 +69,8 @@ def to_target(sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
 
 def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainConfig = MsrcnnTrainConfig(),
                  *, log: bool = True, checkpoint: str | Path | None = None,
-                 resume: bool = False, recipe: dict[str, Any] | None = None) -> list[dict[str, float]]:
+                 resume: bool = False, recipe: dict[str, Any] | None = None,
+                 resume_hint: str | None = None) -> list[dict[str, float]]:
     """Train ``engine.model`` in place; returns the loss terms of every step run (a step whose total loss or a gradient
     is not finite is skipped; ``cfg.max_nonfinite`` of them in a row are a ConfigError).
 
@@ -78,7 +79,8 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
     :func:`~rtseg.train.checkpoint.run_steps`); with ``resume`` the run continues from it (its step, weights,
     optimizer and warm-up state, at the rate ``cfg.lr``). recipe: the command's options that fix the model and its
     data, stored in each checkpoint; a resumed one that stored others, or one past ``cfg.steps``, is refused
-    (:func:`~rtseg.train.checkpoint.resume_step`).
+    (:func:`~rtseg.train.checkpoint.resume_step`). resume_hint: how to continue, said when the steps are saved on
+    Ctrl-C or an error (:func:`~rtseg.train.checkpoint.run_steps`).
     """
     model = engine.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -109,7 +111,7 @@ def train_msrcnn(engine: MsrcnnEngine, data: InstanceDataset, cfg: MsrcnnTrainCo
 
     history = run_steps(one_step, first=first, steps=cfg.steps, parts=parts, checkpoint=checkpoint,
                         ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, describe=describe if log else None,
-                        guard=guard, recipe=recipe)
+                        guard=guard, recipe=recipe, resume_hint=resume_hint)
     model.eval()
     return history
 
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> None:
     engine = MsrcnnEngine.from_config(cfg, class_names=list(CLASSES))
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint,
-                 resume=args.resume, recipe=args.recipe)
+                 resume=args.resume, recipe=args.recipe, resume_hint=args.resume_hint)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
     print("validation (synthetic:val, 40 images):\n" + format_scoring_table(quality))
     save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,

@@ -1,7 +1,8 @@
 """The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
 (FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`) and the recipe a run's checkpoints store
 (:func:`recipe_of`, :data:`MAY_CHANGE_ON_RESUME`), ``--lr``'s range and ``--out``'s check
-(:data:`LR_RANGE`, :func:`weights_out`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
+(:data:`LR_RANGE`, :func:`weights_out`), the output folders' check before training and the command that continues a
+stopped run (:func:`check_outputs`, :func:`continue_command`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
 (:data:`AMP_MODES`, :data:`INT_LIMITS`).
 
 Light (no torch at its top): the entry modules parse and check their arguments with it before they import their
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from rtseg.cliargs import NumberRange, Parser, check_ranges
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, make_folder
 from rtseg.manifest import manifest_path
 from rtseg.outputs import check_not_the_demo_model
 from rtseg.userfiles import check_input_file
@@ -66,6 +69,32 @@ def weights_out(out: str | Path) -> Path:
     return out
 
 
+def check_outputs(out: Path, work_dir: Path, work_dir_option: str = "--work-dir") -> None:
+    """Create the folders of the weights ``out`` and of the checkpoint (``work_dir``, the option that sets it:
+    ``work_dir_option``) now: a ConfigError for a path that could only fail after training (``out`` a folder, a
+    folder that cannot be made: :func:`rtseg.errors.make_folder`)."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file path ending in .safetensors")
+    make_folder("--out", out.parent)
+    make_folder(work_dir_option, work_dir)
+
+
+def continue_command(prog: str, argv: Sequence[str], resume: Sequence[str]) -> str:
+    """The shell-quoted command that continues the run ``prog argv`` (e.g. ``rtseg train`` and its words): ``argv``
+    with every ``--resume`` it has (with its value, when ``resume`` has one too; ``--resume=V`` too) left out and
+    ``resume`` (``["--resume", PATH]`` or ``["--resume"]``) added."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = len(resume) > 1
+            continue
+        kept.append(arg)
+    return shlex.join([*shlex.split(prog), *kept, *resume])
+
+
 def recipe_checkpoint(out: str | Path) -> Path:
     """Where a recipe's run writing the weights ``out`` keeps its checkpoint (``--resume`` continues from it):
     ``<out without .safetensors>.train/checkpoint.pth``."""
@@ -75,7 +104,8 @@ def recipe_checkpoint(out: str | Path) -> Path:
 def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, images: int,
                   size: tuple[int, int]) -> Parser:
     """A parser with the options every recipe has: --out, --steps, --lr (default ``lr``), --images (training
-    images, default ``images``), --size W H (default ``size``), --threads, --resume; add the model's own."""
+    images, default ``images``), --size W H (default ``size``), --threads, --resume; add the model's own. ``prog``
+    is the command as a shell runs it (``python -m rtseg.train.fcn_trainer``: the continue-with line prints it)."""
     ap = Parser(prog=prog, description=description)
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
@@ -94,8 +124,10 @@ def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[Number
     """The options of ``argv`` (None: ``sys.argv[1:]``), checked before anything trains: ``--out`` a .safetensors
     path other than the shipped demo model (:func:`weights_out`), :data:`RECIPE_RANGES` and the model's own
     ``ranges``, and with ``--resume`` the checkpoint it continues from a file that can be read
-    (:func:`check_input_file`). Besides the options, the namespace holds ``recipe``: :func:`recipe_of` them."""
-    args = ap.parse_args(argv)
+    (:func:`check_input_file`). Besides the options, the namespace holds ``recipe``: :func:`recipe_of` them, and
+    ``resume_hint``: the command that continues the run (:func:`continue_command`)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(words)
     weights_out(args.out)
     check_ranges(args, (*RECIPE_RANGES, *ranges))
     if args.resume:
@@ -103,6 +135,7 @@ def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[Number
                          f"a run with --out {args.out} keeps its checkpoint there: give the --out of the run to "
                          "continue, or drop --resume to train afresh")
     args.recipe = recipe_of(ap, args)
+    args.resume_hint = continue_command(ap.prog, words, ["--resume"])
     return args
 
 
@@ -120,10 +153,13 @@ def recipe_of(ap: Parser, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def start_recipe(args: argparse.Namespace) -> Path:
-    """Set the torch threads (``--threads``) and seed of a recipe's run; returns its checkpoint path
+    """Set the torch threads (``--threads``) and seed of a recipe's run and make its output folders (a ConfigError
+    for a path that could only fail after training: :func:`check_outputs`); returns its checkpoint path
     (:func:`recipe_checkpoint`). Imports torch."""
     import torch
 
+    checkpoint = recipe_checkpoint(args.out)
+    check_outputs(Path(args.out), checkpoint.parent, f"--out {args.out}: its checkpoint folder")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return recipe_checkpoint(args.out)
+    return checkpoint

@@ -224,8 +224,17 @@ class Trainer:
                                parts=self._parts(), **self._checkpoint_extras())
 
     def _checkpoint_extras(self) -> dict[str, Any]:
-        """What a checkpoint carries besides the parts: the model's config and class names (usable as weights)."""
-        return {"config": asdict(self.model.cfg), "class_names": self.class_names}
+        """What a checkpoint carries besides the parts: the model's config and class names, and trained on a COCO
+        file its ``category_ids`` (under ``meta``, as in a manifest: the checkpoint is usable as weights)."""
+        ids = self._category_ids()
+        return {"config": asdict(self.model.cfg), "class_names": self.class_names,
+                **({"meta": {"category_ids": ids}} if ids is not None else {})}
+
+    def _category_ids(self) -> list[int] | None:
+        """The COCO category id of each class when the training set is a COCO file (its ``category_ids``), else
+        None."""
+        ids = getattr(self.train_set, "category_ids", None)
+        return None if ids is None else [int(c) for c in ids]
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a :meth:`save_checkpoint` file; training continues at its step.
@@ -393,9 +402,9 @@ class Trainer:
         """
         info = {"iters": self.step, "batch_size": self.config.batch_size, "dtype": "float16" if half else "float32",
                 **(meta or {})}
-        category_ids = getattr(self.train_set, "category_ids", None)  # a COCO file's ids of the classes
+        category_ids = self._category_ids()
         if category_ids is not None:
-            info["category_ids"] = [int(c) for c in category_ids]
+            info["category_ids"] = category_ids
         if self.history:
             info["validation"] = self.history[-1]
         return save_yolact(path, self.model, self.class_names, meta=info, half=half)
