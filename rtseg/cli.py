@@ -214,13 +214,10 @@ def _load_engine(args: argparse.Namespace, name: str) -> Engine:
         options["backend"] = args.backend
     if args.precision is not None or args.calib is not None:
         options.update(precision=args.precision or "fp16", calibration_dir=args.calib)
-    if args.class_names is not None:
-        from rtseg.data.labelme import read_label_names
-
-        options["class_names"] = read_label_names(args.class_names)  # (their number checked against the weights)
     if name == "panoptic":
         return load_panoptic_engine(default_weights(args.weights, name), args.semantic, device=args.device, **options)
-    return load_weights_engine(name, default_weights(args.weights, name), device=args.device, **options)
+    return load_weights_engine(name, default_weights(args.weights, name), device=args.device,
+                               class_names_file=args.class_names, **options)
 
 
 def _check_engine_options(args: argparse.Namespace, name: str) -> None:

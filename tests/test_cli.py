@@ -233,7 +233,8 @@ def test_class_names_name_the_classes_of_an_official_pth_that_carries_none(files
     names.write_text("cat\ndog\n")
     capsys.readouterr()
     assert main([*args, "--class-names", str(names)]) == 2
-    assert capsys.readouterr().err == "rtseg: error: yolact: 2 class names for a model with 3 classes\n"
+    assert capsys.readouterr().err == (f"rtseg: error: --class-names {names}: lists 2 class names, the model of {pth} "
+                                       "has 3 classes; list one name per class, in the model's class order\n")
     assert main(["--source", files["photo"], "--engine", "slic", "--class-names", str(names)]) == 2
     assert "--class-names applies to the yolact, msrcnn and fcn engines, not slic" in capsys.readouterr().err
 

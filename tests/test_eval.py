@@ -340,6 +340,32 @@ def test_cli_broken_torchvision_fcn_file_in_the_cache_is_one_line(tmp_path, monk
     assert "\n" not in err and "Traceback" not in err, err
 
 
+def test_cli_torchvision_fcn_takes_class_names(tmp_path, monkeypatch, capsys):
+    """--class-names with torchvision:fcn_resnet50 names its 21 classes (the names were dropped without a word: the
+    VOC names were used) and a file of another count is one line naming it. The cached file is a random model of
+    torchvision's layout (the pretrained one cannot be downloaded here; torchvision checks no hash of a cached file)."""
+    import torch
+    from torchvision.models.segmentation import fcn_resnet50
+
+    from rtseg.engines.choose import load_weights_engine
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(fcn_resnet50(weights=None, weights_backbone=None, aux_loss=True).state_dict(),
+               cache / "fcn_resnet50_coco-1167a1af.pth")
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"part{i}\n" for i in range(21)))
+    engine = load_weights_engine("fcn", "torchvision:fcn_resnet50", device="cpu", class_names_file=str(names))
+    assert engine.pretrained and list(engine.class_names) == [f"part{i}" for i in range(21)]
+    names.write_text("a\nb\n")
+    assert main(["--weights", "torchvision:fcn_resnet50", "--data", "synthetic:test", "--max-images", "1",
+                 "--class-names", str(names)]) == 2
+    assert capsys.readouterr().err == (f"rtseg eval: error: --class-names {names}: lists 2 class names, the model of "
+                                       "torchvision:fcn_resnet50 has 21 classes; list one name per class, in the "
+                                       "model's class order\n")
+
+
 def test_official_coco_class_order_maps_to_coco_category_names():
     from rtseg.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASSES
 

@@ -149,17 +149,33 @@ def load_panoptic_engine(weights: str, semantic: str, *, device: str, **options:
     return rtseg.load("panoptic", instances=(things, weights), semantic=semantic, device=device, **options)
 
 
-def load_weights_engine(name: str, weights: str | None, *, device: str, **options: object) -> Engine:
-    """``rtseg.load(name, weights, ...)``, or torchvision's FCN for ``torchvision:ARCH`` (``options`` unused)."""
+def load_weights_engine(name: str, weights: str | None, *, device: str, class_names_file: str | None = None,
+                        **options: object) -> Engine:
+    """``rtseg.load(name, weights, ...)``, or torchvision's FCN for ``torchvision:ARCH`` (of ``options``, only its
+    class names apply). ``class_names_file``: the command line's ``--class-names FILE``, read here (one name per
+    line) and named by the error when it lists another number of names than the model has classes."""
     import rtseg
+    from rtseg.engines.options import ClassCountError
 
-    if weights is not None and weights.startswith(TORCHVISION):
-        return torchvision_fcn_engine(weights, device)
-    return rtseg.load(name, weights=weights, device=device, **options)
+    if class_names_file is not None:
+        from rtseg.data.labelme import read_label_names
+
+        options["class_names"] = read_label_names(class_names_file)
+    try:
+        if weights is not None and weights.startswith(TORCHVISION):
+            return torchvision_fcn_engine(weights, device, options.get("class_names"))
+        return rtseg.load(name, weights=weights, device=device, **options)
+    except ClassCountError as exc:
+        if class_names_file is None:
+            raise
+        raise ConfigError(f"--class-names {class_names_file}: lists {exc.given} class names, the model of "
+                          f"{weights or 'the demo weights'} has {exc.count} classes; list one name per class, in "
+                          "the model's class order") from None
 
 
-def torchvision_fcn_engine(spec: str, device: str) -> Engine:
-    """The engine of ``torchvision:fcn_resnet50|fcn_resnet101``, pretrained weights required (never downloaded)."""
+def torchvision_fcn_engine(spec: str, device: str, class_names: object = None) -> Engine:
+    """The engine of ``torchvision:fcn_resnet50|fcn_resnet101``, pretrained weights required (never downloaded);
+    ``class_names``: names for its 21 VOC classes (None: VOC's)."""
     import torch
 
     import rtseg
@@ -170,7 +186,8 @@ def torchvision_fcn_engine(spec: str, device: str) -> Engine:
         raise ConfigError(f"--weights {spec}: use torchvision:{' or torchvision:'.join(TORCHVISION_ARCHS)}")
     with warnings.catch_warnings():  # the random-weights warning: refused below anyway, in one line
         warnings.simplefilter("ignore", UserWarning)
-        engine = rtseg.load("fcn", arch=arch, device=device)
+        named = {} if class_names is None else {"class_names": class_names}
+        engine = rtseg.load("fcn", arch=arch, device=device, **named)
     if not engine.pretrained:
         raise WeightsError(f"--weights {spec}: torchvision's pretrained {arch} file is not in the torch cache "
                            f"({Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is downloaded; "

@@ -84,6 +84,16 @@ def check_int(engine: str, key: str, value: Any, *, low: int, high: float = math
     return int(value)
 
 
+class ClassCountError(ConfigError):
+    """Class names that are not one per class of the model: ``"<engine>: <given> class names for a model with
+    <count> classes"``; ``given`` and ``count`` kept, so that a command line can name the file they came from."""
+
+    def __init__(self, engine: str, given: int, count: int) -> None:
+        super().__init__(f"{engine}: {given} class names for a model with {count} classes")
+        self.given = given
+        self.count = count
+
+
 def check_class_names(engine: str, names: Any, count: int | None) -> tuple[str, ...]:
     """``names`` (an engine's ``class_names=``) as a tuple of strings, one per class of a model with ``count``
     classes (None: any number), else ConfigError naming ``engine``: ``"msrcnn: class_names must be a list of class
@@ -94,7 +104,7 @@ def check_class_names(engine: str, names: Any, count: int | None) -> tuple[str, 
         raise ConfigError(f"{engine}: class_names must be a list of class names (strings), "
                           f"got {type(names).__name__} {names!r}"[:200])
     if count is not None and len(listed) != count:
-        raise ConfigError(f"{engine}: {len(listed)} class names for a model with {count} classes")
+        raise ClassCountError(engine, len(listed), count)
     return tuple(listed)
 
 

@@ -158,9 +158,7 @@ def load_engine(name: str, args: argparse.Namespace) -> tuple[Engine, dict[str, 
         options = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
         engine = load_panoptic_engine(weights, args.semantic, device=args.device, **options)
         return engine, {"weights": weights, "semantic": args.semantic, "score_threshold": engine.score_threshold}
-    from rtseg.data.labelme import read_label_names
-
-    named = {} if args.class_names is None else {"class_names": read_label_names(args.class_names)}
+    named = {"class_names_file": args.class_names}
     if name == "fcn":
         return load_weights_engine(name, weights, device=args.device, **named), {"weights": weights}
     threshold = AP_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
