@@ -86,7 +86,8 @@ def imread(path: str | os.PathLike) -> np.ndarray | None:
 
 def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """The image encoded in ``data``: (H, W, 3) uint8 BGR for ``cv2.IMREAD_COLOR``, (H, W) uint8 for
-    ``cv2.IMREAD_GRAYSCALE``. :class:`ImageReadError` when OpenCV cannot decode it or its header says more than
+    ``cv2.IMREAD_GRAYSCALE``. :class:`ImageReadError` when OpenCV cannot decode it (naming the samples of a TIFF
+    whose samples are the reason: :func:`_tiff_samples_problem`) or its header says more than
     :data:`MAX_IMAGE_PIXELS` (then nothing is decoded). OpenCV's own log messages stay off stderr; libjpeg's
     warnings on a damaged JPEG that still decodes ("Corrupt JPEG data: 5 extraneous bytes before marker 0xda") do
     not: OpenCV prints them through libjpeg's default error manager, with no setting to silence them."""
@@ -105,8 +106,18 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     finally:
         cv2.utils.logging.setLogLevel(level)
     if image is None:
-        raise ImageReadError("not a readable image file")
+        raise ImageReadError(_tiff_samples_problem(data) or "not a readable image file")
     return image
+
+
+def stored_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) in pixels of the image file ``path`` as stored, from its header: before its EXIF orientation is
+    applied (an orientation of 5-8 turns the picture on its side: :func:`read_image_file` gives a (width, height, 3)
+    array). None when the header does not tell it (:func:`_header_size`) or the file cannot be read."""
+    try:
+        return _header_size(read_image_bytes(path))
+    except ImageReadError:
+        return None
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -196,31 +207,59 @@ _TIFF_INTS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of the TIFF (or BigTIFF) in ``data``: the ImageWidth and ImageLength fields of its first
-    directory (the page OpenCV decodes; the first of a repeated field, as libtiff), None when the directory is cut
-    short, lies beyond the file or lacks them, or a size is not positive."""
+    directory (the page OpenCV decodes), None when the directory is cut short, lies beyond the file or lacks them, or
+    a size is not positive."""
+    fields = _tiff_fields(data, (256, 257))
+    width, height = fields.get(256, 0), fields.get(257, 0)
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _tiff_fields(data: bytes, tags: tuple[int, ...]) -> dict[int, int]:
+    """The first value of each field of ``tags`` in the first directory of the TIFF (or BigTIFF) in ``data`` that
+    holds whole numbers (the first of a repeated field, as libtiff), read up to where the directory is cut short or
+    points beyond the file: a tag that is absent, or comes after that point, is left out."""
     order = "<" if data.startswith(b"II") else ">"
     big = data[2:4] in (b"+\0", b"\0+")
     offset_type, offset_at, count_type, entry_type = _TIFF_LAYOUT[big]
     entry = struct.Struct(order + entry_type)
+    fields: dict[int, int] = {}
     try:
         (ifd,) = struct.unpack_from(order + offset_type, data, offset_at)
         (count,) = struct.unpack_from(order + count_type, data, ifd)
         if count > 0xFFFF:  # libtiff's own check: not a directory
-            return None
+            return fields
         first = ifd + struct.calcsize(count_type)
-        fields: dict[int, int] = {}
         for pos in range(first, first + count * entry.size, entry.size):
-            tag, kind, _, value = entry.unpack_from(data, pos)
-            if tag in (256, 257) and tag not in fields and kind in _TIFF_INTS:
+            tag, kind, values, value = entry.unpack_from(data, pos)
+            if tag in tags and tag not in fields and kind in _TIFF_INTS:
                 number = struct.Struct(order + _TIFF_INTS[kind])
-                fields[tag] = (number.unpack_from(value) if number.size <= len(value) else  # else at an offset:
+                fields[tag] = (number.unpack_from(value) if values * number.size <= len(value) else  # else at an offset
                                number.unpack_from(data, struct.unpack_from(order + offset_type, value)[0]))[0]
-            if len(fields) == 2:
-                width, height = fields[256], fields[257]
-                return (width, height) if width > 0 and height > 0 else None
+                if len(fields) == len(tags):
+                    break
     except (struct.error, OverflowError):  # cut short, or an offset beyond any file
+        pass
+    return fields
+
+
+#: TIFF's SampleFormat values (field 339; unsigned integers where it is absent) and their names.
+_TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "untyped",
+                        5: "complex integer", 6: "complex floating-point"}
+
+
+def _tiff_samples_problem(data: bytes) -> str | None:
+    """Why OpenCV cannot decode the TIFF in ``data`` as an 8-bit picture when its samples are the reason: they are
+    floating-point (32-bit ones are common: depth maps, scientific data, Pillow's mode "F"; they have no set range
+    that maps them to 8 bits, and OpenCV's colour read refuses them), complex, or over 16 bits (BitsPerSample, field
+    258). None when ``data`` is no TIFF or its samples are 8- or 16-bit integers: then something else is wrong."""
+    if not data.startswith(_TIFF):
         return None
-    return None
+    fields = _tiff_fields(data, (258, 339))
+    bits, kind = fields.get(258, 1), fields.get(339, 1)
+    if bits <= 16 and kind not in (3, 5, 6):
+        return None
+    return (f"a TIFF of {bits}-bit {_TIFF_SAMPLE_FORMATS.get(kind, 'untyped')} samples, which rtseg does not read "
+            "(only 8- and 16-bit integers); save it as an 8- or 16-bit image")
 
 
 #: JPEG's start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC), whose segment holds the image's size.

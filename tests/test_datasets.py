@@ -856,3 +856,63 @@ def test_export_command_help_shows_every_default(capsys):
         main(["--help"])
     assert re.search(r"--every EVERY\s+annotate every N-th frame \(COCO, labelme; default:\s+10\)",
                      capsys.readouterr().out)
+
+
+def _exif_turned_coco(tmp_path: Path, suffix: str, orientation: int) -> tuple[Path, Path]:
+    """A COCO data set of one 80 x 60 picture stored with the EXIF ``orientation`` (5-8: read as 60 x 80), its
+    stored size listed, one polygon within either."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_image()).save(tmp_path / f"a{suffix}", exif=exif.tobytes())
+    data = {"images": [{"id": 1, "file_name": f"a{suffix}", "width": W, "height": H}],
+            "categories": [{"id": 1, "name": "circle"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[5, 5, 40, 5, 40, 40, 5, 40]]}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    return tmp_path / "ann.json", tmp_path / f"a{suffix}"
+
+
+def _exif_turned_line(file: Path) -> str:
+    return (f"{file}: its EXIF orientation turns it on its side, from the stored 80x60 that ann.json gives to 60x80; "
+            "if the annotations were drawn on the turned picture (as most annotation tools show it), swap the image's "
+            "width and height in ann.json, if on the stored one, remove the file's orientation tag "
+            "(e.g. exiftool -Orientation= FILE)")
+
+
+@pytest.mark.parametrize("suffix, orientation", [(".jpg", 5), (".jpg", 6), (".jpg", 7), (".jpg", 8), (".png", 6)])
+def test_coco_image_that_its_exif_orientation_turns_on_its_side_says_so_and_both_ways_out(tmp_path, suffix,
+                                                                                           orientation):
+    """Was 'image is 60x80 but ann.json says 80x60; fix its width/height or use the annotated image': sent to the
+    JSON, whose size is the file's own, with no word of the EXIF orientation (a tool that wrote the stored size, or
+    drew on the stored pixels). Swapping the size, as said, reads the turned picture."""
+    path, file = _exif_turned_coco(tmp_path, suffix, orientation)
+    with pytest.raises(DatasetError) as caught:
+        CocoDataset(path, tmp_path)[0]
+    assert str(caught.value) == _exif_turned_line(file)
+    data = json.loads(path.read_text())
+    data["images"][0].update(width=H, height=W)
+    path.write_text(json.dumps(data))
+    sample = CocoDataset(path, tmp_path)[0]
+    assert sample.image.shape == (W, H, 3) and sample.masks.shape == (1, W, H)
+
+
+def test_coco_image_turned_by_exif_to_another_size_than_listed_keeps_the_plain_line(tmp_path):
+    path, file = _exif_turned_coco(tmp_path, ".jpg", 6)
+    data = json.loads(path.read_text())
+    data["images"][0].update(width=50, height=40)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as caught:
+        CocoDataset(path, tmp_path)[0]
+    assert str(caught.value) == (f"{file}: image is 60x80 but ann.json says 50x40; fix its width/height or use the "
+                                 "annotated image")
+
+
+def test_rtseg_eval_of_a_coco_image_turned_by_its_exif_orientation_is_one_line_saying_so(tmp_path):
+    import subprocess
+    import sys
+
+    path, file = _exif_turned_coco(tmp_path, ".jpg", 6)
+    r = subprocess.run([sys.executable, "-m", "rtseg", "eval", "--data", f"coco:{path}:{tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == f"rtseg eval: error: {_exif_turned_line(file)}", r.stderr

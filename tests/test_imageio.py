@@ -366,3 +366,109 @@ def test_a_bigtiff_whose_directory_lies_beyond_any_file_is_unreadable_not_a_cras
     path.write_bytes(b"II+\0\x08\0\0\0" + struct.pack("<Q", offset) + bytes(16))
     with pytest.raises(ImageReadError, match="not a readable image file"):
         read_image_file(path)
+
+
+def _tiff(pixels: np.ndarray, sample_format: int, order: str = "<") -> bytes:
+    """An uncompressed one-strip classic TIFF of ``pixels`` ((H, W) grey or (H, W, 3) RGB, any dtype) in byte order
+    ``order``, its SampleFormat field ``sample_format`` (1 unsigned, 2 signed integers, 3 floating-point); an RGB
+    one's BitsPerSample and SampleFormat (3 values each) lie past the directory, at offsets."""
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    count = 10
+    extra_at = 8 + 2 + count * 12 + 4  # past the header and the directory
+    extra = b""  # field values of more than 4 bytes
+
+    def shorts(value: int) -> tuple[int, int, int, bytes]:
+        nonlocal extra
+        packed = struct.pack(order + "H" * channels, *[value] * channels)
+        if len(packed) > 4:
+            packed, extra = struct.pack(order + "I", extra_at + len(extra)), extra + packed
+        return 3, channels, 0, packed.ljust(4, b"\0")
+
+    fields = {258: shorts(pixels.dtype.itemsize * 8), 339: shorts(sample_format)}
+    data = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes()
+    for tag, value in ((256, width), (257, height), (273, extra_at + len(extra)), (278, height), (279, len(data))):
+        fields[tag] = (4, 1, value, b"")
+    for tag, value in ((259, 1), (262, 1 if channels == 1 else 2), (277, channels)):
+        fields[tag] = (3, 1, value, b"")
+    directory = b"".join(struct.pack(order + "HHI", tag, kind, n) + (packed or struct.pack(
+        order + ("I" if kind == 4 else "H2x"), value)) for tag, (kind, n, value, packed) in sorted(fields.items()))
+    magic = b"II*\0" if order == "<" else b"MM\0*"
+    return magic + struct.pack(order + "I", 8) + struct.pack(order + "H", count) + directory + bytes(4) + extra + data
+
+
+def _pillow_tiff(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "TIFF")
+    return out.getvalue()
+
+
+_GREY = np.random.default_rng(3).random((37, 53))  # (H, W) float64 in [0, 1)
+FLOAT_LINE = ("a TIFF of 32-bit floating-point samples, which rtseg does not read (only 8- and 16-bit integers); save "
+              "it as an 8- or 16-bit image")
+
+
+@pytest.mark.parametrize("pixels, data, samples", [
+    (_GREY.astype(np.float32), lambda p: _pillow_tiff(p), "32-bit floating-point"),  # Pillow's mode "F"
+    ((_GREY * 1e6).astype(np.int32), lambda p: _pillow_tiff(p), "32-bit signed integer"),  # Pillow's mode "I"
+    (np.dstack([_GREY] * 3).astype(np.float32), lambda p: _tiff(p, 3), "32-bit floating-point"),
+    (np.dstack([_GREY] * 3).astype(np.float32), lambda p: _tiff(p, 3, ">"), "32-bit floating-point"),
+    (_GREY, lambda p: _tiff(p, 3, ">"), "64-bit floating-point"),
+    (np.dstack([_GREY * 1e9] * 3).astype(np.uint32), lambda p: _tiff(p, 1), "32-bit unsigned integer"),
+], ids=["pillow F", "pillow I", "float rgb", "float rgb big-endian", "double", "uint32 rgb"])
+def test_a_tiff_of_float_or_32_bit_samples_is_refused_naming_them(pixels, data, samples):
+    """A valid TIFF (OpenCV reads its samples as they are) that OpenCV's colour read refuses: was 'not a readable
+    image file', as for a damaged one. Its float samples have no set range that maps them to 8 bits."""
+    data = data(pixels)
+    assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), pixels)
+    with pytest.raises(ImageReadError) as caught:
+        decode_image(data)
+    assert str(caught.value) == (f"a TIFF of {samples} samples, which rtseg does not read (only 8- and 16-bit "
+                                 "integers); save it as an 8- or 16-bit image")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_tiff_of_8_or_16_bit_integers_written_alike_is_read(dtype, order):
+    """The files of :func:`_tiff` that differ only in their samples' size and format are read (BGR, 16 bits to 8)."""
+    rgb = np.dstack([_GREY, _GREY[::-1], _GREY[:, ::-1]])
+    image = decode_image(_tiff((rgb * np.iinfo(dtype).max).astype(dtype), 1, order))
+    assert image.dtype == np.uint8 and np.abs(image - rgb[..., ::-1] * 255).max() <= 1
+
+
+def test_a_float_tiff_is_named_as_a_source_in_a_folder_and_in_a_data_set(tmp_path):
+    """Was 'cannot read image …: not a readable image file' (rtseg --source), 'skipped …: not a readable image file'
+    (a folder) and '…: not a readable image file; fix or remove …' (a COCO data set, at the step that read it)."""
+    from rtseg.data.coco import CocoDataset
+    from rtseg.errors import SourceError
+
+    (tmp_path / "f.tif").write_bytes(_pillow_tiff(_GREY.astype(np.float32)))
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((37, 53, 3), 7, np.uint8))
+    with pytest.raises(SourceError) as caught:
+        list(open_source(str(tmp_path / "f.tif")))
+    assert str(caught.value) == f"cannot read image {tmp_path / 'f.tif'}: {FLOAT_LINE}"
+    source = open_source(str(tmp_path))
+    events: list[str] = []
+    source.on_event = events.append
+    assert [f.image[0, 0, 0] for f in source] == [7]
+    assert events == [f"skipped {tmp_path / 'f.tif'}: {FLOAT_LINE}"]
+    images = [{"id": k, "file_name": name, "width": 53, "height": 37} for k, name in enumerate(["g.png", "f.tif"])]
+    annotations = [{"id": k, "image_id": k, "category_id": 1, "segmentation": [[5, 5, 20, 5, 20, 20]]} for k in (0, 1)]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                   "categories": [{"id": 1, "name": "cat"}]}))
+    data = CocoDataset(tmp_path / "ann.json", tmp_path)
+    assert data[0].image.shape == (37, 53, 3)
+    with pytest.raises(DatasetError) as caught:
+        data[1]
+    assert str(caught.value) == f"{tmp_path / 'f.tif'}: {FLOAT_LINE}; fix or remove the file and its annotations"
+
+
+def test_rtseg_source_of_a_float_tiff_is_one_line_naming_its_samples(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "f.tif").write_bytes(_pillow_tiff(_GREY.astype(np.float32)))
+    r = subprocess.run([sys.executable, "-m", "rtseg", "--source", "f.tif", "--json", "out.json", "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == f"rtseg: error: cannot read image f.tif: {FLOAT_LINE}", \
+        r.stderr

@@ -14,9 +14,12 @@ is opened. An image's ``file_name`` is relative to the image folder; a Windows
 name (``images\\a.jpg``) is read with its backslashes as separators when no file
 of that literal name exists (:func:`~rtseg.data.dataset.named_file`). Two images
 that name one file are refused (their annotations would be split between two
-samples of one picture, each missing the other's objects). All annotations are
-checked at once where they are plainly well-formed polygons (numpy over all their
-coordinates), each alone otherwise, with the same outcome.
+samples of one picture, each missing the other's objects). Images are read with
+their EXIF orientation applied (as labelme and most annotation tools show them);
+one that it turns on its side, listed with its stored size, is refused naming
+both ways out (the annotations drawn on the turned or on the stored picture).
+All annotations are checked at once where they are plainly well-formed polygons
+(numpy over all their coordinates), each alone otherwise, with the same outcome.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from pycocotools import mask as mask_utils
 from rtseg.data.dataset import (FAR_PIXELS, Sample, first_named_twice, masks_to_boxes, named_file, read_image,
                                 read_json, skipped_warning)
 from rtseg.errors import DatasetError, RtsegWarning
+from rtseg.imageio import stored_size
 from rtseg.ranges import number_problem
 
 
@@ -329,6 +333,22 @@ class CocoDataset:
         ann["segmentation"] = seg
         return why
 
+    def _size_error(self, file: Path, width: int, height: int, listed_width: int, listed_height: int) -> DatasetError:
+        """The error of the image ``file`` read as ``width`` x ``height`` pixels (its EXIF orientation applied, as
+        labelme and most annotation tools show it) where the annotation file lists ``listed_width`` x
+        ``listed_height``. When that is its size as stored (an orientation of 5-8 turned it on its side: a tool
+        that wrote the stored size, e.g. Label Studio's COCO export, or one that drew on the stored pixels) the error
+        says so and both ways out."""
+        name = self.path.name
+        if stored_size(file) != (listed_width, listed_height):
+            return DatasetError(f"{file}: image is {width}x{height} but {name} says {listed_width}x{listed_height}; "
+                                "fix its width/height or use the annotated image")
+        return DatasetError(f"{file}: its EXIF orientation turns it on its side, from the stored {listed_width}x"
+                            f"{listed_height} that {name} gives to {width}x{height}; if the annotations were drawn on "
+                            "the turned picture (as most annotation tools show it), swap the image's width and height "
+                            f"in {name}, if on the stored one, remove the file's orientation tag "
+                            "(e.g. exiftool -Orientation= FILE)")
+
     def __len__(self) -> int:
         return len(self.image_ids)
 
@@ -338,8 +358,7 @@ class CocoDataset:
         image = read_image(self._files[iid])
         h, w = info["height"], info["width"]
         if image.shape[:2] != (h, w):
-            raise DatasetError(f"{self._files[iid]}: image is {image.shape[1]}x{image.shape[0]} "
-                               f"but {self.path.name} says {w}x{h}; fix its width/height or use the annotated image")
+            raise self._size_error(self._files[iid], image.shape[1], image.shape[0], w, h)
         anns = [a for a in self._anns[iid] if self.include_crowd or not a.get("iscrowd", 0)]
         masks = np.zeros((len(anns), h, w), bool)
         for k, ann in enumerate(anns):
