@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,16 +35,16 @@ TOLERANCE_S = 0.025
 
 
 def _make(path: Path, *, audio_codec: str, seconds: float = 5.0, fps: int = 10, video_delay: float = 0.0,
-          audio_delay: float = 0.0) -> Path:
-    """A ``seconds`` long testsrc video at ``fps`` beside the marked tone (48 kHz mono, ``audio_codec``), the video
-    delayed by ``video_delay`` s on the file's clock (its first frame shows at the audio's ``video_delay`` s), or the
-    audio by ``audio_delay`` s (its marker then plays at :data:`MARK_AT` + ``audio_delay`` s of the file's clock); both
-    end together."""
+          audio_delay: float = 0.0, channels: int = 1) -> Path:
+    """A ``seconds`` long testsrc video at ``fps`` beside the marked tone (48 kHz, ``channels``, ``audio_codec``), the
+    video delayed by ``video_delay`` s on the file's clock (its first frame shows at the audio's ``video_delay`` s), or
+    the audio by ``audio_delay`` s (its marker then plays at :data:`MARK_AT` + ``audio_delay`` s of the file's clock);
+    both end together."""
     tone = f"0.5*sin(2*PI*220*t)+if(between(t,{MARK_AT},{MARK_AT + 0.2}),0.5*sin(2*PI*{MARK_HZ:g}*t),0)"
     return _ffmpeg(path, "-itsoffset", f"{video_delay:g}", "-f", "lavfi", "-i",
                    f"testsrc=size=96x64:rate={fps}:duration={seconds:g}", "-itsoffset", f"{audio_delay:g}",
                    "-f", "lavfi", "-i", f"aevalsrc='{tone}':s=48000:d={seconds + video_delay - audio_delay:g}",
-                   "-c:a", audio_codec)
+                   "-c:a", audio_codec, "-ac", str(channels))
 
 
 def _ffmpeg(path: Path, *inputs_and_options: str) -> Path:
@@ -237,3 +238,77 @@ def test_a_muxing_error_says_what_failed_not_to_free_space(tmp_path):
     assert str(failure.value).startswith(f"MP4 output {tmp_path / 'rec.partial.mp4'}: passing the audio of {joined} "
                                          "through failed (")
     assert str(failure.value).endswith("); drop --audio (the frames before it are kept in that file)")
+
+
+@pytest.mark.parametrize("name,codec,channels", [("clip.ts", "ac3", 1), ("clip.mp4", "ac3", 6),
+                                                  ("clip.mkv", "eac3", 2)])
+def test_ac3_and_eac3_are_converted_to_aac(tmp_path, name, codec, channels):
+    """FFmpeg's fragmented MP4 refuses an AC-3 or E-AC-3 track at its header (errno 22): it was copied, and the run
+    ended in a segfault (exit 139, a 32-byte unplayable ``.partial.mp4``). Now it is converted to AAC, every channel
+    kept, its sound in place and to the end of the last frame."""
+    source, out = _make(tmp_path / name, audio_codec=codec, seconds=3.0, channels=channels), tmp_path / "rec.mp4"
+    _record(source, out)
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0].codec_context
+        assert (audio.name, audio.channels) == ("aac", channels)
+    assert abs(_marker_onset(out) - MARK_AT) <= TOLERANCE_S, _marker_onset(out)
+    video_end, audio_end = _ends(out)
+    assert video_end == pytest.approx(3.0) and abs(audio_end - video_end) <= TOLERANCE_S, audio_end
+
+
+def test_cli_records_an_ac3_ts_with_its_sound_and_every_json_line(tmp_path):
+    """``rtseg --source ac3.ts --audio --output o.mp4 --json o.jsonl``: exit 0, every frame's JSON line, the video
+    and its sound (was exit 139 with no message, 1 JSON line of 20 and no recording)."""
+    source, out, lines = _make(tmp_path / "ac3.ts", audio_codec="ac3", seconds=2.0), tmp_path / "o.mp4", \
+        tmp_path / "o.jsonl"
+    r = subprocess.run([sys.executable, "-m", "rtseg", "--source", str(source), "--audio", "--engine", "slic",
+                        "--segments", "30", "--output", str(out), "--json", str(lines), "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert len(lines.read_text().splitlines()) == 20
+    with av.open(str(out)) as container:
+        assert len(list(container.decode(video=0))) == 20
+    video_end, audio_end = _ends(out)
+    assert abs(audio_end - video_end) <= TOLERANCE_S, (video_end, audio_end)
+
+
+_FULL_FROM_THE_HEADER = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from rtseg.errors import SinkError
+    from rtseg.video.sink_mp4 import Mp4Sink
+    from rtseg.video.sources_av import FileSource
+    source, out, audio, frame_threads = sys.argv[1:]
+    frames = FileSource(source)
+    sink = Mp4Sink(out, fps_hint=frames.fps, audio_from=source if audio == "audio" else None,
+                   frame_threads=int(frame_threads))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG (a full disk)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))  # not a byte more: the header fails
+    try:
+        for frame in frames:
+            sink.write(frame, None, frame.image)
+    except SinkError as exc:
+        print(exc)
+    sink.abort()
+    """
+)
+
+
+@pytest.mark.parametrize("audio, frame_threads", [("audio", 0), ("none", 2)])
+def test_a_header_that_fails_is_one_line_and_leaves_no_file(tmp_path, audio, frame_threads):
+    """A full disk from the first byte on: the recording's header fails. Muxing into that container after it
+    (the audio at the end of a failed run; the frames x264's frame threads held back) crashed the process
+    (segfault, the one-line message lost). Now the run ends with the message, nothing was recorded and no file is
+    left: the next run on the same output is not refused for a ``.partial`` file left behind."""
+    source, script, out = _make(tmp_path / "clip.mp4", audio_codec="aac", seconds=1.0), tmp_path / "rec.py", \
+        tmp_path / "rec.mp4"
+    script.write_text(_FULL_FROM_THE_HEADER)
+    r = subprocess.run([sys.executable, str(script), str(source), str(out), audio, str(frame_threads)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert (r.returncode, r.stdout) == (0, f"MP4 output {out}: write failed (File too large); free space or choose "
+                                           "another path (nothing was recorded)\n"), r.stdout + r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "rec.py"]
+    _record(source, out)
+    video_end, audio_end = _ends(out)
+    assert video_end == pytest.approx(1.0) and abs(audio_end - video_end) <= TOLERANCE_S, audio_end

@@ -1,11 +1,12 @@
 """Pass a media file's first audio track through into an MP4 recording, in sync with its frames.
 
-:class:`AudioPassThrough` copies the track's packets where MP4 holds its codec and its sound begins with the first
-frame, or transcodes it to AAC (with leading silence where it begins later); :class:`~rtseg.video.sink_mp4.Mp4Sink`
-muxes its packets in step with the video (``--audio``).
+:class:`AudioPassThrough` copies the track's packets where the recording's MP4 takes its codec and its sound begins with
+the first frame, or transcodes it to AAC (with leading silence where it begins later);
+:class:`~rtseg.video.sink_mp4.Mp4Sink` muxes its packets in step with the video (``--audio``).
 """
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from itertools import chain
 from typing import Generator, Iterator
@@ -37,9 +38,10 @@ class AudioPassThrough:
     reads, :func:`~rtseg.video.sources_av.select_video_stream`: here that stream's start time is added back).
     Packets that begin before the first frame are dropped.
 
-    The track is copied where MP4 holds its codec and its sound begins less than one audio frame after the first
-    frame (a copy plays from output time 0: the fragmented MP4 keeps no edit list). Otherwise it is transcoded to
-    AAC where its timestamps place it (:meth:`_transcode`: silence before a sound that starts later). ADTS AAC
+    The track is copied where MP4 holds its codec, the recording's header takes it (:func:`_header_takes`: FFmpeg's
+    fragmented MP4 refuses AC-3 and E-AC-3) and its sound begins less than one audio frame after the first frame (a
+    copy plays from output time 0: the fragmented MP4 keeps no edit list). Otherwise it is transcoded to AAC where
+    its timestamps place it (:meth:`_transcode`: silence before a sound that starts later). ADTS AAC
     (MPEG-TS) is copied through FFmpeg's ``aac_adtstoasc`` filter (the form MP4 holds, with the AudioSpecificConfig
     its header needs).
 
@@ -96,6 +98,8 @@ class AudioPassThrough:
         self._packets = kept if first is None else chain((first,), kept)
         if first is not None and first.pts >= max(first.duration or 0, 1) and self._transcodable:
             self._copy = False  # the sound begins a frame or more after the first frame: padded with silence
+        if self._copy and self._transcodable and not _header_takes(container, self._in):
+            self._copy = False
         if not self._copy:
             self._out = container.add_stream("aac", rate=_aac_rate(self._in.codec_context.sample_rate))
             self._out.layout = self._layout
@@ -227,6 +231,20 @@ class AudioPassThrough:
         if self._joins is not None:
             self._joins.close()
         self._input.close()
+
+
+def _header_takes(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream) -> bool:
+    """Whether ``container``'s format, with its options, writes its header with a copy of ``stream``: tried on an
+    audio-only file of that kind in memory. FFmpeg's fragmented MP4 (``empty_moov``) refuses AC-3 and E-AC-3 there
+    ("Cannot write moov atom before AC3 packets", FFmpeg 8.1), and a container whose header failed cannot be
+    written at all."""
+    with av.open(io.BytesIO(), "w", format=container.format.name, options=dict(container.options)) as probe:
+        probe.add_stream_from_template(stream)
+        try:
+            probe.start_encoding()
+        except AV_ERRORS:
+            return False
+    return True
 
 
 def _aac_rate(rate: int) -> int:

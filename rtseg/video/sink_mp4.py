@@ -96,6 +96,7 @@ class Mp4Sink:
         self._closed = False
         self._step = 1.0 / float(self._encoder.rate)  # s between the last two frames: the last one's duration
         self._last_duration: float | None = None  # Frame.duration of the last frame written (None: unknown)
+        self._header = False  # the file's header is written (at the first frame): nothing is muxed before it
         self.frames_written = 0  # frames the encoder took (the count a failed run's message gives)
 
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
@@ -108,8 +109,12 @@ class Mp4Sink:
                 raise SinkError(f"MP4 output {self.path}: {exc}; write images instead (e.g. --output "
                                 f"'out/{{seq:05d}}.png') or give a smaller source") from None
             if self._audio is not None:
-                with self._reporting(*self._audio_failure):
+                with self._reporting(*self._audio_failure, at_start=True):
                     self._audio.add_to(self._container, t)
+            with self._reporting("writing the header", "; drop --audio" if self._audio is not None else "",
+                                 at_start=True):
+                self._container.start_encoding()
+            self._header = True
         before = self._encoder.last_time
         with self._reporting("encoding the video"):
             self._encoder.encode(annotated, t)
@@ -122,18 +127,22 @@ class Mp4Sink:
                 self._audio.pump(self._container, self._encoder.last_time)
 
     @contextlib.contextmanager
-    def _reporting(self, doing: str, hint: str = "", *, at_end: bool = False) -> Iterator[None]:
+    def _reporting(self, doing: str, hint: str = "", *, at_start: bool = False, at_end: bool = False
+                   ) -> Iterator[None]:
         """Turn an FFmpeg or OS error raised while ``doing`` into a one-line SinkError. A write of the file that the
         system refused (a full disk, a quota, a file size limit: the error :class:`CheckedFile` keeps) says to free
-        space; any other error says what failed, and ``hint`` what to do ("; drop --audio"). ``at_end``: while
-        finishing the recording (the message names the final path and where the recording is kept)."""
+        space; any other error says what failed, and ``hint`` what to do ("; drop --audio"). ``at_start``: while
+        beginning the recording, before its header is written (the message names the final path: nothing was
+        recorded, and no file is left). ``at_end``: while finishing the recording (the message names the final path
+        and where the recording is kept)."""
         try:
             yield
         except (av.error.FFmpegError, OSError) as exc:
             if self._file.error is not None:
                 doing = "writing the end of the recording" if at_end else "write"
                 exc, hint = self._file.error, "; free space or choose another path"
-            path, kept = (self.path, f"what was written before is kept in {self.partial}") if at_end else \
+            path, kept = (self.path, "nothing was recorded") if at_start else \
+                (self.path, f"what was written before is kept in {self.partial}") if at_end else \
                 (self.partial, "the frames before it are kept in that file")
             raise SinkError(f"MP4 output {path}: {doing} failed ({_reason(exc)}){hint} ({kept})") from None
 
@@ -143,19 +152,24 @@ class Mp4Sink:
         return f"passing the audio of {self._audio.source} through", "; drop --audio"
 
     def _finish_partial(self) -> bool:
-        """Flush and close the fragmented recording; True when it holds at least one frame.
+        """Flush and close the fragmented recording; True when it was begun (its header written, at the first frame).
+        One that was not (no frame arrived, or its header failed: FFmpeg crashes muxing into it) leaves no file.
         SinkError when a write failed, now or earlier (the file keeps what was written before)."""
         self._closed = True
-        started = self._encoder.started
         try:
-            with self._reporting("encoding the last frames", at_end=True):
-                self._encoder.flush()
-            if self._audio is not None and started:  # up to the end of the last frame
-                with self._reporting(*self._audio_failure, at_end=True):
-                    self._audio.finish(self._container, self._encoder.last_time + (self._last_duration or self._step))
+            if self._header:
+                with self._reporting("encoding the last frames", at_end=True):
+                    self._encoder.flush()
+                if self._audio is not None:  # up to the end of the last frame
+                    with self._reporting(*self._audio_failure, at_end=True):
+                        self._audio.finish(self._container,
+                                           self._encoder.last_time + (self._last_duration or self._step))
             with self._reporting("writing the end of the recording", at_end=True):
-                self._container.close()
-                self._file.close_checked()
+                self._container.close()  # (no header: nothing is written)
+                if self._header:
+                    self._file.close_checked()
+                else:  # (a failed write was reported where it failed)
+                    self._file.close()
         except SinkError:
             with contextlib.suppress(av.error.FFmpegError, OSError):
                 self._container.close()
@@ -165,9 +179,9 @@ class Mp4Sink:
         finally:
             if self._audio is not None:
                 self._audio.close()
-        if not started:  # no frame arrived: leave no file behind
+        if not self._header:
             self.partial.unlink(missing_ok=True)
-        return started
+        return self._header
 
     def abort(self) -> None:
         """End a failed run: keep what was recorded in the ``.partial`` file, never at the final path.
