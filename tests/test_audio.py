@@ -222,14 +222,14 @@ def test_audio_from_a_start_far_into_the_file_is_sought_to_it(tmp_path):
 
 
 def test_a_muxing_error_says_what_failed_not_to_free_space(tmp_path):
-    """A file whose sound goes back 55 ms at its second part (part b = part a 1.95 s later on the clock, appended: less
-    than a timestamp discontinuity, the video runs on), which the MP4 muxer refuses. That is no full disk: the
+    """A file whose sound goes back 15 ms at its second part (part b = part a 1.99 s later on the clock, appended: less
+    than a timestamp discontinuity or an audio frame, the video runs on), which the MP4 muxer refuses. That is no full disk: the
     message says the audio failed and to drop --audio (it said "write failed (Operation not permitted); free space
     or choose another path")."""
     part = _make(tmp_path / "a.ts", audio_codec="aac", seconds=2.0)
     later = tmp_path / "b.ts"
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-copyts", "-i", str(part),
-                    "-c", "copy", "-muxdelay", "0", "-muxpreload", "0", "-output_ts_offset", "1.95", str(later)],
+                    "-c", "copy", "-muxdelay", "0", "-muxpreload", "0", "-output_ts_offset", "1.99", str(later)],
                    check=True, timeout=60)
     joined = tmp_path / "joined.ts"
     joined.write_bytes(part.read_bytes() + later.read_bytes())

@@ -4,8 +4,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import io
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -19,10 +22,12 @@ import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError, SourceError
+from rtseg.imageio import MAX_IMAGE_PIXELS
 from rtseg.video.sources import ImageSource, Paced, SyntheticSource, open_source, redact_url, scrub
 from rtseg.video import sources_av
 from rtseg.video.sources_cam import CameraSource
 from servers.helpers import clip_colour, make_clip
+from servers.http_live import LiveHttpServer, live_ts
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +284,17 @@ def test_image_names_that_are_not_utf8_are_read(tmp_path):
 def test_empty_folder(tmp_path):
     with pytest.raises(SourceError, match="no images in folder"):
         open_source(str(tmp_path))
+
+
+def test_a_folder_of_an_animated_gif_says_to_pass_it_as_the_source(tmp_path):
+    """A folder's images are stills and GIF is not among their suffixes: a folder holding only an animated GIF was
+    "no images in folder" without a word that the GIF itself plays as --source (videos got that hint)."""
+    gif = tmp_path / "anim.gif"
+    gif.write_bytes(_gif(40, 30, frames=3))
+    with pytest.raises(SourceError) as info:
+        open_source(str(tmp_path))
+    assert str(info.value).endswith(f"; found 1 video file(s): pass one video at a time as --source (e.g. {gif})")
+    assert len(list(open_source(str(gif)))) == 3  # (as the hint says)
 
 
 def test_unreachable_host_fails_within_timeout():
@@ -708,6 +724,78 @@ def test_plain_video_is_not_turned(tmp_path):
     assert _corners(frame.image) == _corners(image)
 
 
+def _jpeg(image: np.ndarray, orientation: int | None = None, quality: int = 95) -> bytes:
+    """JPEG of the (H, W, 3) BGR ``image`` (or (H, W) grey); with an ``orientation`` (1-8) as a camera writes it:
+    pixels as the sensor saw them, the EXIF orientation tag (0x0112) saying how to show them."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., ::-1] if image.ndim == 3 else image).save(buffer, "JPEG", exif=exif, quality=quality)
+    return buffer.getvalue()
+
+
+def _motion_jpeg(path: Path, jpegs: list[bytes], fps: int = 5) -> Path:
+    """An AVI of the ``jpegs`` as they are, one frame each (``ffmpeg -framerate 5 -i f%d.jpg -c copy x.avi``)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuvj420p"  # (the header's; each JPEG has its own)
+        for k, jpeg in enumerate(jpegs):
+            packet = av.Packet(jpeg)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, k, k, Fraction(1, fps)
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("orientation, expected", [
+    (6, lambda im: np.rot90(im, -1)),  # a camera held upright: a quarter turn clockwise
+    (2, lambda im: im[:, ::-1]),  # mirrored
+    (5, lambda im: im.transpose(1, 0, 2)),  # mirrored and turned: rows become columns
+    (1, lambda im: im),
+])
+def test_motion_jpeg_whose_frames_carry_exif_plays_as_its_exif_says(tmp_path, orientation, expected):
+    """Was a traceback ('31 is not a valid Type': PyAV 18 knows no side data of type 31, EXIF, which its FFmpeg 8.1
+    attaches to such frames), also for a photo renamed .mp4. FFmpeg 8.1 turns the EXIF orientation into a display
+    matrix, which ffmpeg applies (autorotate) as rtseg applies it, and as rtseg reads the same JPEG as an image."""
+    image = _quadrants()
+    jpeg = _jpeg(image, orientation)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg)
+    want = expected(image)
+    still = next(open_source(str(photo))).image
+    assert _corners(still) == _corners(want)
+    frames = list(open_source(str(_motion_jpeg(tmp_path / "photos.avi", [jpeg] * 3))))
+    assert len(frames) == 3 and all(f.image.shape == want.shape and _corners(f.image) == _corners(want)
+                                    for f in frames)
+    renamed = tmp_path / "photo.mp4"
+    renamed.write_bytes(jpeg)
+    (frame,) = list(open_source(str(renamed)))
+    assert _corners(frame.image) == _corners(want)
+
+
+def test_a_motion_jpeg_http_camera_whose_frames_carry_exif_is_read(tmp_path):
+    """An MJPEG camera over HTTP (multipart, endless) whose JPEGs carry EXIF: the same traceback at its first frame."""
+    jpeg = _jpeg(_quadrants(), 6)
+
+    def camera(request: http.server.BaseHTTPRequestHandler, k: int) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        request.end_headers()
+        for _ in range(5):
+            request.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                                % (len(jpeg), jpeg))
+            request.wfile.flush()
+            time.sleep(0.05)
+        time.sleep(30)  # (the connection stays open: the camera goes on)
+
+    with LiveHttpServer(camera) as server, open_source(server.url("/video.mjpg"), open_timeout=5) as source:
+        assert source.is_live
+        frames = [next(source) for _ in range(2)]
+    assert all(_corners(f.image) == _corners(np.rot90(_quadrants(), -1)) for f in frames)
+
+
 def _disc(width: int, height: int) -> np.ndarray:
     """(height, width, 3) BGR: black with a white disc of radius height / 3 in the middle (square pixels)."""
     image = np.zeros((height, width, 3), np.uint8)
@@ -748,6 +836,62 @@ def test_a_pixel_aspect_ratio_beyond_reason_is_ignored(tmp_path):
     stored = _disc(32, 16)
     frames = list(open_source(str(_encode(tmp_path / "odd.mp4", [stored] * 2, sar=Fraction(16)))))
     assert [f.image.shape for f in frames] == [stored.shape] * 2
+
+
+def _gif(width: int, height: int, *, aspect: int = 0, frames: int = 2) -> bytes:
+    """A GIF animation of ``frames`` frames on a ``width`` x ``height`` canvas (the frames FFmpeg decodes are that
+    size), each a 1x1 black image at its corner, 0.1 s apart; ``aspect``: the header's pixel aspect byte (pixels
+    (aspect + 15) / 64 times as wide as tall; 0: square). A few dozen bytes, whatever the size."""
+    import struct
+
+    data = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, aspect) + bytes([0, 0, 0, 255, 255, 255])
+    for _ in range(frames):
+        data += b"\x21\xf9\x04\x00" + struct.pack("<H", 10) + b"\x00\x00"  # graphic control: 10 cs
+        data += b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # 1x1, LZW: clear 0 end
+    return data + b"\x3b"
+
+
+def _too_large(name: str, width: int, height: int, side: int) -> str:
+    """The line that refuses the video ``name`` of frames ``width`` x ``height``, to be scaled to ``side`` % a side."""
+    return (f"video {name} has frames of {width} x {height} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; "
+            f"scale it down first, to {side}% a side or less (e.g. ffmpeg -i INPUT -vf "
+            f"'scale=trunc(iw*0.{side}/2)*2:-2' OUTPUT)")
+
+
+@pytest.mark.parametrize("width, height, aspect, shown, side", [
+    (12000, 12000, 0, (12000, 12000), 96),
+    (6000, 6000, 241, (24000, 6000), 96),  # pixels 4 times as wide as tall: 36 M pixels stored, 144 M shown
+])
+def test_a_video_whose_frames_are_over_the_image_pixel_limit_is_refused_at_open(tmp_path, width, height, aspect,
+                                                                                 shown, side):
+    """Was no limit: a 68-kB FFV1 file of 12000 x 12000 frames took 4.1 GB for two of them (an image that size is
+    refused). Now the limit on images, from the header, before anything is decoded: one line that says what to do.
+    A file, and the same served as a live stream."""
+    path = tmp_path / "huge.gif"
+    path.write_bytes(_gif(width, height, aspect=aspect))
+    with pytest.raises(SourceError) as info:
+        open_source(str(path))
+    assert str(info.value) == _too_large(str(path), *shown, side)
+    with LiveHttpServer(live_ts(path.read_bytes(), hold=0)) as server, pytest.raises(SourceError) as info:
+        open_source(server.url("/huge.gif"), open_timeout=5)
+    assert str(info.value) == _too_large(server.url("/huge.gif"), *shown, side)
+    limit = tmp_path / "limit.gif"  # at the limit: read (frames 8192 x 16384 would be decoded: not here)
+    limit.write_bytes(_gif(2**13, 2**14))
+    open_source(str(limit)).close()
+
+
+def test_a_video_whose_frames_grow_over_the_image_pixel_limit_ends_there(tmp_path):
+    """Motion JPEG: every frame has its own size. Two small ones, then one of 11600 x 11600: that frame is refused
+    before it is converted (it and the pipeline's copies of it took over a GB); the ones before come out."""
+    small = _jpeg(np.zeros((32, 64), np.uint8))
+    big = _jpeg(np.zeros((11600, 11600), np.uint8), quality=5)
+    source = open_source(str(_motion_jpeg(tmp_path / "grows.avi", [small, small, big])))
+    frames = [next(source), next(source)]
+    with pytest.raises(SourceError) as info:
+        next(source)
+    source.close()
+    assert [f.image.shape for f in frames] == [(32, 64, 3)] * 2
+    assert str(info.value) == _too_large(str(tmp_path / "grows.avi"), 11600, 11600, 99)
 
 
 def test_cover_picture_is_not_taken_for_the_video(tmp_path):
@@ -822,6 +966,31 @@ def test_empty_file_is_named_as_empty(tmp_path):
         open_source(str(empty))
 
 
+def test_standard_input_whose_writer_sends_nothing_is_named_as_empty(tmp_path):
+    """``true | rtseg --source -``: FFmpeg's "invalid data ... damaged or incomplete" blamed a file (standard input
+    was said to be empty only when it was /dev/null). Now one line saying that nothing came."""
+    run = subprocess.run([sys.executable, "-m", "rtseg", "--source", "-", "--engine", "slic", "--no-progress",
+                          "--json", str(tmp_path / "o.jsonl")], input=b"", capture_output=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (run.returncode, run.stderr.decode().splitlines()) == (2, [
+        "rtseg: error: source /dev/stdin: standard input is empty (nothing was piped in); pipe a video in "
+        "(producer | rtseg --source -) or give the file"]), run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fifo_whose_writer_sends_nothing_is_named_as_empty(tmp_path):
+    """A FIFO whose writer opens it and closes it without writing: was "invalid data ... damaged or incomplete"."""
+    fifo = tmp_path / "in.ts"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)  # (waits for the reader)
+    writer.start()
+    with pytest.raises(SourceError) as info:
+        open_source(str(fifo), read_timeout=30, reconnect_timeout=30)
+    writer.join(10)
+    assert str(info.value) == (f"cannot read video file {fifo}: nothing was written to it (its writer closed it "
+                               "without writing); write a video to it, or give the file")
+
+
 def test_http_file_without_duration_is_read_once(tmp_path):
     """A real loopback server with an MPEG-TS file (no duration in its header): was taken for a live
     stream whose end triggered a reconnection that replayed the file, forever."""
@@ -858,6 +1027,29 @@ def test_concatenated_mpeg_ts_is_timed_on_across_the_jump_back(tmp_path):
     assert np.abs(_colour(frames[0]) - clip_colour(25)).max() < 8
     with pytest.raises(ConfigError, match=r"start 4\.5 s is past the end of .*ab\.ts \(4\.00 s long\)"):
         open_source(str(joined), start=4.5)
+
+
+@pytest.mark.parametrize("fps, back", [(10, 1), (25, 2)])
+def test_mpeg_ts_parts_joined_with_times_in_common_are_timed_on_across_the_join(tmp_path, fps, back):
+    """The second part's clock starts ``back`` frame periods before the first part's last frame
+    (``ffmpeg -output_ts_offset`` off by a frame or two): its times step back by 0.1 s at 10 fps, 0.08 s at 25,
+    within FFmpeg's 0.1 s. Was no jump: the pts ran 1.8 1.9 1.8 1.9 and the recording packed those frames 11 us
+    apart. A step back of a frame period is a jump now: the frames go on one period after the last."""
+    # (clocks from frame 10: a clock from 0 is shifted by the muxer, its B-frames' decoding times being negative)
+    first = _encode(tmp_path / "a.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20)],
+                    fmt="mpegts", fps=fps, first=10)
+    second = _encode(tmp_path / "b.ts", [np.full((16, 32, 3), clip_colour(i), np.uint8) for i in range(20, 40)],
+                     fmt="mpegts", fps=fps, first=29 - back)
+    joined = tmp_path / "ab.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    with open_source(str(joined)) as source:
+        assert source.num_frames == 40
+        frames = list(source)
+    assert [f.pts for f in frames] == pytest.approx([i / fps for i in range(40)])
+    assert all(np.abs(_colour(f) - clip_colour(i)).max() < 8 for i, f in enumerate(frames))
+    assert source.notices == [f"the timestamps of {joined} jumped 1 time(s) (spliced or concatenated video): "
+                              "frames were timed on across each jump"]
+    assert list(sources_av.video_shifts(str(joined))) == [pytest.approx((back + 1) / fps)]  # (the audio's, alike)
 
 
 @pytest.fixture(scope="module")

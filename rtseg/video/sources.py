@@ -332,11 +332,15 @@ def _synthetic(spec: str, vid_stride: int, options: dict) -> Source:
 
 
 _VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".flv", ".wmv", ".mpg"})
+#: Files a folder's images leave out that ``--source`` plays as videos: videos and GIFs (animations: a folder's
+#: images are stills, and GIF is not among their suffixes; the GIFs a glob names are read as stills, first frames).
+_PLAYED_SUFFIXES = _VIDEO_SUFFIXES | {".gif"}
 
 
-def _videos_hint(paths: list[Path]) -> str:
-    """``"; found N video file(s): pass one video at a time …"`` when ``paths`` has videos, else ``""``."""
-    videos = [p for p in paths if p.suffix.lower() in _VIDEO_SUFFIXES]
+def _videos_hint(paths: list[Path], suffixes: frozenset[str] = _VIDEO_SUFFIXES) -> str:
+    """``"; found N video file(s): pass one video at a time …"`` when ``paths`` has videos (names ending in one of
+    ``suffixes``), else ``""``."""
+    videos = [p for p in paths if p.suffix.lower() in suffixes]
     if not videos:
         return ""
     return f"; found {len(videos)} video file(s): pass one video at a time as --source (e.g. {videos[0]})"
@@ -359,7 +363,7 @@ def _images(spec: str, vid_stride: int, on_event: Callable[[str], None] | None) 
         paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if not paths:
             raise SourceError(f"no images in folder {spec} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-                              f"{_videos_hint(files)}")
+                              f"{_videos_hint(files, _PLAYED_SUFFIXES)}")
     elif glob.has_magic(spec):
         paths = in_name_order(Path(p) for p in glob.glob(spec) if not Path(p).is_dir())
         if not paths:
@@ -395,10 +399,18 @@ def source_path(spec: str) -> str:
     return STDIN if spec == "-" else spec
 
 
+def empty_stdin(how: str) -> SourceError:
+    """The error for standard input (:data:`STDIN`) with nothing in it; ``how``: how it came to be empty, in a few
+    words."""
+    return SourceError(f"source {STDIN}: standard input is empty ({how}); pipe a video in "
+                       "(producer | rtseg --source -) or give the file")
+
+
 def _check_stdin(spec: str) -> None:
     """SourceError when ``spec`` is standard input and that is a terminal (nothing piped in), which would be
     waited on for a video until the pipe timeouts ran out, or /dev/null (closed: the command line puts /dev/null
-    there), which FFmpeg called invalid data."""
+    there), which FFmpeg called invalid data. (A pipe that ends without data is told apart once read, by
+    :class:`~rtseg.video.sources_av.FileSource`.)"""
     if spec != STDIN:
         return
     if os.isatty(0):
@@ -407,8 +419,7 @@ def _check_stdin(spec: str) -> None:
     with contextlib.suppress(OSError):
         given = os.fstat(0)
         if stat.S_ISCHR(given.st_mode) and given.st_rdev == os.stat(os.devnull).st_rdev:
-            raise SourceError(f"source {spec}: standard input is empty (closed, or {os.devnull}); pipe a video in "
-                              "(producer | rtseg --source -) or give the file")
+            raise empty_stdin(f"closed, or {os.devnull}")
 
 
 def open_source(

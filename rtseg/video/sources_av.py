@@ -2,11 +2,13 @@
 
 Frames come out as players show them: with square pixels (an anamorphic video, whose pixels are wider or
 narrower than tall, resampled to its display width), in the orientation of the stream's display matrix (phone
-videos carry a rotation there), from the container's main video stream (not a cover picture),
-with timestamps even where the file stores none.
+videos carry a rotation there; motion-JPEG frames their EXIF orientation), from the container's main video stream
+(not a cover picture), with timestamps even where the file stores none. A video whose frames are larger than
+:data:`rtseg.imageio.MAX_IMAGE_PIXELS` is refused, as such an image is.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -22,8 +24,9 @@ from av.stream import Discard
 from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import PERMISSION_DENIED, ConfigError, SourceError, first_line
+from rtseg.imageio import MAX_IMAGE_PIXELS
 from rtseg.video.pipe_reader import PipeReader, Signalled
-from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
+from rtseg.video.sources import IMAGE_FPS, STDIN, Source, empty_stdin, redact_url, scrub
 from rtseg.video.timeline import TS_DISCONT, Timeline
 
 AV_ERRORS = (av.FFmpegError, OSError, EOFError)
@@ -42,6 +45,21 @@ DURATION_IS_END = frozenset({"matroska", "webm", "nut", "asf"})
 #: Pixel aspect ratios (width over height) beyond this, either way, are taken for damaged metadata and ignored
 #: (H.264 can state up to 65535:1, which would make frames 65535 times wider); real ones lie within 1:2 and 4:1.
 SAR_LIMIT = 8
+
+
+def _unlisted_side_data(cls: type[SideDataType], value: object) -> SideDataType | None:
+    """A stand-in member of PyAV's side-data :class:`~av.sidedata.sidedata.Type` for a type its table lacks (PyAV 18
+    stops at 27; its FFmpeg 8.1 attaches 31, EXIF, to MJPEG frames): a frame that carried one made every
+    :class:`SideDataContainer` of it raise ValueError ("31 is not a valid Type"), so that such a video failed to
+    decode. Made once per value (named ``UNLISTED_<value>``); None for a value that is no integer."""
+    if not isinstance(value, int):
+        return None
+    member = object.__new__(cls)
+    member._name_, member._value_ = f"UNLISTED_{value}", value
+    return cls._value2member_map_.setdefault(value, member)
+
+
+SideDataType._missing_ = classmethod(_unlisted_side_data)  # (Enum's hook for a value without a member)
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -97,16 +115,46 @@ def sample_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
     return None
 
 
-def displayed(frame: av.VideoFrame, reformatter: VideoReformatter, sar: Fraction | None = None) -> np.ndarray:
+def check_frame_size(width: int, height: int, sar: Fraction | None, name: str) -> None:
+    """SourceError (one line: the size, the limit, how to scale the video down) when frames of ``width`` x ``height``
+    pixels as decoded, ``sar`` (:func:`sample_aspect`) times as wide as tall, are over
+    :data:`rtseg.imageio.MAX_IMAGE_PIXELS` once their pixels are square (:func:`displayed`), the limit on images:
+    a 68-kB FFV1 file of 12000 x 12000 frames took 4.1 GB for two of them. ``name``: the video's, in the message.
+    A size of 0 (not known yet) passes."""
+    shown = max(width, round(width * sar)) if sar is not None else width  # (narrower: still decoded that wide)
+    if shown * height <= MAX_IMAGE_PIXELS:
+        return
+    # the share of each side that fits, floored (the suggested scale rounds the height to even, maybe up)
+    side = math.floor(100 * math.sqrt(MAX_IMAGE_PIXELS / (shown * height))) / 100
+    raise SourceError(f"video {name} has frames of {shown} x {height} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg "
+                      f"reads; scale it down first, to {side:.0%} a side or less (e.g. ffmpeg -i INPUT -vf "
+                      f"'scale=trunc(iw*{side:g}/2)*2:-2' OUTPUT)")
+
+
+def check_stream_size(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                      name: str) -> None:
+    """:func:`check_frame_size` of the frames ``stream`` announces (as opened: the first ones'), ``container``
+    closed when they are refused."""
+    try:
+        check_frame_size(stream.codec_context.width, stream.codec_context.height, sample_aspect(stream), name)
+    except SourceError:
+        container.close()
+        raise
+
+
+def displayed(frame: av.VideoFrame, reformatter: VideoReformatter, sar: Fraction | None, name: str) -> np.ndarray:
     """(H, W, 3) uint8 BGR image of ``frame`` as players show it, converted by ``reformatter`` (one per source:
-    ``frame.to_ndarray`` made a new swscale context, with its threads, for every frame).
+    ``frame.to_ndarray`` made a new swscale context, with its threads, for every frame). A frame over the size
+    :func:`check_frame_size` allows (the video ``name`` grew mid-stream) raises SourceError instead.
 
     Pixels ``sar`` times as wide as tall (:func:`sample_aspect`; None: square) are resampled to square ones,
     round(width × sar) wide, the height kept (DVD PAL 720x576 at 16:15 → 768x576), in the conversion's swscale
     pass (bilinear; 2-core VM, load 1-4: 720x576 → 768x576 1.2-1.5 ms, converting then ``cv2.resize`` 2.2-2.8 ms;
     1440x1080 → 1920x1080 alike). Then the display matrix (rotation of phone videos, mirroring) is applied the way
-    FFmpeg's autorotate does, rounded to quarter turns; a frame without one comes out as decoded.
+    FFmpeg's autorotate does, rounded to quarter turns; a frame without one comes out as decoded. (FFmpeg 8.1 gives
+    a motion-JPEG frame's EXIF orientation as one: applied, as ffmpeg does and as rtseg does to a still JPEG.)
     """
+    check_frame_size(frame.width, frame.height, sar, name)
     width = None if sar is None else max(1, round(frame.width * sar))
     image = reformatter.reformat(frame, format="bgr24", width=width).to_ndarray()
     # Not frame.side_data: PyAV caches that container on the frame, a reference cycle that kept every decoded
@@ -129,7 +177,8 @@ def displayed(frame: av.VideoFrame, reformatter: VideoReformatter, sar: Fraction
 def _open_file(path: str, timeouts: tuple[float, float] | None = None, pipe: PipeReader | None = None
                ) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open a video file (an HTTP file: ``timeouts`` = (open, read) seconds; a pipe or FIFO: through ``pipe``) and
-    pick its video stream; SourceError (one line, credentials removed) when that is impossible."""
+    pick its video stream; SourceError (one line, credentials removed) when that is impossible: also a pipe whose
+    writer closed it without writing (FFmpeg called that invalid data)."""
     name = redact_url(path)
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise SourceError(f"video file {name} is empty (0 bytes); pass a complete file")
@@ -142,6 +191,11 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None, pipe: Pip
     except AV_ERRORS as exc:
         if pipe is not None and pipe.failure is not None:
             raise pipe.failure from None
+        if pipe is not None and not pipe._written:
+            if path == STDIN:
+                raise empty_stdin("nothing was piped in") from None
+            raise SourceError(f"cannot read video file {name}: nothing was written to it (its writer closed it "
+                              "without writing); write a video to it, or give the file") from None
         raise SourceError(f"cannot read video file {name}: {scrub(error_reason(exc), path)}; it is not a video FFmpeg can "
                           f"decode, or damaged or incomplete (e.g. a recording cut off before its index was written)"
                           ) from None
@@ -150,6 +204,7 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None, pipe: Pip
         cover = " (only a cover picture)" if container.streams.video else ""
         container.close()
         raise SourceError(f"no video stream in {name}{cover}: pass a video file, image, folder or stream URL")
+    check_stream_size(container, stream, name)
     stream.thread_type = "AUTO"
     return container, stream
 
@@ -444,7 +499,7 @@ class FileSource(Source):
                     break
                 kept += 1
                 if (kept - 1) % self._stride == 0:
-                    held = displayed(frame, self._reformatter, sample_aspect(self._stream)), t, index
+                    held = displayed(frame, self._reformatter, sample_aspect(self._stream), self._name), t, index
                 until = t + self._shown(frame)
                 if kept % self._stride == 0:  # the frames it stands for are read
                     yield self._release(held, until, t0)

@@ -19,6 +19,7 @@ from rtseg.errors import SourceError
 from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
 from rtseg.video.sources_av import (
     AV_ERRORS,
+    check_stream_size,
     displayed,
     error_reason,
     sample_aspect,
@@ -113,7 +114,8 @@ class StreamSource(Source):
         return options
 
     def _connect(self) -> av.container.InputContainer:
-        """Open the stream once; SourceError (one line, credentials removed) when it is unreachable."""
+        """Open the stream once; SourceError (one line, credentials removed) when it is unreachable, or its frames
+        are over the size :func:`~rtseg.video.sources_av.check_frame_size` allows."""
         try:
             container = av.open(self._url, options=self._options(), timeout=self._av_timeouts())
         except av.error.InvalidDataError as exc:
@@ -126,6 +128,7 @@ class StreamSource(Source):
             audio = " (only audio)" if container.streams.audio else ""
             container.close()
             raise SourceError(f"stream {self.source_id} has no video track{audio}; pass a URL that carries video")
+        check_stream_size(container, stream, self.source_id)
         stream.thread_type = "AUTO"
         self._stream = stream
         return container
@@ -220,7 +223,8 @@ class StreamSource(Source):
                 return
             t0 = time.perf_counter()
             for frame in stream.decode(packet):
-                image = displayed(frame, self._reformatter, sample_aspect(stream))  # square pixels, as a file's
+                # square pixels, as a file's; SourceError for a frame over the size limit
+                image = displayed(frame, self._reformatter, sample_aspect(stream), self.source_id)
                 key = (frame.pts, hash(image[::8, ::8].tobytes())) if hls else None
                 if key in replayed:
                     continue
