@@ -79,7 +79,9 @@ def load_torch_file(path: str | Path, *, advice: str, corrupt_advice: str | None
         if "zip" in msg.lower() or isinstance(e, EOFError):
             what = "an empty file" if not data else msg.split(". ")[0][:120]
             raise WeightsError(f"{p}: truncated or corrupt checkpoint ({what}); {corrupt_advice or advice}") from None
-        detail = f" ({msg})" if not isinstance(e, KeyError) else ""  # torch's KeyError is a bare byte value
+        # torch's own word (RuntimeError: "Invalid magic number; corrupt file?"); not the unpickler's internals
+        # (KeyError: a bare byte value, IndexError "pop from empty list" for a text file)
+        detail = f" ({msg})" if isinstance(e, RuntimeError) else ""
         raise WeightsError(f"{p}: not a PyTorch checkpoint{detail}; {advice}") from None
 
 

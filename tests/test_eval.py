@@ -318,7 +318,10 @@ def test_cli_torchvision_fcn_needs_its_cached_file(tmp_path, monkeypatch, capsys
     (an empty cache here: the pretrained path itself cannot be tested without that file)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     for weights, engine, message in [
-        ("torchvision:fcn_resnet50", [], f"not in the torch cache ({tmp_path / 'hub' / 'checkpoints'})"),
+        ("torchvision:fcn_resnet50", [], "file fcn_resnet50_coco-1167a1af.pth is not in the torch cache "
+                                         f"({tmp_path / 'hub' / 'checkpoints'}) and nothing is downloaded; copy it "
+                                         "there first (it is https://download.pytorch.org/models/"
+                                         "fcn_resnet50_coco-1167a1af.pth)"),
         ("torchvision:fcn_resnet18", [], "use torchvision:fcn_resnet50 or torchvision:fcn_resnet101"),
         ("torchvision:fcn_resnet50", ["--engine", "yolact"], "is an fcn"),
     ]:

@@ -179,7 +179,7 @@ def torchvision_fcn_engine(spec: str, device: str, class_names: object = None) -
     import torch
 
     import rtseg
-    from rtseg.models.fcn import TORCHVISION_ARCHS
+    from rtseg.models.fcn import TORCHVISION_ARCHS, torchvision_fcn_weights
 
     arch = spec[len(TORCHVISION):]
     if arch not in TORCHVISION_ARCHS:
@@ -189,7 +189,8 @@ def torchvision_fcn_engine(spec: str, device: str, class_names: object = None) -
         named = {} if class_names is None else {"class_names": class_names}
         engine = rtseg.load("fcn", arch=arch, device=device, **named)
     if not engine.pretrained:
-        raise WeightsError(f"--weights {spec}: torchvision's pretrained {arch} file is not in the torch cache "
-                           f"({Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is downloaded; "
-                           "copy it there first")
+        url = torchvision_fcn_weights(arch).url
+        raise WeightsError(f"--weights {spec}: torchvision's pretrained {arch} file {Path(url).name} is not in the "
+                           f"torch cache ({Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is downloaded; "
+                           f"copy it there first (it is {url})")
     return engine

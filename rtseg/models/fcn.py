@@ -165,6 +165,15 @@ def torch_cache_file(url: str) -> str | None:
     return str(p)
 
 
+def torchvision_fcn_weights(arch: str):
+    """torchvision's pretrained weights of ``arch`` (one of :data:`TORCHVISION_ARCHS`): COCO with VOC labels, a
+    ``torchvision.models.WeightsEnum`` member whose ``url`` names the file the torch cache holds."""
+    from torchvision.models import segmentation as seg
+
+    enum = seg.FCN_ResNet50_Weights if arch == "fcn_resnet50" else seg.FCN_ResNet101_Weights
+    return enum.COCO_WITH_VOC_LABELS_V1
+
+
 def torchvision_fcn(arch: str, num_classes: int) -> tuple[nn.Module, bool]:
     """torchvision's ``fcn_resnet50/101`` and whether pretrained weights were used.
 
@@ -176,8 +185,7 @@ def torchvision_fcn(arch: str, num_classes: int) -> tuple[nn.Module, bool]:
 
     if arch not in TORCHVISION_ARCHS:
         raise ConfigError(f"unknown torchvision FCN {arch!r}; use one of {', '.join(TORCHVISION_ARCHS)}")
-    enum = seg.FCN_ResNet50_Weights if arch == "fcn_resnet50" else seg.FCN_ResNet101_Weights
-    weights = enum.COCO_WITH_VOC_LABELS_V1
+    weights = torchvision_fcn_weights(arch)
     cached = num_classes == 21 and torch_cache_file(weights.url) is not None
     builder = getattr(seg, arch)
     if cached:
