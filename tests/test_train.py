@@ -235,8 +235,8 @@ def test_bf16_runs_the_network_in_bfloat16_and_learns(tmp_path) -> None:
     """--amp bf16: activations in bfloat16, weights and loss in float32; same loss as float32 within
     bfloat16 rounding, and it falls."""
     data = _frames(4, size=64)
-    reference = _trainer(data, 20, tmp_path / "a", amp="off").train_step(*_batch(data))
-    trainer = _trainer(data, 20, tmp_path / "b", amp="bf16")
+    reference = _trainer(data, 20, tmp_path / "a", amp="off", model=TINY_64).train_step(*_batch(data))
+    trainer = _trainer(data, 20, tmp_path / "b", amp="bf16", model=TINY_64)
     dtypes: list[torch.dtype] = []
     trainer.model.proto_net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     first = trainer.train_step(*_batch(data))
