@@ -106,8 +106,9 @@ def test_live_source_drops_oldest_and_keeps_latency_bounded(engine):
     e2e = np.array([t - f.capture_time for f, t in zip(sink.frames, sink.write_times)])[3:]
     infer = np.array(metrics._stages["inference"])
     # one frame interval + each stage's longest time (a loaded machine stalls annotate / output too: 388 ms against
-    # the engine-only bound of 355 ms) + slack
-    bound = 1 / 30 + sum(max(metrics._stages[s]) for s in ("decode", "inference", "annotate", "output")) + 0.1
+    # the engine-only bound of 355 ms) + slack for the hand-offs between stages, which a loaded machine stalls
+    # too (357 ms against 353 with 0.1 s of slack, load 7 on 2 cores); frames queued up would add >= 80 ms each
+    bound = 1 / 30 + sum(max(metrics._stages[s]) for s in ("decode", "inference", "annotate", "output")) + 0.25
     assert e2e.max() < bound, (e2e.max(), bound)
     # a frame left queued behind another adds a whole engine time (>= 80 ms) to every later frame's latency; half
     # of one is the slack (medians: a loaded machine's one-off stalls moved the means by 53 ms, and failed it)
