@@ -452,7 +452,7 @@ def test_cli_refuses_bad_options_and_output_paths_before_training(tmp_path, caps
     (["--time-budget", "nan"], "--time-budget nan: must be a number in [0.01, 525600] minutes"),
     (["--lr-steps", "0.9,0.1"], "--lr-steps '0.9,0.1': fractions must increase, e.g. 0.7,0.9"),
     (["--lr-steps", "0.7,nan"], "--lr-steps nan: must be a number in (0, 1) (fractions of --iters, e.g. 0.7,0.9)"),
-    (["--lr-steps", "0.7,1"], "--lr-steps 1.0: must be a number in (0, 1) (fractions of --iters"),
+    (["--lr-steps", "0.7,1"], "--lr-steps 1: must be a number in (0, 1) (fractions of --iters"),
     (["--val-images", "0"], "--val-images 0: must be an integer >= 1"),
     (["--input-size", "100000"], "--input-size 100000: must be an integer in [32, 2048] pixels"),  # was killed at ~20 GB
     (["--fpn-channels", "100000"], "--fpn-channels 100000: must be an integer in [1, 1024]"),
@@ -472,6 +472,43 @@ def test_cli_refuses_numbers_out_of_range_and_bad_data_forms_before_training(arg
                  "--out", str(tmp_path / "m.safetensors"), *args]) == 2
     _one_line_error(capsys, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # refused before anything was written
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("rtseg.train.cli", ["--time-budget", "0"], "rtseg train: error: --time-budget 0: must be a number in [0.01, "
+                                                "525600] minutes"),
+    ("rtseg.train.cli", ["--time-budget", "1e-9"], "rtseg train: error: --time-budget 1e-9: must be a number in"),
+    ("rtseg.train.cli", ["--lr", "-1"], "rtseg train: error: --lr -1: must be a finite number >= 0"),
+    ("rtseg.train.cli", ["--expand-max", " 0"], "rtseg train: error: --expand-max 0: must be a number in [1, 8]"),
+    ("rtseg.train.fcn_trainer", ["--width", "2"], "fcn_trainer: error: --width 2: must be a number in [0.01, 1]"),
+    ("rtseg.train.fcn_trainer", ["--lr", "-1"], "fcn_trainer: error: --lr -1: must be a finite number >= 0"),
+    ("rtseg.train.msrcnn_trainer", ["--lr=-1e-3"], "msrcnn_trainer: error: --lr -1e-3: must be a finite number"),
+    ("rtseg.train.cli", ["--lr", "x"], "rtseg train: error: argument --lr: invalid float value: 'x' (see rtseg train "
+                                       "--help)")])
+def test_range_errors_quote_the_number_as_typed(command, args, message, tmp_path, capsys) -> None:
+    """A float option out of range was quoted as Python parsed it: '--time-budget 0.0', '--lr -1.0',
+    '--time-budget 1e-09' for what was typed 0, -1, 1e-9."""
+    import importlib
+
+    common = (["--data", "synthetic", "--iters", "2"] if command == "rtseg.train.cli" else [])
+    assert importlib.import_module(command).main([*common, "--out", str(tmp_path / "m.safetensors"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_float_options_reach_the_run_as_plain_floats() -> None:
+    """The checked options are plain floats (a float that says itself as typed would be pickled by class into the
+    checkpoint, which is read with weights_only)."""
+    from rtseg.train import cli, fcn_trainer, msrcnn_trainer
+
+    args = cli.parse(["--data", "synthetic", "--iters", "2", "--out", "m.safetensors", "--lr", "1e-2",
+                      "--time-budget", "3", "--expand-max", "2"])
+    assert [(type(v), v) for v in (args.lr, args.time_budget, args.expand_max)] == [(float, 0.01), (float, 3.0),
+                                                                                     (float, 2.0)]
+    fcn = fcn_trainer.parse(["--out", "f.safetensors", "--lr", "0.5", "--width", "0.25"])
+    assert (type(fcn.lr), type(fcn.width), type(fcn.recipe["--width"])) == (float, float, float)
+    assert type(msrcnn_trainer.parse(["--out", "m.safetensors", "--lr", "1"]).lr) is float
 
 
 def test_cli_refuses_val_every_without_a_validation_set(tmp_path, capsys) -> None:
@@ -718,10 +755,11 @@ def test_resume_takes_the_new_learning_rate(tmp_path) -> None:
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * resumed.config.lr_factor(13))
 
 
-@pytest.mark.parametrize("text, bad", [("0.7,nan", "nan"), ("inf", "inf"), ("0,0.5", "0.0"), ("0.5,1", "1.0"),
-                                       ("-0.2", "-0.2"), ("1e400", "inf"), ("0.5,1.5", "1.5")])
+@pytest.mark.parametrize("text, bad", [("0.7,nan", "nan"), ("inf", "inf"), ("0,0.5", "0"), ("0.5,1", "1"),
+                                       ("-0.2", "-0.2"), ("1e400", "1e400"), ("0.5, 1.50", "1.50")])
 def test_lr_steps_that_are_no_fractions_between_0_and_1_are_one_line(text, bad) -> None:
-    """Each fraction goes through rtseg.ranges.number_problem (NaN, inf, 0 and 1 refused) and is named alone."""
+    """Each fraction goes through rtseg.ranges.number_problem (NaN, inf, 0 and 1 refused) and is named alone, as
+    typed (was the parsed float: "1.0" for 1, "inf" for 1e400)."""
     from rtseg.train.cli import _lr_steps
 
     with pytest.raises(ConfigError, match=rf"^--lr-steps {re.escape(bad)}: must be a number in \(0, 1\) "
@@ -1060,3 +1098,22 @@ def test_cli_output_path_given_twice_is_refused(option, tmp_path, capsys) -> Non
         f"rtseg train: error: {option} given twice ({first}.safetensors, {second}.safetensors); give it once "
         "(see rtseg train --help)"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_more_workers_than_cpus_is_one_warning_line(tmp_path) -> None:
+    """--workers over the CPUs the process may use: one rtseg warning line naming both and what to give (torch printed
+    its own paragraph twice, with the path of its source file). Run on one CPU (its affinity set in the child)."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "from rtseg.train.cli import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", script, "--data", "synthetic", "--train-images", "4", "--input-size",
+                        "64", "--fpn-channels", "16", "--num-prototypes", "4", "--iters", "1", "--batch-size", "2",
+                        "--workers", "2", "--val-images", "2", "--out", str(tmp_path / "m.safetensors")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "rtseg train: warning: --workers 2: more data-loading workers than the 1 CPU this process may use; " \
+           "steps may be slower, or stall (give --workers 1 or fewer)\n" in r.stderr, r.stderr
+    assert "DataLoader will create" not in r.stderr and "UserWarning" not in r.stderr, r.stderr

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.yolact import YolactEngine
-from rtseg.errors import STOP_SIGNALS, ConfigError, RtsegError
+from rtseg.errors import STOP_SIGNALS, ConfigError, RtsegError, RtsegWarning
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
@@ -260,12 +261,19 @@ class Trainer:
         c = self.config
         data = AugmentedSamples(self.train_set, size=self.model.cfg.input_size, config=c.augment, seed=c.seed,
                                 start=self.step * c.batch_size, stop=c.iters * c.batch_size)
-        loader = DataLoader(data, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
-                            collate_fn=collate, drop_last=True, persistent_workers=False,
-                            pin_memory=self.device.type == "cuda",
-                            multiprocessing_context=_worker_start_method() if c.num_workers else None,
-                            worker_init_fn=functools.partial(_leave_stop_requests_to, os.getpid()))
-        return _workers_started(loader)
+        cpus = usable_cpus()
+        if c.num_workers > cpus:
+            warnings.warn(f"--workers {c.num_workers}: more data-loading workers than the {cpus} "
+                          f"CPU{'s' * (cpus != 1)} this process may use; steps may be slower, or stall (give "
+                          f"--workers {cpus} or fewer)", RtsegWarning, stacklevel=2)
+        with warnings.catch_warnings():  # torch's own (twice, a paragraph each): said above in one line
+            warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+            loader = DataLoader(data, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
+                                collate_fn=collate, drop_last=True, persistent_workers=False,
+                                pin_memory=self.device.type == "cuda",
+                                multiprocessing_context=_worker_start_method() if c.num_workers else None,
+                                worker_init_fn=functools.partial(_leave_stop_requests_to, os.getpid()))
+            return _workers_started(loader)
 
     def train_step(self, images: torch.Tensor, targets: TargetBatch) -> dict[str, float]:
         """One optimizer step on a collated batch; returns the loss terms as floats.
@@ -408,6 +416,14 @@ class Trainer:
         if self.history:
             info["validation"] = self.history[-1]
         return save_yolact(path, self.model, self.class_names, meta=info, half=half)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform tells it, else the machine's), as torch's
+    DataLoader counts them for its worker-count warning."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _workers_started(loader: DataLoader) -> Iterator[tuple[torch.Tensor, TargetBatch]]:
