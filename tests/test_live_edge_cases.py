@@ -7,6 +7,8 @@ frame yielded twice shows as a repeated index.
 from __future__ import annotations
 
 import http.server
+import re
+import socket
 import time
 from pathlib import Path
 
@@ -62,12 +64,52 @@ def test_refusals_are_one_line_naming_the_cause(handler, expected):
     assert "hunter2" not in message and "bob" not in message
 
 
-def test_nothing_listening_is_named():
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_nothing_listening_is_named(host):
     port = free_port()
     with pytest.raises(SourceError) as info:
-        open_source(f"rtmp://bob:hunter2@127.0.0.1:{port}/live/x", open_timeout=5)
-    assert str(info.value) == (f"cannot open stream rtmp://***@127.0.0.1:{port}/live/x: nothing listens at "
-                               f"127.0.0.1:{port} (Connection refused); check host and port, and that the server runs")
+        open_source(f"rtmp://bob:hunter2@{host}:{port}/live/x", open_timeout=5)
+    assert str(info.value) == (f"cannot open stream rtmp://***@{host}:{port}/live/x: nothing listens at "
+                               f"{host}:{port} (Connection refused); check host and port, and that the server runs")
+
+
+#: A host name that never resolves (RFC 6761 reserves .invalid), as the lines below name it.
+UNKNOWN = r"host 'cam\.invalid' not found \(DNS lookup failed: [^()]+\); check the name in the URL"
+
+
+@pytest.mark.parametrize("url, line", [
+    ("rtsp://bob:hunter2@cam.invalid/stream", rf"rtsp://\*\*\*@cam\.invalid/stream: {UNKNOWN}"),
+    ("rtmp://bob:hunter2@cam.invalid/app/key", rf"rtmp://\*\*\*@cam\.invalid/app/key: {UNKNOWN}"),
+    ("http://bob:hunter2@cam.invalid/x.mp4", rf"http://\*\*\*@cam\.invalid/x\.mp4: {UNKNOWN}"),
+    ("https://cam.invalid:8443/live.m3u8", rf"https://cam\.invalid:8443/live\.m3u8: {UNKNOWN}"),
+    ("rtsp://cam..local/stream", r"rtsp://cam\.\.local/stream: host 'cam\.\.local' is no valid host name \(an "
+                                 r"empty part between dots, or one over 63 characters\); check the name in the URL"),
+])
+def test_a_host_name_that_does_not_resolve_is_named(url, line):
+    """Was 'Input/output error; check host, port, path and credentials' (RTSP, RTMP), or for HTTP '... (the server
+    closed the connection, or redirected more than FFmpeg follows); check the URL': FFmpeg's words for a host name
+    its DNS lookup did not find."""
+    with pytest.raises(SourceError) as info:
+        open_source(url, open_timeout=5)
+    assert re.fullmatch(f"cannot open stream {line}", str(info.value)), str(info.value)
+
+
+def test_a_reconnection_to_a_host_name_that_no_longer_resolves_names_it(tmp_path):
+    """A live stream drops, and its host name has stopped resolving meanwhile (a camera's DNS record removed: here
+    the URL its reconnections use is made one that never resolves). The line that ends the run names that; was
+    '... Input/output error (the server closed the connection, or redirected more than FFmpeg follows)'."""
+    body = _encode(tmp_path / "s.ts", 0, 5, (24, 32)).read_bytes()
+    with LiveHttpServer(live_ts(body, hold=0)) as server:
+        source = open_source(server.url(), open_timeout=5, read_timeout=1, reconnect_timeout=1)
+        assert isinstance(source, StreamSource) and source.is_live
+        source._url = server.url().replace("127.0.0.1", "cam.invalid")
+        with pytest.raises(SourceError) as info:
+            for _ in source:
+                pass
+        source.close()
+    shown = re.escape(server.url())
+    assert re.fullmatch(rf"stream {shown} lost \([^()]+\) and not back after 1s: cannot open stream {shown}: "
+                        f"{UNKNOWN}", str(info.value)), str(info.value)
 
 
 def test_a_server_that_never_answers_is_named_with_the_timeout_that_ended_the_wait():
@@ -80,6 +122,27 @@ def test_a_server_that_never_answers_is_named_with_the_timeout_that_ended_the_wa
     assert 1.3 < waited < 4, waited
     assert str(info.value) == (f"cannot open stream {server.url()}: no answer within 1.5s; check host, port and "
                                "path, and that the server sends a stream")
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "rtmp"])
+def test_a_listener_that_never_answers_is_named_for_rtsp_and_rtmp(scheme):
+    """RTSP's was 'Invalid data found when processing input; what the URL serves is not a video FFmpeg can decode
+    (check the path)': FFmpeg's RTSP client reports its read timeout (no answer to its first request) so."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/live/x"
+        with pytest.raises(SourceError) as info:
+            open_source(url, open_timeout=5, read_timeout=1)
+    assert str(info.value) == (f"cannot open stream {url}: no answer within 1s; check host, port and path, and that "
+                               "the server sends a stream")
+
+
+def test_an_rtsp_url_answered_at_once_with_no_rtsp_is_invalid_data():
+    """(Not a timeout: the answer came, an HTTP server's.)"""
+    with LiveHttpServer(status(404)) as server, pytest.raises(SourceError) as info:
+        url = server.url().replace("http", "rtsp")
+        open_source(url, open_timeout=5, read_timeout=2)
+    assert str(info.value) == (f"cannot open stream {url}: Invalid data found when processing input; what the URL "
+                               "serves is not a video FFmpeg can decode (check the path)")
 
 
 def test_an_audio_only_stream_says_so(tmp_path):

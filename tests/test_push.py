@@ -196,6 +196,21 @@ def test_push_errors_hide_credentials():
     assert "secret" not in str(e.value) and "cam.local:554" in str(e.value)
 
 
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_push_to_a_host_name_that_does_not_resolve_says_so(scheme):
+    """Was 'send failed (Input/output error); is the server running and accepting this path?': FFmpeg's words for
+    a host name its DNS lookup did not find (.invalid never resolves: RFC 6761)."""
+    sink = PushSink(f"{scheme}://bob:hunter2@cam.invalid:1935/live/x")
+    img = np.zeros((32, 32, 3), np.uint8)
+    line = (rf"push output {scheme}://\*\*\*@cam\.invalid:1935/live/x: host 'cam\.invalid' not found \(DNS lookup "
+            r"failed: [^()]+\); check the name in the URL")
+    with pytest.raises(SinkError) as info:  # by the first write: it connects
+        sink.write(Frame(img, pts=0.0), None, img)
+    assert re.fullmatch(line, str(info.value)), str(info.value)
+    with pytest.raises(SinkError, match=line):
+        sink.close()
+
+
 @pytest.mark.parametrize("url, line", [
     ("rtsp://[bad", "push output rtsp://[bad: cannot parse URL (Invalid IPv6 URL); write it as "
                     "scheme://host:port/path (an IPv6 host in brackets: [::1])"),

@@ -11,6 +11,7 @@ finalizer (which also runs at interpreter exit) stops the thread and ends the ch
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from rtseg.errors import SinkError, first_line
 from rtseg.types import Frame, Prediction
 from rtseg.video.h264 import H264Encoder, check_crf
 from rtseg.video.push_worker import PushWorker, WorkerFailed, WorkerStalled
-from rtseg.video.sources import redact_url, scrub, stream_url, url_scheme
+from rtseg.video.sources import redact_url, scrub, stream_url, unresolved_host, url_scheme
 
 _FORMATS = {"rtsp": ("rtsp", {"rtsp_transport": "tcp"}), "rtmp": ("flv", {}), "rtmps": ("flv", {})}
 _BACKOFF = (0.25, 8.0)  # seconds before the first reconnection attempt, and at most between two (doubling)
@@ -33,7 +34,12 @@ _ABANDON_WAIT = 2.0  # seconds the finalizer of an unclosed sink waits for its t
 
 
 class _Outage(Exception):
-    """The connection failed, hung or could not be made: ``str(exc)`` is the reason in one line, scrubbed."""
+    """The connection failed, hung or could not be made: ``str(exc)`` is the reason in one line, scrubbed;
+    ``unknown_host``: it is that the URL's host name does not resolve (the reason says so)."""
+
+    def __init__(self, reason: str, unknown_host: bool = False) -> None:
+        super().__init__(reason)
+        self.unknown_host = unknown_host
 
 
 class PushSink:
@@ -253,7 +259,7 @@ class _Sender:
                 if self._abandoned:  # the send was cut on purpose
                     return
                 if self.sent == 0 or self._reconnect_timeout <= 0:
-                    self._fail(str(exc))  # a first connection that fails: a wrong URL, a server not running
+                    self._fail(exc)  # a first connection that fails: a wrong URL, a server not running
                     return
                 if not self._reconnect(str(exc), (image, t)):
                     return
@@ -267,11 +273,11 @@ class _Sender:
                     self._worker.send(packet, self._limit)
                 self._worker.end(self._limit)
             except (WorkerFailed, WorkerStalled) as exc:
-                reason = self._outage_reason(exc)
+                outage = self._outage(exc)
                 if self.sent == 0 or self._reconnect_timeout <= 0:
-                    self._fail(reason)
+                    self._fail(outage)
                 else:
-                    self.on_event(f"push output {self._shown} lost ({reason}) while ending; the rest is not pushed")
+                    self.on_event(f"push output {self._shown} lost ({outage}) while ending; the rest is not pushed")
 
     def _send(self, image: np.ndarray, t: float) -> None:
         """Encode one frame and hand its packets to the server (opening the connection on a new encoder's
@@ -291,7 +297,7 @@ class _Sender:
             if not self._abandoned:  # (an abandoned sink makes no next connection)
                 self._worker = PushWorker()  # the next connection's process starts during the back-off
             self._encoder = None  # the next connection starts with a key frame
-            raise _Outage(self._outage_reason(exc)) from None
+            raise self._outage(exc) from None
 
     def _limit(self) -> float:
         """Seconds a send may go without progress now (none once abandoned: the send is cut at once)."""
@@ -299,16 +305,21 @@ class _Sender:
             return 0.0
         return min(self._stall_timeout, _STOP_GRACE) if self._interrupted else self._stall_timeout
 
-    def _outage_reason(self, exc: WorkerFailed | WorkerStalled) -> str:
+    def _outage(self, exc: WorkerFailed | WorkerStalled) -> _Outage:
+        """The outage the network process reported (FFmpeg's "Input/output error" of a host name that does not
+        resolve named as that)."""
         if isinstance(exc, WorkerStalled):
             what = "the server stopped reading" if exc.taken else "no answer from the server"
-            return f"{what} for {exc.waited:.1f}s" if self._interrupted else f"{what} for {self._stall_timeout:g}s"
-        return scrub(str(exc), self.url)
+            waited = f"{exc.waited:.1f}s" if self._interrupted else f"{self._stall_timeout:g}s"
+            return _Outage(f"{what} for {waited}")
+        unknown = unresolved_host(self.url) if str(exc) == os.strerror(errno.EIO) else None
+        return _Outage(unknown, unknown_host=True) if unknown else _Outage(scrub(str(exc), self.url))
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, outage: _Outage) -> None:
+        what = (f"{outage}; check the name in the URL" if outage.unknown_host else
+                f"send failed ({outage}); is the server running and accepting this path?")
         with self._cond:
-            self._error = self._error or SinkError(f"push output {self._shown}: send failed ({reason}); "
-                                                   "is the server running and accepting this path?")
+            self._error = self._error or SinkError(f"push output {self._shown}: {what}")
 
     def _reconnect(self, reason: str, failed: tuple[np.ndarray, float]) -> bool:
         """After a send of ``failed`` failed: open new connections with back-off until one has sent the newest

@@ -21,6 +21,7 @@ import contextlib
 import glob
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -97,6 +98,26 @@ def stream_url(url: str) -> str:
         raise ValueError(f"invalid port {given!r}; give a port from 1 to 65535 (or none, for the scheme's default)")
     scheme = url_scheme(url)
     return scheme + url[len(scheme):]
+
+
+def unresolved_host(url: str) -> str | None:
+    """When the host name of ``url`` has no address: one clause saying so (without advice; names no credentials),
+    e.g. ``host 'cam' not found (DNS lookup failed: Name or service not known)``; None when it resolves (an IP
+    literal, ``localhost``), or the URL names no host. FFmpeg reports such a host only as "Input/output error":
+    ask this after FFmpeg failed so (the system's resolver answers; it may wait for its DNS timeout)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return f"host {host!r} not found (DNS lookup failed: {exc.strerror})"
+    except UnicodeError:  # Python's IDNA encoding: an empty label (a..b) or one over 63 characters
+        return f"host {host!r} is no valid host name (an empty part between dots, or one over 63 characters)"
+    return None
 
 
 class Source:

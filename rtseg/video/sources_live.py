@@ -16,7 +16,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import SourceError
-from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub
+from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub, unresolved_host
 from rtseg.video.sources_av import (
     AV_ERRORS,
     check_stream_size,
@@ -116,13 +116,12 @@ class StreamSource(Source):
     def _connect(self) -> av.container.InputContainer:
         """Open the stream once; SourceError (one line, credentials removed) when it is unreachable, or its frames
         are over the size :func:`~rtseg.video.sources_av.check_frame_size` allows."""
+        started = time.monotonic()
         try:
             container = av.open(self._url, options=self._options(), timeout=self._av_timeouts())
-        except av.error.InvalidDataError as exc:
-            raise SourceError(f"cannot open stream {self.source_id}: {error_reason(exc)}; what the URL serves "
-                              "is not a video FFmpeg can decode (check the path)") from None
         except AV_ERRORS as exc:
-            raise SourceError(f"cannot open stream {self.source_id}: {self._open_failure(exc)}") from None
+            failure = self._open_failure(exc, time.monotonic() - started)
+            raise SourceError(f"cannot open stream {self.source_id}: {failure}") from None
         stream = select_video_stream(container)
         if stream is None:
             audio = " (only audio)" if container.streams.audio else ""
@@ -139,10 +138,14 @@ class StreamSource(Source):
         one read, which PyAV's timeout took for a stall (the stream "ended" at every segment)."""
         return (self._timeouts[0], None) if self._url.lower().startswith("http") else self._timeouts
 
-    def _open_failure(self, exc: BaseException) -> str:
-        """Why opening failed and what to check, as one clause (credentials removed)."""
+    def _open_failure(self, exc: BaseException, took: float) -> str:
+        """Why opening failed (after ``took`` seconds) and what to check, as one clause (credentials removed)."""
         reason = scrub(error_reason(exc), self._url)
         host = urlsplit(self._url).netloc.rpartition("@")[2]
+        # FFmpeg's RTSP client reports its read timeout (no answer to its first request) as invalid data
+        unanswered = self._url.lower().startswith("rtsp") and took >= self._timeouts[1]
+        if isinstance(exc, av.error.InvalidDataError) and not unanswered:
+            return f"{reason}; what the URL serves is not a video FFmpeg can decode (check the path)"
         if isinstance(exc, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
             return f"the server refused access ({reason}); check the user name and password in the URL"
         if isinstance(exc, av.error.HTTPNotFoundError):
@@ -151,12 +154,17 @@ class StreamSource(Source):
             return f"the server answered with an error ({reason}); check the URL, or the server"
         if isinstance(exc, ConnectionRefusedError):
             return f"nothing listens at {host} ({reason}); check host and port, and that the server runs"
-        if isinstance(exc, (TimeoutError, av.error.ExitError)):  # the protocol's read timeout / PyAV's open timeout
-            waited = self._timeouts[1] if isinstance(exc, TimeoutError) else self._timeouts[0]
+        if isinstance(exc, (TimeoutError, av.error.ExitError, av.error.InvalidDataError)):  # the protocol's read
+            # timeout (RTSP's: invalid data) / PyAV's open timeout
+            waited = self._timeouts[0] if isinstance(exc, av.error.ExitError) else self._timeouts[1]
             return f"no answer within {waited:g}s; check host, port and path, and that the server sends a stream"
-        if getattr(exc, "errno", None) == errno.EIO and self._url.lower().startswith("http"):
-            return (f"{reason} (the server closed the connection, or redirected more than FFmpeg follows); "
-                    "check the URL")
+        if getattr(exc, "errno", None) == errno.EIO:  # also what FFmpeg says of a host name that does not resolve
+            unknown = unresolved_host(self._url)
+            if unknown is not None:
+                return f"{unknown}; check the name in the URL"
+            if self._url.lower().startswith("http"):
+                return (f"{reason} (the server closed the connection, or redirected more than FFmpeg follows); "
+                        "check the URL")
         return f"{reason}; check host, port, path and credentials"
 
     def _reopen(self, reason: str, since: float, delay: float) -> float | None:
