@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from rtseg.video.sinks import Sink
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
+NO_OUTPUT = "no output: the frames are segmented and dropped; add --output, --json, --show, --serve or --push"
+"""The warning of a run given none of the output options (only its summary would be printed)."""
 
 
 def build_parser() -> Parser:
@@ -126,15 +130,30 @@ def _video_or_image_sink(path: str, fps: float | None, frames: int | None, audio
 
 def _check_output_name(path: str) -> None:
     """ConfigError unless ``path`` names a video (:data:`VIDEO_SUFFIXES`, one file: no ``{seq}``) or an image
-    (:data:`IMAGE_SUFFIXES`)."""
+    (:data:`IMAGE_SUFFIXES`) file. A name that is no file is said as what it is: a folder (existing, or written
+    with a trailing ``/``), standard output (``-``), or, of a name of neither type, a descriptor (``/dev/stdout``),
+    FIFO or device (:func:`rtseg.video.outfiles.output_target`)."""
+    from rtseg.video.outfiles import output_target  # (light: no PyAV)
+
+    if path.endswith("/") or os.path.isdir(path):  # (isdir: False for a name too long to look up)
+        folder = Path(path.rstrip("/") or "/")
+        said = "is a folder" if os.path.isdir(path) else "names a folder (it ends with /)"
+        raise ConfigError(f"--output {path}: {said}; give a file name such as {folder / 'run.mp4'} or an image "
+                          f"pattern '{folder / '{seq:05d}.png'}'")
     suffix = Path(path).suffix.lower()
     if suffix in VIDEO_SUFFIXES and names_frames(path):
         raise ConfigError(f"--output {path}: {{seq}} names one image per frame, but a video is one file; drop "
                           f"{{seq}} from the name, or write images (e.g. --output 'out/{{seq:05d}}.png')")
-    if suffix not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
-        raise ConfigError(f"--output {path}: unknown type {suffix or '(none)'}; use "
-                          f"{'/'.join(sorted(VIDEO_SUFFIXES))} for video or {'/'.join(sorted(IMAGE_SUFFIXES))} for "
-                          f"images")
+    if suffix in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
+        return
+    to_file = "give a file name such as out.mp4 (--json - writes the detections to standard output)"
+    if path == "-":
+        raise ConfigError(f"--output -: the annotated frames cannot go to standard output; {to_file}")
+    if os.path.lexists(path):  # /dev/stdout, a FIFO, a device: said as such
+        output_target(Path(path), "--output", to_file)
+    raise ConfigError(f"--output {path}: unknown type {suffix or '(none)'}; use "
+                      f"{'/'.join(sorted(VIDEO_SUFFIXES))} for video or {'/'.join(sorted(IMAGE_SUFFIXES))} for "
+                      f"images")
 
 
 def _json_sink(path: str) -> Sink:
@@ -250,12 +269,11 @@ def _check_args(args: argparse.Namespace) -> None:
     check_weights_file("--weights", args.weights, torchvision=True)
     check_weights_file("--semantic", args.semantic)
     check_ranges(args, [("--vid-stride", 1, None, ""), ("--max-frames", 1, None, ""),
-                        ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds")])
+                        ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds"),
+                        ("--reconnect-timeout", 0, None, " seconds")])
     if args.end is not None and not args.end > args.start:
         raise ConfigError(f"--end {args.end:g}: must be after --start ({args.start:g} seconds); give a later --end "
                           "or an earlier --start")
-    if not args.reconnect_timeout >= 0:  # also NaN
-        raise ConfigError(f"--reconnect-timeout must be >= 0 seconds, got {args.reconnect_timeout}")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
     # outputs over what the run reads: --weights, --semantic, --calib (read with --backend tensorrt --precision int8
@@ -328,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
                     sink.category_ids = getattr(engine, "category_ids", None)
             if args.backend == "auto":
                 print(f"rtseg: --backend auto chose {engine.backend.name}", file=sys.stderr)
+            if not sinks:  # (said once the run is set to go: an option or source error is one line alone)
+                warnings.warn(NO_OUTPUT, RtsegWarning)
             pipeline = Pipeline(source=source, engine=engine, sinks=sinks, metrics=metrics,
                                 max_frames=args.max_frames,
                                 progress=not (source.is_live or args.no_progress) and sys.stderr.isatty(),
@@ -356,4 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rtseg.demo import run_demo
 
         return exit_status("rtseg", lambda: run_demo([]))
-    return exit_status("rtseg", lambda: run(build_parser().parse_args(argv)))
+    return exit_status("rtseg", lambda: run(parse_args(argv)))
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The options of a run (:func:`build_parser`). A first word that is no option and close to a subcommand's
+    name (``rtseg evl``; a subcommand is the first word, and a run takes no other bare word) is refused naming that
+    subcommand: ``unknown command 'evl'; did you mean 'eval'? (see rtseg --help)``."""
+    parser = build_parser()
+    if argv and not argv[0].startswith("-"):
+        near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1)
+        if near:
+            parser.error(f"unknown command {argv[0]!r}; did you mean {near[0]!r}?")
+    return parser.parse_args(argv)

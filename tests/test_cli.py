@@ -436,7 +436,11 @@ ENGINE_OPTION_ERRORS = {
     "output over the source": (["--weights", "{weights}", "--output", "{clip}"], "would overwrite the input"),
     "images per frame into the calib folder": (["--backend", "tensorrt", "--precision", "int8", "--calib", "{empty}",
                                                 "--output", "{empty}/{{seq}}.png"], "into the input folder"),
-    "negative reconnect timeout": (["--reconnect-timeout", "-1"], "--reconnect-timeout must be >= 0"),
+    # (said "--reconnect-timeout must be >= 0 seconds, got -1.0", unlike every other range error)
+    "negative reconnect timeout": (["--reconnect-timeout", "-1"],
+                                   "--reconnect-timeout -1.0: must be a finite number >= 0 seconds"),
+    "nan reconnect timeout": (["--reconnect-timeout", "nan"],
+                              "--reconnect-timeout nan: must be a finite number >= 0 seconds"),
 }
 
 
@@ -951,3 +955,66 @@ def test_an_output_name_with_a_field_other_than_seq_is_refused_like_seq_index(im
     assert main(["--source", str(image_folder / "a.png"), "--engine", "slic", "--output", str(out / "{{a}}.png"),
                  "--no-progress"]) == 0  # no field: a literal name
     assert [p.name for p in out.iterdir()] == ["{{a}}.png"]
+
+
+@pytest.mark.parametrize("outputs, warned", [([], True), (["--json", "{dir}/o.jsonl"], False)])
+def test_a_run_without_outputs_warns_that_it_keeps_nothing(files, tmp_path, capsys, outputs, warned):
+    """No --output / --json / --show / --serve / --push: the run segmented the whole source and dropped every frame,
+    exit 0 without a word. Now one warning line says so and which options keep something; a run with an output is
+    not warned (an option or source error without outputs is its one line alone: BAD's "missing file")."""
+    from rtseg.cli import main
+
+    assert main(["--source", files["photo"], "--engine", "slic", "--segments", "20", "--no-progress",
+                 *[o.format(dir=tmp_path) for o in outputs]]) == 0
+    out, err = capsys.readouterr()
+    assert "frames 1 " in out  # the summary
+    assert [line for line in err.splitlines() if "warning" in line] == (
+        ["rtseg: warning: no output: the frames are segmented and dropped; add --output, --json, --show, --serve or "
+         "--push"] if warned else [])
+
+
+NOT_A_FILE = {  # --output: what the name is, said (each was "unknown type (none); use .m4v/.mov/.mp4 …")
+    "dash": ("-", "--output -: the annotated frames cannot go to standard output; give a file name such as out.mp4 "
+                  "(--json - writes the detections to standard output)"),
+    "stdout": ("/dev/stdout", "--output /dev/stdout: names an open descriptor, not a file; give a file name such as "
+                              "out.mp4 (--json - writes the detections to standard output)"),
+    "fifo": ("{dir}/pipe", "--output {dir}/pipe: is a FIFO, not a regular file (the output is written whole, by "
+                           "replacing the file); give a file name such as out.mp4 (--json - writes the detections to "
+                           "standard output)"),
+    "folder": ("{dir}/out", "--output {dir}/out: is a folder; give a file name such as {dir}/out/run.mp4 or an "
+                            "image pattern '{dir}/out/{{seq:05d}}.png'"),
+    "folder with a slash": ("{dir}/out/", "--output {dir}/out/: is a folder; give a file name such as "
+                                          "{dir}/out/run.mp4 or an image pattern '{dir}/out/{{seq:05d}}.png'"),
+    "new folder": ("{dir}/new/", "--output {dir}/new/: names a folder (it ends with /); give a file name such as "
+                                 "{dir}/new/run.mp4 or an image pattern '{dir}/new/{{seq:05d}}.png'"),
+    "folder named as a video": ("{dir}/out.mp4", "--output {dir}/out.mp4: is a folder; give a file name such as "
+                                                 "{dir}/out.mp4/run.mp4 or an image pattern "
+                                                 "'{dir}/out.mp4/{{seq:05d}}.png'"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_A_FILE))
+def test_an_output_that_is_no_file_name_says_what_it_is(files, tmp_path, capsys, case):
+    """README: /dev/stdout as --output "is refused before anything runs: use --json -"; it, '-', a FIFO and a folder
+    were all "unknown type (none)" (a folder named .mp4: "MP4 output …: is a folder", once the source was open)."""
+    from rtseg.cli import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out.mp4").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    given, said = (s.format(dir=tmp_path) for s in NOT_A_FILE[case])
+    assert main(["--source", files["photo"], "--engine", "slic", "--output", given]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"rtseg: error: {said}"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "out.mp4", "pipe"]  # nothing written
+
+
+@pytest.mark.parametrize("word, line", [
+    ("evl", "unknown command 'evl'; did you mean 'eval'?"), ("tran", "unknown command 'tran'; did you mean 'train'?"),
+    ("dmeo", "unknown command 'dmeo'; did you mean 'demo'?"),
+    ("clip.mp4", "unrecognized arguments: clip.mp4 --data synthetic:test")])  # (not close to any: argparse's line)
+def test_a_mistyped_subcommand_is_named_with_the_closest_one(word, line, capsys):
+    """``rtseg evl --data synthetic:test`` said "unrecognized arguments: evl --data synthetic:test"."""
+    from rtseg.cli import main
+
+    assert main([word, "--data", "synthetic:test"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"rtseg: error: {line} (see rtseg --help)"]
