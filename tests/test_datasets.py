@@ -6,6 +6,7 @@ import json
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ from rtseg.data.dataset import Sample, masks_to_boxes
 from rtseg.data.export import export_coco, export_labelme
 from rtseg.data.labelme import LabelmeDataset, split_label
 from rtseg.data.synthetic import CLASSES, SyntheticScene
-from rtseg.errors import ConfigError, DatasetError
+from rtseg.errors import ConfigError, DatasetError, RtsegWarning
 
 H, W = 60, 80
 
@@ -216,6 +217,101 @@ def test_labelme_instances_numbering_groups_and_shape_types(tmp_path):
     assert s.masks[2][40, 60] and s.masks[2][45, 60] and not s.masks[2][40, 66]
     assert s.masks[3][52, 4] and s.masks[3][52, 74]  # merged by group_id
     np.testing.assert_array_equal(s.boxes, masks_to_boxes(s.masks))
+
+
+def _box(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+def test_labelme_shapes_are_drawn_as_labelme_draws_them(tmp_path):
+    """Pixel counts and boxes of labelme 6.3.1's ``shape_to_mask`` (Pillow's ImageDraw) on these shapes. Was: OpenCV
+    drew them (polygon 474 px, circles 197 and 149, the fractional rectangle 220: IoU down to 0.84 with labelme's),
+    and an ``oriented_rectangle`` (labelme 5 / 6) was left out as "oriented_rectangle has no area"."""
+    _labelme(tmp_path, "a", [
+        _shape("a", [[10, 10], [40, 12], [30, 40]]),
+        _shape("b", [[40, 30], [48, 30]], "circle"),
+        _shape("c", [[40.5, 30.5], [46.2, 34.1]], "circle"),
+        _shape("d", [[10.6, 10.4], [30.5, 20.5]], "rectangle"),
+        _shape("e", [[20, 10], [40, 20], [30, 40], [10, 30]], "oriented_rectangle"),
+    ])
+    s = LabelmeDataset(tmp_path)[0]
+    assert [(int(m.sum()), _box(m)) for m in s.masks] == [
+        (460, [10, 10, 40, 40]), (221, [32, 22, 48, 38]), (177, [33, 23, 47, 37]), (231, [10, 10, 30, 20]),
+        (521, [10, 10, 40, 40])]
+
+
+def test_labelme_shapes_just_outside_the_image_keep_the_pixels_labelme_draws(tmp_path):
+    """Pillow draws pixel centres up to 1 px beyond a shape's points: these were left out as "outside the image"."""
+    _labelme(tmp_path, "a", [_shape("a", [[-1.6, 56.7], [-2.2, 57.6]], "circle"),
+                             _shape("b", [[80.3, -1.7], [78.3, -0.8], [80.4, -1.1]]),
+                             _shape("c", [[1.2, 61.3], [1.7, 59.9]], "rectangle")])
+    s = LabelmeDataset(tmp_path)[0]
+    assert [np.argwhere(m).tolist() for m in s.masks] == [[[56, 0]], [[0, 78], [0, 79]], [[59, 1]]]
+
+
+@pytest.mark.parametrize("origin, top_left", [((10.6, 10.6), (10, 10)), ((-0.6, 5.5), (0, 5))])
+def test_labelme_mask_shape_origin_is_truncated_as_labelme_places_it(tmp_path, origin, top_left):
+    """labelme's ``shapes_to_label`` puts a mask at ``points.astype(int)``; was rounded: 1 px off (10.6 -> 11;
+    -0.6 -> -1 cut its first column)."""
+    patch = np.zeros((11, 21), np.uint8)
+    patch[2:9, 3:18] = 255
+    shape = dict(_shape("cat", [list(origin), [origin[0] + 20, origin[1] + 10]], "mask"),
+                 mask=base64.b64encode(cv2.imencode(".png", patch)[1].tobytes()).decode())
+    _labelme(tmp_path, "a", [shape])
+    (mask,) = LabelmeDataset(tmp_path)[0].masks
+    x, y = top_left
+    assert _box(mask) == [x + 3, y + 2, x + 17, y + 8] and mask.sum() == 7 * 15
+
+
+def _labelme_shape_to_mask(points: list[list[float]], shape_type: str) -> np.ndarray:
+    """labelme 6.3.1's ``labelme.utils.shape_to_mask`` for these shape types, as it is written there."""
+    import math
+
+    import PIL.Image
+    import PIL.ImageDraw
+
+    mask = PIL.Image.fromarray(np.zeros((H, W), dtype=np.uint8))
+    draw = PIL.ImageDraw.Draw(mask)
+    xy = [tuple(point) for point in points]
+    if shape_type == "circle":
+        (cx, cy), (px, py) = xy
+        d = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)
+        draw.ellipse(((cx - d, cy - d), (cx + d, cy + d)), outline=1, fill=1)
+    elif shape_type == "rectangle":
+        (x0, y0), (x1, y1) = xy
+        draw.rectangle(((min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))), outline=1, fill=1)
+    else:  # polygon, oriented_rectangle
+        draw.polygon(xy=xy, outline=1, fill=1)
+    return np.array(mask, dtype=bool)
+
+
+def test_labelme_random_shapes_match_labelmes_shape_to_mask(tmp_path):
+    """200 random polygons, rectangles, circles and oriented rectangles (fractional points, some over the image's
+    edges) give labelme's masks pixel for pixel."""
+    rng = np.random.default_rng(0)
+    shapes = []
+    for k in range(200):
+        kind = ("polygon", "rectangle", "circle", "oriented_rectangle")[k % 4]
+        centre, size = rng.uniform([-5, -5], [W + 5, H + 5]), rng.uniform(3, 25)
+        if kind == "oriented_rectangle":
+            angle, (a, b) = rng.uniform(0, np.pi), rng.uniform(2, size, 2)
+            u, v = np.array([np.cos(angle), np.sin(angle)]) * a, np.array([-np.sin(angle), np.cos(angle)]) * b
+            points = [centre + u + v, centre - u + v, centre - u - v, centre + u - v]
+        else:
+            offsets = rng.uniform(1, size, ({"polygon": int(rng.integers(3, 8))}.get(kind, 2), 2))
+            points = centre + offsets * rng.choice([-1, 1], offsets.shape)  # (no empty rectangle: left out)
+        shapes.append(_shape(f"s{k}", np.round(np.array(points), int(rng.integers(0, 3))).tolist(), kind))
+    _labelme(tmp_path, "a", shapes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RtsegWarning)  # shapes that cover no pixel (labelme's masks are empty too)
+        ds = LabelmeDataset(tmp_path, class_names=["s"])
+        got = iter(ds[0].masks)
+    expected = [_labelme_shape_to_mask(s["points"], s["shape_type"]) for s in shapes]
+    assert sum(m.any() for m in expected) > 150
+    for k, want in enumerate(expected):
+        if want.any():
+            assert np.array_equal(next(got), want), shapes[k]
 
 
 def test_labelme_class_list_from_file_and_unknown_label(tmp_path):

@@ -5,8 +5,11 @@ Instances: ``person1`` and ``person2`` are two instances of class ``person``
 not made of digits alone precedes them; ``10`` and ``11`` are two classes); shapes
 with the same label and number, or the same label and ``group_id``, are merged
 into one instance (an object split by an occluder); other shapes are one instance
-each. Shape types: polygon, rectangle, circle, mask. Shapes labelled
-``__ignore__`` or ``_background_`` (labelme conventions) are not instances.
+each. Shape types: polygon, rectangle, circle, mask and oriented_rectangle (labelme 5.x / 6.x: four
+points, filled as a polygon). Shapes are drawn pixel for pixel as labelme's ``shape_to_mask`` draws them
+(Pillow's ``ImageDraw``, points are pixel centres; a mask's top-left pixel is its first point truncated to whole
+pixels, as labelme's ``shapes_to_label`` places it). Shapes labelled ``__ignore__`` or ``_background_`` (labelme
+conventions) are not instances.
 
 Shapes without an area (line, linestrip, point, polygons of fewer than 3 points
 or of zero area, empty rectangles and circles, shapes wholly outside the image,
@@ -37,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 import warnings
@@ -58,7 +62,8 @@ LABEL_FILES = ("label_names.txt", "labels.txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SKIP_LABELS = {"__ignore__", "_background_"}
 _NUMBERED = re.compile(r"(.+?)[_\- ]?(\d+)")
-_NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2}  # points per shape type with an area
+_NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2, "oriented_rectangle": 4}  # points per shape type
+_EXACT = ("circle", "mask", "oriented_rectangle")  # shape types of exactly _NEED points (labelme asserts it)
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -98,7 +103,7 @@ class _Shape:
     points: np.ndarray  # (K, 2) float64 xy
     shape_type: str
     group_id: str | None  # JSON text of labelme's group_id (any JSON value), None when absent
-    mask: np.ndarray | None  # (h, w) bool for shape_type "mask", anchored at points[0]
+    mask: np.ndarray | None  # (h, w) bool for shape_type "mask", top-left pixel at points[0] truncated to int
     where: str  # "file.json: shape k", for messages
 
 
@@ -291,26 +296,28 @@ def _parse_shape(s: Any, where: str, height: int, width: int) -> _Shape | str:
     if kind not in _NEED:
         return f"{where}: {kind} has no area"
     mask = _mask(s, where) if kind == "mask" else None
-    if len(points) < _NEED[kind] or (kind in ("circle", "mask") and len(points) != _NEED[kind]):
+    if len(points) < _NEED[kind] or (kind in _EXACT and len(points) != _NEED[kind]):
         return f"{where}: {kind} with {len(points)} points (need {_NEED[kind]})"
     if np.abs(points).max() > FAR_PIXELS:
         return f"{where}: points beyond {FAR_PIXELS:.0e} pixels"
     if mask is not None:
-        lo, hi = points[0], points[0] + (mask.shape[1] - 1, mask.shape[0] - 1)
+        lo = np.trunc(points[0])  # as _rasterise places it
+        hi = lo + (mask.shape[1] - 1, mask.shape[0] - 1)
         if not mask.any():
             return f"{where}: empty mask"
     elif kind == "circle":
         r = float(np.hypot(*(points[1] - points[0])))
-        if r < 0.5:
-            return f"{where}: circle of radius {r:g}"
+        if r == 0:  # (labelme draws none; one of radius 0.3 is 4 pixels there)
+            return f"{where}: circle of radius 0"
         lo, hi = points[0] - r, points[0] + r
     else:
         lo, hi = points.min(axis=0), points.max(axis=0)
         if kind == "rectangle" and (hi - lo).min() == 0:
             return f"{where}: rectangle of zero width or height"
-        if kind == "polygon" and np.linalg.matrix_rank(points - points[0]) < 2:
-            return f"{where}: polygon of zero area (its points lie on a line)"
-    if hi[0] < -0.5 or hi[1] < -0.5 or lo[0] > width - 0.5 or lo[1] > height - 0.5:
+        if kind in ("polygon", "oriented_rectangle") and np.linalg.matrix_rank(points - points[0]) < 2:
+            return f"{where}: {kind} of zero area (its points lie on a line)"
+    reach = 0.5 if mask is not None else 1.0  # Pillow draws pixel centres up to 1 px beyond the points
+    if min(hi) < -reach or lo[0] > width - 1 + reach or lo[1] > height - 1 + reach:
         return f"{where}: {kind} outside the {width}x{height} image"
     gid = s.get("group_id")
     return _Shape(label, points, kind, None if gid is None else json.dumps(gid, sort_keys=True), mask, where)
@@ -371,20 +378,29 @@ def _base64_image(value: Any, flags: int, what: str) -> np.ndarray | None:
 
 
 def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:
-    """Draw ``shape`` into the (H, W) uint8 ``canvas`` with value 1 (points are pixel centres)."""
+    """Draw ``shape`` into the (H, W) uint8 ``canvas`` with value 1, pixel for pixel as labelme 6's
+    ``shape_to_mask`` draws it with Pillow's ``ImageDraw`` (points are pixel centres; a rectangle spans all its
+    points), and a mask as its ``shapes_to_label`` places it (top-left pixel: points[0] truncated toward zero)."""
     pts = shape.points
-    if shape.shape_type == "polygon":
-        cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
-    elif shape.shape_type == "rectangle":
-        (x1, y1), (x2, y2) = np.round(pts.min(axis=0)).astype(int), np.round(pts.max(axis=0)).astype(int)
-        cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), 1, thickness=-1)
-    elif shape.shape_type == "circle":
-        centre, edge = pts
-        cv2.circle(canvas, tuple(int(v) for v in np.round(centre)), int(round(np.hypot(*(edge - centre)))), 1, -1)
-    else:  # mask: a bool patch whose top-left corner is points[0]
-        x0, y0 = np.round(pts[0]).astype(int)
+    if shape.shape_type == "mask":
+        x0, y0 = pts[0].astype(int)
         patch = shape.mask
         y1, x1 = min(y0 + patch.shape[0], canvas.shape[0]), min(x0 + patch.shape[1], canvas.shape[1])
         if y1 > max(y0, 0) and x1 > max(x0, 0):
             sub = patch[max(-y0, 0):y1 - y0, max(-x0, 0):x1 - x0]
             canvas[max(y0, 0):y1, max(x0, 0):x1] |= sub.astype(np.uint8)
+        return
+    from PIL import Image, ImageDraw  # ~0.02 s: only when a sample is drawn
+
+    image = Image.new("L", (canvas.shape[1], canvas.shape[0]))
+    draw = ImageDraw.Draw(image)
+    if shape.shape_type == "rectangle":
+        (x0, y0), (x1, y1) = pts.min(axis=0).tolist(), pts.max(axis=0).tolist()
+        draw.rectangle(((x0, y0), (x1, y1)), outline=1, fill=1)
+    elif shape.shape_type == "circle":
+        (cx, cy), (px, py) = pts.tolist()
+        r = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)  # labelme's expression, to the last bit
+        draw.ellipse(((cx - r, cy - r), (cx + r, cy + r)), outline=1, fill=1)
+    else:  # polygon, oriented_rectangle
+        draw.polygon([(x, y) for x, y in pts.tolist()], outline=1, fill=1)
+    canvas |= np.asarray(image)
