@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = Parser(prog="rtseg demo", description="Segment a held-out synthetic clip with the shipped demo model.")
     p.add_argument("--weights", default=str(DEMO_WEIGHTS), help="demo checkpoint (default: %(default)s)")
     p.add_argument("--frames", type=int, default=120, help="clip length in frames (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--out", default="out", help="output folder (default: %(default)s)")
     return p
 

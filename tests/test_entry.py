@@ -192,6 +192,49 @@ def test_trainer_help_and_bad_options_answer_before_torch_is_imported(entry, pro
     assert ("usage:" in r.stdout) == (code == 0) and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args,code,said", [
+    (["--help"], 0, ""),
+    (["--out", "x", "--frames", "0"], 2, "error: --frames 0: must be an integer >= 1"),
+    (["--out", "x", "--formats", "gif"], 2, "error: --formats gif: choose from mp4, coco, labelme"),
+    (["--out", "x", "--width", "161"], 2, "error: --width 161 --height 480: the clip (H.264 yuv420p) needs an even"),
+    (["--out", "x", "--bogus"], 2, "error: unrecognized arguments: --bogus"),
+    (["--out", "."], 2, "error: --out .: clip.mp4 already exists (an earlier export?")])
+def test_export_help_and_bad_options_answer_before_torch_is_imported(args, code, said, tmp_path):
+    """``python -m rtseg.data.export`` parsed its options only once the exporters had imported torch (3.4 s for
+    ``--help``), unlike the other commands (README: "--help and option mistakes answer before torch is imported").
+    Now torch is never imported for them (``-X importtime`` lists every module imported); nothing is written."""
+    (tmp_path / "clip.mp4").write_bytes(b"an earlier export")
+    r = subprocess.run([sys.executable, "-X", "importtime", *ENTRIES["python -m rtseg.data.export"][1:], *args],
+                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    said_lines = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+    assert "rtseg.cliargs" in imported and "torch" not in imported, sorted(imported)
+    assert r.returncode == code and len(said_lines) == (code != 0), (r.returncode, said_lines)
+    assert all(line.startswith(f"export: {said}") for line in said_lines), said_lines
+    assert ("usage:" in r.stdout) == (code == 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("entry,args,says,not_says", [
+    ("python -m rtseg.train.fcn_trainer", [], ["--size W H training frame width and height in pixels (default: 128 96)",
+                                               "--width WIDTH channel multiplier of VGG16 (1.0 = paper; default: 0.125)"],
+     "(128, 96)"),
+    ("python -m rtseg.train.msrcnn_trainer", [], ["(default: 160 120)"], "(160, 120)"),
+    ("python -m rtseg", ["demo"], ["--device DEVICE cpu, cuda or cuda:N (default: cpu)"], "cpu or cuda "),
+    ("python -m rtseg.data.export", [], ["comma-separated subset of mp4,coco,labelme (default: mp4,coco,labelme)"],
+     None),
+    ("python -m rtseg", ["train"], ["of any classes (those of other classes load but for the class-sized layers, "
+                                    "which are learnt anew)"], "same architecture")])
+def test_help_says_the_defaults_as_typed_and_what_is_taken(entry, args, says, not_says):
+    """--help gave --size's default as a Python tuple "(128, 96)" (typed as 128 96), none for fcn_trainer --width
+    or export --formats, "cpu or cuda" for rtseg demo --device (cuda:N is taken), and rtseg train --init weights "of
+    the same architecture" (weights of other classes are taken)."""
+    r = subprocess.run([*ENTRIES[entry], *args, "--help"], capture_output=True, text=True, cwd=REPO,
+                       env={**_env(), "COLUMNS": "400"}, timeout=120)
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and all(s in text for s in says) and (not_says is None or not_says not in text), text
+
+
 def test_json_lines_to_a_closed_stdout_is_one_line(clip):
     """``--json - >&-``: was AttributeError ('NoneType' object has no attribute 'fileno'), then a write error
     advising to free space."""

@@ -8,12 +8,13 @@
   contours, labels ``circle1``, ``circle2`` ... per instance, holes joined to
   their outline by a zero-width cut) + ``label_names.txt``.
 
-Command line (:func:`run`, through the light entry :mod:`rtseg.data.export`): ``python -m rtseg.data.export
---seed 3 --out out/synthetic`` writes all three; it refuses an ``--out`` that already holds any of them (an
-earlier export's frames would mix with the new ones) and deletes nothing.
+Command line (:func:`run`, through the light entry :mod:`rtseg.data.export`, which parses and checks the options):
+``python -m rtseg.data.export --seed 3 --out out/synthetic`` writes all three; it refuses an ``--out`` that already
+holds any of them (an earlier export's frames would mix with the new ones) and deletes nothing.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 
 from rtseg.data.dataset import masks_to_boxes
-from rtseg.data.synthetic import CLASSES, LEAST, MOST, SyntheticScene, check_scene_args
+from rtseg.data.synthetic import CLASSES, SyntheticScene, check_scene_args
 from rtseg.errors import ConfigError, SinkError
 from rtseg.imageio import imwrite
 from rtseg.ops.rle import encode_rle
@@ -44,27 +45,6 @@ def _out_dir(path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise SinkError(f"{out}: cannot create the output folder ({exc.strerror}); choose another path") from None
     return out
-
-
-def _check_out_is_free(out: Path, formats: set[str]) -> None:
-    """ConfigError, in one line before anything is written, where ``out`` already holds what the chosen ``formats``
-    write (``clip.mp4``; ``coco/`` or ``labelme/`` other than an empty folder): their frames would mix with an
-    earlier export's (another scene's, read alike by ``rtseg train`` / ``rtseg eval``). Nothing is deleted: the
-    files there may be the user's."""
-    taken = []
-    for fmt, name in (("mp4", "clip.mp4"), ("coco", "coco"), ("labelme", "labelme")):
-        target = out / name
-        if fmt in formats and (target.is_symlink() or target.exists()):
-            try:
-                empty = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
-            except OSError:
-                empty = False
-            if not empty:
-                taken.append(str(target))
-    if taken:
-        raise ConfigError(f"--out {out}: {', '.join(taken)} already exist{'s' if len(taken) == 1 else ''} (an earlier "
-                          f"export? its files would mix with this one's); choose an empty folder or remove "
-                          f"{'it' if len(taken) == 1 else 'them'} first")
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
@@ -180,34 +160,14 @@ def export_labelme(scene: SyntheticScene, out_dir: str | os.PathLike, *, every: 
     return out
 
 
-def run(argv: list[str] | None) -> None:
-    """``python -m rtseg.data.export`` (:mod:`rtseg.data.export`, its light entry) on ``argv``."""
-    from rtseg.cliargs import Parser, check_ranges
-
-    p = Parser(prog="python -m rtseg.data.export", description="Export a synthetic scene.")
-    p.add_argument("--seed", type=int, default=3, help="scene seed (default 3 = the test split seed)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (one without an earlier export in it)")
-    p.add_argument("--frames", type=int, default=300, help="frames in the clip (default: %(default)s)")
-    p.add_argument("--width", type=int, default=640, help="frame width in pixels (default: %(default)s)")
-    p.add_argument("--height", type=int, default=480, help="frame height in pixels (default: %(default)s)")
-    p.add_argument("--every", type=int, default=10, help="annotate every N-th frame (COCO, labelme; default: %(default)s)")
-    p.add_argument("--formats", default="mp4,coco,labelme", help="comma-separated subset of mp4,coco,labelme")
-    args = p.parse_args(argv)
-    check_ranges(args, [("--seed", LEAST["seed"], None, ""), ("--frames", LEAST["num_frames"], None, ""),
-                        ("--width", LEAST["width"], MOST["width"], " pixels"),
-                        ("--height", LEAST["height"], MOST["height"], " pixels"),
-                        ("--every", LEAST["every"], None, "")])
+def run(args: argparse.Namespace) -> None:
+    """``python -m rtseg.data.export``: write the scene the options ``args`` name (parsed and checked by
+    :func:`rtseg.data.export.parse`, its light entry, before torch is imported) in each of ``args.formats`` under
+    ``args.out``, printing each path written."""
     scene = SyntheticScene(args.seed, width=args.width, height=args.height, num_frames=args.frames)
-    formats = set(args.formats.split(","))
-    if formats - {"mp4", "coco", "labelme"}:
-        raise ConfigError(f"--formats {args.formats}: choose from mp4, coco, labelme")
-    if "mp4" in formats and (args.width % 2 or args.height % 2):
-        raise ConfigError(f"--width {args.width} --height {args.height}: the clip (H.264 yuv420p) needs an even width "
-                          "and height; give even values, or --formats coco,labelme for no clip")
-    _check_out_is_free(args.out, formats)
-    if "mp4" in formats:
+    if "mp4" in args.formats:
         print(export_mp4(scene, args.out / "clip.mp4"))
-    if "coco" in formats:
+    if "coco" in args.formats:
         print(export_coco(scene, args.out / "coco", every=args.every))
-    if "labelme" in formats:
+    if "labelme" in args.formats:
         print(export_labelme(scene, args.out / "labelme", every=args.every))

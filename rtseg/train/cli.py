@@ -31,8 +31,8 @@ from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
-from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_outputs, continue_command,
-                                weights_out)
+from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, TypedFloat, check_outputs,
+                                continue_command, plain_floats, weights_out)
 from rtseg.userfiles import check_input_file
 from rtseg.yolact_spec import BACKBONES, LIMITS
 
@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", action=Once, help="checkpoints folder (default: <out without suffix>.train)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth written by an earlier run")
     p.add_argument("--init", metavar="WEIGHTS",
-                   help="start from these weights (.safetensors or official .pth of the same architecture) "
-                        "with a fresh schedule")
-    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="start from these weights (.safetensors or official .pth) with a fresh schedule: weights "
+                        "of this run's --backbone, --fpn-channels and --num-prototypes, of any classes (those of "
+                        "other classes load but for the class-sized layers, which are learnt anew)")
+    p.add_argument("--time-budget", type=TypedFloat, metavar="MIN",
                    help="train for at most this many minutes: the schedule (warm-up, LR steps) is shortened to the "
                         "steps that fit; the final validation and export come on top")
     p.add_argument("--backbone", default="resnet18", choices=BACKBONES, help="backbone network")
@@ -96,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-prototypes", type=int, default=16, help="prototype masks k (paper 32)")
     p.add_argument("--iters", type=int, required=True, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="images per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate after warm-up")
+    p.add_argument("--lr", type=TypedFloat, default=1e-3, help="SGD learning rate after warm-up")
     p.add_argument("--warmup", type=int, default=500, metavar="N", help="linear warm-up steps (official 500)")
     p.add_argument("--lr-steps", default="0.7,0.9", metavar="F,F",
                    help="LR x0.1 at these fractions of --iters")
-    p.add_argument("--expand-max", type=float, default=4.0, help="random expand up to this ratio (1 disables; official 4)")
+    p.add_argument("--expand-max", type=TypedFloat, default=4.0, help="random expand up to this ratio (1 disables; official 4)")
     p.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: only at the end)")
     p.add_argument("--val-images", type=int, default=100, help="validation images per validation")
     p.add_argument("--ckpt-every", type=int, default=500, metavar="N",
@@ -162,13 +163,15 @@ def imagenet_backbone(model: Yolact) -> Path | None:
 
 def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
     """The steps of ``--lr-steps`` (increasing fractions of ``iters``, each strictly between 0 and 1)."""
+    typed = [f.strip() for f in text.split(",") if f.strip()]
     try:
-        fractions = [float(f) for f in text.split(",") if f.strip()]
+        fractions = [float(f) for f in typed]
     except ValueError:
         raise ConfigError(f"--lr-steps {text!r}: expected comma-separated fractions such as 0.7,0.9") from None
-    for f in fractions:  # number_problem has no open upper bound: 1 (a decay after the last step) is refused here
+    # number_problem has no open upper bound: 1 (a decay after the last step) is refused here
+    for said, f in zip(typed, fractions):
         if number_problem(f, 0, 1, integer=False, open_low=True) is not None or f == 1:
-            raise ConfigError(f"--lr-steps {f}: must be a number in (0, 1) (fractions of --iters, e.g. 0.7,0.9)")
+            raise ConfigError(f"--lr-steps {said}: must be a number in (0, 1) (fractions of --iters, e.g. 0.7,0.9)")
     if any(a >= b for a, b in zip(fractions, fractions[1:])):
         raise ConfigError(f"--lr-steps {text!r}: fractions must increase, e.g. 0.7,0.9")
     return tuple(int(f * iters) for f in fractions)
@@ -182,7 +185,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     out, work_dir = _paths(args)
     _check_options(args)
     _check_not_inputs(args, out, work_dir)
-    return args
+    return plain_floats(args)
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ import argparse
 from typing import Sequence
 
 from rtseg.entry import lazy_attributes, run_as_script, run_command
-from rtseg.train.recipe import parse_recipe, recipe_parser
+from rtseg.train.recipe import TypedFloat, parse_recipe, recipe_parser
 
 __getattr__ = lazy_attributes(__name__, dict.fromkeys(("FcnTrainConfig", "train_fcn", "evaluate_fcn"),
                                                      "rtseg.train.fcn"))
@@ -33,7 +33,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                        "(CPU-friendly).", lr=LR, lr_help="Adam learning rate", images=160, size=(128, 96))
     ap.add_argument("--arch", default="fcn8s", choices=("fcn8s", "fcn16s", "fcn32s"),
                     help="FCN variant: output stride 8, 16 or 32 (default: %(default)s)")
-    ap.add_argument("--width", type=float, default=0.125, help="channel multiplier of VGG16 (1.0 = paper)")
+    ap.add_argument("--width", type=TypedFloat, default=0.125,
+                    help="channel multiplier of VGG16 (1.0 = paper; default: %(default)s)")
     return parse_recipe(ap, argv, [("--width", 0.01, 1.0, " (1.0 is the paper's VGG16)")])
 
 

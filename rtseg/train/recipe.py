@@ -1,7 +1,8 @@
 """The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
 (FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`) and the recipe a run's checkpoints store
 (:func:`recipe_of`, :data:`MAY_CHANGE_ON_RESUME`), ``--lr``'s range and ``--out``'s check
-(:data:`LR_RANGE`, :func:`weights_out`), the output folders' check before training and the command that continues a
+(:data:`LR_RANGE`, :func:`weights_out`), the type of the float options, which a range error quotes as typed
+(:class:`TypedFloat`; every trainer's), the output folders' check before training and the command that continues a
 stopped run (:func:`check_outputs`, :func:`continue_command`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
 (:data:`AMP_MODES`, :data:`INT_LIMITS`).
 
@@ -53,6 +54,38 @@ with another --iters, --lr, --workers, --threads or output path: ``--out`` (wher
 :func:`rtseg.train.checkpoint.take_lr`), ``--threads`` (the speed). Every other option fixes the model or its data:
 they are the run's recipe (:func:`recipe_of`), stored in its checkpoints, and a resumed run that gives other values
 is refused (:func:`rtseg.train.checkpoint.resume_step`)."""
+
+
+class TypedFloat(float):
+    """``type=`` of a trainer's float option (``--lr``, ``--width``, ``--time-budget`` …): the number, which says
+    itself as it was typed, so that a range error (:func:`rtseg.cliargs.check_range`) quotes the user's words
+    (``--time-budget 0: …``, not ``0.0``; ``1e-9``, not ``1e-09``). Made a plain float once the options are
+    checked (:func:`plain_floats`): nothing past the checks (a checkpoint, read with ``weights_only``) holds one."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> "TypedFloat":
+        try:
+            number = super().__new__(cls, text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None  # as argparse's own line
+        number.text = text.strip()
+        return number
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+def plain_floats(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each :class:`TypedFloat` made a plain float (once the options are checked); returns ``args``."""
+    for name, value in vars(args).items():
+        if isinstance(value, TypedFloat):
+            setattr(args, name, float(value))
+    return args
+
+
 CHECKPOINT_NAME = "checkpoint.pth"
 """File name of a run's checkpoint inside its work folder (``<out without suffix>.train/``), every trainer's
 (defined here, without torch, for the checks before torch is imported)."""
@@ -109,10 +142,10 @@ def recipe_parser(prog: str, description: str, *, lr: float, lr_help: str, image
     ap = Parser(prog=prog, description=description)
     ap.add_argument("--out", required=True, help="output .safetensors (a .json manifest is written beside it)")
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=lr, help=f"{lr_help} (default: %(default)g)")
+    ap.add_argument("--lr", type=TypedFloat, default=lr, help=f"{lr_help} (default: %(default)g)")
     ap.add_argument("--images", type=int, default=images, help="synthetic training images (default: %(default)s)")
     ap.add_argument("--size", type=int, nargs=2, default=size, metavar=("W", "H"),
-                    help="training frame width and height in pixels (default: %(default)s)")
+                    help=f"training frame width and height in pixels (default: {size[0]} {size[1]})")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from <out without suffix>.train/checkpoint.pth of an interrupted run, with its "
@@ -130,6 +163,7 @@ def parse_recipe(ap: Parser, argv: Sequence[str] | None, ranges: Sequence[Number
     args = ap.parse_args(words)
     weights_out(args.out)
     check_ranges(args, (*RECIPE_RANGES, *ranges))
+    plain_floats(args)
     if args.resume:
         check_input_file(f"--resume: checkpoint {recipe_checkpoint(args.out)}", recipe_checkpoint(args.out),
                          f"a run with --out {args.out} keeps its checkpoint there: give the --out of the run to "
