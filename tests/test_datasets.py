@@ -93,6 +93,55 @@ def test_coco_include_crowd_marks_crowd_regions(tmp_path):
 
 
 
+def test_coco_object_whose_mask_covers_no_pixel_warns_and_is_kept_for_evaluation(tmp_path):
+    """A polygon that covers no pixel centre: left out of training with a warning naming it (was: silently);
+    kept with ``keep_empty`` (evaluation) as an empty mask with its bbox, as pycocotools counts it."""
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"].append({"id": 77, "image_id": 10, "category_id": 7, "iscrowd": 0, "bbox": [10.1, 10.1, 0.3, 0.3],
+                                "segmentation": [[10.1, 10.1, 10.4, 10.1, 10.4, 10.4]]})
+    path.write_text(json.dumps(data))
+    with pytest.warns(RtsegWarning) as caught:
+        s = CocoDataset(path, images)[0]
+    assert [str(w.message) for w in caught if w.category is RtsegWarning] == [
+        f"{path}: left out 1 annotations that are no instances: annotation id 77 of a.png: its mask covers no "
+        "pixel centre"]
+    assert s.class_ids.tolist() == [1, 2]
+    with pytest.warns(RtsegWarning, match=r"a.png: 1 annotations \(id 77\) have a mask that covers no pixel centre; "
+                                          "counted as objects no predicted mask can match"):
+        s = CocoDataset(path, images, keep_empty=True)[0]
+    assert s.class_ids.tolist() == [1, 2, 1] and not s.masks[2].any()
+    np.testing.assert_allclose(s.boxes[2], [10.1, 10.1, 10.4, 10.4], rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RtsegWarning)
+        CocoDataset(path, images)[1]  # an image without such objects: no warning
+
+
+def test_coco_string_image_ids_and_whole_float_sizes_are_taken_as_pycocotools_takes_them(tmp_path):
+    path, images = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    for img in data["images"]:
+        img["id"], img["height"], img["width"] = f"img{img['id']}", float(img["height"]), float(img["width"])
+    for a in data["annotations"]:
+        a["image_id"] = f"img{a['image_id']}"
+    path.write_text(json.dumps(data))
+    ds = CocoDataset(path, images)
+    assert ds.image_ids == ("img10", "img20") and ds[0].class_ids.tolist() == [1, 2] and ds[1].image_size == (H, W)
+    data["images"][0]["height"] = H + 0.5
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"images\[0\]: height should be a positive whole number of pixels, got 60.5"):
+        CocoDataset(path, images)
+    data["images"][0]["height"] = H
+    data["annotations"][0]["image_id"] = 10  # an int where the image's id is a string: another id
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="image_id 10 is not in 'images'"):
+        CocoDataset(path, images)
+    data["images"][0]["id"] = 1.5
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"images\[0\]: 'id' should be int or str, got float"):
+        CocoDataset(path, images)
+
+
 def test_coco_without_usable_annotations_is_refused_at_open(tmp_path):
     """No annotations, or only crowd regions: nothing to train or evaluate on (was a run that learned nothing)."""
     crowd = {"id": 1, "image_id": 10, "category_id": 3, "iscrowd": 1, "bbox": [0, 40, 20, 20],

@@ -1,11 +1,14 @@
 """COCO AP evaluation (pycocotools) and the ``rtseg eval`` command."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import stat
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -139,6 +142,66 @@ def test_category_id_remapping_through_a_coco_file(tmp_path):
     assert evaluate([_perfect(s) for s in samples], samples, ds.class_names)["mask_AP"] == pytest.approx(1.0)
     flipped = [_perfect(s, class_ids=len(CLASSES) - 1 - s.class_ids) for s in samples]
     assert evaluate(flipped, samples, ds.class_names)["mask_AP"] < 0.5
+
+
+def _loose_boxes(data: dict) -> None:
+    for a in data["annotations"][::2]:  # COCO boxes (drawn or from polygons) are often not the mask's tight box
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [x - 2, y - 2, w + 4, h + 4]
+
+
+def _pixelless_object(data: dict) -> None:
+    data["annotations"].append({"id": 999, "image_id": data["images"][0]["id"], "category_id": 1, "iscrowd": 0,
+                                "segmentation": [[10.1, 10.1, 10.4, 10.1, 10.4, 10.4]], "area": 0.045,
+                                "bbox": [10.1, 10.1, 0.3, 0.3]})
+
+
+def _string_ids_float_sizes(data: dict) -> None:
+    _loose_boxes(data)
+    for img in data["images"]:
+        img["id"], img["height"] = f"frame-{img['id']}", float(img["height"])
+    for a in data["annotations"]:
+        a["image_id"] = f"frame-{a['image_id']}"
+
+
+@pytest.mark.parametrize("change", [_loose_boxes, _pixelless_object, _string_ids_float_sizes])
+def test_coco_file_ap_equals_pycocotools_cocoeval(tmp_path, change):
+    """Mask and box AP of a COCO file as ``rtseg eval`` reads it (crowd and pixel-less objects kept) equal
+    pycocotools' COCOeval on the file itself: the annotations' own boxes, an object whose polygon covers no pixel
+    centre counted (no mask matches it), string image ids and a height of 240.0 taken as pycocotools takes them."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from rtseg.eval.cli import open_dataset
+    from rtseg.serialize import detections_to_coco
+
+    path = export_coco(SyntheticScene(35, num_frames=20, width=160, height=120), tmp_path, every=5)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pixel-less object's warning
+        ds = open_dataset(f"coco:{path}:{tmp_path}")
+        samples = [ds[i] for i in range(len(ds))]
+    preds, results = [], []
+    for k, s in enumerate(samples):  # every mask one pixel off, one object missed, boxes tight around the masks
+        visible = s.masks.any(axis=(1, 2))
+        masks = np.roll(s.masks[visible], 1, axis=2)[1:] if k % 2 else np.roll(s.masks[visible], 1, axis=1)
+        pred = _perfect(s, masks=masks, class_ids=s.class_ids[visible][len(s.masks[visible]) - len(masks):])
+        preds.append(pred)
+        for entry in detections_to_coco(pred, 0, ds.category_ids):
+            results.append({**entry, "image_id": ds.image_ids[k]})
+    ours = evaluate(preds, samples, ds.class_names)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(path))
+        for iou_type, drop, prefix in (("segm", "bbox", "mask"), ("bbox", "segmentation", "box")):
+            ev = COCOeval(gt, gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results]), iou_type)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            got = {f"{prefix}_AP": ours[f"{prefix}_AP"], f"{prefix}_AP50": ours[f"{prefix}_AP50"],
+                   f"{prefix}_AP75": ours[f"{prefix}_AP75"]}
+            assert got == pytest.approx(dict(zip(got, ev.stats[:3])), abs=1e-6), iou_type
 
 
 def test_evaluator_checks_inputs(samples):
@@ -294,6 +357,25 @@ def test_cli_class_mismatch_and_missing_weights(tiny_weights, tmp_path, capsys):
     assert "do not know data-set classes 'zebra'" in capsys.readouterr().err
     assert main(["--weights", str(tmp_path / "none.safetensors"), "--data", "synthetic:test"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_unused_data_set_category_is_no_error_but_an_annotated_one_is(tiny_weights, tmp_path, capsys):
+    """pycocotools leaves a category without ground truth out of AP: ``rtseg eval`` takes weights that lack it
+    (was: refused); a category of the weights' lacking with objects in the images evaluated is still refused."""
+    ann = export_coco(SyntheticScene(36, num_frames=4, width=160, height=120), tmp_path / "coco", every=2)
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 99, "name": "zebra"})
+    ann.write_text(json.dumps(data))
+    args = ["--weights", str(tiny_weights), "--data", f"coco:{ann}:{ann.parent}", "--score-threshold", "0"]
+    assert main(args) == 0
+    assert "2 images" in capsys.readouterr().out
+    assert class_mapping(["a"], ["a", "zebra"], annotated=[0]).tolist() == [0]
+    data["annotations"][-1]["category_id"] = 99  # on the second image
+    ann.write_text(json.dumps(data))
+    assert main([*args, "--max-images", "1"]) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "rtseg eval: error: the weights do not know data-set classes 'zebra'" in capsys.readouterr().err
 
 
 def test_cli_data_set_warnings_are_one_line(tiny_weights, tmp_path, capsys):

@@ -7,7 +7,10 @@ left out unless ``include_crowd=True`` (then ``Sample.iscrowd`` marks them, for
 evaluation). Annotations without a mask (bbox only, empty segmentation, polygon
 parts of fewer than 3 points, zero area, wholly outside the image, points beyond
 :data:`~rtseg.data.dataset.FAR_PIXELS`) are left out with one warning naming the
-first few. Malformed files and annotations raise
+first few; so are, image by image, those whose mask covers no pixel centre (a tiny
+polygon), unless ``keep_empty=True`` (evaluation: pycocotools counts them as
+objects no mask matches). Image ids may be integers or strings, as pycocotools
+takes them; a height or width may be a whole float (240.0). Malformed files and annotations raise
 ``DatasetError`` naming the file and the annotation (``annotations[k]``, its
 index in the file, and its id); missing images are reported when the data set
 is opened. An image's ``file_name`` is relative to the image folder; a Windows
@@ -32,8 +35,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from rtseg.data.dataset import (FAR_PIXELS, Sample, first_named_twice, masks_to_boxes, named_file, read_image,
-                                read_json, skipped_warning)
+from rtseg.data.dataset import (FAR_PIXELS, WARN_SKIPPED, Sample, first_named_twice, masks_to_boxes, named_file,
+                                read_image, read_json, skipped_warning)
 from rtseg.errors import DatasetError, RtsegWarning
 from rtseg.imageio import stored_size
 from rtseg.ranges import number_problem
@@ -46,7 +49,8 @@ def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> A
         raise DatasetError(f"{where}: missing key {key!r}")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DatasetError(f"{where}: {key!r} should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DatasetError(f"{where}: {key!r} should be {names}, got {type(value).__name__}")
     return value
 
 
@@ -185,12 +189,16 @@ class CocoDataset:
 
     class_names: category names in increasing category-id order.
     category_ids: ``category_ids[class_id]`` is the original COCO category id.
-    image_ids: ``image_ids[index]`` is the COCO image id of sample ``index``.
+    image_ids: ``image_ids[index]`` is the COCO image id (int or str, as in the file) of sample ``index``.
+    keep_empty: keep the objects whose mask covers no pixel centre (an empty mask, their annotation's bbox) for
+        evaluation, where pycocotools counts them as ground truth no predicted mask matches; otherwise (training)
+        they are left out. Either way each sample with such objects warns, naming them.
     """
 
     def __init__(self, annotation_json: str | os.PathLike, image_dir: str | os.PathLike, *,
-                 include_crowd: bool = False) -> None:
+                 include_crowd: bool = False, keep_empty: bool = False) -> None:
         self.path, self.image_dir, self.include_crowd = Path(annotation_json), Path(image_dir), include_crowd
+        self.keep_empty = keep_empty
         data = read_json(self.path, "annotation file")
         if not isinstance(data, dict):
             raise DatasetError(f"{self.path}: top level should be an object with images, annotations, categories")
@@ -209,19 +217,20 @@ class CocoDataset:
                 raise DatasetError(f"{where}: categories with the same {kind[:-1]} ({', '.join(twice)}); "
                                    f"give every category its own {kind[:-1]}")
         cat_to_class = {cid: i for i, cid in enumerate(self.category_ids)}
-        self._images: dict[int, dict] = {}
+        self._images: dict[int | str, dict] = {}
         for k, img in enumerate(_require(data, "images", list, where)):
             w = f"{where}: images[{k}]"
-            iid = _require(img, "id", int, w)
+            iid = _require(img, "id", (int, str), w)
             if not _require(img, "file_name", str, w).strip():
                 raise DatasetError(f"{w}: empty file_name; give the image file's name relative to the image folder")
             for key in ("height", "width"):
-                if number_problem(_require(img, key, int, w), 1, integer=True) is not None:
+                size = _require(img, key, (int, float), w)
+                if number_problem(size, 1, integer=False) is not None or size != int(size):
                     raise DatasetError(f"{w}: {key} should be a positive whole number of pixels, got {img[key]!r}")
             if iid in self._images:
-                raise DatasetError(f"{w}: id {iid} is also the id of {self._images[iid]['file_name']}; "
+                raise DatasetError(f"{w}: id {iid!r} is also the id of {self._images[iid]['file_name']}; "
                                    "give every image its own id")
-            self._images[iid] = img
+            self._images[iid] = {**img, "height": int(img["height"]), "width": int(img["width"])}  # 240.0 -> 240
         if not self._images:
             raise DatasetError(f"{where}: no images listed, so nothing to train or evaluate on")
         self._files = {iid: named_file(self.image_dir, img["file_name"]) for iid, img in self._images.items()}
@@ -234,7 +243,7 @@ class CocoDataset:
                                "annotations that id")
         self.image_ids = tuple(self._images)
         self.image_files = tuple(self._files.values())
-        self._anns: dict[int, list[dict]] = {iid: [] for iid in self._images}
+        self._anns: dict[int | str, list[dict]] = {iid: [] for iid in self._images}
         skipped: list[str] = []
         anns = _require(data, "annotations", list, where)
         for k, (ann, plain) in enumerate(zip(anns, self._plain_annotations(anns, cat_to_class).tolist())):
@@ -278,7 +287,7 @@ class CocoDataset:
                 continue
             iid, cid, seg, bbox = (ann.get("image_id"), ann.get("category_id"), ann.get("segmentation"),
                                    ann.get("bbox", _NO_BBOX))
-            if not (type(iid) is int and iid in images and type(cid) is int and cid in cat_to_class
+            if not (type(iid) in (int, str) and iid in images and type(cid) is int and cid in cat_to_class
                     and ann.get("iscrowd", 0) in (0, 1) and type(seg) is list and seg and type(bbox) is list
                     and len(bbox) == 4):
                 continue
@@ -310,9 +319,9 @@ class CocoDataset:
         """Why ``ann`` has no mask (None when it has one); ``DatasetError`` when it is malformed."""
         if isinstance(ann, dict) and "id" in ann:
             where = f"{where} (id {ann['id']})"
-        iid = _require(ann, "image_id", int, where)
+        iid = _require(ann, "image_id", (int, str), where)
         if iid not in self._images:
-            raise DatasetError(f"{where}: image_id {iid} is not in 'images'; add the image or remove the annotation")
+            raise DatasetError(f"{where}: image_id {iid!r} is not in 'images'; add the image or remove the annotation")
         cid = _require(ann, "category_id", int, where)
         if cid not in cat_to_class:
             raise DatasetError(f"{where}: category_id {cid} is not in 'categories'; add the category or fix the id")
@@ -352,6 +361,19 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def _warn_empty(self, file_name: str, anns: list[dict]) -> None:
+        """Warn that ``anns`` (annotations of the image ``file_name``) cover no pixel centre: left out, or with
+        ``keep_empty`` kept as objects no mask can match."""
+        if not self.keep_empty:
+            reasons = [f"annotation id {a.get('id', '?')} of {file_name}: its mask covers no pixel centre" for a in anns]
+            warnings.warn(skipped_warning(self.path, "annotations", reasons), RtsegWarning, stacklevel=3)
+            return
+        ids = ", ".join(str(a.get("id", "?")) for a in anns[:WARN_SKIPPED])
+        more = f" and {len(anns) - WARN_SKIPPED} more" if len(anns) > WARN_SKIPPED else ""
+        warnings.warn(f"{self.path}: {file_name}: {len(anns)} annotations (id {ids}{more}) have a mask that covers no "
+                      "pixel centre; counted as objects no predicted mask can match (as pycocotools does)",
+                      RtsegWarning, stacklevel=3)
+
     def __getitem__(self, index: int) -> Sample:
         iid = self.image_ids[index]
         info = self._images[iid]
@@ -364,7 +386,10 @@ class CocoDataset:
         for k, ann in enumerate(anns):
             masks[k] = segmentation_to_mask(ann["segmentation"], h, w, f"{self.path}: annotation id {ann.get('id')}")
         keep = masks.any(axis=(1, 2))  # a polygon may still miss every pixel centre
-        anns, masks = [a for a, k in zip(anns, keep) if k], masks[keep]
+        if not keep.all():
+            self._warn_empty(info["file_name"], [a for a, k in zip(anns, keep) if not k])
+        if not self.keep_empty:
+            anns, masks = [a for a, k in zip(anns, keep) if k], masks[keep]
         boxes = masks_to_boxes(masks)
         for k, ann in enumerate(anns):
             if "bbox" in ann and min(ann["bbox"][2:]) > 0:

@@ -85,7 +85,7 @@ def open_dataset(spec: str) -> InstanceDataset:
     if data.kind == "coco":
         from rtseg.data.coco import CocoDataset
 
-        return CocoDataset(data.path, data.images, include_crowd=True)
+        return CocoDataset(data.path, data.images, include_crowd=True, keep_empty=True)
     from rtseg.data.labelme import LabelmeDataset
 
     return LabelmeDataset(data.path)

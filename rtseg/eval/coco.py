@@ -42,7 +42,7 @@ class CocoEvaluator:
 
     def add(self, prediction: Detections, ground_truth: Sample | Sequence[Instance]) -> None:
         """Add one image: its predicted ``Detections`` and its ``Sample`` (or list of ``Instance``)."""
-        masks, class_ids, crowd = _ground_truth_arrays(ground_truth, prediction.image_size)
+        masks, boxes, class_ids, crowd = _ground_truth_arrays(ground_truth, prediction.image_size)
         h, w = masks.shape[1:] if len(masks) else prediction.image_size
         if (h, w) != tuple(prediction.image_size):
             raise ValueError(f"CocoEvaluator.add: prediction is for a {prediction.image_size} image, "
@@ -52,7 +52,6 @@ class CocoEvaluator:
                              f"but only {len(self.class_names)} classes")
         image_id = len(self._images) + 1
         self._images.append({"id": image_id, "height": int(h), "width": int(w)})
-        boxes = masks_to_boxes(masks)
         for rle, box, cls, is_crowd, area in zip(encode_rle(masks), boxes.tolist(), class_ids.tolist(),
                                                  crowd.tolist(), masks.sum(axis=(1, 2)).tolist()):
             x1, y1, x2, y2 = box
@@ -124,13 +123,16 @@ class CocoEvaluator:
 
 
 def _ground_truth_arrays(gt: Sample | Sequence[Instance], size: tuple[int, int]
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, H, W) bool masks, (N,) int64 class ids, (N,) bool crowd flags."""
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(N, H, W) bool masks, (N, 4) float32 xyxy boxes, (N,) int64 class ids, (N,) bool crowd flags.
+
+    The boxes of a ``Sample`` are its own (a COCO annotation's bbox, as pycocotools' box AP takes it, need not be
+    the tight box of its mask); those of ``Instance`` are the tight boxes of their masks."""
     if isinstance(gt, Sample):
         crowd = np.zeros(len(gt), bool) if gt.iscrowd is None else gt.iscrowd
-        return gt.masks, gt.class_ids, crowd
+        return gt.masks, gt.boxes, gt.class_ids, crowd
     masks = np.array([inst.mask for inst in gt], dtype=bool).reshape(-1, *size)
-    return masks, np.array([inst.class_id for inst in gt], np.int64), np.zeros(len(gt), bool)
+    return masks, masks_to_boxes(masks), np.array([inst.class_id for inst in gt], np.int64), np.zeros(len(gt), bool)
 
 
 def evaluate(predictions: Iterable[Detections], ground_truth: Iterable[Sample | Sequence[Instance]],

@@ -30,14 +30,17 @@ IGNORE = 255
 """Label of target pixels the semantic evaluation skips (COCO crowd regions)."""
 
 
-def class_mapping(engine_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
+def class_mapping(engine_names: Sequence[str], data_names: Sequence[str],
+                  annotated: Iterable[int] | None = None) -> np.ndarray:
     """(C_engine,) int64: data-set class id of each engine class, -1 for classes the data set lacks.
 
-    ``ConfigError`` when a data-set class is unknown to the engine (its AP could only be 0).
+    ``ConfigError`` when a data-set class among ``annotated`` (data-set class ids; None: all) is unknown to the
+    engine (its AP could only be 0). A class without ground truth counts in no AP (as in pycocotools).
     """
     index = {n: i for i, n in enumerate(data_names)}
     known = set(engine_names)
-    missing = [n for n in data_names if n not in known]
+    needed = data_names if annotated is None else [data_names[i] for i in sorted(set(annotated))]
+    missing = [n for n in needed if n not in known]
     if missing:
         raise ConfigError(f"the weights do not know data-set classes {quoted(missing)} (theirs: {quoted(engine_names)})"
                           "; evaluate weights trained on these classes")
@@ -97,10 +100,14 @@ def evaluate_instances(engine: Engine, data: Iterable[Sample], data_names: Seque
     """COCO mask/box AP of an instance engine (``Detections``) on ``data``: ``rtseg.eval.coco.METRICS``.
 
     ``mask_scoring``: the engine is an MS R-CNN; add ``rtseg.eval.mask_scoring.SCORING_METRICS``.
+    ``ConfigError`` at the first sample with a (non-crowd) object of a class the engine lacks; data-set classes
+    without such objects need not be known (pycocotools leaves classes without ground truth out of AP).
     """
-    mapping = class_mapping(engine.class_names, data_names)
+    mapping = class_mapping(engine.class_names, data_names, annotated=())
     ev = MaskScoringEvaluator(data_names) if mask_scoring else CocoEvaluator(data_names)
     for sample in data:
+        real = sample.class_ids if sample.iscrowd is None else sample.class_ids[~sample.iscrowd]
+        class_mapping(engine.class_names, data_names, annotated=real.tolist())  # refuses a class the engine lacks
         ev.add(remap(engine(sample.image), mapping, data_names), sample)
     return ev.summarize()
 
