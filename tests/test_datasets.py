@@ -93,6 +93,21 @@ def test_coco_include_crowd_marks_crowd_regions(tmp_path):
 
 
 
+def test_coco_says_the_classes_with_objects_of_its_first_images_without_reading_one(tmp_path):
+    """What ``rtseg eval`` checks the weights against before its first image: the classes with non-crowd objects
+    among the first n images, from the annotations read at open; a data set that cannot say them says None."""
+    from rtseg.data.dataset import classes_with_objects
+    from rtseg.data.synthetic import SyntheticDataset
+
+    path, images = _coco(tmp_path)
+    ds = CocoDataset(path, images, include_crowd=True)
+    for name in ("a.png", "b.png"):
+        (images / name).unlink()  # no image is read
+    assert ds.classes_with_objects(1) == {1, 2}  # car (id 3) is a crowd region in the first image
+    assert classes_with_objects(ds, 2) == classes_with_objects(ds, 5) == {0, 1, 2}
+    assert classes_with_objects(SyntheticDataset.split("test", 2), 2) is None  # drawn: known once drawn
+
+
 def test_coco_object_whose_mask_covers_no_pixel_warns_and_is_kept_for_evaluation(tmp_path):
     """A polygon that covers no pixel centre: left out of training with a warning naming it (was: silently);
     kept with ``keep_empty`` (evaluation) as an empty mask with its bbox, as pycocotools counts it."""
@@ -946,6 +961,104 @@ def test_labelme_image_data_that_is_no_base64_is_refused_when_opened_and_an_imag
     with pytest.warns(UserWarning, match=r"b.json: stale.png -> b.png"):
         ds = LabelmeDataset(tmp_path)
     assert np.array_equal(ds[1].image, _image(1))
+
+
+def _float_tiff_base64() -> str:
+    """Base64 text of a 60 x 80 TIFF of 32-bit float samples (Pillow's mode "F": a depth map, scientific data)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(_image()[:, :, 0].astype(np.float32) / 255).save(out, "TIFF")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+FLOAT_TIFF = ("a TIFF of 32-bit floating-point samples, which rtseg does not read (only 8- and 16-bit integers); "
+              "save it as an 8- or 16-bit image")
+
+
+def test_labelme_image_data_or_mask_of_a_float_tiff_says_its_samples(tmp_path):
+    """Was 'imageData is not a base64 image and no image file was found; put the image beside the JSON file' (and
+    'mask shape without a readable base64 PNG'): base64 text it is, of a TIFF that rtseg does not read. Base64 of no
+    image keeps that line."""
+    cat = [_shape("cat", [[1, 1], [9, 1], [9, 9]])]
+    _labelme(tmp_path, "a", cat, image=False, imageData=_float_tiff_base64())
+    with pytest.raises(DatasetError) as err:
+        LabelmeDataset(tmp_path)[0]
+    assert str(err.value) == f"{tmp_path / 'a.json'}: the image in imageData (no image file beside it) is {FLOAT_TIFF}"
+    _labelme(tmp_path, "a", cat, image=False, imageData=base64.b64encode(b"no image, but base64").decode())
+    with pytest.raises(DatasetError) as err:
+        LabelmeDataset(tmp_path)[0]
+    assert str(err.value) == (f"{tmp_path / 'a.json'}: imageData is not a base64 image and no image file was found; "
+                              "put the image beside the JSON file")
+    _labelme(tmp_path, "a", [dict(_shape("cat", [[1, 1], [9, 9]], "mask"), mask=_float_tiff_base64())])
+    with pytest.raises(DatasetError) as err:
+        LabelmeDataset(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'a.json'}: shape 0: the PNG of this mask shape is {FLOAT_TIFF}"
+
+
+def _exif_turned_labelme(folder: Path, suffix: str, orientation: int) -> Path:
+    """A labelme folder of one 80 x 60 picture ``a{suffix}`` stored with the EXIF ``orientation`` (5-8: read as
+    60 x 80) and its ``a.json`` giving that stored size (as labelme before 3.7 wrote it), one polygon within either;
+    the picture's path."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_image()).save(folder / f"a{suffix}", exif=exif.tobytes())
+    _labelme(folder, "a", [_shape("circle", [[5, 5], [40, 5], [40, 40]])], image=False, imagePath=f"a{suffix}")
+    return folder / f"a{suffix}"
+
+
+def _exif_turned_labelme_line(file: Path) -> str:
+    return (f"{file}: its EXIF orientation turns it on its side, from the stored 80x60 that a.json gives to 60x80; "
+            "if the annotations were drawn on the stored picture (as labelme before 3.7 showed it; later versions show "
+            "the turned one and write its size), remove the file's orientation tag (e.g. exiftool -Orientation= FILE), "
+            "if on the turned one, swap imageWidth and imageHeight in a.json")
+
+
+@pytest.mark.parametrize("suffix, orientation", [(".jpg", 5), (".jpg", 6), (".jpg", 7), (".jpg", 8), (".png", 6)])
+def test_labelme_image_that_its_exif_orientation_turns_on_its_side_says_so_and_both_ways_out(tmp_path, suffix,
+                                                                                              orientation):
+    """Was 'image is 60x80 but the file says 80x60 (imageWidth x imageHeight); annotate this image again or put
+    back the one annotated', with no word of the EXIF orientation. labelme 3.7+ reads the picture turned
+    (apply_exif_orientation) and writes that size; a JSON with the stored size was drawn on the stored picture by an
+    older labelme, or written by another tool. Either way out, as said, reads the sample."""
+    file = _exif_turned_labelme(tmp_path, suffix, orientation)
+    with pytest.raises(DatasetError) as caught:
+        LabelmeDataset(tmp_path)[0]
+    assert str(caught.value) == _exif_turned_labelme_line(file)
+    path = tmp_path / "a.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(record, imageWidth=H, imageHeight=W)))
+    sample = LabelmeDataset(tmp_path)[0]
+    assert sample.image.shape == (W, H, 3) and sample.masks.shape == (1, W, H)
+    path.write_text(json.dumps(record))
+    cv2.imwrite(str(file), cv2.imread(str(file), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION))  # tag removed
+    sample = LabelmeDataset(tmp_path)[0]
+    assert sample.image.shape == (H, W, 3) and sample.masks.shape == (1, H, W)
+
+
+def test_labelme_image_turned_by_exif_to_another_size_than_given_keeps_the_plain_line(tmp_path):
+    _exif_turned_labelme(tmp_path, ".jpg", 6)
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), imageWidth=50, imageHeight=40)))
+    with pytest.raises(DatasetError) as caught:
+        LabelmeDataset(tmp_path)[0]
+    assert str(caught.value) == (f"{path}: image is 60x80 but the file says 50x40 (imageWidth x imageHeight); "
+                                 "annotate this image again or put back the one annotated")
+
+
+def test_rtseg_eval_of_a_labelme_image_turned_by_its_exif_orientation_is_one_line_saying_so(tmp_path):
+    import subprocess
+    import sys
+
+    file = _exif_turned_labelme(tmp_path, ".jpg", 6)
+    r = subprocess.run([sys.executable, "-m", "rtseg", "eval", "--data", f"labelme:{tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == f"rtseg eval: error: {_exif_turned_labelme_line(file)}", r.stderr
 
 
 @pytest.mark.parametrize("command", [["eval"], ["train", "--iters", "1", "--out", "OUT"]])

@@ -164,34 +164,27 @@ def _string_ids_float_sizes(data: dict) -> None:
         a["image_id"] = f"frame-{a['image_id']}"
 
 
-@pytest.mark.parametrize("change", [_loose_boxes, _pixelless_object, _string_ids_float_sizes])
-def test_coco_file_ap_equals_pycocotools_cocoeval(tmp_path, change):
-    """Mask and box AP of a COCO file as ``rtseg eval`` reads it (crowd and pixel-less objects kept) equal
-    pycocotools' COCOeval on the file itself: the annotations' own boxes, an object whose polygon covers no pixel
-    centre counted (no mask matches it), string image ids and a height of 240.0 taken as pycocotools takes them."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from rtseg.eval.cli import open_dataset
+def _shifted_predictions(samples: list[Sample], image_ids, category_ids) -> tuple[list[Detections], list[dict]]:
+    """Predictions of ``samples``: every mask one pixel off, one object missed, boxes tight around the masks;
+    and the same as COCO results (``image_ids``, ``category_ids`` of the data set)."""
     from rtseg.serialize import detections_to_coco
 
-    path = export_coco(SyntheticScene(35, num_frames=20, width=160, height=120), tmp_path, every=5)
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the pixel-less object's warning
-        ds = open_dataset(f"coco:{path}:{tmp_path}")
-        samples = [ds[i] for i in range(len(ds))]
     preds, results = [], []
-    for k, s in enumerate(samples):  # every mask one pixel off, one object missed, boxes tight around the masks
+    for k, s in enumerate(samples):
         visible = s.masks.any(axis=(1, 2))
         masks = np.roll(s.masks[visible], 1, axis=2)[1:] if k % 2 else np.roll(s.masks[visible], 1, axis=1)
         pred = _perfect(s, masks=masks, class_ids=s.class_ids[visible][len(s.masks[visible]) - len(masks):])
         preds.append(pred)
-        for entry in detections_to_coco(pred, 0, ds.category_ids):
-            results.append({**entry, "image_id": ds.image_ids[k]})
-    ours = evaluate(preds, samples, ds.class_names)
+        results += [{**entry, "image_id": image_ids[k]} for entry in detections_to_coco(pred, 0, category_ids)]
+    return preds, results
+
+
+def _assert_ap_equals_cocoeval(ours: dict[str, float], path: Path, results: list[dict]) -> None:
+    """``ours`` (``evaluate``'s metrics) has the mask and box AP, AP50, AP75 of pycocotools' COCOeval of
+    ``results`` against the COCO file ``path``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(path))
         for iou_type, drop, prefix in (("segm", "bbox", "mask"), ("bbox", "segmentation", "box")):
@@ -202,6 +195,66 @@ def test_coco_file_ap_equals_pycocotools_cocoeval(tmp_path, change):
             got = {f"{prefix}_AP": ours[f"{prefix}_AP"], f"{prefix}_AP50": ours[f"{prefix}_AP50"],
                    f"{prefix}_AP75": ours[f"{prefix}_AP75"]}
             assert got == pytest.approx(dict(zip(got, ev.stats[:3])), abs=1e-6), iou_type
+
+
+@pytest.mark.parametrize("change", [_loose_boxes, _pixelless_object, _string_ids_float_sizes])
+def test_coco_file_ap_equals_pycocotools_cocoeval(tmp_path, change):
+    """Mask and box AP of a COCO file as ``rtseg eval`` reads it (crowd and pixel-less objects kept) equal
+    pycocotools' COCOeval on the file itself: the annotations' own boxes, an object whose polygon covers no pixel
+    centre counted (no mask matches it), string image ids and a height of 240.0 taken as pycocotools takes them."""
+    from rtseg.eval.cli import open_dataset
+
+    path = export_coco(SyntheticScene(35, num_frames=20, width=160, height=120), tmp_path, every=5)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pixel-less object's warning
+        ds = open_dataset(f"coco:{path}:{tmp_path}")
+        samples = [ds[i] for i in range(len(ds))]
+    preds, results = _shifted_predictions(samples, ds.image_ids, ds.category_ids)
+    _assert_ap_equals_cocoeval(evaluate(preds, samples, ds.class_names), path, results)
+
+
+def test_resized_coco_file_ap_equals_cocoeval_on_the_file_resized_alike(tmp_path):
+    """``--resize`` changes only the scale: AP of a COCO file read at half size (``resize_sample``, as ``samples``
+    does for --resize) equals COCOeval on that file halved: images and masks halved as --resize halves them, each
+    annotation's own (loose) bbox halved, and every object kept, the pixel-less one and one whose single pixel
+    vanishes at half size included (were: boxes re-fitted to the resized masks, both objects dropped)."""
+    from pycocotools import mask as mask_utils
+
+    from rtseg.data.coco import segmentation_to_mask
+    from rtseg.eval.cli import open_dataset
+    from rtseg.eval.runners import resize_sample
+
+    path = export_coco(SyntheticScene(35, num_frames=20, width=160, height=120), tmp_path, every=5)
+    data = json.loads(path.read_text())
+    _loose_boxes(data)
+    _pixelless_object(data)
+    dot = np.zeros((120, 160), np.uint8)
+    dot[11, 11] = 1  # nearest-neighbour halving keeps the even rows and columns only
+    data["annotations"].append({"id": 998, "image_id": data["images"][1]["id"], "category_id": 1, "iscrowd": 0,
+                                "area": 1, "bbox": [11, 11, 1, 1],
+                                "segmentation": {**mask_utils.encode(np.asfortranarray(dot)), "counts":
+                                                 mask_utils.encode(np.asfortranarray(dot))["counts"].decode()}})
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pixel-less object's warning
+        ds = open_dataset(f"coco:{path}:{tmp_path}")
+        halved = [resize_sample(ds[i], (80, 60)) for i in range(len(ds))]
+    assert sum(len(s) for s in halved) == len(data["annotations"])
+    for img in data["images"]:
+        img["width"], img["height"] = 80, 60
+    for a in data["annotations"]:
+        full = segmentation_to_mask(a["segmentation"], 120, 160, "test").astype(np.uint8)
+        half = cv2.resize(full, (80, 60), interpolation=cv2.INTER_NEAREST)
+        rle = mask_utils.encode(np.asfortranarray(half))
+        a["segmentation"], a["area"] = {**rle, "counts": rle["counts"].decode()}, int(half.sum())
+        a["bbox"] = [v / 2 for v in a["bbox"]]
+    halved_file = tmp_path / "halved.json"
+    halved_file.write_text(json.dumps(data))
+    preds, results = _shifted_predictions(halved, ds.image_ids, ds.category_ids)
+    _assert_ap_equals_cocoeval(evaluate(preds, halved, ds.class_names), halved_file, results)
 
 
 def test_evaluator_checks_inputs(samples):
@@ -376,6 +429,46 @@ def test_cli_unused_data_set_category_is_no_error_but_an_annotated_one_is(tiny_w
     capsys.readouterr()
     assert main(args) == 2
     assert "rtseg eval: error: the weights do not know data-set classes 'zebra'" in capsys.readouterr().err
+
+
+def test_cli_a_class_the_weights_lack_is_refused_before_the_first_image(tiny_weights, tmp_path, capsys):
+    """A COCO file says its objects' classes at open: a class with objects that the weights lack is refused before
+    any image is read (was: at the first image that holds one, possibly hours into the evaluation), and only when
+    it has objects among the --max-images evaluated."""
+    ann = export_coco(SyntheticScene(36, num_frames=4, width=160, height=120), tmp_path / "coco", every=2)
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 99, "name": "zebra"})
+    data["annotations"][-1]["category_id"] = 99  # on the second image
+    ann.write_text(json.dumps(data))
+    (ann.parent / data["images"][0]["file_name"]).write_bytes(b"not an image")  # any read of it fails
+    args = ["--weights", str(tiny_weights), "--data", f"coco:{ann}:{ann.parent}", "--score-threshold", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rtseg eval: error: the weights do not know data-set classes 'zebra'") and "\n" not in err
+    assert main([*args, "--max-images", "1"]) == 2  # no zebra in the first image: it is read (and is no image)
+    err = capsys.readouterr().err
+    assert "zebra" not in err and data["images"][0]["file_name"] in err
+
+
+def test_cli_a_labelme_class_the_weights_lack_is_refused_before_the_first_image(tiny_weights, tmp_path, capsys):
+    """A labelme folder says its shapes' classes at open too (its JSON files are read then): a class the weights
+    lack is refused before any image is read, and only when it has shapes among the --max-images evaluated."""
+    from rtseg.data.export import export_labelme
+
+    folder = export_labelme(SyntheticScene(36, num_frames=4, width=160, height=120), tmp_path / "lm", every=2)
+    (folder / "label_names.txt").write_text("\n".join([*CLASSES, "zebra"]) + "\n")
+    second = folder / "frame_000002.json"
+    record = json.loads(second.read_text())
+    record["shapes"][-1]["label"] = "zebra1"
+    second.write_text(json.dumps(record))
+    (folder / "frame_000000.png").write_bytes(b"not an image")  # any read of it fails
+    args = ["--weights", str(tiny_weights), "--data", f"labelme:{folder}", "--score-threshold", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rtseg eval: error: the weights do not know data-set classes 'zebra'") and "\n" not in err
+    assert main([*args, "--max-images", "1"]) == 2  # no zebra in the first image: it is read (and is no image)
+    err = capsys.readouterr().err
+    assert "zebra" not in err and "frame_000000.png" in err
 
 
 def test_cli_data_set_warnings_are_one_line(tiny_weights, tmp_path, capsys):

@@ -137,11 +137,40 @@ def test_crowd_regions_are_ignored_in_semantic_targets():
     assert ev.summarize()["mIoU"] == 1.0
 
 
-def test_target_lut_rejects_unknown_classes():
+def test_target_lut_rejects_unknown_classes_with_objects_only():
+    """"background" is always needed; a data-set class only among ``annotated`` (the classes with objects), or
+    always when that is not known (None). A class without objects gets -1: no target pixel is of it."""
     with pytest.raises(ConfigError, match="do not know data-set classes 'background'"):
-        target_lut(["a", "b"], ["a", "b"])
+        target_lut(["a", "b"], ["a", "b"], annotated=())
     with pytest.raises(ConfigError, match="do not know data-set classes 'zebra'"):
         target_lut(["background", "a"], ["a", "zebra"])
+    with pytest.raises(ConfigError, match="do not know data-set classes 'zebra'"):
+        target_lut(["background", "a"], ["a", "zebra"], annotated=[1])
+    assert target_lut(["a", "background"], ["a", "zebra"], annotated=[0]).tolist() == [1, 0, -1]
+
+
+def test_fcn_takes_a_data_set_class_without_objects_and_checks_each_sample_when_not_told(fcn_weights):
+    """mIoU averages over the classes in the ground truth or the prediction (:mod:`rtseg.eval.semantic`): a
+    data-set class the engine lacks, without target pixels, is in neither, so the metrics are those of the data set
+    without it (was: refused). Unknown up front (annotated None), each sample is checked: a non-crowd object of such
+    a class is refused, a crowd region (ignored) is not."""
+    import rtseg
+
+    engine = rtseg.load("fcn", weights=str(fcn_weights))
+    data = SyntheticDataset.split("test", 2, width=80, height=64)
+    some = [data[0], data[1]]
+    names = [*data.class_names, "zebra"]
+    expected = evaluate_semantic_engine(engine, some, data.class_names)
+    assert evaluate_semantic_engine(engine, some, names) == expected
+    assert evaluate_semantic_engine(engine, some, names, annotated=set(data[0].class_ids.tolist())
+                                    | set(data[1].class_ids.tolist())) == expected
+    mask = np.zeros((1, 64, 80), bool)
+    mask[0, 5:20, 5:20] = True
+    zebra = Sample(image=data[0].image, boxes=masks_to_boxes(mask), class_ids=np.array([len(names) - 1]), masks=mask,
+                   iscrowd=np.array([True]))
+    evaluate_semantic_engine(engine, [*some, zebra], names)
+    with pytest.raises(ConfigError, match="do not know data-set classes 'zebra'"):
+        evaluate_semantic_engine(engine, [*some, Sample.from_masks(zebra.image, mask, zebra.class_ids)], names)
 
 
 def test_cli_msrcnn_reports_ap_by_mask_score_and_correlation(msrcnn_weights, tmp_path, capsys):
@@ -194,20 +223,25 @@ def test_remap_keeps_mask_scores():
     np.testing.assert_array_equal(out.mask_scores, dets.mask_scores)
 
 
-def test_resize_sample_drops_vanished_instances_and_keeps_crowd_flags():
+def test_resize_sample_scales_the_samples_own_boxes_and_keeps_every_object():
+    """Only the scale changes: the sample's boxes are scaled with the image (a COCO bbox stays the annotation's,
+    not the resized mask's), and an object whose mask vanishes stays, as ground truth no mask matches (were:
+    boxes re-fitted to the resized masks, vanished objects dropped)."""
     big = SyntheticDataset.split("test", 1)[0]
     small = resize_sample(big, (160, 120))
-    assert small.image.shape == (120, 160, 3) and small.masks.shape[1:] == (120, 160)
-    np.testing.assert_array_equal(small.boxes, masks_to_boxes(small.masks))
+    assert small.image.shape == (120, 160, 3) and small.masks.shape[1:] == (120, 160) and len(small) == len(big)
+    np.testing.assert_allclose(small.boxes, big.boxes / 4, rtol=1e-6)
     mask = np.zeros((2, 40, 40), bool)
     mask[0, 1:3, 1:3] = True  # 2x2 pixels: gone at a quarter of the size
     mask[1, 8:32, 8:32] = True
-    s = Sample(image=np.zeros((40, 40, 3), np.uint8), boxes=masks_to_boxes(mask), class_ids=np.array([0, 1]),
+    boxes = np.array([[1, 1, 3, 3], [6, 6, 34, 30]], np.float32)  # the second: a loose box, not its mask's
+    s = Sample(image=np.zeros((40, 40, 3), np.uint8), boxes=boxes, class_ids=np.array([0, 1]),
                masks=mask, iscrowd=np.array([False, True]))
-    r = resize_sample(s, (10, 10))
-    assert len(r) == 1 and r.class_ids.tolist() == [1] and r.iscrowd.tolist() == [True]
-    assert r.masks[0, 2:8, 2:8].all() and r.masks.sum() == 36
-    assert next(iter(samples([s], 1, (10, 10)))).masks.sum() == 36
+    r = resize_sample(s, (10, 20))
+    assert r.class_ids.tolist() == [0, 1] and r.iscrowd.tolist() == [False, True] and r.image_size == (20, 10)
+    assert not r.masks[0].any() and r.masks[1, 4:16, 2:8].all() and r.masks.sum() == 72
+    np.testing.assert_allclose(r.boxes, [[0.25, 0.5, 0.75, 1.5], [1.5, 3, 8.5, 15]])
+    assert next(iter(samples([s], 1, (10, 20)))).masks.sum() == 72
 
 
 def test_engine_is_read_from_the_manifest(fcn_weights, msrcnn_weights, tmp_path):
@@ -322,6 +356,44 @@ def test_panoptic_scorer_perfect_prediction_unknown_category_and_crowd():
     m = scorer.summarize()
     assert scorer.evaluator.fn.sum() == 0 and scorer.evaluator.fp.sum() == 0 and m["PQ/a"] == 1.0
     assert m["PQ/background"] == pytest.approx((40 * 40 - 15 * 15 - 13 * 13) / (40 * 40 - 15 * 15))
+
+
+def test_panoptic_scorer_takes_a_data_set_class_without_objects():
+    """A data-set class the engine lacks and no ground truth holds has no TP, FP or FN: PQ leaves it out, as
+    every category without them (was: refused); one with objects (``annotated``) is still refused."""
+    mask = np.zeros((1, 40, 40), bool)
+    mask[0, 5:20, 5:20] = True
+    sample = Sample.from_masks(np.zeros((40, 40, 3), np.uint8), mask, [0])
+    with pytest.raises(ConfigError, match="do not know data-set classes 'zebra'"):
+        PanopticScorer(["background", "a"], [1], ["a", "zebra"], annotated=[0, 1])
+    scorer = PanopticScorer(["background", "a"], [1], ["a", "zebra"], annotated=[0])
+    scorer.add(panoptic_from_masks(mask, [1], ["background", "a"]), sample)
+    m = scorer.summarize()
+    assert m["PQ"] == m["PQ_th"] == m["PQ_st"] == 1.0 and "PQ/zebra" not in m
+
+
+def test_cli_fcn_and_panoptic_take_a_data_set_class_without_objects(fcn_weights, stuff_fcn_weights, tmp_path,
+                                                                      capsys):
+    """A COCO category no evaluated image holds an object of, unknown to the weights: FCN and panoptic evaluate
+    (were: refused), as instance AP does; one with objects is refused before the first image."""
+    from rtseg.data.export import export_coco
+
+    ann = export_coco(SyntheticScene(36, num_frames=4, width=96, height=72), tmp_path / "coco", every=2)
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 99, "name": "zebra"})
+    ann.write_text(json.dumps(data))
+    fcn = ["--weights", str(fcn_weights), "--data", f"coco:{ann}:{ann.parent}"]
+    panoptic = ["--engine", "panoptic", "--semantic", str(stuff_fcn_weights), "--data", f"coco:{ann}:{ann.parent}"]
+    for args in (fcn, panoptic):
+        assert main(args) == 0, capsys.readouterr().err
+        assert "2 images" in capsys.readouterr().out
+    data["annotations"][-1]["category_id"] = 99
+    ann.write_text(json.dumps(data))
+    (ann.parent / data["images"][0]["file_name"]).write_bytes(b"not an image")  # any read of it fails
+    for args in (fcn, panoptic):
+        assert main(args) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]  # (panoptic: after the demo model's notice)
+        assert error.startswith("rtseg eval: error: the weights do not know data-set classes 'zebra'")
 
 
 def test_cli_slic_reports_superpixel_metrics(tmp_path, capsys):

@@ -36,9 +36,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rtseg.data.dataset import (FAR_PIXELS, WARN_SKIPPED, Sample, first_named_twice, masks_to_boxes, named_file,
-                                read_image, read_json, skipped_warning)
+                                read_image, read_json, skipped_warning, turned_size_error)
 from rtseg.errors import DatasetError, RtsegWarning
-from rtseg.imageio import stored_size
 from rtseg.ranges import number_problem
 
 
@@ -347,19 +346,22 @@ class CocoDataset:
         labelme and most annotation tools show it) where the annotation file lists ``listed_width`` x
         ``listed_height``. When that is its size as stored (an orientation of 5-8 turned it on its side: a tool
         that wrote the stored size, e.g. Label Studio's COCO export, or one that drew on the stored pixels) the error
-        says so and both ways out."""
+        says so and both ways out (:func:`~rtseg.data.dataset.turned_size_error`)."""
         name = self.path.name
-        if stored_size(file) != (listed_width, listed_height):
-            return DatasetError(f"{file}: image is {width}x{height} but {name} says {listed_width}x{listed_height}; "
-                                "fix its width/height or use the annotated image")
-        return DatasetError(f"{file}: its EXIF orientation turns it on its side, from the stored {listed_width}x"
-                            f"{listed_height} that {name} gives to {width}x{height}; if the annotations were drawn on "
-                            "the turned picture (as most annotation tools show it), swap the image's width and height "
-                            f"in {name}, if on the stored one, remove the file's orientation tag "
-                            "(e.g. exiftool -Orientation= FILE)")
+        return turned_size_error(file, (width, height), (listed_width, listed_height), name,
+                                 f"swap the image's width and height in {name}") or DatasetError(
+            f"{file}: image is {width}x{height} but {name} says {listed_width}x{listed_height}; fix its width/height "
+            "or use the annotated image")
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def classes_with_objects(self, n: int) -> frozenset[int]:
+        """Class ids with a non-crowd annotation in samples ``0 .. n-1``, from the annotations read at open (no image
+        is read). Without ``keep_empty`` a class may be named whose only objects there cover no pixel centre (left
+        out when the sample is read)."""
+        return frozenset(self._cat_to_class[a["category_id"]] for iid in self.image_ids[:n] for a in self._anns[iid]
+                         if not a.get("iscrowd", 0))
 
     def _warn_empty(self, file_name: str, anns: list[dict]) -> None:
         """Warn that ``anns`` (annotations of the image ``file_name``) cover no pixel centre: left out, or with

@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from rtseg.errors import PERMISSION_DENIED, DatasetError, json_problem
-from rtseg.imageio import ImageReadError, read_image_file
+from rtseg.imageio import ImageReadError, read_image_file, stored_size
 from rtseg.types import _check
 from rtseg.userfiles import read_regular_file
 
@@ -30,6 +30,26 @@ def read_image(path: Path | str) -> np.ndarray:
         return read_image_file(path)
     except ImageReadError as exc:
         raise DatasetError(f"{path}: {exc}; fix or remove the file and its annotations") from None
+
+
+def turned_size_error(file: Path, size: tuple[int, int], listed: tuple[int, int], listed_in: str, swap: str,
+                      stored_shown_by: str | None = None) -> DatasetError | None:
+    """The error of the image ``file``, read as ``size`` (width, height) pixels with its EXIF orientation applied,
+    where the annotation file ``listed_in`` (its name) lists ``listed`` (width, height), when that is the file's size
+    as stored (an orientation of 5-8 turned it on its side); None when it is not. The error says so and both ways
+    out: ``swap`` (what to change in ``listed_in``) for annotations drawn on the turned picture, removing the file's
+    orientation tag for ones drawn on the stored picture. The picture the annotating tool showed comes first:
+    ``stored_shown_by`` says which tools showed the stored one (None: the turned one, as most annotation tools show
+    it)."""
+    if stored_size(file) != listed:
+        return None
+    untag = "remove the file's orientation tag (e.g. exiftool -Orientation= FILE)"
+    ways = (f"if the annotations were drawn on the turned picture (as most annotation tools show it), {swap}, "
+            f"if on the stored one, {untag}") if stored_shown_by is None else (
+        f"if the annotations were drawn on the stored picture ({stored_shown_by}), {untag}, if on the turned one, "
+        f"{swap}")
+    return DatasetError(f"{file}: its EXIF orientation turns it on its side, from the stored {listed[0]}x{listed[1]} "
+                        f"that {listed_in} gives to {size[0]}x{size[1]}; {ways}")
 
 
 def named_file(folder: Path, name: str) -> Path:
@@ -166,7 +186,11 @@ class Sample:
 
 @runtime_checkable
 class InstanceDataset(Protocol):
-    """What the trainer and evaluator need from a data set."""
+    """What the trainer and evaluator need from a data set.
+
+    A data set that knows the classes of its objects without reading its images (COCO: every annotation's category
+    is read at open) may also offer ``classes_with_objects(n) -> frozenset[int]``: see :func:`classes_with_objects`.
+    """
 
     class_names: Sequence[str]
     #: The image files the samples are read from (none for generated ones), which may lie outside the folder the
@@ -176,3 +200,11 @@ class InstanceDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Sample: ...
+
+
+def classes_with_objects(dataset: InstanceDataset, n: int) -> frozenset[int] | None:
+    """Class ids (into ``dataset.class_names``) with at least one non-crowd object in samples ``0 .. n-1``, as the
+    data set's ``classes_with_objects(n)`` says them without reading an image; None when it offers no such method
+    (the classes would be known only by reading every sample)."""
+    say = getattr(dataset, "classes_with_objects", None)
+    return None if say is None else frozenset(say(n))

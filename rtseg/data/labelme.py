@@ -27,7 +27,10 @@ then an image named like the JSON (``a.json`` -> ``a.png``/``a.jpg`` ...) is
 used. A missing image, and ``imageData`` that is no base64 text where no image
 file is found, raise ``DatasetError`` when the folder is opened; so do two JSON
 files whose image is one file (two samples of one picture, each with part of its
-objects).
+objects). Images are read with their EXIF orientation applied, as labelme 3.7
+and later show them and write their size; one that it turns on its side, its
+JSON giving its stored size (labelme before 3.7, which showed the stored
+picture, or another tool), is refused naming both ways out.
 
 Class names come from ``class_names`` (a list, or a path to a text file with one
 name per line), else from ``label_names.txt`` / ``labels.txt`` in the folder
@@ -52,7 +55,7 @@ import cv2
 import numpy as np
 
 from rtseg.data.dataset import (FAR_PIXELS, Sample, first_named_twice, masks_to_boxes, named_file, read_image,
-                                read_json, skipped_warning)
+                                read_json, skipped_warning, turned_size_error)
 from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
 from rtseg.imageio import ImageReadError, decode_image
 from rtseg.ranges import number_problem
@@ -64,6 +67,7 @@ _SKIP_LABELS = {"__ignore__", "_background_"}
 _NUMBERED = re.compile(r"(.+?)[_\- ]?(\d+)")
 _NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2, "oriented_rectangle": 4}  # points per shape type
 _EXACT = ("circle", "mask", "oriented_rectangle")  # shape types of exactly _NEED points (labelme asserts it)
+_UNREADABLE = "not a readable image file"  # decode_image's reason when it names none of its own
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -168,6 +172,11 @@ class LabelmeDataset:
             for shape in r.shapes:
                 self._class_of(shape.label, shape.where)
 
+    def classes_with_objects(self, n: int) -> frozenset[int]:
+        """Class ids of the shapes of samples ``0 .. n-1``, from the JSON files read at open (no image read;
+        :func:`rtseg.data.dataset.classes_with_objects`). A shape that turns out to cover no pixel still counts."""
+        return frozenset(self._class_of(s.label, s.where) for r in self._records[:n] for s in r.shapes)
+
     def _class_of(self, label: str, where: str) -> int:
         if label in self._class_index:
             return self._class_index[label]
@@ -221,13 +230,26 @@ class LabelmeDataset:
             raise _no_image_data(path)
         return image
 
+    def _size_error(self, index: int, width: int, height: int) -> DatasetError:
+        """The error of sample ``index`` whose image is ``width`` x ``height`` pixels (its EXIF orientation applied)
+        where its JSON says otherwise. An image file whose orientation of 5-8 turns it on its side, listed with its
+        stored size, is said so with both ways out (:func:`~rtseg.data.dataset.turned_size_error`): labelme 3.7
+        and later show the turned picture and write its size, earlier ones showed and wrote the stored one."""
+        path, record = self.files[index], self._records[index]
+        turned = record.image is not None and turned_size_error(
+            record.image, (width, height), (record.width, record.height), path.name,
+            f"swap imageWidth and imageHeight in {path.name}",
+            "as labelme before 3.7 showed it; later versions show the turned one and write its size")
+        return turned or DatasetError(
+            f"{path}: image is {width}x{height} but the file says {record.width}x{record.height} (imageWidth x "
+            "imageHeight); annotate this image again or put back the one annotated")
+
     def __getitem__(self, index: int) -> Sample:
         path, record = self.files[index], self._records[index]
         image = self._image(index)
         h, w = image.shape[:2]
         if (record.height, record.width) != (h, w):
-            raise DatasetError(f"{path}: image is {w}x{h} but the file says {record.width}x{record.height} "
-                               "(imageWidth x imageHeight); annotate this image again or put back the one annotated")
+            raise self._size_error(index, w, h)
         groups: dict[Any, tuple[int, np.ndarray, str]] = {}
         for k, shape in enumerate(record.shapes):
             cls = self._class_of(shape.label, shape.where)
@@ -366,13 +388,15 @@ def _base64_bytes(value: Any) -> bytes | None:
 
 
 def _base64_image(value: Any, flags: int, what: str) -> np.ndarray | None:
-    """The image encoded in the base64 text ``value`` (``decode_image`` with ``flags``), None when it is none;
-    ``DatasetError`` "``what`` is W x H pixels, over ..." for one over :data:`rtseg.imageio.MAX_IMAGE_PIXELS`."""
+    """The image encoded in the base64 text ``value`` (``decode_image`` with ``flags``), None when it is none (no
+    base64 text, or bytes that no codec reads); ``DatasetError`` "``what`` is <reason>" when ``decode_image`` names
+    a reason of its own: over :data:`rtseg.imageio.MAX_IMAGE_PIXELS` ("W x H pixels, over ..."), a TIFF of float
+    or 32-bit samples ("a TIFF of 32-bit floating-point samples, ...")."""
     data = _base64_bytes(value)
     try:
         return None if data is None else decode_image(data, flags)
     except ImageReadError as exc:
-        if exc.too_large:
+        if exc.too_large or not str(exc).startswith(_UNREADABLE):
             raise DatasetError(f"{what} is {exc}") from None
     return None
 

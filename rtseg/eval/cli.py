@@ -19,7 +19,10 @@ without ``--weights``, yolact and panoptic use the shipped demo model.
 
 ``--data`` is ``synthetic:{train|val|test}``, ``coco:ANNOTATIONS.json:IMAGE_DIR`` or
 ``labelme:FOLDER``. Classes of the weights and the data set are matched by name
-(for the official COCO checkpoints the 80 names equal the COCO category names).
+(for the official COCO checkpoints the 80 names equal the COCO category names). The weights must know every
+data-set class with (non-crowd) objects in the images evaluated (a class without any counts in no AP, mIoU or PQ);
+one they lack is refused before the first image where the data set knows its classes unread (COCO), else at the
+first image that holds one.
 
 ``--json PATH`` writes the metrics whole at the end, renamed over PATH (a symbolic link: over its target, the link
 kept); ``--json -`` prints them on stdout, the table then on stderr. A FIFO, a device or a descriptor's name
@@ -193,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     """Evaluate as the options say and print the metrics (in %); returns them. The options are checked first
     (:func:`_check_args`), then the evaluation (torch: seconds) is imported."""
     engine_name, resize, target = _check_args(args)
+    from rtseg.data.dataset import classes_with_objects
     from rtseg.eval.coco import format_table
     from rtseg.eval.mask_scoring import format_scoring_table
     from rtseg.eval.runners import (
@@ -213,11 +217,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     engine, settings = load_engine(engine_name, args)
     start = time.perf_counter()
     data = samples(dataset, n, resize)
+    annotated = classes_with_objects(dataset, n)  # a class the engine lacks is refused before the first image
     if engine_name == "fcn":
-        metrics = evaluate_semantic_engine(engine, data, dataset.class_names)
+        metrics = evaluate_semantic_engine(engine, data, dataset.class_names, annotated=annotated)
         table = format_semantic(metrics)
     elif engine_name == "panoptic":
-        metrics = evaluate_panoptic_engine(engine, data, dataset.class_names)
+        metrics = evaluate_panoptic_engine(engine, data, dataset.class_names, annotated=annotated)
         table = format_panoptic(metrics)
     elif engine_name == "slic":
         metrics = evaluate_superpixel_engine(engine, data)
@@ -226,7 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                               "trivially perfect)")
         table = format_superpixels(metrics)
     else:
-        metrics = evaluate_instances(engine, data, dataset.class_names, mask_scoring=engine_name == "msrcnn")
+        metrics = evaluate_instances(engine, data, dataset.class_names, annotated=annotated,
+                                     mask_scoring=engine_name == "msrcnn")
         if math.isnan(metrics["mask_AP"]) and math.isnan(metrics["box_AP"]):
             raise _no_instances(args.data, n, "AP is undefined")
         table = format_table(metrics) + ("\n\n" + format_scoring_table(metrics) if engine_name == "msrcnn" else "")

@@ -6,9 +6,10 @@ between the engine and the data set.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -47,6 +48,13 @@ def class_mapping(engine_names: Sequence[str], data_names: Sequence[str],
     return np.array([index.get(n, -1) for n in engine_names], np.int64)
 
 
+def check_sample_classes(engine_names: Sequence[str], data_names: Sequence[str], sample: Sample) -> None:
+    """``ConfigError`` (:func:`class_mapping`) when ``sample`` holds a non-crowd object of a data-set class the
+    engine lacks: the check, sample by sample, of a data set that cannot say its classes before it is read."""
+    real = sample.class_ids if sample.iscrowd is None else sample.class_ids[~sample.iscrowd]
+    class_mapping(engine_names, data_names, annotated=real.tolist())
+
+
 def quoted(names: Sequence[str], limit: int = 5) -> str:
     """The first ``limit`` of ``names`` quoted (``repr``: a comma, space or line break inside a name stays
     visible), then `` … (N in all)`` when there are more."""
@@ -67,9 +75,11 @@ def remap(dets: Detections, mapping: np.ndarray, data_names: Sequence[str]) -> D
 
 
 def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
-    """``sample`` at ``size`` = (W, H): image with area averaging, masks nearest-neighbour, boxes re-fitted.
+    """``sample`` at ``size`` = (W, H): image with area averaging, masks nearest-neighbour, the sample's own boxes
+    (a COCO annotation's bbox) scaled with the image, every object and crowd flag kept: only the scale changes.
 
-    Instances whose mask vanishes at the new size are dropped (nothing left to detect).
+    An object whose mask covers no pixel at the new size stays, as the evaluation counts a COCO object whose mask
+    covers no pixel centre: ground truth no predicted mask matches (its box still can).
     """
     w, h = size
     if sample.image_size == (h, w):
@@ -77,12 +87,9 @@ def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
     image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_AREA)
     masks = np.array([cv2.resize(m.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for m in sample.masks],
                      dtype=bool).reshape(-1, h, w)
-    keep = masks.reshape(len(masks), -1).any(1)
-    out = Sample.from_masks(image, masks[keep], sample.class_ids[keep])
-    if sample.iscrowd is None:
-        return out
-    return Sample(image=out.image, boxes=out.boxes, class_ids=out.class_ids, masks=out.masks,
-                  iscrowd=sample.iscrowd[keep])
+    old_h, old_w = sample.image_size
+    scale = np.array([w / old_w, h / old_h, w / old_w, h / old_h])
+    return dataclasses.replace(sample, image=image, masks=masks, boxes=(sample.boxes * scale).astype(np.float32))
 
 
 def samples(dataset: InstanceDataset, n: int, resize: tuple[int, int] | None = None) -> Iterator[Sample]:
@@ -96,30 +103,44 @@ def samples(dataset: InstanceDataset, n: int, resize: tuple[int, int] | None = N
 
 
 def evaluate_instances(engine: Engine, data: Iterable[Sample], data_names: Sequence[str], *,
-                       mask_scoring: bool = False) -> dict[str, float]:
+                       annotated: Collection[int] | None = None, mask_scoring: bool = False) -> dict[str, float]:
     """COCO mask/box AP of an instance engine (``Detections``) on ``data``: ``rtseg.eval.coco.METRICS``.
 
-    ``mask_scoring``: the engine is an MS R-CNN; add ``rtseg.eval.mask_scoring.SCORING_METRICS``.
-    ``ConfigError`` at the first sample with a (non-crowd) object of a class the engine lacks; data-set classes
+    annotated: the data-set class ids with (non-crowd) objects in ``data``, known before it is read
+    (:func:`rtseg.data.dataset.classes_with_objects`): ``ConfigError`` before the first sample when the engine
+    lacks one of them; None: each sample is checked as it comes (:func:`check_sample_classes`). Data-set classes
     without such objects need not be known (pycocotools leaves classes without ground truth out of AP).
+    ``mask_scoring``: the engine is an MS R-CNN; add ``rtseg.eval.mask_scoring.SCORING_METRICS``.
     """
-    mapping = class_mapping(engine.class_names, data_names, annotated=())
+    mapping = class_mapping(engine.class_names, data_names, annotated=() if annotated is None else annotated)
     ev = MaskScoringEvaluator(data_names) if mask_scoring else CocoEvaluator(data_names)
     for sample in data:
-        real = sample.class_ids if sample.iscrowd is None else sample.class_ids[~sample.iscrowd]
-        class_mapping(engine.class_names, data_names, annotated=real.tolist())  # refuses a class the engine lacks
+        if annotated is None:
+            check_sample_classes(engine.class_names, data_names, sample)
         ev.add(remap(engine(sample.image), mapping, data_names), sample)
     return ev.summarize()
 
 
-def target_lut(engine_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
-    """(1 + C_data,) int64: the engine's class id of "background" and of each data-set class (matched by name).
-
-    ``ConfigError`` when the engine lacks one of them.
-    """
+def _with_background(engine_names: Sequence[str], data_names: Sequence[str],
+                     annotated: Collection[int] | None) -> tuple[list[str], np.ndarray]:
+    """The evaluation classes of semantic and panoptic ground truth, ["background", *data_names], and the
+    :func:`class_mapping` of the engine's classes to them; ``ConfigError`` when the engine lacks "background" or a
+    data-set class among ``annotated`` (data-set class ids; None: every one)."""
     target_names = ["background", *data_names]
-    mapping = class_mapping(engine_names, target_names)
-    lut = np.empty(len(target_names), np.int64)
+    needed = None if annotated is None else [0, *(c + 1 for c in annotated)]
+    return target_names, class_mapping(engine_names, target_names, annotated=needed)
+
+
+def target_lut(engine_names: Sequence[str], data_names: Sequence[str],
+               annotated: Collection[int] | None = None) -> np.ndarray:
+    """(1 + C_data,) int64: the engine's class id of "background" and of each data-set class (matched by name),
+    -1 for a data-set class the engine lacks.
+
+    ``ConfigError`` when the engine lacks "background" or a data-set class among ``annotated`` (data-set class
+    ids; None: every one): the classes whose pixels the targets hold.
+    """
+    target_names, mapping = _with_background(engine_names, data_names, annotated)
+    lut = np.full(len(target_names), -1, np.int64)
     lut[mapping[mapping >= 0]] = np.flatnonzero(mapping >= 0)
     return lut
 
@@ -133,15 +154,21 @@ def engine_target(sample: Sample, lut: np.ndarray) -> np.ndarray:
     return target
 
 
-def evaluate_semantic_engine(engine: Engine, data: Iterable[Sample], data_names: Sequence[str]) -> dict[str, float]:
+def evaluate_semantic_engine(engine: Engine, data: Iterable[Sample], data_names: Sequence[str], *,
+                             annotated: Collection[int] | None = None) -> dict[str, float]:
     """mIoU, pixel and mean accuracy, IoU per class of a semantic engine (its ``SemanticMap.labels``).
 
-    Targets: :func:`engine_target`; the engine must know "background" and every data-set class. Engine
-    classes absent from the data set still count (as IoU 0) wherever they are predicted.
+    Targets: :func:`engine_target`; the engine must know "background" and every data-set class with (non-crowd)
+    objects in ``data``: ``annotated`` as in :func:`evaluate_instances` (before the first sample; None: sample by
+    sample). A data-set class without them has no target pixel and, unknown to the engine, is never predicted:
+    mIoU leaves it out, as every class absent from both (:mod:`rtseg.eval.semantic`). Engine classes absent from
+    the data set still count (as IoU 0) wherever they are predicted.
     """
-    lut = target_lut(engine.class_names, data_names)
+    lut = target_lut(engine.class_names, data_names, annotated=() if annotated is None else annotated)
     ev = SemanticEvaluator(len(engine.class_names), ignore_index=IGNORE)
     for sample in data:
+        if annotated is None:
+            check_sample_classes(engine.class_names, data_names, sample)
         ev.add(engine(sample.image).labels, engine_target(sample, lut))
     return ev.summarize(engine.class_names)
 
@@ -162,15 +189,16 @@ class PanopticScorer:
     segment per category (panopticapi's crowd rules, see :mod:`rtseg.eval.panoptic`), the rest one stuff segment
     "background" (category 0). Evaluation categories: "background", the data-set classes, then the
     engine categories the data set lacks (their segments are false positives; things if the engine pastes them
-    as instances). Engine categories are matched by name; ``ConfigError`` when it lacks a data-set class or
-    "background".
+    as instances). Engine categories are matched by name; ``ConfigError`` when it lacks "background" or a
+    data-set class among ``annotated`` (data-set class ids; None: every one). A data-set class the engine lacks
+    must have no (non-crowd) object in the samples added: then it has no TP, FP or FN and PQ leaves it out.
 
     engine_names: the engine's category names; engine_things: its thing category ids.
     """
 
-    def __init__(self, engine_names: Sequence[str], engine_things: Iterable[int], data_names: Sequence[str]) -> None:
-        target_names = ["background", *data_names]
-        mapping = class_mapping(engine_names, target_names)
+    def __init__(self, engine_names: Sequence[str], engine_things: Iterable[int], data_names: Sequence[str],
+                 annotated: Collection[int] | None = None) -> None:
+        target_names, mapping = _with_background(engine_names, data_names, annotated)
         extra = np.flatnonzero(mapping < 0)
         self.lut = mapping.copy()
         self.lut[extra] = len(target_names) + np.arange(len(extra))
@@ -189,10 +217,15 @@ class PanopticScorer:
         return self.evaluator.summarize(self.names)
 
 
-def evaluate_panoptic_engine(engine: PanopticEngine, data: Iterable[Sample], data_names: Sequence[str]) -> dict[str, float]:
-    """PQ, SQ, RQ (all, things "_th", stuff "_st") and PQ per category of a panoptic engine: see :class:`PanopticScorer`."""
-    scorer = PanopticScorer(engine.class_names, set(engine.thing_category.tolist()), data_names)
+def evaluate_panoptic_engine(engine: PanopticEngine, data: Iterable[Sample], data_names: Sequence[str], *,
+                             annotated: Collection[int] | None = None) -> dict[str, float]:
+    """PQ, SQ, RQ (all, things "_th", stuff "_st") and PQ per category of a panoptic engine: see
+    :class:`PanopticScorer`; ``annotated`` as in :func:`evaluate_instances`."""
+    scorer = PanopticScorer(engine.class_names, set(engine.thing_category.tolist()), data_names,
+                            annotated=() if annotated is None else annotated)
     for sample in data:
+        if annotated is None:
+            check_sample_classes(engine.class_names, data_names, sample)
         scorer.add(engine(sample.image), sample)
     return scorer.summarize()
 
