@@ -131,6 +131,30 @@ def test_the_audio_is_placed_at_its_time_after_the_first_frame(tmp_path, name, c
     assert abs(first) <= TOLERANCE_S and abs(audio_end - video_end) <= TOLERANCE_S, (first, audio_end, video_end)
 
 
+@pytest.mark.parametrize("name,start", [("clip.mp4", 0.0), ("clip.ts", 1.0), ("clip.mkv", 1.5)])
+def test_mp3_is_copied_in_sync(tmp_path, name, start):
+    """MP3 was always transcoded to AAC (a needless lossy re-encode): the copy check took the decoder's name,
+    ``mp3float``. Its packets are copied now, and the encoder's delay (1105 samples of LAME's priming, which the
+    source's timestamps leave out: MP4's edit list, MPEG-TS's and Matroska's earlier audio start) does not move the
+    sound: the marker, the audio's start and its end (as ffprobe reads them) are where the video has them."""
+    source, out = _make(tmp_path / name, audio_codec="libmp3lame"), tmp_path / "rec.mp4"
+    _record(source, out, start)
+    with av.open(str(source)) as container:
+        source_packets = {bytes(p) for p in container.demux(audio=0) if p.size}
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.codec.canonical_name == "mp3"
+        copied = [bytes(p) for p in container.demux(audio=0) if p.size]
+    assert copied and all(p in source_packets for p in copied)
+    assert abs(_marker_onset(out) - (MARK_AT - start)) <= TOLERANCE_S, _marker_onset(out)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,start_time,duration",
+                            "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True, timeout=60)
+    spans = {kind: (float(begin), float(begin) + float(length))  # (start, end) s of each track
+             for kind, begin, length in (line.split(",") for line in probe.stdout.split())}
+    (video_start, video_end), (audio_start, audio_end) = spans["video"], spans["audio"]
+    assert video_start == 0.0 and abs(audio_start) <= TOLERANCE_S, (video_start, audio_start)
+    assert abs(audio_end - video_end) <= TOLERANCE_S, (video_end, audio_end)
+
+
 def test_the_audio_runs_to_the_end_of_the_last_frame(tmp_path):
     """At 1 fps the last frame lasts a second: its sound is kept (4 s of video had 3.02 s of audio: it stopped
     where the last frame begins)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -134,6 +135,32 @@ def test_a_listener_that_never_answers_is_named_for_rtsp_and_rtmp(scheme):
             open_source(url, open_timeout=5, read_timeout=1)
     assert str(info.value) == (f"cannot open stream {url}: no answer within 1s; check host, port and path, and that "
                                "the server sends a stream")
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_an_rtsp_server_that_hangs_up_at_once_is_named(reads):
+    """A listener that accepts and closes every connection (``reads``: after reading the request). Was 'Invalid data
+    found when processing input; what the URL serves is not a video FFmpeg can decode (check the path)': FFmpeg's RTSP
+    client reports an empty answer so."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def hang_up() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # the listener was closed: the test is over
+                    return
+                with conn:
+                    if reads:
+                        conn.recv(4096)
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        host = f"127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(SourceError) as info:
+            open_source(f"rtsp://bob:hunter2@{host}/live/x", open_timeout=5, read_timeout=2)
+        listener.shutdown(socket.SHUT_RDWR)  # (wakes the accept)
+    thread.join(5)
+    assert str(info.value) == (f"cannot open stream rtsp://***@{host}/live/x: the server at {host} closed the "
+                               "connection without answering; check the URL, and that it is an RTSP server")
 
 
 def test_an_rtsp_url_answered_at_once_with_no_rtsp_is_invalid_data():

@@ -401,6 +401,31 @@ def test_push_gives_up_after_the_reconnect_timeout(tmp_path):
 
 
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
+def test_push_giving_up_on_a_host_name_that_no_longer_resolves_says_to_check_it(tmp_path):
+    """The server goes away mid-run and its host name stops resolving meanwhile (a DNS record removed: here the URL
+    the reconnections use is made one that never resolves, RFC 6761). The line named the DNS failure but ended 'is
+    the server running?'."""
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/cam"
+    server = push_receiver("rtmp", url, tmp_path / "got.flv")
+    try:
+        wait_listening(port)
+        sink = PushSink(url, fps_hint=25, reconnect_timeout=1.5)
+        i = _feed_until(sink, 0, lambda: sink.sent >= 10, 10)
+        sink._sender.url = url.replace("127.0.0.1", "cam.invalid")
+    finally:
+        server.kill()
+        server.wait(10)
+    with pytest.raises(SinkError) as e:
+        _feed_until(sink, i, lambda: False, 15)
+    line = (rf"push output {re.escape(url)} lost \(.+\) and not back after 1\.5s: host 'cam\.invalid' not found "
+            r"\(DNS lookup failed: [^()]+\); check the name in the URL \(--reconnect-timeout S waits longer\)")
+    assert re.fullmatch(line, str(e.value)), str(e.value)
+    with pytest.raises(SinkError, match=line):
+        sink.close()
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg binary (apt-get install ffmpeg)")
 def test_push_stop_request_ends_reconnecting_at_once(tmp_path):
     """Ctrl-C / SIGTERM during an outage: the pipeline calls interrupt() (no more attempts, even when the server
     comes back), then close(), which does not wait; the outage announced by the warning is no error."""

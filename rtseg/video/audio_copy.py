@@ -65,14 +65,18 @@ class AudioPassThrough:
         self._video_start = float((video.start_time or 0) * video.time_base) if video is not None else 0.0
         self._in = self._input.streams.audio[0]
         self._in.discard = Discard.default
-        self._copy = self._in.codec_context.name in _MP4_AUDIO
+        # the codec's name, not its decoder's (MP3's is "mp3float": MP3 was never copied). A copy keeps MP3's sync: the
+        # source's timestamps already count its encoder delay (LAME's 1105 samples) as before the sound (MP4: an edit
+        # list, a first packet before 0; MPEG-TS, Matroska as FFmpeg writes them: an audio start that much earlier)
+        codec = self._in.codec_context.codec.canonical_name
+        self._copy = codec in _MP4_AUDIO
         channels = self._in.codec_context.channels
         self._transcodable = channels in _DEFAULT_LAYOUTS
         if not self._copy and not self._transcodable:
             self._input.close()
             raise SinkError(f"audio source {source}: {channels} channels cannot be converted to AAC; drop --audio")
         self._layout = _DEFAULT_LAYOUTS.get(channels, "")  # AAC refuses unordered layouts such as "1 channels"
-        adts = self._copy and self._in.codec_context.name == "aac" and not self._in.codec_context.extradata
+        adts = self._copy and codec == "aac" and not self._in.codec_context.extradata
         try:
             self._adts = av.bitstream.BitStreamFilterContext("aac_adtstoasc", self._in) if adts else None
         except av.error.FFmpegError as exc:

@@ -161,7 +161,7 @@ class _Sender:
         self._queue_size = queue_size
         self._cond = threading.Condition()
         self._lost: tuple[float, str] | None = None  # (time.monotonic(), reason) while disconnected
-        self._attempt_error = ""  # why the last reconnection attempt failed
+        self._attempt_error: _Outage | None = None  # why the last reconnection attempt failed
         self._error: SinkError | None = None
         self._stop = threading.Event()  # no more reconnecting: closing or a stop request
         self._interrupted = False  # a stop request: a send without progress is cut after _STOP_GRACE
@@ -328,7 +328,7 @@ class _Sender:
         deadline = lost + self._reconnect_timeout
         with self._cond:
             self._lost = (lost, reason)
-            self._attempt_error = ""
+            self._attempt_error = None
             self._pending.appendleft(failed)
             self.dropped += len(self._pending) - 1  # all but the newest, which opens the next connection
             while len(self._pending) > 1:
@@ -349,7 +349,7 @@ class _Sender:
                 self._send(*item)  # a new encoder starts with a key frame
             except _Outage as exc:
                 with self._cond:
-                    self._attempt_error = str(exc)
+                    self._attempt_error = exc
                     if time.monotonic() >= deadline:
                         self._error = self._error or self._give_up_error()
                         self._cond.notify_all()
@@ -384,7 +384,8 @@ class _Sender:
 
     def _give_up_error(self) -> SinkError:
         """(Holding ``_cond``, while disconnected.) The one line that ends the run after a long outage."""
-        last = f": {self._attempt_error}" if self._attempt_error else ""
+        last = self._attempt_error
+        why = "" if last is None else f": {last}"
+        advice = "check the name in the URL" if last is not None and last.unknown_host else "is the server running?"
         return SinkError(f"push output {self._shown} lost ({self._lost[1]}) and not back after "
-                         f"{self._reconnect_timeout:g}s{last}; is the server running? "
-                         "(--reconnect-timeout S waits longer)")
+                         f"{self._reconnect_timeout:g}s{why}; {advice} (--reconnect-timeout S waits longer)")

@@ -6,6 +6,7 @@ timestamps continuous across discontinuities).
 from __future__ import annotations
 
 import errno
+import socket
 import time
 from collections import deque
 from typing import Callable, Iterator
@@ -16,7 +17,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from rtseg.errors import SourceError
-from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub, unresolved_host
+from rtseg.video.sources import IMAGE_FPS, Source, redact_url, scrub, unresolved_host, url_scheme
 from rtseg.video.sources_av import (
     AV_ERRORS,
     check_stream_size,
@@ -145,6 +146,10 @@ class StreamSource(Source):
         # FFmpeg's RTSP client reports its read timeout (no answer to its first request) as invalid data
         unanswered = self._url.lower().startswith("rtsp") and took >= self._timeouts[1]
         if isinstance(exc, av.error.InvalidDataError) and not unanswered:
+            # (also what it says of a server that hangs up at once: asked after the failure, on a connection of ours)
+            if url_scheme(self._url) == "rtsp" and _hangs_up(self._url, self._timeouts[1]):
+                return (f"the server at {host} closed the connection without answering; check the URL, and that it "
+                        "is an RTSP server")
             return f"{reason}; what the URL serves is not a video FFmpeg can decode (check the path)"
         if isinstance(exc, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
             return f"the server refused access ({reason}); check the user name and password in the URL"
@@ -342,3 +347,25 @@ class StreamSource(Source):
     def close(self) -> None:
         super().close()
         self._container.close()
+
+
+def _hangs_up(url: str, wait: float) -> bool:
+    """Whether the server of the ``rtsp://`` URL ``url`` (port 554 unless it names one) closes a connection without a
+    byte of answer to an RTSP OPTIONS request, within ``wait`` s. FFmpeg's RTSP client reports such a server as
+    invalid data, as it does one that answers with something that is no RTSP: ask this after FFmpeg failed so (it
+    opens one more connection). False where that cannot be told (no connection, an answer, no end within ``wait``)."""
+    try:
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port or 554)
+    except ValueError:
+        return False
+    if address[0] is None:  # (the system's resolver would take it for this machine)
+        return False
+    try:
+        with socket.create_connection(address, timeout=wait) as conn:
+            conn.sendall(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+            return conn.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except OSError:
+        return False
