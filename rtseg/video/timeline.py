@@ -5,9 +5,7 @@ its clock mid-connection) carry timestamps that jump. A recording timed by them 
 a backward jump into a few microseconds. FFmpeg's command line handles such jumps by shifting the rest of
 the stream so that it continues one frame after the last frame before the jump: for containers that declare
 discontinuities (AVFMT_TS_DISCONT: MPEG-TS, HLS, ...) when a timestamp goes back more than 0.1 s or ahead
-more than 10 s (``-dts_delta_threshold``). :class:`Timeline` does the same with the frames' times, and takes a
-step back of (about) a frame period for a jump too: parts joined with a frame or two in common (at 10-30 fps
-within FFmpeg's 0.1 s) came out with those frames' times again, packed microseconds apart in a recording.
+more than 10 s (``-dts_delta_threshold``). :class:`Timeline` does the same with the frames' times.
 """
 from __future__ import annotations
 
@@ -15,10 +13,6 @@ from __future__ import annotations
 TS_DISCONT = 0x0200
 #: A time this much before the previous frame's is a jump back (FFmpeg: AV_TIME_BASE / 10).
 BACK_S = 0.1
-#: A time this share of a frame period or more before the previous frame's is a jump back too: it was shown
-#: before it (frames come in presentation order, packets in decode order), not jitter. Under 1 for the rounding
-#: of times to their time base (29.97 fps in milliseconds: steps of 33 and 34 ms, the period 33.4 ms).
-BACK_PERIODS = 0.9
 #: A time this much after the previous frame's is a jump ahead, in formats with discontinuities (FFmpeg's
 #: default ``-dts_delta_threshold``).
 AHEAD_S = 10.0
@@ -46,12 +40,10 @@ class Timeline:
 
     def place(self, t: float, period: float) -> float:
         """The time of a frame stamped ``t`` (s): ``t`` plus the shift of the discontinuities so far; a frame
-        past a new one lands ``period`` (s, > 0: the frame's expected spacing) after the previous frame."""
+        past a new one lands ``period`` (s, the frame's expected spacing) after the previous frame."""
         placed = t + self._offset
         last = self._last
-        back = last - placed if last is not None else 0.0  # (s; < 0: ahead)
-        if last is not None and (back > BACK_S or back >= BACK_PERIODS * period
-                                 or (self.jumps_ahead and -back > AHEAD_S)):
+        if last is not None and (placed < last - BACK_S or (self.jumps_ahead and placed > last + AHEAD_S)):
             self._offset += last + period - placed
             placed = last + period
             self.jumps += 1
