@@ -309,11 +309,13 @@ _FULL_FROM_THE_HEADER = textwrap.dedent(
                    frame_threads=int(frame_threads))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG (a full disk)
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))  # not a byte more: the header fails
-    try:
-        for frame in frames:
-            sink.write(frame, None, frame.image)
-    except SinkError as exc:
-        print(exc)
+    frames = iter(frames)
+    for _ in range(2):  # a second write after the failure (a library caller's) is refused alike
+        try:
+            for frame in frames:
+                sink.write(frame, None, frame.image)
+        except SinkError as exc:
+            print(exc)
     sink.abort()
     """
 )
@@ -331,7 +333,8 @@ def test_a_header_that_fails_is_one_line_and_leaves_no_file(tmp_path, audio, fra
     r = subprocess.run([sys.executable, str(script), str(source), str(out), audio, str(frame_threads)],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert (r.returncode, r.stdout) == (0, f"MP4 output {out}: write failed (File too large); free space or choose "
-                                           "another path (nothing was recorded)\n"), r.stdout + r.stderr
+                                           f"another path (nothing was recorded)\nMP4 output {out}: its start failed "
+                                           "(said before); nothing more is written\n"), r.stdout + r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "rec.py"]
     _record(source, out)
     video_end, audio_end = _ends(out)

@@ -102,6 +102,8 @@ class Mp4Sink:
     def write(self, frame: Frame, prediction: Prediction, annotated: np.ndarray) -> None:
         """Encode ``annotated`` ((H, W, 3) uint8 BGR) at the frame's timestamp."""
         t = frame.pts if frame.pts is not None else frame.capture_time
+        if self._encoder.started and not self._header:  # (muxing into it would crash FFmpeg)
+            raise SinkError(f"MP4 output {self.path}: its start failed (said before); nothing more is written")
         if not self._encoder.started:
             try:
                 self._encoder.open_stream(annotated.shape[1], annotated.shape[0])  # (adds the stream; no I/O)
