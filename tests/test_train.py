@@ -1117,3 +1117,15 @@ def test_more_workers_than_cpus_is_one_warning_line(tmp_path) -> None:
     assert "rtseg train: warning: --workers 2: more data-loading workers than the 1 CPU this process may use; " \
            "steps may be slower, or stall (give --workers 1 or fewer)\n" in r.stderr, r.stderr
     assert "DataLoader will create" not in r.stderr and "UserWarning" not in r.stderr, r.stderr
+
+
+def test_a_float_as_typed_survives_copy_and_pickle() -> None:
+    """recipe.TypedFloat (an option value that says itself as typed) copies and pickles as itself (copy.copy,
+    deepcopy and pickle raised AttributeError: 'float' object has no attribute 'strip')."""
+    import pickle
+
+    from rtseg.train.recipe import TypedFloat
+
+    value = TypedFloat(" 1e-9")
+    for copied in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
+        assert type(copied) is TypedFloat and copied == 1e-9 and str(copied) == "1e-9"

@@ -72,6 +72,9 @@ class TypedFloat(float):
         number.text = text.strip()
         return number
 
+    def __getnewargs__(self) -> tuple[str]:  # (copy and pickle remake it from its text)
+        return (self.text,)
+
     def __repr__(self) -> str:
         return self.text
 
