@@ -416,15 +416,26 @@ def _rasterise(shape: _Shape, canvas: np.ndarray) -> None:
         return
     from PIL import Image, ImageDraw  # ~0.02 s: only when a sample is drawn
 
+    if shape.shape_type == "circle":
+        (cx, cy), (px, py) = pts.tolist()
+        r = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)  # labelme's expression, to the last bit
+        corners = [(cx - r, cy - r), (cx + r, cy + r)]
+    else:
+        corners = [tuple(p) for p in pts.tolist()]
+    # drawn where labelme draws it (coordinates unmoved: Pillow's polygon is not exactly shift-invariant), but only
+    # the shape's region (its corners and 2 px, as far as the image goes) read back and OR-ed in: reading and OR-ing
+    # the whole image took 34 ms per shape at 4000x3000, 3 ms now
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    x0, y0 = max(math.floor(min(xs)) - 2, 0), max(math.floor(min(ys)) - 2, 0)
+    x1, y1 = min(math.ceil(max(xs)) + 3, canvas.shape[1]), min(math.ceil(max(ys)) + 3, canvas.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return
     image = Image.new("L", (canvas.shape[1], canvas.shape[0]))
     draw = ImageDraw.Draw(image)
     if shape.shape_type == "rectangle":
-        (x0, y0), (x1, y1) = pts.min(axis=0).tolist(), pts.max(axis=0).tolist()
-        draw.rectangle(((x0, y0), (x1, y1)), outline=1, fill=1)
+        draw.rectangle((tuple(pts.min(axis=0).tolist()), tuple(pts.max(axis=0).tolist())), outline=1, fill=1)
     elif shape.shape_type == "circle":
-        (cx, cy), (px, py) = pts.tolist()
-        r = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)  # labelme's expression, to the last bit
-        draw.ellipse(((cx - r, cy - r), (cx + r, cy + r)), outline=1, fill=1)
+        draw.ellipse(corners, outline=1, fill=1)
     else:  # polygon, oriented_rectangle
-        draw.polygon([(x, y) for x, y in pts.tolist()], outline=1, fill=1)
-    canvas |= np.asarray(image)
+        draw.polygon(corners, outline=1, fill=1)
+    canvas[y0:y1, x0:x1] |= np.asarray(image.crop((x0, y0, x1, y1)))
