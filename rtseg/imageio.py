@@ -31,11 +31,13 @@ MAX_IMAGE_PIXELS = 2**27
 
 class ImageReadError(Exception):
     """An image file that cannot be read or decoded; the message says why (one phrase, e.g. "permission denied;
-    check the file's permissions"). ``too_large``: refused for its size (:data:`MAX_IMAGE_PIXELS`)."""
+    check the file's permissions"). ``too_large``: refused for its size (:data:`MAX_IMAGE_PIXELS`).
+    ``undecodable``: bytes that no decoder reads, with no reason of their own ("not a readable image file")."""
 
-    def __init__(self, why: str, *, too_large: bool = False) -> None:
+    def __init__(self, why: str, *, too_large: bool = False, undecodable: bool = False) -> None:
         super().__init__(why)
         self.too_large = too_large
+        self.undecodable = undecodable
 
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
@@ -92,7 +94,7 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     warnings on a damaged JPEG that still decodes ("Corrupt JPEG data: 5 extraneous bytes before marker 0xda") do
     not: OpenCV prints them through libjpeg's default error manager, with no setting to silence them."""
     if not data:
-        raise ImageReadError("not a readable image file (it is empty)")
+        raise ImageReadError("not a readable image file (it is empty)", undecodable=True)
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise ImageReadError(f"{size[0]} x {size[1]} pixels, over the {MAX_IMAGE_PIXELS:,} rtseg reads; scale it "
@@ -106,7 +108,8 @@ def decode_image(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     finally:
         cv2.utils.logging.setLogLevel(level)
     if image is None:
-        raise ImageReadError(_tiff_samples_problem(data) or "not a readable image file")
+        problem = _tiff_samples_problem(data)
+        raise ImageReadError(problem or "not a readable image file", undecodable=problem is None)
     return image
 
 

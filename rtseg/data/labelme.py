@@ -67,7 +67,6 @@ _SKIP_LABELS = {"__ignore__", "_background_"}
 _NUMBERED = re.compile(r"(.+?)[_\- ]?(\d+)")
 _NEED = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2, "oriented_rectangle": 4}  # points per shape type
 _EXACT = ("circle", "mask", "oriented_rectangle")  # shape types of exactly _NEED points (labelme asserts it)
-_UNREADABLE = "not a readable image file"  # decode_image's reason when it names none of its own
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -396,7 +395,7 @@ def _base64_image(value: Any, flags: int, what: str) -> np.ndarray | None:
     try:
         return None if data is None else decode_image(data, flags)
     except ImageReadError as exc:
-        if exc.too_large or not str(exc).startswith(_UNREADABLE):
+        if not exc.undecodable:
             raise DatasetError(f"{what} is {exc}") from None
     return None
 
