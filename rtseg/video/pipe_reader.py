@@ -50,6 +50,11 @@ class PipeReader:
         self._ended = False  # at the writer's end, a stop request or a failure: every later read is the end
         self.failure: SourceError | None = None
 
+    @property
+    def written(self) -> bool:
+        """Whether any data came (a writer that closed without writing leaves it False)."""
+        return self._written
+
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes, as soon as there are any; b"" at the end (see the class). A signal's exception
         (raised here only in the main thread, where signal handlers run) comes out as :class:`Signalled`."""

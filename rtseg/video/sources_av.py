@@ -191,7 +191,7 @@ def _open_file(path: str, timeouts: tuple[float, float] | None = None, pipe: Pip
     except AV_ERRORS as exc:
         if pipe is not None and pipe.failure is not None:
             raise pipe.failure from None
-        if pipe is not None and not pipe._written:
+        if pipe is not None and not pipe.written:
             if path == STDIN:
                 raise empty_stdin("nothing was piped in") from None
             raise SourceError(f"cannot read video file {name}: nothing was written to it (its writer closed it "
