@@ -48,11 +48,16 @@ def class_mapping(engine_names: Sequence[str], data_names: Sequence[str],
     return np.array([index.get(n, -1) for n in engine_names], np.int64)
 
 
-def check_sample_classes(engine_names: Sequence[str], data_names: Sequence[str], sample: Sample) -> None:
-    """``ConfigError`` (:func:`class_mapping`) when ``sample`` holds a non-crowd object of a data-set class the
-    engine lacks: the check, sample by sample, of a data set that cannot say its classes before it is read."""
-    real = sample.class_ids if sample.iscrowd is None else sample.class_ids[~sample.iscrowd]
-    class_mapping(engine_names, data_names, annotated=real.tolist())
+def checked_samples(data: Iterable[Sample], engine_names: Sequence[str], data_names: Sequence[str],
+                    annotated: Collection[int] | None) -> Iterator[Sample]:
+    """The samples of ``data``; when ``annotated`` is None (a data set that cannot say its classes before it is
+    read), each checked as it comes: ``ConfigError`` (:func:`class_mapping`) at one holding a non-crowd object of a
+    data-set class the engine lacks."""
+    for sample in data:
+        if annotated is None:
+            real = sample.class_ids if sample.iscrowd is None else sample.class_ids[~sample.iscrowd]
+            class_mapping(engine_names, data_names, annotated=real.tolist())
+        yield sample
 
 
 def quoted(names: Sequence[str], limit: int = 5) -> str:
@@ -108,15 +113,13 @@ def evaluate_instances(engine: Engine, data: Iterable[Sample], data_names: Seque
 
     annotated: the data-set class ids with (non-crowd) objects in ``data``, known before it is read
     (:func:`rtseg.data.dataset.classes_with_objects`): ``ConfigError`` before the first sample when the engine
-    lacks one of them; None: each sample is checked as it comes (:func:`check_sample_classes`). Data-set classes
+    lacks one of them; None: each sample is checked as it comes (:func:`checked_samples`). Data-set classes
     without such objects need not be known (pycocotools leaves classes without ground truth out of AP).
     ``mask_scoring``: the engine is an MS R-CNN; add ``rtseg.eval.mask_scoring.SCORING_METRICS``.
     """
     mapping = class_mapping(engine.class_names, data_names, annotated=() if annotated is None else annotated)
     ev = MaskScoringEvaluator(data_names) if mask_scoring else CocoEvaluator(data_names)
-    for sample in data:
-        if annotated is None:
-            check_sample_classes(engine.class_names, data_names, sample)
+    for sample in checked_samples(data, engine.class_names, data_names, annotated):
         ev.add(remap(engine(sample.image), mapping, data_names), sample)
     return ev.summarize()
 
@@ -166,9 +169,7 @@ def evaluate_semantic_engine(engine: Engine, data: Iterable[Sample], data_names:
     """
     lut = target_lut(engine.class_names, data_names, annotated=() if annotated is None else annotated)
     ev = SemanticEvaluator(len(engine.class_names), ignore_index=IGNORE)
-    for sample in data:
-        if annotated is None:
-            check_sample_classes(engine.class_names, data_names, sample)
+    for sample in checked_samples(data, engine.class_names, data_names, annotated):
         ev.add(engine(sample.image).labels, engine_target(sample, lut))
     return ev.summarize(engine.class_names)
 
@@ -223,9 +224,7 @@ def evaluate_panoptic_engine(engine: PanopticEngine, data: Iterable[Sample], dat
     :class:`PanopticScorer`; ``annotated`` as in :func:`evaluate_instances`."""
     scorer = PanopticScorer(engine.class_names, set(engine.thing_category.tolist()), data_names,
                             annotated=() if annotated is None else annotated)
-    for sample in data:
-        if annotated is None:
-            check_sample_classes(engine.class_names, data_names, sample)
+    for sample in checked_samples(data, engine.class_names, data_names, annotated):
         scorer.add(engine(sample.image), sample)
     return scorer.summarize()
 
