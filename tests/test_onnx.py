@@ -102,9 +102,10 @@ def test_cache_reuses_then_rebuilds_stale_entries(tiny) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("backbone", ["resnet101"])
 def test_full_size_export_at_550(backbone: str, tmp_path) -> None:
-    """The published R-50 / R-101 architectures at 550 (random weights; 80 classes)."""
+    """The published R-101 architecture at 550 (random weights; 80 classes). R-50 is the same graph with fewer
+    bottleneck blocks (27 s more of the suite on a 2-core CPU for no other path)."""
     torch.manual_seed(0)
     cfg = YolactConfig(backbone=backbone)
     net = InferenceNet(Yolact(cfg).eval())
