@@ -5,6 +5,7 @@ no mocks: the garbage image is a file of garbage bytes."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
 import shlex
@@ -77,8 +78,10 @@ def test_a_corrupt_image_saves_the_steps_done_and_resume_continues(tmp_path, wor
     good = _spoil(bad)
     ckpt = tmp_path / "run" / "checkpoint.pth"
     trainer = _trainer(ann, tmp_path / "run", workers=workers)
+    children = set(multiprocessing.active_children())
     with pytest.raises(DatasetError) as info:
         trainer.fit()
+    assert set(multiprocessing.active_children()) == children  # the worker ended, though the error (held) saw it
     message = str(info.value)
     assert message == (f"{bad}: not a readable image file; fix or remove the file and its annotations; stopped at "
                        f"step {BAD_STEP - 1}: checkpoint {ckpt}; continue with --resume {ckpt}"), message

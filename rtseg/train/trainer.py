@@ -333,8 +333,9 @@ class Trainer:
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
+        batches = self._batches()
         try:
-            for images, targets in self._batches():
+            for images, targets in batches:
                 if self.step >= self.config.iters:
                     break
                 losses = self.train_step(images, targets)
@@ -360,6 +361,8 @@ class Trainer:
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            _end_workers(batches)
         self.save_checkpoint()
         return self._report_validation()
 
@@ -442,6 +445,15 @@ def _workers_started(loader: DataLoader) -> Iterator[tuple[torch.Tensor, TargetB
     does itself: see :func:`_stop_signals_held` and :func:`_leave_stop_requests_to`."""
     with _stop_signals_held():
         return iter(loader)
+
+
+def _end_workers(batches: Iterator[Any]) -> None:
+    """End the DataLoader workers of ``batches`` (an iterator of :meth:`Trainer._batches`) now, as deleting it would.
+    An error raised from inside the iterator (a worker's error, re-raised by torch) holds it in its traceback: its
+    workers would live on for as long as the caller keeps the error (an interactive session keeps the last one)."""
+    end = getattr(batches, "_shutdown_workers", None)  # torch's iterator with workers ends them by this in __del__
+    if end is not None:
+        end()
 
 
 def _worker_start_method() -> multiprocessing.context.BaseContext | None:
