@@ -102,13 +102,14 @@ fi
 
 # GPU tests: at most RTSEG_PYTEST_S (default 240; 0 skips them) seconds, leaving the rest for the benchmark
 # (33 tests took 142 s on an H100, run 13, and the interpreter's exit ~8 s more); RTSEG_PYTEST_K selects tests by
-# pytest's -k expression (a rerun of the ones that failed).
+# pytest's -k expression (a rerun of the ones that failed). One by one in this process (`-o addopts=`: the device image
+# has no pytest-xdist, and GPU tests side by side would time each other).
 T_TEST="${RTSEG_PYTEST_S:-240}"
 T_TEST=$(( $(left) - 30 < T_TEST ? $(left) - 30 : T_TEST ))
 if [ "$T_TEST" -gt 0 ]; then
   echo "== pytest -m gpu ${RTSEG_PYTEST_K:+-k \"$RTSEG_PYTEST_K\" }(limit ${T_TEST}s)"
   RTSEG_REQUIRE_CUDA=1 timeout --signal=INT --kill-after=10 "$T_TEST" \
-    "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
+    "$PY" -m pytest -o addopts= -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
     ${RTSEG_PYTEST_K:+-k "$RTSEG_PYTEST_K"} tests > "$WORK/pytest_gpu.log" 2>&1
   echo "pytest exit code $?" >> "$WORK/pytest_gpu.log"
   tail -n 40 "$WORK/pytest_gpu.log"

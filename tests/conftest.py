@@ -19,8 +19,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a suite started in the 
     # one is reset to the default when a child starts, so they get Ctrl-C as from a terminal.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-#: Intra-op threads each test starts with (the CI and development machines have 2 cores).
-TEST_TORCH_THREADS = min(2, os.cpu_count() or 1)
+#: Intra-op threads each test starts with: the machine's cores shared among pytest-xdist's workers, at most 2
+#: (the CI and development machines have 2 cores and run 2 workers: 1 thread each, none waiting on another).
+TEST_TORCH_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
