@@ -333,8 +333,9 @@ class Trainer:
         running: dict[str, float] = {}
         timer = _BudgetTimer(c.time_budget_s, start)
         requested = c
-        batches = self._batches()
+        batches = None
         try:
+            batches = self._batches()  # (a stop request while the workers start is raised here)
             for images, targets in batches:
                 if self.step >= self.config.iters:
                     break
@@ -447,8 +448,9 @@ def _workers_started(loader: DataLoader) -> Iterator[tuple[torch.Tensor, TargetB
         return iter(loader)
 
 
-def _end_workers(batches: Iterator[Any]) -> None:
-    """End the DataLoader workers of ``batches`` (an iterator of :meth:`Trainer._batches`) now, as deleting it would.
+def _end_workers(batches: Iterator[Any] | None) -> None:
+    """End the DataLoader workers of ``batches`` (an iterator of :meth:`Trainer._batches`; None: not made) now, as
+    deleting it would.
     An error raised from inside the iterator (a worker's error, re-raised by torch) holds it in its traceback: its
     workers would live on for as long as the caller keeps the error (an interactive session keeps the last one)."""
     end = getattr(batches, "_shutdown_workers", None)  # torch's iterator with workers ends them by this in __del__
