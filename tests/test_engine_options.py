@@ -5,6 +5,7 @@ R-CNN) before its constructor checked the options; a bad weights file then hid t
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import rtseg
 from rtseg.data.synthetic import CLASSES
 from rtseg.engines.fcn import save_fcn
+from rtseg.engines.limits import OPTION_LIMITS, OptionLimit
 from rtseg.engines.msrcnn import save_msrcnn
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.models.fcn import FCN, FcnConfig
@@ -284,26 +286,40 @@ def _engine_accepts(engine: str, key: str, value: object) -> bool:
     return True
 
 
-@pytest.mark.parametrize("key, engines", [("score_threshold", ("yolact", "msrcnn", "panoptic")),
-                                          ("top_k", ("yolact", "msrcnn")), ("n_segments", ("slic",)),
-                                          ("compactness", ("slic",))])
-def test_the_command_lines_refuse_the_option_values_the_engines_refuse(key, engines):
-    """The limits the command lines check before torch loads (OPTION_LIMITS) are the engines' own: each value
-    probed is taken by both or refused by both."""
-    from rtseg.cliargs import check_range
-    from rtseg.engines.choose import OPTION_LIMITS
+#: The engines that offer each option of OPTION_LIMITS, the command lines' engine for it first.
+OPTION_ENGINES = {"score_threshold": ("yolact", "msrcnn", "panoptic"), "top_k": ("yolact", "msrcnn"),
+                  "n_segments": ("slic",), "compactness": ("slic",)}
 
-    option, low, high, open_low = OPTION_LIMITS[key]
-    if isinstance(low, int):  # (argparse gives an integer option ints)
-        probes = [low - 1, low, low + 1, 10**9] + ([high, high + 1] if high is not None else [])
+
+def _limit_probes(limit: OptionLimit) -> list[tuple[float, bool]]:
+    """Values just outside, at and just inside each end of ``limit``'s range (a large one where it has no upper
+    end; NaN and infinities for a real one), with whether the range holds each, said here rather than by the range
+    check under test. Of argparse's type for the option: ints for an integer one."""
+    step = 1 if limit.integer else 1e-9
+    probes = [(limit.low - step, False), (limit.low, not limit.open_low), (limit.low + step, True)]
+    if math.isfinite(limit.high):
+        probes += [(limit.high - step, True), (limit.high, True), (limit.high + step, False)]
     else:
-        probes = [-1.0, low - 1e-9, low, low + 1e-9, 0.5, 1e9, float("nan"), float("inf"), float("-inf")] + (
-            [high, high + 1e-9] if high is not None else [])
-    for value in probes:
+        probes += [(10**9 if limit.integer else 1e9, True)]
+    if not limit.integer:
+        probes += [(math.nan, False), (math.inf, False), (-math.inf, False)]
+    return probes
+
+
+@pytest.mark.parametrize("key", sorted(OPTION_LIMITS))
+def test_the_engines_and_the_command_lines_take_exactly_the_option_limits(key):
+    """Each engine offering the option, and the command lines before torch loads (check_engine_options), take
+    exactly the values in its OPTION_LIMITS range: each probe on both sides of each end is taken by all or refused
+    by all, as the range says."""
+    from rtseg.engines.choose import check_engine_options
+
+    engines = OPTION_ENGINES[key]
+    for value, inside in _limit_probes(OPTION_LIMITS[key]):
         try:
-            check_range(option, value, low, high, "", open_low=open_low)
+            check_engine_options(engines[0], **{"segments" if key == "n_segments" else key: value})
             cli = True
         except ConfigError:
             cli = False
+        assert cli == inside, ("command line", key, value)
         for engine in engines:
-            assert _engine_accepts(engine, key, value) == cli, (engine, key, value)
+            assert _engine_accepts(engine, key, value) == inside, (engine, key, value)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from rtseg.cliargs import check_range
 from rtseg.engines import INSTANCE_ENGINES
+from rtseg.engines.limits import OPTION_LIMITS
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.manifest import ENGINE_FORMATS, peek_manifest
 from rtseg.userfiles import check_input_file
@@ -27,17 +28,6 @@ if TYPE_CHECKING:
 
 TORCHVISION = "torchvision:"
 """``--weights`` prefix naming a torchvision FCN-ResNet instead of a file."""
-OPTION_LIMITS: dict[str, tuple[str, float, float | None, bool]] = {
-    "score_threshold": ("--score-threshold", 0.0, 1.0, False),
-    "top_k": ("--top-k", 1, None, False),
-    "n_segments": ("--segments", 1, None, False),
-    "compactness": ("--compactness", 0.0, None, True),
-}
-"""The engine options the command lines offer, by the engines' parameter names: (the option, least value, most
-value (None: no limit), whether the least is excluded). The engines refuse the same values (their ``check_real``
-/ ``check_int`` option checks: yolact, msrcnn and panoptic's score_threshold, yolact and msrcnn's top_k, slic's
-n_segments and compactness; tests/test_engine_options.py holds them to these), which :func:`check_engine_options`
-refuses before torch is imported."""
 
 
 def resolve_engine(weights: str | None, engine: str | None) -> str:
@@ -72,8 +62,9 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
                          score_threshold: float | None = None, top_k: int | None = None, segments: int | None = None,
                          compactness: float | None = None, class_names: str | None = None) -> None:
     """Refuse, in one line each, the options (``None``: not given) that do not apply to engine ``name``, values
-    out of the engines' range (:data:`OPTION_LIMITS`: ``"--top-k 0: must be an integer >= 1"``, NaN too), and a
-    ``class_names`` file (``--class-names``) that cannot be read (:func:`rtseg.userfiles.check_input_file`)."""
+    out of the engines' range (:data:`rtseg.engines.limits.OPTION_LIMITS`, the table the engines check them against:
+    ``"--top-k 0: must be an integer >= 1"``, NaN too), and a ``class_names`` file (``--class-names``) that cannot
+    be read (:func:`rtseg.userfiles.check_input_file`)."""
     if name == "slic" and weights is not None:
         raise ConfigError(f"--engine slic takes no --weights (superpixels need no model); drop --weights {weights}")
     if semantic is not None and name != "panoptic":
@@ -94,9 +85,9 @@ def check_engine_options(name: str, *, weights: str | None = None, semantic: str
         raise ConfigError(f"--segments / --compactness apply to --engine slic only, not {name}")
     given = {"score_threshold": score_threshold, "top_k": top_k, "n_segments": segments, "compactness": compactness}
     for key, value in given.items():
-        option, low, high, open_low = OPTION_LIMITS[key]
+        limit = OPTION_LIMITS[key]
         if value is not None:
-            check_range(option, value, low, high, "", open_low=open_low)
+            check_range(limit.option, value, limit.low, limit.high, "", open_low=limit.open_low)
     if class_names is not None:
         if name in ("panoptic", "slic"):
             raise ConfigError(f"--class-names applies to the yolact, msrcnn and fcn engines, not {name}")

@@ -26,9 +26,8 @@ from rtseg.engines.base import StagedEngine
 from rtseg.engines.options import (
     OptionChecks,
     check_class_names,
-    check_int,
+    check_option,
     check_options,
-    check_real,
     given_class_names,
     place_network,
     resolve_device,
@@ -41,8 +40,7 @@ from rtseg.weights import load_into, load_model, save_model
 
 #: The checks of :class:`MsrcnnEngine`'s options besides its model and class names (:func:`check_options`).
 _OPTION_CHECKS: OptionChecks = {
-    "score_threshold": partial(check_real, "msrcnn", "score_threshold", low=0.0, high=1.0),
-    "top_k": partial(check_int, "msrcnn", "top_k", low=1),
+    **{key: partial(check_option, "msrcnn", key) for key in ("score_threshold", "top_k")},
     "device": resolve_device,
 }
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from rtseg.engines.limits import OPTION_LIMITS
 from rtseg.errors import ConfigError, WeightsError
 from rtseg.ranges import check_number
 
@@ -82,6 +83,16 @@ def check_int(engine: str, key: str, value: Any, *, low: int, high: float = math
     ConfigError ``"<engine>: <key> must be an integer >= 1, got 1.5"`` (``… in [32, 2048] …`` with ``high``)."""
     check_number(f"{engine}: {key}", value, low, high, integer=True)
     return int(value)
+
+
+def check_option(engine: str, key: str, value: Any) -> float | int:
+    """``value`` of option ``key`` of ``engine``, one that the command lines offer too, checked against its range
+    in :data:`rtseg.engines.limits.OPTION_LIMITS` (the one the command lines check): an int by :func:`check_int`,
+    else a float by :func:`check_real`; ConfigError ``"slic: n_segments must be an integer >= 1, got 0"``."""
+    limit = OPTION_LIMITS[key]
+    if limit.integer:
+        return check_int(engine, key, value, low=int(limit.low), high=limit.high)
+    return check_real(engine, key, value, low=limit.low, high=limit.high, open_low=limit.open_low)
 
 
 class ClassCountError(ConfigError):

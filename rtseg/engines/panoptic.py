@@ -24,7 +24,7 @@ import torch
 from rtseg.engines import INSTANCE_ENGINES
 from rtseg.engines.base import Engine, frames_as_list
 from rtseg.engines.fcn import FcnEngine
-from rtseg.engines.options import OptionChecks, check_int, check_options, check_real, resolve_device
+from rtseg.engines.options import OptionChecks, check_int, check_option, check_options, check_real, resolve_device
 from rtseg.engines.slic import SlicEngine
 from rtseg.engines.yolact import check_backend
 from rtseg.errors import ConfigError, SinkError
@@ -236,8 +236,8 @@ def _semantic_names(semantic: FcnEngine | str | PathLike) -> list[str] | None:
 
 #: The checks of :class:`PanopticEngine`'s options besides its engines (:func:`check_options`).
 _OPTION_CHECKS: OptionChecks = {
-    **{key: functools.partial(check_real, "panoptic", key, low=0.0, high=1.0)
-       for key in ("overlap_threshold", "score_threshold")},
+    "overlap_threshold": functools.partial(check_real, "panoptic", "overlap_threshold", low=0.0, high=1.0),
+    "score_threshold": functools.partial(check_option, "panoptic", "score_threshold"),
     "stuff_min_area": functools.partial(check_int, "panoptic", "stuff_min_area", low=0),
     "stuff_classes": lambda stuff: None if stuff is None else _names(stuff),
 }

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rtseg.engines.base import frames_as_list, host_tensor
-from rtseg.engines.options import check_int, check_real, resolve_device
+from rtseg.engines.options import check_int, check_option, resolve_device
 from rtseg.errors import ConfigError
 from rtseg.types import Superpixels
 
@@ -304,8 +304,8 @@ class SlicEngine:
             raise ConfigError(f"slic: the skimage backend runs on the CPU only; use backend='torch' for {device!r} "
                               f"(or leave backend= out)")
         self.backend = backend
-        self.n_segments = check_int("slic", "n_segments", n_segments, low=1)
-        self.compactness = check_real("slic", "compactness", compactness, low=0.0, open_low=True)
+        self.n_segments = check_option("slic", "n_segments", n_segments)
+        self.compactness = check_option("slic", "compactness", compactness)
         self.iterations = check_int("slic", "iterations", iterations, low=1)
 
     def segment(self, image: np.ndarray) -> np.ndarray:

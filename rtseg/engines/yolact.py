@@ -21,6 +21,7 @@ from rtseg.engines.options import (
     OptionChecks,
     check_class_names,
     check_int,
+    check_option,
     check_options,
     check_real,
     check_weights_path,
@@ -54,9 +55,10 @@ def _check_nms(nms: Any) -> str:
 #: the backend with its precision and device: :func:`check_backend`).
 _OPTION_CHECKS: OptionChecks = {
     "nms": _check_nms,
+    **{key: functools.partial(check_option, "yolact", key) for key in ("score_threshold", "top_k")},
     **{key: functools.partial(check_real, "yolact", key, low=0.0, high=1.0)
-       for key in ("score_threshold", "iou_threshold", "conf_threshold")},
-    **{key: functools.partial(check_int, "yolact", key, low=1) for key in ("top_k", "nms_top_k", "max_detections")},
+       for key in ("iou_threshold", "conf_threshold")},
+    **{key: functools.partial(check_int, "yolact", key, low=1) for key in ("nms_top_k", "max_detections")},
     "device": resolve_device,
 }
 
