@@ -23,8 +23,9 @@ import numpy as np
 
 from rtseg.cliargs import NumberRange, check_ranges
 from rtseg.data.synthetic import LEAST, MOST
-from rtseg.errors import ConfigError, RtsegError, exit_status
+from rtseg.errors import ConfigError, RtsegError, SinkError, exit_status
 from rtseg.userfiles import check_input_file
+from rtseg.video.outfiles import require_writable_folder
 
 if TYPE_CHECKING:
     from rtseg.models.yolact import Yolact
@@ -86,13 +87,15 @@ def input_file(text: str) -> Path:
 
 
 def output_file(text: str) -> Path:
-    """An argparse type: where to write a results file: not a folder, in a folder that exists (found now, not
-    after the minutes of measuring)."""
+    """An argparse type: where to write a results file: not a folder, in a folder that exists and this process may
+    write (:func:`rtseg.video.outfiles.require_writable_folder`; found now, not after the minutes of measuring)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; give a file path")
     path = Path(text)
-    if not text.strip() or path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is {'a folder' if text.strip() else 'empty'}; give a file path")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: there is no folder {path.parent}; make it or give another path")
+    try:
+        require_writable_folder(path, "results file")
+    except SinkError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return path
 
 

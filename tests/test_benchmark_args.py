@@ -142,11 +142,16 @@ def test_a_bad_option_is_argparses_usage_and_one_error_line(script, options, lin
 
 
 @pytest.mark.parametrize("script, options, line", [
-    ("overlay_bench", ["--out", "{tmp}"], "argument --out: '{tmp}' is a folder; give a file path"),
+    ("overlay_bench", ["--out", "{tmp}"],
+     "argument --out: results file {tmp}: is a folder; give a file name such as {tmp}/out"),
     ("overlay_bench", ["--out", "{tmp}/none/o.json"],
-     "argument --out: {tmp}/none/o.json: there is no folder {tmp}/none; make it or give another path"),
+     "argument --out: results file {tmp}/none/o.json: folder {tmp}/none does not exist; create it or choose another "
+     "path"),
     ("engine_profile", ["--out", "{tmp}/none/e.json"],
-     "argument --out: {tmp}/none/e.json: there is no folder {tmp}/none; make it or give another path"),
+     "argument --out: results file {tmp}/none/e.json: folder {tmp}/none does not exist; create it or choose another "
+     "path"),
+    ("engine_profile", ["--out", "{tmp}/a_file/e.json"],
+     "argument --out: results file {tmp}/a_file/e.json: {tmp}/a_file is a file, not a folder; choose another path"),
     ("demo_accuracy", ["--weights", "{tmp}/w.safetensors"],
      "argument --weights: {tmp}/w.safetensors not found; give an existing file"),
     ("demo_cpu_fps", ["--weights", "{tmp}"], "argument --weights: {tmp} is a folder; give an existing file"),
@@ -157,6 +162,7 @@ def test_a_missing_input_or_output_folder_is_refused_before_the_work(script, opt
     """A weights file that is not there was found after torch's import (a traceback; engines_compare's docstring
     even promised a random network instead); an --out in a missing folder, or a folder, after all the measuring."""
     module = importlib.import_module(f"benchmarks.{script}")
+    (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit) as stop:
         module.parse_args([o.format(tmp=tmp_path) for o in options])
     assert stop.value.code == 2
