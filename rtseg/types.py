@@ -1,7 +1,9 @@
 """The data that travels through rtseg: frames in, typed predictions out.
 
 Every result type validates its arrays on construction and states the expected
-versus actual shape when they disagree.
+versus actual shape when they disagree. They compare by identity (``==`` is ``is``:
+value equality of numpy arrays has no single truth value) and pickle, so results
+can cross a ``multiprocessing`` queue.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def _check(name: str, arr: np.ndarray, shape: tuple[int | None, ...], dtype: typ
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Frame:
     """One decoded video frame.
 
@@ -58,12 +60,13 @@ class Frame:
         _check("Frame.image", self.image, (None, None, 3), np.uint8)
 
 
-@dataclass
+@dataclass(eq=False)
 class Detections:
     """Instance segmentation result for one frame (shared by every instance engine).
 
     boxes: (N, 4) float32 xyxy in frame pixels.
-    scores: (N,) float32, sorted descending.
+    scores: (N,) float32. The engines give them sorted descending; nothing relies on the order
+        (a subset by integer indices may reorder them).
     class_ids: (N,) int64, 0-based index into ``class_names``.
     masks: (N, H, W) bool at full frame resolution. Materialised lazily when a
         ``mask_fn`` is given (e.g. YOLACT prototypes x coefficients): the first
@@ -71,7 +74,7 @@ class Detections:
     class_names: names of all classes the engine knows.
     mask_scores: optional (N,) float32 mask quality (e.g. MS R-CNN's score).
     track_ids: optional (N,) int64 track identities.
-    image_size: (H, W) of the frame the detections refer to.
+    image_size: (H, W) of the frame the detections refer to, two ints >= 0.
 
     Engines that keep the frame on their device may also give a ``blend_fn(image, colors,
     alpha)``: it blends the masks into ``image`` where the network ran and returns the host
@@ -79,6 +82,8 @@ class Detections:
     :func:`rtseg.annotate` uses it, so masks never travel to the host just to be drawn.
     Likewise an ``rle_fn()`` returns the masks' COCO RLE dicts encoded on the device (see
     :meth:`rles`), so JSON output needs only the run boundaries from the device.
+    A pickled or copied Detections has its masks materialised and none of these functions
+    (they hold the engine's device tensors): it blends and encodes on the host.
     """
 
     boxes: np.ndarray
@@ -94,6 +99,11 @@ class Detections:
     _rle_fn: Callable[[], list[dict]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        size = self.image_size
+        if not (isinstance(size, (tuple, list)) and len(size) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in size)):
+            raise ValueError(f"Detections.image_size: expected (H, W), two ints >= 0, got {size!r}")
+        self.image_size = (int(size[0]), int(size[1]))
         n = len(self.boxes)
         _check("Detections.boxes", self.boxes, (n, 4), np.float32)
         _check("Detections.scores", self.scores, (n,), np.float32)
@@ -117,9 +127,14 @@ class Detections:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def __getstate__(self) -> dict:
+        """State for pickle and copy: the masks materialised, the engine-side functions left out."""
+        return dict(self.__dict__, _masks=self.masks, _mask_fn=None, _blend_fn=None, _rle_fn=None)
+
     @property
     def masks(self) -> np.ndarray:
-        """(N, H, W) bool full-resolution masks (materialised on first access)."""
+        """(N, H, W) bool full-resolution masks (materialised on first access; ``mask_fn`` and ``rle_fn``,
+        which hold the engine's prototypes, are dropped then: :meth:`rles` encodes these masks from then on)."""
         if self._masks is None:
             if self._mask_fn is None:
                 self._masks = np.zeros((len(self), *self.image_size), dtype=bool)
@@ -127,6 +142,7 @@ class Detections:
                 masks = self._mask_fn()
                 _check("Detections.masks", masks, (len(self), *self.image_size), np.bool_)
                 self._masks = masks
+            self._mask_fn = self._rle_fn = None
         return self._masks
 
     def rles(self) -> list[dict]:
@@ -150,10 +166,11 @@ class Detections:
         names = self.class_names
         return [names[i] if i < len(names) else str(i) for i in self.class_ids.tolist()]
 
-    def __getitem__(self, index: np.ndarray | slice | int) -> "Detections":
-        """Subset by boolean mask, integer indices, slice or one integer (a Detections of one; masks materialised)."""
-        if isinstance(index, (int, np.integer)):
-            index = [index]
+    def __getitem__(self, index: np.ndarray | list | slice | int) -> "Detections":
+        """Subset by boolean mask (N,), integer indices (a list or 1-D array, each in -N..N-1), slice or one
+        integer (a Detections of one); masks materialised. TypeError for other kinds of index, IndexError for
+        indices out of range or a mask of another length."""
+        index = self._rows(index)
         return Detections(
             boxes=self.boxes[index],
             scores=self.scores[index],
@@ -165,6 +182,32 @@ class Detections:
             _masks=self.masks[index],
         )
 
+    def _rows(self, index: object) -> np.ndarray:
+        """``index`` (see :meth:`__getitem__`) as a 1-D int64 array of rows in range."""
+        def is_int(v: object) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        n = len(self)
+        if isinstance(index, slice) and all(v is None or is_int(v) for v in (index.start, index.stop, index.step)):
+            return np.arange(n, dtype=np.int64)[index]
+        if is_int(index):
+            index = [index]
+        if isinstance(index, (list, np.ndarray)):
+            rows = np.asarray(index)
+            if rows.ndim == 1 and rows.dtype == np.bool_:
+                if len(rows) != n:
+                    raise IndexError(f"Detections: boolean mask of length {len(rows)} for {n} detections")
+                return np.flatnonzero(rows)
+            if rows.ndim == 1 and (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+                bad = rows[(rows < -n) | (rows >= n)]
+                if bad.size:
+                    raise IndexError(f"Detections: index {int(bad[0])} out of range for {n} detections")
+                return rows.astype(np.int64)
+        what = (f"an array of dtype {index.dtype} and shape {index.shape}" if isinstance(index, np.ndarray)
+                else f"{type(index).__name__} {index!r:.60}")
+        raise TypeError(f"Detections: an index is an int, a slice, a boolean mask of length N or a 1-D list or "
+                        f"array of ints, got {what}")
+
     @classmethod
     def empty(cls, image_size: tuple[int, int], class_names: Sequence[str] = ()) -> "Detections":
         """No detections for a frame of ``image_size`` (H, W)."""
@@ -174,11 +217,10 @@ class Detections:
             class_ids=np.zeros((0,), np.int64),
             image_size=image_size,
             class_names=class_names,
-            _masks=np.zeros((0, *image_size), bool),
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class SemanticMap:
     """Per-pixel classes for one frame.
 
@@ -197,7 +239,7 @@ class SemanticMap:
             _check("SemanticMap.scores", self.scores, self.labels.shape, np.float32)
 
 
-@dataclass
+@dataclass(eq=False)
 class Superpixels:
     """SLIC-style over-segmentation of one frame.
 
@@ -214,7 +256,7 @@ class Superpixels:
         return int(self.labels.max()) + 1 if self.labels.size else 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Panoptic:
     """Panoptic segmentation of one frame (panopticapi conventions).
 
