@@ -41,7 +41,7 @@ from benchmarks.common import (
     wall_summary,
 )
 from benchmarks.gpu_fastpath import BACKEND_RUNS, versions
-from rtseg.ops.overlay import annotate
+from rtseg.ops.overlay import _annotate_inferred as annotate  # the pipeline's: the frame inferred on, unchanged
 from rtseg.yolact_spec import PRESET_NAMES
 
 if TYPE_CHECKING:

@@ -221,7 +221,7 @@ def engine_frame_times(engine: YolactEngine, frame: Any, iters: int) -> dict[str
     NMS, boxes/scores to the host; masks lazy) and ``annotate(frame, engine(frame))`` (the finished
     frame on the host; masks blended on the device when the engine keeps the frame there)."""
     from rtseg.engines.backends import make_backend
-    from rtseg.ops.overlay import annotate
+    from rtseg.ops.overlay import _annotate_inferred as annotate  # the pipeline's: the frame inferred on, unchanged
 
     out: dict[str, Any] = {"device_overlay": engine.device_overlay, "nms": engine._fast_nms.__module__}
     original = engine.backend

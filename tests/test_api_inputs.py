@@ -233,3 +233,66 @@ def test_annotate_and_stream_misuse_are_one_line_config_errors(engine, frame) ->
     with pytest.raises(ConfigError, match=r"^stream\(\) takes an iterable of frames, got one array uint8 "
                                           r"\(\d+, \d+, 3\); call the engine for a single frame: engine\(frame\)$"):
         next(engine.stream(frame))
+
+
+def test_annotate_draws_the_image_it_is_given_with_the_device_overlay(frame) -> None:
+    """Was: with the device overlay the masks were blended into the device copy made at inference, so what the caller
+    drew on the frame since was lost (on the CPU for a non-contiguous frame, which preprocessing copies; on CUDA for
+    every frame). The pipeline, which never writes its frames, still blends into that copy: no second upload."""
+    from rtseg.ops.overlay import _annotate_inferred
+
+    seg = rtseg.load("yolact", DEMO, device_overlay=True)
+    f = frame.copy()[:, ::-1]
+    dets = seg(f)
+    as_inferred = _annotate_inferred(f, dets)
+    assert len(dets) > 0 and (as_inferred != f).any()
+    f[:20] = 255
+    host = dets[np.arange(len(dets))]  # the same detections with host masks: no device blend
+    assert host._blend_fn is None
+    want, got = rtseg.annotate(f, host), rtseg.annotate(f, dets)
+    assert (want[5, 100:200] == 255).all()
+    assert np.abs(got.astype(np.int16) - want).max() <= 1  # (torch vs OpenCV rounding)
+    assert (_annotate_inferred(f, dets)[:20] == as_inferred[:20]).all()  # the kept device copy, as inferred
+
+
+def _closure_tensors(dets: Detections) -> list[torch.Tensor]:
+    """The tensors the result's mask / blend / RLE functions hold (their closures' cells, one tuple level deep)."""
+    found = []
+    for fn in (dets._mask_fn, dets._blend_fn, dets._rle_fn):
+        for cell in getattr(fn, "__closure__", None) or ():
+            value = cell.cell_contents
+            found += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, torch.Tensor)]
+    return found
+
+
+def test_results_keep_no_more_device_memory_than_their_own(engine, frame) -> None:
+    """Was: a result with no detections kept the frame's prototypes (~1.8 MiB each: 300 kept results grew the process
+    by 540 MiB), and each result of a batch kept the prototypes of the whole batch."""
+    empty = engine(np.zeros((48, 64, 3), np.uint8))
+    assert len(empty) == 0 and _closure_tensors(empty) == []
+    assert empty.masks.shape == (0, 48, 64) and empty.rles() == []
+    results = engine([frame, frame[:, ::-1]])
+    for dets in results:
+        protos = [t for t in _closure_tensors(dets) if t.ndim == 3]
+        assert len(dets) > 0 and protos
+        assert all(t.untyped_storage().nbytes() == t.nbytes for t in protos)
+    np.testing.assert_array_equal(results[1].masks, engine(frame[:, ::-1]).masks)
+
+
+def test_device_overlay_is_true_false_or_none() -> None:
+    """Was bool(device_overlay): "no" and "false" turned it on."""
+    for bad in ("no", "false", 1):
+        with pytest.raises(ConfigError, match=f"^yolact: device_overlay must be True, False or None \\(on for CUDA\\), "
+                                              f"got {type(bad).__name__} {bad!r}$"):
+            rtseg.load("yolact", DEMO, device_overlay=bad)
+    assert rtseg.load("yolact", DEMO, device_overlay=False).device_overlay is False
+    default = rtseg.load("yolact", DEMO, device_overlay=None)
+    assert default.device_overlay is (default._dev.type == "cuda")
+
+
+def test_yolact_class_names_are_a_tuple_no_result_can_change(engine, frame) -> None:
+    """Was a list shared with every Detections: ``dets.class_names.append("x")`` renamed the engine's classes."""
+    dets = engine(frame)
+    assert isinstance(engine.class_names, tuple) and dets.class_names == engine.class_names
+    with pytest.raises(AttributeError):
+        dets.class_names.append("x")

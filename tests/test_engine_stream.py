@@ -100,3 +100,44 @@ def test_gpu_stream_with_captured_graphs_equals_one_call_per_frame() -> None:
         assert_same(got, want)
         assert blends_on_device(got, frame)
         np.testing.assert_array_equal(annotate(frame, got), annotate(frame, want))
+
+
+def test_stream_hands_out_every_result_before_a_failure() -> None:
+    """Was: the frame in flight was lost when the source raised or a bad item came (2 of 3 results, then the error;
+    1 of 2 before a bad item), although its result had been computed."""
+    engine = tiny_engine(top_k=20)
+    clip = frames([(72, 96)] * 3, seed=5)
+
+    def camera():
+        yield from clip
+        raise OSError("camera gone")
+
+    got = []
+    with pytest.raises(OSError, match="camera gone"):
+        got.extend(engine.stream(camera()))
+    assert len(got) == 3
+    for dets, frame in zip(got, clip):
+        assert_same(dets, engine(frame))
+    got = []
+    with pytest.raises(ConfigError, match=r"^stream\(\): item 2: expected an H×W×3 uint8 BGR array, got uint8 \(3, 3\)$"):
+        got.extend(engine.stream([clip[0], clip[1], np.zeros((3, 3), np.uint8)]))
+    assert len(got) == 2
+    assert_same(got[1], engine(clip[1]))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (None, r"^stream\(\) takes an iterable of H×W×3 uint8 BGR frames \(a list, a generator\), got NoneType$"),
+    (5, r"got int$"),
+    (np.zeros((2, 32, 32, 3), np.uint8), r"^stream\(\) takes an iterable of frames, got one array uint8 \(2, 32, 32, 3\); "
+                                         r"pass its frames: stream\(list\(array\)\) \(the engine, too, takes a batch "
+                                         r"as a list of frames\)$"),
+])
+def test_stream_refuses_what_is_no_iterable_of_frames_at_the_call(bad, message) -> None:
+    """Was a TypeError traceback at the first next() (None, 5), and an (N, H, W, 3) array was told to call the engine
+    for a single frame (the engine, like stream(), takes a batch as a list of frames, not as one 4-D array)."""
+    engine = tiny_engine()
+    with pytest.raises(ConfigError, match=message):
+        engine.stream(bad)
+    with pytest.raises(ConfigError, match=r"^frame: expected an H×W×3 uint8 BGR array, got uint8 \(2, 32, 32, 3\)$"):
+        engine(np.zeros((2, 32, 32, 3), np.uint8))
+    assert len(list(engine.stream(list(np.zeros((2, 32, 32, 3), np.uint8))))) == 2

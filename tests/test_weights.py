@@ -158,7 +158,7 @@ def test_safetensors_round_trip_and_manifest_checks(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     seg = rtseg.load("yolact", weights=str(path), score_threshold=0.0)
-    assert seg.class_names == ["a", "b", "c"]
+    assert seg.class_names == ("a", "b", "c")
     man = json.loads(path.with_suffix(".json").read_text())
     man["sha256"] = man["sha256"].upper()  # (was "does not match": the file is corrupt or was replaced)
     path.with_suffix(".json").write_text(json.dumps(man))
@@ -236,7 +236,7 @@ def test_a_training_checkpoint_loads_with_its_saved_config_and_class_names(tmp_p
     assert cfg == TINY and names == ["a", "b", "c"]
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
-    assert rtseg.load("yolact", weights=str(path)).class_names == ["a", "b", "c"]
+    assert rtseg.load("yolact", weights=str(path)).class_names == ("a", "b", "c")
     torch.save({"step": 1, "model": model.state_dict(), "config": {"arch": "fcn8s", "num_classes": 3}}, path)
     with pytest.raises(WeightsError, match=r"checkpoint.pth: its config is invalid \(unknown key\(s\) arch\); re-export"):
         load_yolact(path)

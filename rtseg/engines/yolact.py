@@ -51,6 +51,15 @@ def _check_nms(nms: Any) -> str:
     return nms
 
 
+def _check_device_overlay(value: Any) -> bool | None:
+    """``device_overlay=`` when it is True, False or None (the device's default), else ConfigError (a string such as
+    "no" was taken as true)."""
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"yolact: device_overlay must be True, False or None (on for CUDA), "
+                          f"got {type(value).__name__} {value!r}"[:200])
+    return None if value is None else bool(value)
+
+
 #: The checks of :class:`YolactEngine`'s options besides its model, class names and backend (:func:`check_options`;
 #: the backend with its precision and device: :func:`check_backend`).
 _OPTION_CHECKS: OptionChecks = {
@@ -60,6 +69,7 @@ _OPTION_CHECKS: OptionChecks = {
        for key in ("iou_threshold", "conf_threshold")},
     **{key: functools.partial(check_int, "yolact", key, low=1) for key in ("nms_top_k", "max_detections")},
     "device": resolve_device,
+    "device_overlay": _check_device_overlay,
 }
 
 
@@ -132,10 +142,11 @@ class YolactEngine(StagedEngine):
     (0.05 / 200 / 100 / 0.5).
     backend: network backend (see :mod:`rtseg.engines.backends`). precision ("fp16" | "int8") and
         calibration_dir (a folder of frames for INT8 calibration): the tensorrt backend only.
-    device_overlay: keep each frame on the device after preprocessing and let
-        :func:`rtseg.annotate` blend the masks there (CuPy kernel when installed), so only the
-        finished frame comes back, and encode masks as COCO RLE there for JSON output, so only the
-        run boundaries come back (default: on for CUDA, off for CPU, where the host path is faster).
+    device_overlay: True, False or None (default: on for CUDA, off for CPU, where the host path is faster). On:
+        :func:`rtseg.annotate` blends the masks on the device (CuPy kernel when installed), so only the finished
+        frame comes back, not the masks (it uploads the image it is given, which may have been drawn on since;
+        the pipeline, which never writes its frames, blends into the device copy kept at preprocessing instead), and
+        masks are encoded as COCO RLE there for JSON output, so only the run boundaries come back.
         Frames go up through a pinned staging buffer on CUDA. An engine serves one thread at a time.
     """
 
@@ -147,7 +158,8 @@ class YolactEngine(StagedEngine):
         checked = _checked_options({
             "nms": nms, "score_threshold": score_threshold, "iou_threshold": iou_threshold,
             "conf_threshold": conf_threshold, "top_k": top_k, "nms_top_k": nms_top_k, "max_detections": max_detections,
-            "device": device, "backend": backend, "precision": precision, "calibration_dir": calibration_dir})
+            "device": device, "backend": backend, "precision": precision, "calibration_dir": calibration_dir,
+            "device_overlay": device_overlay})
         self.cfg: YolactConfig = model.cfg
         #: COCO category id of each class when the weights were trained on a COCO file (their manifest says), for
         #: COCO results files; None otherwise.
@@ -157,7 +169,7 @@ class YolactEngine(StagedEngine):
             torch.backends.cudnn.benchmark = True  # (as the official eval.py does)
         self.device = str(self._dev)
         names = class_names if class_names is not None else _default_names(self.cfg.num_classes)
-        self.class_names: list[str] = list(check_class_names("yolact", names, self.cfg.num_classes))
+        self.class_names: tuple[str, ...] = check_class_names("yolact", names, self.cfg.num_classes)
         self.net = place_network(InferenceNet(model), self._dev)
         self.priors = make_priors(self.cfg, self._dev)
         self.score_threshold: float = checked["score_threshold"]
@@ -171,7 +183,8 @@ class YolactEngine(StagedEngine):
         mean = torch.tensor(MEANS_BGR) if self.cfg.normalize == "meanstd" else torch.zeros(3)
         self._mean = mean.view(1, 3, 1, 1).to(self._dev)
         self._std = scale.view(1, 3, 1, 1).to(self._dev)
-        self.device_overlay = self._dev.type == "cuda" if device_overlay is None else bool(device_overlay)
+        self.device_overlay: bool = (self._dev.type == "cuda" if checked["device_overlay"] is None
+                                     else checked["device_overlay"])
         # Fast NMS with the keep decision in one CUDA kernel where CuPy is installed (same keep set).
         self._fast_nms = cupy_ops.fast_nms if self._dev.type == "cuda" and cupy_ops.HAVE_CUPY else fast_nms
         self.backend = make_backend(self.net, name=backend, device=self._dev, input_size=self.cfg.input_size,
@@ -348,21 +361,38 @@ class YolactEngine(StagedEngine):
         i + 1 is uploaded, preprocessed and queued on the device before frame i's rows are awaited, so on CUDA the
         host's work for one frame overlaps the device's for the previous one. Each result is yielded once the next
         frame has been taken from ``frames`` (for a live source that waits for its next frame: call the engine per
-        frame there). The same detections as one call per frame."""
+        frame there). The same detections as one call per frame.
+
+        ``frames`` that is not an iterable of frames is a ConfigError here, at the call (one array, a batch array
+        (N, H, W, 3) included: as ``engine(array)``, which takes one frame). When ``frames`` raises, or an item is no
+        frame (ConfigError naming the item), or a frame fails in the engine, every frame before it still gets its
+        result, then the error is raised.
+        """
         if isinstance(frames, np.ndarray):  # (iterating one frame gives its rows: "got uint8 (W, 3)")
+            what = ("pass its frames: stream(list(array)) (the engine, too, takes a batch as a list of frames)"
+                    if frames.ndim == 4 else "call the engine for a single frame: engine(frame)")
             raise ConfigError(f"stream() takes an iterable of frames, got one array {frames.dtype} {frames.shape}; "
-                              "call the engine for a single frame: engine(frame)")
+                              f"{what}")
+        if isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable):
+            raise ConfigError(f"stream() takes an iterable of H×W×3 uint8 BGR frames (a list, a generator), "
+                              f"got {type(frames).__name__}")
+        return self._stream(frames)
+
+    def _stream(self, frames: Iterable[np.ndarray]) -> Iterator[Detections]:
+        """:meth:`stream` once ``frames`` is known to be an iterable."""
         pending: InFlight | None = None
-        for i, frame in enumerate(frames):
-            single, images = frames_as_list(frame)
-            if not single:
-                raise ConfigError(f"stream(): item {i} is a {type(frame).__name__}; give one H×W×3 uint8 BGR array "
-                                  "per frame")
-            image = images[0]
-            queued = self.dispatch(self.forward(self.preprocess([image])), [image.shape[:2]])
+        try:
+            for i, frame in enumerate(frames):
+                image = _stream_frame(i, frame)
+                queued = self.dispatch(self.forward(self.preprocess([image])), [image.shape[:2]])
+                done, pending = pending, None  # (a failure while it is handed out leaves nothing pending)
+                if done is not None:
+                    yield self.collect(done)[0]
+                pending = queued
+        except Exception:  # the source, an item or the engine failed: the frame in flight first, then the error
             if pending is not None:
                 yield self.collect(pending)[0]
-            pending = queued
+            raise
         if pending is not None:
             yield self.collect(pending)[0]
 
@@ -392,24 +422,32 @@ class YolactEngine(StagedEngine):
 
     def _detections(self, cand: Candidates, host: torch.Tensor, size: tuple[int, int],
                     resident: tuple[np.ndarray, torch.Tensor] | None) -> Detections:
-        """One frame's candidates (device) and their rows on the host (M, 6) → Detections."""
+        """One frame's candidates (device) and their rows on the host (M, 6) → Detections.
+
+        The result's mask, RLE and blend functions keep what they need of the device tensors: the frame's own
+        prototypes (copied out of a batch's, which would stay alive with every kept result), its detections' rows
+        and coefficients, and ``resident`` (for the blend); a frame without detections keeps none.
+        """
         h, w = size
         # Rows are score descending, so the detections are a prefix.
         scores = host[:, 4]
         n = min(int(torch.count_nonzero(scores > self.score_threshold if self.score_threshold > 0 else scores >= 0)),
                 self.top_k)
-        rel_boxes, det_coef, det_scores, proto = cand.rows[:n, :4], cand.coef[:n], cand.rows[:n, 4], cand.proto
+        if n == 0:
+            return Detections.empty((h, w), self.class_names)
+        rel_boxes, det_coef, det_scores = cand.rows[:n, :4], cand.coef[:n], cand.rows[:n, 4]
+        proto = _compact(cand.proto)
         pixels = boxes_to_pixels(host[:n, :4], h, w).numpy()
 
         def masks() -> np.ndarray:
             with torch.inference_mode():
                 parts = [assemble_masks(proto, det_coef[i:i + MASK_CHUNK], rel_boxes[i:i + MASK_CHUNK], (h, w)).cpu().numpy()
-                         for i in range(0, len(det_coef), MASK_CHUNK)]
-            return np.concatenate(parts) if parts else np.zeros((0, h, w), bool)
+                         for i in range(0, n, MASK_CHUNK)]
+            return np.concatenate(parts)
 
         def rles() -> list[dict]:
             with torch.inference_mode():
-                return [rle for i in range(0, len(det_coef), MASK_CHUNK) for rle in encode_rle_device(
+                return [rle for i in range(0, n, MASK_CHUNK) for rle in encode_rle_device(
                     assemble_masks(proto, det_coef[i:i + MASK_CHUNK], rel_boxes[i:i + MASK_CHUNK], (h, w)))]
 
         return Detections(
@@ -419,7 +457,8 @@ class YolactEngine(StagedEngine):
             image_size=(h, w),
             class_names=self.class_names,
             _mask_fn=masks,
-            _blend_fn=_device_blender(resident, proto, det_coef, rel_boxes, det_scores) if resident else None,
+            _blend_fn=(_device_blender(resident, proto, det_coef, rel_boxes, det_scores, self._upload)
+                       if resident else None),
             _rle_fn=rles if self.device_overlay else None,
         )
 
@@ -428,24 +467,51 @@ class YolactEngine(StagedEngine):
         self(np.zeros((self.cfg.input_size, self.cfg.input_size, 3), np.uint8)).masks
 
 
+def _stream_frame(i: int, item: Any) -> np.ndarray:
+    """Item ``i`` of :meth:`YolactEngine.stream`'s frames when it is one H×W×3 uint8 BGR frame, else ConfigError
+    ``"stream(): item 2: expected an H×W×3 uint8 BGR array, got uint8 (3, 3)"`` (:func:`frames_as_list`'s check)."""
+    try:
+        single, images = frames_as_list(item)
+    except ConfigError as exc:
+        raise ConfigError(f"stream(): item {i}: {str(exc).removeprefix('frame: ')}") from None
+    if not single:
+        raise ConfigError(f"stream(): item {i} is a {type(item).__name__}; give one H×W×3 uint8 BGR array per frame")
+    return images[0]
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` when it spans its whole storage, else a copy that does: one frame's slice of a batch's tensor would keep
+    the whole batch's memory while it lives."""
+    return t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
+
+
 def _device_blender(resident: tuple[np.ndarray, torch.Tensor], proto: torch.Tensor, coef: torch.Tensor,
-                    boxes: torch.Tensor, scores: torch.Tensor) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray | None]:
-    """A ``Detections`` blend function: masks blended into the device copy of the frame, result to the host.
+                    boxes: torch.Tensor, scores: torch.Tensor, upload: Callable[[np.ndarray], torch.Tensor],
+                    ) -> Callable[..., np.ndarray | None]:
+    """A ``Detections`` blend function ``blend_fn(image, colors, alpha, *, inferred=False)``: the masks blended into
+    ``image`` on the device (:func:`rtseg.ops.device_overlay.blend`), the (H, W, 3) uint8 result on the host; None
+    when ``image`` is not the host frame the detections came from (:func:`rtseg.annotate` then blends on the host).
+
+    The caller may have drawn on ``image`` since the inference, so it goes up again (``upload``: (H, W, 3) uint8 host
+    → device), unless ``inferred``: the caller vouches that ``image`` is unchanged since it was inferred on (the
+    pipeline, which owns its frames: :func:`rtseg.ops.overlay._annotate_inferred`), and the device copy the engine
+    kept at preprocessing is blended into, with no upload.
 
     resident: (host frame, its (H, W, 3) uint8 device copy); proto (h, w, k), coef (n, k), boxes (n, 4)
     relative, scores (n,) of the kept detections, all on the device.
     """
-    host_frame, frame = resident
+    host_frame, kept = resident
 
-    def blend_fn(image: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray | None:
+    def blend_fn(image: np.ndarray, colors: np.ndarray, alpha: float, *, inferred: bool = False) -> np.ndarray | None:
         if image is not host_frame:
             return None
         with torch.inference_mode():
+            frame = kept if inferred else upload(image)
             out = blend(frame, proto, coef, boxes, scores, torch.from_numpy(colors).to(frame.device), alpha=alpha)
             return download(out)
 
     return blend_fn
 
 
-def _default_names(n: int) -> list[str]:
-    return list(COCO_CLASSES) if n == len(COCO_CLASSES) else [f"class{i}" for i in range(n)]
+def _default_names(n: int) -> tuple[str, ...]:
+    return tuple(COCO_CLASSES) if n == len(COCO_CLASSES) else tuple(f"class{i}" for i in range(n))

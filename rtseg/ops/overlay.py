@@ -60,7 +60,27 @@ def annotate(
         (floats shown with one decimal).
     alpha: opacity of mask colours, a number in [0, 1].
     Returns a new (H, W, 3) uint8 BGR image. A wrong argument is a ConfigError (one line), as the engines' are.
+
+    Detections of an engine that keeps frames on its device (YOLACT's ``device_overlay``) are blended there: ``image``
+    as it is now goes up (it may have been drawn on since the inference), the finished frame comes back.
     """
+    return _annotate(image, prediction, hud, alpha, inferred=False)
+
+
+def _annotate_inferred(image: np.ndarray, prediction: Prediction, *,
+                       hud: Mapping[str, float | int | str] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """:func:`annotate` for a caller that owns ``image`` and has not written it since the engine inferred on it (the
+    pipeline): an engine's device blend then draws into the device copy of the frame it kept, with no upload.
+
+    Internal: a frame changed after the inference would be annotated as it was then (a caller of the API gets
+    :func:`annotate`, which blends the image it is given).
+    """
+    return _annotate(image, prediction, hud, alpha, inferred=True)
+
+
+def _annotate(image: np.ndarray, prediction: Prediction, hud: Mapping[str, float | int | str] | None, alpha: float,
+              inferred: bool) -> np.ndarray:
+    """:func:`annotate`; ``inferred`` as :func:`_annotate_inferred` says."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
         raise ConfigError(f"annotate: expected an (H, W, 3) uint8 BGR numpy image, got {got}")
@@ -69,7 +89,7 @@ def annotate(
     size = image.shape[:2]
     if isinstance(prediction, Detections):
         _check_size("Detections.image_size", prediction.image_size, size)
-        out = _draw_detections(image, prediction, alpha)
+        out = _draw_detections(image, prediction, alpha, inferred)
     elif isinstance(prediction, SemanticMap):
         _check_size("SemanticMap.labels", prediction.labels.shape, size)
         labels = np.maximum(prediction.labels, 0)
@@ -145,12 +165,15 @@ def _instance_keys(dets: Detections) -> np.ndarray:
     return dets.track_ids if dets.track_ids is not None else dets.class_ids
 
 
-def _draw_detections(image: np.ndarray, dets: Detections, alpha: float) -> np.ndarray:
+def _draw_detections(image: np.ndarray, dets: Detections, alpha: float, inferred: bool) -> np.ndarray:
+    """A copy of ``image`` with ``dets`` drawn: masks by the detections' device blend when they have one (``inferred``
+    passed on: whether ``image`` is unchanged since the inference, see :func:`_annotate_inferred`) and it takes
+    ``image``, else on the host; then boxes and labels."""
     n = len(dets)
     if n == 0:
         return image.copy()
     colors = colors_for(_instance_keys(dets))
-    out = dets._blend_fn(image, colors, alpha) if dets._blend_fn is not None else None
+    out = dets._blend_fn(image, colors, alpha, inferred=inferred) if dets._blend_fn is not None else None
     if out is None:
         out = _blend_masks(image, dets, colors, alpha)
     _draw_boxes_and_labels(out, dets, colors)

@@ -127,9 +127,11 @@ def _tagged(work: Callable[[_Item], None], item: _Item) -> None:
 
 
 def _default_annotator(image: np.ndarray, prediction: Prediction, *, hud: dict | None = None) -> np.ndarray:
-    from rtseg.ops.overlay import annotate
+    """:func:`rtseg.annotate` of a frame the pipeline inferred on: the pipeline never writes its frames, so an
+    engine's device overlay blends into the device copy of the frame it kept (no second upload)."""
+    from rtseg.ops.overlay import _annotate_inferred
 
-    return annotate(image, prediction, hud=hud)
+    return _annotate_inferred(image, prediction, hud=hud)
 
 
 class Pipeline:
