@@ -77,8 +77,10 @@ class Detections:
     image_size: (H, W) of the frame the detections refer to, two ints >= 0.
 
     Engines that keep the frame on their device may also give a ``blend_fn(image, colors,
-    alpha)``: it blends the masks into ``image`` where the network ran and returns the host
-    (H, W, 3) uint8 result, or None when ``image`` is not the frame the detections came from.
+    alpha, *, inferred=False)``: it blends the masks into ``image`` where the network ran and
+    returns the host (H, W, 3) uint8 result, or None when ``image`` is not the frame the
+    detections came from; ``inferred=True``: the caller vouches ``image`` is unchanged since
+    the inference, and the engine's device copy of it is used (no upload; the pipeline's case).
     :func:`rtseg.annotate` uses it, so masks never travel to the host just to be drawn.
     Likewise an ``rle_fn()`` returns the masks' COCO RLE dicts encoded on the device (see
     :meth:`rles`), so JSON output needs only the run boundaries from the device.
@@ -95,7 +97,7 @@ class Detections:
     track_ids: np.ndarray | None = None
     _masks: np.ndarray | None = field(default=None, repr=False)
     _mask_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
-    _blend_fn: Callable[[np.ndarray, np.ndarray, float], np.ndarray | None] | None = field(default=None, repr=False)
+    _blend_fn: Callable[..., np.ndarray | None] | None = field(default=None, repr=False)
     _rle_fn: Callable[[], list[dict]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
