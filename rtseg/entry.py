@@ -75,12 +75,20 @@ def run_as_script(main: Callable[[], int]) -> NoReturn:
 def lazy_attributes(owner: str, where: Mapping[str, str]) -> Callable[[str], Any]:
     """A ``__getattr__`` (PEP 562) for the module named ``owner`` that loads each name of ``where`` from its module
     (``{name: module}``) at its first use, so that a light module (:mod:`rtseg`, :mod:`rtseg.data`, an entry module
-    over its heavy implementation) still offers those names without importing them at its top."""
+    over its heavy implementation) still offers those names without importing them at its top.
+
+    It also gives that module a ``__dir__`` that lists those names beside the module's own, so that ``dir()`` and
+    tab completion show them (the default ``dir`` of a module lists only what is already in it)."""
     offered = dict(where)
+    module = sys.modules[owner]
 
     def __getattr__(name: str) -> Any:
         if name not in offered:
             raise AttributeError(f"module {owner!r} has no attribute {name!r}")
         return getattr(importlib.import_module(offered[name]), name)
 
+    def __dir__() -> list[str]:
+        return sorted({*vars(module), *offered})
+
+    module.__dir__ = __dir__  # type: ignore[method-assign]
     return __getattr__

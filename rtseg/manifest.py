@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from rtseg.errors import one_line
 from rtseg.userfiles import read_regular_file
 
 MANIFEST_FORMAT = "rtseg-yolact/1"
@@ -24,6 +25,14 @@ ENGINE_FORMATS = {MANIFEST_FORMAT: "yolact", FCN_FORMAT: "fcn", MSRCNN_FORMAT: "
 WEIGHTS_ADVICE = "give an official YOLACT .pth or an rtseg .safetensors"
 """What to do about a YOLACT weights file that cannot be used (:func:`rtseg.weights.read_checkpoint`,
 ``rtseg train --init``)."""
+
+
+def ambiguous_class_name(names: Sequence[str]) -> str | None:
+    """The first of ``names`` that outputs, which name classes by these, could not tell apart: an empty or blank
+    name, one of more than one line, or one given twice; None when there is none. Checked in manifests
+    (:func:`rtseg.weights.manifest_config`) and in the class names given to an engine
+    (:func:`rtseg.engines.options.check_class_names`)."""
+    return next((n for n in names if not n.strip() or one_line(n) != n or names.count(n) > 1), None)
 
 
 def manifest_path(weights: str | Path) -> Path:

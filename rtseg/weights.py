@@ -20,8 +20,8 @@ from typing import Any, NamedTuple, Sequence, TypeVar
 import torch
 from torch import nn
 
-from rtseg.errors import PERMISSION_DENIED, ConfigError, SinkError, WeightsError, first_line, json_problem, one_line
-from rtseg.manifest import MANIFEST_FORMAT, WEIGHTS_ADVICE, manifest_path
+from rtseg.errors import PERMISSION_DENIED, ConfigError, SinkError, WeightsError, first_line, json_problem
+from rtseg.manifest import MANIFEST_FORMAT, WEIGHTS_ADVICE, ambiguous_class_name, manifest_path
 from rtseg.models.yolact import PRESETS, Yolact, YolactConfig
 from rtseg.userfiles import NotRegularFileError, read_regular_file
 
@@ -392,8 +392,8 @@ def manifest_config(saved: dict[str, Any], config_type: type[T], *, source: str 
     names = saved.get("class_names")
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise WeightsError(f"{source}: its class_names must be a list of strings; re-export the weights")
-    bad = next((n for n in names if not n.strip() or one_line(n) != n or names.count(n) > 1), None)
-    if bad is not None:  # outputs name classes by these: an empty, multi-line or twice-given name is ambiguous
+    bad = ambiguous_class_name(names)
+    if bad is not None:
         raise WeightsError(f"{source}: its class_names must be distinct, non-empty names of one line each, got "
                            f"{bad!r}; re-export the weights")
     num_classes = getattr(cfg, "num_classes")

@@ -33,12 +33,17 @@ MSRCNN_CASES = [
     # was accepted: six classes named c, i, r, c, l, e
     ({"class_names": "circle"}, "msrcnn: class_names must be a list of class names (strings), got str 'circle'"),
     ({"class_names": ["a"]}, "msrcnn: 1 class names for a model with 6 classes"),
+    # were accepted, as a manifest's are not: outputs could not tell the classes apart
+    ({"class_names": [""] * 6}, "msrcnn: class_names must be distinct, non-empty names of one line each, got ''"),
+    ({"class_names": ["a"] * 6}, "msrcnn: class_names must be distinct, non-empty names of one line each, got 'a'"),
     BAD_DEVICE,  # was accepted
 ]
 FCN_CASES = [
     ({"max_side": 0}, "fcn: max_side must be an integer >= 1, got 0"),
     ({"max_side": 1.5}, "fcn: max_side must be an integer >= 1, got 1.5"),
     ({"class_names": ["bg"]}, "fcn: 1 class names for a model with 3 classes"),
+    ({"class_names": ["bg", "a\nb", "c"]},
+     "fcn: class_names must be distinct, non-empty names of one line each, got 'a\\nb'"),  # was accepted
     BAD_DEVICE,
 ]
 
@@ -53,6 +58,8 @@ YOLACT_CASES = [
     ({"class_names": "square"}, "yolact: class_names must be a list of class names (strings), got str 'square'"),
     # was refused only once the weights had been loaded into a built network
     ({"class_names": ["a"]}, "yolact: 1 class names for a model with 6 classes"),
+    ({"class_names": [" ", *"abcde"]},
+     "yolact: class_names must be distinct, non-empty names of one line each, got ' '"),  # was accepted
     ({"precision": "int8"}, "precision='int8' / calibration frames apply to the tensorrt backend only (got backend "
                             "'eager'); add backend='tensorrt' (--backend tensorrt)"),
     ({"backend": "tensorrtx"}, "unknown backend 'tensorrtx'; choose one of eager, compile, tensorrt, onnx, auto"),
@@ -134,7 +141,7 @@ def test_yolact_pth_refuses_class_names_of_another_count_before_building_its_net
 
 def test_yolact_pth_takes_class_names_of_its_count(weights):
     engine = rtseg.load("yolact", weights["yolact.pth"], class_names=["a", "b", "c"])
-    assert engine.class_names == ["a", "b", "c"] and engine.cfg.num_classes == 3
+    assert engine.class_names == ("a", "b", "c") and engine.cfg.num_classes == 3
 
 
 def test_yolact_options_checked_early_reach_the_engine():
@@ -142,7 +149,7 @@ def test_yolact_options_checked_early_reach_the_engine():
     engine = rtseg.load("yolact", DEMO, device="cpu:0", nms="traditional", top_k=5,
                         class_names=(f"c{i}" for i in range(6)))
     assert (engine.device, engine.nms, engine.top_k) == ("cpu:0", "traditional", 5)
-    assert engine.class_names == [f"c{i}" for i in range(6)]
+    assert engine.class_names == tuple(f"c{i}" for i in range(6))
 
 
 @pytest.mark.parametrize("options, message", [
@@ -158,6 +165,14 @@ def test_torchvision_fcn_refuses_a_bad_option_before_building_it(no_network, opt
 def test_a_bad_option_is_reported_before_a_missing_weights_file(tmp_path, name):
     """Was the weights' error ('file not found'): fixing it only led to the option's."""
     _refused(BAD_DEVICE[1], name, str(tmp_path / "missing.safetensors"), **BAD_DEVICE[0])
+
+
+@pytest.mark.parametrize("name", ["yolact", "fcn", "msrcnn"])
+def test_an_empty_weights_path_says_it_is_empty(name):
+    """Was "WeightsError: . is a folder" (an empty path is the current folder)."""
+    with pytest.raises(WeightsError, match=f"^{name}: weights is an empty path \\(an unset variable\\?\\); give the "
+                                           f"weights file's path$"):
+        rtseg.load(name, "")
 
 
 @pytest.mark.parametrize("name", ["fcn", "msrcnn"])

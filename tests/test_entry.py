@@ -133,6 +133,17 @@ def test_each_subcommand_runs_from_a_module_with_a_main():
     assert all(callable(importlib.import_module(module).main) for module in SUBCOMMANDS.values())
 
 
+def test_dir_lists_the_names_that_load_at_first_use_without_loading_them():
+    """dir() and tab completion show the lazy names of rtseg (and of the other modules of
+    rtseg.entry.lazy_attributes) beside the module's own (was: neither load nor annotate), in a fresh interpreter
+    that dir() leaves without torch."""
+    code = ("import sys, rtseg, rtseg.data.export as export\n"
+            "print(sorted({'load', 'annotate', 'Detections', 'ConfigError', '__doc__'} - set(dir(rtseg))))\n"
+            "print(sorted({'export_mp4', 'main'} - set(dir(export))), 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "[]\n[] False\n", "")
+
+
 def test_full_stdout_is_one_line_and_keeps_the_outputs(clip, tmp_path):
     """stdout on /dev/full: the summary's write failed with an OSError traceback; now one line, exit 2, and
     the JSON lines written before it are all there."""

@@ -139,6 +139,27 @@ def test_panopticapi_writer_roundtrip(tmp_path):
                [(s["id"], s["category_id"], s["area"]) for s in b.segments]
 
 
+@pytest.mark.parametrize("image_ids, message", [
+    ([5], "1 image_ids for 2 predictions"),  # was: the second prediction dropped silently
+    ([5, 6, 7], "3 image_ids for 2 predictions"),
+    (["a", "b"], r"image_ids\[0\] is 'a'; COCO image ids are integers >= 0"),  # was: Unknown format code 'd'
+    ([5, True], r"image_ids\[1\] is True"),
+    ([5, -1], r"image_ids\[1\] is -1"),
+    ([5, 5], "image id 5 is given twice"),  # was: one PNG written over, two annotations naming it
+])
+def test_panopticapi_writer_refuses_bad_image_ids_before_writing(tmp_path, image_ids, message):
+    pan = Panoptic(ids=np.zeros((4, 4), np.int64), segments=[], class_names=("a",))
+    with pytest.raises(ValueError, match=f"^write_panoptic: {message}"):
+        write_panoptic(tmp_path / "pan", [pan, pan], image_ids=image_ids)
+    assert not (tmp_path / "pan").exists()
+
+
+def test_panopticapi_writer_takes_numpy_image_ids(tmp_path):
+    pan = Panoptic(ids=np.zeros((4, 4), np.int64), segments=[], class_names=("a",))
+    path = write_panoptic(tmp_path, [pan, pan], image_ids=np.array([7, 8]))  # was: int64 is not JSON serializable
+    assert [a["image_id"] for a in json.loads(path.read_text())["annotations"]] == [7, 8]
+
+
 def test_engine_yolact_plus_fcn_and_overlay():
     torch.manual_seed(0)
     yolact = YolactEngine.from_config(

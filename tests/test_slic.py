@@ -129,6 +129,18 @@ def test_torch_slic_asked_for_no_segments_gives_one(size):
     assert labels.shape == size and int(labels.max()) == 0
 
 
+@pytest.mark.parametrize("compactness", [1e20, 1e300])
+def test_torch_slic_at_a_huge_compactness_gives_the_regular_grid(frames, compactness):
+    """Any finite m works, as in skimage: the distance is computed divided by max(1, (m / S)^2), so a huge m gives
+    the grid of seeds, whatever the colours (was: (m / S)^2 * d_xy^2 overflowed float32 from m = 1e20, every distance
+    was inf and the assignment indexed a centre -15: IndexError)."""
+    img = frames[0][0]
+    noise = np.random.default_rng(0).integers(0, 256, img.shape, dtype=np.uint8)
+    labels = rtseg.load("slic", backend="torch", n_segments=150, compactness=compactness)(img).labels
+    on_noise = slic_torch(torch.from_numpy(noise), n_segments=150, compactness=compactness).numpy()
+    assert np.array_equal(labels, on_noise) and len(np.unique(labels)) == 11 * 14  # the 11 x 14 grid of seeds
+
+
 @pytest.mark.parametrize("size, asked", [((2, 20000), 100), ((20000, 2), 100), ((1, 5000), 100), ((3, 3000), 100),
                                          ((8, 4000), 100), ((5, 7), 10), ((5, 7), 100)])
 def test_torch_slic_on_thin_frames_gives_about_as_many_segments_as_skimage(scene, size, asked):

@@ -59,7 +59,7 @@ class FcnEngine:
 
     Frames of equal size are batched together; FCN output is the input's size, so
     no resizing happens unless ``max_side`` asks to downscale large frames (the
-    label map is then scaled back with nearest-neighbour).
+    logits are then upsampled bilinearly to the frame's size before the argmax).
     """
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], device: str = "cpu",

@@ -18,6 +18,7 @@ from torch import nn
 
 from rtseg.engines.limits import OPTION_LIMITS
 from rtseg.errors import ConfigError, WeightsError
+from rtseg.manifest import ambiguous_class_name
 from rtseg.ranges import check_number
 
 DEVICE_TYPES = ("cpu", "cuda")
@@ -108,12 +109,17 @@ class ClassCountError(ConfigError):
 def check_class_names(engine: str, names: Any, count: int | None) -> tuple[str, ...]:
     """``names`` (an engine's ``class_names=``) as a tuple of strings, one per class of a model with ``count``
     classes (None: any number), else ConfigError naming ``engine``: ``"msrcnn: class_names must be a list of class
-    names (strings), got str 'square'"`` (one string is no list of names: ``"cat"`` became the classes c, a, t) or
-    ``"msrcnn: 1 class names for a model with 6 classes"``."""
+    names (strings), got str 'square'"`` (one string is no list of names: ``"cat"`` became the classes c, a, t),
+    ``"msrcnn: class_names must be distinct, non-empty names of one line each, got ''"`` (as in a manifest:
+    :func:`rtseg.manifest.ambiguous_class_name`) or ``"msrcnn: 1 class names for a model with 6 classes"``."""
     listed = None if isinstance(names, (str, bytes)) or not isinstance(names, Iterable) else list(names)
     if listed is None or not all(isinstance(name, str) for name in listed):
         raise ConfigError(f"{engine}: class_names must be a list of class names (strings), "
                           f"got {type(names).__name__} {names!r}"[:200])
+    bad = ambiguous_class_name(listed)
+    if bad is not None:
+        raise ConfigError(f"{engine}: class_names must be distinct, non-empty names of one line each, "
+                          f"got {bad!r}"[:200])
     if count is not None and len(listed) != count:
         raise ClassCountError(engine, len(listed), count)
     return tuple(listed)
@@ -135,8 +141,12 @@ def given_class_names(engine: str, given: Any, default: Sequence[str] | None,
 
 
 def check_weights_path(engine: str, weights: Any) -> str:
-    """``weights`` as a string when it is a path (str or os.PathLike), else WeightsError."""
+    """``weights`` as a string when it is a path (str or os.PathLike) and not empty, else WeightsError (an empty
+    string, often an unset variable, would be read as the current folder, ``.``)."""
     if isinstance(weights, bytes) or not isinstance(weights, (str, os.PathLike)):
         raise WeightsError(f"{engine}: weights must be a file path (str or pathlib.Path), "
                            f"got {type(weights).__name__} {weights!r}"[:200])
-    return os.fspath(weights)
+    path = os.fspath(weights)
+    if not path:
+        raise WeightsError(f"{engine}: weights is an empty path (an unset variable?); give the weights file's path")
+    return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import reprlib
 from os import PathLike
 from pathlib import Path
@@ -95,19 +96,41 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
+def _image_ids(image_ids: Sequence[int] | None, count: int) -> list[int]:
+    """The image ids of :func:`write_panoptic`'s ``count`` predictions as ints: ``image_ids`` checked, or 0 … count-1
+    when None. ValueError when their number is not ``count``, one is not an integer >= 0 or one repeats."""
+    if image_ids is None:
+        return list(range(count))
+    ids = list(image_ids)
+    if len(ids) != count:
+        raise ValueError(f"write_panoptic: {len(ids)} image_ids for {count} predictions; give one id per prediction")
+    for i, v in enumerate(ids):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"write_panoptic: image_ids[{i}] is {reprlib.repr(v)}; COCO image ids are integers >= 0 "
+                             f"(the PNG is named after the id)")
+    seen: set[int] = set()
+    for v in map(int, ids):
+        if v in seen:
+            raise ValueError(f"write_panoptic: image id {v} is given twice; its PNG would be written over")
+        seen.add(v)
+    return list(map(int, ids))
+
+
 def write_panoptic(folder: str | Path, predictions: Sequence[Panoptic], *, image_ids: Sequence[int] | None = None,
                    json_name: str = "panoptic.json") -> Path:
     """Write panopticapi predictions: ``folder/<image_id>.png`` and ``folder/<json_name>``; returns the JSON path.
 
     JSON: {"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd",
     "bbox" (x, y, w, h), "area"}]}], "categories": [{"id", "name", "isthing"}]}.
+    image_ids: one distinct integer >= 0 per prediction (COCO image ids: the PNG is named after the id in 12
+    digits); default 0, 1, 2 … ValueError (one line) otherwise, before anything is written.
     """
+    ids_list = _image_ids(image_ids, len(predictions))
     out = Path(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SinkError(f"panoptic writer: cannot create folder {out} ({e.strerror}); pick a writable path") from None
-    ids_list = list(range(len(predictions))) if image_ids is None else list(image_ids)
     annotations, categories = [], {}
     for image_id, pan in zip(ids_list, predictions):
         name = f"{image_id:012d}.png"

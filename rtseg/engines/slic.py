@@ -98,7 +98,9 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     image: (H, W, 3) uint8 BGR tensor on any device.
     n_segments: approximate number of superpixels; the grid step is S = sqrt(H*W / n_segments) (see :func:`_grid`
         for frames thinner than S).
-    compactness: m of the paper; distance = d_lab^2 + (m / spacing)^2 * d_xy^2, spacing = S (see :func:`_grid`).
+    compactness: m of the paper; distance = d_lab^2 + (m / spacing)^2 * d_xy^2, spacing = S (see :func:`_grid`),
+        any finite m > 0 (computed divided by max(1, (m / spacing)^2), which cannot overflow; a huge m gives the
+        regular grid).
     iterations: assignment/update rounds (10 as in the paper).
     min_size_factor: fragments smaller than this fraction of S*S are merged into a neighbour (see
         :func:`enforce_connectivity`).
@@ -114,11 +116,14 @@ def slic_torch(image: torch.Tensor, *, n_segments: int = 200, compactness: float
     gh, gw, step, spacing = _grid(h, w, n_segments)
     cell_y, slot_y, source_y, bh = _cells(h, gh, dev)
     cell_x, slot_x, source_x, bw = _cells(w, gw, dev)
+    # the SLIC distance as a plain squared Euclidean one, divided by max(1, r^2) (r = m / spacing) so that it stays
+    # finite at any m: spatial axes scaled by min(r, 1), colour by min(1, 1 / r) (as scikit-image scales it by 1 / m)
+    ratio = compactness / spacing
     lab = bgr_to_lab(image)  # (3, H, W)
-    # spatial axes scaled by m / S so that the SLIC distance is a plain squared Euclidean one
-    scale = torch.tensor(compactness / spacing, device=dev)
-    ys = torch.arange(h, device=dev, dtype=torch.float32).mul_(scale)
-    xs = torch.arange(w, device=dev, dtype=torch.float32).mul_(scale)
+    if ratio > 1:
+        lab.mul_(1 / ratio)
+    ys = torch.arange(h, device=dev, dtype=torch.float32).mul_(min(ratio, 1.0))
+    xs = torch.arange(w, device=dev, dtype=torch.float32).mul_(min(ratio, 1.0))
     feats = torch.cat([lab, ys[None, :, None].expand(1, h, w), xs[None, None, :].expand(1, h, w)]).reshape(5, -1)
     # the five channels in the cell layout: colour (gh, bh, gw, bw), y (gh, bh, 1, 1), x (1, 1, gw, bw)
     colour = lab.index_select(1, source_y).index_select(2, source_x).view(3, gh, bh, gw, bw)
