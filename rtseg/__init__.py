@@ -26,4 +26,4 @@ __all__ = [
 ]
 
 
-__getattr__ = lazy_attributes(__name__, _LAZY)
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

@@ -72,15 +72,16 @@ def run_as_script(main: Callable[[], int]) -> NoReturn:
     sys.exit(main())
 
 
-def lazy_attributes(owner: str, where: Mapping[str, str]) -> Callable[[str], Any]:
-    """A ``__getattr__`` (PEP 562) for the module named ``owner`` that loads each name of ``where`` from its module
-    (``{name: module}``) at its first use, so that a light module (:mod:`rtseg`, :mod:`rtseg.data`, an entry module
-    over its heavy implementation) still offers those names without importing them at its top.
-
-    It also gives that module a ``__dir__`` that lists those names beside the module's own, so that ``dir()`` and
-    tab completion show them (the default ``dir`` of a module lists only what is already in it)."""
+def lazy_attributes(namespace: dict[str, Any], where: Mapping[str, str]
+                    ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A ``__getattr__`` (PEP 562) for the module whose globals are ``namespace`` that loads each name of ``where``
+    from its module (``{name: module}``) at its first use, so that a light module (:mod:`rtseg`, :mod:`rtseg.data`, an
+    entry module over its heavy implementation) still offers those names without importing them at its top; and its
+    ``__dir__``, which lists those names beside the module's own, so that ``dir()`` and tab completion show them (the
+    default ``dir`` of a module lists only what is already in it). ``__getattr__, __dir__ = lazy_attributes(globals(),
+    …)``."""
     offered = dict(where)
-    module = sys.modules[owner]
+    owner = namespace["__name__"]
 
     def __getattr__(name: str) -> Any:
         if name not in offered:
@@ -88,7 +89,6 @@ def lazy_attributes(owner: str, where: Mapping[str, str]) -> Callable[[str], Any
         return getattr(importlib.import_module(offered[name]), name)
 
     def __dir__() -> list[str]:
-        return sorted({*vars(module), *offered})
+        return sorted({*namespace, *offered})
 
-    module.__dir__ = __dir__  # type: ignore[method-assign]
-    return __getattr__
+    return __getattr__, __dir__

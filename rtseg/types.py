@@ -137,15 +137,14 @@ class Detections:
     def masks(self) -> np.ndarray:
         """(N, H, W) bool full-resolution masks (materialised on first access; ``mask_fn`` and ``rle_fn``,
         which hold the engine's prototypes, are dropped then: :meth:`rles` encodes these masks from then on)."""
-        if self._masks is None:
-            if self._mask_fn is None:
-                self._masks = np.zeros((len(self), *self.image_size), dtype=bool)
-            else:
-                masks = self._mask_fn()
-                _check("Detections.masks", masks, (len(self), *self.image_size), np.bool_)
-                self._masks = masks
+        make = self._mask_fn  # read before the masks: another thread that builds them sets them, then drops it
+        masks = self._masks
+        if masks is None:
+            masks = np.zeros((len(self), *self.image_size), dtype=bool) if make is None else make()
+            _check("Detections.masks", masks, (len(self), *self.image_size), np.bool_)
+            self._masks = masks
             self._mask_fn = self._rle_fn = None
-        return self._masks
+        return masks
 
     def rles(self) -> list[dict]:
         """COCO RLE ``{"size": [H, W], "counts": str}`` of every mask (as ``pycocotools.mask.encode``).
@@ -155,8 +154,9 @@ class Detections:
         """
         from rtseg.ops.rle import encode_rle
 
-        if self._masks is None and self._rle_fn is not None:
-            rles = self._rle_fn()
+        encode = self._rle_fn  # (read once: building the masks drops it)
+        if self._masks is None and encode is not None:
+            rles = encode()
             if len(rles) != len(self):
                 raise ValueError(f"Detections.rles: rle_fn gave {len(rles)} encodings for {len(self)} detections")
             return rles

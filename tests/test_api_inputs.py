@@ -1,7 +1,9 @@
 """The Python API with ugly inputs: one clear error for bad ones, results for odd-but-valid ones."""
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +279,19 @@ def test_results_keep_no_more_device_memory_than_their_own(engine, frame) -> Non
         assert len(dets) > 0 and protos
         assert all(t.untyped_storage().nbytes() == t.nbytes for t in protos)
     np.testing.assert_array_equal(results[1].masks, engine(frame[:, ::-1]).masks)
+
+
+def test_a_kept_result_does_not_keep_its_engine(frame) -> None:
+    """The device blend function held the engine (its bound upload method): a kept result kept the network, its
+    CUDA graphs and priors on the device after the engine was dropped."""
+    seg = rtseg.load("yolact", DEMO, device_overlay=True)
+    dets = seg(frame)
+    assert len(dets) > 0 and dets._blend_fn is not None
+    alive = weakref.ref(seg)
+    del seg
+    gc.collect()
+    assert alive() is None
+    assert rtseg.annotate(frame, dets).shape == frame.shape  # (the result still blends)
 
 
 def test_device_overlay_is_true_false_or_none() -> None:

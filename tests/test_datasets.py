@@ -388,6 +388,15 @@ def test_labelme_class_list_from_file_and_unknown_label(tmp_path):
         LabelmeDataset(tmp_path)
 
 
+def test_labelme_label_with_a_line_break_is_one_line_naming_the_folder(tmp_path):
+    """Was taken, then refused by the engine the trainer built, in a message naming neither folder nor label."""
+    _labelme(tmp_path, "a", [_shape("cat\x1b[2J", [[1, 1], [9, 1], [9, 9]])])
+    with pytest.raises(DatasetError) as info:
+        LabelmeDataset(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: label 'cat\\x1b[2J' holds a line break or another control character; "
+                               "give it a printable one-line name")
+
+
 def test_labelme_samples_are_in_name_order_with_numbers_as_numbers(tmp_path):
     """s2 before s10, as an image folder of the same names plays (plain sorting gave s1, s10, s2)."""
     for name in ("s10", "s2", "s1"):
@@ -679,6 +688,9 @@ def test_coco_file_nested_too_deeply_is_one_line(tmp_path):
     ("images", {"width": -80}, "images[0]: width should be a positive whole number of pixels, got -80"),
     ("images", {"file_name": " "}, "images[0]: empty file_name; give the image file's name relative to the image"),
     ("categories", {"name": ""}, "categories[0] (id 12): empty name; give every category a name"),
+    # was: taken, then refused in a message naming neither file nor category when an engine got the class names
+    ("categories", {"name": "a\nb"}, "categories[0] (id 12): name 'a\\nb' holds a line break or another control "
+                                      "character; give it a printable one-line name"),
 ])
 def test_coco_image_without_a_size_or_name_and_unnamed_category_are_one_line(tmp_path, where, change, message):
     """A height of 0 or below was taken for the image's size ("polygon outside the 80x0 image", then "no

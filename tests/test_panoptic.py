@@ -149,9 +149,16 @@ def test_panopticapi_writer_roundtrip(tmp_path):
 ])
 def test_panopticapi_writer_refuses_bad_image_ids_before_writing(tmp_path, image_ids, message):
     pan = Panoptic(ids=np.zeros((4, 4), np.int64), segments=[], class_names=("a",))
-    with pytest.raises(ValueError, match=f"^write_panoptic: {message}"):
+    with pytest.raises(ConfigError, match=f"^write_panoptic: {message}"):
         write_panoptic(tmp_path / "pan", [pan, pan], image_ids=image_ids)
     assert not (tmp_path / "pan").exists()
+
+
+def test_panopticapi_writer_takes_predictions_from_a_generator(tmp_path):
+    """Checking the ids' count took len() of the predictions: a generator was a TypeError traceback."""
+    pan = Panoptic(ids=np.zeros((4, 4), np.int64), segments=[], class_names=("a",))
+    path = write_panoptic(tmp_path, (p for p in [pan, pan]), image_ids=[3, 4])
+    assert [a["image_id"] for a in json.loads(path.read_text())["annotations"]] == [3, 4]
 
 
 def test_panopticapi_writer_takes_numpy_image_ids(tmp_path):

@@ -18,4 +18,4 @@ _WHERE = {
 __all__ = ["CLASSES", "CocoDataset", "InstanceDataset", "LabelmeDataset", "Sample", "SyntheticDataset",
            "SyntheticScene", "masks_to_boxes", "scene_to_samples"]
 
-__getattr__ = lazy_attributes(__name__, _WHERE)
+__getattr__, __dir__ = lazy_attributes(globals(), _WHERE)

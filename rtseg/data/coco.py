@@ -37,7 +37,7 @@ from pycocotools import mask as mask_utils
 
 from rtseg.data.dataset import (FAR_PIXELS, WARN_SKIPPED, Sample, first_named_twice, masks_to_boxes, named_file,
                                 read_image, read_json, skipped_warning, turned_size_error)
-from rtseg.errors import DatasetError, RtsegWarning
+from rtseg.errors import DatasetError, RtsegWarning, one_line
 from rtseg.ranges import number_problem
 
 
@@ -205,8 +205,12 @@ class CocoDataset:
         cats = _require(data, "categories", list, where)
         for k, c in enumerate(cats):
             _require(c, "id", int, f"{where}: categories[{k}]")
-            if not _require(c, "name", str, f"{where}: categories[{k}]").strip():
+            name = _require(c, "name", str, f"{where}: categories[{k}]")
+            if not name.strip():
                 raise DatasetError(f"{where}: categories[{k}] (id {c['id']}): empty name; give every category a name")
+            if one_line(name) != name:  # (outputs name classes by these, a line each)
+                raise DatasetError(f"{where}: categories[{k}] (id {c['id']}): name {name!r} holds a line break or "
+                                   "another control character; give it a printable one-line name")
         cats = sorted(cats, key=lambda c: c["id"])
         self.category_ids = tuple(int(c["id"]) for c in cats)
         self.class_names = tuple(c["name"] for c in cats)

@@ -17,8 +17,8 @@ from rtseg.cliargs import Parser, check_ranges
 from rtseg.entry import lazy_attributes, run_as_script, run_command
 from rtseg.errors import ConfigError
 
-__getattr__ = lazy_attributes(__name__, dict.fromkeys(("export_mp4", "export_coco", "export_labelme",
-                                                       "mask_to_polygons"), "rtseg.data.exporters"))
+__getattr__, __dir__ = lazy_attributes(globals(), dict.fromkeys(
+    ("export_mp4", "export_coco", "export_labelme", "mask_to_polygons"), "rtseg.data.exporters"))
 FORMATS = ("mp4", "coco", "labelme")
 """What ``--formats`` chooses from, in the order they are written."""
 

@@ -17,7 +17,7 @@ import numbers
 import reprlib
 from os import PathLike
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -98,33 +98,34 @@ def _bbox(mask: np.ndarray) -> list[int]:
 
 def _image_ids(image_ids: Sequence[int] | None, count: int) -> list[int]:
     """The image ids of :func:`write_panoptic`'s ``count`` predictions as ints: ``image_ids`` checked, or 0 … count-1
-    when None. ValueError when their number is not ``count``, one is not an integer >= 0 or one repeats."""
+    when None. ConfigError when their number is not ``count``, one is not an integer >= 0 or one repeats."""
     if image_ids is None:
         return list(range(count))
     ids = list(image_ids)
     if len(ids) != count:
-        raise ValueError(f"write_panoptic: {len(ids)} image_ids for {count} predictions; give one id per prediction")
+        raise ConfigError(f"write_panoptic: {len(ids)} image_ids for {count} predictions; give one id per prediction")
     for i, v in enumerate(ids):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"write_panoptic: image_ids[{i}] is {reprlib.repr(v)}; COCO image ids are integers >= 0 "
+            raise ConfigError(f"write_panoptic: image_ids[{i}] is {reprlib.repr(v)}; COCO image ids are integers >= 0 "
                              f"(the PNG is named after the id)")
     seen: set[int] = set()
     for v in map(int, ids):
         if v in seen:
-            raise ValueError(f"write_panoptic: image id {v} is given twice; its PNG would be written over")
+            raise ConfigError(f"write_panoptic: image id {v} is given twice; its PNG would be written over")
         seen.add(v)
     return list(map(int, ids))
 
 
-def write_panoptic(folder: str | Path, predictions: Sequence[Panoptic], *, image_ids: Sequence[int] | None = None,
+def write_panoptic(folder: str | Path, predictions: Iterable[Panoptic], *, image_ids: Sequence[int] | None = None,
                    json_name: str = "panoptic.json") -> Path:
     """Write panopticapi predictions: ``folder/<image_id>.png`` and ``folder/<json_name>``; returns the JSON path.
 
     JSON: {"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd",
     "bbox" (x, y, w, h), "area"}]}], "categories": [{"id", "name", "isthing"}]}.
     image_ids: one distinct integer >= 0 per prediction (COCO image ids: the PNG is named after the id in 12
-    digits); default 0, 1, 2 … ValueError (one line) otherwise, before anything is written.
+    digits); default 0, 1, 2 … ConfigError (one line) otherwise, before anything is written.
     """
+    predictions = list(predictions)
     ids_list = _image_ids(image_ids, len(predictions))
     out = Path(folder)
     try:

@@ -256,20 +256,8 @@ class YolactEngine(StagedEngine):
         return x[:, [2, 1, 0]].contiguous()
 
     def _upload(self, img: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 host frame → the same on the device (CUDA: via page-locked memory, non-blocking).
-
-        The page-locked copy comes from torch's caching host allocator, which reuses a block only after the
-        copies queued from it have finished (and keeps a bounded set of size classes, whatever the frame sizes).
-        The frame is copied into it by numpy on this thread: torch's own copy (``pin_memory()``) splits a 1080p
-        frame over its OpenMP pool, whose idle workers then spin for milliseconds each, every frame, taking the
-        cores the decoder and encoder threads need (``benchmarks/host_copy_cost.py``).
-        """
-        host = host_tensor(img)
-        if self._dev.type != "cuda":
-            return host.to(self._dev)
-        staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-        np.copyto(staging.numpy(), host.numpy())
-        return staging.to(self._dev, non_blocking=True)
+        """(H, W, 3) uint8 host frame → the same on this engine's device (:func:`upload_frame`)."""
+        return upload_frame(img, self._dev)
 
     @property
     def backend(self) -> Backend:
@@ -457,7 +445,8 @@ class YolactEngine(StagedEngine):
             image_size=(h, w),
             class_names=self.class_names,
             _mask_fn=masks,
-            _blend_fn=(_device_blender(resident, proto, det_coef, rel_boxes, det_scores, self._upload)
+            _blend_fn=(_device_blender(resident, proto, det_coef, rel_boxes, det_scores,
+                                        functools.partial(upload_frame, dev=self._dev))
                        if resident else None),
             _rle_fn=rles if self.device_overlay else None,
         )
@@ -465,6 +454,23 @@ class YolactEngine(StagedEngine):
     def warmup(self) -> None:
         """One dummy frame through every stage (allocations, lazy init)."""
         self(np.zeros((self.cfg.input_size, self.cfg.input_size, 3), np.uint8)).masks
+
+
+def upload_frame(img: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 host frame → the same on ``dev`` (CUDA: via page-locked memory, non-blocking).
+
+    The page-locked copy comes from torch's caching host allocator, which reuses a block only after the
+    copies queued from it have finished (and keeps a bounded set of size classes, whatever the frame sizes).
+    The frame is copied into it by numpy on this thread: torch's own copy (``pin_memory()``) splits a 1080p
+    frame over its OpenMP pool, whose idle workers then spin for milliseconds each, every frame, taking the
+    cores the decoder and encoder threads need (``benchmarks/host_copy_cost.py``).
+    """
+    host = host_tensor(img)
+    if dev.type != "cuda":
+        return host.to(dev)
+    staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    np.copyto(staging.numpy(), host.numpy())
+    return staging.to(dev, non_blocking=True)
 
 
 def _stream_frame(i: int, item: Any) -> np.ndarray:

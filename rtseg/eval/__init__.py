@@ -9,4 +9,4 @@ from rtseg.entry import lazy_attributes
 
 __all__ = ["METRICS", "CocoEvaluator", "evaluate"]
 
-__getattr__ = lazy_attributes(__name__, dict.fromkeys(__all__, "rtseg.eval.coco"))
+__getattr__, __dir__ = lazy_attributes(globals(), dict.fromkeys(__all__, "rtseg.eval.coco"))

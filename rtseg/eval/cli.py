@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from rtseg.engines.base import Engine
 
 __all__ = ["ENGINES", "main", "open_dataset", "run"]
-__getattr__ = lazy_attributes(__name__, {"class_mapping": "rtseg.eval.runners"})  # also importable from here
+__getattr__, __dir__ = lazy_attributes(globals(), {"class_mapping": "rtseg.eval.runners"})  # also importable from here
 ENGINES = ENGINE_NAMES
 AP_SCORE_THRESHOLD = 0.05
 """Default --score-threshold of yolact and msrcnn: low, as AP needs the whole precision-recall curve."""

@@ -21,8 +21,8 @@ from typing import Sequence
 from rtseg.entry import lazy_attributes, run_as_script, run_command
 from rtseg.train.recipe import TypedFloat, parse_recipe, recipe_parser
 
-__getattr__ = lazy_attributes(__name__, dict.fromkeys(("FcnTrainConfig", "train_fcn", "evaluate_fcn"),
-                                                     "rtseg.train.fcn"))
+__getattr__, __dir__ = lazy_attributes(globals(), dict.fromkeys(
+    ("FcnTrainConfig", "train_fcn", "evaluate_fcn"), "rtseg.train.fcn"))
 LR = 1e-3
 """Adam's learning rate unless told (``--lr``, :class:`~rtseg.train.fcn.FcnTrainConfig`)."""
 

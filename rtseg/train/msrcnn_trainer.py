@@ -22,8 +22,8 @@ from typing import Sequence
 from rtseg.entry import lazy_attributes, run_as_script, run_command
 from rtseg.train.recipe import parse_recipe, recipe_parser
 
-__getattr__ = lazy_attributes(__name__, dict.fromkeys(("MsrcnnTrainConfig", "train_msrcnn", "to_target", "mask_quality"),
-                                                     "rtseg.train.msrcnn"))
+__getattr__, __dir__ = lazy_attributes(globals(), dict.fromkeys(
+    ("MsrcnnTrainConfig", "train_msrcnn", "to_target", "mask_quality"), "rtseg.train.msrcnn"))
 LR = 0.01
 """SGD's learning rate after warm-up unless told (``--lr``, :class:`~rtseg.train.msrcnn.MsrcnnTrainConfig`)."""
 
