@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from rtseg.data.dataset import (FAR_PIXELS, WARN_SKIPPED, Sample, first_named_twice, masks_to_boxes, named_file,
-                                read_image, read_json, skipped_warning, turned_size_error)
-from rtseg.errors import DatasetError, RtsegWarning, one_line
+from rtseg.data.dataset import (FAR_PIXELS, WARN_SKIPPED, Sample, check_printable_name, first_named_twice,
+                                masks_to_boxes, named_file, read_image, read_json, skipped_warning, turned_size_error)
+from rtseg.errors import DatasetError, RtsegWarning
 from rtseg.ranges import number_problem
 
 
@@ -208,9 +208,7 @@ class CocoDataset:
             name = _require(c, "name", str, f"{where}: categories[{k}]")
             if not name.strip():
                 raise DatasetError(f"{where}: categories[{k}] (id {c['id']}): empty name; give every category a name")
-            if one_line(name) != name:  # (outputs name classes by these, a line each)
-                raise DatasetError(f"{where}: categories[{k}] (id {c['id']}): name {name!r} holds a line break or "
-                                   "another control character; give it a printable one-line name")
+            check_printable_name(name, f"{where}: categories[{k}] (id {c['id']}): name")
         cats = sorted(cats, key=lambda c: c["id"])
         self.category_ids = tuple(int(c["id"]) for c in cats)
         self.class_names = tuple(c["name"] for c in cats)

@@ -14,7 +14,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from rtseg.errors import PERMISSION_DENIED, DatasetError, json_problem
+from rtseg.errors import PERMISSION_DENIED, DatasetError, json_problem, one_line
 from rtseg.imageio import ImageReadError, read_image_file, stored_size
 from rtseg.types import _check
 from rtseg.userfiles import read_regular_file
@@ -50,6 +50,14 @@ def turned_size_error(file: Path, size: tuple[int, int], listed: tuple[int, int]
         f"{swap}")
     return DatasetError(f"{file}: its EXIF orientation turns it on its side, from the stored {listed[0]}x{listed[1]} "
                         f"that {listed_in} gives to {size[0]}x{size[1]}; {ways}")
+
+
+def check_printable_name(name: str, what: str) -> None:
+    """DatasetError ``"<what> 'a\\nb' holds a line break …"`` when the class name ``name`` is not one printable line
+    (outputs name classes by these, a line each; ``what`` says where it is, e.g. ``"x.json: label"``)."""
+    if one_line(name) != name:
+        raise DatasetError(f"{what} {name!r} holds a line break or another control character; give it a printable "
+                           "one-line name")
 
 
 def named_file(folder: Path, name: str) -> Path:

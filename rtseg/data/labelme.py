@@ -54,9 +54,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from rtseg.data.dataset import (FAR_PIXELS, Sample, first_named_twice, masks_to_boxes, named_file, read_image,
-                                read_json, skipped_warning, turned_size_error)
-from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning, one_line
+from rtseg.data.dataset import (FAR_PIXELS, Sample, check_printable_name, first_named_twice, masks_to_boxes,
+                                named_file, read_image, read_json, skipped_warning, turned_size_error)
+from rtseg.errors import PERMISSION_DENIED, DatasetError, RtsegWarning
 from rtseg.imageio import ImageReadError, decode_image
 from rtseg.ranges import number_problem
 from rtseg.userfiles import in_name_order, read_regular_file
@@ -166,10 +166,8 @@ class LabelmeDataset:
         if class_names is None:
             class_names = sorted({split_label(s.label)[0] for r in self._records for s in r.shapes})
         self.class_names = tuple(class_names)
-        unprintable = next((n for n in self.class_names if one_line(n) != n), None)
-        if unprintable is not None:  # (outputs name classes by these, a line each)
-            raise DatasetError(f"{self.folder}: label {unprintable!r} holds a line break or another control character; "
-                               "give it a printable one-line name")
+        for name in self.class_names:
+            check_printable_name(name, f"{self.folder}: label")
         self._class_index = {n: i for i, n in enumerate(self.class_names)}
         for r in self._records:
             for shape in r.shapes:

@@ -108,12 +108,13 @@ def _image_ids(image_ids: Sequence[int] | None, count: int) -> list[int]:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
             raise ConfigError(f"write_panoptic: image_ids[{i}] is {reprlib.repr(v)}; COCO image ids are integers >= 0 "
                              f"(the PNG is named after the id)")
+    ints = [int(v) for v in ids]
     seen: set[int] = set()
-    for v in map(int, ids):
+    for v in ints:
         if v in seen:
             raise ConfigError(f"write_panoptic: image id {v} is given twice; its PNG would be written over")
         seen.add(v)
-    return list(map(int, ids))
+    return ints
 
 
 def write_panoptic(folder: str | Path, predictions: Iterable[Panoptic], *, image_ids: Sequence[int] | None = None,
