@@ -20,6 +20,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rtseg  # noqa: E402
 from benchmarks.common import checked, input_file, run_checked, write_result  # noqa: E402
+from rtseg.cliargs import TypedFloat  # noqa: E402
 from rtseg.data.synthetic import SyntheticDataset  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "engines" / "yolact_demo.safetensors"
@@ -30,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=input_file, default=str(DEMO))
     ap.add_argument("--images", type=int, default=300, help="first N test images (default: all 300)")
-    ap.add_argument("--score-threshold", type=float, default=0.05, help="as rtseg eval (default 0.05)")
+    ap.add_argument("--score-threshold", type=TypedFloat, default=0.05, help="as rtseg eval (default 0.05)")
     ap.add_argument("--name", default="demo_accuracy", help="results file name (default demo_accuracy)")
     return checked(ap, ap.parse_args(argv), [("--images", 1, None, ""), ("--score-threshold", 0, 1, "")])
 

@@ -33,6 +33,7 @@ from benchmarks.common import (
     summary,
     wall_summary,
 )
+from rtseg.cliargs import TypedFloat
 from rtseg.yolact_spec import PRESET_NAMES
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(BACKEND_RUNS), help="backend runs")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new configurations after this")
+    ap.add_argument("--budget-s", type=TypedFloat, default=300.0, help="stop starting new configurations after this")
     ap.add_argument("--frame", type=frame_size("HxW"), default="1080x1920",
                     help="HxW of the frame for masks / overlay")
     ap.add_argument("--out", type=output_file, default=RESULTS / "gpu_fastpath.json",

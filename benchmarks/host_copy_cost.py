@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from benchmarks.common import checked, run_checked, summary, write_result
+from rtseg.cliargs import TypedFloat
 
 
 def process_cpu_s() -> float:
@@ -54,7 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
     ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--gap-ms", type=float, default=10.0)
+    ap.add_argument("--gap-ms", type=TypedFloat, default=10.0)
     return checked(ap, ap.parse_args(argv), [("--iters", 1, None, ""), ("--gap-ms", 0, None, "")])
 
 

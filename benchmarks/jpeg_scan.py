@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import cv2
 
 from benchmarks.common import check_revision, checked, module_at, run_checked, summary, write_result
+from rtseg.cliargs import TypedFloat
 from rtseg.data.synthetic import SyntheticScene
 from rtseg.imageio import _jpeg_size, decode_image
 
@@ -98,7 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The options, checked before anything is run (argparse's usage and one error line, exit 2): a run too short
     to time the scan (``--mb 0``) is refused, not written over the results."""
     ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=float, default=1.0, help="MB of each crafted run")
+    ap.add_argument("--mb", type=TypedFloat, default=1.0, help="MB of each crafted run")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", default="193a479", help=f"git revision of {SOURCE} to compare with")
     args = checked(ap, ap.parse_args(argv), [

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import checked, run_checked, write_result  # noqa: E402
+from rtseg.cliargs import TypedFloat  # noqa: E402
 from rtseg.data.synthetic import CLASSES  # noqa: E402
 from rtseg.errors import ConfigError  # noqa: E402
 from rtseg.types import Detections, Frame  # noqa: E402
@@ -82,7 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The options, checked before anything is imported or run (argparse's usage and one error line, exit 2)."""
     ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=10_000)
-    ap.add_argument("--engine-ms", type=float, default=45.0)
+    ap.add_argument("--engine-ms", type=TypedFloat, default=45.0)
     ap.add_argument("--engine", choices=("simulated", "yolact"), default="simulated")
     ap.add_argument("--warmup", type=int, default=30, help="frames written first, not counted")
     args = checked(ap, ap.parse_args(argv), [("--frames", 1, None, ""), ("--engine-ms", 0, None, ""),

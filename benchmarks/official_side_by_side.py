@@ -47,6 +47,7 @@ from benchmarks.common import (
     run_checked,
     wall_summary,
 )
+from rtseg.cliargs import TypedFloat
 from rtseg.ops.overlay import annotate
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", type=device_spec, default="cuda")
     ap.add_argument("--frame", type=frame_size("HxW"), default="1080x1920", help="HxW")
     ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--head-gain", type=float, default=1.0, help="random heads' gain (more = more detections)")
+    ap.add_argument("--head-gain", type=TypedFloat, default=1.0, help="random heads' gain (more = more detections)")
     ap.add_argument("--out", type=output_file, default=None, help="JSON results (default: print only)")
     args = checked(ap, ap.parse_args(argv), [("--iters", 1, None, ""), ("--head-gain", 0, None, "")])
     if not (args.official / "yolact.py").is_file():

@@ -37,6 +37,7 @@ from benchmarks.common import (  # noqa: E402
     run_checked,
     write_result,
 )
+from rtseg.cliargs import TypedFloat  # noqa: E402
 from rtseg.data.synthetic import SyntheticScene  # noqa: E402
 from rtseg.engines import BACKENDS  # noqa: E402
 from rtseg.ops.overlay import annotate  # noqa: E402
@@ -172,7 +173,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="a YOLACT preset (e.g. yolact_base); default: ResNet-18 at 256")
     ap.add_argument("--backend", default="eager", choices=BACKENDS)
     ap.add_argument("--result", default="pipeline_efficiency", help="results/<name>.json")
-    ap.add_argument("--score-threshold", type=float, default=0.3,
+    ap.add_argument("--score-threshold", type=TypedFloat, default=0.3,
                     help="detections kept (random weights score low: 0.3 leaves next to none, 0 keeps top_k)")
     ap.add_argument("--mp4-frame-threads", type=int, default=0,
                     help="Mp4Sink(frame_threads=N) everywhere in this run (0: x264 zerolatency, the default)")
@@ -190,7 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "run 13) instead of numpy's copy")
     ap.add_argument("--compare-sinks", action="store_true",
                     help="also run with the sinks written one after the other (the output stage before SinkWriter)")
-    ap.add_argument("--switch-ms", type=float, nargs="+", default=[],
+    ap.add_argument("--switch-ms", type=TypedFloat, nargs="+", default=[],
                     help="also run under these interpreter thread switch intervals (ms; Python's default is 5)")
     args = checked(ap, ap.parse_args(argv), [
         ("--frames", WARMUP + 2, None, f" (the first {WARMUP} are not timed; the FPS needs 2 more)"),

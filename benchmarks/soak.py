@@ -37,6 +37,7 @@ import av
 import numpy as np
 
 from benchmarks.common import checked, run_checked, write_result
+from rtseg.cliargs import TypedFloat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -279,7 +280,7 @@ def soak(minutes: float, outages: bool, work: Path) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The options, checked before anything is started (argparse's usage and one error line, exit 2)."""
     ap = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=35.0)
+    ap.add_argument("--minutes", type=TypedFloat, default=35.0)
     ap.add_argument("--outages", action="store_true", help="kill the push receiver 3x and the RTSP server 1x")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (MP4, JSONL, CLI log)")
     ap.add_argument("--name", default="soak", help="results/<NAME>.json (a short trial: another name)")

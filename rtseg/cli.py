@@ -34,7 +34,7 @@ from rtseg.engines.choose import (
     load_weights_engine,
     resolve_engine,
 )
-from rtseg.cliargs import SUBCOMMANDS, Once, Parser, check_ranges
+from rtseg.cliargs import SUBCOMMANDS, Once, Parser, TypedFloat, check_ranges, plain_floats
 from rtseg.errors import ConfigError, RtsegError, RtsegWarning, Terminated, exit_status, one_line, sigterm_raises
 from rtseg.outputs import check_outputs_are_not_inputs, names_frames, weights_paths
 from rtseg.video.metrics import Metrics
@@ -57,10 +57,10 @@ def build_parser() -> Parser:
                      "URL, video file, image, folder, quoted glob, 'synthetic[:SEED]', or - for a video piped to "
                      "standard input")
     src.add_argument("--vid-stride", type=int, default=1, metavar="K", help="keep every K-th frame (files, folders, synthetic; default 1)")
-    src.add_argument("--start", type=float, default=0.0, metavar="S", help="start at S seconds (video files)")
-    src.add_argument("--end", type=float, default=None, metavar="S", help="stop at S seconds (video files)")
+    src.add_argument("--start", type=TypedFloat, default=0.0, metavar="S", help="start at S seconds (video files)")
+    src.add_argument("--end", type=TypedFloat, default=None, metavar="S", help="stop at S seconds (video files)")
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames were written")
-    src.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
+    src.add_argument("--reconnect-timeout", type=TypedFloat, default=60.0, metavar="S",
                      help="streams, pipes and --push: seconds a lost stream, a silent pipe or a push server may "
                           "stay down before the run ends (default 60; 0: end at the first loss; a pipe: after 5 s)")
     src.add_argument("--realtime", action="store_true", help="replay a file/folder/synthetic source at its "
@@ -76,13 +76,13 @@ def build_parser() -> Parser:
     eng.add_argument("--class-names", metavar="FILE",
                      help="yolact / msrcnn / fcn: the model's class names, one per line (weights that carry none: an "
                           "official YOLACT .pth of other than COCO's 80 classes is named class0, class1 …)")
-    eng.add_argument("--score-threshold", type=float, default=None, metavar="T",
+    eng.add_argument("--score-threshold", type=TypedFloat, default=None, metavar="T",
                      help="drop detections scoring at or below T (default: yolact 0.15, msrcnn 0.05, panoptic 0.3)")
     eng.add_argument("--top-k", type=int, default=None, metavar="K",
                      help="at most K detections per frame, best first (yolact, msrcnn; default 100)")
     eng.add_argument("--segments", type=int, default=None, metavar="N",
                      help="slic: about how many superpixels per frame (default 200)")
-    eng.add_argument("--compactness", type=float, default=None, metavar="C",
+    eng.add_argument("--compactness", type=TypedFloat, default=None, metavar="C",
                      help="slic: weight of closeness against colour (default 10; higher: more regular superpixels)")
     eng.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     eng.add_argument("--backend", default="eager", choices=BACKENDS,
@@ -272,7 +272,7 @@ def _check_args(args: argparse.Namespace) -> None:
                         ("--start", 0, None, " seconds"), ("--end", 0, None, " seconds"),
                         ("--reconnect-timeout", 0, None, " seconds")])
     if args.end is not None and not args.end > args.start:
-        raise ConfigError(f"--end {args.end:g}: must be after --start ({args.start:g} seconds); give a later --end "
+        raise ConfigError(f"--end {args.end}: must be after --start ({args.start} seconds); give a later --end "
                           "or an earlier --start")
     if args.serve_token and not args.serve:
         raise ConfigError("--serve-token needs --serve HOST:PORT")
@@ -324,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
         _check_args(args)
         name = engine_name(args)
         _check_engine_options(args, name)
+        plain_floats(args)
     with contextlib.ExitStack() as stack:
         # until the pipeline runs (its own handler); opening may wait (a stream's server, a FIFO's first writer);
         # outputs opened by then close unwritten

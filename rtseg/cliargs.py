@@ -18,6 +18,39 @@ NumberRange = tuple[str, float, float | None, str]
 """An option's range: its name, least value, most value (None: no limit), why the limit (said with it)."""
 
 
+class TypedFloat(float):
+    """``type=`` of a float option (``--lr``, ``--time-budget``, ``--score-threshold`` …): the number, which says
+    itself as it was typed, so that a range error (:func:`check_range`) quotes the user's words
+    (``--time-budget 0: …``, not ``0.0``; ``1e-9``, not ``1e-09``). Made a plain float once the options are
+    checked (:func:`plain_floats`): nothing past the checks (a checkpoint, read with ``weights_only``) holds one."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> "TypedFloat":
+        try:
+            number = super().__new__(cls, text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None  # as argparse's own line
+        number.text = text.strip()
+        return number
+
+    def __getnewargs__(self) -> tuple[str]:  # (copy and pickle remake it from its text)
+        return (self.text,)
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+def plain_floats(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each :class:`TypedFloat` made a plain float (once the options are checked); returns ``args``."""
+    for name, value in vars(args).items():
+        if isinstance(value, TypedFloat):
+            setattr(args, name, float(value))
+    return args
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one-line ConfigErrors naming the command (exit code 2 via
     :func:`rtseg.errors.exit_status`), and refuses options given an empty value (``--output ""``, often an

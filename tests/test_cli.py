@@ -71,7 +71,7 @@ BAD = {
     "bad stride": (["--source", "{clip}", "--weights", "{weights}", "--vid-stride", "0"],
                    "--vid-stride 0: must be an integer >= 1"),
     "negative start": (["--source", "{clip}", "--weights", "{weights}", "--start", "-1"],
-                       "--start -1.0: must be a finite number >= 0 seconds"),
+                       "--start -1: must be a finite number >= 0 seconds"),
     "nan end": (["--source", "{clip}", "--weights", "{weights}", "--end", "nan"],
                 "--end nan: must be a finite number >= 0 seconds"),
     "bad serve": (["--source", "{clip}", "--weights", "{weights}", "--serve", "localhost"], "use HOST:PORT"),
@@ -438,7 +438,7 @@ ENGINE_OPTION_ERRORS = {
                                                 "--output", "{empty}/{{seq}}.png"], "into the input folder"),
     # (said "--reconnect-timeout must be >= 0 seconds, got -1.0", unlike every other range error)
     "negative reconnect timeout": (["--reconnect-timeout", "-1"],
-                                   "--reconnect-timeout -1.0: must be a finite number >= 0 seconds"),
+                                   "--reconnect-timeout -1: must be a finite number >= 0 seconds"),
     "nan reconnect timeout": (["--reconnect-timeout", "nan"],
                               "--reconnect-timeout nan: must be a finite number >= 0 seconds"),
 }

@@ -245,7 +245,7 @@ def test_cli_panoptic_refuses_a_bad_score_threshold_before_loading_either_engine
     assert main(["--engine", "panoptic", "--weights", weights["msrcnn"], "--semantic", weights["fcn"],
                  "--score-threshold", "2", "--source", "synthetic", "--json", str(tmp_path / "o.jsonl")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "rtseg: error: --score-threshold 2.0: must be a number in [0, 1]"
+        "rtseg: error: --score-threshold 2: must be a number in [0, 1]"
 
 
 def test_cli_panoptic_takes_a_backend_for_yolact_instances_only(weights, no_network, tmp_path, capsys):
@@ -262,17 +262,20 @@ def test_cli_panoptic_takes_a_backend_for_yolact_instances_only(weights, no_netw
 
 #: Option values out of the engines' range, refused by ``rtseg`` / ``rtseg eval`` with the option's name. Each was
 #: refused only after torch had been imported and the engine began loading (4 s), with the engine parameter's name:
-#: "yolact: top_k must be an integer >= 1, got 0".
+#: "yolact: top_k must be an integer >= 1, got 0". Values are quoted as typed (``1e400``, not the ``inf`` it parses
+#: to; ``0``, not ``0.0``).
 CLI_VALUE_CASES = [
     ("rtseg", ["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
     ("rtseg", ["--score-threshold", "nan"], "--score-threshold nan: must be a number in [0, 1]"),
     ("rtseg", ["--score-threshold", "1.5"], "--score-threshold 1.5: must be a number in [0, 1]"),
     ("rtseg", ["--engine", "slic", "--segments", "0"], "--segments 0: must be an integer >= 1"),
-    ("rtseg", ["--engine", "slic", "--compactness", "0"], "--compactness 0.0: must be a finite number > 0"),
+    ("rtseg", ["--engine", "slic", "--compactness", "0"], "--compactness 0: must be a finite number > 0"),
+    ("rtseg", ["--score-threshold", "1e400"], "--score-threshold 1e400: must be a number in [0, 1]"),
     ("rtseg", ["--engine", "slic", "--compactness", "inf"], "--compactness inf: must be a finite number > 0"),
     ("rtseg eval", ["--score-threshold", "-0.5"], "--score-threshold -0.5: must be a number in [0, 1]"),
     ("rtseg eval", ["--engine", "slic", "--segments", "-3"], "--segments -3: must be an integer >= 1"),
     ("rtseg eval", ["--engine", "slic", "--compactness", "nan"], "--compactness nan: must be a finite number > 0"),
+    ("rtseg eval", ["--engine", "slic", "--compactness", "1E400"], "--compactness 1E400: must be a finite number > 0"),
 ]
 
 

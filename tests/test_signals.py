@@ -254,3 +254,18 @@ def test_a_second_signal_while_a_stopped_run_drains_ends_it_with_that_signals_st
     assert "Traceback" not in r.stderr
     with av.open(str(tmp_path / "o.partial.mp4")) as recording:
         assert sum(1 for _ in recording.decode(video=0)) >= 1
+
+
+@pytest.mark.parametrize("entry, command, moment, header", [
+    ("rtseg.train.fcn_trainer", ["--out", "m.safetensors", "--steps", "1", "--images", "1", "--size", "32", "32",
+                                 "--width", "0.01"], "rtseg.train.fcn:evaluate_fcn",
+     "validation (synthetic:val, 24 images, %):"),
+    ("rtseg.train.msrcnn_trainer", ["--out", "m.safetensors", "--steps", "1", "--images", "1", "--size", "64", "48"],
+     "rtseg.train.msrcnn:mask_quality", "validation (synthetic:val, 40 images):")], ids=["fcn", "msrcnn"])
+def test_a_trainer_says_it_validates_before_the_validation_runs(entry, command, moment, header, tmp_path):
+    """The synthetic-benchmark trainers' final validation (minutes for an untrained MS R-CNN: 100 detections per
+    image) printed its header with the table, once it had run: the run looked hung. The header now comes first, and
+    out at once (flushed, also into a pipe); a SIGTERM while it runs is the usual ``terminated``, 143."""
+    r = _run(tmp_path, command, [(moment, signal.SIGTERM)], entry)
+    assert r.stdout.splitlines()[-1:] == [header], r.stdout
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (143, [f"{entry.rsplit('.', 1)[1]}: terminated"]), r.stderr

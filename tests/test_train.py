@@ -1120,11 +1120,11 @@ def test_more_workers_than_cpus_is_one_warning_line(tmp_path) -> None:
 
 
 def test_a_float_as_typed_survives_copy_and_pickle() -> None:
-    """recipe.TypedFloat (an option value that says itself as typed) copies and pickles as itself (copy.copy,
+    """cliargs.TypedFloat (an option value that says itself as typed) copies and pickles as itself (copy.copy,
     deepcopy and pickle raised AttributeError: 'float' object has no attribute 'strip')."""
     import pickle
 
-    from rtseg.train.recipe import TypedFloat
+    from rtseg.cliargs import TypedFloat
 
     value = TypedFloat(" 1e-9")
     for copied in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):

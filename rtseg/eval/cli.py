@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from rtseg.cliargs import Once, Parser, check_range, check_ranges
+from rtseg.cliargs import Once, Parser, TypedFloat, check_range, check_ranges, plain_floats
 from rtseg.data.spec import parse_data
 from rtseg.engines import ENGINE_NAMES
 from rtseg.engines.choose import (
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                         "name (weights that carry none: an official YOLACT .pth of other than COCO's 80 classes)")
     p.add_argument("--segments", type=int, default=None, metavar="N",
                    help="slic: about how many superpixels per image (default 200)")
-    p.add_argument("--compactness", type=float, default=None, metavar="C",
+    p.add_argument("--compactness", type=TypedFloat, default=None, metavar="C",
                    help="slic: weight of closeness against colour (default 10)")
     p.add_argument("--data", default="synthetic:test",
                    help="synthetic:{train|val|test} | coco:ANNOTATIONS.json:IMAGE_DIR | labelme:FOLDER "
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default=None, metavar="WxH",
                    help="resize images and their masks to WxH before evaluation (e.g. the size the weights "
                         "were trained at; metrics are then at that size)")
-    p.add_argument("--score-threshold", type=float, default=None,
+    p.add_argument("--score-threshold", type=TypedFloat, default=None,
                    help=f"yolact/msrcnn: drop detections scoring at or below this (default {AP_SCORE_THRESHOLD}); "
                         "panoptic: instances pasted (default 0.3)")
     p.add_argument("--json", action=Once, default=None, metavar="PATH",
@@ -180,6 +180,7 @@ def _check_args(args: argparse.Namespace) -> tuple[str, tuple[int, int] | None, 
     check_engine_options(engine_name, weights=args.weights, semantic=args.semantic,
                          score_threshold=args.score_threshold, segments=args.segments, compactness=args.compactness,
                          class_names=args.class_names)
+    plain_floats(args)
     resize = None if args.resize is None else parse_size(args.resize)
     target = None if args.json in (None, STDOUT) else output_target(
         Path(args.json), "--json", "give --json - for the metrics on standard output, or a file path")

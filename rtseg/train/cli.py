@@ -24,15 +24,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from rtseg.cliargs import NumberRange, Once, Parser, check_ranges
+from rtseg.cliargs import NumberRange, Once, Parser, TypedFloat, check_ranges, plain_floats
 from rtseg.data.spec import FORMS, parse_data
 from rtseg.entry import run_command
 from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
-from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, TypedFloat, check_outputs,
-                                continue_command, plain_floats, weights_out)
+from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_outputs, continue_command,
+                                weights_out)
 from rtseg.userfiles import check_input_file
 from rtseg.yolact_spec import BACKBONES, LIMITS
 

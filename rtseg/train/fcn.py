@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> None:
     val = SyntheticDataset.split("val", 24, width=w, height=h)
     train_fcn(engine, train, FcnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint, resume=args.resume,
               recipe=args.recipe, resume_hint=args.resume_hint)
+    print("validation (synthetic:val, 24 images, %):", flush=True)  # (said before the seconds it takes)
     metrics = evaluate_fcn(engine, val)
-    print("validation (synthetic:val, 24 images, %):\n" + format_semantic(metrics))
+    print(format_semantic(metrics))
     save_fcn(args.out, engine.model, names, meta={"steps": args.steps, "train_images": args.images,
                                                   "size_wh": [w, h], "val": metrics})
     print(f"wrote {args.out}")

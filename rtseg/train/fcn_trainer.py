@@ -19,7 +19,8 @@ import argparse
 from typing import Sequence
 
 from rtseg.entry import lazy_attributes, run_as_script, run_command
-from rtseg.train.recipe import TypedFloat, parse_recipe, recipe_parser
+from rtseg.cliargs import TypedFloat
+from rtseg.train.recipe import parse_recipe, recipe_parser
 
 __getattr__, __dir__ = lazy_attributes(globals(), dict.fromkeys(
     ("FcnTrainConfig", "train_fcn", "evaluate_fcn"), "rtseg.train.fcn"))

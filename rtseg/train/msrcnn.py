@@ -142,8 +142,9 @@ def run(args: argparse.Namespace) -> None:
     train = SyntheticDataset.split("train", args.images, width=w, height=h)
     train_msrcnn(engine, train, MsrcnnTrainConfig(steps=args.steps, lr=args.lr), checkpoint=checkpoint,
                  resume=args.resume, recipe=args.recipe, resume_hint=args.resume_hint)
+    print("validation (synthetic:val, 40 images):", flush=True)  # (said before the minutes it may take)
     quality = mask_quality(engine, SyntheticDataset.split("val", 40, width=w, height=h))
-    print("validation (synthetic:val, 40 images):\n" + format_scoring_table(quality))
+    print(format_scoring_table(quality))
     save_msrcnn(args.out, engine.model, list(CLASSES), meta={"steps": args.steps, "train_images": args.images,
                                                              "size_wh": [w, h], "val": quality})
     print(f"wrote {args.out}")

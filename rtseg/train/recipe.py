@@ -1,8 +1,7 @@
 """The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
 (FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`) and the recipe a run's checkpoints store
 (:func:`recipe_of`, :data:`MAY_CHANGE_ON_RESUME`), ``--lr``'s range and ``--out``'s check
-(:data:`LR_RANGE`, :func:`weights_out`), the type of the float options, which a range error quotes as typed
-(:class:`TypedFloat`; every trainer's), the output folders' check before training and the command that continues a
+(:data:`LR_RANGE`, :func:`weights_out`), the output folders' check before training and the command that continues a
 stopped run (:func:`check_outputs`, :func:`continue_command`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
 (:data:`AMP_MODES`, :data:`INT_LIMITS`).
 
@@ -18,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from rtseg.cliargs import NumberRange, Parser, check_ranges
+from rtseg.cliargs import NumberRange, Parser, TypedFloat, check_ranges, plain_floats
 from rtseg.errors import ConfigError, make_folder
 from rtseg.manifest import manifest_path
 from rtseg.outputs import check_not_the_demo_model
@@ -54,39 +53,6 @@ with another --iters, --lr, --workers, --threads or output path: ``--out`` (wher
 :func:`rtseg.train.checkpoint.take_lr`), ``--threads`` (the speed). Every other option fixes the model or its data:
 they are the run's recipe (:func:`recipe_of`), stored in its checkpoints, and a resumed run that gives other values
 is refused (:func:`rtseg.train.checkpoint.resume_step`)."""
-
-
-class TypedFloat(float):
-    """``type=`` of a trainer's float option (``--lr``, ``--width``, ``--time-budget`` …): the number, which says
-    itself as it was typed, so that a range error (:func:`rtseg.cliargs.check_range`) quotes the user's words
-    (``--time-budget 0: …``, not ``0.0``; ``1e-9``, not ``1e-09``). Made a plain float once the options are
-    checked (:func:`plain_floats`): nothing past the checks (a checkpoint, read with ``weights_only``) holds one."""
-
-    __slots__ = ("text",)
-
-    def __new__(cls, text: str) -> "TypedFloat":
-        try:
-            number = super().__new__(cls, text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None  # as argparse's own line
-        number.text = text.strip()
-        return number
-
-    def __getnewargs__(self) -> tuple[str]:  # (copy and pickle remake it from its text)
-        return (self.text,)
-
-    def __repr__(self) -> str:
-        return self.text
-
-    __str__ = __repr__
-
-
-def plain_floats(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with each :class:`TypedFloat` made a plain float (once the options are checked); returns ``args``."""
-    for name, value in vars(args).items():
-        if isinstance(value, TypedFloat):
-            setattr(args, name, float(value))
-    return args
 
 
 CHECKPOINT_NAME = "checkpoint.pth"
