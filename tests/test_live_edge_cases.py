@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -227,6 +228,32 @@ def test_frames_the_decoder_holds_come_out_before_the_outage(tmp_path, end):
     assert frame.pts - frames[-1].pts > (1.0 if end == "stall" else 1 / FPS)  # frame: the reconnection's first
 
 
+def _motion_jpeg(request: http.server.BaseHTTPRequestHandler, k: int) -> None:
+    """Motion JPEG as IP cameras (and rtseg --serve) send it, multipart/x-mixed-replace: frame i (``clip_colour(i)``)
+    every 0.2 s, 5 a second."""
+    request.send_response(200)
+    request.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+    request.end_headers()
+    for i in range(100):
+        jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), clip_colour(i), np.uint8))[1].tobytes()
+        request.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                            % (len(jpeg), jpeg))
+        request.wfile.flush()
+        time.sleep(0.2)
+
+
+def test_motion_jpeg_over_http_is_timed_by_the_clock():
+    """Motion JPEG over HTTP carries no timestamps; FFmpeg numbers its frames at 25 FPS. A camera sending 5 a second
+    is timed by the clock: its frames' pts advance as their capture times do. Was: 25 FPS (a 23 s recording
+    lasted 4.6 s)."""
+    with LiveHttpServer(_motion_jpeg) as server, open_source(server.url("/cam.mjpg"), open_timeout=5) as source:
+        frames = [frame for frame, _ in zip(source, range(8))]
+    shown = [_index(f.image, 100) for f in frames]
+    assert shown == sorted(set(shown)), shown
+    pts, captured = np.array([f.pts for f in frames]), np.array([f.capture_time for f in frames])
+    assert 0.6 < (pts[-1] - pts[0]) / (captured[-1] - captured[0]) < 1.6, (pts, captured - captured[0])
+
+
 #: Frames of the HTTP files below (16 s): the first half is more than FFmpeg's probe reads (5 s), so that the server
 #: stops sending while the file is read, not while it is opened.
 HTTP_FILE_FRAMES = 160
@@ -303,8 +330,9 @@ def test_an_hls_master_playlist_plays_its_largest_variant_and_fetches_no_other(t
 
 def test_a_live_hls_event_that_ends_ends_the_source_like_a_file(tmp_path):
     """A live playlist (two segments a second) that gains #EXT-X-ENDLIST once its last segment is out: the event is
-    over, so the source ends after its last frame like a file's — no "lost", no reconnecting, no error. Was: taken
-    for a playlist that stopped growing, reconnected for reconnect_timeout and ended the run with an error."""
+    over, so the source ends after its last frame like a file's — no "lost", no reconnecting, no error — and says
+    why in a notice (was silent: a live run that stopped with exit 0 and no word). Was: taken for a playlist that
+    stopped growing, reconnected for reconnect_timeout and ended the run with an error."""
     _encode(tmp_path / "e.m3u8", 0, 60, (24, 32), fmt="hls", options={
         "hls_time": "1", "hls_list_size": "0", "hls_segment_filename": str(tmp_path / "e%d.ts")})
     segments = sorted(tmp_path.glob("e*.ts"), key=lambda p: int(p.stem[1:]))
@@ -319,6 +347,8 @@ def test_a_live_hls_event_that_ends_ends_the_source_like_a_file(tmp_path):
         finally:
             source.close()
     assert frames == list(range(60)) and events == [] and source.reconnects == 0
+    assert source.notices == [f"the live stream {server.url('/live.m3u8')} ended: its server marked it over "
+                              "(#EXT-X-ENDLIST in its playlist)"]
     assert time.monotonic() - t0 < 15  # not reconnect_timeout
 
 
@@ -353,6 +383,8 @@ def test_an_hls_event_playlist_that_ends_gives_every_frame_once_then_ends(tmp_pa
     assert frames == list(range(60)) and error is None and source.reconnects == 0, (frames, error)
     lost = f"stream {url} lost (the live playlist stopped growing); reconnecting for up to 10s"
     assert events == ([] if ends == "with its last segment" else [(60, lost)]), events
+    assert source.notices == [f"the live stream {url} ended: its server marked it over (#EXT-X-ENDLIST in its "
+                              "playlist)"]
     assert time.monotonic() - t0 < 15
 
 

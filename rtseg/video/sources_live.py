@@ -27,7 +27,7 @@ from rtseg.video.sources_av import (
     select_video_stream,
     stream_rate,
 )
-from rtseg.video.timeline import TS_DISCONT, Timeline
+from rtseg.video.timeline import NO_TIMESTAMPS, TS_DISCONT, Timeline
 
 
 class StreamSource(Source):
@@ -53,8 +53,15 @@ class StreamSource(Source):
     yielded; the frame size and codec may differ after a reconnection (and the size
     within one connection). The frames the decoder still holds when a connection ends or fails (B-frame
     reordering, frame threads) are yielded before it reconnects or ends. A live HLS event that is over (its playlist
-    gained ``#EXT-X-ENDLIST``, also while reconnecting) ends the run like a file. pts: seconds since the first
-    frame, continuing monotonically across reconnections. ``source_id`` never contains credentials.
+    gained ``#EXT-X-ENDLIST``, also while reconnecting) ends the run like a file, with a notice saying so.
+    pts: seconds since the first frame yielded, continuing monotonically across reconnections; a stream whose
+    format carries no timestamps (motion JPEG over HTTP, raw H.264: :func:`_untimed`) is timed by the wall clock
+    at decoding instead.
+
+    A live stream hands on its newest frames, never a backlog: frames that piled up unread (the connection is
+    made when the source opens, seconds before a run reads it; a stopped process; a network stall, after which
+    the data comes in a burst) are skipped (:class:`_Backlog`) but for live HLS, which is paced instead (see
+    :meth:`_session`). ``source_id`` never contains credentials.
     """
 
     _BACKOFF = (0.25, 8.0)
@@ -69,6 +76,10 @@ class StreamSource(Source):
     #: How many frames of a live HLS stream are remembered to skip a replay after reconnecting
     #: (a playlist's last 3 segments of up to ~20 s at 60 FPS).
     _SHOWN = 4096
+    #: Seconds (and at least two frame periods) a frame may come late before it begins a backlog (:class:`_Backlog`).
+    _STALE = 0.5
+    #: Packets whose read times are kept for the frames the decoder has yet to give (B-frame reordering, threads).
+    _ARRIVALS = 64
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
                  reconnect_timeout: float = 60.0, on_event: Callable[[str], None] | None = None) -> None:
@@ -131,6 +142,7 @@ class StreamSource(Source):
         check_stream_size(container, stream, self.source_id)
         stream.thread_type = "AUTO"
         self._stream = stream
+        self._connected = time.monotonic()  # (what the opening read is current: what comes later may pile up)
         return container
 
     def _av_timeouts(self) -> tuple[float, float | None]:
@@ -190,16 +202,27 @@ class StreamSource(Source):
             return delay
         return None
 
-    def _packets(self) -> Iterator[av.Packet | None]:
+    def _packets(self, arrivals: dict[int | None, tuple[float, float]]) -> Iterator[av.Packet | None]:
         """The current connection's packets to decode: from its first key frame, corrupt ones left out; at its end
         the demuxer's empty packets that drain the decoder. When the connection fails (a stall, a drop), None
         stands in for those (decoding it drains the decoder: the frames it holds back for B-frame reordering or in
-        its threads) before the failure is raised."""
+        its threads) before the failure is raised. ``arrivals`` maps the pts (stream ticks) of the packets handed
+        out to ``(read, waited)``: the monotonic time (s) their read returned and how long it took (s); the
+        oldest are forgotten past :attr:`_ARRIVALS`."""
         keyed = False
+        demuxed = self._container.demux(self._stream)
         try:
-            for packet in self._container.demux(self._stream):
+            while True:
+                asked = time.monotonic()
+                packet = next(demuxed, None)
+                if packet is None:
+                    return
                 keyed = keyed or packet.is_keyframe
                 if keyed and not packet.is_corrupt:
+                    if len(arrivals) >= self._ARRIVALS:
+                        del arrivals[next(iter(arrivals))]
+                    read = time.monotonic()
+                    arrivals[packet.pts] = (read, read - asked)
                     yield packet
         except AV_ERRORS:
             if keyed:
@@ -209,9 +232,11 @@ class StreamSource(Source):
     def _session(self, base: float) -> Iterator[tuple[np.ndarray, float, float]]:
         """``(image, pts, wall)`` of the current connection's frames, key frame first, up to the last one the decoder
         held when the connection ended or failed (:meth:`_packets`). pts: seconds, offset by ``base`` and continuous
-        across timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`). wall: the monotonic time (s) the
-        frame stands for: when it was decoded; for a frame drained after a failure (decoded only then, after the
-        stall), the previous frame's plus the time between their pts (at most now).
+        across timestamp discontinuities (:class:`rtseg.video.timeline.Timeline`); a format without timestamps
+        (:func:`_untimed`) is timed as a frame without one. wall: the monotonic time (s) the frame stands
+        for: when it was decoded; for a frame drained after a failure (decoded only then, after the stall), the
+        previous frame's plus the time between their pts (at most now). Frames that piled up unread are skipped
+        (:class:`_Backlog`, by when their packets were read and how long those reads waited).
 
         A live HLS playlist that stopped growing ends the connection; reconnecting to it starts again a few
         segments before its end, at frames already yielded: those (same timestamp and same picture as a frame
@@ -228,33 +253,42 @@ class StreamSource(Source):
         timeline = Timeline(jumps_ahead=bool(self._container.format.flags & TS_DISCONT))
         period = 1.0 / self.fps if self.fps else 1.0 / IMAGE_FPS
         hls = self._container.format.name == "hls"
+        untimed = _untimed(self._container.format)
         replayed = set(self._shown) if hls else set()
+        backlog = _Backlog(self._connected, self._STALE, period) if self.is_live and not hls else None
+        arrivals: dict[int | None, tuple[float, float]] = {}
+        read = (time.monotonic(), 0.0)  # (when, waited) of the last packet read: a frame's without a known packet
         clock: float | None = None  # HLS: wall time (monotonic) at which the session's first frame was due
         prev: tuple[float, float] | None = None  # the last frame's time since the first and its wall (as yielded)
-        for packet in self._packets():
+        for packet in self._packets(arrivals):
             if self._stop.is_set():
                 return
             t0 = time.perf_counter()
+            read = arrivals.get(packet.pts, read) if packet is not None else read
             for frame in stream.decode(packet):
-                # square pixels, as a file's; SourceError for a frame over the size limit
-                image = displayed(frame, self._reformatter, sample_aspect(stream), self.source_id)
-                key = (frame.pts, hash(image[::8, ::8].tobytes())) if hls else None
-                if key in replayed:
-                    continue
-                replayed = set()
-                if key is not None:
+                image = None
+                if hls:  # square pixels, as a file's; SourceError for a frame over the size limit
+                    image = displayed(frame, self._reformatter, sample_aspect(stream), self.source_id)
+                    key = (frame.pts, hash(image[::8, ::8].tobytes()))
+                    if key in replayed:
+                        continue
+                    replayed = set()
                     self._shown.append(key)
-                self.decode_seconds = time.perf_counter() - t0
                 now = time.monotonic()
                 drained = packet is None and prev is not None  # held by the decoder until the connection failed
-                if frame.pts is None:  # no timestamp (e.g. MJPEG over HTTP): the previous one + the wall time between
-                    # (one period for a drained frame: its wall time since includes the stall)
+                if frame.pts is None or untimed:  # the previous time + the wall time between (one period for a
+                    # drained frame: its wall time since includes the stall)
                     since = 0.0 if prev is None else prev[0] + (period if drained else now - prev[1])
                 else:
                     t = float(frame.pts * stream.time_base)
                     first = t if first is None else first
                     since = max(0.0, timeline.place(t - first, period))
                 prev = (since, min(now, prev[1] + since - prev[0]) if drained else now)
+                if backlog is not None and backlog.stale(*arrivals.get(frame.pts, read), prev[1], since):
+                    continue
+                if image is None:
+                    image = displayed(frame, self._reformatter, sample_aspect(stream), self.source_id)
+                self.decode_seconds = time.perf_counter() - t0
                 if hls:
                     clock = now - since if clock is None or now - (clock + since) > self._LATE else clock
                     if self._stop.wait(clock + since - now):
@@ -274,6 +308,7 @@ class StreamSource(Source):
         new (a live HLS playlist that stopped growing opens fine) is part of the outage, retried with growing
         back-off, and the outage ends the run ``reconnect_timeout`` s after the last frame."""
         pts, last_wall, base = 0.0, time.monotonic(), 0.0
+        zero: float | None = None  # the pts of the first frame yielded (a backlog skipped before it), yielded as 0
         lost = False  # in an outage (announced)
         delay: float | None = self._BACKOFF[0]
         while not self._stop.is_set():
@@ -285,11 +320,14 @@ class StreamSource(Source):
                                       f"(reconnection {self.reconnects})")
                         lost, delay = False, self._BACKOFF[0]
                     last_wall = wall
-                    yield image, pts
+                    zero = pts if zero is None else zero
+                    yield image, pts - zero
                 if self._container.format.name != "hls":
                     reason = "stream ended"
-                elif self._hls_complete():
-                    return  # a live event that is over: its end, like a file's, not an outage
+                elif self._hls_complete():  # a live event that is over: its end, like a file's, not an outage
+                    self.notices.append(f"the live stream {self.source_id} ended: its server marked it over "
+                                        "(#EXT-X-ENDLIST in its playlist)")
+                    return
                 else:
                     reason = "the live playlist stopped growing"
             except AV_ERRORS as exc:
@@ -347,6 +385,62 @@ class StreamSource(Source):
     def close(self) -> None:
         super().close()
         self._container.close()
+
+
+def _untimed(fmt: av.ContainerFormat) -> bool:
+    """Whether streams of the container format ``fmt`` carry no timestamps, its demuxer numbering their frames at a
+    rate it assumes (25 FPS, whatever the camera sends): a format flagged so (AVFMT_NOTIMESTAMPS: motion JPEG in
+    HTTP's multipart, ``mpjpeg``; raw MJPEG, H.264, HEVC), or one of FFmpeg's image pipes (``image2pipe``,
+    ``jpeg_pipe``, ``png_pipe`` …: images sent one after another, as JPEGs over HTTP are detected)."""
+    return bool(fmt.flags & NO_TIMESTAMPS) or fmt.name == "image2pipe" or fmt.name.endswith("_pipe")
+
+
+class _Backlog:
+    """Tells the frames of one connection to a live stream that piled up unread from current ones.
+
+    A live stream's frames come at the pace of their timestamps. How ``late`` a frame comes is measured against the
+    stream's clock: the earliest any frame came, less its time (the connection's first frame counts as current
+    when the connection opened, or when it came if its read had to wait). Frames whose data waited unread (the
+    connection is made when the source opens, seconds before a run starts reading it; the process was stopped;
+    the network stalled, then the server sent what it held) come late, one after another, faster than that pace.
+
+    A frame more than ``stale`` s and two frame periods late begins a backlog: it is skipped, and so is each next
+    frame still over one ``period`` (s) late that was read in under a quarter period (its data was there) or came
+    half a period less late than the one before (faster than the stream's pace: frames the decoder held while
+    the process was stopped). The first other frame ends the backlog and is kept: caught up; or coming at the
+    stream's pace, as late (its clock moved: an encoder that paused, then went on with its times; the clock is set
+    anew); or coming after the skipping lasted longer than the lateness it began with (a decoder slower than the
+    stream would never catch up).
+    """
+
+    def __init__(self, connected: float, stale: float, period: float) -> None:
+        """connected: monotonic time (s) the connection opened; stale, period: seconds (see the class)."""
+        self._connected, self._stale, self._period = connected, max(stale, 2 * period), period
+        self._clock: float | None = None  # when a frame on time comes, less its time (s, monotonic)
+        self._skipping: tuple[float, float, float] | None = None  # a backlog: when its first frame came, how late,
+        # and how late the last frame skipped was (s)
+
+    def stale(self, read: float, waited: float, came: float, t: float) -> bool:
+        """Whether the frame at ``t`` s of stream time is to be skipped; ``came``: monotonic time (s) the decoder
+        gave it; ``read``, ``waited``: when the read of its packet returned (monotonic s) and how long it took (s).
+        Frames in order of their times."""
+        offset, quick = came - t, waited < self._period / 4
+        if self._clock is None:
+            self._clock = offset - (read - self._connected if quick else 0.0)
+        late = offset - self._clock
+        if self._skipping is None:
+            if late <= self._stale:
+                self._clock = min(self._clock, offset)
+                return False
+            self._skipping = (came, late, late)
+            return True
+        began, lateness, last = self._skipping
+        if late > self._period and (quick or late < last - self._period / 2) and came - began <= lateness:
+            self._skipping = (began, lateness, late)
+            return True
+        self._clock = min(self._clock, offset) if late <= self._stale else offset
+        self._skipping = None
+        return False
 
 
 def _hangs_up(url: str, wait: float) -> bool:

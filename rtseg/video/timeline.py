@@ -11,6 +11,9 @@ from __future__ import annotations
 
 #: FFmpeg's AVFMT_TS_DISCONT: the container format allows timestamp discontinuities (``av.ContainerFormat.flags``).
 TS_DISCONT = 0x0200
+#: FFmpeg's AVFMT_NOTIMESTAMPS: the container format stores no timestamps; its demuxer numbers the frames at a
+#: rate it assumes (motion JPEG over HTTP, ``mpjpeg``: 25 FPS whatever the camera sends; raw H.264).
+NO_TIMESTAMPS = 0x0080
 #: A time this much before the previous frame's is a jump back (FFmpeg: AV_TIME_BASE / 10).
 BACK_S = 0.1
 #: A time this much after the previous frame's is a jump ahead, in formats with discontinuities (FFmpeg's
