@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -317,12 +318,18 @@ _RECORDER = textwrap.dedent(
     """
     import sys, time, numpy as np
     from rtseg.types import Frame
+    from rtseg.video.coco_json import CocoJsonSink
     from rtseg.video.sink_mp4 import Mp4Sink
     from rtseg.video.sinks import JsonlSink
     from rtseg.types import Detections
     sink = Mp4Sink(sys.argv[1], fps_hint=25)
     jsonl = JsonlSink(sys.argv[2])
+    coco = CocoJsonSink(sys.argv[3])
     rng = np.random.default_rng(0)
+    masks = np.zeros((1, 240, 320), bool)
+    masks[0, 10:20, 10:30] = True
+    dets = Detections(boxes=np.array([[10, 10, 30, 20]], np.float32), scores=np.array([0.9], np.float32),
+                      class_ids=np.array([0]), image_size=(240, 320), class_names=["a"], _masks=masks)
     start = time.monotonic()
     i = 0
     while True:
@@ -330,6 +337,7 @@ _RECORDER = textwrap.dedent(
         frame = Frame(img, seq=i, pts=i / 25)
         sink.write(frame, None, img)
         jsonl.write(frame, Detections.empty((240, 320), ["a"]), img)
+        coco.write(frame, dets, img)
         print(f"{i / 25:.3f}", flush=True)
         i += 1
         time.sleep(max(0.0, start + i / 25 - time.monotonic()))
@@ -339,10 +347,18 @@ _RECORDER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_mp4_and_jsonl_survive_sigkill(tmp_path):
-    out, lines = tmp_path / "crash.mp4", tmp_path / "crash.jsonl"
+    """A recording killed (SIGKILL) plays up to about a second before the kill, and the JSON outputs hold whole
+    records. The next sink for the same output (a 24/7 service restarted after a crash) failed with
+    "crash.partial.mp4 is left from an interrupted run; move or delete it first"; now it moves the leftover aside (the
+    cut COCO results made valid JSON there), says so in one warning per output, and records as usual."""
+    from rtseg.errors import RtsegWarning
+    from rtseg.video.coco_json import CocoJsonSink
+
+    out, lines, results = tmp_path / "crash.mp4", tmp_path / "crash.jsonl", tmp_path / "crash.json"
     script = tmp_path / "recorder.py"
     script.write_text(_RECORDER)
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(lines)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(lines), str(results)],
+                            stdout=subprocess.PIPE, text=True)
     last = 0.0
     try:
         for line in proc.stdout:
@@ -353,15 +369,87 @@ def test_mp4_and_jsonl_survive_sigkill(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL and last >= 3.0
-    assert not out.exists()  # never a complete-looking file at the final name
+    assert not out.exists() and not results.exists()  # never a complete-looking file at the final name
     partial = tmp_path / "crash.partial.mp4"
     _, pts, frames = _decode_video(partial)
     assert pts[-1] >= last - 1.0, f"recovered up to {pts[-1]:.2f}s of {last:.2f}s"
     assert np.all(np.diff(pts) > 0)
-    with pytest.raises(SinkError, match="left from an interrupted run"):
-        Mp4Sink(out, fps_hint=25)  # never overwrite the only copy of a crashed recording
     records = [json.loads(x) for x in lines.read_bytes().splitlines()]  # every line is complete JSON
     assert records[-1]["seq"] >= int(last * 25) - 1
+    cut = (tmp_path / "crash.partial.json").read_text()
+    assert cut.endswith("}")  # (no closing bracket: not JSON)
+    with pytest.warns(RtsegWarning) as said:
+        sink, coco = Mp4Sink(out, fps_hint=25), CocoJsonSink(results)
+    assert [str(w.message) for w in said] == [
+        f"MP4 output {out}: {partial} was left by an interrupted run; moved it to "
+        f"{tmp_path / 'crash.recovered-1.mp4'}",
+        f"JSON output {results}: {tmp_path / 'crash.partial.json'} was left by an interrupted run; moved it to "
+        f"{tmp_path / 'crash.recovered-1.json'}; added the closing ] that it lacked"]
+    assert _decode_video(tmp_path / "crash.recovered-1.mp4")[1] == pts  # nothing recorded is lost
+    kept = json.loads((tmp_path / "crash.recovered-1.json").read_text())
+    assert (tmp_path / "crash.recovered-1.json").read_text() == cut + "]"
+    assert [e["image_id"] for e in kept] == list(range(1, len(kept) + 1)) and len(kept) >= int(last * 25) - 1
+    f = _frame(0, 0.0)
+    sink.write(f, None, f.image)
+    coco.write(f, _one_detection(class_id=0, class_names=["a"]), f.image)
+    sink.close()
+    coco.close()
+    assert len(_decode_video(out)[1]) == 1 and [e["image_id"] for e in json.loads(results.read_text())] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "crash.json", "crash.jsonl", "crash.mp4", "crash.recovered-1.json", "crash.recovered-1.mp4", "recorder.py"]
+
+
+def test_a_leftover_recording_goes_to_the_lowest_free_name_and_an_empty_one_is_removed(tmp_path):
+    """A failed run's recording (its lock free) is moved to ``o.recovered-N.mp4`` past the names that exist (a file
+    of the user's is never replaced), with one warning; an empty leftover (a run killed before its first frame)
+    holds nothing and is removed without a word. Both refused the run before."""
+    from rtseg.errors import RtsegWarning
+
+    out = tmp_path / "o.mp4"
+    failed = Mp4Sink(out, fps_hint=10)
+    for i in range(3):
+        f = _frame(i, i / 10)
+        failed.write(f, None, f.image)
+    failed.abort()
+    (tmp_path / "o.recovered-1.mp4").write_bytes(b"the user's")
+    with pytest.warns(RtsegWarning, match=re.escape(
+            f"MP4 output {out}: {tmp_path / 'o.partial.mp4'} was left by an interrupted run; moved it to "
+            f"{tmp_path / 'o.recovered-2.mp4'}")):
+        Mp4Sink(out, fps_hint=10).abort()  # (no frame: no file)
+    assert len(_decode_video(tmp_path / "o.recovered-2.mp4")[1]) == 3
+    assert (tmp_path / "o.recovered-1.mp4").read_bytes() == b"the user's"
+    (tmp_path / "o.partial.mp4").write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sink = Mp4Sink(out, fps_hint=10)
+    f = _frame(0, 0.0)
+    sink.write(f, None, f.image)
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "o.recovered-1.mp4", "o.recovered-2.mp4"]
+
+
+def test_outputs_named_as_rtseg_names_a_file_being_written_are_refused(tmp_path):
+    """``k9.partial.mp4`` as an output was accepted and replaced the recording that a crash left of ``k9.mp4``."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    leftover = tmp_path / "k9.partial.mp4"
+    leftover.write_bytes(b"a crashed run's recording")
+    for make, name, what, written in ((lambda p: Mp4Sink(p, fps_hint=10), "k9.partial.mp4", "MP4 output", "k9.mp4"),
+                                      (CocoJsonSink, "r.partial.json", "JSON output", "r.json")):
+        with pytest.raises(SinkError) as refused:
+            make(tmp_path / name)
+        assert str(refused.value) == (f"{what} {tmp_path / name}: a .partial name is rtseg's for {written} while "
+                                      "that is written (an interrupted run leaves it); choose another name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k9.partial.mp4"]
+    assert leftover.read_bytes() == b"a crashed run's recording"
+
+
+def test_a_leftover_that_is_no_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "o.partial.mp4").mkdir()
+    with pytest.raises(SinkError, match=re.escape(
+            f"MP4 output {tmp_path / 'o.mp4'}: o.partial.mp4 is left from an interrupted run, but is no file rtseg "
+            "wrote (a folder, link or device); move or delete it")):
+        Mp4Sink(tmp_path / "o.mp4", fps_hint=10)
 
 
 # --- image, JSON Lines, window -----------------------------------------------------------------
@@ -617,6 +705,40 @@ def test_coco_json_sink_streams_its_entries_to_the_claimed_partial_file(tmp_path
     none.write(f, empty, f.image)
     none.close()
     assert json.loads((tmp_path / "none.json").read_text()) == []
+
+
+@pytest.mark.parametrize("cut, said", [
+    (0, ""),
+    (1, "; added the closing ] that it lacked"),
+    (40, "; ended its list after the last complete entry (dropped the {dropped} bytes of a cut one)"),
+    ("all but 30", "; ended its list after the last complete entry (dropped the {dropped} bytes of a cut one)"),
+], ids=["complete", "no closing bracket", "cut within an entry", "cut within the first entry"])
+def test_coco_results_left_by_an_interrupted_run_are_moved_aside_as_valid_json(tmp_path, cut, said):
+    """A results file that a crash left (no closing ``]``, or a power loss cut within an entry: the file's last
+    bytes gone) refused every next run; now the next sink moves it aside and ends its list after its last complete
+    entry, so that it loads, keeping every complete entry; a failed run's (its list ended) is moved as it is."""
+    from rtseg.errors import RtsegWarning
+    from rtseg.video.coco_json import CocoJsonSink
+
+    path, partial = tmp_path / "res.json", tmp_path / "res.partial.json"
+    failed = CocoJsonSink(path)
+    for i in range(3):
+        f = _frame(i, i / 10)
+        failed.write(f, _one_detection(class_id=0, class_names=["a"]), f.image)
+    failed.abort()
+    whole = partial.read_bytes()
+    cut = len(whole) - 30 if cut == "all but 30" else cut  # ('[{"image_id":1,"category_id":1,')
+    partial.write_bytes(whole[: len(whole) - cut])
+    kept = {0: 3, 1: 3, 40: 2, len(whole) - 30: 0}[cut]
+    with pytest.warns(RtsegWarning) as warned:
+        CocoJsonSink(path).discard()
+    recovered = tmp_path / "res.recovered-1.json"
+    dropped = len(whole) - cut - (len(recovered.read_bytes()) - 1)
+    assert [str(w.message) for w in warned] == [
+        f"JSON output {path}: {partial} was left by an interrupted run; moved it to {recovered}"
+        + said.format(dropped=dropped)]
+    assert json.loads(recovered.read_text()) == json.loads(whole)[:kept]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.recovered-1.json"]
 
 
 @pytest.mark.parametrize("end", ["close", "abort", "discard"])

@@ -1,6 +1,7 @@
 """Live web view: real HTTP server on loopback, MJPEG parsing, tokens, and the page in headless Chromium."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from rtseg.errors import ConfigError, SinkError
 from rtseg.serve.server import WebSink, parse_address
 from rtseg.types import Frame
+from rtseg.video.metrics import Metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -30,10 +32,11 @@ def _bar(i: int, h: int = 120, w: int = 160) -> np.ndarray:
 
 
 class _Feeder:
-    """Writes a moving bar to the sink every 40 ms until stopped (stands in for the pipeline)."""
+    """Writes a moving bar to the sink every 40 ms until stopped (stands in for the pipeline), recording each frame
+    in ``metrics`` when given (as the pipeline's output stage does)."""
 
-    def __init__(self, sink: WebSink, width: int = 160) -> None:
-        self.sink, self.stop, self.width = sink, threading.Event(), width
+    def __init__(self, sink: WebSink, width: int = 160, metrics: Metrics | None = None) -> None:
+        self.sink, self.stop, self.width, self.metrics = sink, threading.Event(), width, metrics
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -41,6 +44,8 @@ class _Feeder:
         while not self.stop.is_set():
             image = _bar(i, w=self.width)
             self.sink.write(Frame(image, seq=i), None, image)
+            if self.metrics is not None:
+                self.metrics.record(timings={}, capture_time=time.monotonic(), output_time=time.monotonic())
             i += 1
             time.sleep(0.04)
 
@@ -432,3 +437,65 @@ def test_head_is_answered_as_get_without_the_body():
                        "/stats.json?token=s3cret": (200, "application/json", "25", b""),
                        "/nope?token=s3cret": (404, "text/plain", str(len(b"not found\n")), b""),
                        "/stats.json": (403, "text/plain", str(len(b"token required: add ?token=...\n")), b"")}
+
+
+def _stats(sink: WebSink) -> dict:
+    import json
+
+    with urllib.request.urlopen(sink.url + "stats.json", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_stats_say_that_frames_stopped_coming():
+    """/stats.json looked healthy while the camera was down: ``fps_recent`` kept its last value (its window ended at
+    the last frame) and no field said that frames had stopped. Now the recent FPS counts the last 5 s up to now
+    (0 once no frame came for that long) and ``last_frame_age_s`` grows; ``fps`` stays the whole run's."""
+    now = [100.0]
+    metrics = Metrics(warmup_frames=0, clock=lambda: now[0])
+    sink = WebSink("127.0.0.1", 0, stats_fn=metrics.snapshot)
+    try:
+        first = _stats(sink)
+        assert (first["frames"], first["fps_recent"], first["last_frame_age_s"]) == (0, None, None)
+        for i in range(301):  # 10 s at 30 frames/s, output as the clock goes
+            now[0] = 100.0 + i / 30
+            metrics.record(timings={"inference": 0.01}, capture_time=now[0] - 0.02, output_time=now[0])
+            if i == 15:  # half a second in: the window starts at the first frame
+                assert _stats(sink)["fps_recent"] == pytest.approx(30.0)
+        live = _stats(sink)
+        assert live["fps_recent"] == pytest.approx(30.0) and live["last_frame_age_s"] == 0.0
+        assert metrics.hud()["FPS"] == pytest.approx(30.0)
+        now[0] += 3.0  # the camera is down for 3 s: 2 s of the last 5 had frames
+        down = _stats(sink)
+        assert down["fps_recent"] == pytest.approx(60 / 5) and down["last_frame_age_s"] == pytest.approx(3.0)
+        now[0] += 27.0
+        down = _stats(sink)
+        assert (down["frames"], down["fps_recent"]) == (301, 0.0)
+        assert down["last_frame_age_s"] == pytest.approx(30.0) and down["fps"] == pytest.approx(30.0)
+    finally:
+        sink.close()
+
+
+def test_page_says_when_no_frame_came_for_seconds(browser):
+    """The page showed a frozen picture with healthy stats while the source was down. Now it says "no frame for
+    N s" over the picture once frames stop (the real metrics of a run, served as a run serves them), and no more
+    once they come again."""
+    metrics = Metrics()
+    sink = WebSink("127.0.0.1", 0, stats_fn=metrics.snapshot)
+    stale_js = "const e = document.getElementById('stale'); return e ? [e.hidden, e.textContent] : null;"
+    try:
+        from selenium.common.exceptions import TimeoutException
+
+        browser.set_page_load_timeout(3)
+        with contextlib.suppress(TimeoutException):  # (the page's stream does not load before the first frame)
+            browser.get(sink.url)
+        assert _poll(browser, stale_js, lambda v: v is not None and not v[0]) == [False, "no frame yet"]
+        with _Feeder(sink, metrics=metrics):
+            _poll(browser, _BAR_POSITION_JS, lambda v: v is not None and v[0] == 160)
+            _poll(browser, stale_js, lambda v: v[0])  # frames are coming: nothing said
+        said = _poll(browser, stale_js, lambda v: not v[0] and v[1] != "no frame for 2 s")  # stopped: said, counting
+        assert re.fullmatch(r"no frame for [3-9] s", said[1]), said
+        assert browser.execute_script("return document.getElementById('video').className") == "stale"
+        with _Feeder(sink, metrics=metrics):
+            _poll(browser, stale_js, lambda v: v[0])
+    finally:
+        sink.close()

@@ -3,7 +3,10 @@
 Routes (GET; HEAD answers the same status and headers, without the body):
 - ``/``            the page (``page.html`` beside this module)
 - ``/stream.mjpg`` annotated frames, ``multipart/x-mixed-replace`` JPEGs
-- ``/stats.json``  whatever ``stats_fn()`` returns (FPS, per-stage latency, drops)
+- ``/stats.json``  whatever ``stats_fn()`` returns; a run's is :meth:`rtseg.video.metrics.Metrics.snapshot` (FPS
+  over the run and over the last 5 s, which falls to 0 while no frame comes, ``last_frame_age_s``: the seconds since
+  the last frame, per-stage latency, drops). The page shows them, and over the video "no frame for N s" once
+  ``last_frame_age_s`` is 2 s and three frame periods (at ``fps``) or more: the picture is frozen then
 - ``/frame.jpg``   the latest annotated frame as one JPEG
 
 The pipeline hands over only the latest frame (``write`` stores a reference

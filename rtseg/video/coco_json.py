@@ -15,6 +15,51 @@ from rtseg.types import Detections, Frame, Prediction
 from rtseg.video.outfiles import append_whole, claim, output_target, partial_path
 
 
+_ENTRY_START = '{"image_id":'
+"""How each entry begins in the file (compact JSON): nowhere else, since a quote within a string is escaped."""
+_TAIL_BYTES = 8 << 20
+"""How much of the end of a cut results file :func:`close_cut_results` reads (entries are far shorter)."""
+
+
+def close_cut_results(path: Path) -> str:
+    """Make the results file ``path`` that an interrupted :class:`CocoJsonSink` left valid JSON, keeping every
+    complete entry: the list ended after its last complete entry (a crash leaves it without its ``]``; the sink
+    writes each frame's entries whole, so only the end can be cut). Returns what was done, as a phrase for the
+    warning of :func:`~rtseg.video.outfiles.claim` (``"; ..."``, or ``""`` when the file was complete)."""
+    try:
+        with open(path, "r+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            base = file.seek(max(0, size - _TAIL_BYTES))
+            tail = file.read().decode("latin-1")  # (ASCII JSON: one character per byte)
+            end = _end_of_last_entry(tail)
+            if end is None and not base and tail.startswith("["):
+                end = 1  # (no complete entry: an empty list)
+            if end is None:
+                return "; it is cut and not valid JSON (no complete entry at its end)"
+            if tail[end:].strip() == "]":
+                return ""
+            file.truncate(base + end)
+            file.seek(base + end)
+            file.write(b"]")
+    except OSError as exc:
+        return f"; it is cut and not valid JSON (closing it failed: {exc.strerror})"
+    dropped = size - base - end
+    return ("; added the closing ] that it lacked" if not tail[end:].strip() else
+            f"; ended its list after the last complete entry (dropped the {dropped} bytes of a cut one)")
+
+
+def _end_of_last_entry(text: str) -> int | None:
+    """Where the last complete entry in ``text`` (a results file's end) ends; None when it holds none."""
+    decoder = json.JSONDecoder()
+    start = text.rfind(_ENTRY_START)
+    while start >= 0:
+        try:
+            return decoder.raw_decode(text, start)[1]
+        except ValueError:
+            start = text.rfind(_ENTRY_START, 0, start)
+    return None
+
+
 def image_id(frame: Frame) -> int:
     """COCO image id of ``frame``: :attr:`Frame.index <rtseg.types.Frame.index>` + 1, the same whatever ``--start``
     and ``--vid-stride`` skipped (a live source's frames, which have no index: ``seq + 1``)."""
@@ -30,9 +75,11 @@ class CocoJsonSink:
     its first frame — removes it). :meth:`close` ends the list and
     renames the file to ``path``, so ``path`` only ever holds a complete file; :meth:`abort` (a failed
     run) ends the list and keeps it as ``<name>.partial.json``. A crash leaves that file without its
-    closing ``]``. A run that wrote no frame (failed, or stopped before its first one) leaves no file, as the video
-    and image outputs do, and an existing ``path`` as it was, as every output does: it has no result to record,
-    and ``[]`` (frames without detections) would replace an earlier run's results with a false one.
+    closing ``]``: the next sink for ``path`` moves it aside to ``<name>.recovered-N.json`` and closes its list there
+    (:func:`close_cut_results`), saying so in a warning. A run that wrote no frame (failed, or stopped before its
+    first one) leaves no file, as the video and image outputs do, and an existing ``path`` as it was, as every
+    output does: it has no result to record, and ``[]`` (frames without detections) would replace an earlier run's
+    results with a false one.
     A symbolic link ``path`` is written through: the partial file is made beside its target, which the rename
     replaces (:func:`~rtseg.video.outfiles.output_target`).
     """
@@ -41,7 +88,7 @@ class CocoJsonSink:
         self.path = output_target(Path(path), "JSON output", "to stream the detections write JSON Lines (--json - "
                                   "or a .jsonl path), else choose a file path")
         self.partial = partial_path(self.path)
-        self._file = os.fdopen(claim(self.partial, self.path, "JSON output"), "wb", buffering=0)
+        self._file = os.fdopen(claim(self.partial, self.path, "JSON output", close_cut_results), "wb", buffering=0)
         self._opened = False  # "[" written
         self.frames_written = 0  # frames written, with or without detections
         self.category_ids: Sequence[int] | None = None  # the engine's, when its weights name them

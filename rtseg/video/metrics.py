@@ -3,20 +3,25 @@
 Times are seconds internally and milliseconds in :meth:`Metrics.snapshot`. The
 first ``warmup_frames`` frames are counted but left out of every latency and
 FPS figure. FPS is (n - 1) / (t_last - t_first) over the output times of the
-counted frames (n frames span n - 1 intervals).
+counted frames (n frames span n - 1 intervals): the whole run's rate, the time of any outage included.
+The recent FPS counts the frames output in the last :data:`RECENT_S` seconds, a window that ends now, so that it
+falls to 0 while no frame comes (a camera down, a stalled source).
 """
 from __future__ import annotations
 
+import bisect
 import sys
 import threading
 import time
 from collections import deque
-from typing import TextIO
+from typing import Callable, TextIO
 
 import numpy as np
 
 STAGE_ORDER = ("decode", "preprocess", "network", "postprocess", "inference", "annotate", "output")
 """Stages in data-flow order; engines may report preprocess/network/postprocess inside inference."""
+RECENT_S = 5.0
+"""Seconds of output over which the recent FPS is counted (``fps_recent``, the HUD's FPS)."""
 
 
 def _percentiles(samples: deque[float]) -> dict[str, float]:
@@ -30,15 +35,19 @@ class Metrics:
 
     window: how many recent samples per stage are kept for percentiles (bounded memory
         for endless live runs).
+    clock: the time now, in the seconds of the output times given to :meth:`record` (``time.monotonic``).
     """
 
-    def __init__(self, *, warmup_frames: int = 5, window: int = 20_000) -> None:
+    def __init__(self, *, warmup_frames: int = 5, window: int = 20_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.warmup_frames = warmup_frames
         self._window = window
+        self._clock = clock
         self._lock = threading.Lock()
         self._stages: dict[str, deque[float]] = {}
         self._e2e: deque[float] = deque(maxlen=window)
-        self._recent: deque[float] = deque(maxlen=60)  # output times of the last frames (live FPS)
+        self._recent: deque[float] = deque()  # output times of the last RECENT_S seconds' frames (live FPS)
+        self._first_output: float | None = None  # output time of the run's first frame
         self._last_e2e: float | None = None
         self._first: float | None = None
         self._last: float | None = None
@@ -53,6 +62,9 @@ class Metrics:
         with self._lock:
             self.frames += 1
             self._recent.append(output_time)
+            while self._recent[0] <= output_time - RECENT_S:
+                self._recent.popleft()
+            self._first_output = output_time if self._first_output is None else self._first_output
             self._last_e2e = output_time - capture_time
             if self.frames <= self.warmup_frames:
                 return
@@ -78,13 +90,25 @@ class Metrics:
             self.source_reconnects = self.source_reconnects if source is None else source
             self.push_reconnects = self.push_reconnects if push is None else push
 
+    def _recent_fps(self, now: float) -> float | None:
+        """Frames per second output in the :data:`RECENT_S` s that end at ``now`` (s): their count over the window,
+        which starts at the run's first frame while the run is younger (that frame then opens it, uncounted);
+        None before two frames. Call with the lock held."""
+        if self._first_output is None:
+            return None
+        age = now - self._first_output
+        if age < RECENT_S:
+            return (len(self._recent) - 1) / age if len(self._recent) > 1 and age > 0 else None
+        return (len(self._recent) - bisect.bisect_right(self._recent, now - RECENT_S)) / RECENT_S
+
     def hud(self) -> dict[str, float | int]:
-        """Cheap live figures for the on-frame display: recent FPS, last end-to-end latency, drops."""
+        """Cheap live figures for the on-frame display: recent FPS (its window ending at the last frame written:
+        the display is drawn on the frames), last end-to-end latency, drops."""
         with self._lock:
-            span = self._recent[-1] - self._recent[0] if len(self._recent) > 1 else 0.0
             out: dict[str, float | int] = {}
-            if span > 0:
-                out["FPS"] = (len(self._recent) - 1) / span
+            fps = self._recent_fps(self._recent[-1]) if self._recent else None
+            if fps is not None:
+                out["FPS"] = fps
             if self._last_e2e is not None:
                 out["latency ms"] = 1e3 * self._last_e2e
             out["dropped"] = self.dropped
@@ -92,14 +116,18 @@ class Metrics:
 
     def snapshot(self) -> dict:
         """Current figures: frames, dropped, reconnects (source_reconnects + push_reconnects, each also given),
-        fps, fps_recent, latency_ms per stage.
+        fps, fps_recent, last_frame_age_s, latency_ms per stage.
 
+        fps: the whole run's rate, outages included; None until two frames past warm-up have been written.
+        fps_recent: frames output in the last :data:`RECENT_S` s over that time (from the first frame while the run
+        is younger), a window that ends now: 0 once no frame came for that long; None before two frames.
+        last_frame_age_s: seconds since the last frame was output (it grows while the source is down); None before
+        the first.
         latency_ms maps each stage (and ``end_to_end``) to {p50, p95, p99, mean} in ms.
-        fps is None until two frames past warm-up have been written.
         """
         with self._lock:
+            now = self._clock()
             span = (self._last or 0.0) - (self._first or 0.0)
-            recent_span = self._recent[-1] - self._recent[0] if len(self._recent) > 1 else 0.0
             stages = {s: _percentiles(v) for s, v in self._stages.items() if v}
             order = {s: i for i, s in enumerate(STAGE_ORDER)}
             latency = dict(sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order))))
@@ -112,7 +140,8 @@ class Metrics:
                 "source_reconnects": self.source_reconnects,
                 "push_reconnects": self.push_reconnects,
                 "fps": (self._counted - 1) / span if self._counted > 1 and span > 0 else None,
-                "fps_recent": (len(self._recent) - 1) / recent_span if recent_span > 0 else None,
+                "fps_recent": self._recent_fps(now),
+                "last_frame_age_s": now - self._recent[-1] if self._recent else None,
                 "latency_ms": latency,
             }
 

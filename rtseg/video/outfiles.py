@@ -10,14 +10,25 @@ import io
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
+from typing import Callable
 
-from rtseg.errors import SinkError
+from rtseg.errors import RtsegWarning, SinkError
 
 
 def partial_path(path: Path) -> Path:
     """Where a sink for ``path`` writes until it is closed: ``out.mp4`` → ``out.partial.mp4``."""
     return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def refuse_partial_name(path: Path, what: str) -> None:
+    """SinkError when ``path`` is named as :func:`partial_path` names a file while it is written (``k9.partial.mp4``
+    of ``k9.mp4``): an output of that name would replace what an interrupted run left there."""
+    if path.stem.endswith(".partial"):
+        written = path.with_name(path.stem.removesuffix(".partial") + path.suffix).name
+        raise SinkError(f"{what} {path}: a .partial name is rtseg's for {written} while that is written (an "
+                        "interrupted run leaves it); choose another name")
 
 
 def require_writable_folder(path: Path, what: str) -> None:
@@ -93,33 +104,86 @@ def replace_whole(path: Path, data: bytes) -> None:
         raise
 
 
-def claim(partial: Path, path: Path, what: str) -> int:
-    """Create ``partial`` (which must not exist) for writing and return its descriptor, holding an exclusive
-    ``flock`` until it is closed.
+def claim(partial: Path, path: Path, what: str, recover: Callable[[Path], str] = lambda aside: "") -> int:
+    """Create ``partial`` for writing and return its descriptor, holding an exclusive ``flock`` until it is closed.
 
-    SinkError when it exists: held by another run (writing it now) or left from an interrupted one.
+    SinkError when ``path`` is itself a ``.partial`` name (:func:`refuse_partial_name`), or when ``partial`` is
+    held by another run (writing it now). One left from an interrupted run (a crash, a kill, a failed write: its
+    lock is free) is moved aside to ``<name>.recovered-N<suffix>`` (the lowest free N), which ``recover`` may then
+    repair (it returns what to add to the warning, ``""`` for nothing), and said in one :class:`RtsegWarning`
+    naming both files; one that is empty (its run died before its first frame) holds nothing and is removed.
     """
+    refuse_partial_name(path, what)
+    for _ in range(3):  # (a run that took our new, empty file for a leftover removed it before our lock: again)
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            _move_leftover_aside(partial, path, what, recover)
+            continue
+        except OSError as exc:
+            raise SinkError(f"{what} {partial}: cannot create ({exc.strerror}); choose another path") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, partial):
+            return fd
+        os.close(fd)
+    raise _busy(partial, path, what)
+
+
+def _busy(partial: Path, path: Path, what: str) -> SinkError:
+    return SinkError(f"{what} {path}: another run is writing {partial.name} right now; choose another path")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the one that ``path`` names now (not moved away nor replaced)."""
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        busy = False
-        with contextlib.suppress(OSError):
-            probe = os.open(partial, os.O_RDONLY)
-            try:
-                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                busy = True
-            finally:
-                os.close(probe)
-        if busy:
-            raise SinkError(f"{what} {path}: another run is writing {partial.name} right now; "
-                            "choose another path") from None
-        raise SinkError(f"{what} {path}: {partial.name} is left from an interrupted run; "
-                        "move or delete it first") from None
+        named = os.lstat(path)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _move_leftover_aside(partial: Path, path: Path, what: str, recover: Callable[[Path], str]) -> None:
+    """The existing ``partial`` of :func:`claim`: a SinkError when another run holds it or it cannot be moved; else
+    moved aside, or removed when empty, under an exclusive lock (no other run writes it meanwhile); nothing when it
+    went or changed meanwhile (:func:`claim` looks again)."""
+    def refused(problem: str) -> SinkError:
+        return SinkError(f"{what} {path}: {partial.name} is left from an interrupted run, {problem}; move or delete it")
+
+    try:
+        mode = os.lstat(partial).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise refused("but is no file rtseg wrote (a folder, link or device)")
+    try:
+        held = os.open(partial, os.O_RDONLY)
+    except FileNotFoundError:
+        return
     except OSError as exc:
-        raise SinkError(f"{what} {partial}: cannot create ({exc.strerror}); choose another path") from None
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+        raise refused(f"and cannot be opened ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(partial, path, what) from None
+        if not _same_file(held, partial):
+            return
+        try:
+            if os.fstat(held).st_size == 0:
+                partial.unlink()
+                return
+            head, tail = partial.name.rsplit(".partial", 1)  # (out, .mp4)
+            n = 1
+            while os.path.lexists(aside := partial.with_name(f"{head}.recovered-{n}{tail}")):
+                n += 1
+            os.rename(partial, aside)
+        except OSError as exc:
+            raise refused(f"and cannot be moved aside ({exc.strerror})") from None
+        warnings.warn(f"{what} {path}: {partial} was left by an interrupted run; moved it to {aside}"
+                      f"{recover(aside)}", RtsegWarning, stacklevel=2)
+    finally:
+        os.close(held)
 
 
 def append_whole(file: io.RawIOBase, data: bytes) -> None:

@@ -17,7 +17,9 @@ FFmpeg does not report a failed write of the last fragment): a full disk is a
 be written (no room for a second copy on a nearly full disk), the finished
 fragmented recording itself, complete and playable, is renamed to the final path
 instead. While a sink records, it holds an exclusive ``flock`` on
-its ``.partial`` file, so a second run aimed at the same output is refused.
+its ``.partial`` file, so a second run aimed at the same output is refused; a ``.partial`` file that an interrupted
+run left is moved aside to ``<name>.recovered-N.mp4`` by the next sink for the output, with a warning
+(:func:`~rtseg.video.outfiles.claim`).
 """
 from __future__ import annotations
 
