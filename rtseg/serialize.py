@@ -72,11 +72,16 @@ def _semantic_record(sem: SemanticMap) -> dict:
 
 
 def _panoptic_record(pan: Panoptic) -> dict:
+    """Each segment's id, then its class named as detection and semantic records name theirs: ``class_id`` (the
+    segment's ``category_id``: the 0-based index into ``pan.class_names``, the panoptic engine's categories; not
+    written as ``category_id``, which in COCO files is the file's own id) and ``class_name``; then the segment's
+    other keys (isthing, area, score …) and its RLE ``segmentation``."""
     segments = []
     for s in pan.segments:
         seg = {k: (v.tolist() if isinstance(v, (np.generic, np.ndarray)) else v) for k, v in s.items()}
-        seg["class_name"] = _name(pan.class_names, int(s["category_id"]))
-        segments.append(seg)
+        category = int(seg.pop("category_id"))
+        segments.append({"id": seg.pop("id"), "class_id": category, "class_name": _name(pan.class_names, category),
+                         **seg})
     ids = np.array([s["id"] for s in pan.segments], np.int64)
     for seg, rle in zip(segments, encode_label_rle(pan.ids, ids)):
         seg["segmentation"] = rle

@@ -165,15 +165,19 @@ def _string_ids_float_sizes(data: dict) -> None:
 
 
 def _shifted_predictions(samples: list[Sample], image_ids, category_ids) -> tuple[list[Detections], list[dict]]:
-    """Predictions of ``samples``: every mask one pixel off, one object missed, boxes tight around the masks;
-    and the same as COCO results (``image_ids``, ``category_ids`` of the data set)."""
+    """Predictions of ``samples``: every mask one pixel off, one object missed, boxes tight around the masks, scores
+    that no two detections share (COCOeval breaks ties in the order of the sorted image ids: string ids sort
+    otherwise than the samples come); and the same as COCO results (``image_ids``, ``category_ids`` of the data
+    set)."""
     from rtseg.serialize import detections_to_coco
 
     preds, results = [], []
     for k, s in enumerate(samples):
         visible = s.masks.any(axis=(1, 2))
         masks = np.roll(s.masks[visible], 1, axis=2)[1:] if k % 2 else np.roll(s.masks[visible], 1, axis=1)
-        pred = _perfect(s, masks=masks, class_ids=s.class_ids[visible][len(s.masks[visible]) - len(masks):])
+        scores = np.sort(np.random.default_rng(k).uniform(0.5, 0.9, len(masks)))[::-1].astype(np.float32)
+        pred = _perfect(s, scores=scores, masks=masks,
+                        class_ids=s.class_ids[visible][len(s.masks[visible]) - len(masks):])
         preds.append(pred)
         results += [{**entry, "image_id": image_ids[k]} for entry in detections_to_coco(pred, 0, category_ids)]
     return preds, results
@@ -311,7 +315,11 @@ def test_cli_class_names_match_an_official_pth_to_the_data_set(tmp_path, capsys)
     torch.save(Yolact(cfg).state_dict(), pth)
     args = ["--weights", str(pth), "--data", "synthetic:test", "--max-images", "1"]
     assert main(args) == 2
-    assert "square" in capsys.readouterr().err  # (a data-set class the engine does not know)
+    error = capsys.readouterr().err.strip()  # says what to do: was "evaluate weights trained on these classes"
+    assert error.startswith("rtseg eval: error: the weights do not know data-set classes 'square', ") and \
+        error.endswith("(theirs: 'class0', 'class1', 'class2', 'class3', 'class4' … (6 in all)); those are "
+                       "placeholders (the weights name no classes): give their names with --class-names FILE, one "
+                       "per line in class order")
     names = tmp_path / "names.txt"
     names.write_text("\n".join(CLASSES) + "\n")
     assert main([*args, "--class-names", str(names)]) == 0

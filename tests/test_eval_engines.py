@@ -428,6 +428,40 @@ def test_cli_slic_on_images_without_instances_is_refused(tmp_path, capsys):
     assert np.isnan(evaluate_superpixel_engine(rtseg.load("slic", n_segments=4), [empty])["boundary_recall"])
 
 
+def _labelme_image(folder, name: str, shapes: list[dict]) -> None:
+    """A 64×48 picture (a red square on noise, the same for each ``name``) and its labelme JSON with ``shapes`` in
+    ``folder``."""
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cv2.rectangle(image, (10, 8), (40, 36), (0, 0, 255), -1)
+    cv2.imwrite(str(folder / f"{name}.png"), image)
+    (folder / f"{name}.json").write_text(json.dumps({"shapes": shapes, "imagePath": f"{name}.png", "imageHeight": 48,
+                                                     "imageWidth": 64}))
+
+
+def test_cli_slic_leaves_images_without_instances_out_of_its_means_and_says_how_many(tmp_path, capsys):
+    """An image without instances was averaged in as boundary recall 100 %, UE 0, ASA 100 % (a perfect score of
+    nothing; the README said such images are left out)."""
+    square = {"label": "square", "points": [[10, 8], [40, 36]], "shape_type": "rectangle", "group_id": None,
+              "flags": {}}
+    alone, mixed = tmp_path / "alone", tmp_path / "mixed"
+    for folder in (alone, mixed):
+        folder.mkdir()
+        _labelme_image(folder, "a", [square])
+    _labelme_image(mixed, "b", [])  # same picture, nothing annotated
+    records = {}
+    for folder in (alone, mixed):
+        out = tmp_path / f"{folder.name}.json"
+        assert main(["--engine", "slic", "--segments", "40", "--data", f"labelme:{folder}", "--json", str(out)]) == 0
+        records[folder.name] = (json.loads(out.read_text()), capsys.readouterr().out)
+    (one, one_table), (two, two_table) = records["alone"], records["mixed"]
+    assert one["images"] == 1 and two["images"] == 2
+    assert 0.0 < one["metrics"]["boundary_recall"] < 1.0 and one["metrics"]["asa"] < 1.0  # (a square on noise)
+    assert two["metrics"] == {**one["metrics"], "num_images_left_out": 1.0}
+    assert one["metrics"]["num_images_left_out"] == 0.0 and "left out" not in one_table
+    assert ("left out 1 image without instances (no boundary to recall): the means are over the other images"
+            in two_table.splitlines())
+
+
 def test_superpixel_runner_more_segments_follow_more_boundaries():
     import rtseg
 

@@ -167,6 +167,20 @@ def test_panopticapi_writer_takes_numpy_image_ids(tmp_path):
     assert [a["image_id"] for a in json.loads(path.read_text())["annotations"]] == [7, 8]
 
 
+def test_panopticapi_writer_refuses_predictions_of_other_class_names_before_writing(tmp_path):
+    """Category ids index the class names: predictions of two engines gave one id two names (the last one written
+    won in ``categories``, the other prediction's segments then named wrongly)."""
+    ids = np.ones((4, 4), np.int64)
+    first, second = (Panoptic(ids=ids, segments=[{"id": 1, "category_id": 1, "isthing": False, "area": 16}],
+                              class_names=names) for names in (("background", "sky"), ("background", "road")))
+    path = write_panoptic(tmp_path / "one", [first, first])
+    assert json.loads(path.read_text())["categories"] == [{"id": 1, "name": "sky", "isthing": 0}]
+    with pytest.raises(ConfigError, match=r"^write_panoptic: predictions\[1\] has other class_names than "
+                                          r"predictions\[0\]; category ids index the class names"):
+        write_panoptic(tmp_path / "two", [first, second])
+    assert not (tmp_path / "two").exists()
+
+
 def test_engine_yolact_plus_fcn_and_overlay():
     torch.manual_seed(0)
     yolact = YolactEngine.from_config(

@@ -132,3 +132,23 @@ def test_frame_record_other_kinds():
     assert [s["class_name"] for s in pan["segments"]] == ["sky", "person"]
     seg = pan["segments"][1]["segmentation"]
     assert np.array_equal(mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}), ids == 4)
+
+
+def test_panoptic_records_name_classes_as_detection_records_do():
+    """A panoptic segment's class was written as ``category_id``, the index into the panoptic engine's categories,
+    which read as the COCO file's category id (7 'triángulo' where the COCO file's 7 was 'carré'): it is
+    ``class_id``, the 0-based index into the record's class names, with ``class_name``, as in detection records."""
+    ids = np.zeros((H, W), np.int64)
+    ids[:, 40:] = 3
+    segs = [{"id": 3, "category_id": np.int64(2), "isthing": True, "area": H * 40, "score": 0.75},
+            {"id": 1, "category_id": 0, "isthing": False, "area": 0}]
+    pan = Panoptic(ids=ids, segments=segs, class_names=["background", "carré", "triángulo"])
+    rec = json.loads(json.dumps(frame_record(Frame(np.zeros((H, W, 3), np.uint8)), pan)))
+    assert [{k: v for k, v in s.items() if k != "segmentation"} for s in rec["segments"]] == [
+        {"id": 3, "class_id": 2, "class_name": "triángulo", "isthing": True, "area": H * 40, "score": 0.75},
+        {"id": 1, "class_id": 0, "class_name": "background", "isthing": False, "area": 0}]
+    dets = Detections(boxes=np.array([[40, 0, 80, 60]], np.float32), scores=np.array([0.75], np.float32),
+                      class_ids=np.array([1]), image_size=(H, W), class_names=("carré", "triángulo"),
+                      _masks=(ids == 3)[None])
+    (det,) = json.loads(json.dumps(frame_record(Frame(np.zeros((H, W, 3), np.uint8)), dets)))["detections"]
+    assert (det["class_id"], det["class_name"]) == (1, "triángulo")  # the detector's own index, the same name

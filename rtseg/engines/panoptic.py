@@ -123,11 +123,20 @@ def write_panoptic(folder: str | Path, predictions: Iterable[Panoptic], *, image
 
     JSON: {"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd",
     "bbox" (x, y, w, h), "area"}]}], "categories": [{"id", "name", "isthing"}]}.
+    Category ids, in ``segments_info`` and ``categories`` alike, are the segments' ``category_id``: the 0-based
+    index into the predictions' ``class_names`` (a :class:`PanopticEngine`'s categories: the FCN's classes, then
+    the instance classes it lacks; 0 is a category, e.g. "background", not void), which every prediction must share
+    (ConfigError otherwise); ``categories`` lists those the segments use, with that name. They are not the ids of a
+    COCO panoptic ground truth: map them by name before scoring against one (panopticapi's ``pq_compute``).
     image_ids: one distinct integer >= 0 per prediction (COCO image ids: the PNG is named after the id in 12
     digits); default 0, 1, 2 … ConfigError (one line) otherwise, before anything is written.
     """
     predictions = list(predictions)
     ids_list = _image_ids(image_ids, len(predictions))
+    for k, pan in enumerate(predictions):
+        if tuple(pan.class_names) != tuple(predictions[0].class_names):
+            raise ConfigError(f"write_panoptic: predictions[{k}] has other class_names than predictions[0]; category "
+                              "ids index the class names, so write the predictions of one engine to one file")
     out = Path(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,19 @@ def class_mapping(engine_names: Sequence[str], data_names: Sequence[str],
     needed = data_names if annotated is None else [data_names[i] for i in sorted(set(annotated))]
     missing = [n for n in needed if n not in known]
     if missing:
+        advice = ("; those are placeholders (the weights name no classes): give their names with --class-names FILE, "
+                  "one per line in class order" if _placeholder_names(engine_names)
+                  else "; evaluate weights trained on these classes")
         raise ConfigError(f"the weights do not know data-set classes {quoted(missing)} (theirs: {quoted(engine_names)})"
-                          "; evaluate weights trained on these classes")
+                          + advice)
     return np.array([index.get(n, -1) for n in engine_names], np.int64)
+
+
+def _placeholder_names(names: Sequence[str]) -> bool:
+    """Whether ``names`` are the placeholders an engine names the classes of weights that name none: class0, class1
+    … (an FCN's: background, class1 …)."""
+    return bool(names) and names[-1] == f"class{len(names) - 1}" and all(
+        n == f"class{i}" or (i == 0 and n == "background") for i, n in enumerate(names))
 
 
 def checked_samples(data: Iterable[Sample], engine_names: Sequence[str], data_names: Sequence[str],
@@ -239,28 +249,36 @@ def format_panoptic(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-SUPERPIXEL_METRICS = ("boundary_recall", "undersegmentation_error", "asa", "num_segments")
+SUPERPIXEL_METRICS = ("boundary_recall", "undersegmentation_error", "asa", "num_segments", "num_images_left_out")
 
 
 def evaluate_superpixel_engine(engine: Engine, data: Iterable[Sample]) -> dict[str, float]:
     """Mean boundary recall, undersegmentation error, ASA and segments per image of a superpixel engine
     (its ``Superpixels.labels``) against each sample's instance segmentation (background = one segment).
 
-    Boundary recall is NaN (undefined, not 100 %) when no image has a ground-truth boundary (no instances)."""
-    per_image, any_boundary = [], False
+    Images without instances (a ground truth of one segment: no boundary to recall, and any superpixels would score
+    a perfect undersegmentation error and ASA) are left out, unsegmented: the means are over the others, and
+    "num_images_left_out" counts them. When every image is left out the means are NaN (undefined, not 100 %)."""
+    per_image, left_out = [], 0
     for sample in data:
         truth = masks_to_segmentation(sample.masks)
-        any_boundary = any_boundary or truth.min() != truth.max()
+        if truth.min() == truth.max():
+            left_out += 1
+            continue
         per_image.append(superpixel_metrics(engine(sample.image).labels, truth))
-    metrics = {k: float(np.mean([m[k] for m in per_image])) for k in SUPERPIXEL_METRICS}
-    if not any_boundary:
-        metrics["boundary_recall"] = math.nan
-    return metrics
+    means = {k: float(np.mean([m[k] for m in per_image])) if per_image else math.nan for k in SUPERPIXEL_METRICS[:-1]}
+    return {**means, "num_images_left_out": float(left_out)}
 
 
 def format_superpixels(metrics: dict[str, float]) -> str:
-    """Text table of superpixel metrics: BR, UE, ASA in percent, then segments per image."""
+    """Text table of superpixel metrics: BR, UE, ASA in percent, then segments per image; then a line saying how
+    many images without instances were left out of those means, if any."""
     keys = ("boundary_recall", "undersegmentation_error", "asa")
     head = [*keys, "segments/image"]
     values = [f"{100 * metrics[k]:.2f}" for k in keys] + [f"{metrics['num_segments']:.1f}"]
-    return "  ".join(head) + "\n" + "  ".join(v.rjust(len(h)) for h, v in zip(head, values))
+    table = "  ".join(head) + "\n" + "  ".join(v.rjust(len(h)) for h, v in zip(head, values))
+    left_out = int(metrics["num_images_left_out"])
+    if left_out:
+        table += (f"\nleft out {left_out} image{'s' if left_out > 1 else ''} without instances (no boundary to "
+                  "recall): the means are over the other images")
+    return table
