@@ -433,3 +433,32 @@ def test_live_hls_changes_size_then_freezes_without_replaying_old_frames(tmp_pat
     assert str(error) == (f"stream {url} lost (the live playlist stopped growing) and not back after 3s: the server "
                           "answers but sends no new frame")
     assert time.monotonic() - t0 < 20
+
+
+def _backlog_kept(frames: list[tuple[float, float, float]], period: float = 0.04) -> list[float]:
+    """The stream times (s) a live stream's :class:`_Backlog` keeps of ``frames``: (stream time, monotonic time the
+    frame came, seconds the read of its packet waited), read at once when it came, the connection opened at 0."""
+    from rtseg.video.sources_live import StreamSource, _Backlog
+
+    backlog = _Backlog(0.0, StreamSource._STALE, period)
+    return [t for t, came, waited in frames if not backlog.stale(came, waited, came, t)]
+
+
+def test_a_backlog_of_the_start_is_skipped_up_to_the_first_current_frame():
+    """25 FPS whose first 3 s piled up while the engine loaded (read at once, 1 ms apart), then frames at pace:
+    the backlog is skipped, every frame from the first current one on is kept."""
+    piled = [(k * 0.04, 3.0 + k * 0.001, 0.0) for k in range(76)]
+    current = [(3.04 + k * 0.04, 3.05 + k * 0.04, 0.039) for k in range(50)]
+    kept = _backlog_kept(piled + current)
+    assert kept[0] >= 2.9 and kept[-50:] == [t for t, _, _ in current]
+
+
+def test_a_stopped_reader_skips_what_piled_up_meanwhile():
+    """Frames at pace, the reader stopped for 3 s (the frames meanwhile read at once on waking): those are skipped,
+    the ones before and after kept."""
+    before = [(k * 0.04, k * 0.04 + 0.01, 0.039) for k in range(100)]  # up to 3.96 s
+    piled = [(4.0 + k * 0.04, 7.0 + k * 0.001, 0.0) for k in range(75)]
+    after = [(7.0 + k * 0.04, 7.1 + k * 0.04, 0.039) for k in range(25)]
+    kept = _backlog_kept(before + piled + after)
+    assert kept[:100] == [t for t, _, _ in before] and kept[-25:] == [t for t, _, _ in after]
+    assert not any(4.0 <= t < 6.9 for t in kept)

@@ -741,6 +741,32 @@ def test_coco_results_left_by_an_interrupted_run_are_moved_aside_as_valid_json(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.recovered-1.json"]
 
 
+def test_coco_results_being_finished_are_no_leftover_for_a_run_starting_then(tmp_path, monkeypatch):
+    """``close`` ended the list and closed the file (its claim) before moving it to its name: a run claiming the same
+    output in between took the finished results for a crash's leftover, moved them aside with a false warning, and
+    the first run's move then put the second's empty file at the name. Now the claim is held until the results are
+    in place: a run starting in between is refused, as one starting while the results are written."""
+    from rtseg.video.coco_json import CocoJsonSink
+
+    path = tmp_path / "r.json"
+    first = CocoJsonSink(path)
+    f = _frame(0, 0.0)
+    first.write(f, _one_detection(class_id=0, class_names=["a"]), f.image)
+    replace, starts = os.replace, []
+
+    def start_another_run_then_replace(src: Path, dst: Path) -> None:  # (the moment before close moves the file)
+        with pytest.raises(SinkError, match="another") as refused:
+            CocoJsonSink(path)
+        starts.append(refused)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", start_another_run_then_replace)
+    first.close()
+    assert len(starts) == 1
+    assert [e["image_id"] for e in json.loads(path.read_text())] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
 @pytest.mark.parametrize("end", ["close", "abort", "discard"])
 def test_coco_json_sink_that_wrote_no_frame_leaves_no_file_and_an_existing_one_alone(tmp_path, end):
     """A run that failed or was stopped before its first frame: was ``[]`` in place of the earlier results (close),

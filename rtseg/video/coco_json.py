@@ -116,11 +116,8 @@ class CocoJsonSink:
             raise SinkError(f"JSON output {self.partial}: write failed ({exc.strerror}); {hint}") from None
 
     def _end_list(self) -> None:
-        """Close the JSON list and the file (its claim ends with it)."""
-        try:
-            self._put("]" if self._opened else "[]")
-        finally:
-            self._file.close()
+        """Close the JSON list (the file stays open: its claim ends when the caller closes it)."""
+        self._put("]" if self._opened else "[]")
 
     def close(self) -> None:
         """End the list and move the file to ``path`` (idempotent); without a frame written, :meth:`discard`."""
@@ -129,12 +126,15 @@ class CocoJsonSink:
         if not self.frames_written:
             self.discard()
             return
-        self._end_list()
         try:
-            os.replace(self.partial, self.path)
-        except OSError as exc:
-            raise SinkError(f"JSON output {self.path}: finalising failed ({exc.strerror}); "
-                            f"the results are in {self.partial}") from None
+            self._end_list()
+            try:
+                os.replace(self.partial, self.path)
+            except OSError as exc:
+                raise SinkError(f"JSON output {self.path}: finalising failed ({exc.strerror}); "
+                                f"the results are in {self.partial}") from None
+        finally:  # claimed until the final file is in place: a run starting meanwhile takes no finished file for a
+            self._file.close()  # crash's leftover (:func:`~rtseg.video.outfiles.claim` moves those aside)
 
     def discard(self) -> None:
         """No frame was written: remove the partial file, then close it (``path`` stays as it was)."""
@@ -154,3 +154,5 @@ class CocoJsonSink:
             self._end_list()
         except SinkError:
             pass
+        finally:
+            self._file.close()

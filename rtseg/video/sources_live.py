@@ -58,10 +58,12 @@ class StreamSource(Source):
     format carries no timestamps (motion JPEG over HTTP, raw H.264: :func:`_untimed`) is timed by the wall clock
     at decoding instead.
 
-    A live stream hands on its newest frames, never a backlog: frames that piled up unread (the connection is
+    A live stream hands on its newest frames, not a backlog: frames that piled up unread (the connection is
     made when the source opens, seconds before a run reads it; a stopped process; a network stall, after which
     the data comes in a burst) are skipped (:class:`_Backlog`) but for live HLS, which is paced instead (see
-    :meth:`_session`). ``source_id`` never contains credentials.
+    :meth:`_session`). A stream without timestamps (:func:`_untimed`) is timed by arrival, so only the backlog of
+    its start (data read at once at the first frames) can be told from current frames: one that piles up later
+    is handed on. ``source_id`` never contains credentials.
     """
 
     _BACKOFF = (0.25, 8.0)
@@ -411,6 +413,10 @@ class _Backlog:
     stream's pace, as late (its clock moved: an encoder that paused, then went on with its times; the clock is set
     anew); or coming after the skipping lasted longer than the lateness it began with (a decoder slower than the
     stream would never catch up).
+
+    Known cost: the first late frame is skipped whether or not its data waited, so a camera whose clock runs slow
+    loses a frame each time it falls ``stale`` s behind (every 50 s at 1 %), and a stream paused with its times
+    going on loses the first frame after each pause.
     """
 
     def __init__(self, connected: float, stale: float, period: float) -> None:
