@@ -44,10 +44,13 @@ class TypedFloat(float):
 
 
 def plain_floats(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with each :class:`TypedFloat` made a plain float (once the options are checked); returns ``args``."""
+    """``args`` with each :class:`TypedFloat` made a plain float, also in a list of them (an option of several values);
+    once the options are checked; returns ``args``."""
     for name, value in vars(args).items():
         if isinstance(value, TypedFloat):
             setattr(args, name, float(value))
+        elif isinstance(value, list) and any(isinstance(v, TypedFloat) for v in value):
+            setattr(args, name, [float(v) if isinstance(v, TypedFloat) else v for v in value])
     return args
 
 

@@ -237,3 +237,12 @@ def test_a_negative_thread_count_is_one_argparse_line_before_any_work(option, tm
     assert r.returncode == 2 and r.stdout == ""
     assert error_line(r.stderr) == f"pipeline_efficiency.py: error: {option} -2: must be an integer in [0, 1024]"
     assert not result.with_suffix(".json").exists()
+
+
+def test_checked_float_options_reach_the_script_as_plain_floats():
+    """Float options are quoted as typed in range errors (``rtseg.cliargs.TypedFloat``), then made plain floats once
+    checked, also those of several values (``--switch-ms 0.5 2``: the list kept the typed ones)."""
+    module = importlib.import_module("benchmarks.pipeline_efficiency")
+    args = module.parse_args(["--score-threshold", "0.5", "--switch-ms", "0.5", "2"])
+    assert [type(v) for v in (args.score_threshold, *args.switch_ms)] == [float] * 3
+    assert args.switch_ms == [0.5, 2.0]
