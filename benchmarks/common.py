@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from rtseg.cliargs import NumberRange, check_ranges
+from rtseg.cliargs import NumberRange, check_ranges, plain_floats
 from rtseg.data.synthetic import LEAST, MOST
 from rtseg.errors import ConfigError, RtsegError, SinkError, exit_status
 from rtseg.userfiles import check_input_file
@@ -42,12 +42,13 @@ def checked(ap: argparse.ArgumentParser, args: argparse.Namespace,
             ranges: Sequence[NumberRange]) -> argparse.Namespace:
     """``args`` when every option of ``ranges`` (name, least, most or None, why the limit) is within its range
     (:func:`rtseg.cliargs.check_ranges`, every value of a multi-value option); otherwise ``ap.error`` for the first
-    one out of it: the usage, then ``prog: error: --frames 0: must be an integer >= 1``, exit 2."""
+    one out of it: the usage, then ``prog: error: --frames 0: must be an integer >= 1``, exit 2. Float options of
+    type :class:`rtseg.cliargs.TypedFloat` are quoted as typed, then made plain floats."""
     try:
         check_ranges(args, ranges)
     except ConfigError as exc:
         ap.error(str(exc))
-    return args
+    return plain_floats(args)
 
 
 def frame_size(order: str) -> Callable[[str], tuple[int, int]]:
