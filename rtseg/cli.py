@@ -132,8 +132,9 @@ def _check_output_name(path: str) -> None:
     """ConfigError unless ``path`` names a video (:data:`VIDEO_SUFFIXES`, one file: no ``{seq}``) or an image
     (:data:`IMAGE_SUFFIXES`) file. A name that is no file is said as what it is: a folder (existing, or written
     with a trailing ``/``), standard output (``-``), or, of a name of neither type, a descriptor (``/dev/stdout``),
-    FIFO or device (:func:`rtseg.video.outfiles.output_target`)."""
-    from rtseg.video.outfiles import output_target  # (light: no PyAV)
+    FIFO or device (:func:`rtseg.video.outfiles.output_target`). A video named as rtseg names one while it is written
+    (``k9.partial.mp4``) is refused: it would replace an interrupted run's recording of ``k9.mp4``."""
+    from rtseg.video.outfiles import output_target, refuse_partial_name  # (light: no PyAV)
 
     if path.endswith("/") or os.path.isdir(path):  # (isdir: False for a name too long to look up)
         folder = Path(path.rstrip("/") or "/")
@@ -144,6 +145,8 @@ def _check_output_name(path: str) -> None:
     if suffix in VIDEO_SUFFIXES and names_frames(path):
         raise ConfigError(f"--output {path}: {{seq}} names one image per frame, but a video is one file; drop "
                           f"{{seq}} from the name, or write images (e.g. --output 'out/{{seq:05d}}.png')")
+    if suffix in VIDEO_SUFFIXES:
+        refuse_partial_name(Path(path), "--output")
     if suffix in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
         return
     to_file = "give a file name such as out.mp4 (--json - writes the detections to standard output)"
@@ -306,10 +309,11 @@ def _with_kept_recordings(exc: RtsegError, sinks: list[Sink], frames: int) -> Rt
     if not kept:
         return exc
     if len({n for _, n in kept}) == 1:
-        return type(exc)(f"{exc}; the {kept[0][1]} frames written before it are kept in "
-                         f"{', '.join(f for f, _ in kept)}")
-    return type(exc)(f"{exc}; the frames written before it are kept in "
-                     f"{', '.join(f'{f} ({n} frames)' for f, n in kept)}")
+        n = kept[0][1]
+        said = "the frame written before it is" if n == 1 else f"the {n} frames written before it are"
+        return type(exc)(f"{exc}; {said} kept in {', '.join(f for f, _ in kept)}")
+    counted = ", ".join(f"{f} ({n} frame{'s' * (n != 1)})" for f, n in kept)
+    return type(exc)(f"{exc}; the frames written before it are kept in {counted}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,9 +56,9 @@ def main(argv: Sequence[str]) -> int:
 def run_demo(argv: Sequence[str]) -> int:
     """Run the demo; returns the exit code (RtsegError for the caller to print).
 
-    Torch is imported once the options are checked (an ``--out`` that is a file among them): a SIGTERM during those
-    seconds is one line and 143 (:class:`rtseg.errors.Terminated`). The output folder is made once the model has
-    loaded, so that weights that fail to load leave no empty folder behind."""
+    Torch is imported once the options are checked (an ``--out`` that is a file among them): a SIGTERM or SIGHUP during
+    those seconds is one line and 143 or 129 (:class:`rtseg.errors.Terminated`). The output folder is made once the
+    model has loaded, so that weights that fail to load leave no empty folder behind."""
     args = _parser().parse_args(list(argv))
     weights = Path(args.weights)
     if weights == DEMO_WEIGHTS and not weights.exists():

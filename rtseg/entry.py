@@ -3,9 +3,10 @@
 
 Such an entry module imports nothing heavy at its top (no torch; ``rtseg.errors`` and this module only), and its
 ``main`` hands :func:`run_command` the name the command reports under and the function that does the work, by
-name: the option checks, the seconds of imports (torch) and the command then run where a Ctrl-C, a SIGTERM or a
-missing package is one line naming the command, not a traceback or a death by the signal without a word, and
-the process's shutdown after it (over a second with torch loaded) ignores a late Ctrl-C or SIGTERM.
+name: the option checks, the seconds of imports (torch) and the command then run where a Ctrl-C, a SIGTERM, a
+SIGHUP or a missing package is one line naming the command, not a traceback or a death by the signal without a
+word, and the process's shutdown after it (over a second with torch loaded) ignores a late Ctrl-C, SIGTERM or
+SIGHUP.
 """
 from __future__ import annotations
 
@@ -33,16 +34,17 @@ def run_command(prog: str, target: str, *args: Any, preload: Sequence[str] = (),
     of importing torch.
 
     The target's module, then each module of ``preload`` (what the call would import later), is imported first.
-    A Ctrl-C is ``prog: interrupted`` and 130, a missing package ``prog: error: …`` and 2; SIGTERM raises
-    :class:`rtseg.errors.Terminated` (``prog: terminated`` and 143) from the parsing of the options to the call's
-    end, except where the command handles it itself (the video pipeline stops gracefully, a trainer saves its
-    checkpoint) and hands this handler back after. A SystemExit from it (``--help``, argparse) flushes stdout first,
+    A Ctrl-C is ``prog: interrupted`` and 130, a missing package ``prog: error: …`` and 2; SIGTERM and SIGHUP raise
+    :class:`rtseg.errors.Terminated` (``prog: terminated`` and 143, ``prog: hung up`` and 129; a SIGHUP ignored, as
+    under ``nohup``, stays ignored) from the parsing of the options to the call's end, except where the command
+    handles them itself (the video pipeline stops gracefully, a trainer saves its checkpoint) and hands these
+    handlers back after. A SystemExit from it (``--help``, argparse) flushes stdout first,
     so that text a stdout cannot take is reported (see :func:`rtseg.errors.guard_standard_streams`), not lost at exit.
 
-    In a command-line run (:func:`rtseg.errors.command_line_run`) Ctrl-C and SIGTERM are ignored once the status
-    is known (:func:`rtseg.errors.ignore_stop_signals`): the command's work is done, and one arriving while the
+    In a command-line run (:func:`rtseg.errors.command_line_run`) Ctrl-C, SIGTERM and SIGHUP are ignored once the
+    status is known (:func:`rtseg.errors.ignore_stop_signals`): the command's work is done, and one arriving while the
     interpreter shuts down (a second Ctrl-C, the first of which stopped a video run or training) ended the
-    process by the signal (exit -2 / -15 instead of the command's status) or printed a traceback.
+    process by the signal (exit -2 / -15 / -1 instead of the command's status) or printed a traceback.
     """
     module, _, name = target.partition(":")
 

@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 class RtsegError(Exception):
@@ -52,48 +53,83 @@ class RtsegWarning(UserWarning):
 
 
 class Terminated(BaseException):
-    """SIGTERM within ``sigterm_raises(Terminated)``: :func:`exit_status` ends the command with one line and 143
-    (128 + SIGTERM, as a shell reports a process SIGTERM ended), not a death by the signal without a word. Raised
-    wherever a command does not handle SIGTERM itself (:func:`rtseg.entry.run_command`): its option checks and
-    imports, all of ``rtseg eval``, and the moments before and after a video run's or a training's own handler.
+    """SIGTERM or SIGHUP within ``sigterm_raises(Terminated)``: :func:`exit_status` ends the command with one line,
+    ``terminated`` or ``hung up`` (:data:`STOP_WORDS`), and 128 + the signal (143 or 129, as a shell reports a
+    process that signal ended), not a death by the signal without a word. Raised wherever a command does not handle
+    the signal itself (:func:`rtseg.entry.run_command`): its option checks and imports, all of ``rtseg eval``, and
+    the moments before and after a video run's or a training's own handler.
 
-    Not a KeyboardInterrupt, so that nothing that saves work on Ctrl-C takes it for one (where SIGTERM is to act
-    as Ctrl-C, ``rtseg.train.checkpoint.sigterm_as_interrupt`` raises a KeyboardInterrupt that it turns into this
-    on the way out, once the steps done are saved)."""
+    ``signum``: the signal; the message names it (``SIGHUP``, or ``how``: ``second SIGHUP``). Not a
+    KeyboardInterrupt, so that nothing that saves work on Ctrl-C takes it for one (where the signal is to act as
+    Ctrl-C, ``rtseg.train.checkpoint.sigterm_as_interrupt`` raises a KeyboardInterrupt that it turns into this on
+    the way out, once the steps done are saved)."""
+
+    def __init__(self, signum: int = signal.SIGTERM, how: str = "") -> None:
+        self.signum = signal.Signals(signum)
+        super().__init__(how or self.signum.name)
+
+
+_SIGHUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (Windows has none)
+TERMINATING_SIGNALS = (signal.SIGTERM, *_SIGHUP)
+"""The stop signals :func:`sigterm_raises` raises as :class:`Terminated`: SIGTERM (``kill``, a job scheduler's or
+``docker stop``'s stop request) and SIGHUP (the terminal closed, an ssh session dropped, ``kill -HUP``)."""
+STOP_SIGNALS = (signal.SIGINT, *TERMINATING_SIGNALS)
+"""The signals that ask a command to stop: Ctrl-C, SIGTERM and SIGHUP."""
+STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", **{sig: "hung up" for sig in _SIGHUP}}
+"""What a command says each stop signal did to it: ``rtseg train: hung up``, ``hung up at step 3: checkpoint …``."""
+
+_hung_up = False  # set by note_stop_signal at a SIGHUP (a plain flag: a signal handler sets it)
+
+
+def handled(signals: Iterable[int]) -> list[int]:
+    """``signals`` less SIGHUP where it is ignored (``nohup``, ``trap '' HUP``): a command started so that a hang-up
+    does not stop it goes on ignoring it, rather than taking it as a stop request."""
+    return [sig for sig in signals if sig not in _SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN]
+
+
+def note_stop_signal(signum: int) -> None:
+    """Note that the stop signal ``signum`` arrived (every handler of one calls this first): after a SIGHUP the
+    terminal that standard output and error went to may be gone, so that a write there fails (EIO; EPIPE for a
+    reader that went with it); it is dropped then, without a word, and the command goes on to end as the hang-up
+    asked (:class:`_StandardStream`)."""
+    global _hung_up
+    if signum in _SIGHUP:
+        _hung_up = True
 
 
 @contextlib.contextmanager
-def sigterm_raises(exc_type: Callable[[str], BaseException]) -> Iterator[None]:
-    """Within it (or the function it decorates), SIGTERM (``kill``, a job scheduler's or ``docker stop``'s stop
-    request) raises ``exc_type("SIGTERM")`` in the main thread, as Ctrl-C raises KeyboardInterrupt, instead of
-    ending the process at once; the handler before it is back afterwards. Outside the main thread it changes
-    nothing."""
+def sigterm_raises(exc_type: Callable[[int], BaseException]) -> Iterator[None]:
+    """Within it (or the function it decorates), SIGTERM and SIGHUP (:data:`TERMINATING_SIGNALS`; not a SIGHUP
+    ignored, :func:`handled`) raise ``exc_type(signum)`` in the main thread, as Ctrl-C raises KeyboardInterrupt,
+    instead of ending the process at once; the handlers before it are back afterwards. Outside the main thread it
+    changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def raise_it(signum: int, _frame: object) -> None:
-        raise exc_type(signal.Signals(signum).name)
+        note_stop_signal(signum)
+        raise exc_type(signum)
 
-    previous = signal.signal(signal.SIGTERM, raise_it)
+    previous: dict[int, Any] = {}
     try:
+        for sig in handled(TERMINATING_SIGNALS):
+            previous[sig] = signal.signal(sig, raise_it)
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-"""The signals that ask a command to stop: Ctrl-C and SIGTERM."""
+        with contextlib.ExitStack() as stack:  # every handler back, even if a pending signal's one raises meanwhile
+            for sig, handler in previous.items():
+                stack.callback(signal.signal, sig, handler)
 
 
 def ignore_stop_signals(previous: dict[int, Any] | None = None) -> None:
-    """Ignore Ctrl-C and SIGTERM (:data:`STOP_SIGNALS`) from now on, each handler they had put into ``previous`` as
-    it is replaced (a pending signal's handler, which ``signal.signal`` runs first, may raise between the two);
-    outside the main thread this changes nothing.
+    """Ignore Ctrl-C, SIGTERM and SIGHUP (:data:`STOP_SIGNALS`) from now on, each handler they had put into
+    ``previous`` as it is replaced (a pending signal's handler, which ``signal.signal`` runs first, may raise
+    between the two); outside the main thread this changes nothing.
 
     Ignored (``SIG_IGN``), not handled by a Python function: Python keeps an ignored signal ignored to the end of the
     process, whereas it puts back the default action of one it handles (ending the process by the signal, exit -2 /
-    -15) before it tears its modules down (over a second once torch is loaded)."""
+    -15 / -1) before it tears its modules down (over a second once torch is loaded)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in STOP_SIGNALS:
@@ -104,8 +140,8 @@ def ignore_stop_signals(previous: dict[int, Any] | None = None) -> None:
 
 @contextlib.contextmanager
 def stop_signals_ignored() -> Iterator[None]:
-    """Within it, Ctrl-C and SIGTERM are ignored (:func:`ignore_stop_signals`), so that neither cuts short the work
-    that a first one started (the checkpoint a Ctrl-C saves); their handlers are back afterwards."""
+    """Within it, Ctrl-C, SIGTERM and SIGHUP are ignored (:func:`ignore_stop_signals`), so that none cuts short the
+    work that a first one started (the checkpoint a Ctrl-C saves); their handlers are back afterwards."""
     previous: dict[int, Any] = {}
     try:
         ignore_stop_signals(previous)
@@ -176,9 +212,10 @@ def missing_package(exc: ModuleNotFoundError) -> str | None:
 def exit_status(prog: str, fn: Callable[[], Any]) -> int:
     """Run ``fn``: its return value when that is an int, else 0; 2 after printing ``prog: error: <line>`` for an
     RtsegError (a stdout that cannot be written too, see :func:`guard_standard_streams`) or a missing third-party
-    package, 130 after ``prog: interrupted`` on Ctrl-C, 143 after ``prog: terminated`` on :class:`Terminated`
-    (no traceback). Meanwhile an :class:`RtsegWarning` prints as ``prog: warning: <line>`` (not as Python's
-    ``file:line: UserWarning`` with a source line). Both lines go through :func:`one_line`."""
+    package, 130 after ``prog: interrupted`` on Ctrl-C, 128 + the signal after ``prog: terminated`` (143) or
+    ``prog: hung up`` (129) on :class:`Terminated` (no traceback). Meanwhile an :class:`RtsegWarning` prints as
+    ``prog: warning: <line>`` (not as Python's ``file:line: UserWarning`` with a source line). Both lines go
+    through :func:`one_line`."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
@@ -204,16 +241,18 @@ def exit_status(prog: str, fn: Callable[[], Any]) -> int:
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 130
-        except Terminated:
-            print(f"{prog}: terminated", file=sys.stderr)
-            return 128 + signal.SIGTERM
+        except Terminated as exc:
+            print(f"{prog}: {STOP_WORDS[exc.signum]}", file=sys.stderr)
+            return 128 + exc.signum
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 class _StandardStream(io.TextIOWrapper):
     """Standard output or error whose failed write (a full disk, a reader gone, a closed descriptor) points the
     descriptor at /dev/null, so that nothing more is tried there: stdout's then raises :class:`SinkError` (one
-    line on stderr, no traceback; the files already written stay), stderr's is dropped (nowhere to report it)."""
+    line on stderr, no traceback; the files already written stay), stderr's is dropped (nowhere to report it), and
+    so is stdout's after a SIGHUP when it is one of a terminal or reader gone (EIO, EPIPE; :func:`note_stop_signal`):
+    the command ends as the hang-up asked, its outputs finished."""
 
     def write(self, text: str) -> int:
         try:
@@ -232,7 +271,7 @@ class _StandardStream(io.TextIOWrapper):
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, self.fileno())
         os.close(null)
-        if self.fileno() == 1:
+        if self.fileno() == 1 and not (_hung_up and exc.errno in (errno.EIO, errno.EPIPE)):
             raise SinkError(f"standard output: write failed ({exc.strerror}); the files written are kept; "
                             "check where standard output goes (a full disk, a closed pipe)") from None
 

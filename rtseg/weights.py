@@ -190,7 +190,8 @@ def infer_config(state: dict[str, torch.Tensor], *, input_size: int, source: str
     needed = ("prediction_layers.0.conf_layer.weight", "prediction_layers.0.mask_layer.weight", "fpn.lat_layers.0.weight")
     missing = [k for k in needed if k not in state]
     if missing:
-        raise WeightsError(f"{source}: not a YOLACT checkpoint (missing {', '.join(missing)})")
+        raise WeightsError(f"{source}: not a YOLACT checkpoint (missing {', '.join(missing)})"
+                           + _other_network(state, source))
     if "backbone._preconv.0.weight" in state:
         backbone = "darknet53"
     else:
@@ -215,6 +216,27 @@ def infer_config(state: dict[str, torch.Tensor], *, input_size: int, source: str
     except ConfigError as e:  # layers of sizes no YOLACT has (e.g. a head for 0 classes)
         raise WeightsError(f"{source}: not a usable YOLACT checkpoint ({e})") from None
     return cfg.with_input_size(input_size)
+
+
+def _other_network(state: dict[str, torch.Tensor], source: str) -> str:
+    """The end of :func:`infer_config`'s error where ``state`` holds rtseg's FCN or MS R-CNN network (by its keys:
+    an FCN / MS R-CNN trainer's ``checkpoint.pth``): what to give instead; "" for other tensors."""
+    engine = "fcn" if "score_fr.weight" in state else "msrcnn" if any(k.startswith("rcnn.") for k in state) else None
+    if engine is None:
+        return ""
+    exported = _exported_weights(Path(source))
+    give = f"the weights that run wrote, {exported}" if exported is not None else (
+        "the .safetensors that run writes when it finishes (--resume it if it was stopped)")
+    return f"; it holds an rtseg {engine} network (a training checkpoint?): give {give}, whose manifest names the " \
+        "engine"
+
+
+def _exported_weights(checkpoint: Path) -> Path | None:
+    """The .safetensors an FCN / MS R-CNN training run whose ``checkpoint`` this is exported: ``M.safetensors``
+    beside its ``M.train/checkpoint.pth``; None where there is no such file."""
+    folder = checkpoint.parent
+    exported = folder.with_suffix(".safetensors") if folder.suffix == ".train" else None
+    return exported if exported is not None and exported.is_file() else None
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -414,6 +436,10 @@ def load_model(path: str | Path, fmt: str, config_type: type[T]) -> tuple[dict[s
     advice = f"give the .safetensors an rtseg {engine} training run wrote"
     state, extras = read_checkpoint(p, fmt, advice)
     if p.suffix != ".safetensors":
+        exported = _exported_weights(p) if "step" in extras and "config" not in extras else None
+        if exported is not None:
+            raise WeightsError(f"{p} is a training checkpoint (no config/class names in it), not weights: pass the "
+                               f".safetensors the run wrote, {exported}")
         if "step" in extras and "config" not in extras:
             raise WeightsError(f"{p} is a training checkpoint of an unfinished run (no config/class names in it): "
                                f"finish the run with --resume to export the .safetensors, or pass the .safetensors "

@@ -68,6 +68,12 @@ BAD = {
     "video named per frame": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/v/{{seq:05d}}.mp4"],
                               "{{seq}} names one image per frame, but a video is one file"),  # (wrote '{seq:05d}.mp4')
     "bad json type": (["--source", "{clip}", "--weights", "{weights}", "--json", "{dir}/o.txt"], ".jsonl"),
+    "partial output name": (["--source", "{clip}", "--weights", "{weights}", "--output", "{dir}/o.partial.mp4"],
+                            "--output {dir}/o.partial.mp4: a .partial name is rtseg's for o.mp4 while that is "
+                            "written (an interrupted run leaves it); choose another name"),
+    "partial json name": (["--source", "{clip}", "--weights", "{weights}", "--json", "{dir}/o.partial.json"],
+                          "JSON output {dir}/o.partial.json: a .partial name is rtseg's for o.json while that is "
+                          "written (an interrupted run leaves it); choose another name"),
     "bad stride": (["--source", "{clip}", "--weights", "{weights}", "--vid-stride", "0"],
                    "--vid-stride 0: must be an integer >= 1"),
     "negative start": (["--source", "{clip}", "--weights", "{weights}", "--start", "-1"],
@@ -577,7 +583,8 @@ def test_engine_from_the_manifest_panoptic_and_slic_run_from_the_command_line(fi
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in pan_out.read_text().splitlines()]
     assert [rec["kind"] for rec in records] == ["panoptic"] * 3
-    assert all({"id", "category_id", "isthing", "segmentation"} <= set(s) for rec in records for s in rec["segments"])
+    assert all({"id", "class_id", "class_name", "isthing", "segmentation"} <= set(s)
+               for rec in records for s in rec["segments"])
     with av.open(str(video)) as c:
         assert len(list(c.decode(video=0))) == 3
     counts = []
@@ -862,6 +869,105 @@ def test_the_frames_kept_are_counted_per_output_when_they_differ(tmp_path):
         f"{tmp_path / 'a.partial.json'} (2 frames)")
     assert str(_with_kept_recordings(failed, [results], 2)) == (
         f"{failed}; the 2 frames written before it are kept in {tmp_path / 'a.partial.json'}")
+
+
+def test_one_frame_kept_is_said_in_the_singular(tmp_path):
+    """A run that failed after one frame said "the 1 frames written before it are kept in ..."."""
+    from rtseg.cli import _with_kept_recordings
+    from rtseg.errors import SinkError
+    from rtseg.types import Detections, Frame
+    from rtseg.video.coco_json import CocoJsonSink
+    from rtseg.video.sinks import JsonlSink
+
+    lines, results = JsonlSink(tmp_path / "a.jsonl"), CocoJsonSink(tmp_path / "a.json")
+    image = np.zeros((8, 8, 3), np.uint8)
+    empty = Detections.empty((8, 8), class_names=("thing",))
+    for seq in range(2):
+        for sink in (lines, results)[: 2 if seq < 1 else 1]:
+            sink.write(Frame(image=image, seq=seq, pts=seq / 10, capture_time=0.0, source_id="t"), empty, image)
+    lines.close()
+    results.abort()
+    failed = SinkError(f"MP4 output {tmp_path / 'a.partial.mp4'}: write failed")
+    assert str(_with_kept_recordings(failed, [results], 1)) == (
+        f"{failed}; the frame written before it is kept in {tmp_path / 'a.partial.json'}")
+    assert str(_with_kept_recordings(failed, [lines, results], 1)) == (
+        f"{failed}; the frames written before it are kept in {tmp_path / 'a.jsonl'} (2 frames), "
+        f"{tmp_path / 'a.partial.json'} (1 frame)")
+
+
+def test_a_run_after_a_crash_moves_the_leftovers_aside_and_records(files, tmp_path, capsys):
+    """A 24/7 service restarted after a crash on the same outputs failed at every restart ("o.partial.mp4 is left
+    from an interrupted run; move or delete it first") until a person stepped in. Now the run moves each leftover
+    aside with one warning line naming both files (the cut COCO results made valid JSON) and records as usual."""
+    from rtseg.cli import main
+    from rtseg.types import Frame
+    from rtseg.video.sinks import Mp4Sink
+
+    crashed = Mp4Sink(tmp_path / "o.mp4", fps_hint=10)  # a run that failed: its recording kept, its lock free
+    image = np.zeros((16, 16, 3), np.uint8)
+    for seq in range(3):
+        crashed.write(Frame(image=image, seq=seq, pts=seq / 10), None, image)
+    crashed.abort()
+    cut = '[{"image_id":1,"category_id":1,"bbox":[0,0,2,2],"score":0.5,"segmentation":{"size":[4,4],"counts":"04"}}'
+    (tmp_path / "o.partial.json").write_text(cut)  # a COCO results file as SIGKILL leaves it: no closing ]
+    assert main(["--source", files["clip"], "--weights", files["weights"], "--output", str(tmp_path / "o.mp4"),
+                 "--json", str(tmp_path / "o.json"), "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rtseg: warning: ")]
+    assert warned == [
+        f"rtseg: warning: MP4 output {tmp_path / 'o.mp4'}: {tmp_path / 'o.partial.mp4'} was left by an interrupted "
+        f"run; moved it to {tmp_path / 'o.recovered-1.mp4'}",
+        f"rtseg: warning: JSON output {tmp_path / 'o.json'}: {tmp_path / 'o.partial.json'} was left by an "
+        f"interrupted run; moved it to {tmp_path / 'o.recovered-1.json'}; added the closing ] that it lacked"]
+    with av.open(str(tmp_path / "o.recovered-1.mp4")) as c:
+        assert len(list(c.decode(video=0))) == 3
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        assert len(list(c.decode(video=0))) == 12
+    assert json.loads((tmp_path / "o.recovered-1.json").read_text()) == json.loads(cut + "]")
+    assert isinstance(json.loads((tmp_path / "o.json").read_text()), list)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.mp4", "o.recovered-1.json",
+                                                          "o.recovered-1.mp4"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(rtsp_server_available() is not None, reason=str(rtsp_server_available()))
+def test_served_stats_show_a_camera_outage(files):
+    """A real RTSP camera killed while ``--serve`` is scraped: ``fps_recent`` stayed at its last value and nothing
+    said that frames had stopped. Now ``fps_recent`` falls to 0 and ``last_frame_age_s`` counts the outage."""
+    import urllib.request
+
+    server = RtspServer(free_port(), width=96, height=64).start()
+    port = free_port()
+    proc = subprocess.Popen(RUN + ["--source", server.url, "--weights", files["weights"], "--serve",
+                                   f"127.0.0.1:{port}", "--reconnect-timeout", "120", "--no-hud"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def stats_when(ok, seconds: float) -> dict:
+        deadline, stats = time.monotonic() + seconds, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=2) as r:
+                    stats = json.loads(r.read())
+                if ok(stats):
+                    return stats
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"not within {seconds} s; last stats {stats}")
+
+    try:
+        live = stats_when(lambda s: s["frames"] >= 10 and s["fps_recent"], 60)
+        assert live["last_frame_age_s"] < 5
+        server.stop()
+        down = stats_when(lambda s: s["fps_recent"] == 0, 30)
+        assert down["last_frame_age_s"] >= 5 and down["fps"] > 0
+        later = stats_when(lambda s: s["last_frame_age_s"] >= down["last_frame_age_s"] + 1, 10)
+        assert later["frames"] == down["frames"]
+    finally:
+        server.stop()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr
 
 
 def test_the_frames_kept_in_an_mp4_are_its_own_count(tmp_path):

@@ -110,3 +110,19 @@ def test_the_recipe_is_every_option_but_out_steps_lr_and_threads(tmp_path, train
     assert parse(["--out", str(tmp_path / "a.safetensors")]).recipe == recipe
     assert parse(["--out", str(tmp_path / "b.safetensors"), "--steps", "9", "--threads", "3", "--size", "128", "96",
                   "--lr", "0.5"]).recipe == {**recipe, "--size": [128, 96]}
+
+
+@pytest.mark.parametrize("trainer", ["fcn_trainer", "msrcnn_trainer"])
+def test_a_fresh_run_refuses_an_out_whose_folder_holds_a_checkpoint(tmp_path, capsys, fcn_checkpoint, trainer):
+    """Was: a run without --resume and the --out of an earlier (stopped) run trained afresh and its first checkpoint
+    overwrote that run's, the only way to continue it, without a word. Now one line before anything is built or
+    written, naming the checkpoint and its step and what to do; the earlier run's files stay as they were. (The
+    check comes before either trainer's model: the FCN checkpoint stands for both.)"""
+    out, ckpt = _placed(tmp_path, fcn_checkpoint)
+    capsys.readouterr()
+    assert importlib.import_module(f"rtseg.train.{trainer}").main(["--out", str(out), "--steps", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{trainer}: error: --out {out}: its checkpoint folder {ckpt.parent} holds the checkpoint of an earlier run "
+        f"({ckpt} at step 2), which this run would overwrite; continue that run with --resume, give another --out, "
+        f"or delete {ckpt.parent} to train afresh"]
+    assert ckpt.read_bytes() == fcn_checkpoint and sorted(tmp_path.rglob("*")) == [ckpt.parent, ckpt]

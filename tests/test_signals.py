@@ -1,8 +1,9 @@
-"""Ctrl-C and SIGTERM at the moments the other signal tests do not reach: while a command checks its options, while
-`rtseg eval` reads its data, loads its engine, evaluates or writes its metrics, between the option checks and the
-trainer's own handler and after it, during a training step of each trainer, a second Ctrl-C while a trainer saves
+"""Ctrl-C, SIGTERM and SIGHUP at the moments the other signal tests do not reach: while a command checks its options,
+while `rtseg eval` reads its data, loads its engine, evaluates or writes its metrics, between the option checks and
+the trainer's own handler and after it, during a training step of each trainer, a second Ctrl-C while a trainer saves
 the checkpoint the first one asked for, a second one while the interpreter shuts down after a run the first one
-stopped, and a SIGTERM to the process group of a training run with DataLoader workers.
+stopped, a SIGTERM to the process group of a training run with DataLoader workers, and a hang-up (SIGHUP) whose
+terminal is gone, or one that ``nohup`` ignores.
 
 Every run is a real `python -m ...` process (tests/signal_harness.py) and every signal is sent at a moment the
 process announces (a file it creates and waits beside), not after a guessed sleep."""
@@ -23,6 +24,11 @@ import torch
 
 from servers.helpers import make_clip
 
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:  # a suite started under nohup: as tests/conftest.py does for
+    # SIGINT, handle it (doing nothing) instead, so that the commands started here get SIGHUP's default (an ignored
+    # signal stays ignored in every child, a handled one is reset when a child starts), as from a terminal
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: None)
+
 HARNESS = Path(__file__).with_name("signal_harness.py")
 TRAIN = ["train", "--data", "synthetic", "--train-images", "2", "--val-images", "1", "--input-size", "64",
          "--fpn-channels", "16", "--num-prototypes", "4", "--batch-size", "1", "--workers", "0", "--threads", "1",
@@ -31,16 +37,28 @@ TRAIN = ["train", "--data", "synthetic", "--train-images", "2", "--val-images", 
 
 
 def _run(folder: Path, command: Sequence[str], holds: Sequence[tuple[str, int | None]],
-         entry: str = "rtseg", group: bool = False, release: bool = True) -> subprocess.CompletedProcess:
+         entry: str = "rtseg", group: bool = False, release: bool = True, terminal: bool = False,
+         log: str | None = None, nohup: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m entry command`` in ``folder`` through the harness with the moments ``holds`` (harness specs,
     in the order the run meets them), sending each one's signal (None: none) once a process waits there: to the
     process, or with ``group`` to its process group (its own, with its children: ``kill -- -PGID``, ``timeout``,
     and then no process of the group may outlive the run). ``release`` False leaves the processes at the last
-    moment there (a hung DataLoader worker)."""
+    moment there (a hung DataLoader worker).
+
+    ``terminal``: stderr, and stdout unless ``log`` takes it, go to a pseudo-terminal that nobody reads and that is
+    closed before the last moment's signal, as a dropped ssh session's is (a write there fails then: EIO); the
+    result's stdout or stderr is "" then. ``log``: stdout goes to that file of ``folder`` (``> train.log``).
+    ``nohup``: the run starts under ``nohup`` (SIGHUP ignored)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RTSEG_TEST_DIR": str(folder),
            "RTSEG_TEST_HOLD": ",".join(spec for spec, _ in holds)}
-    proc = subprocess.Popen([sys.executable, str(HARNESS), entry, *command], cwd=folder, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=group)
+    with contextlib.ExitStack() as streams:
+        tty, far_end = os.openpty() if terminal else (None, subprocess.PIPE)
+        if tty is not None:
+            streams.callback(os.close, far_end)
+        stdout = streams.enter_context(open(folder / log, "w")) if log else far_end
+        proc = subprocess.Popen([*(["nohup"] if nohup else []), sys.executable, str(HARNESS), entry, *command],
+                                cwd=folder, env=env, text=True, stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=far_end, start_new_session=group)
     try:
         for i, (spec, signum) in enumerate(holds):
             held, deadline = folder / f"held{i}", time.monotonic() + 120
@@ -49,6 +67,9 @@ def _run(folder: Path, command: Sequence[str], holds: Sequence[tuple[str, int | 
             if not held.exists():
                 proc.kill()
                 pytest.fail(f"the run ended (exit {proc.wait()}) before {spec}: {proc.communicate()[1]}")
+            if tty is not None and i == len(holds) - 1:
+                os.close(tty)
+                tty = None
             if signum is not None and group:
                 os.killpg(proc.pid, signum)
             elif signum is not None:
@@ -58,11 +79,13 @@ def _run(folder: Path, command: Sequence[str], holds: Sequence[tuple[str, int | 
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+        if tty is not None:
+            os.close(tty)
         left = _group(proc.pid) if group else []
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes of the run left running: {left}"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out or "", err or "")
 
 
 def _group(pgid: int) -> list[int]:
@@ -80,15 +103,19 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(("held", "go")))
 
 
-@pytest.mark.parametrize("entry,command,prog", [
-    ("rtseg", ["eval", "--engine", "slic", "--json", "m.json"], "rtseg eval"),
-    ("rtseg", [*TRAIN, "--iters", "1", "--out", "m.safetensors"], "rtseg train"),
-    ("rtseg.train.fcn_trainer", ["--out", "f.safetensors"], "fcn_trainer")], ids=["eval", "train", "fcn_trainer"])
-def test_sigterm_while_the_options_are_read_is_one_line(entry, command, prog, tmp_path):
+@pytest.mark.parametrize("entry,command,prog,signum", [
+    ("rtseg", ["eval", "--engine", "slic", "--json", "m.json"], "rtseg eval", signal.SIGTERM),
+    ("rtseg", [*TRAIN, "--iters", "1", "--out", "m.safetensors"], "rtseg train", signal.SIGTERM),
+    ("rtseg.train.fcn_trainer", ["--out", "f.safetensors"], "fcn_trainer", signal.SIGTERM),
+    ("rtseg", ["eval", "--engine", "slic", "--json", "m.json"], "rtseg eval", signal.SIGHUP)],
+    ids=["eval", "train", "fcn_trainer", "eval SIGHUP"])
+def test_sigterm_while_the_options_are_read_is_one_line(entry, command, prog, signum, tmp_path):
     """SIGTERM while argparse reads the options (before torch is imported): the process ended without a word (-15):
-    the guard of the start-up covered the imports only."""
-    r = _run(tmp_path, command, [("argparse:ArgumentParser.parse_args", signal.SIGTERM)], entry)
-    assert (r.returncode, r.stderr.splitlines()) == (143, [f"{prog}: terminated"]), (r.returncode, r.stderr)
+    the guard of the start-up covered the imports only. SIGHUP (a closed terminal) ended it so at any moment (-1);
+    now it is ``hung up`` and 129 (128 + SIGHUP, as a shell reports it) wherever SIGTERM is ``terminated``, 143."""
+    said, status = ("terminated", 143) if signum == signal.SIGTERM else ("hung up", 129)
+    r = _run(tmp_path, command, [("argparse:ArgumentParser.parse_args", signum)], entry)
+    assert (r.returncode, r.stderr.splitlines()) == (status, [f"{prog}: {said}"]), (r.returncode, r.stderr)
     assert r.stdout == "" and _files(tmp_path) == []
 
 
@@ -202,11 +229,54 @@ def test_a_sigterm_to_the_group_with_a_hung_loader_worker_still_ends_the_run(tmp
     assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 0
 
 
-@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_hang_up_stops_a_training_run_as_sigterm_does_with_its_terminal_gone(tmp_path):
+    """An ssh session that drops under `rtseg train --workers 1 > train.log`: its terminal, where stderr goes, gone
+    (writes there fail, EIO), then SIGHUP to the process group. The processes ended at once, every step since the
+    last checkpoint lost (all here: --ckpt-every 0). Now, as on a SIGTERM, the training process alone stops (the
+    worker ignores the hang-up), saves the checkpoint of the step done and says so, ``hung up``, where the log goes;
+    the status is the hang-up's, 129, and no process is left."""
+    r = _run(tmp_path, [*_train(1), "--iters", "5", "--out", "m.safetensors"],
+             [("rtseg.train.trainer:Trainer.train_step:after", signal.SIGHUP)], group=True, terminal=True,
+             log="train.log")
+    assert r.returncode == 129
+    log = (tmp_path / "train.log").read_text()
+    assert f"hung up at step 1: checkpoint {Path('m.train', 'checkpoint.pth')}; continue with rtseg train " in log
+    assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 1
+    assert _files(tmp_path) == ["m.train", "train.log"]
+
+
+def test_a_hang_up_under_nohup_leaves_training_running(tmp_path):
+    """`nohup rtseg train …` is how a run is kept going when its terminal closes: the hang-up, ignored, stays
+    ignored by rtseg's own handlers (of the training, of its DataLoader workers' start), and the run ends normally."""
+    r = _run(tmp_path, [*_train(1), "--iters", "1", "--out", "m.safetensors"],
+             [("rtseg.train.trainer:Trainer.train_step:after", signal.SIGHUP)], group=True, nohup=True)
+    assert (r.returncode, r.stderr) == (0, ""), (r.returncode, r.stderr)
+    assert "wrote m.safetensors" in r.stdout and "hung up" not in r.stdout
+    assert torch.load(tmp_path / "m.train" / "checkpoint.pth", weights_only=True)["step"] == 1
+
+
+def test_a_hang_up_finishes_a_video_run_with_its_terminal_gone(tmp_path):
+    """SIGHUP to a video run whose terminal is gone (stdout and stderr on a closed pseudo-terminal, where the progress
+    bar and the summary go): it ended the process at once (-1), leaving o.partial.mp4, which the next run aimed at
+    o.mp4 refused. Now it stops the run as SIGTERM does: the frames in flight are written, o.mp4 is finished under
+    its name with every frame of o.jsonl, and the writes to the lost terminal end in no error (exit 0, as a SIGTERM's
+    graceful stop; an unwritable stdout was exit 2)."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=200)
+    r = _run(tmp_path, ["--source", "clip.mp4", "--engine", "slic", "--segments", "20", "--output", "o.mp4",
+                        "--json", "o.jsonl"], [("rtseg.video.sink_mp4:Mp4Sink.write:after", signal.SIGHUP)],
+             terminal=True)
+    assert r.returncode == 0
+    assert _files(tmp_path) == sorted([clip.name, "o.jsonl", "o.mp4"])
+    lines = (tmp_path / "o.jsonl").read_text().splitlines()
+    with av.open(str(tmp_path / "o.mp4")) as recording:
+        assert 1 <= sum(1 for _ in recording.decode(video=0)) == len(lines) < 200
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["Ctrl-C", "SIGTERM", "SIGHUP"])
 def test_a_second_signal_while_the_interpreter_shuts_down_after_a_stopped_run(second, tmp_path):
     """Ctrl-C once the first frame is recorded stops the run gracefully (outputs complete, exit 0); a second signal
-    while Python tears its modules down (over a second after a run with torch) ended the process by it (-2, -15)
-    although every output was complete. Now it changes nothing."""
+    while Python tears its modules down (over a second after a run with torch) ended the process by it (-2, -15,
+    -1) although every output was complete. Now it changes nothing."""
     clip = make_clip(tmp_path / "clip.mp4", frames=200)
     r = _run(tmp_path, ["--source", "clip.mp4", "--engine", "slic", "--segments", "20", "--output", "o.mp4",
                         "--json", "o.jsonl", "--no-progress"],
@@ -237,12 +307,14 @@ def test_a_signal_while_the_recording_is_finalised_leaves_it_whole_under_its_nam
 
 
 @pytest.mark.parametrize("second,status,said", [(signal.SIGINT, 130, "rtseg: interrupted"),
-                                                (signal.SIGTERM, 143, "rtseg: terminated")], ids=["Ctrl-C", "SIGTERM"])
+                                                (signal.SIGTERM, 143, "rtseg: terminated"),
+                                                (signal.SIGHUP, 129, "rtseg: hung up")],
+                         ids=["Ctrl-C", "SIGTERM", "SIGHUP"])
 def test_a_second_signal_while_a_stopped_run_drains_ends_it_with_that_signals_status(second, status, said, tmp_path):
-    """Ctrl-C stops a run gracefully; a second signal while the frames in flight are still written aborts it. A
-    second SIGTERM ended it as Ctrl-C does (``interrupted``, 130); now as a SIGTERM (``terminated``, 143, as every
-    other SIGTERM rtseg handles). The frames recorded stay, in the playable fragmented file (an aborted run does not
-    finalise it)."""
+    """Ctrl-C stops a run gracefully; a second signal while the frames in flight are still written aborts it. A second
+    SIGTERM ended it as Ctrl-C does (``interrupted``, 130); now as a SIGTERM (``terminated``, 143, as every other
+    SIGTERM rtseg handles); a SIGHUP (which ended the process at once, -1) likewise as ``hung up``, 129. The frames
+    recorded stay, in the playable fragmented file (an aborted run does not finalise it)."""
     make_clip(tmp_path / "clip.mp4", frames=200)
     r = _run(tmp_path, ["--source", "clip.mp4", "--engine", "slic", "--segments", "20", "--output", "o.mp4",
                         "--no-progress"],

@@ -478,3 +478,56 @@ def test_a_manifest_saved_with_a_byte_order_mark_loads(tmp_path):
     manifest = path.with_suffix(".json")
     manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
     assert load_yolact(str(path)).class_names == ["a", "b", "c"] and resolve_engine(str(path), None) == "yolact"
+
+
+def _trainer_checkpoint(model: torch.nn.Module, folder: Path) -> Path:
+    """``folder/m.train/checkpoint.pth`` as the FCN / MS R-CNN trainers write it (step and model, no config)."""
+    from rtseg.train.checkpoint import save_checkpoint
+
+    return save_checkpoint(folder / "m.train" / "checkpoint.pth", step=1, parts={"model": model})
+
+
+def _not_yolact(checkpoint: Path, engine: str) -> str:
+    return (f"{checkpoint}: not a YOLACT checkpoint (missing prediction_layers.0.conf_layer.weight, "
+            f"prediction_layers.0.mask_layer.weight, fpn.lat_layers.0.weight); it holds an rtseg {engine} network "
+            "(a training checkpoint?): give ")
+
+
+def test_an_fcn_trainer_checkpoint_given_as_weights_names_the_weights_its_run_wrote(tmp_path):
+    """An FCN trainer's ``M.train/checkpoint.pth`` (no config: no weights) as YOLACT weights, rtseg's engine for a
+    .pth, said only "not a YOLACT checkpoint (missing …)"; as FCN weights it said "a training checkpoint of an
+    unfinished run" also once the run had written ``M.safetensors``."""
+    from rtseg.data.synthetic import CLASSES
+    from rtseg.engines.fcn import save_fcn
+    from rtseg.models.fcn import FCN, FcnConfig
+
+    torch.manual_seed(0)
+    model, names = FCN(FcnConfig(arch="fcn8s", num_classes=7, width=0.0625)), ["background", *CLASSES]
+    checkpoint = _trainer_checkpoint(model, tmp_path)
+    with pytest.raises(WeightsError) as e:
+        rtseg.load("yolact", str(checkpoint))
+    assert str(e.value) == _not_yolact(checkpoint, "fcn") + (
+        "the .safetensors that run writes when it finishes (--resume it if it was stopped), whose manifest names the "
+        "engine")
+    exported = save_fcn(tmp_path / "m.safetensors", model, names)  # the run finished: its --out is written
+    with pytest.raises(WeightsError) as e:
+        rtseg.load("yolact", str(checkpoint))
+    assert str(e.value) == _not_yolact(checkpoint, "fcn") + (
+        f"the weights that run wrote, {exported}, whose manifest names the engine")
+    with pytest.raises(WeightsError) as e:
+        rtseg.load("fcn", str(checkpoint))
+    assert str(e.value) == (f"{checkpoint} is a training checkpoint (no config/class names in it), not weights: pass "
+                            f"the .safetensors the run wrote, {exported}")
+    assert list(rtseg.load("fcn", str(exported)).class_names) == names
+
+
+def test_an_msrcnn_network_taken_for_yolact_says_whose_it_is():
+    """(The tensors of an MS R-CNN trainer's checkpoint.pth, read as an official YOLACT .pth's.)"""
+    from rtseg.models.msrcnn import MaskScoringRCNN, MsrcnnConfig
+
+    state = MaskScoringRCNN(MsrcnnConfig(num_classes=2, backbone="resnet18")).state_dict()
+    with pytest.raises(WeightsError) as e:
+        infer_config(state, input_size=550, source="m.train/checkpoint.pth")
+    assert str(e.value) == _not_yolact(Path("m.train/checkpoint.pth"), "msrcnn") + (
+        "the .safetensors that run writes when it finishes (--resume it if it was stopped), whose manifest names the "
+        "engine")

@@ -13,7 +13,8 @@ accuracy and IoU per class; panoptic (instance --weights, yolact or msrcnn, fuse
 the --semantic FCN) gives PQ / SQ / RQ of all, thing and stuff categories against the
 data set's instances as things and the rest as one "background" stuff segment; SLIC
 (no weights) gives boundary recall, undersegmentation error, achievable segmentation
-accuracy and segments per image against each image's instance segmentation. The engine
+accuracy and segments per image against each image's instance segmentation, over the images
+with instances (those without, which have no boundary to recall, are left out and counted). The engine
 is read from the manifest of rtseg weights (``--engine`` overrides; a .pth is YOLACT);
 without ``--weights``, yolact and panoptic use the shipped demo model.
 
@@ -267,8 +268,8 @@ def _no_instances(data: str, n: int, consequence: str) -> DatasetError:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtseg eval``; returns the exit status (0 ok, 2 on a user error, as every rtseg command).
 
-    SIGTERM raises :class:`rtseg.errors.Terminated` throughout (the options, the data set, the engine, the
-    evaluation): one line and 143, not a death without a word; nothing is left half-written, as the only file the
+    SIGTERM and SIGHUP raise :class:`rtseg.errors.Terminated` throughout (the options, the data set, the engine, the
+    evaluation): one line and 143 or 129, not a death without a word; nothing is left half-written, as the only file the
     command writes, the ``--json`` metrics, is written whole at the end (:func:`rtseg.video.outfiles.replace_whole`)."""
     def evaluate() -> dict[str, float]:
         with sigterm_raises(Terminated):

@@ -17,7 +17,9 @@ import numpy as np
 from rtseg.data.dataset import Sample
 from rtseg.models.yolact import MEANS_BGR
 
-#: Official minimum box side kept after resizing, relative to the input side.
+#: Official minimum box side kept after resizing, relative to the input side: just over one prototype pixel at the
+#: official 550 px input, under one at smaller inputs (the mask loss counts such a side as one pixel:
+#: :func:`rtseg.train.losses.box_area_on_grid`).
 MIN_BOX_FRACTION = 4 / 550
 
 

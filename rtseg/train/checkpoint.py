@@ -5,8 +5,8 @@ stateful part (model, optimizer, scheduler, loss scaler …) under its name, tor
 CPU random state (dropout, samplers: a resumed run draws what the uninterrupted
 one would) and plain extra values. It is written to a temporary file and renamed, so a crash
 never leaves a half-written checkpoint; it is read with ``weights_only=True``.
-A trainer stopped by Ctrl-C or SIGTERM (:func:`sigterm_as_interrupt`) saves the steps done and says how to continue
-(then ends with 130 or 143, :func:`rtseg.errors.exit_status`); so does one stopped by an
+A trainer stopped by Ctrl-C, SIGTERM or SIGHUP (:func:`sigterm_as_interrupt`) saves the steps done and says how to
+continue (then ends with 130, 143 or 129, :func:`rtseg.errors.exit_status`); so does one stopped by an
 :class:`~rtseg.errors.RtsegError` of its data (e.g. a corrupt image first read at step N, :func:`save_on_error`), unless
 the run diverged (:class:`DivergedError`).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
 
 import torch
 
-from rtseg.errors import (ConfigError, RtsegError, SinkError, Terminated, WeightsError, sigterm_raises,
+from rtseg.errors import (STOP_WORDS, ConfigError, RtsegError, SinkError, Terminated, WeightsError, sigterm_raises,
                           stop_signals_ignored)
 from rtseg.ranges import check_number
 from rtseg.video.outfiles import CheckedFile
@@ -120,24 +121,30 @@ def _finite(module: torch.nn.Module) -> bool:
 
 
 class TerminatedInterrupt(KeyboardInterrupt):
-    """SIGTERM within :func:`sigterm_as_interrupt`: a KeyboardInterrupt, so that a trainer saves its checkpoint on it
-    as on Ctrl-C (its ``except KeyboardInterrupt``), but said as ``terminated`` (:func:`save_on_interrupt`) and
-    leaving :func:`sigterm_as_interrupt` as :class:`rtseg.errors.Terminated` (exit status 143, not Ctrl-C's 130)."""
+    """SIGTERM or SIGHUP (``signum``) within :func:`sigterm_as_interrupt`: a KeyboardInterrupt, so that a trainer
+    saves its checkpoint on it as on Ctrl-C (its ``except KeyboardInterrupt``), but said as ``terminated`` or
+    ``hung up`` (:func:`save_on_interrupt`) and leaving :func:`sigterm_as_interrupt` as
+    :class:`rtseg.errors.Terminated` (exit status 143 or 129, not Ctrl-C's 130)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signal.Signals(signum)
+        super().__init__(self.signum.name)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within it (or the function it decorates), SIGTERM (``kill``, a job scheduler's or ``docker stop``'s stop request)
-    raises :class:`TerminatedInterrupt`, a KeyboardInterrupt, in the main thread as Ctrl-C raises one, so a trainer
-    saves its checkpoint and prints how to continue (:func:`save_on_interrupt`) instead of dying at once with every
-    step since the last checkpoint lost. It leaves as :class:`rtseg.errors.Terminated`, which ``exit_status`` ends with
-    ``terminated`` and 143 (128 + SIGTERM, as the rest of rtseg and a shell report a SIGTERM; Ctrl-C stays
-    ``interrupted`` and 130), no traceback. Outside the main thread it changes nothing."""
+    and SIGHUP (the terminal closed, an ssh session dropped; not under ``nohup``) raise :class:`TerminatedInterrupt`,
+    a KeyboardInterrupt, in the main thread as Ctrl-C raises one, so a trainer saves its checkpoint and prints how to
+    continue (:func:`save_on_interrupt`) instead of dying at once with every step since the last checkpoint lost. It
+    leaves as :class:`rtseg.errors.Terminated`, which ``exit_status`` ends with ``terminated`` and 143 or ``hung up``
+    and 129 (128 + the signal, as the rest of rtseg and a shell report it; Ctrl-C stays ``interrupted`` and 130), no
+    traceback. Outside the main thread it changes nothing."""
     try:
         with sigterm_raises(TerminatedInterrupt):
             yield
     except TerminatedInterrupt as exc:
-        raise Terminated(str(exc)).with_traceback(exc.__traceback__) from None
+        raise Terminated(exc.signum).with_traceback(exc.__traceback__) from None
 
 
 def save_checkpoint(path: str | Path, *, step: int, parts: dict[str, Stateful], **extra: Any) -> Path:
@@ -184,18 +191,20 @@ def _write_atomically(state: dict[str, Any], path: Path) -> None:
 
 def save_on_interrupt(path: str | Path, *, step: int, parts: dict[str, Stateful], resume_hint: str,
                       stop: KeyboardInterrupt, log: TextIO | None = None, **extra: Any) -> Path:
-    """After Ctrl-C (or SIGTERM, :func:`sigterm_as_interrupt`), the KeyboardInterrupt ``stop``: write the checkpoint of
-    the ``step`` steps done (:func:`save_checkpoint`) and print one line, ``interrupted at step N: …`` (``terminated``
-    for SIGTERM's :class:`TerminatedInterrupt`), saying where it is and how to continue (``resume_hint``, e.g.
-    ``--resume``) to ``log`` (default stderr); returns the path. The caller re-raises ``stop``.
+    """After Ctrl-C (or SIGTERM or SIGHUP, :func:`sigterm_as_interrupt`), the KeyboardInterrupt ``stop``: write the
+    checkpoint of the ``step`` steps done (:func:`save_checkpoint`) and print one line, ``interrupted at step N: …``
+    (``terminated`` or ``hung up`` for the :class:`TerminatedInterrupt` of SIGTERM or SIGHUP), saying where it is and
+    how to continue (``resume_hint``, e.g. ``--resume``) to ``log`` (default stderr); returns the path. The caller
+    re-raises ``stop``.
 
-    Ctrl-C and SIGTERM are ignored while the checkpoint is written (:func:`rtseg.errors.stop_signals_ignored`): a
-    second one (a double Ctrl-C) cut the save short, so that the steps since the last checkpoint were lost and
-    nothing was said. (Not while the line is printed: a log that takes nothing, a stalled pipe, must not hold an
-    unstoppable process.)"""
+    Ctrl-C, SIGTERM and SIGHUP are ignored while the checkpoint is written
+    (:func:`rtseg.errors.stop_signals_ignored`): a second one (a double Ctrl-C) cut the save short, so that the
+    steps since the last checkpoint were lost and nothing was said. (Not while the line is printed: a log that takes
+    nothing, a stalled pipe, must not hold an unstoppable process; after a SIGHUP a log on the terminal that is gone
+    takes the line without a word: :func:`rtseg.errors.note_stop_signal`.)"""
     with stop_signals_ignored():
         path = save_checkpoint(path, step=step, parts=parts, **extra)
-    said = "terminated" if isinstance(stop, TerminatedInterrupt) else "interrupted"
+    said = STOP_WORDS[stop.signum if isinstance(stop, TerminatedInterrupt) else signal.SIGINT]
     print(f"{said} {_saved_at(step, path, resume_hint)}", file=log if log is not None else sys.stderr, flush=True)
     return path
 
@@ -263,7 +272,7 @@ def run_steps(step: Callable[[int], T], *, first: int, steps: int, parts: dict[s
     guard: the :class:`NonFiniteGuard` that ``step`` asks (``guard.admit(loss, step=k + 1)`` before its backward
     pass, ``guard.admit_gradients(norm, step=k + 1)`` after it) before it updates the weights; its divergence
     error ends the run. checkpoint: written every ``ckpt_every``
-    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM:
+    steps and after the last (:func:`checkpoint_due`; never with non-finite weights); on Ctrl-C (or SIGTERM, SIGHUP:
     :func:`sigterm_as_interrupt`) the steps done so far are saved (:func:`save_on_interrupt`) before the
     KeyboardInterrupt goes on, and so they are
     when a step raises an RtsegError other than a divergence, e.g. a DatasetError of its data

@@ -11,8 +11,8 @@ When torchvision ImageNet weights for the backbone are in the torch hub cache
 them; otherwise everything starts from scratch (said in the log).
 
 Light (no torch at its top): :func:`main` parses and checks the options first (:func:`parse`: ``--help``, a bad
-option and a missing ``--resume`` / ``--init`` file answer at once), then imports the trainer where a Ctrl-C or a
-SIGTERM during those seconds is one line (:func:`rtseg.entry.run_command`).
+option and a missing ``--resume`` / ``--init`` file answer at once), then imports the trainer where a Ctrl-C, a
+SIGTERM or a SIGHUP during those seconds is one line (:func:`rtseg.entry.run_command`).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from rtseg.errors import ConfigError, DatasetError, SinkError, WeightsError
 from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
-from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_outputs, continue_command,
-                                weights_out)
+from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_no_earlier_run, check_outputs,
+                                continue_command, weights_out)
 from rtseg.userfiles import check_input_file
 from rtseg.yolact_spec import BACKBONES, LIMITS
 
@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: only at the end)")
     p.add_argument("--val-images", type=int, default=100, help="validation images per validation")
     p.add_argument("--ckpt-every", type=int, default=500, metavar="N",
-                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C, SIGTERM or an "
-                        "error of the data such as a corrupt image)")
+                   help="write <work-dir>/checkpoint.pth every N steps (and at the end, and on Ctrl-C, SIGTERM, "
+                        "SIGHUP or an error of the data such as a corrupt image)")
     p.add_argument("--train-images", type=int, default=None, help="synthetic: number of training images (default 20000)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -179,12 +179,14 @@ def _lr_steps(text: str, iters: int) -> tuple[int, ...]:
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The options of ``argv``, checked before torch is imported and anything is read or written: numbers and forms
-    (:func:`_check_options`; ``--out`` a .safetensors path, --resume / --init files that can be read) and outputs
-    that would overwrite inputs (:func:`_check_not_inputs`)."""
+    (:func:`_check_options`; ``--out`` a .safetensors path, --resume / --init files that can be read), outputs
+    that would overwrite inputs (:func:`_check_not_inputs`) or the checkpoint of another run
+    (:func:`_check_own_work_dir`)."""
     args = build_parser().parse_args(argv)
     out, work_dir = _paths(args)
     _check_options(args)
     _check_not_inputs(args, out, work_dir)
+    _check_own_work_dir(args, out, work_dir)
     return plain_floats(args)
 
 
@@ -209,6 +211,11 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.resume and args.init:
         raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
     _lr_steps(args.lr_steps, args.iters)
+    if args.resume and Path(args.resume).suffix == ".safetensors":  # weights (e.g. the --out of the run to continue)
+        checkpoint = Path(args.resume).with_suffix(".train") / CHECKPOINT_NAME
+        raise ConfigError(f"--resume {args.resume}: weights, not a checkpoint; --resume continues a run from the "
+                          f"checkpoint in its work folder ({checkpoint} for a run with --out {args.resume}, unless "
+                          f"it had a --work-dir); --init {args.resume} starts a new run from these weights")
     if args.resume:
         check_input_file(f"--resume {args.resume}", args.resume, "give the checkpoint.pth an earlier run wrote (in "
                          "its --work-dir, default <its --out without suffix>.train)")
@@ -239,6 +246,18 @@ def _check_not_inputs(args: argparse.Namespace, out: Path, work_dir: Path) -> No
                                   f"overwrite the {option} file {path}; choose another {changed}")
 
 
+def _check_own_work_dir(args: argparse.Namespace, out: Path, work_dir: Path) -> None:
+    """ConfigError when the work folder holds the checkpoint of a run this one does not continue (it starts afresh,
+    or --resume gives another checkpoint): its first checkpoint would overwrite that one
+    (:func:`~rtseg.train.recipe.check_no_earlier_run`; imports torch then, to read the step)."""
+    checkpoint = work_dir / CHECKPOINT_NAME
+    if args.resume and same_file(args.resume, checkpoint):
+        return
+    where = (f"--work-dir {work_dir}" if args.work_dir else f"--out {out}: its work folder {work_dir}")
+    check_no_earlier_run(checkpoint, where, resume=f"--resume {checkpoint}",
+                         other="--work-dir" if args.work_dir else "--out")
+
+
 CLASS_SIZED = ("conf_layer", "semantic_seg_conv")
 """The layers of a YOLACT whose shape is its number of classes (each prediction head's confidences, the semantic
 segmentation head): weights of other classes than a run's leave them at their initialisation (:func:`init_weights`)."""
@@ -248,10 +267,21 @@ def init_weights(model: Yolact, path: str) -> str | None:
     """Load the ``--init`` weights ``path`` into ``model`` (at its input size). Weights of other classes than the
     model's (fine-tuning to other classes) load but for the tensors of the :data:`CLASS_SIZED` layers, which stay at
     their initialisation: returns the line that says so (else None). WeightsError when any other tensor does not fit
-    (another --backbone, --fpn-channels or --num-prototypes)."""
-    from rtseg.weights import load_into, load_yolact
+    (another --backbone, --fpn-channels or --num-prototypes: named with the values of the weights' own config, read
+    from their manifest or, in an official .pth, from their tensors, before their network is built)."""
+    from rtseg.weights import build_yolact, load_into, read_yolact
 
-    read = load_yolact(path, input_size=model.cfg.input_size)
+    weights = read_yolact(path, input_size=model.cfg.input_size)
+    differ = [(option, getattr(weights.config, field), getattr(model.cfg, field))
+              for option, field in (("--backbone", "backbone"), ("--fpn-channels", "fpn_channels"),
+                                    ("--num-prototypes", "num_prototypes"))
+              if getattr(weights.config, field) != getattr(model.cfg, field)]
+    if differ:
+        given = " ".join(f"{option} {value}" for option, value, _ in differ)
+        raise WeightsError(f"--init {path}: weights of {given}, this run has "
+                           f"{' '.join(f'{option} {value}' for option, _, value in differ)}; give {given} to start "
+                           "from them")
+    read = build_yolact(weights)
     own = model.state_dict()
     theirs, ours = read.config.num_classes, model.cfg.num_classes
     fresh = [] if theirs == ours else [k for k in own if k.rsplit(".", 2)[-2] in CLASS_SIZED]
@@ -273,9 +303,9 @@ def train(command: tuple[argparse.Namespace, Sequence[str]]) -> dict[str, float]
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
-    """Train as the options :func:`parse` checked (from ``argv``) say; returns the final validation metrics. Ctrl-C
-    or SIGTERM writes the checkpoint of the steps done and prints the command that continues the run, then goes on
-    as a KeyboardInterrupt or :class:`rtseg.errors.Terminated` (130 or 143 from :func:`main`:
+    """Train as the options :func:`parse` checked (from ``argv``) say; returns the final validation metrics. Ctrl-C,
+    SIGTERM or SIGHUP writes the checkpoint of the steps done and prints the command that continues the run, then
+    goes on as a KeyboardInterrupt or :class:`rtseg.errors.Terminated` (130, 143 or 129 from :func:`main`:
     :func:`rtseg.train.checkpoint.sigterm_as_interrupt`); an error of the data mid-run (e.g. a corrupt image) writes
     it too, and its one line adds where it is and that command. The output folders are made once the data, --init
     and --resume are read: a start refused for one of them leaves nothing behind."""
@@ -286,7 +316,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, float]:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
-    """:func:`run` within its handling of SIGTERM."""
+    """:func:`run` within its handling of SIGTERM and SIGHUP."""
     import torch
 
     from rtseg.models.yolact import Yolact, YolactConfig
@@ -360,10 +390,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtseg train``; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C
-    and 143 on a SIGTERM (``rtseg train: interrupted`` / ``terminated``): once training runs the steps done are saved
-    first (:func:`run`), before that (while the options are checked or the trainer imports) and after it nothing is
-    (:func:`rtseg.entry.run_command`)."""
+    """Entry point of ``rtseg train``; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C,
+    143 on a SIGTERM and 129 on a SIGHUP (``rtseg train: interrupted`` / ``terminated`` / ``hung up``): once training
+    runs the steps done are saved first (:func:`run`), before that (while the options are checked or the trainer
+    imports) and after it nothing is (:func:`rtseg.entry.run_command`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     return run_command("rtseg train", "rtseg.train.cli:train", parse=lambda: (parse(args), args),
                        preload=("rtseg.train.trainer",))

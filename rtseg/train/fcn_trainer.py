@@ -9,7 +9,7 @@ recipe (--images, --size, --arch, --width: :func:`rtseg.train.recipe.recipe_of`)
 refused naming them; more --steps, another --lr or --threads are taken.
 
 This module is light (no torch at its top): :func:`main` parses and checks the options first (``--help`` and a bad
-option answer at once), then imports the trainer where a Ctrl-C or a SIGTERM during those seconds is one line
+option answer at once), then imports the trainer where a Ctrl-C, SIGTERM or SIGHUP during those seconds is one line
 (:func:`rtseg.entry.run_command`). :class:`FcnTrainConfig`, :func:`train_fcn` and
 :func:`evaluate_fcn` are importable from here too (from :mod:`rtseg.train.fcn`, loaded at their first use).
 """
@@ -40,9 +40,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C and 143 on a
-    SIGTERM (once training runs the steps done are saved first: :func:`rtseg.train.checkpoint.sigterm_as_interrupt`;
-    not while the trainer still imports)."""
+    """Entry point; returns the exit status: 2 with one error line on a user error, 130 on Ctrl-C, 143 on a SIGTERM and
+    129 on a SIGHUP (once training runs the steps done are saved first:
+    :func:`rtseg.train.checkpoint.sigterm_as_interrupt`; not while the trainer still imports)."""
     return run_command("fcn_trainer", "rtseg.train.fcn:run", parse=lambda: parse(argv))
 
 

@@ -8,7 +8,8 @@ Four terms, each weighted as the official configuration:
 * ``mask`` (6.125): per-pixel BCE of ``sigmoid(proto @ coef)`` against the
   ground-truth mask downsampled to the prototype size and binarised, cropped to
   the ground-truth box and normalised by that box's area in prototype pixels
-  (``mask_proto_normalize_emulate_roi_pooling``); at most ``masks_to_train``
+  (``mask_proto_normalize_emulate_roi_pooling``; each side counted as at least one
+  pixel: :func:`box_area_on_grid`); at most ``masks_to_train``
   positives per image, the loss rescaled when sampled.
 * ``semantic`` (1.0): sigmoid BCE of the auxiliary per-class segmentation head
   on P3, normalised by its area and by the batch size.
@@ -17,10 +18,15 @@ Four terms, each weighted as the official configuration:
 batch. The batch is processed as a whole (targets padded into a :class:`TargetBatch`,
 matching and mask loss without per-image Python loops, one host synchronisation), so a
 GPU step is not bound by kernel launches and syncs; per image the results are the
-official per-image ones. One deliberate deviation: the mask BCE is computed from logits
+official per-image ones. Two deliberate deviations: the mask BCE is computed from logits
 (numerically safe, autocast-safe) and zeroed outside the box, where the
 official code crops the sigmoid and then clamps ``log(0)`` to -100 for the few
-ground-truth pixels that fall outside their own box after downsampling.
+ground-truth pixels that fall outside their own box after downsampling; and a box
+narrower or shorter than one prototype pixel is normalised as one pixel wide or high
+(:func:`box_area_on_grid`: the official divides by its sub-pixel area, which grows the
+loss without bound as the box shrinks; at the official 550 px input the discarded box
+size, 4/550 of the input, is just over one prototype pixel, at a small one it is far
+under it, and tiny objects diverged the training).
 """
 from __future__ import annotations
 
@@ -194,9 +200,26 @@ def _mask_loss(proto: Tensor, coef: Tensor, match: MatchResult, gt_masks: Tensor
     bce = bce.view(batch, hp, wp, k).permute(1, 2, 0, 3).reshape(hp, wp, batch * k)
     flat_boxes = pos_boxes.reshape(batch * k, 4)
     bce = crop_masks(bce, flat_boxes)
-    box_area = ((flat_boxes[:, 2] - flat_boxes[:, 0]) * wp) * ((flat_boxes[:, 3] - flat_boxes[:, 1]) * hp)
-    per_mask = (bce.sum(dim=(0, 1)) / box_area.clamp(min=1e-4)).view(batch, k)
+    per_mask = (bce.sum(dim=(0, 1)) / box_area_on_grid(flat_boxes, hp, wp)).view(batch, k)
     return torch.where(slot_valid, per_mask * scale[:, None], 0.0).sum()
+
+
+def box_area_on_grid(boxes: Tensor, h: int, w: int) -> Tensor:
+    """The area the mask loss of each box is divided by: its width × height in cells of an ``h`` × ``w`` grid (the
+    prototypes'), each side at least one cell.
+
+    boxes: (n, 4) float relative xyxy. Returns (n,) float, >= 1.
+
+    The official (``mask_proto_normalize_emulate_roi_pooling``) divides by width × height as they are, and so does
+    this for every box of at least one cell a side; that is every box at the official 550 px input, whose
+    augmentation discards boxes under 4/550 of the input (:data:`rtseg.train.augment.MIN_BOX_FRACTION`), 1.004
+    prototype cells there. At a smaller input that size is under one cell (0.17 at 96 px), and such a box still has
+    the BCE of the 2 to 3 cells a side its crop keeps (:func:`~rtseg.ops.masks.crop_masks` pads by one cell), so its
+    loss grew without bound as it shrank (a quarter-cell box weighed 16 times a one-cell box at the same place) and
+    tiny objects at ``--input-size 96`` diverged the training at the default learning rate. The one deviation:
+    each side counts as at least one cell, so such a box weighs as a one-cell box.
+    """
+    return ((boxes[:, 2] - boxes[:, 0]) * w).clamp(min=1.0) * ((boxes[:, 3] - boxes[:, 1]) * h).clamp(min=1.0)
 
 
 def _semantic_loss(segm: Tensor, labels: Tensor, valid: Tensor, gt_masks: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
 """The command line shared by the trainers: the options and checks of the small synthetic-benchmark trainers
 (FCN-8s, Mask Scoring R-CNN; :func:`recipe_parser`, :func:`parse_recipe`) and the recipe a run's checkpoints store
 (:func:`recipe_of`, :data:`MAY_CHANGE_ON_RESUME`), ``--lr``'s range and ``--out``'s check
-(:data:`LR_RANGE`, :func:`weights_out`), the output folders' check before training and the command that continues a
-stopped run (:func:`check_outputs`, :func:`continue_command`; ``rtseg train`` too), and ``rtseg train``'s training choices and limits
-(:data:`AMP_MODES`, :data:`INT_LIMITS`).
+(:data:`LR_RANGE`, :func:`weights_out`), the output folders' checks before training (no earlier run's checkpoint
+overwritten by a fresh start) and the command that continues a stopped run (:func:`check_outputs`,
+:func:`check_no_earlier_run`, :func:`continue_command`; ``rtseg train`` too), and ``rtseg train``'s training choices
+and limits (:data:`AMP_MODES`, :data:`INT_LIMITS`).
 
 Light (no torch at its top): the entry modules parse and check their arguments with it before they import their
 trainer, so that ``--help`` and a bad option answer at once (:func:`rtseg.entry.run_command`).
@@ -79,6 +80,33 @@ def check_outputs(out: Path, work_dir: Path, work_dir_option: str = "--work-dir"
         raise ConfigError(f"--out {out}: is a folder; give a file path ending in .safetensors")
     make_folder("--out", out.parent)
     make_folder(work_dir_option, work_dir)
+
+
+def check_no_earlier_run(checkpoint: Path, where: str, *, resume: str, other: str) -> None:
+    """ConfigError when ``checkpoint``, the file a run starting afresh would write its checkpoints to, is there: the
+    resumable state of an earlier run (of the same output, maybe of other data or classes), which the first
+    checkpoint of this one would replace. One line: ``where`` (the option and the folder, e.g. ``--out m.safetensors:
+    its work folder m.train``), what is there (and its step when it reads), and what to do: ``resume`` (the words that
+    continue it, e.g. ``--resume m.train/checkpoint.pth``), ``other`` (e.g. ``--out``) or delete the folder."""
+    if not checkpoint.exists():
+        return
+    step = _checkpoint_step(checkpoint) if checkpoint.is_file() else None
+    at = "" if step is None else f" at step {step}"
+    raise ConfigError(f"{where} holds the checkpoint of an earlier run ({checkpoint}{at}), which this run would "
+                      f"overwrite; continue that run with {resume}, give another {other}, or delete "
+                      f"{checkpoint.parent} to train afresh")
+
+
+def _checkpoint_step(checkpoint: Path) -> int | None:
+    """The ``step`` of a training checkpoint, read without loading its tensors (memory-mapped); None when the file
+    does not read as one. Imports torch."""
+    import torch
+
+    try:
+        step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception:  # any file that is no checkpoint: it is named without a step
+        return None
+    return step if isinstance(step, int) else None
 
 
 def continue_command(prog: str, argv: Sequence[str], resume: Sequence[str]) -> str:
@@ -157,11 +185,15 @@ def recipe_of(ap: Parser, args: argparse.Namespace) -> dict[str, Any]:
 
 def start_recipe(args: argparse.Namespace) -> Path:
     """Set the torch threads (``--threads``) and seed of a recipe's run and make its output folders (a ConfigError
-    for a path that could only fail after training: :func:`check_outputs`); returns its checkpoint path
+    for a path that could only fail after training: :func:`check_outputs`; without ``--resume``, for a checkpoint of
+    an earlier run there, which this run would overwrite: :func:`check_no_earlier_run`); returns its checkpoint path
     (:func:`recipe_checkpoint`). Imports torch."""
     import torch
 
     checkpoint = recipe_checkpoint(args.out)
+    if not args.resume:
+        check_no_earlier_run(checkpoint, f"--out {args.out}: its checkpoint folder {checkpoint.parent}",
+                             resume="--resume", other="--out")
     check_outputs(Path(args.out), checkpoint.parent, f"--out {args.out}: its checkpoint folder")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rtseg.data.dataset import InstanceDataset, Sample
 from rtseg.engines.yolact import YolactEngine
-from rtseg.errors import STOP_SIGNALS, ConfigError, RtsegError, RtsegWarning
+from rtseg.errors import STOP_SIGNALS, ConfigError, RtsegError, RtsegWarning, handled
 from rtseg.eval.coco import evaluate
 from rtseg.models.yolact import Yolact, make_priors
 from rtseg.ranges import check_fields, check_number, number_problem
@@ -217,6 +217,10 @@ class Trainer:
         self.step = 0
         self.guard = NonFiniteGuard(lr=config.lr, limit=config.max_nonfinite)  # skips / stops on a non-finite loss
         self.history: list[dict[str, float]] = []
+        # the options a resumed run may change (and takes), recorded in its checkpoints: load_checkpoint says a change
+        self._options: dict[str, int | float] = {
+            "--batch-size": int(config.batch_size), "--expand-max": float(config.augment.expand_max),
+            "--seed": int(config.seed), "--warmup": int(config.warmup_iters)}
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -225,11 +229,12 @@ class Trainer:
                                parts=self._parts(), **self._checkpoint_extras())
 
     def _checkpoint_extras(self) -> dict[str, Any]:
-        """What a checkpoint carries besides the parts: the model's config and class names, and trained on a COCO
-        file its ``category_ids`` (under ``meta``, as in a manifest: the checkpoint is usable as weights)."""
+        """What a checkpoint carries besides the parts: the model's config and class names, trained on a COCO
+        file its ``category_ids`` (under ``meta``, as in a manifest: the checkpoint is usable as weights), and the
+        ``options`` of the run that a resume may change (``{"--batch-size": 8, …}``: :meth:`load_checkpoint`)."""
         ids = self._category_ids()
         return {"config": asdict(self.model.cfg), "class_names": self.class_names,
-                **({"meta": {"category_ids": ids}} if ids is not None else {})}
+                **({"meta": {"category_ids": ids}} if ids is not None else {}), "options": dict(self._options)}
 
     def _category_ids(self) -> list[int] | None:
         """The COCO category id of each class when the training set is a COCO file (its ``category_ids``), else
@@ -241,14 +246,26 @@ class Trainer:
         """Restore a :meth:`save_checkpoint` file; training continues at its step.
 
         The LR schedule is this trainer's config (``lr``, warm-up, steps) at the checkpoint's step,
-        not the one the checkpoint was written with: resuming with another ``--lr`` takes effect.
+        not the one the checkpoint was written with: resuming with another ``--lr`` takes effect. So do another
+        batch size, expand ratio, seed and warm-up (the samples from the checkpoint's step on are drawn as a run with
+        them draws its samples from there): one line to :attr:`log` names those that differ from the checkpoint's.
+        Other model options or classes are a WeightsError (:func:`~rtseg.train.checkpoint.load_checkpoint`).
         """
         parts = self._parts()
         del parts["scheduler"]  # rebuilt from this trainer's config below
-        self.step = int(load_checkpoint(path, parts=parts, device=self.device, expect=self._checkpoint_extras())["step"])
+        expect = self._checkpoint_extras()
+        options = expect.pop("options")  # said, not refused
+        state = load_checkpoint(path, parts=parts, device=self.device, expect=expect)
+        self.step = int(state["step"])
         check_not_past(path, self.step, self.config.iters, "--iters")
         self.scheduler.last_epoch = self.step
         take_lr(self.optimizer, self.scheduler, self.config.lr)
+        saved = state.get("options")  # (absent in checkpoints of older rtseg versions)
+        changed = [k for k, v in options.items() if isinstance(saved, dict) and k in saved and saved[k] != v]
+        if changed:
+            said = functools.partial(_options_said, keys=changed)
+            print(f"checkpoint {path} was written with {said(saved)}; this run's {said(options)} "
+                  f"{'are' if len(changed) > 1 else 'is'} taken from step {self.step} on", file=self.log, flush=True)
 
     def _parts(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
@@ -318,14 +335,14 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train from the current step to ``iters``; returns the final validation metrics (or {}).
 
-        Ctrl-C (or SIGTERM, within :func:`~rtseg.train.checkpoint.sigterm_as_interrupt`), to this process or to its
-        whole process group with the DataLoader workers, saves the checkpoint of the steps done, prints where it is
-        and how to continue (:attr:`resume_hint`; ``interrupted …`` or ``terminated …``), and the KeyboardInterrupt
-        goes on (the workers leave it to this process: :func:`_workers_started`). An RtsegError
-        that stops the run (e.g. a DatasetError of an image first read now, in this process or a DataLoader worker)
-        saves them as well when any were done since the last checkpoint, and is raised as one line that adds where
-        they are and how to continue (:func:`~rtseg.train.checkpoint.save_on_error`); a divergence (ConfigError to
-        lower the LR) saves nothing.
+        Ctrl-C (or SIGTERM or SIGHUP, within :func:`~rtseg.train.checkpoint.sigterm_as_interrupt`), to this process or
+        to its whole process group with the DataLoader workers, saves the checkpoint of the steps done, prints where it
+        is and how to continue (:attr:`resume_hint`; ``interrupted …``, ``terminated …`` or ``hung up …``), and the
+        KeyboardInterrupt goes on (the workers leave it to this process: :func:`_workers_started`). An RtsegError that
+        stops the run (e.g. a DatasetError of an image first read now, in this process or a DataLoader worker) saves
+        them as well when any were done since the last checkpoint, and is raised as one line that adds where they are
+        and how to continue (:func:`~rtseg.train.checkpoint.save_on_error`); a divergence (ConfigError to lower the LR)
+        saves nothing.
         """
         c = self.config
         start, t0 = self.step, time.perf_counter()
@@ -422,6 +439,11 @@ class Trainer:
         return save_yolact(path, self.model, self.class_names, meta=info, half=half)
 
 
+def _options_said(options: dict[str, Any], keys: list[str]) -> str:
+    """``--batch-size 8, --expand-max 2.5``: the ``keys`` of ``options`` with their values (floats as ``%g``)."""
+    return ", ".join(f"{k} {options[k]:g}" if isinstance(options[k], float) else f"{k} {options[k]}" for k in keys)
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity where the platform tells it, else the machine's), as torch's
     DataLoader counts them for its worker-count warning."""
@@ -431,16 +453,17 @@ def usable_cpus() -> int:
 
 
 def _workers_started(loader: DataLoader) -> Iterator[tuple[torch.Tensor, TargetBatch]]:
-    """``iter(loader)``, which starts its worker processes, with Ctrl-C and SIGTERM held off meanwhile
+    """``iter(loader)``, which starts its worker processes, with Ctrl-C, SIGTERM and SIGHUP held off meanwhile
     (:func:`_stop_signals_held`; one arriving then is acted on once the iterator is whole).
 
-    A stop request sent to the process group (``timeout``, ``kill -- -PGID``, systemd, a terminal's Ctrl-C) reaches
-    the workers too: torch's handler ended a worker by the SIGTERM, so that the training process, saving the steps
-    done, raised ``DataLoader worker … is killed by signal`` (a traceback, exit 1, no checkpoint). So the workers
-    leave stop requests to the training process (:func:`_leave_stop_requests_to`), which ends them when
-    it deletes the iterator; they start with the signals blocked, so that none reaches a worker before its
-    ``worker_init_fn`` (forked workers: :func:`_worker_start_method`). And a KeyboardInterrupt inside ``iter`` left a
-    half-made iterator that could not end its workers (``Exception ignored in … __del__``, a worker left behind).
+    A stop request sent to the process group (``timeout``, ``kill -- -PGID``, systemd, a terminal's Ctrl-C or its
+    hang-up) reaches the workers too: torch's handler ended a worker by the SIGTERM (the default action by the SIGHUP),
+    so that the training process, saving the steps done, raised ``DataLoader worker … is killed by signal`` (a
+    traceback, exit 1, no checkpoint). So the workers leave stop requests to the training process
+    (:func:`_leave_stop_requests_to`), which ends them when it deletes the iterator; they start with the signals
+    blocked, so that none reaches a worker before its ``worker_init_fn`` (forked workers: :func:`_worker_start_method`).
+    And a KeyboardInterrupt inside ``iter`` left a half-made iterator that could not end its workers (``Exception
+    ignored in … __del__``, a worker left behind).
 
     Where ``signal`` lacks ``sigwaitinfo`` (macOS) or ``pthread_sigmask`` too (Windows) this degrades to what torch
     does itself: see :func:`_stop_signals_held` and :func:`_leave_stop_requests_to`."""
@@ -473,17 +496,18 @@ def _worker_start_method() -> multiprocessing.context.BaseContext | None:
 
 @contextlib.contextmanager
 def _stop_signals_held() -> Iterator[None]:
-    """Within it, Ctrl-C and SIGTERM wait: blocked in this thread (and so in the processes it starts) and, in the
-    main thread, noted by a handler that does nothing else (Python runs its handlers in the main thread whichever
-    thread took the signal: torch has native threads that do not block it). Afterwards the mask and the handlers
-    are back, and the first signal noted is raised again. Where ``signal`` has no ``pthread_sigmask`` (Windows) only
+    """Within it, Ctrl-C, SIGTERM and SIGHUP wait: blocked in this thread (and so in the processes it starts) and,
+    in the main thread, noted by a handler that does nothing else (Python runs its handlers in the main thread
+    whichever thread took the signal: torch has native threads that do not block it; a SIGHUP ignored, under
+    ``nohup``, stays ignored: :func:`rtseg.errors.handled`). Afterwards the mask and the handlers are back, and the
+    first signal noted is raised again. Where ``signal`` has no ``pthread_sigmask`` (Windows) only
     the handlers do this (nothing is blocked; a worker started there has its own signal state anyway)."""
     noted: list[int] = []
     handlers: dict[int, Any] = {}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
     try:
         if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:  # (signal.signal runs a pending handler first, which may raise)
+            for sig in handled(STOP_SIGNALS):  # (signal.signal runs a pending handler first, which may raise)
                 handlers[sig] = signal.signal(sig, lambda signum, _frame: noted.append(signum))
         yield
     finally:
@@ -498,19 +522,22 @@ def _stop_signals_held() -> Iterator[None]:
 
 def _leave_stop_requests_to(trainer: int, worker_id: int) -> None:
     """DataLoader ``worker_init_fn`` (with the training process's id ``trainer`` bound), in a worker started with
-    Ctrl-C and SIGTERM blocked (:func:`_workers_started`; torch installed its own SIGTERM handler before): ignore
-    Ctrl-C from now on (one sent since the start is discarded), leave SIGTERM blocked for a thread that waits for
-    it (:func:`_end_at_sigterm_from`), and report no error of the training process's going away mid-batch
+    Ctrl-C, SIGTERM and SIGHUP blocked (:func:`_workers_started`; torch installed its own SIGTERM handler before):
+    ignore Ctrl-C and SIGHUP from now on (one sent since the start is discarded; a hang-up reaches the terminal's
+    whole foreground process group), leave SIGTERM blocked for a thread that waits for it
+    (:func:`_end_at_sigterm_from`), and report no error of the training process's going away mid-batch
     (:func:`_unless_the_trainer_went_away`). ``worker_id`` is unused.
 
     Where ``signal`` has no ``sigwaitinfo`` (macOS), which alone tells who sent a SIGTERM, SIGTERM is unblocked
     instead and left to torch's handler: a SIGTERM to the process group then ends the worker as torch ends it (the
     training process may report that end rather than save its checkpoint). Without ``pthread_sigmask`` (Windows)
     nothing was blocked and nothing is unblocked."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignored = set(STOP_SIGNALS) - {signal.SIGTERM}
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_IGN)
     waits = hasattr(signal, "sigwaitinfo")
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT} if waits else set(STOP_SIGNALS))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored if waits else set(STOP_SIGNALS))
     if waits:
         threading.Thread(target=_end_at_sigterm_from, args=(trainer,), daemon=True).start()
     sys.excepthook = functools.partial(_unless_the_trainer_went_away, sys.excepthook)

@@ -14,8 +14,8 @@ once), and sends the end marker on: frames it had already passed on still
 reach the sinks. The first error is re-raised in the caller with its cause; the
 sinks are finalised (what they got is complete), except a sink whose own write
 failed, which is aborted (``abort()`` where it has one) rather than finalised.
-A stop request (``stop()``, Ctrl-C, SIGTERM) ends the source, lets the frames
-in flight reach the sinks, and closes every sink; a second Ctrl-C aborts at once.
+A stop request (``stop()``, Ctrl-C, SIGTERM, SIGHUP) ends the source, lets the frames
+in flight reach the sinks, and closes every sink; a second one (Ctrl-C, SIGTERM, SIGHUP) aborts at once.
 
 Sinks (:class:`rtseg.video.sinks.Sink`) take ``write(frame, prediction, annotated)``
 and ``close()``; a sink may also offer ``abort()`` (called instead of ``close()``
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 import numpy as np
 
 from rtseg.engines.base import Engine
-from rtseg.errors import ConfigError, RtsegError, Terminated
+from rtseg.errors import STOP_SIGNALS, ConfigError, RtsegError, Terminated, handled, note_stop_signal
 from rtseg.types import Frame, Prediction
 from rtseg.video.fanout import SinkWriter
 from rtseg.video.metrics import Metrics, Progress
@@ -192,9 +192,12 @@ class Pipeline:
         self.stop()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        """A stop signal (:data:`rtseg.errors.STOP_SIGNALS`): the first stops the run gracefully, a second aborts it,
+        raised from ``run()`` as Ctrl-C's KeyboardInterrupt or :class:`Terminated` (exit 130, 143 or 129)."""
+        note_stop_signal(signum)
         if self.interrupted:
-            second = Terminated if signum == signal.SIGTERM else KeyboardInterrupt  # (143 / 130: exit_status)
-            self._record("signal", None, second(f"second {signal.Signals(signum).name}"))
+            how = f"second {signal.Signals(signum).name}"
+            self._record("signal", None, KeyboardInterrupt(how) if signum == signal.SIGINT else Terminated(signum, how))
             self._abort.set()
         self.interrupted = True
         self.stop()
@@ -408,7 +411,7 @@ class Pipeline:
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {sig: signal.signal(sig, self._on_signal) for sig in handled(STOP_SIGNALS)}
 
     @staticmethod
     def _restore_signals(handlers: dict[int, Any]) -> None:
