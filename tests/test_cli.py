@@ -524,7 +524,7 @@ def test_an_empty_option_value_is_one_line_in_every_command(command, args, optio
 @pytest.mark.parametrize("option, given, said", [
     ("--resume", "{text}", "{text}: not a PyTorch checkpoint"),
     ("--init", "{text}", "{text}: not a PyTorch checkpoint"),
-    ("--init", "{weights}", "{weights}: does not match the expected architecture"),
+    ("--init", "{weights}", "--init {weights}: weights of --fpn-channels 32 --num-prototypes 8, this run has "),
 ])
 def test_a_train_start_refused_for_its_resume_or_init_file_writes_nothing(files, option, given, said, tmp_path, capsys):
     """A --resume / --init file that is there but no checkpoint of the run, or weights of another architecture, is
