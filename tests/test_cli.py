@@ -846,23 +846,31 @@ def test_json_lines_to_a_closed_stdout_says_so_before_the_run(files):
                               "with stdout open (e.g. > dets.jsonl or | a reader) or give --json a file")
 
 
+def _jsonl_and_failed_coco_results(folder: Path, lines: int, results: int) -> tuple:
+    """A closed JSON Lines sink ``folder/a.jsonl`` of ``lines`` frames and an aborted COCO results sink
+    ``folder/a.json`` of its first ``results`` frames (kept in ``a.partial.json``), frames without detections."""
+    from rtseg.types import Detections, Frame
+    from rtseg.video.coco_json import CocoJsonSink
+    from rtseg.video.sinks import JsonlSink
+
+    jsonl, coco = JsonlSink(folder / "a.jsonl"), CocoJsonSink(folder / "a.json")
+    image = np.zeros((8, 8, 3), np.uint8)
+    empty = Detections.empty((8, 8), class_names=("thing",))
+    for seq in range(lines):
+        for sink in (jsonl, coco)[: 2 if seq < results else 1]:
+            sink.write(Frame(image=image, seq=seq, pts=seq / 10, capture_time=0.0, source_id="t"), empty, image)
+    jsonl.close()
+    coco.abort()
+    return jsonl, coco
+
+
 def test_the_frames_kept_are_counted_per_output_when_they_differ(tmp_path):
     """The sinks take each frame concurrently, so a JSON Lines file may hold the frame at which the MP4 failed: the
     line said "the 45 frames written before it are kept in a2.jsonl" of 46 lines."""
     from rtseg.cli import _with_kept_recordings
     from rtseg.errors import SinkError
-    from rtseg.types import Detections, Frame
-    from rtseg.video.coco_json import CocoJsonSink
-    from rtseg.video.sinks import JsonlSink
 
-    lines, results = JsonlSink(tmp_path / "a.jsonl"), CocoJsonSink(tmp_path / "a.json")
-    image = np.zeros((8, 8, 3), np.uint8)
-    empty = Detections.empty((8, 8), class_names=("thing",))
-    for seq in range(3):
-        for sink in (lines, results)[: 2 if seq < 2 else 1]:
-            sink.write(Frame(image=image, seq=seq, pts=seq / 10, capture_time=0.0, source_id="t"), empty, image)
-    lines.close()
-    results.abort()
+    lines, results = _jsonl_and_failed_coco_results(tmp_path, 3, 2)
     failed = SinkError(f"MP4 output {tmp_path / 'a.partial.mp4'}: write failed")
     assert str(_with_kept_recordings(failed, [lines, results], 2)) == (
         f"{failed}; the frames written before it are kept in {tmp_path / 'a.jsonl'} (3 frames), "
@@ -875,18 +883,8 @@ def test_one_frame_kept_is_said_in_the_singular(tmp_path):
     """A run that failed after one frame said "the 1 frames written before it are kept in ..."."""
     from rtseg.cli import _with_kept_recordings
     from rtseg.errors import SinkError
-    from rtseg.types import Detections, Frame
-    from rtseg.video.coco_json import CocoJsonSink
-    from rtseg.video.sinks import JsonlSink
 
-    lines, results = JsonlSink(tmp_path / "a.jsonl"), CocoJsonSink(tmp_path / "a.json")
-    image = np.zeros((8, 8, 3), np.uint8)
-    empty = Detections.empty((8, 8), class_names=("thing",))
-    for seq in range(2):
-        for sink in (lines, results)[: 2 if seq < 1 else 1]:
-            sink.write(Frame(image=image, seq=seq, pts=seq / 10, capture_time=0.0, source_id="t"), empty, image)
-    lines.close()
-    results.abort()
+    lines, results = _jsonl_and_failed_coco_results(tmp_path, 2, 1)
     failed = SinkError(f"MP4 output {tmp_path / 'a.partial.mp4'}: write failed")
     assert str(_with_kept_recordings(failed, [results], 1)) == (
         f"{failed}; the frame written before it is kept in {tmp_path / 'a.partial.json'}")
