@@ -12,6 +12,12 @@ from rtseg.errors import ConfigError
 from rtseg.types import Prediction
 
 
+def placeholder_names(n: int, *, background: bool = False) -> list[str]:
+    """The names an engine gives the ``n`` classes of weights that name none: ``class0`` … ``class{n-1}``; with
+    ``background``, class 0 is ``"background"`` (an FCN's)."""
+    return ["background" if background and i == 0 else f"class{i}" for i in range(n)]
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A runnable segmenter.

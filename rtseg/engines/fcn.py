@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg.engines.base import frames_as_list
+from rtseg.engines.base import frames_as_list, placeholder_names
 from rtseg.engines.options import (
     OptionChecks,
     check_class_names,
@@ -78,7 +78,7 @@ class FcnEngine:
     @classmethod
     def from_config(cls, cfg: FcnConfig, *, class_names: Sequence[str] | None = None, **kwargs) -> "FcnEngine":
         """A random-weight engine of our FCN (for tests and training)."""
-        names = class_names or ["background", *[f"class{i}" for i in range(1, cfg.num_classes)]]
+        names = class_names or placeholder_names(cfg.num_classes, background=True)
         return cls(model=FCN(cfg), class_names=names, **kwargs)
 
     @classmethod
@@ -101,7 +101,7 @@ class FcnEngine:
             return cls(model=model, **kwargs)
         if arch in TORCHVISION_ARCHS:
             num_classes = 21 if num_classes is None else check_int("fcn", "num_classes", num_classes, low=2)
-            names = VOC_CLASSES if num_classes == 21 else ["background", *[f"class{i}" for i in range(1, num_classes)]]
+            names = VOC_CLASSES if num_classes == 21 else placeholder_names(num_classes, background=True)
             kwargs["class_names"] = given_class_names("fcn", kwargs.get("class_names"), names, num_classes)
             model, pretrained = torchvision_fcn(arch, num_classes)
             if not pretrained:

@@ -22,7 +22,7 @@ import torch
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from rtseg.engines.base import StagedEngine
+from rtseg.engines.base import StagedEngine, placeholder_names
 from rtseg.engines.options import (
     OptionChecks,
     check_class_names,
@@ -74,7 +74,7 @@ class MsrcnnEngine(StagedEngine):
             model.rcnn.transform = _UnpastedTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
                                                       size_divisible=t.size_divisible, fixed_size=t.fixed_size)
         self.model = place_network(model, self._device)
-        names = class_names if class_names is not None else [f"class{i}" for i in range(model.cfg.num_classes)]
+        names = class_names if class_names is not None else placeholder_names(model.cfg.num_classes)
         self.class_names = check_class_names("msrcnn", names, model.cfg.num_classes)
         self.score_threshold: float = checked["score_threshold"]
         self.top_k: int = checked["top_k"]

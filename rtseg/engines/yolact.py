@@ -16,7 +16,7 @@ from torch import nn
 
 from rtseg.data.coco_names import COCO_CLASSES
 from rtseg.engines.backends import Backend, TorchBackend, make_backend, resolve
-from rtseg.engines.base import StagedEngine, frames_as_list, host_tensor
+from rtseg.engines.base import StagedEngine, frames_as_list, host_tensor, placeholder_names
 from rtseg.engines.options import (
     OptionChecks,
     check_class_names,
@@ -520,4 +520,4 @@ def _device_blender(resident: tuple[np.ndarray, torch.Tensor], proto: torch.Tens
 
 
 def _default_names(n: int) -> tuple[str, ...]:
-    return tuple(COCO_CLASSES) if n == len(COCO_CLASSES) else tuple(f"class{i}" for i in range(n))
+    return tuple(COCO_CLASSES) if n == len(COCO_CLASSES) else tuple(placeholder_names(n))

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from rtseg.data.dataset import InstanceDataset, Sample
-from rtseg.engines.base import Engine
+from rtseg.engines.base import Engine, placeholder_names
 from rtseg.errors import ConfigError
 from rtseg.eval.coco import CocoEvaluator
 from rtseg.eval.mask_scoring import MaskScoringEvaluator
@@ -52,10 +52,10 @@ def class_mapping(engine_names: Sequence[str], data_names: Sequence[str],
 
 
 def _placeholder_names(names: Sequence[str]) -> bool:
-    """Whether ``names`` are the placeholders an engine names the classes of weights that name none: class0, class1
-    … (an FCN's: background, class1 …)."""
-    return bool(names) and names[-1] == f"class{len(names) - 1}" and all(
-        n == f"class{i}" or (i == 0 and n == "background") for i, n in enumerate(names))
+    """Whether ``names`` are the placeholders an engine names the classes of weights that name none
+    (:func:`~rtseg.engines.base.placeholder_names`: class0, class1 …; an FCN's: background, class1 …)."""
+    n = len(names)
+    return n > 0 and list(names) in (placeholder_names(n), placeholder_names(n, background=True))
 
 
 def checked_samples(data: Iterable[Sample], engine_names: Sequence[str], data_names: Sequence[str],

@@ -32,7 +32,7 @@ from rtseg.manifest import WEIGHTS_ADVICE, manifest_path
 from rtseg.outputs import check_not_among_labelme_files, same_file
 from rtseg.ranges import number_problem
 from rtseg.train.recipe import (AMP_MODES, CHECKPOINT_NAME, INT_LIMITS, LR_RANGE, check_no_earlier_run, check_outputs,
-                                continue_command, weights_out)
+                                continue_command, recipe_checkpoint, weights_out)
 from rtseg.userfiles import check_input_file
 from rtseg.yolact_spec import BACKBONES, LIMITS
 
@@ -212,7 +212,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError("--resume and --init exclude each other (resume continues a run; init starts one)")
     _lr_steps(args.lr_steps, args.iters)
     if args.resume and Path(args.resume).suffix == ".safetensors":  # weights (e.g. the --out of the run to continue)
-        checkpoint = Path(args.resume).with_suffix(".train") / CHECKPOINT_NAME
+        checkpoint = recipe_checkpoint(args.resume)  # (every trainer's default work folder)
         raise ConfigError(f"--resume {args.resume}: weights, not a checkpoint; --resume continues a run from the "
                           f"checkpoint in its work folder ({checkpoint} for a run with --out {args.resume}, unless "
                           f"it had a --work-dir); --init {args.resume} starts a new run from these weights")
